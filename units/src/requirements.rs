@@ -235,3 +235,422 @@ impl Requirements {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads requirements of `xfleet` (the body of an `[X-Fleet]` section) for unit `name`.
+    fn read(name: &str, xfleet: &str) -> Result<(Requirements, Vec<String>), RequirementsError> {
+        let unit = UnitFile::parse(&format!(
+            "[Service]\nExecStart=/bin/true\n[X-Fleet]\n{xfleet}"
+        ))
+        .unwrap();
+        Requirements::from_unit(&name.parse().unwrap(), &unit)
+    }
+
+    fn metadata(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+            .collect()
+    }
+
+    fn strings(items: &[&str]) -> Vec<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn requirements_table() {
+        let none = Requirements::default();
+        let cases: Vec<(&str, &str, &str, Requirements)> = vec![
+            ("no [X-Fleet] options", "a.service", "", none.clone()),
+            (
+                "MachineID",
+                "a.service",
+                "MachineID=abc123\n",
+                Requirements { machine_id: Some("abc123".into()), ..none.clone() },
+            ),
+            (
+                "MachineID: the first value wins",
+                "a.service",
+                "MachineID=one\nMachineID=two\n",
+                Requirements { machine_id: Some("one".into()), ..none.clone() },
+            ),
+            (
+                "MachineID wins over the deprecated X-ConditionMachineID",
+                "a.service",
+                "X-ConditionMachineID=old\nMachineID=new\n",
+                Requirements { machine_id: Some("new".into()), ..none.clone() },
+            ),
+            (
+                "deprecated X-ConditionMachineID alone",
+                "a.service",
+                "X-ConditionMachineID=old\n",
+                Requirements { machine_id: Some("old".into()), ..none.clone() },
+            ),
+            (
+                "legacy X-ConditionMachineBootID is the last fallback",
+                "a.service",
+                "X-ConditionMachineBootID=boot\n",
+                Requirements { machine_id: Some("boot".into()), ..none.clone() },
+            ),
+            (
+                "MachineID in quotes: quotes dropped",
+                "a.service",
+                "MachineID=\"abc\"\n",
+                Requirements { machine_id: Some("abc".into()), ..none.clone() },
+            ),
+            (
+                "MachineOf repeats; deprecated X-ConditionMachineOf values come first",
+                "a.service",
+                "MachineOf=b.service\nX-ConditionMachineOf=c.service\nMachineOf=d.service\n",
+                Requirements {
+                    machine_of: strings(&["c.service", "b.service", "d.service"]),
+                    ..none.clone()
+                },
+            ),
+            (
+                "MachineOf with several quoted values on one line",
+                "a.service",
+                "MachineOf=\"b.service\" \"c.service\"\n",
+                Requirements { machine_of: strings(&["b.service", "c.service"]), ..none.clone() },
+            ),
+            (
+                "MachineOf is not split at whitespace",
+                "a.service",
+                "MachineOf=b.service c.service\n",
+                Requirements { machine_of: strings(&["b.service c.service"]), ..none.clone() },
+            ),
+            (
+                "MachineMetadata: several lines and quoted items; one key's values OR-ed, deduplicated",
+                "a.service",
+                "MachineMetadata=region=us\nMachineMetadata=\"disk=ssd\" \"region=eu\"\nMachineMetadata=region=us\n",
+                Requirements {
+                    metadata: metadata(&[("disk", &["ssd"]), ("region", &["us", "eu"])]),
+                    ..none.clone()
+                },
+            ),
+            (
+                "MachineMetadata: a quoted value may hold spaces",
+                "a.service",
+                "MachineMetadata=\"name=a b\"\n",
+                Requirements { metadata: metadata(&[("name", &["a b"])]), ..none.clone() },
+            ),
+            (
+                "deprecated X-ConditionMachineMetadata",
+                "a.service",
+                "X-ConditionMachineMetadata=role=web\nMachineMetadata=role=db\n",
+                Requirements { metadata: metadata(&[("role", &["web", "db"])]), ..none.clone() },
+            ),
+            (
+                "Conflicts: whitespace-separated globs, repeatable; X-Conflicts first",
+                "a.service",
+                "Conflicts=b*.service  c.service\nX-Conflicts=old*.service\nConflicts=\td.service\n",
+                Requirements {
+                    conflicts: strings(&["old*.service", "b*.service", "c.service", "d.service"]),
+                    ..none.clone()
+                },
+            ),
+            (
+                "Global true",
+                "a.service",
+                "Global=true\n",
+                Requirements { global: true, ..none.clone() },
+            ),
+            (
+                "Global: the last value wins",
+                "a.service",
+                "Global=true\nGlobal=false\n",
+                none.clone(),
+            ),
+            (
+                "Global: the last value wins, the other way",
+                "a.service",
+                "Global=no\nGlobal=YES\n",
+                Requirements { global: true, ..none.clone() },
+            ),
+            (
+                "Replaces: values kept whole, repeatable",
+                "a.service",
+                "Replaces=b@*.service\nReplaces=c.service\n",
+                Requirements { replaces: strings(&["b@*.service", "c.service"]), ..none.clone() },
+            ),
+            (
+                "specifiers %n %N %p %i in an instance",
+                "web@8080.service",
+                "MachineOf=%n-%N-%p-%i.service\n",
+                Requirements {
+                    machine_of: strings(&["web@8080.service-web@8080-web-8080.service"]),
+                    ..none.clone()
+                },
+            ),
+            (
+                "specifiers in a plain unit: %i is empty, %p is the name",
+                "db.service",
+                "Conflicts=%p-*.service %i\n",
+                Requirements { conflicts: strings(&["db-*.service"]), ..none.clone() },
+            ),
+            (
+                "specifiers in metadata and the usual instance-conflict idiom",
+                "web@1.service",
+                "Conflicts=%p@*.service\nMachineMetadata=app=%p\n",
+                Requirements {
+                    conflicts: strings(&["web@*.service"]),
+                    metadata: metadata(&[("app", &["web"])]),
+                    ..none.clone()
+                },
+            ),
+            (
+                "%% is not an escape in fleet",
+                "web@1.service",
+                "MachineOf=%%i\n",
+                Requirements { machine_of: strings(&["%1"]), ..none.clone() },
+            ),
+            (
+                "keys are case-sensitive: lower-case global is unknown",
+                "a.service",
+                "global=true\n",
+                none.clone(),
+            ),
+            (
+                "other sections are not requirements",
+                "a.service",
+                "[Unit]\nMachineID=abc\n",
+                none.clone(),
+            ),
+        ];
+        for (rule, name, xfleet, want) in cases {
+            let (got, _) = read(name, xfleet).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            assert_eq!(got, want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn truthy_values() {
+        // systemd/fleet truthy values, any case; fleet also takes "t"
+        for value in ["1", "yes", "true", "on", "t", "TRUE", "Yes", "On", "T"] {
+            let (req, _) = read("a.service", &format!("Global={value}\n")).unwrap();
+            assert!(req.global, "{value:?}");
+        }
+        for value in [
+            "0", "no", "false", "off", "", "y", "2", "enabled", " true x",
+        ] {
+            let (req, _) = read("a.service", &format!("Global={value}\n")).unwrap();
+            assert!(!req.global, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn warnings() {
+        let cases: Vec<(&str, &str, Vec<&str>)> = vec![
+            ("known keys give no warning", "MachineOf=b.service\nGlobal=false\n", vec![]),
+            (
+                "unknown key",
+                "Bogus=1\n",
+                vec!["unrecognized requirement in [X-Fleet] section: \"Bogus\""],
+            ),
+            (
+                "deprecated aliases",
+                "X-ConditionMachineOf=b.service\nX-Conflicts=c.service\n",
+                vec![
+                    "[X-Fleet] X-ConditionMachineOf is deprecated, use MachineOf instead",
+                    "[X-Fleet] X-Conflicts is deprecated, use Conflicts instead",
+                ],
+            ),
+            (
+                "legacy boot id",
+                "X-ConditionMachineBootID=x\n",
+                vec!["[X-Fleet] X-ConditionMachineBootID is a legacy option taken as MachineID, use MachineID instead"],
+            ),
+            (
+                "metadata items fleet ignores: no '=', two '=', an empty side",
+                "MachineMetadata=\"plain\" \"a=b=c\" \"=v\" \"k=\" \"ok=1\"\n",
+                vec![
+                    "ignoring [X-Fleet] MachineMetadata item \"plain\": expected key=value",
+                    "ignoring [X-Fleet] MachineMetadata item \"a=b=c\": expected key=value",
+                    "ignoring [X-Fleet] MachineMetadata item \"=v\": expected key=value",
+                    "ignoring [X-Fleet] MachineMetadata item \"k=\": expected key=value",
+                ],
+            ),
+        ];
+        for (rule, xfleet, want) in cases {
+            let (_, got) = read("a.service", xfleet).unwrap_or_else(|e| panic!("{rule}: {e}"));
+            assert_eq!(got, want, "{rule}");
+        }
+        let (req, _) = read("a.service", "MachineMetadata=\"plain\" \"ok=1\"\n").unwrap();
+        assert_eq!(req.metadata, metadata(&[("ok", &["1"])]));
+    }
+
+    #[test]
+    fn invalid_combinations() {
+        use RequirementsError::*;
+        let cases: Vec<(&str, &str, RequirementsError)> = vec![
+            (
+                "MachineID with MachineOf",
+                "MachineID=m\nMachineOf=b.service\n",
+                Incompatible {
+                    key: "MachineID",
+                    other: "MachineOf",
+                },
+            ),
+            (
+                "MachineID with Conflicts",
+                "MachineID=m\nConflicts=b.service\n",
+                Incompatible {
+                    key: "MachineID",
+                    other: "Conflicts",
+                },
+            ),
+            (
+                "MachineID with Global",
+                "MachineID=m\nGlobal=true\n",
+                Incompatible {
+                    key: "MachineID",
+                    other: "Global",
+                },
+            ),
+            (
+                "MachineID with Replaces",
+                "MachineID=m\nReplaces=b.service\n",
+                Incompatible {
+                    key: "MachineID",
+                    other: "Replaces",
+                },
+            ),
+            (
+                "deprecated MachineID alias counts as MachineID",
+                "X-ConditionMachineID=m\nGlobal=1\n",
+                Incompatible {
+                    key: "MachineID",
+                    other: "Global",
+                },
+            ),
+            (
+                "deprecated MachineOf alias counts as MachineOf",
+                "Global=1\nX-ConditionMachineOf=b.service\n",
+                Incompatible {
+                    key: "Global",
+                    other: "MachineOf",
+                },
+            ),
+            (
+                "Global with MachineOf",
+                "Global=true\nMachineOf=b.service\n",
+                Incompatible {
+                    key: "Global",
+                    other: "MachineOf",
+                },
+            ),
+            (
+                "Global with Replaces",
+                "Global=true\nReplaces=b.service\n",
+                Incompatible {
+                    key: "Global",
+                    other: "Replaces",
+                },
+            ),
+            (
+                "Conflicts with Replaces",
+                "Conflicts=b.service\nReplaces=c.service\n",
+                Incompatible {
+                    key: "Conflicts",
+                    other: "Replaces",
+                },
+            ),
+            (
+                "deprecated X-Conflicts alias counts as Conflicts",
+                "X-Conflicts=b.service\nReplaces=c.service\n",
+                Incompatible {
+                    key: "Conflicts",
+                    other: "Replaces",
+                },
+            ),
+            (
+                "a MachineOf peer matching a Conflicts glob cannot be satisfied",
+                "MachineOf=db.service\nConflicts=d*.service\n",
+                PeerConflicts {
+                    peer: "db.service".into(),
+                    pattern: "d*.service".into(),
+                },
+            ),
+            (
+                "a MachineOf peer matching a Replaces glob cannot be satisfied",
+                "MachineOf=db.service\nReplaces=db.service\n",
+                PeerReplaced {
+                    peer: "db.service".into(),
+                    pattern: "db.service".into(),
+                },
+            ),
+            (
+                "the peer check runs first, after specifier expansion",
+                "MachineID=m\nMachineOf=%p.socket\nConflicts=*.socket\n",
+                PeerConflicts {
+                    peer: "a.socket".into(),
+                    pattern: "*.socket".into(),
+                },
+            ),
+        ];
+        for (rule, xfleet, want) in cases {
+            let err = read("a.service", xfleet).unwrap_err();
+            assert_eq!(err, want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn allowed_combinations() {
+        // pairs fleet accepts
+        let cases = [
+            "MachineID=m\nMachineMetadata=a=b\n",
+            "Global=true\nConflicts=x*.service\nMachineMetadata=a=b\n",
+            "Global=false\nMachineOf=b.service\n",
+            "MachineOf=b.service\nConflicts=c*.service\n",
+            "MachineOf=b.service\nReplaces=c.service\n",
+            "Replaces=c.service\nMachineMetadata=a=b\n",
+        ];
+        for xfleet in cases {
+            assert!(read("a.service", xfleet).is_ok(), "{xfleet:?}");
+        }
+    }
+
+    #[test]
+    fn error_messages() {
+        let err = read("a.service", "MachineID=m\nGlobal=true\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot use MachineID together with Global in [X-Fleet]"
+        );
+        let err = read("a.service", "MachineOf=db.service\nConflicts=d*\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unresolvable requirements: MachineOf \"db.service\" matches Conflicts pattern \"d*\""
+        );
+    }
+
+    #[test]
+    fn multivalue_split_like_fleet() {
+        // fleet's TestParseMultivalueLine vectors
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            // several quoted values
+            (r#""bar" "ping" "pong""#, vec!["bar", "ping", "pong"]),
+            // one quoted value
+            (r#""bar""#, vec!["bar"]),
+            // empty stays one empty value
+            ("", vec![""]),
+            (r#""""#, vec![""]),
+            // not wrapped in quotes on both ends: taken whole
+            (r#""bar"#, vec![r#""bar"#]),
+            (r#"bar""#, vec![r#"bar""#]),
+            (r#"foo\"bar"#, vec![r#"foo\"bar"#]),
+            // a dangling quote gives an empty last value
+            (r#""bar" ""#, vec!["bar", ""]),
+            // no escapes: the backslash stays, every quote goes
+            (r#""foo\"bar""#, vec![r#"foo\bar"#]),
+            // two spaces between values give an empty value
+            (r#""a"  "b""#, vec!["a", "", "b"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(split_multivalue(input), want, "{input:?}");
+        }
+    }
+}
