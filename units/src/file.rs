@@ -332,11 +332,20 @@ impl UnitFile {
         UnitHash::from_bytes(digest.into())
     }
 
-    /// fleet's API check on stored options: their canonical text must parse again (this is
+    /// fleet's API check on submitted options: their canonical text must parse again (this is
     /// how fleet rejects lines of [`LINE_MAX`] bytes or more, and names containing a line
     /// break). Like fleet, it does not require the re-parsed options to be equal.
     pub fn validate(&self) -> Result<(), ParseError> {
-        UnitFile::parse(&self.to_canonical_string()).map(|_| ())
+        self.normalized().map(|_| ())
+    }
+
+    /// The unit as fleet holds it after storing: fleet keeps only the canonical text in etcd
+    /// and parses it again whenever it reads the unit back, so options that do not survive
+    /// that trip (say a value with leading spaces, sent through the API) come back changed.
+    /// Most options are unchanged; the hash fleet files the unit under is still the hash of
+    /// the options as submitted.
+    pub fn normalized(&self) -> Result<UnitFile, ParseError> {
+        UnitFile::parse(&self.to_canonical_string())
     }
 }
 
@@ -731,6 +740,29 @@ mod tests {
         );
         let back: UnitFile = serde_json::from_str(&json).unwrap();
         assert_eq!(back, unit);
+    }
+
+    #[test]
+    fn normalized_like_fleet_registry() {
+        // options from the API that the canonical text does not preserve
+        let raw = UnitFile::from_options(vec![
+            opt("Service", " ExecStart ", "  /bin/true  "),
+            opt("Service", "Environment", "A=1\\"),
+            opt("Service", "After", "x.service"),
+        ]);
+        let stored = raw.normalized().unwrap();
+        assert_eq!(
+            stored.options(),
+            [
+                opt("Service", "ExecStart", "/bin/true"),
+                opt("Service", "Environment", "A=1\\\nAfter=x.service"),
+            ]
+        );
+        // hashing is over what was given, so the two differ
+        assert_ne!(raw.hash(), stored.hash());
+        // options that came from parsing are a fixed point
+        let parsed = UnitFile::parse("[Unit]\nA= 1\n[Service]\nB=x \\\n  y\nC=z \\\n\n").unwrap();
+        assert_eq!(parsed.normalized().unwrap(), parsed);
     }
 
     #[test]

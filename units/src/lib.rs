@@ -8,6 +8,20 @@
 //! - [`name`]: [`UnitName`] validation and fleetctl's naming rules;
 //! - [`requirements`]: [`Requirements`] read from `[X-Fleet]`;
 //! - [`glob`]: [`glob_match`], the patterns of `Conflicts=` and `Replaces=`.
+//!
+//! ```
+//! use fleet_units::{Requirements, UnitFile, UnitName};
+//!
+//! let text = "[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nConflicts=%p@*.service\n";
+//! let unit = UnitFile::parse(text).unwrap();
+//! // `printf "[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nConflicts=%%p@*.service\n" | sha1sum`
+//! assert_eq!(unit.hash().short(), "ca6d1df");
+//!
+//! let name = UnitName::parse("web@1.service").unwrap();
+//! let (requirements, warnings) = Requirements::from_unit(&name, &unit).unwrap();
+//! assert_eq!(requirements.conflicts, ["web@*.service"]);
+//! assert!(warnings.is_empty());
+//! ```
 
 pub mod file;
 pub mod glob;
