@@ -3,7 +3,7 @@
 //!
 //! This crate does no I/O; everything here is a pure function of its input.
 //!
-//! - [`file`]: [`UnitFile`], [`UnitOption`], parsing ([`ParseError`]) and the canonical text;
+//! - [`mod@file`]: [`UnitFile`], [`UnitOption`], parsing ([`ParseError`]) and the canonical text;
 //! - [`hash`]: [`UnitHash`], the SHA1 identity of a unit;
 //! - [`name`]: [`UnitName`] validation and fleetctl's naming rules;
 //! - [`requirements`]: [`Requirements`] read from `[X-Fleet]`;
