@@ -1,0 +1,680 @@
+//! Everything fleet stores in etcd (v3), and the only crate that knows the key layout.
+//!
+//! Key layout under the configured prefix (default `/_coreos.com/fleet/`):
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `units/<name>` | [`Unit`]: options and desired state | none |
+//! | `global/<name>` | [`Unit`], a copy for global units only, so agents watch just these | none |
+//! | `machines/<id>` | [`Machine`] | the machine's |
+//! | `placements/<id>/<name>` | [`Placement`], written by the engine | the target machine's |
+//! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
+//! | `engine/leader` | the leading machine's id | the leader's |
+//!
+//! Liveness is one lease per machine: when a machine dies, its record, its unit states and the
+//! placements made to it disappear together, and watchers learn it from one set of delete
+//! events. Engine writes are transactions conditioned on the leader key's creation revision
+//! ([`Leadership`]), so a deposed engine cannot write.
+
+mod model;
+mod presence;
+mod watch;
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
+};
+use fleet_units::UnitName;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use model::{
+    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Placement, Unit, UnitState,
+};
+pub use presence::{Presence, PresenceStatus};
+pub use watch::Changes;
+
+/// The key prefix fleet has always used.
+pub const DEFAULT_PREFIX: &str = "/_coreos.com/fleet/";
+
+/// How to reach etcd.
+#[derive(Debug, Clone)]
+pub struct EtcdConfig {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Bound on every single request, so an unreachable etcd is reported instead of hanging.
+    pub request_timeout: Duration,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+impl Default for EtcdConfig {
+    fn default() -> Self {
+        EtcdConfig {
+            endpoints: vec!["http://127.0.0.1:2379".to_string()],
+            prefix: DEFAULT_PREFIX.to_string(),
+            request_timeout: Duration::from_secs(1),
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("etcd at {endpoints} is unreachable: {source}")]
+    Unreachable {
+        endpoints: String,
+        #[source]
+        source: etcd_client::Error,
+    },
+    #[error("etcd request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("etcd request failed: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("corrupt record at {key}: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("this engine no longer holds the leadership")]
+    NotLeader,
+    #[error("machine {0} is already registered by another live fleetd")]
+    DuplicateMachine(MachineId),
+    #[error("the lease of this machine is gone")]
+    LeaseLost,
+    #[error("watch ended: {0}")]
+    WatchEnded(String),
+    #[error("unexpected answer from etcd: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// Whether the error means etcd could not be reached or did not answer in time, as opposed
+    /// to a refusal or bad data.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Timeout(_) | Error::WatchEnded(_) => true,
+            Error::Etcd(e) => matches!(
+                e,
+                etcd_client::Error::TransportError(_)
+                    | etcd_client::Error::IoError(_)
+                    | etcd_client::Error::GRpcStatus(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A consistent view of everything the engine decides from, read at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSnapshot {
+    pub revision: i64,
+    /// Creation revision of the leader key, if any engine leads.
+    pub leader: Option<Leadership>,
+    pub units: Vec<Unit>,
+    pub machines: Vec<MachineEntry>,
+    pub placements: Vec<(MachineId, Placement)>,
+}
+
+/// A live machine and the lease its record hangs on.
+#[derive(Debug, Clone)]
+pub struct MachineEntry {
+    pub machine: Machine,
+    pub lease: i64,
+}
+
+/// A consistent view of what one agent must run, read at one revision.
+#[derive(Debug, Clone, Default)]
+pub struct AgentSnapshot {
+    pub revision: i64,
+    pub placements: Vec<Placement>,
+    pub global_units: Vec<Unit>,
+}
+
+/// The engine's proof of leadership: the revision at which it created the leader key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leadership {
+    pub revision: i64,
+}
+
+/// One change the engine wants made to placements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlacementOp {
+    /// Create or overwrite the placement of a unit on a machine (lease: the machine's).
+    Put {
+        machine: MachineId,
+        lease: i64,
+        placement: Placement,
+    },
+    /// Remove the placement of a unit from a machine.
+    Delete { machine: MachineId, name: UnitName },
+}
+
+/// Handle on fleet's data in etcd. Cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    client: Client,
+    prefix: String,
+    timeout: Duration,
+    endpoints: String,
+}
+
+/// At most this many operations go into one etcd transaction (etcd's default `--max-txn-ops`).
+const MAX_TXN_OPS: usize = 128;
+
+impl Registry {
+    /// Connects lazily: an unreachable etcd is reported by the first request, within the
+    /// request timeout.
+    pub async fn connect(config: &EtcdConfig) -> Result<Registry> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(config.request_timeout)
+            .with_timeout(config.request_timeout)
+            .with_keep_alive(
+                Duration::from_secs(5),
+                config.request_timeout.max(Duration::from_secs(2)),
+            )
+            .with_keep_alive_while_idle(true);
+        if let (Some(user), Some(password)) = (&config.username, &config.password) {
+            options = options.with_user(user.clone(), password.clone());
+        }
+        let endpoints = config.endpoints.join(",");
+        let client = tokio::time::timeout(
+            config.request_timeout.max(Duration::from_millis(100)),
+            Client::connect(config.endpoints.clone(), Some(options)),
+        )
+        .await
+        .map_err(|_| Error::Timeout(config.request_timeout))?
+        .map_err(|source| Error::Unreachable {
+            endpoints: endpoints.clone(),
+            source,
+        })?;
+        let mut prefix = config.prefix.clone();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Registry {
+            client,
+            prefix,
+            timeout: config.request_timeout,
+            endpoints,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    // ---- key layout -------------------------------------------------------------------------
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}{}", self.prefix, rest)
+    }
+    fn units_prefix(&self) -> String {
+        self.key("units/")
+    }
+    fn unit_key(&self, name: &UnitName) -> String {
+        self.key(&format!("units/{name}"))
+    }
+    fn global_prefix(&self) -> String {
+        self.key("global/")
+    }
+    fn global_key(&self, name: &UnitName) -> String {
+        self.key(&format!("global/{name}"))
+    }
+    fn machines_prefix(&self) -> String {
+        self.key("machines/")
+    }
+    fn machine_key(&self, id: &MachineId) -> String {
+        self.key(&format!("machines/{id}"))
+    }
+    fn placements_prefix(&self) -> String {
+        self.key("placements/")
+    }
+    fn machine_placements_prefix(&self, id: &MachineId) -> String {
+        self.key(&format!("placements/{id}/"))
+    }
+    fn placement_key(&self, id: &MachineId, name: &UnitName) -> String {
+        self.key(&format!("placements/{id}/{name}"))
+    }
+    fn states_prefix(&self) -> String {
+        self.key("states/")
+    }
+    fn state_key(&self, id: &MachineId, name: &UnitName) -> String {
+        self.key(&format!("states/{id}/{name}"))
+    }
+    fn leader_key(&self) -> String {
+        self.key("engine/leader")
+    }
+
+    // ---- plumbing ---------------------------------------------------------------------------
+
+    /// Runs one etcd request under the request timeout.
+    async fn timed<T, F>(&self, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.classify(e)),
+            Err(_) => Err(Error::Timeout(self.timeout)),
+        }
+    }
+
+    fn classify(&self, e: etcd_client::Error) -> Error {
+        match e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                Error::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    source: e,
+                }
+            }
+            etcd_client::Error::GRpcStatus(ref s)
+                if matches!(
+                    s.code(),
+                    tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED
+                ) =>
+            {
+                Error::Unreachable {
+                    endpoints: self.endpoints.clone(),
+                    source: e,
+                }
+            }
+            other => Error::Etcd(other),
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+        let mut kv = self.client.kv_client();
+        self.timed(kv.txn(txn)).await
+    }
+
+    async fn range<T: DeserializeOwned>(&self, prefix: &str) -> Result<(i64, Vec<(KeyValue, T)>)> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .timed(kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let items = decode_all(resp.kvs())?;
+        Ok((revision, items))
+    }
+
+    // ---- units ------------------------------------------------------------------------------
+
+    /// All units, sorted by name.
+    pub async fn units(&self) -> Result<Vec<Unit>> {
+        let (_, items) = self.range::<Unit>(&self.units_prefix()).await?;
+        Ok(items.into_iter().map(|(_, u)| u).collect())
+    }
+
+    pub async fn unit(&self, name: &UnitName) -> Result<Option<Unit>> {
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.get(self.unit_key(name), None)).await?;
+        match resp.kvs().first() {
+            Some(kv) => Ok(Some(decode(kv)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Creates or replaces a unit (options and desired state together).
+    pub async fn put_unit(&self, unit: &Unit) -> Result<()> {
+        let value = encode(unit);
+        let mut ops = vec![TxnOp::put(self.unit_key(&unit.name), value.clone(), None)];
+        if unit.is_global() {
+            ops.push(TxnOp::put(self.global_key(&unit.name), value, None));
+        } else {
+            ops.push(TxnOp::delete(self.global_key(&unit.name), None));
+        }
+        self.txn(Txn::new().and_then(ops)).await?;
+        Ok(())
+    }
+
+    /// Sets the desired state of an existing unit; `false` when there is no such unit.
+    /// Retries on a concurrent change so that no other update is lost.
+    pub async fn set_desired_state(&self, name: &UnitName, state: JobState) -> Result<bool> {
+        loop {
+            let mut kv = self.client.kv_client();
+            let key = self.unit_key(name);
+            let resp = self.timed(kv.get(key.clone(), None)).await?;
+            let Some(current) = resp.kvs().first() else {
+                return Ok(false);
+            };
+            let mut unit: Unit = decode(current)?;
+            if unit.desired_state == state {
+                return Ok(true);
+            }
+            unit.desired_state = state;
+            let value = encode(&unit);
+            let mut ops = vec![TxnOp::put(key.clone(), value.clone(), None)];
+            if unit.is_global() {
+                ops.push(TxnOp::put(self.global_key(name), value, None));
+            }
+            let txn = Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key,
+                    CompareOp::Equal,
+                    current.mod_revision(),
+                )])
+                .and_then(ops);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+    }
+
+    /// Forgets a unit; `false` when there was no such unit.
+    pub async fn delete_unit(&self, name: &UnitName) -> Result<bool> {
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::delete(self.unit_key(name), None),
+                TxnOp::delete(self.global_key(name), None),
+            ]))
+            .await?;
+        let deleted = resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        });
+        Ok(deleted)
+    }
+
+    // ---- machines and states ----------------------------------------------------------------
+
+    /// All live machines, sorted by id.
+    pub async fn machines(&self) -> Result<Vec<Machine>> {
+        let (_, items) = self.range::<Machine>(&self.machines_prefix()).await?;
+        Ok(items.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// Every unit state published by every live machine, sorted by machine then unit.
+    pub async fn unit_states(&self) -> Result<Vec<UnitState>> {
+        let (_, items) = self.range::<UnitState>(&self.states_prefix()).await?;
+        Ok(items.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The unit states one machine has published.
+    pub async fn machine_states(&self, machine: &MachineId) -> Result<Vec<UnitState>> {
+        let (_, items) = self
+            .range::<UnitState>(&self.key(&format!("states/{machine}/")))
+            .await?;
+        Ok(items.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// Every placement, as `(machine, placement)`.
+    pub async fn placements(&self) -> Result<Vec<(MachineId, Placement)>> {
+        let prefix = self.placements_prefix();
+        let (_, items) = self.range::<Placement>(&prefix).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(kv, p)| placement_machine(&prefix, &kv).map(|m| (m, p)))
+            .collect())
+    }
+
+    /// Publishes (or replaces) the state of a unit on this machine, on the machine's lease.
+    pub async fn publish_state(&self, lease: i64, state: &UnitState) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        self.timed(kv.put(
+            self.state_key(&state.machine_id, &state.name),
+            encode(state),
+            Some(PutOptions::new().with_lease(lease)),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_state(&self, machine: &MachineId, name: &UnitName) -> Result<()> {
+        let mut kv = self.client.kv_client();
+        self.timed(kv.delete(self.state_key(machine, name), None))
+            .await?;
+        Ok(())
+    }
+
+    // ---- engine -----------------------------------------------------------------------------
+
+    /// Reads units, machines and placements at one revision.
+    pub async fn engine_snapshot(&self) -> Result<EngineSnapshot> {
+        let prefixed = || Some(GetOptions::new().with_prefix());
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::get(self.units_prefix(), prefixed()),
+                TxnOp::get(self.machines_prefix(), prefixed()),
+                TxnOp::get(self.placements_prefix(), prefixed()),
+                TxnOp::get(self.leader_key(), None),
+            ]))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(units), Some(machines), Some(placements), Some(leader)) =
+            (gets.next(), gets.next(), gets.next(), gets.next())
+        else {
+            return Err(Error::Protocol("short transaction response".into()));
+        };
+        let units = decode_all::<Unit>(units.kvs())?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect();
+        let machines = decode_all::<Machine>(machines.kvs())?
+            .into_iter()
+            .map(|(kv, machine)| MachineEntry {
+                machine,
+                lease: kv.lease(),
+            })
+            .collect();
+        let prefix = self.placements_prefix();
+        let placements = decode_all::<Placement>(placements.kvs())?
+            .into_iter()
+            .filter_map(|(kv, p)| placement_machine(&prefix, &kv).map(|m| (m, p)))
+            .collect();
+        let leader = leader.kvs().first().map(|kv| Leadership {
+            revision: kv.create_revision(),
+        });
+        Ok(EngineSnapshot {
+            revision,
+            leader,
+            units,
+            machines,
+            placements,
+        })
+    }
+
+    /// The key an engine that does not lead watches, to campaign when it is deleted.
+    pub fn leader_watch_prefixes(&self) -> Vec<String> {
+        vec![self.leader_key()]
+    }
+
+    /// The prefixes whose changes concern the leading engine.
+    pub fn engine_watch_prefixes(&self) -> Vec<String> {
+        vec![
+            self.units_prefix(),
+            self.machines_prefix(),
+            self.placements_prefix(),
+            self.leader_key(),
+        ]
+    }
+
+    /// Tries once to become the engine leader on `lease`. `None` when another machine leads.
+    /// A machine that already holds the key (e.g. after a restart on the same lease) keeps it.
+    pub async fn campaign(&self, machine: &MachineId, lease: i64) -> Result<Option<Leadership>> {
+        let key = self.leader_key();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                key.clone(),
+                machine.as_str(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            return Ok(Some(Leadership { revision }));
+        }
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                if let Some(kv) = g.kvs().first() {
+                    if kv.value() == machine.as_str().as_bytes() && kv.lease() == lease {
+                        return Ok(Some(Leadership {
+                            revision: kv.create_revision(),
+                        }));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The machine currently leading the engine, if any.
+    pub async fn engine_leader(&self) -> Result<Option<MachineId>> {
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.get(self.leader_key(), None)).await?;
+        Ok(resp
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok())
+            .and_then(|s| MachineId::parse(s).ok()))
+    }
+
+    /// Gives up the leadership (on shutdown), so another engine takes over at once.
+    pub async fn resign(&self, leadership: Leadership) -> Result<()> {
+        let key = self.leader_key();
+        self.txn(
+            Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    leadership.revision,
+                )])
+                .and_then(vec![TxnOp::delete(key, None)]),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Applies placement changes in batched transactions, each conditioned on `leadership`.
+    /// A put whose target lease has expired fails its batch; the caller re-plans from a fresh
+    /// snapshot.
+    pub async fn apply_placements(
+        &self,
+        leadership: Leadership,
+        ops: &[PlacementOp],
+    ) -> Result<()> {
+        let key = self.leader_key();
+        for chunk in ops.chunks(MAX_TXN_OPS - 1) {
+            let txn_ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|op| match op {
+                    PlacementOp::Put {
+                        machine,
+                        lease,
+                        placement,
+                    } => TxnOp::put(
+                        self.placement_key(machine, &placement.name),
+                        encode(placement),
+                        Some(PutOptions::new().with_lease(*lease)),
+                    ),
+                    PlacementOp::Delete { machine, name } => {
+                        TxnOp::delete(self.placement_key(machine, name), None)
+                    }
+                })
+                .collect();
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    leadership.revision,
+                )])
+                .and_then(txn_ops);
+            if !self.txn(txn).await?.succeeded() {
+                return Err(Error::NotLeader);
+            }
+        }
+        Ok(())
+    }
+
+    // ---- agent ------------------------------------------------------------------------------
+
+    /// Reads this machine's placements and all global units at one revision.
+    pub async fn agent_snapshot(&self, machine: &MachineId) -> Result<AgentSnapshot> {
+        let prefixed = || Some(GetOptions::new().with_prefix());
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::get(self.machine_placements_prefix(machine), prefixed()),
+                TxnOp::get(self.global_prefix(), prefixed()),
+            ]))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(placements), Some(globals)) = (gets.next(), gets.next()) else {
+            return Err(Error::Protocol("short transaction response".into()));
+        };
+        Ok(AgentSnapshot {
+            revision,
+            placements: decode_all::<Placement>(placements.kvs())?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect(),
+            global_units: decode_all::<Unit>(globals.kvs())?
+                .into_iter()
+                .map(|(_, u)| u)
+                .collect(),
+        })
+    }
+
+    /// The prefixes whose changes concern one machine's agent: nobody else's placements.
+    pub fn agent_watch_prefixes(&self, machine: &MachineId) -> Vec<String> {
+        vec![
+            self.machine_placements_prefix(machine),
+            self.global_prefix(),
+        ]
+    }
+
+    /// Watches `prefixes` from `revision` on; see [`Changes`].
+    pub async fn watch(&self, prefixes: &[String], revision: i64) -> Result<Changes> {
+        Changes::open(self.client.watch_client(), prefixes, revision, self.timeout).await
+    }
+}
+
+/// gRPC status codes that mean "could not reach or hear from etcd".
+mod tonic_code {
+    pub const UNAVAILABLE: tonic::Code = tonic::Code::Unavailable;
+    pub const DEADLINE_EXCEEDED: tonic::Code = tonic::Code::DeadlineExceeded;
+}
+
+fn placement_machine(prefix: &str, kv: &KeyValue) -> Option<MachineId> {
+    let key = kv.key_str().ok()?;
+    let rest = key.strip_prefix(prefix)?;
+    let (machine, _) = rest.split_once('/')?;
+    MachineId::parse(machine).ok()
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising these plain records cannot fail: no maps with non-string keys, no floats.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(kv: &KeyValue) -> Result<T> {
+    serde_json::from_slice(kv.value()).map_err(|source| Error::Corrupt {
+        key: String::from_utf8_lossy(kv.key()).into_owned(),
+        source,
+    })
+}
+
+fn decode_all<T: DeserializeOwned>(kvs: &[KeyValue]) -> Result<Vec<(KeyValue, T)>> {
+    kvs.iter()
+        .map(|kv| decode(kv).map(|v| (kv.clone(), v)))
+        .collect()
+}

@@ -1,0 +1,75 @@
+//! Watches as wake-up calls.
+//!
+//! Events only say "look now": every loop re-reads the state it decides from after waking, so a
+//! missed, duplicated or reordered event cannot lead it astray (level-triggered).
+
+use std::time::Duration;
+
+use etcd_client::{WatchClient, WatchOptions, WatchStream};
+
+use crate::{Error, Result};
+
+/// One etcd watch stream over several key prefixes.
+pub struct Changes {
+    stream: WatchStream,
+}
+
+impl Changes {
+    pub(crate) async fn open(
+        mut client: WatchClient,
+        prefixes: &[String],
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<Changes> {
+        let options = || {
+            WatchOptions::new()
+                .with_prefix()
+                .with_start_revision(revision)
+        };
+        let Some((first, rest)) = prefixes.split_first() else {
+            return Err(Error::Protocol("watch of no prefix".into()));
+        };
+        let mut stream =
+            tokio::time::timeout(timeout, client.watch(first.as_str(), Some(options())))
+                .await
+                .map_err(|_| Error::Timeout(timeout))??;
+        for prefix in rest {
+            tokio::time::timeout(timeout, stream.watch(prefix.as_str(), Some(options())))
+                .await
+                .map_err(|_| Error::Timeout(timeout))??;
+        }
+        Ok(Changes { stream })
+    }
+
+    /// Consumes the changes that have already arrived, without waiting, so that one re-read
+    /// covers a burst of events.
+    pub fn drain(&mut self) -> Result<()> {
+        use futures_util::FutureExt;
+        while let Some(next) = self.next().now_or_never() {
+            next?;
+        }
+        Ok(())
+    }
+
+    /// Waits until something changed under one of the prefixes and returns the revision of the
+    /// newest change seen. An error means the watch is over (etcd unreachable, history
+    /// compacted): resynchronise and open a new one.
+    pub async fn next(&mut self) -> Result<i64> {
+        loop {
+            let Some(resp) = self.stream.message().await? else {
+                return Err(Error::WatchEnded("stream closed by etcd".into()));
+            };
+            if resp.canceled() {
+                return Err(Error::WatchEnded(format!(
+                    "canceled by etcd (compacted at {}): {}",
+                    resp.compact_revision(),
+                    resp.cancel_reason()
+                )));
+            }
+            if !resp.events().is_empty() {
+                let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                return Ok(revision);
+            }
+        }
+    }
+}
