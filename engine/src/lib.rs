@@ -1,0 +1,168 @@
+//! The engine: one per cluster, elected in etcd, places units on machines.
+//!
+//! Every fleetd runs [`run`]. The one that wins the leader key watches units, machines and
+//! placements; the others watch only the leader key. The leader loops on
+//! `plan(snapshot) -> placement changes` ([`plan::plan`], pure) and writes the changes in
+//! batched transactions fenced on its leadership.
+
+pub mod plan;
+
+use std::time::Duration;
+
+use fleet_registry::{Changes, Leadership, MachineId, PresenceStatus, Registry};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Period of the full resync that backs up the watches (fleet's
+    /// `engine_reconcile_interval`).
+    pub reconcile_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            reconcile_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Campaigns for the engine leadership on this machine's lease and leads while it holds it.
+/// Runs until the task is dropped.
+pub async fn run(
+    registry: Registry,
+    machine: MachineId,
+    mut presence: watch::Receiver<PresenceStatus>,
+    config: EngineConfig,
+) {
+    loop {
+        let status = *presence.borrow_and_update();
+        let lease = match status {
+            PresenceStatus::Alive { lease } => lease,
+            PresenceStatus::Fenced => {
+                let _ = presence.changed().await;
+                continue;
+            }
+        };
+        match registry.campaign(&machine, lease).await {
+            Ok(Some(leadership)) => {
+                tracing::info!(revision = leadership.revision, "leading the engine");
+                lead(&registry, leadership, &mut presence, &config).await;
+                tracing::info!("no longer leading the engine");
+            }
+            Ok(None) => follow(&registry, &mut presence, &config).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine cannot campaign");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Waits until the leader key changes (or the resync period passes) without leading.
+async fn follow(
+    registry: &Registry,
+    presence: &mut watch::Receiver<PresenceStatus>,
+    config: &EngineConfig,
+) {
+    let revision = match registry.engine_snapshot().await {
+        Ok(s) => s.revision,
+        Err(e) => {
+            tracing::warn!(error = %e, "engine follower cannot read etcd");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    let mut changes = match registry
+        .watch(&registry.leader_watch_prefixes(), revision + 1)
+        .await
+    {
+        Ok(c) => c,
+        Err(_) => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = changes.next() => {}
+        _ = presence.changed() => {}
+        _ = tokio::time::sleep(config.reconcile_interval * 5) => {}
+    }
+}
+
+/// Leads until leadership or the lease is lost.
+async fn lead(
+    registry: &Registry,
+    leadership: Leadership,
+    presence: &mut watch::Receiver<PresenceStatus>,
+    config: &EngineConfig,
+) {
+    let mut changes: Option<Changes> = None;
+    loop {
+        let snapshot = match registry.engine_snapshot().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "engine cannot read the cluster state");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                changes = None;
+                if matches!(*presence.borrow(), PresenceStatus::Fenced) {
+                    return;
+                }
+                continue;
+            }
+        };
+        if snapshot.leader != Some(leadership) {
+            return;
+        }
+        if changes.is_none() {
+            match registry
+                .watch(&registry.engine_watch_prefixes(), snapshot.revision + 1)
+                .await
+            {
+                Ok(c) => changes = Some(c),
+                Err(e) => tracing::warn!(error = %e, "engine cannot watch; polling"),
+            }
+        }
+        let ops = plan::plan(&snapshot);
+        if !ops.is_empty() {
+            tracing::info!(changes = ops.len(), "applying placements");
+            for op in &ops {
+                tracing::debug!(?op, "placement");
+            }
+            match registry.apply_placements(leadership, &ops).await {
+                Ok(()) => {}
+                Err(fleet_registry::Error::NotLeader) => return,
+                Err(e) => {
+                    // E.g. a target's lease expired between read and write: re-plan.
+                    tracing::warn!(error = %e, "placements not applied; planning again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let woken = async {
+            match changes.as_mut() {
+                Some(c) => c.next().await.map(|_| ()),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = woken => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "engine watch ended; resynchronising");
+                    changes = None;
+                } else if let Some(c) = changes.as_mut() {
+                    if c.drain().is_err() {
+                        changes = None;
+                    }
+                }
+            }
+            _ = presence.changed() => {
+                if matches!(*presence.borrow(), PresenceStatus::Fenced) {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(config.reconcile_interval) => {}
+        }
+    }
+}
