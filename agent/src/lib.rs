@@ -1,0 +1,500 @@
+//! The agent: makes this machine's systemd run what the cluster placed here, and reports what
+//! systemd really does.
+//!
+//! It watches only this machine's placements and the global units, reacts to systemd's signals,
+//! and keeps a slow full resync as a safety net. Decisions are made by [`plan::plan`] (pure);
+//! this module executes them and publishes unit states on the machine's lease.
+
+pub mod plan;
+pub mod systemd;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fleet_registry::{
+    AgentSnapshot, Changes, JobState, MachineId, PresenceStatus, Registry, UnitState,
+};
+use fleet_units::{UnitFile, UnitHash, UnitName, UnitOption};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use plan::{Action, Desired, Local};
+pub use systemd::{Systemd, SystemdError, SystemdState};
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Where unit files are written before they are linked into systemd.
+    pub units_directory: PathBuf,
+    /// Period of the full resync that backs up watches and signals.
+    pub resync_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Systemd(#[from] SystemdError),
+    #[error("cannot use the units directory {path}: {source}")]
+    UnitsDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A unit this agent has loaded.
+#[derive(Debug, Clone)]
+struct LocalUnit {
+    hash: UnitHash,
+    state: JobState,
+    global: bool,
+}
+
+/// What woke the agent up.
+enum Wake {
+    /// The cluster's desired state may have changed: re-read it.
+    Registry,
+    /// systemd reported a change: publish states again.
+    Systemd,
+}
+
+pub struct Agent {
+    registry: Registry,
+    machine: MachineId,
+    systemd: Systemd,
+    config: AgentConfig,
+    local: BTreeMap<UnitName, LocalUnit>,
+    /// States as last published, and the lease they were published on.
+    published: BTreeMap<UnitName, UnitState>,
+    published_lease: Option<i64>,
+}
+
+impl Agent {
+    /// Connects to systemd and takes stock of the units a previous run left loaded, so that a
+    /// restart of fleetd does not restart them.
+    pub async fn new(
+        registry: Registry,
+        machine: MachineId,
+        config: AgentConfig,
+    ) -> Result<Agent, AgentError> {
+        let systemd = Systemd::connect().await?;
+        std::fs::create_dir_all(&config.units_directory).map_err(|source| {
+            AgentError::UnitsDirectory {
+                path: config.units_directory.clone(),
+                source,
+            }
+        })?;
+        let mut agent = Agent {
+            registry,
+            machine,
+            systemd,
+            config,
+            local: BTreeMap::new(),
+            published: BTreeMap::new(),
+            published_lease: None,
+        };
+        agent.recover().await?;
+        Ok(agent)
+    }
+
+    async fn recover(&mut self) -> Result<(), AgentError> {
+        let dir = &self.config.units_directory;
+        let entries = std::fs::read_dir(dir).map_err(|source| AgentError::UnitsDirectory {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut found = BTreeMap::new();
+        for entry in entries.flatten() {
+            let file_name = entry.file_name();
+            let Some(name) = file_name.to_str().and_then(|n| UnitName::parse(n).ok()) else {
+                continue;
+            };
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            let Ok(file) = UnitFile::parse(&text) else {
+                tracing::warn!(unit = %name, "ignoring unreadable unit file left by a previous run");
+                continue;
+            };
+            found.insert(name, file);
+        }
+        let names: Vec<&str> = found.keys().map(|n| n.as_str()).collect();
+        let states = self.systemd.states(&names).await?;
+        for (name, file) in found {
+            let running = states.get(name.as_str()).is_some_and(|s| s.is_running());
+            self.local.insert(
+                name,
+                LocalUnit {
+                    hash: file.hash(),
+                    state: if running {
+                        JobState::Launched
+                    } else {
+                        JobState::Loaded
+                    },
+                    global: is_global(file.options()),
+                },
+            );
+        }
+        if !self.local.is_empty() {
+            tracing::info!(
+                units = self.local.len(),
+                "recovered units of a previous run"
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs until the task is dropped.
+    pub async fn run(mut self, mut presence: watch::Receiver<PresenceStatus>) {
+        let mut signals = match self.systemd.changes().await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot follow systemd's signals; relying on resync");
+                None
+            }
+        };
+        let mut changes: Option<Changes> = None;
+        let mut wake = Wake::Registry;
+        loop {
+            let status = *presence.borrow_and_update();
+            match (status, wake) {
+                (PresenceStatus::Fenced, _) => {
+                    changes = None;
+                    self.fence().await;
+                }
+                (PresenceStatus::Alive { lease }, Wake::Registry) => {
+                    match self.registry.agent_snapshot(&self.machine).await {
+                        Ok(snapshot) => {
+                            self.reconcile(&snapshot).await;
+                            self.publish(lease).await;
+                            if changes.is_none() {
+                                let prefixes = self.registry.agent_watch_prefixes(&self.machine);
+                                match self.registry.watch(&prefixes, snapshot.revision + 1).await {
+                                    Ok(c) => changes = Some(c),
+                                    Err(e) => tracing::warn!(error = %e, "agent cannot watch"),
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            // Not reachable: leave the units as they are.
+                            tracing::warn!(error = %e, "agent cannot read its placements");
+                            changes = None;
+                        }
+                    }
+                }
+                (PresenceStatus::Alive { lease }, Wake::Systemd) => self.publish(lease).await,
+            }
+            wake = self.wait(&mut changes, &mut signals, &mut presence).await;
+        }
+    }
+
+    async fn wait(
+        &self,
+        changes: &mut Option<Changes>,
+        signals: &mut Option<impl futures_util::Stream<Item = String> + Unpin>,
+        presence: &mut watch::Receiver<PresenceStatus>,
+    ) -> Wake {
+        let ours: BTreeSet<String> = self
+            .local
+            .keys()
+            .map(|n| systemd::unit_object_path(n.as_str()))
+            .collect();
+        let registry_change = async {
+            match changes.as_mut() {
+                Some(c) => c.next().await.map(|_| ()),
+                None => {
+                    // No watch: retry soon.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    Ok(())
+                }
+            }
+        };
+        let systemd_change = async {
+            match signals.as_mut() {
+                Some(s) => loop {
+                    match s.next().await {
+                        Some(path) if ours.contains(&path) => return,
+                        Some(_) => {}
+                        None => std::future::pending::<()>().await,
+                    }
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = registry_change => {
+                match result {
+                    Ok(()) => {
+                        if let Some(c) = changes.as_mut() {
+                            if c.drain().is_err() {
+                                *changes = None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent watch ended; resynchronising");
+                        *changes = None;
+                    }
+                }
+                Wake::Registry
+            }
+            _ = systemd_change => {
+                // Let a burst of signals settle into one state read.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Wake::Systemd
+            }
+            _ = presence.changed() => Wake::Registry,
+            _ = tokio::time::sleep(self.config.resync_interval) => Wake::Registry,
+        }
+    }
+
+    /// Brings systemd in line with the placements and global units in `snapshot`.
+    async fn reconcile(&mut self, snapshot: &AgentSnapshot) {
+        let mut sources: BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)> = BTreeMap::new();
+        for p in &snapshot.placements {
+            sources.insert(p.name.clone(), (p.options.clone(), p.desired_state, false));
+        }
+        for u in &snapshot.global_units {
+            if u.desired_state != JobState::Inactive {
+                sources.insert(u.name.clone(), (u.options.clone(), u.desired_state, true));
+            }
+        }
+        self.converge(&sources).await;
+    }
+
+    /// Self-fencing: this machine's lease may be gone, so its units may already run elsewhere.
+    /// Stop and unload every non-global unit; global units keep running.
+    async fn fence(&mut self) {
+        let keep: BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)> = BTreeMap::new();
+        let globals: Vec<UnitName> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.global)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if self.local.len() == globals.len() {
+            return;
+        }
+        tracing::warn!("fenced: stopping this machine's non-global units");
+        let desired: BTreeMap<UnitName, Desired> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.global)
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    Desired {
+                        hash: l.hash,
+                        state: l.state,
+                    },
+                )
+            })
+            .collect();
+        self.execute(&desired, &keep).await;
+        self.published.clear();
+        self.published_lease = None;
+    }
+
+    async fn converge(&mut self, sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>) {
+        let desired: BTreeMap<UnitName, Desired> = sources
+            .iter()
+            .map(|(name, (options, state, _))| {
+                (
+                    name.clone(),
+                    Desired {
+                        hash: UnitFile::from_options(options.clone()).hash(),
+                        state: *state,
+                    },
+                )
+            })
+            .collect();
+        self.execute(&desired, sources).await;
+    }
+
+    async fn execute(
+        &mut self,
+        desired: &BTreeMap<UnitName, Desired>,
+        sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>,
+    ) {
+        let local: BTreeMap<UnitName, Local> = self
+            .local
+            .iter()
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    Local {
+                        hash: l.hash,
+                        state: l.state,
+                    },
+                )
+            })
+            .collect();
+        let actions = plan::plan(desired, &local);
+        for action in actions {
+            tracing::info!(?action, "systemd");
+            if let Err(e) = self.apply(&action, desired, sources).await {
+                tracing::error!(?action, error = %e, "action failed");
+            }
+        }
+    }
+
+    async fn apply(
+        &mut self,
+        action: &Action,
+        desired: &BTreeMap<UnitName, Desired>,
+        sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>,
+    ) -> Result<(), AgentError> {
+        match action {
+            Action::Stop(name) => {
+                self.systemd.stop(name.as_str()).await?;
+                if let Some(l) = self.local.get_mut(name) {
+                    l.state = JobState::Loaded;
+                }
+            }
+            Action::Unload(name) => {
+                if let Err(e) = self.systemd.unlink(name.as_str()).await {
+                    tracing::warn!(unit = %name, error = %e, "unlink failed");
+                }
+                let path = self.unit_path(name);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(AgentError::UnitsDirectory { path, source }),
+                }
+                self.local.remove(name);
+            }
+            Action::Load { name, .. } => {
+                let (Some((options, _, global)), Some(want)) =
+                    (sources.get(name), desired.get(name))
+                else {
+                    return Ok(());
+                };
+                let file = UnitFile::from_options(options.clone());
+                let path = self.unit_path(name);
+                write_atomically(&path, file.to_canonical_string().as_bytes()).map_err(
+                    |source| AgentError::UnitsDirectory {
+                        path: path.clone(),
+                        source,
+                    },
+                )?;
+                let path_str = path.to_string_lossy();
+                self.systemd.link(&path_str).await?;
+                if file.has_section("Install") {
+                    self.systemd.enable(&path_str).await?;
+                }
+                self.local.insert(
+                    name.clone(),
+                    LocalUnit {
+                        hash: want.hash,
+                        state: JobState::Loaded,
+                        global: *global,
+                    },
+                );
+            }
+            Action::ReloadDaemon => self.systemd.daemon_reload().await?,
+            Action::Start(name) => {
+                // Recorded as launched even if systemd refuses: like fleet, the agent does not
+                // retry a start; the unit's state shows what happened.
+                if let Some(l) = self.local.get_mut(name) {
+                    l.state = JobState::Launched;
+                }
+                self.systemd.start(name.as_str()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn unit_path(&self, name: &UnitName) -> PathBuf {
+        // A UnitName cannot contain '/' nor be "." or "..": this stays inside the directory.
+        self.config.units_directory.join(name.as_str())
+    }
+
+    /// Publishes the systemd state of every local unit that changed since last time, on `lease`.
+    async fn publish(&mut self, lease: i64) {
+        if self.published_lease != Some(lease) {
+            self.published.clear();
+            self.forget_stale_states().await;
+            self.published_lease = Some(lease);
+        }
+        let names: Vec<&str> = self.local.keys().map(|n| n.as_str()).collect();
+        let states = match self.systemd.states(&names).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read unit states from systemd");
+                return;
+            }
+        };
+        for (name, local) in &self.local {
+            let Some(s) = states.get(name.as_str()) else {
+                continue;
+            };
+            let state = UnitState {
+                name: name.clone(),
+                hash: local.hash,
+                machine_id: self.machine.clone(),
+                job_state: local.state,
+                systemd_load_state: s.load.clone(),
+                systemd_active_state: s.active.clone(),
+                systemd_sub_state: s.sub.clone(),
+            };
+            if self.published.get(name) == Some(&state) {
+                continue;
+            }
+            match self.registry.publish_state(lease, &state).await {
+                Ok(()) => {
+                    self.published.insert(name.clone(), state);
+                }
+                Err(e) => {
+                    tracing::warn!(unit = %name, error = %e, "cannot publish unit state");
+                    self.published.remove(name);
+                }
+            }
+        }
+        let gone: Vec<UnitName> = self
+            .published
+            .keys()
+            .filter(|n| !self.local.contains_key(*n))
+            .cloned()
+            .collect();
+        for name in gone {
+            match self.registry.remove_state(&self.machine, &name).await {
+                Ok(()) => {
+                    self.published.remove(&name);
+                }
+                Err(e) => tracing::warn!(unit = %name, error = %e, "cannot remove unit state"),
+            }
+        }
+    }
+
+    /// Removes states a previous run published for units no longer loaded here.
+    async fn forget_stale_states(&self) {
+        let Ok(states) = self.registry.machine_states(&self.machine).await else {
+            return;
+        };
+        for s in states {
+            if !self.local.contains_key(&s.name) {
+                let _ = self.registry.remove_state(&self.machine, &s.name).await;
+            }
+        }
+    }
+}
+
+fn is_global(options: &[UnitOption]) -> bool {
+    let mut global = false;
+    for o in options {
+        if o.section == "X-Fleet" && o.name == "Global" {
+            global = matches!(
+                o.value.trim().to_ascii_lowercase().as_str(),
+                "1" | "yes" | "true" | "on"
+            );
+        }
+    }
+    global
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,255 @@
+//! The agent's decision: what to do to the local systemd. Pure: no IO.
+
+use std::collections::BTreeMap;
+
+use fleet_registry::JobState;
+use fleet_units::{UnitHash, UnitName};
+
+/// What this machine should run: one entry per unit placed here or global.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Desired {
+    pub hash: UnitHash,
+    /// `Loaded` or `Launched`.
+    pub state: JobState,
+}
+
+/// What the agent has done to a unit, as far as it knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Local {
+    pub hash: UnitHash,
+    /// `Loaded` or `Launched`.
+    pub state: JobState,
+}
+
+/// One step against systemd. The executor runs them in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Stop(UnitName),
+    /// Stop was done before if needed: unlink and delete the unit file.
+    Unload(UnitName),
+    /// Write the unit file and link it; `replaces` when a different version was loaded before.
+    Load {
+        name: UnitName,
+        replaces: bool,
+    },
+    /// One daemon-reload for all replaced unit files of this batch.
+    ReloadDaemon,
+    Start(UnitName),
+}
+
+/// Works out the steps that take `local` to `desired`.
+///
+/// Order: stop and unload what must go, write and link what is new or changed, one
+/// daemon-reload if an already-known unit changed, then starts and stops. A changed unit that
+/// was running is stopped first and started again on its new content. A unit that was started
+/// is not started again because it exited: like fleet, the agent acts on changes of desired
+/// state, and systemd's own `Restart=` governs restarts.
+pub fn plan(
+    desired: &BTreeMap<UnitName, Desired>,
+    local: &BTreeMap<UnitName, Local>,
+) -> Vec<Action> {
+    let mut stops = Vec::new();
+    let mut unloads = Vec::new();
+    let mut loads = Vec::new();
+    let mut starts = Vec::new();
+    let mut reload = false;
+
+    for (name, have) in local {
+        if !desired.contains_key(name) {
+            if have.state == JobState::Launched {
+                stops.push(Action::Stop(name.clone()));
+            }
+            unloads.push(Action::Unload(name.clone()));
+        }
+    }
+    for (name, want) in desired {
+        match local.get(name) {
+            None => {
+                loads.push(Action::Load {
+                    name: name.clone(),
+                    replaces: false,
+                });
+                if want.state == JobState::Launched {
+                    starts.push(Action::Start(name.clone()));
+                }
+            }
+            Some(have) if have.hash != want.hash => {
+                if have.state == JobState::Launched {
+                    stops.push(Action::Stop(name.clone()));
+                }
+                loads.push(Action::Load {
+                    name: name.clone(),
+                    replaces: true,
+                });
+                reload = true;
+                if want.state == JobState::Launched {
+                    starts.push(Action::Start(name.clone()));
+                }
+            }
+            Some(have) => match (have.state, want.state) {
+                (JobState::Launched, JobState::Loaded) => stops.push(Action::Stop(name.clone())),
+                (JobState::Loaded, JobState::Launched) => starts.push(Action::Start(name.clone())),
+                _ => {}
+            },
+        }
+    }
+    let mut actions = stops;
+    actions.extend(unloads);
+    actions.extend(loads);
+    if reload {
+        actions.push(Action::ReloadDaemon);
+    }
+    actions.extend(starts);
+    actions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_units::{UnitFile, UnitOption};
+
+    fn name(s: &str) -> UnitName {
+        UnitName::parse(s).unwrap()
+    }
+
+    fn hash(v: &str) -> UnitHash {
+        UnitFile::from_options(vec![UnitOption {
+            section: "Service".into(),
+            name: "ExecStart".into(),
+            value: v.into(),
+        }])
+        .hash()
+    }
+
+    fn desired(entries: &[(&str, &str, JobState)]) -> BTreeMap<UnitName, Desired> {
+        entries
+            .iter()
+            .map(|(n, h, s)| {
+                (
+                    name(n),
+                    Desired {
+                        hash: hash(h),
+                        state: *s,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn local(entries: &[(&str, &str, JobState)]) -> BTreeMap<UnitName, Local> {
+        entries
+            .iter()
+            .map(|(n, h, s)| {
+                (
+                    name(n),
+                    Local {
+                        hash: hash(h),
+                        state: *s,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    use JobState::{Launched, Loaded};
+
+    type Case = (
+        &'static str,
+        BTreeMap<UnitName, Desired>,
+        BTreeMap<UnitName, Local>,
+        Vec<Action>,
+    );
+
+    #[test]
+    fn table() {
+        let a = || name("a.service");
+        let cases: Vec<Case> = vec![
+            ("nothing", desired(&[]), local(&[]), vec![]),
+            (
+                "new launched unit: load then start",
+                desired(&[("a.service", "1", Launched)]),
+                local(&[]),
+                vec![
+                    Action::Load {
+                        name: a(),
+                        replaces: false,
+                    },
+                    Action::Start(a()),
+                ],
+            ),
+            (
+                "new loaded unit: load only",
+                desired(&[("a.service", "1", Loaded)]),
+                local(&[]),
+                vec![Action::Load {
+                    name: a(),
+                    replaces: false,
+                }],
+            ),
+            (
+                "launched to loaded: stop",
+                desired(&[("a.service", "1", Loaded)]),
+                local(&[("a.service", "1", Launched)]),
+                vec![Action::Stop(a())],
+            ),
+            (
+                "loaded to launched: start",
+                desired(&[("a.service", "1", Launched)]),
+                local(&[("a.service", "1", Loaded)]),
+                vec![Action::Start(a())],
+            ),
+            (
+                "gone while running: stop then unload",
+                desired(&[]),
+                local(&[("a.service", "1", Launched)]),
+                vec![Action::Stop(a()), Action::Unload(a())],
+            ),
+            (
+                "gone while loaded: unload",
+                desired(&[]),
+                local(&[("a.service", "1", Loaded)]),
+                vec![Action::Unload(a())],
+            ),
+            (
+                "content changed while running: stop, rewrite, reload, start",
+                desired(&[("a.service", "2", Launched)]),
+                local(&[("a.service", "1", Launched)]),
+                vec![
+                    Action::Stop(a()),
+                    Action::Load {
+                        name: a(),
+                        replaces: true,
+                    },
+                    Action::ReloadDaemon,
+                    Action::Start(a()),
+                ],
+            ),
+            (
+                "steady: nothing",
+                desired(&[("a.service", "1", Launched)]),
+                local(&[("a.service", "1", Launched)]),
+                vec![],
+            ),
+        ];
+        for (what, d, l, want) in cases {
+            assert_eq!(plan(&d, &l), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn one_reload_for_many_changed_units() {
+        let d = desired(&[("a.service", "2", Loaded), ("b.service", "2", Loaded)]);
+        let l = local(&[("a.service", "1", Loaded), ("b.service", "1", Loaded)]);
+        let reloads = plan(&d, &l)
+            .into_iter()
+            .filter(|a| *a == Action::ReloadDaemon)
+            .count();
+        assert_eq!(reloads, 1);
+    }
+
+    #[test]
+    fn new_units_need_no_reload() {
+        let d = desired(&[("a.service", "1", Launched), ("b.service", "1", Launched)]);
+        assert!(!plan(&d, &local(&[])).contains(&Action::ReloadDaemon));
+    }
+}

@@ -1,0 +1,241 @@
+//! The local systemd, over D-Bus. The only module of the project that talks to systemd.
+
+use std::collections::BTreeMap;
+
+use futures_util::StreamExt;
+use zbus::message::Type as MessageType;
+use zbus::zvariant::OwnedObjectPath;
+use zbus::{Connection, MatchRule, MessageStream};
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1"
+)]
+trait Manager {
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn link_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<(String, String, String)>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<(String, String, String)>>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_names(
+        &self,
+        names: &[&str],
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SystemdError {
+    #[error("cannot reach systemd over D-Bus: {0}")]
+    Connect(#[source] zbus::Error),
+    #[error("systemd refused to {action} {unit}: {source}")]
+    Call {
+        action: &'static str,
+        unit: String,
+        #[source]
+        source: zbus::Error,
+    },
+}
+
+/// systemd's view of one unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemdState {
+    pub load: String,
+    pub active: String,
+    pub sub: String,
+}
+
+impl SystemdState {
+    /// Whether the unit runs or is on its way to run.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.active.as_str(),
+            "active" | "activating" | "reloading" | "refreshing"
+        )
+    }
+}
+
+/// A connection to the system's systemd.
+#[derive(Clone)]
+pub struct Systemd {
+    connection: Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl Systemd {
+    pub async fn connect() -> Result<Systemd, SystemdError> {
+        let connection = Connection::system().await.map_err(SystemdError::Connect)?;
+        let manager = ManagerProxy::new(&connection)
+            .await
+            .map_err(SystemdError::Connect)?;
+        // Without a subscriber systemd does not emit unit signals.
+        manager.subscribe().await.map_err(SystemdError::Connect)?;
+        Ok(Systemd {
+            connection,
+            manager,
+        })
+    }
+
+    fn call_error(action: &'static str, unit: &str) -> impl FnOnce(zbus::Error) -> SystemdError {
+        let unit = unit.to_string();
+        move |source| SystemdError::Call {
+            action,
+            unit,
+            source,
+        }
+    }
+
+    pub async fn start(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .start_unit(unit, "replace")
+            .await
+            .map_err(Self::call_error("start", unit))?;
+        Ok(())
+    }
+
+    pub async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .stop_unit(unit, "replace")
+            .await
+            .map_err(Self::call_error("stop", unit))?;
+        Ok(())
+    }
+
+    /// Links a unit file into systemd's runtime search path.
+    pub async fn link(&self, path: &str) -> Result<(), SystemdError> {
+        self.manager
+            .link_unit_files(&[path], true, true)
+            .await
+            .map_err(Self::call_error("link", path))?;
+        Ok(())
+    }
+
+    /// Enables a unit at runtime (for unit files with an `[Install]` section).
+    pub async fn enable(&self, path: &str) -> Result<(), SystemdError> {
+        self.manager
+            .enable_unit_files(&[path], true, true)
+            .await
+            .map_err(Self::call_error("enable", path))?;
+        Ok(())
+    }
+
+    /// Removes the runtime link and enablement of a unit.
+    pub async fn unlink(&self, unit: &str) -> Result<(), SystemdError> {
+        self.manager
+            .disable_unit_files(&[unit], true)
+            .await
+            .map_err(Self::call_error("unlink", unit))?;
+        Ok(())
+    }
+
+    pub async fn daemon_reload(&self) -> Result<(), SystemdError> {
+        self.manager
+            .reload()
+            .await
+            .map_err(Self::call_error("reload", "the daemon"))
+    }
+
+    /// The states of many units in one call.
+    pub async fn states(
+        &self,
+        units: &[&str],
+    ) -> Result<BTreeMap<String, SystemdState>, SystemdError> {
+        if units.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let listed = self
+            .manager
+            .list_units_by_names(units)
+            .await
+            .map_err(Self::call_error("list", "units"))?;
+        Ok(listed
+            .into_iter()
+            .map(|(name, _desc, load, active, sub, ..)| (name, SystemdState { load, active, sub }))
+            .collect())
+    }
+
+    /// A stream of the object paths of systemd's signals: a unit's path when its properties
+    /// change, the manager's path for jobs and unit (un)loading.
+    pub async fn changes(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = String> + Unpin, SystemdError> {
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender("org.freedesktop.systemd1")
+            .map_err(SystemdError::Connect)?
+            .build();
+        let stream = MessageStream::for_match_rule(rule, &self.connection, Some(4096))
+            .await
+            .map_err(SystemdError::Connect)?;
+        Ok(stream.filter_map(|m| {
+            let path = m
+                .ok()
+                .and_then(|m| m.header().path().map(|p| p.as_str().to_string()));
+            std::future::ready(path)
+        }))
+    }
+}
+
+/// systemd's object path of a unit (`sd_bus_path_encode`), used to tell our units' signals apart.
+pub fn unit_object_path(unit: &str) -> String {
+    let mut out = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("_{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_paths_escape_like_systemd() {
+        assert_eq!(
+            unit_object_path("hello.service"),
+            "/org/freedesktop/systemd1/unit/hello_2eservice"
+        );
+        assert_eq!(
+            unit_object_path("foo@1-x.service"),
+            "/org/freedesktop/systemd1/unit/foo_401_2dx_2eservice"
+        );
+        assert_eq!(
+            unit_object_path("1a.service"),
+            "/org/freedesktop/systemd1/unit/_31a_2eservice"
+        );
+    }
+}
