@@ -1,0 +1,282 @@
+//! A client of fleetd's API, over a unix socket or TCP.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::schema;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: expected unix:///path, /path or http://host:port")]
+    InvalidEndpoint(String),
+    #[error("cannot reach fleetd at {endpoint}: {reason}")]
+    Unreachable { endpoint: String, reason: String },
+    #[error("fleetd at {endpoint} did not answer within {timeout:?}")]
+    Timeout { endpoint: String, timeout: Duration },
+    /// fleetd answered with an error envelope.
+    #[error("{message} (HTTP {code})")]
+    Api { code: u16, message: String },
+    #[error("unexpected answer from fleetd: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// The HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// How to reach fleetd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Unix(String),
+    Http(String),
+}
+
+impl Endpoint {
+    pub fn parse(s: &str) -> Result<Endpoint, ClientError> {
+        let s = s.trim();
+        if let Some(path) = s.strip_prefix("unix://") {
+            if path.starts_with('/') {
+                return Ok(Endpoint::Unix(path.to_string()));
+            }
+        } else if s.starts_with('/') {
+            return Ok(Endpoint::Unix(s.to_string()));
+        } else if let Some(rest) = s.strip_prefix("http://") {
+            if !rest.is_empty() {
+                return Ok(Endpoint::Http(s.trim_end_matches('/').to_string()));
+            }
+        }
+        Err(ClientError::InvalidEndpoint(s.to_string()))
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl Client {
+    pub fn new(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        let parsed = Endpoint::parse(endpoint)?;
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")));
+        let base = match &parsed {
+            Endpoint::Unix(path) => {
+                builder = builder.unix_socket(path.as_str());
+                "http://fleetd".to_string()
+            }
+            Endpoint::Http(url) => url.clone(),
+        };
+        let http = builder
+            .build()
+            .map_err(|e| ClientError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
+        Ok(Client {
+            http,
+            base: format!("{base}/fleet/v1"),
+            endpoint: endpoint.to_string(),
+            timeout,
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_timeout() {
+            return ClientError::Timeout {
+                endpoint: self.endpoint.clone(),
+                timeout: self.timeout,
+            };
+        }
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            reason = s.to_string();
+            source = s.source();
+        }
+        ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason,
+        }
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&schema::Unit>,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let mut request = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?
+            .to_vec();
+        if status.is_client_error() || status.is_server_error() {
+            return Err(match serde_json::from_slice::<schema::ErrorEnvelope>(&bytes) {
+                Ok(envelope) => ClientError::Api {
+                    code: envelope.error.code,
+                    message: envelope.error.message,
+                },
+                Err(_) => ClientError::Api {
+                    code: status.as_u16(),
+                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
+                },
+            });
+        }
+        Ok((status, bytes))
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, ClientError> {
+        let (_, bytes) = self.send(Method::GET, path, query, None).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// All units, following pages.
+    pub async fn units(&self) -> Result<Vec<schema::Unit>, ClientError> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let query: Vec<(&str, &str)> = if token.is_empty() {
+                vec![]
+            } else {
+                vec![("nextPageToken", token.as_str())]
+            };
+            let page: schema::UnitPage = self.get("/units", &query).await?;
+            all.extend(page.units);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// One unit; `None` when it does not exist.
+    pub async fn unit(&self, name: &str) -> Result<Option<schema::Unit>, ClientError> {
+        match self.get(&format!("/units/{}", escape(name)), &[]).await {
+            Ok(u) => Ok(Some(u)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates or replaces a unit.
+    pub async fn create_unit(&self, unit: &schema::Unit) -> Result<(), ClientError> {
+        self.send(Method::PUT, &format!("/units/{}", escape(&unit.name)), &[], Some(unit))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_desired_state(&self, name: &str, state: &str) -> Result<(), ClientError> {
+        let body = schema::Unit {
+            name: name.to_string(),
+            desired_state: state.to_string(),
+            ..Default::default()
+        };
+        self.send(Method::PUT, &format!("/units/{}", escape(name)), &[], Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    pub async fn destroy_unit(&self, name: &str) -> Result<(), ClientError> {
+        self.send(Method::DELETE, &format!("/units/{}", escape(name)), &[], None)
+            .await?;
+        Ok(())
+    }
+
+    /// Unit states, optionally only of some units and machines, following pages.
+    pub async fn unit_states(&self, units: &[&str], machines: &[&str]) -> Result<Vec<schema::UnitState>, ClientError> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let mut query: Vec<(&str, &str)> = units.iter().map(|u| ("unitName", *u)).collect();
+            query.extend(machines.iter().map(|m| ("machineID", *m)));
+            if !token.is_empty() {
+                query.push(("nextPageToken", token.as_str()));
+            }
+            let page: schema::UnitStatePage = self.get("/state", &query).await?;
+            all.extend(page.states);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    pub async fn machines(&self) -> Result<Vec<schema::Machine>, ClientError> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let query: Vec<(&str, &str)> = if token.is_empty() {
+                vec![]
+            } else {
+                vec![("nextPageToken", token.as_str())]
+            };
+            let page: schema::MachinePage = self.get("/machines", &query).await?;
+            all.extend(page.machines);
+            if page.next_page_token.is_empty() {
+                return Ok(all);
+            }
+            token = page.next_page_token;
+        }
+    }
+}
+
+/// Percent-encodes a unit name for a URL path segment (`@`, `\` and `:` may appear in names).
+fn escape(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints() {
+        let cases = [
+            ("unix:///var/run/fleet.sock", Some(Endpoint::Unix("/var/run/fleet.sock".into()))),
+            ("/run/fleet.sock", Some(Endpoint::Unix("/run/fleet.sock".into()))),
+            ("http://10.0.0.1:49153", Some(Endpoint::Http("http://10.0.0.1:49153".into()))),
+            ("http://10.0.0.1:49153/", Some(Endpoint::Http("http://10.0.0.1:49153".into()))),
+            ("unix://relative", None),
+            ("https://x", None),
+            ("", None),
+            ("http://", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(Endpoint::parse(input).ok(), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_escaped_for_paths() {
+        assert_eq!(escape("foo@1.service"), "foo%401.service");
+        assert_eq!(escape("a\\x2d:b.service"), "a%5Cx2d%3Ab.service");
+    }
+}

@@ -1,0 +1,83 @@
+//! fleet's API v1 JSON shapes, as fleet's clients expect them.
+
+use std::collections::BTreeMap;
+
+use fleet_units::UnitOption;
+use serde::{Deserialize, Serialize};
+
+/// A unit as the API shows it: what the user submitted plus where and how it runs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Unit {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub options: Vec<UnitOption>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub desired_state: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub current_state: String,
+    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitPage {
+    #[serde(default)]
+    pub units: Vec<Unit>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// The state of one unit on one machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitState {
+    pub name: String,
+    pub hash: String,
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    pub systemd_load_state: String,
+    pub systemd_active_state: String,
+    pub systemd_sub_state: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitStatePage {
+    #[serde(default)]
+    pub states: Vec<UnitState>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    pub id: String,
+    #[serde(rename = "primaryIP")]
+    pub primary_ip: String,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachinePage {
+    #[serde(default)]
+    pub machines: Vec<Machine>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// `{"error":{"code":N,"message":"..."}}`
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
+}

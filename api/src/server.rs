@@ -1,0 +1,423 @@
+//! fleetd's HTTP API v1, served from the registry.
+//!
+//! Every request reads etcd afresh (no cache to go stale); while etcd is unreachable every
+//! endpoint answers 503 with the JSON error envelope.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, Method, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use base64::Engine as _;
+use fleet_registry::{JobState, MachineId, Registry};
+use fleet_units::{Requirements, UnitFile, UnitName};
+use serde::{Deserialize, Serialize};
+
+use crate::schema;
+
+/// Request bodies larger than this are refused with 413 and nothing is stored.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Default page size of list endpoints (fleet's `token_limit`).
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+
+#[derive(Clone)]
+struct Api {
+    registry: Registry,
+    page_size: u32,
+}
+
+/// The API's router, mounted under `/fleet/v1`.
+pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
+    let api = Api {
+        registry,
+        page_size: page_size.max(1),
+    };
+    let v1 = Router::new()
+        .route("/units", get(list_units).fallback(method_not_allowed))
+        .route(
+            "/units/{name}",
+            get(get_unit)
+                .put(put_unit)
+                .delete(delete_unit)
+                .fallback(method_not_allowed),
+        )
+        .route("/state", get(list_states).fallback(method_not_allowed))
+        .route("/machines", get(list_machines).fallback(method_not_allowed))
+        .with_state(api);
+    let server = HeaderValue::from_str(&format!("fleetd/{version}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
+    Router::new()
+        .nest("/fleet/v1", v1)
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(
+            move |mut response: Response| {
+                let server = server.clone();
+                async move {
+                    response.headers_mut().insert(header::SERVER, server);
+                    response
+                }
+            },
+        ))
+}
+
+/// An API error, rendered as fleet's JSON error envelope.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<fleet_registry::Error> for ApiError {
+    fn from(e: fleet_registry::Error) -> ApiError {
+        if e.is_unavailable() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("etcd cluster unavailable: {e}"),
+            )
+        } else {
+            tracing::error!(error = %e, "registry error");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = schema::ErrorEnvelope {
+            error: schema::ErrorBody {
+                code: self.status.as_u16(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not found")
+}
+
+async fn method_not_allowed(method: Method) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} not supported against this resource"),
+    )
+}
+
+// ---- paging ---------------------------------------------------------------------------------
+
+/// fleet's page token: base64url of `{"limit":N,"page":P}`, opaque to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct PageToken {
+    limit: u32,
+    page: u32,
+}
+
+impl PageToken {
+    fn encode(self) -> String {
+        let json = serde_json::to_vec(&self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE.encode(json)
+    }
+
+    fn decode(s: &str) -> Result<PageToken, ApiError> {
+        let bad = || ApiError::bad_request(format!("invalid nextPageToken {s:?}"));
+        let bytes = base64::engine::general_purpose::URL_SAFE
+            .decode(s)
+            .map_err(|_| bad())?;
+        let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        if token.limit == 0 || token.page == 0 || token.limit > 10_000 {
+            return Err(bad());
+        }
+        Ok(token)
+    }
+}
+
+/// Query parameters, keeping repeated keys.
+fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String>> {
+    let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    if let Some(q) = query {
+        for (k, v) in form_urlencoded::parse(q.as_bytes()) {
+            params.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+    }
+    params
+}
+
+fn page<T>(api: &Api, params: &BTreeMap<String, Vec<String>>, all: Vec<T>) -> Result<(Vec<T>, String), ApiError> {
+    let token = match params.get("nextPageToken").and_then(|v| v.first()) {
+        Some(t) => PageToken::decode(t)?,
+        None => PageToken {
+            limit: api.page_size,
+            page: 1,
+        },
+    };
+    let start = (token.page as usize - 1) * token.limit as usize;
+    let stop = start + token.limit as usize;
+    let total = all.len();
+    let next = if stop < total {
+        PageToken {
+            limit: token.limit,
+            page: token.page + 1,
+        }
+        .encode()
+    } else {
+        String::new()
+    };
+    let items = all.into_iter().skip(start).take(token.limit as usize).collect();
+    Ok((items, next))
+}
+
+// ---- units ----------------------------------------------------------------------------------
+
+fn parse_name(name: &str) -> Result<UnitName, ApiError> {
+    UnitName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// Where each unit is placed and what its machine reports, for the `Unit` view.
+struct Placements {
+    by_unit: BTreeMap<UnitName, MachineId>,
+    states: BTreeMap<(MachineId, UnitName), fleet_registry::UnitState>,
+}
+
+impl Placements {
+    async fn load(registry: &Registry) -> Result<Placements, ApiError> {
+        let (placements, states) = tokio::try_join!(registry.placements(), registry.unit_states())?;
+        Ok(Placements {
+            by_unit: placements
+                .into_iter()
+                .map(|(m, p)| (p.name, m))
+                .collect(),
+            states: states
+                .into_iter()
+                .map(|s| ((s.machine_id.clone(), s.name.clone()), s))
+                .collect(),
+        })
+    }
+
+    fn view(&self, unit: fleet_registry::Unit) -> schema::Unit {
+        let global = unit.is_global();
+        let machine = if global { None } else { self.by_unit.get(&unit.name) };
+        let current_state = match machine {
+            _ if global => String::new(),
+            Some(m) => self
+                .states
+                .get(&(m.clone(), unit.name.clone()))
+                .map(|s| s.job_state.to_string())
+                .unwrap_or_else(|| JobState::Inactive.to_string()),
+            None => JobState::Inactive.to_string(),
+        };
+        schema::Unit {
+            name: unit.name.to_string(),
+            options: unit.options,
+            desired_state: unit.desired_state.to_string(),
+            current_state,
+            machine_id: machine.map(|m| m.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+async fn list_units(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::UnitPage>, ApiError> {
+    let params = query_params(query);
+    let (units, placements) = tokio::try_join!(
+        async { api.registry.units().await.map_err(ApiError::from) },
+        Placements::load(&api.registry)
+    )?;
+    let all: Vec<schema::Unit> = units.into_iter().map(|u| placements.view(u)).collect();
+    let (units, next_page_token) = page(&api, &params, all)?;
+    Ok(Json(schema::UnitPage {
+        units,
+        next_page_token,
+    }))
+}
+
+async fn get_unit(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<schema::Unit>, ApiError> {
+    let name = parse_name(&name)?;
+    let Some(unit) = api.registry.unit(&name).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
+    };
+    let placements = Placements::load(&api.registry).await?;
+    Ok(Json(placements.view(unit)))
+}
+
+async fn put_unit(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    request: Request<Body>,
+) -> Result<StatusCode, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.split(';').next().map(str::trim) != Some("application/json") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "only application/json is supported",
+        ));
+    }
+    let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        })?;
+    let mut submitted: schema::Unit = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    if submitted.name.is_empty() {
+        submitted.name = name.clone();
+    }
+    if submitted.name != name {
+        return Err(ApiError::bad_request(format!(
+            "name in URL {name:?} differs from unit name in request body {:?}",
+            submitted.name
+        )));
+    }
+    let name = parse_name(&name)?;
+    let desired: Option<JobState> = match submitted.desired_state.as_str() {
+        "" => None,
+        s => Some(s.parse().map_err(|e: fleet_registry::InvalidJobState| ApiError::bad_request(e.to_string()))?),
+    };
+    if name.is_template() && desired.is_some_and(|d| d != JobState::Inactive) {
+        return Err(ApiError::bad_request(format!(
+            "unit {name} is a template: only its instances can be loaded or launched"
+        )));
+    }
+    let options = if submitted.options.is_empty() {
+        None
+    } else {
+        let file = UnitFile::from_options(submitted.options)
+            .normalized()
+            .map_err(|e| ApiError::bad_request(format!("invalid unit options: {e}")))?;
+        Requirements::from_unit(&name, &file)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Some(file.into_options())
+    };
+
+    let existing = api.registry.unit(&name).await?;
+    match (existing, options) {
+        (None, None) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "unit does not exist and options field empty",
+        )),
+        (None, Some(options)) => {
+            let unit = fleet_registry::Unit {
+                name,
+                options,
+                desired_state: desired.unwrap_or(JobState::Inactive),
+            };
+            api.registry.put_unit(&unit).await?;
+            Ok(StatusCode::CREATED)
+        }
+        (Some(existing), Some(options)) if existing.options != options => {
+            let unit = fleet_registry::Unit {
+                name,
+                options,
+                desired_state: desired.unwrap_or(existing.desired_state),
+            };
+            api.registry.put_unit(&unit).await?;
+            Ok(StatusCode::CREATED)
+        }
+        (Some(_), _) => {
+            let Some(desired) = desired else {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "must provide DesiredState to update existing unit",
+                ));
+            };
+            if !api.registry.set_desired_state(&name, desired).await? {
+                return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
+            }
+            Ok(StatusCode::NO_CONTENT)
+        }
+    }
+}
+
+async fn delete_unit(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    let name = parse_name(&name)?;
+    if api.registry.delete_unit(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"))
+    }
+}
+
+// ---- state and machines ---------------------------------------------------------------------
+
+async fn list_states(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::UnitStatePage>, ApiError> {
+    let params = query_params(query);
+    let machines = params.get("machineID").cloned().unwrap_or_default();
+    let units = params.get("unitName").cloned().unwrap_or_default();
+    let all: Vec<schema::UnitState> = api
+        .registry
+        .unit_states()
+        .await?
+        .into_iter()
+        .filter(|s| machines.is_empty() || machines.iter().any(|m| m == s.machine_id.as_str()))
+        .filter(|s| units.is_empty() || units.iter().any(|u| u == s.name.as_str()))
+        .map(|s| schema::UnitState {
+            name: s.name.to_string(),
+            hash: s.hash.to_string(),
+            machine_id: s.machine_id.to_string(),
+            systemd_load_state: s.systemd_load_state,
+            systemd_active_state: s.systemd_active_state,
+            systemd_sub_state: s.systemd_sub_state,
+        })
+        .collect();
+    let (states, next_page_token) = page(&api, &params, all)?;
+    Ok(Json(schema::UnitStatePage {
+        states,
+        next_page_token,
+    }))
+}
+
+async fn list_machines(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::MachinePage>, ApiError> {
+    let params = query_params(query);
+    let all: Vec<schema::Machine> = api
+        .registry
+        .machines()
+        .await?
+        .into_iter()
+        .map(|m| schema::Machine {
+            id: m.id.to_string(),
+            primary_ip: m.public_ip,
+            metadata: m.metadata,
+        })
+        .collect();
+    let (machines, next_page_token) = page(&api, &params, all)?;
+    Ok(Json(schema::MachinePage {
+        machines,
+        next_page_token,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let t = PageToken { limit: 5, page: 3 };
+        assert_eq!(PageToken::decode(&t.encode()).unwrap(), t);
+        for bad in ["", "xyz", "e30=", "!!!"] {
+            assert!(PageToken::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
