@@ -1,1 +1,234 @@
-fn main() {}
+//! fleetd: the agent, an engine candidate and the API, in one daemon per machine.
+
+mod config;
+mod system;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fleet_registry::{EtcdConfig, Machine, Presence, Registry};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use config::Config;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+const DEFAULT_SOCKET: &str = "/var/run/fleet.sock";
+
+#[derive(Parser, Debug)]
+#[command(name = "fleetd", version, about = "fleet daemon: agent, engine and API of one machine")]
+struct Args {
+    /// Configuration file (default /etc/fleet/fleet.conf, if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to read the machine id from.
+    #[arg(long, default_value = "/etc/machine-id", hide = true)]
+    machine_id_file: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let config = match Config::load(args.config.as_deref(), &env) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fleetd: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    init_logging(config.verbosity);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleetd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args, config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to the journal when started by systemd with its output there, else to stderr.
+fn init_logging(verbosity: u32) {
+    let default = match verbosity {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("FLEETD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn")));
+    let registry = tracing_subscriber::registry().with(filter);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(journald) = tracing_journald::layer() {
+            registry.with(journald.with_syslog_identifier("fleetd".into())).init();
+            return;
+        }
+    }
+    registry
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .init();
+}
+
+async fn run(args: Args, config: Config) -> Result<()> {
+    let machine_id = system::machine_id(&args.machine_id_file)?;
+    let public_ip = match &config.public_ip {
+        Some(ip) => ip.clone(),
+        None => system::default_route_address()
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
+    };
+    tracing::info!(machine = %machine_id, %public_ip, version = VERSION, "starting fleetd");
+
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: config.etcd_servers.clone(),
+        prefix: config.etcd_key_prefix.clone(),
+        request_timeout: config.etcd_request_timeout,
+        username: config.etcd_username.clone(),
+        password: config.etcd_password.clone(),
+    })
+    .await
+    .context("cannot set up the etcd client")?;
+
+    // The API first: it answers (503) even while etcd is unreachable.
+    let router = fleet_api::server::router(registry.clone(), VERSION, config.token_limit);
+    serve_api(router, &config).await?;
+    system::notify_ready();
+
+    let machine = Machine {
+        id: machine_id.clone(),
+        public_ip,
+        metadata: config.metadata.clone(),
+        version: VERSION.to_string(),
+    };
+    let lease_file = config.units_directory.join("..").join("lease");
+    let members = async {
+        let presence = Presence::start(
+            registry.clone(),
+            machine,
+            config.agent_ttl,
+            Some(lease_file),
+        )
+        .await
+        .context("cannot register this machine")?;
+        let agent = fleet_agent::Agent::new(
+            registry.clone(),
+            machine_id.clone(),
+            fleet_agent::AgentConfig {
+                units_directory: config.units_directory.clone(),
+                resync_interval: Duration::from_secs(60),
+            },
+        )
+        .await
+        .context("cannot start the agent")?;
+        let agent_task = tokio::spawn(agent.run(presence.subscribe()));
+        let engine_task = (!config.disable_engine).then(|| {
+            tokio::spawn(fleet_engine::run(
+                registry.clone(),
+                machine_id.clone(),
+                presence.subscribe(),
+                fleet_engine::EngineConfig {
+                    reconcile_interval: config.engine_reconcile_interval,
+                },
+            ))
+        });
+        // Both loops run until fleetd stops; keep the presence (the lease) alive meanwhile.
+        let _ = agent_task.await;
+        if let Some(t) = engine_task {
+            t.abort();
+        }
+        drop(presence);
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        result = members => result,
+        _ = shutdown_signal() => {
+            // The lease is not revoked: a fleetd restarted within agent_ttl takes it back and
+            // no unit moves.
+            tracing::info!("stopping fleetd; units keep running");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Serves the API on the sockets systemd passed, else on the default unix socket, plus any
+/// configured TCP addresses.
+async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
+    let inherited = system::inherited_sockets()?;
+    let mut unix = Vec::new();
+    let mut tcp = Vec::new();
+    if inherited.is_empty() {
+        unix.push(bind_unix(DEFAULT_SOCKET)?);
+        for addr in &config.api_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            tcp.push(listener);
+        }
+    } else {
+        for socket in inherited {
+            match socket {
+                system::Inherited::Unix(l) => unix.push(tokio::net::UnixListener::from_std(l)?),
+                system::Inherited::Tcp(l) => tcp.push(tokio::net::TcpListener::from_std(l)?),
+            }
+        }
+    }
+    for listener in unix {
+        tracing::info!(address = ?listener.local_addr().ok(), "serving the API");
+        let router = router.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+    }
+    for listener in tcp {
+        tracing::info!(address = ?listener.local_addr().ok(), "serving the API");
+        let router = router.clone();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, router).await {
+                tracing::error!(error = %e, "API server stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Binds the default unix socket, replacing a stale one, readable by root only: whoever can
+/// talk to fleetd can run anything as root on every machine.
+fn bind_unix(path: &str) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale {path}"))?;
+        }
+    }
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener =
+        tokio::net::UnixListener::bind(path).with_context(|| format!("cannot listen on {path}"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {path}"))?;
+    Ok(listener)
+}

@@ -1,0 +1,367 @@
+//! fleetd's configuration: fleet's `fleet.conf` (INI-style `key=value`) and `FLEET_<KEY>`
+//! environment variables, the environment winning.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub etcd_servers: Vec<String>,
+    pub etcd_key_prefix: String,
+    pub etcd_cafile: Option<String>,
+    pub etcd_certfile: Option<String>,
+    pub etcd_keyfile: Option<String>,
+    pub etcd_username: Option<String>,
+    pub etcd_password: Option<String>,
+    pub etcd_request_timeout: Duration,
+    pub public_ip: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub agent_ttl: Duration,
+    pub engine_reconcile_interval: Duration,
+    pub units_directory: PathBuf,
+    pub systemd_user: bool,
+    pub disable_engine: bool,
+    pub token_limit: u32,
+    pub verbosity: u32,
+    /// TCP addresses to serve the API on when systemd passes no sockets (not in fleet, whose
+    /// users added a `ListenStream=` to fleet.socket instead; that works here too).
+    pub api_listen: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            etcd_servers: vec!["http://127.0.0.1:2379".into()],
+            etcd_key_prefix: fleet_registry::DEFAULT_PREFIX.into(),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
+            etcd_username: None,
+            etcd_password: None,
+            etcd_request_timeout: Duration::from_secs(1),
+            public_ip: None,
+            metadata: BTreeMap::new(),
+            agent_ttl: Duration::from_secs(30),
+            engine_reconcile_interval: Duration::from_secs(2),
+            units_directory: PathBuf::from("/run/fleet/units/"),
+            systemd_user: false,
+            disable_engine: false,
+            token_limit: 100,
+            verbosity: 0,
+            api_listen: Vec::new(),
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "etcd_servers",
+    "etcd_key_prefix",
+    "etcd_cafile",
+    "etcd_certfile",
+    "etcd_keyfile",
+    "etcd_username",
+    "etcd_password",
+    "etcd_request_timeout",
+    "public_ip",
+    "metadata",
+    "agent_ttl",
+    "engine_reconcile_interval",
+    "units_directory",
+    "systemd_user",
+    "disable_engine",
+    "token_limit",
+    "verbosity",
+    "api_listen",
+];
+
+impl Config {
+    /// Reads `path` (a missing default file is fine, a missing explicit one is not), then the
+    /// environment.
+    pub fn load(path: Option<&Path>, env: &BTreeMap<String, String>) -> Result<Config> {
+        let mut values: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let (path, explicit) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                for (key, value) in parse_file(&text).with_context(|| format!("in {}", path.display()))? {
+                    values.insert(key, (value, path.display().to_string()));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+        for key in KEYS {
+            let var = format!("FLEET_{}", key.to_ascii_uppercase());
+            if let Some(v) = env.get(&var) {
+                values.insert(key.to_string(), (v.clone(), format!("${var}")));
+            }
+        }
+        let mut config = Config::default();
+        for (key, (value, origin)) in values {
+            config
+                .set(&key, &value)
+                .with_context(|| format!("invalid {key} {value:?} (from {origin})"))?;
+        }
+        Ok(config)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<()> {
+        let value = unquote(value);
+        let optional = |v: &str| (!v.is_empty()).then(|| v.to_string());
+        match key {
+            "etcd_servers" => {
+                let servers = parse_list(value);
+                if servers.is_empty() {
+                    bail!("no etcd server given");
+                }
+                for s in &servers {
+                    if !(s.starts_with("http://") || s.starts_with("https://")) {
+                        bail!("etcd server {s:?} is not an http:// or https:// URL");
+                    }
+                }
+                self.etcd_servers = servers;
+            }
+            "etcd_key_prefix" => {
+                if value.is_empty() {
+                    bail!("the key prefix cannot be empty");
+                }
+                self.etcd_key_prefix = value.to_string();
+            }
+            "etcd_cafile" => self.etcd_cafile = optional(value),
+            "etcd_certfile" => self.etcd_certfile = optional(value),
+            "etcd_keyfile" => self.etcd_keyfile = optional(value),
+            "etcd_username" => self.etcd_username = optional(value),
+            "etcd_password" => self.etcd_password = optional(value),
+            "etcd_request_timeout" => self.etcd_request_timeout = seconds(value)?,
+            "public_ip" => {
+                if !value.is_empty() {
+                    value
+                        .parse::<std::net::IpAddr>()
+                        .context("not an IP address")?;
+                }
+                self.public_ip = optional(value);
+            }
+            "metadata" => self.metadata = parse_metadata(value)?,
+            "agent_ttl" => {
+                let ttl = parse_duration(value)?;
+                if ttl < Duration::from_secs(2) {
+                    bail!("agent_ttl must be at least 2s");
+                }
+                self.agent_ttl = ttl;
+            }
+            "engine_reconcile_interval" => self.engine_reconcile_interval = seconds(value)?,
+            "units_directory" => {
+                if !value.starts_with('/') {
+                    bail!("must be an absolute path");
+                }
+                self.units_directory = PathBuf::from(value);
+            }
+            "systemd_user" => self.systemd_user = boolean(value)?,
+            "disable_engine" => self.disable_engine = boolean(value)?,
+            "token_limit" => {
+                self.token_limit = value.parse().context("not a number")?;
+                if self.token_limit == 0 {
+                    bail!("must be at least 1");
+                }
+            }
+            "verbosity" => self.verbosity = value.parse().context("not a number")?,
+            "api_listen" => {
+                let addrs = parse_list(value);
+                for a in &addrs {
+                    a.parse::<std::net::SocketAddr>()
+                        .with_context(|| format!("{a:?} is not an address:port"))?;
+                }
+                self.api_listen = addrs;
+            }
+            _ => unreachable!("only known keys are set"),
+        }
+        Ok(())
+    }
+}
+
+/// `key=value` lines; `#` and `;` start comments; unknown keys are warned about.
+fn parse_file(text: &str) -> Result<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            bail!("line {}: expected key=value, found {line:?}", i + 1);
+        };
+        let key = key.trim().replace('-', "_");
+        if !KEYS.contains(&key.as_str()) {
+            tracing::warn!(key, line = i + 1, "ignoring unknown configuration key");
+            continue;
+        }
+        out.push((key, value.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn unquote(v: &str) -> &str {
+    let v = v.trim();
+    v.strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(v)
+}
+
+/// `a,b`, `"a","b"` or `["a","b"]`.
+fn parse_list(v: &str) -> Vec<String> {
+    let v = v.trim();
+    let v = v
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .unwrap_or(v);
+    v.split(',')
+        .map(|s| unquote(s).to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn parse_metadata(v: &str) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((k, val)) = item.split_once('=') else {
+            bail!("metadata item {item:?} is not key=value");
+        };
+        let (k, val) = (k.trim(), val.trim());
+        if k.is_empty() {
+            bail!("metadata item {item:?} has an empty key");
+        }
+        out.insert(k.to_string(), val.to_string());
+    }
+    Ok(out)
+}
+
+fn seconds(v: &str) -> Result<Duration> {
+    let secs: f64 = v.parse().context("not a number of seconds")?;
+    if !(secs.is_finite() && secs > 0.0 && secs < 86_400.0) {
+        bail!("must be a positive number of seconds");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Go-style durations as fleet took them: `30s`, `1m`, `1m30s`, `500ms`, `1h`.
+fn parse_duration(v: &str) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        bail!("empty duration");
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            bail!("expected a number in {v:?}");
+        }
+        let n: f64 = rest[..digits].parse().context("bad number")?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            other => bail!("unknown unit {other:?} in {v:?} (use h, m, s or ms)"),
+        };
+        rest = &rest[unit_len..];
+        total += Duration::from_secs_f64(n * factor);
+    }
+    Ok(total)
+}
+
+fn boolean(v: &str) -> Result<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" | "yes" | "on" => Ok(true),
+        "0" | "f" | "false" | "no" | "off" | "" => Ok(false),
+        _ => bail!("not a boolean"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)]) -> Result<Config> {
+        let dir = std::env::temp_dir().join(format!(
+            "fleetd-config-test-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("fleet.conf");
+        std::fs::write(&path, file)?;
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let result = Config::load(Some(&path), &env);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    fn rand_suffix() -> u64 {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static N: AtomicU64 = AtomicU64::new(0);
+        N.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let c = load(
+            "# written by a tool\netcd_servers=[\"http://10.0.0.1:2379\",\"http://10.0.0.2:2379\"]\npublic_ip=10.0.0.5\nmetadata=\"role=web,region=eu\"\nagent_ttl=10s\nengine_reconcile_interval=0.5\nunknown_key=1\n",
+            &[("FLEET_PUBLIC_IP", "10.0.0.9"), ("FLEET_AGENT_TTL", "1m30s")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.etcd_servers,
+            vec!["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(c.public_ip.as_deref(), Some("10.0.0.9"));
+        assert_eq!(c.metadata.get("role").map(String::as_str), Some("web"));
+        assert_eq!(c.metadata.get("region").map(String::as_str), Some("eu"));
+        assert_eq!(c.agent_ttl, Duration::from_secs(90));
+        assert_eq!(c.engine_reconcile_interval, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        let cases = [
+            ("agent_ttl=forever", "agent_ttl"),
+            ("agent_ttl=1s", "agent_ttl"),
+            ("etcd_servers=10.0.0.1:2379", "etcd_servers"),
+            ("public_ip=not-an-ip", "public_ip"),
+            ("metadata=role", "metadata"),
+            ("etcd_request_timeout=-1", "etcd_request_timeout"),
+            ("units_directory=relative/dir", "units_directory"),
+            ("disable_engine=maybe", "disable_engine"),
+            ("just a line", "line 1"),
+        ];
+        for (file, key) in cases {
+            let err = load(file, &[]).expect_err(file);
+            assert!(format!("{err:#}").contains(key), "{file}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (input, secs) in [("30s", 30.0), ("1m", 60.0), ("1h", 3600.0), ("1m30s", 90.0), ("1500ms", 1.5)] {
+            assert_eq!(parse_duration(input).unwrap(), Duration::from_secs_f64(secs), "{input}");
+        }
+        for bad in ["", "10", "s", "10x"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
