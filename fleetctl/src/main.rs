@@ -1,1 +1,3 @@
+mod table;
+
 fn main() {}
