@@ -1,0 +1,724 @@
+//! fleetctl's commands. Rendering is kept in pure functions (`render_*`) so that output can be
+//! tested byte for byte.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_api::schema::{Machine, Unit, UnitState};
+use fleet_api::{Client, ClientError};
+use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
+use tokio::time::Instant;
+
+use crate::{table, Block, Listing};
+
+/// fleet's wait between two checks of a unit's state; `--block-attempts` counts these.
+const ATTEMPT: Duration = Duration::from_millis(500);
+/// How often the state is actually checked while waiting: much more often than fleet did.
+const POLL: Duration = Duration::from_millis(20);
+
+pub struct Ctl {
+    client: Client,
+}
+
+fn stderr(msg: impl std::fmt::Display) {
+    eprintln!("{msg}");
+}
+
+impl Ctl {
+    pub fn new(client: Client) -> Ctl {
+        Ctl { client }
+    }
+
+    // ---- changing the desired state -------------------------------------------------------
+
+    pub async fn submit(&self, args: &[String]) -> u8 {
+        match self.create_units(args).await {
+            Ok(_) => 0,
+            Err(e) => {
+                stderr(format_args!("Error creating units: {e}"));
+                1
+            }
+        }
+    }
+
+    pub async fn load(&self, args: &[String], block: Block) -> u8 {
+        self.create_and_set(args, "loaded", "load", block).await
+    }
+
+    pub async fn start(&self, args: &[String], block: Block) -> u8 {
+        self.create_and_set(args, "launched", "start", block).await
+    }
+
+    async fn create_and_set(&self, args: &[String], state: &str, action: &str, block: Block) -> u8 {
+        let names = match self.create_units(args).await {
+            Ok(n) => n,
+            Err(e) => {
+                stderr(format_args!("Error creating units: {e}"));
+                return 1;
+            }
+        };
+        let mut waiting = Vec::new();
+        for name in &names {
+            let unit = match self.client.unit(name.as_str()).await {
+                Ok(Some(u)) => u,
+                Ok(None) => {
+                    stderr(format_args!(
+                        "Error {action}ing units: unable to find unit {name}"
+                    ));
+                    return 1;
+                }
+                Err(e) => {
+                    stderr(format_args!("Error {action}ing units: {e}"));
+                    return 1;
+                }
+            };
+            if unit.desired_state == state {
+                if !is_global(&unit) {
+                    waiting.push(name.to_string());
+                }
+                continue;
+            }
+            if let Err(e) = self.client.set_desired_state(name.as_str(), state).await {
+                stderr(format_args!("Error {action}ing units: {e}"));
+                return 1;
+            }
+            if is_global(&unit) {
+                println!("Triggered global unit {name} {action}");
+            } else {
+                waiting.push(name.to_string());
+            }
+        }
+        self.wait_for(&waiting, state, action, block).await
+    }
+
+    pub async fn stop(&self, args: &[String], block: Block) -> u8 {
+        let units = match self.find_units(args).await {
+            Ok(u) => u,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let mut waiting = Vec::new();
+        for unit in units {
+            let global = is_global(&unit);
+            if !global {
+                match unit.current_state.as_str() {
+                    "inactive" => {
+                        stderr(format_args!(
+                            "Unable to stop unit {} in state inactive",
+                            unit.name
+                        ));
+                        return 1;
+                    }
+                    "loaded" if unit.desired_state == "loaded" => continue,
+                    _ => {}
+                }
+            }
+            if let Err(e) = self.client.set_desired_state(&unit.name, "loaded").await {
+                stderr(format_args!("Error stopping units: {e}"));
+                return 1;
+            }
+            if global {
+                println!("Triggered global unit {} stop", unit.name);
+            } else {
+                waiting.push(unit.name);
+            }
+        }
+        self.wait_for(&waiting, "loaded", "stop", block).await
+    }
+
+    pub async fn unload(&self, args: &[String], block: Block) -> u8 {
+        let units = match self.find_units(args).await {
+            Ok(u) => u,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let mut waiting = Vec::new();
+        for unit in units {
+            if unit.desired_state == "inactive" && unit.current_state == "inactive" {
+                continue;
+            }
+            if let Err(e) = self.client.set_desired_state(&unit.name, "inactive").await {
+                stderr(format_args!("Error unloading units: {e}"));
+                return 1;
+            }
+            if is_global(&unit) {
+                println!("Triggered global unit {} unload", unit.name);
+            } else {
+                waiting.push(unit.name);
+            }
+        }
+        self.wait_for(&waiting, "inactive", "unload", block).await
+    }
+
+    pub async fn destroy(&self, args: &[String]) -> u8 {
+        let units = match self.find_units(args).await {
+            Ok(u) => u,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        for unit in units {
+            match self.client.destroy_unit(&unit.name).await {
+                Ok(()) | Err(ClientError::Api { code: 404, .. }) => {
+                    println!("Destroyed {}", unit.name)
+                }
+                Err(e) => {
+                    stderr(format_args!("Error destroying units: {e}"));
+                    return 1;
+                }
+            }
+        }
+        0
+    }
+
+    /// Makes sure each argument's unit exists in the cluster, creating it from a local file,
+    /// the template in the cluster, or a local template file, in that order (as fleet does).
+    async fn create_units(&self, args: &[String]) -> Result<Vec<UnitName>, String> {
+        let mut names = Vec::new();
+        for arg in args {
+            let name = parse_arg(arg)?;
+            if let Some(existing) = self
+                .client
+                .unit(name.as_str())
+                .await
+                .map_err(|e| format!("error retrieving Unit({name}) from Registry: {e}"))?
+            {
+                warn_on_different_local_unit(arg, &existing);
+                names.push(name);
+                continue;
+            }
+            let path = std::path::Path::new(arg);
+            let file = if path.exists() {
+                read_unit_file(path)
+                    .map_err(|e| format!("failed getting Unit({name}) from file: {e}"))?
+            } else {
+                let Some(template) = name.template().filter(|_| name.is_instance()) else {
+                    return Err(format!(
+                        "unable to find Unit({name}) in Registry or on filesystem"
+                    ));
+                };
+                match self.client.unit(template.as_str()).await.map_err(|e| {
+                    format!("error retrieving template Unit({template}) from Registry: {e}")
+                })? {
+                    Some(t) => UnitFile::from_options(t.options),
+                    None => {
+                        let local = path
+                            .parent()
+                            .unwrap_or(std::path::Path::new(""))
+                            .join(template.as_str());
+                        if !local.exists() {
+                            return Err(format!("unable to find Unit({name}) or template Unit({template}) in Registry or on filesystem"));
+                        }
+                        read_unit_file(&local).map_err(|e| {
+                            format!("failed getting template Unit({template}) from file: {e}")
+                        })?
+                    }
+                }
+            };
+            let (_, warnings) = Requirements::from_unit(&name, &file)
+                .map_err(|e| format!("invalid [X-Fleet] section of {name}: {e}"))?;
+            for w in warnings {
+                stderr(format_args!("WARNING: {name}: {w}"));
+            }
+            let unit = Unit {
+                name: name.to_string(),
+                options: file.into_options(),
+                ..Default::default()
+            };
+            self.client
+                .create_unit(&unit)
+                .await
+                .map_err(|e| format!("failed creating unit {name}: {e}"))?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    /// The units named by the arguments that exist in the cluster.
+    async fn find_units(&self, args: &[String]) -> Result<Vec<Unit>, String> {
+        let mut wanted = Vec::new();
+        for arg in args {
+            wanted.push(parse_arg(arg)?);
+        }
+        let all = self.client.units().await.map_err(|e| e.to_string())?;
+        let by_name: BTreeMap<&str, &Unit> = all.iter().map(|u| (u.name.as_str(), u)).collect();
+        Ok(wanted
+            .iter()
+            .filter_map(|n| by_name.get(n.as_str()).map(|u| (*u).clone()))
+            .collect())
+    }
+
+    /// Waits until each unit reports `state`, printing fleet's `Unit X <state> on <machine>`.
+    async fn wait_for(&self, names: &[String], state: &str, action: &str, block: Block) -> u8 {
+        if block.no_block {
+            for name in names {
+                println!("Triggered unit {name} {action}");
+            }
+            return 0;
+        }
+        let deadline =
+            (block.block_attempts > 0).then(|| Instant::now() + ATTEMPT * block.block_attempts);
+        let mut pending: Vec<&String> = names.iter().collect();
+        let mut machines: Option<BTreeMap<String, Machine>> = None;
+        let mut last_error: Option<ClientError> = None;
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for name in pending {
+                match self.client.unit(name).await {
+                    Ok(Some(u)) if u.current_state == state => {
+                        if machines.is_none() && !u.machine_id.is_empty() {
+                            machines = self
+                                .client
+                                .machines()
+                                .await
+                                .ok()
+                                .map(|ms| ms.into_iter().map(|m| (m.id.clone(), m)).collect());
+                        }
+                        let legend = machines
+                            .as_ref()
+                            .and_then(|ms| ms.get(&u.machine_id))
+                            .map(|m| format!(" on {}", machine_full_legend(m, false)))
+                            .unwrap_or_default();
+                        println!("Unit {name} {state}{legend}");
+                    }
+                    Ok(_) => still.push(name),
+                    Err(e) => {
+                        last_error = Some(e);
+                        still.push(name);
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() {
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                for name in &pending {
+                    let why = match &last_error {
+                        Some(e) => format!(" (last error: {e})"),
+                        None => String::new(),
+                    };
+                    stderr(format_args!(
+                        "Error waiting for units: timed out waiting for unit {name} to report state {state}{why}"
+                    ));
+                }
+                return 1;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        0
+    }
+
+    // ---- reading ----------------------------------------------------------------------------
+
+    pub async fn cat(&self, arg: &str) -> u8 {
+        let name = match parse_arg(arg) {
+            Ok(n) => n,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        match self.client.unit(name.as_str()).await {
+            Ok(Some(u)) => {
+                print!(
+                    "{}",
+                    UnitFile::from_options(u.options).to_canonical_string()
+                );
+                0
+            }
+            Ok(None) => {
+                stderr(format_args!("Unit {name} not found"));
+                1
+            }
+            Err(e) => {
+                stderr(format_args!("Error retrieving Unit {name}: {e}"));
+                1
+            }
+        }
+    }
+
+    pub async fn list_units(&self, listing: &Listing) -> u8 {
+        let result = async {
+            let states = self.client.unit_states(&[], &[]).await?;
+            let machines = self.client.machines().await?;
+            Ok::<_, ClientError>((states, machines))
+        }
+        .await;
+        match result {
+            Ok((states, machines)) => print_or_fail(render_list_units(&states, &machines, listing)),
+            Err(e) => {
+                stderr(format_args!(
+                    "Error retrieving list of units from repository: {e}"
+                ));
+                1
+            }
+        }
+    }
+
+    pub async fn list_unit_files(&self, listing: &Listing) -> u8 {
+        let result = async {
+            let units = self.client.units().await?;
+            let machines = self.client.machines().await?;
+            Ok::<_, ClientError>((units, machines))
+        }
+        .await;
+        match result {
+            Ok((units, machines)) => {
+                print_or_fail(render_list_unit_files(&units, &machines, listing))
+            }
+            Err(e) => {
+                stderr(format_args!(
+                    "Error retrieving list of units from repository: {e}"
+                ));
+                1
+            }
+        }
+    }
+
+    pub async fn list_machines(&self, listing: &Listing) -> u8 {
+        match self.client.machines().await {
+            Ok(machines) => print_or_fail(render_list_machines(&machines, listing)),
+            Err(e) => {
+                stderr(format_args!(
+                    "Error retrieving list of active machines: {e}"
+                ));
+                1
+            }
+        }
+    }
+}
+
+fn print_or_fail(rendered: Result<String, String>) -> u8 {
+    match rendered {
+        Ok(text) => {
+            print!("{text}");
+            0
+        }
+        Err(e) => {
+            stderr(e);
+            1
+        }
+    }
+}
+
+fn parse_arg(arg: &str) -> Result<UnitName, String> {
+    let mangled = unit_name_from_arg(arg);
+    UnitName::parse(&mangled).map_err(|e| format!("invalid unit name {mangled:?}: {e}"))
+}
+
+fn read_unit_file(path: &std::path::Path) -> Result<UnitFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    UnitFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn warn_on_different_local_unit(arg: &str, existing: &Unit) {
+    let path = std::path::Path::new(arg);
+    if !path.exists() {
+        return;
+    }
+    if let Ok(local) = read_unit_file(path) {
+        let registered = UnitFile::from_options(existing.options.clone());
+        if local.hash() != registered.hash() {
+            stderr(format_args!(
+                "WARNING: Unit {} in registry differs from local unit file {arg}",
+                existing.name
+            ));
+        }
+    }
+}
+
+fn is_global(unit: &Unit) -> bool {
+    let file = UnitFile::from_options(unit.options.clone());
+    let mut global = false;
+    for v in file.values("X-Fleet", "Global") {
+        global = matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "t" | "yes" | "true" | "on"
+        );
+    }
+    global
+}
+
+// ---- rendering ----------------------------------------------------------------------------------
+
+fn machine_id_legend(id: &str, full: bool) -> String {
+    if full || id.len() <= 8 {
+        id.to_string()
+    } else {
+        format!("{}...", &id[..8])
+    }
+}
+
+fn machine_full_legend(m: &Machine, full: bool) -> String {
+    let legend = machine_id_legend(&m.id, full);
+    if m.primary_ip.is_empty() {
+        legend
+    } else {
+        format!("{legend}/{}", m.primary_ip)
+    }
+}
+
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn short_hash(hash: &str, full: bool) -> String {
+    if full || hash.len() <= 7 {
+        hash.to_string()
+    } else {
+        hash[..7].to_string()
+    }
+}
+
+/// Parses `--fields` against the known columns.
+fn fields<'a>(
+    listing: &Listing,
+    known: &[&'a str],
+    default: &[&'a str],
+) -> Result<Vec<&'a str>, String> {
+    let Some(spec) = &listing.fields else {
+        return Ok(default.to_vec());
+    };
+    let mut out = Vec::new();
+    for f in spec.split(',') {
+        let f = f.trim();
+        match known.iter().find(|k| **k == f) {
+            Some(k) => out.push(*k),
+            None => return Err(format!("Error: invalid fields: {f}")),
+        }
+    }
+    if out.is_empty() {
+        return Err("Error: no fields given".to_string());
+    }
+    Ok(out)
+}
+
+fn render(listing: &Listing, columns: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut lines = Vec::new();
+    if !listing.no_legend {
+        lines.push(columns.iter().map(|c| c.to_ascii_uppercase()).collect());
+    }
+    lines.extend(rows);
+    table::render(&lines)
+}
+
+pub fn render_list_units(
+    states: &[UnitState],
+    machines: &[Machine],
+    listing: &Listing,
+) -> Result<String, String> {
+    let columns = fields(
+        listing,
+        &["unit", "load", "active", "sub", "machine", "hash"],
+        &["unit", "machine", "active", "sub"],
+    )?;
+    let by_id: BTreeMap<&str, &Machine> = machines.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut states: Vec<&UnitState> = states.iter().collect();
+    states.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+    let rows = states
+        .into_iter()
+        .map(|s| {
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "unit" => s.name.clone(),
+                    "load" => or_dash(&s.systemd_load_state),
+                    "active" => or_dash(&s.systemd_active_state),
+                    "sub" => or_dash(&s.systemd_sub_state),
+                    "machine" => match by_id.get(s.machine_id.as_str()) {
+                        Some(m) => machine_full_legend(m, listing.full),
+                        None => or_dash(&machine_id_legend(&s.machine_id, listing.full)),
+                    },
+                    "hash" => short_hash(&s.hash, listing.full),
+                    _ => "-".to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(render(listing, &columns, rows))
+}
+
+pub fn render_list_unit_files(
+    units: &[Unit],
+    machines: &[Machine],
+    listing: &Listing,
+) -> Result<String, String> {
+    let columns = fields(
+        listing,
+        &[
+            "unit", "global", "dstate", "state", "target", "hash", "desc",
+        ],
+        &["unit", "hash", "dstate", "state", "target"],
+    )?;
+    let by_id: BTreeMap<&str, &Machine> = machines.iter().map(|m| (m.id.as_str(), m)).collect();
+    let mut units: Vec<&Unit> = units.iter().collect();
+    units.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows = units
+        .into_iter()
+        .map(|u| {
+            let file = UnitFile::from_options(u.options.clone());
+            let global = is_global(u);
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "unit" => u.name.clone(),
+                    "global" => global.to_string(),
+                    "dstate" => or_dash(&u.desired_state),
+                    "state" if global => "-".to_string(),
+                    "state" => or_dash(&u.current_state),
+                    "target" if global => "global".to_string(),
+                    "target" => match by_id.get(u.machine_id.as_str()) {
+                        Some(m) => machine_full_legend(m, listing.full),
+                        None => or_dash(&machine_id_legend(&u.machine_id, listing.full)),
+                    },
+                    "hash" => short_hash(&file.hash().to_string(), listing.full),
+                    "desc" => or_dash(file.description().unwrap_or("")),
+                    _ => "-".to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(render(listing, &columns, rows))
+}
+
+pub fn render_list_machines(machines: &[Machine], listing: &Listing) -> Result<String, String> {
+    let columns = fields(
+        listing,
+        &["machine", "ip", "metadata"],
+        &["machine", "ip", "metadata"],
+    )?;
+    let mut machines: Vec<&Machine> = machines.iter().collect();
+    machines.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows = machines
+        .into_iter()
+        .map(|m| {
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "machine" => machine_id_legend(&m.id, listing.full),
+                    "ip" => or_dash(&m.primary_ip),
+                    "metadata" => or_dash(
+                        &m.metadata
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    _ => "-".to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(render(listing, &columns, rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing() -> Listing {
+        Listing {
+            fields: None,
+            full: false,
+            no_legend: false,
+        }
+    }
+
+    fn machine(n: u8) -> Machine {
+        Machine {
+            id: format!("f1ee70{n:02}{}", "0".repeat(24)),
+            primary_ip: format!("10.233.0.{}", 10 + n),
+            metadata: [("hostname".to_string(), format!("node{n}"))].into(),
+        }
+    }
+
+    fn state(name: &str, n: u8, active: &str, sub: &str) -> UnitState {
+        UnitState {
+            name: name.into(),
+            hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            machine_id: machine(n).id,
+            systemd_load_state: "loaded".into(),
+            systemd_active_state: active.into(),
+            systemd_sub_state: sub.into(),
+        }
+    }
+
+    #[test]
+    fn list_machines_golden() {
+        let out = render_list_machines(&[machine(2), machine(1)], &listing()).unwrap();
+        assert_eq!(
+            out,
+            "MACHINE\t\tIP\t\tMETADATA\n\
+             f1ee7001...\t10.233.0.11\thostname=node1\n\
+             f1ee7002...\t10.233.0.12\thostname=node2\n"
+        );
+    }
+
+    #[test]
+    fn list_units_golden() {
+        let states = [
+            state("web.service", 2, "active", "running"),
+            state("hello.service", 1, "inactive", "dead"),
+        ];
+        let out = render_list_units(&states, &[machine(1), machine(2)], &listing()).unwrap();
+        assert_eq!(
+            out,
+            "UNIT\t\tMACHINE\t\t\tACTIVE\t\tSUB\n\
+             hello.service\tf1ee7001.../10.233.0.11\tinactive\tdead\n\
+             web.service\tf1ee7002.../10.233.0.12\tactive\t\trunning\n"
+        );
+        let quiet = Listing {
+            no_legend: true,
+            fields: Some("unit,hash".into()),
+            full: false,
+        };
+        assert_eq!(
+            render_list_units(&states[..1], &[], &quiet).unwrap(),
+            "web.service\t0123456\n"
+        );
+    }
+
+    #[test]
+    fn list_unit_files_golden() {
+        let unit = Unit {
+            name: "hello.service".into(),
+            options: vec![fleet_units::UnitOption::new(
+                "Service",
+                "ExecStart",
+                "/bin/true",
+            )],
+            desired_state: "launched".into(),
+            current_state: "launched".into(),
+            machine_id: machine(1).id,
+        };
+        let hash = UnitFile::from_options(unit.options.clone()).hash().short();
+        let out = render_list_unit_files(&[unit], &[machine(1)], &listing()).unwrap();
+        assert_eq!(
+            out,
+            format!(
+                "UNIT\t\tHASH\tDSTATE\t\tSTATE\t\tTARGET\n\
+                 hello.service\t{hash}\tlaunched\tlaunched\tf1ee7001.../10.233.0.11\n"
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let bad = Listing {
+            fields: Some("unit,bogus".into()),
+            full: false,
+            no_legend: false,
+        };
+        assert!(render_list_machines(&[], &bad).is_err());
+    }
+}
