@@ -64,12 +64,8 @@ impl Default for EtcdConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("etcd at {endpoints} is unreachable: {source}")]
-    Unreachable {
-        endpoints: String,
-        #[source]
-        source: etcd_client::Error,
-    },
+    #[error("etcd at {endpoints} is unreachable: {reason}")]
+    Unreachable { endpoints: String, reason: String },
     #[error("etcd request timed out after {0:?}")]
     Timeout(Duration),
     #[error("etcd request failed: {0}")]
@@ -190,9 +186,9 @@ impl Registry {
         )
         .await
         .map_err(|_| Error::Timeout(config.request_timeout))?
-        .map_err(|source| Error::Unreachable {
+        .map_err(|e| Error::Unreachable {
             endpoints: endpoints.clone(),
-            source,
+            reason: root_cause(&e),
         })?;
         let mut prefix = config.prefix.clone();
         if !prefix.ends_with('/') {
@@ -271,7 +267,7 @@ impl Registry {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                 Error::Unreachable {
                     endpoints: self.endpoints.clone(),
-                    source: e,
+                    reason: root_cause(&e),
                 }
             }
             etcd_client::Error::GRpcStatus(ref s)
@@ -280,9 +276,13 @@ impl Registry {
                     tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED
                 ) =>
             {
+                let reason = match std::error::Error::source(s) {
+                    Some(inner) => format!("{}: {}", s.message(), root_cause(inner)),
+                    None => s.message().to_string(),
+                };
                 Error::Unreachable {
                     endpoints: self.endpoints.clone(),
-                    source: e,
+                    reason,
                 }
             }
             other => Error::Etcd(other),
@@ -652,6 +652,19 @@ impl Registry {
 mod tonic_code {
     pub const UNAVAILABLE: tonic::Code = tonic::Code::Unavailable;
     pub const DEADLINE_EXCEEDED: tonic::Code = tonic::Code::DeadlineExceeded;
+}
+
+/// The innermost cause of an error, e.g. "Connection refused (os error 111)": what an operator
+/// needs, without the layers of gRPC wrapping.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    match e {
+        _ if std::ptr::addr_eq(cause, e) => e.to_string(),
+        _ => cause.to_string(),
+    }
 }
 
 fn placement_machine(prefix: &str, kv: &KeyValue) -> Option<MachineId> {
