@@ -1,0 +1,183 @@
+//! The harness of the end-to-end tests: a local cluster of real systemd machines
+//! (`cluster/fleet-cluster`: systemd-nspawn nodes, a real etcd) running the freshly built
+//! fleetd, driven with the freshly built fleetctl.
+//!
+//! Needs root. Nothing here skips: a missing prerequisite fails the test with the reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Nodes the cluster is brought up with.
+pub const NODES: u32 = 3;
+
+/// `agent_ttl` of the test cluster (the tool's default).
+pub const AGENT_TTL: Duration = Duration::from_secs(10);
+
+/// A command's result, with its output as text.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    pub fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Panics with the whole output unless the command succeeded.
+    #[track_caller]
+    pub fn expect_ok(self, what: &str) -> Run {
+        assert!(self.ok(), "{what} failed: {self:#?}");
+        self
+    }
+}
+
+pub struct Cluster {
+    root: PathBuf,
+    bin: PathBuf,
+    scratch: PathBuf,
+}
+
+/// The shared cluster, brought up (idempotently) on first use in this test binary.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the end-to-end tests boot systemd-nspawn nodes and must run as root \
+             (run the unit tests alone with `cargo test --workspace --exclude fleet-e2e`)"
+        );
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("e2e crate sits in the workspace")
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        let bin = target.join("debug");
+        for b in ["fleetd", "fleetctl"] {
+            assert!(
+                bin.join(b).exists(),
+                "{} is missing: build the workspace first (cargo build --workspace)",
+                bin.join(b).display()
+            );
+        }
+        let scratch = std::env::temp_dir().join(format!("fleet-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&scratch).expect("create scratch dir");
+        let cluster = Cluster { root, bin, scratch };
+        cluster.up();
+        cluster
+    })
+}
+
+impl Cluster {
+    fn tool_path(&self) -> PathBuf {
+        self.root.join("cluster/fleet-cluster")
+    }
+
+    /// Brings the cluster up, or repairs it (restarts dead nodes, a stopped etcd).
+    pub fn up(&self) {
+        let bin = self.bin.to_string_lossy().into_owned();
+        self.tool(&["up", "-n", &NODES.to_string(), "--bin", &bin])
+            .expect_ok("fleet-cluster up");
+    }
+
+    /// Runs the cluster tool.
+    pub fn tool(&self, args: &[&str]) -> Run {
+        let output = Command::new(self.tool_path())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.tool_path().display()));
+        Run::from(output)
+    }
+
+    /// Runs fleetctl on the host against node `n`'s API over TCP.
+    pub fn fleetctl_via(&self, n: u32, args: &[&str]) -> Run {
+        let output = Command::new(self.bin.join("fleetctl"))
+            .env("FLEETCTL_ENDPOINT", format!("http://{}:49153", node_ip(n)))
+            .args(args)
+            .output()
+            .expect("run fleetctl");
+        Run::from(output)
+    }
+
+    /// Runs fleetctl against node 1.
+    pub fn fleetctl(&self, args: &[&str]) -> Run {
+        self.fleetctl_via(1, args)
+    }
+
+    /// Runs a command inside node `n`.
+    pub fn exec(&self, n: u32, cmd: &[&str]) -> Run {
+        let name = node_name(n);
+        let mut args = vec!["exec", name.as_str()];
+        args.extend_from_slice(cmd);
+        self.tool(&args)
+    }
+
+    /// `systemctl is-active UNIT` inside node `n`.
+    pub fn is_active(&self, n: u32, unit: &str) -> String {
+        self.exec(n, &["systemctl", "is-active", unit])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// Writes a unit file into a scratch directory and returns its path.
+    pub fn unit_file(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.scratch.join(name);
+        std::fs::write(&path, contents).expect("write unit file");
+        path
+    }
+
+    pub fn scratch(&self) -> &Path {
+        &self.scratch
+    }
+}
+
+pub fn node_name(n: u32) -> String {
+    format!("node{n}")
+}
+
+pub fn node_ip(n: u32) -> String {
+    format!("10.233.0.{}", 10 + n)
+}
+
+/// The node a `.../10.233.0.1N` legend (as fleetctl prints machines) points at.
+pub fn node_in(text: &str) -> Option<u32> {
+    (1..=NODES).find(|n| text.contains(&format!("/{}", node_ip(*n))))
+}
+
+/// Retries `f` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A long-running service that prints a line every second.
+pub fn ticker_unit(description: &str) -> String {
+    format!(
+        "[Unit]\nDescription={description}\n\n[Service]\nExecStart=/bin/bash -c 'while true; do echo tick; sleep 1; done'\n"
+    )
+}

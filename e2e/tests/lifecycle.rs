@@ -1,0 +1,168 @@
+//! A unit's life on the cluster, as a user lives it: start, list, stop, unload, destroy.
+
+use std::time::Duration;
+
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, NODES};
+
+#[test]
+fn list_machines_shows_every_node() {
+    let c = cluster();
+    let out = c
+        .fleetctl(&["list-machines", "--no-legend"])
+        .expect_ok("list-machines");
+    let rows: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(rows.len(), NODES as usize, "{}", out.stdout);
+    for n in 1..=NODES {
+        assert!(
+            rows.iter()
+                .any(|r| r.starts_with(&format!("f1ee70{n:02}...\t"))
+                    && r.contains(&format!("hostname=node{n}"))),
+            "node{n} missing: {}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn start_stop_unload_destroy() {
+    let c = cluster();
+    let path = c.unit_file("lifecycle.service", &ticker_unit("lifecycle"));
+    let path = path.to_string_lossy();
+
+    let out = c.fleetctl(&["start", &path]).expect_ok("start");
+    assert!(
+        out.stdout
+            .starts_with("Unit lifecycle.service launched on f1ee70"),
+        "{}",
+        out.stdout
+    );
+    let node = node_in(&out.stdout).expect("start names the machine");
+    assert_eq!(c.is_active(node, "lifecycle.service"), "active");
+
+    let units = c
+        .fleetctl(&["list-units", "--no-legend"])
+        .expect_ok("list-units");
+    let row = units
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("lifecycle.service\t"))
+        .unwrap_or_else(|| panic!("no row: {}", units.stdout));
+    assert_eq!(node_in(row), Some(node), "{row}");
+    assert!(row.ends_with("\tactive\trunning"), "{row:?}");
+
+    let cat = c.fleetctl(&["cat", "lifecycle"]).expect_ok("cat");
+    assert_eq!(cat.stdout, ticker_unit("lifecycle"));
+
+    let out = c.fleetctl(&["stop", "lifecycle.service"]).expect_ok("stop");
+    assert!(
+        out.stdout
+            .starts_with("Unit lifecycle.service loaded on f1ee70"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(c.is_active(node, "lifecycle.service"), "inactive");
+
+    let out = c
+        .fleetctl(&["unload", "lifecycle.service"])
+        .expect_ok("unload");
+    assert_eq!(out.stdout, "Unit lifecycle.service inactive\n");
+    let files = c
+        .fleetctl(&["list-unit-files", "--no-legend"])
+        .expect_ok("list-unit-files");
+    assert!(
+        files.stdout.lines().any(|l| l.starts_with("lifecycle.service\t") && l.ends_with("\tinactive\tinactive\t-")),
+        "{}",
+        files.stdout
+    );
+
+    c.fleetctl(&["start", "lifecycle.service"])
+        .expect_ok("start again");
+    let out = c
+        .fleetctl(&["destroy", "lifecycle.service"])
+        .expect_ok("destroy");
+    assert_eq!(out.stdout, "Destroyed lifecycle.service\n");
+    let gone = eventually(Duration::from_secs(10), || {
+        let everywhere = (1..=NODES).all(|n| {
+            c.exec(n, &["test", "-e", "/run/fleet/units/lifecycle.service"])
+                .code
+                == Some(1)
+                && c.is_active(n, "lifecycle.service") != "active"
+        });
+        everywhere.then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "lifecycle.service still present on some node"
+    );
+    let files = c
+        .fleetctl(&["list-unit-files"])
+        .expect_ok("list-unit-files");
+    assert!(
+        !files.stdout.contains("lifecycle.service"),
+        "{}",
+        files.stdout
+    );
+    let units = c.fleetctl(&["list-units"]).expect_ok("list-units");
+    assert!(
+        !units.stdout.contains("lifecycle.service"),
+        "{}",
+        units.stdout
+    );
+}
+
+#[test]
+fn units_spread_over_machines() {
+    let c = cluster();
+    let names: Vec<String> = (1..=3).map(|i| format!("spread{i}.service")).collect();
+    let mut nodes = Vec::new();
+    for name in &names {
+        let path = c.unit_file(name, &ticker_unit(name));
+        let out = c
+            .fleetctl(&["start", &path.to_string_lossy()])
+            .expect_ok("start");
+        nodes.push(node_in(&out.stdout).expect("machine in output"));
+    }
+    for name in &names {
+        c.fleetctl(&["destroy", name]).expect_ok("destroy");
+    }
+    nodes.sort();
+    nodes.dedup();
+    assert!(
+        nodes.len() >= 2,
+        "three units on one machine of three: {nodes:?}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let c = cluster();
+    let before = c
+        .fleetctl(&["list-unit-files"])
+        .expect_ok("list-unit-files")
+        .stdout;
+
+    let bad_name = c.fleetctl(&["start", "bad name.service"]);
+    assert_eq!(bad_name.code, Some(1), "{bad_name:#?}");
+    assert!(
+        bad_name.stderr.contains("invalid unit name"),
+        "{}",
+        bad_name.stderr
+    );
+
+    let path = c.unit_file(
+        "broken.service",
+        "[Unit]\nDescription=x\nthis line is bad\n",
+    );
+    let broken = c.fleetctl(&["submit", &path.to_string_lossy()]);
+    assert_eq!(broken.code, Some(1), "{broken:#?}");
+    assert!(broken.stderr.contains("line 3"), "{}", broken.stderr);
+
+    let missing = c.fleetctl(&["start", "no-such-unit.service"]);
+    assert_eq!(missing.code, Some(1), "{missing:#?}");
+
+    let after = c
+        .fleetctl(&["list-unit-files"])
+        .expect_ok("list-unit-files")
+        .stdout;
+    assert_eq!(before, after);
+}
