@@ -4,8 +4,16 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_registry::{Error, JobState, Placement, Presence, Registry, UnitState};
+use fleet_registry::{
+    Error, EtcdConfig, JobState, Placement, Presence, PresenceStatus, Registry, UnitState,
+};
 use support::*;
+
+/// Long enough for etcd to deliver an event that is coming; the tests never rely on it being
+/// fast, only on it not hanging.
+const EVENT_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a watch must stay quiet to say that a change did not concern it.
+const QUIET: Duration = Duration::from_millis(500);
 
 // ---- units ----------------------------------------------------------------------------------
 
@@ -514,6 +522,193 @@ async fn an_agent_sees_only_its_own_placements() {
     );
     assert!(c.placements.is_empty());
     assert!(a.revision > 0 && b.revision >= a.revision);
+}
+
+// ---- watches --------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
+    let etcd = Etcd::start().await;
+    let registry = etcd.registry().await;
+    let (_a, lease_a) = present(&registry, 1).await;
+    let (_b, lease_b) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_a)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = registry.agent_snapshot(&machine_id(1)).await.unwrap();
+    let mut changes = registry
+        .watch(
+            &registry.agent_watch_prefixes(&machine_id(1)),
+            seen.revision + 1,
+        )
+        .await
+        .unwrap();
+
+    registry
+        .apply_placements(leadership, &[place(&machine_id(2), lease_b, "db.service")])
+        .await
+        .unwrap();
+    registry.put_unit(&unit("web.service")).await.unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, changes.next()).await.is_err(),
+        "woken by another machine's placement or a non-global unit"
+    );
+
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), lease_a, "web.service")])
+        .await
+        .unwrap();
+    let revision = tokio::time::timeout(EVENT_DEADLINE, changes.next())
+        .await
+        .expect("not woken by its own placement")
+        .unwrap();
+    assert!(revision > seen.revision);
+
+    registry
+        .put_unit(&global_unit("log.service"))
+        .await
+        .unwrap();
+    tokio::time::timeout(EVENT_DEADLINE, changes.next())
+        .await
+        .expect("not woken by a global unit")
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_between_snapshot_and_watch_is_not_missed() {
+    let etcd = Etcd::start().await;
+    let registry = etcd.registry().await;
+    let seen = registry.engine_snapshot().await.unwrap();
+
+    registry.put_unit(&unit("web.service")).await.unwrap();
+    let mut changes = registry
+        .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
+        .await
+        .unwrap();
+
+    let revision = tokio::time::timeout(EVENT_DEADLINE, changes.next())
+        .await
+        .expect("the change made before the watch opened was missed")
+        .unwrap();
+    assert!(revision > seen.revision);
+    changes.drain().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_wakes_when_a_machine_joins_and_a_follower_when_the_leader_resigns() {
+    let etcd = Etcd::start().await;
+    let registry = etcd.registry().await;
+    let (_a, lease_a) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_a)
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = registry.engine_snapshot().await.unwrap();
+    let mut engine = registry
+        .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
+        .await
+        .unwrap();
+    let mut follower = registry
+        .watch(&registry.leader_watch_prefixes(), seen.revision + 1)
+        .await
+        .unwrap();
+
+    let (_b, _) = present(&registry, 2).await;
+    tokio::time::timeout(EVENT_DEADLINE, engine.next())
+        .await
+        .expect("the engine was not woken by a new machine")
+        .unwrap();
+    assert!(
+        tokio::time::timeout(QUIET, follower.next()).await.is_err(),
+        "a follower was woken by a new machine"
+    );
+
+    registry.resign(leadership).await.unwrap();
+    tokio::time::timeout(EVENT_DEADLINE, follower.next())
+        .await
+        .expect("the follower was not woken when the leader resigned")
+        .unwrap();
+}
+
+// ---- etcd unreachable or gone ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_etcd_is_reported_instead_of_hanging() {
+    let timeout = Duration::from_millis(500);
+    let config = EtcdConfig {
+        endpoints: vec![format!("http://127.0.0.1:{}", closed_port())],
+        prefix: "/fleet-test-unreachable/".to_string(),
+        request_timeout: timeout,
+        ..EtcdConfig::default()
+    };
+    let bound = timeout * 2;
+
+    let registry = tokio::time::timeout(bound, Registry::connect(&config))
+        .await
+        .expect("connect hangs")
+        .expect("connect is lazy and does not fail");
+
+    let error = tokio::time::timeout(bound, registry.units())
+        .await
+        .expect("a request hangs")
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = tokio::time::timeout(bound, registry.put_unit(&unit("web.service")))
+        .await
+        .expect("a write hangs")
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = tokio::time::timeout(bound, registry.engine_snapshot())
+        .await
+        .expect("a snapshot hangs")
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = tokio::time::timeout(bound, registry.watch(&registry.engine_watch_prefixes(), 1))
+        .await
+        .expect("opening a watch hangs")
+        .err()
+        .expect("a watch opened on an unreachable etcd");
+    assert!(error.is_unavailable(), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_ends_with_an_unavailable_error_when_etcd_goes_away() {
+    let etcd = Etcd::start().await;
+    let registry = etcd.registry().await;
+    let seen = registry.engine_snapshot().await.unwrap();
+    let mut changes = registry
+        .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
+        .await
+        .unwrap();
+
+    drop(etcd);
+
+    let error = tokio::time::timeout(EVENT_DEADLINE, changes.next())
+        .await
+        .expect("a watch on a dead etcd hangs")
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_cut_off_from_etcd_past_its_ttl_fences_itself() {
+    let etcd = Etcd::start().await;
+    let registry = etcd.registry().await;
+    let (presence, _) = present(&registry, 1).await;
+    let mut status = presence.subscribe();
+
+    drop(etcd);
+
+    tokio::time::timeout(
+        EXPIRY_DEADLINE,
+        status.wait_for(|s| *s == PresenceStatus::Fenced),
+    )
+    .await
+    .expect("still not fenced long after the lease expired")
+    .unwrap();
 }
 
 // ---- helpers --------------------------------------------------------------------------------
