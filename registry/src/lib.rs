@@ -94,12 +94,19 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         match self {
             Error::Unreachable { .. } | Error::Timeout(_) | Error::WatchEnded(_) => true,
-            Error::Etcd(e) => matches!(
-                e,
-                etcd_client::Error::TransportError(_)
-                    | etcd_client::Error::IoError(_)
-                    | etcd_client::Error::GRpcStatus(_)
-            ),
+            Error::Etcd(e) => match e {
+                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+                // A broken connection surfaces as `Unknown` on an open stream (watch,
+                // keepalive); every other code is an answer from etcd, not a silence.
+                etcd_client::Error::GRpcStatus(s) => matches!(
+                    s.code(),
+                    tonic::Code::Unavailable
+                        | tonic::Code::DeadlineExceeded
+                        | tonic::Code::Unknown
+                        | tonic::Code::Cancelled
+                ),
+                _ => false,
+            },
             _ => false,
         }
     }

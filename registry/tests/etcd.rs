@@ -373,8 +373,6 @@ async fn a_placement_on_an_expired_lease_is_refused() {
 
 /// The engine must tell "etcd refused this" (re-plan) from "etcd is unreachable" (wait).
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "registry bug: Error::is_unavailable() is true for every gRPC status, \
-            e.g. NotFound for an expired lease"]
 async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {
     let etcd = Etcd::start().await;
     let registry = etcd.registry().await;
