@@ -131,21 +131,27 @@ impl Client {
             .map_err(|e| self.transport_error(e))?
             .to_vec();
         if status.is_client_error() || status.is_server_error() {
-            return Err(match serde_json::from_slice::<schema::ErrorEnvelope>(&bytes) {
-                Ok(envelope) => ClientError::Api {
-                    code: envelope.error.code,
-                    message: envelope.error.message,
+            return Err(
+                match serde_json::from_slice::<schema::ErrorEnvelope>(&bytes) {
+                    Ok(envelope) => ClientError::Api {
+                        code: envelope.error.code,
+                        message: envelope.error.message,
+                    },
+                    Err(_) => ClientError::Api {
+                        code: status.as_u16(),
+                        message: String::from_utf8_lossy(&bytes).trim().to_string(),
+                    },
                 },
-                Err(_) => ClientError::Api {
-                    code: status.as_u16(),
-                    message: String::from_utf8_lossy(&bytes).trim().to_string(),
-                },
-            });
+            );
         }
         Ok((status, bytes))
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
         let (_, bytes) = self.send(Method::GET, path, query, None).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
@@ -180,8 +186,13 @@ impl Client {
 
     /// Creates or replaces a unit.
     pub async fn create_unit(&self, unit: &schema::Unit) -> Result<(), ClientError> {
-        self.send(Method::PUT, &format!("/units/{}", escape(&unit.name)), &[], Some(unit))
-            .await?;
+        self.send(
+            Method::PUT,
+            &format!("/units/{}", escape(&unit.name)),
+            &[],
+            Some(unit),
+        )
+        .await?;
         Ok(())
     }
 
@@ -191,19 +202,33 @@ impl Client {
             desired_state: state.to_string(),
             ..Default::default()
         };
-        self.send(Method::PUT, &format!("/units/{}", escape(name)), &[], Some(&body))
-            .await?;
+        self.send(
+            Method::PUT,
+            &format!("/units/{}", escape(name)),
+            &[],
+            Some(&body),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn destroy_unit(&self, name: &str) -> Result<(), ClientError> {
-        self.send(Method::DELETE, &format!("/units/{}", escape(name)), &[], None)
-            .await?;
+        self.send(
+            Method::DELETE,
+            &format!("/units/{}", escape(name)),
+            &[],
+            None,
+        )
+        .await?;
         Ok(())
     }
 
     /// Unit states, optionally only of some units and machines, following pages.
-    pub async fn unit_states(&self, units: &[&str], machines: &[&str]) -> Result<Vec<schema::UnitState>, ClientError> {
+    pub async fn unit_states(
+        &self,
+        units: &[&str],
+        machines: &[&str],
+    ) -> Result<Vec<schema::UnitState>, ClientError> {
         let mut all = Vec::new();
         let mut token = String::new();
         loop {
@@ -260,10 +285,22 @@ mod tests {
     #[test]
     fn endpoints() {
         let cases = [
-            ("unix:///var/run/fleet.sock", Some(Endpoint::Unix("/var/run/fleet.sock".into()))),
-            ("/run/fleet.sock", Some(Endpoint::Unix("/run/fleet.sock".into()))),
-            ("http://10.0.0.1:49153", Some(Endpoint::Http("http://10.0.0.1:49153".into()))),
-            ("http://10.0.0.1:49153/", Some(Endpoint::Http("http://10.0.0.1:49153".into()))),
+            (
+                "unix:///var/run/fleet.sock",
+                Some(Endpoint::Unix("/var/run/fleet.sock".into())),
+            ),
+            (
+                "/run/fleet.sock",
+                Some(Endpoint::Unix("/run/fleet.sock".into())),
+            ),
+            (
+                "http://10.0.0.1:49153",
+                Some(Endpoint::Http("http://10.0.0.1:49153".into())),
+            ),
+            (
+                "http://10.0.0.1:49153/",
+                Some(Endpoint::Http("http://10.0.0.1:49153".into())),
+            ),
             ("unix://relative", None),
             ("https://x", None),
             ("", None),

@@ -17,7 +17,11 @@ pub struct Unit {
     pub desired_state: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub current_state: String,
-    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "machineID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
 }
 

@@ -153,13 +153,20 @@ fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String>> {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if let Some(q) = query {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
-            params.entry(k.into_owned()).or_default().push(v.into_owned());
+            params
+                .entry(k.into_owned())
+                .or_default()
+                .push(v.into_owned());
         }
     }
     params
 }
 
-fn page<T>(api: &Api, params: &BTreeMap<String, Vec<String>>, all: Vec<T>) -> Result<(Vec<T>, String), ApiError> {
+fn page<T>(
+    api: &Api,
+    params: &BTreeMap<String, Vec<String>>,
+    all: Vec<T>,
+) -> Result<(Vec<T>, String), ApiError> {
     let token = match params.get("nextPageToken").and_then(|v| v.first()) {
         Some(t) => PageToken::decode(t)?,
         None => PageToken {
@@ -179,7 +186,11 @@ fn page<T>(api: &Api, params: &BTreeMap<String, Vec<String>>, all: Vec<T>) -> Re
     } else {
         String::new()
     };
-    let items = all.into_iter().skip(start).take(token.limit as usize).collect();
+    let items = all
+        .into_iter()
+        .skip(start)
+        .take(token.limit as usize)
+        .collect();
     Ok((items, next))
 }
 
@@ -199,10 +210,7 @@ impl Placements {
     async fn load(registry: &Registry) -> Result<Placements, ApiError> {
         let (placements, states) = tokio::try_join!(registry.placements(), registry.unit_states())?;
         Ok(Placements {
-            by_unit: placements
-                .into_iter()
-                .map(|(m, p)| (p.name, m))
-                .collect(),
+            by_unit: placements.into_iter().map(|(m, p)| (p.name, m)).collect(),
             states: states
                 .into_iter()
                 .map(|s| ((s.machine_id.clone(), s.name.clone()), s))
@@ -212,7 +220,11 @@ impl Placements {
 
     fn view(&self, unit: fleet_registry::Unit) -> schema::Unit {
         let global = unit.is_global();
-        let machine = if global { None } else { self.by_unit.get(&unit.name) };
+        let machine = if global {
+            None
+        } else {
+            self.by_unit.get(&unit.name)
+        };
         let current_state = match machine {
             _ if global => String::new(),
             Some(m) => self
@@ -232,7 +244,10 @@ impl Placements {
     }
 }
 
-async fn list_units(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::UnitPage>, ApiError> {
+async fn list_units(
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<schema::UnitPage>, ApiError> {
     let params = query_params(query);
     let (units, placements) = tokio::try_join!(
         async { api.registry.units().await.map_err(ApiError::from) },
@@ -246,7 +261,10 @@ async fn list_units(State(api): State<Api>, RawQuery(query): RawQuery) -> Result
     }))
 }
 
-async fn get_unit(State(api): State<Api>, Path(name): Path<String>) -> Result<Json<schema::Unit>, ApiError> {
+async fn get_unit(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<schema::Unit>, ApiError> {
     let name = parse_name(&name)?;
     let Some(unit) = api.registry.unit(&name).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
@@ -291,10 +309,13 @@ async fn put_unit(
         )));
     }
     let name = parse_name(&name)?;
-    let desired: Option<JobState> = match submitted.desired_state.as_str() {
-        "" => None,
-        s => Some(s.parse().map_err(|e: fleet_registry::InvalidJobState| ApiError::bad_request(e.to_string()))?),
-    };
+    let desired: Option<JobState> =
+        match submitted.desired_state.as_str() {
+            "" => None,
+            s => Some(s.parse().map_err(|e: fleet_registry::InvalidJobState| {
+                ApiError::bad_request(e.to_string())
+            })?),
+        };
     if name.is_template() && desired.is_some_and(|d| d != JobState::Inactive) {
         return Err(ApiError::bad_request(format!(
             "unit {name} is a template: only its instances can be loaded or launched"
@@ -306,8 +327,7 @@ async fn put_unit(
         let file = UnitFile::from_options(submitted.options)
             .normalized()
             .map_err(|e| ApiError::bad_request(format!("invalid unit options: {e}")))?;
-        Requirements::from_unit(&name, &file)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        Requirements::from_unit(&name, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Some(file.into_options())
     };
 
@@ -350,7 +370,10 @@ async fn put_unit(
     }
 }
 
-async fn delete_unit(State(api): State<Api>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_unit(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let name = parse_name(&name)?;
     if api.registry.delete_unit(&name).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -361,7 +384,10 @@ async fn delete_unit(State(api): State<Api>, Path(name): Path<String>) -> Result
 
 // ---- state and machines ---------------------------------------------------------------------
 
-async fn list_states(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::UnitStatePage>, ApiError> {
+async fn list_states(
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<schema::UnitStatePage>, ApiError> {
     let params = query_params(query);
     let machines = params.get("machineID").cloned().unwrap_or_default();
     let units = params.get("unitName").cloned().unwrap_or_default();
@@ -388,7 +414,10 @@ async fn list_states(State(api): State<Api>, RawQuery(query): RawQuery) -> Resul
     }))
 }
 
-async fn list_machines(State(api): State<Api>, RawQuery(query): RawQuery) -> Result<Json<schema::MachinePage>, ApiError> {
+async fn list_machines(
+    State(api): State<Api>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<schema::MachinePage>, ApiError> {
     let params = query_params(query);
     let all: Vec<schema::Machine> = api
         .registry

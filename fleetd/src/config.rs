@@ -90,7 +90,9 @@ impl Config {
         };
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                for (key, value) in parse_file(&text).with_context(|| format!("in {}", path.display()))? {
+                for (key, value) in
+                    parse_file(&text).with_context(|| format!("in {}", path.display()))?
+                {
                     values.insert(key, (value, path.display().to_string()));
                 }
             }
@@ -191,7 +193,11 @@ fn parse_file(text: &str) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') || line.starts_with('[') {
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with(';')
+            || line.starts_with('[')
+        {
             continue;
         }
         let Some((key, value)) = line.split_once('=') else {
@@ -357,8 +363,18 @@ mod tests {
 
     #[test]
     fn durations() {
-        for (input, secs) in [("30s", 30.0), ("1m", 60.0), ("1h", 3600.0), ("1m30s", 90.0), ("1500ms", 1.5)] {
-            assert_eq!(parse_duration(input).unwrap(), Duration::from_secs_f64(secs), "{input}");
+        for (input, secs) in [
+            ("30s", 30.0),
+            ("1m", 60.0),
+            ("1h", 3600.0),
+            ("1m30s", 90.0),
+            ("1500ms", 1.5),
+        ] {
+            assert_eq!(
+                parse_duration(input).unwrap(),
+                Duration::from_secs_f64(secs),
+                "{input}"
+            );
         }
         for bad in ["", "10", "s", "10x"] {
             assert!(parse_duration(bad).is_err(), "{bad}");

@@ -20,7 +20,11 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DEFAULT_SOCKET: &str = "/var/run/fleet.sock";
 
 #[derive(Parser, Debug)]
-#[command(name = "fleetd", version, about = "fleet daemon: agent, engine and API of one machine")]
+#[command(
+    name = "fleetd",
+    version,
+    about = "fleet daemon: agent, engine and API of one machine"
+)]
 struct Args {
     /// Configuration file (default /etc/fleet/fleet.conf, if present).
     #[arg(long)]
@@ -65,12 +69,15 @@ fn init_logging(verbosity: u32) {
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("FLEETD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn")));
+    let filter = EnvFilter::try_from_env("FLEETD_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn"))
+    });
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         if let Ok(journald) = tracing_journald::layer() {
-            registry.with(journald.with_syslog_identifier("fleetd".into())).init();
+            registry
+                .with(journald.with_syslog_identifier("fleetd".into()))
+                .init();
             return;
         }
     }
@@ -162,7 +169,10 @@ async fn run(args: Args, config: Config) -> Result<()> {
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {

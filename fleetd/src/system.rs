@@ -11,8 +11,7 @@ use anyhow::{bail, Context, Result};
 pub fn machine_id(path: &Path) -> Result<fleet_registry::MachineId> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the machine id from {}", path.display()))?;
-    fleet_registry::MachineId::parse(&text)
-        .with_context(|| format!("in {}", path.display()))
+    fleet_registry::MachineId::parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
 /// The IPv4 address of the interface that carries the default route.
