@@ -50,10 +50,35 @@ pub struct Cluster {
     scratch: PathBuf,
 }
 
-/// The shared cluster, brought up (idempotently) on first use in this test binary.
+/// The shared cluster, brought up (idempotently) on first use in this test binary, running the
+/// debug build.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
     CLUSTER.get_or_init(|| {
+        let cluster = Cluster::new(&target_dir().join("debug"));
+        cluster.up();
+        cluster
+    })
+}
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e crate sits in the workspace")
+        .to_path_buf()
+}
+
+impl Cluster {
+    /// A handle on the local cluster running the fleetd and fleetctl found in `bin`. Panics,
+    /// saying why, when not root or when the binaries are missing.
+    pub fn new(bin: &Path) -> Cluster {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         assert_eq!(
@@ -61,14 +86,6 @@ pub fn cluster() -> &'static Cluster {
             "the end-to-end tests boot systemd-nspawn nodes and must run as root \
              (run the unit tests alone with `cargo test --workspace --exclude fleet-e2e`)"
         );
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("e2e crate sits in the workspace")
-            .to_path_buf();
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target"));
-        let bin = target.join("debug");
         for b in ["fleetd", "fleetctl"] {
             assert!(
                 bin.join(b).exists(),
@@ -78,13 +95,13 @@ pub fn cluster() -> &'static Cluster {
         }
         let scratch = std::env::temp_dir().join(format!("fleet-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&scratch).expect("create scratch dir");
-        let cluster = Cluster { root, bin, scratch };
-        cluster.up();
-        cluster
-    })
-}
+        Cluster {
+            root: workspace_root(),
+            bin: bin.to_path_buf(),
+            scratch,
+        }
+    }
 
-impl Cluster {
     fn tool_path(&self) -> PathBuf {
         self.root.join("cluster/fleet-cluster")
     }

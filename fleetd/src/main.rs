@@ -62,7 +62,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to the journal when started by systemd with its output there, else to stderr.
+/// Logs to stderr. Under systemd (whose journal then holds stderr), each line starts with its
+/// syslog priority (`<3>` error .. `<7>` debug), which journald records as the priority, and
+/// carries no timestamp of its own; the fields stay in the message, readable with
+/// `journalctl -u fleet`.
 fn init_logging(verbosity: u32) {
     let default = match verbosity {
         0 => "info",
@@ -74,16 +77,51 @@ fn init_logging(verbosity: u32) {
     });
     let registry = tracing_subscriber::registry().with(filter);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        if let Ok(journald) = tracing_journald::layer() {
-            registry
-                .with(journald.with_syslog_identifier("fleetd".into()))
-                .init();
-            return;
-        }
+        let format = JournalFormat(
+            tracing_subscriber::fmt::format()
+                .without_time()
+                .with_ansi(false)
+                .with_target(false)
+                .with_level(false),
+        );
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .event_format(format)
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+    } else {
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
-    registry
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-        .init();
+}
+
+/// Prefixes each event with its syslog priority for journald.
+struct JournalFormat<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
 }
 
 async fn run(args: Args, config: Config) -> Result<()> {
@@ -204,7 +242,12 @@ async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
         }
     }
     for listener in unix {
-        tracing::info!(address = ?listener.local_addr().ok(), "serving the API");
+        let address = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "an unnamed unix socket".into());
+        tracing::info!(%address, "serving the API");
         let router = router.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
@@ -213,7 +256,11 @@ async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
         });
     }
     for listener in tcp {
-        tracing::info!(address = ?listener.local_addr().ok(), "serving the API");
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        tracing::info!(%address, "serving the API");
         let router = router.clone();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, router).await {
