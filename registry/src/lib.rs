@@ -10,6 +10,8 @@
 //! | `placements/<id>/<name>` | [`Placement`], written by the engine | the target machine's |
 //! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
 //! | `engine/leader` | the leading machine's id | the leader's |
+//! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
+//! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //!
 //! Liveness is one lease per machine: when a machine dies, its record, its unit states and the
 //! placements made to it disappear together, and watchers learn it from one set of delete
@@ -20,6 +22,7 @@ mod model;
 mod presence;
 mod watch;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
@@ -123,6 +126,8 @@ pub struct EngineSnapshot {
     pub units: Vec<Unit>,
     pub machines: Vec<MachineEntry>,
     pub placements: Vec<(MachineId, Placement)>,
+    /// Why units could not be placed, as the leader last wrote it.
+    pub unplaceable: BTreeMap<UnitName, Vec<String>>,
 }
 
 /// A live machine and the lease its record hangs on.
@@ -136,14 +141,18 @@ pub struct MachineEntry {
 #[derive(Debug, Clone, Default)]
 pub struct AgentSnapshot {
     pub revision: i64,
+    /// This machine's own record (its live metadata), if registered.
+    pub machine: Option<Machine>,
     pub placements: Vec<Placement>,
     pub global_units: Vec<Unit>,
 }
 
-/// The engine's proof of leadership: the revision at which it created the leader key.
+/// The engine's proof of leadership: the revision at which it created the leader key, and the
+/// lease that key (and everything the leader writes for itself) hangs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Leadership {
     pub revision: i64,
+    pub lease: i64,
 }
 
 /// One change the engine wants made to placements.
@@ -157,7 +166,18 @@ pub enum PlacementOp {
     },
     /// Remove the placement of a unit from a machine.
     Delete { machine: MachineId, name: UnitName },
+    /// Record why a unit cannot be placed (on the leader's lease).
+    SetUnplaceable {
+        name: UnitName,
+        reasons: Vec<String>,
+    },
+    /// Forget why a unit could not be placed.
+    ClearUnplaceable { name: UnitName },
 }
+
+/// Changes to one machine's metadata, as `PATCH /machines` carries them: `Some(value)` sets a
+/// key, `None` removes it. They persist (`metadata/<id>`) and override fleet.conf's metadata.
+pub type MetadataOverrides = BTreeMap<String, Option<String>>;
 
 /// Handle on fleet's data in etcd. Cheap to clone.
 #[derive(Clone)]
@@ -253,6 +273,15 @@ impl Registry {
     }
     fn leader_key(&self) -> String {
         self.key("engine/leader")
+    }
+    fn unplaceable_prefix(&self) -> String {
+        self.key("unplaceable/")
+    }
+    fn unplaceable_key(&self, name: &UnitName) -> String {
+        self.key(&format!("unplaceable/{name}"))
+    }
+    fn metadata_key(&self, id: &MachineId) -> String {
+        self.key(&format!("metadata/{id}"))
     }
 
     // ---- plumbing ---------------------------------------------------------------------------
@@ -440,6 +469,91 @@ impl Registry {
         Ok(())
     }
 
+    /// Why units could not be placed, as the engine last recorded it.
+    pub async fn unplaceable(&self) -> Result<BTreeMap<UnitName, Vec<String>>> {
+        let prefix = self.unplaceable_prefix();
+        let (_, items) = self.range::<Vec<String>>(&prefix).await?;
+        Ok(items
+            .into_iter()
+            .filter_map(|(kv, reasons)| {
+                let name = kv.key_str().ok()?.strip_prefix(&prefix)?;
+                Some((UnitName::parse(name).ok()?, reasons))
+            })
+            .collect())
+    }
+
+    /// The metadata overrides set through the API for a machine.
+    pub async fn metadata_overrides(&self, id: &MachineId) -> Result<MetadataOverrides> {
+        let mut kv = self.client.kv_client();
+        let resp = self.timed(kv.get(self.metadata_key(id), None)).await?;
+        match resp.kvs().first() {
+            Some(kv) => decode(kv),
+            None => Ok(MetadataOverrides::new()),
+        }
+    }
+
+    /// Applies metadata changes to a live machine: they are stored as overrides (so the
+    /// machine keeps them when it registers again) and applied to its record, on its lease,
+    /// in one transaction. `false` when the machine is not alive.
+    pub async fn patch_machine_metadata(
+        &self,
+        id: &MachineId,
+        changes: &MetadataOverrides,
+    ) -> Result<bool> {
+        let machine_key = self.machine_key(id);
+        let metadata_key = self.metadata_key(id);
+        loop {
+            let resp = self
+                .txn(Txn::new().and_then(vec![
+                    TxnOp::get(machine_key.clone(), None),
+                    TxnOp::get(metadata_key.clone(), None),
+                ]))
+                .await?;
+            let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            });
+            let (Some(record), Some(stored)) = (gets.next(), gets.next()) else {
+                return Err(Error::Protocol("short transaction response".into()));
+            };
+            let Some(record) = record.kvs().first() else {
+                return Ok(false);
+            };
+            let mut machine: Machine = decode(record)?;
+            let (mut overrides, stored_revision) = match stored.kvs().first() {
+                Some(kv) => (decode::<MetadataOverrides>(kv)?, kv.mod_revision()),
+                None => (MetadataOverrides::new(), 0),
+            };
+            for (key, value) in changes {
+                overrides.insert(key.clone(), value.clone());
+                match value {
+                    Some(v) => machine.metadata.insert(key.clone(), v.clone()),
+                    None => machine.metadata.remove(key),
+                };
+            }
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::mod_revision(
+                        machine_key.clone(),
+                        CompareOp::Equal,
+                        record.mod_revision(),
+                    ),
+                    Compare::mod_revision(metadata_key.clone(), CompareOp::Equal, stored_revision),
+                ])
+                .and_then(vec![
+                    TxnOp::put(
+                        machine_key.clone(),
+                        encode(&machine),
+                        Some(PutOptions::new().with_lease(record.lease())),
+                    ),
+                    TxnOp::put(metadata_key.clone(), encode(&overrides), None),
+                ]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(true);
+            }
+        }
+    }
+
     // ---- engine -----------------------------------------------------------------------------
 
     /// Reads units, machines and placements at one revision.
@@ -451,6 +565,7 @@ impl Registry {
                 TxnOp::get(self.machines_prefix(), prefixed()),
                 TxnOp::get(self.placements_prefix(), prefixed()),
                 TxnOp::get(self.leader_key(), None),
+                TxnOp::get(self.unplaceable_prefix(), prefixed()),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
@@ -458,9 +573,13 @@ impl Registry {
             TxnOpResponse::Get(g) => Some(g),
             _ => None,
         });
-        let (Some(units), Some(machines), Some(placements), Some(leader)) =
-            (gets.next(), gets.next(), gets.next(), gets.next())
-        else {
+        let (Some(units), Some(machines), Some(placements), Some(leader), Some(unplaceable)) = (
+            gets.next(),
+            gets.next(),
+            gets.next(),
+            gets.next(),
+            gets.next(),
+        ) else {
             return Err(Error::Protocol("short transaction response".into()));
         };
         let units = decode_all::<Unit>(units.kvs())?
@@ -481,13 +600,23 @@ impl Registry {
             .collect();
         let leader = leader.kvs().first().map(|kv| Leadership {
             revision: kv.create_revision(),
+            lease: kv.lease(),
         });
+        let unplaceable_prefix = self.unplaceable_prefix();
+        let unplaceable = decode_all::<Vec<String>>(unplaceable.kvs())?
+            .into_iter()
+            .filter_map(|(kv, reasons)| {
+                let name = kv.key_str().ok()?.strip_prefix(&unplaceable_prefix)?;
+                Some((UnitName::parse(name).ok()?, reasons))
+            })
+            .collect();
         Ok(EngineSnapshot {
             revision,
             leader,
             units,
             machines,
             placements,
+            unplaceable,
         })
     }
 
@@ -525,7 +654,7 @@ impl Registry {
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
             let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            return Ok(Some(Leadership { revision }));
+            return Ok(Some(Leadership { revision, lease }));
         }
         for r in resp.op_responses() {
             if let TxnOpResponse::Get(g) = r {
@@ -533,6 +662,7 @@ impl Registry {
                     if kv.value() == machine.as_str().as_bytes() && kv.lease() == lease {
                         return Ok(Some(Leadership {
                             revision: kv.create_revision(),
+                            lease,
                         }));
                     }
                 }
@@ -593,6 +723,14 @@ impl Registry {
                     PlacementOp::Delete { machine, name } => {
                         TxnOp::delete(self.placement_key(machine, name), None)
                     }
+                    PlacementOp::SetUnplaceable { name, reasons } => TxnOp::put(
+                        self.unplaceable_key(name),
+                        encode(reasons),
+                        Some(PutOptions::new().with_lease(leadership.lease)),
+                    ),
+                    PlacementOp::ClearUnplaceable { name } => {
+                        TxnOp::delete(self.unplaceable_key(name), None)
+                    }
                 })
                 .collect();
             let txn = Txn::new()
@@ -618,6 +756,7 @@ impl Registry {
             .txn(Txn::new().and_then(vec![
                 TxnOp::get(self.machine_placements_prefix(machine), prefixed()),
                 TxnOp::get(self.global_prefix(), prefixed()),
+                TxnOp::get(self.machine_key(machine), None),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
@@ -625,11 +764,18 @@ impl Registry {
             TxnOpResponse::Get(g) => Some(g),
             _ => None,
         });
-        let (Some(placements), Some(globals)) = (gets.next(), gets.next()) else {
+        let (Some(placements), Some(globals), Some(record)) =
+            (gets.next(), gets.next(), gets.next())
+        else {
             return Err(Error::Protocol("short transaction response".into()));
+        };
+        let machine = match record.kvs().first() {
+            Some(kv) => Some(decode::<Machine>(kv)?),
+            None => None,
         };
         Ok(AgentSnapshot {
             revision,
+            machine,
             placements: decode_all::<Placement>(placements.kvs())?
                 .into_iter()
                 .map(|(_, p)| p)
@@ -646,6 +792,7 @@ impl Registry {
         vec![
             self.machine_placements_prefix(machine),
             self.global_prefix(),
+            self.machine_key(machine),
         ]
     }
 

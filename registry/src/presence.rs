@@ -104,7 +104,15 @@ async fn register(
     lease_file: Option<&PathBuf>,
 ) -> Result<i64> {
     let key = registry.machine_key(&machine.id);
-    let value = encode(machine);
+    // Metadata set through the API outlives registrations.
+    let mut machine = machine.clone();
+    for (k, v) in registry.metadata_overrides(&machine.id).await? {
+        match v {
+            Some(v) => machine.metadata.insert(k, v),
+            None => machine.metadata.remove(&k),
+        };
+    }
+    let value = encode(&machine);
     if let Some(previous) = lease_file.and_then(read_lease) {
         let txn = Txn::new()
             .when(vec![Compare::lease(
