@@ -250,15 +250,45 @@ impl Agent {
 
     /// Brings systemd in line with the placements and global units in `snapshot`.
     async fn reconcile(&mut self, snapshot: &AgentSnapshot) {
-        let mut sources: BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)> = BTreeMap::new();
+        let metadata = snapshot
+            .machine
+            .as_ref()
+            .map(|m| m.metadata.clone())
+            .unwrap_or_default();
+        let mut candidates = Vec::new();
         for p in &snapshot.placements {
-            sources.insert(p.name.clone(), (p.options.clone(), p.desired_state, false));
+            candidates.push((
+                plan::Candidate {
+                    name: &p.name,
+                    options: &p.options,
+                    global: false,
+                },
+                p.desired_state,
+            ));
         }
         for u in &snapshot.global_units {
             if u.desired_state != JobState::Inactive {
-                sources.insert(u.name.clone(), (u.options.clone(), u.desired_state, true));
+                candidates.push((
+                    plan::Candidate {
+                        name: &u.name,
+                        options: &u.options,
+                        global: true,
+                    },
+                    u.desired_state,
+                ));
             }
         }
+        let states: BTreeMap<&UnitName, JobState> =
+            candidates.iter().map(|(c, s)| (c.name, *s)).collect();
+        let only: Vec<plan::Candidate<'_>> = candidates.iter().map(|(c, _)| c.clone()).collect();
+        let sources: BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)> =
+            plan::select(&metadata, &only)
+                .into_iter()
+                .map(|c| {
+                    let state = states.get(c.name).copied().unwrap_or(JobState::Loaded);
+                    (c.name.clone(), (c.options.to_vec(), state, c.global))
+                })
+                .collect();
         self.converge(&sources).await;
     }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use fleet_registry::JobState;
-use fleet_units::{UnitHash, UnitName};
+use fleet_units::{glob_match, Requirements, UnitFile, UnitHash, UnitName, UnitOption};
 
 /// What this machine should run: one entry per unit placed here or global.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,67 @@ pub enum Action {
     /// One daemon-reload for all replaced unit files of this batch.
     ReloadDaemon,
     Start(UnitName),
+}
+
+/// A unit this machine could run: placed here by the engine, or global.
+#[derive(Debug, Clone)]
+pub struct Candidate<'a> {
+    pub name: &'a UnitName,
+    pub options: &'a [UnitOption],
+    pub global: bool,
+}
+
+/// Which units this machine runs: every unit placed here, then the global units whose
+/// `MachineMetadata` matches this machine's metadata, in name order, skipping a global unit
+/// that conflicts (either way) with one already chosen, as fleet's agent does.
+pub fn select<'a>(
+    metadata: &BTreeMap<String, String>,
+    candidates: &[Candidate<'a>],
+) -> Vec<Candidate<'a>> {
+    let requirements = |c: &Candidate<'_>| {
+        Requirements::from_unit(c.name, &UnitFile::from_options(c.options.to_vec()))
+            .map(|(r, _)| r)
+            .ok()
+    };
+    let mut chosen: Vec<(Candidate<'a>, Vec<String>)> = candidates
+        .iter()
+        .filter(|c| !c.global)
+        .map(|c| {
+            (
+                c.clone(),
+                requirements(c).map(|r| r.conflicts).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let mut globals: Vec<&Candidate<'a>> = candidates.iter().filter(|c| c.global).collect();
+    globals.sort_by(|a, b| a.name.cmp(b.name));
+    for g in globals {
+        let Some(req) = requirements(g) else {
+            continue;
+        };
+        if !metadata_matches(&req, metadata) {
+            continue;
+        }
+        let conflicts = chosen.iter().any(|(other, other_conflicts)| {
+            req.conflicts
+                .iter()
+                .any(|p| glob_match(p, other.name.as_str()))
+                || other_conflicts
+                    .iter()
+                    .any(|p| glob_match(p, g.name.as_str()))
+        });
+        if !conflicts {
+            chosen.push((g.clone(), req.conflicts));
+        }
+    }
+    chosen.into_iter().map(|(c, _)| c).collect()
+}
+
+/// Every metadata key required must be present with one of the accepted values.
+fn metadata_matches(req: &Requirements, metadata: &BTreeMap<String, String>) -> bool {
+    req.metadata
+        .iter()
+        .all(|(k, values)| metadata.get(k).is_some_and(|v| values.contains(v)))
 }
 
 /// Works out the steps that take `local` to `desired`.
@@ -245,6 +306,64 @@ mod tests {
             .filter(|a| *a == Action::ReloadDaemon)
             .count();
         assert_eq!(reloads, 1);
+    }
+
+    #[test]
+    fn global_units_follow_metadata_and_yield_to_conflicts_in_name_order() {
+        let opts = |lines: &[(&str, &str)]| -> Vec<UnitOption> {
+            lines
+                .iter()
+                .map(|(k, v)| UnitOption::new("X-Fleet", *k, *v))
+                .chain([UnitOption::new("Service", "ExecStart", "/bin/true")])
+                .collect()
+        };
+        let placed = name("placed.service");
+        let (g_a, g_b, g_c, g_d) = (
+            name("a-global.service"),
+            name("b-global.service"),
+            name("c-global.service"),
+            name("d-global.service"),
+        );
+        let placed_opts = opts(&[("Conflicts", "d-*")]);
+        let a_opts = opts(&[("Global", "true"), ("MachineMetadata", "role=web")]);
+        let b_opts = opts(&[("Global", "true"), ("MachineMetadata", "role=db")]);
+        let c_opts = opts(&[("Global", "true"), ("Conflicts", "a-global.service")]);
+        let d_opts = opts(&[("Global", "true")]);
+        let candidates = vec![
+            Candidate {
+                name: &g_d,
+                options: &d_opts,
+                global: true,
+            },
+            Candidate {
+                name: &g_c,
+                options: &c_opts,
+                global: true,
+            },
+            Candidate {
+                name: &g_b,
+                options: &b_opts,
+                global: true,
+            },
+            Candidate {
+                name: &g_a,
+                options: &a_opts,
+                global: true,
+            },
+            Candidate {
+                name: &placed,
+                options: &placed_opts,
+                global: false,
+            },
+        ];
+        let metadata: BTreeMap<String, String> = [("role".to_string(), "web".to_string())].into();
+        let chosen: Vec<&str> = select(&metadata, &candidates)
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        // placed: always; a: metadata matches; b: role=db does not; c: conflicts with a,
+        // chosen before it by name; d: the placed unit conflicts with it.
+        assert_eq!(chosen, vec!["placed.service", "a-global.service"]);
     }
 
     #[test]
