@@ -114,7 +114,7 @@ impl Client {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&schema::Unit>,
+        body: Option<&impl serde::Serialize>,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut request = self
             .http
@@ -152,7 +152,7 @@ impl Client {
         path: &str,
         query: &[(&str, &str)],
     ) -> Result<T, ClientError> {
-        let (_, bytes) = self.send(Method::GET, path, query, None).await?;
+        let (_, bytes) = self.send(Method::GET, path, query, None::<&()>).await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
@@ -217,7 +217,7 @@ impl Client {
             Method::DELETE,
             &format!("/units/{}", escape(name)),
             &[],
-            None,
+            None::<&()>,
         )
         .await?;
         Ok(())
@@ -244,6 +244,23 @@ impl Client {
             }
             token = page.next_page_token;
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) one metadata key of a live machine.
+    pub async fn set_machine_metadata(
+        &self,
+        machine: &str,
+        key: &str,
+        value: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let path = format!("/{machine}/metadata/{key}");
+        let op = match value {
+            Some(v) => serde_json::json!([{"op": "add", "path": path, "value": v}]),
+            None => serde_json::json!([{"op": "remove", "path": path}]),
+        };
+        self.send(Method::PATCH, "/machines", &[], Some(&op))
+            .await?;
+        Ok(())
     }
 
     pub async fn machines(&self) -> Result<Vec<schema::Machine>, ClientError> {

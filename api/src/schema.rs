@@ -23,6 +23,9 @@ pub struct Unit {
         skip_serializing_if = "String::is_empty"
     )]
     pub machine_id: String,
+    /// Why the engine cannot place the unit (not in fleet's API; fleet left users guessing).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -46,7 +46,12 @@ pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
                 .fallback(method_not_allowed),
         )
         .route("/state", get(list_states).fallback(method_not_allowed))
-        .route("/machines", get(list_machines).fallback(method_not_allowed))
+        .route(
+            "/machines",
+            get(list_machines)
+                .patch(patch_machines)
+                .fallback(method_not_allowed),
+        )
         .with_state(api);
     let server = HeaderValue::from_str(&format!("fleetd/{version}"))
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
@@ -204,12 +209,18 @@ fn parse_name(name: &str) -> Result<UnitName, ApiError> {
 struct Placements {
     by_unit: BTreeMap<UnitName, MachineId>,
     states: BTreeMap<(MachineId, UnitName), fleet_registry::UnitState>,
+    unplaceable: BTreeMap<UnitName, Vec<String>>,
 }
 
 impl Placements {
     async fn load(registry: &Registry) -> Result<Placements, ApiError> {
-        let (placements, states) = tokio::try_join!(registry.placements(), registry.unit_states())?;
+        let (placements, states, unplaceable) = tokio::try_join!(
+            registry.placements(),
+            registry.unit_states(),
+            registry.unplaceable()
+        )?;
         Ok(Placements {
+            unplaceable,
             by_unit: placements.into_iter().map(|(m, p)| (p.name, m)).collect(),
             states: states
                 .into_iter()
@@ -234,12 +245,21 @@ impl Placements {
                 .unwrap_or_else(|| JobState::Inactive.to_string()),
             None => JobState::Inactive.to_string(),
         };
+        let reason = match machine {
+            Some(_) => String::new(),
+            None => self
+                .unplaceable
+                .get(&unit.name)
+                .map(|r| r.join("; "))
+                .unwrap_or_default(),
+        };
         schema::Unit {
             name: unit.name.to_string(),
             options: unit.options,
             desired_state: unit.desired_state.to_string(),
             current_state,
             machine_id: machine.map(|m| m.to_string()).unwrap_or_default(),
+            reason,
         }
     }
 }
@@ -273,11 +293,8 @@ async fn get_unit(
     Ok(Json(placements.view(unit)))
 }
 
-async fn put_unit(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    request: Request<Body>,
-) -> Result<StatusCode, ApiError> {
+/// The body of a request that must be JSON: 415 for another content type, 413 when too large.
+async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -289,14 +306,22 @@ async fn put_unit(
             "only application/json is supported",
         ));
     }
-    let body = axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!("request body exceeds {MAX_BODY_BYTES} bytes"),
             )
-        })?;
+        })
+}
+
+async fn put_unit(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    request: Request<Body>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(request).await?;
     let mut submitted: schema::Unit = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     if submitted.name.is_empty() {
@@ -412,6 +437,86 @@ async fn list_states(
         states,
         next_page_token,
     }))
+}
+
+/// One operation of `PATCH /machines`: `{"op":"add"|"replace"|"remove",
+/// "path":"/<machine id>/metadata/<key>", "value":"..."}`.
+#[derive(Debug, Deserialize)]
+struct MachineOp {
+    op: String,
+    path: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+async fn patch_machines(
+    State(api): State<Api>,
+    request: Request<Body>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(request).await?;
+    let ops: Vec<MachineOp> = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    if ops.is_empty() {
+        return Err(ApiError::bad_request("no operation given"));
+    }
+    let mut changes: BTreeMap<MachineId, fleet_registry::MetadataOverrides> = BTreeMap::new();
+    for op in ops {
+        let parts: Vec<&str> = op.path.split('/').collect();
+        let (machine, key) = match parts.as_slice() {
+            ["", id, "metadata", key] if !key.is_empty() => (
+                MachineId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))?,
+                key.to_string(),
+            ),
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid path {:?}: expected /<machine id>/metadata/<key>",
+                    op.path
+                )))
+            }
+        };
+        let value = match (op.op.as_str(), op.value) {
+            ("add" | "replace", Some(v)) if !v.is_empty() => Some(v),
+            ("add" | "replace", _) => {
+                return Err(ApiError::bad_request(format!(
+                    "operation {:?} on {:?} needs a non-empty value",
+                    op.op, op.path
+                )))
+            }
+            ("remove", _) => None,
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid op {other:?}: expected add, replace or remove"
+                )))
+            }
+        };
+        changes.entry(machine).or_default().insert(key, value);
+    }
+    let live: Vec<MachineId> = api
+        .registry
+        .machines()
+        .await?
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    if let Some(missing) = changes.keys().find(|m| !live.contains(m)) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("machine {missing} does not exist"),
+        ));
+    }
+    for (machine, overrides) in &changes {
+        if !api
+            .registry
+            .patch_machine_metadata(machine, overrides)
+            .await?
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("machine {machine} does not exist"),
+            ));
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_machines(

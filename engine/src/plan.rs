@@ -136,6 +136,7 @@ mod tests {
             units,
             machines,
             placements,
+            unplaceable: Default::default(),
         }
     }
 
@@ -154,6 +155,7 @@ mod tests {
                     s.placements
                         .retain(|(m, p)| !(m == machine && &p.name == name));
                 }
+                PlacementOp::SetUnplaceable { .. } | PlacementOp::ClearUnplaceable { .. } => {}
             }
         }
         s

@@ -266,6 +266,7 @@ impl Ctl {
         let mut pending: Vec<&String> = names.iter().collect();
         let mut machines: Option<BTreeMap<String, Machine>> = None;
         let mut last_error: Option<ClientError> = None;
+        let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
         while !pending.is_empty() {
             let mut still = Vec::new();
             for name in pending {
@@ -286,7 +287,13 @@ impl Ctl {
                             .unwrap_or_default();
                         println!("Unit {name} {state}{legend}");
                     }
-                    Ok(_) => still.push(name),
+                    Ok(Some(u)) => {
+                        if !u.reason.is_empty() {
+                            reasons.insert(name.as_str(), u.reason);
+                        }
+                        still.push(name);
+                    }
+                    Ok(None) => still.push(name),
                     Err(e) => {
                         last_error = Some(e);
                         still.push(name);
@@ -299,9 +306,10 @@ impl Ctl {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 for name in &pending {
-                    let why = match &last_error {
-                        Some(e) => format!(" (last error: {e})"),
-                        None => String::new(),
+                    let why = match (reasons.get(name.as_str()), &last_error) {
+                        (Some(r), _) => format!(": it cannot be placed: {r}"),
+                        (None, Some(e)) => format!(" (last error: {e})"),
+                        (None, None) => String::new(),
                     };
                     stderr(format_args!(
                         "Error waiting for units: timed out waiting for unit {name} to report state {state}{why}"
@@ -556,7 +564,7 @@ pub fn render_list_unit_files(
     let columns = fields(
         listing,
         &[
-            "unit", "global", "dstate", "state", "target", "hash", "desc",
+            "unit", "global", "dstate", "state", "target", "hash", "desc", "reason",
         ],
         &["unit", "hash", "dstate", "state", "target"],
     )?;
@@ -583,6 +591,7 @@ pub fn render_list_unit_files(
                     },
                     "hash" => short_hash(&file.hash().to_string(), listing.full),
                     "desc" => or_dash(file.description().unwrap_or("")),
+                    "reason" => or_dash(&u.reason),
                     _ => "-".to_string(),
                 })
                 .collect()
@@ -700,6 +709,7 @@ mod tests {
             desired_state: "launched".into(),
             current_state: "launched".into(),
             machine_id: machine(1).id,
+            reason: String::new(),
         };
         let hash = UnitFile::from_options(unit.options.clone()).hash().short();
         let out = render_list_unit_files(&[unit], &[machine(1)], &listing()).unwrap();
