@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 /// Nodes the cluster is brought up with.
 pub const NODES: u32 = 3;
 
+/// Metadata of the test cluster's nodes (beside `hostname=nodeN`), for the placement tests.
+pub const METADATA: [&str; 3] = ["role=web,az=a", "role=web,az=b", "role=db,az=b"];
+
 /// `agent_ttl` of the test cluster (the tool's default).
 pub const AGENT_TTL: Duration = Duration::from_secs(10);
 
@@ -115,7 +118,11 @@ impl Cluster {
 
     /// Runs the cluster tool.
     pub fn tool(&self, args: &[&str]) -> Run {
-        let output = Command::new(self.tool_path())
+        let mut command = Command::new(self.tool_path());
+        for (i, metadata) in METADATA.iter().enumerate() {
+            command.env(format!("FLEET_CLUSTER_METADATA_{}", i + 1), metadata);
+        }
+        let output = command
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.tool_path().display()));
@@ -176,6 +183,43 @@ pub fn node_ip(n: u32) -> String {
 /// The node a `.../10.233.0.1N` legend (as fleetctl prints machines) points at.
 pub fn node_in(text: &str) -> Option<u32> {
     (1..=NODES).find(|n| text.contains(&format!("/{}", node_ip(*n))))
+}
+
+impl Cluster {
+    /// The nodes where `unit` is listed by `list-units` (as seen through node 1).
+    pub fn nodes_of(&self, unit: &str) -> Vec<u32> {
+        let out = self.fleetctl(&["list-units", "--no-legend", "--full"]);
+        let mut nodes: Vec<u32> = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{unit}\t")))
+            .filter_map(node_in)
+            .collect();
+        nodes.sort();
+        nodes
+    }
+
+    /// Waits until `unit` is active in systemd on exactly one node, and returns it.
+    pub fn active_on(&self, unit: &str) -> Option<u32> {
+        eventually(Duration::from_secs(15), || {
+            let nodes = self.nodes_of(unit);
+            match nodes.as_slice() {
+                [n] if self.is_active(*n, unit) == "active" => Some(*n),
+                _ => None,
+            }
+        })
+    }
+
+    /// An API client talking to node `n` over TCP.
+    pub fn api_client(&self, n: u32) -> fleet_api::Client {
+        fleet_api::Client::new(&format!("http://{}:49153", node_ip(n)), Duration::from_secs(5))
+            .expect("valid endpoint")
+    }
+
+    /// The machine id of node `n`.
+    pub fn machine_id(&self, n: u32) -> String {
+        format!("f1ee70{n:02}{}", "0".repeat(24))
+    }
 }
 
 /// Retries `f` until it returns `Some` or `timeout` passes.

@@ -1,0 +1,222 @@
+//! `[X-Fleet]` rules on a real cluster, one scenario per rule, as fleet's functional suite had.
+//!
+//! The nodes' metadata (see `fleet_e2e::METADATA`): node1 `role=web,az=a`, node2
+//! `role=web,az=b`, node3 `role=db,az=b`, each also `hostname=nodeN`.
+
+use std::time::Duration;
+
+use fleet_e2e::{cluster, eventually, Cluster, NODES};
+
+fn unit(c: &Cluster, name: &str, x_fleet: &str) -> String {
+    let text = format!(
+        "[Unit]\nDescription={name}\n\n[Service]\nExecStart=/bin/bash -c 'while true; do sleep 1; done'\n\n[X-Fleet]\n{x_fleet}\n"
+    );
+    c.unit_file(name, &text).to_string_lossy().into_owned()
+}
+
+fn destroy(c: &Cluster, names: &[&str]) {
+    let mut args = vec!["destroy"];
+    args.extend_from_slice(names);
+    c.fleetctl(&args).expect_ok("destroy");
+}
+
+#[test]
+fn machine_of_keeps_a_pair_together() {
+    let c = cluster();
+    let leader = unit(c, "pair-leader.service", "");
+    let follower = unit(c, "pair-follower.service", "MachineOf=pair-leader.service");
+    c.fleetctl(&["start", &follower, &leader]).expect_ok("start");
+    let a = c.active_on("pair-leader.service").expect("leader active");
+    let b = c.active_on("pair-follower.service").expect("follower active");
+    destroy(c, &["pair-leader.service", "pair-follower.service"]);
+    assert_eq!(a, b, "MachineOf units on different machines");
+}
+
+#[test]
+fn five_mutually_conflicting_units_on_three_machines() {
+    let c = cluster();
+    let names: Vec<String> = (1..=5).map(|i| format!("exclusive{i}.service")).collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| unit(c, n, "Conflicts=exclusive*.service"))
+        .collect();
+    let mut args = vec!["start", "--no-block"];
+    args.extend(paths.iter().map(String::as_str));
+    c.fleetctl(&args).expect_ok("start");
+    let settled = eventually(Duration::from_secs(15), || {
+        let placed: Vec<(String, Vec<u32>)> = names
+            .iter()
+            .map(|n| (n.clone(), c.nodes_of(n)))
+            .filter(|(_, nodes)| !nodes.is_empty())
+            .collect();
+        (placed.len() == NODES as usize).then_some(placed)
+    });
+    let files = c.fleetctl(&["list-unit-files", "--no-legend", "--fields", "unit,reason"]);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    destroy(c, &refs);
+
+    let placed = settled.expect("three of the five units placed");
+    let mut nodes: Vec<u32> = placed.iter().flat_map(|(_, n)| n.clone()).collect();
+    nodes.sort();
+    assert_eq!(nodes, vec![1, 2, 3], "{placed:?}");
+    let unplaced: Vec<&str> = files
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("exclusive") && l.contains("conflicts with"))
+        .collect();
+    assert_eq!(unplaced.len(), 2, "two units say why they wait: {}", files.stdout);
+}
+
+#[test]
+fn a_one_way_conflict_keeps_units_apart() {
+    let c = cluster();
+    for _ in 0..2 {
+        let quiet = unit(c, "oneway-quiet.service", "");
+        let picky = unit(c, "oneway-picky.service", "Conflicts=oneway-quiet.service");
+        c.fleetctl(&["start", &quiet, &picky]).expect_ok("start");
+        let a = c.active_on("oneway-quiet.service").expect("quiet active");
+        let b = c.active_on("oneway-picky.service").expect("picky active");
+        destroy(c, &["oneway-quiet.service", "oneway-picky.service"]);
+        assert_ne!(a, b);
+    }
+}
+
+#[test]
+fn metadata_values_of_one_key_are_ored_and_keys_anded() {
+    let c = cluster();
+    // role=web (node1, node2) AND az=b (node2, node3): node2 only.
+    let and = unit(c, "meta-and.service", "MachineMetadata=role=web\nMachineMetadata=az=b");
+    // role=db OR role=web, AND az=a: node1 only.
+    let or = unit(c, "meta-or.service", "MachineMetadata=\"role=db\" \"role=web\" \"az=a\"");
+    c.fleetctl(&["start", &and, &or]).expect_ok("start");
+    let and_node = c.active_on("meta-and.service");
+    let or_node = c.active_on("meta-or.service");
+    destroy(c, &["meta-and.service", "meta-or.service"]);
+    assert_eq!(and_node, Some(2));
+    assert_eq!(or_node, Some(1));
+}
+
+#[test]
+fn a_global_unit_runs_where_its_metadata_matches() {
+    let c = cluster();
+    let path = unit(c, "everywhere-web.service", "Global=true\nMachineMetadata=role=web");
+    let out = c.fleetctl(&["start", &path]).expect_ok("start");
+    assert_eq!(out.stdout, "Triggered global unit everywhere-web.service start\n");
+    let nodes = eventually(Duration::from_secs(15), || {
+        let nodes = c.nodes_of("everywhere-web.service");
+        let active = nodes.iter().all(|n| c.is_active(*n, "everywhere-web.service") == "active");
+        (nodes == vec![1, 2] && active).then_some(nodes)
+    });
+    let on_db = c.is_active(3, "everywhere-web.service");
+    destroy(c, &["everywhere-web.service"]);
+    assert_eq!(nodes, Some(vec![1, 2]));
+    assert_ne!(on_db, "active");
+}
+
+#[test]
+fn machine_id_full_and_short() {
+    let c = cluster();
+    let full = unit(c, "pinned-full.service", &format!("MachineID={}", c.machine_id(3)));
+    let short = unit(c, "pinned-short.service", &format!("MachineID={}", &c.machine_id(2)[..8]));
+    c.fleetctl(&["start", &full, &short]).expect_ok("start");
+    let on_full = c.active_on("pinned-full.service");
+    let on_short = c.active_on("pinned-short.service");
+    destroy(c, &["pinned-full.service", "pinned-short.service"]);
+    assert_eq!(on_full, Some(3));
+    assert_eq!(on_short, Some(2));
+}
+
+#[test]
+fn replaces_moves_the_replaced_unit_away() {
+    let c = cluster();
+    let old = unit(c, "replaced.service", "MachineMetadata=az=b");
+    c.fleetctl(&["start", &old]).expect_ok("start replaced");
+    let first = c.active_on("replaced.service").expect("replaced active");
+    let new = unit(
+        c,
+        "replacer.service",
+        &format!("Replaces=replaced.service\nMachineMetadata=hostname=node{first}"),
+    );
+    c.fleetctl(&["start", &new]).expect_ok("start replacer");
+    let replacer = c.active_on("replacer.service");
+    let moved = eventually(Duration::from_secs(15), || {
+        let n = c.active_on("replaced.service")?;
+        (n != first).then_some(n)
+    });
+    destroy(c, &["replaced.service", "replacer.service"]);
+    assert_eq!(replacer, Some(first));
+    let moved = moved.expect("the replaced unit moved");
+    assert!(moved == 2 || moved == 3, "replaced.service must stay in az=b: node{moved}");
+}
+
+#[test]
+fn a_template_instance_uses_its_instance_as_metadata() {
+    let c = cluster();
+    let template = unit(c, "pinned@.service", "MachineMetadata=hostname=%i");
+    let instance = std::path::Path::new(&template)
+        .with_file_name("pinned@node3.service")
+        .to_string_lossy()
+        .into_owned();
+    let submitted = c.fleetctl(&["submit", &template]).expect_ok("submit template");
+    assert_eq!(submitted.stdout, "");
+    c.fleetctl(&["start", &instance]).expect_ok("start instance");
+    let node = c.active_on("pinned@node3.service");
+    let template_start = c.fleetctl(&["start", "pinned@.service"]);
+    destroy(c, &["pinned@node3.service", "pinned@.service"]);
+    assert_eq!(node, Some(3));
+    assert_eq!(template_start.code, Some(1), "a template cannot be started: {template_start:#?}");
+}
+
+#[test]
+fn a_metadata_change_through_the_api_moves_a_unit() {
+    let c = cluster();
+    let path = unit(c, "follows-role.service", "MachineMetadata=role=web");
+    c.fleetctl(&["start", &path]).expect_ok("start");
+    let first = c.active_on("follows-role.service").expect("active");
+    let client = c.api_client(1);
+    let id = c.machine_id(first);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime
+        .block_on(client.set_machine_metadata(&id, "role", Some("cache")))
+        .expect("PATCH /machines");
+    let moved = eventually(Duration::from_secs(15), || {
+        let n = c.active_on("follows-role.service")?;
+        (n != first).then_some(n)
+    });
+    let stopped_there = c.is_active(first, "follows-role.service");
+    runtime
+        .block_on(client.set_machine_metadata(&id, "role", Some("web")))
+        .expect("restore metadata");
+    destroy(c, &["follows-role.service"]);
+    let moved = moved.expect("the unit moved off the machine that lost role=web");
+    assert!(moved == 1 || moved == 2, "role=web is node1 and node2, got node{moved}");
+    assert_ne!(stopped_there, "active");
+}
+
+#[test]
+fn an_unplaceable_unit_says_why() {
+    let c = cluster();
+    let path = unit(c, "nowhere.service", "MachineMetadata=role=mainframe");
+    let out = c.fleetctl(&["start", "--block-attempts", "4", &path]);
+    let files = c
+        .fleetctl(&["list-unit-files", "--no-legend", "--fields", "unit,reason"])
+        .expect_ok("list-unit-files");
+    destroy(c, &["nowhere.service"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    for n in 1..=NODES {
+        assert!(
+            out.stderr.contains(&format!("f1ee70{n:02}: metadata role=mainframe")),
+            "node{n} reason missing: {}",
+            out.stderr
+        );
+    }
+    let row = files
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("nowhere.service\t"))
+        .expect("row");
+    assert!(row.contains("metadata role=mainframe"), "{row}");
+}
