@@ -19,8 +19,8 @@ const QUIET: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn units_are_stored_listed_changed_and_deleted() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
 
     registry.put_unit(&unit("web.service")).await.unwrap();
     registry.put_unit(&unit("db.service")).await.unwrap();
@@ -53,8 +53,8 @@ async fn units_are_stored_listed_changed_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_global_unit_reaches_every_agent_until_it_is_made_local() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     registry
         .put_unit(&global_unit("log.service"))
         .await
@@ -85,8 +85,8 @@ async fn a_global_unit_reaches_every_agent_until_it_is_made_local() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_global_unit_removes_it_from_the_agents() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     registry
         .put_unit(&global_unit("log.service"))
         .await
@@ -101,8 +101,8 @@ async fn deleting_a_global_unit_removes_it_from_the_agents() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_started_machine_is_listed() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
 
     let (_presence, lease) = present(&registry, 1).await;
 
@@ -113,8 +113,8 @@ async fn a_started_machine_is_listed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_fleetd_with_the_same_machine_id_waits_until_the_first_is_gone() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (first, first_lease) = present(&registry, 1).await;
 
     let mut second = tokio::spawn(Presence::start(registry.clone(), machine(1), TTL, None));
@@ -140,8 +140,8 @@ async fn a_second_fleetd_with_the_same_machine_id_waits_until_the_first_is_gone(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restart_with_the_lease_file_takes_back_the_same_lease() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let dir = TempDir::new("lease");
     let lease_file = dir.path().join("lease");
 
@@ -174,8 +174,8 @@ async fn a_restart_with_the_lease_file_takes_back_the_same_lease() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_machine_takes_its_states_and_placements_with_it() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (dying, dying_lease) = present(&registry, 1).await;
     let (_living, living_lease) = present(&registry, 2).await;
     let leadership = registry
@@ -227,8 +227,8 @@ async fn a_dead_machine_takes_its_states_and_placements_with_it() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_leader_leaves_the_leadership_free() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (leader, leader_lease) = present(&registry, 1).await;
     let (_other, other_lease) = present(&registry, 2).await;
     assert!(registry
@@ -252,8 +252,8 @@ async fn a_dead_leader_leaves_the_leadership_free() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_publishes_and_withdraws_unit_states() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
 
@@ -296,8 +296,8 @@ async fn an_agent_publishes_and_withdraws_unit_states() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_engine_leads_and_a_deposed_one_cannot_write() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
 
@@ -359,8 +359,8 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_placement_on_an_expired_lease_is_refused() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
 
     let result = place_on_an_expired_lease(&registry).await;
 
@@ -374,8 +374,8 @@ async fn a_placement_on_an_expired_lease_is_refused() {
 /// The engine must tell "etcd refused this" (re-plan) from "etcd is unreachable" (wait).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
 
     let error = place_on_an_expired_lease(&registry).await.unwrap_err();
 
@@ -406,8 +406,8 @@ async fn place_on_an_expired_lease(registry: &Registry) -> fleet_registry::Resul
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_hundred_placements_are_written_in_several_transactions() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease) = present(&registry, 1).await;
     let leadership = registry
         .campaign(&machine_id(1), lease)
@@ -441,8 +441,8 @@ async fn three_hundred_placements_are_written_in_several_transactions() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_sees_units_machines_and_placements_together() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
     let leadership = registry
@@ -485,8 +485,8 @@ async fn the_engine_sees_units_machines_and_placements_together() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_sees_only_its_own_placements() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
     let leadership = registry
@@ -526,8 +526,8 @@ async fn an_agent_sees_only_its_own_placements() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
     let leadership = registry
@@ -576,8 +576,8 @@ async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_between_snapshot_and_watch_is_not_missed() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let seen = registry.engine_snapshot().await.unwrap();
 
     registry.put_unit(&unit("web.service")).await.unwrap();
@@ -596,8 +596,8 @@ async fn a_change_between_snapshot_and_watch_is_not_missed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_wakes_when_a_machine_joins_and_a_follower_when_the_leader_resigns() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
     let leadership = registry
         .campaign(&machine_id(1), lease_a)
@@ -674,8 +674,8 @@ async fn an_unreachable_etcd_is_reported_instead_of_hanging() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_ends_with_an_unavailable_error_when_etcd_goes_away() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let seen = registry.engine_snapshot().await.unwrap();
     let mut changes = registry
         .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
@@ -693,8 +693,8 @@ async fn a_watch_ends_with_an_unavailable_error_when_etcd_goes_away() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_machine_cut_off_from_etcd_past_its_ttl_fences_itself() {
-    let etcd = Etcd::start().await;
-    let registry = etcd.registry().await;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
     let (presence, _) = present(&registry, 1).await;
     let mut status = presence.subscribe();
 

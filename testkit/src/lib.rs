@@ -1,0 +1,210 @@
+//! A real etcd for tests and benchmarks.
+//!
+//! Each [`Etcd`] is a fresh single-member etcd (Debian's `/usr/bin/etcd`, package
+//! `etcd-server`; `ETCD_BIN` overrides the path) on free loopback ports with its own temporary
+//! data directory. It is killed and its directory removed when the value is dropped, also when
+//! the test panics. A missing etcd is a failure, never a skipped test.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long etcd may take to answer after being started.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
+/// How many times a start is retried when etcd exits at once (e.g. a port taken meanwhile).
+const START_ATTEMPTS: usize = 3;
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A running etcd, killed on drop.
+pub struct Etcd {
+    child: Child,
+    /// Holds the data directory and the log.
+    root: PathBuf,
+    /// The client URL, `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// A key prefix unique to this etcd's user.
+    pub prefix: String,
+}
+
+fn etcd_bin() -> PathBuf {
+    std::env::var_os("ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/etcd"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot bind a loopback port")
+        .port()
+}
+
+/// A loopback port nothing listens on.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
+/// A fresh directory under the system's temporary directory.
+pub fn temp_dir(what: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = std::env::temp_dir().join(format!("fleet-test-{}-{}-{what}", std::process::id(), n));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("cannot create a temporary directory");
+    dir
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(what: &str) -> TempDir {
+        TempDir(temp_dir(what))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+/// Whether etcd's `/health` endpoint on `port` says it is healthy.
+fn healthy(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.contains("\"health\":\"true\"")
+}
+
+impl Etcd {
+    /// Starts etcd and waits (bounded) until it is healthy. Panics with the reason otherwise.
+    pub fn start() -> Etcd {
+        let bin = etcd_bin();
+        if !bin.exists() {
+            panic!(
+                "etcd not found at {}: the tests need a real etcd v3.4; install Debian's \
+                 `etcd-server` package (apt-get install etcd-server) or set ETCD_BIN",
+                bin.display()
+            );
+        }
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match Etcd::try_start(&bin) {
+                Ok(etcd) => return etcd,
+                Err(failure) => last_failure = failure,
+            }
+        }
+        panic!("etcd did not start: {last_failure}");
+    }
+
+    fn try_start(bin: &Path) -> Result<Etcd, String> {
+        let root = temp_dir("etcd");
+        let data_dir = root.join("data");
+        let log_path = root.join("etcd.log");
+        let log = File::create(&log_path).map_err(|e| format!("cannot create the log: {e}"))?;
+        let log_err = log.try_clone().map_err(|e| e.to_string())?;
+        let client_port = free_port();
+        let peer_port = free_port();
+        let name = format!("test{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let mut command = Command::new(bin);
+        // Settings from the environment (ETCD_*) would override the flags below.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("ETCD_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .arg("--name")
+            .arg(&name)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer_url)
+            .arg("--initial-cluster")
+            .arg(format!("{name}={peer_url}"))
+            .arg("--initial-cluster-state")
+            .arg("new")
+            .arg("--initial-cluster-token")
+            .arg(&name)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let mut etcd = Etcd {
+            child,
+            root,
+            endpoint: client_url,
+            prefix: format!("/fleet-test-{n}/"),
+        };
+        let deadline = Instant::now() + STARTUP_DEADLINE;
+        loop {
+            if let Ok(Some(status)) = etcd.child.try_wait() {
+                return Err(format!(
+                    "etcd exited with {status}; its log ends with:\n{}",
+                    log_tail(&log_path)
+                ));
+            }
+            if healthy(client_port) {
+                return Ok(etcd);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "etcd did not answer at {} within {STARTUP_DEADLINE:?}; its log ends with:\n{}",
+                    etcd.endpoint,
+                    log_tail(&log_path)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "etcd log ({}):\n{}",
+                self.endpoint,
+                log_tail(&self.root.join("etcd.log"))
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
