@@ -359,7 +359,23 @@ impl Agent {
                 )
             })
             .collect();
-        let actions = plan::plan(desired, &local);
+        let new: Vec<&str> = desired
+            .keys()
+            .filter(|n| !self.local.contains_key(*n))
+            .map(|n| n.as_str())
+            .collect();
+        let preloaded = match self.systemd.states(&new).await {
+            Ok(states) => states
+                .into_iter()
+                .filter(|(_, s)| s.load == "loaded")
+                .filter_map(|(n, _)| UnitName::parse(&n).ok())
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read unit states from systemd");
+                BTreeSet::new()
+            }
+        };
+        let actions = plan::plan(desired, &local, &preloaded);
         for action in actions {
             tracing::info!(?action, "systemd");
             if let Err(e) = self.apply(&action, desired, sources).await {

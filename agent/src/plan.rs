@@ -1,6 +1,6 @@
 //! The agent's decision: what to do to the local systemd. Pure: no IO.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_registry::JobState;
 use fleet_units::{glob_match, Requirements, UnitFile, UnitHash, UnitName, UnitOption};
@@ -101,13 +101,16 @@ fn metadata_matches(req: &Requirements, metadata: &BTreeMap<String, String>) -> 
 /// Works out the steps that take `local` to `desired`.
 ///
 /// Order: stop and unload what must go, write and link what is new or changed, one
-/// daemon-reload if an already-known unit changed, then starts and stops. A changed unit that
+/// daemon-reload if a unit systemd already knows changed, then starts and stops. `preloaded`
+/// names the new units systemd has already loaded from another file (say a unit of the same
+/// name in `/lib/systemd/system`): linking ours only takes effect after a daemon-reload. A changed unit that
 /// was running is stopped first and started again on its new content. A unit that was started
 /// is not started again because it exited: like fleet, the agent acts on changes of desired
 /// state, and systemd's own `Restart=` governs restarts.
 pub fn plan(
     desired: &BTreeMap<UnitName, Desired>,
     local: &BTreeMap<UnitName, Local>,
+    preloaded: &BTreeSet<UnitName>,
 ) -> Vec<Action> {
     let mut stops = Vec::new();
     let mut unloads = Vec::new();
@@ -126,9 +129,11 @@ pub fn plan(
     for (name, want) in desired {
         match local.get(name) {
             None => {
+                let replaces = preloaded.contains(name);
+                reload |= replaces;
                 loads.push(Action::Load {
                     name: name.clone(),
-                    replaces: false,
+                    replaces,
                 });
                 if want.state == JobState::Launched {
                     starts.push(Action::Start(name.clone()));
@@ -293,7 +298,7 @@ mod tests {
             ),
         ];
         for (what, d, l, want) in cases {
-            assert_eq!(plan(&d, &l), want, "{what}");
+            assert_eq!(plan(&d, &l, &BTreeSet::new()), want, "{what}");
         }
     }
 
@@ -301,7 +306,7 @@ mod tests {
     fn one_reload_for_many_changed_units() {
         let d = desired(&[("a.service", "2", Loaded), ("b.service", "2", Loaded)]);
         let l = local(&[("a.service", "1", Loaded), ("b.service", "1", Loaded)]);
-        let reloads = plan(&d, &l)
+        let reloads = plan(&d, &l, &BTreeSet::new())
             .into_iter()
             .filter(|a| *a == Action::ReloadDaemon)
             .count();
@@ -367,8 +372,25 @@ mod tests {
     }
 
     #[test]
+    fn a_new_unit_that_systemd_already_loaded_from_elsewhere_needs_a_reload() {
+        let d = desired(&[("a.service", "1", Launched)]);
+        let preloaded: BTreeSet<UnitName> = [name("a.service")].into();
+        assert_eq!(
+            plan(&d, &local(&[]), &preloaded),
+            vec![
+                Action::Load {
+                    name: name("a.service"),
+                    replaces: true
+                },
+                Action::ReloadDaemon,
+                Action::Start(name("a.service")),
+            ]
+        );
+    }
+
+    #[test]
     fn new_units_need_no_reload() {
         let d = desired(&[("a.service", "1", Launched), ("b.service", "1", Launched)]);
-        assert!(!plan(&d, &local(&[])).contains(&Action::ReloadDaemon));
+        assert!(!plan(&d, &local(&[]), &BTreeSet::new()).contains(&Action::ReloadDaemon));
     }
 }
