@@ -241,6 +241,10 @@ impl Agent {
             _ = systemd_change => {
                 // Let a burst of signals settle into one state read.
                 tokio::time::sleep(Duration::from_millis(5)).await;
+                if let Some(s) = signals.as_mut() {
+                    use futures_util::FutureExt;
+                    while let Some(Some(_)) = s.next().now_or_never() {}
+                }
                 Wake::Systemd
             }
             _ = presence.changed() => Wake::Registry,
