@@ -7,7 +7,7 @@ use fleet_registry::{JobState, Machine, MachineEntry, MachineId, Placement, Unit
 use fleet_units::{UnitName, UnitOption};
 
 fn mid(n: u8) -> MachineId {
-    MachineId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap()
+    MachineId::parse(&format!("f1ee70{n:02x}{}", "0".repeat(24))).unwrap()
 }
 
 fn machine(n: u8) -> MachineEntry {
@@ -260,4 +260,748 @@ fn plan_is_idempotent_and_order_independent() {
         per_machine.values().max().copied().unwrap_or(0),
     );
     assert!(max - min <= 1, "balanced: {per_machine:?}");
+}
+
+// ---- the [X-Fleet] rules ----
+
+/// A launched unit with these `[X-Fleet]` options.
+fn xunit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
+    let mut u = unit(name, JobState::Launched);
+    for (key, value) in xfleet {
+        u.options.push(UnitOption {
+            section: "X-Fleet".into(),
+            name: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    u
+}
+
+/// A global unit with these further `[X-Fleet]` options.
+fn xglobal(name: &str, xfleet: &[(&str, &str)]) -> Unit {
+    let mut options = vec![("Global", "true")];
+    options.extend_from_slice(xfleet);
+    xunit(name, &options)
+}
+
+/// Machine `n` with this metadata.
+fn host(n: u8, metadata: &[(&str, &str)]) -> MachineEntry {
+    let mut m = machine(n);
+    m.machine.metadata = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m
+}
+
+fn at(n: u8, u: &Unit) -> (MachineId, Placement) {
+    (mid(n), Placement::for_unit(u))
+}
+
+/// Where every unit is after applying the plan: unit name -> machine number.
+fn outcome(s: &EngineSnapshot, p: &Plan) -> BTreeMap<String, u8> {
+    apply(s.clone(), &p.ops)
+        .placements
+        .iter()
+        .map(|(m, pl)| {
+            let n = u8::from_str_radix(&m.as_str()[6..8], 16).unwrap();
+            (pl.name.to_string(), n)
+        })
+        .collect()
+}
+
+fn placed_on(pairs: &[(&str, u8)]) -> BTreeMap<String, u8> {
+    pairs.iter().map(|(u, m)| (u.to_string(), *m)).collect()
+}
+
+fn reasons_of(p: &Plan) -> BTreeMap<String, Vec<String>> {
+    p.unplaceable
+        .iter()
+        .map(|u| (u.unit.to_string(), u.reasons.clone()))
+        .collect()
+}
+
+/// Expected reasons: unit -> reasons.
+fn why(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    pairs
+        .iter()
+        .map(|(u, rs)| (u.to_string(), rs.iter().map(|r| r.to_string()).collect()))
+        .collect()
+}
+
+struct Case {
+    rule: &'static str,
+    snapshot: EngineSnapshot,
+    /// Every placement after applying the plan.
+    placed: BTreeMap<String, u8>,
+    unplaceable: BTreeMap<String, Vec<String>>,
+}
+
+fn run(cases: Vec<Case>) {
+    for case in cases {
+        let p = plan(&case.snapshot);
+        assert_eq!(
+            outcome(&case.snapshot, &p),
+            case.placed,
+            "{}: placements",
+            case.rule
+        );
+        assert_eq!(
+            reasons_of(&p),
+            case.unplaceable,
+            "{}: unplaceable",
+            case.rule
+        );
+        let after = apply(case.snapshot.clone(), &p.ops);
+        assert_eq!(
+            plan(&after).ops,
+            vec![],
+            "{}: a second pass changes nothing",
+            case.rule
+        );
+    }
+}
+
+#[test]
+fn machine_id_rule() {
+    let full = mid(2).to_string();
+    run(vec![
+        Case {
+            // MachineID: the full id picks the machine, although machine 1 is less loaded.
+            rule: "MachineID full id",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("MachineID", &full)]),
+                    xunit("b.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineID: fleet also accepts the 8-character short id.
+            rule: "MachineID short id",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee7002")])],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineID: a machine that is not there; one reason per machine.
+            rule: "MachineID of an absent machine",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "1234abcd")])],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: unit must run on machine 1234abcd",
+                    "f1ee7002: unit must run on machine 1234abcd",
+                ],
+            )]),
+        },
+        Case {
+            // MachineID: any other prefix than the short id is not accepted (as in fleet).
+            rule: "MachineID other prefix",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee70")])],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("a.service", &["f1ee7001: unit must run on machine f1ee70"])]),
+        },
+        Case {
+            // MachineID changed: the unit leaves its machine for the new one.
+            rule: "MachineID changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee7002")])],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[("MachineID", "f1ee7001")]))],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn metadata_rule() {
+    let machines = || {
+        vec![
+            host(1, &[("role", "web"), ("region", "us")]),
+            host(2, &[("role", "db"), ("region", "eu")]),
+            host(3, &[("role", "web"), ("region", "eu")]),
+        ]
+    };
+    run(vec![
+        Case {
+            // MachineMetadata: values of one key are OR-ed (db or cache: machine 2 only).
+            rule: "metadata OR within a key",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[("MachineMetadata", "\"role=db\" \"role=cache\"")],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineMetadata: keys are AND-ed (web and eu: machine 3 only).
+            rule: "metadata AND across keys",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[
+                        ("MachineMetadata", "role=web"),
+                        ("MachineMetadata", "region=eu"),
+                    ],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineMetadata: a key no machine has; one reason per machine.
+            rule: "metadata missing key",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "disk=ssd")])],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: metadata disk=ssd not matched",
+                    "f1ee7002: metadata disk=ssd not matched",
+                    "f1ee7003: metadata disk=ssd not matched",
+                ],
+            )]),
+        },
+        Case {
+            // MachineMetadata: the reason names the first key not matched, with its values.
+            rule: "metadata reasons per machine",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[("MachineMetadata", "\"region=ap\" \"region=eu\" \"role=db\"")],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            rule: "metadata unmatched everywhere: first failing key per machine",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[(
+                        "MachineMetadata",
+                        "\"region=ap\" \"region=eu\" \"role=cache\"",
+                    )],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: metadata region=ap|eu not matched",
+                    "f1ee7002: metadata role=cache not matched",
+                    "f1ee7003: metadata role=cache not matched",
+                ],
+            )]),
+        },
+        Case {
+            // A metadata change in the unit makes it move.
+            rule: "unit metadata changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "role=db")])],
+                machines(),
+                vec![at(
+                    1,
+                    &xunit("a.service", &[("MachineMetadata", "role=web")]),
+                )],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A metadata change on the machine makes the unit move.
+            rule: "machine metadata changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "region=us")])],
+                vec![
+                    host(1, &[("region", "eu")]),
+                    host(2, &[("region", "us")]),
+                    host(3, &[]),
+                ],
+                vec![at(
+                    1,
+                    &xunit("a.service", &[("MachineMetadata", "region=us")]),
+                )],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn conflicts_rule() {
+    let b = xunit("b.service", &[]);
+    let c = xunit("c.service", &[]);
+    let d = xunit("d.service", &[]);
+    // Machine 1 runs b (load 1), machine 2 runs c and d (load 2): the least loaded is 1.
+    let busy = || vec![at(1, &b), at(2, &c), at(2, &d)];
+    let placed_busy = |extra: &[(&str, u8)]| {
+        let mut all = vec![("b.service", 1), ("c.service", 2), ("d.service", 2)];
+        all.extend_from_slice(extra);
+        placed_on(&all)
+    };
+    run(vec![
+        Case {
+            // Conflicts: a refuses b's machine.
+            rule: "conflicts one way",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "b.service")]),
+                    b.clone(),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                busy(),
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts: checked both ways, b refuses a next to it.
+            rule: "conflicts the other way",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xunit("b.service", &[("Conflicts", "a.service")]),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("b.service", &[("Conflicts", "a.service")])),
+                    at(2, &c),
+                    at(2, &d),
+                ],
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts: globs, as fleet's path.Match.
+            rule: "conflicts glob",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "[ab].*")]),
+                    b.clone(),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                busy(),
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts against a global unit running on machine 1 only (its metadata).
+            rule: "conflicts with a global unit",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "g.service")]),
+                    xglobal("g.service", &[("MachineMetadata", "role=web")]),
+                    c.clone(),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![at(2, &c)],
+            ),
+            placed: placed_on(&[("a.service", 2), ("c.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A global unit's Conflicts count too, both ways.
+            rule: "a global unit conflicts with the unit",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("Conflicts", "a.*")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: conflicts with global unit g.service",
+                    "f1ee7002: conflicts with global unit g.service",
+                ],
+            )]),
+        },
+        Case {
+            // Stability: b was there first; the re-submitted a, which now conflicts with b,
+            // moves; b stays.
+            rule: "a conflict appears: the changed unit moves",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Conflicts", "b.service")]), b.clone()],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 2), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Stability, the other way: b, re-submitted with a Conflicts on a, moves.
+            rule: "a conflict appears the other way: the changed unit moves",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xunit("b.service", &[("Conflicts", "a.service")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn five_mutually_conflicting_units_on_three_machines() {
+    // Conflicts=%p@*.service: at most one web@ instance per machine.
+    let units: Vec<Unit> = (1..=5)
+        .map(|i| {
+            xunit(
+                &format!("web@{i}.service"),
+                &[("Conflicts", "%p@*.service")],
+            )
+        })
+        .collect();
+    let s = snapshot(units, vec![machine(3), machine(1), machine(2)], vec![]);
+    let p = plan(&s);
+    assert_eq!(
+        outcome(&s, &p),
+        placed_on(&[
+            ("web@1.service", 1),
+            ("web@2.service", 2),
+            ("web@3.service", 3)
+        ])
+    );
+    assert_eq!(
+        reasons_of(&p),
+        why(&[
+            (
+                "web@4.service",
+                &[
+                    "f1ee7001: conflicts with web@1.service",
+                    "f1ee7002: conflicts with web@2.service",
+                    "f1ee7003: conflicts with web@3.service",
+                ],
+            ),
+            (
+                "web@5.service",
+                &[
+                    "f1ee7001: conflicts with web@1.service",
+                    "f1ee7002: conflicts with web@2.service",
+                    "f1ee7003: conflicts with web@3.service",
+                ],
+            ),
+        ])
+    );
+}
+
+#[test]
+fn machine_of_rule() {
+    // The follower's name sorts before its leader's: dependency order still places the leader
+    // first.
+    let leader = xunit("zdb.service", &[]);
+    let follower = xunit("app.service", &[("MachineOf", "zdb.service")]);
+    run(vec![
+        Case {
+            // MachineOf: co-located in one pass.
+            rule: "MachineOf pair co-located",
+            snapshot: snapshot(
+                vec![follower.clone(), leader.clone(), xunit("m.service", &[])],
+                vec![machine(1), machine(2), machine(3)],
+                vec![],
+            ),
+            // m.service depends on nothing and sorts before zdb.service: it goes first.
+            placed: placed_on(&[("app.service", 2), ("m.service", 1), ("zdb.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: the leader can be placed nowhere, so the follower waits.
+            rule: "follower waits for an unplaceable leader",
+            snapshot: snapshot(
+                vec![follower.clone(), xunit("zdb.service", &[("MachineID", "1234abcd")])],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[
+                ("app.service", &["waiting for zdb.service (MachineOf) to be placed"]),
+                ("zdb.service", &["f1ee7001: unit must run on machine 1234abcd"]),
+            ]),
+        },
+        Case {
+            // MachineOf: a leader that is not loaded; the follower waits.
+            rule: "follower waits for an absent leader",
+            snapshot: snapshot(
+                vec![follower.clone(), unit("zdb.service", JobState::Inactive)],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("app.service", &["waiting for zdb.service (MachineOf) to be placed"])]),
+        },
+        Case {
+            // MachineOf: the leader's machine is gone; the follower follows it.
+            rule: "follower follows a moved leader",
+            snapshot: snapshot(
+                vec![follower.clone(), leader.clone(), xunit("x.service", &[])],
+                vec![machine(2), machine(3)],
+                vec![at(1, &leader), at(2, &follower), at(2, &xunit("x.service", &[]))],
+            ),
+            placed: placed_on(&[("app.service", 3), ("x.service", 2), ("zdb.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: the leader's metadata changed and it moves; the follower comes along.
+            rule: "follower follows a leader whose metadata changed",
+            snapshot: snapshot(
+                vec![follower.clone(), xunit("zdb.service", &[("MachineMetadata", "role=db")])],
+                vec![host(1, &[]), host(2, &[]), host(3, &[("role", "db")])],
+                vec![at(1, &leader), at(1, &follower)],
+            ),
+            placed: placed_on(&[("app.service", 3), ("zdb.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: every leader must be on the same machine.
+            rule: "followers of two leaders on different machines",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("MachineOf", "\"x.service\" \"y.service\"")]),
+                    xunit("x.service", &[]),
+                    xunit("y.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("x.service", 1), ("y.service", 2)]),
+            unplaceable: why(&[(
+                "a.service",
+                &["MachineOf units x.service and y.service are on different machines (f1ee7001 and f1ee7002)"],
+            )]),
+        },
+        Case {
+            // MachineOf: the follower cannot go to the leader's machine (metadata): one reason
+            // per machine.
+            rule: "follower blocked on the leader's machine",
+            snapshot: snapshot(
+                vec![
+                    xunit("app.service", &[("MachineOf", "zdb.service"), ("MachineMetadata", "role=web")]),
+                    leader.clone(),
+                ],
+                vec![host(1, &[]), host(2, &[("role", "web")])],
+                vec![at(1, &leader)],
+            ),
+            placed: placed_on(&[("zdb.service", 1)]),
+            unplaceable: why(&[(
+                "app.service",
+                &[
+                    "f1ee7001: metadata role=web not matched",
+                    "f1ee7002: not the machine of zdb.service (MachineOf)",
+                ],
+            )]),
+        },
+    ]);
+}
+
+#[test]
+fn replaces_rule() {
+    let b = xunit("b.service", &[]);
+    run(vec![
+        Case {
+            // Replaces: a must go to machine 1 (metadata), where b runs: b moves away.
+            rule: "Replaces pushes the replaced unit",
+            snapshot: snapshot(
+                vec![
+                    xunit(
+                        "a.service",
+                        &[("Replaces", "b.service"), ("MachineMetadata", "role=x")],
+                    ),
+                    b.clone(),
+                ],
+                vec![host(1, &[("role", "x")]), host(2, &[])],
+                vec![at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: the replaced unit treats its replacer as a conflict.
+            rule: "the replaced unit avoids its replacer",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b*")]),
+                    b.clone(),
+                    xunit("c.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("a.service", &[("Replaces", "b*")])),
+                    at(2, &xunit("c.service", &[])),
+                ],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2), ("c.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: already co-located (a re-submitted with Replaces): b moves, a stays.
+            rule: "Replaces on existing placements",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Replaces", "b.service")]), b.clone()],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: circular replacements are ignored, as fleet does.
+            rule: "circular Replaces ignored",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b.service")]),
+                    xunit("b.service", &[("Replaces", "a.service")]),
+                ],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: with nowhere else to go, the replaced unit waits.
+            rule: "replaced unit with nowhere to go",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Replaces", "b.service")]), b.clone()],
+                vec![machine(1)],
+                vec![at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1)]),
+            unplaceable: why(&[("b.service", &["f1ee7001: replaced by a.service (Replaces)"])]),
+        },
+    ]);
+}
+
+#[test]
+fn globals_and_load() {
+    run(vec![
+        Case {
+            // A global unit counts toward load only where its metadata matches: machine 1
+            // runs g, so a goes to machine 2.
+            rule: "global unit with metadata counts only where it matches",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("MachineMetadata", "role=web")]),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A global unit that matches no machine counts nowhere: ties by machine id.
+            rule: "global unit matching no machine",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("MachineMetadata", "role=db")]),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Stability: units never move for balance.
+            rule: "no move for balance",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[]), xunit("b.service", &[])],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("a.service", &[])),
+                    at(1, &xunit("b.service", &[])),
+                ],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn invalid_requirements_and_no_machine() {
+    let bad = xunit(
+        "a.service",
+        &[
+            ("MachineID", "f1ee7001"),
+            ("Global", "false"),
+            ("Conflicts", "b*"),
+        ],
+    );
+    run(vec![
+        Case {
+            // Invalid requirements: reported with fleet's error, its placement removed.
+            rule: "invalid requirements",
+            snapshot: snapshot(
+                vec![bad.clone()],
+                vec![machine(1)],
+                vec![at(1, &xunit("a.service", &[]))],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &["cannot use MachineID together with Conflicts in [X-Fleet]"],
+            )]),
+        },
+        Case {
+            rule: "no machine",
+            snapshot: snapshot(vec![xunit("a.service", &[])], vec![], vec![]),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("a.service", &["no machine is registered"])]),
+        },
+    ]);
 }
