@@ -100,7 +100,7 @@ struct Host<'a> {
     globals: Vec<usize>,
     /// Those of `globals` with `Conflicts` patterns.
     conflicting_globals: Vec<usize>,
-    /// Non-global units placed here, in the order they came.
+    /// Non-global units placed here, in name (index) order.
     units: Vec<U>,
     /// Those of `units` with `Conflicts` or `Replaces` patterns.
     patterned: Vec<U>,
@@ -356,9 +356,12 @@ impl<'a> Planner<'a> {
         debug_assert!(self.at[u].is_none());
         let host = &mut self.hosts[m];
         self.by_load.remove(&(host.load(), m));
-        host.units.push(u);
+        // Kept in name order, so that a reason names the first culprit by name.
+        let i = host.units.partition_point(|&x| x < u);
+        host.units.insert(i, u);
         if self.units[u].patterned() {
-            host.patterned.push(u);
+            let i = host.patterned.partition_point(|&x| x < u);
+            host.patterned.insert(i, u);
         }
         self.by_load.insert((host.load(), m));
         self.at[u] = Some(m);
@@ -582,6 +585,8 @@ impl<'a> Planner<'a> {
             .map(|(m, p)| (p.name.as_str(), m, p))
             .collect();
         existing.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // One key per unit and machine in etcd: a repeated pair is the same placement.
+        existing.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
         let mut stays: HashSet<(U, M)> = HashSet::new();
         for (name, machine, placement) in existing {
             let u = self.by_name.get(name).copied();

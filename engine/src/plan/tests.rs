@@ -1005,3 +1005,342 @@ fn invalid_requirements_and_no_machine() {
         },
     ]);
 }
+
+// ---- properties ----
+
+/// Every rule broken by the placements of `s`, independently of the planner.
+fn violations(s: &EngineSnapshot) -> Vec<String> {
+    let mut bad = Vec::new();
+    let units: BTreeMap<&str, &Unit> = s.units.iter().map(|u| (u.name.as_str(), u)).collect();
+    let machines: BTreeMap<&MachineId, &MachineEntry> =
+        s.machines.iter().map(|m| (&m.machine.id, m)).collect();
+    let req_of = |u: &Unit| {
+        Requirements::from_unit(&u.name, &u.file())
+            .ok()
+            .map(|(r, _)| r)
+    };
+    // Names of everything running on each machine: placed units and matching global units.
+    let mut running: BTreeMap<&MachineId, Vec<(&str, Requirements)>> = BTreeMap::new();
+    for g in s
+        .units
+        .iter()
+        .filter(|u| u.is_global() && u.desired_state != JobState::Inactive)
+    {
+        let Some(req) = req_of(g) else { continue };
+        for m in &s.machines {
+            if req.metadata_matches(&m.machine.metadata) {
+                running
+                    .entry(&m.machine.id)
+                    .or_default()
+                    .push((g.name.as_str(), req.clone()));
+            }
+        }
+    }
+    let mut seen: BTreeMap<&str, &MachineId> = BTreeMap::new();
+    for (m, p) in &s.placements {
+        let name = p.name.as_str();
+        if let Some(other) = seen.insert(name, m) {
+            bad.push(format!("{name} on two machines: {other} and {m}"));
+        }
+        let Some(unit) = units.get(name) else {
+            bad.push(format!("{name}: placed but unknown"));
+            continue;
+        };
+        if unit.desired_state == JobState::Inactive || unit.is_global() {
+            bad.push(format!("{name}: placed but inactive or global"));
+        }
+        if *p != Placement::for_unit(unit) {
+            bad.push(format!("{name}: stale placement"));
+        }
+        let Some(machine) = machines.get(m) else {
+            bad.push(format!("{name}: placed on dead machine {m}"));
+            continue;
+        };
+        let Some(req) = req_of(unit) else {
+            bad.push(format!("{name}: placed with invalid requirements"));
+            continue;
+        };
+        if !req.machine_id_matches(m.as_str()) {
+            bad.push(format!("{name}: MachineID {:?} on {m}", req.machine_id));
+        }
+        if !req.metadata_matches(&machine.machine.metadata) {
+            bad.push(format!("{name}: metadata on {m}"));
+        }
+        running.entry(m).or_default().push((name, req));
+    }
+    for (m, here) in &running {
+        for (name, req) in here {
+            for leader in &req.machine_of {
+                if !here.iter().any(|(n, _)| n == leader)
+                    || units.get(leader.as_str()).is_some_and(|u| u.is_global())
+                {
+                    bad.push(format!("{name}: MachineOf {leader} not on {m}"));
+                }
+            }
+            let global = units.get(name).is_some_and(|u| u.is_global());
+            for (other, oreq) in here {
+                let other_global = units.get(other).is_some_and(|u| u.is_global());
+                // Two global units are the agents' business, not the engine's.
+                if other == name || (global && other_global) {
+                    continue;
+                }
+                if req.conflicts_with(other) {
+                    bad.push(format!("{name} conflicts with {other} on {m}"));
+                }
+                // A global unit cannot be pushed away: replacing one is ignored, as in fleet.
+                if req.replaces(other) && !oreq.replaces(name) && !other_global {
+                    bad.push(format!("{name} replaces {other} on {m}"));
+                }
+            }
+        }
+    }
+    bad
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 8] = [
+        "a.service",
+        "b.service",
+        "db.service",
+        "web@1.service",
+        "web@2.service",
+        "web@3.service",
+        "x.socket",
+        "z.service",
+    ];
+    const CONFLICTS: [&str; 5] = [
+        "web@*.service",
+        "a.service",
+        "db.*",
+        "%p@*.service",
+        "*.socket",
+    ];
+    const METADATA: [&str; 4] = [
+        "role=web",
+        "role=db",
+        "\"role=web\" \"role=db\"",
+        "region=eu",
+    ];
+
+    /// One unit's rules, as indices into the small sets above.
+    #[derive(Debug, Clone)]
+    struct Rules {
+        state: u8,
+        machine_id: Option<(u8, bool)>,
+        metadata: Option<usize>,
+        conflicts: Option<usize>,
+        machine_of: Option<usize>,
+        replaces: Option<usize>,
+        global: bool,
+    }
+
+    fn rules() -> impl Strategy<Value = Rules> {
+        (
+            0u8..6,
+            prop::option::weighted(0.15, (1u8..=6, any::<bool>())),
+            prop::option::weighted(0.3, 0..METADATA.len()),
+            prop::option::weighted(0.3, 0..CONFLICTS.len()),
+            prop::option::weighted(0.2, 0..NAMES.len()),
+            prop::option::weighted(0.15, 0..NAMES.len()),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(
+                |(state, machine_id, metadata, conflicts, machine_of, replaces, global)| Rules {
+                    state,
+                    machine_id,
+                    metadata,
+                    conflicts,
+                    machine_of,
+                    replaces,
+                    global,
+                },
+            )
+    }
+
+    fn make_unit(i: usize, r: &Rules, version: u8) -> Unit {
+        let state = match r.state {
+            0 => JobState::Inactive,
+            1 | 2 => JobState::Loaded,
+            _ => JobState::Launched,
+        };
+        let mut x: Vec<(&str, String)> = Vec::new();
+        if let Some((n, full)) = r.machine_id {
+            let id = mid(n).to_string();
+            x.push(("MachineID", if full { id } else { id[..8].to_string() }));
+        }
+        if let Some(k) = r.metadata {
+            x.push(("MachineMetadata", METADATA[k].to_string()));
+        }
+        if let Some(k) = r.conflicts {
+            x.push(("Conflicts", CONFLICTS[k].to_string()));
+        }
+        if let Some(k) = r.machine_of {
+            x.push(("MachineOf", NAMES[k].to_string()));
+        }
+        // Only units later in the list are replaced: fleet forbids circular replacements.
+        if let Some(k) = r.replaces.filter(|&k| k > i) {
+            x.push(("Replaces", NAMES[k].to_string()));
+        }
+        if r.global {
+            x.push(("Global", "true".to_string()));
+        }
+        let refs: Vec<(&str, &str)> = x.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut u = xunit(NAMES[i], &refs);
+        u.desired_state = state;
+        if version > 0 {
+            u.options[0].value.push_str(&format!(" v{version}"));
+        }
+        u
+    }
+
+    fn make_machine(n: u8, role: u8, eu: bool) -> MachineEntry {
+        let mut meta = Vec::new();
+        match role {
+            1 => meta.push(("role", "web")),
+            2 => meta.push(("role", "db")),
+            _ => {}
+        }
+        if eu {
+            meta.push(("region", "eu"));
+        }
+        host(n, &meta)
+    }
+
+    /// A random cluster: machines 1..=6 (some absent), units from `NAMES`, and placements,
+    /// some stale (other content, dead machines, duplicates).
+    fn cluster() -> impl Strategy<Value = EngineSnapshot> {
+        (
+            prop::collection::vec(prop::option::weighted(0.8, (0u8..3, any::<bool>())), 6),
+            prop::collection::vec(prop::option::weighted(0.85, rules()), NAMES.len()),
+            prop::collection::vec(
+                (0..NAMES.len(), 1u8..=7, 0u8..3, prop::option::of(rules())),
+                0..10,
+            ),
+        )
+            .prop_map(|(machines, units, placements)| {
+                let machines: Vec<MachineEntry> = machines
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| m.map(|(role, eu)| make_machine(i as u8 + 1, role, eu)))
+                    .collect();
+                let unit_list: Vec<Unit> = units
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.as_ref().map(|r| make_unit(i, r, 0)))
+                    .collect();
+                let placements: Vec<(MachineId, Placement)> = placements
+                    .iter()
+                    .map(|(i, m, version, other)| {
+                        // The current content, an older version, or other rules.
+                        let unit = match (&units[*i], other) {
+                            (Some(r), _) if *version == 0 => make_unit(*i, r, 0),
+                            (_, Some(o)) => make_unit(*i, o, *version),
+                            (Some(r), None) => make_unit(*i, r, *version),
+                            (None, None) => xunit(NAMES[*i], &[]),
+                        };
+                        at(*m, &unit)
+                    })
+                    .collect();
+                // etcd holds one placement per unit and machine.
+                let mut seen = std::collections::BTreeSet::new();
+                let placements: Vec<(MachineId, Placement)> = placements
+                    .into_iter()
+                    .filter(|(m, p): &(MachineId, Placement)| {
+                        seen.insert((m.clone(), p.name.clone()))
+                    })
+                    .collect();
+                snapshot(unit_list, machines, placements)
+            })
+    }
+
+    /// A deterministic permutation of `v` driven by `seed`.
+    fn shuffle<T>(v: &mut [T], seed: u64) {
+        let mut state = seed | 1;
+        for i in (1..v.len()).rev() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.swap(i, (state >> 33) as usize % (i + 1));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn plans_are_valid_stable_and_order_independent(s in cluster(), seed in any::<u64>()) {
+            let p = plan(&s);
+            let after = apply(s.clone(), &p.ops);
+            // (1) no rule broken, (2) no unit on two machines
+            let bad = violations(&after);
+            prop_assert!(bad.is_empty(), "violations {bad:?}\nops {:?}", p.ops);
+            // (3) a second pass is a no-op
+            let again = plan(&after);
+            prop_assert_eq!(&again.ops, &vec![]);
+            // and leaves the same units without a machine (reasons may name other culprits)
+            let names = |p: &Plan| p.unplaceable.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(names(&again), names(&p));
+            // (5) the input order does not matter
+            let mut shuffled = s.clone();
+            shuffle(&mut shuffled.units, seed);
+            shuffle(&mut shuffled.machines, seed.rotate_left(17));
+            shuffle(&mut shuffled.placements, seed.rotate_left(31));
+            prop_assert_eq!(plan(&shuffled), p);
+        }
+
+        #[test]
+        fn unconstrained_units_are_balanced(
+            machines in prop::collection::vec((0u8..3, any::<bool>()), 1..6),
+            count in 0usize..40,
+            globals in prop::collection::vec(prop::option::of(0..METADATA.len()), 0..3),
+        ) {
+            let machines: Vec<MachineEntry> = machines
+                .iter()
+                .enumerate()
+                .map(|(i, (role, eu))| make_machine(i as u8 + 1, *role, *eu))
+                .collect();
+            let mut units: Vec<Unit> = (0..count).map(|i| xunit(&format!("u{i}.service"), &[])).collect();
+            for (i, g) in globals.iter().enumerate() {
+                let meta: Vec<(&str, &str)> = g.iter().map(|&k| ("MachineMetadata", METADATA[k])).collect();
+                units.push(xglobal(&format!("g{i}.service"), &meta));
+            }
+            let s = snapshot(units, machines, vec![]);
+            let p = plan(&s);
+            prop_assert!(p.unplaceable.is_empty());
+            let after = apply(s.clone(), &p.ops);
+            prop_assert_eq!(after.placements.len(), count);
+            // load = placed units + global units whose metadata matches
+            let load: Vec<(usize, usize)> = s
+                .machines
+                .iter()
+                .map(|m| {
+                    let placed = after.placements.iter().filter(|(id, _)| *id == m.machine.id).count();
+                    let global = s
+                        .units
+                        .iter()
+                        .filter(|u| u.is_global())
+                        .filter(|u| {
+                            Requirements::from_unit(&u.name, &u.file())
+                                .unwrap()
+                                .0
+                                .metadata_matches(&m.machine.metadata)
+                        })
+                        .count();
+                    (placed, placed + global)
+                })
+                .collect();
+            let min = load.iter().map(|l| l.1).min().unwrap();
+            let max = load.iter().map(|l| l.1).max().unwrap();
+            if globals.is_empty() {
+                prop_assert!(max - min <= 1, "loads {load:?}");
+            }
+            // A machine that got units is never more than one above the least loaded.
+            for (placed, total) in &load {
+                prop_assert!(*placed == 0 || *total <= min + 1, "loads {load:?}");
+            }
+        }
+    }
+}
