@@ -1268,7 +1268,11 @@ mod properties {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        // PROPTEST_CASES overrides the number of cases.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn plans_are_valid_stable_and_order_independent(s in cluster(), seed in any::<u64>()) {
@@ -1343,4 +1347,89 @@ mod properties {
             }
         }
     }
+}
+
+// ---- scale ----
+
+/// A cluster of `machines` machines (metadata role web/db/cache, region eu/us) and `units`
+/// units with a realistic mix of rules: plain units, instances that conflict with their
+/// siblings, metadata, MachineID, MachineOf pairs, Replaces, and five global units.
+pub(crate) fn large_snapshot(units: usize, machines: usize) -> EngineSnapshot {
+    let id = |i: usize| MachineId::parse(&format!("{i:08x}{}", "a".repeat(24))).unwrap();
+    let machines: Vec<MachineEntry> = (0..machines)
+        .map(|i| {
+            let mut m = host(
+                0,
+                &[
+                    ("role", ["web", "db", "cache"][i % 3]),
+                    ("region", ["eu", "us"][i % 2]),
+                ],
+            );
+            m.machine.id = id(i);
+            m.lease = i as i64;
+            m
+        })
+        .collect();
+    let mut list = vec![
+        xglobal("g0.service", &[]),
+        xglobal("g1.service", &[("MachineMetadata", "role=db")]),
+        xglobal("g2.service", &[("MachineMetadata", "region=eu")]),
+        xglobal(
+            "g3.service",
+            &[("MachineMetadata", "\"role=web\" \"role=cache\"")],
+        ),
+        xglobal("g4.service", &[("Conflicts", "nothing-*.service")]),
+    ];
+    let n = units;
+    let mut i = 0;
+    while list.len() < n + 5 {
+        let u = match i % 20 {
+            // instances of ten templates, at most one instance of each per machine
+            0..=3 => xunit(
+                &format!("web{}@{i}.service", i % 10),
+                &[("Conflicts", "%p@*.service")],
+            ),
+            4 | 5 => xunit(
+                &format!("meta-{i}.service"),
+                &[("MachineMetadata", "\"role=db\" \"role=cache\"")],
+            ),
+            6 => xunit(&format!("lead-{i}.service"), &[]),
+            7 => xunit(
+                &format!("follow-{i}.service"),
+                &[("MachineOf", &format!("lead-{}.service", i - 1))],
+            ),
+            8 if i % 40 == 8 => xunit(
+                &format!("pin-{i}.service"),
+                &[("MachineID", &id(i % machines.len()).to_string()[..8])],
+            ),
+            9 if i % 100 == 9 => xunit(
+                &format!("new-{i}.service"),
+                &[("Replaces", &format!("plain-{}.service", i + 1))],
+            ),
+            _ => xunit(&format!("plain-{i}.service"), &[]),
+        };
+        list.push(u);
+        i += 1;
+    }
+    snapshot(list, machines, vec![])
+}
+
+#[test]
+fn places_ten_thousand_units_on_a_thousand_machines() {
+    let s = large_snapshot(10_000, 1_000);
+    let started = std::time::Instant::now();
+    let p = plan(&s);
+    eprintln!(
+        "plan of 10,000 units on 1,000 machines: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.unplaceable, vec![]);
+    let after = apply(s.clone(), &p.ops);
+    assert_eq!(after.placements.len(), 10_000);
+    assert_eq!(violations(&after), Vec::<String>::new());
+    assert_eq!(
+        plan(&after),
+        Plan::default(),
+        "a second pass changes nothing"
+    );
 }
