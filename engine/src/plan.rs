@@ -21,10 +21,11 @@
 //! metadata it matches. Global units are never placed by the engine; they run on every machine
 //! whose metadata they match and count there for load and conflicts.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use fleet_registry::{EngineSnapshot, JobState, MachineEntry, Placement, PlacementOp, Unit};
-use fleet_units::{Requirements, UnitName};
+use fleet_units::{glob_match, Requirements, UnitName};
 
 /// What the engine should do, and what it could not.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +69,9 @@ struct Wanted<'a> {
     unit: &'a Unit,
     /// Parsed once; the error's text otherwise.
     req: Result<Requirements, String>,
+    /// `Conflicts` and `Replaces` patterns, interned in `Globs`.
+    conflicts: Vec<u32>,
+    replaces: Vec<u32>,
     /// `MachineOf` names, with the wanted unit each names (if any).
     leaders: Vec<(String, Option<U>)>,
     /// Units whose `MachineOf` names this one.
@@ -92,6 +96,45 @@ impl Wanted<'_> {
 struct GlobalUnit<'a> {
     name: &'a str,
     req: Requirements,
+    conflicts: Vec<u32>,
+}
+
+/// The `Conflicts` and `Replaces` patterns, interned, with their results against unit names
+/// remembered: one plan tests the same pairs many times. Names are numbered as units are
+/// (`U`), then global units after them.
+#[derive(Default)]
+struct Globs {
+    patterns: Vec<String>,
+    ids: HashMap<String, u32>,
+    memo: RefCell<HashMap<(u32, u32), bool>>,
+}
+
+impl Globs {
+    fn intern(&mut self, patterns: &[String]) -> Vec<u32> {
+        patterns
+            .iter()
+            .map(|p| match self.ids.get(p) {
+                Some(&id) => id,
+                None => {
+                    let id = self.patterns.len() as u32;
+                    self.patterns.push(p.clone());
+                    self.ids.insert(p.clone(), id);
+                    id
+                }
+            })
+            .collect()
+    }
+
+    /// Whether one of `patterns` matches the unit numbered `name_id`, called `name`.
+    fn any_matches(&self, patterns: &[u32], name_id: usize, name: &str) -> bool {
+        patterns.iter().any(|&p| {
+            *self
+                .memo
+                .borrow_mut()
+                .entry((p, name_id as u32))
+                .or_insert_with(|| glob_match(&self.patterns[p as usize], name))
+        })
+    }
 }
 
 struct Host<'a> {
@@ -126,6 +169,7 @@ enum Phase {
 
 struct Planner<'a> {
     units: Vec<Wanted<'a>>,
+    globs: Globs,
     by_name: HashMap<&'a str, U>,
     globals: Vec<GlobalUnit<'a>>,
     hosts: Vec<Host<'a>>,
@@ -158,6 +202,7 @@ impl<'a> Planner<'a> {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all.dedup_by(|a, b| a.name == b.name);
 
+        let mut globs = Globs::default();
         let mut globals = Vec::new();
         let mut units = Vec::new();
         for unit in all {
@@ -168,6 +213,7 @@ impl<'a> Planner<'a> {
                 if let Ok((req, _)) = Requirements::from_unit(&unit.name, &unit.file()) {
                     globals.push(GlobalUnit {
                         name: unit.name.as_str(),
+                        conflicts: globs.intern(&req.conflicts),
                         req,
                     });
                 }
@@ -176,9 +222,15 @@ impl<'a> Planner<'a> {
             let req = Requirements::from_unit(&unit.name, &unit.file())
                 .map(|(req, _)| req)
                 .map_err(|e| e.to_string());
+            let (conflicts, replaces) = match &req {
+                Ok(req) => (globs.intern(&req.conflicts), globs.intern(&req.replaces)),
+                Err(_) => (Vec::new(), Vec::new()),
+            };
             units.push(Wanted {
                 unit,
                 req,
+                conflicts,
+                replaces,
                 leaders: Vec::new(),
                 followers: Vec::new(),
                 rank: 0,
@@ -231,7 +283,7 @@ impl<'a> Planner<'a> {
                     conflicting_globals: running
                         .iter()
                         .copied()
-                        .filter(|&g| !globals[g].req.conflicts.is_empty())
+                        .filter(|&g| !globals[g].conflicts.is_empty())
                         .collect(),
                     globals: running,
                     units: Vec::new(),
@@ -246,6 +298,7 @@ impl<'a> Planner<'a> {
             .collect();
         let n = units.len();
         Planner {
+            globs,
             by_name,
             globals,
             hosts,
@@ -278,8 +331,15 @@ impl<'a> Planner<'a> {
 
     /// `a` replaces `b` and not the other way round (fleet ignores circular replacements).
     fn replaces_one_way(&self, a: U, b: U) -> bool {
-        let (ra, rb) = (self.req(a), self.req(b));
-        ra.replaces(self.units[b].name()) && !rb.replaces(self.units[a].name())
+        let (wa, wb) = (&self.units[a], &self.units[b]);
+        self.globs.any_matches(&wa.replaces, b, wb.name())
+            && !self.globs.any_matches(&wb.replaces, a, wa.name())
+    }
+
+    /// Whether a `Conflicts` pattern of unit `a` matches unit `b`.
+    fn conflicts(&self, a: U, b: U) -> bool {
+        self.globs
+            .any_matches(&self.units[a].conflicts, b, self.units[b].name())
     }
 
     /// Why `u` may not be on machine `m` given everything else on `m`, if it may not.
@@ -305,9 +365,13 @@ impl<'a> Planner<'a> {
                 return Err(format!("not the machine of {name} (MachineOf)"));
             }
         }
-        if !req.conflicts.is_empty() {
+        if !w.conflicts.is_empty() {
             for &g in &host.globals {
-                if req.conflicts_with(self.globals[g].name) {
+                let global = &self.globals[g];
+                if self
+                    .globs
+                    .any_matches(&w.conflicts, self.units.len() + g, global.name)
+                {
                     return Err(format!(
                         "conflicts with global unit {}",
                         self.globals[g].name
@@ -315,13 +379,16 @@ impl<'a> Planner<'a> {
                 }
             }
             for &x in &host.units {
-                if x != u && req.conflicts_with(self.units[x].name()) {
+                if x != u && self.conflicts(u, x) {
                     return Err(format!("conflicts with {}", self.units[x].name()));
                 }
             }
         }
         for &g in &host.conflicting_globals {
-            if self.globals[g].req.conflicts_with(w.name()) {
+            if self
+                .globs
+                .any_matches(&self.globals[g].conflicts, u, w.name())
+            {
                 return Err(format!(
                     "conflicts with global unit {}",
                     self.globals[g].name
@@ -332,14 +399,14 @@ impl<'a> Planner<'a> {
             if x == u {
                 continue;
             }
-            if self.req(x).conflicts_with(w.name()) {
+            if self.conflicts(x, u) {
                 return Err(format!("conflicts with {}", self.units[x].name()));
             }
             if self.replaces_one_way(x, u) {
                 return Err(format!("replaced by {} (Replaces)", self.units[x].name()));
             }
         }
-        if phase == Phase::Place && !req.replaces.is_empty() && self.pushes_left == 0 {
+        if phase == Phase::Place && !w.replaces.is_empty() && self.pushes_left == 0 {
             for &x in &host.units {
                 if x != u && self.replaces_one_way(u, x) {
                     return Err(format!(

@@ -1433,3 +1433,36 @@ fn places_ten_thousand_units_on_a_thousand_machines() {
         "a second pass changes nothing"
     );
 }
+
+#[test]
+#[ignore = "timing probe: cargo test --release -- --ignored --nocapture"]
+fn many_unplaceable_units_timing() {
+    let machines: Vec<MachineEntry> = (0..1000)
+        .map(|i| {
+            let mut m = machine(0);
+            m.machine.id = MachineId::parse(&format!("{i:08x}{}", "b".repeat(24))).unwrap();
+            m
+        })
+        .collect();
+    let units: Vec<Unit> = (0..2000)
+        .map(|i| {
+            xunit(
+                &format!("web@{i}.service"),
+                &[("Conflicts", "%p@*.service")],
+            )
+        })
+        .collect();
+    let s = snapshot(units, machines, vec![]);
+    let started = std::time::Instant::now();
+    let p = plan(&s);
+    eprintln!(
+        "2,000 exclusive instances on 1,000 machines: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.unplaceable.len(), 1000);
+    let after = apply(s, &p.ops);
+    let started = std::time::Instant::now();
+    let again = plan(&after);
+    eprintln!("steady state: {:?}", started.elapsed());
+    assert!(again.ops.is_empty());
+}
