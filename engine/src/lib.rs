@@ -123,7 +123,14 @@ async fn lead(
                 Err(e) => tracing::warn!(error = %e, "engine cannot watch; polling"),
             }
         }
-        let ops = plan::plan(&snapshot);
+        let plan::Plan {
+            mut ops,
+            unplaceable,
+        } = plan::plan(&snapshot);
+        for u in &unplaceable {
+            tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
+        }
+        ops.extend(plan::unplaceable_ops(&snapshot.unplaceable, &unplaceable));
         if !ops.is_empty() {
             tracing::info!(changes = ops.len(), "applying placements");
             for op in &ops {

@@ -1,347 +1,760 @@
 //! The engine's decision: which unit goes to which machine. Pure: no IO, no clock.
+//!
+//! [`plan`] follows fleet v1.0's least-loaded scheduler and its `[X-Fleet]` rules
+//! (`agent/state.go` `AbleToRun`, `engine/reconciler.go`), in one deterministic pass:
+//!
+//! 1. **Keep.** Every existing placement that still holds is kept: its unit wants to run, its
+//!    machine is alive, and on that machine the unit meets its `MachineID`, `MachineMetadata`
+//!    and `MachineOf`, conflicts (both ways) with no global unit running there nor with a unit
+//!    kept there before it, and is not replaced (`Replaces`) by a unit kept there. Placements
+//!    whose content did not change are kept first, so when a re-submitted unit starts to
+//!    conflict with a neighbour, the re-submitted one moves.
+//! 2. **Place.** Every other unit that should run goes, in dependency order (`MachineOf`
+//!    leaders before their followers) then name order, to the least loaded machine that passes
+//!    every rule, ties by machine id. A unit placed next to one it replaces pushes that one
+//!    (and its followers) away, to be placed again in the same pass.
+//! 3. **Diff.** The result is compared with the existing placements: stale ones are deleted,
+//!    kept ones whose content or desired state changed are rewritten in place, new ones put.
+//!    All deletes come before the new placements.
+//!
+//! A machine's load is the number of non-global units placed there plus the global units whose
+//! metadata it matches. Global units are never placed by the engine; they run on every machine
+//! whose metadata they match and count there for load and conflicts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
-use fleet_registry::{EngineSnapshot, JobState, MachineId, Placement, PlacementOp, Unit};
+use fleet_registry::{EngineSnapshot, JobState, MachineEntry, Placement, PlacementOp, Unit};
+use fleet_units::{glob_match, Requirements, UnitName};
 
-/// Works out the placement changes that bring `snapshot` to what its units ask for.
-///
-/// - A placement whose unit is gone, inactive or global, or whose machine is gone, is removed.
-/// - A unit placed on several machines keeps only the first (by machine id).
-/// - A kept placement whose content or desired state differs from its unit is rewritten in place.
-/// - Every other unit that should run is placed on the machine with the fewest units (global
-///   units count), ties broken by machine id, counting each decision before the next.
-///
-/// Units are considered in name order, so the result does not depend on input order.
-pub fn plan(snapshot: &EngineSnapshot) -> Vec<PlacementOp> {
-    let leases: BTreeMap<&MachineId, i64> = snapshot
-        .machines
-        .iter()
-        .map(|m| (&m.machine.id, m.lease))
-        .collect();
-    let wanted: BTreeMap<&str, &Unit> = snapshot
-        .units
-        .iter()
-        .filter(|u| u.desired_state != JobState::Inactive && !u.is_global())
-        .map(|u| (u.name.as_str(), u))
-        .collect();
-    let global_count = snapshot
-        .units
-        .iter()
-        .filter(|u| u.desired_state != JobState::Inactive && u.is_global())
-        .count();
-
-    let mut ops = Vec::new();
-    let mut load: BTreeMap<&MachineId, usize> = leases.keys().map(|m| (*m, global_count)).collect();
-    let mut placed: BTreeSet<&str> = BTreeSet::new();
-
-    let mut existing: Vec<&(MachineId, Placement)> = snapshot.placements.iter().collect();
-    existing.sort_by(|a, b| (a.1.name.as_str(), &a.0).cmp(&(b.1.name.as_str(), &b.0)));
-    for (machine, placement) in existing {
-        let name = placement.name.as_str();
-        let unit = wanted.get(name);
-        let lease = leases.get(machine);
-        match (unit, lease) {
-            (Some(unit), Some(&lease)) if !placed.contains(name) => {
-                placed.insert(name);
-                *load.entry(machine).or_default() += 1;
-                let target = Placement::for_unit(unit);
-                if *placement != target {
-                    ops.push(PlacementOp::Put {
-                        machine: machine.clone(),
-                        lease,
-                        placement: target,
-                    });
-                }
-            }
-            _ => ops.push(PlacementOp::Delete {
-                machine: machine.clone(),
-                name: placement.name.clone(),
-            }),
-        }
-    }
-
-    for (name, unit) in &wanted {
-        if placed.contains(name) {
-            continue;
-        }
-        let Some((&machine, _)) = load.iter().min_by_key(|(m, n)| (**n, **m)) else {
-            continue; // no machine at all: the unit waits
-        };
-        let Some(&lease) = leases.get(machine) else {
-            continue;
-        };
-        *load.entry(machine).or_default() += 1;
-        ops.push(PlacementOp::Put {
-            machine: machine.clone(),
-            lease,
-            placement: Placement::for_unit(unit),
-        });
-    }
-    ops
+/// What the engine should do, and what it could not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// The placement changes, deletes first.
+    pub ops: Vec<PlacementOp>,
+    /// Units that should run but have no machine after this plan, in name order.
+    pub unplaceable: Vec<Unplaceable>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use fleet_registry::{Machine, MachineEntry};
-    use fleet_units::{UnitName, UnitOption};
+/// A unit that should run and cannot be placed now, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unplaceable {
+    pub unit: UnitName,
+    /// One reason per machine (`"<short id>: <reason>"`, machines in id order), or one reason
+    /// for the unit as a whole (invalid requirements, a `MachineOf` leader not placed, no
+    /// machine at all).
+    pub reasons: Vec<String>,
+}
 
-    fn mid(n: u8) -> MachineId {
-        MachineId::parse(&format!("{n:02x}{}", "0".repeat(30))).unwrap()
+/// Works out the placement changes that bring `snapshot` to what its units ask for. See the
+/// module documentation for the rules. The result does not depend on the order of the
+/// snapshot's lists.
+pub fn plan(snapshot: &EngineSnapshot) -> Plan {
+    let mut planner = Planner::new(snapshot);
+    planner.keep(snapshot);
+    planner.place();
+    planner.finish(snapshot)
+}
+
+/// Index of a unit that should be placed (in `Planner::units`, name order).
+type U = usize;
+/// Index of a machine (in `Planner::hosts`, id order).
+type M = usize;
+
+/// Bound on the pushes (`Replaces`) in one pass, per unit to place: only a circular chain of
+/// replacements, which fleet forbids, can need more.
+const PUSHES_PER_UNIT: usize = 4;
+
+struct Wanted<'a> {
+    unit: &'a Unit,
+    /// Parsed once; the error's text otherwise.
+    req: Result<Requirements, String>,
+    /// `Conflicts` and `Replaces` patterns, interned in `Globs`.
+    conflicts: Vec<u32>,
+    replaces: Vec<u32>,
+    /// `MachineOf` names, with the wanted unit each names (if any).
+    leaders: Vec<(String, Option<U>)>,
+    /// Units whose `MachineOf` names this one.
+    followers: Vec<U>,
+    /// Position in dependency-then-name order.
+    rank: usize,
+}
+
+impl Wanted<'_> {
+    fn name(&self) -> &str {
+        self.unit.name.as_str()
     }
 
-    fn machine(n: u8) -> MachineEntry {
-        MachineEntry {
-            machine: Machine {
-                id: mid(n),
-                public_ip: format!("10.0.0.{n}"),
-                metadata: Default::default(),
-                version: String::new(),
-            },
-            lease: 100 + n as i64,
-        }
+    /// Whether other units must be checked against this one's patterns.
+    fn patterned(&self) -> bool {
+        self.req
+            .as_ref()
+            .is_ok_and(|r| !r.conflicts.is_empty() || !r.replaces.is_empty())
     }
+}
 
-    fn unit(name: &str, state: JobState) -> Unit {
-        Unit {
-            name: UnitName::parse(name).unwrap(),
-            options: vec![UnitOption {
-                section: "Service".into(),
-                name: "ExecStart".into(),
-                value: format!("/bin/echo {name}"),
-            }],
-            desired_state: state,
-        }
-    }
+struct GlobalUnit<'a> {
+    name: &'a str,
+    req: Requirements,
+    conflicts: Vec<u32>,
+}
 
-    fn global(name: &str) -> Unit {
-        let mut u = unit(name, JobState::Launched);
-        u.options.push(UnitOption {
-            section: "X-Fleet".into(),
-            name: "Global".into(),
-            value: "true".into(),
-        });
-        u
-    }
+/// The `Conflicts` and `Replaces` patterns, interned, with their results against unit names
+/// remembered: one plan tests the same pairs many times. Names are numbered as units are
+/// (`U`), then global units after them.
+#[derive(Default)]
+struct Globs {
+    patterns: Vec<String>,
+    ids: HashMap<String, u32>,
+    memo: RefCell<HashMap<(u32, u32), bool>>,
+}
 
-    fn snapshot(
-        units: Vec<Unit>,
-        machines: Vec<MachineEntry>,
-        placements: Vec<(MachineId, Placement)>,
-    ) -> EngineSnapshot {
-        EngineSnapshot {
-            revision: 1,
-            leader: None,
-            units,
-            machines,
-            placements,
-            unplaceable: Default::default(),
-        }
-    }
-
-    /// Applies ops to the snapshot's placements, as etcd would.
-    fn apply(mut s: EngineSnapshot, ops: &[PlacementOp]) -> EngineSnapshot {
-        for op in ops {
-            match op {
-                PlacementOp::Put {
-                    machine, placement, ..
-                } => {
-                    s.placements
-                        .retain(|(m, p)| !(m == machine && p.name == placement.name));
-                    s.placements.push((machine.clone(), placement.clone()));
+impl Globs {
+    fn intern(&mut self, patterns: &[String]) -> Vec<u32> {
+        patterns
+            .iter()
+            .map(|p| match self.ids.get(p) {
+                Some(&id) => id,
+                None => {
+                    let id = self.patterns.len() as u32;
+                    self.patterns.push(p.clone());
+                    self.ids.insert(p.clone(), id);
+                    id
                 }
-                PlacementOp::Delete { machine, name } => {
-                    s.placements
-                        .retain(|(m, p)| !(m == machine && &p.name == name));
-                }
-                PlacementOp::SetUnplaceable { .. } | PlacementOp::ClearUnplaceable { .. } => {}
-            }
-        }
-        s
-    }
-
-    fn puts(ops: &[PlacementOp]) -> Vec<(String, MachineId)> {
-        ops.iter()
-            .filter_map(|op| match op {
-                PlacementOp::Put {
-                    machine, placement, ..
-                } => Some((placement.name.to_string(), machine.clone())),
-                _ => None,
             })
             .collect()
     }
 
-    #[test]
-    fn spreads_units_least_loaded_ties_by_machine_id() {
-        let s = snapshot(
-            (1..=5)
-                .map(|i| unit(&format!("u{i}.service"), JobState::Launched))
-                .collect(),
-            vec![machine(3), machine(1), machine(2)],
-            vec![],
-        );
-        let got = puts(&plan(&s));
-        assert_eq!(
-            got,
-            vec![
-                ("u1.service".into(), mid(1)),
-                ("u2.service".into(), mid(2)),
-                ("u3.service".into(), mid(3)),
-                ("u4.service".into(), mid(1)),
-                ("u5.service".into(), mid(2)),
-            ]
-        );
-    }
-
-    #[test]
-    fn existing_placements_count_and_stay() {
-        let u1 = unit("a.service", JobState::Launched);
-        let s = snapshot(
-            vec![u1.clone(), unit("b.service", JobState::Loaded)],
-            vec![machine(1), machine(2)],
-            vec![(mid(1), Placement::for_unit(&u1))],
-        );
-        let ops = plan(&s);
-        assert_eq!(puts(&ops), vec![("b.service".into(), mid(2))]);
-    }
-
-    #[test]
-    fn table_of_removals_and_updates() {
-        let a = unit("a.service", JobState::Launched);
-        let mut a_loaded = a.clone();
-        a_loaded.desired_state = JobState::Loaded;
-        let cases: Vec<(&str, EngineSnapshot, Vec<PlacementOp>)> = vec![
-            (
-                "unit destroyed: placement removed",
-                snapshot(
-                    vec![],
-                    vec![machine(1)],
-                    vec![(mid(1), Placement::for_unit(&a))],
-                ),
-                vec![PlacementOp::Delete {
-                    machine: mid(1),
-                    name: a.name.clone(),
-                }],
-            ),
-            (
-                "unit unloaded (inactive): placement removed",
-                snapshot(
-                    vec![unit("a.service", JobState::Inactive)],
-                    vec![machine(1)],
-                    vec![(mid(1), Placement::for_unit(&a))],
-                ),
-                vec![PlacementOp::Delete {
-                    machine: mid(1),
-                    name: a.name.clone(),
-                }],
-            ),
-            (
-                "desired state changed: placement rewritten in place",
-                snapshot(
-                    vec![a_loaded.clone()],
-                    vec![machine(1), machine(2)],
-                    vec![(mid(2), Placement::for_unit(&a))],
-                ),
-                vec![PlacementOp::Put {
-                    machine: mid(2),
-                    lease: 102,
-                    placement: Placement::for_unit(&a_loaded),
-                }],
-            ),
-            (
-                "machine gone: unit placed again elsewhere",
-                snapshot(
-                    vec![a.clone()],
-                    vec![machine(2)],
-                    vec![(mid(1), Placement::for_unit(&a))],
-                ),
-                vec![
-                    PlacementOp::Delete {
-                        machine: mid(1),
-                        name: a.name.clone(),
-                    },
-                    PlacementOp::Put {
-                        machine: mid(2),
-                        lease: 102,
-                        placement: Placement::for_unit(&a),
-                    },
-                ],
-            ),
-            (
-                "placed twice: the second is removed",
-                snapshot(
-                    vec![a.clone()],
-                    vec![machine(1), machine(2)],
-                    vec![
-                        (mid(2), Placement::for_unit(&a)),
-                        (mid(1), Placement::for_unit(&a)),
-                    ],
-                ),
-                vec![PlacementOp::Delete {
-                    machine: mid(2),
-                    name: a.name.clone(),
-                }],
-            ),
-            (
-                "no machine: nothing to do",
-                snapshot(vec![a.clone()], vec![], vec![]),
-                vec![],
-            ),
-            (
-                "global unit: not placed by the engine",
-                snapshot(vec![global("g.service")], vec![machine(1)], vec![]),
-                vec![],
-            ),
-            (
-                "steady state: nothing to do",
-                snapshot(
-                    vec![a.clone()],
-                    vec![machine(1)],
-                    vec![(mid(1), Placement::for_unit(&a))],
-                ),
-                vec![],
-            ),
-        ];
-        for (what, s, want) in cases {
-            assert_eq!(plan(&s), want, "{what}");
-        }
-    }
-
-    #[test]
-    fn global_units_count_toward_load_equally() {
-        let s = snapshot(
-            vec![global("g.service"), unit("a.service", JobState::Launched)],
-            vec![machine(2), machine(1)],
-            vec![],
-        );
-        assert_eq!(puts(&plan(&s)), vec![("a.service".into(), mid(1))]);
-    }
-
-    #[test]
-    fn plan_is_idempotent_and_order_independent() {
-        let units: Vec<Unit> = (0..40)
-            .map(|i| unit(&format!("u{i:02}.service"), JobState::Launched))
-            .collect();
-        let machines: Vec<MachineEntry> = (1..=7).map(machine).collect();
-        let s = snapshot(units.clone(), machines.clone(), vec![]);
-        let ops = plan(&s);
-        let mut reversed = snapshot(
-            units.into_iter().rev().collect(),
-            machines.into_iter().rev().collect(),
-            vec![],
-        );
-        assert_eq!(plan(&reversed), ops);
-        reversed = apply(s, &ops);
-        assert_eq!(plan(&reversed), vec![], "a second pass changes nothing");
-        let mut per_machine: BTreeMap<MachineId, usize> = BTreeMap::new();
-        for (m, _) in &reversed.placements {
-            *per_machine.entry(m.clone()).or_default() += 1;
-        }
-        let (min, max) = (
-            per_machine.values().min().copied().unwrap_or(0),
-            per_machine.values().max().copied().unwrap_or(0),
-        );
-        assert!(max - min <= 1, "balanced: {per_machine:?}");
+    /// Whether one of `patterns` matches the unit numbered `name_id`, called `name`.
+    fn any_matches(&self, patterns: &[u32], name_id: usize, name: &str) -> bool {
+        patterns.iter().any(|&p| {
+            *self
+                .memo
+                .borrow_mut()
+                .entry((p, name_id as u32))
+                .or_insert_with(|| glob_match(&self.patterns[p as usize], name))
+        })
     }
 }
+
+struct Host<'a> {
+    entry: &'a MachineEntry,
+    /// Global units that run here (`Planner::globals` indices).
+    globals: Vec<usize>,
+    /// Those of `globals` with `Conflicts` patterns.
+    conflicting_globals: Vec<usize>,
+    /// Non-global units placed here, in name (index) order.
+    units: Vec<U>,
+    /// Those of `units` with `Conflicts` or `Replaces` patterns.
+    patterned: Vec<U>,
+}
+
+impl Host<'_> {
+    fn load(&self) -> usize {
+        self.units.len() + self.globals.len()
+    }
+
+    fn short(&self) -> &str {
+        self.entry.machine.id.short()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Checking existing placements: `MachineOf` leaders count where they are placed now.
+    Keep,
+    /// Placing: `MachineOf` leaders count where this pass has put them.
+    Place,
+}
+
+struct Planner<'a> {
+    units: Vec<Wanted<'a>>,
+    globs: Globs,
+    by_name: HashMap<&'a str, U>,
+    globals: Vec<GlobalUnit<'a>>,
+    hosts: Vec<Host<'a>>,
+    /// Lower-cased full and short machine ids to machines, for `MachineID`.
+    host_ids: HashMap<String, Vec<M>>,
+    /// The existing placement considered for each unit (the first by machine id that meets the
+    /// unit's own rules on a live machine).
+    candidate: Vec<Option<M>>,
+    /// Where each unit is in this pass.
+    at: Vec<Option<M>>,
+    /// Machines by (load, index): index order is id order.
+    by_load: BTreeSet<(usize, M)>,
+    /// Placement decisions in the order they were taken; only each unit's last one stands.
+    decisions: Vec<(U, M)>,
+    last_decision: Vec<Option<usize>>,
+    /// Units waiting to be placed, by (rank, index).
+    queue: BTreeSet<(usize, U)>,
+    unplaceable: Vec<Option<Vec<String>>>,
+    pushes_left: usize,
+    pushed: bool,
+}
+
+impl<'a> Planner<'a> {
+    fn new(snapshot: &'a EngineSnapshot) -> Planner<'a> {
+        let mut all: Vec<&Unit> = snapshot
+            .units
+            .iter()
+            .filter(|u| u.desired_state != JobState::Inactive)
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all.dedup_by(|a, b| a.name == b.name);
+
+        let mut globs = Globs::default();
+        let mut globals = Vec::new();
+        let mut units = Vec::new();
+        for unit in all {
+            // The same test as the registry's and the agent's, so that the engine never places a
+            // unit that they run everywhere.
+            if unit.is_global() {
+                // A global unit with invalid requirements runs nowhere as far as placement goes.
+                if let Ok((req, _)) = Requirements::from_unit(&unit.name, &unit.file()) {
+                    globals.push(GlobalUnit {
+                        name: unit.name.as_str(),
+                        conflicts: globs.intern(&req.conflicts),
+                        req,
+                    });
+                }
+                continue;
+            }
+            let req = Requirements::from_unit(&unit.name, &unit.file())
+                .map(|(req, _)| req)
+                .map_err(|e| e.to_string());
+            let (conflicts, replaces) = match &req {
+                Ok(req) => (globs.intern(&req.conflicts), globs.intern(&req.replaces)),
+                Err(_) => (Vec::new(), Vec::new()),
+            };
+            units.push(Wanted {
+                unit,
+                req,
+                conflicts,
+                replaces,
+                leaders: Vec::new(),
+                followers: Vec::new(),
+                rank: 0,
+            });
+        }
+        let by_name: HashMap<&str, U> = units
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.unit.name.as_str(), i))
+            .collect();
+        for u in 0..units.len() {
+            let names = match &units[u].req {
+                Ok(req) => req.machine_of.clone(),
+                Err(_) => Vec::new(),
+            };
+            let mut leaders: Vec<(String, Option<U>)> = Vec::new();
+            for name in names {
+                if leaders.iter().any(|(n, _)| *n == name) {
+                    continue;
+                }
+                let leader = by_name.get(name.as_str()).copied().filter(|&l| l != u);
+                if let Some(l) = leader {
+                    units[l].followers.push(u);
+                }
+                leaders.push((name, leader));
+            }
+            units[u].leaders = leaders;
+        }
+        rank_by_dependencies(&mut units);
+
+        let mut machines: Vec<&MachineEntry> = snapshot.machines.iter().collect();
+        machines.sort_by(|a, b| a.machine.id.cmp(&b.machine.id));
+        machines.dedup_by(|a, b| a.machine.id == b.machine.id);
+        let mut host_ids: HashMap<String, Vec<M>> = HashMap::new();
+        let hosts: Vec<Host> = machines
+            .into_iter()
+            .enumerate()
+            .map(|(m, entry)| {
+                let id = entry.machine.id.as_str().to_ascii_lowercase();
+                host_ids.entry(id[..8].to_string()).or_default().push(m);
+                host_ids.entry(id).or_default().push(m);
+                let running: Vec<usize> = globals
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, g)| g.req.metadata_matches(&entry.machine.metadata))
+                    .map(|(i, _)| i)
+                    .collect();
+                Host {
+                    entry,
+                    conflicting_globals: running
+                        .iter()
+                        .copied()
+                        .filter(|&g| !globals[g].conflicts.is_empty())
+                        .collect(),
+                    globals: running,
+                    units: Vec::new(),
+                    patterned: Vec::new(),
+                }
+            })
+            .collect();
+        let by_load = hosts
+            .iter()
+            .enumerate()
+            .map(|(m, h)| (h.load(), m))
+            .collect();
+        let n = units.len();
+        Planner {
+            globs,
+            by_name,
+            globals,
+            hosts,
+            host_ids,
+            candidate: vec![None; n],
+            at: vec![None; n],
+            by_load,
+            decisions: Vec::new(),
+            last_decision: vec![None; n],
+            queue: BTreeSet::new(),
+            unplaceable: vec![None; n],
+            pushes_left: PUSHES_PER_UNIT * n + 16,
+            pushed: false,
+            units,
+        }
+    }
+
+    fn req(&self, u: U) -> &Requirements {
+        self.units[u]
+            .req
+            .as_ref()
+            .expect("only units with valid requirements are placed or checked")
+    }
+
+    fn host_of(&self, id: &fleet_registry::MachineId) -> Option<M> {
+        self.hosts
+            .binary_search_by(|h| h.entry.machine.id.cmp(id))
+            .ok()
+    }
+
+    /// `a` replaces `b` and not the other way round (fleet ignores circular replacements).
+    fn replaces_one_way(&self, a: U, b: U) -> bool {
+        let (wa, wb) = (&self.units[a], &self.units[b]);
+        self.globs.any_matches(&wa.replaces, b, wb.name())
+            && !self.globs.any_matches(&wb.replaces, a, wa.name())
+    }
+
+    /// Whether a `Conflicts` pattern of unit `a` matches unit `b`.
+    fn conflicts(&self, a: U, b: U) -> bool {
+        self.globs
+            .any_matches(&self.units[a].conflicts, b, self.units[b].name())
+    }
+
+    /// Why `u` may not be on machine `m` given everything else on `m`, if it may not.
+    fn check(&self, u: U, m: M, phase: Phase) -> Result<(), String> {
+        let w = &self.units[u];
+        let req = self.req(u);
+        let host = &self.hosts[m];
+        let machine = &host.entry.machine;
+        if let Some(id) = &req.machine_id {
+            if !req.machine_id_matches(machine.id.as_str()) {
+                return Err(format!("unit must run on machine {id}"));
+            }
+        }
+        if let Some((key, values)) = req.unmatched_metadata(&machine.metadata) {
+            return Err(format!("metadata {key}={} not matched", values.join("|")));
+        }
+        for (name, leader) in &w.leaders {
+            let there = leader.is_some_and(|l| match phase {
+                Phase::Keep => self.candidate[l] == Some(m),
+                Phase::Place => self.at[l] == Some(m),
+            });
+            if !there {
+                return Err(format!("not the machine of {name} (MachineOf)"));
+            }
+        }
+        if !w.conflicts.is_empty() {
+            for &g in &host.globals {
+                let global = &self.globals[g];
+                if self
+                    .globs
+                    .any_matches(&w.conflicts, self.units.len() + g, global.name)
+                {
+                    return Err(format!(
+                        "conflicts with global unit {}",
+                        self.globals[g].name
+                    ));
+                }
+            }
+            for &x in &host.units {
+                if x != u && self.conflicts(u, x) {
+                    return Err(format!("conflicts with {}", self.units[x].name()));
+                }
+            }
+        }
+        for &g in &host.conflicting_globals {
+            if self
+                .globs
+                .any_matches(&self.globals[g].conflicts, u, w.name())
+            {
+                return Err(format!(
+                    "conflicts with global unit {}",
+                    self.globals[g].name
+                ));
+            }
+        }
+        for &x in &host.patterned {
+            if x == u {
+                continue;
+            }
+            if self.conflicts(x, u) {
+                return Err(format!("conflicts with {}", self.units[x].name()));
+            }
+            if self.replaces_one_way(x, u) {
+                return Err(format!("replaced by {} (Replaces)", self.units[x].name()));
+            }
+        }
+        if phase == Phase::Place && !w.replaces.is_empty() && self.pushes_left == 0 {
+            for &x in &host.units {
+                if x != u && self.replaces_one_way(u, x) {
+                    return Err(format!(
+                        "cannot push {} away: too many replacements in one pass",
+                        self.units[x].name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn assign(&mut self, u: U, m: M) {
+        debug_assert!(self.at[u].is_none());
+        let host = &mut self.hosts[m];
+        self.by_load.remove(&(host.load(), m));
+        // Kept in name order, so that a reason names the first culprit by name.
+        let i = host.units.partition_point(|&x| x < u);
+        host.units.insert(i, u);
+        if self.units[u].patterned() {
+            let i = host.patterned.partition_point(|&x| x < u);
+            host.patterned.insert(i, u);
+        }
+        self.by_load.insert((host.load(), m));
+        self.at[u] = Some(m);
+    }
+
+    fn unassign(&mut self, u: U) {
+        let Some(m) = self.at[u].take() else {
+            return;
+        };
+        let host = &mut self.hosts[m];
+        self.by_load.remove(&(host.load(), m));
+        host.units.retain(|&x| x != u);
+        host.patterned.retain(|&x| x != u);
+        self.by_load.insert((host.load(), m));
+    }
+
+    /// Step 1: keeps the existing placements that still hold.
+    fn keep(&mut self, snapshot: &EngineSnapshot) {
+        // The candidate placement of each unit: the first, by machine id, on a live machine
+        // where the unit's own rules hold (leaders and neighbours are checked below).
+        let mut existing: Vec<(U, M, bool)> = Vec::new();
+        for (machine, placement) in &snapshot.placements {
+            let (Some(&u), Some(m)) = (
+                self.by_name.get(placement.name.as_str()),
+                self.host_of(machine),
+            ) else {
+                continue;
+            };
+            if self.units[u].req.is_err() {
+                continue;
+            }
+            let changed = placement.options != self.units[u].unit.options;
+            existing.push((u, m, changed));
+        }
+        existing.sort();
+        existing.dedup_by_key(|(u, m, _)| (*u, *m));
+        let mut changed = vec![false; self.units.len()];
+        for &(u, m, content_changed) in &existing {
+            if self.candidate[u].is_some() {
+                continue;
+            }
+            let req = self.req(u);
+            let machine = &self.hosts[m].entry.machine;
+            if req.machine_id_matches(machine.id.as_str())
+                && req.metadata_matches(&machine.metadata)
+            {
+                self.candidate[u] = Some(m);
+                changed[u] = content_changed;
+            }
+        }
+
+        // Unchanged placements first, then dependency and name order: a unit kept earlier wins
+        // over a later one it conflicts with.
+        let mut order: Vec<U> = (0..self.units.len())
+            .filter(|&u| self.candidate[u].is_some())
+            .collect();
+        order.sort_by_key(|&u| (changed[u], self.units[u].rank, u));
+        for u in order {
+            let m = self.candidate[u].expect("filtered");
+            if self.check(u, m, Phase::Keep).is_err() {
+                continue;
+            }
+            self.assign(u, m);
+            // A unit kept next to units it replaces pushes them away.
+            if !self.req(u).replaces.is_empty() {
+                let pushed: Vec<U> = self.hosts[m]
+                    .units
+                    .iter()
+                    .copied()
+                    .filter(|&x| x != u && self.replaces_one_way(u, x))
+                    .collect();
+                for x in pushed {
+                    self.unassign(x);
+                }
+            }
+        }
+
+        // Followers stay only with all their leaders.
+        loop {
+            let mut changed = false;
+            for u in 0..self.units.len() {
+                let Some(m) = self.at[u] else { continue };
+                let with_leaders = self.units[u]
+                    .leaders
+                    .iter()
+                    .all(|(_, l)| l.is_some_and(|l| self.at[l] == Some(m)));
+                if !with_leaders {
+                    self.unassign(u);
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    /// Step 2: places every unit not kept.
+    fn place(&mut self) {
+        for u in 0..self.units.len() {
+            if let Err(e) = &self.units[u].req {
+                self.unplaceable[u] = Some(vec![e.clone()]);
+            } else if self.at[u].is_none() {
+                self.queue.insert((self.units[u].rank, u));
+            }
+        }
+        loop {
+            self.pushed = false;
+            while let Some((_, u)) = self.queue.pop_first() {
+                match self.decide(u) {
+                    Ok(m) => {
+                        self.unplaceable[u] = None;
+                        self.put(u, m);
+                    }
+                    Err(reasons) => self.unplaceable[u] = Some(reasons),
+                }
+            }
+            // Units pushed away may have made room for units found unplaceable before.
+            if !self.pushed {
+                break;
+            }
+            for u in 0..self.units.len() {
+                if self.unplaceable[u].is_some() && self.units[u].req.is_ok() {
+                    self.queue.insert((self.units[u].rank, u));
+                }
+            }
+        }
+    }
+
+    /// The machine for `u`, or why there is none.
+    fn decide(&self, u: U) -> Result<M, Vec<String>> {
+        if self.hosts.is_empty() {
+            return Err(vec!["no machine is registered".to_string()]);
+        }
+        let w = &self.units[u];
+        let mut leader_machine: Option<(M, &str)> = None;
+        for (name, leader) in &w.leaders {
+            let Some(m) = leader.and_then(|l| self.at[l]) else {
+                return Err(vec![format!("waiting for {name} (MachineOf) to be placed")]);
+            };
+            match leader_machine {
+                Some((other, other_name)) if other != m => {
+                    return Err(vec![format!(
+                        "MachineOf units {other_name} and {name} are on different machines ({} and {})",
+                        self.hosts[other].short(),
+                        self.hosts[m].short()
+                    )]);
+                }
+                _ => leader_machine = Some((m, name)),
+            }
+        }
+        let req = self.req(u);
+        let found = if let Some((m, _)) = leader_machine {
+            Some(m).filter(|&m| self.check(u, m, Phase::Place).is_ok())
+        } else if let Some(id) = &req.machine_id {
+            let mut targets: Vec<M> = self
+                .host_ids
+                .get(&id.trim().to_ascii_lowercase())
+                .cloned()
+                .unwrap_or_default();
+            targets.sort_by_key(|&m| (self.hosts[m].load(), m));
+            targets
+                .into_iter()
+                .find(|&m| self.check(u, m, Phase::Place).is_ok())
+        } else {
+            self.by_load
+                .iter()
+                .map(|&(_, m)| m)
+                .find(|&m| self.check(u, m, Phase::Place).is_ok())
+        };
+        found.ok_or_else(|| {
+            (0..self.hosts.len())
+                .filter_map(|m| {
+                    self.check(u, m, Phase::Place)
+                        .err()
+                        .map(|reason| format!("{}: {reason}", self.hosts[m].short()))
+                })
+                .collect()
+        })
+    }
+
+    /// Places `u` on `m`, pushing away the units there that it replaces.
+    fn put(&mut self, u: U, m: M) {
+        self.assign(u, m);
+        self.last_decision[u] = Some(self.decisions.len());
+        self.decisions.push((u, m));
+        if self.req(u).replaces.is_empty() {
+            return;
+        }
+        let pushed: Vec<U> = self.hosts[m]
+            .units
+            .iter()
+            .copied()
+            .filter(|&x| x != u && self.replaces_one_way(u, x))
+            .collect();
+        for x in pushed {
+            self.pushes_left = self.pushes_left.saturating_sub(1);
+            self.pushed = true;
+            self.evict(x);
+        }
+    }
+
+    /// Takes `u` and its followers (transitively) off their machine and queues them again.
+    fn evict(&mut self, u: U) {
+        let Some(m) = self.at[u] else { return };
+        self.unassign(u);
+        self.queue.insert((self.units[u].rank, u));
+        for f in self.units[u].followers.clone() {
+            if self.at[f] == Some(m) {
+                self.evict(f);
+            }
+        }
+    }
+
+    /// Step 3: the placement changes and the units left without a machine.
+    fn finish(self, snapshot: &EngineSnapshot) -> Plan {
+        let mut ops = Vec::new();
+        let mut existing: Vec<(&str, &fleet_registry::MachineId, &Placement)> = snapshot
+            .placements
+            .iter()
+            .map(|(m, p)| (p.name.as_str(), m, p))
+            .collect();
+        existing.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // One key per unit and machine in etcd: a repeated pair is the same placement.
+        existing.dedup_by(|a, b| (a.0, a.1) == (b.0, b.1));
+        let mut stays: HashSet<(U, M)> = HashSet::new();
+        for (name, machine, placement) in existing {
+            let u = self.by_name.get(name).copied();
+            let m = self.host_of(machine);
+            match (u, m) {
+                (Some(u), Some(m)) if self.at[u] == Some(m) && stays.insert((u, m)) => {
+                    let target = Placement::for_unit(self.units[u].unit);
+                    if *placement != target {
+                        ops.push(PlacementOp::Put {
+                            machine: machine.clone(),
+                            lease: self.hosts[m].entry.lease,
+                            placement: target,
+                        });
+                    }
+                }
+                _ => ops.push(PlacementOp::Delete {
+                    machine: machine.clone(),
+                    name: placement.name.clone(),
+                }),
+            }
+        }
+        // Keep deletes ahead of every put that places a unit somewhere new.
+        for (i, &(u, m)) in self.decisions.iter().enumerate() {
+            if self.last_decision[u] != Some(i) || self.at[u] != Some(m) || stays.contains(&(u, m))
+            {
+                continue;
+            }
+            ops.push(PlacementOp::Put {
+                machine: self.hosts[m].entry.machine.id.clone(),
+                lease: self.hosts[m].entry.lease,
+                placement: Placement::for_unit(self.units[u].unit),
+            });
+        }
+        let unplaceable = self
+            .unplaceable
+            .into_iter()
+            .enumerate()
+            .filter_map(|(u, reasons)| {
+                reasons.map(|reasons| Unplaceable {
+                    unit: self.units[u].unit.name.clone(),
+                    reasons,
+                })
+            })
+            .collect();
+        Plan { ops, unplaceable }
+    }
+}
+
+/// Ranks units so that every `MachineOf` leader comes before its followers, otherwise by name;
+/// units caught in a `MachineOf` cycle come last, by name.
+fn rank_by_dependencies(units: &mut [Wanted]) {
+    let mut waiting: Vec<usize> = units
+        .iter()
+        .map(|w| w.leaders.iter().filter(|(_, l)| l.is_some()).count())
+        .collect();
+    let mut ready: BTreeSet<U> = (0..units.len()).filter(|&u| waiting[u] == 0).collect();
+    let mut ranked = vec![false; units.len()];
+    let mut rank = 0;
+    while let Some(u) = ready.pop_first() {
+        units[u].rank = rank;
+        ranked[u] = true;
+        rank += 1;
+        for i in 0..units[u].followers.len() {
+            let f = units[u].followers[i];
+            waiting[f] -= 1;
+            if waiting[f] == 0 {
+                ready.insert(f);
+            }
+        }
+    }
+    for (u, w) in units.iter_mut().enumerate() {
+        if !ranked[u] {
+            w.rank = rank;
+            rank += 1;
+        }
+    }
+}
+
+/// The writes that make the recorded reasons (`current`) say what `now` says: set the new or
+/// changed ones, clear those of units that are placed or gone.
+pub fn unplaceable_ops(
+    current: &std::collections::BTreeMap<UnitName, Vec<String>>,
+    now: &[Unplaceable],
+) -> Vec<PlacementOp> {
+    let mut ops: Vec<PlacementOp> = now
+        .iter()
+        .filter(|u| current.get(&u.unit) != Some(&u.reasons))
+        .map(|u| PlacementOp::SetUnplaceable {
+            name: u.unit.clone(),
+            reasons: u.reasons.clone(),
+        })
+        .collect();
+    let still: BTreeSet<&UnitName> = now.iter().map(|u| &u.unit).collect();
+    ops.extend(
+        current
+            .keys()
+            .filter(|name| !still.contains(name))
+            .map(|name| PlacementOp::ClearUnplaceable { name: name.clone() }),
+    );
+    ops
+}
+
+#[cfg(test)]
+mod tests;

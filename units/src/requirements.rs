@@ -42,7 +42,7 @@ const REPLACES: &str = "Replaces";
 /// Where a unit may be placed, from its `[X-Fleet]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Requirements {
-    /// Only this machine (a full machine id, or a prefix of one as fleet allowed).
+    /// Only this machine (its full id, or the 8-character short id as fleet allowed).
     pub machine_id: Option<String>,
     /// Same machine as each of these units (their names, not patterns).
     pub machine_of: Vec<String>,
@@ -198,6 +198,58 @@ impl Requirements {
         };
         requirements.check()?;
         Ok((requirements, warnings))
+    }
+
+    /// Whether the machine called `machine_id` satisfies `MachineID`: fleet accepts the full id
+    /// or its 8-character short form, nothing else (here compared regardless of ASCII case).
+    /// True when there is no `MachineID` requirement.
+    pub fn machine_id_matches(&self, machine_id: &str) -> bool {
+        let Some(wanted) = self.machine_id.as_deref() else {
+            return true;
+        };
+        let wanted = wanted.trim();
+        let short = machine_id.get(..8).unwrap_or(machine_id);
+        wanted.eq_ignore_ascii_case(machine_id) || wanted.eq_ignore_ascii_case(short)
+    }
+
+    /// The first `MachineMetadata` key (in key order) that `metadata` does not satisfy, with
+    /// the values it would have accepted: the key is missing, or its value is none of them.
+    pub fn unmatched_metadata<'a>(
+        &'a self,
+        metadata: &BTreeMap<String, String>,
+    ) -> Option<(&'a str, &'a [String])> {
+        self.metadata
+            .iter()
+            .find(|(key, accepted)| {
+                metadata
+                    .get(key.as_str())
+                    .is_none_or(|value| !accepted.iter().any(|a| a == value))
+            })
+            .map(|(key, accepted)| (key.as_str(), accepted.as_slice()))
+    }
+
+    /// Whether a machine with `metadata` satisfies `MachineMetadata`: every key present, each
+    /// with one of its accepted values (fleet's `HasMetadata`).
+    pub fn metadata_matches(&self, metadata: &BTreeMap<String, String>) -> bool {
+        self.unmatched_metadata(metadata).is_none()
+    }
+
+    /// The first `Conflicts` pattern that matches the unit called `name`.
+    pub fn conflicting_pattern(&self, name: &str) -> Option<&str> {
+        self.conflicts
+            .iter()
+            .find(|p| glob_match(p, name))
+            .map(String::as_str)
+    }
+
+    /// Whether a `Conflicts` pattern matches the unit called `name`.
+    pub fn conflicts_with(&self, name: &str) -> bool {
+        self.conflicting_pattern(name).is_some()
+    }
+
+    /// Whether a `Replaces` pattern matches the unit called `name`.
+    pub fn replaces(&self, name: &str) -> bool {
+        self.replaces.iter().any(|p| glob_match(p, name))
     }
 
     /// fleet's API checks, in its order.
@@ -611,6 +663,95 @@ mod tests {
         for xfleet in cases {
             assert!(read("a.service", xfleet).is_ok(), "{xfleet:?}");
         }
+    }
+
+    #[test]
+    fn machine_id_matching() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let cases: Vec<(&str, &str, bool)> = vec![
+            ("no MachineID: any machine", "", true),
+            (
+                "full id",
+                "MachineID=0123456789abcdef0123456789abcdef\n",
+                true,
+            ),
+            ("8-char short id", "MachineID=01234567\n", true),
+            (
+                "upper case",
+                "MachineID=0123456789ABCDEF0123456789ABCDEF\n",
+                true,
+            ),
+            (
+                "another prefix length is not the short id",
+                "MachineID=0123\n",
+                false,
+            ),
+            (
+                "a longer prefix is not the short id",
+                "MachineID=0123456789\n",
+                false,
+            ),
+            ("another machine", "MachineID=fedcba98\n", false),
+        ];
+        for (rule, xfleet, want) in cases {
+            let (req, _) = read("a.service", xfleet).unwrap();
+            assert_eq!(req.machine_id_matches(id), want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn metadata_matching() {
+        let machine: BTreeMap<String, String> = [("role", "web"), ("region", "eu")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let cases: Vec<(&str, &str, Option<&str>)> = vec![
+            ("no requirement", "", None),
+            ("one key, its value", "MachineMetadata=role=web\n", None),
+            (
+                "values of one key are OR-ed",
+                "MachineMetadata=role=db\nMachineMetadata=role=web\n",
+                None,
+            ),
+            (
+                "keys are AND-ed",
+                "MachineMetadata=\"role=web\" \"region=us\"\n",
+                Some("region"),
+            ),
+            ("missing key", "MachineMetadata=disk=ssd\n", Some("disk")),
+            ("wrong value", "MachineMetadata=role=db\n", Some("role")),
+            (
+                "values are case-sensitive",
+                "MachineMetadata=role=WEB\n",
+                Some("role"),
+            ),
+        ];
+        for (rule, xfleet, want) in cases {
+            let (req, _) = read("a.service", xfleet).unwrap();
+            assert_eq!(
+                req.unmatched_metadata(&machine).map(|(k, _)| k),
+                want,
+                "{rule}"
+            );
+            assert_eq!(req.metadata_matches(&machine), want.is_none(), "{rule}");
+        }
+    }
+
+    #[test]
+    fn conflicts_and_replaces_matching() {
+        let (req, _) = read("web@1.service", "Conflicts=%p@*.service db.service\n").unwrap();
+        assert!(req.conflicts_with("web@2.service"));
+        assert!(req.conflicts_with("db.service"));
+        assert!(!req.conflicts_with("web.service"));
+        assert_eq!(
+            req.conflicting_pattern("web@3.service"),
+            Some("web@*.service")
+        );
+        assert!(!req.replaces("web@2.service"));
+        let (req, _) = read("a.service", "Replaces=old-*.service\n").unwrap();
+        assert!(req.replaces("old-a.service"));
+        assert!(!req.replaces("a.service"));
+        assert!(!req.conflicts_with("old-a.service"));
     }
 
     #[test]

@@ -1,0 +1,1506 @@
+//! Tests of [`plan`]: examples per rule, and properties over random clusters.
+
+use super::*;
+use std::collections::BTreeMap;
+
+use fleet_registry::{JobState, Machine, MachineEntry, MachineId, Placement, Unit};
+use fleet_units::{UnitName, UnitOption};
+
+fn mid(n: u8) -> MachineId {
+    MachineId::parse(&format!("f1ee70{n:02x}{}", "0".repeat(24))).unwrap()
+}
+
+fn machine(n: u8) -> MachineEntry {
+    MachineEntry {
+        machine: Machine {
+            id: mid(n),
+            public_ip: format!("10.0.0.{n}"),
+            metadata: Default::default(),
+            version: String::new(),
+        },
+        lease: 100 + n as i64,
+    }
+}
+
+fn unit(name: &str, state: JobState) -> Unit {
+    Unit {
+        name: UnitName::parse(name).unwrap(),
+        options: vec![UnitOption {
+            section: "Service".into(),
+            name: "ExecStart".into(),
+            value: format!("/bin/echo {name}"),
+        }],
+        desired_state: state,
+    }
+}
+
+fn global(name: &str) -> Unit {
+    let mut u = unit(name, JobState::Launched);
+    u.options.push(UnitOption {
+        section: "X-Fleet".into(),
+        name: "Global".into(),
+        value: "true".into(),
+    });
+    u
+}
+
+fn snapshot(
+    units: Vec<Unit>,
+    machines: Vec<MachineEntry>,
+    placements: Vec<(MachineId, Placement)>,
+) -> EngineSnapshot {
+    EngineSnapshot {
+        revision: 1,
+        leader: None,
+        units,
+        machines,
+        placements,
+        unplaceable: Default::default(),
+    }
+}
+
+/// Applies ops to the snapshot's placements, as etcd would.
+fn apply(mut s: EngineSnapshot, ops: &[PlacementOp]) -> EngineSnapshot {
+    for op in ops {
+        match op {
+            PlacementOp::Put {
+                machine, placement, ..
+            } => {
+                s.placements
+                    .retain(|(m, p)| !(m == machine && p.name == placement.name));
+                s.placements.push((machine.clone(), placement.clone()));
+            }
+            PlacementOp::Delete { machine, name } => {
+                s.placements
+                    .retain(|(m, p)| !(m == machine && &p.name == name));
+            }
+            PlacementOp::SetUnplaceable { name, reasons } => {
+                s.unplaceable.insert(name.clone(), reasons.clone());
+            }
+            PlacementOp::ClearUnplaceable { name } => {
+                s.unplaceable.remove(name);
+            }
+        }
+    }
+    s
+}
+
+#[test]
+fn unplaceable_reasons_are_written_when_they_change_and_cleared_when_placed() {
+    let stale = UnitName::parse("stale.service").unwrap();
+    let same = UnitName::parse("same.service").unwrap();
+    let new = UnitName::parse("new.service").unwrap();
+    let current: std::collections::BTreeMap<UnitName, Vec<String>> = [
+        (stale.clone(), vec!["old".to_string()]),
+        (same.clone(), vec!["r".to_string()]),
+    ]
+    .into();
+    let now = vec![
+        Unplaceable {
+            unit: same.clone(),
+            reasons: vec!["r".into()],
+        },
+        Unplaceable {
+            unit: new.clone(),
+            reasons: vec!["f1ee7001: metadata role=db not matched".into()],
+        },
+    ];
+    assert_eq!(
+        unplaceable_ops(&current, &now),
+        vec![
+            PlacementOp::SetUnplaceable {
+                name: new,
+                reasons: vec!["f1ee7001: metadata role=db not matched".into()],
+            },
+            PlacementOp::ClearUnplaceable { name: stale },
+        ]
+    );
+}
+
+fn puts(ops: &[PlacementOp]) -> Vec<(String, MachineId)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            PlacementOp::Put {
+                machine, placement, ..
+            } => Some((placement.name.to_string(), machine.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn spreads_units_least_loaded_ties_by_machine_id() {
+    let s = snapshot(
+        (1..=5)
+            .map(|i| unit(&format!("u{i}.service"), JobState::Launched))
+            .collect(),
+        vec![machine(3), machine(1), machine(2)],
+        vec![],
+    );
+    let got = puts(&plan(&s).ops);
+    assert_eq!(
+        got,
+        vec![
+            ("u1.service".into(), mid(1)),
+            ("u2.service".into(), mid(2)),
+            ("u3.service".into(), mid(3)),
+            ("u4.service".into(), mid(1)),
+            ("u5.service".into(), mid(2)),
+        ]
+    );
+}
+
+#[test]
+fn existing_placements_count_and_stay() {
+    let u1 = unit("a.service", JobState::Launched);
+    let s = snapshot(
+        vec![u1.clone(), unit("b.service", JobState::Loaded)],
+        vec![machine(1), machine(2)],
+        vec![(mid(1), Placement::for_unit(&u1))],
+    );
+    let ops = plan(&s).ops;
+    assert_eq!(puts(&ops), vec![("b.service".into(), mid(2))]);
+}
+
+#[test]
+fn table_of_removals_and_updates() {
+    let a = unit("a.service", JobState::Launched);
+    let mut a_loaded = a.clone();
+    a_loaded.desired_state = JobState::Loaded;
+    let cases: Vec<(&str, EngineSnapshot, Vec<PlacementOp>)> = vec![
+        (
+            "unit destroyed: placement removed",
+            snapshot(
+                vec![],
+                vec![machine(1)],
+                vec![(mid(1), Placement::for_unit(&a))],
+            ),
+            vec![PlacementOp::Delete {
+                machine: mid(1),
+                name: a.name.clone(),
+            }],
+        ),
+        (
+            "unit unloaded (inactive): placement removed",
+            snapshot(
+                vec![unit("a.service", JobState::Inactive)],
+                vec![machine(1)],
+                vec![(mid(1), Placement::for_unit(&a))],
+            ),
+            vec![PlacementOp::Delete {
+                machine: mid(1),
+                name: a.name.clone(),
+            }],
+        ),
+        (
+            "desired state changed: placement rewritten in place",
+            snapshot(
+                vec![a_loaded.clone()],
+                vec![machine(1), machine(2)],
+                vec![(mid(2), Placement::for_unit(&a))],
+            ),
+            vec![PlacementOp::Put {
+                machine: mid(2),
+                lease: 102,
+                placement: Placement::for_unit(&a_loaded),
+            }],
+        ),
+        (
+            "machine gone: unit placed again elsewhere",
+            snapshot(
+                vec![a.clone()],
+                vec![machine(2)],
+                vec![(mid(1), Placement::for_unit(&a))],
+            ),
+            vec![
+                PlacementOp::Delete {
+                    machine: mid(1),
+                    name: a.name.clone(),
+                },
+                PlacementOp::Put {
+                    machine: mid(2),
+                    lease: 102,
+                    placement: Placement::for_unit(&a),
+                },
+            ],
+        ),
+        (
+            "placed twice: the second is removed",
+            snapshot(
+                vec![a.clone()],
+                vec![machine(1), machine(2)],
+                vec![
+                    (mid(2), Placement::for_unit(&a)),
+                    (mid(1), Placement::for_unit(&a)),
+                ],
+            ),
+            vec![PlacementOp::Delete {
+                machine: mid(2),
+                name: a.name.clone(),
+            }],
+        ),
+        (
+            "no machine: nothing to do",
+            snapshot(vec![a.clone()], vec![], vec![]),
+            vec![],
+        ),
+        (
+            "global unit: not placed by the engine",
+            snapshot(vec![global("g.service")], vec![machine(1)], vec![]),
+            vec![],
+        ),
+        (
+            "steady state: nothing to do",
+            snapshot(
+                vec![a.clone()],
+                vec![machine(1)],
+                vec![(mid(1), Placement::for_unit(&a))],
+            ),
+            vec![],
+        ),
+    ];
+    for (what, s, want) in cases {
+        assert_eq!(plan(&s).ops, want, "{what}");
+    }
+}
+
+#[test]
+fn global_units_count_toward_load_equally() {
+    let s = snapshot(
+        vec![global("g.service"), unit("a.service", JobState::Launched)],
+        vec![machine(2), machine(1)],
+        vec![],
+    );
+    assert_eq!(puts(&plan(&s).ops), vec![("a.service".into(), mid(1))]);
+}
+
+#[test]
+fn plan_is_idempotent_and_order_independent() {
+    let units: Vec<Unit> = (0..40)
+        .map(|i| unit(&format!("u{i:02}.service"), JobState::Launched))
+        .collect();
+    let machines: Vec<MachineEntry> = (1..=7).map(machine).collect();
+    let s = snapshot(units.clone(), machines.clone(), vec![]);
+    let ops = plan(&s).ops;
+    let mut reversed = snapshot(
+        units.into_iter().rev().collect(),
+        machines.into_iter().rev().collect(),
+        vec![],
+    );
+    assert_eq!(plan(&reversed).ops, ops);
+    reversed = apply(s, &ops);
+    assert_eq!(plan(&reversed).ops, vec![], "a second pass changes nothing");
+    let mut per_machine: BTreeMap<MachineId, usize> = BTreeMap::new();
+    for (m, _) in &reversed.placements {
+        *per_machine.entry(m.clone()).or_default() += 1;
+    }
+    let (min, max) = (
+        per_machine.values().min().copied().unwrap_or(0),
+        per_machine.values().max().copied().unwrap_or(0),
+    );
+    assert!(max - min <= 1, "balanced: {per_machine:?}");
+}
+
+// ---- the [X-Fleet] rules ----
+
+/// A launched unit with these `[X-Fleet]` options.
+fn xunit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
+    let mut u = unit(name, JobState::Launched);
+    for (key, value) in xfleet {
+        u.options.push(UnitOption {
+            section: "X-Fleet".into(),
+            name: key.to_string(),
+            value: value.to_string(),
+        });
+    }
+    u
+}
+
+/// A global unit with these further `[X-Fleet]` options.
+fn xglobal(name: &str, xfleet: &[(&str, &str)]) -> Unit {
+    let mut options = vec![("Global", "true")];
+    options.extend_from_slice(xfleet);
+    xunit(name, &options)
+}
+
+/// Machine `n` with this metadata.
+fn host(n: u8, metadata: &[(&str, &str)]) -> MachineEntry {
+    let mut m = machine(n);
+    m.machine.metadata = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    m
+}
+
+fn at(n: u8, u: &Unit) -> (MachineId, Placement) {
+    (mid(n), Placement::for_unit(u))
+}
+
+/// Where every unit is after applying the plan: unit name -> machine number.
+fn outcome(s: &EngineSnapshot, p: &Plan) -> BTreeMap<String, u8> {
+    apply(s.clone(), &p.ops)
+        .placements
+        .iter()
+        .map(|(m, pl)| {
+            let n = u8::from_str_radix(&m.as_str()[6..8], 16).unwrap();
+            (pl.name.to_string(), n)
+        })
+        .collect()
+}
+
+fn placed_on(pairs: &[(&str, u8)]) -> BTreeMap<String, u8> {
+    pairs.iter().map(|(u, m)| (u.to_string(), *m)).collect()
+}
+
+fn reasons_of(p: &Plan) -> BTreeMap<String, Vec<String>> {
+    p.unplaceable
+        .iter()
+        .map(|u| (u.unit.to_string(), u.reasons.clone()))
+        .collect()
+}
+
+/// Expected reasons: unit -> reasons.
+fn why(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+    pairs
+        .iter()
+        .map(|(u, rs)| (u.to_string(), rs.iter().map(|r| r.to_string()).collect()))
+        .collect()
+}
+
+struct Case {
+    rule: &'static str,
+    snapshot: EngineSnapshot,
+    /// Every placement after applying the plan.
+    placed: BTreeMap<String, u8>,
+    unplaceable: BTreeMap<String, Vec<String>>,
+}
+
+fn run(cases: Vec<Case>) {
+    for case in cases {
+        let p = plan(&case.snapshot);
+        assert_eq!(
+            outcome(&case.snapshot, &p),
+            case.placed,
+            "{}: placements",
+            case.rule
+        );
+        assert_eq!(
+            reasons_of(&p),
+            case.unplaceable,
+            "{}: unplaceable",
+            case.rule
+        );
+        let after = apply(case.snapshot.clone(), &p.ops);
+        assert_eq!(
+            plan(&after).ops,
+            vec![],
+            "{}: a second pass changes nothing",
+            case.rule
+        );
+    }
+}
+
+#[test]
+fn machine_id_rule() {
+    let full = mid(2).to_string();
+    run(vec![
+        Case {
+            // MachineID: the full id picks the machine, although machine 1 is less loaded.
+            rule: "MachineID full id",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("MachineID", &full)]),
+                    xunit("b.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineID: fleet also accepts the 8-character short id.
+            rule: "MachineID short id",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee7002")])],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineID: a machine that is not there; one reason per machine.
+            rule: "MachineID of an absent machine",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "1234abcd")])],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: unit must run on machine 1234abcd",
+                    "f1ee7002: unit must run on machine 1234abcd",
+                ],
+            )]),
+        },
+        Case {
+            // MachineID: any other prefix than the short id is not accepted (as in fleet).
+            rule: "MachineID other prefix",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee70")])],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("a.service", &["f1ee7001: unit must run on machine f1ee70"])]),
+        },
+        Case {
+            // MachineID changed: the unit leaves its machine for the new one.
+            rule: "MachineID changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee7002")])],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[("MachineID", "f1ee7001")]))],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn metadata_rule() {
+    let machines = || {
+        vec![
+            host(1, &[("role", "web"), ("region", "us")]),
+            host(2, &[("role", "db"), ("region", "eu")]),
+            host(3, &[("role", "web"), ("region", "eu")]),
+        ]
+    };
+    run(vec![
+        Case {
+            // MachineMetadata: values of one key are OR-ed (db or cache: machine 2 only).
+            rule: "metadata OR within a key",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[("MachineMetadata", "\"role=db\" \"role=cache\"")],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineMetadata: keys are AND-ed (web and eu: machine 3 only).
+            rule: "metadata AND across keys",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[
+                        ("MachineMetadata", "role=web"),
+                        ("MachineMetadata", "region=eu"),
+                    ],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineMetadata: a key no machine has; one reason per machine.
+            rule: "metadata missing key",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "disk=ssd")])],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: metadata disk=ssd not matched",
+                    "f1ee7002: metadata disk=ssd not matched",
+                    "f1ee7003: metadata disk=ssd not matched",
+                ],
+            )]),
+        },
+        Case {
+            // MachineMetadata: the reason names the first key not matched, with its values.
+            rule: "metadata reasons per machine",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[("MachineMetadata", "\"region=ap\" \"region=eu\" \"role=db\"")],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            rule: "metadata unmatched everywhere: first failing key per machine",
+            snapshot: snapshot(
+                vec![xunit(
+                    "a.service",
+                    &[(
+                        "MachineMetadata",
+                        "\"region=ap\" \"region=eu\" \"role=cache\"",
+                    )],
+                )],
+                machines(),
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: metadata region=ap|eu not matched",
+                    "f1ee7002: metadata role=cache not matched",
+                    "f1ee7003: metadata role=cache not matched",
+                ],
+            )]),
+        },
+        Case {
+            // A metadata change in the unit makes it move.
+            rule: "unit metadata changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "role=db")])],
+                machines(),
+                vec![at(
+                    1,
+                    &xunit("a.service", &[("MachineMetadata", "role=web")]),
+                )],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A metadata change on the machine makes the unit move.
+            rule: "machine metadata changed",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("MachineMetadata", "region=us")])],
+                vec![
+                    host(1, &[("region", "eu")]),
+                    host(2, &[("region", "us")]),
+                    host(3, &[]),
+                ],
+                vec![at(
+                    1,
+                    &xunit("a.service", &[("MachineMetadata", "region=us")]),
+                )],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn conflicts_rule() {
+    let b = xunit("b.service", &[]);
+    let c = xunit("c.service", &[]);
+    let d = xunit("d.service", &[]);
+    // Machine 1 runs b (load 1), machine 2 runs c and d (load 2): the least loaded is 1.
+    let busy = || vec![at(1, &b), at(2, &c), at(2, &d)];
+    let placed_busy = |extra: &[(&str, u8)]| {
+        let mut all = vec![("b.service", 1), ("c.service", 2), ("d.service", 2)];
+        all.extend_from_slice(extra);
+        placed_on(&all)
+    };
+    run(vec![
+        Case {
+            // Conflicts: a refuses b's machine.
+            rule: "conflicts one way",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "b.service")]),
+                    b.clone(),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                busy(),
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts: checked both ways, b refuses a next to it.
+            rule: "conflicts the other way",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xunit("b.service", &[("Conflicts", "a.service")]),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("b.service", &[("Conflicts", "a.service")])),
+                    at(2, &c),
+                    at(2, &d),
+                ],
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts: globs, as fleet's path.Match.
+            rule: "conflicts glob",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "[ab].*")]),
+                    b.clone(),
+                    c.clone(),
+                    d.clone(),
+                ],
+                vec![machine(1), machine(2)],
+                busy(),
+            ),
+            placed: placed_busy(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Conflicts against a global unit running on machine 1 only (its metadata).
+            rule: "conflicts with a global unit",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Conflicts", "g.service")]),
+                    xglobal("g.service", &[("MachineMetadata", "role=web")]),
+                    c.clone(),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![at(2, &c)],
+            ),
+            placed: placed_on(&[("a.service", 2), ("c.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A global unit's Conflicts count too, both ways.
+            rule: "a global unit conflicts with the unit",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("Conflicts", "a.*")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &[
+                    "f1ee7001: conflicts with global unit g.service",
+                    "f1ee7002: conflicts with global unit g.service",
+                ],
+            )]),
+        },
+        Case {
+            // Stability: b was there first; the re-submitted a, which now conflicts with b,
+            // moves; b stays.
+            rule: "a conflict appears: the changed unit moves",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Conflicts", "b.service")]), b.clone()],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 2), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Stability, the other way: b, re-submitted with a Conflicts on a, moves.
+            rule: "a conflict appears the other way: the changed unit moves",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xunit("b.service", &[("Conflicts", "a.service")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn five_mutually_conflicting_units_on_three_machines() {
+    // Conflicts=%p@*.service: at most one web@ instance per machine.
+    let units: Vec<Unit> = (1..=5)
+        .map(|i| {
+            xunit(
+                &format!("web@{i}.service"),
+                &[("Conflicts", "%p@*.service")],
+            )
+        })
+        .collect();
+    let s = snapshot(units, vec![machine(3), machine(1), machine(2)], vec![]);
+    let p = plan(&s);
+    assert_eq!(
+        outcome(&s, &p),
+        placed_on(&[
+            ("web@1.service", 1),
+            ("web@2.service", 2),
+            ("web@3.service", 3)
+        ])
+    );
+    assert_eq!(
+        reasons_of(&p),
+        why(&[
+            (
+                "web@4.service",
+                &[
+                    "f1ee7001: conflicts with web@1.service",
+                    "f1ee7002: conflicts with web@2.service",
+                    "f1ee7003: conflicts with web@3.service",
+                ],
+            ),
+            (
+                "web@5.service",
+                &[
+                    "f1ee7001: conflicts with web@1.service",
+                    "f1ee7002: conflicts with web@2.service",
+                    "f1ee7003: conflicts with web@3.service",
+                ],
+            ),
+        ])
+    );
+}
+
+#[test]
+fn machine_of_rule() {
+    // The follower's name sorts before its leader's: dependency order still places the leader
+    // first.
+    let leader = xunit("zdb.service", &[]);
+    let follower = xunit("app.service", &[("MachineOf", "zdb.service")]);
+    run(vec![
+        Case {
+            // MachineOf: co-located in one pass.
+            rule: "MachineOf pair co-located",
+            snapshot: snapshot(
+                vec![follower.clone(), leader.clone(), xunit("m.service", &[])],
+                vec![machine(1), machine(2), machine(3)],
+                vec![],
+            ),
+            // m.service depends on nothing and sorts before zdb.service: it goes first.
+            placed: placed_on(&[("app.service", 2), ("m.service", 1), ("zdb.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: the leader can be placed nowhere, so the follower waits.
+            rule: "follower waits for an unplaceable leader",
+            snapshot: snapshot(
+                vec![follower.clone(), xunit("zdb.service", &[("MachineID", "1234abcd")])],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[
+                ("app.service", &["waiting for zdb.service (MachineOf) to be placed"]),
+                ("zdb.service", &["f1ee7001: unit must run on machine 1234abcd"]),
+            ]),
+        },
+        Case {
+            // MachineOf: a leader that is not loaded; the follower waits.
+            rule: "follower waits for an absent leader",
+            snapshot: snapshot(
+                vec![follower.clone(), unit("zdb.service", JobState::Inactive)],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("app.service", &["waiting for zdb.service (MachineOf) to be placed"])]),
+        },
+        Case {
+            // MachineOf: the leader's machine is gone; the follower follows it.
+            rule: "follower follows a moved leader",
+            snapshot: snapshot(
+                vec![follower.clone(), leader.clone(), xunit("x.service", &[])],
+                vec![machine(2), machine(3)],
+                vec![at(1, &leader), at(2, &follower), at(2, &xunit("x.service", &[]))],
+            ),
+            placed: placed_on(&[("app.service", 3), ("x.service", 2), ("zdb.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: the leader's metadata changed and it moves; the follower comes along.
+            rule: "follower follows a leader whose metadata changed",
+            snapshot: snapshot(
+                vec![follower.clone(), xunit("zdb.service", &[("MachineMetadata", "role=db")])],
+                vec![host(1, &[]), host(2, &[]), host(3, &[("role", "db")])],
+                vec![at(1, &leader), at(1, &follower)],
+            ),
+            placed: placed_on(&[("app.service", 3), ("zdb.service", 3)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // MachineOf: every leader must be on the same machine.
+            rule: "followers of two leaders on different machines",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("MachineOf", "\"x.service\" \"y.service\"")]),
+                    xunit("x.service", &[]),
+                    xunit("y.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            placed: placed_on(&[("x.service", 1), ("y.service", 2)]),
+            unplaceable: why(&[(
+                "a.service",
+                &["MachineOf units x.service and y.service are on different machines (f1ee7001 and f1ee7002)"],
+            )]),
+        },
+        Case {
+            // MachineOf: the follower cannot go to the leader's machine (metadata): one reason
+            // per machine.
+            rule: "follower blocked on the leader's machine",
+            snapshot: snapshot(
+                vec![
+                    xunit("app.service", &[("MachineOf", "zdb.service"), ("MachineMetadata", "role=web")]),
+                    leader.clone(),
+                ],
+                vec![host(1, &[]), host(2, &[("role", "web")])],
+                vec![at(1, &leader)],
+            ),
+            placed: placed_on(&[("zdb.service", 1)]),
+            unplaceable: why(&[(
+                "app.service",
+                &[
+                    "f1ee7001: metadata role=web not matched",
+                    "f1ee7002: not the machine of zdb.service (MachineOf)",
+                ],
+            )]),
+        },
+    ]);
+}
+
+#[test]
+fn replaces_rule() {
+    let b = xunit("b.service", &[]);
+    run(vec![
+        Case {
+            // Replaces: a must go to machine 1 (metadata), where b runs: b moves away.
+            rule: "Replaces pushes the replaced unit",
+            snapshot: snapshot(
+                vec![
+                    xunit(
+                        "a.service",
+                        &[("Replaces", "b.service"), ("MachineMetadata", "role=x")],
+                    ),
+                    b.clone(),
+                ],
+                vec![host(1, &[("role", "x")]), host(2, &[])],
+                vec![at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: the replaced unit treats its replacer as a conflict.
+            rule: "the replaced unit avoids its replacer",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b*")]),
+                    b.clone(),
+                    xunit("c.service", &[]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("a.service", &[("Replaces", "b*")])),
+                    at(2, &xunit("c.service", &[])),
+                ],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2), ("c.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: already co-located (a re-submitted with Replaces): b moves, a stays.
+            rule: "Replaces on existing placements",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Replaces", "b.service")]), b.clone()],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[])), at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: circular replacements are ignored, as fleet does.
+            rule: "circular Replaces ignored",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b.service")]),
+                    xunit("b.service", &[("Replaces", "a.service")]),
+                ],
+                vec![machine(1)],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Replaces: with nowhere else to go, the replaced unit waits.
+            rule: "replaced unit with nowhere to go",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[("Replaces", "b.service")]), b.clone()],
+                vec![machine(1)],
+                vec![at(1, &b)],
+            ),
+            placed: placed_on(&[("a.service", 1)]),
+            unplaceable: why(&[("b.service", &["f1ee7001: replaced by a.service (Replaces)"])]),
+        },
+    ]);
+}
+
+#[test]
+fn globals_and_load() {
+    run(vec![
+        Case {
+            // A global unit counts toward load only where its metadata matches: machine 1
+            // runs g, so a goes to machine 2.
+            rule: "global unit with metadata counts only where it matches",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("MachineMetadata", "role=web")]),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // A global unit that matches no machine counts nowhere: ties by machine id.
+            rule: "global unit matching no machine",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[]),
+                    xglobal("g.service", &[("MachineMetadata", "role=db")]),
+                ],
+                vec![host(1, &[("role", "web")]), host(2, &[])],
+                vec![],
+            ),
+            placed: placed_on(&[("a.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Stability: units never move for balance.
+            rule: "no move for balance",
+            snapshot: snapshot(
+                vec![xunit("a.service", &[]), xunit("b.service", &[])],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("a.service", &[])),
+                    at(1, &xunit("b.service", &[])),
+                ],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+    ]);
+}
+
+#[test]
+fn invalid_requirements_and_no_machine() {
+    let bad = xunit(
+        "a.service",
+        &[
+            ("MachineID", "f1ee7001"),
+            ("Global", "false"),
+            ("Conflicts", "b*"),
+        ],
+    );
+    run(vec![
+        Case {
+            // Invalid requirements: reported with fleet's error, its placement removed.
+            rule: "invalid requirements",
+            snapshot: snapshot(
+                vec![bad.clone()],
+                vec![machine(1)],
+                vec![at(1, &xunit("a.service", &[]))],
+            ),
+            placed: placed_on(&[]),
+            unplaceable: why(&[(
+                "a.service",
+                &["cannot use MachineID together with Conflicts in [X-Fleet]"],
+            )]),
+        },
+        Case {
+            rule: "no machine",
+            snapshot: snapshot(vec![xunit("a.service", &[])], vec![], vec![]),
+            placed: placed_on(&[]),
+            unplaceable: why(&[("a.service", &["no machine is registered"])]),
+        },
+    ]);
+}
+
+// ---- properties ----
+
+/// Every rule broken by the placements of `s`, independently of the planner.
+fn violations(s: &EngineSnapshot) -> Vec<String> {
+    let mut bad = Vec::new();
+    let units: BTreeMap<&str, &Unit> = s.units.iter().map(|u| (u.name.as_str(), u)).collect();
+    let machines: BTreeMap<&MachineId, &MachineEntry> =
+        s.machines.iter().map(|m| (&m.machine.id, m)).collect();
+    let req_of = |u: &Unit| {
+        Requirements::from_unit(&u.name, &u.file())
+            .ok()
+            .map(|(r, _)| r)
+    };
+    // Names of everything running on each machine: placed units and matching global units.
+    let mut running: BTreeMap<&MachineId, Vec<(&str, Requirements)>> = BTreeMap::new();
+    for g in s
+        .units
+        .iter()
+        .filter(|u| u.is_global() && u.desired_state != JobState::Inactive)
+    {
+        let Some(req) = req_of(g) else { continue };
+        for m in &s.machines {
+            if req.metadata_matches(&m.machine.metadata) {
+                running
+                    .entry(&m.machine.id)
+                    .or_default()
+                    .push((g.name.as_str(), req.clone()));
+            }
+        }
+    }
+    let mut seen: BTreeMap<&str, &MachineId> = BTreeMap::new();
+    for (m, p) in &s.placements {
+        let name = p.name.as_str();
+        if let Some(other) = seen.insert(name, m) {
+            bad.push(format!("{name} on two machines: {other} and {m}"));
+        }
+        let Some(unit) = units.get(name) else {
+            bad.push(format!("{name}: placed but unknown"));
+            continue;
+        };
+        if unit.desired_state == JobState::Inactive || unit.is_global() {
+            bad.push(format!("{name}: placed but inactive or global"));
+        }
+        if *p != Placement::for_unit(unit) {
+            bad.push(format!("{name}: stale placement"));
+        }
+        let Some(machine) = machines.get(m) else {
+            bad.push(format!("{name}: placed on dead machine {m}"));
+            continue;
+        };
+        let Some(req) = req_of(unit) else {
+            bad.push(format!("{name}: placed with invalid requirements"));
+            continue;
+        };
+        if !req.machine_id_matches(m.as_str()) {
+            bad.push(format!("{name}: MachineID {:?} on {m}", req.machine_id));
+        }
+        if !req.metadata_matches(&machine.machine.metadata) {
+            bad.push(format!("{name}: metadata on {m}"));
+        }
+        running.entry(m).or_default().push((name, req));
+    }
+    for (m, here) in &running {
+        for (name, req) in here {
+            for leader in &req.machine_of {
+                if !here.iter().any(|(n, _)| n == leader)
+                    || units.get(leader.as_str()).is_some_and(|u| u.is_global())
+                {
+                    bad.push(format!("{name}: MachineOf {leader} not on {m}"));
+                }
+            }
+            let global = units.get(name).is_some_and(|u| u.is_global());
+            for (other, oreq) in here {
+                let other_global = units.get(other).is_some_and(|u| u.is_global());
+                // Two global units are the agents' business, not the engine's.
+                if other == name || (global && other_global) {
+                    continue;
+                }
+                if req.conflicts_with(other) {
+                    bad.push(format!("{name} conflicts with {other} on {m}"));
+                }
+                // A global unit cannot be pushed away: replacing one is ignored, as in fleet.
+                if req.replaces(other) && !oreq.replaces(name) && !other_global {
+                    bad.push(format!("{name} replaces {other} on {m}"));
+                }
+            }
+        }
+    }
+    bad
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NAMES: [&str; 8] = [
+        "a.service",
+        "b.service",
+        "db.service",
+        "web@1.service",
+        "web@2.service",
+        "web@3.service",
+        "x.socket",
+        "z.service",
+    ];
+    const CONFLICTS: [&str; 5] = [
+        "web@*.service",
+        "a.service",
+        "db.*",
+        "%p@*.service",
+        "*.socket",
+    ];
+    const METADATA: [&str; 4] = [
+        "role=web",
+        "role=db",
+        "\"role=web\" \"role=db\"",
+        "region=eu",
+    ];
+
+    /// One unit's rules, as indices into the small sets above.
+    #[derive(Debug, Clone)]
+    struct Rules {
+        state: u8,
+        machine_id: Option<(u8, bool)>,
+        metadata: Option<usize>,
+        conflicts: Option<usize>,
+        machine_of: Option<usize>,
+        replaces: Option<usize>,
+        global: bool,
+    }
+
+    fn rules() -> impl Strategy<Value = Rules> {
+        (
+            0u8..6,
+            prop::option::weighted(0.15, (1u8..=6, any::<bool>())),
+            prop::option::weighted(0.3, 0..METADATA.len()),
+            prop::option::weighted(0.3, 0..CONFLICTS.len()),
+            prop::option::weighted(0.2, 0..NAMES.len()),
+            prop::option::weighted(0.15, 0..NAMES.len()),
+            prop::bool::weighted(0.1),
+        )
+            .prop_map(
+                |(state, machine_id, metadata, conflicts, machine_of, replaces, global)| Rules {
+                    state,
+                    machine_id,
+                    metadata,
+                    conflicts,
+                    machine_of,
+                    replaces,
+                    global,
+                },
+            )
+    }
+
+    fn make_unit(i: usize, r: &Rules, version: u8) -> Unit {
+        let state = match r.state {
+            0 => JobState::Inactive,
+            1 | 2 => JobState::Loaded,
+            _ => JobState::Launched,
+        };
+        let mut x: Vec<(&str, String)> = Vec::new();
+        if let Some((n, full)) = r.machine_id {
+            let id = mid(n).to_string();
+            x.push(("MachineID", if full { id } else { id[..8].to_string() }));
+        }
+        if let Some(k) = r.metadata {
+            x.push(("MachineMetadata", METADATA[k].to_string()));
+        }
+        if let Some(k) = r.conflicts {
+            x.push(("Conflicts", CONFLICTS[k].to_string()));
+        }
+        if let Some(k) = r.machine_of {
+            x.push(("MachineOf", NAMES[k].to_string()));
+        }
+        // Only units later in the list are replaced: fleet forbids circular replacements.
+        if let Some(k) = r.replaces.filter(|&k| k > i) {
+            x.push(("Replaces", NAMES[k].to_string()));
+        }
+        if r.global {
+            x.push(("Global", "true".to_string()));
+        }
+        let refs: Vec<(&str, &str)> = x.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut u = xunit(NAMES[i], &refs);
+        u.desired_state = state;
+        if version > 0 {
+            u.options[0].value.push_str(&format!(" v{version}"));
+        }
+        u
+    }
+
+    fn make_machine(n: u8, role: u8, eu: bool) -> MachineEntry {
+        let mut meta = Vec::new();
+        match role {
+            1 => meta.push(("role", "web")),
+            2 => meta.push(("role", "db")),
+            _ => {}
+        }
+        if eu {
+            meta.push(("region", "eu"));
+        }
+        host(n, &meta)
+    }
+
+    /// A random cluster: machines 1..=6 (some absent), units from `NAMES`, and placements,
+    /// some stale (other content, dead machines, duplicates).
+    fn cluster() -> impl Strategy<Value = EngineSnapshot> {
+        (
+            prop::collection::vec(prop::option::weighted(0.8, (0u8..3, any::<bool>())), 6),
+            prop::collection::vec(prop::option::weighted(0.85, rules()), NAMES.len()),
+            prop::collection::vec(
+                (0..NAMES.len(), 1u8..=7, 0u8..3, prop::option::of(rules())),
+                0..10,
+            ),
+        )
+            .prop_map(|(machines, units, placements)| {
+                let machines: Vec<MachineEntry> = machines
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, m)| m.map(|(role, eu)| make_machine(i as u8 + 1, role, eu)))
+                    .collect();
+                let unit_list: Vec<Unit> = units
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| r.as_ref().map(|r| make_unit(i, r, 0)))
+                    .collect();
+                let placements: Vec<(MachineId, Placement)> = placements
+                    .iter()
+                    .map(|(i, m, version, other)| {
+                        // The current content, an older version, or other rules.
+                        let unit = match (&units[*i], other) {
+                            (Some(r), _) if *version == 0 => make_unit(*i, r, 0),
+                            (_, Some(o)) => make_unit(*i, o, *version),
+                            (Some(r), None) => make_unit(*i, r, *version),
+                            (None, None) => xunit(NAMES[*i], &[]),
+                        };
+                        at(*m, &unit)
+                    })
+                    .collect();
+                // etcd holds one placement per unit and machine.
+                let mut seen = std::collections::BTreeSet::new();
+                let placements: Vec<(MachineId, Placement)> = placements
+                    .into_iter()
+                    .filter(|(m, p): &(MachineId, Placement)| {
+                        seen.insert((m.clone(), p.name.clone()))
+                    })
+                    .collect();
+                snapshot(unit_list, machines, placements)
+            })
+    }
+
+    /// A deterministic permutation of `v` driven by `seed`.
+    fn shuffle<T>(v: &mut [T], seed: u64) {
+        let mut state = seed | 1;
+        for i in (1..v.len()).rev() {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.swap(i, (state >> 33) as usize % (i + 1));
+        }
+    }
+
+    proptest! {
+        // PROPTEST_CASES overrides the number of cases.
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2000),
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn plans_are_valid_stable_and_order_independent(s in cluster(), seed in any::<u64>()) {
+            let p = plan(&s);
+            let after = apply(s.clone(), &p.ops);
+            // (1) no rule broken, (2) no unit on two machines
+            let bad = violations(&after);
+            prop_assert!(bad.is_empty(), "violations {bad:?}\nops {:?}", p.ops);
+            // (3) a second pass is a no-op
+            let again = plan(&after);
+            prop_assert_eq!(&again.ops, &vec![]);
+            // and leaves the same units without a machine (reasons may name other culprits)
+            let names = |p: &Plan| p.unplaceable.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
+            prop_assert_eq!(names(&again), names(&p));
+            // (5) the input order does not matter
+            let mut shuffled = s.clone();
+            shuffle(&mut shuffled.units, seed);
+            shuffle(&mut shuffled.machines, seed.rotate_left(17));
+            shuffle(&mut shuffled.placements, seed.rotate_left(31));
+            prop_assert_eq!(plan(&shuffled), p);
+        }
+
+        #[test]
+        fn unconstrained_units_are_balanced(
+            machines in prop::collection::vec((0u8..3, any::<bool>()), 1..6),
+            count in 0usize..40,
+            globals in prop::collection::vec(prop::option::of(0..METADATA.len()), 0..3),
+        ) {
+            let machines: Vec<MachineEntry> = machines
+                .iter()
+                .enumerate()
+                .map(|(i, (role, eu))| make_machine(i as u8 + 1, *role, *eu))
+                .collect();
+            let mut units: Vec<Unit> = (0..count).map(|i| xunit(&format!("u{i}.service"), &[])).collect();
+            for (i, g) in globals.iter().enumerate() {
+                let meta: Vec<(&str, &str)> = g.iter().map(|&k| ("MachineMetadata", METADATA[k])).collect();
+                units.push(xglobal(&format!("g{i}.service"), &meta));
+            }
+            let s = snapshot(units, machines, vec![]);
+            let p = plan(&s);
+            prop_assert!(p.unplaceable.is_empty());
+            let after = apply(s.clone(), &p.ops);
+            prop_assert_eq!(after.placements.len(), count);
+            // load = placed units + global units whose metadata matches
+            let load: Vec<(usize, usize)> = s
+                .machines
+                .iter()
+                .map(|m| {
+                    let placed = after.placements.iter().filter(|(id, _)| *id == m.machine.id).count();
+                    let global = s
+                        .units
+                        .iter()
+                        .filter(|u| u.is_global())
+                        .filter(|u| {
+                            Requirements::from_unit(&u.name, &u.file())
+                                .unwrap()
+                                .0
+                                .metadata_matches(&m.machine.metadata)
+                        })
+                        .count();
+                    (placed, placed + global)
+                })
+                .collect();
+            let min = load.iter().map(|l| l.1).min().unwrap();
+            let max = load.iter().map(|l| l.1).max().unwrap();
+            if globals.is_empty() {
+                prop_assert!(max - min <= 1, "loads {load:?}");
+            }
+            // A machine that got units is never more than one above the least loaded.
+            for (placed, total) in &load {
+                prop_assert!(*placed == 0 || *total <= min + 1, "loads {load:?}");
+            }
+        }
+    }
+}
+
+// ---- scale ----
+
+/// A cluster of `machines` machines (metadata role web/db/cache, region eu/us) and `units`
+/// units with a realistic mix of rules: plain units, instances that conflict with their
+/// siblings, metadata, MachineID, MachineOf pairs, Replaces, and five global units.
+pub(crate) fn large_snapshot(units: usize, machines: usize) -> EngineSnapshot {
+    let id = |i: usize| MachineId::parse(&format!("{i:08x}{}", "a".repeat(24))).unwrap();
+    let machines: Vec<MachineEntry> = (0..machines)
+        .map(|i| {
+            let mut m = host(
+                0,
+                &[
+                    ("role", ["web", "db", "cache"][i % 3]),
+                    ("region", ["eu", "us"][i % 2]),
+                ],
+            );
+            m.machine.id = id(i);
+            m.lease = i as i64;
+            m
+        })
+        .collect();
+    let mut list = vec![
+        xglobal("g0.service", &[]),
+        xglobal("g1.service", &[("MachineMetadata", "role=db")]),
+        xglobal("g2.service", &[("MachineMetadata", "region=eu")]),
+        xglobal(
+            "g3.service",
+            &[("MachineMetadata", "\"role=web\" \"role=cache\"")],
+        ),
+        xglobal("g4.service", &[("Conflicts", "nothing-*.service")]),
+    ];
+    let n = units;
+    let mut i = 0;
+    while list.len() < n + 5 {
+        let u = match i % 20 {
+            // instances of ten templates, at most one instance of each per machine
+            0..=3 => xunit(
+                &format!("web{}@{i}.service", i % 10),
+                &[("Conflicts", "%p@*.service")],
+            ),
+            4 | 5 => xunit(
+                &format!("meta-{i}.service"),
+                &[("MachineMetadata", "\"role=db\" \"role=cache\"")],
+            ),
+            6 => xunit(&format!("lead-{i}.service"), &[]),
+            7 => xunit(
+                &format!("follow-{i}.service"),
+                &[("MachineOf", &format!("lead-{}.service", i - 1))],
+            ),
+            8 if i % 40 == 8 => xunit(
+                &format!("pin-{i}.service"),
+                &[("MachineID", &id(i % machines.len()).to_string()[..8])],
+            ),
+            9 if i % 100 == 9 => xunit(
+                &format!("new-{i}.service"),
+                &[("Replaces", &format!("plain-{}.service", i + 1))],
+            ),
+            _ => xunit(&format!("plain-{i}.service"), &[]),
+        };
+        list.push(u);
+        i += 1;
+    }
+    snapshot(list, machines, vec![])
+}
+
+#[test]
+fn places_ten_thousand_units_on_a_thousand_machines() {
+    let s = large_snapshot(10_000, 1_000);
+    let started = std::time::Instant::now();
+    let p = plan(&s);
+    eprintln!(
+        "plan of 10,000 units on 1,000 machines: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(p.unplaceable, vec![]);
+    let after = apply(s.clone(), &p.ops);
+    assert_eq!(after.placements.len(), 10_000);
+    assert_eq!(violations(&after), Vec::<String>::new());
+    assert_eq!(
+        plan(&after),
+        Plan::default(),
+        "a second pass changes nothing"
+    );
+}
+
+/// Exclusive instances (`Conflicts=%p@*`) outnumbering machines: one per machine, the rest
+/// unplaceable with a reason, and a second pass changes nothing.
+#[test]
+fn more_exclusive_instances_than_machines() {
+    let machines: Vec<MachineEntry> = (0..100)
+        .map(|i| {
+            let mut m = machine(0);
+            m.machine.id = MachineId::parse(&format!("{i:08x}{}", "b".repeat(24))).unwrap();
+            m
+        })
+        .collect();
+    let units: Vec<Unit> = (0..200)
+        .map(|i| {
+            xunit(
+                &format!("web@{i}.service"),
+                &[("Conflicts", "%p@*.service")],
+            )
+        })
+        .collect();
+    let s = snapshot(units, machines, vec![]);
+    let p = plan(&s);
+    assert_eq!(p.unplaceable.len(), 100);
+    let after = apply(s, &p.ops);
+    let mut per_machine = std::collections::BTreeMap::new();
+    for (m, _) in &after.placements {
+        *per_machine.entry(m.clone()).or_insert(0) += 1;
+    }
+    assert_eq!(per_machine.len(), 100);
+    assert!(per_machine.values().all(|n| *n == 1));
+    assert!(plan(&after).ops.is_empty());
+}
