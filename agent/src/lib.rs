@@ -131,7 +131,7 @@ impl Agent {
                     } else {
                         JobState::Loaded
                     },
-                    global: is_global(file.options()),
+                    global: fleet_units::is_global(&file),
                 },
             );
         }
@@ -527,19 +527,6 @@ impl Agent {
             }
         }
     }
-}
-
-fn is_global(options: &[UnitOption]) -> bool {
-    let mut global = false;
-    for o in options {
-        if o.section == "X-Fleet" && o.name == "Global" {
-            global = matches!(
-                o.value.trim().to_ascii_lowercase().as_str(),
-                "1" | "yes" | "true" | "on"
-            );
-        }
-    }
-    global
 }
 
 fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {

@@ -73,7 +73,7 @@ pub fn select<'a>(
         let Some(req) = requirements(g) else {
             continue;
         };
-        if !metadata_matches(&req, metadata) {
+        if !req.metadata_matches(metadata) {
             continue;
         }
         let conflicts = chosen.iter().any(|(other, other_conflicts)| {
@@ -89,13 +89,6 @@ pub fn select<'a>(
         }
     }
     chosen.into_iter().map(|(c, _)| c).collect()
-}
-
-/// Every metadata key required must be present with one of the accepted values.
-fn metadata_matches(req: &Requirements, metadata: &BTreeMap<String, String>) -> bool {
-    req.metadata
-        .iter()
-        .all(|(k, values)| metadata.get(k).is_some_and(|v| values.contains(v)))
 }
 
 /// Works out the steps that take `local` to `desired`.

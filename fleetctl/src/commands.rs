@@ -442,15 +442,7 @@ fn warn_on_different_local_unit(arg: &str, existing: &Unit) {
 }
 
 fn is_global(unit: &Unit) -> bool {
-    let file = UnitFile::from_options(unit.options.clone());
-    let mut global = false;
-    for v in file.values("X-Fleet", "Global") {
-        global = matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "t" | "yes" | "true" | "on"
-        );
-    }
-    global
+    fleet_units::is_global(&UnitFile::from_options(unit.options.clone()))
 }
 
 // ---- rendering ----------------------------------------------------------------------------------

@@ -130,15 +130,7 @@ impl Unit {
     /// `Global=true` in `[X-Fleet]`: the unit runs on every matching machine and is not placed
     /// by the engine.
     pub fn is_global(&self) -> bool {
-        let file = self.file();
-        let mut global = false;
-        for v in file.values("X-Fleet", "Global") {
-            global = matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "yes" | "true" | "on"
-            );
-        }
-        global
+        fleet_units::is_global(&self.file())
     }
 }
 

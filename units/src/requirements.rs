@@ -104,6 +104,15 @@ fn expand_specifiers(value: &str, name: &UnitName) -> String {
         .replace("%i", name.instance().unwrap_or(""))
 }
 
+/// Whether a unit is global (the last `[X-Fleet] Global=` value is true), read exactly as
+/// [`Requirements::from_unit`] reads it, without validating the rest of the section.
+pub fn is_global(unit: &UnitFile) -> bool {
+    unit.values(X_FLEET, GLOBAL)
+        .flat_map(split_multivalue)
+        .last()
+        .is_some_and(|v| is_truthy(&v))
+}
+
 fn is_truthy(value: &str) -> bool {
     matches!(
         value.to_ascii_lowercase().as_str(),
@@ -475,6 +484,20 @@ mod tests {
         for (rule, name, xfleet, want) in cases {
             let (got, _) = read(name, xfleet).unwrap_or_else(|e| panic!("{rule}: {e}"));
             assert_eq!(got, want, "{rule}");
+        }
+    }
+
+    #[test]
+    fn is_global_reads_global_like_from_unit() {
+        for (text, want) in [
+            ("[X-Fleet]\nGlobal=true\n", true),
+            ("[X-Fleet]\nGlobal=t\n", true),
+            ("[X-Fleet]\nGlobal=true\nGlobal=no\n", false),
+            ("[X-Fleet]\nGlobal=\"false\" \"yes\"\n", true),
+            ("[Service]\nGlobal=true\n", false),
+        ] {
+            let file = UnitFile::parse(text).unwrap();
+            assert_eq!(is_global(&file), want, "{text:?}");
         }
     }
 
