@@ -212,8 +212,11 @@ impl Cluster {
 
     /// An API client talking to node `n` over TCP.
     pub fn api_client(&self, n: u32) -> fleet_api::Client {
-        fleet_api::Client::new(&format!("http://{}:49153", node_ip(n)), Duration::from_secs(5))
-            .expect("valid endpoint")
+        fleet_api::Client::new(
+            &format!("http://{}:49153", node_ip(n)),
+            Duration::from_secs(5),
+        )
+        .expect("valid endpoint")
     }
 
     /// The machine id of node `n`.

@@ -25,9 +25,12 @@ fn machine_of_keeps_a_pair_together() {
     let c = cluster();
     let leader = unit(c, "pair-leader.service", "");
     let follower = unit(c, "pair-follower.service", "MachineOf=pair-leader.service");
-    c.fleetctl(&["start", &follower, &leader]).expect_ok("start");
+    c.fleetctl(&["start", &follower, &leader])
+        .expect_ok("start");
     let a = c.active_on("pair-leader.service").expect("leader active");
-    let b = c.active_on("pair-follower.service").expect("follower active");
+    let b = c
+        .active_on("pair-follower.service")
+        .expect("follower active");
     destroy(c, &["pair-leader.service", "pair-follower.service"]);
     assert_eq!(a, b, "MachineOf units on different machines");
 }
@@ -64,7 +67,12 @@ fn five_mutually_conflicting_units_on_three_machines() {
         .lines()
         .filter(|l| l.starts_with("exclusive") && l.contains("conflicts with"))
         .collect();
-    assert_eq!(unplaced.len(), 2, "two units say why they wait: {}", files.stdout);
+    assert_eq!(
+        unplaced.len(),
+        2,
+        "two units say why they wait: {}",
+        files.stdout
+    );
 }
 
 #[test]
@@ -85,9 +93,17 @@ fn a_one_way_conflict_keeps_units_apart() {
 fn metadata_values_of_one_key_are_ored_and_keys_anded() {
     let c = cluster();
     // role=web (node1, node2) AND az=b (node2, node3): node2 only.
-    let and = unit(c, "meta-and.service", "MachineMetadata=role=web\nMachineMetadata=az=b");
+    let and = unit(
+        c,
+        "meta-and.service",
+        "MachineMetadata=role=web\nMachineMetadata=az=b",
+    );
     // role=db OR role=web, AND az=a: node1 only.
-    let or = unit(c, "meta-or.service", "MachineMetadata=\"role=db\" \"role=web\" \"az=a\"");
+    let or = unit(
+        c,
+        "meta-or.service",
+        "MachineMetadata=\"role=db\" \"role=web\" \"az=a\"",
+    );
     c.fleetctl(&["start", &and, &or]).expect_ok("start");
     let and_node = c.active_on("meta-and.service");
     let or_node = c.active_on("meta-or.service");
@@ -99,12 +115,21 @@ fn metadata_values_of_one_key_are_ored_and_keys_anded() {
 #[test]
 fn a_global_unit_runs_where_its_metadata_matches() {
     let c = cluster();
-    let path = unit(c, "everywhere-web.service", "Global=true\nMachineMetadata=role=web");
+    let path = unit(
+        c,
+        "everywhere-web.service",
+        "Global=true\nMachineMetadata=role=web",
+    );
     let out = c.fleetctl(&["start", &path]).expect_ok("start");
-    assert_eq!(out.stdout, "Triggered global unit everywhere-web.service start\n");
+    assert_eq!(
+        out.stdout,
+        "Triggered global unit everywhere-web.service start\n"
+    );
     let nodes = eventually(Duration::from_secs(15), || {
         let nodes = c.nodes_of("everywhere-web.service");
-        let active = nodes.iter().all(|n| c.is_active(*n, "everywhere-web.service") == "active");
+        let active = nodes
+            .iter()
+            .all(|n| c.is_active(*n, "everywhere-web.service") == "active");
         (nodes == vec![1, 2] && active).then_some(nodes)
     });
     let on_db = c.is_active(3, "everywhere-web.service");
@@ -116,8 +141,16 @@ fn a_global_unit_runs_where_its_metadata_matches() {
 #[test]
 fn machine_id_full_and_short() {
     let c = cluster();
-    let full = unit(c, "pinned-full.service", &format!("MachineID={}", c.machine_id(3)));
-    let short = unit(c, "pinned-short.service", &format!("MachineID={}", &c.machine_id(2)[..8]));
+    let full = unit(
+        c,
+        "pinned-full.service",
+        &format!("MachineID={}", c.machine_id(3)),
+    );
+    let short = unit(
+        c,
+        "pinned-short.service",
+        &format!("MachineID={}", &c.machine_id(2)[..8]),
+    );
     c.fleetctl(&["start", &full, &short]).expect_ok("start");
     let on_full = c.active_on("pinned-full.service");
     let on_short = c.active_on("pinned-short.service");
@@ -146,7 +179,10 @@ fn replaces_moves_the_replaced_unit_away() {
     destroy(c, &["replaced.service", "replacer.service"]);
     assert_eq!(replacer, Some(first));
     let moved = moved.expect("the replaced unit moved");
-    assert!(moved == 2 || moved == 3, "replaced.service must stay in az=b: node{moved}");
+    assert!(
+        moved == 2 || moved == 3,
+        "replaced.service must stay in az=b: node{moved}"
+    );
 }
 
 #[test]
@@ -157,14 +193,21 @@ fn a_template_instance_uses_its_instance_as_metadata() {
         .with_file_name("pinned@node3.service")
         .to_string_lossy()
         .into_owned();
-    let submitted = c.fleetctl(&["submit", &template]).expect_ok("submit template");
+    let submitted = c
+        .fleetctl(&["submit", &template])
+        .expect_ok("submit template");
     assert_eq!(submitted.stdout, "");
-    c.fleetctl(&["start", &instance]).expect_ok("start instance");
+    c.fleetctl(&["start", &instance])
+        .expect_ok("start instance");
     let node = c.active_on("pinned@node3.service");
     let template_start = c.fleetctl(&["start", "pinned@.service"]);
     destroy(c, &["pinned@node3.service", "pinned@.service"]);
     assert_eq!(node, Some(3));
-    assert_eq!(template_start.code, Some(1), "a template cannot be started: {template_start:#?}");
+    assert_eq!(
+        template_start.code,
+        Some(1),
+        "a template cannot be started: {template_start:#?}"
+    );
 }
 
 #[test]
@@ -192,7 +235,10 @@ fn a_metadata_change_through_the_api_moves_a_unit() {
         .expect("restore metadata");
     destroy(c, &["follows-role.service"]);
     let moved = moved.expect("the unit moved off the machine that lost role=web");
-    assert!(moved == 1 || moved == 2, "role=web is node1 and node2, got node{moved}");
+    assert!(
+        moved == 1 || moved == 2,
+        "role=web is node1 and node2, got node{moved}"
+    );
     assert_ne!(stopped_there, "active");
 }
 
@@ -208,7 +254,8 @@ fn an_unplaceable_unit_says_why() {
     assert_eq!(out.code, Some(1), "{out:#?}");
     for n in 1..=NODES {
         assert!(
-            out.stderr.contains(&format!("f1ee70{n:02}: metadata role=mainframe")),
+            out.stderr
+                .contains(&format!("f1ee70{n:02}: metadata role=mainframe")),
             "node{n} reason missing: {}",
             out.stderr
         );
