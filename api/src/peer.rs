@@ -26,6 +26,8 @@ pub const PEER_PREFIX: &str = "/fleet/peer/v1";
 
 /// How long connecting to a peer may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a peer may take to start answering (a journal's body then lasts as it must).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a peer's `systemctl status` may take, end to end.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -182,8 +184,11 @@ pub struct PeerClient {
 impl PeerClient {
     pub fn new(secret: Secret) -> PeerClient {
         // No overall timeout: a followed journal lasts as long as its reader.
+        // Never through an HTTP proxy from the environment: the request carries the secret.
         let http = reqwest::Client::builder()
+            .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(15))
             .user_agent(concat!("fleetd/", env!("CARGO_PKG_VERSION")))
             .build()
             .unwrap_or_default();
@@ -211,12 +216,20 @@ impl PeerClient {
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
-        let response = request.send().await.map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                format!("cannot reach the peer at {address}: {}", root_cause(&e)),
-            )
-        })?;
+        let response = tokio::time::timeout(ANSWER_TIMEOUT, request.send())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!("the peer at {address} did not answer within {ANSWER_TIMEOUT:?}"),
+                )
+            })?
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!("cannot reach the peer at {address}: {}", root_cause(&e)),
+                )
+            })?;
         let code = response.status();
         if code.is_success() {
             return Ok(response);

@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use fleet_e2e::{cluster, eventually, node_in, node_ip, target_dir, Cluster, NODES};
 
+/// A unit name of this test run: systemd in the nodes may keep a stopped unit's cgroup a
+/// while, and a unit started again under the same name then fails (219/CGROUP).
+fn unique(stem: &str) -> String {
+    format!("{stem}{}.service", std::process::id())
+}
+
 /// A service that prints `tick N`, N counting up, every second, on machine `machine_id`.
 fn counter_unit(machine_id: &str) -> String {
     format!(
@@ -63,7 +69,8 @@ fn http_get(address: &str, path_and_query: &str, headers: &[&str]) -> String {
 #[test]
 fn journal_status_restart_of_a_unit_on_another_machine() {
     let c = cluster();
-    let name = "jcounter.service";
+    let name = unique("jcounter");
+    let name = name.as_str();
     let path = c.unit_file(name, &counter_unit(&c.machine_id(2)));
     let out = c
         .fleetctl(&["start", &path.to_string_lossy()])
@@ -128,14 +135,14 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
     };
     assert!(newer > first_tick, "{newer} after {first_tick}");
     assert_eq!(
-        journalctls(c, node, "jcounter"),
+        journalctls(c, node, name),
         1,
         "journalctl -f on the unit's machine"
     );
     child.kill().unwrap();
     let _ = child.wait();
     let gone = eventually(Duration::from_secs(10), || {
-        (journalctls(c, node, "jcounter") == 0).then_some(())
+        (journalctls(c, node, name) == 0).then_some(())
     });
     assert!(
         gone.is_some(),
@@ -229,26 +236,28 @@ fn missing_units_and_bad_requests_are_refused() {
     assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
 
     // A unit known but placed nowhere.
-    let path = c.unit_file("jidle.service", &fleet_e2e::ticker_unit("idle"));
+    let idle = unique("jidle");
+    let idle = idle.as_str();
+    let path = c.unit_file(idle, &fleet_e2e::ticker_unit("idle"));
     c.fleetctl(&["submit", &path.to_string_lossy()])
         .expect_ok("submit");
-    let out = c.fleetctl(&["journal", "jidle"]);
+    let out = c.fleetctl(&["journal", idle]);
     assert_eq!(out.code, Some(1), "{out:#?}");
     assert_eq!(
         out.stderr,
-        "Unit jidle.service does not appear to be running.\n"
+        format!("Unit {idle} does not appear to be running.\n")
     );
-    let answer = http_get(&api, "/fleet/v1/units/jidle.service/status", &[]);
+    let answer = http_get(&api, &format!("/fleet/v1/units/{idle}/status"), &[]);
     assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
     assert!(answer.contains("does not run on any machine"), "{answer}");
-    c.fleetctl(&["destroy", "jidle.service"])
-        .expect_ok("destroy");
+    c.fleetctl(&["destroy", idle]).expect_ok("destroy");
 }
 
 #[test]
 fn a_global_unit_has_one_section_per_machine() {
     let c = cluster();
-    let name = "jglobal.service";
+    let name = unique("jglobal");
+    let name = name.as_str();
     let path = c.unit_file(
         name,
         "[Service]\nExecStart=/bin/bash -c 'while true; do echo gtick; sleep 1; done'\n\n[X-Fleet]\nGlobal=true\n",
@@ -295,5 +304,61 @@ fn a_global_unit_has_one_section_per_machine() {
         "{}",
         out.stdout
     );
+    c.fleetctl(&["destroy", name]).expect_ok("destroy");
+}
+
+#[test]
+fn a_quiet_followed_journal_ends_with_its_reader() {
+    let c = cluster();
+    let name = unique("jquiet");
+    let name = name.as_str();
+    let path = c.unit_file(
+        name,
+        "[Service]\nExecStart=/bin/bash -c 'echo once; exec sleep infinity'\n",
+    );
+    let out = c
+        .fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let node = node_in(&out.stdout).expect("start names the machine");
+    // Both ways: through another machine's peer endpoint, and read locally.
+    for api in [other_than(node), node] {
+        let mut child = Command::new(target_dir().join("debug/fleetctl"))
+            .env(
+                "FLEETCTL_ENDPOINT",
+                format!("http://{}:49153", node_ip(api)),
+            )
+            .args(["journal", "-f", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run fleetctl journal -f");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let seen = eventually(Duration::from_secs(10), || {
+            rx.try_recv().ok().filter(|l| l.ends_with("once"))
+        });
+        assert!(
+            seen.is_some(),
+            "journal -f via node{api} never showed the line"
+        );
+        assert_eq!(journalctls(c, node, name), 1, "via node{api}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        // Nothing more is written, yet the journalctl ends.
+        let gone = eventually(Duration::from_secs(10), || {
+            (journalctls(c, node, name) == 0).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "journalctl outlives its reader via node{api}"
+        );
+    }
     c.fleetctl(&["destroy", name]).expect_ok("destroy");
 }
