@@ -746,7 +746,7 @@ async fn unit_journal(
     let (targets, sections) = resolve(&api, &name, &params).await?;
     if query.follow && targets.len() > 1 {
         return Err(ApiError::bad_request(format!(
-            "unit {name} runs on {} machines: pick one with machineID to follow its journal",
+            "unit {name} runs on {} machines: pick one with machineID (fleetctl journal --machine) to follow its journal",
             targets.len()
         )));
     }
