@@ -60,6 +60,8 @@ impl Endpoint {
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// Without an overall timeout, for answers that last (a followed journal).
+    streaming: reqwest::Client,
     base: String,
     endpoint: String,
     timeout: Duration,
@@ -68,22 +70,28 @@ pub struct Client {
 impl Client {
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
         let parsed = Endpoint::parse(endpoint)?;
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")));
-        let base = match &parsed {
-            Endpoint::Unix(path) => {
+        let builder = || {
+            let mut builder = reqwest::Client::builder()
+                .connect_timeout(timeout)
+                .user_agent(concat!("fleetctl/", env!("CARGO_PKG_VERSION")));
+            if let Endpoint::Unix(path) = &parsed {
                 builder = builder.unix_socket(path.as_str());
-                "http://fleetd".to_string()
             }
+            builder
+        };
+        let base = match &parsed {
+            Endpoint::Unix(_) => "http://fleetd".to_string(),
             Endpoint::Http(url) => url.clone(),
         };
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::InvalidEndpoint(format!("{endpoint}: {e}")))?;
+        let build = |b: reqwest::ClientBuilder| {
+            b.build()
+                .map_err(|e| ClientError::InvalidEndpoint(format!("{endpoint}: {e}")))
+        };
+        let http = build(builder().timeout(timeout))?;
+        let streaming = build(builder())?;
         Ok(Client {
             http,
+            streaming,
             base: format!("{base}/fleet/v1"),
             endpoint: endpoint.to_string(),
             timeout,
@@ -131,18 +139,7 @@ impl Client {
             .map_err(|e| self.transport_error(e))?
             .to_vec();
         if status.is_client_error() || status.is_server_error() {
-            return Err(
-                match serde_json::from_slice::<schema::ErrorEnvelope>(&bytes) {
-                    Ok(envelope) => ClientError::Api {
-                        code: envelope.error.code,
-                        message: envelope.error.message,
-                    },
-                    Err(_) => ClientError::Api {
-                        code: status.as_u16(),
-                        message: String::from_utf8_lossy(&bytes).trim().to_string(),
-                    },
-                },
-            );
+            return Err(api_error(status, &bytes));
         }
         Ok((status, bytes))
     }
@@ -246,6 +243,78 @@ impl Client {
         }
     }
 
+    /// Opens a unit's journal (`lines` last lines, then new ones if `follow`), on the machine
+    /// `machine` (id or prefix) for a unit that runs on several. Read it with
+    /// [`Journal::next_chunk`].
+    pub async fn journal(
+        &self,
+        name: &str,
+        lines: u32,
+        follow: bool,
+        machine: Option<&str>,
+    ) -> Result<Journal, ClientError> {
+        let lines = lines.to_string();
+        let mut query = vec![("lines", lines.as_str()), ("follow", bool_str(follow))];
+        if let Some(m) = machine {
+            query.push(("machineID", m));
+        }
+        let request = self
+            .streaming
+            .get(format!("{}/units/{}/journal", self.base, escape(name)))
+            .query(&query);
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let response = self.check(response).await?;
+        Ok(Journal {
+            response,
+            client: self.clone(),
+        })
+    }
+
+    /// `systemctl status` of a unit on the machine(s) running it: the exit code of
+    /// systemctl and its output.
+    pub async fn status(
+        &self,
+        name: &str,
+        machine: Option<&str>,
+    ) -> Result<(i32, Vec<u8>), ClientError> {
+        let mut query = Vec::new();
+        if let Some(m) = machine {
+            query.push(("machineID", m));
+        }
+        let response = self
+            .http
+            .get(format!("{}/units/{}/status", self.base, escape(name)))
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let response = self.check(response).await?;
+        let code = response
+            .headers()
+            .get(crate::inspect::EXIT_STATUS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| ClientError::Decode("no exit status in the answer".into()))?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        Ok((code, bytes.to_vec()))
+    }
+
+    /// Turns an error status into the error envelope's [`ClientError::Api`].
+    async fn check(&self, response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = response.status();
+        if !(status.is_client_error() || status.is_server_error()) {
+            return Ok(response);
+        }
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        Err(api_error(status, &bytes))
+    }
+
     /// Sets (`Some`) or removes (`None`) one metadata key of a live machine.
     pub async fn set_machine_metadata(
         &self,
@@ -278,6 +347,43 @@ impl Client {
                 return Ok(all);
             }
             token = page.next_page_token;
+        }
+    }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    match serde_json::from_slice::<schema::ErrorEnvelope>(bytes) {
+        Ok(envelope) => ClientError::Api {
+            code: envelope.error.code,
+            message: envelope.error.message,
+        },
+        Err(_) => ClientError::Api {
+            code: status.as_u16(),
+            message: String::from_utf8_lossy(bytes).trim().to_string(),
+        },
+    }
+}
+
+fn bool_str(b: bool) -> &'static str {
+    if b {
+        "true"
+    } else {
+        "false"
+    }
+}
+
+/// A journal being read.
+pub struct Journal {
+    response: reqwest::Response,
+    client: Client,
+}
+
+impl Journal {
+    /// The next piece of the journal as it arrives; `None` at its end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        match self.response.chunk().await {
+            Ok(chunk) => Ok(chunk.map(|c| c.to_vec())),
+            Err(e) => Err(self.client.transport_error(e)),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! fleetctl uses ([`client`]).
 
 pub mod client;
+pub mod inspect;
+pub mod peer;
 pub mod schema;
 pub mod server;
 

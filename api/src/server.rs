@@ -12,10 +12,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
-use fleet_registry::{JobState, MachineId, Registry};
+use fleet_registry::{JobState, MachineId, MachineRecord, Registry};
 use fleet_units::{Requirements, UnitFile, UnitName};
+use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::inspect::{self, section_header, ByteStream, JournalQuery};
+use crate::peer::{status_response, text_response, PeerClient};
 use crate::schema;
 
 /// Request bodies larger than this are refused with 413 and nothing is stored.
@@ -28,13 +31,40 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 struct Api {
     registry: Registry,
     page_size: u32,
+    inspect: Option<Inspect>,
 }
 
-/// The API's router, mounted under `/fleet/v1`.
+/// What the journal and status endpoints need: which machine this is (its units are read
+/// here), and how to reach the others' peer endpoints.
+#[derive(Clone)]
+pub struct Inspect {
+    pub machine: MachineId,
+    pub peers: PeerClient,
+}
+
+/// The API's router, mounted under `/fleet/v1`, without journal and status (they answer 501).
 pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
+    router_with(registry, version, page_size, None)
+}
+
+/// The `Server` header of fleetd's responses.
+pub(crate) fn server_header(version: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("fleetd/{version}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"))
+}
+
+/// The API's router, mounted under `/fleet/v1`, with the journal and status of units when
+/// `inspect` is given.
+pub fn router_with(
+    registry: Registry,
+    version: &str,
+    page_size: u32,
+    inspect: Option<Inspect>,
+) -> Router {
     let api = Api {
         registry,
         page_size: page_size.max(1),
+        inspect,
     };
     let v1 = Router::new()
         .route("/units", get(list_units).fallback(method_not_allowed))
@@ -45,6 +75,14 @@ pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
                 .delete(delete_unit)
                 .fallback(method_not_allowed),
         )
+        .route(
+            "/units/{name}/journal",
+            get(unit_journal).fallback(method_not_allowed),
+        )
+        .route(
+            "/units/{name}/status",
+            get(unit_status).fallback(method_not_allowed),
+        )
         .route("/state", get(list_states).fallback(method_not_allowed))
         .route(
             "/machines",
@@ -53,8 +91,7 @@ pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
                 .fallback(method_not_allowed),
         )
         .with_state(api);
-    let server = HeaderValue::from_str(&format!("fleetd/{version}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
+    let server = server_header(version);
     Router::new()
         .nest("/fleet/v1", v1)
         .fallback(not_found)
@@ -77,14 +114,20 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
             message: message.into(),
         }
     }
-    fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
@@ -154,7 +197,7 @@ impl PageToken {
 }
 
 /// Query parameters, keeping repeated keys.
-fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String>> {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
     if let Some(q) = query {
         for (k, v) in form_urlencoded::parse(q.as_bytes()) {
@@ -542,9 +585,301 @@ async fn list_machines(
     }))
 }
 
+// ---- journal and status -----------------------------------------------------------------------
+
+/// The machines to read a unit from: its placement, or for a global unit every machine that
+/// published a state for it; narrowed to `wanted` (a machine id or a prefix of one).
+fn select_targets(
+    name: &UnitName,
+    global: bool,
+    placed: Option<&MachineId>,
+    reporting: &[MachineId],
+    records: &[MachineRecord],
+    wanted: Option<&str>,
+) -> Result<Vec<MachineRecord>, ApiError> {
+    let ids: Vec<&MachineId> = if global {
+        reporting.iter().collect()
+    } else {
+        placed.into_iter().collect()
+    };
+    let targets: Vec<MachineRecord> = records
+        .iter()
+        .filter(|r| ids.contains(&&r.machine.id))
+        .cloned()
+        .collect();
+    if targets.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unit {name} does not run on any machine"),
+        ));
+    }
+    let Some(wanted) = wanted else {
+        return Ok(targets);
+    };
+    if wanted.is_empty() || wanted.len() > 32 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(format!(
+            "invalid machineID {wanted:?}: expected a machine id or a prefix of one"
+        )));
+    }
+    let wanted_lower = wanted.to_ascii_lowercase();
+    let chosen: Vec<MachineRecord> = targets
+        .into_iter()
+        .filter(|r| r.machine.id.as_str().starts_with(&wanted_lower))
+        .collect();
+    match chosen.len() {
+        0 => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unit {name} does not run on machine {wanted}"),
+        )),
+        1 => Ok(chosen),
+        _ => Err(ApiError::bad_request(format!(
+            "machineID {wanted} matches several machines running {name}"
+        ))),
+    }
+}
+
+/// The machines a journal or status request reads from, and whether each gets a header
+/// (a global unit, no machine chosen).
+async fn resolve(
+    api: &Api,
+    name: &UnitName,
+    params: &BTreeMap<String, Vec<String>>,
+) -> Result<(Vec<MachineRecord>, bool), ApiError> {
+    let Some(unit) = api.registry.unit(name).await? else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
+    };
+    let global = unit.is_global();
+    let (placements, states, records) = tokio::try_join!(
+        api.registry.placements(),
+        api.registry.unit_states(),
+        api.registry.machine_records()
+    )?;
+    let placed = placements
+        .into_iter()
+        .find(|(_, p)| p.name == *name)
+        .map(|(m, _)| m);
+    let reporting: Vec<MachineId> = states
+        .into_iter()
+        .filter(|s| s.name == *name)
+        .map(|s| s.machine_id)
+        .collect();
+    let wanted = match params.get("machineID").map(Vec::as_slice) {
+        None | Some([]) => None,
+        Some([m]) => Some(m.as_str()),
+        Some(_) => return Err(ApiError::bad_request("machineID given more than once")),
+    };
+    let targets = select_targets(name, global, placed.as_ref(), &reporting, &records, wanted)?;
+    Ok((targets, global && wanted.is_none()))
+}
+
+fn inspector(api: &Api) -> Result<Inspect, ApiError> {
+    api.inspect.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "this fleetd does not serve journals and statuses",
+        )
+    })
+}
+
+fn no_peer(target: &MachineRecord) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "machine {} serves no peer endpoint (peer_listen off, or an older fleetd)",
+            target.machine.id
+        ),
+    )
+}
+
+fn header_of(target: &MachineRecord) -> String {
+    section_header(target.machine.id.as_str(), &target.machine.public_ip)
+}
+
+async fn open_journal(
+    inspect: &Inspect,
+    target: &MachineRecord,
+    name: &UnitName,
+    query: JournalQuery,
+) -> Result<ByteStream, ApiError> {
+    if target.machine.id == inspect.machine {
+        return inspect::local_journal(name, query).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot run journalctl: {e}"),
+            )
+        });
+    }
+    match &target.peer_address {
+        Some(address) => inspect.peers.journal(address, name, query).await,
+        None => Err(no_peer(target)),
+    }
+}
+
+async fn read_status(
+    inspect: &Inspect,
+    target: &MachineRecord,
+    name: &UnitName,
+) -> Result<(i32, Vec<u8>), ApiError> {
+    if target.machine.id == inspect.machine {
+        return inspect::local_status(name).await.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot run systemctl status: {e}"),
+            )
+        });
+    }
+    match &target.peer_address {
+        Some(address) => inspect.peers.status(address, name).await,
+        None => Err(no_peer(target)),
+    }
+}
+
+async fn unit_journal(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let inspect = inspector(&api)?;
+    let name = parse_name(&name)?;
+    let params = query_params(query);
+    let query = JournalQuery::from_params(&params).map_err(ApiError::bad_request)?;
+    let (targets, sections) = resolve(&api, &name, &params).await?;
+    if query.follow && targets.len() > 1 {
+        return Err(ApiError::bad_request(format!(
+            "unit {name} runs on {} machines: pick one with machineID (fleetctl journal --machine) to follow its journal",
+            targets.len()
+        )));
+    }
+    if let [target] = targets.as_slice() {
+        // Errors before the first byte get a proper status code.
+        let body = open_journal(&inspect, target, &name, query).await?;
+        let body = if sections {
+            let header = axum::body::Bytes::from(header_of(target));
+            stream::once(async move { Ok(header) }).chain(body).boxed()
+        } else {
+            body
+        };
+        return Ok(text_response(body));
+    }
+    let body = stream::iter(targets)
+        .then(move |target| {
+            let inspect = inspect.clone();
+            let name = name.clone();
+            async move {
+                let header = axum::body::Bytes::from(header_of(&target));
+                match open_journal(&inspect, &target, &name, query).await {
+                    Ok(body) => stream::once(async move { Ok(header) }).chain(body).boxed(),
+                    Err(e) => stream::iter([
+                        Ok(header),
+                        Ok(axum::body::Bytes::from(format!("error: {}\n", e.message))),
+                    ])
+                    .boxed(),
+                }
+            }
+        })
+        .flatten()
+        .boxed();
+    Ok(text_response(body))
+}
+
+async fn unit_status(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let inspect = inspector(&api)?;
+    let name = parse_name(&name)?;
+    let params = query_params(query);
+    let (targets, sections) = resolve(&api, &name, &params).await?;
+    if let ([target], false) = (targets.as_slice(), sections) {
+        let (code, text) = read_status(&inspect, target, &name).await?;
+        return Ok(status_response(code, text));
+    }
+    let results = futures_util::future::join_all(
+        targets
+            .iter()
+            .map(|target| read_status(&inspect, target, &name)),
+    )
+    .await;
+    let mut text = Vec::new();
+    let mut exit = 0;
+    for (i, (target, result)) in targets.iter().zip(results).enumerate() {
+        if i > 0 {
+            text.push(b'\n');
+        }
+        text.extend_from_slice(header_of(target).as_bytes());
+        match result {
+            Ok((code, out)) => {
+                text.extend_from_slice(&out);
+                if exit == 0 {
+                    exit = code;
+                }
+            }
+            Err(e) => {
+                text.extend_from_slice(format!("error: {}\n", e.message).as_bytes());
+                if exit == 0 {
+                    exit = 1;
+                }
+            }
+        }
+    }
+    Ok(status_response(exit, text))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn record(n: u8, peer: bool) -> MachineRecord {
+        MachineRecord {
+            machine: fleet_registry::Machine {
+                id: MachineId::parse(&format!("f1ee70{n:02}{}", "0".repeat(24))).unwrap(),
+                public_ip: format!("10.233.0.{}", 10 + n),
+                metadata: Default::default(),
+                version: String::new(),
+            },
+            peer_address: peer.then(|| format!("10.233.0.{}:49154", 10 + n)),
+        }
+    }
+
+    #[test]
+    fn journal_targets() {
+        let name = UnitName::parse("web.service").unwrap();
+        let records = [record(1, true), record(2, true), record(3, false)];
+        let ids = |rs: &[MachineRecord]| -> Vec<String> {
+            rs.iter().map(|r| r.machine.id.to_string()).collect()
+        };
+        let m2 = records[1].machine.id.clone();
+        let all: Vec<MachineId> = records.iter().map(|r| r.machine.id.clone()).collect();
+
+        // A placed unit: its machine, whatever else reports it.
+        let t = select_targets(&name, false, Some(&m2), &all, &records, None).unwrap();
+        assert_eq!(ids(&t), [m2.to_string()]);
+        // Not placed, or placed on a machine that is gone: nowhere.
+        for placed in [None, Some(&MachineId::parse(&"a".repeat(32)).unwrap())] {
+            let e = select_targets(&name, false, placed, &all, &records, None).unwrap_err();
+            assert_eq!(e.status(), StatusCode::NOT_FOUND);
+            assert!(
+                e.message().contains("does not run on any machine"),
+                "{}",
+                e.message()
+            );
+        }
+        // A global unit: every machine that reports it, narrowed by machineID.
+        let t = select_targets(&name, true, None, &all[..2], &records, None).unwrap();
+        assert_eq!(t.len(), 2);
+        let t = select_targets(&name, true, None, &all, &records, Some("F1EE7002")).unwrap();
+        assert_eq!(ids(&t), [m2.to_string()]);
+        let e =
+            select_targets(&name, true, None, &all[..2], &records, Some("f1ee7003")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = select_targets(&name, true, None, &all, &records, Some("f1ee70")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+        for bad in ["", "xyz", "../etc", &"f".repeat(33)] {
+            let e = select_targets(&name, true, None, &all, &records, Some(bad)).unwrap_err();
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad:?}");
+        }
+    }
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {

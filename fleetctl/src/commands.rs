@@ -322,7 +322,229 @@ impl Ctl {
         0
     }
 
+    /// Stops then starts each unit, one after another, waiting for each step unless
+    /// `--no-block` (as fleet: units that are only loaded are skipped; global units are
+    /// triggered without waiting).
+    pub async fn restart(&self, args: &[String], block: Block) -> u8 {
+        let units = match self.find_units(args).await {
+            Ok(u) => u,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let mut exit = 0;
+        for unit in units {
+            let global = is_global(&unit);
+            if !global {
+                match unit.current_state.as_str() {
+                    "inactive" => {
+                        stderr(format_args!(
+                            "Unable to stop unit {} in state inactive",
+                            unit.name
+                        ));
+                        return 1;
+                    }
+                    "loaded" => continue,
+                    _ => {}
+                }
+            }
+            let name = std::slice::from_ref(&unit.name);
+            for (state, action) in [("loaded", "stop"), ("launched", "start")] {
+                if let Err(e) = self.client.set_desired_state(&unit.name, state).await {
+                    stderr(format_args!("Error restarting units: {e}"));
+                    return 1;
+                }
+                if global {
+                    println!("Triggered global unit {} {action}", unit.name);
+                } else if self.wait_for(name, state, action, block).await != 0 {
+                    exit = 1;
+                }
+            }
+        }
+        exit
+    }
+
     // ---- reading ----------------------------------------------------------------------------
+
+    /// Checks that a unit exists and runs somewhere, with fleet's messages.
+    async fn unit_to_inspect(&self, arg: &str, not_running: &str) -> Result<Unit, String> {
+        let name = parse_arg(arg)?;
+        match self.client.unit(name.as_str()).await {
+            Ok(Some(u)) if !is_global(&u) && u.current_state == "inactive" => {
+                Err(format!("Unit {name} does not appear to be {not_running}."))
+            }
+            Ok(Some(u)) => Ok(u),
+            Ok(None) => Err(format!("Unit {name} does not exist.")),
+            Err(e) => Err(format!("Error retrieving unit {name}: {e}")),
+        }
+    }
+
+    /// Prints a unit's journal as it arrives.
+    pub async fn journal(&self, arg: &str, lines: u32, follow: bool, machine: Option<&str>) -> u8 {
+        use std::io::Write;
+        let unit = match self.unit_to_inspect(arg, "running").await {
+            Ok(u) => u,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let mut journal = match self
+            .client
+            .journal(&unit.name, lines, follow, machine)
+            .await
+        {
+            Ok(j) => j,
+            Err(e) => {
+                stderr(format_args!(
+                    "Error retrieving journal of unit {}: {e}",
+                    unit.name
+                ));
+                return 1;
+            }
+        };
+        let mut out = std::io::stdout().lock();
+        loop {
+            match journal.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if out.write_all(&chunk).and_then(|_| out.flush()).is_err() {
+                        // The reader went away (e.g. `| head`).
+                        return 0;
+                    }
+                }
+                Ok(None) => return 0,
+                Err(e) => {
+                    stderr(format_args!(
+                        "Error reading journal of unit {}: {e}",
+                        unit.name
+                    ));
+                    return 1;
+                }
+            }
+        }
+    }
+
+    /// Prints `systemctl status` of each unit; the exit code is systemctl's first non-zero one.
+    pub async fn status(&self, args: &[String]) -> u8 {
+        let mut units = Vec::new();
+        for arg in args {
+            match self.unit_to_inspect(arg, "loaded").await {
+                Ok(u) => units.push(u),
+                Err(e) => {
+                    stderr(e);
+                    return 1;
+                }
+            }
+        }
+        for (i, unit) in units.iter().enumerate() {
+            // Between units, a blank line, as systemctl status separates them.
+            if i != 0 {
+                println!();
+            }
+            match self.client.status(&unit.name, None).await {
+                Ok((code, text)) => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&text).and_then(|_| out.flush());
+                    if code != 0 {
+                        return exit_code(code);
+                    }
+                }
+                Err(e) => {
+                    stderr(format_args!(
+                        "Error retrieving status of unit {}: {e}",
+                        unit.name
+                    ));
+                    return 1;
+                }
+            }
+        }
+        0
+    }
+
+    /// Runs the system `ssh` to a machine (by id or prefix) or to the machine of a unit.
+    pub async fn ssh(
+        &self,
+        options: &SshOptions,
+        machine: Option<&str>,
+        unit: Option<&str>,
+        args: &[String],
+    ) -> u8 {
+        let (address, rest) = match (machine, unit) {
+            (Some(m), _) => (self.machine_address(m).await, args),
+            (None, Some(u)) => (self.unit_address(u).await, args),
+            (None, None) => match args.split_first() {
+                None => (
+                    Err("one machine or unit must be provided".to_string()),
+                    args,
+                ),
+                Some((lookup, rest)) => {
+                    let by_machine = self.machine_address(lookup).await;
+                    let by_unit = self.unit_address(lookup).await;
+                    let address = match (by_machine, by_unit) {
+                        (Ok(_), Ok(_)) => Err(format!(
+                            "ambiguous argument, both machine and unit found for `{lookup}`.\nPlease use flag `-m` or `-u` to refine the search"
+                        )),
+                        (Ok(a), _) | (_, Ok(a)) => Ok(a),
+                        _ => Err("could not find matching unit or machine".to_string()),
+                    };
+                    (address, rest)
+                }
+            },
+        };
+        let address = match address {
+            Ok(a) if !a.is_empty() => a,
+            Ok(_) => {
+                stderr("Could not determine address of machine.");
+                return 1;
+            }
+            Err(e) => {
+                stderr(format_args!("Unable to proceed: {e}"));
+                return 1;
+            }
+        };
+        let command = trim_to_dashes(rest);
+        let argv = ssh_args(options, &address, command);
+        use std::os::unix::process::CommandExt;
+        let e = std::process::Command::new("ssh").args(&argv).exec();
+        stderr(format_args!("Failed running ssh: {e}"));
+        1
+    }
+
+    /// The public address of the one machine whose id starts with `lookup`.
+    async fn machine_address(&self, lookup: &str) -> Result<String, String> {
+        let machines = self.client.machines().await.map_err(|e| e.to_string())?;
+        let lookup = lookup.to_ascii_lowercase();
+        let mut found = machines.iter().filter(|m| m.id.starts_with(&lookup));
+        match (found.next(), found.next()) {
+            (Some(m), None) => Ok(m.primary_ip.clone()),
+            (Some(_), Some(_)) => Err("found more than one machine".to_string()),
+            (None, _) => Err("machine does not exist".to_string()),
+        }
+    }
+
+    /// The public address of the machine a (non-global) unit runs on.
+    async fn unit_address(&self, arg: &str) -> Result<String, String> {
+        let name = parse_arg(arg)?;
+        let unit = match self.client.unit(name.as_str()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return Err("unit does not exist".to_string()),
+            Err(e) => return Err(e.to_string()),
+        };
+        if is_global(&unit) {
+            return Err("global units unsupported".to_string());
+        }
+        if unit.machine_id.is_empty() {
+            return Err(format!("unit {name} does not run on any machine"));
+        }
+        let machines = self.client.machines().await.map_err(|e| e.to_string())?;
+        machines
+            .into_iter()
+            .find(|m| m.id == unit.machine_id)
+            .map(|m| m.primary_ip)
+            .ok_or_else(|| format!("machine {} of unit {name} is gone", unit.machine_id))
+    }
 
     pub async fn cat(&self, arg: &str) -> u8 {
         let name = match parse_arg(arg) {
@@ -443,6 +665,73 @@ fn warn_on_different_local_unit(arg: &str, existing: &Unit) {
 
 fn is_global(unit: &Unit) -> bool {
     fleet_units::is_global(&UnitFile::from_options(unit.options.clone()))
+}
+
+/// A process exit code from systemctl's (which may be outside 0..=255 only in theory).
+fn exit_code(code: i32) -> u8 {
+    u8::try_from(code).unwrap_or(1).max(u8::from(code != 0))
+}
+
+// ---- ssh ----------------------------------------------------------------------------------------
+
+/// How `fleetctl ssh` connects: the global flags `--ssh-username`,
+/// `--strict-host-key-checking`, `--known-hosts-file`, `--tunnel`, `--ssh-timeout`, and
+/// `ssh --forward-agent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SshOptions {
+    pub username: String,
+    pub strict_host_key_checking: bool,
+    pub known_hosts_file: String,
+    pub tunnel: Option<String>,
+    pub forward_agent: bool,
+    /// Seconds.
+    pub timeout: f64,
+}
+
+/// What follows a `--` if there is one, else everything (fleet's `TrimToDashes`).
+pub(crate) fn trim_to_dashes(args: &[String]) -> &[String] {
+    match args.iter().position(|a| a == "--") {
+        Some(i) => &args[i + 1..],
+        None => args,
+    }
+}
+
+/// The arguments of the system `ssh` to reach `address` (and run `command` there, if any).
+/// Host keys: checked against the known-hosts file, asking before adding a new one (as
+/// fleet did), or not checked at all. A tunnel is a jump host (`-J`).
+pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    let mut option = |o: String| {
+        args.push("-o".to_string());
+        args.push(o);
+    };
+    if options.strict_host_key_checking {
+        option("StrictHostKeyChecking=ask".to_string());
+        option(format!("UserKnownHostsFile={}", options.known_hosts_file));
+    } else {
+        option("StrictHostKeyChecking=no".to_string());
+        option("UserKnownHostsFile=/dev/null".to_string());
+    }
+    if options.timeout.is_finite() && options.timeout > 0.0 {
+        option(format!("ConnectTimeout={}", options.timeout.ceil() as u64));
+    }
+    if options.forward_agent {
+        args.push("-A".to_string());
+    }
+    if let Some(tunnel) = &options.tunnel {
+        args.push("-J".to_string());
+        if tunnel.contains('@') {
+            args.push(tunnel.clone());
+        } else {
+            args.push(format!("{}@{tunnel}", options.username));
+        }
+    }
+    args.push("-l".to_string());
+    args.push(options.username.clone());
+    args.push("--".to_string());
+    args.push(address.to_string());
+    args.extend(command.iter().cloned());
+    args
 }
 
 // ---- rendering ----------------------------------------------------------------------------------
@@ -712,6 +1001,119 @@ mod tests {
                  hello.service\t{hash}\tlaunched\tlaunched\tf1ee7001.../10.233.0.11\n"
             )
         );
+    }
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn ssh_arguments() {
+        let base = SshOptions {
+            username: "core".into(),
+            strict_host_key_checking: true,
+            known_hosts_file: "/home/u/.fleetctl/known_hosts".into(),
+            tunnel: None,
+            forward_agent: false,
+            timeout: 10.0,
+        };
+        let cases: Vec<(SshOptions, Vec<&str>, Vec<&str>)> = vec![
+            (
+                base.clone(),
+                vec![],
+                vec![
+                    "-o",
+                    "StrictHostKeyChecking=ask",
+                    "-o",
+                    "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
+                    "-o",
+                    "ConnectTimeout=10",
+                    "-l",
+                    "core",
+                    "--",
+                    "10.233.0.12",
+                ],
+            ),
+            (
+                SshOptions {
+                    username: "admin".into(),
+                    strict_host_key_checking: false,
+                    tunnel: Some("bastion.example.com:2222".into()),
+                    forward_agent: true,
+                    timeout: 2.5,
+                    ..base.clone()
+                },
+                vec!["systemctl", "status", "-l", "x.service"],
+                vec![
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "ConnectTimeout=3",
+                    "-A",
+                    "-J",
+                    "admin@bastion.example.com:2222",
+                    "-l",
+                    "admin",
+                    "--",
+                    "10.233.0.12",
+                    "systemctl",
+                    "status",
+                    "-l",
+                    "x.service",
+                ],
+            ),
+            (
+                SshOptions {
+                    tunnel: Some("jump@10.0.0.1".into()),
+                    timeout: 0.0,
+                    ..base.clone()
+                },
+                vec!["-oProxyCommand=evil"],
+                vec![
+                    "-o",
+                    "StrictHostKeyChecking=ask",
+                    "-o",
+                    "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
+                    "-J",
+                    "jump@10.0.0.1",
+                    "-l",
+                    "core",
+                    "--",
+                    "10.233.0.12",
+                    "-oProxyCommand=evil",
+                ],
+            ),
+        ];
+        for (options, command, want) in cases {
+            assert_eq!(
+                ssh_args(&options, "10.233.0.12", &strings(&command)),
+                strings(&want),
+                "{options:?} {command:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dashes_are_trimmed() {
+        assert_eq!(
+            trim_to_dashes(&strings(&["ls", "-l"])),
+            strings(&["ls", "-l"])
+        );
+        assert_eq!(
+            trim_to_dashes(&strings(&["--", "ls", "--", "x"])),
+            strings(&["ls", "--", "x"])
+        );
+        assert!(trim_to_dashes(&strings(&["--"])).is_empty());
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(0), 0);
+        assert_eq!(exit_code(3), 3);
+        assert_eq!(exit_code(-1), 1);
+        assert_eq!(exit_code(256), 1);
     }
 
     #[test]

@@ -31,6 +31,42 @@ struct Cli {
         default_value_t = 3.0
     )]
     request_timeout: f64,
+    /// Establish an SSH tunnel through the provided address for communication with fleet and
+    /// etcd (used by `ssh`, as ProxyJump).
+    #[arg(long, global = true, env = "FLEETCTL_TUNNEL")]
+    tunnel: Option<String>,
+    /// Username to use when connecting to CoreOS instance.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_USERNAME",
+        default_value = "core"
+    )]
+    ssh_username: String,
+    /// Verify host keys presented by remote machines before initiating SSH connections.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_STRICT_HOST_KEY_CHECKING",
+        default_value = "true",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    strict_host_key_checking: bool,
+    /// File used to store remote machine fingerprints (default ~/.fleetctl/known_hosts).
+    /// Ignored if strict host key checking is disabled.
+    #[arg(long, global = true, env = "FLEETCTL_KNOWN_HOSTS_FILE")]
+    known_hosts_file: Option<String>,
+    /// Amount of time in seconds to allow for SSH connection initialization before failing.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_TIMEOUT",
+        default_value_t = 10.0
+    )]
+    ssh_timeout: f64,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,8 +137,50 @@ enum Command {
         #[arg(required = true)]
         units: Vec<String>,
     },
+    /// Instruct systemd to restart one or more units in the cluster (stop, then start, one
+    /// unit after another).
+    Restart {
+        #[command(flatten)]
+        block: Block,
+        #[arg(required = true)]
+        units: Vec<String>,
+    },
     /// Output the contents of a submitted unit.
     Cat { unit: String },
+    /// Output the status of one or more units in the cluster (systemctl status, from the
+    /// machine that runs each).
+    Status {
+        #[arg(required = true)]
+        units: Vec<String>,
+    },
+    /// Print the journal of a unit in the cluster to stdout.
+    Journal {
+        /// Number of recent log lines to return.
+        #[arg(long, short = 'n', default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        lines: u32,
+        /// Continuously print new entries as they are appended to the journal.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// The machine (id or prefix) to read from, for a global unit.
+        #[arg(long)]
+        machine: Option<String>,
+        unit: String,
+    },
+    /// Open interactive shell on a machine in the cluster, or run COMMAND there.
+    Ssh {
+        /// Open SSH connection to a specific machine.
+        #[arg(long, short = 'm', conflicts_with = "unit")]
+        machine: Option<String>,
+        /// Open SSH connection to machine running provided unit.
+        #[arg(long, short = 'u')]
+        unit: Option<String>,
+        /// Forward local ssh-agent to target machine.
+        #[arg(long, short = 'A')]
+        forward_agent: bool,
+        /// MACHINE|UNIT, then the command to run (after `--` if it has options).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// List the current state of units in the cluster.
     ListUnits {
         #[command(flatten)]
@@ -150,6 +228,17 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let ssh = commands::SshOptions {
+        username: cli.ssh_username.clone(),
+        strict_host_key_checking: cli.strict_host_key_checking,
+        known_hosts_file: cli.known_hosts_file.clone().unwrap_or_else(|| {
+            let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+            format!("{home}/.fleetctl/known_hosts")
+        }),
+        tunnel: cli.tunnel.clone().filter(|t| !t.is_empty()),
+        forward_agent: false,
+        timeout: cli.ssh_timeout,
+    };
     let ctl = commands::Ctl::new(client);
     let code = runtime.block_on(async {
         match cli.command {
@@ -159,7 +248,28 @@ fn main() -> ExitCode {
             Command::Stop { block, units } => ctl.stop(&units, block).await,
             Command::Unload { block, units } => ctl.unload(&units, block).await,
             Command::Destroy { units } => ctl.destroy(&units).await,
+            Command::Restart { block, units } => ctl.restart(&units, block).await,
             Command::Cat { unit } => ctl.cat(&unit).await,
+            Command::Status { units } => ctl.status(&units).await,
+            Command::Journal {
+                lines,
+                follow,
+                machine,
+                unit,
+            } => ctl.journal(&unit, lines, follow, machine.as_deref()).await,
+            Command::Ssh {
+                machine,
+                unit,
+                forward_agent,
+                args,
+            } => {
+                let ssh = commands::SshOptions {
+                    forward_agent,
+                    ..ssh
+                };
+                ctl.ssh(&ssh, machine.as_deref(), unit.as_deref(), &args)
+                    .await
+            }
             Command::ListUnits { listing } => ctl.list_units(&listing).await,
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
@@ -167,4 +277,83 @@ fn main() -> ExitCode {
         }
     });
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["fleetctl"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
+    }
+
+    #[test]
+    fn ssh_command_lines() {
+        let cli = parse(&["ssh", "f1ee7002", "--", "ls", "-l"]);
+        let Command::Ssh { args, machine, .. } = cli.command else {
+            panic!("not ssh");
+        };
+        assert_eq!(machine, None);
+        assert_eq!(args[0], "f1ee7002");
+        assert_eq!(commands::trim_to_dashes(&args[1..]), ["ls", "-l"]);
+
+        let cli = parse(&[
+            "--strict-host-key-checking=false",
+            "--tunnel",
+            "10.0.0.1",
+            "ssh",
+            "-A",
+            "--unit",
+            "web",
+            "uptime",
+        ]);
+        assert!(!cli.strict_host_key_checking);
+        assert_eq!(cli.tunnel.as_deref(), Some("10.0.0.1"));
+        assert_eq!(cli.ssh_username, "core");
+        let Command::Ssh {
+            unit,
+            forward_agent,
+            args,
+            ..
+        } = cli.command
+        else {
+            panic!("not ssh");
+        };
+        assert_eq!(unit.as_deref(), Some("web"));
+        assert!(forward_agent);
+        assert_eq!(args, ["uptime"]);
+        assert!(parse(&["list-machines"]).strict_host_key_checking);
+    }
+
+    #[test]
+    fn journal_flags() {
+        let Command::Journal {
+            lines,
+            follow,
+            unit,
+            machine,
+        } = parse(&["journal", "-n", "5", "-f", "hello"]).command
+        else {
+            panic!("not journal");
+        };
+        assert_eq!(
+            (lines, follow, unit.as_str(), machine),
+            (5, true, "hello", None)
+        );
+        let Command::Journal { lines, follow, .. } = parse(&["journal", "hello"]).command else {
+            panic!("not journal");
+        };
+        assert_eq!((lines, follow), (10, false));
+        for bad in [
+            &["journal", "-n", "0", "x"][..],
+            &["journal", "a", "b"],
+            &["journal"],
+        ] {
+            let mut argv = vec!["fleetctl"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
 }

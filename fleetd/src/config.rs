@@ -31,7 +31,21 @@ pub struct Config {
     /// TCP addresses to serve the API on when systemd passes no sockets (not in fleet, whose
     /// users added a `ListenStream=` to fleet.socket instead; that works here too).
     pub api_listen: Vec<String>,
+    /// Where other fleetds reach this one for journals and statuses (not in fleet, whose
+    /// fleetctl used SSH for these).
+    pub peer_listen: PeerListen,
 }
+
+/// The `peer_listen` key: `<public_ip>:49154` by default, an `address:port`, or `off`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerListen {
+    /// The public address, port [`DEFAULT_PEER_PORT`].
+    Default,
+    Off,
+    Address(std::net::SocketAddr),
+}
+
+pub const DEFAULT_PEER_PORT: u16 = 49154;
 
 impl Default for Config {
     fn default() -> Self {
@@ -54,6 +68,7 @@ impl Default for Config {
             token_limit: 100,
             verbosity: 0,
             api_listen: Vec::new(),
+            peer_listen: PeerListen::Default,
         }
     }
 }
@@ -77,6 +92,7 @@ const KEYS: &[&str] = &[
     "token_limit",
     "verbosity",
     "api_listen",
+    "peer_listen",
 ];
 
 impl Config {
@@ -181,6 +197,16 @@ impl Config {
                         .with_context(|| format!("{a:?} is not an address:port"))?;
                 }
                 self.api_listen = addrs;
+            }
+            "peer_listen" => {
+                self.peer_listen = match value {
+                    "" => PeerListen::Default,
+                    v if v.eq_ignore_ascii_case("off") => PeerListen::Off,
+                    v => PeerListen::Address(
+                        v.parse()
+                            .with_context(|| format!("{v:?} is not an address:port or off"))?,
+                    ),
+                }
             }
             _ => unreachable!("only known keys are set"),
         }
@@ -353,12 +379,36 @@ mod tests {
             ("etcd_request_timeout=-1", "etcd_request_timeout"),
             ("units_directory=relative/dir", "units_directory"),
             ("disable_engine=maybe", "disable_engine"),
+            ("peer_listen=10.0.0.1", "peer_listen"),
+            ("peer_listen=on", "peer_listen"),
             ("just a line", "line 1"),
         ];
         for (file, key) in cases {
             let err = load(file, &[]).expect_err(file);
             assert!(format!("{err:#}").contains(key), "{file}: {err:#}");
         }
+    }
+
+    #[test]
+    fn peer_listen() {
+        assert_eq!(load("", &[]).unwrap().peer_listen, PeerListen::Default);
+        assert_eq!(
+            load("peer_listen=off", &[]).unwrap().peer_listen,
+            PeerListen::Off
+        );
+        assert_eq!(
+            load("peer_listen=0.0.0.0:5000", &[]).unwrap().peer_listen,
+            PeerListen::Address("0.0.0.0:5000".parse().unwrap())
+        );
+        assert_eq!(
+            load(
+                "peer_listen=off",
+                &[("FLEET_PEER_LISTEN", "10.0.0.2:49154")]
+            )
+            .unwrap()
+            .peer_listen,
+            PeerListen::Address("10.0.0.2:49154".parse().unwrap())
+        );
     }
 
     #[test]

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use fleet_registry::{EtcdConfig, Machine, Presence, Registry};
+use fleet_registry::{EtcdConfig, Machine, MachineRecord, Presence, Registry};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use config::Config;
+use config::{Config, PeerListen};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const DEFAULT_SOCKET: &str = "/var/run/fleet.sock";
@@ -145,15 +145,30 @@ async fn run(args: Args, config: Config) -> Result<()> {
     .context("cannot set up the etcd client")?;
 
     // The API first: it answers (503) even while etcd is unreachable.
-    let router = fleet_api::server::router(registry.clone(), VERSION, config.token_limit);
+    let secret = fleet_api::peer::Secret::new();
+    let inspect = fleet_api::server::Inspect {
+        machine: machine_id.clone(),
+        peers: fleet_api::peer::PeerClient::new(secret.clone()),
+    };
+    let router = fleet_api::server::router_with(
+        registry.clone(),
+        VERSION,
+        config.token_limit,
+        Some(inspect),
+    );
     serve_api(router, &config).await?;
+    let peer_address = serve_peers(&config, &public_ip, secret.clone()).await?;
     system::notify_ready();
+    tokio::spawn(learn_peer_secret(registry.clone(), secret));
 
-    let machine = Machine {
-        id: machine_id.clone(),
-        public_ip,
-        metadata: config.metadata.clone(),
-        version: VERSION.to_string(),
+    let machine = MachineRecord {
+        machine: Machine {
+            id: machine_id.clone(),
+            public_ip,
+            metadata: config.metadata.clone(),
+            version: VERSION.to_string(),
+        },
+        peer_address,
     };
     let lease_file = config.units_directory.join("..").join("lease");
     let members = async {
@@ -269,6 +284,78 @@ async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Serves the peer endpoint (journals and statuses for other fleetds) as `peer_listen` says;
+/// returns the address other fleetds reach it at, if any. A default listener that cannot bind
+/// is a warning; an explicitly configured one is an error.
+async fn serve_peers(
+    config: &Config,
+    public_ip: &str,
+    secret: fleet_api::peer::Secret,
+) -> Result<Option<String>> {
+    use std::net::{IpAddr, SocketAddr};
+    let public: Option<IpAddr> = public_ip.parse().ok();
+    let (bind, explicit) = match &config.peer_listen {
+        PeerListen::Off => return Ok(None),
+        PeerListen::Address(a) => (*a, true),
+        PeerListen::Default => match public {
+            Some(ip) => (SocketAddr::new(ip, config::DEFAULT_PEER_PORT), false),
+            None => {
+                tracing::warn!(
+                    "no public address: other machines cannot read journals and statuses here (set public_ip or peer_listen)"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let listener = match tokio::net::TcpListener::bind(bind).await {
+        Ok(l) => l,
+        Err(e) if !explicit => {
+            tracing::warn!(address = %bind, error = %e, "cannot serve the peer endpoint");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot listen on {bind} (peer_listen)")),
+    };
+    let local = listener.local_addr()?;
+    let advertised = if local.ip().is_unspecified() {
+        public.map(|ip| SocketAddr::new(ip, local.port()))
+    } else {
+        Some(local)
+    };
+    tracing::info!(address = %local, ?advertised, "serving the peer endpoint");
+    let router = fleet_api::peer::router(secret, VERSION);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "peer endpoint stopped");
+        }
+    });
+    Ok(advertised.map(|a| a.to_string()))
+}
+
+/// Learns the cluster's peer secret from etcd, creating it if this is the first fleetd;
+/// retries until etcd answers.
+async fn learn_peer_secret(registry: Registry, secret: fleet_api::peer::Secret) {
+    let candidate = match system::random_hex(32) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot make a peer secret; journals and statuses of other machines are unavailable");
+            return;
+        }
+    };
+    loop {
+        match registry.peer_secret(&candidate).await {
+            Ok(s) => {
+                secret.set(s);
+                tracing::debug!("peer secret known");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the peer secret yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Binds the default unix socket, replacing a stale one, readable by root only: whoever can

@@ -12,6 +12,7 @@
 //! | `engine/leader` | the leading machine's id | the leader's |
 //! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
+//! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
 //!
 //! Liveness is one lease per machine: when a machine dies, its record, its unit states and the
 //! placements made to it disappear together, and watchers learn it from one set of delete
@@ -34,7 +35,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use model::{
-    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Placement, Unit, UnitState,
+    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, MachineRecord, Placement,
+    Unit, UnitState,
 };
 pub use presence::{Presence, PresenceStatus};
 pub use watch::Changes;
@@ -283,6 +285,9 @@ impl Registry {
     fn metadata_key(&self, id: &MachineId) -> String {
         self.key(&format!("metadata/{id}"))
     }
+    fn peer_secret_key(&self) -> String {
+        self.key("peer/secret")
+    }
 
     // ---- plumbing ---------------------------------------------------------------------------
 
@@ -426,6 +431,44 @@ impl Registry {
         Ok(items.into_iter().map(|(_, m)| m).collect())
     }
 
+    /// All live machines' full records (with their peer addresses), sorted by id.
+    pub async fn machine_records(&self) -> Result<Vec<MachineRecord>> {
+        let (_, items) = self.range::<MachineRecord>(&self.machines_prefix()).await?;
+        Ok(items.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// The cluster's peer secret: `candidate` is stored if there is none yet (create-if-absent,
+    /// so concurrent fleetds agree on one), and the stored secret is returned.
+    pub async fn peer_secret(&self, candidate: &str) -> Result<String> {
+        let key = self.peer_secret_key();
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(
+                key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), candidate, None)])
+            .or_else(vec![TxnOp::get(key.clone(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(candidate.to_string());
+        }
+        for r in resp.op_responses() {
+            if let TxnOpResponse::Get(g) = r {
+                if let Some(kv) = g.kvs().first() {
+                    let secret = kv
+                        .value_str()
+                        .map_err(|_| Error::Protocol(format!("{key} is not text")))?;
+                    if secret.is_empty() {
+                        return Err(Error::Protocol(format!("{key} is empty")));
+                    }
+                    return Ok(secret.to_string());
+                }
+            }
+        }
+        Err(Error::Protocol(format!("{key} vanished while being read")))
+    }
+
     /// Every unit state published by every live machine, sorted by machine then unit.
     pub async fn unit_states(&self) -> Result<Vec<UnitState>> {
         let (_, items) = self.range::<UnitState>(&self.states_prefix()).await?;
@@ -519,7 +562,7 @@ impl Registry {
             let Some(record) = record.kvs().first() else {
                 return Ok(false);
             };
-            let mut machine: Machine = decode(record)?;
+            let mut machine: MachineRecord = decode(record)?;
             let (mut overrides, stored_revision) = match stored.kvs().first() {
                 Some(kv) => (decode::<MetadataOverrides>(kv)?, kv.mod_revision()),
                 None => (MetadataOverrides::new(), 0),
@@ -527,8 +570,8 @@ impl Registry {
             for (key, value) in changes {
                 overrides.insert(key.clone(), value.clone());
                 match value {
-                    Some(v) => machine.metadata.insert(key.clone(), v.clone()),
-                    None => machine.metadata.remove(key),
+                    Some(v) => machine.machine.metadata.insert(key.clone(), v.clone()),
+                    None => machine.machine.metadata.remove(key),
                 };
             }
             let txn = Txn::new()

@@ -1,0 +1,264 @@
+//! Reading a unit's journal and status on this machine: `journalctl` and `systemctl status` as
+//! child processes (read-only; arguments passed as a vector, never through a shell), and the
+//! validation of what a request asks for.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use fleet_units::UnitName;
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+/// A body streamed from a child process or a peer.
+pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// The most journal lines one request may ask for.
+pub const MAX_LINES: u32 = 100_000;
+
+/// fleetctl's default `--lines`.
+pub const DEFAULT_LINES: u32 = 10;
+
+/// The response header carrying `systemctl status`'s exit code.
+pub const EXIT_STATUS_HEADER: &str = "x-fleet-exit-status";
+
+/// How long `systemctl status` may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a journal request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalQuery {
+    pub lines: u32,
+    pub follow: bool,
+}
+
+impl JournalQuery {
+    /// From the `lines` and `follow` query parameters: `lines` a positive integer up to
+    /// [`MAX_LINES`] (default [`DEFAULT_LINES`]), `follow` `true` or `false` (default false).
+    pub fn from_params(params: &BTreeMap<String, Vec<String>>) -> Result<JournalQuery, String> {
+        let one = |key: &str| -> Result<Option<&str>, String> {
+            match params.get(key).map(Vec::as_slice) {
+                None | Some([]) => Ok(None),
+                Some([v]) => Ok(Some(v.as_str())),
+                Some(_) => Err(format!("{key} given more than once")),
+            }
+        };
+        let lines = match one("lines")? {
+            None => DEFAULT_LINES,
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=MAX_LINES).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "invalid lines {v:?}: expected an integer from 1 to {MAX_LINES}"
+                    ))
+                }
+            },
+        };
+        let follow = match one("follow")? {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(v) => return Err(format!("invalid follow {v:?}: expected true or false")),
+        };
+        Ok(JournalQuery { lines, follow })
+    }
+
+    /// As query parameters, for a request to a peer.
+    pub fn to_params(self) -> [(&'static str, String); 2] {
+        [
+            ("lines", self.lines.to_string()),
+            ("follow", self.follow.to_string()),
+        ]
+    }
+}
+
+/// The arguments of `journalctl` for a unit (the name is one argument, attached to its option
+/// so that it can never be read as an option).
+pub fn journal_args(unit: &UnitName, query: JournalQuery) -> Vec<String> {
+    let mut args = vec![
+        format!("--unit={unit}"),
+        "--no-pager".to_string(),
+        "-n".to_string(),
+        query.lines.to_string(),
+    ];
+    if query.follow {
+        args.push("--follow".to_string());
+    }
+    args
+}
+
+/// The arguments of `systemctl` for a unit's status.
+pub fn status_args(unit: &UnitName) -> Vec<String> {
+    vec![
+        "status".to_string(),
+        "--no-pager".to_string(),
+        "-l".to_string(),
+        "--".to_string(),
+        unit.to_string(),
+    ]
+}
+
+/// The line that opens one machine's section when a unit runs on several machines:
+/// `=== f1ee7001.../10.233.0.11 ===`.
+pub fn section_header(machine_id: &str, ip: &str) -> String {
+    let short = if machine_id.len() > 8 {
+        format!("{}...", &machine_id[..8])
+    } else {
+        machine_id.to_string()
+    };
+    if ip.is_empty() {
+        format!("=== {short} ===\n")
+    } else {
+        format!("=== {short}/{ip} ===\n")
+    }
+}
+
+fn command(program: &str, args: &[String]) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env("SYSTEMD_COLORS", "0")
+        .env("SYSTEMD_PAGER", "")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Streams `journalctl --unit UNIT --no-pager -n N [--follow]` run on this machine. The child
+/// is killed when the stream is dropped (the client went away); what it wrote to stderr
+/// follows its output.
+pub fn local_journal(unit: &UnitName, query: JournalQuery) -> std::io::Result<ByteStream> {
+    let mut child = command("journalctl", &journal_args(unit, query)).spawn()?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    // The child travels with the stream, so dropping the stream kills it.
+    let body = stream::unfold((stdout, Some(child)), |(mut stdout, child)| async move {
+        let out = stdout.as_mut()?;
+        let mut buf = vec![0u8; 16 * 1024];
+        match out.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), (stdout, child)))
+            }
+            Err(e) => Some((Err(e), (None, child))),
+        }
+    });
+    let tail = stream::once(async move {
+        let mut text = Vec::new();
+        if let Some(mut err) = stderr {
+            let _ = err.read_to_end(&mut text).await;
+        }
+        Ok(Bytes::from(text))
+    })
+    .filter(|chunk| {
+        let keep = !matches!(chunk, Ok(b) if b.is_empty());
+        async move { keep }
+    });
+    Ok(body.chain(tail).boxed())
+}
+
+/// `systemctl status --no-pager -l UNIT` on this machine: its exit code and its output
+/// (stdout, then stderr).
+pub async fn local_status(unit: &UnitName) -> std::io::Result<(i32, Vec<u8>)> {
+    let child = command("systemctl", &status_args(unit)).spawn()?;
+    let output = tokio::time::timeout(STATUS_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("systemctl status did not finish within {STATUS_TIMEOUT:?}"),
+            )
+        })??;
+    let mut text = output.stdout;
+    text.extend_from_slice(&output.stderr);
+    Ok((output.status.code().unwrap_or(1), text))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in pairs {
+            out.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn journal_queries_are_validated() {
+        let ok = [
+            (vec![], 10, false),
+            (vec![("lines", "5")], 5, false),
+            (vec![("lines", "100000"), ("follow", "true")], 100_000, true),
+            (vec![("follow", "false")], 10, false),
+        ];
+        for (pairs, lines, follow) in ok {
+            assert_eq!(
+                JournalQuery::from_params(&params(&pairs)),
+                Ok(JournalQuery { lines, follow }),
+                "{pairs:?}"
+            );
+        }
+        let bad = [
+            vec![("lines", "0")],
+            vec![("lines", "-1")],
+            vec![("lines", "100001")],
+            vec![("lines", "ten")],
+            vec![("lines", "5; rm -rf /")],
+            vec![("lines", "")],
+            vec![("lines", "1"), ("lines", "2")],
+            vec![("follow", "yes")],
+            vec![("follow", "")],
+        ];
+        for pairs in bad {
+            assert!(
+                JournalQuery::from_params(&params(&pairs)).is_err(),
+                "{pairs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn command_lines() {
+        // A name may start with `-`: it stays attached to its option, or after `--`.
+        let unit = UnitName::parse("-x@1.service").unwrap();
+        let args = journal_args(
+            &unit,
+            JournalQuery {
+                lines: 5,
+                follow: true,
+            },
+        );
+        assert_eq!(args[0], format!("--unit={unit}"));
+        assert_eq!(&args[1..], ["--no-pager", "-n", "5", "--follow"]);
+        let args = journal_args(
+            &unit,
+            JournalQuery {
+                lines: 10,
+                follow: false,
+            },
+        );
+        assert!(!args.contains(&"--follow".to_string()));
+        assert_eq!(
+            status_args(&unit),
+            ["status", "--no-pager", "-l", "--", unit.as_str()]
+        );
+    }
+
+    #[test]
+    fn section_headers() {
+        assert_eq!(
+            section_header("f1ee7001000000000000000000000000", "10.233.0.11"),
+            "=== f1ee7001.../10.233.0.11 ===\n"
+        );
+        assert_eq!(
+            section_header("f1ee7001000000000000000000000000", ""),
+            "=== f1ee7001... ===\n"
+        );
+    }
+}

@@ -1,0 +1,364 @@
+//! Reading a unit from anywhere: `fleetctl journal`, `status` and `restart` through the API of
+//! a machine that does not run the unit (its fleetd asks the right machine's peer endpoint).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use fleet_e2e::{cluster, eventually, node_in, node_ip, target_dir, Cluster, NODES};
+
+/// A unit name of this test run: systemd in the nodes may keep a stopped unit's cgroup a
+/// while, and a unit started again under the same name then fails (219/CGROUP).
+fn unique(stem: &str) -> String {
+    format!("{stem}{}.service", std::process::id())
+}
+
+/// A service that prints `tick N`, N counting up, every second, on machine `machine_id`.
+fn counter_unit(machine_id: &str) -> String {
+    format!(
+        "[Unit]\nDescription=counter\n\n[Service]\nExecStart=/bin/bash -c 'i=0; while true; do i=$$((i+1)); echo tick $$i; sleep 1; done'\n\n[X-Fleet]\nMachineID={machine_id}\n"
+    )
+}
+
+fn ticks(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter_map(|l| {
+            l.rsplit_once("tick ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// A node other than `node`, whose API the test talks to.
+fn other_than(node: u32) -> u32 {
+    if node == 1 {
+        2
+    } else {
+        1
+    }
+}
+
+/// How many `journalctl` processes for `unit` run on node `n`.
+fn journalctls(c: &Cluster, n: u32, unit: &str) -> usize {
+    let script = format!(
+        "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^journalctl --unit={unit}' || true"
+    );
+    let out = c.exec(n, &["/bin/bash", "-c", &script]);
+    out.stdout.trim().parse().unwrap_or(usize::MAX)
+}
+
+/// A raw HTTP/1.0 GET, for requests fleetctl never makes; the whole answer.
+fn http_get(address: &str, path_and_query: &str, headers: &[&str]) -> String {
+    let mut stream = std::net::TcpStream::connect(address).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {address}\r\n");
+    for h in headers {
+        request.push_str(h);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn journal_status_restart_of_a_unit_on_another_machine() {
+    let c = cluster();
+    let name = unique("jcounter");
+    let name = name.as_str();
+    let path = c.unit_file(name, &counter_unit(&c.machine_id(2)));
+    let out = c
+        .fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    // The engine may not honour MachineID yet: read from a node that does not run the unit.
+    let node = node_in(&out.stdout).expect("start names the machine");
+    let api = other_than(node);
+    let fleetctl = |args: &[&str]| c.fleetctl_via(api, args);
+
+    // The last 5 lines: 5 ticks once the unit has ticked long enough.
+    let last = eventually(Duration::from_secs(20), || {
+        let out = fleetctl(&["journal", "-n", "5", name]);
+        (out.ok() && out.stdout.lines().count() == 5 && ticks(&out.stdout).len() == 5)
+            .then_some(out.stdout)
+    })
+    .unwrap_or_else(|| panic!("no 5 ticks: {:#?}", fleetctl(&["journal", "-n", "5", name])));
+    let numbers = ticks(&last);
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "not consecutive: {last}"
+    );
+    // The default is 10 lines.
+    let ten = eventually(Duration::from_secs(15), || {
+        let out = fleetctl(&["journal", name]);
+        (ticks(&out.stdout).len() == 10).then_some(())
+    });
+    assert!(ten.is_some(), "journal without -n shows no 10 ticks");
+
+    // Following: new lines arrive as the unit writes them; the child on the unit's machine
+    // ends when the reader goes away.
+    let mut child = Command::new(target_dir().join("debug/fleetctl"))
+        .env(
+            "FLEETCTL_ENDPOINT",
+            format!("http://{}:49153", node_ip(api)),
+        )
+        .args(["journal", "-f", "-n", "1", name])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fleetctl journal -f");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("journal -f printed nothing");
+    let first_tick = ticks(&first).first().copied().expect("a tick line");
+    let newer = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no new line within 10 s");
+        if let Some(n) = ticks(&line).first().copied() {
+            break n;
+        }
+    };
+    assert!(newer > first_tick, "{newer} after {first_tick}");
+    assert_eq!(
+        journalctls(c, node, name),
+        1,
+        "journalctl -f on the unit's machine"
+    );
+    child.kill().unwrap();
+    let _ = child.wait();
+    let gone = eventually(Duration::from_secs(10), || {
+        (journalctls(c, node, name) == 0).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "journalctl still runs after the reader left"
+    );
+
+    // Status: systemctl's text and exit code.
+    let out = fleetctl(&["status", name]).expect_ok("status");
+    assert!(
+        out.stdout.contains("Active: active (running)"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains(name), "{}", out.stdout);
+
+    // Restart: fleet's messages, and running again (the counter starts over).
+    let out = fleetctl(&["restart", name]).expect_ok("restart");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert!(
+        lines[0].starts_with(&format!("Unit {name} loaded on f1ee70")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[1].starts_with(&format!("Unit {name} launched on f1ee70")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(node_in(lines[1]), Some(node), "{}", out.stdout);
+    assert_eq!(c.is_active(node, name), "active");
+    let restarted = eventually(Duration::from_secs(10), || {
+        let out = fleetctl(&["journal", "-n", "3", name]);
+        out.stdout.contains("tick 1\n").then_some(())
+    });
+    assert!(restarted.is_some(), "the counter did not start over");
+    let out = fleetctl(&["restart", "--no-block", name]).expect_ok("restart --no-block");
+    assert_eq!(
+        out.stdout,
+        format!("Triggered unit {name} stop\nTriggered unit {name} start\n")
+    );
+    let active = eventually(Duration::from_secs(10), || {
+        (c.is_active(node, name) == "active").then_some(())
+    });
+    assert!(active.is_some(), "not active after restart --no-block");
+
+    // A stopped unit: systemctl status's exit code 3 comes through.
+    c.fleetctl(&["stop", name]).expect_ok("stop");
+    let out = fleetctl(&["status", name]);
+    assert_eq!(out.code, Some(3), "{out:#?}");
+    assert!(out.stdout.contains("inactive (dead)"), "{}", out.stdout);
+
+    // The peer endpoint wants the cluster secret.
+    let peer = format!("{}:49154", node_ip(node));
+    let answer = http_get(&peer, &format!("/fleet/peer/v1/status?unit={name}"), &[]);
+    assert!(answer.starts_with("HTTP/1.0 401"), "{answer}");
+    assert!(answer.contains("\"code\":401"), "{answer}");
+    let answer = http_get(
+        &peer,
+        &format!("/fleet/peer/v1/status?unit={name}"),
+        &["Authorization: Bearer wrong"],
+    );
+    assert!(answer.starts_with("HTTP/1.0 401"), "{answer}");
+
+    c.fleetctl(&["destroy", name]).expect_ok("destroy");
+}
+
+#[test]
+fn missing_units_and_bad_requests_are_refused() {
+    let c = cluster();
+    let out = c.fleetctl(&["journal", "nosuch"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(out.stderr, "Unit nosuch.service does not exist.\n");
+    let out = c.fleetctl(&["status", "nosuch.service"]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(out.stderr, "Unit nosuch.service does not exist.\n");
+
+    let api = format!("{}:49153", node_ip(1));
+    let answer = http_get(&api, "/fleet/v1/units/nosuch.service/journal", &[]);
+    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
+    assert!(answer.contains("\"code\":404"), "{answer}");
+    for query in ["lines=0", "lines=abc", "lines=1000001", "follow=maybe"] {
+        let answer = http_get(
+            &api,
+            &format!("/fleet/v1/units/nosuch.service/journal?{query}"),
+            &[],
+        );
+        assert!(answer.starts_with("HTTP/1.0 400"), "{query}: {answer}");
+    }
+    let answer = http_get(&api, "/fleet/v1/units/bad%20name.service/status", &[]);
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+
+    // A unit known but placed nowhere.
+    let idle = unique("jidle");
+    let idle = idle.as_str();
+    let path = c.unit_file(idle, &fleet_e2e::ticker_unit("idle"));
+    c.fleetctl(&["submit", &path.to_string_lossy()])
+        .expect_ok("submit");
+    let out = c.fleetctl(&["journal", idle]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        format!("Unit {idle} does not appear to be running.\n")
+    );
+    let answer = http_get(&api, &format!("/fleet/v1/units/{idle}/status"), &[]);
+    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
+    assert!(answer.contains("does not run on any machine"), "{answer}");
+    c.fleetctl(&["destroy", idle]).expect_ok("destroy");
+}
+
+#[test]
+fn a_global_unit_has_one_section_per_machine() {
+    let c = cluster();
+    let name = unique("jglobal");
+    let name = name.as_str();
+    let path = c.unit_file(
+        name,
+        "[Service]\nExecStart=/bin/bash -c 'while true; do echo gtick; sleep 1; done'\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    c.fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let headers = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("=== "))
+            .map(str::to_string)
+            .collect()
+    };
+    let all = eventually(Duration::from_secs(20), || {
+        let out = c.fleetctl(&["journal", "-n", "2", name]);
+        let h = headers(&out.stdout);
+        (out.ok()
+            && h.len() == NODES as usize
+            && out.stdout.matches("gtick").count() >= 2 * NODES as usize)
+            .then_some(out.stdout)
+    })
+    .unwrap_or_else(|| panic!("{:#?}", c.fleetctl(&["journal", "-n", "2", name])));
+    for n in 1..=NODES {
+        let want = format!("=== f1ee70{n:02}.../{} ===", node_ip(n));
+        assert!(headers(&all).contains(&want), "{want} missing: {all}");
+    }
+
+    let out = c.fleetctl(&["journal", "-f", name]);
+    assert_eq!(out.code, Some(1), "{out:#?}");
+    assert!(
+        out.stderr.contains("pick one with machineID"),
+        "{}",
+        out.stderr
+    );
+    let out = c.fleetctl(&["journal", "-n", "2", "--machine", "f1ee7003", name]);
+    assert!(out.ok(), "{out:#?}");
+    assert!(headers(&out.stdout).is_empty(), "{}", out.stdout);
+    assert_eq!(out.stdout.matches("gtick").count(), 2, "{}", out.stdout);
+
+    let out = c.fleetctl(&["status", name]).expect_ok("status");
+    assert_eq!(headers(&out.stdout).len(), NODES as usize, "{}", out.stdout);
+    assert_eq!(
+        out.stdout.matches("Active: active (running)").count(),
+        NODES as usize,
+        "{}",
+        out.stdout
+    );
+    c.fleetctl(&["destroy", name]).expect_ok("destroy");
+}
+
+#[test]
+fn a_quiet_followed_journal_ends_with_its_reader() {
+    let c = cluster();
+    let name = unique("jquiet");
+    let name = name.as_str();
+    let path = c.unit_file(
+        name,
+        "[Service]\nExecStart=/bin/bash -c 'echo once; exec sleep infinity'\n",
+    );
+    let out = c
+        .fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let node = node_in(&out.stdout).expect("start names the machine");
+    // Both ways: through another machine's peer endpoint, and read locally.
+    for api in [other_than(node), node] {
+        let mut child = Command::new(target_dir().join("debug/fleetctl"))
+            .env(
+                "FLEETCTL_ENDPOINT",
+                format!("http://{}:49153", node_ip(api)),
+            )
+            .args(["journal", "-f", name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run fleetctl journal -f");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let seen = eventually(Duration::from_secs(10), || {
+            rx.try_recv().ok().filter(|l| l.ends_with("once"))
+        });
+        assert!(
+            seen.is_some(),
+            "journal -f via node{api} never showed the line"
+        );
+        assert_eq!(journalctls(c, node, name), 1, "via node{api}");
+        child.kill().unwrap();
+        let _ = child.wait();
+        // Nothing more is written, yet the journalctl ends.
+        let gone = eventually(Duration::from_secs(10), || {
+            (journalctls(c, node, name) == 0).then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "journalctl outlives its reader via node{api}"
+        );
+    }
+    c.fleetctl(&["destroy", name]).expect_ok("destroy");
+}
