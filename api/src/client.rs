@@ -65,6 +65,8 @@ pub struct Client {
     base: String,
     endpoint: String,
     timeout: Duration,
+    /// Print each request's URL and answer status to stderr (`fleetctl --debug`).
+    debug: bool,
 }
 
 impl Client {
@@ -95,7 +97,24 @@ impl Client {
             base: format!("{base}/fleet/v1"),
             endpoint: endpoint.to_string(),
             timeout,
+            debug: false,
         })
+    }
+
+    /// Prints each request and its answer's status to stderr.
+    pub fn with_debug(mut self, debug: bool) -> Client {
+        self.debug = debug;
+        self
+    }
+
+    fn trace(&self, method: &Method, response: &reqwest::Response) {
+        if self.debug {
+            eprintln!(
+                "DEBUG: {method} {} -> {}",
+                response.url(),
+                response.status()
+            );
+        }
     }
 
     fn transport_error(&self, e: reqwest::Error) -> ClientError {
@@ -126,12 +145,13 @@ impl Client {
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
         let mut request = self
             .http
-            .request(method, format!("{}{}", self.base, path))
+            .request(method.clone(), format!("{}{}", self.base, path))
             .query(query);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        self.trace(&method, &response);
         let status = response.status();
         let bytes = response
             .bytes()
@@ -263,6 +283,7 @@ impl Client {
             .get(format!("{}/units/{}/journal", self.base, escape(name)))
             .query(&query);
         let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        self.trace(&Method::GET, &response);
         let response = self.check(response).await?;
         Ok(Journal {
             response,
@@ -288,6 +309,7 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
+        self.trace(&Method::GET, &response);
         let response = self.check(response).await?;
         let code = response
             .headers()

@@ -166,3 +166,86 @@ fn bad_input_is_refused_and_changes_nothing() {
         .stdout;
     assert_eq!(before, after);
 }
+
+#[test]
+fn replace_puts_new_content_in_place_of_the_running_unit() {
+    let c = cluster();
+    let name = format!("replaceme-{}.service", std::process::id());
+    let version = |v: &str| {
+        format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {v}; sleep 1; done'\n")
+    };
+    let path = c.unit_file(&name, &version("first"));
+    let path = path.to_string_lossy().into_owned();
+    let out = c.fleetctl(&["start", &path]).expect_ok("start");
+    let node = node_in(&out.stdout).expect("machine");
+    let on_disk = |c: &fleet_e2e::Cluster| {
+        c.exec(node, &["cat", &format!("/run/fleet/units/{name}")])
+            .stdout
+    };
+    assert!(on_disk(c).contains("echo first"));
+
+    c.unit_file(&name, &version("second"));
+    let refused = c
+        .fleetctl(&["submit", "--replace", &path])
+        .expect_ok("submit --replace");
+    assert!(refused.stderr.contains("can not replace"), "{refused:#?}");
+    assert!(
+        on_disk(c).contains("echo first"),
+        "submit must not replace a launched unit"
+    );
+
+    let out = c
+        .fleetctl(&["start", "--replace", &path])
+        .expect_ok("start --replace");
+    assert!(
+        out.stdout.contains(&format!("Unit {name} launched on")),
+        "{}",
+        out.stdout
+    );
+    let content = on_disk(c);
+    let active = c.is_active(node, &name);
+    let cat = c.fleetctl(&["cat", &name]).expect_ok("cat");
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+    assert!(content.contains("echo second"), "{content}");
+    assert_eq!(active, "active");
+    assert!(cat.stdout.contains("echo second"), "{}", cat.stdout);
+}
+
+#[test]
+fn list_commands_speak_json_for_scripts() {
+    let c = cluster();
+    let machines = c
+        .fleetctl(&["list-machines", "--output", "json"])
+        .expect_ok("list-machines --output json");
+    let parsed: serde_json::Value =
+        serde_json::from_str(&machines.stdout).expect("one JSON document");
+    let list = parsed.as_array().expect("an array of machines");
+    assert_eq!(list.len(), NODES as usize);
+    assert!(list
+        .iter()
+        .all(|m| m["id"].as_str().is_some_and(|id| id.len() == 32) && m["primaryIP"].is_string()));
+
+    let path = c.unit_file("json.service", &ticker_unit("json"));
+    c.fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let units = c
+        .fleetctl(&["list-units", "-o", "json"])
+        .expect_ok("list-units -o json");
+    let files = c
+        .fleetctl(&["list-unit-files", "-o", "json"])
+        .expect_ok("list-unit-files -o json");
+    c.fleetctl(&["destroy", "json.service"])
+        .expect_ok("destroy");
+    let states: serde_json::Value = serde_json::from_str(&units.stdout).expect("JSON");
+    let state = states
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "json.service"))
+        .expect("json.service listed");
+    assert_eq!(state["systemdActiveState"], "active");
+    let files: serde_json::Value = serde_json::from_str(&files.stdout).expect("JSON");
+    let unit = files
+        .as_array()
+        .and_then(|a| a.iter().find(|u| u["name"] == "json.service"))
+        .expect("json.service listed");
+    assert_eq!(unit["desiredState"], "launched");
+}

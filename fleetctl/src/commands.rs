@@ -9,7 +9,7 @@ use fleet_api::{Client, ClientError};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
 use tokio::time::Instant;
 
-use crate::{table, Block, Listing};
+use crate::{table, Block, Listing, Output};
 
 /// fleet's wait between two checks of a unit's state; `--block-attempts` counts these.
 const ATTEMPT: Duration = Duration::from_millis(500);
@@ -18,6 +18,12 @@ const POLL: Duration = Duration::from_millis(20);
 
 pub struct Ctl {
     client: Client,
+    /// `--replace`: the command (submit, load or start) whose rules say which desired states
+    /// allow replacing a unit whose local file differs.
+    replace: Option<&'static str>,
+    /// Units replaced by this invocation, with the hash their machine must report before the
+    /// wait is over.
+    replaced: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 fn stderr(msg: impl std::fmt::Display) {
@@ -26,7 +32,17 @@ fn stderr(msg: impl std::fmt::Display) {
 
 impl Ctl {
     pub fn new(client: Client) -> Ctl {
-        Ctl { client }
+        Ctl {
+            client,
+            replace: None,
+            replaced: Default::default(),
+        }
+    }
+
+    /// Replace units whose local file differs (`--replace`), with the rules of `command`.
+    pub fn replacing(mut self, command: &'static str) -> Ctl {
+        self.replace = Some(command);
+        self
     }
 
     // ---- changing the desired state -------------------------------------------------------
@@ -188,7 +204,10 @@ impl Ctl {
                 .await
                 .map_err(|e| format!("error retrieving Unit({name}) from Registry: {e}"))?
             {
-                warn_on_different_local_unit(arg, &existing);
+                match self.replace {
+                    Some(command) => self.replace_unit(command, arg, &name, &existing).await?,
+                    None => warn_on_different_local_unit(arg, &existing),
+                }
                 names.push(name);
                 continue;
             }
@@ -239,6 +258,66 @@ impl Ctl {
         Ok(names)
     }
 
+    /// `--replace`: when the local file differs from the unit in the cluster and the unit's
+    /// desired state allows it for this command (fleet's rules), submit the new content; the
+    /// agent then stops the old one and starts the new one in its place.
+    async fn replace_unit(
+        &self,
+        command: &str,
+        arg: &str,
+        name: &UnitName,
+        existing: &Unit,
+    ) -> Result<(), String> {
+        let path = std::path::Path::new(arg);
+        if !path.exists() {
+            return Ok(());
+        }
+        let local = read_unit_file(path)
+            .map_err(|e| format!("failed getting Unit({name}) from file: {e}"))?;
+        let registered = UnitFile::from_options(existing.options.clone());
+        if local.hash() == registered.hash() {
+            return Ok(());
+        }
+        if !replace_allowed(command, &existing.desired_state) {
+            stderr(format_args!(
+                "Warning: can not replace Unit({name}) in state '{}', use the appropriate command",
+                existing.desired_state
+            ));
+            return Ok(());
+        }
+        Requirements::from_unit(name, &local)
+            .map_err(|e| format!("invalid [X-Fleet] section of {name}: {e}"))?;
+        let hash = local.hash().to_string();
+        let unit = Unit {
+            name: name.to_string(),
+            options: local.into_options(),
+            ..Default::default()
+        };
+        self.client
+            .create_unit(&unit)
+            .await
+            .map_err(|e| format!("failed replacing unit {name}: {e}"))?;
+        if let Ok(mut replaced) = self.replaced.lock() {
+            replaced.insert(name.to_string(), hash);
+        }
+        Ok(())
+    }
+
+    /// Whether a replaced unit's machine already runs the new content.
+    async fn runs_replacement(&self, name: &str) -> bool {
+        let expected = match self.replaced.lock() {
+            Ok(replaced) => replaced.get(name).cloned(),
+            Err(_) => None,
+        };
+        let Some(expected) = expected else {
+            return true;
+        };
+        match self.client.unit_states(&[name], &[]).await {
+            Ok(states) => states.iter().any(|s| s.hash == expected),
+            Err(_) => false,
+        }
+    }
+
     /// The units named by the arguments that exist in the cluster.
     async fn find_units(&self, args: &[String]) -> Result<Vec<Unit>, String> {
         let mut wanted = Vec::new();
@@ -271,7 +350,9 @@ impl Ctl {
             let mut still = Vec::new();
             for name in pending {
                 match self.client.unit(name).await {
-                    Ok(Some(u)) if u.current_state == state => {
+                    Ok(Some(u))
+                        if u.current_state == state && self.runs_replacement(name).await =>
+                    {
                         if machines.is_none() && !u.machine_id.is_empty() {
                             machines = self
                                 .client
@@ -581,6 +662,7 @@ impl Ctl {
         }
         .await;
         match result {
+            Ok((states, _)) if listing.output == Output::Json => print_json(&states),
             Ok((states, machines)) => print_or_fail(render_list_units(&states, &machines, listing)),
             Err(e) => {
                 stderr(format_args!(
@@ -599,6 +681,7 @@ impl Ctl {
         }
         .await;
         match result {
+            Ok((units, _)) if listing.output == Output::Json => print_json(&units),
             Ok((units, machines)) => {
                 print_or_fail(render_list_unit_files(&units, &machines, listing))
             }
@@ -613,6 +696,7 @@ impl Ctl {
 
     pub async fn list_machines(&self, listing: &Listing) -> u8 {
         match self.client.machines().await {
+            Ok(machines) if listing.output == Output::Json => print_json(&machines),
             Ok(machines) => print_or_fail(render_list_machines(&machines, listing)),
             Err(e) => {
                 stderr(format_args!(
@@ -620,6 +704,20 @@ impl Ctl {
                 ));
                 1
             }
+        }
+    }
+}
+
+/// `--output json`: the API's objects as one JSON document (an array).
+fn print_json<T: serde::Serialize>(items: &[T]) -> u8 {
+    match serde_json::to_string_pretty(items) {
+        Ok(text) => {
+            println!("{text}");
+            0
+        }
+        Err(e) => {
+            stderr(format_args!("cannot encode the list as JSON: {e}"));
+            1
         }
     }
 }
@@ -661,6 +759,17 @@ fn warn_on_different_local_unit(arg: &str, existing: &Unit) {
             ));
         }
     }
+}
+
+/// fleet's rules for `--replace`: the desired states in which each command may replace a unit.
+fn replace_allowed(command: &str, desired_state: &str) -> bool {
+    let allowed: &[&str] = match command {
+        "submit" => &["inactive"],
+        "load" => &["inactive", "loaded"],
+        "start" => &["inactive", "loaded", "launched"],
+        _ => &[],
+    };
+    allowed.contains(&desired_state)
 }
 
 fn is_global(unit: &Unit) -> bool {
@@ -921,6 +1030,7 @@ mod tests {
             fields: None,
             full: false,
             no_legend: false,
+            output: Output::Table,
         }
     }
 
@@ -971,6 +1081,7 @@ mod tests {
             no_legend: true,
             fields: Some("unit,hash".into()),
             full: false,
+            output: Output::Table,
         };
         assert_eq!(
             render_list_units(&states[..1], &[], &quiet).unwrap(),
@@ -1117,11 +1228,35 @@ mod tests {
     }
 
     #[test]
+    fn replace_follows_fleets_state_rules() {
+        let cases = [
+            ("submit", "inactive", true),
+            ("submit", "loaded", false),
+            ("submit", "launched", false),
+            ("load", "inactive", true),
+            ("load", "loaded", true),
+            ("load", "launched", false),
+            ("start", "inactive", true),
+            ("start", "loaded", true),
+            ("start", "launched", true),
+            ("stop", "launched", false),
+        ];
+        for (command, state, want) in cases {
+            assert_eq!(
+                replace_allowed(command, state),
+                want,
+                "{command} in {state}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_fields_are_refused() {
         let bad = Listing {
             fields: Some("unit,bogus".into()),
             full: false,
             no_legend: false,
+            output: Output::Table,
         };
         assert!(render_list_machines(&[], &bad).is_err());
     }

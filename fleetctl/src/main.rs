@@ -67,6 +67,9 @@ struct Cli {
         default_value_t = 10.0
     )]
     ssh_timeout: f64,
+    /// Print the API requests fleetctl makes, and their answers' status, to stderr.
+    #[arg(long, global = true, env = "FLEETCTL_DEBUG")]
+    debug: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -95,12 +98,25 @@ pub struct Listing {
     /// Omit the header line.
     #[arg(long)]
     pub no_legend: bool,
+    /// `table` (fleet's columns) or `json` (one JSON document in the API's shapes, for
+    /// scripts).
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Upload one or more units to the cluster without starting them.
     Submit {
+        /// Replace the old submitted units in the cluster with new versions.
+        #[arg(long)]
+        replace: bool,
         #[arg(required = true)]
         units: Vec<String>,
     },
@@ -108,6 +124,9 @@ enum Command {
     Load {
         #[command(flatten)]
         block: Block,
+        /// Replace the old scheduled units in the cluster with new versions.
+        #[arg(long)]
+        replace: bool,
         #[arg(required = true)]
         units: Vec<String>,
     },
@@ -115,6 +134,9 @@ enum Command {
     Start {
         #[command(flatten)]
         block: Block,
+        /// Replace the already started units in the cluster with new versions.
+        #[arg(long)]
+        replace: bool,
         #[arg(required = true)]
         units: Vec<String>,
     },
@@ -196,15 +218,47 @@ enum Command {
         #[command(flatten)]
         listing: Listing,
     },
+    /// DEPRECATED: unit signatures were removed from fleet; does nothing and exits with 2.
+    Verify { unit: Option<String> },
     /// Print the version and exit.
     Version,
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    #[command(hide = true)]
+    Completion { shell: clap_complete::Shell },
+    /// Print the manual page (roff).
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Version) {
-        println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Command::Version => {
+            println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Verify { .. } => {
+            eprintln!(
+                "WARNING: verify is deprecated and does nothing: fleet no longer signs units"
+            );
+            return ExitCode::from(2);
+        }
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut command, "fleetctl", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            return match clap_mangen::Man::new(command).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write the manual page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
     }
     if !(cli.request_timeout.is_finite() && cli.request_timeout > 0.0) {
         eprintln!("--request-timeout must be a positive number of seconds");
@@ -212,7 +266,7 @@ fn main() -> ExitCode {
     }
     let client =
         match fleet_api::Client::new(&cli.endpoint, Duration::from_secs_f64(cli.request_timeout)) {
-            Ok(c) => c,
+            Ok(c) => c.with_debug(cli.debug),
             Err(e) => {
                 eprintln!("{e}");
                 return ExitCode::from(1);
@@ -239,12 +293,18 @@ fn main() -> ExitCode {
         forward_agent: false,
         timeout: cli.ssh_timeout,
     };
-    let ctl = commands::Ctl::new(client);
+    let mut ctl = commands::Ctl::new(client);
+    match &cli.command {
+        Command::Submit { replace: true, .. } => ctl = ctl.replacing("submit"),
+        Command::Load { replace: true, .. } => ctl = ctl.replacing("load"),
+        Command::Start { replace: true, .. } => ctl = ctl.replacing("start"),
+        _ => {}
+    }
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Submit { units } => ctl.submit(&units).await,
-            Command::Load { block, units } => ctl.load(&units, block).await,
-            Command::Start { block, units } => ctl.start(&units, block).await,
+            Command::Submit { units, .. } => ctl.submit(&units).await,
+            Command::Load { block, units, .. } => ctl.load(&units, block).await,
+            Command::Start { block, units, .. } => ctl.start(&units, block).await,
             Command::Stop { block, units } => ctl.stop(&units, block).await,
             Command::Unload { block, units } => ctl.unload(&units, block).await,
             Command::Destroy { units } => ctl.destroy(&units).await,
@@ -273,7 +333,10 @@ fn main() -> ExitCode {
             Command::ListUnits { listing } => ctl.list_units(&listing).await,
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
-            Command::Version => 0,
+            Command::Version
+            | Command::Verify { .. }
+            | Command::Completion { .. }
+            | Command::Man => 0,
         }
     });
     ExitCode::from(code)

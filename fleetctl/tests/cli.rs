@@ -1,0 +1,80 @@
+//! fleetctl as a user runs it, for what needs no cluster: flags, deprecated and generated
+//! commands, and clear errors when fleetd cannot be reached.
+
+use std::process::Command;
+
+fn fleetctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(args)
+        .env_remove("FLEETCTL_ENDPOINT")
+        .output()
+        .expect("run fleetctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn verify_is_deprecated_and_exits_2() {
+    let (code, _, err) = fleetctl(&["verify", "hello.service"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("deprecated"), "{err}");
+}
+
+#[test]
+fn version_names_the_program() {
+    let (code, out, _) = fleetctl(&["version"]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out,
+        format!("fleetctl version {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn completions_for_each_shell_know_the_commands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = fleetctl(&["completion", shell]);
+        assert_eq!(code, Some(0), "{shell}: {err}");
+        for command in ["list-units", "start", "journal", "endpoint"] {
+            assert!(out.contains(command), "{shell} completion lacks {command}");
+        }
+    }
+}
+
+#[test]
+fn the_manual_page_is_roff() {
+    let (code, out, _) = fleetctl(&["man"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains(".TH fleetctl"),
+        "{}",
+        &out[..out.len().min(200)]
+    );
+    assert!(out.contains("list\\-units"), "subcommands are listed");
+}
+
+#[test]
+fn a_bad_endpoint_is_refused_clearly() {
+    let (code, _, err) = fleetctl(&["--endpoint", "ftp://x", "list-units"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("invalid endpoint"), "{err}");
+}
+
+#[test]
+fn an_absent_fleetd_is_reported_not_waited_for() {
+    let socket = std::env::temp_dir().join(format!("fleetctl-test-{}.sock", std::process::id()));
+    let endpoint = format!("unix://{}", socket.display());
+    let (code, _, err) = fleetctl(&["--endpoint", &endpoint, "list-machines"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot reach fleetd"), "{err}");
+}
+
+#[test]
+fn list_commands_refuse_an_unknown_output_format() {
+    let (code, _, err) = fleetctl(&["list-units", "--output", "yaml"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("yaml"), "{err}");
+}
