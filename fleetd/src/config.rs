@@ -13,9 +13,6 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
 pub struct Config {
     pub etcd_servers: Vec<String>,
     pub etcd_key_prefix: String,
-    pub etcd_cafile: Option<String>,
-    pub etcd_certfile: Option<String>,
-    pub etcd_keyfile: Option<String>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
     pub etcd_request_timeout: Duration,
@@ -24,7 +21,6 @@ pub struct Config {
     pub agent_ttl: Duration,
     pub engine_reconcile_interval: Duration,
     pub units_directory: PathBuf,
-    pub systemd_user: bool,
     pub disable_engine: bool,
     pub token_limit: u32,
     pub verbosity: u32,
@@ -52,9 +48,6 @@ impl Default for Config {
         Config {
             etcd_servers: vec!["http://127.0.0.1:2379".into()],
             etcd_key_prefix: fleet_registry::DEFAULT_PREFIX.into(),
-            etcd_cafile: None,
-            etcd_certfile: None,
-            etcd_keyfile: None,
             etcd_username: None,
             etcd_password: None,
             etcd_request_timeout: Duration::from_secs(1),
@@ -63,7 +56,6 @@ impl Default for Config {
             agent_ttl: Duration::from_secs(30),
             engine_reconcile_interval: Duration::from_secs(2),
             units_directory: PathBuf::from("/run/fleet/units/"),
-            systemd_user: false,
             disable_engine: false,
             token_limit: 100,
             verbosity: 0,
@@ -140,8 +132,11 @@ impl Config {
                     bail!("no etcd server given");
                 }
                 for s in &servers {
-                    if !(s.starts_with("http://") || s.starts_with("https://")) {
-                        bail!("etcd server {s:?} is not an http:// or https:// URL");
+                    if s.starts_with("https://") {
+                        bail!("etcd server {s:?}: TLS to etcd is not supported yet; use http://");
+                    }
+                    if !s.starts_with("http://") {
+                        bail!("etcd server {s:?} is not an http:// URL");
                     }
                 }
                 self.etcd_servers = servers;
@@ -152,9 +147,13 @@ impl Config {
                 }
                 self.etcd_key_prefix = value.to_string();
             }
-            "etcd_cafile" => self.etcd_cafile = optional(value),
-            "etcd_certfile" => self.etcd_certfile = optional(value),
-            "etcd_keyfile" => self.etcd_keyfile = optional(value),
+            // Refused rather than ignored: a daemon that silently drops its TLS settings would
+            // talk to etcd in the clear.
+            "etcd_cafile" | "etcd_certfile" | "etcd_keyfile" => {
+                if !value.is_empty() {
+                    bail!("TLS to etcd is not supported yet");
+                }
+            }
             "etcd_username" => self.etcd_username = optional(value),
             "etcd_password" => self.etcd_password = optional(value),
             "etcd_request_timeout" => self.etcd_request_timeout = seconds(value)?,
@@ -181,7 +180,11 @@ impl Config {
                 }
                 self.units_directory = PathBuf::from(value);
             }
-            "systemd_user" => self.systemd_user = boolean(value)?,
+            "systemd_user" => {
+                if boolean(value)? {
+                    bail!("driving a user's systemd instance is not supported yet");
+                }
+            }
             "disable_engine" => self.disable_engine = boolean(value)?,
             "token_limit" => {
                 self.token_limit = value.parse().context("not a number")?;
@@ -379,6 +382,9 @@ mod tests {
             ("etcd_request_timeout=-1", "etcd_request_timeout"),
             ("units_directory=relative/dir", "units_directory"),
             ("disable_engine=maybe", "disable_engine"),
+            ("etcd_cafile=/etc/ssl/ca.pem", "TLS"),
+            ("etcd_servers=https://10.0.0.1:2379", "TLS"),
+            ("systemd_user=true", "systemd_user"),
             ("peer_listen=10.0.0.1", "peer_listen"),
             ("peer_listen=on", "peer_listen"),
             ("just a line", "line 1"),
