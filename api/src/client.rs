@@ -173,23 +173,32 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// All units, following pages.
-    pub async fn units(&self) -> Result<Vec<schema::Unit>, ClientError> {
+    /// Every item of a paged list, following `nextPageToken`.
+    async fn get_all<P: schema::Page>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+    ) -> Result<Vec<P::Item>, ClientError> {
         let mut all = Vec::new();
         let mut token = String::new();
         loop {
-            let query: Vec<(&str, &str)> = if token.is_empty() {
-                vec![]
-            } else {
-                vec![("nextPageToken", token.as_str())]
-            };
-            let page: schema::UnitPage = self.get("/units", &query).await?;
-            all.extend(page.units);
-            if page.next_page_token.is_empty() {
+            let mut query = filters.to_vec();
+            if !token.is_empty() {
+                query.push(("nextPageToken", token.as_str()));
+            }
+            let page: P = self.get(path, &query).await?;
+            let (items, next) = page.into_parts();
+            all.extend(items);
+            if next.is_empty() {
                 return Ok(all);
             }
-            token = page.next_page_token;
+            token = next;
         }
+    }
+
+    /// All units, following pages.
+    pub async fn units(&self) -> Result<Vec<schema::Unit>, ClientError> {
+        self.get_all::<schema::UnitPage>("/units", &[]).await
     }
 
     /// One unit; `None` when it does not exist.
@@ -246,21 +255,10 @@ impl Client {
         units: &[&str],
         machines: &[&str],
     ) -> Result<Vec<schema::UnitState>, ClientError> {
-        let mut all = Vec::new();
-        let mut token = String::new();
-        loop {
-            let mut query: Vec<(&str, &str)> = units.iter().map(|u| ("unitName", *u)).collect();
-            query.extend(machines.iter().map(|m| ("machineID", *m)));
-            if !token.is_empty() {
-                query.push(("nextPageToken", token.as_str()));
-            }
-            let page: schema::UnitStatePage = self.get("/state", &query).await?;
-            all.extend(page.states);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
-        }
+        let mut filters: Vec<(&str, &str)> = units.iter().map(|u| ("unitName", *u)).collect();
+        filters.extend(machines.iter().map(|m| ("machineID", *m)));
+        self.get_all::<schema::UnitStatePage>("/state", &filters)
+            .await
     }
 
     /// Opens a unit's journal (`lines` last lines, then new ones if `follow`), on the machine
@@ -355,21 +353,7 @@ impl Client {
     }
 
     pub async fn machines(&self) -> Result<Vec<schema::Machine>, ClientError> {
-        let mut all = Vec::new();
-        let mut token = String::new();
-        loop {
-            let query: Vec<(&str, &str)> = if token.is_empty() {
-                vec![]
-            } else {
-                vec![("nextPageToken", token.as_str())]
-            };
-            let page: schema::MachinePage = self.get("/machines", &query).await?;
-            all.extend(page.machines);
-            if page.next_page_token.is_empty() {
-                return Ok(all);
-            }
-            token = page.next_page_token;
-        }
+        self.get_all::<schema::MachinePage>("/machines", &[]).await
     }
 }
 

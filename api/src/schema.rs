@@ -88,3 +88,30 @@ pub struct ErrorBody {
     pub code: u16,
     pub message: String,
 }
+
+/// A page of a list: its items and the token of the next page (empty on the last).
+pub trait Page: serde::de::DeserializeOwned {
+    type Item;
+    fn into_parts(self) -> (Vec<Self::Item>, String);
+}
+
+impl Page for UnitPage {
+    type Item = Unit;
+    fn into_parts(self) -> (Vec<Unit>, String) {
+        (self.units, self.next_page_token)
+    }
+}
+
+impl Page for UnitStatePage {
+    type Item = UnitState;
+    fn into_parts(self) -> (Vec<UnitState>, String) {
+        (self.states, self.next_page_token)
+    }
+}
+
+impl Page for MachinePage {
+    type Item = Machine;
+    fn into_parts(self) -> (Vec<Machine>, String) {
+        (self.machines, self.next_page_token)
+    }
+}
