@@ -149,6 +149,12 @@ pub struct AgentSnapshot {
     pub global_units: Vec<Unit>,
 }
 
+/// What [`Registry::create_unless_exists`] did.
+enum Creation {
+    Created(i64),
+    Exists(Option<KeyValue>),
+}
+
 /// The engine's proof of leadership: the revision at which it created the leader key, and the
 /// lease that key (and everything the leader writes for itself) hangs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +336,33 @@ impl Registry {
         }
     }
 
+    /// Creates `key` with `value` (on `lease`, if any) unless it exists, in one transaction.
+    /// `Created(revision)` when it was created, else `Exists` with the key as it stands
+    /// (`None` if it vanished in between).
+    async fn create_unless_exists(
+        &self,
+        key: &str,
+        value: impl Into<Vec<u8>>,
+        lease: Option<i64>,
+    ) -> Result<Creation> {
+        let options = lease.map(|l| PutOptions::new().with_lease(l));
+        let txn = Txn::new()
+            .when(vec![Compare::create_revision(key, CompareOp::Equal, 0)])
+            .and_then(vec![TxnOp::put(key, value, options)])
+            .or_else(vec![TxnOp::get(key, None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Creation::Created(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
+        }
+        let existing = resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        });
+        Ok(Creation::Exists(existing))
+    }
+
     async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
         let mut kv = self.client.kv_client();
         self.timed(kv.txn(txn)).await
@@ -441,32 +474,21 @@ impl Registry {
     /// so concurrent fleetds agree on one), and the stored secret is returned.
     pub async fn peer_secret(&self, candidate: &str) -> Result<String> {
         let key = self.peer_secret_key();
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(key.clone(), candidate, None)])
-            .or_else(vec![TxnOp::get(key.clone(), None)]);
-        let resp = self.txn(txn).await?;
-        if resp.succeeded() {
-            return Ok(candidate.to_string());
-        }
-        for r in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = r {
-                if let Some(kv) = g.kvs().first() {
-                    let secret = kv
-                        .value_str()
-                        .map_err(|_| Error::Protocol(format!("{key} is not text")))?;
-                    if secret.is_empty() {
-                        return Err(Error::Protocol(format!("{key} is empty")));
-                    }
-                    return Ok(secret.to_string());
+        match self.create_unless_exists(&key, candidate, None).await? {
+            Creation::Created(_) => Ok(candidate.to_string()),
+            Creation::Exists(Some(kv)) => {
+                let secret = kv
+                    .value_str()
+                    .map_err(|_| Error::Protocol(format!("{key} is not text")))?;
+                if secret.is_empty() {
+                    return Err(Error::Protocol(format!("{key} is empty")));
                 }
+                Ok(secret.to_string())
+            }
+            Creation::Exists(None) => {
+                Err(Error::Protocol(format!("{key} vanished while being read")))
             }
         }
-        Err(Error::Protocol(format!("{key} vanished while being read")))
     }
 
     /// Every unit state published by every live machine, sorted by machine then unit.
@@ -681,37 +703,21 @@ impl Registry {
     /// Tries once to become the engine leader on `lease`. `None` when another machine leads.
     /// A machine that already holds the key (e.g. after a restart on the same lease) keeps it.
     pub async fn campaign(&self, machine: &MachineId, lease: i64) -> Result<Option<Leadership>> {
-        let key = self.leader_key();
-        let txn = Txn::new()
-            .when(vec![Compare::create_revision(
-                key.clone(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(vec![TxnOp::put(
-                key.clone(),
-                machine.as_str(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else(vec![TxnOp::get(key.clone(), None)]);
-        let resp = self.txn(txn).await?;
-        if resp.succeeded() {
-            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            return Ok(Some(Leadership { revision, lease }));
-        }
-        for r in resp.op_responses() {
-            if let TxnOpResponse::Get(g) = r {
-                if let Some(kv) = g.kvs().first() {
-                    if kv.value() == machine.as_str().as_bytes() && kv.lease() == lease {
-                        return Ok(Some(Leadership {
-                            revision: kv.create_revision(),
-                            lease,
-                        }));
-                    }
-                }
+        match self
+            .create_unless_exists(&self.leader_key(), machine.as_str(), Some(lease))
+            .await?
+        {
+            Creation::Created(revision) => Ok(Some(Leadership { revision, lease })),
+            Creation::Exists(Some(kv))
+                if kv.value() == machine.as_str().as_bytes() && kv.lease() == lease =>
+            {
+                Ok(Some(Leadership {
+                    revision: kv.create_revision(),
+                    lease,
+                }))
             }
+            Creation::Exists(_) => Ok(None),
         }
-        Ok(None)
     }
 
     /// The machine currently leading the engine, if any.

@@ -6,13 +6,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{encode, Error, MachineRecord, Registry, Result};
+use crate::{encode, Creation, Error, MachineRecord, Registry, Result};
 
 /// What the rest of fleetd needs to know about this machine's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,26 +138,12 @@ async fn register(
     let mut lease_client = registry.client.lease_client();
     let grant = registry.timed(lease_client.grant(ttl, None)).await?;
     let lease = grant.id();
-    let txn = Txn::new()
-        .when(vec![Compare::create_revision(
-            key.clone(),
-            CompareOp::Equal,
-            0,
-        )])
-        .and_then(vec![TxnOp::put(
-            key.clone(),
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )])
-        .or_else(vec![TxnOp::get(key, None)]);
-    let resp = registry.txn(txn).await?;
-    if !resp.succeeded() {
+    if let Creation::Exists(holder) = registry
+        .create_unless_exists(&key, value, Some(lease))
+        .await?
+    {
         let _ = registry.timed(lease_client.revoke(lease)).await;
-        let holder = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| kv.lease()),
-            _ => None,
-        });
-        tracing::debug!(?holder, "machine key is held");
+        tracing::debug!(holder = ?holder.map(|kv| kv.lease()), "machine key is held");
         return Err(Error::DuplicateMachine(machine.machine.id.clone()));
     }
     if let Some(path) = lease_file {
