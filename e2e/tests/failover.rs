@@ -47,3 +47,39 @@ fn unit_moves_when_its_machine_is_killed() {
         machines.stdout
     );
 }
+
+/// A machine cut off from etcd stops its units before they are started elsewhere
+/// (self-fencing), so a unit never runs on two machines at once.
+#[test]
+fn a_partitioned_machine_fences_itself_before_its_unit_moves() {
+    let c = cluster();
+    let name = format!("fenced-{}.service", std::process::id());
+    let path = c.unit_file(&name, &ticker_unit("fenced"));
+    let out = c
+        .fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let cut = node_in(&out.stdout).expect("machine in output");
+    let survivor = (1..=NODES).find(|n| *n != cut).expect("another node");
+
+    c.tool(&["cut", &format!("node{cut}")])
+        .expect_ok("cut node");
+    let mut overlap = false;
+    let mut fenced = false;
+    let moved = eventually(AGENT_TTL + Duration::from_secs(15), || {
+        let on_cut = c.is_active(cut, &name) == "active";
+        fenced |= !on_cut;
+        let elsewhere = (1..=NODES)
+            .filter(|n| *n != cut)
+            .find(|n| c.is_active(*n, &name) == "active");
+        overlap |= on_cut && elsewhere.is_some();
+        elsewhere
+    });
+    c.tool(&["heal", &format!("node{cut}")])
+        .expect_ok("heal node");
+    c.up();
+    c.fleetctl_via(survivor, &["destroy", &name]);
+
+    assert!(fenced, "the cut-off machine kept running {name}");
+    assert!(moved.is_some(), "{name} was not started elsewhere");
+    assert!(!overlap, "{name} ran on two machines at once");
+}

@@ -211,17 +211,32 @@ async fn keep_alive(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew this machine's lease");
-                if Instant::now() >= expires_at && *status.borrow() != PresenceStatus::Fenced {
-                    tracing::error!("lease expired without renewal: fencing this machine");
+                // Fence a little before the lease can expire in etcd: the engine moves this
+                // machine's units the moment it does, and they must not run twice.
+                if Instant::now() + fence_margin(ttl, registry.timeout) >= expires_at
+                    && *status.borrow() != PresenceStatus::Fenced
+                {
+                    tracing::error!("lease about to expire without renewal: fencing this machine");
                     status.send_replace(PresenceStatus::Fenced);
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         }
         tokio::time::sleep(period).await;
     }
 }
+
+/// How long before its lease could expire a machine that cannot renew it stops its units: more
+/// than one failed renewal takes (a request timeout and the pause before the next try), so the
+/// fence always comes first; at most half the TTL.
+fn fence_margin(ttl: i64, request_timeout: Duration) -> Duration {
+    (request_timeout + RETRY_PAUSE + Duration::from_millis(500))
+        .min(Duration::from_millis(ttl as u64 * 1000 / 2))
+}
+
+/// The pause between two failed renewals.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The one keepalive stream of this machine, opened again after an error.
 struct Renewer {
