@@ -42,7 +42,7 @@ pub struct Inspect {
     pub peers: PeerClient,
 }
 
-/// The API's router, mounted under `/fleet/v1`, without journal and status (they answer 501).
+/// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, without journal and status (they answer 501).
 pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
     router_with(registry, version, page_size, None)
 }
@@ -53,7 +53,7 @@ pub(crate) fn server_header(version: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"))
 }
 
-/// The API's router, mounted under `/fleet/v1`, with the journal and status of units when
+/// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, with the journal and status of units when
 /// `inspect` is given.
 pub fn router_with(
     registry: Registry,
@@ -84,6 +84,8 @@ pub fn router_with(
             get(unit_status).fallback(method_not_allowed),
         )
         .route("/state", get(list_states).fallback(method_not_allowed))
+        .route("/state/{name}", get(get_state).fallback(method_not_allowed))
+        .route("/discovery", get(discovery).fallback(method_not_allowed))
         .route(
             "/machines",
             get(list_machines)
@@ -92,8 +94,10 @@ pub fn router_with(
         )
         .with_state(api);
     let server = server_header(version);
+    // fleet served the same API under its legacy prefix too: one router, mounted twice.
     Router::new()
-        .nest("/fleet/v1", v1)
+        .nest("/fleet/v1", v1.clone())
+        .nest("/v1-alpha", v1)
         .fallback(not_found)
         .layer(axum::middleware::map_response(
             move |mut response: Response| {
@@ -466,20 +470,59 @@ async fn list_states(
         .into_iter()
         .filter(|s| machines.is_empty() || machines.iter().any(|m| m == s.machine_id.as_str()))
         .filter(|s| units.is_empty() || units.iter().any(|u| u == s.name.as_str()))
-        .map(|s| schema::UnitState {
-            name: s.name.to_string(),
-            hash: s.hash.to_string(),
-            machine_id: s.machine_id.to_string(),
-            systemd_load_state: s.systemd_load_state,
-            systemd_active_state: s.systemd_active_state,
-            systemd_sub_state: s.systemd_sub_state,
-        })
+        .map(state_view)
         .collect();
     let (states, next_page_token) = page(&api, &params, all)?;
     Ok(Json(schema::UnitStatePage {
         states,
         next_page_token,
     }))
+}
+
+fn state_view(s: fleet_registry::UnitState) -> schema::UnitState {
+    schema::UnitState {
+        name: s.name.to_string(),
+        hash: s.hash.to_string(),
+        machine_id: s.machine_id.to_string(),
+        systemd_load_state: s.systemd_load_state,
+        systemd_active_state: s.systemd_active_state,
+        systemd_sub_state: s.systemd_sub_state,
+    }
+}
+
+/// The state of one unit: as its machine reports it, or for a unit published by several
+/// machines (a global unit) the first machine's.
+async fn get_state(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<schema::UnitState>, ApiError> {
+    let name = parse_name(&name)?;
+    let (placements, states) =
+        tokio::try_join!(api.registry.placements(), api.registry.unit_states())?;
+    let placed = placements
+        .into_iter()
+        .find(|(_, p)| p.name == name)
+        .map(|(m, _)| m);
+    let mut states: Vec<fleet_registry::UnitState> =
+        states.into_iter().filter(|s| s.name == name).collect();
+    let chosen = match states
+        .iter()
+        .position(|s| Some(&s.machine_id) == placed.as_ref())
+    {
+        Some(i) => Some(states.swap_remove(i)),
+        None => states.into_iter().next(),
+    };
+    match chosen {
+        Some(s) => Ok(Json(state_view(s))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unit state does not exist",
+        )),
+    }
+}
+
+async fn discovery() -> Json<serde_json::Value> {
+    Json(crate::discovery::document())
 }
 
 /// One operation of `PATCH /machines`: `{"op":"add"|"replace"|"remove",

@@ -3,33 +3,40 @@
 
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, Registry};
+use fleet_registry::{
+    EtcdConfig, JobState, Machine, MachineId, Presence, PresenceStatus, Registry, UnitState,
+};
 use fleet_testkit::{closed_port, Etcd};
+use fleet_units::UnitName;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 struct Api {
     _etcd: Option<Etcd>,
     registry: Registry,
+    /// `http://host:port`
+    root: String,
+    /// `<root>/fleet/v1`
     base: String,
     http: reqwest::Client,
 }
 
+/// Serves the API on a free port; returns the registry and the server's root URL.
 async fn serve(config: EtcdConfig, page_size: u32) -> (Registry, String) {
     let registry = Registry::connect(&config).await.expect("registry");
     let router = fleet_api::server::router(registry.clone(), "9.9.9", page_size);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let base = format!("http://{}/fleet/v1", listener.local_addr().expect("addr"));
+    let root = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (registry, base)
+    (registry, root)
 }
 
 impl Api {
     async fn start(page_size: u32) -> Api {
         let etcd = Etcd::start();
-        let (registry, base) = serve(
+        let (registry, root) = serve(
             EtcdConfig {
                 endpoints: vec![etcd.endpoint.clone()],
                 prefix: etcd.prefix.clone(),
@@ -42,7 +49,8 @@ impl Api {
         Api {
             _etcd: Some(etcd),
             registry,
-            base,
+            base: format!("{root}/fleet/v1"),
+            root,
             http: reqwest::Client::new(),
         }
     }
@@ -80,6 +88,48 @@ impl Api {
             )
         )
     }
+}
+
+/// Registers machine `n` (its lease kept alive by the returned `Presence`) and publishes, on
+/// its lease, the state of each `(unit, active state)` as an agent would.
+async fn machine_running(registry: &Registry, n: u8, units: &[(&str, &str)]) -> Presence {
+    let id = MachineId::parse(&format!("{n:032x}")).expect("machine id");
+    let machine = Machine {
+        id: id.clone(),
+        public_ip: format!("10.0.0.{n}"),
+        metadata: Default::default(),
+        version: "test".to_string(),
+    };
+    let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
+        .await
+        .expect("register a machine");
+    let PresenceStatus::Alive { lease } = presence.status() else {
+        panic!("presence fenced at once");
+    };
+    for (unit, active) in units {
+        let name = UnitName::parse(unit).expect("unit name");
+        let stored = registry
+            .unit(&name)
+            .await
+            .expect("unit")
+            .expect("unit exists");
+        registry
+            .publish_state(
+                lease,
+                &UnitState {
+                    name,
+                    hash: stored.hash(),
+                    machine_id: id.clone(),
+                    job_state: JobState::Launched,
+                    systemd_load_state: "loaded".into(),
+                    systemd_active_state: active.to_string(),
+                    systemd_sub_state: "running".into(),
+                },
+            )
+            .await
+            .expect("publish a state");
+    }
+    presence
 }
 
 fn hello(state: &str) -> Value {
@@ -355,7 +405,7 @@ async fn errors_use_the_envelope_and_name_the_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_etcd_is_a_503() {
-    let (_, base) = serve(
+    let (_, root) = serve(
         EtcdConfig {
             endpoints: vec![format!("http://127.0.0.1:{}", closed_port())],
             request_timeout: Duration::from_millis(500),
@@ -364,11 +414,194 @@ async fn an_unreachable_etcd_is_a_503() {
         100,
     )
     .await;
-    let r = reqwest::get(format!("{base}/units")).await.expect("GET");
+    let r = reqwest::get(format!("{root}/fleet/v1/units"))
+        .await
+        .expect("GET");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.expect("json");
     assert_eq!(error_code(&body), Some(503));
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("etcd")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_discovery_document_describes_the_api() {
+    let api = Api::start(100).await;
+    for prefix in ["/fleet/v1", "/v1-alpha"] {
+        let r = api
+            .http
+            .get(format!("{}{prefix}/discovery", api.root))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), StatusCode::OK, "{prefix}");
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{prefix}"
+        );
+        let doc: Value = r.json().await.expect("the discovery document is JSON");
+        assert_eq!(doc["kind"], "discovery#restDescription");
+        assert_eq!(doc["basePath"], "/fleet/v1/");
+        for schema in [
+            "Unit",
+            "UnitOption",
+            "UnitPage",
+            "UnitState",
+            "UnitStatePage",
+            "Machine",
+            "MachinePage",
+        ] {
+            assert_eq!(doc["schemas"][schema]["id"], schema, "schema {schema}");
+        }
+        let methods = |resource: &str| -> Vec<(String, String, String)> {
+            doc["resources"][resource]["methods"]
+                .as_object()
+                .unwrap_or_else(|| panic!("resource {resource}"))
+                .iter()
+                .map(|(name, m)| {
+                    (
+                        name.clone(),
+                        m["httpMethod"].as_str().unwrap_or_default().to_string(),
+                        m["path"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let t = |n: &str, m: &str, p: &str| (n.to_string(), m.to_string(), p.to_string());
+        let mut units = methods("Units");
+        units.sort();
+        assert_eq!(
+            units,
+            [
+                t("Delete", "DELETE", "units/{unitName}"),
+                t("Get", "GET", "units/{unitName}"),
+                t("List", "GET", "units"),
+                t("Set", "PUT", "units/{unitName}"),
+            ]
+        );
+        let mut states = methods("UnitState");
+        states.sort();
+        assert_eq!(
+            states,
+            [
+                t("Get", "GET", "state/{unitName}"),
+                t("List", "GET", "state")
+            ]
+        );
+        assert_eq!(methods("Machines"), [t("List", "GET", "machines")]);
+        assert_eq!(
+            doc["resources"]["Units"]["methods"]["Set"]["request"]["$ref"],
+            "Unit"
+        );
+    }
+    let r = api
+        .http
+        .post(format!("{}/discovery", api.base))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_legacy_prefix_serves_the_same_api() {
+    let api = Api::start(100).await;
+    let alpha = format!("{}/v1-alpha", api.root);
+    // A PUT through the legacy prefix is seen through both.
+    let r = api
+        .http
+        .put(format!("{alpha}/units/old.service"))
+        .json(&hello("inactive"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.put("new.service", hello("launched")).await.0,
+        StatusCode::CREATED
+    );
+    let r = api
+        .http
+        .put(format!("{alpha}/units/new.service"))
+        .json(&json!({"desiredState": "loaded"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for path in [
+        "/units",
+        "/units/old.service",
+        "/units/new.service",
+        "/state",
+        "/machines",
+    ] {
+        let (status, body) = api.get(path).await;
+        let r = api
+            .http
+            .get(format!("{alpha}{path}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.json::<Value>().await.expect("json"), body, "{path}");
+    }
+    let (_, units) = api.get("/units").await;
+    let names: Vec<&str> = units["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["new.service", "old.service"]);
+    assert_eq!(
+        api.get("/units/new.service").await.1["desiredState"],
+        "loaded"
+    );
+    // Refusals and unknown paths look the same under both prefixes.
+    let r = api
+        .http
+        .put(format!("{alpha}/units/bad%20name.service"))
+        .json(&hello("inactive"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = api
+        .http
+        .get(format!("{alpha}/nowhere"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.headers().get("server").and_then(|v| v.to_str().ok()),
+        Some("fleetd/9.9.9")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_of_one_unit() {
+    let api = Api::start(100).await;
+    let (status, body) = api.get("/state/nothing.service").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), Some(404));
+    let (status, _) = api.get("/state/bad%20name.service").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    api.put("hello.service", hello("launched")).await;
+    let _machine = machine_running(&api.registry, 1, &[("hello.service", "active")]).await;
+    let (status, state) = api.get("/state/hello.service").await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    assert_eq!(state["name"], "hello.service");
+    assert_eq!(state["machineID"], format!("{:032x}", 1));
+    assert_eq!(state["systemdActiveState"], "active");
+    assert_eq!(
+        api.get("/state").await.1["states"][0],
+        state,
+        "the item is the list's entry"
+    );
 }
