@@ -66,7 +66,7 @@ pub fn router_with(
         page_size: page_size.max(1),
         inspect,
     };
-    let v1 = Router::new()
+    let v1: Router<Api> = Router::new()
         .route("/units", get(list_units).fallback(method_not_allowed))
         .route(
             "/units/{name}",
@@ -91,14 +91,15 @@ pub fn router_with(
             get(list_machines)
                 .patch(patch_machines)
                 .fallback(method_not_allowed),
-        )
-        .with_state(api);
+        );
     let server = server_header(version);
     // fleet served the same API under its legacy prefix too: one router, mounted twice.
     Router::new()
         .nest("/fleet/v1", v1.clone())
         .nest("/v1-alpha", v1)
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
+        .with_state(api)
         .layer(axum::middleware::map_response(
             move |mut response: Response| {
                 let server = server.clone();
@@ -626,6 +627,72 @@ async fn list_machines(
         machines,
         next_page_token,
     }))
+}
+
+// ---- metrics ----------------------------------------------------------------------------------
+
+/// `/metrics`, in Prometheus' text format: gauges read from the registry when scraped, then
+/// this process's counters. While etcd does not answer, the registry's gauges are left out,
+/// `fleet_etcd_up` is 0, and the counters are still served (never a 5xx).
+async fn metrics(State(api): State<Api>) -> Response {
+    let mut out = fleet_telemetry::Exposition::new();
+    let read = tokio::try_join!(
+        api.registry.units(),
+        api.registry.unit_states(),
+        api.registry.machines()
+    );
+    let up = if read.is_ok() { 1.0 } else { 0.0 };
+    out.gauge(
+        "fleet_etcd_up",
+        "Whether etcd answered this scrape's reads (1) or not (0).",
+        &[(&[], up)],
+    );
+    match read {
+        Ok((units, states, machines)) => {
+            registry_metrics(&mut out, &units, &states, machines.len())
+        }
+        Err(e) => tracing::debug!(error = %e, "metrics without the registry's gauges"),
+    }
+    fleet_telemetry::render(&mut out);
+    (
+        [(header::CONTENT_TYPE, fleet_telemetry::CONTENT_TYPE)],
+        out.finish(),
+    )
+        .into_response()
+}
+
+/// The gauges computed from the registry: units by desired state (every state, zeros
+/// included), published unit states by systemd active state, live machines.
+fn registry_metrics(
+    out: &mut fleet_telemetry::Exposition,
+    units: &[fleet_registry::Unit],
+    states: &[fleet_registry::UnitState],
+    machines: usize,
+) {
+    out.gauge_family("fleet_units", "Units in the cluster, by desired state.");
+    for state in [JobState::Inactive, JobState::Loaded, JobState::Launched] {
+        let n = units.iter().filter(|u| u.desired_state == state).count();
+        let label = state.to_string();
+        out.gauge_sample("fleet_units", &[("desired_state", &label)], n as f64);
+    }
+
+    let mut active: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in states {
+        *active.entry(s.systemd_active_state.as_str()).or_default() += 1;
+    }
+    out.gauge_family(
+        "fleet_unit_states",
+        "Unit states published by all machines, by systemd active state.",
+    );
+    for (state, n) in active {
+        out.gauge_sample("fleet_unit_states", &[("active_state", state)], n as f64);
+    }
+
+    out.gauge(
+        "fleet_machines",
+        "Live machines in the cluster.",
+        &[(&[], machines as f64)],
+    );
 }
 
 // ---- journal and status -----------------------------------------------------------------------

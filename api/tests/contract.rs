@@ -605,3 +605,233 @@ async fn the_state_of_one_unit() {
         "the item is the list's entry"
     );
 }
+
+/// One sample of a metrics page: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses a Prometheus text page: every line is a `# HELP`/`# TYPE` comment or a sample
+/// `name{label="value",...} value`. Returns the samples as `(name, labels, value)`.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    fn is_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let (kind, name) = (words.next(), words.next());
+            assert!(matches!(kind, Some("HELP" | "TYPE")), "{line:?}");
+            assert!(name.is_some_and(is_name), "{line:?}");
+            if kind == Some("TYPE") {
+                assert!(
+                    matches!(words.next(), Some("counter" | "gauge" | "histogram")),
+                    "{line:?}"
+                );
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("{line:?}"));
+        let name = &line[..name_end];
+        assert!(is_name(name), "bad metric name in {line:?}");
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices().peekable();
+            loop {
+                let (start, c) = chars.next().unwrap_or_else(|| panic!("{line:?}"));
+                if c == '}' {
+                    rest = &inner[start + 1..];
+                    break;
+                }
+                let eq = inner[start..]
+                    .find("=\"")
+                    .unwrap_or_else(|| panic!("{line:?}"));
+                let key = &inner[start..start + eq];
+                assert!(is_name(key), "bad label name in {line:?}");
+                while chars.peek().is_some_and(|(i, _)| *i < start + eq + 2) {
+                    chars.next();
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next().map(|(_, c)| c) {
+                        Some('"') => break,
+                        Some('\\') => match chars.next().map(|(_, c)| c) {
+                            Some('n') => value.push('\n'),
+                            Some(c @ ('\\' | '"')) => value.push(c),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        Some(c) => value.push(c),
+                        None => panic!("unterminated label value in {line:?}"),
+                    }
+                }
+                labels.push((key.to_string(), value));
+                if chars.peek().is_some_and(|(_, c)| *c == ',') {
+                    chars.next();
+                }
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+async fn scrape(root: &str) -> (reqwest::StatusCode, String, String) {
+    let r = reqwest::get(format!("{root}/metrics"))
+        .await
+        .expect("GET /metrics");
+    let status = r.status();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, r.text().await.expect("body"))
+}
+
+fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_reflect_the_registry() {
+    let api = Api::start(100).await;
+    for (name, state) in [
+        ("a.service", "launched"),
+        ("b.service", "launched"),
+        ("c.service", "inactive"),
+    ] {
+        assert_eq!(api.put(name, hello(state)).await.0, StatusCode::CREATED);
+    }
+    let _machine = machine_running(
+        &api.registry,
+        1,
+        &[
+            ("a.service", "active"),
+            ("b.service", "failed"),
+            ("c.service", "weird \"state\"\\"),
+        ],
+    )
+    .await;
+    let (status, content_type, text) = scrape(&api.root).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let samples = parse_metrics(&text);
+    let v = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
+    assert_eq!(v("fleet_etcd_up", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        v("fleet_units", &[("desired_state", "launched")]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("fleet_units", &[("desired_state", "inactive")]),
+        Some(1.0)
+    );
+    assert_eq!(v("fleet_units", &[("desired_state", "loaded")]), Some(0.0));
+    assert_eq!(
+        v("fleet_unit_states", &[("active_state", "active")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("fleet_unit_states", &[("active_state", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(
+            "fleet_unit_states",
+            &[("active_state", "weird \"state\"\\")]
+        ),
+        Some(1.0),
+        "label values are escaped: {text}"
+    );
+    assert_eq!(v("fleet_machines", &[]), Some(1.0));
+    assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
+    for counter in [
+        "fleet_engine_placements_total",
+        "fleet_etcd_errors_total",
+        "fleet_engine_reconcile_seconds_count",
+        "fleet_engine_reconcile_seconds_sum",
+    ] {
+        assert!(v(counter, &[]).is_some(), "{counter} missing: {text}");
+    }
+    assert_eq!(
+        v("fleet_engine_reconcile_seconds_bucket", &[("le", "+Inf")]),
+        v("fleet_engine_reconcile_seconds_count", &[])
+    );
+
+    // A unit through the legacy prefix counts the same.
+    let r = api
+        .http
+        .put(format!("{}/v1-alpha/units/d.service", api.root))
+        .json(&hello("launched"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let samples = parse_metrics(&scrape(&api.root).await.2);
+    assert_eq!(
+        value_of(&samples, "fleet_units", &[("desired_state", "launched")]),
+        Some(3.0)
+    );
+
+    let r = api
+        .http
+        .post(format!("{}/metrics", api.root))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_answer_while_etcd_is_unreachable() {
+    let (_, root) = serve(
+        EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{}", closed_port())],
+            request_timeout: Duration::from_millis(500),
+            ..EtcdConfig::default()
+        },
+        100,
+    )
+    .await;
+    let (status, _, text) = scrape(&root).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let samples = parse_metrics(&text);
+    assert_eq!(
+        value_of(&samples, "fleet_etcd_up", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(value_of(&samples, "fleet_machines", &[]), None, "{text}");
+    assert!(
+        value_of(&samples, "fleet_etcd_errors_total", &[]).is_some_and(|n| n >= 1.0),
+        "the failed reads are counted: {text}"
+    );
+}
