@@ -2,6 +2,7 @@
 //! fleetctl uses ([`client`]).
 
 pub mod client;
+pub mod discovery;
 pub mod inspect;
 pub mod peer;
 pub mod schema;

@@ -42,7 +42,7 @@ pub struct Inspect {
     pub peers: PeerClient,
 }
 
-/// The API's router, mounted under `/fleet/v1`, without journal and status (they answer 501).
+/// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, without journal and status (they answer 501).
 pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
     router_with(registry, version, page_size, None)
 }
@@ -53,7 +53,7 @@ pub(crate) fn server_header(version: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"))
 }
 
-/// The API's router, mounted under `/fleet/v1`, with the journal and status of units when
+/// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, with the journal and status of units when
 /// `inspect` is given.
 pub fn router_with(
     registry: Registry,
@@ -66,7 +66,7 @@ pub fn router_with(
         page_size: page_size.max(1),
         inspect,
     };
-    let v1 = Router::new()
+    let v1: Router<Api> = Router::new()
         .route("/units", get(list_units).fallback(method_not_allowed))
         .route(
             "/units/{name}",
@@ -84,17 +84,22 @@ pub fn router_with(
             get(unit_status).fallback(method_not_allowed),
         )
         .route("/state", get(list_states).fallback(method_not_allowed))
+        .route("/state/{name}", get(get_state).fallback(method_not_allowed))
+        .route("/discovery", get(discovery).fallback(method_not_allowed))
         .route(
             "/machines",
             get(list_machines)
                 .patch(patch_machines)
                 .fallback(method_not_allowed),
-        )
-        .with_state(api);
+        );
     let server = server_header(version);
+    // fleet served the same API under its legacy prefix too: one router, mounted twice.
     Router::new()
-        .nest("/fleet/v1", v1)
+        .nest("/fleet/v1", v1.clone())
+        .nest("/v1-alpha", v1)
+        .route("/metrics", get(metrics).fallback(method_not_allowed))
         .fallback(not_found)
+        .with_state(api)
         .layer(axum::middleware::map_response(
             move |mut response: Response| {
                 let server = server.clone();
@@ -466,20 +471,59 @@ async fn list_states(
         .into_iter()
         .filter(|s| machines.is_empty() || machines.iter().any(|m| m == s.machine_id.as_str()))
         .filter(|s| units.is_empty() || units.iter().any(|u| u == s.name.as_str()))
-        .map(|s| schema::UnitState {
-            name: s.name.to_string(),
-            hash: s.hash.to_string(),
-            machine_id: s.machine_id.to_string(),
-            systemd_load_state: s.systemd_load_state,
-            systemd_active_state: s.systemd_active_state,
-            systemd_sub_state: s.systemd_sub_state,
-        })
+        .map(state_view)
         .collect();
     let (states, next_page_token) = page(&api, &params, all)?;
     Ok(Json(schema::UnitStatePage {
         states,
         next_page_token,
     }))
+}
+
+fn state_view(s: fleet_registry::UnitState) -> schema::UnitState {
+    schema::UnitState {
+        name: s.name.to_string(),
+        hash: s.hash.to_string(),
+        machine_id: s.machine_id.to_string(),
+        systemd_load_state: s.systemd_load_state,
+        systemd_active_state: s.systemd_active_state,
+        systemd_sub_state: s.systemd_sub_state,
+    }
+}
+
+/// The state of one unit: as its machine reports it, or for a unit published by several
+/// machines (a global unit) the first machine's.
+async fn get_state(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<schema::UnitState>, ApiError> {
+    let name = parse_name(&name)?;
+    let (placements, states) =
+        tokio::try_join!(api.registry.placements(), api.registry.unit_states())?;
+    let placed = placements
+        .into_iter()
+        .find(|(_, p)| p.name == name)
+        .map(|(m, _)| m);
+    let mut states: Vec<fleet_registry::UnitState> =
+        states.into_iter().filter(|s| s.name == name).collect();
+    let chosen = match states
+        .iter()
+        .position(|s| Some(&s.machine_id) == placed.as_ref())
+    {
+        Some(i) => Some(states.swap_remove(i)),
+        None => states.into_iter().next(),
+    };
+    match chosen {
+        Some(s) => Ok(Json(state_view(s))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unit state does not exist",
+        )),
+    }
+}
+
+async fn discovery() -> Json<serde_json::Value> {
+    Json(crate::discovery::document())
 }
 
 /// One operation of `PATCH /machines`: `{"op":"add"|"replace"|"remove",
@@ -583,6 +627,72 @@ async fn list_machines(
         machines,
         next_page_token,
     }))
+}
+
+// ---- metrics ----------------------------------------------------------------------------------
+
+/// `/metrics`, in Prometheus' text format: gauges read from the registry when scraped, then
+/// this process's counters. While etcd does not answer, the registry's gauges are left out,
+/// `fleet_etcd_up` is 0, and the counters are still served (never a 5xx).
+async fn metrics(State(api): State<Api>) -> Response {
+    let mut out = fleet_telemetry::Exposition::new();
+    let read = tokio::try_join!(
+        api.registry.units(),
+        api.registry.unit_states(),
+        api.registry.machines()
+    );
+    let up = if read.is_ok() { 1.0 } else { 0.0 };
+    out.gauge(
+        "fleet_etcd_up",
+        "Whether etcd answered this scrape's reads (1) or not (0).",
+        &[(&[], up)],
+    );
+    match read {
+        Ok((units, states, machines)) => {
+            registry_metrics(&mut out, &units, &states, machines.len())
+        }
+        Err(e) => tracing::debug!(error = %e, "metrics without the registry's gauges"),
+    }
+    fleet_telemetry::render(&mut out);
+    (
+        [(header::CONTENT_TYPE, fleet_telemetry::CONTENT_TYPE)],
+        out.finish(),
+    )
+        .into_response()
+}
+
+/// The gauges computed from the registry: units by desired state (every state, zeros
+/// included), published unit states by systemd active state, live machines.
+fn registry_metrics(
+    out: &mut fleet_telemetry::Exposition,
+    units: &[fleet_registry::Unit],
+    states: &[fleet_registry::UnitState],
+    machines: usize,
+) {
+    out.gauge_family("fleet_units", "Units in the cluster, by desired state.");
+    for state in [JobState::Inactive, JobState::Loaded, JobState::Launched] {
+        let n = units.iter().filter(|u| u.desired_state == state).count();
+        let label = state.to_string();
+        out.gauge_sample("fleet_units", &[("desired_state", &label)], n as f64);
+    }
+
+    let mut active: BTreeMap<&str, usize> = BTreeMap::new();
+    for s in states {
+        *active.entry(s.systemd_active_state.as_str()).or_default() += 1;
+    }
+    out.gauge_family(
+        "fleet_unit_states",
+        "Unit states published by all machines, by systemd active state.",
+    );
+    for (state, n) in active {
+        out.gauge_sample("fleet_unit_states", &[("active_state", state)], n as f64);
+    }
+
+    out.gauge(
+        "fleet_machines",
+        "Live machines in the cluster.",
+        &[(&[], machines as f64)],
+    );
 }
 
 // ---- journal and status -----------------------------------------------------------------------

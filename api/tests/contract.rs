@@ -3,33 +3,40 @@
 
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, Registry};
+use fleet_registry::{
+    EtcdConfig, JobState, Machine, MachineId, Presence, PresenceStatus, Registry, UnitState,
+};
 use fleet_testkit::{closed_port, Etcd};
+use fleet_units::UnitName;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 struct Api {
     _etcd: Option<Etcd>,
     registry: Registry,
+    /// `http://host:port`
+    root: String,
+    /// `<root>/fleet/v1`
     base: String,
     http: reqwest::Client,
 }
 
+/// Serves the API on a free port; returns the registry and the server's root URL.
 async fn serve(config: EtcdConfig, page_size: u32) -> (Registry, String) {
     let registry = Registry::connect(&config).await.expect("registry");
     let router = fleet_api::server::router(registry.clone(), "9.9.9", page_size);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let base = format!("http://{}/fleet/v1", listener.local_addr().expect("addr"));
+    let root = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move { axum::serve(listener, router).await });
-    (registry, base)
+    (registry, root)
 }
 
 impl Api {
     async fn start(page_size: u32) -> Api {
         let etcd = Etcd::start();
-        let (registry, base) = serve(
+        let (registry, root) = serve(
             EtcdConfig {
                 endpoints: vec![etcd.endpoint.clone()],
                 prefix: etcd.prefix.clone(),
@@ -42,7 +49,8 @@ impl Api {
         Api {
             _etcd: Some(etcd),
             registry,
-            base,
+            base: format!("{root}/fleet/v1"),
+            root,
             http: reqwest::Client::new(),
         }
     }
@@ -80,6 +88,48 @@ impl Api {
             )
         )
     }
+}
+
+/// Registers machine `n` (its lease kept alive by the returned `Presence`) and publishes, on
+/// its lease, the state of each `(unit, active state)` as an agent would.
+async fn machine_running(registry: &Registry, n: u8, units: &[(&str, &str)]) -> Presence {
+    let id = MachineId::parse(&format!("{n:032x}")).expect("machine id");
+    let machine = Machine {
+        id: id.clone(),
+        public_ip: format!("10.0.0.{n}"),
+        metadata: Default::default(),
+        version: "test".to_string(),
+    };
+    let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
+        .await
+        .expect("register a machine");
+    let PresenceStatus::Alive { lease } = presence.status() else {
+        panic!("presence fenced at once");
+    };
+    for (unit, active) in units {
+        let name = UnitName::parse(unit).expect("unit name");
+        let stored = registry
+            .unit(&name)
+            .await
+            .expect("unit")
+            .expect("unit exists");
+        registry
+            .publish_state(
+                lease,
+                &UnitState {
+                    name,
+                    hash: stored.hash(),
+                    machine_id: id.clone(),
+                    job_state: JobState::Launched,
+                    systemd_load_state: "loaded".into(),
+                    systemd_active_state: active.to_string(),
+                    systemd_sub_state: "running".into(),
+                },
+            )
+            .await
+            .expect("publish a state");
+    }
+    presence
 }
 
 fn hello(state: &str) -> Value {
@@ -355,7 +405,7 @@ async fn errors_use_the_envelope_and_name_the_server() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_etcd_is_a_503() {
-    let (_, base) = serve(
+    let (_, root) = serve(
         EtcdConfig {
             endpoints: vec![format!("http://127.0.0.1:{}", closed_port())],
             request_timeout: Duration::from_millis(500),
@@ -364,11 +414,424 @@ async fn an_unreachable_etcd_is_a_503() {
         100,
     )
     .await;
-    let r = reqwest::get(format!("{base}/units")).await.expect("GET");
+    let r = reqwest::get(format!("{root}/fleet/v1/units"))
+        .await
+        .expect("GET");
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     let body: Value = r.json().await.expect("json");
     assert_eq!(error_code(&body), Some(503));
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("etcd")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_discovery_document_describes_the_api() {
+    let api = Api::start(100).await;
+    for prefix in ["/fleet/v1", "/v1-alpha"] {
+        let r = api
+            .http
+            .get(format!("{}{prefix}/discovery", api.root))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), StatusCode::OK, "{prefix}");
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{prefix}"
+        );
+        let doc: Value = r.json().await.expect("the discovery document is JSON");
+        assert_eq!(doc["kind"], "discovery#restDescription");
+        assert_eq!(doc["basePath"], "/fleet/v1/");
+        for schema in [
+            "Unit",
+            "UnitOption",
+            "UnitPage",
+            "UnitState",
+            "UnitStatePage",
+            "Machine",
+            "MachinePage",
+        ] {
+            assert_eq!(doc["schemas"][schema]["id"], schema, "schema {schema}");
+        }
+        let methods = |resource: &str| -> Vec<(String, String, String)> {
+            doc["resources"][resource]["methods"]
+                .as_object()
+                .unwrap_or_else(|| panic!("resource {resource}"))
+                .iter()
+                .map(|(name, m)| {
+                    (
+                        name.clone(),
+                        m["httpMethod"].as_str().unwrap_or_default().to_string(),
+                        m["path"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        };
+        let t = |n: &str, m: &str, p: &str| (n.to_string(), m.to_string(), p.to_string());
+        let mut units = methods("Units");
+        units.sort();
+        assert_eq!(
+            units,
+            [
+                t("Delete", "DELETE", "units/{unitName}"),
+                t("Get", "GET", "units/{unitName}"),
+                t("List", "GET", "units"),
+                t("Set", "PUT", "units/{unitName}"),
+            ]
+        );
+        let mut states = methods("UnitState");
+        states.sort();
+        assert_eq!(
+            states,
+            [
+                t("Get", "GET", "state/{unitName}"),
+                t("List", "GET", "state")
+            ]
+        );
+        assert_eq!(methods("Machines"), [t("List", "GET", "machines")]);
+        assert_eq!(
+            doc["resources"]["Units"]["methods"]["Set"]["request"]["$ref"],
+            "Unit"
+        );
+    }
+    let r = api
+        .http
+        .post(format!("{}/discovery", api.base))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_legacy_prefix_serves_the_same_api() {
+    let api = Api::start(100).await;
+    let alpha = format!("{}/v1-alpha", api.root);
+    // A PUT through the legacy prefix is seen through both.
+    let r = api
+        .http
+        .put(format!("{alpha}/units/old.service"))
+        .json(&hello("inactive"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(
+        api.put("new.service", hello("launched")).await.0,
+        StatusCode::CREATED
+    );
+    let r = api
+        .http
+        .put(format!("{alpha}/units/new.service"))
+        .json(&json!({"desiredState": "loaded"}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    for path in [
+        "/units",
+        "/units/old.service",
+        "/units/new.service",
+        "/state",
+        "/machines",
+    ] {
+        let (status, body) = api.get(path).await;
+        let r = api
+            .http
+            .get(format!("{alpha}{path}"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.json::<Value>().await.expect("json"), body, "{path}");
+    }
+    let (_, units) = api.get("/units").await;
+    let names: Vec<&str> = units["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert_eq!(names, ["new.service", "old.service"]);
+    assert_eq!(
+        api.get("/units/new.service").await.1["desiredState"],
+        "loaded"
+    );
+    // Refusals and unknown paths look the same under both prefixes.
+    let r = api
+        .http
+        .put(format!("{alpha}/units/bad%20name.service"))
+        .json(&hello("inactive"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = api
+        .http
+        .get(format!("{alpha}/nowhere"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.headers().get("server").and_then(|v| v.to_str().ok()),
+        Some("fleetd/9.9.9")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_state_of_one_unit() {
+    let api = Api::start(100).await;
+    let (status, body) = api.get("/state/nothing.service").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), Some(404));
+    let (status, _) = api.get("/state/bad%20name.service").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    api.put("hello.service", hello("launched")).await;
+    let _machine = machine_running(&api.registry, 1, &[("hello.service", "active")]).await;
+    let (status, state) = api.get("/state/hello.service").await;
+    assert_eq!(status, StatusCode::OK, "{state}");
+    assert_eq!(state["name"], "hello.service");
+    assert_eq!(state["machineID"], format!("{:032x}", 1));
+    assert_eq!(state["systemdActiveState"], "active");
+    assert_eq!(
+        api.get("/state").await.1["states"][0],
+        state,
+        "the item is the list's entry"
+    );
+}
+
+/// One sample of a metrics page: name, labels, value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses a Prometheus text page: every line is a `# HELP`/`# TYPE` comment or a sample
+/// `name{label="value",...} value`. Returns the samples as `(name, labels, value)`.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    fn is_name(s: &str) -> bool {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let (kind, name) = (words.next(), words.next());
+            assert!(matches!(kind, Some("HELP" | "TYPE")), "{line:?}");
+            assert!(name.is_some_and(is_name), "{line:?}");
+            if kind == Some("TYPE") {
+                assert!(
+                    matches!(words.next(), Some("counter" | "gauge" | "histogram")),
+                    "{line:?}"
+                );
+            }
+            continue;
+        }
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("{line:?}"));
+        let name = &line[..name_end];
+        assert!(is_name(name), "bad metric name in {line:?}");
+        let mut rest = &line[name_end..];
+        let mut labels = Vec::new();
+        if let Some(inner) = rest.strip_prefix('{') {
+            let mut chars = inner.char_indices().peekable();
+            loop {
+                let (start, c) = chars.next().unwrap_or_else(|| panic!("{line:?}"));
+                if c == '}' {
+                    rest = &inner[start + 1..];
+                    break;
+                }
+                let eq = inner[start..]
+                    .find("=\"")
+                    .unwrap_or_else(|| panic!("{line:?}"));
+                let key = &inner[start..start + eq];
+                assert!(is_name(key), "bad label name in {line:?}");
+                while chars.peek().is_some_and(|(i, _)| *i < start + eq + 2) {
+                    chars.next();
+                }
+                let mut value = String::new();
+                loop {
+                    match chars.next().map(|(_, c)| c) {
+                        Some('"') => break,
+                        Some('\\') => match chars.next().map(|(_, c)| c) {
+                            Some('n') => value.push('\n'),
+                            Some(c @ ('\\' | '"')) => value.push(c),
+                            other => panic!("bad escape {other:?} in {line:?}"),
+                        },
+                        Some(c) => value.push(c),
+                        None => panic!("unterminated label value in {line:?}"),
+                    }
+                }
+                labels.push((key.to_string(), value));
+                if chars.peek().is_some_and(|(_, c)| *c == ',') {
+                    chars.next();
+                }
+            }
+        }
+        let value = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = match value {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line:?}")),
+        };
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+async fn scrape(root: &str) -> (reqwest::StatusCode, String, String) {
+    let r = reqwest::get(format!("{root}/metrics"))
+        .await
+        .expect("GET /metrics");
+    let status = r.status();
+    let content_type = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    (status, content_type, r.text().await.expect("body"))
+}
+
+fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, l, _)| {
+            n == name
+                && l.len() == labels.len()
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_reflect_the_registry() {
+    let api = Api::start(100).await;
+    for (name, state) in [
+        ("a.service", "launched"),
+        ("b.service", "launched"),
+        ("c.service", "inactive"),
+    ] {
+        assert_eq!(api.put(name, hello(state)).await.0, StatusCode::CREATED);
+    }
+    let _machine = machine_running(
+        &api.registry,
+        1,
+        &[
+            ("a.service", "active"),
+            ("b.service", "failed"),
+            ("c.service", "weird \"state\"\\"),
+        ],
+    )
+    .await;
+    let (status, content_type, text) = scrape(&api.root).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let samples = parse_metrics(&text);
+    let v = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
+    assert_eq!(v("fleet_etcd_up", &[]), Some(1.0), "{text}");
+    assert_eq!(
+        v("fleet_units", &[("desired_state", "launched")]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        v("fleet_units", &[("desired_state", "inactive")]),
+        Some(1.0)
+    );
+    assert_eq!(v("fleet_units", &[("desired_state", "loaded")]), Some(0.0));
+    assert_eq!(
+        v("fleet_unit_states", &[("active_state", "active")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("fleet_unit_states", &[("active_state", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        v(
+            "fleet_unit_states",
+            &[("active_state", "weird \"state\"\\")]
+        ),
+        Some(1.0),
+        "label values are escaped: {text}"
+    );
+    assert_eq!(v("fleet_machines", &[]), Some(1.0));
+    assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
+    for counter in [
+        "fleet_engine_placements_total",
+        "fleet_etcd_errors_total",
+        "fleet_engine_reconcile_seconds_count",
+        "fleet_engine_reconcile_seconds_sum",
+    ] {
+        assert!(v(counter, &[]).is_some(), "{counter} missing: {text}");
+    }
+    assert_eq!(
+        v("fleet_engine_reconcile_seconds_bucket", &[("le", "+Inf")]),
+        v("fleet_engine_reconcile_seconds_count", &[])
+    );
+
+    // A unit through the legacy prefix counts the same.
+    let r = api
+        .http
+        .put(format!("{}/v1-alpha/units/d.service", api.root))
+        .json(&hello("launched"))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let samples = parse_metrics(&scrape(&api.root).await.2);
+    assert_eq!(
+        value_of(&samples, "fleet_units", &[("desired_state", "launched")]),
+        Some(3.0)
+    );
+
+    let r = api
+        .http
+        .post(format!("{}/metrics", api.root))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_answer_while_etcd_is_unreachable() {
+    let (_, root) = serve(
+        EtcdConfig {
+            endpoints: vec![format!("http://127.0.0.1:{}", closed_port())],
+            request_timeout: Duration::from_millis(500),
+            ..EtcdConfig::default()
+        },
+        100,
+    )
+    .await;
+    let (status, _, text) = scrape(&root).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let samples = parse_metrics(&text);
+    assert_eq!(
+        value_of(&samples, "fleet_etcd_up", &[]),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(value_of(&samples, "fleet_machines", &[]), None, "{text}");
+    assert!(
+        value_of(&samples, "fleet_etcd_errors_total", &[]).is_some_and(|n| n >= 1.0),
+        "the failed reads are counted: {text}"
+    );
 }

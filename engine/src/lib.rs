@@ -9,7 +9,7 @@ pub mod plan;
 
 use std::time::Duration;
 
-use fleet_registry::{Changes, Leadership, MachineId, PresenceStatus, Registry};
+use fleet_registry::{Changes, Leadership, MachineId, PlacementOp, PresenceStatus, Registry};
 use tokio::sync::watch;
 
 #[derive(Debug, Clone)]
@@ -90,15 +90,19 @@ async fn follow(
     }
 }
 
-/// Leads until leadership or the lease is lost.
+/// Leads until leadership or the lease is lost. Meanwhile `fleet_engine_leader` is 1; each
+/// reconciliation that completes is timed (`fleet_engine_reconcile_seconds`) and the
+/// placements it writes are counted (`fleet_engine_placements_total`).
 async fn lead(
     registry: &Registry,
     leadership: Leadership,
     presence: &mut watch::Receiver<PresenceStatus>,
     config: &EngineConfig,
 ) {
+    let _leading = fleet_telemetry::LeaderGuard::new();
     let mut changes: Option<Changes> = None;
     loop {
+        let started = std::time::Instant::now();
         let snapshot = match registry.engine_snapshot().await {
             Ok(s) => s,
             Err(e) => {
@@ -137,7 +141,13 @@ async fn lead(
                 tracing::debug!(?op, "placement");
             }
             match registry.apply_placements(leadership, &ops).await {
-                Ok(()) => {}
+                Ok(()) => {
+                    let placed = ops
+                        .iter()
+                        .filter(|op| matches!(op, PlacementOp::Put { .. }))
+                        .count();
+                    fleet_telemetry::ENGINE_PLACEMENTS.add(placed as u64);
+                }
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
                     // E.g. a target's lease expired between read and write: re-plan.
@@ -147,6 +157,7 @@ async fn lead(
                 }
             }
         }
+        fleet_telemetry::ENGINE_RECONCILE.observe_duration(started.elapsed());
         let woken = async {
             match changes.as_mut() {
                 Some(c) => c.next().await.map(|_| ()),

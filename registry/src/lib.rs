@@ -297,16 +297,19 @@ impl Registry {
 
     // ---- plumbing ---------------------------------------------------------------------------
 
-    /// Runs one etcd request under the request timeout.
+    /// Runs one etcd request under the request timeout; a failure counts in
+    /// `fleet_etcd_errors_total`.
     async fn timed<T, F>(&self, fut: F) -> Result<T>
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.classify(e)),
-            Err(_) => Err(Error::Timeout(self.timeout)),
-        }
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => self.classify(e),
+            Err(_) => Error::Timeout(self.timeout),
+        };
+        fleet_telemetry::ETCD_ERRORS.inc();
+        Err(result)
     }
 
     fn classify(&self, e: etcd_client::Error) -> Error {

@@ -16,6 +16,19 @@ pub struct Changes {
 
 impl Changes {
     pub(crate) async fn open(
+        client: WatchClient,
+        prefixes: &[String],
+        revision: i64,
+        timeout: Duration,
+    ) -> Result<Changes> {
+        let opened = Changes::open_uncounted(client, prefixes, revision, timeout).await;
+        if opened.is_err() {
+            fleet_telemetry::ETCD_ERRORS.inc();
+        }
+        opened
+    }
+
+    async fn open_uncounted(
         mut client: WatchClient,
         prefixes: &[String],
         revision: i64,

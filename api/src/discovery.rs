@@ -1,0 +1,229 @@
+//! The API's discovery document (`GET /fleet/v1/discovery`), in the Google API discovery
+//! format fleet published: generated clients (fleet's own Go client among them) read resource,
+//! method and schema names from it, so those names, ids and paths are fleet's.
+
+use serde_json::{json, Map, Value};
+
+/// The document, served as-is under every API prefix (`baseUrl` names `/fleet/v1/`, as fleet's
+/// did under `/v1-alpha` too).
+pub fn document() -> Value {
+    json!({
+        "kind": "discovery#restDescription",
+        "discoveryVersion": "v1",
+        "id": "fleet:v1",
+        "name": "schema",
+        "version": "v1",
+        "title": "fleet API",
+        "description": "",
+        "documentationLink": "http://github.com/coreos/fleet",
+        "protocol": "rest",
+        "icons": {"x16": "", "x32": ""},
+        "labels": [],
+        "baseUrl": "$ENDPOINT/fleet/v1/",
+        "basePath": "/fleet/v1/",
+        "rootUrl": "$ENDPOINT/",
+        "servicePath": "fleet/v1/",
+        "batchPath": "batch",
+        "parameters": {},
+        "auth": {},
+        "schemas": schemas(),
+        "resources": resources(),
+    })
+}
+
+fn string() -> Value {
+    json!({"type": "string"})
+}
+
+fn job_state() -> Value {
+    json!({"type": "string", "enum": ["inactive", "loaded", "launched"]})
+}
+
+fn array_of(schema: &str) -> Value {
+    json!({"type": "array", "items": {"$ref": schema}})
+}
+
+fn object(id: &str, properties: Value) -> Value {
+    json!({"id": id, "type": "object", "properties": properties})
+}
+
+fn schemas() -> Value {
+    json!({
+        "Machine": object("Machine", json!({
+            "id": string(),
+            "primaryIP": string(),
+            "metadata": {
+                "type": "object",
+                "properties": {},
+                "additionalProperties": string(),
+            },
+        })),
+        "MachinePage": object("MachinePage", json!({
+            "machines": array_of("Machine"),
+            "nextPageToken": string(),
+        })),
+        "UnitOption": object("UnitOption", json!({
+            "section": string(),
+            "name": string(),
+            "value": string(),
+        })),
+        "Unit": object("Unit", json!({
+            "name": string(),
+            "options": array_of("UnitOption"),
+            "desiredState": job_state(),
+            "currentState": job_state(),
+            "machineID": {"type": "string", "required": true},
+            // Ours, not fleet's: why the engine cannot place the unit.
+            "reason": string(),
+        })),
+        "UnitPage": object("UnitPage", json!({
+            "units": array_of("Unit"),
+            "nextPageToken": string(),
+        })),
+        "UnitState": object("UnitState", json!({
+            "name": string(),
+            "hash": string(),
+            "machineID": string(),
+            "systemdLoadState": string(),
+            "systemdActiveState": string(),
+            "systemdSubState": string(),
+        })),
+        "UnitStatePage": object("UnitStatePage", json!({
+            "states": array_of("UnitState"),
+            "nextPageToken": string(),
+        })),
+    })
+}
+
+/// One method: `parameters` are `(name, location)`; path parameters are required and ordered.
+fn method(
+    id: &str,
+    description: &str,
+    http_method: &str,
+    path: &str,
+    parameters: &[(&str, &str)],
+    request: Option<&str>,
+    response: Option<&str>,
+) -> Value {
+    let mut params = Map::new();
+    let mut order = Vec::new();
+    for (name, location) in parameters {
+        let mut p = json!({"type": "string", "location": location});
+        if *location == "path" {
+            p["required"] = Value::Bool(true);
+            order.push(Value::String(name.to_string()));
+        }
+        params.insert(name.to_string(), p);
+    }
+    let mut m = json!({
+        "id": id,
+        "description": description,
+        "httpMethod": http_method,
+        "path": path,
+        "parameters": params,
+    });
+    if !order.is_empty() {
+        m["parameterOrder"] = Value::Array(order);
+    }
+    if let Some(r) = request {
+        m["request"] = json!({"$ref": r});
+    }
+    if let Some(r) = response {
+        m["response"] = json!({"$ref": r});
+    }
+    m
+}
+
+fn resources() -> Value {
+    let page = ("nextPageToken", "query");
+    let unit_name = ("unitName", "path");
+    json!({
+        "Machines": {"methods": {
+            "List": method(
+                "fleet.Machine.List",
+                "List the live machines, one page at a time.",
+                "GET", "machines", &[page], None, Some("MachinePage"),
+            ),
+        }},
+        "Units": {"methods": {
+            "List": method(
+                "fleet.Unit.List",
+                "List the units, one page at a time.",
+                "GET", "units", &[page], None, Some("UnitPage"),
+            ),
+            "Get": method(
+                "fleet.Unit.Get",
+                "Read one unit.",
+                "GET", "units/{unitName}", &[unit_name], None, Some("Unit"),
+            ),
+            "Delete": method(
+                "fleet.Unit.Delete",
+                "Destroy one unit.",
+                "DELETE", "units/{unitName}", &[unit_name], None, None,
+            ),
+            "Set": method(
+                "fleet.Unit.Set",
+                "Create or replace a unit, or change its desired state.",
+                "PUT", "units/{unitName}", &[unit_name], Some("Unit"), None,
+            ),
+        }},
+        "UnitState": {"methods": {
+            "Get": method(
+                "fleet.UnitState.Get",
+                "Read the state of one unit.",
+                "GET", "state/{unitName}", &[unit_name], None, Some("UnitState"),
+            ),
+            "List": method(
+                "fleet.UnitState.List",
+                "List the states of units on machines, one page at a time.",
+                "GET", "state", &[page, ("unitName", "query"), ("machineID", "query")],
+                None, Some("UnitStatePage"),
+            ),
+        }},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves_and_methods_have_ids() {
+        let doc = document();
+        let schemas = doc["schemas"].as_object().unwrap();
+        for (name, schema) in schemas {
+            assert_eq!(schema["id"], name.as_str());
+        }
+        let mut refs = Vec::new();
+        fn collect(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    if let Some(Value::String(r)) = m.get("$ref") {
+                        out.push(r.clone());
+                    }
+                    m.values().for_each(|v| collect(v, out));
+                }
+                Value::Array(a) => a.iter().for_each(|v| collect(v, out)),
+                _ => {}
+            }
+        }
+        collect(&doc, &mut refs);
+        assert!(refs.len() > 5);
+        for r in refs {
+            assert!(schemas.contains_key(&r), "dangling $ref {r}");
+        }
+        for (resource, r) in doc["resources"].as_object().unwrap() {
+            for (name, m) in r["methods"].as_object().unwrap() {
+                assert!(
+                    m["id"].as_str().unwrap().starts_with("fleet."),
+                    "{resource}.{name}"
+                );
+                for p in m["parameterOrder"].as_array().into_iter().flatten() {
+                    let p = p.as_str().unwrap();
+                    assert_eq!(m["parameters"][p]["location"], "path");
+                    assert!(m["path"].as_str().unwrap().contains(&format!("{{{p}}}")));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The engine's metrics, against a real etcd: leadership, placements written and reconcile
+//! durations are counted as the engine works.
+
+use std::time::Duration;
+
+use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
+use fleet_telemetry::{ENGINE_LEADER, ENGINE_PLACEMENTS, ENGINE_RECONCILE};
+use fleet_testkit::Etcd;
+use fleet_units::{UnitName, UnitOption};
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not so in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_reports_leadership_placements_and_reconciliations() {
+    let etcd = Etcd::start();
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry");
+    let id = MachineId::parse(&format!("{:032x}", 1)).expect("id");
+    let machine = Machine {
+        id: id.clone(),
+        public_ip: "10.0.0.1".into(),
+        metadata: Default::default(),
+        version: "test".into(),
+    };
+    let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
+        .await
+        .expect("register");
+    for n in 0..3 {
+        registry
+            .put_unit(&Unit {
+                name: UnitName::parse(&format!("u{n}.service")).expect("name"),
+                options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
+                desired_state: JobState::Launched,
+            })
+            .await
+            .expect("put unit");
+    }
+    assert_eq!(ENGINE_LEADER.get(), 0);
+    let placed_before = ENGINE_PLACEMENTS.get();
+    let engine = tokio::spawn(fleet_engine::run(
+        registry.clone(),
+        id,
+        presence.subscribe(),
+        fleet_engine::EngineConfig::default(),
+    ));
+    eventually("the engine leads", || ENGINE_LEADER.get() == 1).await;
+    eventually("three placements are counted", || {
+        ENGINE_PLACEMENTS.get() >= placed_before + 3
+    })
+    .await;
+    assert_eq!(registry.placements().await.expect("placements").len(), 3);
+    eventually("a reconciliation is timed", || {
+        ENGINE_RECONCILE.count() >= 1
+    })
+    .await;
+    assert!(ENGINE_RECONCILE.sum() > 0.0);
+
+    engine.abort();
+    let _ = engine.await;
+    assert_eq!(ENGINE_LEADER.get(), 0, "a stopped engine does not lead");
+    drop(presence);
+}
