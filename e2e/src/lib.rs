@@ -114,6 +114,16 @@ impl Cluster {
         let bin = self.bin.to_string_lossy().into_owned();
         self.tool(&["up", "-n", &NODES.to_string(), "--bin", &bin])
             .expect_ok("fleet-cluster up");
+        // Booted is not enough: every node's fleetd must be registered before a test runs.
+        let registered = eventually(AGENT_TTL + Duration::from_secs(10), || {
+            let out = self.fleetctl(&["list-machines", "--no-legend"]);
+            (out.ok() && out.stdout.lines().count() == NODES as usize).then_some(())
+        });
+        assert!(
+            registered.is_some(),
+            "not every node registered: {:#?}",
+            self.fleetctl(&["list-machines"])
+        );
     }
 
     /// Runs the cluster tool.

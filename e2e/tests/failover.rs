@@ -76,9 +76,20 @@ fn a_partitioned_machine_fences_itself_before_its_unit_moves() {
     });
     c.tool(&["heal", &format!("node{cut}")])
         .expect_ok("heal node");
+    let back = eventually(AGENT_TTL, || {
+        let machines = c.fleetctl_via(survivor, &["list-machines", "--no-legend"]);
+        machines
+            .stdout
+            .contains(&format!("f1ee70{cut:02}..."))
+            .then_some(())
+    });
     c.up();
     c.fleetctl_via(survivor, &["destroy", &name]);
 
+    assert!(
+        back.is_some(),
+        "node{cut} did not register again after the partition healed"
+    );
     assert!(fenced, "the cut-off machine kept running {name}");
     assert!(moved.is_some(), "{name} was not started elsewhere");
     assert!(!overlap, "{name} ran on two machines at once");

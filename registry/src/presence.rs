@@ -256,7 +256,15 @@ impl Renewer {
     async fn try_renew(&mut self, registry: &Registry, lease: i64) -> Result<i64> {
         if !matches!(&self.stream, Some((l, _, _)) if *l == lease) {
             let mut lease_client = registry.client.lease_client();
-            let (keeper, stream) = registry.timed(lease_client.keep_alive(lease)).await?;
+            let opened = registry.timed(lease_client.keep_alive(lease)).await;
+            // etcd-client reports a lease that is already gone as an error when the stream is
+            // opened (on an open stream, as a TTL of 0): both mean "register again".
+            if let Err(Error::Etcd(etcd_client::Error::LeaseKeepAliveError(message))) = &opened {
+                if message.contains("lease not found") {
+                    return Ok(0);
+                }
+            }
+            let (keeper, stream) = opened?;
             self.stream = Some((lease, keeper, stream));
         }
         let Some((_, keeper, stream)) = self.stream.as_mut() else {
