@@ -2,6 +2,9 @@
 //!
 //! - `fleet-bench start-latency [--bin DIR] [--runs N]`: wall time of a blocking
 //!   `fleetctl start` of a fresh unit, from the host against node1's API, until it returns.
+//! - `fleet-bench idle [--bin DIR] [--units N]`: N units (1,000 unless given) running on the
+//!   local 3-node cluster and nothing changing: etcd requests per second and each fleetd's CPU
+//!   over 30 s.
 //! - `fleet-bench placement [--units N] [--machines M]`: the engine alone places N units onto M
 //!   registered machines (registrations without systemd) in a private real etcd: seconds from
 //!   the engine's start, all desired state being written, to all placements written.
@@ -38,19 +41,20 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => machines = n,
                 _ => return usage("--machines needs a positive number"),
             },
-            "start-latency" | "placement" => what = Some(arg.clone()),
+            "start-latency" | "placement" | "idle" => what = Some(arg.clone()),
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
     match what.as_deref() {
         Some("start-latency") => start_latency(&bin, runs),
         Some("placement") => placement(units, machines),
+        Some("idle") => idle(&bin, units.min(1_000)),
         _ => usage("name a benchmark"),
     }
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M]");
+    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M]\n       fleet-bench idle [--bin DIR] [--units N (at most 1000)]");
     ExitCode::from(2)
 }
 
@@ -195,4 +199,131 @@ async fn run_placement(
     engine.abort();
     drop(presences);
     Ok(elapsed)
+}
+
+/// etcd's count of gRPC messages received (unary requests and stream messages such as
+/// keepalives and watch requests), from its Prometheus endpoint on loopback.
+fn etcd_messages() -> Result<f64, String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", 2379))
+        .map_err(|e| format!("cannot reach the cluster's etcd: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("grpc_server_msg_received_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+/// CPU seconds used so far by fleetd on node `n` (utime + stime of its main process).
+fn fleetd_cpu(cluster: &Cluster, n: u32) -> Result<f64, String> {
+    let pid = cluster
+        .exec(n, &["systemctl", "show", "-P", "MainPID", "fleet.service"])
+        .stdout
+        .trim()
+        .to_string();
+    let stat = cluster
+        .exec(n, &["cat", &format!("/proc/{pid}/stat")])
+        .stdout;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        // utime and stime are fields 14 and 15 of /proc/PID/stat; 100 ticks per second.
+        (Some(u), Some(s)) => Ok((u + s) / 100.0),
+        _ => Err(format!(
+            "cannot read fleetd's CPU time on node{n}: {stat:?}"
+        )),
+    }
+}
+
+fn idle(bin: &std::path::Path, units: usize) -> ExitCode {
+    let cluster = Cluster::new(bin);
+    cluster.up();
+    let names: Vec<String> = (0..units).map(|i| format!("idle-{i:04}.service")).collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| {
+            cluster
+                .unit_file(n, "[Service]\nExecStart=/bin/sleep infinity\n")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let result = (|| -> Result<(f64, Vec<f64>), String> {
+        for chunk in paths.chunks(200) {
+            let mut args = vec!["start", "--no-block"];
+            args.extend(chunk.iter().map(String::as_str));
+            let out = cluster.fleetctl(&args);
+            if !out.ok() {
+                return Err(format!("start failed: {}", out.stderr));
+            }
+        }
+        let running = fleet_e2e::eventually(Duration::from_secs(300), || {
+            let out = cluster.fleetctl(&["list-units", "--no-legend"]);
+            let active = out
+                .stdout
+                .lines()
+                .filter(|l| l.starts_with("idle-") && l.ends_with("\tactive\trunning"))
+                .count();
+            (active == units).then_some(())
+        });
+        running.ok_or_else(|| format!("the {units} units did not all run within 300 s"))?;
+        std::thread::sleep(Duration::from_secs(5));
+        let window = Duration::from_secs(30);
+        let before = etcd_messages()?;
+        let cpu_before: Vec<f64> = (1..=3)
+            .map(|n| fleetd_cpu(&cluster, n))
+            .collect::<Result<_, _>>()?;
+        std::thread::sleep(window);
+        let after = etcd_messages()?;
+        let cpu_after: Vec<f64> = (1..=3)
+            .map(|n| fleetd_cpu(&cluster, n))
+            .collect::<Result<_, _>>()?;
+        let rate = (after - before) / window.as_secs_f64();
+        let cpu = cpu_before
+            .iter()
+            .zip(&cpu_after)
+            .map(|(b, a)| 100.0 * (a - b) / window.as_secs_f64())
+            .collect();
+        Ok((rate, cpu))
+    })();
+    for chunk in names.chunks(200) {
+        let mut args = vec!["destroy"];
+        args.extend(chunk.iter().map(String::as_str));
+        cluster.fleetctl(&args);
+    }
+    match result {
+        Ok((rate, cpu)) => {
+            println!(
+                "idle: {units} units running on the 3-node local cluster, nothing changing, 30 s"
+            );
+            println!(
+                "  etcd requests/s: {rate:.1}   fleetd CPU: {}",
+                cpu.iter()
+                    .enumerate()
+                    .map(|(i, c)| format!("node{} {c:.1}%", i + 1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            println!("  to beat: the original fleet, same cluster and units: ~110 requests/s and one fleetd at ~90% CPU");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fleet-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
