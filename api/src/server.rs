@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
-use fleet_registry::{JobState, MachineId, MachineRecord, Registry};
+use fleet_registry::{JobState, Machine, MachineId, Registry};
 use fleet_units::{Requirements, UnitFile, UnitName};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -704,17 +704,17 @@ fn select_targets(
     global: bool,
     placed: Option<&MachineId>,
     reporting: &[MachineId],
-    records: &[MachineRecord],
+    records: &[Machine],
     wanted: Option<&str>,
-) -> Result<Vec<MachineRecord>, ApiError> {
+) -> Result<Vec<Machine>, ApiError> {
     let ids: Vec<&MachineId> = if global {
         reporting.iter().collect()
     } else {
         placed.into_iter().collect()
     };
-    let targets: Vec<MachineRecord> = records
+    let targets: Vec<Machine> = records
         .iter()
-        .filter(|r| ids.contains(&&r.machine.id))
+        .filter(|r| ids.contains(&&r.id))
         .cloned()
         .collect();
     if targets.is_empty() {
@@ -732,9 +732,9 @@ fn select_targets(
         )));
     }
     let wanted_lower = wanted.to_ascii_lowercase();
-    let chosen: Vec<MachineRecord> = targets
+    let chosen: Vec<Machine> = targets
         .into_iter()
-        .filter(|r| r.machine.id.as_str().starts_with(&wanted_lower))
+        .filter(|r| r.id.as_str().starts_with(&wanted_lower))
         .collect();
     match chosen.len() {
         0 => Err(ApiError::new(
@@ -754,7 +754,7 @@ async fn resolve(
     api: &Api,
     name: &UnitName,
     params: &BTreeMap<String, Vec<String>>,
-) -> Result<(Vec<MachineRecord>, bool), ApiError> {
+) -> Result<(Vec<Machine>, bool), ApiError> {
     let Some(unit) = api.registry.unit(name).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
     };
@@ -762,7 +762,7 @@ async fn resolve(
     let (placements, states, records) = tokio::try_join!(
         api.registry.placements(),
         api.registry.unit_states(),
-        api.registry.machine_records()
+        api.registry.machines()
     )?;
     let placed = placements
         .into_iter()
@@ -791,27 +791,27 @@ fn inspector(api: &Api) -> Result<Inspect, ApiError> {
     })
 }
 
-fn no_peer(target: &MachineRecord) -> ApiError {
+fn no_peer(target: &Machine) -> ApiError {
     ApiError::new(
         StatusCode::BAD_GATEWAY,
         format!(
             "machine {} serves no peer endpoint (peer_listen off, or an older fleetd)",
-            target.machine.id
+            target.id
         ),
     )
 }
 
-fn header_of(target: &MachineRecord) -> String {
-    section_header(target.machine.id.as_str(), &target.machine.public_ip)
+fn header_of(target: &Machine) -> String {
+    section_header(target.id.as_str(), &target.public_ip)
 }
 
 async fn open_journal(
     inspect: &Inspect,
-    target: &MachineRecord,
+    target: &Machine,
     name: &UnitName,
     query: JournalQuery,
 ) -> Result<ByteStream, ApiError> {
-    if target.machine.id == inspect.machine {
+    if target.id == inspect.machine {
         return inspect::local_journal(name, query).map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -827,10 +827,10 @@ async fn open_journal(
 
 async fn read_status(
     inspect: &Inspect,
-    target: &MachineRecord,
+    target: &Machine,
     name: &UnitName,
 ) -> Result<(i32, Vec<u8>), ApiError> {
-    if target.machine.id == inspect.machine {
+    if target.id == inspect.machine {
         return inspect::local_status(name).await.map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -940,14 +940,12 @@ async fn unit_status(
 mod tests {
     use super::*;
 
-    fn record(n: u8, peer: bool) -> MachineRecord {
-        MachineRecord {
-            machine: fleet_registry::Machine {
-                id: MachineId::parse(&format!("f1ee70{n:02}{}", "0".repeat(24))).unwrap(),
-                public_ip: format!("10.233.0.{}", 10 + n),
-                metadata: Default::default(),
-                version: String::new(),
-            },
+    fn record(n: u8, peer: bool) -> Machine {
+        Machine {
+            id: MachineId::parse(&format!("f1ee70{n:02}{}", "0".repeat(24))).unwrap(),
+            public_ip: format!("10.233.0.{}", 10 + n),
+            metadata: Default::default(),
+            version: String::new(),
             peer_address: peer.then(|| format!("10.233.0.{}:49154", 10 + n)),
         }
     }
@@ -956,11 +954,9 @@ mod tests {
     fn journal_targets() {
         let name = UnitName::parse("web.service").unwrap();
         let records = [record(1, true), record(2, true), record(3, false)];
-        let ids = |rs: &[MachineRecord]| -> Vec<String> {
-            rs.iter().map(|r| r.machine.id.to_string()).collect()
-        };
-        let m2 = records[1].machine.id.clone();
-        let all: Vec<MachineId> = records.iter().map(|r| r.machine.id.clone()).collect();
+        let ids = |rs: &[Machine]| -> Vec<String> { rs.iter().map(|r| r.id.to_string()).collect() };
+        let m2 = records[1].id.clone();
+        let all: Vec<MachineId> = records.iter().map(|r| r.id.clone()).collect();
 
         // A placed unit: its machine, whatever else reports it.
         let t = select_targets(&name, false, Some(&m2), &all, &records, None).unwrap();

@@ -99,6 +99,7 @@ async fn machine_running(registry: &Registry, n: u8, units: &[(&str, &str)]) -> 
         public_ip: format!("10.0.0.{n}"),
         metadata: Default::default(),
         version: "test".to_string(),
+        peer_address: None,
     };
     let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
         .await

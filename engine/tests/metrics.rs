@@ -36,6 +36,7 @@ async fn the_engine_reports_leadership_placements_and_reconciliations() {
         public_ip: "10.0.0.1".into(),
         metadata: Default::default(),
         version: "test".into(),
+        peer_address: None,
     };
     let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use fleet_registry::{EtcdConfig, Machine, MachineRecord, Presence, Registry};
+use fleet_registry::{EtcdConfig, Machine, Presence, Registry};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -161,13 +161,11 @@ async fn run(args: Args, config: Config) -> Result<()> {
     system::notify_ready();
     tokio::spawn(learn_peer_secret(registry.clone(), secret));
 
-    let machine = MachineRecord {
-        machine: Machine {
-            id: machine_id.clone(),
-            public_ip,
-            metadata: config.metadata.clone(),
-            version: VERSION.to_string(),
-        },
+    let machine = Machine {
+        id: machine_id.clone(),
+        public_ip,
+        metadata: config.metadata.clone(),
+        version: VERSION.to_string(),
         peer_address,
     };
     let lease_file = config.units_directory.join("..").join("lease");

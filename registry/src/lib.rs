@@ -35,8 +35,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use model::{
-    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, MachineRecord, Placement,
-    Unit, UnitState,
+    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Placement, Unit, UnitState,
 };
 pub use presence::{Presence, PresenceStatus};
 pub use watch::Changes;
@@ -467,12 +466,6 @@ impl Registry {
         Ok(items.into_iter().map(|(_, m)| m).collect())
     }
 
-    /// All live machines' full records (with their peer addresses), sorted by id.
-    pub async fn machine_records(&self) -> Result<Vec<MachineRecord>> {
-        let (_, items) = self.range::<MachineRecord>(&self.machines_prefix()).await?;
-        Ok(items.into_iter().map(|(_, m)| m).collect())
-    }
-
     /// The cluster's peer secret: `candidate` is stored if there is none yet (create-if-absent,
     /// so concurrent fleetds agree on one), and the stored secret is returned.
     pub async fn peer_secret(&self, candidate: &str) -> Result<String> {
@@ -587,7 +580,7 @@ impl Registry {
             let Some(record) = record.kvs().first() else {
                 return Ok(false);
             };
-            let mut machine: MachineRecord = decode(record)?;
+            let mut machine: Machine = decode(record)?;
             let (mut overrides, stored_revision) = match stored.kvs().first() {
                 Some(kv) => (decode::<MetadataOverrides>(kv)?, kv.mod_revision()),
                 None => (MetadataOverrides::new(), 0),
@@ -595,8 +588,8 @@ impl Registry {
             for (key, value) in changes {
                 overrides.insert(key.clone(), value.clone());
                 match value {
-                    Some(v) => machine.machine.metadata.insert(key.clone(), v.clone()),
-                    None => machine.machine.metadata.remove(key),
+                    Some(v) => machine.metadata.insert(key.clone(), v.clone()),
+                    None => machine.metadata.remove(key),
                 };
             }
             let txn = Txn::new()

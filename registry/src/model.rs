@@ -146,34 +146,10 @@ pub struct Machine {
     /// The fleetd version running there.
     #[serde(default)]
     pub version: String,
-}
-
-/// A machine's record as stored in etcd: the [`Machine`] plus how other fleetds reach it.
-///
-/// Kept apart from [`Machine`] so that code building a `Machine` by hand (engine tests, tools)
-/// is unaffected; the JSON is one flat object, `{"id", "primaryIP", "metadata", "version",
-/// "peerAddress"}`, and readers of [`Machine`] ignore `peerAddress`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MachineRecord {
-    #[serde(flatten)]
-    pub machine: Machine,
     /// `host:port` of the machine's peer listener (journal and status for other fleetds);
     /// `None` when it serves none.
-    #[serde(
-        default,
-        rename = "peerAddress",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_address: Option<String>,
-}
-
-impl From<Machine> for MachineRecord {
-    fn from(machine: Machine) -> MachineRecord {
-        MachineRecord {
-            machine,
-            peer_address: None,
-        }
-    }
 }
 
 /// What the engine tells one machine to do with one unit. Written under the machine's own key

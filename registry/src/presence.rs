@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{encode, Creation, Error, MachineRecord, Registry, Result};
+use crate::{encode, Creation, Error, Machine, Registry, Result};
 
 /// What the rest of fleetd needs to know about this machine's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,15 +40,13 @@ impl Drop for Presence {
 impl Presence {
     /// Registers `machine` and keeps it alive. Waits (logging why) while another live fleetd
     /// holds the same machine id. `lease_file` remembers the lease across fleetd restarts, so
-    /// a restart within the TTL does not look like a dead machine. `machine` is a
-    /// [`Machine`](crate::Machine) or a full [`MachineRecord`] (with a peer address).
+    /// a restart within the TTL does not look like a dead machine.
     pub async fn start(
         registry: Registry,
-        machine: impl Into<MachineRecord>,
+        machine: Machine,
         ttl: Duration,
         lease_file: Option<PathBuf>,
     ) -> Result<Presence> {
-        let machine: MachineRecord = machine.into();
         let ttl_secs = ttl.as_secs().max(2) as i64;
         let lease = register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
@@ -70,7 +68,7 @@ impl Presence {
 
 async fn register_until_done(
     registry: &Registry,
-    machine: &MachineRecord,
+    machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
 ) -> Result<i64> {
@@ -101,17 +99,17 @@ async fn register_until_done(
 /// on it, else create the record on a new lease unless a live record exists.
 async fn register(
     registry: &Registry,
-    machine: &MachineRecord,
+    machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
 ) -> Result<i64> {
-    let key = registry.machine_key(&machine.machine.id);
+    let key = registry.machine_key(&machine.id);
     // Metadata set through the API outlives registrations.
     let mut machine = machine.clone();
-    for (k, v) in registry.metadata_overrides(&machine.machine.id).await? {
+    for (k, v) in registry.metadata_overrides(&machine.id).await? {
         match v {
-            Some(v) => machine.machine.metadata.insert(k, v),
-            None => machine.machine.metadata.remove(&k),
+            Some(v) => machine.metadata.insert(k, v),
+            None => machine.metadata.remove(&k),
         };
     }
     let value = encode(&machine);
@@ -144,14 +142,14 @@ async fn register(
     {
         let _ = registry.timed(lease_client.revoke(lease)).await;
         tracing::debug!(holder = ?holder.map(|kv| kv.lease()), "machine key is held");
-        return Err(Error::DuplicateMachine(machine.machine.id.clone()));
+        return Err(Error::DuplicateMachine(machine.id.clone()));
     }
     if let Some(path) = lease_file {
         if let Err(e) = write_lease(path, lease) {
             tracing::warn!(path = %path.display(), error = %e, "cannot remember the lease");
         }
     }
-    tracing::info!(machine = %machine.machine.id, lease, ttl, "registered machine");
+    tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
     Ok(lease)
 }
 
@@ -171,7 +169,7 @@ fn write_lease(path: &PathBuf, lease: i64) -> std::io::Result<()> {
 /// `Fenced` until it succeeds again.
 async fn keep_alive(
     registry: Registry,
-    machine: MachineRecord,
+    machine: Machine,
     ttl: i64,
     lease_file: Option<PathBuf>,
     mut lease: i64,

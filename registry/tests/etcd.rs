@@ -737,30 +737,28 @@ async fn the_first_peer_secret_wins_and_stays() {
 async fn a_peer_address_is_published_and_survives_metadata_changes() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let record = fleet_registry::MachineRecord {
-        machine: machine(1),
+    let record = fleet_registry::Machine {
         peer_address: Some("10.0.0.1:49154".into()),
+        ..machine(1)
     };
     let _presence = Presence::start(registry.clone(), record, TTL, None)
         .await
         .unwrap();
     let _other = present(&registry, 2).await;
-    let records = registry.machine_records().await.unwrap();
+    let records = registry.machines().await.unwrap();
     assert_eq!(records.len(), 2);
     assert_eq!(records[0].peer_address.as_deref(), Some("10.0.0.1:49154"));
     assert_eq!(records[1].peer_address, None);
-    // Readers of plain machines are unaffected.
-    assert_eq!(registry.machines().await.unwrap()[0], machine(1));
 
     let changes = [("role".to_string(), Some("web".to_string()))].into();
     assert!(registry
         .patch_machine_metadata(&machine_id(1), &changes)
         .await
         .unwrap());
-    let records = registry.machine_records().await.unwrap();
+    let records = registry.machines().await.unwrap();
     assert_eq!(records[0].peer_address.as_deref(), Some("10.0.0.1:49154"));
     assert_eq!(
-        records[0].machine.metadata.get("role").map(String::as_str),
+        records[0].metadata.get("role").map(String::as_str),
         Some("web")
     );
 }

@@ -144,6 +144,7 @@ async fn run_placement(
                     public_ip: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
                     metadata: Default::default(),
                     version: "bench".into(),
+                    peer_address: None,
                 };
                 Presence::start(registry, machine, Duration::from_secs(120), None)
                     .await

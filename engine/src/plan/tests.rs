@@ -17,6 +17,7 @@ fn machine(n: u8) -> MachineEntry {
             public_ip: format!("10.0.0.{n}"),
             metadata: Default::default(),
             version: String::new(),
+            peer_address: None,
         },
         lease: 100 + n as i64,
     }

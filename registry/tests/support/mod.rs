@@ -47,6 +47,7 @@ pub fn machine(n: u8) -> Machine {
         public_ip: format!("10.0.0.{n}"),
         metadata: Default::default(),
         version: "test".to_string(),
+        peer_address: None,
     }
 }
 
