@@ -278,37 +278,41 @@ impl Placements {
     }
 
     fn view(&self, unit: fleet_registry::Unit) -> schema::Unit {
-        let global = unit.is_global();
-        let machine = if global {
-            None
-        } else {
-            self.by_unit.get(&unit.name)
-        };
-        let current_state = match machine {
-            _ if global => String::new(),
-            Some(m) => self
-                .states
-                .get(&(m.clone(), unit.name.clone()))
-                .map(|s| s.job_state.to_string())
-                .unwrap_or_else(|| JobState::Inactive.to_string()),
-            None => JobState::Inactive.to_string(),
-        };
-        let reason = match machine {
-            Some(_) => String::new(),
-            None => self
-                .unplaceable
-                .get(&unit.name)
-                .map(|r| r.join("; "))
-                .unwrap_or_default(),
-        };
-        schema::Unit {
-            name: unit.name.to_string(),
-            options: unit.options,
-            desired_state: unit.desired_state.to_string(),
-            current_state,
-            machine_id: machine.map(|m| m.to_string()).unwrap_or_default(),
-            reason,
-        }
+        let machine = self.by_unit.get(&unit.name);
+        let state = machine.and_then(|m| self.states.get(&(m.clone(), unit.name.clone())));
+        let unplaceable = self.unplaceable.get(&unit.name);
+        unit_json(unit, machine, state, unplaceable)
+    }
+}
+
+/// The API's view of a unit, given where it is placed, what that machine reports and why it
+/// cannot be placed.
+fn unit_json(
+    unit: fleet_registry::Unit,
+    machine: Option<&MachineId>,
+    state: Option<&fleet_registry::UnitState>,
+    unplaceable: Option<&Vec<String>>,
+) -> schema::Unit {
+    let global = unit.is_global();
+    let machine = if global { None } else { machine };
+    let current_state = match machine {
+        _ if global => String::new(),
+        Some(_) => state
+            .map(|s| s.job_state.to_string())
+            .unwrap_or_else(|| JobState::Inactive.to_string()),
+        None => JobState::Inactive.to_string(),
+    };
+    let reason = match machine {
+        Some(_) => String::new(),
+        None => unplaceable.map(|r| r.join("; ")).unwrap_or_default(),
+    };
+    schema::Unit {
+        name: unit.name.to_string(),
+        options: unit.options,
+        desired_state: unit.desired_state.to_string(),
+        current_state,
+        machine_id: machine.map(|m| m.to_string()).unwrap_or_default(),
+        reason,
     }
 }
 
@@ -334,11 +338,15 @@ async fn get_unit(
     Path(name): Path<String>,
 ) -> Result<Json<schema::Unit>, ApiError> {
     let name = parse_name(&name)?;
-    let Some(unit) = api.registry.unit(&name).await? else {
+    let Some(view) = api.registry.unit_view(&name).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
     };
-    let placements = Placements::load(&api.registry).await?;
-    Ok(Json(placements.view(unit)))
+    Ok(Json(unit_json(
+        view.unit,
+        view.machine.as_ref(),
+        view.state.as_ref(),
+        view.unplaceable.as_ref(),
+    )))
 }
 
 /// The body of a request that must be JSON: 415 for another content type, 413 when too large.

@@ -8,6 +8,7 @@
 //! | `global/<name>` | [`Unit`], a copy for global units only, so agents watch just these | none |
 //! | `machines/<id>` | [`Machine`] | the machine's |
 //! | `placements/<id>/<name>` | [`Placement`], written by the engine | the target machine's |
+//! | `placed/<name>/<id>` | empty: the index from a unit to its machine, written with the placement | the target machine's |
 //! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
 //! | `engine/leader` | the leading machine's id | the leader's |
 //! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
@@ -129,6 +130,18 @@ pub struct EngineSnapshot {
     pub placements: Vec<(MachineId, Placement)>,
     /// Why units could not be placed, as the leader last wrote it.
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
+}
+
+/// One unit and what the cluster knows of it, for the API's `GET /units/{name}`.
+#[derive(Debug, Clone)]
+pub struct UnitView {
+    pub unit: Unit,
+    /// The machine it is placed on, if any.
+    pub machine: Option<MachineId>,
+    /// What that machine last reported of it.
+    pub state: Option<UnitState>,
+    /// Why the engine cannot place it, if so.
+    pub unplaceable: Option<Vec<String>>,
 }
 
 /// A live machine and the lease its record hangs on.
@@ -271,6 +284,13 @@ impl Registry {
     }
     fn placement_key(&self, id: &MachineId, name: &UnitName) -> String {
         self.key(&format!("placements/{id}/{name}"))
+    }
+    /// A unit name holds no '/', so this prefix covers exactly one unit's index entries.
+    fn placed_prefix(&self, name: &UnitName) -> String {
+        self.key(&format!("placed/{name}/"))
+    }
+    fn placed_key(&self, name: &UnitName, id: &MachineId) -> String {
+        self.key(&format!("placed/{name}/{id}"))
     }
     fn states_prefix(&self) -> String {
         self.key("states/")
@@ -543,6 +563,63 @@ impl Registry {
             .collect())
     }
 
+    /// One unit with where it is placed, what its machine reports and why it is not placed,
+    /// from point reads (the `placed/` index), not by reading every placement.
+    pub async fn unit_view(&self, name: &UnitName) -> Result<Option<UnitView>> {
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::get(self.unit_key(name), None),
+                TxnOp::get(
+                    self.placed_prefix(name),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                ),
+                TxnOp::get(self.unplaceable_key(name), None),
+            ]))
+            .await?;
+        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        });
+        let (Some(unit), Some(placed), Some(unplaceable)) = (gets.next(), gets.next(), gets.next())
+        else {
+            return Err(Error::Protocol("short transaction response".into()));
+        };
+        let Some(unit) = unit.kvs().first() else {
+            return Ok(None);
+        };
+        let unit: Unit = decode(unit)?;
+        let prefix = self.placed_prefix(name);
+        // More than one entry only while a duplicate placement waits for removal: the engine
+        // keeps the first by machine id, and so does this view.
+        let machine = placed
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.strip_prefix(&prefix))
+            .filter_map(|id| MachineId::parse(id).ok())
+            .min();
+        let unplaceable = match unplaceable.kvs().first() {
+            Some(kv) => Some(decode::<Vec<String>>(kv)?),
+            None => None,
+        };
+        let state = match &machine {
+            Some(m) => {
+                let mut kv = self.client.kv_client();
+                let resp = self.timed(kv.get(self.state_key(m, name), None)).await?;
+                match resp.kvs().first() {
+                    Some(kv) => Some(decode::<UnitState>(kv)?),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok(Some(UnitView {
+            unit,
+            machine,
+            state,
+            unplaceable,
+        }))
+    }
+
     /// The metadata overrides set through the API for a machine.
     pub async fn metadata_overrides(&self, id: &MachineId) -> Result<MetadataOverrides> {
         let mut kv = self.client.kv_client();
@@ -752,29 +829,38 @@ impl Registry {
         ops: &[PlacementOp],
     ) -> Result<()> {
         let key = self.leader_key();
-        for chunk in ops.chunks(MAX_TXN_OPS - 1) {
+        // A placement and its index entry go in the same transaction: two operations each.
+        for chunk in ops.chunks((MAX_TXN_OPS - 1) / 2) {
             let txn_ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|op| match op {
+                .flat_map(|op| match op {
                     PlacementOp::Put {
                         machine,
                         lease,
                         placement,
-                    } => TxnOp::put(
-                        self.placement_key(machine, &placement.name),
-                        encode(placement),
-                        Some(PutOptions::new().with_lease(*lease)),
-                    ),
-                    PlacementOp::Delete { machine, name } => {
-                        TxnOp::delete(self.placement_key(machine, name), None)
-                    }
-                    PlacementOp::SetUnplaceable { name, reasons } => TxnOp::put(
+                    } => vec![
+                        TxnOp::put(
+                            self.placement_key(machine, &placement.name),
+                            encode(placement),
+                            Some(PutOptions::new().with_lease(*lease)),
+                        ),
+                        TxnOp::put(
+                            self.placed_key(&placement.name, machine),
+                            "",
+                            Some(PutOptions::new().with_lease(*lease)),
+                        ),
+                    ],
+                    PlacementOp::Delete { machine, name } => vec![
+                        TxnOp::delete(self.placement_key(machine, name), None),
+                        TxnOp::delete(self.placed_key(name, machine), None),
+                    ],
+                    PlacementOp::SetUnplaceable { name, reasons } => vec![TxnOp::put(
                         self.unplaceable_key(name),
                         encode(reasons),
                         Some(PutOptions::new().with_lease(leadership.lease)),
-                    ),
+                    )],
                     PlacementOp::ClearUnplaceable { name } => {
-                        TxnOp::delete(self.unplaceable_key(name), None)
+                        vec![TxnOp::delete(self.unplaceable_key(name), None)]
                     }
                 })
                 .collect();

@@ -762,3 +762,77 @@ async fn a_peer_address_is_published_and_survives_metadata_changes() {
         Some("web")
     );
 }
+
+/// `unit_view` finds a unit's machine and state through the `placed/` index, which follows the
+/// placement as it is written, moved and removed.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_unit_is_read_through_the_placement_index() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease_a) = present(&registry, 1).await;
+    let (_b, lease_b) = present(&registry, 2).await;
+    let leader = registry
+        .campaign(&machine_id(1), lease_a)
+        .await
+        .unwrap()
+        .expect("leads");
+    registry.put_unit(&unit("web.service")).await.unwrap();
+    assert!(registry
+        .unit_view(&name("nope.service"))
+        .await
+        .unwrap()
+        .is_none());
+
+    let view = registry
+        .unit_view(&name("web.service"))
+        .await
+        .unwrap()
+        .expect("unit");
+    assert_eq!((view.machine, view.state), (None, None));
+
+    registry
+        .apply_placements(leader, &[place(&machine_id(1), lease_a, "web.service")])
+        .await
+        .unwrap();
+    registry
+        .publish_state(lease_a, &state(1, "web.service"))
+        .await
+        .unwrap();
+    let view = registry
+        .unit_view(&name("web.service"))
+        .await
+        .unwrap()
+        .expect("unit");
+    assert_eq!(view.machine, Some(machine_id(1)));
+    assert_eq!(view.state, Some(state(1, "web.service")));
+
+    // Moved: removed from one machine and put on another in one batch.
+    registry
+        .apply_placements(
+            leader,
+            &[
+                unplace(&machine_id(1), "web.service"),
+                place(&machine_id(2), lease_b, "web.service"),
+            ],
+        )
+        .await
+        .unwrap();
+    let view = registry
+        .unit_view(&name("web.service"))
+        .await
+        .unwrap()
+        .expect("unit");
+    assert_eq!(view.machine, Some(machine_id(2)));
+    assert_eq!(view.state, None, "machine 2 has reported nothing yet");
+
+    registry
+        .apply_placements(leader, &[unplace(&machine_id(2), "web.service")])
+        .await
+        .unwrap();
+    let view = registry
+        .unit_view(&name("web.service"))
+        .await
+        .unwrap()
+        .expect("unit");
+    assert_eq!(view.machine, None);
+}
