@@ -94,31 +94,25 @@ impl Ctl {
                 }
                 continue;
             }
-            if let Err(e) = self.client.set_desired_state(name.as_str(), state).await {
-                stderr(format_args!("Error {action}ing units: {e}"));
-                return 1;
-            }
-            if is_global(&unit) {
-                println!("Triggered global unit {name} {action}");
-            } else {
-                waiting.push(name.to_string());
+            match self.set_desired(&unit, state, action).await {
+                Ok(true) => waiting.push(unit.name),
+                Ok(false) => {}
+                Err(e) => {
+                    stderr(format_args!("Error {action}ing units: {e}"));
+                    return 1;
+                }
             }
         }
         self.wait_for(&waiting, state, action, block).await
     }
 
     pub async fn stop(&self, args: &[String], block: Block) -> u8 {
-        let units = match self.find_units(args).await {
-            Ok(u) => u,
-            Err(e) => {
-                stderr(e);
-                return 1;
-            }
+        let Some(units) = self.existing_units(args).await else {
+            return 1;
         };
         let mut waiting = Vec::new();
         for unit in units {
-            let global = is_global(&unit);
-            if !global {
+            if !is_global(&unit) {
                 match unit.current_state.as_str() {
                     "inactive" => {
                         stderr(format_args!(
@@ -131,52 +125,42 @@ impl Ctl {
                     _ => {}
                 }
             }
-            if let Err(e) = self.client.set_desired_state(&unit.name, "loaded").await {
-                stderr(format_args!("Error stopping units: {e}"));
-                return 1;
-            }
-            if global {
-                println!("Triggered global unit {} stop", unit.name);
-            } else {
-                waiting.push(unit.name);
+            match self.set_desired(&unit, "loaded", "stop").await {
+                Ok(true) => waiting.push(unit.name),
+                Ok(false) => {}
+                Err(e) => {
+                    stderr(format_args!("Error stopping units: {e}"));
+                    return 1;
+                }
             }
         }
         self.wait_for(&waiting, "loaded", "stop", block).await
     }
 
     pub async fn unload(&self, args: &[String], block: Block) -> u8 {
-        let units = match self.find_units(args).await {
-            Ok(u) => u,
-            Err(e) => {
-                stderr(e);
-                return 1;
-            }
+        let Some(units) = self.existing_units(args).await else {
+            return 1;
         };
         let mut waiting = Vec::new();
         for unit in units {
             if unit.desired_state == "inactive" && unit.current_state == "inactive" {
                 continue;
             }
-            if let Err(e) = self.client.set_desired_state(&unit.name, "inactive").await {
-                stderr(format_args!("Error unloading units: {e}"));
-                return 1;
-            }
-            if is_global(&unit) {
-                println!("Triggered global unit {} unload", unit.name);
-            } else {
-                waiting.push(unit.name);
+            match self.set_desired(&unit, "inactive", "unload").await {
+                Ok(true) => waiting.push(unit.name),
+                Ok(false) => {}
+                Err(e) => {
+                    stderr(format_args!("Error unloading units: {e}"));
+                    return 1;
+                }
             }
         }
         self.wait_for(&waiting, "inactive", "unload", block).await
     }
 
     pub async fn destroy(&self, args: &[String]) -> u8 {
-        let units = match self.find_units(args).await {
-            Ok(u) => u,
-            Err(e) => {
-                stderr(e);
-                return 1;
-            }
+        let Some(units) = self.existing_units(args).await else {
+            return 1;
         };
         for unit in units {
             match self.client.destroy_unit(&unit.name).await {
@@ -318,6 +302,34 @@ impl Ctl {
         }
     }
 
+    /// Sets `unit`'s desired state. A global unit is announced as triggered and `false`
+    /// returned, since fleet never waits for global units; any other gives `true`: the caller
+    /// waits for it.
+    async fn set_desired(
+        &self,
+        unit: &Unit,
+        state: &str,
+        action: &str,
+    ) -> Result<bool, ClientError> {
+        self.client.set_desired_state(&unit.name, state).await?;
+        if is_global(unit) {
+            println!("Triggered global unit {} {action}", unit.name);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// [`Ctl::find_units`], saying why on stderr when the cluster cannot be asked.
+    async fn existing_units(&self, args: &[String]) -> Option<Vec<Unit>> {
+        match self.find_units(args).await {
+            Ok(units) => Some(units),
+            Err(e) => {
+                stderr(e);
+                None
+            }
+        }
+    }
+
     /// The units named by the arguments that exist in the cluster.
     async fn find_units(&self, args: &[String]) -> Result<Vec<Unit>, String> {
         let mut wanted = Vec::new();
@@ -407,17 +419,12 @@ impl Ctl {
     /// `--no-block` (as fleet: units that are only loaded are skipped; global units are
     /// triggered without waiting).
     pub async fn restart(&self, args: &[String], block: Block) -> u8 {
-        let units = match self.find_units(args).await {
-            Ok(u) => u,
-            Err(e) => {
-                stderr(e);
-                return 1;
-            }
+        let Some(units) = self.existing_units(args).await else {
+            return 1;
         };
         let mut exit = 0;
         for unit in units {
-            let global = is_global(&unit);
-            if !global {
+            if !is_global(&unit) {
                 match unit.current_state.as_str() {
                     "inactive" => {
                         stderr(format_args!(
@@ -432,14 +439,17 @@ impl Ctl {
             }
             let name = std::slice::from_ref(&unit.name);
             for (state, action) in [("loaded", "stop"), ("launched", "start")] {
-                if let Err(e) = self.client.set_desired_state(&unit.name, state).await {
-                    stderr(format_args!("Error restarting units: {e}"));
-                    return 1;
-                }
-                if global {
-                    println!("Triggered global unit {} {action}", unit.name);
-                } else if self.wait_for(name, state, action, block).await != 0 {
-                    exit = 1;
+                match self.set_desired(&unit, state, action).await {
+                    Ok(true) => {
+                        if self.wait_for(name, state, action, block).await != 0 {
+                            exit = 1;
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        stderr(format_args!("Error restarting units: {e}"));
+                        return 1;
+                    }
                 }
             }
         }
