@@ -12,6 +12,8 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
+use crate::server::ApiError;
+
 /// A body streamed from a child process or a peer.
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
@@ -124,6 +126,16 @@ fn command(program: &str, args: &[String]) -> Command {
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// Maps a child process that could not be run to this fleetd's failure (500), naming it.
+pub(crate) fn not_run(what: &'static str) -> impl FnOnce(std::io::Error) -> ApiError {
+    move |e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot run {what}: {e}"),
+        )
+    }
 }
 
 /// Streams `journalctl --unit UNIT --no-pager -n N [--follow]` run on this machine. The child

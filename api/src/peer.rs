@@ -19,7 +19,7 @@ use fleet_units::UnitName;
 use futures_util::stream::{self, StreamExt};
 
 use crate::inspect::{self, ByteStream, JournalQuery, EXIT_STATUS_HEADER};
-use crate::server::{query_params, server_header, ApiError};
+use crate::server::{query_params, with_server_header, ApiError};
 
 /// Where the peer endpoint lives on a peer listener.
 pub const PEER_PREFIX: &str = "/fleet/peer/v1";
@@ -86,19 +86,12 @@ pub fn router(secret: Secret, version: &str) -> Router {
         .route("/journal", get(journal))
         .route("/status", get(status))
         .with_state(secret);
-    let server = server_header(version);
-    Router::new()
-        .nest(PEER_PREFIX, v1)
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
-        .layer(axum::middleware::map_response(
-            move |mut response: Response| {
-                let server = server.clone();
-                async move {
-                    response.headers_mut().insert(header::SERVER, server);
-                    response
-                }
-            },
-        ))
+    with_server_header(
+        Router::new()
+            .nest(PEER_PREFIX, v1)
+            .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") }),
+        version,
+    )
 }
 
 fn unit_param(
@@ -121,12 +114,7 @@ async fn journal(
     let params = query_params(query);
     let unit = unit_param(&params)?;
     let query = JournalQuery::from_params(&params).map_err(ApiError::bad_request)?;
-    let body = inspect::local_journal(&unit, query).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot run journalctl: {e}"),
-        )
-    })?;
+    let body = inspect::local_journal(&unit, query).map_err(inspect::not_run("journalctl"))?;
     Ok(text_response(body))
 }
 
@@ -138,12 +126,9 @@ async fn status(
     secret.admits(headers.get(header::AUTHORIZATION))?;
     let params = query_params(query);
     let unit = unit_param(&params)?;
-    let (code, text) = inspect::local_status(&unit).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot run systemctl status: {e}"),
-        )
-    })?;
+    let (code, text) = inspect::local_status(&unit)
+        .await
+        .map_err(inspect::not_run("systemctl status"))?;
     Ok(status_response(code, text))
 }
 

@@ -48,9 +48,19 @@ pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
 }
 
 /// The `Server` header of fleetd's responses.
-pub(crate) fn server_header(version: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("fleetd/{version}"))
-        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"))
+/// Names fleetd (`Server: fleetd/<version>`) on every response of `router`.
+pub(crate) fn with_server_header(router: Router, version: &str) -> Router {
+    let server = HeaderValue::from_str(&format!("fleetd/{version}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
+    router.layer(axum::middleware::map_response(
+        move |mut response: Response| {
+            let server = server.clone();
+            async move {
+                response.headers_mut().insert(header::SERVER, server);
+                response
+            }
+        },
+    ))
 }
 
 /// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, with the journal and status of units when
@@ -92,23 +102,16 @@ pub fn router_with(
                 .patch(patch_machines)
                 .fallback(method_not_allowed),
         );
-    let server = server_header(version);
     // fleet served the same API under its legacy prefix too: one router, mounted twice.
-    Router::new()
-        .nest("/fleet/v1", v1.clone())
-        .nest("/v1-alpha", v1)
-        .route("/metrics", get(metrics).fallback(method_not_allowed))
-        .fallback(not_found)
-        .with_state(api)
-        .layer(axum::middleware::map_response(
-            move |mut response: Response| {
-                let server = server.clone();
-                async move {
-                    response.headers_mut().insert(header::SERVER, server);
-                    response
-                }
-            },
-        ))
+    with_server_header(
+        Router::new()
+            .nest("/fleet/v1", v1.clone())
+            .nest("/v1-alpha", v1)
+            .route("/metrics", get(metrics).fallback(method_not_allowed))
+            .fallback(not_found)
+            .with_state(api),
+        version,
+    )
 }
 
 /// An API error, rendered as fleet's JSON error envelope.
@@ -820,12 +823,7 @@ async fn open_journal(
     query: JournalQuery,
 ) -> Result<ByteStream, ApiError> {
     if target.id == inspect.machine {
-        return inspect::local_journal(name, query).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot run journalctl: {e}"),
-            )
-        });
+        return inspect::local_journal(name, query).map_err(inspect::not_run("journalctl"));
     }
     match &target.peer_address {
         Some(address) => inspect.peers.journal(address, name, query).await,
@@ -839,12 +837,9 @@ async fn read_status(
     name: &UnitName,
 ) -> Result<(i32, Vec<u8>), ApiError> {
     if target.id == inspect.machine {
-        return inspect::local_status(name).await.map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot run systemctl status: {e}"),
-            )
-        });
+        return inspect::local_status(name)
+            .await
+            .map_err(inspect::not_run("systemctl status"));
     }
     match &target.peer_address {
         Some(address) => inspect.peers.status(address, name).await,
