@@ -552,9 +552,20 @@ impl Registry {
 
     /// Why units could not be placed, as the engine last recorded it.
     pub async fn unplaceable(&self) -> Result<BTreeMap<UnitName, Vec<String>>> {
+        let mut kv = self.client.kv_client();
+        let resp = self
+            .timed(kv.get(
+                self.unplaceable_prefix(),
+                Some(GetOptions::new().with_prefix()),
+            ))
+            .await?;
+        self.decode_unplaceable(resp.kvs())
+    }
+
+    /// `unplaceable/<name>` records by unit name.
+    fn decode_unplaceable(&self, kvs: &[KeyValue]) -> Result<BTreeMap<UnitName, Vec<String>>> {
         let prefix = self.unplaceable_prefix();
-        let (_, items) = self.range::<Vec<String>>(&prefix).await?;
-        Ok(items
+        Ok(decode_all::<Vec<String>>(kvs)?
             .into_iter()
             .filter_map(|(kv, reasons)| {
                 let name = kv.key_str().ok()?.strip_prefix(&prefix)?;
@@ -740,14 +751,7 @@ impl Registry {
             revision: kv.create_revision(),
             lease: kv.lease(),
         });
-        let unplaceable_prefix = self.unplaceable_prefix();
-        let unplaceable = decode_all::<Vec<String>>(unplaceable.kvs())?
-            .into_iter()
-            .filter_map(|(kv, reasons)| {
-                let name = kv.key_str().ok()?.strip_prefix(&unplaceable_prefix)?;
-                Some((UnitName::parse(name).ok()?, reasons))
-            })
-            .collect();
+        let unplaceable = self.decode_unplaceable(unplaceable.kvs())?;
         Ok(EngineSnapshot {
             revision,
             leader,
