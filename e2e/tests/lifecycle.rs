@@ -249,3 +249,16 @@ fn list_commands_speak_json_for_scripts() {
         .expect("json.service listed");
     assert_eq!(unit["desiredState"], "launched");
 }
+
+/// The API's unix socket is root's alone: whoever can talk to fleetd runs anything as root on
+/// every machine.
+#[test]
+fn the_api_socket_is_for_root_only() {
+    let c = cluster();
+    for n in 1..=NODES {
+        let out = c
+            .exec(n, &["stat", "-L", "-c", "%a %U %F", "/var/run/fleet.sock"])
+            .expect_ok("stat the socket");
+        assert_eq!(out.stdout, "600 root socket\n", "node{n}");
+    }
+}
