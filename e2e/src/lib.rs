@@ -190,6 +190,12 @@ pub fn node_ip(n: u32) -> String {
     format!("10.233.0.{}", 10 + n)
 }
 
+/// The columns of a row fleetctl printed: tab-aligned like Go's tabwriter, so a column may be
+/// followed by more than one tab.
+pub fn columns(row: &str) -> Vec<&str> {
+    row.split('\t').filter(|c| !c.is_empty()).collect()
+}
+
 /// The node a `.../10.233.0.1N` legend (as fleetctl prints machines) points at.
 pub fn node_in(text: &str) -> Option<u32> {
     (1..=NODES).find(|n| text.contains(&format!("/{}", node_ip(*n))))
@@ -247,6 +253,25 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// A service name no other test on this cluster uses: `<stem>-<tag>.service` (see [`tag`]).
+/// Reusing a name races with what its last user left behind: systemd may keep a stopped
+/// unit's cgroup a while, and a unit started again under the same name then fails
+/// (219/CGROUP); a failed test may leave its unit in the cluster.
+pub fn unique(stem: &str) -> String {
+    format!("{stem}-{}.service", tag())
+}
+
+/// A tag no other test on this cluster used: `<pid>-<n>`, `n` counting up in this process.
+pub fn tag() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A long-running service that prints a line every second.

@@ -1,11 +1,13 @@
 //! etcd is down: fleetctl says so promptly instead of hanging, and running units keep running.
 
-use fleet_e2e::{cluster, node_in, ticker_unit};
+use fleet_e2e::{cluster, node_in, ticker_unit, unique};
 
 #[test]
 fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
     let c = cluster();
-    let path = c.unit_file("survivor.service", &ticker_unit("survivor"));
+    let name = unique("survivor");
+    let name = name.as_str();
+    let path = c.unit_file(name, &ticker_unit("survivor"));
     let out = c
         .fleetctl(&["start", &path.to_string_lossy()])
         .expect_ok("start");
@@ -14,8 +16,8 @@ fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
     c.tool(&["etcd-stop"]).expect_ok("etcd-stop");
     // fleetd must answer (503) rather than leave fleetctl to time out.
     let list = c.fleetctl(&["--request-timeout", "5", "list-units"]);
-    let start = c.fleetctl(&["start", "another.service"]);
-    let still_active = c.is_active(node, "survivor.service");
+    let start = c.fleetctl(&["start", &unique("another")]);
+    let still_active = c.is_active(node, name);
     c.tool(&["etcd-start"]).expect_ok("etcd-start");
     c.up();
 
@@ -32,6 +34,5 @@ fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
         "a running unit was stopped while etcd was down"
     );
 
-    c.fleetctl(&["destroy", "survivor.service"])
-        .expect_ok("destroy");
+    c.fleetctl(&["destroy", name]).expect_ok("destroy");
 }

@@ -2,17 +2,19 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, AGENT_TTL, NODES};
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL, NODES};
 
 #[test]
 fn unit_moves_when_its_machine_is_killed() {
     let c = cluster();
-    let path = c.unit_file("failover.service", &ticker_unit("failover"));
+    let name = unique("failover");
+    let name = name.as_str();
+    let path = c.unit_file(name, &ticker_unit("failover"));
     let out = c
         .fleetctl(&["start", &path.to_string_lossy()])
         .expect_ok("start");
     let first = node_in(&out.stdout).expect("machine in output");
-    assert_eq!(c.is_active(first, "failover.service"), "active");
+    assert_eq!(c.is_active(first, name), "active");
 
     c.tool(&["kill", &format!("node{first}")])
         .expect_ok("kill node");
@@ -23,10 +25,10 @@ fn unit_moves_when_its_machine_is_killed() {
         let row = units
             .stdout
             .lines()
-            .find(|l| l.starts_with("failover.service\t"))?
+            .find(|l| l.starts_with(&format!("{name}\t")))?
             .to_string();
         let node = node_in(&row).filter(|n| *n != first)?;
-        (c.is_active(node, "failover.service") == "active").then_some(node)
+        (c.is_active(node, name) == "active").then_some(node)
     });
     let result = moved.map(|n| {
         (
@@ -37,9 +39,10 @@ fn unit_moves_when_its_machine_is_killed() {
 
     // Put the cluster back for whoever runs next, whatever happened.
     c.up();
-    c.fleetctl_via(survivor, &["destroy", "failover.service"]);
+    c.fleetctl_via(survivor, &["destroy", name]);
 
-    let (node, machines) = result.expect("failover.service did not move to a live machine in time");
+    let (node, machines) =
+        result.unwrap_or_else(|| panic!("{name} did not move to a live machine in time"));
     assert_ne!(node, first);
     assert!(
         !machines.stdout.contains(&format!("f1ee70{first:02}")),
@@ -53,7 +56,7 @@ fn unit_moves_when_its_machine_is_killed() {
 #[test]
 fn a_partitioned_machine_fences_itself_before_its_unit_moves() {
     let c = cluster();
-    let name = format!("fenced-{}.service", std::process::id());
+    let name = unique("fenced");
     let path = c.unit_file(&name, &ticker_unit("fenced"));
     let out = c
         .fleetctl(&["start", &path.to_string_lossy()])

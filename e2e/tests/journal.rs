@@ -6,13 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, node_ip, target_dir, Cluster, NODES};
-
-/// A unit name of this test run: systemd in the nodes may keep a stopped unit's cgroup a
-/// while, and a unit started again under the same name then fails (219/CGROUP).
-fn unique(stem: &str) -> String {
-    format!("{stem}{}.service", std::process::id())
-}
+use fleet_e2e::{cluster, eventually, node_in, node_ip, target_dir, unique, Cluster, NODES};
 
 /// A service that prints `tick N`, N counting up, every second, on machine `machine_id`.
 fn counter_unit(machine_id: &str) -> String {

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, NODES};
+use fleet_e2e::{cluster, columns, eventually, node_in, ticker_unit, unique, NODES};
 
 #[test]
 fn list_machines_shows_every_node() {
@@ -26,18 +26,21 @@ fn list_machines_shows_every_node() {
 #[test]
 fn start_stop_unload_destroy() {
     let c = cluster();
-    let path = c.unit_file("lifecycle.service", &ticker_unit("lifecycle"));
+    let name = unique("lifecycle");
+    let name = name.as_str();
+    let path = c.unit_file(name, &ticker_unit("lifecycle"));
     let path = path.to_string_lossy();
 
+    // A blocking start returns once systemd has started the unit, a stop once it stopped it.
     let out = c.fleetctl(&["start", &path]).expect_ok("start");
     assert!(
         out.stdout
-            .starts_with("Unit lifecycle.service launched on f1ee70"),
+            .starts_with(&format!("Unit {name} launched on f1ee70")),
         "{}",
         out.stdout
     );
     let node = node_in(&out.stdout).expect("start names the machine");
-    assert_eq!(c.is_active(node, "lifecycle.service"), "active");
+    assert_eq!(c.is_active(node, name), "active");
 
     let units = c
         .fleetctl(&["list-units", "--no-legend"])
@@ -45,75 +48,64 @@ fn start_stop_unload_destroy() {
     let row = units
         .stdout
         .lines()
-        .find(|l| l.starts_with("lifecycle.service\t"))
+        .find(|l| l.starts_with(&format!("{name}\t")))
         .unwrap_or_else(|| panic!("no row: {}", units.stdout));
     assert_eq!(node_in(row), Some(node), "{row}");
-    assert!(row.ends_with("\tactive\trunning"), "{row:?}");
+    assert!(columns(row).ends_with(&["active", "running"]), "{row:?}");
 
-    let cat = c.fleetctl(&["cat", "lifecycle"]).expect_ok("cat");
+    let bare = name.trim_end_matches(".service");
+    let cat = c.fleetctl(&["cat", bare]).expect_ok("cat");
     assert_eq!(cat.stdout, ticker_unit("lifecycle"));
 
-    let out = c.fleetctl(&["stop", "lifecycle.service"]).expect_ok("stop");
+    let out = c.fleetctl(&["stop", name]).expect_ok("stop");
     assert!(
         out.stdout
-            .starts_with("Unit lifecycle.service loaded on f1ee70"),
+            .starts_with(&format!("Unit {name} loaded on f1ee70")),
         "{}",
         out.stdout
     );
-    assert_eq!(c.is_active(node, "lifecycle.service"), "inactive");
+    assert_eq!(c.is_active(node, name), "inactive");
 
-    let out = c
-        .fleetctl(&["unload", "lifecycle.service"])
-        .expect_ok("unload");
-    assert_eq!(out.stdout, "Unit lifecycle.service inactive\n");
+    let out = c.fleetctl(&["unload", name]).expect_ok("unload");
+    assert_eq!(out.stdout, format!("Unit {name} inactive\n"));
     let files = c
         .fleetctl(&["list-unit-files", "--no-legend"])
         .expect_ok("list-unit-files");
     assert!(
-        files.stdout.lines().any(|l| l.starts_with("lifecycle.service\t") && l.ends_with("\tinactive\tinactive\t-")),
+        files
+            .stdout
+            .lines()
+            .any(|l| columns(l).ends_with(&["inactive", "inactive", "-"])
+                && l.starts_with(&format!("{name}\t"))),
         "{}",
         files.stdout
     );
 
-    c.fleetctl(&["start", "lifecycle.service"])
-        .expect_ok("start again");
-    let out = c
-        .fleetctl(&["destroy", "lifecycle.service"])
-        .expect_ok("destroy");
-    assert_eq!(out.stdout, "Destroyed lifecycle.service\n");
+    c.fleetctl(&["start", name]).expect_ok("start again");
+    let out = c.fleetctl(&["destroy", name]).expect_ok("destroy");
+    assert_eq!(out.stdout, format!("Destroyed {name}\n"));
     let gone = eventually(Duration::from_secs(10), || {
         let everywhere = (1..=NODES).all(|n| {
-            c.exec(n, &["test", "-e", "/run/fleet/units/lifecycle.service"])
+            c.exec(n, &["test", "-e", &format!("/run/fleet/units/{name}")])
                 .code
                 == Some(1)
-                && c.is_active(n, "lifecycle.service") != "active"
+                && c.is_active(n, name) != "active"
         });
         everywhere.then_some(())
     });
-    assert!(
-        gone.is_some(),
-        "lifecycle.service still present on some node"
-    );
+    assert!(gone.is_some(), "{name} still present on some node");
     let files = c
         .fleetctl(&["list-unit-files"])
         .expect_ok("list-unit-files");
-    assert!(
-        !files.stdout.contains("lifecycle.service"),
-        "{}",
-        files.stdout
-    );
+    assert!(!files.stdout.contains(name), "{}", files.stdout);
     let units = c.fleetctl(&["list-units"]).expect_ok("list-units");
-    assert!(
-        !units.stdout.contains("lifecycle.service"),
-        "{}",
-        units.stdout
-    );
+    assert!(!units.stdout.contains(name), "{}", units.stdout);
 }
 
 #[test]
 fn units_spread_over_machines() {
     let c = cluster();
-    let names: Vec<String> = (1..=3).map(|i| format!("spread{i}.service")).collect();
+    let names: Vec<String> = (1..=3).map(|_| unique("spread")).collect();
     let mut nodes = Vec::new();
     for name in &names {
         let path = c.unit_file(name, &ticker_unit(name));
@@ -170,7 +162,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 #[test]
 fn replace_puts_new_content_in_place_of_the_running_unit() {
     let c = cluster();
-    let name = format!("replaceme-{}.service", std::process::id());
+    let name = unique("replaceme");
     let version = |v: &str| {
         format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {v}; sleep 1; done'\n")
     };
@@ -225,7 +217,8 @@ fn list_commands_speak_json_for_scripts() {
         .iter()
         .all(|m| m["id"].as_str().is_some_and(|id| id.len() == 32) && m["primaryIP"].is_string()));
 
-    let path = c.unit_file("json.service", &ticker_unit("json"));
+    let name = unique("json");
+    let path = c.unit_file(&name, &ticker_unit("json"));
     c.fleetctl(&["start", &path.to_string_lossy()])
         .expect_ok("start");
     let units = c
@@ -234,19 +227,18 @@ fn list_commands_speak_json_for_scripts() {
     let files = c
         .fleetctl(&["list-unit-files", "-o", "json"])
         .expect_ok("list-unit-files -o json");
-    c.fleetctl(&["destroy", "json.service"])
-        .expect_ok("destroy");
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
     let states: serde_json::Value = serde_json::from_str(&units.stdout).expect("JSON");
     let state = states
         .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == "json.service"))
-        .expect("json.service listed");
+        .and_then(|a| a.iter().find(|s| s["name"] == name.as_str()))
+        .expect("the unit is listed");
     assert_eq!(state["systemdActiveState"], "active");
     let files: serde_json::Value = serde_json::from_str(&files.stdout).expect("JSON");
     let unit = files
         .as_array()
-        .and_then(|a| a.iter().find(|u| u["name"] == "json.service"))
-        .expect("json.service listed");
+        .and_then(|a| a.iter().find(|u| u["name"] == name.as_str()))
+        .expect("the unit is listed");
     assert_eq!(unit["desiredState"], "launched");
 }
 

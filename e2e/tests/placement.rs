@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, Cluster, NODES};
+use fleet_e2e::{cluster, eventually, tag, unique, Cluster, NODES};
 
 fn unit(c: &Cluster, name: &str, x_fleet: &str) -> String {
     let text = format!(
@@ -14,34 +14,36 @@ fn unit(c: &Cluster, name: &str, x_fleet: &str) -> String {
     c.unit_file(name, &text).to_string_lossy().into_owned()
 }
 
-fn destroy(c: &Cluster, names: &[&str]) {
+fn destroy<S: AsRef<str>>(c: &Cluster, names: &[S]) {
     let mut args = vec!["destroy"];
-    args.extend_from_slice(names);
+    args.extend(names.iter().map(AsRef::as_ref));
     c.fleetctl(&args).expect_ok("destroy");
 }
 
 #[test]
 fn machine_of_keeps_a_pair_together() {
     let c = cluster();
-    let leader = unit(c, "pair-leader.service", "");
-    let follower = unit(c, "pair-follower.service", "MachineOf=pair-leader.service");
-    c.fleetctl(&["start", &follower, &leader])
+    let (leader, follower) = (unique("pair-leader"), unique("pair-follower"));
+    let leader_path = unit(c, &leader, "");
+    let follower_path = unit(c, &follower, &format!("MachineOf={leader}"));
+    c.fleetctl(&["start", &follower_path, &leader_path])
         .expect_ok("start");
-    let a = c.active_on("pair-leader.service").expect("leader active");
-    let b = c
-        .active_on("pair-follower.service")
-        .expect("follower active");
-    destroy(c, &["pair-leader.service", "pair-follower.service"]);
+    let a = c.active_on(&leader).expect("leader active");
+    let b = c.active_on(&follower).expect("follower active");
+    destroy(c, &[&leader, &follower]);
     assert_eq!(a, b, "MachineOf units on different machines");
 }
 
 #[test]
 fn five_mutually_conflicting_units_on_three_machines() {
     let c = cluster();
-    let names: Vec<String> = (1..=5).map(|i| format!("exclusive{i}.service")).collect();
+    let run = tag();
+    let names: Vec<String> = (1..=5)
+        .map(|i| format!("exclusive{i}-{run}.service"))
+        .collect();
     let paths: Vec<String> = names
         .iter()
-        .map(|n| unit(c, n, "Conflicts=exclusive*.service"))
+        .map(|n| unit(c, n, &format!("Conflicts=exclusive*-{run}.service")))
         .collect();
     let mut args = vec!["start", "--no-block"];
     args.extend(paths.iter().map(String::as_str));
@@ -79,12 +81,14 @@ fn five_mutually_conflicting_units_on_three_machines() {
 fn a_one_way_conflict_keeps_units_apart() {
     let c = cluster();
     for _ in 0..2 {
-        let quiet = unit(c, "oneway-quiet.service", "");
-        let picky = unit(c, "oneway-picky.service", "Conflicts=oneway-quiet.service");
-        c.fleetctl(&["start", &quiet, &picky]).expect_ok("start");
-        let a = c.active_on("oneway-quiet.service").expect("quiet active");
-        let b = c.active_on("oneway-picky.service").expect("picky active");
-        destroy(c, &["oneway-quiet.service", "oneway-picky.service"]);
+        let (quiet, picky) = (unique("oneway-quiet"), unique("oneway-picky"));
+        let quiet_path = unit(c, &quiet, "");
+        let picky_path = unit(c, &picky, &format!("Conflicts={quiet}"));
+        c.fleetctl(&["start", &quiet_path, &picky_path])
+            .expect_ok("start");
+        let a = c.active_on(&quiet).expect("quiet active");
+        let b = c.active_on(&picky).expect("picky active");
+        destroy(c, &[&quiet, &picky]);
         assert_ne!(a, b);
     }
 }
@@ -92,22 +96,16 @@ fn a_one_way_conflict_keeps_units_apart() {
 #[test]
 fn metadata_values_of_one_key_are_ored_and_keys_anded() {
     let c = cluster();
+    let (and, or) = (unique("meta-and"), unique("meta-or"));
     // role=web (node1, node2) AND az=b (node2, node3): node2 only.
-    let and = unit(
-        c,
-        "meta-and.service",
-        "MachineMetadata=role=web\nMachineMetadata=az=b",
-    );
+    let and_path = unit(c, &and, "MachineMetadata=role=web\nMachineMetadata=az=b");
     // role=db OR role=web, AND az=a: node1 only.
-    let or = unit(
-        c,
-        "meta-or.service",
-        "MachineMetadata=\"role=db\" \"role=web\" \"az=a\"",
-    );
-    c.fleetctl(&["start", &and, &or]).expect_ok("start");
-    let and_node = c.active_on("meta-and.service");
-    let or_node = c.active_on("meta-or.service");
-    destroy(c, &["meta-and.service", "meta-or.service"]);
+    let or_path = unit(c, &or, "MachineMetadata=\"role=db\" \"role=web\" \"az=a\"");
+    c.fleetctl(&["start", &and_path, &or_path])
+        .expect_ok("start");
+    let and_node = c.active_on(&and);
+    let or_node = c.active_on(&or);
+    destroy(c, &[&and, &or]);
     assert_eq!(and_node, Some(2));
     assert_eq!(or_node, Some(1));
 }
@@ -115,25 +113,18 @@ fn metadata_values_of_one_key_are_ored_and_keys_anded() {
 #[test]
 fn a_global_unit_runs_where_its_metadata_matches() {
     let c = cluster();
-    let path = unit(
-        c,
-        "everywhere-web.service",
-        "Global=true\nMachineMetadata=role=web",
-    );
+    let name = unique("everywhere-web");
+    let path = unit(c, &name, "Global=true\nMachineMetadata=role=web");
     let out = c.fleetctl(&["start", &path]).expect_ok("start");
-    assert_eq!(
-        out.stdout,
-        "Triggered global unit everywhere-web.service start\n"
-    );
+    assert_eq!(out.stdout, format!("Triggered global unit {name} start\n"));
     let nodes = eventually(Duration::from_secs(15), || {
-        let nodes = c.nodes_of("everywhere-web.service");
-        let active = nodes
-            .iter()
-            .all(|n| c.is_active(*n, "everywhere-web.service") == "active");
+        let nodes = c.nodes_of(&name);
+        let active = nodes.iter().all(|n| c.is_active(*n, &name) == "active");
         (nodes == vec![1, 2] && active).then_some(nodes)
     });
-    let on_db = c.is_active(3, "everywhere-web.service");
-    destroy(c, &["everywhere-web.service"]);
+    // Never loaded on node3: systemd there does not know the unit at all.
+    let on_db = c.is_active(3, &name);
+    destroy(c, &[&name]);
     assert_eq!(nodes, Some(vec![1, 2]));
     assert_ne!(on_db, "active");
 }
@@ -141,20 +132,14 @@ fn a_global_unit_runs_where_its_metadata_matches() {
 #[test]
 fn machine_id_full_and_short() {
     let c = cluster();
-    let full = unit(
-        c,
-        "pinned-full.service",
-        &format!("MachineID={}", c.machine_id(3)),
-    );
-    let short = unit(
-        c,
-        "pinned-short.service",
-        &format!("MachineID={}", &c.machine_id(2)[..8]),
-    );
-    c.fleetctl(&["start", &full, &short]).expect_ok("start");
-    let on_full = c.active_on("pinned-full.service");
-    let on_short = c.active_on("pinned-short.service");
-    destroy(c, &["pinned-full.service", "pinned-short.service"]);
+    let (full, short) = (unique("pinned-full"), unique("pinned-short"));
+    let full_path = unit(c, &full, &format!("MachineID={}", c.machine_id(3)));
+    let short_path = unit(c, &short, &format!("MachineID={}", &c.machine_id(2)[..8]));
+    c.fleetctl(&["start", &full_path, &short_path])
+        .expect_ok("start");
+    let on_full = c.active_on(&full);
+    let on_short = c.active_on(&short);
+    destroy(c, &[&full, &short]);
     assert_eq!(on_full, Some(3));
     assert_eq!(on_short, Some(2));
 }
@@ -162,22 +147,23 @@ fn machine_id_full_and_short() {
 #[test]
 fn replaces_moves_the_replaced_unit_away() {
     let c = cluster();
-    let old = unit(c, "replaced.service", "MachineMetadata=az=b");
+    let (replaced, replacer) = (unique("replaced"), unique("replacer"));
+    let old = unit(c, &replaced, "MachineMetadata=az=b");
     c.fleetctl(&["start", &old]).expect_ok("start replaced");
-    let first = c.active_on("replaced.service").expect("replaced active");
+    let first = c.active_on(&replaced).expect("replaced active");
     let new = unit(
         c,
-        "replacer.service",
-        &format!("Replaces=replaced.service\nMachineMetadata=hostname=node{first}"),
+        &replacer,
+        &format!("Replaces={replaced}\nMachineMetadata=hostname=node{first}"),
     );
     c.fleetctl(&["start", &new]).expect_ok("start replacer");
-    let replacer = c.active_on("replacer.service");
+    let on = c.active_on(&replacer);
     let moved = eventually(Duration::from_secs(15), || {
-        let n = c.active_on("replaced.service")?;
+        let n = c.active_on(&replaced)?;
         (n != first).then_some(n)
     });
-    destroy(c, &["replaced.service", "replacer.service"]);
-    assert_eq!(replacer, Some(first));
+    destroy(c, &[&replaced, &replacer]);
+    assert_eq!(on, Some(first));
     let moved = moved.expect("the replaced unit moved");
     assert!(
         moved == 2 || moved == 3,
@@ -188,9 +174,12 @@ fn replaces_moves_the_replaced_unit_away() {
 #[test]
 fn a_template_instance_uses_its_instance_as_metadata() {
     let c = cluster();
-    let template = unit(c, "pinned@.service", "MachineMetadata=hostname=%i");
+    let stem = format!("pinned{}", tag().replace('-', "x"));
+    let (template_name, instance_name) =
+        (format!("{stem}@.service"), format!("{stem}@node3.service"));
+    let template = unit(c, &template_name, "MachineMetadata=hostname=%i");
     let instance = std::path::Path::new(&template)
-        .with_file_name("pinned@node3.service")
+        .with_file_name(&instance_name)
         .to_string_lossy()
         .into_owned();
     let submitted = c
@@ -199,9 +188,9 @@ fn a_template_instance_uses_its_instance_as_metadata() {
     assert_eq!(submitted.stdout, "");
     c.fleetctl(&["start", &instance])
         .expect_ok("start instance");
-    let node = c.active_on("pinned@node3.service");
-    let template_start = c.fleetctl(&["start", "pinned@.service"]);
-    destroy(c, &["pinned@node3.service", "pinned@.service"]);
+    let node = c.active_on(&instance_name);
+    let template_start = c.fleetctl(&["start", &template_name]);
+    destroy(c, &[&instance_name, &template_name]);
     assert_eq!(node, Some(3));
     assert_eq!(
         template_start.code,
@@ -213,9 +202,10 @@ fn a_template_instance_uses_its_instance_as_metadata() {
 #[test]
 fn a_metadata_change_through_the_api_moves_a_unit() {
     let c = cluster();
-    let path = unit(c, "follows-role.service", "MachineMetadata=role=web");
+    let name = unique("follows-role");
+    let path = unit(c, &name, "MachineMetadata=role=web");
     c.fleetctl(&["start", &path]).expect_ok("start");
-    let first = c.active_on("follows-role.service").expect("active");
+    let first = c.active_on(&name).expect("active");
     let client = c.api_client(1);
     let id = c.machine_id(first);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -226,31 +216,38 @@ fn a_metadata_change_through_the_api_moves_a_unit() {
         .block_on(client.set_machine_metadata(&id, "role", Some("cache")))
         .expect("PATCH /machines");
     let moved = eventually(Duration::from_secs(15), || {
-        let n = c.active_on("follows-role.service")?;
+        let n = c.active_on(&name)?;
         (n != first).then_some(n)
     });
-    let stopped_there = c.is_active(first, "follows-role.service");
+    // The old machine stops its copy on its own time, not in step with the new one starting.
+    let stopped_there = eventually(Duration::from_secs(10), || {
+        (c.is_active(first, &name) != "active").then_some(())
+    });
     runtime
         .block_on(client.set_machine_metadata(&id, "role", Some("web")))
         .expect("restore metadata");
-    destroy(c, &["follows-role.service"]);
+    destroy(c, &[&name]);
     let moved = moved.expect("the unit moved off the machine that lost role=web");
     assert!(
         moved == 1 || moved == 2,
         "role=web is node1 and node2, got node{moved}"
     );
-    assert_ne!(stopped_there, "active");
+    assert!(
+        stopped_there.is_some(),
+        "node{first} still runs the unit after losing role=web"
+    );
 }
 
 #[test]
 fn an_unplaceable_unit_says_why() {
     let c = cluster();
-    let path = unit(c, "nowhere.service", "MachineMetadata=role=mainframe");
+    let name = unique("nowhere");
+    let path = unit(c, &name, "MachineMetadata=role=mainframe");
     let out = c.fleetctl(&["start", "--block-attempts", "4", &path]);
     let files = c
         .fleetctl(&["list-unit-files", "--no-legend", "--fields", "unit,reason"])
         .expect_ok("list-unit-files");
-    destroy(c, &["nowhere.service"]);
+    destroy(c, &[&name]);
     assert_eq!(out.code, Some(1), "{out:#?}");
     for n in 1..=NODES {
         assert!(
@@ -263,7 +260,7 @@ fn an_unplaceable_unit_says_why() {
     let row = files
         .stdout
         .lines()
-        .find(|l| l.starts_with("nowhere.service\t"))
+        .find(|l| l.starts_with(&format!("{name}\t")))
         .expect("row");
     assert!(row.contains("metadata role=mainframe"), "{row}");
 }

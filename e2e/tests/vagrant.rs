@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, AGENT_TTL, NODES};
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL, NODES};
 
 #[test]
 fn a_machine_set_up_by_the_vagrant_provisioner_joins_and_runs_units() {
@@ -20,7 +20,7 @@ fn a_machine_set_up_by_the_vagrant_provisioner_joins_and_runs_units() {
             ))
             .then_some(machines)
     });
-    let name = format!("on-vagrant-{}.service", std::process::id());
+    let name = unique("on-vagrant");
     let unit = format!(
         "{}\n[X-Fleet]\nMachineMetadata=hostname={node}\n",
         ticker_unit("on the provisioned machine")
