@@ -5,22 +5,25 @@
 //! and keeps a slow full resync as a safety net. Decisions are made by [`plan::plan`] (pure);
 //! this module executes them and publishes unit states on the machine's lease.
 
+pub mod job;
 pub mod plan;
 pub mod systemd;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_registry::{
     AgentSnapshot, Changes, JobState, MachineId, PresenceStatus, Registry, UnitState,
 };
 use fleet_units::{UnitFile, UnitHash, UnitName, UnitOption};
-use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 
+use job::{Job, JobKind};
 use plan::{Action, Desired, Local};
-pub use systemd::{Systemd, SystemdError, SystemdState};
+pub use systemd::{Signal, Systemd, SystemdError, SystemdState};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -46,17 +49,39 @@ pub enum AgentError {
 #[derive(Debug, Clone)]
 struct LocalUnit {
     hash: UnitHash,
+    /// What the agent has asked of systemd: `Launched` once it queued a start.
     state: JobState,
+    /// What systemd has done, as published: `Launched` once a start job finished.
+    reported: JobState,
+    /// The start or stop job the agent waits for.
+    job: Option<Job>,
+    /// Why the last start failed, if it did.
+    start_failure: Option<String>,
     global: bool,
+}
+
+impl LocalUnit {
+    fn new(hash: UnitHash, state: JobState, global: bool) -> LocalUnit {
+        LocalUnit {
+            hash,
+            state,
+            reported: state,
+            job: None,
+            start_failure: None,
+            global,
+        }
+    }
 }
 
 /// What woke the agent up.
 enum Wake {
     /// The cluster's desired state may have changed: re-read it.
     Registry,
-    /// systemd reported a change: publish states again.
+    /// systemd reported a change, or a started unit has settled: publish states again.
     Systemd,
 }
+
+type Signals = BoxStream<'static, Signal>;
 
 pub struct Agent {
     registry: Registry,
@@ -67,6 +92,9 @@ pub struct Agent {
     /// States as last published, and the lease they were published on.
     published: BTreeMap<UnitName, UnitState>,
     published_lease: Option<i64>,
+    /// systemd's signals, if they can be followed (else the resync does the work). Only used
+    /// through `&mut self` (`Mutex::get_mut`, no locking): the mutex only makes the agent `Sync`.
+    signals: Option<std::sync::Mutex<Signals>>,
 }
 
 impl Agent {
@@ -92,6 +120,7 @@ impl Agent {
             local: BTreeMap::new(),
             published: BTreeMap::new(),
             published_lease: None,
+            signals: None,
         };
         agent.recover().await?;
         Ok(agent)
@@ -122,17 +151,14 @@ impl Agent {
         let states = self.systemd.states(&names).await?;
         for (name, file) in found {
             let running = states.get(name.as_str()).is_some_and(|s| s.is_running());
+            let state = if running {
+                JobState::Launched
+            } else {
+                JobState::Loaded
+            };
             self.local.insert(
                 name,
-                LocalUnit {
-                    hash: file.hash(),
-                    state: if running {
-                        JobState::Launched
-                    } else {
-                        JobState::Loaded
-                    },
-                    global: fleet_units::is_global(&file),
-                },
+                LocalUnit::new(file.hash(), state, fleet_units::is_global(&file)),
             );
         }
         if !self.local.is_empty() {
@@ -146,8 +172,8 @@ impl Agent {
 
     /// Runs until the task is dropped.
     pub async fn run(mut self, mut presence: watch::Receiver<PresenceStatus>) {
-        let mut signals = match self.systemd.changes().await {
-            Ok(s) => Some(s),
+        self.signals = match self.systemd.changes().await {
+            Ok(s) => Some(std::sync::Mutex::new(s.boxed())),
             Err(e) => {
                 tracing::error!(error = %e, "cannot follow systemd's signals; relying on resync");
                 None
@@ -184,14 +210,13 @@ impl Agent {
                 }
                 (PresenceStatus::Alive { lease }, Wake::Systemd) => self.publish(lease).await,
             }
-            wake = self.wait(&mut changes, &mut signals, &mut presence).await;
+            wake = self.wait(&mut changes, &mut presence).await;
         }
     }
 
     async fn wait(
-        &self,
+        &mut self,
         changes: &mut Option<Changes>,
-        signals: &mut Option<impl futures_util::Stream<Item = String> + Unpin>,
         presence: &mut watch::Receiver<PresenceStatus>,
     ) -> Wake {
         let ours: BTreeSet<String> = self
@@ -199,6 +224,14 @@ impl Agent {
             .keys()
             .map(|n| systemd::unit_object_path(n.as_str()))
             .collect();
+        // A started unit that is settling is looked at again when its time is up.
+        let settled = self
+            .local
+            .values()
+            .filter_map(|l| l.job.as_ref()?.settle_until)
+            .min();
+        let local = &mut self.local;
+        let signals = self.signals.as_mut().and_then(|m| m.get_mut().ok());
         let registry_change = async {
             match changes.as_mut() {
                 Some(c) => c.next().await.map(|_| ()),
@@ -210,14 +243,20 @@ impl Agent {
             }
         };
         let systemd_change = async {
-            match signals.as_mut() {
+            match signals {
                 Some(s) => loop {
                     match s.next().await {
-                        Some(path) if ours.contains(&path) => return,
+                        Some(signal) if concerns(local, &ours, &signal) => return,
                         Some(_) => {}
                         None => std::future::pending::<()>().await,
                     }
                 },
+                None => std::future::pending().await,
+            }
+        };
+        let settle = async {
+            match settled {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
                 None => std::future::pending().await,
             }
         };
@@ -241,12 +280,10 @@ impl Agent {
             _ = systemd_change => {
                 // Let a burst of signals settle into one state read.
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                if let Some(s) = signals.as_mut() {
-                    use futures_util::FutureExt;
-                    while let Some(Some(_)) = s.next().now_or_never() {}
-                }
+                self.take_signals();
                 Wake::Systemd
             }
+            _ = settle => Wake::Systemd,
             _ = presence.changed() => Wake::Registry,
             _ = tokio::time::sleep(self.config.resync_interval) => Wake::Registry,
         }
@@ -381,9 +418,16 @@ impl Agent {
         };
         let actions = plan::plan(desired, &local, &preloaded);
         for action in actions {
-            tracing::info!(?action, "systemd");
+            let what = action.describe();
+            match action.unit() {
+                Some(unit) => tracing::info!(unit = %unit, "{what}"),
+                None => tracing::info!("{what}"),
+            }
             if let Err(e) = self.apply(&action, desired, sources).await {
-                tracing::error!(?action, error = %e, "action failed");
+                match action.unit() {
+                    Some(unit) => tracing::error!(unit = %unit, error = %e, "{what} failed"),
+                    None => tracing::error!(error = %e, "{what} failed"),
+                }
             }
         }
     }
@@ -396,10 +440,18 @@ impl Agent {
     ) -> Result<(), AgentError> {
         match action {
             Action::Stop(name) => {
-                self.systemd.stop(name.as_str()).await?;
+                let stopped = self.systemd.stop(name.as_str()).await;
                 if let Some(l) = self.local.get_mut(name) {
                     l.state = JobState::Loaded;
+                    match &stopped {
+                        Ok(path) => l.job = Some(Job::new(JobKind::Stop, path.clone())),
+                        Err(_) => {
+                            l.job = None;
+                            l.reported = JobState::Loaded;
+                        }
+                    }
                 }
+                stopped?;
             }
             Action::Unload(name) => {
                 if let Err(e) = self.systemd.unlink(name.as_str()).await {
@@ -413,7 +465,7 @@ impl Agent {
                 }
                 self.local.remove(name);
             }
-            Action::Load { name, .. } => {
+            Action::Load(name) => {
                 let (Some((options, _, global)), Some(want)) =
                     (sources.get(name), desired.get(name))
                 else {
@@ -432,23 +484,32 @@ impl Agent {
                 if file.has_section("Install") {
                     self.systemd.enable(&path_str).await?;
                 }
+                // New content is loaded, not started: `launched` waits for its start job.
                 self.local.insert(
                     name.clone(),
-                    LocalUnit {
-                        hash: want.hash,
-                        state: JobState::Loaded,
-                        global: *global,
-                    },
+                    LocalUnit::new(want.hash, JobState::Loaded, *global),
                 );
             }
             Action::ReloadDaemon => self.systemd.daemon_reload().await?,
             Action::Start(name) => {
-                // Recorded as launched even if systemd refuses: like fleet, the agent does not
-                // retry a start; the unit's state shows what happened.
+                // Like fleet, the agent does not retry a start: a refusal is reported as the
+                // start's failure and the unit's state shows what happened.
+                let started = self.systemd.start(name.as_str()).await;
                 if let Some(l) = self.local.get_mut(name) {
                     l.state = JobState::Launched;
+                    match &started {
+                        Ok(path) => {
+                            l.job = Some(Job::new(JobKind::Start, path.clone()));
+                            l.start_failure = None;
+                        }
+                        Err(e) => {
+                            l.job = None;
+                            l.reported = JobState::Launched;
+                            l.start_failure = Some(e.to_string());
+                        }
+                    }
                 }
-                self.systemd.start(name.as_str()).await?;
+                started?;
             }
         }
         Ok(())
@@ -474,6 +535,10 @@ impl Agent {
                 return;
             }
         };
+        // systemd sends a job's JobRemoved before answering a later call, so every job that
+        // `states` shows finished has its signal queued by now.
+        self.take_signals();
+        self.follow_jobs(&states).await;
         for (name, local) in &self.local {
             let Some(s) = states.get(name.as_str()) else {
                 continue;
@@ -482,10 +547,11 @@ impl Agent {
                 name: name.clone(),
                 hash: local.hash,
                 machine_id: self.machine.clone(),
-                job_state: local.state,
+                job_state: local.reported,
                 systemd_load_state: s.load.clone(),
                 systemd_active_state: s.active.clone(),
                 systemd_sub_state: s.sub.clone(),
+                start_failure: local.start_failure.clone(),
             };
             if self.published.get(name) == Some(&state) {
                 continue;
@@ -516,6 +582,107 @@ impl Agent {
         }
     }
 
+    /// Takes the signals already received without waiting, recording the results of the jobs
+    /// the agent waits for.
+    fn take_signals(&mut self) {
+        let Some(signals) = self.signals.as_mut().and_then(|m| m.get_mut().ok()) else {
+            return;
+        };
+        while let Some(Some(signal)) = signals.next().now_or_never() {
+            record_job_result(&mut self.local, &signal);
+        }
+    }
+
+    /// Moves on the jobs the agent waits for, given systemd's `states`: a finished stop makes
+    /// the unit `loaded`; a finished start makes it `launched`, once it has stayed active for
+    /// [`job::START_SETTLE`] if it is a service started as soon as forked, and records why it
+    /// failed if it did.
+    async fn follow_jobs(&mut self, states: &BTreeMap<String, SystemdState>) {
+        let now = Instant::now();
+        let names: Vec<UnitName> = self
+            .local
+            .iter()
+            .filter(|(_, l)| l.job.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in names {
+            let Some(state) = states.get(name.as_str()) else {
+                continue;
+            };
+            let Some(job) = self.local.get(&name).and_then(|l| l.job.clone()) else {
+                continue;
+            };
+            let service = name.as_str().ends_with(".service");
+            let active = job::is_active(&state.active);
+            let done = match (job.kind, job.settle_until) {
+                (JobKind::Stop, _) => job.finished(state.job.as_deref()).then_some(None),
+                (JobKind::Start, Some(until)) if active && now < until => None,
+                (JobKind::Start, Some(_)) => Some(self.start_failure(&name, &job, state).await),
+                (JobKind::Start, None) if !job.finished(state.job.as_deref()) => None,
+                (JobKind::Start, None) if service && active && !job.failed() => {
+                    match self.systemd.service_type(name.as_str()).await {
+                        Ok(t) if job::settles(&t) => {
+                            if let Some(j) = self.local.get_mut(&name).and_then(|l| l.job.as_mut())
+                            {
+                                j.settle_until = Some(now + job::START_SETTLE);
+                            }
+                            None
+                        }
+                        Ok(_) => Some(None),
+                        Err(e) => {
+                            tracing::warn!(unit = %name, error = %e, "cannot read the service's type");
+                            Some(None)
+                        }
+                    }
+                }
+                (JobKind::Start, None) => Some(self.start_failure(&name, &job, state).await),
+            };
+            let (Some(failure), Some(local)) = (done, self.local.get_mut(&name)) else {
+                continue;
+            };
+            local.job = None;
+            match job.kind {
+                JobKind::Stop => {
+                    tracing::info!(unit = %name, active = %state.active, "stopped");
+                    local.reported = JobState::Loaded;
+                }
+                JobKind::Start => {
+                    match &failure {
+                        Some(why) => {
+                            tracing::warn!(unit = %name, failure = %why, "failed to start")
+                        }
+                        None => {
+                            tracing::info!(unit = %name, active = %state.active, sub = %state.sub, "started")
+                        }
+                    }
+                    local.reported = JobState::Launched;
+                    local.start_failure = failure;
+                }
+            }
+        }
+    }
+
+    /// Why a finished start of `name` failed, if it did.
+    async fn start_failure(
+        &self,
+        name: &UnitName,
+        job: &Job,
+        state: &SystemdState,
+    ) -> Option<String> {
+        let run = if name.as_str().ends_with(".service") && !job::is_active(&state.active) {
+            match self.systemd.service_run(name.as_str()).await {
+                Ok(run) => Some(run),
+                Err(e) => {
+                    tracing::warn!(unit = %name, error = %e, "cannot read how the service ran");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        job::start_failure(job, &state.active, &state.sub, run.as_ref())
+    }
+
     /// Removes states a previous run published for units no longer loaded here.
     async fn forget_stale_states(&self) {
         let Ok(states) = self.registry.machine_states(&self.machine).await else {
@@ -526,6 +693,37 @@ impl Agent {
                 let _ = self.registry.remove_state(&self.machine, &s.name).await;
             }
         }
+    }
+}
+
+/// Whether a signal from systemd concerns this agent's units; a job result is recorded.
+fn concerns(
+    local: &mut BTreeMap<UnitName, LocalUnit>,
+    ours: &BTreeSet<String>,
+    signal: &Signal,
+) -> bool {
+    match signal {
+        Signal::Changed(path) => ours.contains(path),
+        Signal::JobRemoved { .. } => record_job_result(local, signal),
+    }
+}
+
+/// Records the result of a job the agent waits for; `true` if it was one.
+fn record_job_result(local: &mut BTreeMap<UnitName, LocalUnit>, signal: &Signal) -> bool {
+    let Signal::JobRemoved { job, unit, result } = signal else {
+        return false;
+    };
+    let waiting = UnitName::parse(unit)
+        .ok()
+        .and_then(|n| local.get_mut(&n))
+        .and_then(|l| l.job.as_mut())
+        .filter(|j| j.path == *job);
+    match waiting {
+        Some(j) => {
+            j.result = Some(result.clone());
+            true
+        }
+        None => false,
     }
 }
 

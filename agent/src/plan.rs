@@ -27,14 +27,32 @@ pub enum Action {
     Stop(UnitName),
     /// Stop was done before if needed: unlink and delete the unit file.
     Unload(UnitName),
-    /// Write the unit file and link it; `replaces` when a different version was loaded before.
-    Load {
-        name: UnitName,
-        replaces: bool,
-    },
+    /// Write the unit file and link it.
+    Load(UnitName),
     /// One daemon-reload for all replaced unit files of this batch.
     ReloadDaemon,
     Start(UnitName),
+}
+
+impl Action {
+    /// The unit the action is about (none for a daemon-reload).
+    pub fn unit(&self) -> Option<&UnitName> {
+        match self {
+            Action::Stop(n) | Action::Unload(n) | Action::Load(n) | Action::Start(n) => Some(n),
+            Action::ReloadDaemon => None,
+        }
+    }
+
+    /// What the action does, for the log.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Action::Stop(_) => "stopping",
+            Action::Unload(_) => "unloading: unlinking and removing the unit file",
+            Action::Load(_) => "loading: writing and linking the unit file",
+            Action::ReloadDaemon => "reloading systemd",
+            Action::Start(_) => "starting",
+        }
+    }
 }
 
 /// A unit this machine could run: placed here by the engine, or global.
@@ -122,12 +140,8 @@ pub fn plan(
     for (name, want) in desired {
         match local.get(name) {
             None => {
-                let replaces = preloaded.contains(name);
-                reload |= replaces;
-                loads.push(Action::Load {
-                    name: name.clone(),
-                    replaces,
-                });
+                reload |= preloaded.contains(name);
+                loads.push(Action::Load(name.clone()));
                 if want.state == JobState::Launched {
                     starts.push(Action::Start(name.clone()));
                 }
@@ -136,10 +150,7 @@ pub fn plan(
                 if have.state == JobState::Launched {
                     stops.push(Action::Stop(name.clone()));
                 }
-                loads.push(Action::Load {
-                    name: name.clone(),
-                    replaces: true,
-                });
+                loads.push(Action::Load(name.clone()));
                 reload = true;
                 if want.state == JobState::Launched {
                     starts.push(Action::Start(name.clone()));
@@ -228,22 +239,13 @@ mod tests {
                 "new launched unit: load then start",
                 desired(&[("a.service", "1", Launched)]),
                 local(&[]),
-                vec![
-                    Action::Load {
-                        name: a(),
-                        replaces: false,
-                    },
-                    Action::Start(a()),
-                ],
+                vec![Action::Load(a()), Action::Start(a())],
             ),
             (
                 "new loaded unit: load only",
                 desired(&[("a.service", "1", Loaded)]),
                 local(&[]),
-                vec![Action::Load {
-                    name: a(),
-                    replaces: false,
-                }],
+                vec![Action::Load(a())],
             ),
             (
                 "launched to loaded: stop",
@@ -275,10 +277,7 @@ mod tests {
                 local(&[("a.service", "1", Launched)]),
                 vec![
                     Action::Stop(a()),
-                    Action::Load {
-                        name: a(),
-                        replaces: true,
-                    },
+                    Action::Load(a()),
                     Action::ReloadDaemon,
                     Action::Start(a()),
                 ],
@@ -371,10 +370,7 @@ mod tests {
         assert_eq!(
             plan(&d, &local(&[]), &preloaded),
             vec![
-                Action::Load {
-                    name: name("a.service"),
-                    replaces: true
-                },
+                Action::Load(name("a.service")),
                 Action::ReloadDaemon,
                 Action::Start(name("a.service")),
             ]

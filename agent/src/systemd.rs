@@ -54,6 +54,23 @@ trait Manager {
     >;
 }
 
+/// The parts of systemd's `org.freedesktop.systemd1.Service` interface the agent reads to tell
+/// how a start ended.
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property, name = "Type")]
+    fn service_type(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property)]
+    fn exec_main_code(&self) -> zbus::Result<i32>;
+    #[zbus(property)]
+    fn exec_main_status(&self) -> zbus::Result<i32>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     #[error("cannot reach systemd over D-Bus: {0}")]
@@ -73,6 +90,34 @@ pub struct SystemdState {
     pub load: String,
     pub active: String,
     pub sub: String,
+    /// The object path of the unit's queued or running job, if it has one.
+    pub job: Option<String>,
+}
+
+/// A signal from systemd, as far as the agent cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signal {
+    /// Something about the object at this path changed (a unit's properties, for a unit's path).
+    Changed(String),
+    /// A job finished: `result` is systemd's (`done`, `failed`, `canceled`, `timeout`,
+    /// `dependency`, `skipped`, ...).
+    JobRemoved {
+        job: String,
+        unit: String,
+        result: String,
+    },
+}
+
+/// How a service's last run went, from its `Service` interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRun {
+    /// systemd's `Result`: `success`, `exit-code`, `signal`, `core-dump`, `timeout`, ...
+    pub result: String,
+    /// `ExecMainCode`: how the main process ended (`CLD_EXITED` 1, `CLD_KILLED` 2,
+    /// `CLD_DUMPED` 3; 0 while it runs or never ran).
+    pub code: i32,
+    /// `ExecMainStatus`: its exit status, or the signal that ended it.
+    pub status: i32,
 }
 
 impl SystemdState {
@@ -115,20 +160,61 @@ impl Systemd {
         }
     }
 
-    pub async fn start(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+    /// Queues a start job; returns the job's object path. The job finishes later
+    /// ([`Signal::JobRemoved`]).
+    pub async fn start(&self, unit: &str) -> Result<String, SystemdError> {
+        let job = self
+            .manager
             .start_unit(unit, "replace")
             .await
             .map_err(Self::call_error("start", unit))?;
-        Ok(())
+        Ok(job.as_str().to_string())
     }
 
-    pub async fn stop(&self, unit: &str) -> Result<(), SystemdError> {
-        self.manager
+    /// Queues a stop job; returns the job's object path.
+    pub async fn stop(&self, unit: &str) -> Result<String, SystemdError> {
+        let job = self
+            .manager
             .stop_unit(unit, "replace")
             .await
             .map_err(Self::call_error("stop", unit))?;
-        Ok(())
+        Ok(job.as_str().to_string())
+    }
+
+    async fn service(&self, unit: &str) -> Result<ServiceProxy<'static>, SystemdError> {
+        ServiceProxy::builder(&self.connection)
+            .path(unit_object_path(unit))
+            .map_err(Self::call_error("inspect", unit))?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(Self::call_error("inspect", unit))
+    }
+
+    /// A service's `Type=` as systemd applies it (`simple`, `exec`, `forking`, `oneshot`,
+    /// `dbus`, `notify`, `idle`).
+    pub async fn service_type(&self, unit: &str) -> Result<String, SystemdError> {
+        self.service(unit)
+            .await?
+            .service_type()
+            .await
+            .map_err(Self::call_error("inspect", unit))
+    }
+
+    /// How a service's last run went.
+    pub async fn service_run(&self, unit: &str) -> Result<ServiceRun, SystemdError> {
+        let service = self.service(unit).await?;
+        let (result, code, status) = tokio::try_join!(
+            service.result(),
+            service.exec_main_code(),
+            service.exec_main_status()
+        )
+        .map_err(Self::call_error("inspect", unit))?;
+        Ok(ServiceRun {
+            result,
+            code,
+            status,
+        })
     }
 
     /// Links a unit file into systemd's runtime search path.
@@ -180,15 +266,29 @@ impl Systemd {
             .map_err(Self::call_error("list", "units"))?;
         Ok(listed
             .into_iter()
-            .map(|(name, _desc, load, active, sub, ..)| (name, SystemdState { load, active, sub }))
+            .map(
+                |(name, _desc, load, active, sub, _following, _path, job_id, _type, job_path)| {
+                    let job = (job_id != 0).then(|| job_path.as_str().to_string());
+                    (
+                        name,
+                        SystemdState {
+                            load,
+                            active,
+                            sub,
+                            job,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 
-    /// A stream of the object paths of systemd's signals: a unit's path when its properties
-    /// change, the manager's path for jobs and unit (un)loading.
+    /// A stream of systemd's signals: [`Signal::JobRemoved`] when a job finishes, else the
+    /// object path the signal is about (a unit's path when its properties change).
     pub async fn changes(
         &self,
-    ) -> Result<impl futures_util::Stream<Item = String> + Unpin, SystemdError> {
+    ) -> Result<impl futures_util::Stream<Item = Signal> + Unpin + Send + 'static, SystemdError>
+    {
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender("org.freedesktop.systemd1")
@@ -197,13 +297,24 @@ impl Systemd {
         let stream = MessageStream::for_match_rule(rule, &self.connection, Some(4096))
             .await
             .map_err(SystemdError::Connect)?;
-        Ok(stream.filter_map(|m| {
-            let path = m
-                .ok()
-                .and_then(|m| m.header().path().map(|p| p.as_str().to_string()));
-            std::future::ready(path)
-        }))
+        Ok(stream.filter_map(|m| std::future::ready(m.ok().and_then(|m| signal(&m)))))
     }
+}
+
+fn signal(message: &zbus::Message) -> Option<Signal> {
+    let header = message.header();
+    if header.member().is_some_and(|m| m.as_str() == "JobRemoved") {
+        let (_id, job, unit, result): (u32, OwnedObjectPath, String, String) =
+            message.body().deserialize().ok()?;
+        return Some(Signal::JobRemoved {
+            job: job.as_str().to_string(),
+            unit,
+            result,
+        });
+    }
+    header
+        .path()
+        .map(|p| Signal::Changed(p.as_str().to_string()))
 }
 
 /// systemd's object path of a unit (`sd_bus_path_encode`), used to tell our units' signals apart.

@@ -73,8 +73,10 @@ fn schemas() -> Value {
             "desiredState": job_state(),
             "currentState": job_state(),
             "machineID": {"type": "string", "required": true},
-            // Ours, not fleet's: why the engine cannot place the unit.
+            // Ours, not fleet's: why the engine cannot place the unit, and why its last start
+            // failed on its machine.
             "reason": string(),
+            "startFailure": string(),
         })),
         "UnitPage": object("UnitPage", json!({
             "units": array_of("Unit"),

@@ -26,6 +26,10 @@ pub struct Unit {
     /// Why the engine cannot place the unit (not in fleet's API; fleet left users guessing).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
+    /// Why the unit's last start failed on its machine, as systemd told (not in fleet's API:
+    /// fleet reported such a unit as launched).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub start_failure: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

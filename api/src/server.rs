@@ -309,6 +309,10 @@ fn unit_json(
         Some(_) => String::new(),
         None => unplaceable.map(|r| r.join("; ")).unwrap_or_default(),
     };
+    let start_failure = match machine {
+        Some(_) => state.and_then(|s| s.start_failure.clone()),
+        None => None,
+    };
     schema::Unit {
         name: unit.name.to_string(),
         options: unit.options,
@@ -316,6 +320,7 @@ fn unit_json(
         current_state,
         machine_id: machine.map(|m| m.to_string()).unwrap_or_default(),
         reason,
+        start_failure: start_failure.unwrap_or_default(),
     }
 }
 

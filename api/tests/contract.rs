@@ -125,6 +125,7 @@ async fn machine_running(registry: &Registry, n: u8, units: &[(&str, &str)]) -> 
                     systemd_load_state: "loaded".into(),
                     systemd_active_state: active.to_string(),
                     systemd_sub_state: "running".into(),
+                    start_failure: None,
                 },
             )
             .await
@@ -844,4 +845,77 @@ async fn metrics_answer_while_etcd_is_unreachable() {
         value_of(&samples, "fleet_etcd_errors_total", &[]).is_some_and(|n| n >= 1.0),
         "the failed reads are counted: {text}"
     );
+}
+
+/// A unit whose start failed on its machine says so, with what systemd said; a unit that
+/// started says nothing of the kind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_start_is_shown_with_the_unit() {
+    use fleet_registry::{Placement, PlacementOp};
+    let api = Api::start(100).await;
+    let presence = machine_running(&api.registry, 1, &[]).await;
+    let PresenceStatus::Alive { lease } = presence.status() else {
+        panic!("presence fenced at once");
+    };
+    let id = MachineId::parse(&format!("{:032x}", 1)).expect("machine id");
+    let leadership = api
+        .registry
+        .campaign(&id, lease)
+        .await
+        .expect("campaign")
+        .expect("the only machine leads");
+    for (name, failure) in [
+        ("broken.service", Some("failed/failed, result exit-code")),
+        ("fine.service", None),
+    ] {
+        api.put(name, hello("launched")).await;
+        let unit_name = UnitName::parse(name).expect("unit name");
+        let unit = api
+            .registry
+            .unit(&unit_name)
+            .await
+            .expect("unit")
+            .expect("unit exists");
+        api.registry
+            .apply_placements(
+                leadership,
+                &[PlacementOp::Put {
+                    machine: id.clone(),
+                    lease,
+                    placement: Placement::for_unit(&unit),
+                }],
+            )
+            .await
+            .expect("place the unit");
+        api.registry
+            .publish_state(
+                lease,
+                &UnitState {
+                    name: unit_name.clone(),
+                    hash: unit.hash(),
+                    machine_id: id.clone(),
+                    job_state: JobState::Launched,
+                    systemd_load_state: "loaded".into(),
+                    systemd_active_state: "failed".into(),
+                    systemd_sub_state: "failed".into(),
+                    start_failure: failure.map(str::to_string),
+                },
+            )
+            .await
+            .expect("publish a state");
+        let (status, body) = api.get(&format!("/units/{name}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["currentState"], "launched", "{body}");
+        match failure {
+            Some(f) => assert_eq!(body["startFailure"], f, "{body}"),
+            None => assert!(body.get("startFailure").is_none(), "{body}"),
+        }
+        let (_, list) = api.get("/units").await;
+        let listed = list["units"]
+            .as_array()
+            .and_then(|units| units.iter().find(|u| u["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not listed: {list}"));
+        assert_eq!(listed, body, "the list shows the unit as GET does");
+    }
 }

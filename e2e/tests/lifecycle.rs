@@ -242,6 +242,63 @@ fn list_commands_speak_json_for_scripts() {
     assert_eq!(unit["desiredState"], "launched");
 }
 
+/// A start that systemd carried out but that failed there is an error naming the unit, the
+/// machine and what systemd said, whether the start job itself failed (a oneshot) or the
+/// service's process failed at once (systemd reports such a start job as done). `--no-block`
+/// only triggers.
+#[test]
+fn a_start_that_fails_in_systemd_is_an_error() {
+    let c = cluster();
+    let cases = [
+        (
+            "false",
+            "[Service]\nExecStart=/bin/false\n",
+            "exited with status 1",
+        ),
+        (
+            "missing",
+            "[Service]\nExecStart=/nonexistent/fleet-e2e\n",
+            "exited with status 203",
+        ),
+        (
+            "oneshot",
+            "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+            "start job failed",
+        ),
+    ];
+    for (stem, text, says) in cases {
+        let name = unique(stem);
+        let path = c.unit_file(&name, text);
+        let out = c.fleetctl(&["start", &path.to_string_lossy()]);
+        let listed = c
+            .fleetctl(&["list-units", "--no-legend"])
+            .expect_ok("list-units");
+        c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+        assert_eq!(out.code, Some(1), "{stem}: {out:#?}");
+        assert_eq!(out.stdout, "", "{stem}: nothing is launched");
+        let said = format!("Error waiting for units: unit {name} failed to start on f1ee70");
+        assert!(out.stderr.starts_with(&said), "{stem}: {}", out.stderr);
+        assert!(node_in(&out.stderr).is_some(), "{stem}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{stem}: {}", out.stderr);
+        let row = listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("{stem}: no row: {}", listed.stdout));
+        assert!(
+            columns(row).ends_with(&["failed", "failed"]),
+            "{stem}: {row:?}"
+        );
+    }
+
+    let name = unique("false-noblock");
+    let path = c.unit_file(&name, "[Service]\nExecStart=/bin/false\n");
+    let out = c.fleetctl(&["start", "--no-block", &path.to_string_lossy()]);
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+    assert!(out.ok(), "{out:#?}");
+    assert_eq!(out.stdout, format!("Triggered unit {name} start\n"));
+}
+
 /// The API's unix socket is root's alone: whoever can talk to fleetd runs anything as root on
 /// every machine.
 #[test]

@@ -345,6 +345,8 @@ impl Ctl {
     }
 
     /// Waits until each unit reports `state`, printing fleet's `Unit X <state> on <machine>`.
+    /// The agent reports `launched` once systemd's start job finished; a start that failed
+    /// there is an error naming the unit, its machine and what systemd said.
     async fn wait_for(&self, names: &[String], state: &str, action: &str, block: Block) -> u8 {
         if block.no_block {
             for name in names {
@@ -358,6 +360,7 @@ impl Ctl {
         let mut machines: Option<BTreeMap<String, Machine>> = None;
         let mut last_error: Option<ClientError> = None;
         let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
+        let mut exit = 0;
         while !pending.is_empty() {
             let mut still = Vec::new();
             for name in pending {
@@ -373,11 +376,20 @@ impl Ctl {
                                 .ok()
                                 .map(|ms| ms.into_iter().map(|m| (m.id.clone(), m)).collect());
                         }
-                        let legend = machines
+                        let machine = machines
                             .as_ref()
                             .and_then(|ms| ms.get(&u.machine_id))
-                            .map(|m| format!(" on {}", machine_full_legend(m, false)))
-                            .unwrap_or_default();
+                            .map(|m| machine_full_legend(m, false));
+                        if state == "launched" && !u.start_failure.is_empty() {
+                            let on = machine.unwrap_or_else(|| or_dash(&u.machine_id).to_string());
+                            stderr(format_args!(
+                                "Error waiting for units: unit {name} failed to start on {on}: {}",
+                                u.start_failure
+                            ));
+                            exit = 1;
+                            continue;
+                        }
+                        let legend = machine.map(|m| format!(" on {m}")).unwrap_or_default();
                         println!("Unit {name} {state}{legend}");
                     }
                     Ok(Some(u)) => {
@@ -412,7 +424,7 @@ impl Ctl {
             }
             tokio::time::sleep(POLL).await;
         }
-        0
+        exit
     }
 
     /// Stops then starts each unit, one after another, waiting for each step unless
@@ -1111,7 +1123,7 @@ mod tests {
             desired_state: "launched".into(),
             current_state: "launched".into(),
             machine_id: machine(1).id,
-            reason: String::new(),
+            ..Default::default()
         };
         let hash = UnitFile::from_options(unit.options.clone()).hash().short();
         let out = render_list_unit_files(&[unit], &[machine(1)], &listing()).unwrap();

@@ -185,9 +185,14 @@ pub struct UnitState {
     pub hash: UnitHash,
     #[serde(rename = "machineID")]
     pub machine_id: MachineId,
-    /// What the agent has done with the unit (`loaded` or `launched`).
+    /// What systemd has done for the agent: `launched` once the unit's start job finished,
+    /// `loaded` once it is loaded (and any stop job finished).
     pub job_state: JobState,
     pub systemd_load_state: String,
     pub systemd_active_state: String,
     pub systemd_sub_state: String,
+    /// Why the unit's last start failed (systemd's job result, the unit's state and the
+    /// service's result), if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_failure: Option<String>,
 }

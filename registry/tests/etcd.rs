@@ -720,6 +720,7 @@ fn state(machine: u8, unit_name: &str) -> UnitState {
         systemd_load_state: "loaded".to_string(),
         systemd_active_state: "active".to_string(),
         systemd_sub_state: "running".to_string(),
+        start_failure: None,
     }
 }
 
