@@ -311,3 +311,86 @@ fn the_api_socket_is_for_root_only() {
         assert_eq!(out.stdout, "600 root socket\n", "node{n}");
     }
 }
+
+/// fleetd logs to the journal with its fields as journal fields: what it did with one unit is
+/// one query away on the unit's machine.
+#[test]
+fn fleetd_logs_each_unit_to_the_journal_with_fields() {
+    let c = cluster();
+    let name = unique("journaled");
+    let path = c.unit_file(&name, &ticker_unit("journaled"));
+    let out = c
+        .fleetctl(&["start", &path.to_string_lossy()])
+        .expect_ok("start");
+    let node = node_in(&out.stdout).expect("start names the machine");
+    c.fleetctl(&["stop", &name]).expect_ok("stop");
+    let field = format!("FLEET_UNIT={name}");
+    let query = [
+        "journalctl",
+        "-u",
+        "fleet",
+        "--no-pager",
+        "-o",
+        "cat",
+        &field,
+    ];
+    // journald stores what it is sent on its own time.
+    let logged = eventually(Duration::from_secs(10), || {
+        let out = c.exec(node, &query);
+        out.stdout
+            .contains(&format!("stopped unit={name}"))
+            .then_some(out.stdout)
+    });
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+    let logged = logged.unwrap_or_else(|| {
+        panic!(
+            "node{node}: no entries with {field}: {:#?}",
+            c.exec(node, &query)
+        )
+    });
+    let steps: Vec<&str> = logged
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|w| w.trim_end_matches(':'))
+        .filter(|w| *w != "placed") // by the engine, if it leads on this machine
+        .collect();
+    assert_eq!(
+        steps,
+        ["loading", "starting", "started", "stopping", "stopped"],
+        "{logged}"
+    );
+    assert!(
+        logged.lines().all(|l| l.contains(&format!("unit={name}"))),
+        "an entry without the field matched: {logged}"
+    );
+    // A field of its own, not only text: the entry's fields as journald stores them.
+    let verbose = c.exec(
+        node,
+        &[
+            "journalctl",
+            "-u",
+            "fleet",
+            "--no-pager",
+            "-o",
+            "verbose",
+            &field,
+            "-n",
+            "1",
+        ],
+    );
+    assert!(
+        verbose.stdout.contains(&format!("    FLEET_UNIT={name}\n")),
+        "{}",
+        verbose.stdout
+    );
+    assert!(
+        verbose.stdout.contains("    PRIORITY="),
+        "{}",
+        verbose.stdout
+    );
+    assert!(
+        verbose.stdout.contains("    SYSLOG_IDENTIFIER=fleetd\n"),
+        "{}",
+        verbose.stdout
+    );
+}

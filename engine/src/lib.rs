@@ -136,12 +136,10 @@ async fn lead(
         }
         ops.extend(plan::unplaceable_ops(&snapshot.unplaceable, &unplaceable));
         if !ops.is_empty() {
-            tracing::info!(changes = ops.len(), "applying placements");
-            for op in &ops {
-                tracing::debug!(?op, "placement");
-            }
+            tracing::debug!(changes = ops.len(), "applying placements");
             match registry.apply_placements(leadership, &ops).await {
                 Ok(()) => {
+                    ops.iter().for_each(log_op);
                     let placed = ops
                         .iter()
                         .filter(|op| matches!(op, PlacementOp::Put { .. }))
@@ -181,6 +179,32 @@ async fn lead(
                 }
             }
             _ = tokio::time::sleep(config.reconcile_interval) => {}
+        }
+    }
+}
+
+/// One line per decision carried out, with the unit and the machine as fields (journal fields
+/// `FLEET_UNIT`, `FLEET_MACHINE` under systemd).
+fn log_op(op: &PlacementOp) {
+    match op {
+        PlacementOp::Put {
+            machine, placement, ..
+        } => tracing::info!(
+            unit = %placement.name,
+            machine = %machine,
+            desired_state = %placement.desired_state,
+            "placed"
+        ),
+        PlacementOp::Delete { machine, name } => {
+            tracing::info!(unit = %name, machine = %machine, "removed from machine")
+        }
+        PlacementOp::SetUnplaceable { name, reasons } => tracing::info!(
+            unit = %name,
+            reasons = %reasons.join("; "),
+            "cannot place"
+        ),
+        PlacementOp::ClearUnplaceable { name } => {
+            tracing::debug!(unit = %name, "unit no longer unplaceable")
         }
     }
 }

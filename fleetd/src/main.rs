@@ -1,6 +1,7 @@
 //! fleetd: the agent, an engine candidate and the API, in one daemon per machine.
 
 mod config;
+mod journal;
 mod system;
 
 use std::collections::BTreeMap;
@@ -62,10 +63,9 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to stderr. Under systemd (whose journal then holds stderr), each line starts with its
-/// syslog priority (`<3>` error .. `<7>` debug), which journald records as the priority, and
-/// carries no timestamp of its own; the fields stay in the message, readable with
-/// `journalctl -u fleet`.
+/// Logs to the journal when stderr is connected to it (fleetd runs under systemd), with the
+/// events' fields as journal fields (see `journal`); otherwise, or if journald cannot be
+/// reached, to stderr as text.
 fn init_logging(verbosity: u32) {
     let default = match verbosity {
         0 => "info",
@@ -76,51 +76,22 @@ fn init_logging(verbosity: u32) {
         EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn"))
     });
     let registry = tracing_subscriber::registry().with(filter);
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        let format = JournalFormat(
-            tracing_subscriber::fmt::format()
-                .without_time()
-                .with_ansi(false)
-                .with_target(false)
-                .with_level(false),
-        );
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(format)
-                    .with_writer(std::io::stderr),
-            )
-            .init();
+    let journal = if systemd_journal_logger::connected_to_journal() {
+        match journal::JournalLayer::new() {
+            Ok(layer) => Some(layer),
+            Err(e) => {
+                eprintln!("fleetd: cannot log to the journal ({e}); logging to stderr");
+                None
+            }
+        }
     } else {
-        registry
+        None
+    };
+    match journal {
+        Some(layer) => registry.with(layer).init(),
+        None => registry
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
-    }
-}
-
-/// Prefixes each event with its syslog priority for journald.
-struct JournalFormat<F>(F);
-
-impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat<F>
-where
-    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
-    F: tracing_subscriber::fmt::FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
-        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
-        event: &tracing::Event<'_>,
-    ) -> std::fmt::Result {
-        let priority = match *event.metadata().level() {
-            tracing::Level::ERROR => 3,
-            tracing::Level::WARN => 4,
-            tracing::Level::INFO => 6,
-            _ => 7,
-        };
-        write!(writer, "<{priority}>")?;
-        self.0.format_event(ctx, writer, event)
+            .init(),
     }
 }
 
