@@ -1,7 +1,8 @@
 //! Benchmarks on the local cluster, printed beside the figure to beat.
 //!
-//! - `fleet-bench start-latency [--bin DIR] [--runs N]`: wall time of a blocking
-//!   `fleetctl start` of a fresh unit, from the host against node1's API, until it returns.
+//! - `fleet-bench start-latency [--bin DIR] [--runs N]`: a blocking `fleetctl start` of a fresh
+//!   unit, from the host against node1's API: time until systemd on the unit's machine reports
+//!   it active, and until fleetctl returns.
 //! - `fleet-bench idle [--bin DIR] [--units N]`: N units (1,000 unless given) running on the
 //!   local 3-node cluster and nothing changing: etcd requests per second and each fleetd's CPU
 //!   over 30 s.
@@ -61,36 +62,83 @@ fn usage(problem: &str) -> ExitCode {
 fn start_latency(bin: &std::path::Path, runs: usize) -> ExitCode {
     let cluster = Cluster::new(bin);
     cluster.up();
-    let mut times = Vec::with_capacity(runs);
+    let mut active = Vec::with_capacity(runs);
+    let mut returned = Vec::with_capacity(runs);
     for i in 0..runs {
         let name = format!("bench-start-{}-{i}.service", std::process::id());
         let path = cluster.unit_file(&name, &ticker_unit("start latency benchmark"));
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         let started = Instant::now();
         let out = cluster.fleetctl(&["start", &path.to_string_lossy()]);
         let elapsed = started.elapsed();
+        let node = fleet_e2e::node_in(&out.stdout);
+        let entered = node.map(|n| active_enter_timestamp(&cluster, n, &name));
         cluster.fleetctl(&["destroy", &name]);
-        if !out.ok() || !out.stdout.contains("launched on") {
+        let (true, Some(Ok(entered))) = (out.ok(), entered) else {
             eprintln!("fleet-bench: start of {name} failed: {out:#?}");
             return ExitCode::FAILURE;
+        };
+        // The nodes share the host's clock: systemd's timestamp is comparable with ours.
+        match entered.checked_sub(since_epoch) {
+            Some(d) => active.push(d),
+            None => {
+                eprintln!("fleet-bench: systemd says {name} was active before it was started");
+                return ExitCode::FAILURE;
+            }
         }
-        times.push(elapsed);
+        returned.push(elapsed);
     }
-    times.sort();
-    let median = if runs % 2 == 1 {
-        times[runs / 2]
-    } else {
-        (times[runs / 2 - 1] + times[runs / 2]) / 2
-    };
     let secs = |d: Duration| format!("{:.3} s", d.as_secs_f64());
-    println!("start latency: blocking `fleetctl start` of a fresh unit, 3-node local cluster, binaries from {}", bin.display());
+    let summary = |times: &mut Vec<Duration>| {
+        times.sort();
+        let median = if runs % 2 == 1 {
+            times[runs / 2]
+        } else {
+            (times[runs / 2 - 1] + times[runs / 2]) / 2
+        };
+        format!(
+            "median {}   min {}   max {}",
+            secs(median),
+            secs(times[0]),
+            secs(times[runs - 1])
+        )
+    };
+    println!("start latency: `fleetctl start` of a fresh unit (a Type=simple service), from the host against node1's API, 3-node local cluster, {runs} runs, binaries from {}", bin.display());
     println!(
-        "  runs {runs}   median {}   min {}   max {}",
-        secs(median),
-        secs(times[0]),
-        secs(times[runs - 1])
+        "  until systemd on the unit's machine reports it active (its ActiveEnterTimestamp): {}",
+        summary(&mut active)
     );
-    println!("  to beat: under 0.100 s (the original fleet: ~4 s)");
+    println!(
+        "  until the blocking fleetctl start returns (systemd's start job finished, then {} ms active; see fleet_agent::job::START_SETTLE): {}",
+        fleet_agent::job::START_SETTLE.as_millis(),
+        summary(&mut returned)
+    );
+    println!("  to beat: under 0.100 s until active; the original fleet took ~4 s on this project's 3-node rig (DESIGN.md, section 4)");
     ExitCode::SUCCESS
+}
+
+/// When systemd on node `n` last saw `unit` become active, as time since the Unix epoch.
+fn active_enter_timestamp(cluster: &Cluster, n: u32, unit: &str) -> Result<Duration, String> {
+    let out = cluster.exec(
+        n,
+        &[
+            "busctl",
+            "get-property",
+            "org.freedesktop.systemd1",
+            &fleet_agent::systemd::unit_object_path(unit),
+            "org.freedesktop.systemd1.Unit",
+            "ActiveEnterTimestamp",
+        ],
+    );
+    // busctl prints the type and the value: "t 1796077579886654" (microseconds).
+    match out.stdout.trim().strip_prefix("t ").map(str::parse::<u64>) {
+        Some(Ok(us)) if us > 0 => Ok(Duration::from_micros(us)),
+        _ => Err(format!(
+            "no ActiveEnterTimestamp for {unit} on node{n}: {out:#?}"
+        )),
+    }
 }
 
 fn placement(units: usize, machines: usize) -> ExitCode {
@@ -277,7 +325,10 @@ fn idle(bin: &std::path::Path, units: usize) -> ExitCode {
             let active = out
                 .stdout
                 .lines()
-                .filter(|l| l.starts_with("idle-") && l.ends_with("\tactive\trunning"))
+                .filter(|l| {
+                    l.starts_with("idle-")
+                        && fleet_e2e::columns(l).ends_with(&["active", "running"])
+                })
                 .count();
             (active == units).then_some(())
         });
