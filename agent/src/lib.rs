@@ -224,12 +224,15 @@ impl Agent {
             .keys()
             .map(|n| systemd::unit_object_path(n.as_str()))
             .collect();
-        // A started unit that is settling is looked at again when its time is up.
+        // A started unit that is settling is looked at again when its time is up (not sooner
+        // than in a few milliseconds, so that a deadline left behind by a failed read of
+        // systemd's states cannot spin this loop).
         let settled = self
             .local
             .values()
             .filter_map(|l| l.job.as_ref()?.settle_until)
-            .min();
+            .min()
+            .map(|t| t.max(Instant::now() + Duration::from_millis(5)));
         let local = &mut self.local;
         let signals = self.signals.as_mut().and_then(|m| m.get_mut().ok());
         let registry_change = async {
