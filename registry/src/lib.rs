@@ -808,22 +808,6 @@ impl Registry {
             .and_then(|s| MachineId::parse(s).ok()))
     }
 
-    /// Gives up the leadership (on shutdown), so another engine takes over at once.
-    pub async fn resign(&self, leadership: Leadership) -> Result<()> {
-        let key = self.leader_key();
-        self.txn(
-            Txn::new()
-                .when(vec![Compare::create_revision(
-                    key.clone(),
-                    CompareOp::Equal,
-                    leadership.revision,
-                )])
-                .and_then(vec![TxnOp::delete(key, None)]),
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Applies placement changes in batched transactions, each conditioned on `leadership`.
     /// A put whose target lease has expired fails its batch; the caller re-plans from a fresh
     /// snapshot.

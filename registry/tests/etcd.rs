@@ -298,8 +298,9 @@ async fn an_agent_publishes_and_withdraws_unit_states() {
 async fn one_engine_leads_and_a_deposed_one_cannot_write() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease_a) = present(&registry, 1).await;
+    let (a_presence, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
+    let (_c, lease_c) = present(&registry, 3).await;
 
     let a = registry
         .campaign(&machine_id(1), lease_a)
@@ -317,16 +318,21 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
         Some(a)
     );
     registry
-        .apply_placements(a, &[place(&machine_id(1), lease_a, "web.service")])
+        .apply_placements(a, &[place(&machine_id(3), lease_c, "web.service")])
         .await
         .unwrap();
 
-    registry.resign(a).await.unwrap();
+    // A's machine dies: the leader key goes with its lease.
+    drop(a_presence);
+    eventually("A's leadership expires", EXPIRY_DEADLINE, || async {
+        registry.engine_leader().await.unwrap().is_none()
+    })
+    .await;
     let b = registry
         .campaign(&machine_id(2), lease_b)
         .await
         .unwrap()
-        .expect("B leads once A resigned");
+        .expect("B leads once A is gone");
     assert_ne!(a, b);
     assert_eq!(registry.engine_leader().await.unwrap(), Some(machine_id(2)));
 
@@ -334,7 +340,7 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
         .apply_placements(
             a,
             &[
-                unplace(&machine_id(1), "web.service"),
+                unplace(&machine_id(3), "web.service"),
                 place(&machine_id(2), lease_b, "db.service"),
             ],
         )
@@ -342,16 +348,13 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
     assert!(matches!(stale, Err(Error::NotLeader)), "{stale:?}");
     assert_eq!(
         registry.placements().await.unwrap(),
-        [(machine_id(1), Placement::for_unit(&unit("web.service")))]
+        [(machine_id(3), Placement::for_unit(&unit("web.service")))]
     );
     let snapshot = registry.engine_snapshot().await.unwrap();
     assert_eq!(snapshot.leader, Some(b));
 
-    // A stale resign does not depose the new leader either.
-    registry.resign(a).await.unwrap();
-    assert_eq!(registry.engine_leader().await.unwrap(), Some(machine_id(2)));
     registry
-        .apply_placements(b, &[unplace(&machine_id(1), "web.service")])
+        .apply_placements(b, &[unplace(&machine_id(3), "web.service")])
         .await
         .unwrap();
     assert!(registry.placements().await.unwrap().is_empty());
@@ -595,15 +598,15 @@ async fn a_change_between_snapshot_and_watch_is_not_missed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_engine_wakes_when_a_machine_joins_and_a_follower_when_the_leader_resigns() {
+async fn the_engine_wakes_when_a_machine_joins_and_a_follower_when_the_leader_is_gone() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease_a) = present(&registry, 1).await;
-    let leadership = registry
+    let (a, lease_a) = present(&registry, 1).await;
+    registry
         .campaign(&machine_id(1), lease_a)
         .await
         .unwrap()
-        .unwrap();
+        .expect("A leads");
     let seen = registry.engine_snapshot().await.unwrap();
     let mut engine = registry
         .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
@@ -624,10 +627,11 @@ async fn the_engine_wakes_when_a_machine_joins_and_a_follower_when_the_leader_re
         "a follower was woken by a new machine"
     );
 
-    registry.resign(leadership).await.unwrap();
-    tokio::time::timeout(EVENT_DEADLINE, follower.next())
+    // The leader's machine dies: the leader key goes with its lease.
+    drop(a);
+    tokio::time::timeout(EXPIRY_DEADLINE, follower.next())
         .await
-        .expect("the follower was not woken when the leader resigned")
+        .expect("the follower was not woken when the leader was gone")
         .unwrap();
 }
 
