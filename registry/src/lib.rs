@@ -74,7 +74,7 @@ pub enum Error {
     #[error("etcd request timed out after {0:?}")]
     Timeout(Duration),
     #[error("etcd request failed: {0}")]
-    Etcd(#[from] etcd_client::Error),
+    Etcd(#[source] etcd_client::Error),
     #[error("corrupt record at {key}: {source}")]
     Corrupt {
         key: String,
@@ -95,24 +95,43 @@ pub enum Error {
 
 impl Error {
     /// Whether the error means etcd could not be reached or did not answer in time, as opposed
-    /// to a refusal or bad data.
+    /// to a refusal or bad data. Decided once, where etcd-client's errors become ours
+    /// ([`Error::from_etcd`]).
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            Error::Unreachable { .. } | Error::Timeout(_) | Error::WatchEnded(_) => true,
-            Error::Etcd(e) => match e {
-                etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-                // A broken connection surfaces as `Unknown` on an open stream (watch,
-                // keepalive); every other code is an answer from etcd, not a silence.
-                etcd_client::Error::GRpcStatus(s) => matches!(
+        matches!(
+            self,
+            Error::Unreachable { .. } | Error::Timeout(_) | Error::WatchEnded(_)
+        )
+    }
+
+    /// The one conversion of etcd-client's errors: silence (no connection, a broken one, no
+    /// answer in time) becomes [`Error::Unreachable`], an answer from etcd [`Error::Etcd`].
+    pub(crate) fn from_etcd(e: etcd_client::Error, endpoints: &str) -> Error {
+        let reason = match &e {
+            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+                root_cause(&e)
+            }
+            // A broken connection surfaces as `Unknown` or `Cancelled` on an open stream
+            // (watch, keepalive); every other code is an answer from etcd, not a silence.
+            etcd_client::Error::GRpcStatus(s)
+                if matches!(
                     s.code(),
                     tonic::Code::Unavailable
                         | tonic::Code::DeadlineExceeded
                         | tonic::Code::Unknown
                         | tonic::Code::Cancelled
-                ),
-                _ => false,
-            },
-            _ => false,
+                ) =>
+            {
+                match std::error::Error::source(s) {
+                    Some(inner) => format!("{}: {}", s.message(), root_cause(inner)),
+                    None => s.message().to_string(),
+                }
+            }
+            _ => return Error::Etcd(e),
+        };
+        Error::Unreachable {
+            endpoints: endpoints.to_string(),
+            reason,
         }
     }
 }
@@ -233,10 +252,7 @@ impl Registry {
         )
         .await
         .map_err(|_| Error::Timeout(config.request_timeout))?
-        .map_err(|e| Error::Unreachable {
-            endpoints: endpoints.clone(),
-            reason: root_cause(&e),
-        })?;
+        .map_err(|e| Error::from_etcd(e, &endpoints))?;
         let mut prefix = config.prefix.clone();
         if !prefix.ends_with('/') {
             prefix.push('/');
@@ -324,38 +340,11 @@ impl Registry {
     {
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => self.classify(e),
+            Ok(Err(e)) => Error::from_etcd(e, &self.endpoints),
             Err(_) => Error::Timeout(self.timeout),
         };
         fleet_telemetry::ETCD_ERRORS.inc();
         Err(result)
-    }
-
-    fn classify(&self, e: etcd_client::Error) -> Error {
-        match e {
-            etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
-                Error::Unreachable {
-                    endpoints: self.endpoints.clone(),
-                    reason: root_cause(&e),
-                }
-            }
-            etcd_client::Error::GRpcStatus(ref s)
-                if matches!(
-                    s.code(),
-                    tonic_code::UNAVAILABLE | tonic_code::DEADLINE_EXCEEDED
-                ) =>
-            {
-                let reason = match std::error::Error::source(s) {
-                    Some(inner) => format!("{}: {}", s.message(), root_cause(inner)),
-                    None => s.message().to_string(),
-                };
-                Error::Unreachable {
-                    endpoints: self.endpoints.clone(),
-                    reason,
-                }
-            }
-            other => Error::Etcd(other),
-        }
     }
 
     /// Creates `key` with `value` (on `lease`, if any) unless it exists, in one transaction.
@@ -917,14 +906,15 @@ impl Registry {
 
     /// Watches `prefixes` from `revision` on; see [`Changes`].
     pub async fn watch(&self, prefixes: &[String], revision: i64) -> Result<Changes> {
-        Changes::open(self.client.watch_client(), prefixes, revision, self.timeout).await
+        Changes::open(
+            self.client.watch_client(),
+            prefixes,
+            revision,
+            self.timeout,
+            &self.endpoints,
+        )
+        .await
     }
-}
-
-/// gRPC status codes that mean "could not reach or hear from etcd".
-mod tonic_code {
-    pub const UNAVAILABLE: tonic::Code = tonic::Code::Unavailable;
-    pub const DEADLINE_EXCEEDED: tonic::Code = tonic::Code::DeadlineExceeded;
 }
 
 /// The innermost cause of an error, e.g. "Connection refused (os error 111)": what an operator

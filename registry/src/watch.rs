@@ -12,6 +12,8 @@ use crate::{Error, Result};
 /// One etcd watch stream over several key prefixes.
 pub struct Changes {
     stream: WatchStream,
+    /// For errors: where etcd was expected.
+    endpoints: String,
 }
 
 impl Changes {
@@ -20,8 +22,9 @@ impl Changes {
         prefixes: &[String],
         revision: i64,
         timeout: Duration,
+        endpoints: &str,
     ) -> Result<Changes> {
-        let opened = Changes::open_uncounted(client, prefixes, revision, timeout).await;
+        let opened = Changes::open_uncounted(client, prefixes, revision, timeout, endpoints).await;
         if opened.is_err() {
             fleet_telemetry::ETCD_ERRORS.inc();
         }
@@ -33,7 +36,9 @@ impl Changes {
         prefixes: &[String],
         revision: i64,
         timeout: Duration,
+        endpoints: &str,
     ) -> Result<Changes> {
+        let etcd_error = |e| Error::from_etcd(e, endpoints);
         let options = || {
             WatchOptions::new()
                 .with_prefix()
@@ -45,13 +50,18 @@ impl Changes {
         let mut stream =
             tokio::time::timeout(timeout, client.watch(first.as_str(), Some(options())))
                 .await
-                .map_err(|_| Error::Timeout(timeout))??;
+                .map_err(|_| Error::Timeout(timeout))?
+                .map_err(etcd_error)?;
         for prefix in rest {
             tokio::time::timeout(timeout, stream.watch(prefix.as_str(), Some(options())))
                 .await
-                .map_err(|_| Error::Timeout(timeout))??;
+                .map_err(|_| Error::Timeout(timeout))?
+                .map_err(etcd_error)?;
         }
-        Ok(Changes { stream })
+        Ok(Changes {
+            stream,
+            endpoints: endpoints.to_string(),
+        })
     }
 
     /// Consumes the changes that have already arrived, without waiting, so that one re-read
@@ -69,7 +79,8 @@ impl Changes {
     /// compacted): resynchronise and open a new one.
     pub async fn next(&mut self) -> Result<i64> {
         loop {
-            let Some(resp) = self.stream.message().await? else {
+            let message = self.stream.message().await;
+            let Some(resp) = message.map_err(|e| Error::from_etcd(e, &self.endpoints))? else {
                 return Err(Error::WatchEnded("stream closed by etcd".into()));
             };
             if resp.canceled() {
