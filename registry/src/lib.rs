@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, KeyValue, PutOptions, Txn, TxnOp,
-    TxnOpResponse,
+    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, PutOptions, Txn,
+    TxnOp, TxnOpResponse, TxnResponse,
 };
 use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
@@ -367,14 +367,11 @@ impl Registry {
                 resp.header().map(|h| h.revision()).unwrap_or_default(),
             ));
         }
-        let existing = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
-            _ => None,
-        });
-        Ok(Creation::Exists(existing))
+        let [existing] = reads(&resp)?;
+        Ok(Creation::Exists(existing.kvs().first().cloned()))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse> {
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
         let mut kv = self.client.kv_client();
         self.timed(kv.txn(txn)).await
     }
@@ -576,14 +573,7 @@ impl Registry {
                 TxnOp::get(self.unplaceable_key(name), None),
             ]))
             .await?;
-        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(unit), Some(placed), Some(unplaceable)) = (gets.next(), gets.next(), gets.next())
-        else {
-            return Err(Error::Protocol("short transaction response".into()));
-        };
+        let [unit, placed, unplaceable] = reads(&resp)?;
         let Some(unit) = unit.kvs().first() else {
             return Ok(None);
         };
@@ -647,13 +637,7 @@ impl Registry {
                     TxnOp::get(metadata_key.clone(), None),
                 ]))
                 .await?;
-            let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
-                TxnOpResponse::Get(g) => Some(g),
-                _ => None,
-            });
-            let (Some(record), Some(stored)) = (gets.next(), gets.next()) else {
-                return Err(Error::Protocol("short transaction response".into()));
-            };
+            let [record, stored] = reads(&resp)?;
             let Some(record) = record.kvs().first() else {
                 return Ok(false);
             };
@@ -707,19 +691,7 @@ impl Registry {
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(units), Some(machines), Some(placements), Some(leader), Some(unplaceable)) = (
-            gets.next(),
-            gets.next(),
-            gets.next(),
-            gets.next(),
-            gets.next(),
-        ) else {
-            return Err(Error::Protocol("short transaction response".into()));
-        };
+        let [units, machines, placements, leader, unplaceable] = reads(&resp)?;
         let units = decode_all::<Unit>(units.kvs())?
             .into_iter()
             .map(|(_, u)| u)
@@ -868,15 +840,7 @@ impl Registry {
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let mut gets = resp.op_responses().into_iter().filter_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g),
-            _ => None,
-        });
-        let (Some(placements), Some(globals), Some(record)) =
-            (gets.next(), gets.next(), gets.next())
-        else {
-            return Err(Error::Protocol("short transaction response".into()));
-        };
+        let [placements, globals, record] = reads(&resp)?;
         let machine = match record.kvs().first() {
             Some(kv) => Some(decode::<Machine>(kv)?),
             None => None,
@@ -928,6 +892,22 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         _ if std::ptr::addr_eq(cause, e) => e.to_string(),
         _ => cause.to_string(),
     }
+}
+
+/// The answers to a transaction's `N` reads, in the order of the reads. Any other number of
+/// answers is a protocol error.
+fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
+    let gets: Vec<GetResponse> = resp
+        .op_responses()
+        .into_iter()
+        .filter_map(|r| match r {
+            TxnOpResponse::Get(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    let got = gets.len();
+    gets.try_into()
+        .map_err(|_| Error::Protocol(format!("a transaction of {N} reads answered {got} of them")))
 }
 
 fn placement_machine(prefix: &str, kv: &KeyValue) -> Option<MachineId> {
