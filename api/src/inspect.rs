@@ -23,9 +23,6 @@ pub const MAX_LINES: u32 = 100_000;
 /// fleetctl's default `--lines`.
 pub const DEFAULT_LINES: u32 = 10;
 
-/// The response header carrying `systemctl status`'s exit code.
-pub const EXIT_STATUS_HEADER: &str = "x-fleet-exit-status";
-
 /// How long `systemctl status` may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(15);
 

@@ -1,11 +1,8 @@
-//! fleetd's HTTP API v1: the JSON shapes ([`schema`]), the server ([`server`]) and the client
-//! fleetctl uses ([`client`]).
+//! fleetd's HTTP API v1 server ([`server`]), its discovery document ([`discovery`]), the local
+//! journal and status readers ([`inspect`]) and the peer endpoint ([`peer`]). The JSON shapes
+//! and the client are in `fleet-client`.
 
-pub mod client;
 pub mod discovery;
 pub mod inspect;
 pub mod peer;
-pub mod schema;
 pub mod server;
-
-pub use client::{Client, ClientError, Endpoint};

@@ -18,7 +18,9 @@ use axum::Router;
 use fleet_units::UnitName;
 use futures_util::stream::{self, StreamExt};
 
-use crate::inspect::{self, ByteStream, JournalQuery, EXIT_STATUS_HEADER};
+use fleet_client::schema::{ErrorEnvelope, EXIT_STATUS_HEADER};
+
+use crate::inspect::{self, ByteStream, JournalQuery};
 use crate::server::{query_params, with_server_header, ApiError};
 
 /// Where the peer endpoint lives on a peer listener.
@@ -220,7 +222,7 @@ impl PeerClient {
             return Ok(response);
         }
         let bytes = response.bytes().await.unwrap_or_default();
-        let message = serde_json::from_slice::<crate::schema::ErrorEnvelope>(&bytes)
+        let message = serde_json::from_slice::<ErrorEnvelope>(&bytes)
             .map(|e| e.error.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());
         Err(ApiError::new(

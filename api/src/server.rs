@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine as _;
+use fleet_client::schema;
 use fleet_registry::{JobState, Machine, MachineId, Registry};
 use fleet_units::{Requirements, UnitFile, UnitName};
 use futures_util::stream::{self, StreamExt};
@@ -19,7 +20,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::inspect::{self, section_header, ByteStream, JournalQuery};
 use crate::peer::{status_response, text_response, PeerClient};
-use crate::schema;
 
 /// Request bodies larger than this are refused with 413 and nothing is stored.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;

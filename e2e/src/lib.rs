@@ -227,8 +227,8 @@ impl Cluster {
     }
 
     /// An API client talking to node `n` over TCP.
-    pub fn api_client(&self, n: u32) -> fleet_api::Client {
-        fleet_api::Client::new(
+    pub fn api_client(&self, n: u32) -> fleet_client::Client {
+        fleet_client::Client::new(
             &format!("http://{}:49153", node_ip(n)),
             Duration::from_secs(5),
         )

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_api::schema::{Machine, Unit, UnitState};
-use fleet_api::{Client, ClientError};
+use fleet_client::schema::{Machine, Unit, UnitState};
+use fleet_client::{Client, ClientError};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
 use tokio::time::Instant;
 

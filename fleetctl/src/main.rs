@@ -264,14 +264,16 @@ fn main() -> ExitCode {
         eprintln!("--request-timeout must be a positive number of seconds");
         return ExitCode::from(1);
     }
-    let client =
-        match fleet_api::Client::new(&cli.endpoint, Duration::from_secs_f64(cli.request_timeout)) {
-            Ok(c) => c.with_debug(cli.debug),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(1);
-            }
-        };
+    let client = match fleet_client::Client::new(
+        &cli.endpoint,
+        Duration::from_secs_f64(cli.request_timeout),
+    ) {
+        Ok(c) => c.with_debug(cli.debug),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

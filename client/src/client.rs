@@ -311,7 +311,7 @@ impl Client {
         let response = self.check(response).await?;
         let code = response
             .headers()
-            .get(crate::inspect::EXIT_STATUS_HEADER)
+            .get(schema::EXIT_STATUS_HEADER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| ClientError::Decode("no exit status in the answer".into()))?;

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use fleet_units::UnitOption;
 use serde::{Deserialize, Serialize};
 
+/// The response header of `GET /units/{name}/status` carrying `systemctl status`'s exit code.
+pub const EXIT_STATUS_HEADER: &str = "x-fleet-exit-status";
+
 /// A unit as the API shows it: what the user submitted plus where and how it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
