@@ -15,6 +15,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use fleet_errors::root_cause;
 use fleet_units::UnitName;
 use futures_util::stream::{self, StreamExt};
 
@@ -277,14 +278,6 @@ impl PeerClient {
         })?;
         Ok((code, text.to_vec()))
     }
-}
-
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

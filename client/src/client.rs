@@ -124,15 +124,9 @@ impl Client {
                 timeout: self.timeout,
             };
         }
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            reason = s.to_string();
-            source = s.source();
-        }
         ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
-            reason,
+            reason: fleet_errors::root_cause(&e),
         }
     }
 

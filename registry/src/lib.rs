@@ -31,6 +31,7 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, PutOptions, Txn,
     TxnOp, TxnOpResponse, TxnResponse,
 };
+use fleet_errors::root_cause;
 use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -878,19 +879,6 @@ impl Registry {
             &self.endpoints,
         )
         .await
-    }
-}
-
-/// The innermost cause of an error, e.g. "Connection refused (os error 111)": what an operator
-/// needs, without the layers of gRPC wrapping.
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause: &dyn std::error::Error = e;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    match e {
-        _ if std::ptr::addr_eq(cause, e) => e.to_string(),
-        _ => cause.to_string(),
     }
 }
 
