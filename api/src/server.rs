@@ -27,6 +27,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// Default page size of list endpoints (fleet's `token_limit`).
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
+/// The largest page a list request (or a page token) may ask for.
+pub const MAX_PAGE_SIZE: u32 = 10_000;
+
 #[derive(Clone)]
 struct Api {
     registry: Registry,
@@ -73,7 +76,7 @@ pub fn router_with(
 ) -> Router {
     let api = Api {
         registry,
-        page_size: page_size.max(1),
+        page_size: page_size.clamp(1, MAX_PAGE_SIZE),
         inspect,
     };
     let v1: Router<Api> = Router::new()
@@ -197,7 +200,7 @@ impl PageToken {
             .decode(s)
             .map_err(|_| bad())?;
         let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        if token.limit == 0 || token.page == 0 || token.limit > 10_000 {
+        if token.limit == 0 || token.page == 0 || token.limit > MAX_PAGE_SIZE {
             return Err(bad());
         }
         Ok(token)
@@ -230,8 +233,9 @@ fn page<T>(
             page: 1,
         },
     };
-    let start = (token.page as usize - 1) * token.limit as usize;
-    let stop = start + token.limit as usize;
+    // A page far beyond the end is empty, however large its number.
+    let start = (token.page as usize - 1).saturating_mul(token.limit as usize);
+    let stop = start.saturating_add(token.limit as usize);
     let total = all.len();
     let next = if stop < total {
         PageToken {

@@ -171,6 +171,9 @@ impl Config {
                 if ttl < Duration::from_secs(2) {
                     bail!("agent_ttl must be at least 2s");
                 }
+                if ttl > MAX_DURATION {
+                    bail!("agent_ttl must be at most 24h");
+                }
                 self.agent_ttl = ttl;
             }
             "engine_reconcile_interval" => self.engine_reconcile_interval = seconds(value)?,
@@ -187,10 +190,13 @@ impl Config {
             }
             "disable_engine" => self.disable_engine = boolean(value)?,
             "token_limit" => {
-                self.token_limit = value.parse().context("not a number")?;
-                if self.token_limit == 0 {
-                    bail!("must be at least 1");
+                let limit: u32 = value.parse().context("not a number")?;
+                // The API refuses page tokens of larger pages, so a larger page size would
+                // break every list's second page.
+                if !(1..=fleet_api::server::MAX_PAGE_SIZE).contains(&limit) {
+                    bail!("must be from 1 to {}", fleet_api::server::MAX_PAGE_SIZE);
                 }
+                self.token_limit = limit;
             }
             "verbosity" => self.verbosity = value.parse().context("not a number")?,
             "api_listen" => {
@@ -277,16 +283,29 @@ fn parse_metadata(v: &str) -> Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
+/// The longest duration any key takes (a day): longer ones are typos, and would overflow the
+/// arithmetic of timers and leases built on them.
+const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// The shortest interval or timeout (a millisecond): shorter ones would round to zero, a
+/// timeout that always expires or a loop that never sleeps.
+const MIN_SECONDS: Duration = Duration::from_millis(1);
+
+/// A number of seconds, from [`MIN_SECONDS`] to [`MAX_DURATION`].
 fn seconds(v: &str) -> Result<Duration> {
     let secs: f64 = v.parse().context("not a number of seconds")?;
-    if !(secs.is_finite() && secs > 0.0 && secs < 86_400.0) {
-        bail!("must be a positive number of seconds");
+    // NaN, infinities and out-of-range numbers fail here rather than panic in
+    // `Duration::from_secs_f64`.
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if (MIN_SECONDS..=MAX_DURATION).contains(&d) => Ok(d),
+        _ => bail!("must be a number of seconds from 0.001 to 86400"),
     }
-    Ok(Duration::from_secs_f64(secs))
 }
 
-/// Go-style durations as fleet took them: `30s`, `1m`, `1m30s`, `500ms`, `1h`.
+/// Go-style durations as fleet took them: `30s`, `1m`, `1m30s`, `500ms`, `1h`. Durations that
+/// do not fit a `Duration` (`99999999999999999999h`) are refused; the caller bounds the rest.
 fn parse_duration(v: &str) -> Result<Duration> {
+    let too_long = || anyhow::anyhow!("duration {v:?} is out of range");
     let mut total = Duration::ZERO;
     let mut rest = v.trim();
     if rest.is_empty() {
@@ -312,7 +331,8 @@ fn parse_duration(v: &str) -> Result<Duration> {
             other => bail!("unknown unit {other:?} in {v:?} (use h, m, s or ms)"),
         };
         rest = &rest[unit_len..];
-        total += Duration::from_secs_f64(n * factor);
+        let term = Duration::try_from_secs_f64(n * factor).map_err(|_| too_long())?;
+        total = total.checked_add(term).ok_or_else(too_long)?;
     }
     Ok(total)
 }
@@ -373,6 +393,7 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_key() {
+        let long_ttl = format!("agent_ttl={}s", "9".repeat(400));
         let cases = [
             ("agent_ttl=forever", "agent_ttl"),
             ("agent_ttl=1s", "agent_ttl"),
@@ -388,6 +409,24 @@ mod tests {
             ("peer_listen=10.0.0.1", "peer_listen"),
             ("peer_listen=on", "peer_listen"),
             ("just a line", "line 1"),
+            // Out of range: refused like any bad value, never a panic (as they once were).
+            ("agent_ttl=99999999999999999999h", "agent_ttl"),
+            (&long_ttl, "agent_ttl"),
+            ("agent_ttl=18446744073709551615s1s", "agent_ttl"),
+            ("agent_ttl=25h", "agent_ttl"),
+            ("etcd_request_timeout=1e300", "etcd_request_timeout"),
+            ("etcd_request_timeout=NaN", "etcd_request_timeout"),
+            ("etcd_request_timeout=inf", "etcd_request_timeout"),
+            ("etcd_request_timeout=1e-300", "etcd_request_timeout"),
+            (
+                "engine_reconcile_interval=86401",
+                "engine_reconcile_interval",
+            ),
+            ("engine_reconcile_interval=0", "engine_reconcile_interval"),
+            ("token_limit=0", "token_limit"),
+            ("token_limit=10001", "token_limit"),
+            ("token_limit=99999999999", "token_limit"),
+            ("verbosity=99999999999", "verbosity"),
         ];
         for (file, key) in cases {
             let err = load(file, &[]).expect_err(file);
@@ -432,7 +471,7 @@ mod tests {
                 "{input}"
             );
         }
-        for bad in ["", "10", "s", "10x"] {
+        for bad in ["", "10", "s", "10x", "1..5s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

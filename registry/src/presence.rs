@@ -47,7 +47,8 @@ impl Presence {
         ttl: Duration,
         lease_file: Option<PathBuf>,
     ) -> Result<Presence> {
-        let ttl_secs = ttl.as_secs().max(2) as i64;
+        // Within what etcd grants, which also keeps the timer arithmetic below from overflowing.
+        let ttl_secs = ttl.as_secs().clamp(2, MAX_LEASE_TTL_SECS) as i64;
         let lease = register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
         let task = tokio::spawn(keep_alive(
@@ -232,6 +233,9 @@ fn fence_margin(ttl: i64, request_timeout: Duration) -> Duration {
     (request_timeout + RETRY_PAUSE + Duration::from_millis(500))
         .min(Duration::from_millis(ttl as u64 * 1000 / 2))
 }
+
+/// The longest lease TTL etcd grants (its `MaxLeaseTTL`).
+const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
 /// The pause between two failed renewals.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
