@@ -23,14 +23,16 @@ struct Cli {
         default_value = "unix:///var/run/fleet.sock"
     )]
     endpoint: String,
-    /// Amount of time in seconds to allow a single request before considering it failed.
+    /// Amount of time in seconds to allow a single request before considering it failed
+    /// (0.001 to 86400).
     #[arg(
         long,
         global = true,
         env = "FLEETCTL_REQUEST_TIMEOUT",
-        default_value_t = 3.0
+        default_value = "3",
+        value_parser = request_timeout
     )]
-    request_timeout: f64,
+    request_timeout: Duration,
     /// Establish an SSH tunnel through the provided address for communication with fleet and
     /// etcd (used by `ssh`, as ProxyJump).
     #[arg(long, global = true, env = "FLEETCTL_TUNNEL")]
@@ -59,12 +61,14 @@ struct Cli {
     /// Ignored if strict host key checking is disabled.
     #[arg(long, global = true, env = "FLEETCTL_KNOWN_HOSTS_FILE")]
     known_hosts_file: Option<String>,
-    /// Amount of time in seconds to allow for SSH connection initialization before failing.
+    /// Amount of time in seconds to allow for SSH connection initialization before failing
+    /// (0 for no limit, at most 86400).
     #[arg(
         long,
         global = true,
         env = "FLEETCTL_SSH_TIMEOUT",
-        default_value_t = 10.0
+        default_value_t = 10.0,
+        value_parser = ssh_timeout
     )]
     ssh_timeout: f64,
     /// Print the API requests fleetctl makes, and their answers' status, to stderr.
@@ -72,6 +76,31 @@ struct Cli {
     debug: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// The longest timeout fleetctl takes, in seconds (a day): a longer one is a typo.
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
+/// `--request-timeout`: seconds, from a millisecond (shorter rounds to a timeout that always
+/// expires) to [`MAX_TIMEOUT_SECS`]. Checked here, since `Duration::from_secs_f64` panics on a
+/// number it cannot hold (`1e300`, `NaN`, negative).
+fn request_timeout(s: &str) -> Result<Duration, String> {
+    let bad = || format!("{s:?} is not a number of seconds from 0.001 to {MAX_TIMEOUT_SECS}");
+    let secs: f64 = s.trim().parse().map_err(|_| bad())?;
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if secs <= MAX_TIMEOUT_SECS && d >= Duration::from_millis(1) => Ok(d),
+        _ => Err(bad()),
+    }
+}
+
+/// `--ssh-timeout`: seconds, 0 (no limit) to [`MAX_TIMEOUT_SECS`].
+fn ssh_timeout(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(secs) if (0.0..=MAX_TIMEOUT_SECS).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from 0 to {MAX_TIMEOUT_SECS}"
+        )),
+    }
 }
 
 /// How long a command waits for units to reach their state.
@@ -260,14 +289,7 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    if !(cli.request_timeout.is_finite() && cli.request_timeout > 0.0) {
-        eprintln!("--request-timeout must be a positive number of seconds");
-        return ExitCode::from(1);
-    }
-    let client = match fleet_client::Client::new(
-        &cli.endpoint,
-        Duration::from_secs_f64(cli.request_timeout),
-    ) {
+    let client = match fleet_client::Client::new(&cli.endpoint, cli.request_timeout) {
         Ok(c) => c.with_debug(cli.debug),
         Err(e) => {
             eprintln!("{e}");
@@ -390,6 +412,59 @@ mod tests {
         assert!(forward_agent);
         assert_eq!(args, ["uptime"]);
         assert!(parse(&["list-machines"]).strict_host_key_checking);
+    }
+
+    #[test]
+    fn numeric_flags_out_of_range_are_refused_not_a_panic() {
+        let cli = parse(&["list-units"]);
+        assert_eq!(cli.request_timeout, Duration::from_secs(3));
+        assert_eq!(cli.ssh_timeout, 10.0);
+        let cli = parse(&[
+            "--request-timeout",
+            "0.5",
+            "--ssh-timeout",
+            "0",
+            "list-units",
+        ]);
+        assert_eq!(cli.request_timeout, Duration::from_millis(500));
+        assert_eq!(cli.ssh_timeout, 0.0);
+        assert_eq!(
+            parse(&["--request-timeout", "86400", "list-units"]).request_timeout,
+            Duration::from_secs(86_400)
+        );
+        for bad in [
+            &["--request-timeout", "1e300", "list-units"][..],
+            &["--request-timeout", "86401", "list-units"],
+            &["--request-timeout", "0", "list-units"],
+            &["--request-timeout", "1e-300", "list-units"],
+            &["--request-timeout=-1", "list-units"],
+            &["--request-timeout", "NaN", "list-units"],
+            &["--request-timeout", "inf", "list-units"],
+            &["--request-timeout", "soon", "list-units"],
+            &["--ssh-timeout", "1e300", "list-units"],
+            &["--ssh-timeout=-1", "list-units"],
+            &["--ssh-timeout", "NaN", "list-units"],
+            &["start", "--block-attempts=-1", "x"],
+            &["start", "--block-attempts", "99999999999", "x"],
+            &["journal", "-n", "100001", "x"],
+            &["journal", "-n", "99999999999", "x"],
+        ] {
+            let mut argv = vec!["fleetctl"];
+            argv.extend_from_slice(bad);
+            let err = Cli::try_parse_from(argv).expect_err(&format!("{bad:?}"));
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad:?}: {err}"
+            );
+        }
+        // The longest wait --block-attempts can ask for still fits an Instant.
+        let Command::Start { block, .. } =
+            parse(&["start", "--block-attempts", "4294967295", "x"]).command
+        else {
+            panic!("not start");
+        };
+        let _ = tokio::time::Instant::now() + Duration::from_millis(500) * block.block_attempts;
     }
 
     #[test]

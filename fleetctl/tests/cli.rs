@@ -78,3 +78,26 @@ fn list_commands_refuse_an_unknown_output_format() {
     assert_eq!(code, Some(2));
     assert!(err.contains("yaml"), "{err}");
 }
+
+#[test]
+fn out_of_range_numbers_are_refused_clearly_not_a_panic() {
+    for args in [
+        &["--request-timeout", "1e300", "list-units"][..],
+        &["--request-timeout=NaN", "list-units"],
+        &["--ssh-timeout", "1e300", "list-units"],
+    ] {
+        let (code, _, err) = fleetctl(args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("is not a number of seconds"),
+            "{args:?}: {err}"
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(["list-units"])
+        .env("FLEETCTL_REQUEST_TIMEOUT", "1e300")
+        .output()
+        .expect("run fleetctl");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a number of seconds"));
+}
