@@ -101,10 +101,10 @@ pub fn status_args(unit: &UnitName) -> Vec<String> {
 /// The line that opens one machine's section when a unit runs on several machines:
 /// `=== f1ee7001.../10.233.0.11 ===`.
 pub fn section_header(machine_id: &str, ip: &str) -> String {
-    let short = if machine_id.len() > 8 {
-        format!("{}...", &machine_id[..8])
-    } else {
-        machine_id.to_string()
+    // By character: a byte slice would panic on an id that is not ASCII.
+    let short = match machine_id.char_indices().nth(8) {
+        Some((end, _)) => format!("{}...", &machine_id[..end]),
+        None => machine_id.to_string(),
     };
     if ip.is_empty() {
         format!("=== {short} ===\n")
@@ -269,5 +269,7 @@ mod tests {
             section_header("f1ee7001000000000000000000000000", ""),
             "=== f1ee7001... ===\n"
         );
+        assert_eq!(section_header("f1ee", ""), "=== f1ee ===\n");
+        assert_eq!(section_header("aéééééééé", ""), "=== aééééééé... ===\n");
     }
 }

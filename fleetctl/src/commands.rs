@@ -867,11 +867,16 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
 
 // ---- rendering ----------------------------------------------------------------------------------
 
+/// The first `n` characters of `s`, or `None` when it has no more than `n`. By character, not
+/// byte: what the server sends may be short or not ASCII, and must not make fleetctl panic.
+fn first_chars(s: &str, n: usize) -> Option<&str> {
+    s.char_indices().nth(n).map(|(end, _)| &s[..end])
+}
+
 fn machine_id_legend(id: &str, full: bool) -> String {
-    if full || id.len() <= 8 {
-        id.to_string()
-    } else {
-        format!("{}...", &id[..8])
+    match first_chars(id, 8) {
+        Some(short) if !full => format!("{short}..."),
+        _ => id.to_string(),
     }
 }
 
@@ -893,10 +898,9 @@ fn or_dash(s: &str) -> String {
 }
 
 fn short_hash(hash: &str, full: bool) -> String {
-    if full || hash.len() <= 7 {
-        hash.to_string()
-    } else {
-        hash[..7].to_string()
+    match first_chars(hash, 7) {
+        Some(short) if !full => short.to_string(),
+        _ => hash.to_string(),
     }
 }
 
@@ -1134,6 +1138,48 @@ mod tests {
                  hello.service\t{hash}\tlaunched\tlaunched\tf1ee7001.../10.233.0.11\n"
             )
         );
+    }
+
+    #[test]
+    fn short_or_non_ascii_answers_are_shown_not_a_panic() {
+        // Byte slicing once panicked on these (a multi-byte character across byte 8 or 7).
+        let odd = [
+            "",
+            "f1ee",
+            "f1ee7001",
+            "é",
+            "aéééééééé",
+            "f1ee700é1234",
+            "ab€cdefghi",
+        ];
+        let machines: Vec<Machine> = odd
+            .iter()
+            .map(|id| Machine {
+                id: id.to_string(),
+                primary_ip: String::new(),
+                metadata: Default::default(),
+            })
+            .collect();
+        let states: Vec<UnitState> = odd
+            .iter()
+            .map(|id| UnitState {
+                hash: id.to_string(),
+                machine_id: id.to_string(),
+                ..state("x.service", 1, "active", "running")
+            })
+            .collect();
+        let all = Listing {
+            fields: Some("unit,machine,hash".into()),
+            ..listing()
+        };
+        render_list_machines(&machines, &listing()).unwrap();
+        let out = render_list_units(&states, &[], &all).unwrap();
+        assert!(out.contains("\taééééééé...\taéééééé\n"), "{out}");
+        assert!(out.contains("\tf1ee\t"), "{out}");
+        assert!(out.contains("ab€cdef\n"), "{out}");
+        render_list_units(&states, &machines, &all).unwrap();
+        assert_eq!(machine_id_legend("aéééééééé", true), "aéééééééé");
+        assert_eq!(short_hash("ab€cdefghi", true), "ab€cdefghi");
     }
 
     fn strings(v: &[&str]) -> Vec<String> {
