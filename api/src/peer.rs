@@ -22,7 +22,7 @@ use futures_util::stream::{self, StreamExt};
 use fleet_client::schema::{ErrorEnvelope, EXIT_STATUS_HEADER};
 
 use crate::inspect::{self, ByteStream, JournalQuery};
-use crate::server::{query_params, with_server_header, ApiError};
+use crate::server::{method_not_allowed, query_params, with_server_header, ApiError};
 
 /// Where the peer endpoint lives on a peer listener.
 pub const PEER_PREFIX: &str = "/fleet/peer/v1";
@@ -86,8 +86,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// `GET /fleet/peer/v1/status?unit=X`.
 pub fn router(secret: Secret, version: &str) -> Router {
     let v1 = Router::new()
-        .route("/journal", get(journal))
-        .route("/status", get(status))
+        .route("/journal", get(journal).fallback(method_not_allowed))
+        .route("/status", get(status).fallback(method_not_allowed))
         .with_state(secret);
     with_server_header(
         Router::new()

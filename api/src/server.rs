@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -50,20 +51,72 @@ pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
     router_with(registry, version, page_size, None)
 }
 
-/// The `Server` header of fleetd's responses.
-/// Names fleetd (`Server: fleetd/<version>`) on every response of `router`.
+/// Names fleetd (`Server: fleetd/<version>`) on every response of `router`, and makes sure
+/// every error it answers is the JSON error envelope (see [`into_envelope`]).
 pub(crate) fn with_server_header(router: Router, version: &str) -> Router {
     let server = HeaderValue::from_str(&format!("fleetd/{version}"))
         .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
-    router.layer(axum::middleware::map_response(
-        move |mut response: Response| {
-            let server = server.clone();
-            async move {
-                response.headers_mut().insert(header::SERVER, server);
-                response
-            }
-        },
-    ))
+    router.layer(axum::middleware::map_response(move |response: Response| {
+        let server = server.clone();
+        async move {
+            let mut response = into_envelope(response).await;
+            response.headers_mut().insert(header::SERVER, server);
+            response
+        }
+    }))
+}
+
+/// An error response that is not JSON, rendered as the envelope with its text as the message.
+/// Handlers and extractors here answer with [`ApiError`] already; this is the safety net for
+/// what axum answers by itself (its rejections are plain text, its 405 is empty), so that
+/// clients can rely on the envelope for every error.
+async fn into_envelope(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = match text.is_empty() {
+        true => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+        false => text,
+    };
+    let mut envelope = ApiError::new(status, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            envelope.headers_mut().insert(name, value.clone());
+        }
+    }
+    envelope
+}
+
+/// A route's `{name}`, percent-decoded. Taken through this rather than axum's `Path`, whose
+/// rejection (of `%FF`, say, which is not UTF-8) is plain text.
+struct NameParam(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for NameParam {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<NameParam, ApiError> {
+        match Path::<String>::from_request_parts(parts, state).await {
+            Ok(Path(name)) => Ok(NameParam(name)),
+            Err(e) => Err(ApiError::new(
+                e.status(),
+                format!("invalid unit name in the path: {}", e.body_text()),
+            )),
+        }
+    }
 }
 
 /// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, with the journal and status of units when
@@ -172,7 +225,7 @@ async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not found")
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
+pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("method {method} not supported against this resource"),
@@ -347,7 +400,7 @@ async fn list_units(
 
 async fn get_unit(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
 ) -> Result<Json<schema::Unit>, ApiError> {
     let name = parse_name(&name)?;
     let Some(view) = api.registry.unit_view(&name).await? else {
@@ -386,7 +439,7 @@ async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError
 
 async fn put_unit(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
     request: Request<Body>,
 ) -> Result<StatusCode, ApiError> {
     let body = json_body(request).await?;
@@ -465,7 +518,7 @@ async fn put_unit(
 
 async fn delete_unit(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
 ) -> Result<StatusCode, ApiError> {
     let name = parse_name(&name)?;
     if api.registry.delete_unit(&name).await? {
@@ -515,7 +568,7 @@ fn state_view(s: fleet_registry::UnitState) -> schema::UnitState {
 /// machines (a global unit) the first machine's.
 async fn get_state(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
 ) -> Result<Json<schema::UnitState>, ApiError> {
     let name = parse_name(&name)?;
     let (placements, states) =
@@ -858,7 +911,7 @@ async fn read_status(
 
 async fn unit_journal(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let inspect = inspector(&api)?;
@@ -906,7 +959,7 @@ async fn unit_journal(
 
 async fn unit_status(
     State(api): State<Api>,
-    Path(name): Path<String>,
+    NameParam(name): NameParam,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let inspect = inspector(&api)?;
@@ -997,6 +1050,40 @@ mod tests {
             let e = select_targets(&name, true, None, &all, &records, Some(bad)).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn errors_axum_answers_by_itself_become_the_envelope() {
+        async fn body(response: Response) -> serde_json::Value {
+            let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .unwrap_or_default();
+            serde_json::from_slice(&bytes).unwrap_or_default()
+        }
+        let plain = (StatusCode::BAD_REQUEST, "Invalid URL: bad").into_response();
+        let r = into_envelope(plain).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            body(r).await,
+            serde_json::json!({"error": {"code": 400, "message": "Invalid URL: bad"}})
+        );
+
+        let empty = (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]).into_response();
+        let r = into_envelope(empty).await;
+        assert_eq!(r.headers().get(header::ALLOW).unwrap(), "GET");
+        assert_eq!(
+            body(r).await["error"]["message"],
+            serde_json::json!("method not allowed")
+        );
+
+        // Successes and errors already in the envelope are left alone.
+        let ok = (StatusCode::OK, "journal text").into_response();
+        assert_eq!(into_envelope(ok).await.status(), StatusCode::OK);
+        let own = ApiError::new(StatusCode::CONFLICT, "mine").into_response();
+        assert_eq!(
+            body(into_envelope(own).await).await["error"]["message"],
+            "mine"
+        );
     }
 
     #[test]

@@ -414,6 +414,190 @@ async fn errors_use_the_envelope_and_name_the_server() {
     assert_eq!(error_code(&body), Some(404));
 }
 
+/// Asserts that `response` is fleet's JSON error envelope carrying its own status code.
+async fn assert_envelope(what: &str, response: reqwest::Response) -> StatusCode {
+    let status = response.status();
+    assert!(
+        status.is_client_error() || status.is_server_error(),
+        "{what}: {status}"
+    );
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let text = response.text().await.unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/json"),
+        "{what}: {status} {content_type:?} {text:?}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    assert_eq!(
+        error_code(&body),
+        Some(u64::from(status.as_u16())),
+        "{what}: {text}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {text}"
+    );
+    status
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_rejection_uses_the_envelope() {
+    let api = Api::start(100).await;
+    assert_eq!(
+        api.put("kept.service", hello("inactive")).await.0,
+        StatusCode::CREATED
+    );
+    let before = api.state().await;
+    let json = "application/json";
+    let unit = hello("inactive").to_string();
+    let unit = unit.as_bytes();
+    // (what, "METHOD path", content type or "", body, status)
+    let cases: [(&str, &str, &str, &[u8], u16); 29] = [
+        // Paths axum cannot decode (invalid percent-encoding, not UTF-8).
+        ("a name that is not UTF-8", "GET /fleet/v1/units/%FF", "", b"", 400),
+        ("its state", "GET /fleet/v1/state/%FF", "", b"", 400),
+        ("its journal", "GET /fleet/v1/units/%FF/journal", "", b"", 400),
+        ("its status", "GET /fleet/v1/units/%C3%28/status", "", b"", 400),
+        ("DELETE it", "DELETE /fleet/v1/units/%FF", "", b"", 400),
+        ("PUT it", "PUT /fleet/v1/units/%FF", json, unit, 400),
+        ("the legacy prefix", "GET /v1-alpha/units/%FF", "", b"", 400),
+        ("a name with a slash", "GET /fleet/v1/units/a%2Fb.service", "", b"", 400),
+        // Query strings.
+        ("a query that is not UTF-8", "GET /fleet/v1/units?%FF=%FF&nextPageToken=%FF", "", b"", 400),
+        ("a broken escape", "GET /fleet/v1/machines?nextPageToken=%zz", "", b"", 400),
+        // {"limit":4294967295,"page":4294967295}
+        ("a token of a huge page", "GET /fleet/v1/state?nextPageToken=eyJsaW1pdCI6NDI5NDk2NzI5NSwicGFnZSI6NDI5NDk2NzI5NX0=", "", b"", 400),
+        ("no journals here", "GET /fleet/v1/units/kept.service/journal?lines=99999999999", "", b"", 501),
+        // Bodies.
+        ("JSON syntax", "PUT /fleet/v1/units/new.service", json, b"{\"options\": [", 400),
+        ("JSON of the wrong shape", "PUT /fleet/v1/units/new.service", json, b"[1, 2]", 400),
+        ("a body that is not UTF-8", "PUT /fleet/v1/units/new.service", json, b"\xff\xfe{", 400),
+        ("an empty body", "PUT /fleet/v1/units/new.service", json, b"", 400),
+        ("the wrong content type", "PUT /fleet/v1/units/new.service", "text/plain", unit, 415),
+        ("no content type", "PUT /fleet/v1/units/new.service", "", unit, 415),
+        ("PATCH: JSON syntax", "PATCH /fleet/v1/machines", json, b"[{", 400),
+        ("PATCH: a form", "PATCH /fleet/v1/machines", "application/x-www-form-urlencoded", b"a=b", 415),
+        // Routes and methods.
+        ("an unknown route", "GET /fleet/v1/nowhere", "", b"", 404),
+        ("an unknown root", "GET /nowhere", "", b"", 404),
+        ("too deep", "GET /fleet/v1/units/a.service/b/c", "", b"", 404),
+        ("a trailing slash", "GET /fleet/v1/units/", "", b"", 404),
+        ("POST a list", "POST /fleet/v1/units", json, unit, 405),
+        ("PATCH a unit", "PATCH /fleet/v1/units/kept.service", json, b"{}", 405),
+        ("DELETE the machines", "DELETE /fleet/v1/machines", "", b"", 405),
+        ("POST the metrics", "POST /metrics", "", b"", 405),
+        ("an unknown method", "FOO /fleet/v1/units", "", b"", 405),
+    ];
+    for (what, request, content_type, body, want) in cases {
+        let (method, path) = request.split_once(' ').expect("METHOD path");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut request = api
+            .http
+            .request(method, format!("{}{path}", api.root))
+            .body(body.to_vec());
+        if !content_type.is_empty() {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect(what);
+        assert_eq!(
+            assert_envelope(what, response).await.as_u16(),
+            want,
+            "{what}"
+        );
+    }
+
+    // Too large, on a connection of its own (the server closes it after answering).
+    let oversized = reqwest::Client::new()
+        .patch(format!("{}/machines", api.base))
+        .header("content-type", json)
+        .body(vec![b' '; 2 * 1024 * 1024])
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(
+        assert_envelope("too large", oversized).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+
+    assert_eq!(
+        api.state().await,
+        before,
+        "a refused request changed the registry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_peer_endpoint_refuses_with_the_envelope() {
+    let secret = fleet_api::peer::Secret::new();
+    secret.set("s3cret".into());
+    let router = fleet_api::peer::router(secret, "9.9.9");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let root = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+    let cases = [
+        (
+            reqwest::Method::GET,
+            "/fleet/peer/v1/nowhere",
+            StatusCode::NOT_FOUND,
+        ),
+        (reqwest::Method::GET, "/nowhere", StatusCode::NOT_FOUND),
+        (
+            reqwest::Method::POST,
+            "/fleet/peer/v1/journal",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/fleet/peer/v1/status",
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fleet/peer/v1/journal?unit=%FF",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fleet/peer/v1/status?unit=a&unit=b",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/fleet/peer/v1/journal?unit=a.service&lines=%FF",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (method, path, want) in cases {
+        let what = format!("{method} {path}");
+        let response = http
+            .request(method, format!("{root}{path}"))
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(assert_envelope(&what, response).await, want, "{what}");
+    }
+    let unauthorized = http
+        .get(format!("{root}/fleet/peer/v1/status?unit=a.service"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(
+        assert_envelope("no secret", unauthorized).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_etcd_is_a_503() {
     let (_, root) = serve(
