@@ -609,12 +609,13 @@ struct MachineOp {
     value: Option<String>,
 }
 
-async fn patch_machines(
-    State(api): State<Api>,
-    request: Request<Body>,
-) -> Result<StatusCode, ApiError> {
-    let body = json_body(request).await?;
-    let ops: Vec<MachineOp> = serde_json::from_slice(&body)
+/// The operations of a `PATCH /machines` body, per machine, all validated: a refused body
+/// changes nothing. Keys are fleet's (letters, digits, `_`, `.`, `-`); values must be
+/// matchable by a `MachineMetadata=` item ([`fleet_units::check_metadata`]).
+fn machine_ops(
+    body: &[u8],
+) -> Result<BTreeMap<MachineId, fleet_registry::MetadataOverrides>, ApiError> {
+    let ops: Vec<MachineOp> = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     if ops.is_empty() {
         return Err(ApiError::bad_request("no operation given"));
@@ -634,8 +635,23 @@ async fn patch_machines(
                 )))
             }
         };
+        // fleet's rule for keys; it leaves out every key no MachineMetadata item can match
+        // (`=`, quotes, specifiers, control characters).
+        if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            return Err(ApiError::bad_request(format!(
+                "invalid metadata key {key:?}: expected letters, digits, '_', '.' and '-'"
+            )));
+        }
         let value = match (op.op.as_str(), op.value) {
-            ("add" | "replace", Some(v)) if !v.is_empty() => Some(v),
+            ("add" | "replace", Some(v)) if !v.is_empty() => {
+                fleet_units::check_metadata(&key, &v).map_err(|e| {
+                    ApiError::bad_request(format!("invalid value for metadata {key:?}: {e}"))
+                })?;
+                Some(v)
+            }
             ("add" | "replace", _) => {
                 return Err(ApiError::bad_request(format!(
                     "operation {:?} on {:?} needs a non-empty value",
@@ -651,6 +667,15 @@ async fn patch_machines(
         };
         changes.entry(machine).or_default().insert(key, value);
     }
+    Ok(changes)
+}
+
+async fn patch_machines(
+    State(api): State<Api>,
+    request: Request<Body>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(request).await?;
+    let changes = machine_ops(&body)?;
     let live: Vec<MachineId> = api
         .registry
         .machines()

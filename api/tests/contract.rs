@@ -534,6 +534,62 @@ async fn every_rejection_uses_the_envelope() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn machine_metadata_no_unit_could_match_is_refused() {
+    let api = Api::start(100).await;
+    let _machine = machine_running(&api.registry, 1, &[]).await;
+    let path = |key: &str| format!("/{:032x}/metadata/{key}", 1);
+    let patch = |ops: Value| {
+        api.http
+            .patch(format!("{}/machines", api.base))
+            .json(&ops)
+            .send()
+    };
+    let ok = patch(json!([{"op": "add", "path": path("role"), "value": "web"}]))
+        .await
+        .expect("PATCH");
+    assert_eq!(ok.status(), StatusCode::NO_CONTENT);
+    let before = api.state().await;
+
+    let bad = [
+        ("a key with '='", path("a=b"), "x"),
+        ("a key with a quote", path("a\"b"), "x"),
+        ("a key with a space", path("a b"), "x"),
+        ("a key with a specifier", path("%i"), "x"),
+        ("a key with a control character", path("a\u{1}"), "x"),
+        ("a value with '='", path("disk"), "a=b"),
+        ("a value with a quote", path("disk"), "\"ssd\""),
+        ("a value with a line break", path("disk"), "a\nb"),
+        ("a value with a specifier", path("disk"), "%n"),
+    ];
+    for (what, path, value) in bad {
+        // The refused operation comes after a good one: nothing of the body may be applied.
+        let response = patch(json!([
+            {"op": "add", "path": format!("/{:032x}/metadata/ok", 1), "value": "1"},
+            {"op": "add", "path": path, "value": value},
+        ]))
+        .await
+        .expect("PATCH");
+        assert_eq!(
+            assert_envelope(what, response).await,
+            StatusCode::BAD_REQUEST,
+            "{what}"
+        );
+    }
+    let remove = patch(json!([{"op": "remove", "path": path("a=b")}]))
+        .await
+        .expect("PATCH");
+    assert_eq!(
+        assert_envelope("remove a key with '='", remove).await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        api.state().await,
+        before,
+        "a refused request changed the registry"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_peer_endpoint_refuses_with_the_envelope() {
     let secret = fleet_api::peer::Secret::new();
     secret.set("s3cret".into());

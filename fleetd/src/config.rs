@@ -278,6 +278,8 @@ fn parse_metadata(v: &str) -> Result<BTreeMap<String, String>> {
         if k.is_empty() {
             bail!("metadata item {item:?} has an empty key");
         }
+        // Metadata no MachineMetadata= item could match is a mistake, not a setting.
+        fleet_units::check_metadata(k, val).with_context(|| format!("metadata item {item:?}"))?;
         out.insert(k.to_string(), val.to_string());
     }
     Ok(out)
@@ -400,6 +402,10 @@ mod tests {
             ("etcd_servers=10.0.0.1:2379", "etcd_servers"),
             ("public_ip=not-an-ip", "public_ip"),
             ("metadata=role", "metadata"),
+            ("metadata=role=a=b", "metadata"),
+            ("metadata=role=\"web\",region=eu", "metadata"),
+            ("metadata=role=", "metadata"),
+            ("metadata=role=%i", "metadata"),
             ("etcd_request_timeout=-1", "etcd_request_timeout"),
             ("units_directory=relative/dir", "units_directory"),
             ("disable_engine=maybe", "disable_engine"),

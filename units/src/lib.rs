@@ -36,4 +36,6 @@ pub use name::{
     name_with_default_type, unit_name_from_arg, NameError, UnitName, TEMPLATE_TYPES, UNIT_NAME_MAX,
     UNIT_TYPES,
 };
-pub use requirements::{is_global, Requirements, RequirementsError, X_FLEET};
+pub use requirements::{
+    check_metadata, is_global, MetadataError, Requirements, RequirementsError, X_FLEET,
+};

@@ -74,6 +74,48 @@ pub enum RequirementsError {
     PeerReplaced { peer: String, pattern: String },
 }
 
+/// Why a machine's metadata pair could never satisfy a `MachineMetadata=` item.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum MetadataError {
+    #[error("metadata key and value must not be empty")]
+    Empty,
+    /// An item keeps exactly one `=`, and every `"` is dropped from quoted items.
+    #[error("metadata {0:?} contains {1:?}, which no MachineMetadata item can match")]
+    Unmatchable(String, char),
+    /// Control characters (a line break, say) cannot be written in a unit file's value.
+    #[error("metadata {0:?} contains a control character")]
+    Control(String),
+    /// `%n`, `%N`, `%p` and `%i` are replaced in every item before it is compared.
+    #[error(
+        "metadata {0:?} contains the specifier {1:?}, which a MachineMetadata item would expand"
+    )]
+    Specifier(String, &'static str),
+}
+
+/// Checks that a machine's metadata `key=value` can be matched by some `MachineMetadata=`
+/// item, read as [`Requirements::from_unit`] reads them: both sides non-empty, without `=`,
+/// `"`, control characters or specifiers. Metadata that fails this would silently never match.
+pub fn check_metadata(key: &str, value: &str) -> Result<(), MetadataError> {
+    if key.is_empty() || value.is_empty() {
+        return Err(MetadataError::Empty);
+    }
+    for text in [key, value] {
+        if let Some(c) = text.chars().find(|c| matches!(c, '=' | '"')) {
+            return Err(MetadataError::Unmatchable(text.to_string(), c));
+        }
+        if text.chars().any(char::is_control) {
+            return Err(MetadataError::Control(text.to_string()));
+        }
+        if let Some(s) = ["%n", "%N", "%p", "%i"]
+            .into_iter()
+            .find(|s| text.contains(s))
+        {
+            return Err(MetadataError::Specifier(text.to_string(), s));
+        }
+    }
+    Ok(())
+}
+
 /// fleet's `parseMultivalueLine`: only a value wrapped in double quotes is split; inside it,
 /// spaces outside quotes separate values and every quote character is dropped.
 fn split_multivalue(line: &str) -> Vec<String> {
@@ -757,6 +799,39 @@ mod tests {
                 "{rule}"
             );
             assert_eq!(req.metadata_matches(&machine), want.is_none(), "{rule}");
+        }
+    }
+
+    #[test]
+    fn metadata_that_no_item_can_match_is_refused() {
+        for (key, value) in [
+            ("role", "web"),
+            ("rack no", "3 b"),
+            ("a.b-c_d", "50%"),
+            ("k", " v w "),
+        ] {
+            assert_eq!(check_metadata(key, value), Ok(()), "{key}={value}");
+            let machine = BTreeMap::from([(key.to_string(), value.to_string())]);
+            let (req, _) = read(
+                "web@1.service",
+                &format!("MachineMetadata=\"{key}={value}\"\n"),
+            )
+            .unwrap();
+            assert!(req.metadata_matches(&machine), "{key}={value}");
+        }
+        for (key, value) in [
+            ("", "x"),
+            ("k", ""),
+            ("a=b", "c"),
+            ("k", "b=c"),
+            ("k", "\"x\""),
+            ("k\"", "x"),
+            ("k", "a\nb"),
+            ("k", "a\tb"),
+            ("k", "%i"),
+            ("%n", "v"),
+        ] {
+            assert!(check_metadata(key, value).is_err(), "{key:?}={value:?}");
         }
     }
 
