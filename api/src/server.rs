@@ -197,6 +197,9 @@ impl ApiError {
 
 impl From<fleet_registry::Error> for ApiError {
     fn from(e: fleet_registry::Error) -> ApiError {
+        if let fleet_registry::Error::TooLarge { .. } = e {
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+        }
         if e.is_unavailable() {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -533,6 +533,52 @@ async fn every_rejection_uses_the_envelope() {
     );
 }
 
+/// A unit of about `kib` KiB: options of lines short enough for a unit file.
+fn bulky(kib: usize, global: bool) -> Value {
+    let mut options: Vec<Value> = (0..kib)
+        .map(|i| json!({"section": "Service", "name": "Environment", "value": format!("X{i}={}", "x".repeat(1000))}))
+        .collect();
+    options.push(json!({"section": "Service", "name": "ExecStart", "value": "/bin/true"}));
+    if global {
+        options.push(json!({"section": "X-Fleet", "name": "Global", "value": "true"}));
+    }
+    json!({"desiredState": "launched", "options": options})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_global_unit_too_large_for_one_etcd_request_is_refused() {
+    let api = Api::start(100).await;
+    let before = api.state().await;
+    // Within the body limit, but stored twice (units/ and global/) it would not fit one
+    // etcd request: refused up front, not a 500 from etcd.
+    let (status, body) = api.put("big.service", bulky(900, true)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(error_code(&body), Some(413));
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(message.contains("global unit big.service"), "{message}");
+    assert_eq!(
+        api.state().await,
+        before,
+        "a refused request changed the registry"
+    );
+    // The same unit, not global, is stored once and fits; so does a smaller global unit.
+    assert_eq!(
+        api.put("big.service", bulky(900, false)).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.put("half.service", bulky(600, true)).await.0,
+        StatusCode::CREATED
+    );
+    // Making the stored unit global is refused too, and leaves it as it was.
+    let before = api.state().await;
+    assert_eq!(
+        api.put("big.service", bulky(900, true)).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    assert_eq!(api.state().await, before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn machine_metadata_no_unit_could_match_is_refused() {
     let api = Api::start(100).await;

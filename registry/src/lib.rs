@@ -92,6 +92,16 @@ pub enum Error {
     WatchEnded(String),
     #[error("unexpected answer from etcd: {0}")]
     Protocol(String),
+    /// Refused before it was sent: etcd would refuse a request this large.
+    #[error(
+        "{what} is too large to store: it takes {bytes} bytes in one etcd request, which is \
+         limited to {limit} bytes"
+    )]
+    TooLarge {
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -230,6 +240,18 @@ pub struct Registry {
 
 /// At most this many operations go into one etcd transaction (etcd's default `--max-txn-ops`).
 const MAX_TXN_OPS: usize = 128;
+
+/// etcd's default `--max-request-bytes` (1.5 MiB): etcd refuses a larger request.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// What one request may carry in keys and values: the limit less room for etcd's request
+/// header and the protobuf framing of each operation (see [`op_bytes`]).
+const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES - 4 * 1024;
+
+/// What an operation on `key` with `value` adds to a request, framing included.
+fn op_bytes(key: &str, value: &[u8]) -> usize {
+    key.len() + value.len() + 32
+}
 
 impl Registry {
     /// Connects lazily: an unreachable etcd is reported by the first request, within the
@@ -404,15 +426,33 @@ impl Registry {
         }
     }
 
-    /// Creates or replaces a unit (options and desired state together).
+    /// Creates or replaces a unit (options and desired state together). A unit whose records
+    /// do not fit one etcd request is refused ([`Error::TooLarge`]) and nothing is written.
     pub async fn put_unit(&self, unit: &Unit) -> Result<()> {
         let value = encode(unit);
-        let mut ops = vec![TxnOp::put(self.unit_key(&unit.name), value.clone(), None)];
-        if unit.is_global() {
-            ops.push(TxnOp::put(self.global_key(&unit.name), value, None));
-        } else {
-            ops.push(TxnOp::delete(self.global_key(&unit.name), None));
+        let global = unit.is_global();
+        let (unit_key, global_key) = (self.unit_key(&unit.name), self.global_key(&unit.name));
+        // A global unit is written twice in one transaction: refuse it here, with a clear
+        // error, rather than have etcd refuse the transaction.
+        let mut bytes = op_bytes(&unit_key, &value);
+        if global {
+            bytes += op_bytes(&global_key, &value);
         }
+        if bytes > REQUEST_BUDGET {
+            return Err(Error::TooLarge {
+                what: match global {
+                    true => format!("global unit {} (stored twice)", unit.name),
+                    false => format!("unit {}", unit.name),
+                },
+                bytes,
+                limit: REQUEST_BUDGET,
+            });
+        }
+        let second = match global {
+            true => TxnOp::put(global_key, value.clone(), None),
+            false => TxnOp::delete(global_key, None),
+        };
+        let ops = vec![TxnOp::put(unit_key, value, None), second];
         self.txn(Txn::new().and_then(ops)).await?;
         Ok(())
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use fleet_registry::{
     Error, EtcdConfig, JobState, Placement, Presence, PresenceStatus, Registry, UnitState,
+    MAX_REQUEST_BYTES,
 };
+use fleet_units::UnitOption;
 use support::*;
 
 /// Long enough for etcd to deliver an event that is coming; the tests never rely on it being
@@ -95,6 +97,58 @@ async fn deleting_a_global_unit_removes_it_from_the_agents() {
     assert!(registry.delete_unit(&name("log.service")).await.unwrap());
     let snapshot = registry.agent_snapshot(&machine_id(1)).await.unwrap();
     assert!(snapshot.global_units.is_empty());
+}
+
+/// A unit carrying about `bytes` bytes of option values, in lines short enough for a unit file.
+fn bulky(name_: &str, bytes: usize, global: bool) -> fleet_registry::Unit {
+    let mut unit = if global {
+        global_unit(name_)
+    } else {
+        unit(name_)
+    };
+    for i in 0..bytes.div_ceil(1000) {
+        let len = (bytes - i * 1000).min(1000);
+        unit.options
+            .push(UnitOption::new("Service", "Environment", "x".repeat(len)));
+    }
+    unit
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_too_large_for_one_etcd_request_is_refused_before_it_is_sent() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    // A global unit is written twice in one transaction: at about 1 MiB it does not fit.
+    let err = registry
+        .put_unit(&bulky("big.service", 1024 * 1024, true))
+        .await
+        .expect_err("a global unit of 1 MiB");
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+    assert!(!err.is_unavailable());
+    assert!(err.to_string().contains("global unit big.service"), "{err}");
+    assert!(
+        registry.units().await.unwrap().is_empty(),
+        "nothing written"
+    );
+    registry
+        .put_unit(&bulky("big.service", 1024 * 1024, false))
+        .await
+        .expect("stored once, 1 MiB fits");
+
+    // The largest global unit put_unit accepts is one etcd takes: the budget leaves room for
+    // etcd's framing. Bisection is cheap: a refusal is decided before anything is sent.
+    let (mut accepted, mut refused) = (0, MAX_REQUEST_BYTES);
+    while refused - accepted > 1 {
+        let size = (accepted + refused) / 2;
+        match registry.put_unit(&bulky("edge.service", size, true)).await {
+            Err(Error::TooLarge { .. }) => refused = size,
+            Ok(()) => accepted = size,
+            Err(e) => {
+                panic!("etcd refused a global unit of {size} bytes put_unit let through: {e}")
+            }
+        }
+    }
+    assert!(accepted > 700 * 1024, "{accepted}");
 }
 
 // ---- presence -------------------------------------------------------------------------------
