@@ -819,53 +819,84 @@ impl Registry {
         ops: &[PlacementOp],
     ) -> Result<()> {
         let key = self.leader_key();
-        // A placement and its index entry go in the same transaction: two operations each.
-        for chunk in ops.chunks((MAX_TXN_OPS - 1) / 2) {
-            let txn_ops: Vec<TxnOp> = chunk
-                .iter()
-                .flat_map(|op| match op {
-                    PlacementOp::Put {
-                        machine,
-                        lease,
-                        placement,
-                    } => vec![
-                        TxnOp::put(
-                            self.placement_key(machine, &placement.name),
-                            encode(placement),
-                            Some(PutOptions::new().with_lease(*lease)),
-                        ),
-                        TxnOp::put(
-                            self.placed_key(&placement.name, machine),
-                            "",
-                            Some(PutOptions::new().with_lease(*lease)),
-                        ),
-                    ],
-                    PlacementOp::Delete { machine, name } => vec![
-                        TxnOp::delete(self.placement_key(machine, name), None),
-                        TxnOp::delete(self.placed_key(name, machine), None),
-                    ],
-                    PlacementOp::SetUnplaceable { name, reasons } => vec![TxnOp::put(
-                        self.unplaceable_key(name),
-                        encode(reasons),
-                        Some(PutOptions::new().with_lease(leadership.lease)),
-                    )],
-                    PlacementOp::ClearUnplaceable { name } => {
-                        vec![TxnOp::delete(self.unplaceable_key(name), None)]
-                    }
-                })
-                .collect();
+        for batch in self.placement_batches(leadership, ops) {
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(
                     key.clone(),
                     CompareOp::Equal,
                     leadership.revision,
                 )])
-                .and_then(txn_ops);
+                .and_then(batch);
             if !self.txn(txn).await?.succeeded() {
                 return Err(Error::NotLeader);
             }
         }
         Ok(())
+    }
+
+    /// The transactions that carry `ops`, in order, each within etcd's limits on operations
+    /// and on bytes: placements carry their unit's options, so a few large units fill a
+    /// request long before the operation limit does. A placement and its index entry always
+    /// go in the same transaction.
+    fn placement_batches(&self, leadership: Leadership, ops: &[PlacementOp]) -> Vec<Vec<TxnOp>> {
+        let mut batches: Vec<(Vec<TxnOp>, usize)> = Vec::new();
+        for op in ops {
+            let (txn_ops, bytes) = match op {
+                PlacementOp::Put {
+                    machine,
+                    lease,
+                    placement,
+                } => {
+                    let (key, value) = (
+                        self.placement_key(machine, &placement.name),
+                        encode(placement),
+                    );
+                    let index = self.placed_key(&placement.name, machine);
+                    let bytes = op_bytes(&key, &value) + op_bytes(&index, b"");
+                    let on_lease = || Some(PutOptions::new().with_lease(*lease));
+                    (
+                        vec![
+                            TxnOp::put(key, value, on_lease()),
+                            TxnOp::put(index, "", on_lease()),
+                        ],
+                        bytes,
+                    )
+                }
+                PlacementOp::Delete { machine, name } => {
+                    let (key, index) = (
+                        self.placement_key(machine, name),
+                        self.placed_key(name, machine),
+                    );
+                    let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
+                    (
+                        vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
+                        bytes,
+                    )
+                }
+                PlacementOp::SetUnplaceable { name, reasons } => {
+                    let (key, value) = (self.unplaceable_key(name), encode(reasons));
+                    let bytes = op_bytes(&key, &value);
+                    let on_lease = Some(PutOptions::new().with_lease(leadership.lease));
+                    (vec![TxnOp::put(key, value, on_lease)], bytes)
+                }
+                PlacementOp::ClearUnplaceable { name } => {
+                    let key = self.unplaceable_key(name);
+                    let bytes = op_bytes(&key, b"");
+                    (vec![TxnOp::delete(key, None)], bytes)
+                }
+            };
+            let fits = batches.last().is_some_and(|(batch, size)| {
+                batch.len() + txn_ops.len() < MAX_TXN_OPS && size + bytes <= REQUEST_BUDGET
+            });
+            if !fits {
+                batches.push((Vec::new(), 0));
+            }
+            if let Some((batch, size)) = batches.last_mut() {
+                batch.extend(txn_ops);
+                *size += bytes;
+            }
+        }
+        batches.into_iter().map(|(batch, _)| batch).collect()
     }
 
     // ---- agent ------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ mod support;
 use std::time::Duration;
 
 use fleet_registry::{
-    Error, EtcdConfig, JobState, Placement, Presence, PresenceStatus, Registry, UnitState,
-    MAX_REQUEST_BYTES,
+    Error, EtcdConfig, JobState, Placement, PlacementOp, Presence, PresenceStatus, Registry,
+    UnitState, MAX_REQUEST_BYTES,
 };
 use fleet_units::UnitOption;
 use support::*;
@@ -492,6 +492,28 @@ async fn three_hundred_placements_are_written_in_several_transactions() {
         .await
         .unwrap();
     assert!(registry.placements().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placements_of_large_units_are_batched_within_etcds_request_limit() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_machine, lease) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("leads");
+    // Together far more than one request may carry (each fits on its own).
+    let ops: Vec<PlacementOp> = (0..4)
+        .map(|i| PlacementOp::Put {
+            machine: machine_id(1),
+            lease,
+            placement: Placement::for_unit(&bulky(&format!("u{i}.service"), 600 * 1024, false)),
+        })
+        .collect();
+    registry.apply_placements(leadership, &ops).await.unwrap();
+    assert_eq!(registry.placements().await.unwrap().len(), 4);
 }
 
 // ---- snapshots ------------------------------------------------------------------------------
