@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use fleet_units::UnitName;
 use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncReadExt;
-use tokio::process::Command;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 use crate::server::ApiError;
 
@@ -139,34 +139,97 @@ pub(crate) fn not_run(what: &'static str) -> impl FnOnce(std::io::Error) -> ApiE
 /// is killed when the stream is dropped (the client went away); what it wrote to stderr
 /// follows its output.
 pub fn local_journal(unit: &UnitName, query: JournalQuery) -> std::io::Result<ByteStream> {
-    let mut child = command("journalctl", &journal_args(unit, query)).spawn()?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    // The child travels with the stream, so dropping the stream kills it.
-    let body = stream::unfold((stdout, Some(child)), |(mut stdout, child)| async move {
-        let out = stdout.as_mut()?;
-        let mut buf = vec![0u8; 16 * 1024];
-        match out.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), (stdout, child)))
-            }
-            Err(e) => Some((Err(e), (None, child))),
-        }
-    });
-    let tail = stream::once(async move {
-        let mut text = Vec::new();
-        if let Some(mut err) = stderr {
-            let _ = err.read_to_end(&mut text).await;
-        }
-        Ok(Bytes::from(text))
+    child_stream(command("journalctl", &journal_args(unit, query)))
+}
+
+/// How much of a streamed child's stderr is kept (the rest is read and dropped).
+const STDERR_KEPT: usize = 64 * 1024;
+
+/// Runs `cmd` and streams its stdout as it comes, then the first [`STDERR_KEPT`] bytes of its
+/// stderr. Both pipes are read all along: a child that fills its stderr pipe before it ends
+/// its stdout would otherwise block forever. The child travels with the stream, so dropping
+/// the stream kills it.
+fn child_stream(mut cmd: Command) -> std::io::Result<ByteStream> {
+    let mut child = cmd.spawn()?;
+    let output = ChildOutput {
+        stdout: child.stdout.take(),
+        stderr: child.stderr.take(),
+        stderr_text: Vec::new(),
+        _child: child,
+    };
+    Ok(stream::unfold(output, |mut output| async move {
+        let chunk = output.next().await?;
+        Some((chunk, output))
     })
-    .filter(|chunk| {
-        let keep = !matches!(chunk, Ok(b) if b.is_empty());
-        async move { keep }
-    });
-    Ok(body.chain(tail).boxed())
+    .boxed())
+}
+
+/// A child's pipes, read together.
+struct ChildOutput {
+    stdout: Option<ChildStdout>,
+    stderr: Option<ChildStderr>,
+    stderr_text: Vec<u8>,
+    /// Killed on drop.
+    _child: Child,
+}
+
+impl ChildOutput {
+    /// The next chunk of stdout, reading stderr meanwhile; once stdout ends, stderr's text.
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        let ChildOutput {
+            stdout,
+            stderr,
+            stderr_text,
+            ..
+        } = self;
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut err_buf = vec![0u8; 4 * 1024];
+        loop {
+            let Some(out) = stdout.as_mut() else {
+                // stdout is done: read stderr to its end, then hand on what was kept, once.
+                while let Some(err) = stderr.as_mut() {
+                    match err.read(&mut err_buf).await {
+                        Ok(0) | Err(_) => *stderr = None,
+                        Ok(n) => keep_stderr(stderr_text, &err_buf[..n]),
+                    }
+                }
+                if stderr_text.is_empty() {
+                    return None;
+                }
+                return Some(Ok(Bytes::from(std::mem::take(stderr_text))));
+            };
+            let err_read = async {
+                match stderr.as_mut() {
+                    Some(err) => err.read(&mut err_buf).await,
+                    None => std::future::pending().await,
+                }
+            };
+            // Both reads are cancel-safe: the one that loses the race has read nothing.
+            tokio::select! {
+                read = out.read(&mut buf) => match read {
+                    Ok(0) => *stdout = None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        return Some(Ok(Bytes::from(buf)));
+                    }
+                    Err(e) => {
+                        (*stdout, *stderr) = (None, None);
+                        stderr_text.clear();
+                        return Some(Err(e));
+                    }
+                },
+                read = err_read => match read {
+                    Ok(0) | Err(_) => *stderr = None,
+                    Ok(n) => keep_stderr(stderr_text, &err_buf[..n]),
+                },
+            }
+        }
+    }
+}
+
+fn keep_stderr(kept: &mut Vec<u8>, chunk: &[u8]) {
+    let room = STDERR_KEPT.saturating_sub(kept.len());
+    kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
 /// `systemctl status --no-pager -l UNIT` on this machine: its exit code and its output
@@ -257,6 +320,46 @@ mod tests {
             status_args(&unit),
             ["status", "--no-pager", "-l", "--", unit.as_str()]
         );
+    }
+
+    #[tokio::test]
+    async fn a_child_that_fills_stderr_before_stdout_ends_does_not_block() {
+        // More than a pipe buffer (64 KiB) on stderr before anything on stdout: reading
+        // stderr only after stdout ended once hung here forever.
+        let script = "head -c 300000 /dev/zero | tr '\\0' e >&2; echo out; echo late >&2";
+        let body =
+            child_stream(command("sh", &["-c".to_string(), script.to_string()])).expect("sh runs");
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            tokio::time::timeout(Duration::from_secs(20), body.collect())
+                .await
+                .expect("the child's output ends");
+        let mut text = Vec::new();
+        for chunk in chunks {
+            text.extend_from_slice(&chunk.expect("a chunk"));
+        }
+        assert!(text.starts_with(b"out\n"), "stdout comes first");
+        assert_eq!(
+            text.len(),
+            4 + STDERR_KEPT,
+            "stderr is kept up to its bound"
+        );
+        assert!(text[4..].iter().all(|b| *b == b'e'));
+    }
+
+    #[tokio::test]
+    async fn a_childs_stderr_follows_its_stdout() {
+        let script = "echo err >&2; echo out";
+        let body =
+            child_stream(command("sh", &["-c".to_string(), script.to_string()])).expect("sh runs");
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            tokio::time::timeout(Duration::from_secs(20), body.collect())
+                .await
+                .expect("the child's output ends");
+        let text: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.expect("a chunk").to_vec())
+            .collect();
+        assert_eq!(text, b"out\nerr\n");
     }
 
     #[test]
