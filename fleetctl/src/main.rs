@@ -33,8 +33,8 @@ struct Cli {
         value_parser = request_timeout
     )]
     request_timeout: Duration,
-    /// Establish an SSH tunnel through the provided address for communication with fleet and
-    /// etcd (used by `ssh`, as ProxyJump).
+    /// Jump host, [user@]host[:port], through which `fleetctl ssh` reaches machines (ssh -J).
+    /// API requests do not go through it: they go to --endpoint directly.
     #[arg(long, global = true, env = "FLEETCTL_TUNNEL")]
     tunnel: Option<String>,
     /// Username to use when connecting to CoreOS instance.
@@ -465,6 +465,32 @@ mod tests {
             panic!("not start");
         };
         let _ = tokio::time::Instant::now() + Duration::from_millis(500) * block.block_attempts;
+    }
+
+    #[test]
+    fn the_tunnel_help_says_what_the_tunnel_does() {
+        // It once claimed to carry fleet and etcd traffic; it is only ssh's jump host.
+        let command = <Cli as clap::CommandFactory>::command();
+        let help = command
+            .get_arguments()
+            .find(|a| a.get_id() == "tunnel")
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(help.contains("ssh -J"), "{help}");
+        assert!(!help.contains("etcd"), "{help}");
+        let cli = parse(&["--tunnel", "bastion:2222", "ssh", "f1ee7001"]);
+        let options = commands::SshOptions {
+            username: cli.ssh_username,
+            strict_host_key_checking: true,
+            known_hosts_file: "/dev/null".into(),
+            tunnel: cli.tunnel,
+            forward_agent: false,
+            timeout: cli.ssh_timeout,
+        };
+        let args = commands::ssh_args(&options, "10.0.0.1", &[]);
+        let jump = args.iter().position(|a| a == "-J").expect("-J");
+        assert_eq!(args[jump + 1], "core@bastion:2222");
     }
 
     #[test]
