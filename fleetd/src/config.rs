@@ -462,6 +462,68 @@ mod tests {
         );
     }
 
+    /// Values shaped like the keys' values (numbers, durations, lists, metadata), and noise.
+    fn value() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            "(?s).{0,40}",
+            "-?[0-9]{0,25}(\\.[0-9]{0,5})?([eE]-?[0-9]{1,4})?",
+            "([0-9.]{0,22}(h|m|s|ms|us|ns|x)?){0,4}",
+            "(NaN|inf|-inf|\"|\\[|\\]|,|=| |off|true|0|1|http://|https://|/)*",
+            "\\[?(\"?[a-z:/0-9.=%\"]{0,12}\"?,?){0,4}\\]?",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_file_is_read_or_refused(text in "(?s).{0,300}") {
+            if let Ok(values) = parse_file(&text) {
+                let mut config = Config::default();
+                for (key, value) in values {
+                    let _ = config.set(&key, &value);
+                }
+            }
+        }
+
+        #[test]
+        fn any_value_of_any_key_is_taken_or_refused(
+            key in proptest::sample::select(KEYS),
+            value in value(),
+        ) {
+            let mut config = Config::default();
+            if config.set(key, &value).is_ok() {
+                // Whatever was taken is within the bounds the rest of fleetd relies on.
+                for d in [config.etcd_request_timeout, config.engine_reconcile_interval] {
+                    proptest::prop_assert!((MIN_SECONDS..=MAX_DURATION).contains(&d), "{key}={value:?}");
+                }
+                proptest::prop_assert!(config.agent_ttl <= MAX_DURATION);
+                proptest::prop_assert!(config.token_limit >= 1);
+            }
+        }
+
+        #[test]
+        fn any_duration_is_taken_or_refused(
+            value in "([0-9]{0,25}(\\.[0-9]{0,4})?(h|m|s|ms|x)?){0,4}",
+        ) {
+            let _ = parse_duration(&value);
+            let mut config = Config::default();
+            if config.set("agent_ttl", &value).is_ok() {
+                proptest::prop_assert!(config.agent_ttl <= MAX_DURATION, "{value:?}");
+            }
+        }
+
+        #[test]
+        fn go_durations_round_trip(h in 0u64..24, m in 0u64..60, s in 0u64..60, ms in 0u64..1000) {
+            let text = format!("{h}h{m}m{s}s{ms}ms");
+            let want = Duration::from_millis(((h * 60 + m) * 60 + s) * 1000 + ms);
+            let got = parse_duration(&text).map_err(|e| proptest::test_runner::TestCaseError::fail(e.to_string()))?;
+            // Through f64, so within a nanosecond or so of the exact value.
+            proptest::prop_assert!(got.abs_diff(want) < Duration::from_micros(1), "{text}: {got:?}");
+        }
+    }
+
     #[test]
     fn durations() {
         for (input, secs) in [
