@@ -278,14 +278,14 @@ pub(crate) fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String
 }
 
 fn page<T>(
-    api: &Api,
+    page_size: u32,
     params: &BTreeMap<String, Vec<String>>,
     all: Vec<T>,
 ) -> Result<(Vec<T>, String), ApiError> {
     let token = match params.get("nextPageToken").and_then(|v| v.first()) {
         Some(t) => PageToken::decode(t)?,
         None => PageToken {
-            limit: api.page_size,
+            limit: page_size,
             page: 1,
         },
     };
@@ -394,7 +394,7 @@ async fn list_units(
         Placements::load(&api.registry)
     )?;
     let all: Vec<schema::Unit> = units.into_iter().map(|u| placements.view(u)).collect();
-    let (units, next_page_token) = page(&api, &params, all)?;
+    let (units, next_page_token) = page(api.page_size, &params, all)?;
     Ok(Json(schema::UnitPage {
         units,
         next_page_token,
@@ -440,16 +440,22 @@ async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError
         })
 }
 
-async fn put_unit(
-    State(api): State<Api>,
-    NameParam(name): NameParam,
-    request: Request<Body>,
-) -> Result<StatusCode, ApiError> {
-    let body = json_body(request).await?;
-    let mut submitted: schema::Unit = serde_json::from_slice(&body)
+/// A validated `PUT /units/{name}`: the unit's name, the desired state if one was given, and
+/// the options as they will be stored if any were given.
+#[derive(Debug)]
+struct UnitRequest {
+    name: UnitName,
+    desired: Option<JobState>,
+    options: Option<Vec<fleet_units::UnitOption>>,
+}
+
+/// Decodes and validates a `PUT /units/{name}` body for the unit named in the path, without
+/// touching the registry.
+fn unit_request(name: &str, body: &[u8]) -> Result<UnitRequest, ApiError> {
+    let mut submitted: schema::Unit = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     if submitted.name.is_empty() {
-        submitted.name = name.clone();
+        submitted.name = name.to_string();
     }
     if submitted.name != name {
         return Err(ApiError::bad_request(format!(
@@ -457,7 +463,7 @@ async fn put_unit(
             submitted.name
         )));
     }
-    let name = parse_name(&name)?;
+    let name = parse_name(name)?;
     let desired: Option<JobState> =
         match submitted.desired_state.as_str() {
             "" => None,
@@ -479,7 +485,24 @@ async fn put_unit(
         Requirements::from_unit(&name, &file).map_err(|e| ApiError::bad_request(e.to_string()))?;
         Some(file.into_options())
     };
+    Ok(UnitRequest {
+        name,
+        desired,
+        options,
+    })
+}
 
+async fn put_unit(
+    State(api): State<Api>,
+    NameParam(name): NameParam,
+    request: Request<Body>,
+) -> Result<StatusCode, ApiError> {
+    let body = json_body(request).await?;
+    let UnitRequest {
+        name,
+        desired,
+        options,
+    } = unit_request(&name, &body)?;
     let existing = api.registry.unit(&name).await?;
     match (existing, options) {
         (None, None) => Err(ApiError::new(
@@ -549,7 +572,7 @@ async fn list_states(
         .filter(|s| units.is_empty() || units.iter().any(|u| u == s.name.as_str()))
         .map(state_view)
         .collect();
-    let (states, next_page_token) = page(&api, &params, all)?;
+    let (states, next_page_token) = page(api.page_size, &params, all)?;
     Ok(Json(schema::UnitStatePage {
         states,
         next_page_token,
@@ -723,7 +746,7 @@ async fn list_machines(
             metadata: m.metadata,
         })
         .collect();
-    let (machines, next_page_token) = page(&api, &params, all)?;
+    let (machines, next_page_token) = page(api.page_size, &params, all)?;
     Ok(Json(schema::MachinePage {
         machines,
         next_page_token,
@@ -1112,6 +1135,159 @@ mod tests {
             body(into_envelope(own).await).await["error"]["message"],
             "mine"
         );
+    }
+
+    mod fuzz {
+        //! Arbitrary names, bodies, query strings and page tokens: the API's decoding answers
+        //! every one without a panic, and what it accepts is what gets stored.
+
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Bodies shaped like `PUT /units` bodies, some fields of the wrong type.
+        fn unit_body() -> impl Strategy<Value = Vec<u8>> {
+            let text = || prop_oneof!["(?s).{0,24}", "[A-Za-z-]{1,10}"];
+            let option = (
+                prop_oneof![Just("X-Fleet".to_string()), Just("Service".to_string()), text()],
+                prop_oneof![
+                    Just("MachineID".to_string()),
+                    Just("Global".to_string()),
+                    Just("Conflicts".to_string()),
+                    Just("MachineOf".to_string()),
+                    text()
+                ],
+                text(),
+            )
+                .prop_map(|(section, name, value)| {
+                    serde_json::json!({"section": section, "name": name, "value": value})
+                });
+            let options = prop_oneof![
+                8 => proptest::collection::vec(option, 0..6).prop_map(serde_json::Value::from),
+                1 => Just(serde_json::json!("not a list")),
+                1 => Just(serde_json::json!([{"section": 1}])),
+            ];
+            let state = prop_oneof![
+                Just("".to_string()),
+                Just("inactive".to_string()),
+                Just("loaded".to_string()),
+                Just("launched".to_string()),
+                text(),
+            ];
+            let name = prop_oneof![
+                Just(None),
+                text().prop_map(Some),
+                Just(Some("web@1.service".to_string()))
+            ];
+            prop_oneof![
+                8 => (name, state, options).prop_map(|(name, state, options)| {
+                    let mut body = serde_json::json!({"desiredState": state, "options": options});
+                    if let Some(name) = name {
+                        body["name"] = name.into();
+                    }
+                    serde_json::to_vec(&body).unwrap_or_default()
+                }),
+                1 => proptest::collection::vec(any::<u8>(), 0..64),
+                1 => Just(b"{\"options\": [".to_vec()),
+            ]
+        }
+
+        fn unit_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                "(?s).{0,16}",
+                "[a-z@.%/-]{0,8}\\.(service|socket|x)",
+                Just("web@1.service".to_string()),
+                Just("web@.service".to_string()),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn any_unit_request_is_decoded_or_refused(name in unit_name(), body in unit_body()) {
+                match unit_request(&name, &body) {
+                    Ok(request) => {
+                        prop_assert_eq!(request.name.as_str(), name.as_str());
+                        if let Some(options) = request.options {
+                            // What is stored re-reads as stored.
+                            let file = UnitFile::from_options(options);
+                            let again = file.normalized();
+                            prop_assert_eq!(again.as_ref(), Ok(&file));
+                            prop_assert!(Requirements::from_unit(&request.name, &file).is_ok());
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(e.status().is_client_error());
+                        prop_assert!(!e.message().is_empty());
+                    }
+                }
+            }
+
+            #[test]
+            fn any_machine_patch_is_decoded_or_refused(
+                ops in proptest::collection::vec(
+                    (
+                        prop_oneof![Just("add"), Just("replace"), Just("remove"), Just("move")],
+                        prop_oneof![Just(format!("{:032x}", 7)), "(?s).{0,34}"],
+                        "(?s).{0,10}",
+                        proptest::option::of("(?s).{0,10}"),
+                    ),
+                    0..4,
+                ),
+                noise in proptest::collection::vec(any::<u8>(), 0..32),
+            ) {
+                let ops: Vec<serde_json::Value> = ops
+                    .into_iter()
+                    .map(|(op, machine, key, value)| {
+                        serde_json::json!({"op": op, "path": format!("/{machine}/metadata/{key}"), "value": value})
+                    })
+                    .collect();
+                let body = serde_json::to_vec(&ops).unwrap_or_default();
+                match machine_ops(&body) {
+                    Ok(changes) => {
+                        for (key, value) in changes.values().flatten() {
+                            let shown = value.as_deref().unwrap_or("x");
+                            prop_assert!(fleet_units::check_metadata(key, shown).is_ok(), "{key:?}={value:?}");
+                        }
+                    }
+                    Err(e) => prop_assert_eq!(e.status(), StatusCode::BAD_REQUEST),
+                }
+                let _ = machine_ops(&noise);
+            }
+
+            #[test]
+            fn any_query_string_is_read(query in "(?s).{0,40}|([a-zA-Z]{0,6}=?(%[0-9A-Fa-f]{0,2}|[^&]){0,6}&?){0,4}") {
+                let params = query_params(Some(query));
+                if let Ok(journal) = inspect::JournalQuery::from_params(&params) {
+                    prop_assert!((1..=inspect::MAX_LINES).contains(&journal.lines));
+                }
+                let _ = PageToken::decode(params.get("nextPageToken").and_then(|v| v.first()).map(String::as_str).unwrap_or(""));
+            }
+
+            #[test]
+            fn any_page_token_is_decoded_or_refused(token in "(?s).{0,40}|[A-Za-z0-9_=-]{0,60}") {
+                if let Ok(t) = PageToken::decode(&token) {
+                    prop_assert!((1..=MAX_PAGE_SIZE).contains(&t.limit) && t.page >= 1);
+                }
+            }
+
+            #[test]
+            fn page_tokens_round_trip_and_any_page_is_served(
+                limit in 1..=MAX_PAGE_SIZE,
+                page_number in 1..=u32::MAX,
+                total in 0usize..300,
+            ) {
+                let token = PageToken { limit, page: page_number };
+                prop_assert_eq!(PageToken::decode(&token.encode()).ok(), Some(token));
+                let params = BTreeMap::from([("nextPageToken".to_string(), vec![token.encode()])]);
+                let (items, next) = page(DEFAULT_PAGE_SIZE, &params, (0..total).collect::<Vec<_>>())
+                    .map_err(|e| TestCaseError::fail(e.message().to_string()))?;
+                prop_assert!(items.len() <= limit as usize);
+                if !next.is_empty() {
+                    prop_assert_eq!(items.len(), limit as usize);
+                }
+            }
+        }
     }
 
     #[test]
