@@ -4,7 +4,12 @@
 //! `etcd-server`; `ETCD_BIN` overrides the path) on free loopback ports with its own temporary
 //! data directory. It is killed and its directory removed when the value is dropped, also when
 //! the test panics. A missing etcd is a failure, never a skipped test.
+//!
+//! [`Etcd::key_space`] reads everything under the etcd's prefix with etcd's own client, not
+//! through the registry, so that a test can check what a request did (or did not) write
+//! without knowing the registry's key layout.
 
+use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -206,5 +211,76 @@ impl Drop for Etcd {
             );
         }
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// One key as etcd stores it, with everything a write to it changes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub create_revision: i64,
+    pub mod_revision: i64,
+    /// How many times the key was written since it was created.
+    pub version: i64,
+    /// The lease the key is attached to; 0 for none.
+    pub lease: i64,
+}
+
+/// Key and value as text (fleet stores JSON), so that a failed comparison reads.
+impl fmt::Debug for StoredKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("value", &String::from_utf8_lossy(&self.value))
+            .field("create_revision", &self.create_revision)
+            .field("mod_revision", &self.mod_revision)
+            .field("version", &self.version)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// The keys under a prefix, read in one request, and the store's revision at that read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySpace {
+    /// etcd's revision when the keys were read: any write to this etcd raises it.
+    pub revision: i64,
+    /// In key order.
+    pub keys: Vec<StoredKey>,
+}
+
+impl Etcd {
+    /// Everything under [`Etcd::prefix`] as etcd stores it, read with etcd's own client.
+    /// Panics when etcd does not answer.
+    pub async fn key_space(&self) -> KeySpace {
+        let mut client = etcd_client::Client::connect([&self.endpoint], None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint));
+        let answer = client
+            .get(
+                self.prefix.as_str(),
+                Some(etcd_client::GetOptions::new().with_prefix()),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("cannot read {} from etcd: {e}", self.prefix));
+        KeySpace {
+            revision: answer
+                .header()
+                .map(|h| h.revision())
+                .expect("etcd answered without a header"),
+            keys: answer
+                .kvs()
+                .iter()
+                .map(|kv| StoredKey {
+                    key: kv.key().to_vec(),
+                    value: kv.value().to_vec(),
+                    create_revision: kv.create_revision(),
+                    mod_revision: kv.mod_revision(),
+                    version: kv.version(),
+                    lease: kv.lease(),
+                })
+                .collect(),
+        }
     }
 }
