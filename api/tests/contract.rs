@@ -1,18 +1,18 @@
 //! The API's contract, against a real etcd: every status code fleet's clients rely on, and
-//! after every refused request the registry is unchanged.
+//! after every refused request etcd is unchanged.
 
 use std::time::Duration;
 
 use fleet_registry::{
     EtcdConfig, JobState, Machine, MachineId, Presence, PresenceStatus, Registry, UnitState,
 };
-use fleet_testkit::{closed_port, Etcd};
+use fleet_testkit::{closed_port, Etcd, KeySpace};
 use fleet_units::UnitName;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
 struct Api {
-    _etcd: Option<Etcd>,
+    etcd: Etcd,
     registry: Registry,
     /// `http://host:port`
     root: String,
@@ -47,7 +47,7 @@ impl Api {
         )
         .await;
         Api {
-            _etcd: Some(etcd),
+            etcd,
             registry,
             base: format!("{root}/fleet/v1"),
             root,
@@ -78,15 +78,10 @@ impl Api {
         (status, r.json().await.unwrap_or(Value::Null))
     }
 
-    /// Everything a refused request must leave alone.
-    async fn state(&self) -> String {
-        format!(
-            "{:?}",
-            (
-                self.registry.units().await.expect("units"),
-                self.registry.machines().await.expect("machines")
-            )
-        )
+    /// Everything a refused request must leave alone: every key under the prefix with its
+    /// value and revisions, read from etcd directly rather than through the registry.
+    async fn key_space(&self) -> KeySpace {
+        self.etcd.key_space().await
     }
 }
 
@@ -202,7 +197,14 @@ async fn bad_requests_are_refused_and_change_nothing() {
         api.put("kept.service", hello("inactive")).await.0,
         StatusCode::CREATED
     );
-    let before = api.state().await;
+    // A live machine and the state it published of the unit: keys of each kind to leave alone.
+    let _machine = machine_running(&api.registry, 1, &[("kept.service", "active")]).await;
+    let live = format!("{:032x}", 1);
+    let before = api.key_space().await;
+    assert!(
+        before.keys.len() >= 3,
+        "the unit, the machine and the state are stored: {before:#?}"
+    );
 
     let long = "a".repeat(300) + ".service";
     let cases: Vec<(&str, String, Value, StatusCode)> = vec![
@@ -351,15 +353,36 @@ async fn bad_requests_are_refused_and_change_nothing() {
         .await
         .expect("PATCH");
     assert_eq!(unknown_machine.status(), StatusCode::NOT_FOUND);
+    // One unknown machine refuses the whole patch: the live machine's part is not written.
+    let partly_unknown = api
+        .http
+        .patch(format!("{}/machines", api.base))
+        .json(&json!([
+            {"op": "add", "path": format!("/{live}/metadata/role"), "value": "x"},
+            {"op": "add", "path": format!("/{}/metadata/role", "0".repeat(32)), "value": "x"}
+        ]))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(partly_unknown.status(), StatusCode::NOT_FOUND);
+    let no_value = api
+        .http
+        .patch(format!("{}/machines", api.base))
+        .json(&json!([{"op": "add", "path": format!("/{live}/metadata/role")}]))
+        .send()
+        .await
+        .expect("PATCH");
+    assert_eq!(no_value.status(), StatusCode::BAD_REQUEST);
 
     let (status, body) = api.get("/units?nextPageToken=garbage").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(error_code(&body), Some(400));
 
+    let after = api.key_space().await;
+    assert_eq!(after.keys, before.keys, "a refused request changed a key");
     assert_eq!(
-        api.state().await,
-        before,
-        "a refused request changed the registry"
+        after.revision, before.revision,
+        "a refused request wrote to etcd"
     );
 }
 
@@ -454,7 +477,7 @@ async fn every_rejection_uses_the_envelope() {
         api.put("kept.service", hello("inactive")).await.0,
         StatusCode::CREATED
     );
-    let before = api.state().await;
+    let before = api.key_space().await;
     let json = "application/json";
     let unit = hello("inactive").to_string();
     let unit = unit.as_bytes();
@@ -527,9 +550,9 @@ async fn every_rejection_uses_the_envelope() {
     );
 
     assert_eq!(
-        api.state().await,
+        api.key_space().await,
         before,
-        "a refused request changed the registry"
+        "a refused request changed etcd"
     );
 }
 
@@ -548,7 +571,7 @@ fn bulky(kib: usize, global: bool) -> Value {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_global_unit_too_large_for_one_etcd_request_is_refused() {
     let api = Api::start(100).await;
-    let before = api.state().await;
+    let before = api.key_space().await;
     // Within the body limit, but stored twice (units/ and global/) it would not fit one
     // etcd request: refused up front, not a 500 from etcd.
     let (status, body) = api.put("big.service", bulky(900, true)).await;
@@ -557,9 +580,9 @@ async fn a_global_unit_too_large_for_one_etcd_request_is_refused() {
     let message = body["error"]["message"].as_str().unwrap_or("");
     assert!(message.contains("global unit big.service"), "{message}");
     assert_eq!(
-        api.state().await,
+        api.key_space().await,
         before,
-        "a refused request changed the registry"
+        "a refused request changed etcd"
     );
     // The same unit, not global, is stored once and fits; so does a smaller global unit.
     assert_eq!(
@@ -571,12 +594,12 @@ async fn a_global_unit_too_large_for_one_etcd_request_is_refused() {
         StatusCode::CREATED
     );
     // Making the stored unit global is refused too, and leaves it as it was.
-    let before = api.state().await;
+    let before = api.key_space().await;
     assert_eq!(
         api.put("big.service", bulky(900, true)).await.0,
         StatusCode::PAYLOAD_TOO_LARGE
     );
-    assert_eq!(api.state().await, before);
+    assert_eq!(api.key_space().await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -594,7 +617,7 @@ async fn machine_metadata_no_unit_could_match_is_refused() {
         .await
         .expect("PATCH");
     assert_eq!(ok.status(), StatusCode::NO_CONTENT);
-    let before = api.state().await;
+    let before = api.key_space().await;
 
     let bad = [
         ("a key with '='", path("a=b"), "x"),
@@ -629,9 +652,9 @@ async fn machine_metadata_no_unit_could_match_is_refused() {
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        api.state().await,
+        api.key_space().await,
         before,
-        "a refused request changed the registry"
+        "a refused request changed etcd"
     );
 }
 
