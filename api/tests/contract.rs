@@ -1039,6 +1039,11 @@ fn value_of(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_reflect_the_registry() {
     let api = Api::start(100).await;
+    // No engine runs in this test binary: these three are the reconcile histogram's only
+    // observations, one below the first bucket bound, one between bounds, one above them all.
+    for seconds in [0.0005, 0.3, 60.0] {
+        fleet_telemetry::ENGINE_RECONCILE.observe(seconds);
+    }
     for (name, state) in [
         ("a.service", "launched"),
         ("b.service", "launched"),
@@ -1093,18 +1098,30 @@ async fn metrics_reflect_the_registry() {
     );
     assert_eq!(v("fleet_machines", &[]), Some(1.0));
     assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
-    for counter in [
-        "fleet_engine_placements_total",
-        "fleet_etcd_errors_total",
-        "fleet_engine_reconcile_seconds_count",
-        "fleet_engine_reconcile_seconds_sum",
-    ] {
+    for counter in ["fleet_engine_placements_total", "fleet_etcd_errors_total"] {
         assert!(v(counter, &[]).is_some(), "{counter} missing: {text}");
     }
+    // The histogram against the observations made above, not against itself.
+    for (le, want) in [
+        ("0.001", 1.0),
+        ("0.25", 1.0),
+        ("0.5", 2.0),
+        ("5", 2.0),
+        ("+Inf", 3.0),
+    ] {
+        assert_eq!(
+            v("fleet_engine_reconcile_seconds_bucket", &[("le", le)]),
+            Some(want),
+            "bucket le={le}: {text}"
+        );
+    }
     assert_eq!(
-        v("fleet_engine_reconcile_seconds_bucket", &[("le", "+Inf")]),
-        v("fleet_engine_reconcile_seconds_count", &[])
+        v("fleet_engine_reconcile_seconds_count", &[]),
+        Some(3.0),
+        "{text}"
     );
+    let sum = v("fleet_engine_reconcile_seconds_sum", &[]).expect("a _sum sample");
+    assert!((sum - 60.3005).abs() < 1e-9, "sum {sum}: {text}");
 
     // A unit through the legacy prefix counts the same.
     let r = api

@@ -312,6 +312,7 @@ mod tests {
             h.cumulative(),
             [(0.1, 2), (1.0, 3), (10.0, 5), (f64::INFINITY, 6)]
         );
+        assert_eq!(h.count(), 6, "the count kept beside the buckets");
         let mut out = Exposition::new();
         out.histogram("x_seconds", "An x.", &h);
         let text = out.finish();
