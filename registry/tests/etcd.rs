@@ -477,7 +477,15 @@ async fn three_hundred_placements_are_written_in_several_transactions() {
         .iter()
         .map(|u| place(&machine_id(1), lease, u))
         .collect();
+    // Each transaction raises etcd's revision by one, and etcd refuses one of more than 128
+    // operations (its default --max-txn-ops).
+    let before = etcd.key_space().await.revision;
     registry.apply_placements(leadership, &puts).await.unwrap();
+    let transactions = etcd.key_space().await.revision - before;
+    assert!(
+        transactions > 1,
+        "300 placements written in {transactions} transaction(s)"
+    );
     let snapshot = registry.agent_snapshot(&machine_id(1)).await.unwrap();
     let placed: Vec<String> = snapshot
         .placements
