@@ -72,7 +72,11 @@ async fn the_engine_reports_leadership_placements_and_reconciliations() {
     assert!(ENGINE_RECONCILE.sum() > 0.0);
 
     engine.abort();
-    let _ = engine.await;
+    let ended = engine.await;
+    assert!(
+        ended.as_ref().is_err_and(|e| e.is_cancelled()),
+        "the engine ran until it was stopped: {ended:?}"
+    );
     assert_eq!(ENGINE_LEADER.get(), 0, "a stopped engine does not lead");
     drop(presence);
 }

@@ -533,8 +533,9 @@ fn metadata_rule() {
             )]),
         },
         Case {
-            // MachineMetadata: the reason names the first key not matched, with its values.
-            rule: "metadata reasons per machine",
+            // MachineMetadata: several items on one line, OR-ed within a key and AND-ed across
+            // keys (eu and db: machine 2 only).
+            rule: "metadata OR and AND on one line",
             snapshot: snapshot(
                 vec![xunit(
                     "a.service",
@@ -547,6 +548,7 @@ fn metadata_rule() {
             unplaceable: why(&[]),
         },
         Case {
+            // MachineMetadata: the reason names the first key not matched, with its values.
             rule: "metadata unmatched everywhere: first failing key per machine",
             snapshot: snapshot(
                 vec![xunit(
@@ -1324,7 +1326,7 @@ mod properties {
             // (3) a second pass is a no-op
             let again = plan(&after);
             prop_assert_eq!(&again.ops, &vec![]);
-            // and leaves the same units without a machine (reasons may name other culprits)
+            // (4) and leaves the same units without a machine (reasons may name other culprits)
             let names = |p: &Plan| p.unplaceable.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
             prop_assert_eq!(names(&again), names(&p));
             // (5) the input order does not matter
