@@ -2,6 +2,7 @@
 //! commands, and clear errors when fleetd cannot be reached.
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 fn fleetctl(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
@@ -67,9 +68,22 @@ fn a_bad_endpoint_is_refused_clearly() {
 fn an_absent_fleetd_is_reported_not_waited_for() {
     let socket = std::env::temp_dir().join(format!("fleetctl-test-{}.sock", std::process::id()));
     let endpoint = format!("unix://{}", socket.display());
-    let (code, _, err) = fleetctl(&["--endpoint", &endpoint, "list-machines"]);
+    // A request timeout well beyond the bound below: an answer within the bound is no timeout.
+    let started = Instant::now();
+    let (code, _, err) = fleetctl(&[
+        "--endpoint",
+        &endpoint,
+        "--request-timeout",
+        "60",
+        "list-machines",
+    ]);
+    let elapsed = started.elapsed();
     assert_eq!(code, Some(1));
     assert!(err.contains("cannot reach fleetd"), "{err}");
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "reported after {elapsed:?}"
+    );
 }
 
 #[test]
