@@ -69,7 +69,8 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
     let out = c
         .fleetctl(&["start", &path.to_string_lossy()])
         .expect_ok("start");
-    // The engine may not honour MachineID yet: read from a node that does not run the unit.
+    // MachineID pins the unit to node2 (placement.rs checks the rule). Everything below reads
+    // it through another node's API, whose fleetd asks the unit's machine's peer endpoint.
     let node = node_in(&out.stdout).expect("start names the machine");
     let api = other_than(node);
     let fleetctl = |args: &[&str]| c.fleetctl_via(api, args);
