@@ -253,6 +253,11 @@ fn op_bytes(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + 32
 }
 
+/// The largest response taken from etcd: etcd's own Go client's default (`math.MaxInt32`), not
+/// gRPC's 4 MiB, which a whole-prefix read outgrows (the engine's snapshot of 10,000 placed
+/// units is about 4.3 MB).
+const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
+
 impl Registry {
     /// Connects lazily: an unreachable etcd is reported by the first request, within the
     /// request timeout.
@@ -290,6 +295,13 @@ impl Registry {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// A key-value client for one request.
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES)
     }
 
     // ---- key layout -------------------------------------------------------------------------
@@ -395,12 +407,12 @@ impl Registry {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         self.timed(kv.txn(txn)).await
     }
 
     async fn range<T: DeserializeOwned>(&self, prefix: &str) -> Result<(i64, Vec<(KeyValue, T)>)> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self
             .timed(kv.get(prefix, Some(GetOptions::new().with_prefix())))
             .await?;
@@ -418,7 +430,7 @@ impl Registry {
     }
 
     pub async fn unit(&self, name: &UnitName) -> Result<Option<Unit>> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.get(self.unit_key(name), None)).await?;
         match resp.kvs().first() {
             Some(kv) => Ok(Some(decode(kv)?)),
@@ -461,7 +473,7 @@ impl Registry {
     /// Retries on a concurrent change so that no other update is lost.
     pub async fn set_desired_state(&self, name: &UnitName, state: JobState) -> Result<bool> {
         loop {
-            let mut kv = self.client.kv_client();
+            let mut kv = self.kv();
             let key = self.unit_key(name);
             let resp = self.timed(kv.get(key.clone(), None)).await?;
             let Some(current) = resp.kvs().first() else {
@@ -560,7 +572,7 @@ impl Registry {
 
     /// Publishes (or replaces) the state of a unit on this machine, on the machine's lease.
     pub async fn publish_state(&self, lease: i64, state: &UnitState) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         self.timed(kv.put(
             self.state_key(&state.machine_id, &state.name),
             encode(state),
@@ -571,7 +583,7 @@ impl Registry {
     }
 
     pub async fn remove_state(&self, machine: &MachineId, name: &UnitName) -> Result<()> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         self.timed(kv.delete(self.state_key(machine, name), None))
             .await?;
         Ok(())
@@ -579,7 +591,7 @@ impl Registry {
 
     /// Why units could not be placed, as the engine last recorded it.
     pub async fn unplaceable(&self) -> Result<BTreeMap<UnitName, Vec<String>>> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self
             .timed(kv.get(
                 self.unplaceable_prefix(),
@@ -634,7 +646,7 @@ impl Registry {
         };
         let state = match &machine {
             Some(m) => {
-                let mut kv = self.client.kv_client();
+                let mut kv = self.kv();
                 let resp = self.timed(kv.get(self.state_key(m, name), None)).await?;
                 match resp.kvs().first() {
                     Some(kv) => Some(decode::<UnitState>(kv)?),
@@ -653,7 +665,7 @@ impl Registry {
 
     /// The metadata overrides set through the API for a machine.
     pub async fn metadata_overrides(&self, id: &MachineId) -> Result<MetadataOverrides> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.get(self.metadata_key(id), None)).await?;
         match resp.kvs().first() {
             Some(kv) => decode(kv),
@@ -801,7 +813,7 @@ impl Registry {
 
     /// The machine currently leading the engine, if any.
     pub async fn engine_leader(&self) -> Result<Option<MachineId>> {
-        let mut kv = self.client.kv_client();
+        let mut kv = self.kv();
         let resp = self.timed(kv.get(self.leader_key(), None)).await?;
         Ok(resp
             .kvs()
@@ -942,14 +954,11 @@ impl Registry {
 
     /// Watches `prefixes` from `revision` on; see [`Changes`].
     pub async fn watch(&self, prefixes: &[String], revision: i64) -> Result<Changes> {
-        Changes::open(
-            self.client.watch_client(),
-            prefixes,
-            revision,
-            self.timeout,
-            &self.endpoints,
-        )
-        .await
+        let watch = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_RESPONSE_BYTES);
+        Changes::open(watch, prefixes, revision, self.timeout, &self.endpoints).await
     }
 }
 

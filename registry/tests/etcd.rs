@@ -526,6 +526,26 @@ async fn placements_of_large_units_are_batched_within_etcds_request_limit() {
 
 // ---- snapshots ------------------------------------------------------------------------------
 
+/// A whole-prefix read grows with the cluster: the engine's snapshot of 10,000 placed units is
+/// past 4 MiB, gRPC's default limit of one response.
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_of_more_than_four_mebibytes_are_received() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    // etcd takes requests of up to 1.5 MiB: five units of 1 MB each are 5 MB to read back.
+    for i in 0..5 {
+        let mut big = unit(&format!("big{i}.service"));
+        big.options.push(fleet_units::UnitOption::new(
+            "Unit",
+            "Description",
+            "x".repeat(1_000_000),
+        ));
+        registry.put_unit(&big).await.unwrap();
+    }
+    assert_eq!(registry.units().await.unwrap().len(), 5);
+    assert_eq!(registry.engine_snapshot().await.unwrap().units.len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_sees_units_machines_and_placements_together() {
     let etcd = Etcd::start();
