@@ -6,9 +6,12 @@
 //! - `fleet-bench idle [--bin DIR] [--units N]`: N units (1,000 unless given) running on the
 //!   local 3-node cluster and nothing changing: etcd requests per second and each fleetd's CPU
 //!   over 30 s.
-//! - `fleet-bench placement [--units N] [--machines M]`: the engine alone places N units onto M
-//!   registered machines (registrations without systemd) in a private real etcd: seconds from
-//!   the engine's start, all desired state being written, to all placements written.
+//! - `fleet-bench placement [--units N] [--machines M] [--workload plain|mixed]`: the engine
+//!   alone places N units onto M registered machines (registrations without systemd) in a
+//!   private real etcd: seconds from the engine's start, all desired state being written, to
+//!   all placements written; then every `[X-Fleet]` rule is checked on what was written. Both
+//!   workloads unless one is named: `plain` (no rules, no machine metadata) and `mixed`
+//!   (see [`Workload::Mixed`]).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,6 +25,7 @@ fn main() -> ExitCode {
     let mut runs = 10usize;
     let mut units = 10_000usize;
     let mut machines = 1_000usize;
+    let mut workloads = vec![Workload::Plain, Workload::Mixed];
     let mut what = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -42,20 +46,25 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => machines = n,
                 _ => return usage("--machines needs a positive number"),
             },
+            "--workload" => match it.next().map(String::as_str) {
+                Some("plain") => workloads = vec![Workload::Plain],
+                Some("mixed") => workloads = vec![Workload::Mixed],
+                _ => return usage("--workload needs plain or mixed"),
+            },
             "start-latency" | "placement" | "idle" => what = Some(arg.clone()),
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
     match what.as_deref() {
         Some("start-latency") => start_latency(&bin, runs),
-        Some("placement") => placement(units, machines),
+        Some("placement") => placement(units, machines, &workloads),
         Some("idle") => idle(&bin, units.min(1_000)),
         _ => usage("name a benchmark"),
     }
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M]\n       fleet-bench idle [--bin DIR] [--units N (at most 1000)]");
+    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M] [--workload plain|mixed]\n       fleet-bench idle [--bin DIR] [--units N (at most 1000)]");
     ExitCode::from(2)
 }
 
@@ -141,7 +150,149 @@ fn active_enter_timestamp(cluster: &Cluster, n: u32, unit: &str) -> Result<Durat
     }
 }
 
-fn placement(units: usize, machines: usize) -> ExitCode {
+/// What `fleet-bench placement` gives the engine to place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    /// Units without `[X-Fleet]` rules onto machines without metadata.
+    Plain,
+    /// Machines with metadata (`role` web/db/cache, `region` eu/us) and five global units (one
+    /// on every machine, three on machines of some metadata, one on `region=us` conflicting
+    /// with `eu-only-*`), and units: 30% without rules, 10% `MachineMetadata=` one key with two
+    /// values, 10% `MachineMetadata=` two keys, 10% kept off `region=us` by that global unit's
+    /// `Conflicts=`, 10% leaders and 10% their `MachineOf=` followers, 20% instances of
+    /// templates with `Conflicts=%p@*.service` (at most one instance of each per machine).
+    Mixed,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Plain => "plain",
+            Workload::Mixed => "mixed",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Workload::Plain => "no [X-Fleet] rules, no machine metadata",
+            Workload::Mixed => {
+                "machine metadata; MachineMetadata=, Conflicts= (also of a global unit), MachineOf= pairs, 5 global units"
+            }
+        }
+    }
+
+    /// The fewest machines on which every unit of the workload can be placed.
+    fn min_machines(self) -> usize {
+        match self {
+            Workload::Plain => 1,
+            // Machine 0 is web/eu, machine 1 db/us, machine 2 cache/eu.
+            Workload::Mixed => 3,
+        }
+    }
+
+    fn machine_metadata(self, i: usize) -> std::collections::BTreeMap<String, String> {
+        match self {
+            Workload::Plain => Default::default(),
+            Workload::Mixed => [
+                ("role", ["web", "db", "cache"][i % 3]),
+                ("region", ["eu", "us"][i % 2]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        }
+    }
+
+    /// `units` units for the engine to place, and the global units, which it does not place.
+    fn units(self, units: usize, machines: usize) -> Result<Vec<fleet_registry::Unit>, String> {
+        use fleet_registry::{JobState, Unit};
+        use fleet_units::{UnitName, UnitOption};
+
+        let unit = |name: &str, x_fleet: &[(&str, &str)]| -> Result<Unit, String> {
+            let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];
+            options.extend(
+                x_fleet
+                    .iter()
+                    .map(|(key, value)| UnitOption::new("X-Fleet", *key, *value)),
+            );
+            Ok(Unit {
+                name: UnitName::parse(name).map_err(|e| e.to_string())?,
+                options,
+                desired_state: JobState::Launched,
+            })
+        };
+        match self {
+            Workload::Plain => (0..units)
+                .map(|i| unit(&format!("bench-{i:05}.service"), &[]))
+                .collect(),
+            Workload::Mixed => {
+                let global = ("Global", "true");
+                let mut list = vec![
+                    unit("g-all.service", &[global])?,
+                    unit("g-db.service", &[global, ("MachineMetadata", "role=db")])?,
+                    unit("g-eu.service", &[global, ("MachineMetadata", "region=eu")])?,
+                    unit(
+                        "g-web-cache.service",
+                        &[global, ("MachineMetadata", "\"role=web\" \"role=cache\"")],
+                    )?,
+                    unit(
+                        "g-us.service",
+                        &[
+                            global,
+                            ("MachineMetadata", "region=us"),
+                            ("Conflicts", "eu-only-*.service"),
+                        ],
+                    )?,
+                ];
+                // Instances per template: a quarter of the machines, so that each template's
+                // instances find machines without a sibling.
+                let per_template = (machines / 4).max(1);
+                let mut instances = 0;
+                for i in 0..units {
+                    let u = match i % 10 {
+                        3 => unit(
+                            &format!("meta-{i:05}.service"),
+                            &[("MachineMetadata", "\"role=db\" \"role=cache\"")],
+                        ),
+                        4 => unit(
+                            &format!("meta-{i:05}.service"),
+                            &[
+                                ("MachineMetadata", "role=web"),
+                                ("MachineMetadata", "region=eu"),
+                            ],
+                        ),
+                        5 => unit(&format!("eu-only-{i:05}.service"), &[]),
+                        6 => unit(&format!("lead-{i:05}.service"), &[]),
+                        7 => unit(
+                            &format!("follow-{i:05}.service"),
+                            &[("MachineOf", &format!("lead-{:05}.service", i - 1))],
+                        ),
+                        8 | 9 => {
+                            let template = instances / per_template;
+                            instances += 1;
+                            unit(
+                                &format!("x{template}@{i:05}.service"),
+                                &[("Conflicts", "%p@*.service")],
+                            )
+                        }
+                        _ => unit(&format!("plain-{i:05}.service"), &[]),
+                    };
+                    list.push(u?);
+                }
+                Ok(list)
+            }
+        }
+    }
+}
+
+fn placement(units: usize, machines: usize, workloads: &[Workload]) -> ExitCode {
+    if let Some(w) = workloads.iter().find(|w| machines < w.min_machines()) {
+        return usage(&format!(
+            "the {} workload needs at least {} machines",
+            w.name(),
+            w.min_machines()
+        ));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -149,29 +300,32 @@ fn placement(units: usize, machines: usize) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let etcd = fleet_testkit::Etcd::start();
-    match runtime.block_on(run_placement(&etcd, units, machines)) {
-        Ok(elapsed) => {
-            let secs = elapsed.as_secs_f64();
-            println!("placement: {units} units onto {machines} machines by the engine alone (real etcd {})", etcd.endpoint);
-            println!("  seconds from engine start to all placements written: {secs:.3}   placements/s: {:.0}", units as f64 / secs);
-            println!("  for scale, not measured here: Nomad's published C1M figure, ~3,750 placements/s (1,000,000 containers on 5,000 hosts by 5 servers; hashicorp.com/c1m, 2016); the original fleet v1.0 stopped at about 1,000 units (DESIGN.md section 4)");
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("fleet-bench: {e}");
-            ExitCode::FAILURE
+    println!("placement: {units} units onto {machines} machines by the engine alone, each workload in a private real etcd");
+    for workload in workloads {
+        let etcd = fleet_testkit::Etcd::start();
+        match runtime.block_on(run_placement(&etcd, *workload, units, machines)) {
+            Ok(elapsed) => {
+                let secs = elapsed.as_secs_f64();
+                println!("  {} ({})", workload.name(), workload.description());
+                println!("    seconds from engine start to all placements written: {secs:.3}   placements/s: {:.0}   every rule holds", units as f64 / secs);
+            }
+            Err(e) => {
+                eprintln!("fleet-bench: {} workload: {e}", workload.name());
+                return ExitCode::FAILURE;
+            }
         }
     }
+    println!("  for scale, not measured here: Nomad's published C1M figure, ~3,750 placements/s (1,000,000 containers on 5,000 hosts by 5 servers; hashicorp.com/c1m, 2016); the original fleet v1.0 stopped at about 1,000 units (DESIGN.md section 4)");
+    ExitCode::SUCCESS
 }
 
 async fn run_placement(
     etcd: &fleet_testkit::Etcd,
+    workload: Workload,
     units: usize,
     machines: usize,
 ) -> Result<Duration, String> {
-    use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
-    use fleet_units::{UnitName, UnitOption};
+    use fleet_registry::{EtcdConfig, Machine, MachineId, Presence, Registry};
     use futures_util::{stream, StreamExt, TryStreamExt};
 
     let registry = Registry::connect(&EtcdConfig {
@@ -190,7 +344,7 @@ async fn run_placement(
                 let machine = Machine {
                     id,
                     public_ip: format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256),
-                    metadata: Default::default(),
+                    metadata: workload.machine_metadata(i),
                     version: "bench".into(),
                     peer_address: None,
                 };
@@ -202,18 +356,10 @@ async fn run_placement(
         .buffer_unordered(64)
         .try_collect()
         .await?;
-    stream::iter(0..units)
-        .map(|i| {
+    stream::iter(workload.units(units, machines)?)
+        .map(|unit| {
             let registry = registry.clone();
-            async move {
-                let unit = Unit {
-                    name: UnitName::parse(&format!("bench-{i:05}.service"))
-                        .map_err(|e| e.to_string())?,
-                    options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
-                    desired_state: JobState::Launched,
-                };
-                registry.put_unit(&unit).await.map_err(|e| e.to_string())
-            }
+            async move { registry.put_unit(&unit).await.map_err(|e| e.to_string()) }
         })
         .buffer_unordered(64)
         .try_collect::<Vec<()>>()
@@ -246,8 +392,102 @@ async fn run_placement(
     }
     let elapsed = started.elapsed();
     engine.abort();
+    let written = registry
+        .engine_snapshot()
+        .await
+        .map_err(|e| e.to_string())?;
     drop(presences);
+    rules_hold(&written, units)?;
     Ok(elapsed)
+}
+
+/// Checks what the engine wrote, independently of its planner: `expected` units each placed
+/// once, none left unplaceable, and every `[X-Fleet]` rule kept on every machine, global units
+/// counted where their metadata matches.
+fn rules_hold(written: &fleet_registry::EngineSnapshot, expected: usize) -> Result<(), String> {
+    use fleet_units::Requirements;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    if let Some((name, reasons)) = written.unplaceable.iter().next() {
+        return Err(format!(
+            "{} units unplaceable, e.g. {name}: {reasons:?}",
+            written.unplaceable.len()
+        ));
+    }
+    let requirements = |u: &fleet_registry::Unit| {
+        Requirements::from_unit(&u.name, &u.file())
+            .map(|(r, _)| r)
+            .map_err(|e| format!("{}: {e}", u.name))
+    };
+    let units: BTreeMap<&str, &fleet_registry::Unit> =
+        written.units.iter().map(|u| (u.name.as_str(), u)).collect();
+    let metadata: BTreeMap<&fleet_registry::MachineId, &BTreeMap<String, String>> = written
+        .machines
+        .iter()
+        .map(|m| (&m.machine.id, &m.machine.metadata))
+        .collect();
+    // What runs on each machine: its placements and the global units its metadata matches.
+    let mut running: BTreeMap<&fleet_registry::MachineId, Vec<(&str, Requirements)>> =
+        BTreeMap::new();
+    for global in written.units.iter().filter(|u| u.is_global()) {
+        let req = requirements(global)?;
+        for (machine, meta) in &metadata {
+            if req.metadata_matches(meta) {
+                running
+                    .entry(*machine)
+                    .or_default()
+                    .push((global.name.as_str(), req.clone()));
+            }
+        }
+    }
+    let mut placed = BTreeSet::new();
+    for (machine, placement) in &written.placements {
+        let name = placement.name.as_str();
+        if !placed.insert(name) {
+            return Err(format!("{name} is placed twice"));
+        }
+        let unit = units
+            .get(name)
+            .ok_or_else(|| format!("{name} is placed but not a unit"))?;
+        if unit.is_global() {
+            return Err(format!("{name} is global, yet placed"));
+        }
+        let req = requirements(unit)?;
+        let meta = metadata
+            .get(machine)
+            .ok_or_else(|| format!("{name} is placed on {machine}, which is not registered"))?;
+        if !req.metadata_matches(meta) {
+            return Err(format!(
+                "{name} is on {machine}, whose metadata {meta:?} it does not match"
+            ));
+        }
+        running.entry(machine).or_default().push((name, req));
+    }
+    if placed.len() != expected {
+        return Err(format!("{} of {expected} units placed", placed.len()));
+    }
+    for (machine, here) in &running {
+        for (name, req) in here {
+            if let Some(leader) = req
+                .machine_of
+                .iter()
+                .find(|leader| !here.iter().any(|(n, _)| n == leader))
+            {
+                return Err(format!(
+                    "{name} is on {machine} without {leader} (MachineOf)"
+                ));
+            }
+            if let Some((other, _)) = here
+                .iter()
+                .find(|(other, _)| other != name && req.conflicts_with(other))
+            {
+                return Err(format!(
+                    "{name} is on {machine} beside {other}, which it conflicts with"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// etcd's count of gRPC messages received (unary requests and stream messages such as
