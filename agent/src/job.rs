@@ -45,10 +45,14 @@ impl Job {
         }
     }
 
-    /// Whether systemd is done with the job: it said so, or the unit no longer has it (the
-    /// signal was missed, e.g. across a reconnection to the bus).
+    /// Whether systemd is done with the job, given the job the unit has in a read of systemd's
+    /// states: only that read says so, never the `JobRemoved` signal alone, which may arrive
+    /// after a read made while the job still ran (and publishing that read with the job's end
+    /// would publish a stale state). systemd sends `JobRemoved` before it answers a later
+    /// call, so once a read shows the job gone its result has arrived, unless the signal was
+    /// lost (then the state tells).
     pub fn finished(&self, current_job: Option<&str>) -> bool {
-        self.result.is_some() || current_job != Some(self.path.as_str())
+        current_job != Some(self.path.as_str())
     }
 
     /// Whether the job ended without doing what it was for. `None` (no signal seen) counts as
@@ -131,11 +135,13 @@ mod tests {
     }
 
     #[test]
-    fn a_job_is_finished_when_systemd_says_so_or_the_unit_no_longer_has_it() {
+    fn a_job_is_finished_when_a_read_shows_the_unit_no_longer_has_it() {
         let path = "/org/freedesktop/systemd1/job/7";
         assert!(!job(None).finished(Some(path)));
-        assert!(job(Some("done")).finished(Some(path)));
+        // The signal came after a read that still showed the job: that read is stale.
+        assert!(!job(Some("failed")).finished(Some(path)));
         assert!(job(None).finished(None));
+        assert!(job(Some("done")).finished(None));
         assert!(job(None).finished(Some("/org/freedesktop/systemd1/job/8")));
     }
 

@@ -92,6 +92,8 @@ pub struct Agent {
     /// States as last published, and the lease they were published on.
     published: BTreeMap<UnitName, UnitState>,
     published_lease: Option<i64>,
+    /// Publish again without waiting: systemd changed something during the last read.
+    look_again: bool,
     /// systemd's signals, if they can be followed (else the resync does the work). Only used
     /// through `&mut self` (`Mutex::get_mut`, no locking): the mutex only makes the agent `Sync`.
     signals: Option<std::sync::Mutex<Signals>>,
@@ -120,6 +122,7 @@ impl Agent {
             local: BTreeMap::new(),
             published: BTreeMap::new(),
             published_lease: None,
+            look_again: false,
             signals: None,
         };
         agent.recover().await?;
@@ -219,11 +222,10 @@ impl Agent {
         changes: &mut Option<Changes>,
         presence: &mut watch::Receiver<PresenceStatus>,
     ) -> Wake {
-        let ours: BTreeSet<String> = self
-            .local
-            .keys()
-            .map(|n| systemd::unit_object_path(n.as_str()))
-            .collect();
+        if std::mem::take(&mut self.look_again) {
+            return Wake::Systemd;
+        }
+        let ours = object_paths(&self.local);
         // A started unit that is settling is looked at again when its time is up (not sooner
         // than in a few milliseconds, so that a deadline left behind by a failed read of
         // systemd's states cannot spin this loop).
@@ -530,17 +532,9 @@ impl Agent {
             self.forget_stale_states().await;
             self.published_lease = Some(lease);
         }
-        let names: Vec<&str> = self.local.keys().map(|n| n.as_str()).collect();
-        let states = match self.systemd.states(&names).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read unit states from systemd");
-                return;
-            }
+        let Some(states) = self.read_states().await else {
+            return;
         };
-        // systemd sends a job's JobRemoved before answering a later call, so every job that
-        // `states` shows finished has its signal queued by now.
-        self.take_signals();
         self.follow_jobs(&states).await;
         for (name, local) in &self.local {
             let Some(s) = states.get(name.as_str()) else {
@@ -587,12 +581,44 @@ impl Agent {
 
     /// Takes the signals already received without waiting, recording the results of the jobs
     /// the agent waits for.
-    fn take_signals(&mut self) {
+    /// `true` if one of them concerns this agent's units.
+    fn take_signals(&mut self) -> bool {
         let Some(signals) = self.signals.as_mut().and_then(|m| m.get_mut().ok()) else {
-            return;
+            return false;
         };
+        let ours = object_paths(&self.local);
+        let mut concerned = false;
         while let Some(Some(signal)) = signals.next().now_or_never() {
-            record_job_result(&mut self.local, &signal);
+            concerned |= concerns(&mut self.local, &ours, &signal);
+        }
+        concerned
+    }
+
+    /// systemd's states of this agent's units, read when no signal about them arrived during
+    /// the read: systemd sends a job's `JobRemoved` before it answers a later call, so the
+    /// result of every job the read shows finished has been taken in (see `Job::finished`), and
+    /// no change after the read goes unnoticed. If systemd keeps changing, the last read is
+    /// used and the agent looks again at once.
+    async fn read_states(&mut self) -> Option<BTreeMap<String, SystemdState>> {
+        let names: Vec<String> = self.local.keys().map(|n| n.to_string()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut attempts = 0;
+        loop {
+            let states = match self.systemd.states(&names).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read unit states from systemd");
+                    return None;
+                }
+            };
+            attempts += 1;
+            if !self.take_signals() {
+                return Some(states);
+            }
+            if attempts == 3 {
+                self.look_again = true;
+                return Some(states);
+            }
         }
     }
 
@@ -697,6 +723,14 @@ impl Agent {
             }
         }
     }
+}
+
+/// systemd's object paths of the agent's units, to tell their signals apart.
+fn object_paths(local: &BTreeMap<UnitName, LocalUnit>) -> BTreeSet<String> {
+    local
+        .keys()
+        .map(|n| systemd::unit_object_path(n.as_str()))
+        .collect()
 }
 
 /// Whether a signal from systemd concerns this agent's units; a job result is recorded.
