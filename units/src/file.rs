@@ -344,8 +344,21 @@ impl UnitFile {
     /// that trip (say a value with leading spaces, sent through the API) come back changed.
     /// Most options are unchanged; the hash fleet files the unit under is still the hash of
     /// the options as submitted.
+    ///
+    /// One trip is not always the end: a last value ending in `\` comes back with a `\n`
+    /// (a continuation at the end of the file), which stays on the next trip. So the trip is
+    /// repeated until the text no longer changes, and what is stored re-reads as stored.
     pub fn normalized(&self) -> Result<UnitFile, ParseError> {
-        UnitFile::parse(&self.to_canonical_string())
+        let mut file = UnitFile::parse(&self.to_canonical_string())?;
+        // Each trip only trims or completes continuations; two more always settle it.
+        for _ in 0..3 {
+            let again = UnitFile::parse(&file.to_canonical_string())?;
+            if again == file {
+                break;
+            }
+            file = again;
+        }
+        Ok(file)
     }
 }
 
@@ -763,6 +776,14 @@ mod tests {
         // options that came from parsing are a fixed point
         let parsed = UnitFile::parse("[Unit]\nA= 1\n[Service]\nB=x \\\n  y\nC=z \\\n\n").unwrap();
         assert_eq!(parsed.normalized().unwrap(), parsed);
+        // and so is what normalizing gives: a last value ending in a backslash (or in a
+        // backslash then blanks) takes two trips to settle
+        for value in ["x\\", "\\\t", "x\\ "] {
+            let once = UnitFile::from_options(vec![opt("X-Fleet", "MachineID", value)])
+                .normalized()
+                .unwrap();
+            assert_eq!(once.normalized().unwrap(), once, "{value:?}");
+        }
     }
 
     #[test]
