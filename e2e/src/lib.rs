@@ -170,6 +170,36 @@ impl Cluster {
             .to_string()
     }
 
+    /// systemd's `InvocationID` of `unit` on node `n`: new each time the unit is started, so
+    /// an unchanged id means the unit was not restarted.
+    pub fn invocation_id(&self, n: u32, unit: &str) -> String {
+        self.exec(n, &["systemctl", "show", "-P", "InvocationID", unit])
+            .stdout
+            .trim()
+            .to_string()
+    }
+
+    /// Puts a new fleetd binary where the nodes run it from (the same code with a marker
+    /// appended past its ELF image, so a different file), as an upgrade would. Takes effect
+    /// when fleetd restarts on a node; the next `fleet-cluster up` installs the build again.
+    pub fn replace_fleetd_binary(&self) {
+        let state = std::env::var_os("FLEET_CLUSTER_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/fleet-cluster"));
+        let installed = state.join("bin/fleetd");
+        let mut bytes = std::fs::read(&installed)
+            .unwrap_or_else(|e| panic!("read {}: {e}", installed.display()));
+        bytes.extend_from_slice(format!("fleet-e2e upgrade {}\n", std::process::id()).as_bytes());
+        let next = state.join("bin/fleetd.e2e-upgrade");
+        std::fs::write(&next, &bytes).expect("write the new binary");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&next, std::fs::Permissions::from_mode(0o755))
+                .expect("make the new binary executable");
+        }
+        std::fs::rename(&next, &installed).expect("install the new binary");
+    }
+
     /// Writes a unit file into a scratch directory and returns its path.
     pub fn unit_file(&self, name: &str, contents: &str) -> PathBuf {
         let path = self.scratch.join(name);
