@@ -232,10 +232,42 @@ pub type MetadataOverrides = BTreeMap<String, Option<String>>;
 /// Handle on fleet's data in etcd. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    client: Client,
+    members: std::sync::Arc<Members>,
     prefix: String,
     timeout: Duration,
     endpoints: String,
+}
+
+/// The etcd endpoints fleetd was given, one client each, used one at a time: every request
+/// goes to the current one, and a request it does not answer makes the next one current. (A
+/// client balancing over all endpoints kept sending a share of requests to a dead member.)
+struct Members {
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
+}
+
+impl Members {
+    fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+    }
+
+    fn client(&self) -> &Client {
+        &self.clients[self.current()]
+    }
+
+    /// The endpoint at `index` did not answer: use the next one, unless another request
+    /// already moved on.
+    fn failed(&self, index: usize) {
+        let next = (index + 1) % self.clients.len();
+        if next != index {
+            let _ = self.current.compare_exchange(
+                index,
+                next,
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
 }
 
 /// At most this many operations go into one etcd transaction (etcd's default `--max-txn-ops`).
@@ -269,24 +301,48 @@ impl Registry {
                 Duration::from_secs(5),
                 config.request_timeout.max(Duration::from_secs(2)),
             )
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others answers at once ("no leader") instead of
+            // serving stale reads or holding a watch that never fires.
+            .with_require_leader(true);
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
             options = options.with_user(user.clone(), password.clone());
         }
         let endpoints = config.endpoints.join(",");
-        let client = tokio::time::timeout(
-            config.request_timeout.max(Duration::from_millis(100)),
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await
-        .map_err(|_| Error::Timeout(config.request_timeout))?
-        .map_err(|e| Error::from_etcd(e, &endpoints))?;
+        let mut clients = Vec::new();
+        let mut first_error = None;
+        for endpoint in &config.endpoints {
+            let connected = tokio::time::timeout(
+                config.request_timeout.max(Duration::from_millis(100)),
+                Client::connect([endpoint], Some(options.clone())),
+            )
+            .await
+            .map_err(|_| Error::Timeout(config.request_timeout))
+            .and_then(|r| r.map_err(|e| Error::from_etcd(e, endpoint)));
+            match connected {
+                Ok(client) => clients.push(client),
+                // Without authentication connecting is lazy and cannot fail this way; with
+                // it, a member down at start-up is left out until fleetd restarts.
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "cannot connect to this etcd endpoint");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if clients.is_empty() {
+            return Err(first_error
+                .unwrap_or_else(|| Error::Protocol("no etcd endpoint configured".into())));
+        }
+        let members = std::sync::Arc::new(Members {
+            clients,
+            current: std::sync::atomic::AtomicUsize::new(0),
+        });
         let mut prefix = config.prefix.clone();
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
         Ok(Registry {
-            client,
+            members,
             prefix,
             timeout: config.request_timeout,
             endpoints,
@@ -297,11 +353,17 @@ impl Registry {
         &self.prefix
     }
 
-    /// A key-value client for one request.
+    /// A key-value client for one request, on the current endpoint.
     fn kv(&self) -> etcd_client::KvClient {
-        self.client
+        self.members
+            .client()
             .kv_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES)
+    }
+
+    /// A lease client on the current endpoint.
+    fn lease_client(&self) -> etcd_client::LeaseClient {
+        self.members.client().lease_client()
     }
 
     // ---- key layout -------------------------------------------------------------------------
@@ -373,11 +435,16 @@ impl Registry {
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        // The request was made on the endpoint current now (`fut` is built just before).
+        let used = self.members.current();
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => Error::from_etcd(e, &self.endpoints),
             Err(_) => Error::Timeout(self.timeout),
         };
+        if result.is_unavailable() {
+            self.members.failed(used);
+        }
         fleet_telemetry::ETCD_ERRORS.inc();
         Err(result)
     }
@@ -954,11 +1021,17 @@ impl Registry {
 
     /// Watches `prefixes` from `revision` on; see [`Changes`].
     pub async fn watch(&self, prefixes: &[String], revision: i64) -> Result<Changes> {
+        let used = self.members.current();
         let watch = self
-            .client
+            .members
+            .client()
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        Changes::open(watch, prefixes, revision, self.timeout, &self.endpoints).await
+        let opened = Changes::open(watch, prefixes, revision, self.timeout, &self.endpoints).await;
+        if opened.as_ref().is_err_and(Error::is_unavailable) {
+            self.members.failed(used);
+        }
+        opened
     }
 }
 

@@ -134,7 +134,7 @@ async fn register(
             }
         }
     }
-    let mut lease_client = registry.client.lease_client();
+    let mut lease_client = registry.lease_client();
     let grant = registry.timed(lease_client.grant(ttl, None)).await?;
     let lease = grant.id();
     if let Creation::Exists(holder) = registry
@@ -257,7 +257,7 @@ impl Renewer {
 
     async fn try_renew(&mut self, registry: &Registry, lease: i64) -> Result<i64> {
         if !matches!(&self.stream, Some((l, _, _)) if *l == lease) {
-            let mut lease_client = registry.client.lease_client();
+            let mut lease_client = registry.lease_client();
             let opened = registry.timed(lease_client.keep_alive(lease)).await;
             // etcd-client reports a lease that is already gone as an error when the stream is
             // opened (on an open stream, as a TTL of 0): both mean "register again".

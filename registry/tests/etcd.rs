@@ -780,6 +780,40 @@ async fn an_unreachable_etcd_is_reported_instead_of_hanging() {
     assert!(error.is_unavailable(), "{error:?}");
 }
 
+/// Of several endpoints, one that does not answer costs one failed request: the next one is
+/// used from then on, for requests and watches alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_that_does_not_answer_is_left_for_the_next() {
+    let etcd = Etcd::start();
+    let config = EtcdConfig {
+        endpoints: vec![
+            format!("http://127.0.0.1:{}", closed_port()),
+            etcd.endpoint.clone(),
+        ],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_millis(500),
+        ..EtcdConfig::default()
+    };
+    let registry = Registry::connect(&config).await.expect("connect is lazy");
+    let first = registry.units().await;
+    assert!(
+        first.as_ref().is_err_and(|e| e.is_unavailable()),
+        "the first request goes to the first endpoint, which is closed: {first:?}"
+    );
+    for _ in 0..20 {
+        registry
+            .put_unit(&unit("web.service"))
+            .await
+            .expect("every later request goes to the live endpoint");
+        assert_eq!(registry.units().await.expect("units").len(), 1);
+    }
+    let seen = registry.engine_snapshot().await.expect("snapshot");
+    registry
+        .watch(&registry.engine_watch_prefixes(), seen.revision + 1)
+        .await
+        .expect("a watch opens on the live endpoint");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_watch_ends_with_an_unavailable_error_when_etcd_goes_away() {
     let etcd = Etcd::start();
