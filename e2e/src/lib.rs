@@ -15,6 +15,9 @@ pub const NODES: u32 = 3;
 /// Metadata of the test cluster's nodes (beside `hostname=nodeN`), for the placement tests.
 pub const METADATA: [&str; 3] = ["role=web,az=a", "role=web,az=b", "role=db,az=b"];
 
+/// Members of the test cluster's etcd, as a production etcd has them.
+pub const ETCD_MEMBERS: u32 = 3;
+
 /// `agent_ttl` of the test cluster (the tool's default).
 pub const AGENT_TTL: Duration = Duration::from_secs(10);
 
@@ -112,8 +115,16 @@ impl Cluster {
     /// Brings the cluster up, or repairs it (restarts dead nodes, a stopped etcd).
     pub fn up(&self) {
         let bin = self.bin.to_string_lossy().into_owned();
-        self.tool(&["up", "-n", &NODES.to_string(), "--bin", &bin])
-            .expect_ok("fleet-cluster up");
+        self.tool(&[
+            "up",
+            "-n",
+            &NODES.to_string(),
+            "--etcd",
+            &ETCD_MEMBERS.to_string(),
+            "--bin",
+            &bin,
+        ])
+        .expect_ok("fleet-cluster up");
         // Booted is not enough: every node's fleetd must be registered before a test runs.
         let registered = eventually(AGENT_TTL + Duration::from_secs(10), || {
             let out = self.fleetctl(&["list-machines", "--no-legend"]);
@@ -210,6 +221,12 @@ impl Cluster {
     pub fn scratch(&self) -> &Path {
         &self.scratch
     }
+}
+
+/// The client URL of etcd member `m` (1-based) of the test cluster: the bridge's address
+/// `10.233.0.m` (member 1 is the host's own).
+pub fn etcd_member_url(m: u32) -> String {
+    format!("http://10.233.0.{m}:2379")
 }
 
 pub fn node_name(n: u32) -> String {

@@ -102,27 +102,48 @@ fn start_stop_unload_destroy() {
     assert!(!units.stdout.contains(name), "{}", units.stdout);
 }
 
+/// Each unit goes to a machine running the fewest units (whatever other units the cluster
+/// already runs).
 #[test]
 fn units_spread_over_machines() {
     let c = cluster();
     let names: Vec<String> = (1..=3).map(|_| unique("spread")).collect();
-    let mut nodes = Vec::new();
+    let mut placed = Vec::new();
     for name in &names {
+        let load = |n: u32| {
+            c.fleetctl(&["list-units", "--no-legend"])
+                .stdout
+                .lines()
+                .filter(|l| node_in(l) == Some(n))
+                .count()
+        };
+        // Units other tests just destroyed may still be going: read until two reads agree.
+        let loads = eventually(Duration::from_secs(10), || {
+            let first: Vec<usize> = (1..=NODES).map(load).collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let second: Vec<usize> = (1..=NODES).map(load).collect();
+            (first == second).then_some(second)
+        })
+        .expect("the cluster's units keep changing");
         let path = c.unit_file(name, &ticker_unit(name));
         let out = c
             .fleetctl(&["start", &path.to_string_lossy()])
             .expect_ok("start");
-        nodes.push(node_in(&out.stdout).expect("machine in output"));
+        let node = node_in(&out.stdout).expect("machine in output");
+        placed.push((node, loads));
     }
     for name in &names {
         c.fleetctl(&["destroy", name]).expect_ok("destroy");
     }
-    nodes.sort();
-    nodes.dedup();
-    assert!(
-        nodes.len() >= 2,
-        "three units on one machine of three: {nodes:?}"
-    );
+    for (node, loads) in placed {
+        let fewest = loads.iter().min().copied().unwrap_or_default();
+        assert_eq!(
+            loads[node as usize - 1],
+            fewest,
+            "placed on node{node}, which ran {} units; loads were {loads:?}",
+            loads[node as usize - 1]
+        );
+    }
 }
 
 #[test]

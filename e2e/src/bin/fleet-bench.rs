@@ -491,16 +491,23 @@ fn rules_hold(written: &fleet_registry::EngineSnapshot, expected: usize) -> Resu
 }
 
 /// etcd's count of gRPC messages received (unary requests and stream messages such as
-/// keepalives and watch requests), from its Prometheus endpoint on loopback.
+/// keepalives and watch requests), summed over the members, from their Prometheus endpoints.
 fn etcd_messages() -> Result<f64, String> {
+    (1..=fleet_e2e::ETCD_MEMBERS)
+        .map(|m| member_messages(&fleet_e2e::etcd_member_url(m)))
+        .sum()
+}
+
+fn member_messages(url: &str) -> Result<f64, String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", 2379))
-        .map_err(|e| format!("cannot reach the cluster's etcd: {e}"))?;
+    let address = url.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address)
+        .map_err(|e| format!("cannot reach the cluster's etcd at {address}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
     stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut text = String::new();
     stream

@@ -1,0 +1,126 @@
+//! etcd with three members loses one (its leader or a follower, killed or restarted): no unit
+//! restarts, nothing moves, and every fleetd's API answers again within an election's time.
+//! Restarts are told by systemd's `InvocationID`.
+
+use std::time::{Duration, Instant};
+
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, Cluster, ETCD_MEMBERS, NODES};
+
+/// Starts one unit per node; returns `(unit, node, invocation id)`.
+fn units_on_every_node(c: &Cluster) -> Vec<(String, u32, String)> {
+    (1..=NODES)
+        .map(|n| {
+            let name = unique("quorum");
+            let text = format!(
+                "{}\n[X-Fleet]\nMachineID={}\n",
+                ticker_unit("quorum"),
+                c.machine_id(n)
+            );
+            let path = c.unit_file(&name, &text);
+            let out = c
+                .fleetctl(&["start", &path.to_string_lossy()])
+                .expect_ok("start");
+            assert_eq!(node_in(&out.stdout), Some(n), "{}", out.stdout);
+            let id = c.invocation_id(n, &name);
+            (name, n, id)
+        })
+        .collect()
+}
+
+/// The etcd member that leads, waiting for an election if there is none.
+fn leader(c: &Cluster) -> u32 {
+    eventually(Duration::from_secs(15), || {
+        let out = c.tool(&["etcd-leader"]);
+        out.stdout.trim().parse().ok().filter(|_| out.ok())
+    })
+    .expect("no etcd member leads")
+}
+
+/// Every node's API lists the units, from the host: `true` when all three answered.
+fn all_answer(c: &Cluster) -> bool {
+    (1..=NODES).all(|n| {
+        c.fleetctl_via(n, &["--request-timeout", "2", "list-units", "--no-legend"])
+            .ok()
+    })
+}
+
+/// After a member went away: every API answers again within 15 s (an election takes about
+/// one; fleetd moves to another member after one failed request), and then keeps answering
+/// (a client that still sent some requests to the lost member would fail some of these);
+/// returns how long it took.
+fn answering_again(c: &Cluster, what: &str) -> Duration {
+    let since = Instant::now();
+    let back = eventually(Duration::from_secs(15), || all_answer(c).then_some(()));
+    assert!(
+        back.is_some(),
+        "{what}: the API did not answer again within 15 s"
+    );
+    let took = since.elapsed();
+    for round in 0..10 {
+        assert!(
+            all_answer(c),
+            "{what}: a request failed again (round {round})"
+        );
+    }
+    took
+}
+
+fn nothing_restarted_or_moved(c: &Cluster, units: &[(String, u32, String)], what: &str) {
+    for (name, n, id) in units {
+        assert_eq!(c.is_active(*n, name), "active", "{what}: {name} on node{n}");
+        assert_eq!(
+            &c.invocation_id(*n, name),
+            id,
+            "{what}: {name} was restarted on node{n}"
+        );
+        assert_eq!(c.nodes_of(name), vec![*n], "{what}: {name} moved");
+    }
+}
+
+#[test]
+fn losing_an_etcd_member_restarts_and_moves_nothing() {
+    let c = cluster();
+    const _: () = assert!(
+        ETCD_MEMBERS >= 3,
+        "this story needs an etcd of three members"
+    );
+    let units = units_on_every_node(c);
+
+    // The leader dies.
+    let l = leader(c);
+    c.tool(&["etcd-kill", &l.to_string()])
+        .expect_ok("kill the etcd leader");
+    let took = answering_again(c, "leader killed");
+    // A few seconds more: a machine that had fenced would show by now.
+    std::thread::sleep(Duration::from_secs(3));
+    nothing_restarted_or_moved(c, &units, "leader killed");
+    c.tool(&["etcd-start", &l.to_string()])
+        .expect_ok("start the member again");
+    eprintln!("leader killed: every API answered again after {took:?}");
+
+    // A follower dies.
+    let l = leader(c);
+    let follower = (1..=ETCD_MEMBERS).find(|m| *m != l).expect("a follower");
+    c.tool(&["etcd-kill", &follower.to_string()])
+        .expect_ok("kill an etcd follower");
+    let took = answering_again(c, "follower killed");
+    nothing_restarted_or_moved(c, &units, "follower killed");
+    c.tool(&["etcd-start", &follower.to_string()])
+        .expect_ok("start the member again");
+    eprintln!("follower killed: every API answered again after {took:?}");
+
+    // Each member restarted in turn, as an upgrade of etcd does it.
+    for m in 1..=ETCD_MEMBERS {
+        c.tool(&["etcd-stop", &m.to_string()])
+            .expect_ok("stop a member");
+        c.tool(&["etcd-start", &m.to_string()])
+            .expect_ok("start it again");
+        let took = answering_again(c, &format!("member {m} restarted"));
+        eprintln!("member {m} restarted: every API answered again after {took:?}");
+    }
+    nothing_restarted_or_moved(c, &units, "each member restarted in turn");
+
+    for (name, _, _) in &units {
+        c.fleetctl(&["destroy", name]).expect_ok("destroy");
+    }
+}
