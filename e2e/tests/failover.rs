@@ -1,11 +1,12 @@
-//! A machine dies: its unit is started on another machine within agent_ttl and a few seconds.
+//! A machine dies: its unit is started on another machine within agent_ttl and a few seconds,
+//! and the machine, booted again, starts no stale copy. A machine cut off fences itself.
 
 use std::time::Duration;
 
 use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL, NODES};
 
 #[test]
-fn unit_moves_when_its_machine_is_killed() {
+fn unit_moves_when_its_machine_is_killed_and_stays_when_it_returns() {
     let c = cluster();
     let name = unique("failover");
     let name = name.as_str();
@@ -37,8 +38,20 @@ fn unit_moves_when_its_machine_is_killed() {
         )
     });
 
-    // Put the cluster back for whoever runs next, whatever happened.
+    // The dead machine boots again (and the cluster is whole for whoever runs next): it
+    // comes back empty, and the unit keeps running once, where it moved.
     c.up();
+    let mut copies = Vec::new();
+    for _ in 0..30 {
+        let running: Vec<u32> = (1..=NODES)
+            .filter(|n| c.is_active(*n, name) == "active")
+            .collect();
+        copies.push(running);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stale_file = c
+        .exec(first, &["test", "-e", &format!("/run/fleet/units/{name}")])
+        .code;
     c.fleetctl_via(survivor, &["destroy", name]);
 
     let (node, machines) =
@@ -48,6 +61,15 @@ fn unit_moves_when_its_machine_is_killed() {
         !machines.stdout.contains(&format!("f1ee70{first:02}")),
         "dead machine still listed: {}",
         machines.stdout
+    );
+    assert!(
+        copies.iter().all(|running| running == &vec![node]),
+        "after node{first} came back, {name} ran on {copies:?} (sampled every 100 ms)"
+    );
+    assert_eq!(
+        stale_file,
+        Some(1),
+        "node{first} came back with the unit's file"
     );
 }
 
