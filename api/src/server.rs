@@ -200,6 +200,9 @@ impl From<fleet_registry::Error> for ApiError {
         if let fleet_registry::Error::TooLarge { .. } = e {
             return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
         }
+        if let fleet_registry::Error::OutOfSpace { .. } = e {
+            return ApiError::new(StatusCode::INSUFFICIENT_STORAGE, e.to_string());
+        }
         if e.is_unavailable() {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -35,7 +35,11 @@ async fn serve(config: EtcdConfig, page_size: u32) -> (Registry, String) {
 
 impl Api {
     async fn start(page_size: u32) -> Api {
-        let etcd = Etcd::start();
+        Api::start_on(Etcd::start(), page_size).await
+    }
+
+    /// The API over a given etcd (one started with particular flags).
+    async fn start_on(etcd: Etcd, page_size: u32) -> Api {
         let (registry, root) = serve(
             EtcdConfig {
                 endpoints: vec![etcd.endpoint.clone()],
@@ -1244,4 +1248,56 @@ async fn a_failed_start_is_shown_with_the_unit() {
             .unwrap_or_else(|| panic!("{name} not listed: {list}"));
         assert_eq!(listed, body, "the list shows the unit as GET does");
     }
+}
+
+/// etcd out of space (its quota alarm): a write answers a clear 507 and writes nothing, reads
+/// go on, and once an operator has freed space writes work again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_etcd_out_of_space_refuses_writes_clearly_and_recovers() {
+    let api = Api::start_on(Etcd::start_with(&["--quota-backend-bytes=1048576"]), 100).await;
+    // About 100 kB each, in lines systemd accepts.
+    let big = |i: usize| {
+        let mut options: Vec<Value> = (0..50)
+            .map(
+                |_| json!({"section": "Service", "name": "Environment", "value": "x".repeat(2000)}),
+            )
+            .collect();
+        options.push(
+            json!({"section": "Service", "name": "ExecStart", "value": format!("/bin/true {i}")}),
+        );
+        json!({"desiredState": "inactive", "options": options})
+    };
+    let mut stored = 0;
+    let refusal = loop {
+        let (status, body) = api.put(&format!("fill{stored}.service"), big(stored)).await;
+        match status {
+            StatusCode::CREATED => stored += 1,
+            _ => break (status, body),
+        }
+        assert!(stored < 100, "a 1 MiB quota took 100 units of 100 kB");
+    };
+    assert!(stored > 0, "not even one unit fitted: {refusal:?}");
+    assert_eq!(refusal.0, StatusCode::INSUFFICIENT_STORAGE, "{refusal:?}");
+    assert_eq!(error_code(&refusal.1), Some(507), "{refusal:?}");
+    let message = refusal.1["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("out of space"), "{message}");
+    assert!(message.contains("alarm disarm"), "{message}");
+
+    // Nothing is half-written, and reads go on.
+    let before = api.etcd.key_space().await;
+    let (status, _) = api.put("one-more.service", hello("launched")).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE);
+    assert_eq!(
+        api.etcd.key_space().await,
+        before,
+        "a refused write changed etcd"
+    );
+    let (status, list) = api.get("/units").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["units"].as_array().map(Vec::len), Some(stored));
+
+    // An operator frees space: writes work again.
+    api.etcd.free_space().await;
+    let (status, body) = api.put("after.service", hello("launched")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }

@@ -101,6 +101,9 @@ async fn lead(
 ) {
     let _leading = fleet_telemetry::LeaderGuard::new();
     let mut changes: Option<Changes> = None;
+    // Placements etcd keeps refusing (say it is out of space) are tried again less and less
+    // often, up to every few seconds, and logged when the reason changes.
+    let mut refused = Backoff::default();
     loop {
         let started = std::time::Instant::now();
         let snapshot = match registry.engine_snapshot().await {
@@ -139,6 +142,7 @@ async fn lead(
             tracing::debug!(changes = ops.len(), "applying placements");
             match registry.apply_placements(leadership, &ops).await {
                 Ok(()) => {
+                    refused = Backoff::default();
                     ops.iter().for_each(log_op);
                     let placed = ops
                         .iter()
@@ -149,8 +153,8 @@ async fn lead(
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
                     // E.g. a target's lease expired between read and write: re-plan.
-                    tracing::warn!(error = %e, "placements not applied; planning again");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let pause = refused.failed(&e);
+                    tokio::time::sleep(pause).await;
                     continue;
                 }
             }
@@ -206,5 +210,41 @@ fn log_op(op: &PlacementOp) {
         PlacementOp::ClearUnplaceable { name } => {
             tracing::debug!(unit = %name, "unit no longer unplaceable")
         }
+    }
+}
+
+/// How long the engine waits before planning again after etcd refused its placements: 200 ms,
+/// doubling with each refusal in a row up to 5 s. A refusal is logged when its reason is new.
+#[derive(Default)]
+struct Backoff {
+    refusals: u32,
+    last: Option<String>,
+}
+
+impl Backoff {
+    fn failed(&mut self, error: &fleet_registry::Error) -> Duration {
+        let reason = error.to_string();
+        if self.last.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(error = %reason, "placements not applied; planning again");
+            self.last = Some(reason);
+        }
+        let pause = Duration::from_millis(200) * 2u32.saturating_pow(self.refusals.min(5));
+        self.refusals = self.refusals.saturating_add(1);
+        pause.min(Duration::from_secs(5))
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::*;
+
+    #[test]
+    fn pauses_double_up_to_five_seconds() {
+        let mut backoff = Backoff::default();
+        let e = fleet_registry::Error::Protocol("refused".into());
+        let pauses: Vec<u64> = (0..8)
+            .map(|_| backoff.failed(&e).as_millis() as u64)
+            .collect();
+        assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
     }
 }

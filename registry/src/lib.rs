@@ -102,6 +102,14 @@ pub enum Error {
         bytes: usize,
         limit: usize,
     },
+    /// etcd's database reached its quota: etcd raised its NOSPACE alarm and refuses every
+    /// write until an operator frees space. Reads, deletes and lease renewals still work.
+    #[error(
+        "etcd at {endpoints} is out of space (its database reached its quota and it raised the \
+         NOSPACE alarm), so nothing was written; free space in etcd: delete what is not needed, \
+         compact, defragment, then 'etcdctl alarm disarm'"
+    )]
+    OutOfSpace { endpoints: String },
 }
 
 impl Error {
@@ -124,6 +132,14 @@ impl Error {
             }
             // A broken connection surfaces as `Unknown` or `Cancelled` on an open stream
             // (watch, keepalive); every other code is an answer from etcd, not a silence.
+            etcd_client::Error::GRpcStatus(s)
+                if s.code() == tonic::Code::ResourceExhausted
+                    && s.message().contains("database space exceeded") =>
+            {
+                return Error::OutOfSpace {
+                    endpoints: endpoints.to_string(),
+                };
+            }
             etcd_client::Error::GRpcStatus(s)
                 if matches!(
                     s.code(),

@@ -87,7 +87,7 @@ async fn register_until_done(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            Err(e) if e.is_unavailable() => {
+            Err(e) if e.is_unavailable() || matches!(e, Error::OutOfSpace { .. }) => {
                 tracing::warn!(error = %e, "cannot register this machine yet; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }

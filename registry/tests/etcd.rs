@@ -979,3 +979,50 @@ async fn one_unit_is_read_through_the_placement_index() {
         .expect("unit");
     assert_eq!(view.machine, None);
 }
+
+/// etcd out of space refuses writes, not lease renewals: a machine stays alive on the same
+/// lease through it (so its units keep running), its states cannot be published meanwhile,
+/// and the refusal says what it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_keeps_its_lease_while_etcd_is_out_of_space() {
+    let etcd = Etcd::start_with(&["--quota-backend-bytes=1048576"]);
+    let registry = registry(&etcd).await;
+    let presence = Presence::start(registry.clone(), machine(1), TTL, None)
+        .await
+        .expect("register");
+    let PresenceStatus::Alive { lease } = presence.status() else {
+        panic!("fenced at once");
+    };
+    // Fill etcd past its quota with etcd's own client, under this test's prefix.
+    let mut client = etcd_client::Client::connect([&etcd.endpoint], None)
+        .await
+        .expect("connect");
+    let filler = "x".repeat(100_000);
+    let mut refused = false;
+    for i in 0..100 {
+        if client
+            .put(format!("{}filler/{i}", etcd.prefix), filler.as_str(), None)
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a 1 MiB quota took 10 MB");
+    let error = registry
+        .put_unit(&unit("web.service"))
+        .await
+        .expect_err("a write to a full etcd");
+    assert!(
+        matches!(error, fleet_registry::Error::OutOfSpace { .. }),
+        "{error:?}"
+    );
+    assert!(!error.is_unavailable(), "a full etcd answers: {error:?}");
+
+    // Three TTLs later the machine is still alive on the same lease.
+    tokio::time::sleep(TTL * 3).await;
+    assert_eq!(presence.status(), PresenceStatus::Alive { lease });
+    let machines = registry.machines().await.expect("reads still work");
+    assert_eq!(machines.len(), 1, "{machines:?}");
+}

@@ -108,6 +108,11 @@ fn healthy(port: u16) -> bool {
 impl Etcd {
     /// Starts etcd and waits (bounded) until it is healthy. Panics with the reason otherwise.
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// [`Etcd::start`] with extra command-line flags, e.g. `["--quota-backend-bytes=262144"]`.
+    pub fn start_with(flags: &[&str]) -> Etcd {
         let bin = etcd_bin();
         if !bin.exists() {
             panic!(
@@ -118,7 +123,7 @@ impl Etcd {
         }
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Etcd::try_start(&bin) {
+            match Etcd::try_start(&bin, flags) {
                 Ok(etcd) => return etcd,
                 Err(failure) => last_failure = failure,
             }
@@ -126,7 +131,7 @@ impl Etcd {
         panic!("etcd did not start: {last_failure}");
     }
 
-    fn try_start(bin: &Path) -> Result<Etcd, String> {
+    fn try_start(bin: &Path, flags: &[&str]) -> Result<Etcd, String> {
         let root = temp_dir("etcd");
         let data_dir = root.join("data");
         let log_path = root.join("etcd.log");
@@ -163,6 +168,7 @@ impl Etcd {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg(&name)
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -281,6 +287,54 @@ impl Etcd {
                     lease: kv.lease(),
                 })
                 .collect(),
+        }
+    }
+
+    /// Frees etcd's space after its quota alarm, as an operator does: deletes everything under
+    /// [`Etcd::prefix`], compacts, defragments and disarms the alarms. Panics when etcd refuses.
+    pub async fn free_space(&self) {
+        let mut client = etcd_client::Client::connect([&self.endpoint], None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint));
+        let deleted = client
+            .delete(
+                self.prefix.as_str(),
+                Some(etcd_client::DeleteOptions::new().with_prefix()),
+            )
+            .await
+            .expect("delete under the prefix");
+        let revision = deleted
+            .header()
+            .map(|h| h.revision())
+            .expect("etcd answered without a header");
+        client
+            .compact(
+                revision,
+                Some(etcd_client::CompactionOptions::new().with_physical()),
+            )
+            .await
+            .expect("compact");
+        client.defragment().await.expect("defragment");
+        // As `etcdctl alarm disarm`: each raised alarm, by the member that raised it.
+        let raised = client
+            .alarm(
+                etcd_client::AlarmAction::Get,
+                etcd_client::AlarmType::None,
+                None,
+            )
+            .await
+            .expect("list the alarms");
+        for alarm in raised.alarms() {
+            let mut member = etcd_client::AlarmOptions::new();
+            member.with_member(alarm.member_id());
+            client
+                .alarm(
+                    etcd_client::AlarmAction::Deactivate,
+                    alarm.alarm(),
+                    Some(member),
+                )
+                .await
+                .expect("disarm an alarm");
         }
     }
 }
