@@ -327,16 +327,7 @@ mod tests {
         // More than a pipe buffer (64 KiB) on stderr before anything on stdout: reading
         // stderr only after stdout ended once hung here forever.
         let script = "head -c 300000 /dev/zero | tr '\\0' e >&2; echo out; echo late >&2";
-        let body =
-            child_stream(command("sh", &["-c".to_string(), script.to_string()])).expect("sh runs");
-        let chunks: Vec<Result<Bytes, std::io::Error>> =
-            tokio::time::timeout(Duration::from_secs(20), body.collect())
-                .await
-                .expect("the child's output ends");
-        let mut text = Vec::new();
-        for chunk in chunks {
-            text.extend_from_slice(&chunk.expect("a chunk"));
-        }
+        let text = shell_output(script).await;
         assert!(text.starts_with(b"out\n"), "stdout comes first");
         assert_eq!(
             text.len(),
@@ -348,18 +339,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_childs_stderr_follows_its_stdout() {
-        let script = "echo err >&2; echo out";
+        assert_eq!(shell_output("echo err >&2; echo out").await, b"out\nerr\n");
+    }
+
+    /// Everything `child_stream` gives of `sh -c script`, within 20 s.
+    async fn shell_output(script: &str) -> Vec<u8> {
         let body =
             child_stream(command("sh", &["-c".to_string(), script.to_string()])).expect("sh runs");
         let chunks: Vec<Result<Bytes, std::io::Error>> =
             tokio::time::timeout(Duration::from_secs(20), body.collect())
                 .await
                 .expect("the child's output ends");
-        let text: Vec<u8> = chunks
+        chunks
             .into_iter()
             .flat_map(|c| c.expect("a chunk").to_vec())
-            .collect();
-        assert_eq!(text, b"out\nerr\n");
+            .collect()
     }
 
     #[test]

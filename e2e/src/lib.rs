@@ -288,6 +288,71 @@ impl Cluster {
     }
 }
 
+/// A unit pinned to one node (`MachineID=`), and the invocation systemd started it under.
+#[derive(Debug, Clone)]
+pub struct PinnedUnit {
+    pub name: String,
+    pub node: u32,
+    pub invocation: String,
+}
+
+impl Cluster {
+    /// Starts a ticker unit pinned to each node; returns them with their `InvocationID`s.
+    pub fn start_one_per_node(&self, stem: &str) -> Vec<PinnedUnit> {
+        (1..=NODES)
+            .map(|n| {
+                let name = unique(stem);
+                let text = format!(
+                    "{}\n[X-Fleet]\nMachineID={}\n",
+                    ticker_unit(stem),
+                    self.machine_id(n)
+                );
+                let path = self.unit_file(&name, &text);
+                let out = self
+                    .fleetctl(&["start", &path.to_string_lossy()])
+                    .expect_ok("start");
+                assert_eq!(node_in(&out.stdout), Some(n), "{}", out.stdout);
+                let invocation = self.invocation_id(n, &name);
+                assert!(
+                    !invocation.is_empty(),
+                    "{name} has no invocation id on node{n}"
+                );
+                PinnedUnit {
+                    name,
+                    node: n,
+                    invocation,
+                }
+            })
+            .collect()
+    }
+
+    /// Panics unless each unit still runs on its node under the same invocation (it was not
+    /// restarted) and fleet lists it there alone (it did not move); `what` names the moment.
+    pub fn assert_unchanged(&self, units: &[PinnedUnit], what: &str) {
+        for u in units {
+            let (name, n) = (&u.name, u.node);
+            assert_eq!(
+                self.is_active(n, name),
+                "active",
+                "{what}: {name} on node{n}"
+            );
+            assert_eq!(
+                self.invocation_id(n, name),
+                u.invocation,
+                "{what}: {name} was restarted on node{n}"
+            );
+            assert_eq!(self.nodes_of(name), vec![n], "{what}: {name} moved");
+        }
+    }
+
+    /// Destroys the units, whatever state they are in.
+    pub fn destroy_all(&self, units: &[PinnedUnit]) {
+        for u in units {
+            self.fleetctl(&["destroy", &u.name]).expect_ok("destroy");
+        }
+    }
+}
+
 /// Retries `f` until it returns `Some` or `timeout` passes.
 pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

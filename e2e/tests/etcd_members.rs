@@ -4,28 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, Cluster, ETCD_MEMBERS, NODES};
-
-/// Starts one unit per node; returns `(unit, node, invocation id)`.
-fn units_on_every_node(c: &Cluster) -> Vec<(String, u32, String)> {
-    (1..=NODES)
-        .map(|n| {
-            let name = unique("quorum");
-            let text = format!(
-                "{}\n[X-Fleet]\nMachineID={}\n",
-                ticker_unit("quorum"),
-                c.machine_id(n)
-            );
-            let path = c.unit_file(&name, &text);
-            let out = c
-                .fleetctl(&["start", &path.to_string_lossy()])
-                .expect_ok("start");
-            assert_eq!(node_in(&out.stdout), Some(n), "{}", out.stdout);
-            let id = c.invocation_id(n, &name);
-            (name, n, id)
-        })
-        .collect()
-}
+use fleet_e2e::{cluster, eventually, Cluster, ETCD_MEMBERS, NODES};
 
 /// The etcd member that leads, waiting for an election if there is none.
 fn leader(c: &Cluster) -> u32 {
@@ -65,18 +44,6 @@ fn answering_again(c: &Cluster, what: &str) -> Duration {
     took
 }
 
-fn nothing_restarted_or_moved(c: &Cluster, units: &[(String, u32, String)], what: &str) {
-    for (name, n, id) in units {
-        assert_eq!(c.is_active(*n, name), "active", "{what}: {name} on node{n}");
-        assert_eq!(
-            &c.invocation_id(*n, name),
-            id,
-            "{what}: {name} was restarted on node{n}"
-        );
-        assert_eq!(c.nodes_of(name), vec![*n], "{what}: {name} moved");
-    }
-}
-
 #[test]
 fn losing_an_etcd_member_restarts_and_moves_nothing() {
     let c = cluster();
@@ -84,7 +51,7 @@ fn losing_an_etcd_member_restarts_and_moves_nothing() {
         ETCD_MEMBERS >= 3,
         "this story needs an etcd of three members"
     );
-    let units = units_on_every_node(c);
+    let units = c.start_one_per_node("quorum");
 
     // The leader dies.
     let l = leader(c);
@@ -93,7 +60,7 @@ fn losing_an_etcd_member_restarts_and_moves_nothing() {
     let took = answering_again(c, "leader killed");
     // A few seconds more: a machine that had fenced would show by now.
     std::thread::sleep(Duration::from_secs(3));
-    nothing_restarted_or_moved(c, &units, "leader killed");
+    c.assert_unchanged(&units, "leader killed");
     c.tool(&["etcd-start", &l.to_string()])
         .expect_ok("start the member again");
     eprintln!("leader killed: every API answered again after {took:?}");
@@ -104,7 +71,7 @@ fn losing_an_etcd_member_restarts_and_moves_nothing() {
     c.tool(&["etcd-kill", &follower.to_string()])
         .expect_ok("kill an etcd follower");
     let took = answering_again(c, "follower killed");
-    nothing_restarted_or_moved(c, &units, "follower killed");
+    c.assert_unchanged(&units, "follower killed");
     c.tool(&["etcd-start", &follower.to_string()])
         .expect_ok("start the member again");
     eprintln!("follower killed: every API answered again after {took:?}");
@@ -118,9 +85,7 @@ fn losing_an_etcd_member_restarts_and_moves_nothing() {
         let took = answering_again(c, &format!("member {m} restarted"));
         eprintln!("member {m} restarted: every API answered again after {took:?}");
     }
-    nothing_restarted_or_moved(c, &units, "each member restarted in turn");
+    c.assert_unchanged(&units, "each member restarted in turn");
 
-    for (name, _, _) in &units {
-        c.fleetctl(&["destroy", name]).expect_ok("destroy");
-    }
+    c.destroy_all(&units);
 }

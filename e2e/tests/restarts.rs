@@ -4,29 +4,7 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, Cluster, NODES};
-
-/// Starts one unit per node; returns `(unit, node, invocation id)`.
-fn one_unit_per_node(c: &Cluster, stem: &str) -> Vec<(String, u32, String)> {
-    (1..=NODES)
-        .map(|n| {
-            let name = unique(stem);
-            let unit = format!(
-                "{}\n[X-Fleet]\nMachineID={}\n",
-                ticker_unit(stem),
-                c.machine_id(n)
-            );
-            let path = c.unit_file(&name, &unit);
-            let out = c
-                .fleetctl(&["start", &path.to_string_lossy()])
-                .expect_ok("start");
-            assert_eq!(node_in(&out.stdout), Some(n), "{}", out.stdout);
-            let id = c.invocation_id(n, &name);
-            assert!(!id.is_empty(), "{name} has no invocation id on node{n}");
-            (name, n, id)
-        })
-        .collect()
-}
+use fleet_e2e::{cluster, eventually, ticker_unit, unique, Cluster, PinnedUnit, NODES};
 
 /// fleetd's main process on node `n`.
 fn fleetd_pid(c: &Cluster, n: u32) -> String {
@@ -39,7 +17,7 @@ fn fleetd_pid(c: &Cluster, n: u32) -> String {
 /// Waits until each node runs a new fleetd (not one of `before`) whose agent has been through
 /// its loop at least once (it started a probe unit placed on it), then checks that each unit
 /// still runs, on its node, under the same invocation, and that fleet reports it there.
-fn nothing_restarted(c: &Cluster, units: &[(String, u32, String)], before: &[String], what: &str) {
+fn nothing_restarted(c: &Cluster, units: &[PinnedUnit], before: &[String], what: &str) {
     for n in 1..=NODES {
         let pid = &before[n as usize - 1];
         let new = eventually(Duration::from_secs(20), || {
@@ -64,15 +42,7 @@ fn nothing_restarted(c: &Cluster, units: &[(String, u32, String)], before: &[Str
         c.fleetctl_via(n, &["destroy", &probe])
             .expect_ok("destroy the probe");
     }
-    for (name, n, id) in units {
-        assert_eq!(c.is_active(*n, name), "active", "{what}: {name} on node{n}");
-        assert_eq!(
-            &c.invocation_id(*n, name),
-            id,
-            "{what}: {name} was restarted on node{n}"
-        );
-        assert_eq!(c.nodes_of(name), vec![*n], "{what}: {name} moved");
-    }
+    c.assert_unchanged(units, what);
 }
 
 fn pids(c: &Cluster) -> Vec<String> {
@@ -82,7 +52,7 @@ fn pids(c: &Cluster) -> Vec<String> {
 #[test]
 fn fleetd_killed_restarted_or_replaced_restarts_no_unit() {
     let c = cluster();
-    let units = one_unit_per_node(c, "steady");
+    let units = c.start_one_per_node("steady");
 
     // SIGKILL: systemd starts fleetd again (Restart=always); it takes its lease back.
     let before = pids(c);
@@ -117,7 +87,5 @@ fn fleetd_killed_restarted_or_replaced_restarts_no_unit() {
     }
     nothing_restarted(c, &units, &before, "after a new binary");
 
-    for (name, _, _) in &units {
-        c.fleetctl(&["destroy", name]).expect_ok("destroy");
-    }
+    c.destroy_all(&units);
 }

@@ -381,7 +381,7 @@ impl Ctl {
                             .and_then(|ms| ms.get(&u.machine_id))
                             .map(|m| machine_full_legend(m, false));
                         if state == "launched" && !u.start_failure.is_empty() {
-                            let on = machine.unwrap_or_else(|| or_dash(&u.machine_id).to_string());
+                            let on = machine.unwrap_or_else(|| or_dash(&u.machine_id));
                             stderr(format_args!(
                                 "Error waiting for units: unit {name} failed to start on {on}: {}",
                                 u.start_failure

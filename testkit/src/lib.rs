@@ -257,12 +257,17 @@ pub struct KeySpace {
 }
 
 impl Etcd {
+    /// etcd's own client of this etcd. Panics when it cannot be made.
+    async fn client(&self) -> etcd_client::Client {
+        etcd_client::Client::connect([&self.endpoint], None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint))
+    }
+
     /// Everything under [`Etcd::prefix`] as etcd stores it, read with etcd's own client.
     /// Panics when etcd does not answer.
     pub async fn key_space(&self) -> KeySpace {
-        let mut client = etcd_client::Client::connect([&self.endpoint], None)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint));
+        let mut client = self.client().await;
         let answer = client
             .get(
                 self.prefix.as_str(),
@@ -293,9 +298,7 @@ impl Etcd {
     /// Frees etcd's space after its quota alarm, as an operator does: deletes everything under
     /// [`Etcd::prefix`], compacts, defragments and disarms the alarms. Panics when etcd refuses.
     pub async fn free_space(&self) {
-        let mut client = etcd_client::Client::connect([&self.endpoint], None)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint));
+        let mut client = self.client().await;
         let deleted = client
             .delete(
                 self.prefix.as_str(),
