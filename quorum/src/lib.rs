@@ -1,0 +1,390 @@
+//! When a machine that cannot reach etcd may keep running its units, and when the engine may
+//! move the units of a machine that vanished from etcd. Pure: no IO, no clock, no
+//! dependencies. Times are [`Duration`]s since an arbitrary origin on the deciding machine's own
+//! monotonic clock; no two machines' clocks are ever compared.
+//!
+//! # The protocol
+//!
+//! Both sides count a **majority of the cluster's members** (every machine registered and not
+//! yet declared dead), each asking the members over the peer endpoint:
+//!
+//! - A machine whose lease renewals fail keeps its units past the time its lease could expire
+//!   only while it holds a *confirmation*: a round of questions, sent at most
+//!   [`Timing::validity`] ago, in which a majority of the members (itself included) answered
+//!   that no renewal of theirs was acknowledged for at least [`Timing::confirm_after`]
+//!   ([`Guard`]). Otherwise it fences: it stops its units.
+//! - The engine declares a vanished machine dead (removes its placements, so that its units are
+//!   placed elsewhere) only after a round, sent after it saw the machine's lease gone, in which
+//!   a majority of the members renewed their lease on request, and then only
+//!   [`Timing::engine_wait`] after that round was sent ([`Verdicts`]).
+//!
+//! # Why a unit never runs twice
+//!
+//! Let the engine's round be sent at `s` (real time). Each member `m` of its majority had a
+//! renewal acknowledged within `[s, s + T]` (`T` = [`Timing::peer_timeout`] bounds a round).
+//! A confirmation round of the vanished machine sent at `q` counts `m` only if `m` answered, at
+//! some time in `[q, q + T]`, that it had no acknowledgement for `D` (`confirm_after`), i.e.
+//! none in `[q + T - D, q]`. Two majorities of the same members share a member, so no
+//! confirmation round sent in `[s + T, s + D - T]` succeeds. With `D ≥ 2T + F`
+//! (`F` = `validity`), that interval is longer than `F`: the vanished machine's last
+//! confirmation was sent before `s + T`, lapses before `s + T + F`, and it fences then at the
+//! latest (or earlier, at its lease's expiry, if it never had one; the engine's round comes
+//! after that expiry, since it starts from seeing the lease gone). It has stopped its units
+//! `S` later (`stop_allowance`). The engine moves them no sooner than
+//! `s + T + F + S` ([`Timing::engine_wait`]), and only if the machine has not registered
+//! again meanwhile. Every duration is measured on one machine's clock and widened by the
+//! clock-rate bound [`Timing::drift`] where it matters, so drifting clocks keep the argument.
+//!
+//! The argument holds for members known alike on both sides. A machine that joins while
+//! others are cut off from etcd is unknown to them until they reach etcd again; until then
+//! their majority is counted over fewer members than the engine's (ARCHITECTURE.md, known
+//! limits).
+//!
+//! When etcd is down for everyone, every member confirms every other, so no unit stops; the
+//! engine cannot move anything meanwhile (it needs etcd), and etcd itself extends every lease
+//! when it elects a leader again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The protocol's time bounds, derived from the lease TTL ([`Timing::for_ttl`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// The machines' lease TTL.
+    pub ttl: Duration,
+    /// How long before its lease could expire a machine whose renewals fail starts asking its
+    /// peers (at least one failed renewal's worth, at most half the TTL).
+    pub ask_ahead: Duration,
+    /// Bound on one round of questions, from sending to the last answer counted (`T`).
+    pub peer_timeout: Duration,
+    /// How long a confirmation lasts after its round was sent (`F`).
+    pub validity: Duration,
+    /// How long a machine may take to stop its units once it fences (`S`).
+    pub stop_allowance: Duration,
+    /// Bound on the rate error of any machine's clock, in parts per million.
+    pub drift_ppm: u32,
+}
+
+/// Parts per million in one.
+const PPM: u64 = 1_000_000;
+
+/// Slack added to derived bounds, for rounding and scheduling.
+const SLACK: Duration = Duration::from_millis(50);
+
+impl Timing {
+    /// The bounds fleetd uses for a lease of `ttl` renewed with requests bounded by
+    /// `request_timeout`.
+    pub fn for_ttl(ttl: Duration, request_timeout: Duration) -> Timing {
+        let ask_ahead = (request_timeout + Duration::from_secs(1)).min(ttl / 2);
+        Timing {
+            ttl,
+            ask_ahead,
+            peer_timeout: Duration::from_millis(300),
+            validity: Duration::from_millis(600),
+            stop_allowance: Duration::from_secs(1),
+            drift_ppm: 10_000,
+        }
+    }
+
+    /// `d` as the shortest real time it can take on a clock that runs fast.
+    fn narrowed(&self, d: Duration) -> Duration {
+        mul_ppm(d, PPM.saturating_sub(self.drift_ppm as u64))
+    }
+
+    /// `D`: a member confirms it is cut off from etcd when no renewal of its own was
+    /// acknowledged for this long (`2T + F`, measured on the member's clock so that it is at
+    /// least that long in real time).
+    pub fn confirm_after(&self) -> Duration {
+        self.with_drift(2 * self.peer_timeout + self.validity)
+    }
+
+    /// How long after sending a round that found a majority connected the engine waits before
+    /// it declares dead the machines that had vanished before that round (`T + F + S` in real
+    /// time at least, measured on the engine's clock).
+    pub fn engine_wait(&self) -> Duration {
+        self.with_drift(self.peer_timeout + self.validity + self.stop_allowance)
+    }
+
+    /// A bound in real time as a duration on a clock that may run fast, when the bound's own
+    /// parts were measured on clocks that may run slow: four times the drift covers both,
+    /// plus the slack.
+    fn with_drift(&self, real: Duration) -> Duration {
+        mul_ppm(real, PPM + 4 * self.drift_ppm as u64) + SLACK
+    }
+
+    /// How often a machine whose lease is at risk asks its peers again.
+    pub fn ask_every(&self) -> Duration {
+        self.validity / 4
+    }
+}
+
+fn mul_ppm(d: Duration, ppm: u64) -> Duration {
+    let nanos = d.as_nanos().saturating_mul(ppm as u128) / PPM as u128;
+    Duration::from_nanos(nanos.min(u64::MAX as u128) as u64)
+}
+
+/// The smallest majority of `members`.
+pub fn majority(members: usize) -> usize {
+    members / 2 + 1
+}
+
+/// What a machine whose lease renewals fail must do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The lease cannot have expired yet: nothing to do.
+    Renewing,
+    /// The lease may expire soon or may have expired: ask the peers, keep the units meanwhile.
+    Ask,
+    /// A majority of the members confirmed being cut off too: keep the units.
+    Confirmed,
+    /// Stop the units: the engine may move them.
+    Fence,
+}
+
+/// One machine's side: whether it may keep its units while its lease is not renewed.
+#[derive(Debug, Clone)]
+pub struct Guard {
+    timing: Timing,
+    /// When the keepalive behind the latest renewal was sent.
+    renewed_sent: Duration,
+    /// The end of the current confirmation.
+    confirmed_until: Option<Duration>,
+}
+
+impl Guard {
+    /// A guard for a lease granted (or renewed) by a request sent at `sent_at`.
+    pub fn new(timing: Timing, sent_at: Duration) -> Guard {
+        Guard {
+            timing,
+            renewed_sent: sent_at,
+            confirmed_until: None,
+        }
+    }
+
+    pub fn timing(&self) -> &Timing {
+        &self.timing
+    }
+
+    /// The lease was renewed (or granted anew) by a request sent at `sent_at`.
+    pub fn renewed(&mut self, sent_at: Duration) {
+        self.renewed_sent = self.renewed_sent.max(sent_at);
+        self.confirmed_until = None;
+    }
+
+    /// The earliest time the lease can expire in etcd: the TTL from the latest renewal's
+    /// request, shortened for a fast clock.
+    pub fn expiry(&self) -> Duration {
+        self.renewed_sent + self.timing.narrowed(self.timing.ttl)
+    }
+
+    /// Records a round of questions sent at `sent_at` to the other members: `answers` holds,
+    /// for each member that answered within [`Timing::peer_timeout`], how long it had had no
+    /// renewal acknowledged. `members` counts every member, this machine included, and
+    /// `own_since` is the same measure for this machine. Returns whether the round confirmed.
+    pub fn round(
+        &mut self,
+        sent_at: Duration,
+        own_since: Duration,
+        answers: &[Duration],
+        members: usize,
+    ) -> bool {
+        let d = self.timing.confirm_after();
+        let cut_off = answers.iter().filter(|a| **a >= d).count() + usize::from(own_since >= d);
+        let confirmed = cut_off >= majority(members.max(answers.len() + 1));
+        if confirmed {
+            let until = sent_at + self.timing.narrowed(self.timing.validity);
+            self.confirmed_until = Some(self.confirmed_until.map_or(until, |u| u.max(until)));
+        }
+        confirmed
+    }
+
+    /// What to do at `now`.
+    pub fn verdict(&self, now: Duration) -> Verdict {
+        if self.confirmed_until.is_some_and(|u| now < u) {
+            return Verdict::Confirmed;
+        }
+        let expiry = self.expiry();
+        if now >= expiry {
+            Verdict::Fence
+        } else if now + self.timing.ask_ahead >= expiry {
+            Verdict::Ask
+        } else {
+            Verdict::Renewing
+        }
+    }
+
+    /// Whether a round sent at `now` is due: the lease is at risk and the current confirmation
+    /// (if any) was sent more than [`Timing::ask_every`] ago.
+    pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
+        let at_risk = now + self.timing.ask_ahead >= self.expiry();
+        at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
+    }
+}
+
+/// The engine's side: which vanished members may be declared dead.
+#[derive(Debug, Clone)]
+pub struct Verdicts<K> {
+    timing: Timing,
+    missing: BTreeMap<K, Missing>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Missing {
+    /// When this engine first saw the member's lease gone.
+    since: Duration,
+    /// When it may be declared dead, once a round found a majority connected.
+    dead_at: Option<Duration>,
+}
+
+impl<K: Ord + Clone> Verdicts<K> {
+    pub fn new(timing: Timing) -> Verdicts<K> {
+        Verdicts {
+            timing,
+            missing: BTreeMap::new(),
+        }
+    }
+
+    /// The members whose lease is gone, as read by a request answered at `now`. A member seen
+    /// again is forgotten, so a later absence starts afresh.
+    pub fn observe(&mut self, now: Duration, absent: impl IntoIterator<Item = K>) {
+        let mut next = BTreeMap::new();
+        for k in absent {
+            let m = self.missing.get(&k).copied().unwrap_or(Missing {
+                since: now,
+                dead_at: None,
+            });
+            next.insert(k, m);
+        }
+        self.missing = next;
+    }
+
+    /// Whether a round is needed: a vanished member is not yet due to be declared dead.
+    pub fn needs_round(&self) -> bool {
+        self.missing.values().any(|m| m.dead_at.is_none())
+    }
+
+    /// Records a round sent at `sent_at` in which `renewed` of the `members` members had a
+    /// renewal of their lease acknowledged on request. Returns whether it was a majority.
+    pub fn round(&mut self, sent_at: Duration, renewed: usize, members: usize) -> bool {
+        if renewed < majority(members) {
+            return false;
+        }
+        let dead_at = sent_at + self.timing.engine_wait();
+        for m in self.missing.values_mut() {
+            if m.dead_at.is_none() && m.since <= sent_at {
+                m.dead_at = Some(dead_at);
+            }
+        }
+        true
+    }
+
+    /// The vanished members that may be declared dead at `now`.
+    pub fn dead(&self, now: Duration) -> Vec<K> {
+        self.missing
+            .iter()
+            .filter(|(_, m)| m.dead_at.is_some_and(|d| now >= d))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The next time a vanished member becomes due, if one is waiting for its time.
+    pub fn next_due(&self, now: Duration) -> Option<Duration> {
+        self.missing
+            .values()
+            .filter_map(|m| m.dead_at)
+            .filter(|d| *d > now)
+            .min()
+    }
+
+    /// Whether any member is missing.
+    pub fn any_missing(&self) -> bool {
+        !self.missing.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn timing() -> Timing {
+        Timing::for_ttl(Duration::from_secs(5), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn bounds_satisfy_the_safety_argument() {
+        for ttl in [2, 5, 30, 300] {
+            let t = Timing::for_ttl(Duration::from_secs(ttl), Duration::from_secs(1));
+            assert!(t.confirm_after() >= 2 * t.peer_timeout + t.validity);
+            assert!(t.engine_wait() >= t.peer_timeout + t.validity + t.stop_allowance);
+            assert!(t.ask_ahead <= t.ttl / 2);
+        }
+        let t = timing();
+        assert_eq!(t.confirm_after(), ms(1_298));
+        assert_eq!(t.engine_wait(), ms(2_026));
+    }
+
+    #[test]
+    fn a_machine_alone_fences_at_its_lease_expiry() {
+        let mut g = Guard::new(timing(), ms(0));
+        assert_eq!(g.verdict(ms(1_000)), Verdict::Renewing);
+        assert_eq!(g.verdict(ms(3_000)), Verdict::Ask);
+        // Every peer answers that it renewed recently.
+        assert!(!g.round(ms(3_000), ms(3_000), &[ms(100), ms(200)], 3));
+        assert_eq!(g.verdict(ms(4_949)), Verdict::Ask);
+        assert_eq!(g.verdict(ms(4_950)), Verdict::Fence);
+    }
+
+    #[test]
+    fn a_confirmed_machine_keeps_its_units_while_confirmations_are_fresh() {
+        let t = timing();
+        let mut g = Guard::new(t, ms(0));
+        let d = t.confirm_after();
+        assert!(g.round(ms(5_000), ms(5_000), &[d, ms(10)], 3));
+        assert_eq!(g.verdict(ms(5_500)), Verdict::Confirmed);
+        assert_eq!(g.verdict(ms(5_594)), Verdict::Fence);
+        assert!(g.round(ms(5_550), ms(5_550), &[d], 3));
+        assert_eq!(g.verdict(ms(6_000)), Verdict::Confirmed);
+        g.renewed(ms(6_100));
+        assert_eq!(g.verdict(ms(6_200)), Verdict::Renewing);
+    }
+
+    #[test]
+    fn a_minority_never_confirms() {
+        let t = timing();
+        let mut g = Guard::new(t, ms(0));
+        let d = t.confirm_after();
+        // Two of five cut off, the others not answering.
+        assert!(!g.round(ms(4_000), d, &[d], 5));
+        // More answers than members known: the larger count is the majority's base.
+        assert!(!g.round(ms(4_000), d, &[d, ms(1), ms(1), ms(1)], 2));
+        // A lone machine is its own majority.
+        assert!(g.round(ms(4_000), d, &[], 1));
+    }
+
+    #[test]
+    fn the_engine_declares_dead_only_after_a_majority_round_and_the_wait() {
+        let t = timing();
+        let mut v: Verdicts<&str> = Verdicts::new(t);
+        v.observe(ms(1_000), ["a"]);
+        assert!(v.needs_round());
+        // A round sent before the absence was seen does not count.
+        assert!(v.round(ms(900), 3, 3));
+        assert!(v.dead(ms(10_000)).is_empty());
+        assert!(!v.round(ms(1_100), 1, 3));
+        assert!(v.dead(ms(10_000)).is_empty());
+        assert!(v.round(ms(1_200), 2, 3));
+        assert!(!v.needs_round());
+        let due = ms(1_200) + t.engine_wait();
+        assert_eq!(v.next_due(ms(1_300)), Some(due));
+        assert!(v.dead(due - ms(1)).is_empty());
+        assert_eq!(v.dead(due), vec!["a"]);
+        // Seen again, then gone again: it starts afresh.
+        v.observe(ms(5_000), []);
+        v.observe(ms(6_000), ["a"]);
+        assert!(v.dead(ms(60_000)).is_empty());
+    }
+}
