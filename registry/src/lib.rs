@@ -257,10 +257,21 @@ pub struct Registry {
 /// The etcd endpoints fleetd was given, one client each, used one at a time: every request
 /// goes to the current one, and a request it does not answer makes the next one current. (A
 /// client balancing over all endpoints kept sending a share of requests to a dead member.)
+///
+/// A member that answers "no leader" is alive and usually in an election: it stays current for
+/// [`NO_LEADER_PATIENCE`] before the next is tried, since moving on at once can land on the
+/// member whose loss caused the election. A member cut off from its cluster says "no leader"
+/// for good, and is left after that.
 struct Members {
     clients: Vec<Client>,
     current: std::sync::atomic::AtomicUsize,
+    /// Since when the current member has been answering "no leader".
+    no_leader: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
 }
+
+/// How long a member that answers "no leader" stays current (etcd elects a leader within a
+/// few election timeouts, one second each by default).
+const NO_LEADER_PATIENCE: Duration = Duration::from_secs(3);
 
 impl Members {
     fn current(&self) -> usize {
@@ -269,6 +280,33 @@ impl Members {
 
     fn client(&self) -> &Client {
         &self.clients[self.current()]
+    }
+
+    fn no_leader(&self) -> std::sync::MutexGuard<'_, Option<(usize, std::time::Instant)>> {
+        self.no_leader.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The member at `index` answered.
+    fn answered(&self, index: usize) {
+        let mut since = self.no_leader();
+        if since.is_some_and(|(i, _)| i == index) {
+            *since = None;
+        }
+    }
+
+    /// The member at `index` answered that it has no leader: move on once that has lasted.
+    fn leaderless(&self, index: usize) {
+        let mut since = self.no_leader();
+        match *since {
+            Some((i, t)) if i == index => {
+                if t.elapsed() >= NO_LEADER_PATIENCE {
+                    *since = None;
+                    drop(since);
+                    self.failed(index);
+                }
+            }
+            _ => *since = Some((index, std::time::Instant::now())),
+        }
     }
 
     /// The endpoint at `index` did not answer: use the next one, unless another request
@@ -350,6 +388,7 @@ impl Registry {
                 .unwrap_or_else(|| Error::Protocol("no etcd endpoint configured".into())));
         }
         let members = std::sync::Arc::new(Members {
+            no_leader: std::sync::Mutex::new(None),
             clients,
             current: std::sync::atomic::AtomicUsize::new(0),
         });
@@ -453,12 +492,21 @@ impl Registry {
     {
         // The request was made on the endpoint current now (`fut` is built just before).
         let used = self.members.current();
+        let mut leaderless = false;
         let result = match tokio::time::timeout(self.timeout, fut).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => Error::from_etcd(e, &self.endpoints),
+            Ok(Ok(v)) => {
+                self.members.answered(used);
+                return Ok(v);
+            }
+            Ok(Err(e)) => {
+                leaderless = matches!(&e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"));
+                Error::from_etcd(e, &self.endpoints)
+            }
             Err(_) => Error::Timeout(self.timeout),
         };
-        if result.is_unavailable() {
+        if leaderless {
+            self.members.leaderless(used);
+        } else if result.is_unavailable() {
             self.members.failed(used);
         }
         fleet_telemetry::ETCD_ERRORS.inc();
