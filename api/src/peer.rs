@@ -2,6 +2,10 @@
 //! that received an API request can read a unit's journal or status on the machine that runs
 //! it, and the client side of it.
 //!
+//! It also answers the questions of the majority protocol (`fleet-quorum`): how long this
+//! machine has had no lease renewal acknowledged (`GET /presence`), and a renewal made on
+//! request (`POST /presence/renew`); [`PeerWitness`] asks them of every member.
+//!
 //! Peers authenticate with the cluster secret (`Authorization: Bearer <secret>`), which fleetd
 //! learns from etcd ([`fleet_registry::Registry::peer_secret`]); until it is known, peer
 //! requests are refused with 503.
@@ -13,10 +17,13 @@ use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
+use axum::Json;
 use axum::Router;
 use fleet_errors::root_cause;
+use fleet_registry::{Liveness, Machine, Witness};
 use fleet_units::UnitName;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 
 use fleet_client::schema::{ErrorEnvelope, EXIT_STATUS_HEADER};
@@ -82,13 +89,29 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The peer endpoint's router: `GET /fleet/peer/v1/journal?unit=X&lines=N&follow=B` and
-/// `GET /fleet/peer/v1/status?unit=X`.
-pub fn router(secret: Secret, version: &str) -> Router {
+/// What the peer endpoint serves from.
+#[derive(Clone)]
+struct PeerState {
+    secret: Secret,
+    liveness: Liveness,
+}
+
+impl axum::extract::FromRef<PeerState> for Secret {
+    fn from_ref(state: &PeerState) -> Secret {
+        state.secret.clone()
+    }
+}
+
+/// The peer endpoint's router: `GET /fleet/peer/v1/journal?unit=X&lines=N&follow=B`,
+/// `GET /fleet/peer/v1/status?unit=X`, `GET /fleet/peer/v1/presence` and
+/// `POST /fleet/peer/v1/presence/renew`.
+pub fn router(secret: Secret, liveness: Liveness, version: &str) -> Router {
     let v1 = Router::new()
         .route("/journal", get(journal).fallback(method_not_allowed))
         .route("/status", get(status).fallback(method_not_allowed))
-        .with_state(secret);
+        .route("/presence", get(presence).fallback(method_not_allowed))
+        .route("/presence/renew", post(renew).fallback(method_not_allowed))
+        .with_state(PeerState { secret, liveness });
     with_server_header(
         Router::new()
             .nest(PEER_PREFIX, v1)
@@ -119,6 +142,41 @@ async fn journal(
     let query = JournalQuery::from_params(&params).map_err(ApiError::bad_request)?;
     let body = inspect::local_journal(&unit, query).map_err(inspect::not_run("journalctl"))?;
     Ok(text_response(body))
+}
+
+/// This machine's answer to a peer asking whether it reaches etcd.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PresenceAnswer {
+    /// How long no renewal of this machine's lease has been acknowledged.
+    pub since_renewal_ms: u64,
+}
+
+/// This machine's answer to a peer asking it to renew its lease now.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+pub struct RenewAnswer {
+    pub renewed: bool,
+}
+
+async fn presence(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+) -> Result<Json<PresenceAnswer>, ApiError> {
+    state.secret.admits(headers.get(header::AUTHORIZATION))?;
+    let since = state.liveness.since_renewal();
+    Ok(Json(PresenceAnswer {
+        since_renewal_ms: since.as_millis().min(u64::MAX as u128) as u64,
+    }))
+}
+
+async fn renew(
+    State(state): State<PeerState>,
+    headers: HeaderMap,
+) -> Result<Json<RenewAnswer>, ApiError> {
+    state.secret.admits(headers.get(header::AUTHORIZATION))?;
+    Ok(Json(RenewAnswer {
+        renewed: state.liveness.renew_now().await,
+    }))
 }
 
 async fn status(
@@ -190,6 +248,18 @@ impl PeerClient {
         query: &[(&str, String)],
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ApiError> {
+        self.request(reqwest::Method::GET, address, path, query, timeout)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        address: &str,
+        path: &str,
+        query: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ApiError> {
         let Some(secret) = self.secret.get() else {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -198,7 +268,7 @@ impl PeerClient {
         };
         let mut request = self
             .http
-            .get(format!("http://{address}{PEER_PREFIX}{path}"))
+            .request(method, format!("http://{address}{PEER_PREFIX}{path}"))
             .query(query)
             .bearer_auth(secret);
         if let Some(t) = timeout {
@@ -277,6 +347,83 @@ impl PeerClient {
             )
         })?;
         Ok((code, text.to_vec()))
+    }
+}
+
+/// Asks the members' peer endpoints for the majority protocol. Members without a peer address
+/// and members that do not answer in time count as not answering.
+#[derive(Clone)]
+pub struct PeerWitness {
+    client: PeerClient,
+}
+
+impl PeerWitness {
+    pub fn new(client: PeerClient) -> PeerWitness {
+        PeerWitness { client }
+    }
+
+    async fn ask<T: serde::de::DeserializeOwned>(
+        client: PeerClient,
+        method: reqwest::Method,
+        address: String,
+        path: &'static str,
+        timeout: Duration,
+    ) -> Option<T> {
+        let answer = async {
+            let response = client
+                .request(method, &address, path, &[], Some(timeout))
+                .await
+                .ok()?;
+            response.json::<T>().await.ok()
+        };
+        tokio::time::timeout(timeout, answer).await.ok().flatten()
+    }
+
+    fn ask_all<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        members: Vec<Machine>,
+        method: reqwest::Method,
+        path: &'static str,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Vec<T>> {
+        let client = self.client.clone();
+        Box::pin(async move {
+            let asks = members
+                .into_iter()
+                .filter_map(|m| m.peer_address)
+                .map(|address| {
+                    PeerWitness::ask::<T>(client.clone(), method.clone(), address, path, timeout)
+                });
+            futures_util::future::join_all(asks)
+                .await
+                .into_iter()
+                .flatten()
+                .collect()
+        })
+    }
+}
+
+impl Witness for PeerWitness {
+    fn since_renewal(
+        &self,
+        members: Vec<Machine>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Vec<Duration>> {
+        let answers =
+            self.ask_all::<PresenceAnswer>(members, reqwest::Method::GET, "/presence", timeout);
+        Box::pin(async move {
+            answers
+                .await
+                .into_iter()
+                .map(|a| Duration::from_millis(a.since_renewal_ms))
+                .collect()
+        })
+    }
+
+    fn renew_now(&self, members: Vec<Machine>, timeout: Duration) -> BoxFuture<'static, usize> {
+        let answers =
+            self.ask_all::<RenewAnswer>(members, reqwest::Method::POST, "/presence/renew", timeout);
+        Box::pin(async move { answers.await.into_iter().filter(|a| a.renewed).count() })
     }
 }
 

@@ -666,7 +666,7 @@ async fn machine_metadata_no_unit_could_match_is_refused() {
 async fn the_peer_endpoint_refuses_with_the_envelope() {
     let secret = fleet_api::peer::Secret::new();
     secret.set("s3cret".into());
-    let router = fleet_api::peer::router(secret, "9.9.9");
+    let router = fleet_api::peer::router(secret, fleet_registry::Liveness::new(), "9.9.9");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -1211,7 +1211,6 @@ async fn a_failed_start_is_shown_with_the_unit() {
                 leadership,
                 &[PlacementOp::Put {
                     machine: id.clone(),
-                    lease,
                     placement: Placement::for_unit(&unit),
                 }],
             )

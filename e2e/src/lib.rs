@@ -282,6 +282,39 @@ impl Cluster {
         .expect("valid endpoint")
     }
 
+    /// Where each of `units` is active in systemd, asking every node once (one sample): the
+    /// nodes of each unit, in the order of `units`. A node that does not answer counts as
+    /// running none.
+    pub fn running(&self, units: &[String]) -> Vec<Vec<u32>> {
+        let mut on = vec![Vec::new(); units.len()];
+        for n in 1..=NODES {
+            let mut cmd = vec!["systemctl", "is-active"];
+            cmd.extend(units.iter().map(String::as_str));
+            let out = self.exec(n, &cmd);
+            for (i, state) in out.stdout.lines().enumerate().take(units.len()) {
+                if state.trim() == "active" {
+                    on[i].push(n);
+                }
+            }
+        }
+        on
+    }
+
+    /// Starts `count` ticker units that may go anywhere; returns their names and nodes.
+    pub fn start_free(&self, stem: &str, count: usize) -> Vec<(String, u32)> {
+        (0..count)
+            .map(|_| {
+                let name = unique(stem);
+                let path = self.unit_file(&name, &ticker_unit(stem));
+                let out = self
+                    .fleetctl(&["start", &path.to_string_lossy()])
+                    .expect_ok("start");
+                let node = node_in(&out.stdout).expect("machine in output");
+                (name, node)
+            })
+            .collect()
+    }
+
     /// The machine id of node `n`.
     pub fn machine_id(&self, n: u32) -> String {
         format!("f1ee70{n:02}{}", "0".repeat(24))

@@ -1,6 +1,8 @@
 //! etcd is down: fleetctl says so promptly instead of hanging, and running units keep running.
 
-use fleet_e2e::{cluster, node_in, ticker_unit, unique};
+use std::time::{Duration, Instant};
+
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL};
 
 #[test]
 fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
@@ -35,4 +37,67 @@ fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
     );
 
     c.fleetctl(&["destroy", name]).expect_ok("destroy");
+}
+
+/// etcd down for everyone, longer than the machines' lease TTL: every machine confirms with
+/// the others that none reaches etcd, so none fences; no unit stops, restarts or moves, during
+/// the outage or after etcd returns. fleetctl says etcd is unavailable meanwhile and works
+/// again by itself.
+#[test]
+fn etcd_down_for_everyone_past_the_ttl_stops_restarts_and_moves_nothing() {
+    let c = cluster();
+    let pinned = c.start_one_per_node("outage");
+    let free = c.start_free("outage-free", 3);
+    let mut names: Vec<String> = pinned.iter().map(|u| u.name.clone()).collect();
+    names.extend(free.iter().map(|(n, _)| n.clone()));
+    let free_invocations: Vec<String> = free
+        .iter()
+        .map(|(name, n)| c.invocation_id(*n, name))
+        .collect();
+
+    c.tool(&["etcd-stop"]).expect_ok("etcd-stop");
+    let outage = AGENT_TTL * 2 + Duration::from_secs(5);
+    let since = Instant::now();
+    let mut stopped = Vec::new();
+    while since.elapsed() < outage {
+        for (name, on) in names.iter().zip(c.running(&names)) {
+            if on.len() != 1 {
+                stopped.push(format!("{name} on {on:?} after {:?}", since.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let during = c.fleetctl(&["--request-timeout", "5", "list-units"]);
+    c.tool(&["etcd-start"]).expect_ok("etcd-start");
+    let answers = eventually(Duration::from_secs(15), || {
+        c.fleetctl(&["list-units", "--no-legend"])
+            .ok()
+            .then_some(())
+    });
+    // Long enough for a machine that had lost its lease to show it.
+    std::thread::sleep(AGENT_TTL);
+
+    assert!(
+        stopped.is_empty(),
+        "units stopped during the outage: {stopped:?}"
+    );
+    assert_eq!(during.code, Some(1), "{during:#?}");
+    assert!(during.stderr.contains("etcd"), "{}", during.stderr);
+    assert!(
+        answers.is_some(),
+        "fleetctl did not work again after etcd returned"
+    );
+    c.assert_unchanged(&pinned, "after the outage");
+    for ((name, n), invocation) in free.iter().zip(&free_invocations) {
+        assert_eq!(c.nodes_of(name), vec![*n], "{name} moved");
+        assert_eq!(
+            &c.invocation_id(*n, name),
+            invocation,
+            "{name} was restarted"
+        );
+    }
+    c.destroy_all(&pinned);
+    for (name, _) in &free {
+        c.fleetctl(&["destroy", name]).expect_ok("destroy");
+    }
 }

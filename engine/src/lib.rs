@@ -4,25 +4,45 @@
 //! placements; the others watch only the leader key. The leader loops on
 //! `plan(snapshot) -> placement changes` ([`plan::plan`], pure) and writes the changes in
 //! batched transactions fenced on its leadership.
+//!
+//! A member whose lease is gone keeps what was placed on it (**held**: neither moved nor
+//! placed again) until the engine declares it dead, which the majority protocol of
+//! `fleet-quorum` allows only once a majority of the members renewed their leases on request
+//! after the absence was seen, and a wait for the lost machine to have fenced itself has
+//! passed ([`fleet_quorum::Verdicts`]).
 
 pub mod plan;
 
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_registry::{Changes, Leadership, MachineId, PlacementOp, PresenceStatus, Registry};
+use fleet_quorum::{Timing, Verdicts};
+use fleet_registry::{
+    Changes, EngineSnapshot, JobState, Leadership, MachineId, PlacementOp, PresenceStatus,
+    Registry, Witness,
+};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct EngineConfig {
     /// Period of the full resync that backs up the watches (fleet's
     /// `engine_reconcile_interval`).
     pub reconcile_interval: Duration,
+    /// The majority protocol's bounds (from the machines' lease TTL).
+    pub timing: Timing,
+    /// How to ask the members to renew their leases. Without one, a member whose lease is gone
+    /// is declared dead once the wait has passed, while a majority of members hold leases.
+    pub witness: Option<Arc<dyn Witness>>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             reconcile_interval: Duration::from_secs(2),
+            timing: Timing::for_ttl(Duration::from_secs(30), Duration::from_secs(1)),
+            witness: None,
         }
     }
 }
@@ -100,13 +120,17 @@ async fn lead(
     config: &EngineConfig,
 ) {
     let _leading = fleet_telemetry::LeaderGuard::new();
+    let origin = Instant::now();
+    let mut verdicts: Verdicts<MachineId> = Verdicts::new(config.timing);
+    // Whether the last round found no majority (logged when that changes).
+    let mut short = false;
     let mut changes: Option<Changes> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
     loop {
         let started = std::time::Instant::now();
-        let snapshot = match registry.engine_snapshot().await {
+        let mut snapshot = match registry.engine_snapshot().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "engine cannot read the cluster state");
@@ -130,6 +154,64 @@ async fn lead(
                 Err(e) => tracing::warn!(error = %e, "engine cannot watch; polling"),
             }
         }
+        let absent = absent_members(&snapshot);
+        verdicts.observe(origin.elapsed(), absent.iter().cloned());
+        if verdicts.needs_round() {
+            let sent = origin.elapsed();
+            let members = snapshot.members.len();
+            let renewed = match &config.witness {
+                Some(w) => {
+                    let live: Vec<_> = snapshot
+                        .members
+                        .iter()
+                        .filter(|m| !absent.contains(&m.id))
+                        .cloned()
+                        .collect();
+                    w.renew_now(live, config.timing.peer_timeout).await
+                }
+                None => members - absent.len(),
+            };
+            let majority = verdicts.round(sent, renewed, members);
+            if !majority && !short {
+                tracing::warn!(
+                    renewed,
+                    members,
+                    missing = absent.len(),
+                    "no majority of the machines reaches etcd: units of lost machines stay where they are"
+                );
+            } else if majority && short {
+                tracing::info!(
+                    renewed,
+                    members,
+                    "a majority of the machines reaches etcd again"
+                );
+            }
+            short = !majority;
+        }
+        let mut declared = false;
+        for machine in verdicts.dead(origin.elapsed()) {
+            let units: Vec<_> = snapshot
+                .placements
+                .iter()
+                .filter(|(m, _)| *m == machine)
+                .map(|(_, p)| p.name.clone())
+                .collect();
+            match registry.declare_dead(leadership, &machine, &units).await {
+                Ok(true) => {
+                    tracing::warn!(machine = %machine, units = units.len(), "machine lost: declared dead, placing its units elsewhere");
+                    declared = true;
+                }
+                Ok(false) => tracing::info!(machine = %machine, "machine registered again"),
+                Err(fleet_registry::Error::NotLeader) => return,
+                Err(e) => {
+                    tracing::warn!(machine = %machine, error = %e, "cannot declare machine dead yet")
+                }
+            }
+        }
+        if declared {
+            continue;
+        }
+        hold(&mut snapshot, &absent);
         let plan::Plan {
             mut ops,
             unplaceable,
@@ -166,6 +248,13 @@ async fn lead(
                 None => std::future::pending().await,
             }
         };
+        // Look again when a lost machine is due, or soon while no majority answers.
+        let now = origin.elapsed();
+        let due = match verdicts.next_due(now) {
+            Some(at) => at - now,
+            None if verdicts.needs_round() => Duration::from_millis(500),
+            None => config.reconcile_interval,
+        };
         tokio::select! {
             result = woken => {
                 if let Err(e) = result {
@@ -182,9 +271,46 @@ async fn lead(
                     return;
                 }
             }
-            _ = tokio::time::sleep(config.reconcile_interval) => {}
+            _ = tokio::time::sleep(due.min(config.reconcile_interval)) => {}
         }
     }
+}
+
+/// The members whose lease is gone.
+fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<MachineId> {
+    let live: BTreeSet<&MachineId> = snapshot.machines.iter().map(|m| &m.machine.id).collect();
+    snapshot
+        .members
+        .iter()
+        .filter(|m| !live.contains(&m.id))
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+/// Takes out of `snapshot` the units placed on `absent` members, with those placements, so
+/// that the plan neither moves nor removes them: such a machine may still run them. Units there
+/// that no longer want to run stay in, so their placements are removed.
+fn hold(snapshot: &mut EngineSnapshot, absent: &BTreeSet<MachineId>) {
+    if absent.is_empty() {
+        return;
+    }
+    let wanted: BTreeSet<&fleet_units::UnitName> = snapshot
+        .units
+        .iter()
+        .filter(|u| u.desired_state != JobState::Inactive)
+        .map(|u| &u.name)
+        .collect();
+    let held: BTreeSet<fleet_units::UnitName> = snapshot
+        .placements
+        .iter()
+        .filter(|(m, p)| absent.contains(m) && wanted.contains(&p.name))
+        .map(|(_, p)| p.name.clone())
+        .collect();
+    if held.is_empty() {
+        return;
+    }
+    snapshot.placements.retain(|(_, p)| !held.contains(&p.name));
+    snapshot.units.retain(|u| !held.contains(&u.name));
 }
 
 /// One line per decision carried out, with the unit and the machine as fields (journal fields

@@ -664,7 +664,6 @@ impl<'a> Planner<'a> {
                     if *placement != target {
                         ops.push(PlacementOp::Put {
                             machine: machine.clone(),
-                            lease: self.hosts[m].entry.lease,
                             placement: target,
                         });
                     }
@@ -683,7 +682,6 @@ impl<'a> Planner<'a> {
             }
             ops.push(PlacementOp::Put {
                 machine: self.hosts[m].entry.machine.id.clone(),
-                lease: self.hosts[m].entry.lease,
                 placement: Placement::for_unit(self.units[u].unit),
             });
         }

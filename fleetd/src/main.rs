@@ -128,7 +128,12 @@ async fn run(args: Args, config: Config) -> Result<()> {
         Some(inspect),
     );
     serve_api(router, &config).await?;
-    let peer_address = serve_peers(&config, &public_ip, secret.clone()).await?;
+    // What this machine answers its peers about its lease, from now on.
+    let liveness = fleet_registry::Liveness::new();
+    let peer_address = serve_peers(&config, &public_ip, secret.clone(), liveness.clone()).await?;
+    let witness: std::sync::Arc<dyn fleet_registry::Witness> = std::sync::Arc::new(
+        fleet_api::peer::PeerWitness::new(fleet_api::peer::PeerClient::new(secret.clone())),
+    );
     system::notify_ready();
     tokio::spawn(learn_peer_secret(registry.clone(), secret));
 
@@ -141,11 +146,15 @@ async fn run(args: Args, config: Config) -> Result<()> {
     };
     let lease_file = config.units_directory.join("..").join("lease");
     let members = async {
-        let presence = Presence::start(
+        let presence = Presence::start_with(
             registry.clone(),
             machine,
             config.agent_ttl,
-            Some(lease_file),
+            fleet_registry::PresenceOptions {
+                lease_file: Some(lease_file),
+                liveness: Some(liveness),
+                witness: Some(witness.clone()),
+            },
         )
         .await
         .context("cannot register this machine")?;
@@ -167,6 +176,11 @@ async fn run(args: Args, config: Config) -> Result<()> {
                 presence.subscribe(),
                 fleet_engine::EngineConfig {
                     reconcile_interval: config.engine_reconcile_interval,
+                    timing: fleet_quorum::Timing::for_ttl(
+                        config.agent_ttl,
+                        config.etcd_request_timeout,
+                    ),
+                    witness: Some(witness),
                 },
             ))
         });
@@ -262,6 +276,7 @@ async fn serve_peers(
     config: &Config,
     public_ip: &str,
     secret: fleet_api::peer::Secret,
+    liveness: fleet_registry::Liveness,
 ) -> Result<Option<String>> {
     use std::net::{IpAddr, SocketAddr};
     let public: Option<IpAddr> = public_ip.parse().ok();
@@ -293,7 +308,7 @@ async fn serve_peers(
         Some(local)
     };
     tracing::info!(address = %local, ?advertised, "serving the peer endpoint");
-    let router = fleet_api::peer::router(secret, VERSION);
+    let router = fleet_api::peer::router(secret, liveness, VERSION);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router).await {
             tracing::error!(error = %e, "peer endpoint stopped");

@@ -7,17 +7,19 @@
 //! | `units/<name>` | [`Unit`]: options and desired state | none |
 //! | `global/<name>` | [`Unit`], a copy for global units only, so agents watch just these | none |
 //! | `machines/<id>` | [`Machine`] | the machine's |
-//! | `placements/<id>/<name>` | [`Placement`], written by the engine | the target machine's |
-//! | `placed/<name>/<id>` | empty: the index from a unit to its machine, written with the placement | the target machine's |
+//! | `members/<id>` | [`Machine`], as registered: the cluster's members, counted for majorities | none |
+//! | `placements/<id>/<name>` | [`Placement`], written by the engine | none |
+//! | `placed/<name>/<id>` | empty: the index from a unit to its machine, written with the placement | none |
 //! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
 //! | `engine/leader` | the leading machine's id | the leader's |
 //! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
 //!
-//! Liveness is one lease per machine: when a machine dies, its record, its unit states and the
-//! placements made to it disappear together, and watchers learn it from one set of delete
-//! events. Engine writes are transactions conditioned on the leader key's creation revision
+//! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
+//! states disappear together, and watchers learn it from one set of delete events. What was
+//! placed on it stays until the engine declares the machine dead ([`Registry::declare_dead`]):
+//! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
 mod model;
@@ -39,7 +41,7 @@ use serde::Serialize;
 pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Placement, Unit, UnitState,
 };
-pub use presence::{Presence, PresenceStatus};
+pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Witness};
 pub use watch::Changes;
 
 /// The key prefix fleet has always used.
@@ -173,6 +175,8 @@ pub struct EngineSnapshot {
     pub leader: Option<Leadership>,
     pub units: Vec<Unit>,
     pub machines: Vec<MachineEntry>,
+    /// Every machine registered and not declared dead, live or not.
+    pub members: Vec<Machine>,
     pub placements: Vec<(MachineId, Placement)>,
     /// Why units could not be placed, as the leader last wrote it.
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
@@ -224,10 +228,9 @@ pub struct Leadership {
 /// One change the engine wants made to placements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlacementOp {
-    /// Create or overwrite the placement of a unit on a machine (lease: the machine's).
+    /// Create or overwrite the placement of a unit on a machine.
     Put {
         machine: MachineId,
-        lease: i64,
         placement: Placement,
     },
     /// Remove the placement of a unit from a machine.
@@ -443,6 +446,12 @@ impl Registry {
     }
     fn machine_key(&self, id: &MachineId) -> String {
         self.key(&format!("machines/{id}"))
+    }
+    fn members_prefix(&self) -> String {
+        self.key("members/")
+    }
+    fn member_key(&self, id: &MachineId) -> String {
+        self.key(&format!("members/{id}"))
     }
     fn placements_prefix(&self) -> String {
         self.key("placements/")
@@ -872,10 +881,11 @@ impl Registry {
                 TxnOp::get(self.placements_prefix(), prefixed()),
                 TxnOp::get(self.leader_key(), None),
                 TxnOp::get(self.unplaceable_prefix(), prefixed()),
+                TxnOp::get(self.members_prefix(), prefixed()),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let [units, machines, placements, leader, unplaceable] = reads(&resp)?;
+        let [units, machines, placements, leader, unplaceable, members] = reads(&resp)?;
         let units = decode_all::<Unit>(units.kvs())?
             .into_iter()
             .map(|(_, u)| u)
@@ -897,11 +907,16 @@ impl Registry {
             lease: kv.lease(),
         });
         let unplaceable = self.decode_unplaceable(unplaceable.kvs())?;
+        let members = decode_all::<Machine>(members.kvs())?
+            .into_iter()
+            .map(|(_, m)| m)
+            .collect();
         Ok(EngineSnapshot {
             revision,
             leader,
             units,
             machines,
+            members,
             placements,
             unplaceable,
         })
@@ -917,6 +932,7 @@ impl Registry {
         vec![
             self.units_prefix(),
             self.machines_prefix(),
+            self.members_prefix(),
             self.placements_prefix(),
             self.leader_key(),
         ]
@@ -954,8 +970,6 @@ impl Registry {
     }
 
     /// Applies placement changes in batched transactions, each conditioned on `leadership`.
-    /// A put whose target lease has expired fails its batch; the caller re-plans from a fresh
-    /// snapshot.
     pub async fn apply_placements(
         &self,
         leadership: Leadership,
@@ -977,6 +991,68 @@ impl Registry {
         Ok(())
     }
 
+    /// Declares a machine whose lease is gone dead: removes what was placed on it (`units`)
+    /// and its member record, so that the engine places those units elsewhere. Every
+    /// transaction is conditioned on `leadership` and on the machine not being registered
+    /// again; `Ok(false)` when it is (nothing more is removed then: it keeps its units).
+    pub async fn declare_dead(
+        &self,
+        leadership: Leadership,
+        machine: &MachineId,
+        units: &[UnitName],
+    ) -> Result<bool> {
+        let leader = self.leader_key();
+        let mut ops: Vec<PlacementOp> = units
+            .iter()
+            .map(|name| PlacementOp::Delete {
+                machine: machine.clone(),
+                name: name.clone(),
+            })
+            .collect();
+        ops.dedup();
+        let mut batches = self.placement_batches(leadership, &ops);
+        // The member record goes last, so that an interrupted declaration is taken up again.
+        batches.push(vec![TxnOp::delete(self.member_key(machine), None)]);
+        for batch in batches {
+            let txn = Txn::new()
+                .when(vec![
+                    Compare::create_revision(leader.clone(), CompareOp::Equal, leadership.revision),
+                    Compare::version(self.machine_key(machine), CompareOp::Equal, 0),
+                ])
+                .and_then(batch)
+                .or_else(vec![TxnOp::get(leader.clone(), None)]);
+            let resp = self.txn(txn).await?;
+            if !resp.succeeded() {
+                let [held] = reads(&resp)?;
+                return match held.kvs().first() {
+                    Some(kv) if kv.create_revision() == leadership.revision => Ok(false),
+                    _ => Err(Error::NotLeader),
+                };
+            }
+        }
+        Ok(true)
+    }
+
+    /// Records `machine` as a member of the cluster (done at each registration).
+    pub async fn put_member(&self, machine: &Machine) -> Result<()> {
+        let mut kv = self.kv();
+        self.timed(kv.put(self.member_key(&machine.id), encode(machine), None))
+            .await?;
+        Ok(())
+    }
+
+    /// The cluster's members (machines registered and not declared dead), and the revision
+    /// they were read at.
+    pub async fn cluster_members(&self) -> Result<(i64, Vec<Machine>)> {
+        let (revision, members) = self.range::<Machine>(&self.members_prefix()).await?;
+        Ok((revision, members.into_iter().map(|(_, m)| m).collect()))
+    }
+
+    /// The prefix whose changes tell that the members changed.
+    pub fn members_watch_prefixes(&self) -> Vec<String> {
+        vec![self.members_prefix()]
+    }
+
     /// The transactions that carry `ops`, in order, each within etcd's limits on operations
     /// and on bytes: placements carry their unit's options, so a few large units fill a
     /// request long before the operation limit does. A placement and its index entry always
@@ -985,23 +1061,15 @@ impl Registry {
         let mut batches: Vec<(Vec<TxnOp>, usize)> = Vec::new();
         for op in ops {
             let (txn_ops, bytes) = match op {
-                PlacementOp::Put {
-                    machine,
-                    lease,
-                    placement,
-                } => {
+                PlacementOp::Put { machine, placement } => {
                     let (key, value) = (
                         self.placement_key(machine, &placement.name),
                         encode(placement),
                     );
                     let index = self.placed_key(&placement.name, machine);
                     let bytes = op_bytes(&key, &value) + op_bytes(&index, b"");
-                    let on_lease = || Some(PutOptions::new().with_lease(*lease));
                     (
-                        vec![
-                            TxnOp::put(key, value, on_lease()),
-                            TxnOp::put(index, "", on_lease()),
-                        ],
+                        vec![TxnOp::put(key, value, None), TxnOp::put(index, "", None)],
                         bytes,
                     )
                 }

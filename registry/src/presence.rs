@@ -1,18 +1,129 @@
-//! A machine's presence: its record on one lease, kept alive by one keepalive stream.
+//! A machine's presence: its record on one lease, kept alive by one keepalive stream, and the
+//! decision to fence when renewals fail.
 //!
 //! Idle cost per machine is one keepalive every third of the TTL, however many units the machine
-//! runs: its unit states and the placements made to it hang on the same lease.
+//! runs: its unit states hang on the same lease.
+//!
+//! When renewals fail, the machine keeps its units past its lease's possible expiry only while a
+//! majority of the cluster's members confirm that they cannot renew theirs either (etcd is down
+//! for everyone, or for most): [`fleet_quorum::Guard`], with the members asked through a
+//! [`Witness`] (the peer endpoint). Without a witness it fences when its lease may expire.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp};
-use tokio::sync::watch;
+use fleet_quorum::{Guard, Timing, Verdict};
+use futures_util::future::BoxFuture;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{encode, Creation, Error, Machine, Registry, Result};
+use crate::{encode, Creation, Error, Machine, MachineId, Registry, Result};
+
+/// Asks the cluster's other members about their leases, over the peer endpoint.
+pub trait Witness: Send + Sync + 'static {
+    /// For each of `members` that answers within `timeout`: how long it has had no renewal of
+    /// its lease acknowledged ([`Liveness::since_renewal`]).
+    fn since_renewal(
+        &self,
+        members: Vec<Machine>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Vec<Duration>>;
+
+    /// How many of `members` renewed their lease on request and said so within `timeout`
+    /// ([`Liveness::renew_now`]).
+    fn renew_now(&self, members: Vec<Machine>, timeout: Duration) -> BoxFuture<'static, usize>;
+}
+
+/// What this machine tells its peers about its lease. Exists from fleetd's start, before the
+/// machine is registered, since the peer endpoint answers from then on. Cheap to clone.
+#[derive(Clone)]
+pub struct Liveness {
+    inner: Arc<LivenessInner>,
+}
+
+struct LivenessInner {
+    started: Instant,
+    last_ack: Mutex<Option<Instant>>,
+    renew: mpsc::Sender<oneshot::Sender<bool>>,
+    requests: Mutex<Option<mpsc::Receiver<oneshot::Sender<bool>>>>,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Liveness::new()
+    }
+}
+
+impl Liveness {
+    pub fn new() -> Liveness {
+        let (renew, requests) = mpsc::channel(16);
+        Liveness {
+            inner: Arc::new(LivenessInner {
+                started: Instant::now(),
+                last_ack: Mutex::new(None),
+                renew,
+                requests: Mutex::new(Some(requests)),
+            }),
+        }
+    }
+
+    /// How long no renewal of this machine's lease has been acknowledged (counted from this
+    /// process's start if none was: it knows nothing of earlier ones, and so says less).
+    pub fn since_renewal(&self) -> Duration {
+        let last = self.last_ack().unwrap_or(self.inner.started);
+        last.elapsed()
+    }
+
+    fn last_ack(&self) -> Option<Instant> {
+        *self
+            .inner
+            .last_ack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn acked(&self) {
+        *self
+            .inner
+            .last_ack
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// Renews the lease now; whether etcd acknowledged it. False at once when this machine is
+    /// not registered yet.
+    pub async fn renew_now(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.renew.try_send(tx).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    fn take_requests(&self) -> Option<mpsc::Receiver<oneshot::Sender<bool>>> {
+        self.inner
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// How a [`Presence`] runs besides its machine and TTL.
+#[derive(Default)]
+pub struct PresenceOptions {
+    /// Where the lease is remembered across fleetd restarts.
+    pub lease_file: Option<PathBuf>,
+    /// This machine's answers to its peers (a fresh one when absent).
+    pub liveness: Option<Liveness>,
+    /// How to ask the other members; without one, the machine fences when its lease may
+    /// expire, whatever the others see.
+    pub witness: Option<Arc<dyn Witness>>,
+}
 
 /// What the rest of fleetd needs to know about this machine's lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,12 +139,14 @@ pub enum PresenceStatus {
 /// fleetd does not revoke it on shutdown, so that a restarted fleetd can take it back).
 pub struct Presence {
     status: watch::Receiver<PresenceStatus>,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Presence {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
@@ -47,14 +160,53 @@ impl Presence {
         ttl: Duration,
         lease_file: Option<PathBuf>,
     ) -> Result<Presence> {
+        let options = PresenceOptions {
+            lease_file,
+            ..PresenceOptions::default()
+        };
+        Presence::start_with(registry, machine, ttl, options).await
+    }
+
+    /// [`Presence::start`], answering peers through `options.liveness` and asking them through
+    /// `options.witness` before fencing.
+    pub async fn start_with(
+        registry: Registry,
+        machine: Machine,
+        ttl: Duration,
+        options: PresenceOptions,
+    ) -> Result<Presence> {
         // Within what etcd grants, which also keeps the timer arithmetic below from overflowing.
         let ttl_secs = ttl.as_secs().clamp(2, MAX_LEASE_TTL_SECS) as i64;
-        let lease = register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
+        let lease_file = options.lease_file;
+        let liveness = options.liveness.unwrap_or_default();
+        let (lease, sent) =
+            register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
+        liveness.acked();
+        let timing = Timing::for_ttl(Duration::from_secs(ttl_secs as u64), registry.timeout);
+        let origin = liveness.inner.started;
+        let guard = Arc::new(Mutex::new(Guard::new(timing, sent.duration_since(origin))));
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
-        let task = tokio::spawn(keep_alive(
-            registry, machine, ttl_secs, lease_file, lease, tx,
-        ));
-        Ok(Presence { status: rx, task })
+        let members = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
+            registry: registry.clone(),
+            machine: machine.clone(),
+            ttl: ttl_secs,
+            lease_file,
+            lease,
+            status: tx.clone(),
+            guard: guard.clone(),
+            liveness: liveness.clone(),
+            requests: liveness.take_requests(),
+        }))];
+        if let Some(witness) = options.witness {
+            tasks.push(tokio::spawn(follow_members(registry, members.clone())));
+            tasks.push(tokio::spawn(guard_loop(
+                machine.id, guard, members, witness, liveness, tx,
+            )));
+        } else {
+            tasks.push(tokio::spawn(guard_loop_alone(guard, origin, tx)));
+        }
+        Ok(Presence { status: rx, tasks })
     }
 
     pub fn status(&self) -> PresenceStatus {
@@ -72,11 +224,12 @@ async fn register_until_done(
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
-) -> Result<i64> {
+) -> Result<(i64, Instant)> {
     let mut warned = false;
     loop {
+        let sent = Instant::now();
         match register(registry, machine, ttl, lease_file).await {
-            Ok(lease) => return Ok(lease),
+            Ok(lease) => return Ok((lease, sent)),
             Err(Error::DuplicateMachine(id)) => {
                 if !warned {
                     tracing::error!(
@@ -96,7 +249,7 @@ async fn register_until_done(
     }
 }
 
-/// One registration attempt: take back the lease of a previous run if the record still hangs
+/// One registration attempt (the lease's time runs from when it was sent): take back the lease of a previous run if the record still hangs
 /// on it, else create the record on a new lease unless a live record exists.
 async fn register(
     registry: &Registry,
@@ -114,6 +267,9 @@ async fn register(
         };
     }
     let value = encode(&machine);
+    // The member record first: it outlives leases, and a member that has not registered yet
+    // only counts against majorities, never for one.
+    registry.put_member(&machine).await?;
     if let Some(previous) = lease_file.and_then(read_lease) {
         let txn = Txn::new()
             .when(vec![Compare::lease(
@@ -165,73 +321,188 @@ fn write_lease(path: &PathBuf, lease: i64) -> std::io::Result<()> {
     std::fs::write(path, format!("{lease}\n"))
 }
 
-/// Renews the lease every third of its TTL. When the lease is found gone (etcd says TTL 0),
-/// registers again on a new one. When renewal keeps failing past the lease's expiry, reports
-/// `Fenced` until it succeeds again.
-async fn keep_alive(
+struct KeepAlive {
     registry: Registry,
     machine: Machine,
     ttl: i64,
     lease_file: Option<PathBuf>,
-    mut lease: i64,
+    lease: i64,
     status: watch::Sender<PresenceStatus>,
-) {
-    let period = Duration::from_millis((ttl as u64 * 1000) / 3);
-    let mut expires_at = Instant::now() + Duration::from_secs(ttl as u64);
+    guard: Arc<Mutex<Guard>>,
+    liveness: Liveness,
+    /// Renewals asked for by peers (the engine of another machine counting who is connected).
+    requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
+}
+
+/// Renews the lease every third of its TTL, and at once when a peer asks. When the lease is
+/// found gone (etcd says TTL 0), registers again on a new one. Fencing is the guard loop's.
+async fn keep_alive(mut k: KeepAlive) {
+    let period = Duration::from_millis((k.ttl as u64 * 1000) / 3);
+    let origin = k.liveness.inner.started;
     let mut renewer = Renewer { stream: None };
+    let mut asked: Vec<oneshot::Sender<bool>> = Vec::new();
     loop {
-        match renewer.renew(&registry, lease).await {
+        let sent = Instant::now();
+        let renewed = match renewer.renew(&k.registry, k.lease).await {
             Ok(remaining) if remaining > 0 => {
-                expires_at = Instant::now() + Duration::from_secs(remaining as u64);
-                status.send_if_modified(|s| {
-                    let next = PresenceStatus::Alive { lease };
+                k.liveness.acked();
+                lock(&k.guard).renewed(sent.duration_since(origin));
+                k.status.send_if_modified(|s| {
+                    let next = PresenceStatus::Alive { lease: k.lease };
                     let changed = *s != next;
                     if changed {
-                        tracing::info!(lease, "lease renewed");
+                        tracing::info!(lease = k.lease, "lease renewed");
                     }
                     *s = next;
                     changed
                 });
+                true
             }
             Ok(_) => {
-                tracing::warn!(
-                    lease,
-                    "this machine's lease expired; fencing and registering again"
-                );
-                status.send_replace(PresenceStatus::Fenced);
-                match register(&registry, &machine, ttl, lease_file.as_ref()).await {
+                // Gone while a majority confirmed being cut off too: the engine cannot have
+                // declared this machine dead, and it must register again before it can.
+                // Otherwise (revoked, or etcd lost it) its units may already run elsewhere.
+                let confirmed =
+                    lock(&k.guard).verdict(sent.duration_since(origin)) == Verdict::Confirmed;
+                if confirmed {
+                    tracing::warn!(lease = k.lease, "this machine's lease expired while etcd was out of reach of most machines; registering again");
+                } else {
+                    tracing::warn!(
+                        lease = k.lease,
+                        "this machine's lease expired; fencing and registering again"
+                    );
+                    k.status.send_replace(PresenceStatus::Fenced);
+                }
+                match register(&k.registry, &k.machine, k.ttl, k.lease_file.as_ref()).await {
                     Ok(new_lease) => {
-                        lease = new_lease;
-                        expires_at = Instant::now() + Duration::from_secs(ttl as u64);
-                        status.send_replace(PresenceStatus::Alive { lease });
+                        k.lease = new_lease;
+                        k.liveness.acked();
+                        lock(&k.guard).renewed(sent.duration_since(origin));
+                        k.status
+                            .send_replace(PresenceStatus::Alive { lease: k.lease });
+                        true
                     }
-                    Err(e) => tracing::warn!(error = %e, "cannot register again yet"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot register again yet");
+                        false
+                    }
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot renew this machine's lease");
-                // Fence a little before the lease can expire in etcd: the engine moves this
-                // machine's units the moment it does, and they must not run twice.
-                if Instant::now() + fence_margin(ttl, registry.timeout) >= expires_at
-                    && *status.borrow() != PresenceStatus::Fenced
-                {
-                    tracing::error!("lease about to expire without renewal: fencing this machine");
-                    status.send_replace(PresenceStatus::Fenced);
-                }
-                tokio::time::sleep(RETRY_PAUSE).await;
-                continue;
+                false
             }
+        };
+        for reply in asked.drain(..) {
+            let _ = reply.send(renewed);
         }
-        tokio::time::sleep(period).await;
+        let pause = if renewed { period } else { RETRY_PAUSE };
+        let next = tokio::time::sleep(pause);
+        tokio::select! {
+            _ = next => {}
+            Some(reply) = async {
+                match k.requests.as_mut() {
+                    Some(r) => r.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => asked.push(reply),
+        }
     }
 }
 
-/// How long before its lease could expire a machine that cannot renew it stops its units: more
-/// than one failed renewal takes (a request timeout and the pause before the next try), so the
-/// fence always comes first; at most half the TTL.
-fn fence_margin(ttl: i64, request_timeout: Duration) -> Duration {
-    (request_timeout + RETRY_PAUSE + Duration::from_millis(500))
-        .min(Duration::from_millis(ttl as u64 * 1000 / 2))
+/// Follows the cluster's members (for whom to ask and how many make a majority).
+async fn follow_members(registry: Registry, members: Arc<Mutex<Vec<Machine>>>) {
+    loop {
+        let revision = match registry.cluster_members().await {
+            Ok((revision, list)) => {
+                *lock(&members) = list;
+                revision
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the members");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match registry
+            .watch(&registry.members_watch_prefixes(), revision + 1)
+            .await
+        {
+            Ok(mut changes) => {
+                let _ = changes.next().await;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+/// Reports `Fenced` when the guard says so: the lease may have expired and no majority of the
+/// members confirms being cut off from etcd too.
+async fn guard_loop(
+    me: MachineId,
+    guard: Arc<Mutex<Guard>>,
+    members: Arc<Mutex<Vec<Machine>>>,
+    witness: Arc<dyn Witness>,
+    liveness: Liveness,
+    status: watch::Sender<PresenceStatus>,
+) {
+    let origin = liveness.inner.started;
+    let timing = *lock(&guard).timing();
+    let mut last_sent: Option<Duration> = None;
+    let mut was = Verdict::Renewing;
+    loop {
+        let now = origin.elapsed();
+        if lock(&guard).should_ask(now, last_sent) {
+            last_sent = Some(now);
+            let known = lock(&members).clone();
+            let count = known.len() + usize::from(!known.iter().any(|m| m.id == me));
+            let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
+            let answers = witness.since_renewal(others, timing.peer_timeout).await;
+            let own = liveness.since_renewal();
+            lock(&guard).round(now, own, &answers, count);
+        }
+        let verdict = lock(&guard).verdict(origin.elapsed());
+        if verdict != was {
+            match verdict {
+                Verdict::Confirmed => tracing::warn!(
+                    "etcd is out of reach of a majority of the machines: keeping this machine's units"
+                ),
+                Verdict::Ask => tracing::warn!(
+                    "lease renewals failing: asking the other machines whether they reach etcd"
+                ),
+                _ => {}
+            }
+            was = verdict;
+        }
+        fence_if(verdict, &status);
+        tokio::time::sleep(timing.ask_every()).await;
+    }
+}
+
+/// The guard loop of a machine that asks nobody: it fences when its lease may expire.
+async fn guard_loop_alone(
+    guard: Arc<Mutex<Guard>>,
+    origin: Instant,
+    status: watch::Sender<PresenceStatus>,
+) {
+    loop {
+        let verdict = lock(&guard).verdict(origin.elapsed());
+        fence_if(verdict, &status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn fence_if(verdict: Verdict, status: &watch::Sender<PresenceStatus>) {
+    if verdict == Verdict::Fence && *status.borrow() != PresenceStatus::Fenced {
+        tracing::error!(
+            "Server monitor triggered: lease about to expire without renewal, and no majority of machines is cut off from etcd too: fencing this machine"
+        );
+        status.send_replace(PresenceStatus::Fenced);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The longest lease TTL etcd grants (its `MaxLeaseTTL`).

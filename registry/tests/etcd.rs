@@ -227,7 +227,7 @@ async fn a_restart_with_the_lease_file_takes_back_the_same_lease() {
 // ---- liveness -------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_dead_machine_takes_its_states_and_placements_with_it() {
+async fn a_lost_machine_takes_its_states_with_it_and_its_placements_wait_for_the_engine() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
     let (dying, dying_lease) = present(&registry, 1).await;
@@ -249,8 +249,8 @@ async fn a_dead_machine_takes_its_states_and_placements_with_it() {
         .apply_placements(
             leadership,
             &[
-                place(&machine_id(1), dying_lease, "web.service"),
-                place(&machine_id(2), living_lease, "db.service"),
+                place(&machine_id(1), "web.service"),
+                place(&machine_id(2), "db.service"),
             ],
         )
         .await
@@ -273,10 +273,48 @@ async fn a_dead_machine_takes_its_states_and_placements_with_it() {
         registry.unit_states().await.unwrap(),
         [state(2, "db.service")]
     );
-    assert_eq!(
-        registry.placements().await.unwrap(),
-        [(machine_id(2), Placement::for_unit(&unit("db.service")))]
-    );
+    // It may still run what was placed on it, and it is still a member.
+    assert_eq!(registry.placements().await.unwrap().len(), 2);
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(members.len(), 2);
+
+    let web = fleet_units::UnitName::parse("web.service").unwrap();
+    assert!(registry
+        .declare_dead(leadership, &machine_id(1), std::slice::from_ref(&web))
+        .await
+        .unwrap());
+    let placements = registry.placements().await.unwrap();
+    assert_eq!(placements.len(), 1);
+    assert_eq!(placements[0].0, machine_id(2));
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(members, [machine(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_registered_again_is_not_declared_dead() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_one, _) = present(&registry, 1).await;
+    let (_two, lease) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(2), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
+        .await
+        .unwrap();
+    let before = etcd.key_space().await;
+
+    let web = fleet_units::UnitName::parse("web.service").unwrap();
+    let declared = registry
+        .declare_dead(leadership, &machine_id(1), &[web])
+        .await
+        .unwrap();
+
+    assert!(!declared);
+    assert_eq!(etcd.key_space().await.keys, before.keys);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -354,7 +392,7 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
     let registry = registry(&etcd).await;
     let (a_presence, lease_a) = present(&registry, 1).await;
     let (_b, lease_b) = present(&registry, 2).await;
-    let (_c, lease_c) = present(&registry, 3).await;
+    let (_c, _) = present(&registry, 3).await;
 
     let a = registry
         .campaign(&machine_id(1), lease_a)
@@ -372,7 +410,7 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
         Some(a)
     );
     registry
-        .apply_placements(a, &[place(&machine_id(3), lease_c, "web.service")])
+        .apply_placements(a, &[place(&machine_id(3), "web.service")])
         .await
         .unwrap();
 
@@ -395,7 +433,7 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
             a,
             &[
                 unplace(&machine_id(3), "web.service"),
-                place(&machine_id(2), lease_b, "db.service"),
+                place(&machine_id(2), "db.service"),
             ],
         )
         .await;
@@ -414,51 +452,24 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
     assert!(registry.placements().await.unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_placement_on_an_expired_lease_is_refused() {
-    let etcd = Etcd::start();
-    let registry = registry(&etcd).await;
-
-    let result = place_on_an_expired_lease(&registry).await;
-
-    assert!(
-        matches!(result, Err(ref e) if !matches!(e, Error::NotLeader)),
-        "{result:?}"
-    );
-    assert!(registry.placements().await.unwrap().is_empty());
-}
-
 /// The engine must tell "etcd refused this" (re-plan) from "etcd is unreachable" (wait).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-
-    let error = place_on_an_expired_lease(&registry).await.unwrap_err();
-
-    assert!(!error.is_unavailable(), "{error:?}");
-}
-
-/// Places a unit on a machine whose lease has just expired, as a leading engine.
-async fn place_on_an_expired_lease(registry: &Registry) -> fleet_registry::Result<()> {
-    let (gone, gone_lease) = present(registry, 1).await;
-    let (_leader, leader_lease) = present(registry, 2).await;
-    let leadership = registry
-        .campaign(&machine_id(2), leader_lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let (gone, gone_lease) = present(&registry, 1).await;
     drop(gone);
     eventually("machine 1 is gone", EXPIRY_DEADLINE, || async {
-        registry.machines().await.unwrap() == [machine(2)]
+        registry.machines().await.unwrap().is_empty()
     })
     .await;
-    registry
-        .apply_placements(
-            leadership,
-            &[place(&machine_id(1), gone_lease, "web.service")],
-        )
+
+    let error = registry
+        .publish_state(gone_lease, &state(1, "web.service"))
         .await
+        .unwrap_err();
+
+    assert!(!error.is_unavailable(), "{error:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -473,10 +484,7 @@ async fn three_hundred_placements_are_written_in_several_transactions() {
         .unwrap();
     let units: Vec<String> = (0..300).map(|i| format!("u{i:03}.service")).collect();
 
-    let puts: Vec<_> = units
-        .iter()
-        .map(|u| place(&machine_id(1), lease, u))
-        .collect();
+    let puts: Vec<_> = units.iter().map(|u| place(&machine_id(1), u)).collect();
     // Each transaction raises etcd's revision by one, and etcd refuses one of more than 128
     // operations (its default --max-txn-ops).
     let before = etcd.key_space().await.revision;
@@ -516,7 +524,6 @@ async fn placements_of_large_units_are_batched_within_etcds_request_limit() {
     let ops: Vec<PlacementOp> = (0..4)
         .map(|i| PlacementOp::Put {
             machine: machine_id(1),
-            lease,
             placement: Placement::for_unit(&bulky(&format!("u{i}.service"), 600 * 1024, false)),
         })
         .collect();
@@ -563,8 +570,8 @@ async fn the_engine_sees_units_machines_and_placements_together() {
         .apply_placements(
             leadership,
             &[
-                place(&machine_id(1), lease_a, "web.service"),
-                place(&machine_id(2), lease_b, "db.service"),
+                place(&machine_id(1), "web.service"),
+                place(&machine_id(2), "db.service"),
             ],
         )
         .await
@@ -595,7 +602,7 @@ async fn an_agent_sees_only_its_own_placements() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
-    let (_b, lease_b) = present(&registry, 2).await;
+    let (_b, _) = present(&registry, 2).await;
     let leadership = registry
         .campaign(&machine_id(1), lease_a)
         .await
@@ -605,9 +612,9 @@ async fn an_agent_sees_only_its_own_placements() {
         .apply_placements(
             leadership,
             &[
-                place(&machine_id(1), lease_a, "web.service"),
-                place(&machine_id(2), lease_b, "db.service"),
-                place(&machine_id(2), lease_b, "cache.service"),
+                place(&machine_id(1), "web.service"),
+                place(&machine_id(2), "db.service"),
+                place(&machine_id(2), "cache.service"),
             ],
         )
         .await
@@ -636,7 +643,7 @@ async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
-    let (_b, lease_b) = present(&registry, 2).await;
+    let (_b, _) = present(&registry, 2).await;
     let leadership = registry
         .campaign(&machine_id(1), lease_a)
         .await
@@ -652,7 +659,7 @@ async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
         .unwrap();
 
     registry
-        .apply_placements(leadership, &[place(&machine_id(2), lease_b, "db.service")])
+        .apply_placements(leadership, &[place(&machine_id(2), "db.service")])
         .await
         .unwrap();
     registry.put_unit(&unit("web.service")).await.unwrap();
@@ -662,7 +669,7 @@ async fn an_agent_wakes_for_its_own_placements_and_not_for_others() {
     );
 
     registry
-        .apply_placements(leadership, &[place(&machine_id(1), lease_a, "web.service")])
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
         .await
         .unwrap();
     let revision = tokio::time::timeout(EVENT_DEADLINE, changes.next())
@@ -913,7 +920,7 @@ async fn one_unit_is_read_through_the_placement_index() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
     let (_a, lease_a) = present(&registry, 1).await;
-    let (_b, lease_b) = present(&registry, 2).await;
+    let (_b, _) = present(&registry, 2).await;
     let leader = registry
         .campaign(&machine_id(1), lease_a)
         .await
@@ -934,7 +941,7 @@ async fn one_unit_is_read_through_the_placement_index() {
     assert_eq!((view.machine, view.state), (None, None));
 
     registry
-        .apply_placements(leader, &[place(&machine_id(1), lease_a, "web.service")])
+        .apply_placements(leader, &[place(&machine_id(1), "web.service")])
         .await
         .unwrap();
     registry
@@ -955,7 +962,7 @@ async fn one_unit_is_read_through_the_placement_index() {
             leader,
             &[
                 unplace(&machine_id(1), "web.service"),
-                place(&machine_id(2), lease_b, "web.service"),
+                place(&machine_id(2), "web.service"),
             ],
         )
         .await

@@ -54,6 +54,7 @@ fn snapshot(
         revision: 1,
         leader: None,
         units,
+        members: machines.iter().map(|m| m.machine.clone()).collect(),
         machines,
         placements,
         unplaceable: Default::default(),
@@ -202,7 +203,6 @@ fn table_of_removals_and_updates() {
             ),
             vec![PlacementOp::Put {
                 machine: mid(2),
-                lease: 102,
                 placement: Placement::for_unit(&a_loaded),
             }],
         ),
@@ -220,7 +220,6 @@ fn table_of_removals_and_updates() {
                 },
                 PlacementOp::Put {
                     machine: mid(2),
-                    lease: 102,
                     placement: Placement::for_unit(&a),
                 },
             ],

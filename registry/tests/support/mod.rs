@@ -74,10 +74,9 @@ pub fn names<'a>(units: impl IntoIterator<Item = &'a Unit>) -> Vec<String> {
     units.into_iter().map(|u| u.name.to_string()).collect()
 }
 
-pub fn place(machine: &MachineId, lease: i64, unit_name: &str) -> PlacementOp {
+pub fn place(machine: &MachineId, unit_name: &str) -> PlacementOp {
     PlacementOp::Put {
         machine: machine.clone(),
-        lease,
         placement: Placement::for_unit(&unit(unit_name)),
     }
 }
