@@ -33,16 +33,49 @@
 //! `S` later (`stop_allowance`). The engine moves them no sooner than
 //! `s + T + F + S` ([`Timing::engine_wait`]), and only if the machine has not registered
 //! again meanwhile. Every duration is measured on one machine's clock and widened by the
-//! clock-rate bound [`Timing::drift`] where it matters, so drifting clocks keep the argument.
+//! clock-rate bound [`Timing::drift_ppm`] where it matters, so drifting clocks keep the argument.
 //!
-//! The argument holds for members known alike on both sides. A machine that joins while
-//! others are cut off from etcd is unknown to them until they reach etcd again; until then
-//! their majority is counted over fewer members than the engine's (ARCHITECTURE.md, known
-//! limits).
+//! # What the callers must do for the argument to hold
+//!
+//! The argument needs both sides to count majorities of the same members, and the engine to
+//! see one absence as one absence. Three rules keep it so; without any one of them a unit can
+//! run twice (the counterexamples are in `tests/simulation.rs`):
+//!
+//! - **A fenced machine answers zero** ([`Guard::answer`]). The engine drops the machines it
+//!   declares dead from the members, but a machine cut off from etcd since then still counts
+//!   them, and they, cut off too, would answer that they are: with the asker they can make up
+//!   a majority of its members that shares no machine with the engine's majority. A machine
+//!   declared dead has fenced (that is what the argument shows) and stays fenced until a
+//!   renewal is acknowledged ([`Guard::verdict`] latches), which for a machine declared dead
+//!   means registering again, as a member again; so while it is not a member it counts for
+//!   nobody.
+//! - **The engine counts only the renewals of members every vanished machine knew of**
+//!   ([`Verdicts::round`]). A machine that joins the members (or joins again, after being
+//!   declared dead) while others are cut off from etcd is unknown to them: they count their
+//!   majority over fewer members than the engine does. Each machine records which version of
+//!   the members it last read; a member's renewal counts only if it joined at a version no
+//!   later than the one every vanished machine read.
+//! - **A vanished machine is named by its registration** ([`Verdicts::observe`]): machine and
+//!   lease, not machine alone, and it is declared dead only if that registration is still the
+//!   latest one and still gone. Otherwise an engine that did not look for a while (a stalled
+//!   loop, a short partition from etcd) misses the machine registering again, running its
+//!   units again and vanishing again, and declares it dead on the strength of a round sent
+//!   before all that.
+//!
+//! # What the callers must do for the protocol to be of use
 //!
 //! When etcd is down for everyone, every member confirms every other, so no unit stops; the
 //! engine cannot move anything meanwhile (it needs etcd), and etcd itself extends every lease
-//! when it elects a leader again.
+//! when it elects a leader again. But when etcd comes back, the members that renew first stop
+//! confirming the others, whose confirmations then lapse within [`Timing::validity`]: a
+//! machine whose lease is at risk must try to renew at least every [`Timing::ask_every`],
+//! without waiting for an earlier attempt to time out, or it fences needlessly.
+//!
+//! A majority cut off from etcd can confirm only once its members' last acknowledgements are
+//! [`Timing::confirm_after`] old, before the earliest of their leases can expire: with
+//! renewals every third of the TTL, that needs `2/3 TTL > confirm_after + peer_timeout` and
+//! some room for delays, a TTL of 3 s at least. With 2 s, such a majority often fences,
+//! depending on how the members' renewals are spread.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -149,6 +182,8 @@ pub struct Guard {
     renewed_sent: Duration,
     /// The end of the current confirmation.
     confirmed_until: Option<Duration>,
+    /// Set by the first [`Verdict::Fence`], until the next renewal.
+    fenced: bool,
 }
 
 impl Guard {
@@ -158,6 +193,7 @@ impl Guard {
             timing,
             renewed_sent: sent_at,
             confirmed_until: None,
+            fenced: false,
         }
     }
 
@@ -165,10 +201,13 @@ impl Guard {
         &self.timing
     }
 
-    /// The lease was renewed (or granted anew) by a request sent at `sent_at`.
+    /// The lease was renewed (or granted anew) by a request sent at `sent_at`. This also ends a
+    /// fence, unless the renewal is too old to keep the lease ([`Guard::verdict`] then fences
+    /// again).
     pub fn renewed(&mut self, sent_at: Duration) {
         self.renewed_sent = self.renewed_sent.max(sent_at);
         self.confirmed_until = None;
+        self.fenced = false;
     }
 
     /// The earliest time the lease can expire in etcd: the TTL from the latest renewal's
@@ -180,7 +219,8 @@ impl Guard {
     /// Records a round of questions sent at `sent_at` to the other members: `answers` holds,
     /// for each member that answered within [`Timing::peer_timeout`], how long it had had no
     /// renewal acknowledged. `members` counts every member, this machine included, and
-    /// `own_since` is the same measure for this machine. Returns whether the round confirmed.
+    /// `own_since` is the same measure for this machine. Returns whether the round confirmed
+    /// (never once fenced). The round may be recorded as soon as every member answered.
     pub fn round(
         &mut self,
         sent_at: Duration,
@@ -188,6 +228,9 @@ impl Guard {
         answers: &[Duration],
         members: usize,
     ) -> bool {
+        if self.fenced {
+            return false;
+        }
         let d = self.timing.confirm_after();
         let cut_off = answers.iter().filter(|a| **a >= d).count() + usize::from(own_since >= d);
         let confirmed = cut_off >= majority(members.max(answers.len() + 1));
@@ -198,8 +241,37 @@ impl Guard {
         confirmed
     }
 
-    /// What to do at `now`.
-    pub fn verdict(&self, now: Duration) -> Verdict {
+    /// What to do at `now`. Once this says [`Verdict::Fence`] it keeps saying so until the next
+    /// renewal, even if a later round would confirm: the machine has stopped its units and may
+    /// have been declared dead, so it runs units again only once renewed (or registered again),
+    /// and only those it then reads placed on it.
+    pub fn verdict(&mut self, now: Duration) -> Verdict {
+        let verdict = self.assess(now);
+        self.fenced = verdict == Verdict::Fence;
+        verdict
+    }
+
+    /// Whether the machine has fenced since its latest renewal.
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// What this machine answers a peer's question, given how long it has had no renewal of its
+    /// own acknowledged: that, or zero while it is fenced. A fenced machine may have been
+    /// declared dead and dropped from the members, and must not count towards a majority the
+    /// engine does not count it in (see the module documentation).
+    pub fn answer(&self, since_ack: Duration) -> Duration {
+        if self.fenced {
+            Duration::ZERO
+        } else {
+            since_ack
+        }
+    }
+
+    fn assess(&self, now: Duration) -> Verdict {
+        if self.fenced {
+            return Verdict::Fence;
+        }
         if self.confirmed_until.is_some_and(|u| now < u) {
             return Verdict::Confirmed;
         }
@@ -213,11 +285,11 @@ impl Guard {
         }
     }
 
-    /// Whether a round sent at `now` is due: the lease is at risk and the current confirmation
-    /// (if any) was sent more than [`Timing::ask_every`] ago.
+    /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
+    /// and the current confirmation (if any) was sent more than [`Timing::ask_every`] ago.
     pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
         let at_risk = now + self.timing.ask_ahead >= self.expiry();
-        at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
+        !self.fenced && at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
     }
 }
 
@@ -246,6 +318,12 @@ impl<K: Ord + Clone> Verdicts<K> {
 
     /// The members whose lease is gone, as read by a request answered at `now`. A member seen
     /// again is forgotten, so a later absence starts afresh.
+    ///
+    /// `K` must name a member's registration (machine and lease, say), not the machine alone:
+    /// the engine may not see every read in between (a stalled loop, a short partition), and a
+    /// machine that registered again, ran its units again and vanished again unseen must not
+    /// inherit a verdict on its earlier absence. The caller declares a member dead only if that
+    /// registration is still the latest one and still gone.
     pub fn observe(&mut self, now: Duration, absent: impl IntoIterator<Item = K>) {
         let mut next = BTreeMap::new();
         for k in absent {
@@ -265,6 +343,10 @@ impl<K: Ord + Clone> Verdicts<K> {
 
     /// Records a round sent at `sent_at` in which `renewed` of the `members` members had a
     /// renewal of their lease acknowledged on request. Returns whether it was a majority.
+    ///
+    /// `renewed` counts only members that every vanished member knew of: members that joined
+    /// at a version of the members no later than the latest one each vanished member read
+    /// (see the module documentation). `members` counts every member.
     pub fn round(&mut self, sent_at: Duration, renewed: usize, members: usize) -> bool {
         if renewed < majority(members) {
             return false;
@@ -345,11 +427,36 @@ mod tests {
         let d = t.confirm_after();
         assert!(g.round(ms(5_000), ms(5_000), &[d, ms(10)], 3));
         assert_eq!(g.verdict(ms(5_500)), Verdict::Confirmed);
-        assert_eq!(g.verdict(ms(5_594)), Verdict::Fence);
+        // Without another round, the confirmation lapses...
+        assert_eq!(g.clone().verdict(ms(5_594)), Verdict::Fence);
+        // ...a round sent before it does extends it.
         assert!(g.round(ms(5_550), ms(5_550), &[d], 3));
         assert_eq!(g.verdict(ms(6_000)), Verdict::Confirmed);
         g.renewed(ms(6_100));
         assert_eq!(g.verdict(ms(6_200)), Verdict::Renewing);
+    }
+
+    #[test]
+    fn a_fenced_machine_stays_fenced_until_renewed_and_counts_for_nobody() {
+        let t = timing();
+        let d = t.confirm_after();
+        let mut g = Guard::new(t, ms(0));
+        assert_eq!(g.answer(d), d);
+        assert_eq!(g.verdict(ms(4_950)), Verdict::Fence);
+        assert!(g.fenced());
+        // A later round does not bring the units back...
+        assert!(!g.should_ask(ms(5_000), None));
+        assert!(!g.round(ms(5_000), d, &[d, d], 3));
+        assert_eq!(g.verdict(ms(5_100)), Verdict::Fence);
+        // ...and the machine answers that it is not cut off: it may have been declared dead.
+        assert_eq!(g.answer(d), Duration::ZERO);
+        // A renewal too old to keep the lease fences again; a fresh one ends the fence.
+        g.renewed(ms(100));
+        assert_eq!(g.verdict(ms(5_200)), Verdict::Fence);
+        g.renewed(ms(5_150));
+        assert_eq!(g.verdict(ms(5_200)), Verdict::Renewing);
+        assert!(!g.fenced());
+        assert_eq!(g.answer(d), d);
     }
 
     #[test]
@@ -386,5 +493,24 @@ mod tests {
         v.observe(ms(5_000), []);
         v.observe(ms(6_000), ["a"]);
         assert!(v.dead(ms(60_000)).is_empty());
+    }
+
+    #[test]
+    fn a_machine_that_registered_again_unseen_starts_afresh_when_named_by_registration() {
+        let t = timing();
+        // Named by machine alone: an engine that stalled from 2 s to 20 s, while "a" registered
+        // again, ran its units and vanished again, declares it dead on the old round.
+        let mut by_machine: Verdicts<&str> = Verdicts::new(t);
+        by_machine.observe(ms(1_000), ["a"]);
+        assert!(by_machine.round(ms(1_100), 2, 3));
+        by_machine.observe(ms(20_000), ["a"]);
+        assert_eq!(by_machine.dead(ms(20_000)), vec!["a"]);
+        // Named by machine and lease: the new absence waits for a round of its own.
+        let mut v: Verdicts<(&str, u64)> = Verdicts::new(t);
+        v.observe(ms(1_000), [("a", 1)]);
+        assert!(v.round(ms(1_100), 2, 3));
+        v.observe(ms(20_000), [("a", 2)]);
+        assert!(v.dead(ms(20_000)).is_empty());
+        assert!(v.needs_round());
     }
 }
