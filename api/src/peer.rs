@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use axum::Json;
 use axum::Router;
 use fleet_errors::root_cause;
-use fleet_registry::{Liveness, Machine, Witness};
+use fleet_registry::{Liveness, Machine, MachineId, Witness};
 use fleet_units::UnitName;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
@@ -379,21 +379,22 @@ impl PeerWitness {
         tokio::time::timeout(timeout, answer).await.ok().flatten()
     }
 
+    /// The answers of the members that answered, with their ids.
     fn ask_all<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
         members: Vec<Machine>,
         method: reqwest::Method,
         path: &'static str,
         timeout: Duration,
-    ) -> BoxFuture<'static, Vec<T>> {
+    ) -> BoxFuture<'static, Vec<(MachineId, T)>> {
         let client = self.client.clone();
         Box::pin(async move {
-            let asks = members
-                .into_iter()
-                .filter_map(|m| m.peer_address)
-                .map(|address| {
-                    PeerWitness::ask::<T>(client.clone(), method.clone(), address, path, timeout)
-                });
+            let asks = members.into_iter().filter_map(|m| {
+                let (id, address) = (m.id, m.peer_address?);
+                let ask =
+                    PeerWitness::ask::<T>(client.clone(), method.clone(), address, path, timeout);
+                Some(async move { ask.await.map(|answer| (id, answer)) })
+            });
             futures_util::future::join_all(asks)
                 .await
                 .into_iter()
@@ -415,15 +416,26 @@ impl Witness for PeerWitness {
             answers
                 .await
                 .into_iter()
-                .map(|a| Duration::from_millis(a.since_renewal_ms))
+                .map(|(_, a)| Duration::from_millis(a.since_renewal_ms))
                 .collect()
         })
     }
 
-    fn renew_now(&self, members: Vec<Machine>, timeout: Duration) -> BoxFuture<'static, usize> {
+    fn renew_now(
+        &self,
+        members: Vec<Machine>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Vec<MachineId>> {
         let answers =
             self.ask_all::<RenewAnswer>(members, reqwest::Method::POST, "/presence/renew", timeout);
-        Box::pin(async move { answers.await.into_iter().filter(|a| a.renewed).count() })
+        Box::pin(async move {
+            answers
+                .await
+                .into_iter()
+                .filter(|(_, a)| a.renewed)
+                .map(|(id, _)| id)
+                .collect()
+        })
     }
 }
 

@@ -121,7 +121,8 @@ async fn lead(
 ) {
     let _leading = fleet_telemetry::LeaderGuard::new();
     let origin = Instant::now();
-    let mut verdicts: Verdicts<MachineId> = Verdicts::new(config.timing);
+    // Vanished members are named by their registration: id and member record revision.
+    let mut verdicts: Verdicts<(MachineId, i64)> = Verdicts::new(config.timing);
     // Whether the last round found no majority (logged when that changes).
     let mut short = false;
     let mut changes: Option<Changes> = None;
@@ -158,45 +159,48 @@ async fn lead(
         verdicts.observe(origin.elapsed(), absent.iter().cloned());
         if verdicts.needs_round() {
             let sent = origin.elapsed();
-            let members = snapshot.members.len();
-            let renewed = match &config.witness {
-                Some(w) => {
-                    let live: Vec<_> = snapshot
-                        .members
-                        .iter()
-                        .filter(|m| !absent.contains(&m.id))
-                        .cloned()
-                        .collect();
-                    w.renew_now(live, config.timing.peer_timeout).await
-                }
-                None => members - absent.len(),
+            let live: Vec<_> = snapshot
+                .members
+                .iter()
+                .map(|e| &e.member.machine)
+                .filter(|m| !absent.iter().any(|(id, _)| *id == m.id))
+                .cloned()
+                .collect();
+            let renewed: Vec<MachineId> = match &config.witness {
+                Some(w) => w.renew_now(live, config.timing.peer_timeout).await,
+                None => live.into_iter().map(|m| m.id).collect(),
             };
-            let majority = verdicts.round(sent, renewed, members);
+            let majority = verdicts.round_with(sent, |(id, _)| {
+                majority_for(&snapshot.members, id, &renewed)
+            });
             if !majority && !short {
                 tracing::warn!(
-                    renewed,
-                    members,
+                    renewed = renewed.len(),
+                    members = snapshot.members.len(),
                     missing = absent.len(),
                     "no majority of the machines reaches etcd: units of lost machines stay where they are"
                 );
             } else if majority && short {
                 tracing::info!(
-                    renewed,
-                    members,
+                    renewed = renewed.len(),
+                    members = snapshot.members.len(),
                     "a majority of the machines reaches etcd again"
                 );
             }
             short = !majority;
         }
         let mut declared = false;
-        for machine in verdicts.dead(origin.elapsed()) {
+        for (machine, member_revision) in verdicts.dead(origin.elapsed()) {
             let units: Vec<_> = snapshot
                 .placements
                 .iter()
                 .filter(|(m, _)| *m == machine)
                 .map(|(_, p)| p.name.clone())
                 .collect();
-            match registry.declare_dead(leadership, &machine, &units).await {
+            match registry
+                .declare_dead(leadership, &machine, member_revision, &units)
+                .await
+            {
                 Ok(true) => {
                     tracing::warn!(machine = %machine, units = units.len(), "machine lost: declared dead, placing its units elsewhere");
                     declared = true;
@@ -211,6 +215,7 @@ async fn lead(
         if declared {
             continue;
         }
+        let absent: BTreeSet<MachineId> = absent.into_iter().map(|(id, _)| id).collect();
         hold(&mut snapshot, &absent);
         let plan::Plan {
             mut ops,
@@ -276,15 +281,35 @@ async fn lead(
     }
 }
 
-/// The members whose lease is gone.
-fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<MachineId> {
+/// The members whose lease is gone, with the revision of their member record (which names the
+/// registration that vanished).
+fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
     let live: BTreeSet<&MachineId> = snapshot.machines.iter().map(|m| &m.machine.id).collect();
     snapshot
         .members
         .iter()
-        .filter(|m| !live.contains(&m.id))
-        .map(|m| m.id.clone())
+        .filter(|e| !live.contains(&e.member.machine.id))
+        .map(|e| (e.member.machine.id.clone(), e.mod_revision))
         .collect()
+}
+
+/// Whether the members that `renewed` on request make a majority for the vanished member
+/// `vanished`: of the members it counts over (as it last recorded reading them), counting only
+/// members that were members then (created no later than that reading).
+fn majority_for(
+    members: &[fleet_registry::MemberEntry],
+    vanished: &MachineId,
+    renewed: &[MachineId],
+) -> bool {
+    let Some(judged) = members.iter().find(|e| e.member.machine.id == *vanished) else {
+        return false;
+    };
+    let counted = members
+        .iter()
+        .filter(|e| e.create_revision <= judged.member.seen_revision)
+        .filter(|e| renewed.contains(&e.member.machine.id))
+        .count();
+    counted >= fleet_quorum::majority(judged.member.seen_members)
 }
 
 /// Takes out of `snapshot` the units placed on `absent` members, with those placements, so

@@ -113,7 +113,7 @@ impl Timing {
             ttl,
             ask_ahead,
             peer_timeout: Duration::from_millis(300),
-            validity: Duration::from_millis(600),
+            validity: Duration::from_secs(1),
             stop_allowance: Duration::from_secs(1),
             drift_ppm: 10_000,
         }
@@ -287,6 +287,14 @@ impl Guard {
 
     /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
     /// and the current confirmation (if any) was sent more than [`Timing::ask_every`] ago.
+    /// Whether the lease may expire within [`Timing::ask_ahead`]: renewals are then tried
+    /// every [`Timing::ask_every`], each given no longer than twice that (an attempt stuck on a
+    /// connection etcd no longer answers must not keep a renewal waiting while confirmations
+    /// lapse).
+    pub fn at_risk(&self, now: Duration) -> bool {
+        now + self.timing.ask_ahead >= self.expiry()
+    }
+
     pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
         let at_risk = now + self.timing.ask_ahead >= self.expiry();
         !self.fenced && at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
@@ -348,16 +356,25 @@ impl<K: Ord + Clone> Verdicts<K> {
     /// at a version of the members no later than the latest one each vanished member read
     /// (see the module documentation). `members` counts every member.
     pub fn round(&mut self, sent_at: Duration, renewed: usize, members: usize) -> bool {
-        if renewed < majority(members) {
-            return false;
-        }
+        let majority = renewed >= majority(members);
+        self.round_with(sent_at, |_| majority);
+        majority
+    }
+
+    /// Records a round sent at `sent_at`, where `majority(k)` says whether the members that
+    /// renewed on request make a majority for the vanished member `k`: of the members `k`
+    /// counted (the version of the members it last read), counting only renewals of members
+    /// that had joined by that version. Returns whether it did for any vanished member.
+    pub fn round_with(&mut self, sent_at: Duration, mut majority: impl FnMut(&K) -> bool) -> bool {
         let dead_at = sent_at + self.timing.engine_wait();
-        for m in self.missing.values_mut() {
-            if m.dead_at.is_none() && m.since <= sent_at {
+        let mut any = false;
+        for (k, m) in self.missing.iter_mut() {
+            if m.dead_at.is_none() && m.since <= sent_at && majority(k) {
                 m.dead_at = Some(dead_at);
+                any = true;
             }
         }
-        true
+        any
     }
 
     /// The vanished members that may be declared dead at `now`.
@@ -405,8 +422,8 @@ mod tests {
             assert!(t.ask_ahead <= t.ttl / 2);
         }
         let t = timing();
-        assert_eq!(t.confirm_after(), ms(1_298));
-        assert_eq!(t.engine_wait(), ms(2_026));
+        assert_eq!(t.confirm_after(), ms(1_714));
+        assert_eq!(t.engine_wait(), ms(2_442));
     }
 
     #[test]
@@ -428,7 +445,7 @@ mod tests {
         assert!(g.round(ms(5_000), ms(5_000), &[d, ms(10)], 3));
         assert_eq!(g.verdict(ms(5_500)), Verdict::Confirmed);
         // Without another round, the confirmation lapses...
-        assert_eq!(g.clone().verdict(ms(5_594)), Verdict::Fence);
+        assert_eq!(g.clone().verdict(ms(5_990)), Verdict::Fence);
         // ...a round sent before it does extends it.
         assert!(g.round(ms(5_550), ms(5_550), &[d], 3));
         assert_eq!(g.verdict(ms(6_000)), Verdict::Confirmed);

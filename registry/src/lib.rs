@@ -7,7 +7,7 @@
 //! | `units/<name>` | [`Unit`]: options and desired state | none |
 //! | `global/<name>` | [`Unit`], a copy for global units only, so agents watch just these | none |
 //! | `machines/<id>` | [`Machine`] | the machine's |
-//! | `members/<id>` | [`Machine`], as registered: the cluster's members, counted for majorities | none |
+//! | `members/<id>` | [`Member`]: the cluster's members, counted for majorities, and what each last read of them | none |
 //! | `placements/<id>/<name>` | [`Placement`], written by the engine | none |
 //! | `placed/<name>/<id>` | empty: the index from a unit to its machine, written with the placement | none |
 //! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
@@ -39,7 +39,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use model::{
-    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Placement, Unit, UnitState,
+    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
+    UnitState,
 };
 pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Witness};
 pub use watch::Changes;
@@ -176,7 +177,7 @@ pub struct EngineSnapshot {
     pub units: Vec<Unit>,
     pub machines: Vec<MachineEntry>,
     /// Every machine registered and not declared dead, live or not.
-    pub members: Vec<Machine>,
+    pub members: Vec<MemberEntry>,
     pub placements: Vec<(MachineId, Placement)>,
     /// Why units could not be placed, as the leader last wrote it.
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
@@ -192,6 +193,16 @@ pub struct UnitView {
     pub state: Option<UnitState>,
     /// Why the engine cannot place it, if so.
     pub unplaceable: Option<Vec<String>>,
+}
+
+/// A member record and its revisions: it was created when the machine first registered after
+/// being declared dead (or ever), and last written when it registered or recorded a new
+/// reading of the members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    pub member: Member,
+    pub create_revision: i64,
+    pub mod_revision: i64,
 }
 
 /// A live machine and the lease its record hangs on.
@@ -907,10 +918,7 @@ impl Registry {
             lease: kv.lease(),
         });
         let unplaceable = self.decode_unplaceable(unplaceable.kvs())?;
-        let members = decode_all::<Machine>(members.kvs())?
-            .into_iter()
-            .map(|(_, m)| m)
-            .collect();
+        let members = member_entries(&self.members_prefix(), members.kvs());
         Ok(EngineSnapshot {
             revision,
             leader,
@@ -993,12 +1001,15 @@ impl Registry {
 
     /// Declares a machine whose lease is gone dead: removes what was placed on it (`units`)
     /// and its member record, so that the engine places those units elsewhere. Every
-    /// transaction is conditioned on `leadership` and on the machine not being registered
-    /// again; `Ok(false)` when it is (nothing more is removed then: it keeps its units).
+    /// transaction is conditioned on `leadership`, on the machine not being registered, and on
+    /// its member record being the one the engine judged (`member_revision`, its mod
+    /// revision: a machine that registered again in between, even if gone again, is judged
+    /// afresh); `Ok(false)` when that no longer holds (nothing more is removed then).
     pub async fn declare_dead(
         &self,
         leadership: Leadership,
         machine: &MachineId,
+        member_revision: i64,
         units: &[UnitName],
     ) -> Result<bool> {
         let leader = self.leader_key();
@@ -1018,6 +1029,11 @@ impl Registry {
                 .when(vec![
                     Compare::create_revision(leader.clone(), CompareOp::Equal, leadership.revision),
                     Compare::version(self.machine_key(machine), CompareOp::Equal, 0),
+                    Compare::mod_revision(
+                        self.member_key(machine),
+                        CompareOp::Equal,
+                        member_revision,
+                    ),
                 ])
                 .and_then(batch)
                 .or_else(vec![TxnOp::get(leader.clone(), None)]);
@@ -1033,19 +1049,26 @@ impl Registry {
         Ok(true)
     }
 
-    /// Records `machine` as a member of the cluster (done at each registration).
-    pub async fn put_member(&self, machine: &Machine) -> Result<()> {
-        let mut kv = self.kv();
-        self.timed(kv.put(self.member_key(&machine.id), encode(machine), None))
-            .await?;
-        Ok(())
+    /// Records a new reading of the members in this machine's member record, unless the
+    /// record is gone (the machine was declared dead: it becomes a member again only by
+    /// registering). Whether it was recorded.
+    pub async fn record_reading(&self, member: &Member) -> Result<bool> {
+        let key = self.member_key(&member.machine.id);
+        let txn = Txn::new()
+            .when(vec![Compare::version(key.clone(), CompareOp::Greater, 0)])
+            .and_then(vec![TxnOp::put(key, encode(member), None)]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// The cluster's members (machines registered and not declared dead), and the revision
     /// they were read at.
-    pub async fn cluster_members(&self) -> Result<(i64, Vec<Machine>)> {
-        let (revision, members) = self.range::<Machine>(&self.members_prefix()).await?;
-        Ok((revision, members.into_iter().map(|(_, m)| m).collect()))
+    pub async fn cluster_members(&self) -> Result<(i64, Vec<MemberEntry>)> {
+        let mut kv = self.kv();
+        let resp = self
+            .timed(kv.get(self.members_prefix(), Some(GetOptions::new().with_prefix())))
+            .await?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((revision, member_entries(&self.members_prefix(), resp.kvs())))
     }
 
     /// The prefix whose changes tell that the members changed.
@@ -1181,6 +1204,41 @@ fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
     let got = gets.len();
     gets.try_into()
         .map_err(|_| Error::Protocol(format!("a transaction of {N} reads answered {got} of them")))
+}
+
+/// The member records under `prefix`. One that cannot be read (written by another version,
+/// say) still counts as a member, by the id in its key, that nobody can judge dead (it knew of
+/// more members than there can be) until its machine registers again and rewrites it: an
+/// unreadable record must make majorities harder to reach, never easier.
+fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
+    kvs.iter()
+        .filter_map(|kv| {
+            let member = match decode::<Member>(kv) {
+                Ok(member) => member,
+                Err(e) => {
+                    let id = kv.key_str().ok()?.strip_prefix(prefix)?;
+                    let id = MachineId::parse(id).ok()?;
+                    tracing::debug!(error = %e, "unreadable member record");
+                    Member {
+                        machine: Machine {
+                            id,
+                            public_ip: String::new(),
+                            metadata: BTreeMap::new(),
+                            version: String::new(),
+                            peer_address: None,
+                        },
+                        seen_revision: 0,
+                        seen_members: usize::MAX,
+                    }
+                }
+            };
+            Some(MemberEntry {
+                member,
+                create_revision: kv.create_revision(),
+                mod_revision: kv.mod_revision(),
+            })
+        })
+        .collect()
 }
 
 fn placement_machine(prefix: &str, kv: &KeyValue) -> Option<MachineId> {

@@ -153,7 +153,8 @@ pub struct Machine {
 }
 
 /// What the engine tells one machine to do with one unit. Written under the machine's own key
-/// prefix and attached to that machine's lease, so it vanishes when the machine does.
+/// prefix; it outlives the machine's lease, until the engine moves the unit or declares the
+/// machine dead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
@@ -195,4 +196,16 @@ pub struct UnitState {
     /// service's result), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<String>,
+}
+
+/// A member of the cluster (`members/<id>`): a machine registered and not declared dead, and
+/// the members it counts its majorities over (`fleet-quorum`): those it read at
+/// `seen_revision`, `seen_members` of them, itself included. A machine records a new reading
+/// here before it counts over it, so that the engine counts over no more than it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub machine: Machine,
+    pub seen_revision: i64,
+    pub seen_members: usize,
 }

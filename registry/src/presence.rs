@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{encode, Creation, Error, Machine, MachineId, Registry, Result};
+use crate::{encode, Error, Machine, MachineId, Member, Registry, Result};
 
 /// Asks the cluster's other members about their leases, over the peer endpoint.
 pub trait Witness: Send + Sync + 'static {
@@ -33,9 +33,13 @@ pub trait Witness: Send + Sync + 'static {
         timeout: Duration,
     ) -> BoxFuture<'static, Vec<Duration>>;
 
-    /// How many of `members` renewed their lease on request and said so within `timeout`
+    /// Which of `members` renewed their lease on request and said so within `timeout`
     /// ([`Liveness::renew_now`]).
-    fn renew_now(&self, members: Vec<Machine>, timeout: Duration) -> BoxFuture<'static, usize>;
+    fn renew_now(
+        &self,
+        members: Vec<Machine>,
+        timeout: Duration,
+    ) -> BoxFuture<'static, Vec<MachineId>>;
 }
 
 /// What this machine tells its peers about its lease. Exists from fleetd's start, before the
@@ -47,6 +51,9 @@ pub struct Liveness {
 
 struct LivenessInner {
     started: Instant,
+    /// Until registered, and from a fence until the next renewal: the machine may have been
+    /// declared dead and dropped from the members, so it must count for nobody's majority.
+    fenced: std::sync::atomic::AtomicBool,
     last_ack: Mutex<Option<Instant>>,
     renew: mpsc::Sender<oneshot::Sender<bool>>,
     requests: Mutex<Option<mpsc::Receiver<oneshot::Sender<bool>>>>,
@@ -64,6 +71,7 @@ impl Liveness {
         Liveness {
             inner: Arc::new(LivenessInner {
                 started: Instant::now(),
+                fenced: std::sync::atomic::AtomicBool::new(true),
                 last_ack: Mutex::new(None),
                 renew,
                 requests: Mutex::new(Some(requests)),
@@ -71,11 +79,27 @@ impl Liveness {
         }
     }
 
-    /// How long no renewal of this machine's lease has been acknowledged (counted from this
-    /// process's start if none was: it knows nothing of earlier ones, and so says less).
+    /// What this machine answers a peer asking whether it is cut off from etcd: how long no
+    /// renewal of its lease has been acknowledged (counted from this process's start if none
+    /// was: it knows nothing of earlier ones, and so says less), or zero while it is not
+    /// registered or has fenced ([`fleet_quorum::Guard::answer`]).
     pub fn since_renewal(&self) -> Duration {
+        if self.inner.fenced.load(std::sync::atomic::Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        self.own_since_renewal()
+    }
+
+    /// How long no renewal of this machine's lease has been acknowledged, fenced or not.
+    fn own_since_renewal(&self) -> Duration {
         let last = self.last_ack().unwrap_or(self.inner.started);
         last.elapsed()
+    }
+
+    fn set_fenced(&self, fenced: bool) {
+        self.inner
+            .fenced
+            .store(fenced, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn last_ack(&self) -> Option<Instant> {
@@ -179,14 +203,15 @@ impl Presence {
         let ttl_secs = ttl.as_secs().clamp(2, MAX_LEASE_TTL_SECS) as i64;
         let lease_file = options.lease_file;
         let liveness = options.liveness.unwrap_or_default();
-        let (lease, sent) =
+        let (lease, view, sent) =
             register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
         liveness.acked();
+        liveness.set_fenced(false);
         let timing = Timing::for_ttl(Duration::from_secs(ttl_secs as u64), registry.timeout);
         let origin = liveness.inner.started;
         let guard = Arc::new(Mutex::new(Guard::new(timing, sent.duration_since(origin))));
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
-        let members = Arc::new(Mutex::new(Vec::new()));
+        let members = Arc::new(Mutex::new(view));
         let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
             registry: registry.clone(),
             machine: machine.clone(),
@@ -197,9 +222,14 @@ impl Presence {
             guard: guard.clone(),
             liveness: liveness.clone(),
             requests: liveness.take_requests(),
+            members: members.clone(),
         }))];
         if let Some(witness) = options.witness {
-            tasks.push(tokio::spawn(follow_members(registry, members.clone())));
+            tasks.push(tokio::spawn(follow_members(
+                registry,
+                machine.clone(),
+                members.clone(),
+            )));
             tasks.push(tokio::spawn(guard_loop(
                 machine.id, guard, members, witness, liveness, tx,
             )));
@@ -224,12 +254,12 @@ async fn register_until_done(
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
-) -> Result<(i64, Instant)> {
+) -> Result<(i64, Vec<Machine>, Instant)> {
     let mut warned = false;
     loop {
         let sent = Instant::now();
         match register(registry, machine, ttl, lease_file).await {
-            Ok(lease) => return Ok((lease, sent)),
+            Ok((lease, view)) => return Ok((lease, view, sent)),
             Err(Error::DuplicateMachine(id)) => {
                 if !warned {
                     tracing::error!(
@@ -249,14 +279,17 @@ async fn register_until_done(
     }
 }
 
-/// One registration attempt (the lease's time runs from when it was sent): take back the lease of a previous run if the record still hangs
-/// on it, else create the record on a new lease unless a live record exists.
+/// One registration attempt (the lease's time runs from when it was sent): take back the
+/// lease of a previous run if the record still hangs on it, else create the record on a new
+/// lease unless a live record exists. Either way the member record is written in the same
+/// transaction, with the members read just before: the view this machine then counts its
+/// majorities over, returned with the lease.
 async fn register(
     registry: &Registry,
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
-) -> Result<i64> {
+) -> Result<(i64, Vec<Machine>)> {
     let key = registry.machine_key(&machine.id);
     // Metadata set through the API outlives registrations.
     let mut machine = machine.clone();
@@ -267,9 +300,14 @@ async fn register(
         };
     }
     let value = encode(&machine);
-    // The member record first: it outlives leases, and a member that has not registered yet
-    // only counts against majorities, never for one.
-    registry.put_member(&machine).await?;
+    let (seen_revision, entries) = registry.cluster_members().await?;
+    let view = view_with(&machine, entries.into_iter().map(|e| e.member.machine));
+    let member = Member {
+        machine: machine.clone(),
+        seen_revision,
+        seen_members: view.len(),
+    };
+    let member_put = || TxnOp::put(registry.member_key(&machine.id), encode(&member), None);
     if let Some(previous) = lease_file.and_then(read_lease) {
         let txn = Txn::new()
             .when(vec![Compare::lease(
@@ -277,28 +315,40 @@ async fn register(
                 CompareOp::Equal,
                 previous,
             )])
-            .and_then(vec![TxnOp::put(
-                key.clone(),
-                value.clone(),
-                Some(PutOptions::new().with_lease(previous)),
-            )]);
+            .and_then(vec![
+                TxnOp::put(
+                    key.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(previous)),
+                ),
+                member_put(),
+            ]);
         // The put fails if the lease expired meanwhile; then register afresh.
         if let Ok(resp) = registry.txn(txn).await {
             if resp.succeeded() {
                 tracing::info!(lease = previous, "took back the lease of the previous run");
-                return Ok(previous);
+                return Ok((previous, view));
             }
         }
     }
     let mut lease_client = registry.lease_client();
     let grant = registry.timed(lease_client.grant(ttl, None)).await?;
     let lease = grant.id();
-    if let Creation::Exists(holder) = registry
-        .create_unless_exists(&key, value, Some(lease))
-        .await?
-    {
+    let txn = Txn::new()
+        .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
+        .and_then(vec![
+            TxnOp::put(
+                key.clone(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            member_put(),
+        ])
+        .or_else(vec![TxnOp::get(key.clone(), None)]);
+    let resp = registry.txn(txn).await?;
+    if !resp.succeeded() {
         let _ = registry.timed(lease_client.revoke(lease)).await;
-        tracing::debug!(holder = ?holder.map(|kv| kv.lease()), "machine key is held");
+        tracing::debug!("machine key is held");
         return Err(Error::DuplicateMachine(machine.id.clone()));
     }
     if let Some(path) = lease_file {
@@ -307,7 +357,15 @@ async fn register(
         }
     }
     tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
-    Ok(lease)
+    Ok((lease, view))
+}
+
+/// The members read, with this machine among them (as itself).
+fn view_with(me: &Machine, read: impl Iterator<Item = Machine>) -> Vec<Machine> {
+    let mut view: Vec<Machine> = read.filter(|m| m.id != me.id).collect();
+    view.push(me.clone());
+    view.sort_by(|a, b| a.id.cmp(&b.id));
+    view
 }
 
 fn read_lease(path: &PathBuf) -> Option<i64> {
@@ -332,6 +390,8 @@ struct KeepAlive {
     liveness: Liveness,
     /// Renewals asked for by peers (the engine of another machine counting who is connected).
     requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
+    /// The members this machine counts its majorities over.
+    members: Arc<Mutex<Vec<Machine>>>,
 }
 
 /// Renews the lease every third of its TTL, and at once when a peer asks. When the lease is
@@ -343,10 +403,32 @@ async fn keep_alive(mut k: KeepAlive) {
     let mut asked: Vec<oneshot::Sender<bool>> = Vec::new();
     loop {
         let sent = Instant::now();
-        let renewed = match renewer.renew(&k.registry, k.lease).await {
+        // While the lease is at risk, an attempt stuck on a connection etcd no longer answers
+        // must not hold up the next one (confirmations lapse meanwhile).
+        let (at_risk, ask_every) = {
+            let guard = lock(&k.guard);
+            (
+                guard.at_risk(sent.duration_since(origin)),
+                guard.timing().ask_every(),
+            )
+        };
+        let attempt = renewer.renew(&k.registry, k.lease);
+        let outcome = if at_risk {
+            match tokio::time::timeout(2 * ask_every, attempt).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    renewer.stream = None;
+                    Err(Error::Timeout(2 * ask_every))
+                }
+            }
+        } else {
+            attempt.await
+        };
+        let renewed = match outcome {
             Ok(remaining) if remaining > 0 => {
                 k.liveness.acked();
                 lock(&k.guard).renewed(sent.duration_since(origin));
+                k.liveness.set_fenced(false);
                 k.status.send_if_modified(|s| {
                     let next = PresenceStatus::Alive { lease: k.lease };
                     let changed = *s != next;
@@ -374,10 +456,12 @@ async fn keep_alive(mut k: KeepAlive) {
                     k.status.send_replace(PresenceStatus::Fenced);
                 }
                 match register(&k.registry, &k.machine, k.ttl, k.lease_file.as_ref()).await {
-                    Ok(new_lease) => {
+                    Ok((new_lease, view)) => {
                         k.lease = new_lease;
+                        *lock(&k.members) = view;
                         k.liveness.acked();
                         lock(&k.guard).renewed(sent.duration_since(origin));
+                        k.liveness.set_fenced(false);
                         k.status
                             .send_replace(PresenceStatus::Alive { lease: k.lease });
                         true
@@ -396,7 +480,11 @@ async fn keep_alive(mut k: KeepAlive) {
         for reply in asked.drain(..) {
             let _ = reply.send(renewed);
         }
-        let pause = if renewed { period } else { RETRY_PAUSE };
+        let pause = match (renewed, at_risk) {
+            (true, _) => period,
+            (false, true) => ask_every,
+            (false, false) => RETRY_PAUSE,
+        };
         let next = tokio::time::sleep(pause);
         tokio::select! {
             _ = next => {}
@@ -410,12 +498,33 @@ async fn keep_alive(mut k: KeepAlive) {
     }
 }
 
-/// Follows the cluster's members (for whom to ask and how many make a majority).
-async fn follow_members(registry: Registry, members: Arc<Mutex<Vec<Machine>>>) {
+/// Follows the cluster's members (for whom to ask and how many make a majority). A new reading
+/// is recorded in this machine's member record before it is counted over, so that the engine,
+/// judging this machine, counts over no more members than it does.
+async fn follow_members(registry: Registry, me: Machine, members: Arc<Mutex<Vec<Machine>>>) {
     loop {
         let revision = match registry.cluster_members().await {
-            Ok((revision, list)) => {
-                *lock(&members) = list;
+            Ok((revision, entries)) => {
+                let view = view_with(&me, entries.into_iter().map(|e| e.member.machine));
+                let ids = |v: &[Machine]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+                if ids(&view) != ids(&lock(&members)) {
+                    let member = Member {
+                        machine: me.clone(),
+                        seen_revision: revision,
+                        seen_members: view.len(),
+                    };
+                    match registry.record_reading(&member).await {
+                        Ok(true) => *lock(&members) = view,
+                        Ok(false) => tracing::debug!(
+                            "not a member (declared dead): keeping the members as they were"
+                        ),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cannot record the members read");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
                 revision
             }
             Err(e) => {
@@ -458,10 +567,14 @@ async fn guard_loop(
             let count = known.len() + usize::from(!known.iter().any(|m| m.id == me));
             let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
             let answers = witness.since_renewal(others, timing.peer_timeout).await;
-            let own = liveness.since_renewal();
+            let own = liveness.own_since_renewal();
             lock(&guard).round(now, own, &answers, count);
         }
-        let verdict = lock(&guard).verdict(origin.elapsed());
+        let (verdict, fenced) = {
+            let mut guard = lock(&guard);
+            (guard.verdict(origin.elapsed()), guard.fenced())
+        };
+        liveness.set_fenced(fenced);
         if verdict != was {
             match verdict {
                 Verdict::Confirmed => tracing::warn!(

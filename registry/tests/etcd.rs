@@ -277,17 +277,76 @@ async fn a_lost_machine_takes_its_states_with_it_and_its_placements_wait_for_the
     assert_eq!(registry.placements().await.unwrap().len(), 2);
     let (_, members) = registry.cluster_members().await.unwrap();
     assert_eq!(members.len(), 2);
+    let judged = members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(1))
+        .expect("machine 1 is a member")
+        .mod_revision;
+    // Each registered with the members it read: machine 1 alone, machine 2 after it.
+    let seen: Vec<(String, usize)> = members
+        .iter()
+        .map(|e| (e.member.machine.id.to_string(), e.member.seen_members))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (machine_id(1).to_string(), 1),
+            (machine_id(2).to_string(), 2)
+        ]
+    );
 
     let web = fleet_units::UnitName::parse("web.service").unwrap();
+    // Judged on another registration of it: refused.
+    assert!(!registry
+        .declare_dead(
+            leadership,
+            &machine_id(1),
+            judged - 1,
+            std::slice::from_ref(&web)
+        )
+        .await
+        .unwrap());
+    assert_eq!(registry.placements().await.unwrap().len(), 2);
     assert!(registry
-        .declare_dead(leadership, &machine_id(1), std::slice::from_ref(&web))
+        .declare_dead(
+            leadership,
+            &machine_id(1),
+            judged,
+            std::slice::from_ref(&web)
+        )
         .await
         .unwrap());
     let placements = registry.placements().await.unwrap();
     assert_eq!(placements.len(), 1);
     assert_eq!(placements[0].0, machine_id(2));
     let (_, members) = registry.cluster_members().await.unwrap();
-    assert_eq!(members, [machine(2)]);
+    let ids: Vec<_> = members
+        .iter()
+        .map(|e| e.member.machine.id.clone())
+        .collect();
+    assert_eq!(ids, [machine_id(2)]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_member_record_counts_against_majorities_until_its_machine_registers() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    etcd.put_raw(
+        &format!("members/{}", machine_id(1)),
+        br#"{"id":"an older format"}"#,
+    )
+    .await;
+
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].member.machine.id, machine_id(1));
+    assert_eq!(members[0].member.seen_members, usize::MAX);
+
+    let (_one, _) = present(&registry, 1).await;
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].member.machine, machine(1));
+    assert_eq!(members[0].member.seen_members, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -305,11 +364,17 @@ async fn a_machine_registered_again_is_not_declared_dead() {
         .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
         .await
         .unwrap();
+    let (_, members) = registry.cluster_members().await.unwrap();
+    let judged = members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(1))
+        .expect("machine 1 is a member")
+        .mod_revision;
     let before = etcd.key_space().await;
 
     let web = fleet_units::UnitName::parse("web.service").unwrap();
     let declared = registry
-        .declare_dead(leadership, &machine_id(1), &[web])
+        .declare_dead(leadership, &machine_id(1), judged, &[web])
         .await
         .unwrap();
 

@@ -295,6 +295,17 @@ impl Etcd {
         }
     }
 
+    /// Writes `value` at `key` under [`Etcd::prefix`] with etcd's own client, as another
+    /// version of fleet might have. Panics when etcd refuses.
+    pub async fn put_raw(&self, key: &str, value: &[u8]) {
+        let mut client = self.client().await;
+        let key = format!("{}{key}", self.prefix);
+        client
+            .put(key.as_str(), value, None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot write {key} to etcd: {e}"));
+    }
+
     /// Frees etcd's space after its quota alarm, as an operator does: deletes everything under
     /// [`Etcd::prefix`], compacts, defragments and disarms the alarms. Panics when etcd refuses.
     pub async fn free_space(&self) {

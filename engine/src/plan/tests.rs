@@ -54,7 +54,7 @@ fn snapshot(
         revision: 1,
         leader: None,
         units,
-        members: machines.iter().map(|m| m.machine.clone()).collect(),
+        members: Vec::new(),
         machines,
         placements,
         unplaceable: Default::default(),
