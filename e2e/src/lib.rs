@@ -4,6 +4,9 @@
 //!
 //! Needs root. Nothing here skips: a missing prerequisite fails the test with the reason.
 
+pub mod chaos;
+pub mod sampler;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -108,7 +111,7 @@ impl Cluster {
         }
     }
 
-    fn tool_path(&self) -> PathBuf {
+    pub(crate) fn tool_path(&self) -> PathBuf {
         self.root.join("cluster/fleet-cluster")
     }
 

@@ -2,11 +2,24 @@
 //! them, `fleet-cluster cut-etcd`). A majority that loses etcd keeps its units: they confirm
 //! to each other that none of them reaches etcd, and the engine, left with a minority, moves
 //! nothing. A minority that loses etcd fences itself before its units start elsewhere. Never
-//! two copies: every node's systemd is sampled throughout.
+//! two copies: every node's systemd is sampled throughout, by `fleet_e2e::sampler` (about every
+//! 80 ms) besides the checks here.
 
 use std::time::{Duration, Instant};
 
+use fleet_e2e::sampler::{Sampler, Samples};
 use fleet_e2e::{cluster, eventually, Cluster, AGENT_TTL, NODES};
+
+/// Panics unless the sampler saw every node often enough and no unit on two at once.
+fn assert_never_twice(samples: &Samples) {
+    let period = samples.median_period();
+    assert!(
+        period <= Duration::from_millis(150),
+        "nodes sampled every {period:?}"
+    );
+    let doubles = samples.doubles(Duration::from_millis(500));
+    assert!(doubles.is_empty(), "ran twice: {doubles:#?}");
+}
 
 /// Samples every node until `until` says stop or `deadline` passes; returns the samples in
 /// which a unit ran on two nodes at once, and the last sample.
@@ -38,6 +51,7 @@ fn sample(
 #[test]
 fn a_majority_cut_off_from_etcd_keeps_its_units_and_nothing_moves() {
     let c = cluster();
+    let sampler = Sampler::start(c, &format!("majority*-{}-*", std::process::id()));
     let pinned = c.start_one_per_node("majority");
     let free = c.start_free("majority-free", 3);
     let mut names: Vec<String> = pinned.iter().map(|u| u.name.clone()).collect();
@@ -70,7 +84,9 @@ fn a_majority_cut_off_from_etcd_keeps_its_units_and_nothing_moves() {
     });
     // Long enough for anything moved or restarted to show.
     std::thread::sleep(AGENT_TTL / 2);
+    let samples = sampler.finish();
 
+    assert_never_twice(&samples);
     assert!(doubles.is_empty(), "units ran twice: {doubles:?}");
     stopped.dedup();
     assert!(stopped.is_empty(), "units stopped: {stopped:?}");
@@ -93,6 +109,7 @@ fn a_majority_cut_off_from_etcd_keeps_its_units_and_nothing_moves() {
 #[test]
 fn a_machine_cut_off_from_etcd_alone_fences_before_its_units_move() {
     let c = cluster();
+    let sampler = Sampler::start(c, &format!("minority-{}-*", std::process::id()));
     let free = c.start_free("minority", 3);
     let cut = free[0].1;
     let names: Vec<String> = free.iter().map(|(n, _)| n.clone()).collect();
@@ -113,7 +130,9 @@ fn a_machine_cut_off_from_etcd_alone_fences_before_its_units_move() {
     // After healing, the returned machine starts no stale copy.
     let (doubles_after, _, _) = sample(c, &names, AGENT_TTL / 2, |_| false);
     let once = c.running(&names);
+    let samples = sampler.finish();
 
+    assert_never_twice(&samples);
     assert!(moved, "the cut-off machine's units did not move: {last:?}");
     assert!(doubles.is_empty(), "units ran twice: {doubles:?}");
     assert!(back.is_some(), "node{cut} did not register again");

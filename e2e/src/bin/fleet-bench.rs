@@ -12,6 +12,9 @@
 //!   all placements written; then every `[X-Fleet]` rule is checked on what was written. Both
 //!   workloads unless one is named: `plain` (no rules, no machine metadata) and `mixed`
 //!   (see [`Workload::Mixed`]).
+//! - `fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]`: N minutes (5 unless given) of
+//!   random faults on the local cluster while units start and stop ([`fleet_e2e::chaos`]):
+//!   double-run samples, units lost and restarts on untouched machines, all of which must be 0.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +30,8 @@ fn main() -> ExitCode {
     let mut machines = 1_000usize;
     let mut workloads = vec![Workload::Plain, Workload::Mixed];
     let mut what = None;
+    let mut minutes = 5u64;
+    let mut seed = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -51,7 +56,15 @@ fn main() -> ExitCode {
                 Some("mixed") => workloads = vec![Workload::Mixed],
                 _ => return usage("--workload needs plain or mixed"),
             },
-            "start-latency" | "placement" | "idle" => what = Some(arg.clone()),
+            "--minutes" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) if n > 0 => minutes = n,
+                _ => return usage("--minutes needs a positive number"),
+            },
+            "--seed" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) => seed = Some(n),
+                _ => return usage("--seed needs a number"),
+            },
+            "start-latency" | "placement" | "idle" | "chaos" => what = Some(arg.clone()),
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -59,12 +72,13 @@ fn main() -> ExitCode {
         Some("start-latency") => start_latency(&bin, runs),
         Some("placement") => placement(units, machines, &workloads),
         Some("idle") => idle(&bin, units.min(1_000)),
+        Some("chaos") => chaos(&bin, minutes, seed),
         _ => usage("name a benchmark"),
     }
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M] [--workload plain|mixed]\n       fleet-bench idle [--bin DIR] [--units N (at most 1000)]");
+    eprintln!("fleet-bench: {problem}\nusage: fleet-bench start-latency [--bin DIR] [--runs N]\n       fleet-bench placement [--units N] [--machines M] [--workload plain|mixed]\n       fleet-bench idle [--bin DIR] [--units N (at most 1000)]\n       fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]");
     ExitCode::from(2)
 }
 
@@ -624,5 +638,52 @@ fn idle(bin: &std::path::Path, units: usize) -> ExitCode {
             eprintln!("fleet-bench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn chaos(bin: &std::path::Path, minutes: u64, seed: Option<u64>) -> ExitCode {
+    let cluster = Cluster::new(bin);
+    cluster.up();
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    });
+    println!("chaos: {minutes} minute(s) of faults on the local cluster, seed {seed}");
+    let report = fleet_e2e::chaos::run(&cluster, Duration::from_secs(minutes * 60), 6, seed);
+    cluster.up();
+    for (i, fault) in report.faults.iter().enumerate() {
+        println!("  fault {}: {fault}", i + 1);
+    }
+    println!(
+        "units started {}, destroyed {}; {} samples of the nodes' systemd, every {:?} per node",
+        report.started,
+        report.destroyed,
+        report.samples.count(),
+        report.samples.median_period()
+    );
+    println!("{:<48} {:>8}  must be", "figure", "measured");
+    let figures = [
+        (
+            "double-run samples (a unit on two machines)",
+            &report.doubles,
+        ),
+        ("units lost (not running once again in time)", &report.lost),
+        (
+            "restarts on machines the fault did not touch",
+            &report.restarts,
+        ),
+    ];
+    for (what, found) in figures {
+        println!("{what:<48} {:>8}  0", found.len());
+        for line in found.iter() {
+            println!("    {line}");
+        }
+    }
+    if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
