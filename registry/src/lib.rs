@@ -615,9 +615,21 @@ impl Registry {
             true => TxnOp::put(global_key, value.clone(), None),
             false => TxnOp::delete(global_key, None),
         };
-        let ops = vec![TxnOp::put(unit_key, value, None), second];
-        self.txn(Txn::new().and_then(ops)).await?;
-        Ok(())
+        let ops = vec![TxnOp::put(unit_key.clone(), value.clone(), None), second];
+        match self.txn(Txn::new().and_then(ops)).await {
+            Ok(_) => Ok(()),
+            // etcd applies the write that crosses its quota and still answers "no space" (its
+            // quota applier checks after applying): the unit may be stored after all.
+            Err(e @ Error::OutOfSpace { .. }) => {
+                let mut kv = self.kv();
+                let stored = self.timed(kv.get(unit_key, None)).await?;
+                match stored.kvs().first() {
+                    Some(kv) if kv.value() == value.as_slice() => Ok(()),
+                    _ => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Sets the desired state of an existing unit; `false` when there is no such unit.
