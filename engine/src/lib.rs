@@ -170,9 +170,13 @@ async fn lead(
                 Some(w) => w.renew_now(live, config.timing.peer_timeout).await,
                 None => live.into_iter().map(|m| m.id).collect(),
             };
-            let majority = verdicts.round_with(sent, |(id, _)| {
-                majority_for(&snapshot.members, id, &renewed)
-            });
+            // A round that took longer than its bound (this task stalled, say) counts for
+            // nothing: a renewal later than `peer_timeout` would eat into the stop allowance.
+            let in_time = origin.elapsed().saturating_sub(sent) <= config.timing.peer_timeout;
+            let majority = in_time
+                && verdicts.round_with(sent, |(id, _)| {
+                    majority_for(&snapshot.members, id, &renewed)
+                });
             if !majority && !short {
                 tracing::warn!(
                     renewed = renewed.len(),

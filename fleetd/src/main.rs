@@ -131,6 +131,11 @@ async fn run(args: Args, config: Config) -> Result<()> {
     // What this machine answers its peers about its lease, from now on.
     let liveness = fleet_registry::Liveness::new();
     let peer_address = serve_peers(&config, &public_ip, secret.clone(), liveness.clone()).await?;
+    if peer_address.is_none() {
+        tracing::warn!(
+            "no peer endpoint: no other machine can ask this one whether it reaches etcd, so it counts for no majority (units of lost machines move only while a majority of the members answer), and it fences when its lease may expire even if etcd is down for everyone"
+        );
+    }
     let witness: std::sync::Arc<dyn fleet_registry::Witness> = std::sync::Arc::new(
         fleet_api::peer::PeerWitness::new(fleet_api::peer::PeerClient::new(secret.clone())),
     );

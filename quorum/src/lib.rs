@@ -74,8 +74,16 @@
 //! A majority cut off from etcd can confirm only once its members' last acknowledgements are
 //! [`Timing::confirm_after`] old, before the earliest of their leases can expire: with
 //! renewals every third of the TTL, that needs `2/3 TTL > confirm_after + peer_timeout` and
-//! some room for delays, a TTL of 3 s at least. With 2 s, such a majority often fences,
-//! depending on how the members' renewals are spread.
+//! some room for delays: with the bounds of [`Timing::for_ttl`] (`confirm_after` 1.7 s,
+//! `peer_timeout` 0.3 s), a TTL of 4 s at least (fleet's default is 30 s, the local cluster's
+//! 10 s). With less, such a majority often fences, depending on how the members' renewals are
+//! spread.
+//!
+//! The bounds assume that a round's answers are counted only if they came within
+//! `peer_timeout` of its sending (the callers drop a round that took longer, a stall of the
+//! asker included), and that a fenced machine stops its units within `stop_allowance` of the
+//! lapse of its last confirmation; a unit whose stop takes longer (systemd's `TimeoutStopSec`)
+//! is outside what this protocol can promise.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -231,6 +239,12 @@ impl Guard {
         if self.fenced {
             return false;
         }
+        // Due to fence when the round was sent (a confirmation lapsed unseen, say after a
+        // stall): a later round does not bring the units back.
+        if self.assess(sent_at) == Verdict::Fence {
+            self.fenced = true;
+            return false;
+        }
         let d = self.timing.confirm_after();
         let cut_off = answers.iter().filter(|a| **a >= d).count() + usize::from(own_since >= d);
         let confirmed = cut_off >= majority(members.max(answers.len() + 1));
@@ -249,6 +263,12 @@ impl Guard {
         let verdict = self.assess(now);
         self.fenced = verdict == Verdict::Fence;
         verdict
+    }
+
+    /// Fences now, whatever the confirmations (the lease was found gone, say), until the next
+    /// renewal.
+    pub fn fence(&mut self) {
+        self.fenced = true;
     }
 
     /// Whether the machine has fenced since its latest renewal.
@@ -285,8 +305,6 @@ impl Guard {
         }
     }
 
-    /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
-    /// and the current confirmation (if any) was sent more than [`Timing::ask_every`] ago.
     /// Whether the lease may expire within [`Timing::ask_ahead`]: renewals are then tried
     /// every [`Timing::ask_every`], each given no longer than twice that (an attempt stuck on a
     /// connection etcd no longer answers must not keep a renewal waiting while confirmations
@@ -295,6 +313,8 @@ impl Guard {
         now + self.timing.ask_ahead >= self.expiry()
     }
 
+    /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
+    /// and the current confirmation (if any) was sent more than [`Timing::ask_every`] ago.
     pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
         let at_risk = now + self.timing.ask_ahead >= self.expiry();
         !self.fenced && at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
@@ -442,12 +462,16 @@ mod tests {
         let t = timing();
         let mut g = Guard::new(t, ms(0));
         let d = t.confirm_after();
-        assert!(g.round(ms(5_000), ms(5_000), &[d, ms(10)], 3));
+        assert!(g.round(ms(4_900), ms(4_900), &[d, ms(10)], 3));
         assert_eq!(g.verdict(ms(5_500)), Verdict::Confirmed);
         // Without another round, the confirmation lapses...
-        assert_eq!(g.clone().verdict(ms(5_990)), Verdict::Fence);
-        // ...a round sent before it does extends it.
-        assert!(g.round(ms(5_550), ms(5_550), &[d], 3));
+        assert_eq!(g.clone().verdict(ms(5_890)), Verdict::Fence);
+        // ...and a round sent after the lapse, even unseen, does not bring it back...
+        let mut late = g.clone();
+        assert!(!late.round(ms(5_900), ms(5_900), &[d, d], 3));
+        assert_eq!(late.verdict(ms(5_950)), Verdict::Fence);
+        // ...but a round sent before it does extends it.
+        assert!(g.round(ms(5_450), ms(5_450), &[d], 3));
         assert_eq!(g.verdict(ms(6_000)), Verdict::Confirmed);
         g.renewed(ms(6_100));
         assert_eq!(g.verdict(ms(6_200)), Verdict::Renewing);

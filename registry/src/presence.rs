@@ -212,6 +212,7 @@ impl Presence {
         let guard = Arc::new(Mutex::new(Guard::new(timing, sent.duration_since(origin))));
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
         let members = Arc::new(Mutex::new(view));
+        let recording = Arc::new(tokio::sync::Mutex::new(()));
         let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
             registry: registry.clone(),
             machine: machine.clone(),
@@ -223,12 +224,14 @@ impl Presence {
             liveness: liveness.clone(),
             requests: liveness.take_requests(),
             members: members.clone(),
+            recording: recording.clone(),
         }))];
         if let Some(witness) = options.witness {
             tasks.push(tokio::spawn(follow_members(
                 registry,
                 machine.clone(),
                 members.clone(),
+                recording,
             )));
             tasks.push(tokio::spawn(guard_loop(
                 machine.id, guard, members, witness, liveness, tx,
@@ -326,8 +329,12 @@ async fn register(
         // The put fails if the lease expired meanwhile; then register afresh.
         if let Ok(resp) = registry.txn(txn).await {
             if resp.succeeded() {
-                tracing::info!(lease = previous, "took back the lease of the previous run");
-                return Ok((previous, view));
+                // Renewed at once: the lease may be about to expire, and the guard counts its
+                // TTL from this registration.
+                if renew_once(registry, previous).await? {
+                    tracing::info!(lease = previous, "took back the lease of the previous run");
+                    return Ok((previous, view));
+                }
             }
         }
     }
@@ -358,6 +365,12 @@ async fn register(
     }
     tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
     Ok((lease, view))
+}
+
+/// One keepalive of `lease`: whether etcd renewed it (false when it is gone).
+async fn renew_once(registry: &Registry, lease: i64) -> Result<bool> {
+    let mut renewer = Renewer { stream: None };
+    Ok(renewer.renew(registry, lease).await? > 0)
 }
 
 /// The members read, with this machine among them (as itself).
@@ -392,6 +405,9 @@ struct KeepAlive {
     requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
     /// The members this machine counts its majorities over.
     members: Arc<Mutex<Vec<Machine>>>,
+    /// Held while a reading of the members is recorded and adopted, so that the member record
+    /// and `members` never disagree.
+    recording: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Renews the lease every third of its TTL, and at once when a peer asks. When the lease is
@@ -453,8 +469,12 @@ async fn keep_alive(mut k: KeepAlive) {
                         lease = k.lease,
                         "this machine's lease expired; fencing and registering again"
                     );
+                    lock(&k.guard).fence();
+                    k.liveness.set_fenced(true);
                     k.status.send_replace(PresenceStatus::Fenced);
                 }
+                let recording = k.recording.clone();
+                let _recording = recording.lock().await;
                 match register(&k.registry, &k.machine, k.ttl, k.lease_file.as_ref()).await {
                     Ok((new_lease, view)) => {
                         k.lease = new_lease;
@@ -501,9 +521,16 @@ async fn keep_alive(mut k: KeepAlive) {
 /// Follows the cluster's members (for whom to ask and how many make a majority). A new reading
 /// is recorded in this machine's member record before it is counted over, so that the engine,
 /// judging this machine, counts over no more members than it does.
-async fn follow_members(registry: Registry, me: Machine, members: Arc<Mutex<Vec<Machine>>>) {
+async fn follow_members(
+    registry: Registry,
+    me: Machine,
+    members: Arc<Mutex<Vec<Machine>>>,
+    recording: Arc<tokio::sync::Mutex<()>>,
+) {
     loop {
-        let revision = match registry.cluster_members().await {
+        let held = recording.lock().await;
+        let read = registry.cluster_members().await;
+        let revision = match read {
             Ok((revision, entries)) => {
                 let view = view_with(&me, entries.into_iter().map(|e| e.member.machine));
                 let ids = |v: &[Machine]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
@@ -528,11 +555,13 @@ async fn follow_members(registry: Registry, me: Machine, members: Arc<Mutex<Vec<
                 revision
             }
             Err(e) => {
+                drop(held);
                 tracing::debug!(error = %e, "cannot read the members");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
+        drop(held);
         match registry
             .watch(&registry.members_watch_prefixes(), revision + 1)
             .await
@@ -567,14 +596,22 @@ async fn guard_loop(
             let count = known.len() + usize::from(!known.iter().any(|m| m.id == me));
             let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
             let answers = witness.since_renewal(others, timing.peer_timeout).await;
-            let own = liveness.own_since_renewal();
-            lock(&guard).round(now, own, &answers, count);
+            // A round that took longer than the bound (this task stalled, say) counts for
+            // nothing: answers later than `peer_timeout` are outside the argument.
+            if origin.elapsed().saturating_sub(now) <= timing.peer_timeout {
+                let own = liveness.own_since_renewal();
+                lock(&guard).round(now, own, &answers, count);
+            }
         }
-        let (verdict, fenced) = {
+        // Decided and reported under the guard's lock, so that a renewal recorded meanwhile
+        // is not followed by a stale `Fenced`.
+        let verdict = {
             let mut guard = lock(&guard);
-            (guard.verdict(origin.elapsed()), guard.fenced())
+            let verdict = guard.verdict(origin.elapsed());
+            liveness.set_fenced(guard.fenced());
+            fence_if(verdict, &status);
+            verdict
         };
-        liveness.set_fenced(fenced);
         if verdict != was {
             match verdict {
                 Verdict::Confirmed => tracing::warn!(
@@ -587,7 +624,6 @@ async fn guard_loop(
             }
             was = verdict;
         }
-        fence_if(verdict, &status);
         tokio::time::sleep(timing.ask_every()).await;
     }
 }
