@@ -303,8 +303,9 @@ impl Cluster {
         on
     }
 
-    /// Starts `count` ticker units that may go anywhere; returns their names and nodes.
-    pub fn start_free(&self, stem: &str, count: usize) -> Vec<(String, u32)> {
+    /// Starts `count` ticker units that may go anywhere; returns them with where they run and
+    /// their `InvocationID`s.
+    pub fn start_free(&self, stem: &str, count: usize) -> Vec<PinnedUnit> {
         (0..count)
             .map(|_| {
                 let name = unique(stem);
@@ -313,7 +314,12 @@ impl Cluster {
                     .fleetctl(&["start", &path.to_string_lossy()])
                     .expect_ok("start");
                 let node = node_in(&out.stdout).expect("machine in output");
-                (name, node)
+                let invocation = self.invocation_id(node, &name);
+                PinnedUnit {
+                    name,
+                    node,
+                    invocation,
+                }
             })
             .collect()
     }
@@ -324,7 +330,8 @@ impl Cluster {
     }
 }
 
-/// A unit pinned to one node (`MachineID=`), and the invocation systemd started it under.
+/// A unit running on one node (pinned there with `MachineID=`, or placed there), and the
+/// invocation systemd started it under.
 #[derive(Debug, Clone)]
 pub struct PinnedUnit {
     pub name: String,
