@@ -296,6 +296,12 @@ impl Members {
         &self.clients[self.current()]
     }
 
+    /// The endpoint current now and its client.
+    fn current_client(&self) -> (usize, &Client) {
+        let index = self.current();
+        (index, &self.clients[index])
+    }
+
     fn no_leader(&self) -> std::sync::MutexGuard<'_, Option<(usize, std::time::Instant)>> {
         self.no_leader.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -435,6 +441,12 @@ impl Registry {
         self.members.client().lease_client()
     }
 
+    /// A lease client of the endpoint current now, with that endpoint's index (for streams).
+    fn lease_client_at(&self) -> (usize, etcd_client::LeaseClient) {
+        let (index, client) = self.members.current_client();
+        (index, client.lease_client())
+    }
+
     // ---- key layout -------------------------------------------------------------------------
 
     fn key(&self, rest: &str) -> String {
@@ -511,7 +523,17 @@ impl Registry {
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         // The request was made on the endpoint current now (`fut` is built just before).
-        let used = self.members.current();
+        self.timed_on(self.members.current(), fut).await
+    }
+
+    /// [`Registry::timed`] for a request on a stream opened on the endpoint `used`, which may
+    /// no longer be the current one: its failure must not make the current one look failed
+    /// (a keepalive stream left on a member that died would move fleetd off a live member,
+    /// possibly onto the dead one).
+    async fn timed_on<T, F>(&self, used: usize, fut: F) -> Result<T>
+    where
+        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         let mut leaderless = false;
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => {

@@ -662,7 +662,8 @@ const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The one keepalive stream of this machine, opened again after an error.
 struct Renewer {
-    stream: Option<(i64, LeaseKeeper, LeaseKeepAliveStream)>,
+    /// The lease, the endpoint the stream was opened on, and the stream.
+    stream: Option<(i64, usize, LeaseKeeper, LeaseKeepAliveStream)>,
 }
 
 impl Renewer {
@@ -676,9 +677,11 @@ impl Renewer {
     }
 
     async fn try_renew(&mut self, registry: &Registry, lease: i64) -> Result<i64> {
-        if !matches!(&self.stream, Some((l, _, _)) if *l == lease) {
-            let mut lease_client = registry.lease_client();
-            let opened = registry.timed(lease_client.keep_alive(lease)).await;
+        if !matches!(&self.stream, Some((l, _, _, _)) if *l == lease) {
+            let (endpoint, mut lease_client) = registry.lease_client_at();
+            let opened = registry
+                .timed_on(endpoint, lease_client.keep_alive(lease))
+                .await;
             // etcd-client reports a lease that is already gone as an error when the stream is
             // opened (on an open stream, as a TTL of 0): both mean "register again".
             if let Err(Error::Etcd(etcd_client::Error::LeaseKeepAliveError(message))) = &opened {
@@ -687,13 +690,14 @@ impl Renewer {
                 }
             }
             let (keeper, stream) = opened?;
-            self.stream = Some((lease, keeper, stream));
+            self.stream = Some((lease, endpoint, keeper, stream));
         }
-        let Some((_, keeper, stream)) = self.stream.as_mut() else {
+        let Some((_, endpoint, keeper, stream)) = self.stream.as_mut() else {
             return Err(Error::Protocol("no keepalive stream".into()));
         };
-        registry.timed(keeper.keep_alive()).await?;
-        match registry.timed(stream.message()).await? {
+        let endpoint = *endpoint;
+        registry.timed_on(endpoint, keeper.keep_alive()).await?;
+        match registry.timed_on(endpoint, stream.message()).await? {
             Some(resp) => Ok(resp.ttl()),
             None => Err(Error::Protocol("keepalive stream closed".into())),
         }
