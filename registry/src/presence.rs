@@ -118,8 +118,9 @@ impl Liveness {
             .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
-    /// Renews the lease now; whether etcd acknowledged it. False at once when this machine is
-    /// not registered yet.
+    /// Renews the lease now; whether etcd acknowledged it. Before this machine is registered a
+    /// request waits for the registration (16 at most; more are answered false at once): the
+    /// caller bounds the wait with its own timeout.
     pub async fn renew_now(&self) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.inner.renew.try_send(tx).is_err() {
