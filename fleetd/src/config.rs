@@ -13,6 +13,11 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
 pub struct Config {
     pub etcd_servers: Vec<String>,
     pub etcd_key_prefix: String,
+    /// PEM files for TLS to etcd (fleet's keys): the CA that signs etcd's certificates, and
+    /// this fleetd's client certificate and key.
+    pub etcd_cafile: Option<PathBuf>,
+    pub etcd_certfile: Option<PathBuf>,
+    pub etcd_keyfile: Option<PathBuf>,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
     pub etcd_request_timeout: Duration,
@@ -48,6 +53,9 @@ impl Default for Config {
         Config {
             etcd_servers: vec!["http://127.0.0.1:2379".into()],
             etcd_key_prefix: fleet_registry::DEFAULT_PREFIX.into(),
+            etcd_cafile: None,
+            etcd_certfile: None,
+            etcd_keyfile: None,
             etcd_username: None,
             etcd_password: None,
             etcd_request_timeout: Duration::from_secs(1),
@@ -119,7 +127,28 @@ impl Config {
                 .set(&key, &value)
                 .with_context(|| format!("invalid {key} {value:?} (from {origin})"))?;
         }
+        config.check()?;
         Ok(config)
+    }
+
+    /// Rules across keys.
+    fn check(&self) -> Result<()> {
+        let https = self.etcd_servers.iter().any(|s| s.starts_with("https://"));
+        let tls_files = self.etcd_cafile.is_some()
+            || self.etcd_certfile.is_some()
+            || self.etcd_keyfile.is_some();
+        // Refused rather than ignored: a daemon that silently dropped its TLS settings would
+        // talk to etcd in the clear.
+        if tls_files && !https {
+            bail!("etcd_cafile, etcd_certfile and etcd_keyfile need https:// etcd_servers");
+        }
+        if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
+            bail!("etcd_certfile and etcd_keyfile go together: give both or neither");
+        }
+        if self.etcd_username.is_some() != self.etcd_password.is_some() {
+            bail!("etcd_username and etcd_password go together: give both or neither");
+        }
+        Ok(())
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<()> {
@@ -132,12 +161,14 @@ impl Config {
                     bail!("no etcd server given");
                 }
                 for s in &servers {
-                    if s.starts_with("https://") {
-                        bail!("etcd server {s:?}: TLS to etcd is not supported yet; use http://");
+                    if !s.starts_with("http://") && !s.starts_with("https://") {
+                        bail!("etcd server {s:?} is not an http:// or https:// URL");
                     }
-                    if !s.starts_with("http://") {
-                        bail!("etcd server {s:?} is not an http:// URL");
-                    }
+                }
+                if servers.iter().any(|s| s.starts_with("https://"))
+                    && servers.iter().any(|s| s.starts_with("http://"))
+                {
+                    bail!("etcd servers mix http:// and https://; use one for all");
                 }
                 self.etcd_servers = servers;
             }
@@ -147,13 +178,9 @@ impl Config {
                 }
                 self.etcd_key_prefix = value.to_string();
             }
-            // Refused rather than ignored: a daemon that silently drops its TLS settings would
-            // talk to etcd in the clear.
-            "etcd_cafile" | "etcd_certfile" | "etcd_keyfile" => {
-                if !value.is_empty() {
-                    bail!("TLS to etcd is not supported yet");
-                }
-            }
+            "etcd_cafile" => self.etcd_cafile = absolute_path(value)?,
+            "etcd_certfile" => self.etcd_certfile = absolute_path(value)?,
+            "etcd_keyfile" => self.etcd_keyfile = absolute_path(value)?,
             "etcd_username" => self.etcd_username = optional(value),
             "etcd_password" => self.etcd_password = optional(value),
             "etcd_request_timeout" => self.etcd_request_timeout = seconds(value)?,
@@ -246,6 +273,17 @@ fn parse_file(text: &str) -> Result<Vec<(String, String)>> {
         out.push((key, value.trim().to_string()));
     }
     Ok(out)
+}
+
+/// An absolute path, or none for an empty value.
+fn absolute_path(value: &str) -> Result<Option<PathBuf>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !value.starts_with('/') {
+        bail!("must be an absolute path");
+    }
+    Ok(Some(PathBuf::from(value)))
 }
 
 fn unquote(v: &str) -> &str {
@@ -409,8 +447,17 @@ mod tests {
             ("etcd_request_timeout=-1", "etcd_request_timeout"),
             ("units_directory=relative/dir", "units_directory"),
             ("disable_engine=maybe", "disable_engine"),
-            ("etcd_cafile=/etc/ssl/ca.pem", "TLS"),
-            ("etcd_servers=https://10.0.0.1:2379", "TLS"),
+            ("etcd_cafile=/etc/ssl/ca.pem", "https://"),
+            ("etcd_cafile=ca.pem", "etcd_cafile"),
+            (
+                "etcd_servers=https://10.0.0.1:2379\netcd_certfile=/c.pem",
+                "give both",
+            ),
+            (
+                "etcd_servers=https://10.0.0.1:2379,http://10.0.0.2:2379",
+                "mix",
+            ),
+            ("etcd_username=fleet", "etcd_password"),
             ("systemd_user=true", "systemd_user"),
             ("peer_listen=10.0.0.1", "peer_listen"),
             ("peer_listen=on", "peer_listen"),
@@ -438,6 +485,28 @@ mod tests {
             let err = load(file, &[]).expect_err(file);
             assert!(format!("{err:#}").contains(key), "{file}: {err:#}");
         }
+    }
+
+    #[test]
+    fn tls_to_etcd() {
+        let c = load(
+            "etcd_servers=https://10.0.0.1:2379\netcd_cafile=/pki/ca.pem\n\
+             etcd_certfile=/pki/fleet.pem\netcd_keyfile=/pki/fleet-key.pem",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.etcd_cafile.as_deref(), Some(Path::new("/pki/ca.pem")));
+        assert_eq!(
+            c.etcd_certfile.as_deref(),
+            Some(Path::new("/pki/fleet.pem"))
+        );
+        assert_eq!(
+            c.etcd_keyfile.as_deref(),
+            Some(Path::new("/pki/fleet-key.pem"))
+        );
+        // https:// alone: TLS with the system's certificate authorities.
+        let c = load("etcd_servers=https://etcd.example:2379", &[]).unwrap();
+        assert_eq!(c.etcd_cafile, None);
     }
 
     #[test]

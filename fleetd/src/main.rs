@@ -111,9 +111,19 @@ async fn run(args: Args, config: Config) -> Result<()> {
         request_timeout: config.etcd_request_timeout,
         username: config.etcd_username.clone(),
         password: config.etcd_password.clone(),
+        tls: etcd_tls(&config)?,
     })
     .await
     .context("cannot set up the etcd client")?;
+    // A wrong certificate, password or permission stops fleetd here, said plainly; an etcd
+    // that is down is waited for like any outage.
+    match registry.check_access().await {
+        Ok(()) => {}
+        Err(e @ fleet_registry::Error::Refused { .. }) => {
+            return Err(e).context("etcd refuses this fleetd; check etcd_cafile, etcd_certfile, etcd_keyfile, etcd_username and etcd_password");
+        }
+        Err(e) => tracing::warn!(error = %e, "etcd is not reachable yet; going on and retrying"),
+    }
 
     // The API first: it answers (503) even while etcd is unreachable.
     let secret = fleet_api::peer::Secret::new();
@@ -320,6 +330,36 @@ async fn serve_peers(
         }
     });
     Ok(advertised.map(|a| a.to_string()))
+}
+
+/// Where the system keeps the certificate authorities it trusts (Debian's ca-certificates),
+/// for `https://` etcd servers given without `etcd_cafile`.
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// TLS to etcd from the configured files, read now so that a missing one stops fleetd.
+fn etcd_tls(config: &Config) -> Result<Option<fleet_registry::EtcdTls>> {
+    if !config
+        .etcd_servers
+        .iter()
+        .any(|s| s.starts_with("https://"))
+    {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let ca_pem = match &config.etcd_cafile {
+        Some(ca) => read(ca, "etcd_cafile")?,
+        None => read(
+            SYSTEM_CA_BUNDLE.as_ref(),
+            "the system's certificate authorities",
+        )?,
+    };
+    let identity = match (&config.etcd_certfile, &config.etcd_keyfile) {
+        (Some(cert), Some(key)) => Some((read(cert, "etcd_certfile")?, read(key, "etcd_keyfile")?)),
+        _ => None,
+    };
+    Ok(Some(fleet_registry::EtcdTls { ca_pem, identity }))
 }
 
 /// Learns the cluster's peer secret from etcd, creating it if this is the first fleetd;

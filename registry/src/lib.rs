@@ -57,6 +57,25 @@ pub struct EtcdConfig {
     pub request_timeout: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TLS to etcd (`https://` endpoints), if any.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: the certificates that sign etcd's, and this client's certificate for etcd's
+/// client-certificate authentication, all PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    /// Certificate and private key.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("client_certificate", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EtcdConfig {
@@ -67,6 +86,7 @@ impl Default for EtcdConfig {
             request_timeout: Duration::from_secs(1),
             username: None,
             password: None,
+            tls: None,
         }
     }
 }
@@ -77,6 +97,11 @@ pub enum Error {
     Unreachable { endpoints: String, reason: String },
     #[error("etcd request timed out after {0:?}")]
     Timeout(Duration),
+    /// etcd answered but will not serve this client: a TLS handshake failed (a certificate
+    /// unknown, expired or for another name) or authentication failed (a wrong user or
+    /// password, no permission on the key prefix). A configuration problem, not an outage.
+    #[error("etcd at {endpoints} refuses this client: {reason}")]
+    Refused { endpoints: String, reason: String },
     #[error("etcd request failed: {0}")]
     Etcd(#[source] etcd_client::Error),
     #[error("corrupt record at {key}: {source}")]
@@ -119,16 +144,29 @@ impl Error {
     /// Whether the error means etcd could not be reached or did not answer in time, as opposed
     /// to a refusal or bad data. Decided once, where etcd-client's errors become ours
     /// ([`Error::from_etcd`]).
+    ///
+    /// A refusal ([`Error::Refused`]) counts as unavailable too: etcd cannot be used until an
+    /// operator fixes the configuration, and running units are kept (or fenced) exactly as in
+    /// an outage. fleetd tells it apart at start-up ([`Registry::check_access`]).
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Error::Unreachable { .. } | Error::Timeout(_) | Error::WatchEnded(_)
+            Error::Unreachable { .. }
+                | Error::Timeout(_)
+                | Error::WatchEnded(_)
+                | Error::Refused { .. }
         )
     }
 
     /// The one conversion of etcd-client's errors: silence (no connection, a broken one, no
     /// answer in time) becomes [`Error::Unreachable`], an answer from etcd [`Error::Etcd`].
     pub(crate) fn from_etcd(e: etcd_client::Error, endpoints: &str) -> Error {
+        if let Some(reason) = refusal(&e) {
+            return Error::Refused {
+                endpoints: endpoints.to_string(),
+                reason,
+            };
+        }
         let reason = match &e {
             etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
                 root_cause(&e)
@@ -164,6 +202,41 @@ impl Error {
             reason,
         }
     }
+}
+
+/// Why etcd refuses this client, if `e` says it does: a failed authentication, a missing
+/// permission, or a TLS handshake that failed (found as rustls's error in the source chain; an
+/// `io::Error` hides the error it wraps from `source()`, so it is opened with `get_ref`).
+fn refusal(e: &etcd_client::Error) -> Option<String> {
+    if let etcd_client::Error::GRpcStatus(s) = e {
+        let auth = s.message().contains("authentication failed")
+            || s.message().contains("user name is empty")
+            || s.message().contains("invalid auth token");
+        return match s.code() {
+            tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                Some(s.message().to_string())
+            }
+            tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition if auth => {
+                Some(s.message().to_string())
+            }
+            _ => None,
+        };
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(format!("TLS handshake failed: {tls}"));
+        }
+        if let Some(tls) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(format!("TLS handshake failed: {tls}"));
+        }
+        next = err.source();
+    }
+    None
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -380,7 +453,17 @@ impl Registry {
             // serving stale reads or holding a watch that never fires.
             .with_require_leader(true);
         if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options.with_user(user.clone(), password.clone());
+            options = options
+                .with_user(user.clone(), password.clone())
+                .with_auto_token_refresh(true);
+        }
+        if let Some(tls) = &config.tls {
+            let mut options_tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.identity {
+                options_tls = options_tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(options_tls);
         }
         let endpoints = config.endpoints.join(",");
         let mut clients = Vec::new();
@@ -592,6 +675,27 @@ impl Registry {
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let items = decode_all(resp.kvs())?;
         Ok((revision, items))
+    }
+
+    /// Whether etcd serves this client: one transaction whose put never runs (a version is
+    /// never negative) but whose permissions etcd checks all the same, with a one-key read of
+    /// the prefix. [`Error::Refused`] means a certificate, password or permission is wrong,
+    /// which fleetd reports and stops on; an outage is just an outage.
+    pub async fn check_access(&self) -> Result<()> {
+        let probe = format!("{}access-check", self.prefix);
+        let txn = Txn::new()
+            .when(vec![Compare::version(probe.as_str(), CompareOp::Less, 0)])
+            .and_then(vec![TxnOp::put(probe.as_str(), "", None)])
+            .or_else(vec![TxnOp::get(
+                self.prefix.as_str(),
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_limit(1),
+                ),
+            )]);
+        self.txn(txn).await.map(drop)
     }
 
     // ---- units ------------------------------------------------------------------------------

@@ -306,6 +306,40 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("cannot write {key} to etcd: {e}"));
     }
 
+    /// Turns on etcd's authentication as an operator would (`etcdctl user add`, `role add`,
+    /// `role grant-permission --prefix`, `auth enable`): a `root` user with `root_password`,
+    /// and `user` with `password`, allowed to read and write [`Etcd::prefix`] only. Afterwards
+    /// [`Etcd::key_space`] and the other raw helpers no longer work. Panics when etcd refuses.
+    pub async fn enable_auth(&self, root_password: &str, user: &str, password: &str) {
+        let mut client = self.client().await;
+        let role = format!("{user}-role");
+        client
+            .user_add("root", root_password, None)
+            .await
+            .expect("add the root user");
+        client
+            .user_grant_role("root", "root")
+            .await
+            .expect("make root root");
+        client
+            .user_add(user, password, None)
+            .await
+            .expect("add the user");
+        client.role_add(role.as_str()).await.expect("add the role");
+        client
+            .role_grant_permission(
+                role.as_str(),
+                etcd_client::Permission::read_write(self.prefix.as_str()).with_prefix(),
+            )
+            .await
+            .expect("grant the role the prefix");
+        client
+            .user_grant_role(user, role.as_str())
+            .await
+            .expect("give the user the role");
+        client.auth_enable().await.expect("enable authentication");
+    }
+
     /// Frees etcd's space after its quota alarm, as an operator does: deletes everything under
     /// [`Etcd::prefix`], compacts, defragments and disarms the alarms. Panics when etcd refuses.
     pub async fn free_space(&self) {

@@ -1,6 +1,6 @@
 //! A real etcd per test (`fleet_testkit::Etcd`), and small builders for fleet's records.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::time::Duration;
 
