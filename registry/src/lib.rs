@@ -835,6 +835,20 @@ impl Registry {
         }
     }
 
+    /// Whether `name` is this machine's business: placed on `machine`, or global with a state
+    /// published by `machine` (it runs there). One consistent read.
+    pub async fn runs_on(&self, machine: &MachineId, name: &UnitName) -> Result<bool> {
+        let keys_only = || Some(GetOptions::new().with_keys_only());
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(self.placement_key(machine, name), keys_only()),
+            TxnOp::get(self.global_key(name), keys_only()),
+            TxnOp::get(self.state_key(machine, name), keys_only()),
+        ]);
+        let [placed, global, state] = reads(&self.txn(txn).await?)?;
+        let found = |r: &GetResponse| !r.kvs().is_empty();
+        Ok(found(&placed) || (found(&global) && found(&state)))
+    }
+
     /// Every unit state published by every live machine, sorted by machine then unit.
     pub async fn unit_states(&self) -> Result<Vec<UnitState>> {
         let (_, items) = self.range::<UnitState>(&self.states_prefix()).await?;

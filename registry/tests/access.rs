@@ -86,3 +86,40 @@ async fn an_etcd_that_is_down_is_an_outage_not_a_refusal() {
     assert!(!matches!(error, Error::Refused { .. }), "{error:?}");
     assert!(error.is_unavailable(), "{error:?}");
 }
+
+/// What a machine's peer endpoint may serve: its own units, and global units it runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_runs_on_the_machine_it_is_placed_on_and_a_global_one_where_it_reports() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_one, lease_one) = present(&registry, 1).await;
+    let (_two, _) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_one)
+        .await
+        .unwrap()
+        .unwrap();
+    registry.put_unit(&unit("web.service")).await.unwrap();
+    registry
+        .put_unit(&global_unit("log.service"))
+        .await
+        .unwrap();
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
+        .await
+        .unwrap();
+    let runs_on = |m: u8, unit: &'static str| {
+        let registry = registry.clone();
+        async move { registry.runs_on(&machine_id(m), &name(unit)).await.unwrap() }
+    };
+    assert!(runs_on(1, "web.service").await);
+    assert!(!runs_on(2, "web.service").await, "placed elsewhere");
+    assert!(!runs_on(1, "log.service").await, "global, not reported yet");
+    registry
+        .publish_state(lease_one, &state(1, "log.service"))
+        .await
+        .unwrap();
+    assert!(runs_on(1, "log.service").await, "global and reported");
+    assert!(!runs_on(2, "log.service").await);
+    assert!(!runs_on(1, "sshd.service").await, "not fleet's");
+}

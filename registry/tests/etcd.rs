@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_registry::{
     Error, EtcdConfig, JobState, Placement, PlacementOp, Presence, PresenceStatus, Registry,
-    UnitState, MAX_REQUEST_BYTES,
+    MAX_REQUEST_BYTES,
 };
 use fleet_units::UnitOption;
 use support::*;
@@ -924,19 +924,6 @@ async fn a_machine_cut_off_from_etcd_past_its_ttl_fences_itself() {
 }
 
 // ---- helpers --------------------------------------------------------------------------------
-
-fn state(machine: u8, unit_name: &str) -> UnitState {
-    UnitState {
-        name: name(unit_name),
-        hash: unit(unit_name).hash(),
-        machine_id: machine_id(machine),
-        job_state: JobState::Launched,
-        systemd_load_state: "loaded".to_string(),
-        systemd_active_state: "active".to_string(),
-        systemd_sub_state: "running".to_string(),
-        start_failure: None,
-    }
-}
 
 // ---- peers ----------------------------------------------------------------------------------
 

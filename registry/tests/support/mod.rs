@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fleet_registry::{
     EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
-    Registry, Unit,
+    Registry, Unit, UnitState,
 };
 pub use fleet_testkit::{closed_port, Etcd, TempDir};
 use fleet_units::{UnitName, UnitOption};
@@ -123,5 +123,19 @@ where
             panic!("{what}: not so after {deadline:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A launched, running state of `unit_name` on machine `machine`.
+pub fn state(machine: u8, unit_name: &str) -> UnitState {
+    UnitState {
+        name: name(unit_name),
+        hash: unit(unit_name).hash(),
+        machine_id: machine_id(machine),
+        job_state: JobState::Launched,
+        systemd_load_state: "loaded".to_string(),
+        systemd_active_state: "active".to_string(),
+        systemd_sub_state: "running".to_string(),
+        start_failure: None,
     }
 }
