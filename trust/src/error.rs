@@ -7,6 +7,55 @@ use std::path::PathBuf;
 /// An error of this crate. Its text is one line, meant for an operator.
 #[derive(Debug, thiserror::Error)]
 pub enum TrustError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+
+    #[error("{}: not valid PEM: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+
+    #[error("{}: no certificate in it (expected a PEM \"CERTIFICATE\" block)", path.display())]
+    NoCertificate { path: PathBuf },
+
+    #[error("{}: no private key in it (expected a PEM \"PRIVATE KEY\" block)", path.display())]
+    NoPrivateKey { path: PathBuf },
+
+    #[error("{}: unusable private key: {reason}", path.display())]
+    BadPrivateKey { path: PathBuf, reason: String },
+
+    #[error("{}: unreadable certificate: {reason}", path.display())]
+    BadCertificate { path: PathBuf, reason: String },
+
+    #[error("{}: this private key does not match the certificate in {}", key.display(), cert.display())]
+    KeyMismatch { cert: PathBuf, key: PathBuf },
+
+    #[error("{}: the certificate of {subject} expired on {not_after}", path.display())]
+    Expired {
+        path: PathBuf,
+        subject: String,
+        not_after: String,
+    },
+
+    #[error("{}: the certificate of {subject} is not valid before {not_before} (is the clock right?)", path.display())]
+    NotYetValid {
+        path: PathBuf,
+        subject: String,
+        not_before: String,
+    },
+
+    #[error("{}: the certificate of {subject} is not signed by the CA in {}", cert.display(), ca.display())]
+    NotSignedByCa {
+        cert: PathBuf,
+        ca: PathBuf,
+        subject: String,
+    },
+
+    #[error("{}: the certificate of {subject} cannot serve here: {reason}", path.display())]
+    Unusable {
+        path: PathBuf,
+        subject: String,
+        reason: String,
+    },
+
     #[error(
         "the certificate of {subject} names no organization (O), which must be its fleet role ({})",
         crate::Role::ALL_NAMES
@@ -45,6 +94,9 @@ pub enum TrustError {
 
     #[error("cannot read the CA to issue with: {0}")]
     BadIssuer(String),
+
+    #[error("cannot build the TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
 
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },

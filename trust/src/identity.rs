@@ -127,6 +127,20 @@ pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, TrustError> {
     }
 }
 
+/// A certificate's subject, for messages: its common name if it has one, else the whole
+/// distinguished name.
+pub(crate) fn subject_of(cert: &X509Certificate<'_>) -> String {
+    match cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .map(|cn| cn.as_str())
+    {
+        Some(Ok(cn)) if !cn.is_empty() => format!("{cn:?}"),
+        _ => format!("\"{}\"", cert.subject()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

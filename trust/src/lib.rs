@@ -8,13 +8,28 @@
 //! - A fleetd's machine certificate is its servers' certificate (API and peer endpoint, with the
 //!   machine's addresses and names as subjectAltNames) and its client certificate towards its
 //!   peers.
+//! - Servers ([`ServerTls`]) require a client certificate signed by the CA; clients ([`client_config`]) trust the CA only.
 //!
-//! Crypto is ring's (no aws-lc, which needs cmake and nasm to build).
+//! Files are checked when loaded (a missing or empty file, a key not the certificate's, a
+//! certificate expired, not yet valid or signed by another CA), so that an operator hears of a
+//! mistake when starting a program, not at its first connection.
+//!
+//! Crypto is rustls with the ring provider only (no aws-lc, which needs cmake and nasm to
+//! build), and TLS 1.3 only.
 
+mod client;
 mod error;
+mod files;
 mod identity;
 mod issue;
+mod server;
 
+pub use client::client_config;
 pub use error::TrustError;
+pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{issue, new_ca, write_pem, Pem, PemFiles, San, Validity, BACKDATE};
+pub use server::ServerTls;
+
+/// rustls, whose configurations this crate's functions return.
+pub use rustls;
