@@ -2,7 +2,10 @@
 //! certificate signed by the cluster's CA required of every client. Reloadable, so that
 //! certificates can be rotated without a restart.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -24,6 +27,8 @@ pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
 pub struct ServerTls {
     files: TlsFiles,
     current: RwLock<Loaded>,
+    /// The files as last read (or tried), so that [`ServerTls::watch`] reloads on a change only.
+    seen: Mutex<Stamp>,
     /// One reload at a time, so that an older reading never replaces a newer one.
     reloading: Mutex<()>,
 }
@@ -38,10 +43,12 @@ impl ServerTls {
     /// Loads the files, checking them as [`crate::client_config`] does (the certificate must be
     /// valid now, signed by the CA, meant for servers, and carry a role).
     pub fn load(files: TlsFiles) -> Result<ServerTls, TrustError> {
+        let stamp = Stamp::of(&files);
         let loaded = load(&files)?;
         Ok(ServerTls {
             files,
             current: RwLock::new(loaded),
+            seen: Mutex::new(stamp),
             reloading: Mutex::new(()),
         })
     }
@@ -67,10 +74,45 @@ impl ServerTls {
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let stamp = Stamp::of(&self.files);
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = stamp;
         let loaded = load(&self.files)?;
         let identity = loaded.identity.clone();
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
         Ok(identity)
+    }
+
+    /// Reloads whenever one of the files changes (its modification time, size or inode), looking
+    /// every `every`. Runs until dropped; log lines say what happened.
+    pub async fn watch(self: Arc<Self>, every: Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let this = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || this.reload_if_changed()).await;
+            match outcome {
+                Ok(None) => {}
+                Ok(Some(Ok(identity))) => {
+                    tracing::info!(certificate = %identity, "reloaded TLS certificates");
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::error!(error = %e, "cannot reload TLS certificates; keeping those in use");
+                }
+                Err(e) => tracing::error!(error = %e, "reloading TLS certificates failed"),
+            }
+        }
+    }
+
+    fn reload_if_changed(&self) -> Option<Result<Identity, TrustError>> {
+        let stamp = Stamp::of(&self.files);
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        (seen != stamp).then(|| self.reload())
     }
 
     fn read(&self) -> Loaded {
@@ -109,6 +151,31 @@ fn load(files: &TlsFiles) -> Result<Loaded, TrustError> {
         config: Arc::new(config),
         identity: holder.identity,
     })
+}
+
+/// What identifies the files' contents without reading them: each one's modification time,
+/// size and inode (a file replaced by a rename is a new inode), or its absence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stamp([Option<FileStamp>; 3]);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: (i64, i64),
+    size: u64,
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(files: &TlsFiles) -> Stamp {
+        let one = |path: &Path| {
+            std::fs::metadata(path).ok().map(|m| FileStamp {
+                modified: (m.mtime(), m.mtime_nsec()),
+                size: m.size(),
+                inode: (m.dev(), m.ino()),
+            })
+        };
+        Stamp([one(&files.ca), one(&files.cert), one(&files.key)])
+    }
 }
 
 /// The CA's verdict, and then the role: a certificate of the cluster that names no role is
