@@ -8,7 +8,8 @@
 //! - A fleetd's machine certificate is its servers' certificate (API and peer endpoint, with the
 //!   machine's addresses and names as subjectAltNames) and its client certificate towards its
 //!   peers.
-//! - Servers ([`ServerTls`]) require a client certificate signed by the CA; clients ([`client_config`]) trust the CA only.
+//! - Servers ([`ServerTls`]) require a client certificate signed by the CA; clients ([`client_config`]) trust the CA only. [`explain`]
+//!   says in one line why a handshake failed.
 //!
 //! Files are checked when loaded (a missing or empty file, a key not the certificate's, a
 //! certificate expired, not yet valid or signed by another CA), so that an operator hears of a
@@ -24,7 +25,7 @@ mod identity;
 mod issue;
 mod server;
 
-pub use client::client_config;
+pub use client::{client_config, explain};
 pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
