@@ -8,7 +8,8 @@
 //! - A fleetd's machine certificate is its servers' certificate (API and peer endpoint, with the
 //!   machine's addresses and names as subjectAltNames) and its client certificate towards its
 //!   peers.
-//! - Servers ([`ServerTls`]) require a client certificate signed by the CA; clients ([`client_config`]) trust the CA only. [`explain`]
+//! - Servers ([`ServerTls`], [`serve`]) require a client certificate signed by the CA and hand
+//!   each request its [`Caller`]; clients ([`client_config`]) trust the CA only. [`explain`]
 //!   says in one line why a handshake failed.
 //!
 //! Files are checked when loaded (a missing or empty file, a key not the certificate's, a
@@ -23,6 +24,7 @@ mod error;
 mod files;
 mod identity;
 mod issue;
+mod serve;
 mod server;
 
 pub use client::{client_config, explain};
@@ -30,6 +32,7 @@ pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{issue, new_ca, write_pem, Pem, PemFiles, San, Validity, BACKDATE};
+pub use serve::{serve, Caller, Limits};
 pub use server::ServerTls;
 
 /// rustls, whose configurations this crate's functions return.
