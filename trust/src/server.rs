@@ -36,7 +36,11 @@ pub struct ServerTls {
 #[derive(Clone)]
 struct Loaded {
     config: Arc<ServerConfig>,
+    /// The same certificate as a client's (a fleetd towards its peers).
+    client: Arc<rustls::ClientConfig>,
     identity: Identity,
+    /// How many times good files were loaded.
+    generation: u64,
 }
 
 impl ServerTls {
@@ -62,6 +66,19 @@ impl ServerTls {
         self.read().config.clone()
     }
 
+    /// The same files as a client's configuration: a fleetd's machine certificate is also its
+    /// client certificate towards its peers. Loaded and swapped with the server's, so it is
+    /// meant for servers and clients both.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.read().client.clone()
+    }
+
+    /// Counts the good loads: a change means new certificates (for clients built from
+    /// [`ServerTls::client_config`] to rebuild).
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+
     /// Whom the server's own certificate names.
     pub fn identity(&self) -> Identity {
         self.read().identity.clone()
@@ -76,9 +93,11 @@ impl ServerTls {
             .unwrap_or_else(PoisonError::into_inner);
         let stamp = Stamp::of(&self.files);
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = stamp;
-        let loaded = load(&self.files)?;
+        let mut loaded = load(&self.files)?;
         let identity = loaded.identity.clone();
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        loaded.generation = current.generation + 1;
+        *current = loaded;
         Ok(identity)
     }
 
@@ -147,9 +166,12 @@ fn load(files: &TlsFiles) -> Result<Loaded, TrustError> {
         .with_client_cert_verifier(Arc::new(RoleVerifier(verifier)))
         .with_single_cert(holder.chain, holder.key)?;
     config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+    let client = crate::client_config(&files.ca, Some((&files.cert, &files.key)))?;
     Ok(Loaded {
         config: Arc::new(config),
+        client: Arc::new(client),
         identity: holder.identity,
+        generation: 0,
     })
 }
 
