@@ -49,7 +49,7 @@ fi
 install -d /opt/bin /etc/fleet /etc/systemd/system/fleet.socket.d
 install -m 0755 /opt/fleet-release/fleetd /opt/fleet-release/fleetctl /opt/bin/
 ln -sf /opt/bin/fleetctl /usr/local/bin/fleetctl
-/opt/fleet-dist/fleet-conf "$etcd" "$ip" "$metadata" "$agent_ttl" >/etc/fleet/fleet.conf
+/opt/fleet-dist/fleet-conf "$etcd" "$ip" "$metadata" "$agent_ttl" api_insecure_http=true >/etc/fleet/fleet.conf
 install -m 0644 /opt/fleet-dist/fleet.service /opt/fleet-dist/fleet.socket /etc/systemd/system/
 install -m 0644 /opt/fleet-dist/fleet.socket.d/30-tcp.conf /etc/systemd/system/fleet.socket.d/
 systemctl daemon-reload

@@ -2,6 +2,7 @@
 //! journal and status readers ([`inspect`]) and the peer endpoint ([`peer`]). The JSON shapes
 //! and the client are in `fleet-client`.
 
+mod access;
 pub mod discovery;
 pub mod inspect;
 pub mod peer;

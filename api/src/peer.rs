@@ -6,22 +6,26 @@
 //! machine has had no lease renewal acknowledged (`GET /presence`), and a renewal made on
 //! request (`POST /presence/renew`); [`PeerWitness`] asks them of every member.
 //!
-//! Peers authenticate with the cluster secret (`Authorization: Bearer <secret>`), which fleetd
-//! learns from etcd ([`fleet_registry::Registry::peer_secret`]); until it is known, peer
-//! requests are refused with 503.
+//! Peers prove they are members of the cluster with their machine certificate over mutual TLS
+//! ([`fleet_trust::serve`] sets each request's [`Caller`]): only a certificate of the machine
+//! role is served (or anyone, on a plain-HTTP listener, `api_insecure_http`). A peer is served
+//! the journal and status only of units that are this machine's business: placed on it, or
+//! global and running on it ([`Registry::runs_on`]); any other name is 404.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use fleet_errors::root_cause;
-use fleet_registry::{Liveness, Machine, MachineId, Witness};
+use fleet_registry::{Liveness, Machine, MachineId, Registry, Witness};
+use fleet_trust::{Caller, Role, ServerTls};
 use fleet_units::UnitName;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
@@ -41,77 +45,64 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a peer's `systemctl status` may take, end to end.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// The cluster secret, once known. Cheap to clone.
-#[derive(Clone, Default)]
-pub struct Secret(Arc<OnceLock<String>>);
-
-impl Secret {
-    pub fn new() -> Secret {
-        Secret::default()
-    }
-
-    /// Records the secret (the first value wins).
-    pub fn set(&self, secret: String) {
-        let _ = self.0.set(secret);
-    }
-
-    pub fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
-    }
-
-    /// Whether `header` is `Bearer <the secret>` (compared in constant time).
-    fn admits(&self, header: Option<&HeaderValue>) -> Result<(), ApiError> {
-        let Some(secret) = self.get() else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this fleetd does not know the cluster secret yet (etcd unreachable?)",
-            ));
-        };
-        let given = header
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
-            Ok(())
-        } else {
-            Err(ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong peer credentials",
-            ))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// What the peer endpoint serves from.
 #[derive(Clone)]
 struct PeerState {
-    secret: Secret,
     liveness: Liveness,
+    registry: Registry,
+    machine: MachineId,
 }
 
-impl axum::extract::FromRef<PeerState> for Secret {
-    fn from_ref(state: &PeerState) -> Secret {
-        state.secret.clone()
+/// Refuses callers that are not machines of the cluster (a plain-HTTP listener admits all).
+fn admit(caller: Option<&Extension<Caller>>) -> Result<(), ApiError> {
+    match caller.map(|c| &c.0) {
+        Some(Caller::Certificate(id)) if id.role == Role::Machine => Ok(()),
+        Some(Caller::Insecure) => Ok(()),
+        Some(Caller::Certificate(id)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the peer endpoint serves machines of the cluster only, not {} ({})",
+                id.name, id.role
+            ),
+        )),
+        None => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the peer endpoint serves machines of the cluster only",
+        )),
+    }
+}
+
+/// The unit of the request, if it is this machine's business; 404 otherwise, as for a unit
+/// that does not exist (a peer learns nothing about the machine's other services).
+async fn own_unit(
+    state: &PeerState,
+    params: &std::collections::BTreeMap<String, Vec<String>>,
+) -> Result<UnitName, ApiError> {
+    let unit = unit_param(params)?;
+    if state.registry.runs_on(&state.machine, &unit).await? {
+        Ok(unit)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{unit} is not fleet's on this machine"),
+        ))
     }
 }
 
 /// The peer endpoint's router: `GET /fleet/peer/v1/journal?unit=X&lines=N&follow=B`,
 /// `GET /fleet/peer/v1/status?unit=X`, `GET /fleet/peer/v1/presence` and
 /// `POST /fleet/peer/v1/presence/renew`.
-pub fn router(secret: Secret, liveness: Liveness, version: &str) -> Router {
+pub fn router(registry: Registry, machine: MachineId, liveness: Liveness, version: &str) -> Router {
     let v1 = Router::new()
         .route("/journal", get(journal).fallback(method_not_allowed))
         .route("/status", get(status).fallback(method_not_allowed))
         .route("/presence", get(presence).fallback(method_not_allowed))
         .route("/presence/renew", post(renew).fallback(method_not_allowed))
-        .with_state(PeerState { secret, liveness });
+        .with_state(PeerState {
+            liveness,
+            registry,
+            machine,
+        });
     with_server_header(
         Router::new()
             .nest(PEER_PREFIX, v1)
@@ -132,14 +123,14 @@ fn unit_param(
 }
 
 async fn journal(
-    State(secret): State<Secret>,
-    headers: HeaderMap,
+    State(state): State<PeerState>,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    secret.admits(headers.get(header::AUTHORIZATION))?;
+    admit(caller.as_ref())?;
     let params = query_params(query);
-    let unit = unit_param(&params)?;
     let query = JournalQuery::from_params(&params).map_err(ApiError::bad_request)?;
+    let unit = own_unit(&state, &params).await?;
     let body = inspect::local_journal(&unit, query).map_err(inspect::not_run("journalctl"))?;
     Ok(text_response(body))
 }
@@ -160,9 +151,9 @@ pub struct RenewAnswer {
 
 async fn presence(
     State(state): State<PeerState>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<PresenceAnswer>, ApiError> {
-    state.secret.admits(headers.get(header::AUTHORIZATION))?;
+    admit(caller.as_ref())?;
     let since = state.liveness.since_renewal();
     Ok(Json(PresenceAnswer {
         since_renewal_ms: since.as_millis().min(u64::MAX as u128) as u64,
@@ -171,22 +162,22 @@ async fn presence(
 
 async fn renew(
     State(state): State<PeerState>,
-    headers: HeaderMap,
+    caller: Option<Extension<Caller>>,
 ) -> Result<Json<RenewAnswer>, ApiError> {
-    state.secret.admits(headers.get(header::AUTHORIZATION))?;
+    admit(caller.as_ref())?;
     Ok(Json(RenewAnswer {
         renewed: state.liveness.renew_now().await,
     }))
 }
 
 async fn status(
-    State(secret): State<Secret>,
-    headers: HeaderMap,
+    State(state): State<PeerState>,
+    caller: Option<Extension<Caller>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    secret.admits(headers.get(header::AUTHORIZATION))?;
+    admit(caller.as_ref())?;
     let params = query_params(query);
-    let unit = unit_param(&params)?;
+    let unit = own_unit(&state, &params).await?;
     let (code, text) = inspect::local_status(&unit)
         .await
         .map_err(inspect::not_run("systemctl status"))?;
@@ -223,22 +214,49 @@ pub(crate) fn status_response(code: i32, text: Vec<u8>) -> Response {
 /// Requests to other fleetds' peer endpoints.
 #[derive(Clone)]
 pub struct PeerClient {
-    http: reqwest::Client,
-    secret: Secret,
+    tls: Option<Arc<ServerTls>>,
+    /// The HTTP client, built for the certificates of a generation of `tls`.
+    http: Arc<Mutex<(u64, reqwest::Client)>>,
 }
 
 impl PeerClient {
-    pub fn new(secret: Secret) -> PeerClient {
+    /// A client of the peers: over mutual TLS with `tls` (this machine's certificate, the
+    /// cluster's CA; renewed certificates are used from the next request), else plain HTTP
+    /// (`api_insecure_http`).
+    pub fn new(tls: Option<Arc<ServerTls>>) -> PeerClient {
+        let generation = tls.as_ref().map(|t| t.generation()).unwrap_or_default();
+        let http = PeerClient::build(tls.as_deref());
+        PeerClient {
+            tls,
+            http: Arc::new(Mutex::new((generation, http))),
+        }
+    }
+
+    fn build(tls: Option<&ServerTls>) -> reqwest::Client {
         // No overall timeout: a followed journal lasts as long as its reader.
-        // Never through an HTTP proxy from the environment: the request carries the secret.
-        let http = reqwest::Client::builder()
+        // Never through an HTTP proxy from the environment: the peers are the cluster's.
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_keepalive(Duration::from_secs(15))
-            .user_agent(concat!("fleetd/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        PeerClient { http, secret }
+            .user_agent(concat!("fleetd/", env!("CARGO_PKG_VERSION")));
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls((*tls.client_config()).clone());
+        }
+        builder.build().unwrap_or_default()
+    }
+
+    /// The HTTP client for the certificates in use now, and the scheme it speaks.
+    fn http(&self) -> (reqwest::Client, &'static str) {
+        let mut http = self.http.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(tls) = &self.tls else {
+            return (http.1.clone(), "http");
+        };
+        let generation = tls.generation();
+        if http.0 != generation {
+            *http = (generation, PeerClient::build(Some(tls)));
+        }
+        (http.1.clone(), "https")
     }
 
     async fn get(
@@ -260,17 +278,10 @@ impl PeerClient {
         query: &[(&str, String)],
         timeout: Option<Duration>,
     ) -> Result<reqwest::Response, ApiError> {
-        let Some(secret) = self.secret.get() else {
-            return Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "this fleetd does not know the cluster secret yet (etcd unreachable?)",
-            ));
-        };
-        let mut request = self
-            .http
-            .request(method, format!("http://{address}{PEER_PREFIX}{path}"))
-            .query(query)
-            .bearer_auth(secret);
+        let (http, scheme) = self.http();
+        let mut request = http
+            .request(method, format!("{scheme}://{address}{PEER_PREFIX}{path}"))
+            .query(query);
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
@@ -283,9 +294,10 @@ impl PeerClient {
                 )
             })?
             .map_err(|e| {
+                let reason = fleet_trust::explain(&e).unwrap_or_else(|| root_cause(&e));
                 ApiError::new(
                     StatusCode::BAD_GATEWAY,
-                    format!("cannot reach the peer at {address}: {}", root_cause(&e)),
+                    format!("cannot reach the peer at {address}: {reason}"),
                 )
             })?;
         let code = response.status();
@@ -436,40 +448,5 @@ impl Witness for PeerWitness {
                 .map(|(id, _)| id)
                 .collect()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_secret_admits_only_its_bearer() {
-        let secret = Secret::new();
-        let bearer = HeaderValue::from_static("Bearer s3cret");
-        assert_eq!(
-            secret.admits(Some(&bearer)).unwrap_err().status(),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        secret.set("s3cret".into());
-        assert!(secret.admits(Some(&bearer)).is_ok());
-        for bad in [
-            "Bearer s3cre",
-            "Bearer s3cret2",
-            "s3cret",
-            "Basic s3cret",
-            "",
-        ] {
-            let v = HeaderValue::from_str(bad).unwrap();
-            assert_eq!(
-                secret.admits(Some(&v)).unwrap_err().status(),
-                StatusCode::UNAUTHORIZED,
-                "{bad:?}"
-            );
-        }
-        assert_eq!(
-            secret.admits(None).unwrap_err().status(),
-            StatusCode::UNAUTHORIZED
-        );
     }
 }

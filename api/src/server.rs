@@ -165,7 +165,8 @@ pub fn router_with(
             .nest("/v1-alpha", v1)
             .route("/metrics", get(metrics).fallback(method_not_allowed))
             .fallback(not_found)
-            .with_state(api),
+            .with_state(api)
+            .layer(axum::middleware::from_fn(crate::access::authorize)),
         version,
     )
 }

@@ -35,6 +35,13 @@ pub struct Config {
     /// Where other fleetds reach this one for journals and statuses (not in fleet, whose
     /// fleetctl used SSH for these).
     pub peer_listen: PeerListen,
+    /// The cluster's CA and this machine's certificate and key (PEM): HTTPS with client
+    /// certificates on the API's TCP listeners and mutual TLS on the peer endpoint.
+    pub api_cafile: Option<PathBuf>,
+    pub api_certfile: Option<PathBuf>,
+    pub api_keyfile: Option<PathBuf>,
+    /// Plain HTTP on TCP without any authentication, as fleet had: only when asked for.
+    pub api_insecure_http: bool,
 }
 
 /// The `peer_listen` key: `<public_ip>:49154` by default, an `address:port`, or `off`.
@@ -69,6 +76,10 @@ impl Default for Config {
             verbosity: 0,
             api_listen: Vec::new(),
             peer_listen: PeerListen::Default,
+            api_cafile: None,
+            api_certfile: None,
+            api_keyfile: None,
+            api_insecure_http: false,
         }
     }
 }
@@ -93,6 +104,10 @@ const KEYS: &[&str] = &[
     "verbosity",
     "api_listen",
     "peer_listen",
+    "api_cafile",
+    "api_certfile",
+    "api_keyfile",
+    "api_insecure_http",
 ];
 
 impl Config {
@@ -144,6 +159,13 @@ impl Config {
         }
         if self.etcd_certfile.is_some() != self.etcd_keyfile.is_some() {
             bail!("etcd_certfile and etcd_keyfile go together: give both or neither");
+        }
+        let api_files = [&self.api_cafile, &self.api_certfile, &self.api_keyfile];
+        if api_files.iter().any(|f| f.is_some()) && !api_files.iter().all(|f| f.is_some()) {
+            bail!("api_cafile, api_certfile and api_keyfile go together: give all three or none");
+        }
+        if self.api_insecure_http && self.api_certfile.is_some() {
+            bail!("api_insecure_http=true and api_certfile contradict each other: choose one");
         }
         if self.etcd_username.is_some() != self.etcd_password.is_some() {
             bail!("etcd_username and etcd_password go together: give both or neither");
@@ -244,6 +266,10 @@ impl Config {
                     ),
                 }
             }
+            "api_cafile" => self.api_cafile = absolute_path(value)?,
+            "api_certfile" => self.api_certfile = absolute_path(value)?,
+            "api_keyfile" => self.api_keyfile = absolute_path(value)?,
+            "api_insecure_http" => self.api_insecure_http = boolean(value)?,
             _ => unreachable!("only known keys are set"),
         }
         Ok(())
@@ -507,6 +533,33 @@ mod tests {
         // https:// alone: TLS with the system's certificate authorities.
         let c = load("etcd_servers=https://etcd.example:2379", &[]).unwrap();
         assert_eq!(c.etcd_cafile, None);
+    }
+
+    #[test]
+    fn api_tls_files_go_together_and_exclude_plain_http() {
+        let c = load(
+            "api_cafile=/pki/ca.pem\napi_certfile=/pki/m.pem\napi_keyfile=/pki/m-key.pem",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.api_certfile.as_deref(), Some(Path::new("/pki/m.pem")));
+        assert!(!c.api_insecure_http);
+        assert!(
+            load("api_insecure_http=true", &[])
+                .unwrap()
+                .api_insecure_http
+        );
+        for (file, says) in [
+            ("api_certfile=/pki/m.pem", "all three"),
+            (
+                "api_cafile=/ca.pem\napi_certfile=/m.pem\napi_keyfile=/k.pem\napi_insecure_http=true",
+                "choose one",
+            ),
+            ("api_keyfile=k.pem", "absolute"),
+        ] {
+            let err = load(file, &[]).expect_err(file);
+            assert!(format!("{err:#}").contains(says), "{file}: {err:#}");
+        }
     }
 
     #[test]

@@ -125,11 +125,28 @@ async fn run(args: Args, config: Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "etcd is not reachable yet; going on and retrying"),
     }
 
+    // The machine's certificate: the API's and the peer endpoint's, and towards the peers.
+    let tls = match api_tls(&config)? {
+        Some(tls) => {
+            let tls = std::sync::Arc::new(tls);
+            tracing::info!(certificate = %tls.identity(), "serving HTTPS with client certificates");
+            // Renewed files are picked up without a restart (and on SIGHUP).
+            tokio::spawn(tls.clone().watch(CERTIFICATE_CHECK));
+            Some(tls)
+        }
+        None => None,
+    };
+    if config.api_insecure_http {
+        tracing::warn!(
+            "api_insecure_http=true: the API's TCP listeners and the peer endpoint speak plain HTTP and admit anyone who reaches them, who can then run anything as root on every machine"
+        );
+    }
+    let peers = fleet_api::peer::PeerClient::new(tls.clone());
+
     // The API first: it answers (503) even while etcd is unreachable.
-    let secret = fleet_api::peer::Secret::new();
     let inspect = fleet_api::server::Inspect {
         machine: machine_id.clone(),
-        peers: fleet_api::peer::PeerClient::new(secret.clone()),
+        peers: peers.clone(),
     };
     let router = fleet_api::server::router_with(
         registry.clone(),
@@ -137,20 +154,29 @@ async fn run(args: Args, config: Config) -> Result<()> {
         config.token_limit,
         Some(inspect),
     );
-    serve_api(router, &config).await?;
+    serve_api(router, &config, tls.clone()).await?;
     // What this machine answers its peers about its lease, from now on.
     let liveness = fleet_registry::Liveness::new();
-    let peer_address = serve_peers(&config, &public_ip, secret.clone(), liveness.clone()).await?;
+    let peer_address = serve_peers(
+        &config,
+        &public_ip,
+        fleet_api::peer::router(
+            registry.clone(),
+            machine_id.clone(),
+            liveness.clone(),
+            VERSION,
+        ),
+        tls,
+    )
+    .await?;
     if peer_address.is_none() {
         tracing::warn!(
             "no peer endpoint: no other machine can ask this one whether it reaches etcd, so it counts for no majority (units of lost machines move only while a majority of the members answer), and it fences when its lease may expire even if etcd is down for everyone"
         );
     }
-    let witness: std::sync::Arc<dyn fleet_registry::Witness> = std::sync::Arc::new(
-        fleet_api::peer::PeerWitness::new(fleet_api::peer::PeerClient::new(secret.clone())),
-    );
+    let witness: std::sync::Arc<dyn fleet_registry::Witness> =
+        std::sync::Arc::new(fleet_api::peer::PeerWitness::new(peers));
     system::notify_ready();
-    tokio::spawn(learn_peer_secret(registry.clone(), secret));
 
     let machine = Machine {
         id: machine_id.clone(),
@@ -232,9 +258,51 @@ async fn shutdown_signal() {
     }
 }
 
+/// How often the certificate files are checked for a renewal.
+const CERTIFICATE_CHECK: Duration = Duration::from_secs(5);
+
+/// The machine's certificate from `api_cafile`, `api_certfile` and `api_keyfile`, checked now
+/// so that a mistake stops fleetd.
+fn api_tls(config: &Config) -> Result<Option<fleet_trust::ServerTls>> {
+    let (Some(ca), Some(cert), Some(key)) = (
+        &config.api_cafile,
+        &config.api_certfile,
+        &config.api_keyfile,
+    ) else {
+        return Ok(None);
+    };
+    let files = fleet_trust::TlsFiles {
+        ca: ca.clone(),
+        cert: cert.clone(),
+        key: key.clone(),
+    };
+    let tls = fleet_trust::ServerTls::load(files)
+        .context("invalid api_cafile, api_certfile or api_keyfile")?;
+    Ok(Some(tls))
+}
+
+/// Refuses a TCP listener that would be plain HTTP without the operator asking for it.
+fn check_plain_tcp(
+    config: &Config,
+    tls: Option<&fleet_trust::ServerTls>,
+    what: &str,
+) -> Result<()> {
+    if tls.is_none() && !config.api_insecure_http {
+        anyhow::bail!(
+            "{what} is TCP, which needs api_cafile, api_certfile and api_keyfile (HTTPS with client certificates), or api_insecure_http=true to serve plain HTTP to anyone who reaches it"
+        );
+    }
+    Ok(())
+}
+
 /// Serves the API on the sockets systemd passed, else on the default unix socket, plus any
-/// configured TCP addresses.
-async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
+/// configured TCP addresses: HTTPS with client certificates with `tls`, plain HTTP only with
+/// `api_insecure_http`.
+async fn serve_api(
+    router: axum::Router,
+    config: &Config,
+    tls: Option<std::sync::Arc<fleet_trust::ServerTls>>,
+) -> Result<()> {
     let inherited = system::inherited_sockets()?;
     let mut unix = Vec::new();
     let mut tcp = Vec::new();
@@ -273,13 +341,19 @@ async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        tracing::info!(%address, "serving the API");
-        let router = router.clone();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                tracing::error!(error = %e, "API server stopped");
-            }
-        });
+        check_plain_tcp(
+            config,
+            tls.as_deref(),
+            &format!("the API listener {address}"),
+        )?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%address, scheme, "serving the API");
+        tokio::spawn(fleet_trust::serve(
+            listener,
+            tls.clone(),
+            router.clone(),
+            fleet_trust::Limits::default(),
+        ));
     }
     Ok(())
 }
@@ -290,11 +364,21 @@ async fn serve_api(router: axum::Router, config: &Config) -> Result<()> {
 async fn serve_peers(
     config: &Config,
     public_ip: &str,
-    secret: fleet_api::peer::Secret,
-    liveness: fleet_registry::Liveness,
+    router: axum::Router,
+    tls: Option<std::sync::Arc<fleet_trust::ServerTls>>,
 ) -> Result<Option<String>> {
     use std::net::{IpAddr, SocketAddr};
     let public: Option<IpAddr> = public_ip.parse().ok();
+    if config.peer_listen != PeerListen::Off && tls.is_none() && !config.api_insecure_http {
+        // Machines prove who they are to each other with their certificates.
+        if matches!(config.peer_listen, PeerListen::Address(_)) {
+            check_plain_tcp(config, None, "peer_listen")?;
+        }
+        tracing::warn!(
+            "no machine certificate (api_cafile, api_certfile, api_keyfile): no peer endpoint"
+        );
+        return Ok(None);
+    }
     let (bind, explicit) = match &config.peer_listen {
         PeerListen::Off => return Ok(None),
         PeerListen::Address(a) => (*a, true),
@@ -323,12 +407,12 @@ async fn serve_peers(
         Some(local)
     };
     tracing::info!(address = %local, ?advertised, "serving the peer endpoint");
-    let router = fleet_api::peer::router(secret, liveness, VERSION);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).await {
-            tracing::error!(error = %e, "peer endpoint stopped");
-        }
-    });
+    tokio::spawn(fleet_trust::serve(
+        listener,
+        tls,
+        router,
+        fleet_trust::Limits::default(),
+    ));
     Ok(advertised.map(|a| a.to_string()))
 }
 
@@ -360,31 +444,6 @@ fn etcd_tls(config: &Config) -> Result<Option<fleet_registry::EtcdTls>> {
         _ => None,
     };
     Ok(Some(fleet_registry::EtcdTls { ca_pem, identity }))
-}
-
-/// Learns the cluster's peer secret from etcd, creating it if this is the first fleetd;
-/// retries until etcd answers.
-async fn learn_peer_secret(registry: Registry, secret: fleet_api::peer::Secret) {
-    let candidate = match system::random_hex(32) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot make a peer secret; journals and statuses of other machines are unavailable");
-            return;
-        }
-    };
-    loop {
-        match registry.peer_secret(&candidate).await {
-            Ok(s) => {
-                secret.set(s);
-                tracing::debug!("peer secret known");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the peer secret yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        }
-    }
 }
 
 /// Binds the default unix socket, replacing a stale one, readable by root only: whoever can

@@ -116,11 +116,3 @@ pub fn notify_ready() {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
 }
-
-/// `bytes` random bytes from the kernel, as lowercase hex.
-pub fn random_hex(bytes: usize) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; bytes];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
-    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
-}

@@ -593,9 +593,6 @@ impl Registry {
     fn metadata_key(&self, id: &MachineId) -> String {
         self.key(&format!("metadata/{id}"))
     }
-    fn peer_secret_key(&self) -> String {
-        self.key("peer/secret")
-    }
 
     // ---- plumbing ---------------------------------------------------------------------------
 
@@ -812,27 +809,6 @@ impl Registry {
     pub async fn machines(&self) -> Result<Vec<Machine>> {
         let (_, items) = self.range::<Machine>(&self.machines_prefix()).await?;
         Ok(items.into_iter().map(|(_, m)| m).collect())
-    }
-
-    /// The cluster's peer secret: `candidate` is stored if there is none yet (create-if-absent,
-    /// so concurrent fleetds agree on one), and the stored secret is returned.
-    pub async fn peer_secret(&self, candidate: &str) -> Result<String> {
-        let key = self.peer_secret_key();
-        match self.create_unless_exists(&key, candidate, None).await? {
-            Creation::Created(_) => Ok(candidate.to_string()),
-            Creation::Exists(Some(kv)) => {
-                let secret = kv
-                    .value_str()
-                    .map_err(|_| Error::Protocol(format!("{key} is not text")))?;
-                if secret.is_empty() {
-                    return Err(Error::Protocol(format!("{key} is empty")));
-                }
-                Ok(secret.to_string())
-            }
-            Creation::Exists(None) => {
-                Err(Error::Protocol(format!("{key} vanished while being read")))
-            }
-        }
     }
 
     /// Whether `name` is this machine's business: placed on `machine`, or global with a state

@@ -928,14 +928,6 @@ async fn a_machine_cut_off_from_etcd_past_its_ttl_fences_itself() {
 // ---- peers ----------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_first_peer_secret_wins_and_stays() {
-    let etcd = Etcd::start();
-    let registry = registry(&etcd).await;
-    assert_eq!(registry.peer_secret("aaaa").await.unwrap(), "aaaa");
-    assert_eq!(registry.peer_secret("bbbb").await.unwrap(), "aaaa");
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn a_peer_address_is_published_and_survives_metadata_changes() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
