@@ -420,7 +420,8 @@ async fn get_unit(
     )))
 }
 
-/// The body of a request that must be JSON: 415 for another content type, 413 when too large.
+/// The body of a request that must say it is JSON (`PUT /units/{name}`, as fleet): 415 for
+/// another content type or none, 413 when too large.
 async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     let content_type = request
         .headers()
@@ -433,6 +434,12 @@ async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError
             "only application/json is supported",
         ));
     }
+    read_body(request).await
+}
+
+/// The body of a request, whatever content type it claims (fleet decoded `PATCH /machines`
+/// as JSON without looking at it): 413 when too large.
+async fn read_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -703,7 +710,7 @@ async fn patch_machines(
     State(api): State<Api>,
     request: Request<Body>,
 ) -> Result<StatusCode, ApiError> {
-    let body = json_body(request).await?;
+    let body = read_body(request).await?;
     let changes = machine_ops(&body)?;
     let live: Vec<MachineId> = api
         .registry

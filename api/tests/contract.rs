@@ -486,7 +486,7 @@ async fn every_rejection_uses_the_envelope() {
     let unit = hello("inactive").to_string();
     let unit = unit.as_bytes();
     // (what, "METHOD path", content type or "", body, status)
-    let cases: [(&str, &str, &str, &[u8], u16); 29] = [
+    let cases: [(&str, &str, &str, &[u8], u16); 31] = [
         // Paths axum cannot decode (invalid percent-encoding, not UTF-8).
         ("a name that is not UTF-8", "GET /fleet/v1/units/%FF", "", b"", 400),
         ("its state", "GET /fleet/v1/state/%FF", "", b"", 400),
@@ -510,7 +510,10 @@ async fn every_rejection_uses_the_envelope() {
         ("the wrong content type", "PUT /fleet/v1/units/new.service", "text/plain", unit, 415),
         ("no content type", "PUT /fleet/v1/units/new.service", "", unit, 415),
         ("PATCH: JSON syntax", "PATCH /fleet/v1/machines", json, b"[{", 400),
-        ("PATCH: a form", "PATCH /fleet/v1/machines", "application/x-www-form-urlencoded", b"a=b", 415),
+        // fleet decoded a PATCH as JSON whatever its content type: a bad body is a 400.
+        ("PATCH: a form", "PATCH /fleet/v1/machines", "application/x-www-form-urlencoded", b"a=b", 400),
+        ("PATCH: no content type, JSON syntax", "PATCH /fleet/v1/machines", "", b"[{", 400),
+        ("PATCH: no content type, no body", "PATCH /fleet/v1/machines", "", b"", 400),
         // Routes and methods.
         ("an unknown route", "GET /fleet/v1/nowhere", "", b"", 404),
         ("an unknown root", "GET /nowhere", "", b"", 404),
@@ -660,6 +663,42 @@ async fn machine_metadata_no_unit_could_match_is_refused() {
         before,
         "a refused request changed etcd"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn machine_metadata_is_patched_whatever_the_content_type() {
+    // fleet checked the content type of `PUT /units/{name}` only: scripts PATCH machines
+    // with curl's defaults, no content type or a form's.
+    let api = Api::start(100).await;
+    let _machine = machine_running(&api.registry, 1, &[]).await;
+    let cases = [
+        ("no content type", None, "none"),
+        (
+            "a form's",
+            Some("application/x-www-form-urlencoded"),
+            "form",
+        ),
+        ("text", Some("text/plain"), "text"),
+    ];
+    for (what, content_type, value) in cases {
+        let ops =
+            json!([{"op": "add", "path": format!("/{:032x}/metadata/via", 1), "value": value}]);
+        let mut request = api
+            .http
+            .patch(format!("{}/machines", api.base))
+            .body(ops.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("PATCH");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{what}");
+        let (_, machines) = api.get("/machines").await;
+        assert_eq!(
+            machines["machines"][0]["metadata"]["via"],
+            json!(value),
+            "{what}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
