@@ -427,34 +427,33 @@ impl Ctl {
         exit
     }
 
-    /// Stops then starts each unit, one after another, waiting for each step unless
-    /// `--no-block` (as fleet: units that are only loaded are skipped; global units are
-    /// triggered without waiting).
+    /// Restarts each unit, one after another, waiting for each step unless `--no-block`, as
+    /// fleet v1.0 did: a launched unit is stopped then started, a unit only loaded (say after
+    /// `stop`) is started, one placed nowhere is refused on stderr and left (the others go on).
+    /// The first step that fails ends the command. Arguments naming no unit in the cluster are
+    /// submitted from their files first, as fleet did, but not restarted.
     pub async fn restart(&self, args: &[String], block: Block) -> u8 {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        let mut exit = 0;
+        if let Err(e) = self.create_units(args).await {
+            stderr(format_args!("Error creating units: {e}"));
+            return 1;
+        }
         for unit in units {
-            if !is_global(&unit) {
-                match unit.current_state.as_str() {
-                    "inactive" => {
-                        stderr(format_args!(
-                            "Unable to stop unit {} in state inactive",
-                            unit.name
-                        ));
-                        return 1;
-                    }
-                    "loaded" => continue,
-                    _ => {}
+            let steps = match restart_steps(&unit) {
+                Ok(steps) => steps,
+                Err(refusal) => {
+                    stderr(refusal);
+                    continue;
                 }
-            }
+            };
             let name = std::slice::from_ref(&unit.name);
-            for (state, action) in [("loaded", "stop"), ("launched", "start")] {
+            for &(state, action) in steps {
                 match self.set_desired(&unit, state, action).await {
                     Ok(true) => {
                         if self.wait_for(name, state, action, block).await != 0 {
-                            exit = 1;
+                            return 1;
                         }
                     }
                     Ok(false) => {}
@@ -465,7 +464,7 @@ impl Ctl {
                 }
             }
         }
-        exit
+        0
     }
 
     // ---- reading ----------------------------------------------------------------------------
@@ -794,6 +793,26 @@ fn replace_allowed(command: &str, desired_state: &str) -> bool {
     allowed.contains(&desired_state)
 }
 
+/// The desired states `restart` sets on a unit, in order, each with the action it names
+/// (fleet v1.0's `restart`): a global unit and a launched one are stopped then started, a unit
+/// only loaded is started; one placed nowhere (current state `inactive`) is refused with
+/// fleet's message.
+fn restart_steps(unit: &Unit) -> Result<&'static [(&'static str, &'static str)], String> {
+    const STOP_START: &[(&str, &str)] = &[("loaded", "stop"), ("launched", "start")];
+    const START: &[(&str, &str)] = &[("launched", "start")];
+    if is_global(unit) {
+        return Ok(STOP_START);
+    }
+    match unit.current_state.as_str() {
+        "inactive" => Err(format!(
+            "Unable to restart unit {} in state inactive",
+            unit.name
+        )),
+        "loaded" => Ok(START),
+        _ => Ok(STOP_START),
+    }
+}
+
 fn is_global(unit: &Unit) -> bool {
     fleet_units::is_global(&UnitFile::from_options(unit.options.clone()))
 }
@@ -1077,6 +1096,36 @@ mod tests {
             systemd_active_state: active.into(),
             systemd_sub_state: sub.into(),
         }
+    }
+
+    #[test]
+    fn restart_starts_a_stopped_unit_and_refuses_an_unplaced_one() {
+        let unit = |current: &str, global: bool| Unit {
+            name: "web.service".into(),
+            options: global
+                .then(|| fleet_units::UnitOption {
+                    section: "X-Fleet".into(),
+                    name: "Global".into(),
+                    value: "true".into(),
+                })
+                .into_iter()
+                .collect(),
+            current_state: current.into(),
+            ..Default::default()
+        };
+        let stop_start = [("loaded", "stop"), ("launched", "start")];
+        assert_eq!(restart_steps(&unit("launched", false)), Ok(&stop_start[..]));
+        // fleet v1.0 starts a unit that is only loaded (after `stop`), rather than skip it.
+        assert_eq!(
+            restart_steps(&unit("loaded", false)),
+            Ok(&[("launched", "start")][..])
+        );
+        assert_eq!(
+            restart_steps(&unit("inactive", false)),
+            Err("Unable to restart unit web.service in state inactive".to_string())
+        );
+        // A global unit has no current state of its own: stopped and started everywhere.
+        assert_eq!(restart_steps(&unit("", true)), Ok(&stop_start[..]));
     }
 
     #[test]

@@ -189,7 +189,7 @@ enum Command {
         units: Vec<String>,
     },
     /// Instruct systemd to restart one or more units in the cluster (stop, then start, one
-    /// unit after another).
+    /// unit after another); a stopped unit is started.
     Restart {
         #[command(flatten)]
         block: Block,
