@@ -152,6 +152,15 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
         out.stdout
     );
     assert!(out.stdout.contains(name), "{}", out.stdout);
+    // Flags fleet's scripts pass, accepted for compatibility: the same answers.
+    let out = fleetctl(&["status", "--no-block", name]).expect_ok("status --no-block");
+    assert!(
+        out.stdout.contains("Active: active (running)"),
+        "{}",
+        out.stdout
+    );
+    let out = fleetctl(&["journal", "--sudo", "-n", "3", name]).expect_ok("journal --sudo");
+    assert_eq!(ticks(&out.stdout).len(), 3, "{}", out.stdout);
 
     // Restart: fleet's messages, and running again (the counter starts over).
     let out = fleetctl(&["restart", name]).expect_ok("restart");

@@ -201,6 +201,9 @@ enum Command {
     /// Output the status of one or more units in the cluster (systemctl status, from the
     /// machine that runs each).
     Status {
+        /// Accepted for compatibility with scripts written for fleet; status never waits.
+        #[arg(long)]
+        no_block: bool,
         #[arg(required = true)]
         units: Vec<String>,
     },
@@ -215,6 +218,10 @@ enum Command {
         /// The machine (id or prefix) to read from, for a global unit.
         #[arg(long)]
         machine: Option<String>,
+        /// Accepted for compatibility with fleet, which ran journalctl over ssh: fleetd reads
+        /// the journal as root, so nothing needs sudo.
+        #[arg(long)]
+        sudo: bool,
         unit: String,
     },
     /// Open interactive shell on a machine in the cluster, or run COMMAND there.
@@ -334,12 +341,13 @@ fn main() -> ExitCode {
             Command::Destroy { units } => ctl.destroy(&units).await,
             Command::Restart { block, units } => ctl.restart(&units, block).await,
             Command::Cat { unit } => ctl.cat(&unit).await,
-            Command::Status { units } => ctl.status(&units).await,
+            Command::Status { units, .. } => ctl.status(&units).await,
             Command::Journal {
                 lines,
                 follow,
                 machine,
                 unit,
+                ..
             } => ctl.journal(&unit, lines, follow, machine.as_deref()).await,
             Command::Ssh {
                 machine,
@@ -494,12 +502,41 @@ mod tests {
     }
 
     #[test]
+    fn flags_kept_for_compatibility_are_accepted() {
+        // fleet's `journal --sudo` ran journalctl with sudo over ssh; here fleetd reads it.
+        let Command::Journal { sudo, unit, .. } = parse(&["journal", "--sudo", "hello"]).command
+        else {
+            panic!("not journal");
+        };
+        assert!(sudo);
+        assert_eq!(unit, "hello");
+        let Command::Status { no_block, units } =
+            parse(&["status", "--no-block", "a", "b"]).command
+        else {
+            panic!("not status");
+        };
+        assert!(no_block);
+        assert_eq!(units, ["a", "b"]);
+        for (command, flag) in [("journal", "sudo"), ("status", "no_block")] {
+            let root = <Cli as clap::CommandFactory>::command();
+            let help = root
+                .find_subcommand(command)
+                .and_then(|c| c.get_arguments().find(|a| a.get_id() == flag))
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(help.contains("compatibility"), "{command} --{flag}: {help}");
+        }
+    }
+
+    #[test]
     fn journal_flags() {
         let Command::Journal {
             lines,
             follow,
             unit,
             machine,
+            ..
         } = parse(&["journal", "-n", "5", "-f", "hello"]).command
         else {
             panic!("not journal");
@@ -508,10 +545,16 @@ mod tests {
             (lines, follow, unit.as_str(), machine),
             (5, true, "hello", None)
         );
-        let Command::Journal { lines, follow, .. } = parse(&["journal", "hello"]).command else {
+        let Command::Journal {
+            lines,
+            follow,
+            sudo,
+            ..
+        } = parse(&["journal", "hello"]).command
+        else {
             panic!("not journal");
         };
-        assert_eq!((lines, follow), (10, false));
+        assert_eq!((lines, follow, sudo), (10, false, false));
         for bad in [
             &["journal", "-n", "0", "x"][..],
             &["journal", "a", "b"],
