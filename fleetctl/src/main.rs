@@ -8,11 +8,31 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The help of fleetctl itself in fleet's layout (NAME, USAGE, VERSION, COMMANDS, OPTIONS
+/// sections, tab-indented), which scripts read the version from.
+const HELP_TEMPLATE: &str = "\
+NAME:
+\t{name} - {about}
+
+USAGE:
+\t{usage}
+
+VERSION:
+\t{version}
+
+COMMANDS:
+{subcommands}
+
+OPTIONS:
+{options}
+";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fleetctl",
     version,
-    about = "fleetctl is a command line driven interface to the cluster wide CoreOS init system."
+    about = "fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.",
+    help_template = HELP_TEMPLATE
 )]
 struct Cli {
     /// Location of the fleet API: unix:///path, a bare /path, or http://host:port.
@@ -74,8 +94,9 @@ struct Cli {
     /// Print the API requests fleetctl makes, and their answers' status, to stderr.
     #[arg(long, global = true, env = "FLEETCTL_DEBUG")]
     debug: bool,
+    /// None: fleet printed its help and exited 0.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// The longest timeout fleetctl takes, in seconds (a day): a longer one is a typo.
@@ -267,8 +288,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match &cli.command {
+    let mut cli = Cli::parse();
+    let Some(command) = cli.command.take() else {
+        // As fleet: no command is a request for help, not an error.
+        let mut help = <Cli as clap::CommandFactory>::command();
+        return match help.print_help() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cannot write the help: {e}");
+                ExitCode::from(1)
+            }
+        };
+    };
+    match &command {
         Command::Version => {
             println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -325,14 +357,14 @@ fn main() -> ExitCode {
         timeout: cli.ssh_timeout,
     };
     let mut ctl = commands::Ctl::new(client);
-    match &cli.command {
+    match &command {
         Command::Submit { replace: true, .. } => ctl = ctl.replacing("submit"),
         Command::Load { replace: true, .. } => ctl = ctl.replacing("load"),
         Command::Start { replace: true, .. } => ctl = ctl.replacing("start"),
         _ => {}
     }
     let code = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Submit { units, .. } => ctl.submit(&units).await,
             Command::Load { block, units, .. } => ctl.load(&units, block).await,
             Command::Start { block, units, .. } => ctl.start(&units, block).await,
@@ -384,10 +416,14 @@ mod tests {
         Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
+    fn command(args: &[&str]) -> Command {
+        parse(args).command.expect("a command")
+    }
+
     #[test]
     fn ssh_command_lines() {
         let cli = parse(&["ssh", "f1ee7002", "--", "ls", "-l"]);
-        let Command::Ssh { args, machine, .. } = cli.command else {
+        let Command::Ssh { args, machine, .. } = cli.command.expect("a command") else {
             panic!("not ssh");
         };
         assert_eq!(machine, None);
@@ -412,7 +448,7 @@ mod tests {
             forward_agent,
             args,
             ..
-        } = cli.command
+        } = cli.command.expect("a command")
         else {
             panic!("not ssh");
         };
@@ -468,7 +504,7 @@ mod tests {
         }
         // The longest wait --block-attempts can ask for still fits an Instant.
         let Command::Start { block, .. } =
-            parse(&["start", "--block-attempts", "4294967295", "x"]).command
+            command(&["start", "--block-attempts", "4294967295", "x"])
         else {
             panic!("not start");
         };
@@ -504,14 +540,12 @@ mod tests {
     #[test]
     fn flags_kept_for_compatibility_are_accepted() {
         // fleet's `journal --sudo` ran journalctl with sudo over ssh; here fleetd reads it.
-        let Command::Journal { sudo, unit, .. } = parse(&["journal", "--sudo", "hello"]).command
-        else {
+        let Command::Journal { sudo, unit, .. } = command(&["journal", "--sudo", "hello"]) else {
             panic!("not journal");
         };
         assert!(sudo);
         assert_eq!(unit, "hello");
-        let Command::Status { no_block, units } =
-            parse(&["status", "--no-block", "a", "b"]).command
+        let Command::Status { no_block, units } = command(&["status", "--no-block", "a", "b"])
         else {
             panic!("not status");
         };
@@ -537,7 +571,7 @@ mod tests {
             unit,
             machine,
             ..
-        } = parse(&["journal", "-n", "5", "-f", "hello"]).command
+        } = command(&["journal", "-n", "5", "-f", "hello"])
         else {
             panic!("not journal");
         };
@@ -550,7 +584,7 @@ mod tests {
             follow,
             sudo,
             ..
-        } = parse(&["journal", "hello"]).command
+        } = command(&["journal", "hello"])
         else {
             panic!("not journal");
         };
