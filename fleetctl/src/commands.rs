@@ -606,6 +606,11 @@ impl Ctl {
                 return 1;
             }
         };
+        if options.strict_host_key_checking {
+            if let Err(code) = crate::known_hosts::verify(options, &address) {
+                return code;
+            }
+        }
         let command = trim_to_dashes(rest);
         let argv = ssh_args(options, &address, command);
         use std::os::unix::process::CommandExt;
@@ -846,9 +851,18 @@ pub(crate) fn trim_to_dashes(args: &[String]) -> &[String] {
     }
 }
 
+/// The jump host as `ssh -J` takes it: `--ssh-username` unless the tunnel names a user.
+pub(crate) fn tunnel_with_user(options: &SshOptions, tunnel: &str) -> String {
+    if tunnel.contains('@') {
+        tunnel.to_string()
+    } else {
+        format!("{}@{tunnel}", options.username)
+    }
+}
+
 /// The arguments of the system `ssh` to reach `address` (and run `command` there, if any).
-/// Host keys: checked against the known-hosts file, asking before adding a new one (as
-/// fleet did), or not checked at all. A tunnel is a jump host (`-J`).
+/// Host keys: checked against the known-hosts file (a new one was asked about and added
+/// beforehand, as fleet did), or not checked at all. A tunnel is a jump host (`-J`).
 pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut option = |o: String| {
@@ -856,7 +870,8 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
         args.push(o);
     };
     if options.strict_host_key_checking {
-        option("StrictHostKeyChecking=ask".to_string());
+        // The key was checked, and a new one asked about, by `known_hosts::verify`.
+        option("StrictHostKeyChecking=yes".to_string());
         option(format!("UserKnownHostsFile={}", options.known_hosts_file));
     } else {
         option("StrictHostKeyChecking=no".to_string());
@@ -870,11 +885,7 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
     }
     if let Some(tunnel) = &options.tunnel {
         args.push("-J".to_string());
-        if tunnel.contains('@') {
-            args.push(tunnel.clone());
-        } else {
-            args.push(format!("{}@{tunnel}", options.username));
-        }
+        args.push(tunnel_with_user(options, tunnel));
     }
     args.push("-l".to_string());
     args.push(options.username.clone());
@@ -1251,7 +1262,7 @@ mod tests {
                 vec![],
                 vec![
                     "-o",
-                    "StrictHostKeyChecking=ask",
+                    "StrictHostKeyChecking=yes",
                     "-o",
                     "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
                     "-o",
@@ -1301,7 +1312,7 @@ mod tests {
                 vec!["-oProxyCommand=evil"],
                 vec![
                     "-o",
-                    "StrictHostKeyChecking=ask",
+                    "StrictHostKeyChecking=yes",
                     "-o",
                     "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
                     "-J",

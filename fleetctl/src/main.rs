@@ -1,6 +1,7 @@
 //! fleetctl: edit the cluster's desired state and read its current state, through fleetd's API.
 
 mod commands;
+mod known_hosts;
 mod table;
 
 use std::process::ExitCode;
@@ -348,10 +349,14 @@ fn main() -> ExitCode {
     let ssh = commands::SshOptions {
         username: cli.ssh_username.clone(),
         strict_host_key_checking: cli.strict_host_key_checking,
-        known_hosts_file: cli.known_hosts_file.clone().unwrap_or_else(|| {
+        known_hosts_file: {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            format!("{home}/.fleetctl/known_hosts")
-        }),
+            let file = cli
+                .known_hosts_file
+                .as_deref()
+                .unwrap_or("~/.fleetctl/known_hosts");
+            known_hosts::expand_home(file, &home)
+        },
         tunnel: cli.tunnel.clone().filter(|t| !t.is_empty()),
         forward_agent: false,
         timeout: cli.ssh_timeout,
