@@ -789,6 +789,88 @@ async fn an_unreachable_etcd_is_a_503() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_machine_id_live_elsewhere_is_a_503_until_registered() {
+    // fleet's API answered 503 "fleet server unable to communicate with etcd" while its
+    // fleetd could not register, e.g. because another live fleetd had its machine id.
+    let etcd = Etcd::start();
+    let config = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+        ..EtcdConfig::default()
+    };
+    let registry = Registry::connect(&config).await.expect("registry");
+    let registration = fleet_registry::Registration::new();
+    let router = fleet_api::server::router_with(
+        registry.clone(),
+        "9.9.9",
+        100,
+        None,
+        Some(registration.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let root = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let get = |path: &str| reqwest::get(format!("{root}{path}"));
+
+    // The first fleetd with this id holds a short lease; a second one waits for it.
+    let machine = Machine {
+        id: MachineId::parse(&format!("{:032x}", 7)).expect("machine id"),
+        public_ip: "10.0.0.7".into(),
+        metadata: Default::default(),
+        version: "test".to_string(),
+        peer_address: None,
+    };
+    let first = Presence::start(
+        registry.clone(),
+        machine.clone(),
+        Duration::from_secs(2),
+        None,
+    )
+    .await
+    .expect("the first registers");
+    let second = tokio::spawn(Presence::start_with(
+        registry.clone(),
+        machine,
+        Duration::from_secs(2),
+        fleet_registry::PresenceOptions {
+            registration: Some(registration.clone()),
+            ..Default::default()
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !registration.blocked_by_duplicate() {
+        assert!(tokio::time::Instant::now() < deadline, "no duplicate seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for path in ["/fleet/v1/machines", "/fleet/v1/units", "/v1-alpha/state"] {
+        let r = get(path).await.expect("GET");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(
+            body,
+            json!({"error": {"code": 503, "message": "fleet server unable to communicate with etcd"}}),
+            "{path}"
+        );
+    }
+
+    // The first one goes away; once its lease expires the second registers and the API
+    // answers again.
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second registers once the first's lease expired")
+        .expect("task")
+        .expect("presence");
+    assert!(!registration.blocked_by_duplicate());
+    let r = get("/fleet/v1/machines").await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_discovery_document_describes_the_api() {
     let api = Api::start(100).await;
     for prefix in ["/fleet/v1", "/v1-alpha"] {

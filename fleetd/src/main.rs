@@ -121,11 +121,14 @@ async fn run(args: Args, config: Config) -> Result<()> {
         machine: machine_id.clone(),
         peers: fleet_api::peer::PeerClient::new(secret.clone()),
     };
+    // Whether another live fleetd holds this machine id: the API answers 503 meanwhile.
+    let registration = fleet_registry::Registration::new();
     let router = fleet_api::server::router_with(
         registry.clone(),
         VERSION,
         config.token_limit,
         Some(inspect),
+        Some(registration.clone()),
     );
     serve_api(router, &config).await?;
     // What this machine answers its peers about its lease, from now on.
@@ -159,6 +162,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
                 lease_file: Some(lease_file),
                 liveness: Some(liveness),
                 witness: Some(witness.clone()),
+                registration: Some(registration),
             },
         )
         .await

@@ -138,6 +138,32 @@ impl Liveness {
     }
 }
 
+/// Whether this machine is kept from registering by another live fleetd registered with the
+/// same machine id. fleet's API answered 503 ("fleet server unable to communicate with etcd")
+/// until its fleetd registered; the API reads this to do the same in that case. Cheap to
+/// clone; shared between the presence that sets it and the API that reads it.
+#[derive(Clone, Default)]
+pub struct Registration {
+    duplicate: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Registration {
+    pub fn new() -> Registration {
+        Registration::default()
+    }
+
+    /// True from the moment registering found the machine id live elsewhere until this
+    /// machine registers.
+    pub fn blocked_by_duplicate(&self) -> bool {
+        self.duplicate.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_blocked_by_duplicate(&self, blocked: bool) {
+        self.duplicate
+            .store(blocked, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How a [`Presence`] runs besides its machine and TTL.
 #[derive(Default)]
 pub struct PresenceOptions {
@@ -148,6 +174,8 @@ pub struct PresenceOptions {
     /// How to ask the other members; without one, the machine fences when its lease may
     /// expire, whatever the others see.
     pub witness: Option<Arc<dyn Witness>>,
+    /// Where to say that another live fleetd holds this machine id.
+    pub registration: Option<Registration>,
 }
 
 /// What the rest of fleetd needs to know about this machine's lease.
@@ -204,8 +232,15 @@ impl Presence {
         let ttl_secs = ttl.as_secs().clamp(2, MAX_LEASE_TTL_SECS) as i64;
         let lease_file = options.lease_file;
         let liveness = options.liveness.unwrap_or_default();
-        let (lease, view, sent) =
-            register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
+        let registration = options.registration.unwrap_or_default();
+        let (lease, view, sent) = register_until_done(
+            &registry,
+            &machine,
+            ttl_secs,
+            lease_file.as_ref(),
+            &registration,
+        )
+        .await?;
         liveness.acked();
         liveness.set_fenced(false);
         let timing = Timing::for_ttl(Duration::from_secs(ttl_secs as u64), registry.timeout);
@@ -258,13 +293,18 @@ async fn register_until_done(
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
+    registration: &Registration,
 ) -> Result<(i64, Vec<Machine>, Instant)> {
     let mut warned = false;
     loop {
         let sent = Instant::now();
         match register(registry, machine, ttl, lease_file).await {
-            Ok((lease, view)) => return Ok((lease, view, sent)),
+            Ok((lease, view)) => {
+                registration.set_blocked_by_duplicate(false);
+                return Ok((lease, view, sent));
+            }
             Err(Error::DuplicateMachine(id)) => {
+                registration.set_blocked_by_duplicate(true);
                 if !warned {
                     tracing::error!(
                         machine = %id,
