@@ -7,15 +7,7 @@ use fleet_e2e::{cluster, eventually, Cluster, NODES};
 
 /// How many times fleetd on node `n` logged a reload.
 fn reloads(c: &Cluster, n: u32) -> usize {
-    let out = c.exec(
-        n,
-        &[
-            "/bin/bash",
-            "-c",
-            "journalctl -u fleet -o cat --no-pager | grep -c '^Reloading configuration' || true",
-        ],
-    );
-    out.stdout.trim().parse().unwrap_or(0)
+    c.fleetd_log_count(n, "Reloading configuration")
 }
 
 fn fleetd_pid(c: &Cluster, n: u32) -> String {

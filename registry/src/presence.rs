@@ -456,6 +456,7 @@ struct KeepAlive {
 async fn keep_alive(mut k: KeepAlive) {
     let period = Duration::from_millis((k.ttl as u64 * 1000) / 3);
     let origin = k.liveness.inner.started;
+    let mut monitor = Monitor::new(Duration::from_secs(k.ttl as u64));
     let mut renewer = Renewer { stream: None };
     let mut asked: Vec<oneshot::Sender<bool>> = Vec::new();
     loop {
@@ -538,6 +539,14 @@ async fn keep_alive(mut k: KeepAlive) {
                 false
             }
         };
+        if renewed {
+            monitor.renewed();
+        } else if monitor.failed(k.liveness.own_since_renewal()) {
+            tracing::error!(
+                "Server monitor triggered: Monitor timed out before successful heartbeat (no renewal of this machine's lease acknowledged for {:.1}s; retrying)",
+                k.liveness.own_since_renewal().as_secs_f64()
+            );
+        }
         for reply in asked.drain(..) {
             let _ = reply.send(renewed);
         }
@@ -556,6 +565,41 @@ async fn keep_alive(mut k: KeepAlive) {
                 }
             } => asked.push(reply),
         }
+    }
+}
+
+/// When fleet's server monitor would have triggered, for the log line operators grep for
+/// ("Server monitor triggered: Monitor timed out before successful heartbeat"). fleet's
+/// monitor beat the heart and gave up when no beat succeeded within a third of the TTL; here
+/// a renewal is due a third of the TTL after the last acknowledged one, so the monitor
+/// triggers once renewals have failed for a third of the TTL past that: two thirds of the TTL
+/// without an acknowledged renewal. Once per episode: again only after a renewal succeeded.
+#[derive(Debug)]
+struct Monitor {
+    deadline: Duration,
+    triggered: bool,
+}
+
+impl Monitor {
+    fn new(ttl: Duration) -> Monitor {
+        Monitor {
+            deadline: ttl * 2 / 3,
+            triggered: false,
+        }
+    }
+
+    /// After a renewal failed, `since_ack` after the last acknowledged one: whether the
+    /// monitor triggers now.
+    fn failed(&mut self, since_ack: Duration) -> bool {
+        if self.triggered || since_ack < self.deadline {
+            return false;
+        }
+        self.triggered = true;
+        true
+    }
+
+    fn renewed(&mut self) {
+        self.triggered = false;
     }
 }
 
@@ -742,5 +786,32 @@ impl Renewer {
             Some(resp) => Ok(resp.ttl()),
             None => Err(Error::Protocol("keepalive stream closed".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_triggers_once_per_episode_of_failed_renewals() {
+        let ttl = Duration::from_secs(30);
+        let mut monitor = Monitor::new(ttl);
+        let s = Duration::from_secs;
+        // Renewals due every 10 s: failing attempts before 20 s without one acknowledged
+        // are not yet fleet's timed-out heartbeat.
+        for since in [s(10), s(12), s(19)] {
+            assert!(!monitor.failed(since), "{since:?}");
+        }
+        // Then it triggers, once, however many attempts fail after.
+        assert!(monitor.failed(s(20)));
+        for since in [s(21), s(25), s(40), s(300)] {
+            assert!(!monitor.failed(since), "{since:?}");
+        }
+        // A renewal ends the episode; the next one triggers again.
+        monitor.renewed();
+        assert!(!monitor.failed(s(5)));
+        assert!(monitor.failed(s(21)));
+        assert!(!monitor.failed(s(22)));
     }
 }
