@@ -38,6 +38,10 @@ struct Api {
     inspect: Option<Inspect>,
 }
 
+/// fleet's answer to every API request while its fleetd could not register (here: while
+/// another live fleetd holds this machine id), as fleet worded it.
+pub const UNREGISTERED_MESSAGE: &str = "fleet server unable to communicate with etcd";
+
 /// What the journal and status endpoints need: which machine this is (its units are read
 /// here), and how to reach the others' peer endpoints.
 #[derive(Clone)]
@@ -48,7 +52,7 @@ pub struct Inspect {
 
 /// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, without journal and status (they answer 501).
 pub fn router(registry: Registry, version: &str, page_size: u32) -> Router {
-    router_with(registry, version, page_size, None)
+    router_with(registry, version, page_size, None, None)
 }
 
 /// Names fleetd (`Server: fleetd/<version>`) on every response of `router`, and makes sure
@@ -120,12 +124,15 @@ impl<S: Send + Sync> FromRequestParts<S> for NameParam {
 }
 
 /// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, with the journal and status of units when
-/// `inspect` is given.
+/// `inspect` is given. While `registration` says another live fleetd holds this machine id,
+/// every API request is answered 503 with [`UNREGISTERED_MESSAGE`], as fleet did (`/metrics`
+/// still answers).
 pub fn router_with(
     registry: Registry,
     version: &str,
     page_size: u32,
     inspect: Option<Inspect>,
+    registration: Option<fleet_registry::Registration>,
 ) -> Router {
     let api = Api {
         registry,
@@ -157,7 +164,22 @@ pub fn router_with(
             get(list_machines)
                 .patch(patch_machines)
                 .fallback(method_not_allowed),
-        );
+        )
+        .layer(axum::middleware::from_fn(
+            move |request: Request<Body>, next: axum::middleware::Next| {
+                let blocked = registration
+                    .as_ref()
+                    .is_some_and(|r| r.blocked_by_duplicate());
+                async move {
+                    if blocked {
+                        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, UNREGISTERED_MESSAGE)
+                            .into_response()
+                    } else {
+                        next.run(request).await
+                    }
+                }
+            },
+        ));
     // fleet served the same API under its legacy prefix too: one router, mounted twice.
     with_server_header(
         Router::new()
@@ -421,7 +443,8 @@ async fn get_unit(
     )))
 }
 
-/// The body of a request that must be JSON: 415 for another content type, 413 when too large.
+/// The body of a request that must say it is JSON (`PUT /units/{name}`, as fleet): 415 for
+/// another content type or none, 413 when too large.
 async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     let content_type = request
         .headers()
@@ -434,6 +457,12 @@ async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError
             "only application/json is supported",
         ));
     }
+    read_body(request).await
+}
+
+/// The body of a request, whatever content type it claims (fleet decoded `PATCH /machines`
+/// as JSON without looking at it): 413 when too large.
+async fn read_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| {
@@ -704,7 +733,7 @@ async fn patch_machines(
     State(api): State<Api>,
     request: Request<Body>,
 ) -> Result<StatusCode, ApiError> {
-    let body = json_body(request).await?;
+    let body = read_body(request).await?;
     let changes = machine_ops(&body)?;
     let live: Vec<MachineId> = api
         .registry

@@ -486,7 +486,7 @@ async fn every_rejection_uses_the_envelope() {
     let unit = hello("inactive").to_string();
     let unit = unit.as_bytes();
     // (what, "METHOD path", content type or "", body, status)
-    let cases: [(&str, &str, &str, &[u8], u16); 29] = [
+    let cases: [(&str, &str, &str, &[u8], u16); 31] = [
         // Paths axum cannot decode (invalid percent-encoding, not UTF-8).
         ("a name that is not UTF-8", "GET /fleet/v1/units/%FF", "", b"", 400),
         ("its state", "GET /fleet/v1/state/%FF", "", b"", 400),
@@ -510,7 +510,10 @@ async fn every_rejection_uses_the_envelope() {
         ("the wrong content type", "PUT /fleet/v1/units/new.service", "text/plain", unit, 415),
         ("no content type", "PUT /fleet/v1/units/new.service", "", unit, 415),
         ("PATCH: JSON syntax", "PATCH /fleet/v1/machines", json, b"[{", 400),
-        ("PATCH: a form", "PATCH /fleet/v1/machines", "application/x-www-form-urlencoded", b"a=b", 415),
+        // fleet decoded a PATCH as JSON whatever its content type: a bad body is a 400.
+        ("PATCH: a form", "PATCH /fleet/v1/machines", "application/x-www-form-urlencoded", b"a=b", 400),
+        ("PATCH: no content type, JSON syntax", "PATCH /fleet/v1/machines", "", b"[{", 400),
+        ("PATCH: no content type, no body", "PATCH /fleet/v1/machines", "", b"", 400),
         // Routes and methods.
         ("an unknown route", "GET /fleet/v1/nowhere", "", b"", 404),
         ("an unknown root", "GET /nowhere", "", b"", 404),
@@ -663,6 +666,42 @@ async fn machine_metadata_no_unit_could_match_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn machine_metadata_is_patched_whatever_the_content_type() {
+    // fleet checked the content type of `PUT /units/{name}` only: scripts PATCH machines
+    // with curl's defaults, no content type or a form's.
+    let api = Api::start(100).await;
+    let _machine = machine_running(&api.registry, 1, &[]).await;
+    let cases = [
+        ("no content type", None, "none"),
+        (
+            "a form's",
+            Some("application/x-www-form-urlencoded"),
+            "form",
+        ),
+        ("text", Some("text/plain"), "text"),
+    ];
+    for (what, content_type, value) in cases {
+        let ops =
+            json!([{"op": "add", "path": format!("/{:032x}/metadata/via", 1), "value": value}]);
+        let mut request = api
+            .http
+            .patch(format!("{}/machines", api.base))
+            .body(ops.to_string());
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("PATCH");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "{what}");
+        let (_, machines) = api.get("/machines").await;
+        assert_eq!(
+            machines["machines"][0]["metadata"]["via"],
+            json!(value),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_peer_endpoint_refuses_with_the_envelope() {
     let etcd = Etcd::start();
     let registry = Registry::connect(&EtcdConfig {
@@ -762,6 +801,88 @@ async fn an_unreachable_etcd_is_a_503() {
     assert!(body["error"]["message"]
         .as_str()
         .is_some_and(|m| m.contains("etcd")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_id_live_elsewhere_is_a_503_until_registered() {
+    // fleet's API answered 503 "fleet server unable to communicate with etcd" while its
+    // fleetd could not register, e.g. because another live fleetd had its machine id.
+    let etcd = Etcd::start();
+    let config = EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+        ..EtcdConfig::default()
+    };
+    let registry = Registry::connect(&config).await.expect("registry");
+    let registration = fleet_registry::Registration::new();
+    let router = fleet_api::server::router_with(
+        registry.clone(),
+        "9.9.9",
+        100,
+        None,
+        Some(registration.clone()),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let root = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let get = |path: &str| reqwest::get(format!("{root}{path}"));
+
+    // The first fleetd with this id holds a short lease; a second one waits for it.
+    let machine = Machine {
+        id: MachineId::parse(&format!("{:032x}", 7)).expect("machine id"),
+        public_ip: "10.0.0.7".into(),
+        metadata: Default::default(),
+        version: "test".to_string(),
+        peer_address: None,
+    };
+    let first = Presence::start(
+        registry.clone(),
+        machine.clone(),
+        Duration::from_secs(2),
+        None,
+    )
+    .await
+    .expect("the first registers");
+    let second = tokio::spawn(Presence::start_with(
+        registry.clone(),
+        machine,
+        Duration::from_secs(2),
+        fleet_registry::PresenceOptions {
+            registration: Some(registration.clone()),
+            ..Default::default()
+        },
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !registration.blocked_by_duplicate() {
+        assert!(tokio::time::Instant::now() < deadline, "no duplicate seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for path in ["/fleet/v1/machines", "/fleet/v1/units", "/v1-alpha/state"] {
+        let r = get(path).await.expect("GET");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(
+            body,
+            json!({"error": {"code": 503, "message": "fleet server unable to communicate with etcd"}}),
+            "{path}"
+        );
+    }
+
+    // The first one goes away; once its lease expires the second registers and the API
+    // answers again.
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(10), second)
+        .await
+        .expect("the second registers once the first's lease expired")
+        .expect("task")
+        .expect("presence");
+    assert!(!registration.blocked_by_duplicate());
+    let r = get("/fleet/v1/machines").await.expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    drop(second);
 }
 
 #[tokio::test(flavor = "multi_thread")]

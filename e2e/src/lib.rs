@@ -184,6 +184,24 @@ impl Cluster {
             .to_string()
     }
 
+    /// How many lines of fleetd's journal on node `n` contain `text` (a fixed string).
+    pub fn fleetd_log_count(&self, n: u32, text: &str) -> usize {
+        self.exec(
+            n,
+            &[
+                "/bin/bash",
+                "-c",
+                "journalctl -u fleet -o cat --no-pager | grep -c -F -e \"$1\" || true",
+                "count",
+                text,
+            ],
+        )
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or(0)
+    }
+
     /// systemd's `InvocationID` of `unit` on node `n`: new each time the unit is started, so
     /// an unchanged id means the unit was not restarted.
     pub fn invocation_id(&self, n: u32, unit: &str) -> String {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL};
+use fleet_e2e::{cluster, eventually, node_in, ticker_unit, unique, AGENT_TTL, NODES};
 
 #[test]
 fn stopped_etcd_gives_a_clear_error_and_running_units_stay() {
@@ -51,6 +51,15 @@ fn etcd_down_for_everyone_past_the_ttl_stops_restarts_and_moves_nothing() {
     let mut names: Vec<String> = pinned.iter().map(|u| u.name.clone()).collect();
     names.extend(free.iter().map(|u| u.name.clone()));
 
+    // fleet's words when the heartbeat fails, which operators grep for: once per machine
+    // and per outage.
+    let monitor = "Server monitor triggered: Monitor timed out before successful heartbeat";
+    let triggered = |c: &fleet_e2e::Cluster| -> Vec<usize> {
+        (1..=NODES)
+            .map(|n| c.fleetd_log_count(n, monitor))
+            .collect()
+    };
+    let before = triggered(c);
     c.tool(&["etcd-stop"]).expect_ok("etcd-stop");
     let outage = AGENT_TTL * 2 + Duration::from_secs(5);
     let since = Instant::now();
@@ -72,6 +81,7 @@ fn etcd_down_for_everyone_past_the_ttl_stops_restarts_and_moves_nothing() {
     });
     // Long enough for a machine that had lost its lease to show it.
     std::thread::sleep(AGENT_TTL);
+    let after = triggered(c);
 
     assert!(
         stopped.is_empty(),
@@ -85,6 +95,8 @@ fn etcd_down_for_everyone_past_the_ttl_stops_restarts_and_moves_nothing() {
     );
     c.assert_unchanged(&pinned, "after the outage");
     c.assert_unchanged(&free, "after the outage");
+    let once: Vec<usize> = before.iter().map(|b| b + 1).collect();
+    assert_eq!(after, once, "\"{monitor}\" logged per node");
     c.destroy_all(&pinned);
     c.destroy_all(&free);
 }

@@ -152,6 +152,15 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
         out.stdout
     );
     assert!(out.stdout.contains(name), "{}", out.stdout);
+    // Flags fleet's scripts pass, accepted for compatibility: the same answers.
+    let out = fleetctl(&["status", "--no-block", name]).expect_ok("status --no-block");
+    assert!(
+        out.stdout.contains("Active: active (running)"),
+        "{}",
+        out.stdout
+    );
+    let out = fleetctl(&["journal", "--sudo", "-n", "3", name]).expect_ok("journal --sudo");
+    assert_eq!(ticks(&out.stdout).len(), 3, "{}", out.stdout);
 
     // Restart: fleet's messages, and running again (the counter starts over).
     let out = fleetctl(&["restart", name]).expect_ok("restart");
@@ -189,6 +198,16 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
     let out = fleetctl(&["status", name]);
     assert_eq!(out.code, Some(3), "{out:#?}");
     assert!(out.stdout.contains("inactive (dead)"), "{}", out.stdout);
+    // Restarting it starts it, as fleet v1.0 did: one step, since it is only loaded.
+    let out = fleetctl(&["restart", name]).expect_ok("restart of a stopped unit");
+    assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .starts_with(&format!("Unit {name} launched on f1ee70")),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(c.is_active(node, name), "active");
 
     // The peer endpoint serves the units fleet placed on its machine, and nothing else there.
     let peer = format!("{}:49154", node_ip(node));
@@ -241,6 +260,13 @@ fn missing_units_and_bad_requests_are_refused() {
     assert_eq!(
         out.stderr,
         format!("Unit {idle} does not appear to be running.\n")
+    );
+    // fleet v1.0 refused to restart it on stderr and went on: exit 0.
+    let out = c.fleetctl(&["restart", idle]);
+    assert_eq!(out.code, Some(0), "{out:#?}");
+    assert_eq!(
+        out.stderr,
+        format!("Unable to restart unit {idle} in state inactive\n")
     );
     let answer = http_get(&api, &format!("/fleet/v1/units/{idle}/status"), &[]);
     assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");

@@ -172,6 +172,37 @@ fn replaces_moves_the_replaced_unit_away() {
 }
 
 #[test]
+fn units_replacing_each_other_both_run_as_in_fleet() {
+    // fleet skipped a pair of units that replace each other (a circular replacement) when
+    // checking a machine's units, so neither pushes the other: both run, even together.
+    let c = cluster();
+    let (a, b) = (unique("circular-a"), unique("circular-b"));
+    let a_path = unit(
+        c,
+        &a,
+        &format!("Replaces={b}\nMachineMetadata=hostname=node2"),
+    );
+    let b_path = unit(
+        c,
+        &b,
+        &format!("Replaces={a}\nMachineMetadata=hostname=node2"),
+    );
+    c.fleetctl(&["start", &a_path]).expect_ok("start a");
+    c.fleetctl(&["start", &b_path]).expect_ok("start b");
+    let a_on = c.active_on(&a);
+    let b_on = c.active_on(&b);
+    let invocations = (c.invocation_id(2, &a), c.invocation_id(2, &b));
+    // Long enough for a push, and for a push back, to show.
+    std::thread::sleep(Duration::from_secs(5));
+    let still = (c.invocation_id(2, &a), c.invocation_id(2, &b));
+    let nodes = (c.nodes_of(&a), c.nodes_of(&b));
+    destroy(c, &[&a, &b]);
+    assert_eq!((a_on, b_on), (Some(2), Some(2)));
+    assert_eq!(still, invocations, "a unit was restarted");
+    assert_eq!(nodes, (vec![2], vec![2]), "a unit moved");
+}
+
+#[test]
 fn a_template_instance_uses_its_instance_as_metadata() {
     let c = cluster();
     let stem = format!("pinned{}", tag().replace('-', "x"));

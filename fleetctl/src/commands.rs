@@ -427,34 +427,33 @@ impl Ctl {
         exit
     }
 
-    /// Stops then starts each unit, one after another, waiting for each step unless
-    /// `--no-block` (as fleet: units that are only loaded are skipped; global units are
-    /// triggered without waiting).
+    /// Restarts each unit, one after another, waiting for each step unless `--no-block`, as
+    /// fleet v1.0 did: a launched unit is stopped then started, a unit only loaded (say after
+    /// `stop`) is started, one placed nowhere is refused on stderr and left (the others go on).
+    /// The first step that fails ends the command. Arguments naming no unit in the cluster are
+    /// submitted from their files first, as fleet did, but not restarted.
     pub async fn restart(&self, args: &[String], block: Block) -> u8 {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        let mut exit = 0;
+        if let Err(e) = self.create_units(args).await {
+            stderr(format_args!("Error creating units: {e}"));
+            return 1;
+        }
         for unit in units {
-            if !is_global(&unit) {
-                match unit.current_state.as_str() {
-                    "inactive" => {
-                        stderr(format_args!(
-                            "Unable to stop unit {} in state inactive",
-                            unit.name
-                        ));
-                        return 1;
-                    }
-                    "loaded" => continue,
-                    _ => {}
+            let steps = match restart_steps(&unit) {
+                Ok(steps) => steps,
+                Err(refusal) => {
+                    stderr(refusal);
+                    continue;
                 }
-            }
+            };
             let name = std::slice::from_ref(&unit.name);
-            for (state, action) in [("loaded", "stop"), ("launched", "start")] {
+            for &(state, action) in steps {
                 match self.set_desired(&unit, state, action).await {
                     Ok(true) => {
                         if self.wait_for(name, state, action, block).await != 0 {
-                            exit = 1;
+                            return 1;
                         }
                     }
                     Ok(false) => {}
@@ -465,7 +464,7 @@ impl Ctl {
                 }
             }
         }
-        exit
+        0
     }
 
     // ---- reading ----------------------------------------------------------------------------
@@ -607,6 +606,11 @@ impl Ctl {
                 return 1;
             }
         };
+        if options.strict_host_key_checking {
+            if let Err(code) = crate::known_hosts::verify(options, &address) {
+                return code;
+            }
+        }
         let command = trim_to_dashes(rest);
         let argv = ssh_args(options, &address, command);
         use std::os::unix::process::CommandExt;
@@ -794,6 +798,26 @@ fn replace_allowed(command: &str, desired_state: &str) -> bool {
     allowed.contains(&desired_state)
 }
 
+/// The desired states `restart` sets on a unit, in order, each with the action it names
+/// (fleet v1.0's `restart`): a global unit and a launched one are stopped then started, a unit
+/// only loaded is started; one placed nowhere (current state `inactive`) is refused with
+/// fleet's message.
+fn restart_steps(unit: &Unit) -> Result<&'static [(&'static str, &'static str)], String> {
+    const STOP_START: &[(&str, &str)] = &[("loaded", "stop"), ("launched", "start")];
+    const START: &[(&str, &str)] = &[("launched", "start")];
+    if is_global(unit) {
+        return Ok(STOP_START);
+    }
+    match unit.current_state.as_str() {
+        "inactive" => Err(format!(
+            "Unable to restart unit {} in state inactive",
+            unit.name
+        )),
+        "loaded" => Ok(START),
+        _ => Ok(STOP_START),
+    }
+}
+
 fn is_global(unit: &Unit) -> bool {
     fleet_units::is_global(&UnitFile::from_options(unit.options.clone()))
 }
@@ -827,9 +851,18 @@ pub(crate) fn trim_to_dashes(args: &[String]) -> &[String] {
     }
 }
 
+/// The jump host as `ssh -J` takes it: `--ssh-username` unless the tunnel names a user.
+pub(crate) fn tunnel_with_user(options: &SshOptions, tunnel: &str) -> String {
+    if tunnel.contains('@') {
+        tunnel.to_string()
+    } else {
+        format!("{}@{tunnel}", options.username)
+    }
+}
+
 /// The arguments of the system `ssh` to reach `address` (and run `command` there, if any).
-/// Host keys: checked against the known-hosts file, asking before adding a new one (as
-/// fleet did), or not checked at all. A tunnel is a jump host (`-J`).
+/// Host keys: checked against the known-hosts file (a new one was asked about and added
+/// beforehand, as fleet did), or not checked at all. A tunnel is a jump host (`-J`).
 pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<String> {
     let mut args: Vec<String> = Vec::new();
     let mut option = |o: String| {
@@ -837,7 +870,8 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
         args.push(o);
     };
     if options.strict_host_key_checking {
-        option("StrictHostKeyChecking=ask".to_string());
+        // The key was checked, and a new one asked about, by `known_hosts::verify`.
+        option("StrictHostKeyChecking=yes".to_string());
         option(format!("UserKnownHostsFile={}", options.known_hosts_file));
     } else {
         option("StrictHostKeyChecking=no".to_string());
@@ -851,11 +885,7 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
     }
     if let Some(tunnel) = &options.tunnel {
         args.push("-J".to_string());
-        if tunnel.contains('@') {
-            args.push(tunnel.clone());
-        } else {
-            args.push(format!("{}@{tunnel}", options.username));
-        }
+        args.push(tunnel_with_user(options, tunnel));
     }
     args.push("-l".to_string());
     args.push(options.username.clone());
@@ -1080,6 +1110,36 @@ mod tests {
     }
 
     #[test]
+    fn restart_starts_a_stopped_unit_and_refuses_an_unplaced_one() {
+        let unit = |current: &str, global: bool| Unit {
+            name: "web.service".into(),
+            options: global
+                .then(|| fleet_units::UnitOption {
+                    section: "X-Fleet".into(),
+                    name: "Global".into(),
+                    value: "true".into(),
+                })
+                .into_iter()
+                .collect(),
+            current_state: current.into(),
+            ..Default::default()
+        };
+        let stop_start = [("loaded", "stop"), ("launched", "start")];
+        assert_eq!(restart_steps(&unit("launched", false)), Ok(&stop_start[..]));
+        // fleet v1.0 starts a unit that is only loaded (after `stop`), rather than skip it.
+        assert_eq!(
+            restart_steps(&unit("loaded", false)),
+            Ok(&[("launched", "start")][..])
+        );
+        assert_eq!(
+            restart_steps(&unit("inactive", false)),
+            Err("Unable to restart unit web.service in state inactive".to_string())
+        );
+        // A global unit has no current state of its own: stopped and started everywhere.
+        assert_eq!(restart_steps(&unit("", true)), Ok(&stop_start[..]));
+    }
+
+    #[test]
     fn list_machines_golden() {
         let out = render_list_machines(&[machine(2), machine(1)], &listing()).unwrap();
         assert_eq!(
@@ -1202,7 +1262,7 @@ mod tests {
                 vec![],
                 vec![
                     "-o",
-                    "StrictHostKeyChecking=ask",
+                    "StrictHostKeyChecking=yes",
                     "-o",
                     "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
                     "-o",
@@ -1252,7 +1312,7 @@ mod tests {
                 vec!["-oProxyCommand=evil"],
                 vec![
                     "-o",
-                    "StrictHostKeyChecking=ask",
+                    "StrictHostKeyChecking=yes",
                     "-o",
                     "UserKnownHostsFile=/home/u/.fleetctl/known_hosts",
                     "-J",

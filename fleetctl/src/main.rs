@@ -1,6 +1,7 @@
 //! fleetctl: edit the cluster's desired state and read its current state, through fleetd's API.
 
 mod commands;
+mod known_hosts;
 mod table;
 
 use std::process::ExitCode;
@@ -8,11 +9,31 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The help of fleetctl itself in fleet's layout (NAME, USAGE, VERSION, COMMANDS, OPTIONS
+/// sections, tab-indented), which scripts read the version from.
+const HELP_TEMPLATE: &str = "\
+NAME:
+\t{name} - {about}
+
+USAGE:
+\t{usage}
+
+VERSION:
+\t{version}
+
+COMMANDS:
+{subcommands}
+
+OPTIONS:
+{options}
+";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fleetctl",
     version,
-    about = "fleetctl is a command line driven interface to the cluster wide CoreOS init system."
+    about = "fleetctl is a command-line interface to fleet, the cluster-wide CoreOS init system.",
+    help_template = HELP_TEMPLATE
 )]
 struct Cli {
     /// Location of the fleet API: unix:///path, a bare /path, or http://host:port.
@@ -74,8 +95,9 @@ struct Cli {
     /// Print the API requests fleetctl makes, and their answers' status, to stderr.
     #[arg(long, global = true, env = "FLEETCTL_DEBUG")]
     debug: bool,
+    /// None: fleet printed its help and exited 0.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 /// The longest timeout fleetctl takes, in seconds (a day): a longer one is a typo.
@@ -189,7 +211,7 @@ enum Command {
         units: Vec<String>,
     },
     /// Instruct systemd to restart one or more units in the cluster (stop, then start, one
-    /// unit after another).
+    /// unit after another); a stopped unit is started.
     Restart {
         #[command(flatten)]
         block: Block,
@@ -201,6 +223,9 @@ enum Command {
     /// Output the status of one or more units in the cluster (systemctl status, from the
     /// machine that runs each).
     Status {
+        /// Accepted for compatibility with scripts written for fleet; status never waits.
+        #[arg(long)]
+        no_block: bool,
         #[arg(required = true)]
         units: Vec<String>,
     },
@@ -215,6 +240,10 @@ enum Command {
         /// The machine (id or prefix) to read from, for a global unit.
         #[arg(long)]
         machine: Option<String>,
+        /// Accepted for compatibility with fleet, which ran journalctl over ssh: fleetd reads
+        /// the journal as root, so nothing needs sudo.
+        #[arg(long)]
+        sudo: bool,
         unit: String,
     },
     /// Open interactive shell on a machine in the cluster, or run COMMAND there.
@@ -260,8 +289,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match &cli.command {
+    let mut cli = Cli::parse();
+    let Some(command) = cli.command.take() else {
+        // As fleet: no command is a request for help, not an error.
+        let mut help = <Cli as clap::CommandFactory>::command();
+        return match help.print_help() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("cannot write the help: {e}");
+                ExitCode::from(1)
+            }
+        };
+    };
+    match &command {
         Command::Version => {
             println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
@@ -309,23 +349,27 @@ fn main() -> ExitCode {
     let ssh = commands::SshOptions {
         username: cli.ssh_username.clone(),
         strict_host_key_checking: cli.strict_host_key_checking,
-        known_hosts_file: cli.known_hosts_file.clone().unwrap_or_else(|| {
+        known_hosts_file: {
             let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-            format!("{home}/.fleetctl/known_hosts")
-        }),
+            let file = cli
+                .known_hosts_file
+                .as_deref()
+                .unwrap_or("~/.fleetctl/known_hosts");
+            known_hosts::expand_home(file, &home)
+        },
         tunnel: cli.tunnel.clone().filter(|t| !t.is_empty()),
         forward_agent: false,
         timeout: cli.ssh_timeout,
     };
     let mut ctl = commands::Ctl::new(client);
-    match &cli.command {
+    match &command {
         Command::Submit { replace: true, .. } => ctl = ctl.replacing("submit"),
         Command::Load { replace: true, .. } => ctl = ctl.replacing("load"),
         Command::Start { replace: true, .. } => ctl = ctl.replacing("start"),
         _ => {}
     }
     let code = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Submit { units, .. } => ctl.submit(&units).await,
             Command::Load { block, units, .. } => ctl.load(&units, block).await,
             Command::Start { block, units, .. } => ctl.start(&units, block).await,
@@ -334,12 +378,13 @@ fn main() -> ExitCode {
             Command::Destroy { units } => ctl.destroy(&units).await,
             Command::Restart { block, units } => ctl.restart(&units, block).await,
             Command::Cat { unit } => ctl.cat(&unit).await,
-            Command::Status { units } => ctl.status(&units).await,
+            Command::Status { units, .. } => ctl.status(&units).await,
             Command::Journal {
                 lines,
                 follow,
                 machine,
                 unit,
+                ..
             } => ctl.journal(&unit, lines, follow, machine.as_deref()).await,
             Command::Ssh {
                 machine,
@@ -376,10 +421,14 @@ mod tests {
         Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}"))
     }
 
+    fn command(args: &[&str]) -> Command {
+        parse(args).command.expect("a command")
+    }
+
     #[test]
     fn ssh_command_lines() {
         let cli = parse(&["ssh", "f1ee7002", "--", "ls", "-l"]);
-        let Command::Ssh { args, machine, .. } = cli.command else {
+        let Command::Ssh { args, machine, .. } = cli.command.expect("a command") else {
             panic!("not ssh");
         };
         assert_eq!(machine, None);
@@ -404,7 +453,7 @@ mod tests {
             forward_agent,
             args,
             ..
-        } = cli.command
+        } = cli.command.expect("a command")
         else {
             panic!("not ssh");
         };
@@ -460,7 +509,7 @@ mod tests {
         }
         // The longest wait --block-attempts can ask for still fits an Instant.
         let Command::Start { block, .. } =
-            parse(&["start", "--block-attempts", "4294967295", "x"]).command
+            command(&["start", "--block-attempts", "4294967295", "x"])
         else {
             panic!("not start");
         };
@@ -494,13 +543,40 @@ mod tests {
     }
 
     #[test]
+    fn flags_kept_for_compatibility_are_accepted() {
+        // fleet's `journal --sudo` ran journalctl with sudo over ssh; here fleetd reads it.
+        let Command::Journal { sudo, unit, .. } = command(&["journal", "--sudo", "hello"]) else {
+            panic!("not journal");
+        };
+        assert!(sudo);
+        assert_eq!(unit, "hello");
+        let Command::Status { no_block, units } = command(&["status", "--no-block", "a", "b"])
+        else {
+            panic!("not status");
+        };
+        assert!(no_block);
+        assert_eq!(units, ["a", "b"]);
+        for (command, flag) in [("journal", "sudo"), ("status", "no_block")] {
+            let root = <Cli as clap::CommandFactory>::command();
+            let help = root
+                .find_subcommand(command)
+                .and_then(|c| c.get_arguments().find(|a| a.get_id() == flag))
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            assert!(help.contains("compatibility"), "{command} --{flag}: {help}");
+        }
+    }
+
+    #[test]
     fn journal_flags() {
         let Command::Journal {
             lines,
             follow,
             unit,
             machine,
-        } = parse(&["journal", "-n", "5", "-f", "hello"]).command
+            ..
+        } = command(&["journal", "-n", "5", "-f", "hello"])
         else {
             panic!("not journal");
         };
@@ -508,10 +584,16 @@ mod tests {
             (lines, follow, unit.as_str(), machine),
             (5, true, "hello", None)
         );
-        let Command::Journal { lines, follow, .. } = parse(&["journal", "hello"]).command else {
+        let Command::Journal {
+            lines,
+            follow,
+            sudo,
+            ..
+        } = command(&["journal", "hello"])
+        else {
             panic!("not journal");
         };
-        assert_eq!((lines, follow), (10, false));
+        assert_eq!((lines, follow, sudo), (10, false, false));
         for bad in [
             &["journal", "-n", "0", "x"][..],
             &["journal", "a", "b"],

@@ -115,3 +115,20 @@ fn out_of_range_numbers_are_refused_clearly_not_a_panic() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a number of seconds"));
 }
+
+#[test]
+fn no_command_prints_the_help_with_the_version_and_succeeds() {
+    // fleet printed its help and exited 0; its help has a VERSION section scripts read.
+    let version = format!("VERSION:\n\t{}\n", env!("CARGO_PKG_VERSION"));
+    for args in [&[][..], &["help"], &["--help"], &["-h"]] {
+        let (code, out, err) = fleetctl(args);
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(out.contains(&version), "{args:?}: {out}");
+        assert!(out.starts_with("NAME:\n\tfleetctl - "), "{args:?}: {out}");
+        for section in ["USAGE:\n", "COMMANDS:\n", "OPTIONS:\n"] {
+            assert!(out.contains(section), "{args:?} lacks {section}: {out}");
+        }
+        assert!(out.contains("list-units"), "{args:?}: {out}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}

@@ -411,6 +411,90 @@ fn boolean(v: &str) -> Result<bool> {
     }
 }
 
+/// What a reload (SIGHUP) does with a configuration read afresh: fleet rebuilt its server
+/// with it; here what can change in place does, and the rest waits for a restart of fleetd.
+/// Never does a reload stop or restart a unit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    /// The configuration in effect afterwards: the running one with what was applied.
+    pub config: Config,
+    /// The new log verbosity, when it changed.
+    pub verbosity: Option<u32>,
+    /// Keys whose new values need a restart of fleetd, in the order of [`KEYS`].
+    pub need_restart: Vec<&'static str>,
+}
+
+/// Compares the running configuration with one read afresh: which changes apply in place (the
+/// log verbosity) and which keys need a restart.
+pub fn reload(running: &Config, fresh: &Config) -> Reload {
+    let changed: [(&'static str, bool); 22] = [
+        ("etcd_servers", running.etcd_servers != fresh.etcd_servers),
+        (
+            "etcd_key_prefix",
+            running.etcd_key_prefix != fresh.etcd_key_prefix,
+        ),
+        ("etcd_cafile", running.etcd_cafile != fresh.etcd_cafile),
+        (
+            "etcd_certfile",
+            running.etcd_certfile != fresh.etcd_certfile,
+        ),
+        ("etcd_keyfile", running.etcd_keyfile != fresh.etcd_keyfile),
+        (
+            "etcd_username",
+            running.etcd_username != fresh.etcd_username,
+        ),
+        (
+            "etcd_password",
+            running.etcd_password != fresh.etcd_password,
+        ),
+        (
+            "etcd_request_timeout",
+            running.etcd_request_timeout != fresh.etcd_request_timeout,
+        ),
+        ("public_ip", running.public_ip != fresh.public_ip),
+        ("metadata", running.metadata != fresh.metadata),
+        ("agent_ttl", running.agent_ttl != fresh.agent_ttl),
+        (
+            "engine_reconcile_interval",
+            running.engine_reconcile_interval != fresh.engine_reconcile_interval,
+        ),
+        (
+            "units_directory",
+            running.units_directory != fresh.units_directory,
+        ),
+        (
+            "disable_engine",
+            running.disable_engine != fresh.disable_engine,
+        ),
+        ("token_limit", running.token_limit != fresh.token_limit),
+        ("api_listen", running.api_listen != fresh.api_listen),
+        ("peer_listen", running.peer_listen != fresh.peer_listen),
+        // The files' paths; their contents are read again on SIGHUP and when they change.
+        ("api_cafile", running.api_cafile != fresh.api_cafile),
+        ("api_certfile", running.api_certfile != fresh.api_certfile),
+        ("api_keyfile", running.api_keyfile != fresh.api_keyfile),
+        (
+            "api_insecure_http",
+            running.api_insecure_http != fresh.api_insecure_http,
+        ),
+        // Applied in place, below.
+        ("verbosity", false),
+    ];
+    let verbosity = (running.verbosity != fresh.verbosity).then_some(fresh.verbosity);
+    Reload {
+        config: Config {
+            verbosity: fresh.verbosity,
+            ..running.clone()
+        },
+        verbosity,
+        need_restart: changed
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(key, _)| *key)
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -664,5 +748,56 @@ mod tests {
         for bad in ["", "10", "s", "10x", "1..5s", "99999999999999999999h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_reload_applies_the_verbosity_and_names_what_needs_a_restart() {
+        let running = load("metadata=role=web\nagent_ttl=10s\n", &[]).unwrap();
+        // Nothing changed: nothing to do.
+        let same = reload(&running, &running.clone());
+        assert_eq!(same.verbosity, None);
+        assert!(same.need_restart.is_empty());
+        assert_eq!(same.config, running);
+
+        let fresh = load(
+            "metadata=role=db\nagent_ttl=10s\nverbosity=2\netcd_servers=http://10.0.0.1:2379\n",
+            &[],
+        )
+        .unwrap();
+        let r = reload(&running, &fresh);
+        assert_eq!(r.verbosity, Some(2));
+        assert_eq!(r.need_restart, ["etcd_servers", "metadata"]);
+        // In effect: the new verbosity, the rest as running until a restart.
+        assert_eq!(r.config.verbosity, 2);
+        assert_eq!(r.config.metadata, running.metadata);
+        assert_eq!(r.config.etcd_servers, running.etcd_servers);
+        // Reloading the same file again changes nothing more, but still names the keys that
+        // wait for a restart.
+        let again = reload(&r.config, &fresh);
+        assert_eq!(again.verbosity, None);
+        assert_eq!(again.need_restart, ["etcd_servers", "metadata"]);
+
+        // Every key but verbosity needs a restart.
+        let all = load(
+            "etcd_servers=https://10.0.0.1:2379\netcd_key_prefix=/x/\netcd_cafile=/e/ca.pem\netcd_certfile=/e/c.pem\netcd_keyfile=/e/k.pem\netcd_username=u\netcd_password=p\netcd_request_timeout=2.0\npublic_ip=10.0.0.1\nmetadata=a=b\nagent_ttl=20s\nengine_reconcile_interval=3.0\nunits_directory=/tmp/u\ndisable_engine=true\ntoken_limit=5\napi_listen=127.0.0.1:1\npeer_listen=off\napi_cafile=/a/ca.pem\napi_certfile=/a/c.pem\napi_keyfile=/a/k.pem\n",
+            &[],
+        )
+        .unwrap();
+        let r = reload(&Config::default(), &all);
+        let mut want: Vec<&str> = KEYS
+            .iter()
+            .copied()
+            .filter(|k| {
+                !matches!(
+                    *k,
+                    // Applied in place; never stored; contradicts api_certfile.
+                    "verbosity" | "systemd_user" | "api_insecure_http"
+                )
+            })
+            .collect();
+        want.sort();
+        let mut got = r.need_restart.clone();
+        got.sort();
+        assert_eq!(got, want);
     }
 }

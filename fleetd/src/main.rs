@@ -45,7 +45,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(config.verbosity);
+    let log_filter = init_logging(config.verbosity);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -53,7 +53,14 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args, config)) {
+    let reloader = Reloader {
+        path: args.config.clone(),
+        env,
+        running: config.clone(),
+        log_filter,
+        tls: None,
+    };
+    match runtime.block_on(run(args, config, reloader)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -63,18 +70,31 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-/// Logs to the journal when stderr is connected to it (fleetd runs under systemd), with the
-/// events' fields as journal fields (see `journal`); otherwise, or if journald cannot be
-/// reached, to stderr as text.
-fn init_logging(verbosity: u32) {
+/// The log filter, changed in place when a reload changes `verbosity`; `None` when
+/// `FLEETD_LOG` sets the filter (it then wins over `verbosity`, at start-up and on reload).
+type LogFilter =
+    Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>;
+
+/// The filter `verbosity` stands for.
+fn verbosity_filter(verbosity: u32) -> EnvFilter {
     let default = match verbosity {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_env("FLEETD_LOG").unwrap_or_else(|_| {
-        EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn"))
-    });
+    EnvFilter::new(format!("{default},h2=warn,tower=warn,hyper=warn,zbus=warn"))
+}
+
+/// Logs to the journal when stderr is connected to it (fleetd runs under systemd), with the
+/// events' fields as journal fields (see `journal`); otherwise, or if journald cannot be
+/// reached, to stderr as text.
+fn init_logging(verbosity: u32) -> LogFilter {
+    let (filter, handle) = match EnvFilter::try_from_env("FLEETD_LOG") {
+        Ok(filter) => (filter, false),
+        Err(_) => (verbosity_filter(verbosity), true),
+    };
+    let (filter, reload) = tracing_subscriber::reload::Layer::new(filter);
+    let handle = handle.then_some(reload);
     let registry = tracing_subscriber::registry().with(filter);
     let journal = if systemd_journal_logger::connected_to_journal() {
         match journal::JournalLayer::new() {
@@ -93,9 +113,102 @@ fn init_logging(verbosity: u32) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init(),
     }
+    handle
 }
 
-async fn run(args: Args, config: Config) -> Result<()> {
+/// Reloads the configuration on SIGHUP, as fleet did: reads it afresh (file and environment
+/// as at start-up), applies what can change in place (the log verbosity) and warns about
+/// the keys that need a restart. A configuration that does not load is logged and the one in
+/// use kept. Units are never touched.
+struct Reloader {
+    path: Option<PathBuf>,
+    env: BTreeMap<String, String>,
+    running: Config,
+    log_filter: LogFilter,
+    /// The machine's certificate, read again on SIGHUP too.
+    tls: Option<std::sync::Arc<fleet_trust::ServerTls>>,
+}
+
+impl Reloader {
+    /// Handles SIGHUP from now on (its default action would end fleetd), reloading on each.
+    fn listen(self) {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                let mut reloader = self;
+                tokio::spawn(async move {
+                    while hangup.recv().await.is_some() {
+                        reloader.reload();
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP: the configuration cannot be reloaded")
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        let path = self
+            .path
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
+        tracing::info!("Reloading configuration from {}", path.display());
+        if let Some(tls) = &self.tls {
+            match tls.reload() {
+                Ok(identity) => {
+                    tracing::info!(certificate = %identity, "reloaded TLS certificates")
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reload TLS certificates; keeping those in use")
+                }
+            }
+        }
+        let fresh = match Config::load(self.path.as_deref(), &self.env) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    error = %format!("{e:#}"),
+                    "invalid configuration: keeping the one in use"
+                );
+                return;
+            }
+        };
+        let reload = config::reload(&self.running, &fresh);
+        if let Some(verbosity) = reload.verbosity {
+            match &self.log_filter {
+                Some(handle) => match handle.reload(verbosity_filter(verbosity)) {
+                    Ok(()) => tracing::info!(verbosity, "log verbosity changed"),
+                    Err(e) => tracing::warn!(error = %e, "cannot change the log verbosity"),
+                },
+                None => tracing::warn!("FLEETD_LOG sets the log filter: verbosity is not applied"),
+            }
+        }
+        if !reload.need_restart.is_empty() {
+            tracing::warn!(
+                keys = %reload.need_restart.join(","),
+                "configuration changed in keys that take effect only when fleetd restarts (metadata can also change live with PATCH /fleet/v1/machines): {}",
+                reload.need_restart.join(", ")
+            );
+        }
+        self.running = reload.config;
+    }
+}
+
+async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
+    // The machine's certificate: the API's and the peer endpoint's, and towards the peers.
+    let tls = match api_tls(&config)? {
+        Some(tls) => {
+            let tls = std::sync::Arc::new(tls);
+            tracing::info!(certificate = %tls.identity(), "serving HTTPS with client certificates");
+            // Renewed files are picked up without a restart, and at once on SIGHUP.
+            tokio::spawn(tls.clone().watch(CERTIFICATE_CHECK));
+            Some(tls)
+        }
+        None => None,
+    };
+    reloader.tls = tls.clone();
+    reloader.listen();
     let machine_id = system::machine_id(&args.machine_id_file)?;
     let public_ip = match &config.public_ip {
         Some(ip) => ip.clone(),
@@ -125,17 +238,6 @@ async fn run(args: Args, config: Config) -> Result<()> {
         Err(e) => tracing::warn!(error = %e, "etcd is not reachable yet; going on and retrying"),
     }
 
-    // The machine's certificate: the API's and the peer endpoint's, and towards the peers.
-    let tls = match api_tls(&config)? {
-        Some(tls) => {
-            let tls = std::sync::Arc::new(tls);
-            tracing::info!(certificate = %tls.identity(), "serving HTTPS with client certificates");
-            // Renewed files are picked up without a restart (and on SIGHUP).
-            tokio::spawn(tls.clone().watch(CERTIFICATE_CHECK));
-            Some(tls)
-        }
-        None => None,
-    };
     if config.api_insecure_http {
         tracing::warn!(
             "api_insecure_http=true: the API's TCP listeners and the peer endpoint speak plain HTTP and admit anyone who reaches them, who can then run anything as root on every machine"
@@ -148,11 +250,14 @@ async fn run(args: Args, config: Config) -> Result<()> {
         machine: machine_id.clone(),
         peers: peers.clone(),
     };
+    // Whether another live fleetd holds this machine id: the API answers 503 meanwhile.
+    let registration = fleet_registry::Registration::new();
     let router = fleet_api::server::router_with(
         registry.clone(),
         VERSION,
         config.token_limit,
         Some(inspect),
+        Some(registration.clone()),
     );
     serve_api(router, &config, tls.clone()).await?;
     // What this machine answers its peers about its lease, from now on.
@@ -195,6 +300,7 @@ async fn run(args: Args, config: Config) -> Result<()> {
                 lease_file: Some(lease_file),
                 liveness: Some(liveness),
                 witness: Some(witness.clone()),
+                registration: Some(registration),
             },
         )
         .await

@@ -42,7 +42,7 @@ pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
     UnitState,
 };
-pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Witness};
+pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
 pub use watch::Changes;
 
 /// The key prefix fleet has always used.

@@ -138,6 +138,32 @@ impl Liveness {
     }
 }
 
+/// Whether this machine is kept from registering by another live fleetd registered with the
+/// same machine id. fleet's API answered 503 ("fleet server unable to communicate with etcd")
+/// until its fleetd registered; the API reads this to do the same in that case. Cheap to
+/// clone; shared between the presence that sets it and the API that reads it.
+#[derive(Clone, Default)]
+pub struct Registration {
+    duplicate: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Registration {
+    pub fn new() -> Registration {
+        Registration::default()
+    }
+
+    /// True from the moment registering found the machine id live elsewhere until this
+    /// machine registers.
+    pub fn blocked_by_duplicate(&self) -> bool {
+        self.duplicate.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set_blocked_by_duplicate(&self, blocked: bool) {
+        self.duplicate
+            .store(blocked, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How a [`Presence`] runs besides its machine and TTL.
 #[derive(Default)]
 pub struct PresenceOptions {
@@ -148,6 +174,8 @@ pub struct PresenceOptions {
     /// How to ask the other members; without one, the machine fences when its lease may
     /// expire, whatever the others see.
     pub witness: Option<Arc<dyn Witness>>,
+    /// Where to say that another live fleetd holds this machine id.
+    pub registration: Option<Registration>,
 }
 
 /// What the rest of fleetd needs to know about this machine's lease.
@@ -204,8 +232,15 @@ impl Presence {
         let ttl_secs = ttl.as_secs().clamp(2, MAX_LEASE_TTL_SECS) as i64;
         let lease_file = options.lease_file;
         let liveness = options.liveness.unwrap_or_default();
-        let (lease, view, sent) =
-            register_until_done(&registry, &machine, ttl_secs, lease_file.as_ref()).await?;
+        let registration = options.registration.unwrap_or_default();
+        let (lease, view, sent) = register_until_done(
+            &registry,
+            &machine,
+            ttl_secs,
+            lease_file.as_ref(),
+            &registration,
+        )
+        .await?;
         liveness.acked();
         liveness.set_fenced(false);
         let timing = Timing::for_ttl(Duration::from_secs(ttl_secs as u64), registry.timeout);
@@ -258,13 +293,18 @@ async fn register_until_done(
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
+    registration: &Registration,
 ) -> Result<(i64, Vec<Machine>, Instant)> {
     let mut warned = false;
     loop {
         let sent = Instant::now();
         match register(registry, machine, ttl, lease_file).await {
-            Ok((lease, view)) => return Ok((lease, view, sent)),
+            Ok((lease, view)) => {
+                registration.set_blocked_by_duplicate(false);
+                return Ok((lease, view, sent));
+            }
             Err(Error::DuplicateMachine(id)) => {
+                registration.set_blocked_by_duplicate(true);
                 if !warned {
                     tracing::error!(
                         machine = %id,
@@ -416,6 +456,7 @@ struct KeepAlive {
 async fn keep_alive(mut k: KeepAlive) {
     let period = Duration::from_millis((k.ttl as u64 * 1000) / 3);
     let origin = k.liveness.inner.started;
+    let mut monitor = Monitor::new(Duration::from_secs(k.ttl as u64));
     let mut renewer = Renewer { stream: None };
     let mut asked: Vec<oneshot::Sender<bool>> = Vec::new();
     loop {
@@ -498,6 +539,14 @@ async fn keep_alive(mut k: KeepAlive) {
                 false
             }
         };
+        if renewed {
+            monitor.renewed();
+        } else if monitor.failed(k.liveness.own_since_renewal()) {
+            tracing::error!(
+                "Server monitor triggered: Monitor timed out before successful heartbeat (no renewal of this machine's lease acknowledged for {:.1}s; retrying)",
+                k.liveness.own_since_renewal().as_secs_f64()
+            );
+        }
         for reply in asked.drain(..) {
             let _ = reply.send(renewed);
         }
@@ -516,6 +565,41 @@ async fn keep_alive(mut k: KeepAlive) {
                 }
             } => asked.push(reply),
         }
+    }
+}
+
+/// When fleet's server monitor would have triggered, for the log line operators grep for
+/// ("Server monitor triggered: Monitor timed out before successful heartbeat"). fleet's
+/// monitor beat the heart and gave up when no beat succeeded within a third of the TTL; here
+/// a renewal is due a third of the TTL after the last acknowledged one, so the monitor
+/// triggers once renewals have failed for a third of the TTL past that: two thirds of the TTL
+/// without an acknowledged renewal. Once per episode: again only after a renewal succeeded.
+#[derive(Debug)]
+struct Monitor {
+    deadline: Duration,
+    triggered: bool,
+}
+
+impl Monitor {
+    fn new(ttl: Duration) -> Monitor {
+        Monitor {
+            deadline: ttl * 2 / 3,
+            triggered: false,
+        }
+    }
+
+    /// After a renewal failed, `since_ack` after the last acknowledged one: whether the
+    /// monitor triggers now.
+    fn failed(&mut self, since_ack: Duration) -> bool {
+        if self.triggered || since_ack < self.deadline {
+            return false;
+        }
+        self.triggered = true;
+        true
+    }
+
+    fn renewed(&mut self) {
+        self.triggered = false;
     }
 }
 
@@ -702,5 +786,32 @@ impl Renewer {
             Some(resp) => Ok(resp.ttl()),
             None => Err(Error::Protocol("keepalive stream closed".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_monitor_triggers_once_per_episode_of_failed_renewals() {
+        let ttl = Duration::from_secs(30);
+        let mut monitor = Monitor::new(ttl);
+        let s = Duration::from_secs;
+        // Renewals due every 10 s: failing attempts before 20 s without one acknowledged
+        // are not yet fleet's timed-out heartbeat.
+        for since in [s(10), s(12), s(19)] {
+            assert!(!monitor.failed(since), "{since:?}");
+        }
+        // Then it triggers, once, however many attempts fail after.
+        assert!(monitor.failed(s(20)));
+        for since in [s(21), s(25), s(40), s(300)] {
+            assert!(!monitor.failed(since), "{since:?}");
+        }
+        // A renewal ends the episode; the next one triggers again.
+        monitor.renewed();
+        assert!(!monitor.failed(s(5)));
+        assert!(monitor.failed(s(21)));
+        assert!(!monitor.failed(s(22)));
     }
 }

@@ -951,6 +951,40 @@ fn replaces_rule() {
             unplaceable: why(&[]),
         },
         Case {
+            // fleet v1.0's own scenario (functional test TestScheduleCircularReplace): a runs,
+            // then b, which replaces a and is replaced by it, is started. fleet's check of a
+            // machine's units skips a pair that replace each other (agent/state.go,
+            // hasReplace), so neither wins: b goes where the load says and both run.
+            rule: "circular Replaces: the second unit is placed by load, nothing pushed",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b.service")]),
+                    xunit("b.service", &[("Replaces", "a.service")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![at(1, &xunit("a.service", &[("Replaces", "b.service")]))],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 2)]),
+            unplaceable: why(&[]),
+        },
+        Case {
+            // Circular through globs too, and already together: neither pushes the other.
+            rule: "circular Replaces between placed units",
+            snapshot: snapshot(
+                vec![
+                    xunit("a.service", &[("Replaces", "b*")]),
+                    xunit("b.service", &[("Replaces", "a*")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![
+                    at(1, &xunit("a.service", &[("Replaces", "b*")])),
+                    at(1, &xunit("b.service", &[("Replaces", "a*")])),
+                ],
+            ),
+            placed: placed_on(&[("a.service", 1), ("b.service", 1)]),
+            unplaceable: why(&[]),
+        },
+        Case {
             // Replaces: with nowhere else to go, the replaced unit waits.
             rule: "replaced unit with nowhere to go",
             snapshot: snapshot(
