@@ -10,8 +10,7 @@ use std::sync::Arc;
 use rustls::{AlertDescription, CertificateError, ClientConfig};
 
 use crate::files::{load_ca, load_holder, provider, utc, Purpose};
-use crate::server::ALPN_HTTP1;
-use crate::TrustError;
+use crate::{TrustError, ALPN_HTTP1};
 
 /// A TLS client configuration that trusts the CA in `ca` and, given `identity` (certificate,
 /// key), presents that certificate, checked at once as a server would check it (valid now,

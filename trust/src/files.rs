@@ -141,6 +141,7 @@ pub(crate) fn utc(unix: i64) -> String {
 /// What a holder's certificate is used for: it is checked for that purpose at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     Server,
     Client,
 }
@@ -150,6 +151,7 @@ pub(crate) enum Purpose {
 pub(crate) struct Holder {
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) identity: Identity,
 }
 

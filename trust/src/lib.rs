@@ -16,6 +16,9 @@
 //! certificate expired, not yet valid or signed by another CA), so that an operator hears of a
 //! mistake when starting a program, not at its first connection.
 //!
+//! The servers' side ([`ServerTls`], [`serve`]) is the `server` feature (on by default); a
+//! client turns it off and builds without axum, hyper or tokio.
+//!
 //! Crypto is rustls with the ring provider only (no aws-lc, which needs cmake and nasm to
 //! build), and TLS 1.3 only.
 
@@ -24,7 +27,9 @@ mod error;
 mod files;
 mod identity;
 mod issue;
+#[cfg(feature = "server")]
 mod serve;
+#[cfg(feature = "server")]
 mod server;
 
 pub use client::{client_config, explain};
@@ -32,8 +37,13 @@ pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{issue, new_ca, write_pem, Pem, PemFiles, San, Validity, BACKDATE};
+#[cfg(feature = "server")]
 pub use serve::{serve, Caller, Limits};
+#[cfg(feature = "server")]
 pub use server::ServerTls;
 
 /// rustls, whose configurations this crate's functions return.
 pub use rustls;
+
+/// The protocol servers and clients speak inside TLS.
+pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
