@@ -100,4 +100,7 @@ pub enum TrustError {
 
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+
+    #[error("{} exists already: not overwriting it", path.display())]
+    Exists { path: PathBuf },
 }

@@ -1,7 +1,9 @@
 //! The cluster's keys: only holders of a certificate signed by the cluster's CA can talk to a
 //! fleetd, and what they may do is their certificate's role.
 //!
-//! - One CA per cluster signs every certificate ([`new_ca`], [`issue`], [`write_pem`]).
+//! - One CA per cluster signs every certificate ([`new_ca`], [`issue`], [`write_pem`],
+//!   [`create_pem`]). [`issue_for`] also issues etcd's certificates ([`Kind`]), which carry no
+//!   fleet role.
 //! - A certificate's subject organization (O) is its holder's [`Role`] (`fleet-operator`,
 //!   `fleet-viewer`, `fleet-machine`) and its common name (CN) the holder's name (a machine's
 //!   is its machine id): together its [`Identity`].
@@ -36,7 +38,9 @@ pub use client::{client_config, explain};
 pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
-pub use issue::{issue, new_ca, write_pem, Pem, PemFiles, San, Validity, BACKDATE};
+pub use issue::{
+    create_pem, issue, issue_for, new_ca, write_pem, Kind, Pem, PemFiles, San, Validity, BACKDATE,
+};
 #[cfg(feature = "server")]
 pub use serve::{serve, Caller, Limits};
 #[cfg(feature = "server")]
