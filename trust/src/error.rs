@@ -16,6 +16,9 @@ pub enum TrustError {
     #[error("{}: no certificate in it (expected a PEM \"CERTIFICATE\" block)", path.display())]
     NoCertificate { path: PathBuf },
 
+    #[error("{}: every CA certificate in it has expired or cannot be used", path.display())]
+    NoUsableCa { path: PathBuf },
+
     #[error("{}: no private key in it (expected a PEM \"PRIVATE KEY\" block)", path.display())]
     NoPrivateKey { path: PathBuf },
 

@@ -34,7 +34,7 @@ mod serve;
 #[cfg(feature = "server")]
 mod server;
 
-pub use client::{client_config, explain};
+pub use client::{client_config, client_config_with_bundle, explain};
 pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
