@@ -3,19 +3,25 @@
 mod commands;
 mod table;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use fleet_client::{Endpoint, Tls};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "fleetctl",
     version,
-    about = "fleetctl is a command line driven interface to the cluster wide CoreOS init system."
+    about = "fleetctl is a command line driven interface to the cluster wide CoreOS init system.",
+    // Apart from each command's own options, also in each command's help.
+    next_help_heading = "Global options"
 )]
 struct Cli {
-    /// Location of the fleet API: unix:///path, a bare /path, or http://host:port.
+    /// Location of the fleet API: unix:///path, a bare /path, http://host:port, or
+    /// https://host:port (TLS: see --ca-file, --cert-file and --key-file).
     #[arg(
         long,
         global = true,
@@ -71,11 +77,112 @@ struct Cli {
         value_parser = ssh_timeout
     )]
     ssh_timeout: f64,
+    /// The cluster's CA certificate (PEM), which signs fleetd's certificate, for an https://
+    /// endpoint. Without it, the CAs of the system's bundle
+    /// (/etc/ssl/certs/ca-certificates.crt) are trusted.
+    #[arg(long, global = true, env = "FLEETCTL_CA_FILE", value_name = "FILE", value_parser = path())]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by the cluster's CA, for an https:// endpoint:
+    /// its role (operator or viewer) is what fleetctl may do. Needs --key-file.
+    #[arg(long, global = true, env = "FLEETCTL_CERT_FILE", value_name = "FILE", value_parser = path())]
+    cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, global = true, env = "FLEETCTL_KEY_FILE", value_name = "FILE", value_parser = path())]
+    key_file: Option<PathBuf>,
     /// Print the API requests fleetctl makes, and their answers' status, to stderr.
     #[arg(long, global = true, env = "FLEETCTL_DEBUG")]
     debug: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+/// A path, where an empty one (`FLEETCTL_CA_FILE=`) stands for none, as for `--tunnel`.
+fn path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
+/// A path flag's value, unless empty.
+fn given(path: &Option<PathBuf>) -> Option<&PathBuf> {
+    path.as_ref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The TLS flags: id, flag, environment variable.
+const TLS_FLAGS: [(&str, &str, &str); 3] = [
+    ("ca_file", "--ca-file", "FLEETCTL_CA_FILE"),
+    ("cert_file", "--cert-file", "FLEETCTL_CERT_FILE"),
+    ("key_file", "--key-file", "FLEETCTL_KEY_FILE"),
+];
+
+/// The TLS settings the flags ask for. They are for an https:// endpoint only (given for
+/// another, they are an error, not ignored), and a certificate goes with its key. `from_env`
+/// says whether a flag's value came from its environment variable, which a message then names.
+fn tls_settings(cli: &Cli, from_env: &dyn Fn(&str) -> bool) -> Result<Tls, String> {
+    let (ca_file, cert_file, key_file) = (
+        given(&cli.ca_file),
+        given(&cli.cert_file),
+        given(&cli.key_file),
+    );
+    let is_given = |id: &str| match id {
+        "ca_file" => ca_file.is_some(),
+        "cert_file" => cert_file.is_some(),
+        _ => key_file.is_some(),
+    };
+    let named = |id: &str| {
+        let (_, flag, env) = TLS_FLAGS
+            .iter()
+            .find(|(i, ..)| *i == id)
+            .copied()
+            .unwrap_or((id, id, id));
+        if from_env(id) {
+            env.to_owned()
+        } else {
+            flag.to_owned()
+        }
+    };
+    match Endpoint::parse(&cli.endpoint) {
+        Ok(Endpoint::Https(_)) => {}
+        // The client reports an endpoint it cannot parse.
+        Ok(Endpoint::Unix(_) | Endpoint::Http(_)) | Err(_) => {
+            let set: Vec<String> = TLS_FLAGS
+                .iter()
+                .filter(|(id, ..)| is_given(id))
+                .map(|(id, ..)| named(id))
+                .collect();
+            return match set.as_slice() {
+                [] => Ok(Tls::default()),
+                [one] => Err(format!(
+                    "{one} is for https:// endpoints only, and the endpoint {:?} is not one",
+                    cli.endpoint
+                )),
+                [first @ .., last] => Err(format!(
+                    "{} and {last} are for https:// endpoints only, and the endpoint {:?} is not one",
+                    first.join(", "),
+                    cli.endpoint
+                )),
+            };
+        }
+    }
+    let identity = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(format!(
+                "{} needs --key-file (or FLEETCTL_KEY_FILE), the certificate's private key",
+                named("cert_file")
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{} needs --cert-file (or FLEETCTL_CERT_FILE), the certificate of that key",
+                named("key_file")
+            ))
+        }
+    };
+    Ok(Tls {
+        ca_file: ca_file.cloned(),
+        identity,
+    })
 }
 
 /// The longest timeout fleetctl takes, in seconds (a day): a longer one is a typo.
@@ -259,8 +366,17 @@ enum Command {
     Man,
 }
 
+/// The command line, with where each value came from.
+fn parse() -> (Cli, ArgMatches) {
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, matches) = parse();
     match &cli.command {
         Command::Version => {
             println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
@@ -289,8 +405,23 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let client = match fleet_client::Client::new(&cli.endpoint, cli.request_timeout) {
+    let from_env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+    let tls = match tls_settings(&cli, &from_env) {
+        Ok(tls) => tls,
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit(),
+    };
+    let system_bundle = tls.ca_file.is_none();
+    let client = match fleet_client::Client::with_tls(&cli.endpoint, cli.request_timeout, tls) {
         Ok(c) => c.with_debug(cli.debug),
+        Err(e @ fleet_client::ClientError::Tls(_)) if system_bundle => {
+            eprintln!(
+                "{e} (without --ca-file, fleetctl trusts the system's CA bundle: give the \
+                 cluster's CA with --ca-file)"
+            );
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
@@ -491,6 +622,77 @@ mod tests {
         let args = commands::ssh_args(&options, "10.0.0.1", &[]);
         let jump = args.iter().position(|a| a == "-J").expect("-J");
         assert_eq!(args[jump + 1], "core@bastion:2222");
+    }
+
+    #[test]
+    fn tls_flags_go_with_https_and_a_certificate_with_its_key() {
+        let https = "https://10.0.0.1:49153";
+        let files = |ca: Option<&str>, cert: Option<&str>, key: Option<&str>| Tls {
+            ca_file: ca.map(PathBuf::from),
+            identity: cert.zip(key).map(|(c, k)| (c.into(), k.into())),
+        };
+        let cases: Vec<(Vec<&str>, Result<Tls, &str>)> = vec![
+            (vec!["list-units"], Ok(Tls::default())),
+            (vec!["--endpoint", https, "list-units"], Ok(Tls::default())),
+            (
+                vec!["--endpoint", https, "--ca-file", "ca.pem", "list-units"],
+                Ok(files(Some("ca.pem"), None, None)),
+            ),
+            (
+                vec![
+                    "--endpoint", https, "--ca-file", "ca.pem", "--cert-file", "a.pem",
+                    "--key-file", "a-key.pem", "list-units",
+                ],
+                Ok(files(Some("ca.pem"), Some("a.pem"), Some("a-key.pem"))),
+            ),
+            (
+                // Global flags: after the subcommand too.
+                vec!["list-units", "--endpoint", https, "--cert-file", "a.pem", "--key-file", "k.pem"],
+                Ok(files(None, Some("a.pem"), Some("k.pem"))),
+            ),
+            (
+                vec!["--endpoint", https, "--cert-file", "a.pem", "list-units"],
+                Err("--cert-file needs --key-file (or FLEETCTL_KEY_FILE), the certificate's private key"),
+            ),
+            (
+                vec!["--endpoint", https, "--key-file", "a-key.pem", "list-units"],
+                Err("--key-file needs --cert-file (or FLEETCTL_CERT_FILE), the certificate of that key"),
+            ),
+            (
+                vec!["--ca-file", "ca.pem", "list-units"],
+                Err("--ca-file is for https:// endpoints only, and the endpoint \"unix:///var/run/fleet.sock\" is not one"),
+            ),
+            (
+                vec!["--endpoint", "http://10.0.0.1:49153", "--cert-file", "a.pem", "--key-file", "k.pem", "list-units"],
+                Err("--cert-file and --key-file are for https:// endpoints only, and the endpoint \"http://10.0.0.1:49153\" is not one"),
+            ),
+            (
+                vec!["--endpoint", "/run/fleet.sock", "--ca-file", "c", "--cert-file", "a", "--key-file", "k", "list-units"],
+                Err("--ca-file, --cert-file and --key-file are for https:// endpoints only, and the endpoint \"/run/fleet.sock\" is not one"),
+            ),
+        ];
+        for (args, expected) in cases {
+            let cli = parse(&args);
+            assert_eq!(
+                tls_settings(&cli, &|_| false),
+                expected.map_err(str::to_owned),
+                "{args:?}"
+            );
+        }
+        // A value from the environment is named by its variable.
+        let cli = parse(&["--ca-file", "ca.pem", "list-units"]);
+        assert_eq!(
+            tls_settings(&cli, &|id| id == "ca_file"),
+            Err("FLEETCTL_CA_FILE is for https:// endpoints only, and the endpoint \"unix:///var/run/fleet.sock\" is not one".to_owned())
+        );
+        // Empty is none (FLEETCTL_CA_FILE= unsets it).
+        let cli = parse(&["--ca-file", "", "--cert-file=", "list-units"]);
+        assert_eq!(tls_settings(&cli, &|_| true), Ok(Tls::default()));
+        let cli = parse(&["--endpoint", https, "--cert-file", "a.pem", "list-units"]);
+        assert_eq!(
+            tls_settings(&cli, &|id| id == "cert_file"),
+            Err("FLEETCTL_CERT_FILE needs --key-file (or FLEETCTL_KEY_FILE), the certificate's private key".to_owned())
+        );
     }
 
     #[test]
