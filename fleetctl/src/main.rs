@@ -2,7 +2,9 @@
 
 mod commands;
 mod table;
+mod tls;
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -356,6 +358,11 @@ enum Command {
     },
     /// DEPRECATED: unit signatures were removed from fleet; does nothing and exits with 2.
     Verify { unit: Option<String> },
+    /// Create the cluster's CA and the certificates it signs, here (no fleetd needed).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Print the version and exit.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
@@ -364,6 +371,110 @@ enum Command {
     /// Print the manual page (roff).
     #[command(hide = true)]
     Man,
+}
+
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// The cluster's CA, which signs every certificate of the cluster.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates signed by the cluster's CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a CA: DIR/ca.pem (its certificate) and DIR/ca-key.pem (its private key, mode
+    /// 0600). Existing files are not overwritten.
+    Create {
+        /// Where to write the CA's files (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "fleet CA")]
+        name: String,
+        /// How long the CA is valid, in days.
+        #[arg(long, default_value_t = 1825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Create a certificate signed by the CA in DIR, and its private key (mode 0600):
+    /// PREFIX.pem and PREFIX-key.pem, by default NAME.pem and NAME-key.pem in the current
+    /// directory. Existing files are not overwritten.
+    Create {
+        /// The directory of the signing CA (ca.pem and ca-key.pem, as `tls ca create` wrote
+        /// them).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// What the certificate is for: operator, viewer and machine carry that fleet role;
+        /// etcd-server and etcd-client are for etcd (issue those from a CA of etcd's own).
+        #[arg(long, value_enum)]
+        role: tls::CertRole,
+        /// The holder's name (common name): a person or program, a machine's machine id
+        /// (/etc/machine-id) for --role machine, etcd's user name for --role etcd-client.
+        #[arg(long)]
+        name: String,
+        /// An IP address the server is reached at (machine and etcd-server; repeatable).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<IpAddr>,
+        /// A DNS name the server is reached at (machine and etcd-server; repeatable).
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+        /// Write PREFIX.pem and PREFIX-key.pem; given an existing directory (or a path ending
+        /// in /), NAME.pem and NAME-key.pem in it.
+        #[arg(long, value_name = "PREFIX")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs a `tls` subcommand: prints what it wrote, or the error.
+fn run_tls(command: TlsCommand) -> ExitCode {
+    let done = match command {
+        TlsCommand::Ca {
+            command: CaCommand::Create { dir, name, days },
+        } => tls::create_ca(&dir, &name, days),
+        TlsCommand::Cert {
+            command:
+                CertCommand::Create {
+                    ca,
+                    role,
+                    name,
+                    ips,
+                    dns,
+                    days,
+                    out,
+                },
+        } => tls::create_cert(&tls::CertRequest {
+            ca,
+            role,
+            name,
+            ips,
+            dns,
+            days,
+            out,
+        }),
+    };
+    match done {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// The command line, with where each value came from.
@@ -377,6 +488,9 @@ fn parse() -> (Cli, ArgMatches) {
 
 fn main() -> ExitCode {
     let (cli, matches) = parse();
+    if let Command::Tls { command } = cli.command {
+        return run_tls(command);
+    }
     match &cli.command {
         Command::Version => {
             println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
@@ -489,6 +603,7 @@ fn main() -> ExitCode {
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
             Command::Version
+            | Command::Tls { .. }
             | Command::Verify { .. }
             | Command::Completion { .. }
             | Command::Man => 0,
@@ -693,6 +808,89 @@ mod tests {
             tls_settings(&cli, &|id| id == "cert_file"),
             Err("FLEETCTL_CERT_FILE needs --key-file (or FLEETCTL_KEY_FILE), the certificate's private key".to_owned())
         );
+    }
+
+    #[test]
+    fn tls_subcommands() {
+        let Command::Tls {
+            command:
+                TlsCommand::Cert {
+                    command:
+                        CertCommand::Create {
+                            ca,
+                            role,
+                            name,
+                            ips,
+                            dns,
+                            days,
+                            out,
+                        },
+                },
+        } = parse(&[
+            "tls",
+            "cert",
+            "create",
+            "--ca",
+            "pki",
+            "--role",
+            "machine",
+            "--name",
+            "m",
+            "--ip",
+            "10.0.0.1",
+            "--ip",
+            "::1",
+            "--dns",
+            "node1",
+            "--out",
+            "certs/node1",
+        ])
+        .command
+        else {
+            panic!("not tls cert create");
+        };
+        assert_eq!(ca, PathBuf::from("pki"));
+        assert_eq!(role, tls::CertRole::Machine);
+        assert_eq!(name, "m");
+        assert_eq!(
+            ips,
+            [
+                "10.0.0.1".parse::<IpAddr>().expect("ip"),
+                "::1".parse().expect("ip")
+            ]
+        );
+        assert_eq!(dns, ["node1"]);
+        assert_eq!(days, 365);
+        assert_eq!(out, Some(PathBuf::from("certs/node1")));
+        let Command::Tls {
+            command:
+                TlsCommand::Ca {
+                    command: CaCommand::Create { dir, name, days },
+                },
+        } = parse(&["tls", "ca", "create"]).command
+        else {
+            panic!("not tls ca create");
+        };
+        assert_eq!(
+            (dir, name.as_str(), days),
+            (PathBuf::from("."), "fleet CA", 1825)
+        );
+        for bad in [
+            &["tls", "cert", "create", "--role", "operator", "--name", "a"][..],
+            &[
+                "tls", "cert", "create", "--ca", "d", "--role", "admin", "--name", "a",
+            ],
+            &[
+                "tls", "cert", "create", "--ca", "d", "--role", "machine", "--name", "m", "--ip",
+                "node1",
+            ],
+            &["tls", "ca", "create", "--days", "0"],
+            &["tls", "ca", "create", "--days", "99999999999"],
+        ] {
+            let mut argv = vec!["fleetctl"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -44,6 +44,7 @@ fn completions_for_each_shell_know_the_commands() {
             "start",
             "journal",
             "endpoint",
+            "tls",
             "ca-file",
             "key-file",
         ] {
@@ -63,6 +64,7 @@ fn the_manual_page_is_roff() {
     );
     assert!(out.contains("list\\-units"), "subcommands are listed");
     assert!(out.contains("ca\\-file"), "TLS flags are listed");
+    assert!(out.contains("fleetctl\\-tls"), "tls is listed");
 }
 
 #[test]
