@@ -75,15 +75,20 @@ fn days(days: u32) -> String {
     }
 }
 
+/// A directory for keys, and any missing parent, for their owner only.
+fn create_dir(dir: &Path) -> Result<(), String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()))
+}
+
 /// `tls ca create`: a new CA in `dir` (created if need be, for its owner only). Returns what
 /// to print.
 pub fn create_ca(dir: &Path, name: &str, valid_days: u32) -> Result<String, String> {
     if !dir.is_dir() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        create_dir(dir)?;
     }
     let pem = fleet_trust::new_ca(name, lifetime(valid_days)).map_err(|e| e.to_string())?;
     let files = fleet_trust::create_pem(dir, CA_STEM, &pem).map_err(|e| e.to_string())?;
@@ -97,11 +102,15 @@ pub fn create_ca(dir: &Path, name: &str, valid_days: u32) -> Result<String, Stri
     ))
 }
 
-/// `tls cert create`: a certificate signed by the CA in `request.ca`. Returns what to print.
+/// `tls cert create`: a certificate signed by the CA in `request.ca`, in a directory created if
+/// need be. Returns what to print.
 pub fn create_cert(request: &CertRequest) -> Result<String, String> {
     let (name, sans) = check(request)?;
     let (dir, stem) = destination(request.out.as_deref(), &name)?;
     let ca = read_ca(&request.ca)?;
+    if !dir.as_os_str().is_empty() && !dir.is_dir() {
+        create_dir(&dir)?;
+    }
     let pem = fleet_trust::issue_for(
         &ca,
         request.role.kind(),

@@ -512,6 +512,29 @@ fn issuing_says_what_it_wrote_and_connects_nowhere() {
              wrote {pki}/etcd0-key.pem (its private key: keep it secret)\n"
         )
     );
+    // A directory --out names is made, for its owner only.
+    let certs = dir.path().join("certs");
+    let prefix = certs.join("fleetd-etcd");
+    run(&[
+        "tls",
+        "cert",
+        "create",
+        "--ca",
+        pki,
+        "--role",
+        "etcd-client",
+        "--name",
+        "fleetd",
+        "--out",
+        prefix.to_str().expect("utf-8"),
+    ]);
+    assert!(certs.join("fleetd-etcd.pem").is_file() && certs.join("fleetd-etcd-key.pem").is_file());
+    let mode = std::fs::metadata(&certs)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
     // etcd's certificates name no fleet role: a fleetd would refuse them.
     let der = fleet_trust::load_certificates(&Path::new(pki).join("etcd0.pem")).expect("load");
     let e = Identity::from_der(&der[0]).expect_err("no role");
