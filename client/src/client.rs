@@ -205,7 +205,19 @@ impl Client {
         let reason = match (fleet_trust::explain(&e), &self.tls) {
             (Some(line), Some(tls)) => tls.explained(line),
             (Some(line), None) => line,
-            (None, _) => fleet_errors::root_cause(&e),
+            (None, _) => {
+                let cause = fleet_errors::root_cause(&e);
+                // hyper's reading of a TLS record (an alert) as an HTTP answer.
+                let tls_answer = cause == "invalid HTTP version parsed"
+                    && matches!(Endpoint::parse(&self.endpoint), Ok(Endpoint::Http(_)));
+                if tls_answer {
+                    "the server did not answer in plain HTTP (does it serve TLS? then use an \
+                     https:// endpoint)"
+                        .to_string()
+                } else {
+                    cause
+                }
+            }
         };
         ClientError::Unreachable {
             endpoint: self.endpoint.clone(),

@@ -540,3 +540,14 @@ fn issuing_says_what_it_wrote_and_connects_nowhere() {
     let e = Identity::from_der(&der[0]).expect_err("no role");
     assert!(e.to_string().contains("names no organization"), "{e}");
 }
+
+#[test]
+fn plain_http_to_a_tls_fleetd_suggests_https() {
+    let keys = Keys::new();
+    let fleetd = Fleetd::start(&keys);
+    let url = format!("http://{}", fleetd.addr);
+    assert_eq!(
+        refused(&url, &[], &["list-units"]),
+        format!("Error retrieving list of units from repository: cannot reach fleetd at {url}: the server did not answer in plain HTTP (does it serve TLS? then use an https:// endpoint)")
+    );
+}
