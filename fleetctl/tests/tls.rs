@@ -323,6 +323,21 @@ fn each_failed_handshake_is_one_line_saying_why() {
     for (url, flags, expected) in cases {
         assert_eq!(refused(url, &flags, &["list-units"]), expected, "{flags:?}");
     }
+    // A client trusting both CAs gets through its own checks with another cluster's
+    // certificate: fleetd refuses it.
+    let both = keys.path("both.pem");
+    let pems = [keys.path("ca/ca.pem"), keys.path("other/ca.pem")]
+        .map(|p| std::fs::read_to_string(p).expect("read"));
+    std::fs::write(&both, pems.concat()).expect("write");
+    let mut flags = keys.flags("other", Some("mallory"));
+    flags[1] = both.display().to_string();
+    assert_eq!(
+        refused(&url, &flags, &["list-units"]),
+        reach(
+            &url,
+            "the server refused this client's certificate: it is not signed by the cluster's CA"
+        )
+    );
     // Without --ca-file, the system's CAs are trusted, and the error says so.
     if Path::new(fleet_client::SYSTEM_CA_BUNDLE).exists() {
         assert_eq!(
