@@ -1,5 +1,6 @@
-//! A client of fleetd's API, over a unix socket or TCP.
+//! A client of fleetd's API, over a unix socket, TCP, or TLS with a client certificate.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -9,8 +10,16 @@ use crate::schema;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid endpoint {0:?}: expected unix:///path, /path or http://host:port")]
+    #[error(
+        "invalid endpoint {0:?}: expected unix:///path, /path, http://host:port or https://host:port"
+    )]
     InvalidEndpoint(String),
+    /// TLS settings for an endpoint that is not https.
+    #[error("TLS settings apply to https:// endpoints only, and {0:?} is not one")]
+    NotHttps(String),
+    /// A CA, certificate or key file that cannot be used (the error names the file).
+    #[error("{0}")]
+    Tls(#[from] fleet_trust::TrustError),
     #[error("cannot reach fleetd at {endpoint}: {reason}")]
     Unreachable { endpoint: String, reason: String },
     #[error("fleetd at {endpoint} did not answer within {timeout:?}")]
@@ -37,6 +46,47 @@ impl ClientError {
 pub enum Endpoint {
     Unix(String),
     Http(String),
+    /// TLS, checking fleetd's certificate and usually presenting a client certificate ([`Tls`]).
+    Https(String),
+}
+
+/// The system's CA bundle, which a client over https trusts when given no CA file.
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How a client over https checks fleetd's certificate and shows its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    /// The cluster's CA certificate, which signs fleetd's. `None`: the CAs of the system's
+    /// bundle ([`SYSTEM_CA_BUNDLE`]).
+    pub ca_file: Option<PathBuf>,
+    /// This client's certificate and its private key, signed by the cluster's CA; its role
+    /// says what the client may do. `None`: no client certificate (which fleetd refuses).
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Tls {
+    /// The rustls configuration, its files read and checked now.
+    fn config(&self) -> Result<fleet_trust::rustls::ClientConfig, ClientError> {
+        let identity = self
+            .identity
+            .as_ref()
+            .map(|(cert, key)| (cert.as_path(), key.as_path()));
+        let config = match &self.ca_file {
+            Some(ca) => fleet_trust::client_config(ca, identity)?,
+            None => fleet_trust::client_config_with_bundle(SYSTEM_CA_BUNDLE.as_ref(), identity)?,
+        };
+        Ok(config)
+    }
+
+    /// `line`, an explanation of a failed handshake, with what a reader needs to know when
+    /// this client trusts the system's bundle and fleetd's certificate is not signed by it.
+    fn explained(&self, line: String) -> String {
+        if self.ca_file.is_none() && line.starts_with("the server's certificate is not signed by") {
+            format!("{line}; without a CA file, this client trusts the CAs of {SYSTEM_CA_BUNDLE}")
+        } else {
+            line
+        }
+    }
 }
 
 impl Endpoint {
@@ -52,6 +102,10 @@ impl Endpoint {
             if !rest.is_empty() {
                 return Ok(Endpoint::Http(s.trim_end_matches('/').to_string()));
             }
+        } else if let Some(rest) = s.strip_prefix("https://") {
+            if !rest.trim_end_matches('/').is_empty() {
+                return Ok(Endpoint::Https(s.trim_end_matches('/').to_string()));
+            }
         }
         Err(ClientError::InvalidEndpoint(s.to_string()))
     }
@@ -65,13 +119,31 @@ pub struct Client {
     base: String,
     endpoint: String,
     timeout: Duration,
+    /// Over https, how fleetd's certificate is checked (for explaining a failed handshake).
+    tls: Option<Tls>,
     /// Print each request's URL and answer status to stderr (`fleetctl --debug`).
     debug: bool,
 }
 
 impl Client {
+    /// A client of fleetd at `endpoint`, over https with the system's CA bundle and no client
+    /// certificate.
     pub fn new(endpoint: &str, timeout: Duration) -> Result<Client, ClientError> {
+        Client::with_tls(endpoint, timeout, Tls::default())
+    }
+
+    /// A client of fleetd at `endpoint`, over https with `tls` (whose files are read and
+    /// checked now). `tls` must be empty for any other endpoint.
+    pub fn with_tls(endpoint: &str, timeout: Duration, tls: Tls) -> Result<Client, ClientError> {
         let parsed = Endpoint::parse(endpoint)?;
+        let tls = match &parsed {
+            Endpoint::Https(_) => Some(tls),
+            Endpoint::Unix(_) | Endpoint::Http(_) if tls == Tls::default() => None,
+            Endpoint::Unix(_) | Endpoint::Http(_) => {
+                return Err(ClientError::NotHttps(endpoint.to_string()))
+            }
+        };
+        let config = tls.as_ref().map(Tls::config).transpose()?;
         let builder = || {
             let mut builder = reqwest::Client::builder()
                 .connect_timeout(timeout)
@@ -79,11 +151,14 @@ impl Client {
             if let Endpoint::Unix(path) = &parsed {
                 builder = builder.unix_socket(path.as_str());
             }
+            if let Some(config) = &config {
+                builder = builder.use_preconfigured_tls(config.clone());
+            }
             builder
         };
         let base = match &parsed {
             Endpoint::Unix(_) => "http://fleetd".to_string(),
-            Endpoint::Http(url) => url.clone(),
+            Endpoint::Http(url) | Endpoint::Https(url) => url.clone(),
         };
         let build = |b: reqwest::ClientBuilder| {
             b.build()
@@ -97,6 +172,7 @@ impl Client {
             base: format!("{base}/fleet/v1"),
             endpoint: endpoint.to_string(),
             timeout,
+            tls,
             debug: false,
         })
     }
@@ -124,9 +200,28 @@ impl Client {
                 timeout: self.timeout,
             };
         }
+        // A failed handshake in one line (the CA, the names, the client certificate), not
+        // rustls' innermost error.
+        let reason = match (fleet_trust::explain(&e), &self.tls) {
+            (Some(line), Some(tls)) => tls.explained(line),
+            (Some(line), None) => line,
+            (None, _) => {
+                let cause = fleet_errors::root_cause(&e);
+                // hyper's reading of a TLS record (an alert) as an HTTP answer.
+                let tls_answer = cause == "invalid HTTP version parsed"
+                    && matches!(Endpoint::parse(&self.endpoint), Ok(Endpoint::Http(_)));
+                if tls_answer {
+                    "the server did not answer in plain HTTP (does it serve TLS? then use an \
+                     https:// endpoint)"
+                        .to_string()
+                } else {
+                    cause
+                }
+            }
+        };
         ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
-            reason: fleet_errors::root_cause(&e),
+            reason,
         }
     }
 
@@ -424,14 +519,76 @@ mod tests {
                 "http://10.0.0.1:49153/",
                 Some(Endpoint::Http("http://10.0.0.1:49153".into())),
             ),
+            (
+                "https://10.0.0.1:49153/",
+                Some(Endpoint::Https("https://10.0.0.1:49153".into())),
+            ),
+            (
+                " https://node1.example:443 ",
+                Some(Endpoint::Https("https://node1.example:443".into())),
+            ),
             ("unix://relative", None),
-            ("https://x", None),
             ("", None),
             ("http://", None),
+            ("https://", None),
+            ("https:///", None),
+            ("HTTPS://x", None),
+            ("ftp://x", None),
         ];
         for (input, want) in cases {
             assert_eq!(Endpoint::parse(input).ok(), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn tls_settings_need_an_https_endpoint() {
+        let tls = Tls {
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            identity: None,
+        };
+        let second = Duration::from_secs(1);
+        for endpoint in [
+            "unix:///run/fleet.sock",
+            "/run/fleet.sock",
+            "http://10.0.0.1:1",
+        ] {
+            let e = Client::with_tls(endpoint, second, tls.clone()).err();
+            assert_eq!(
+                e.map(|e| e.to_string()),
+                Some(format!(
+                    "TLS settings apply to https:// endpoints only, and {endpoint:?} is not one"
+                ))
+            );
+            assert!(Client::with_tls(endpoint, second, Tls::default()).is_ok());
+        }
+        // Over https, the files are read at once, and the error names the one missing.
+        let e = Client::with_tls("https://10.0.0.1:1", second, tls).err();
+        assert_eq!(
+            e.map(|e| e.to_string()),
+            Some("cannot read /nonexistent/ca.pem: No such file or directory (os error 2)".into())
+        );
+    }
+
+    #[test]
+    fn without_a_ca_file_an_unknown_ca_says_which_cas_are_trusted() {
+        use fleet_trust::rustls;
+        let unknown = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let line = fleet_trust::explain(&unknown).expect("explained");
+        let system = Tls::default();
+        assert_eq!(
+            system.explained(line.clone()),
+            format!("{line}; without a CA file, this client trusts the CAs of {SYSTEM_CA_BUNDLE}")
+        );
+        let own = Tls {
+            ca_file: Some("ca.pem".into()),
+            identity: None,
+        };
+        assert_eq!(own.explained(line.clone()), line);
+        let other = "the server requires a client certificate".to_string();
+        assert_eq!(system.explained(other.clone()), other);
     }
 
     #[test]

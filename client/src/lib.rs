@@ -7,4 +7,4 @@
 mod client;
 pub mod schema;
 
-pub use client::{Client, ClientError, Endpoint, Journal};
+pub use client::{Client, ClientError, Endpoint, Journal, Tls, SYSTEM_CA_BUNDLE};

@@ -3,11 +3,16 @@
 mod commands;
 mod known_hosts;
 mod table;
+mod tls;
 
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use fleet_client::{Endpoint, Tls};
 
 /// The help of fleetctl itself in fleet's layout (NAME, USAGE, VERSION, COMMANDS, OPTIONS
 /// sections, tab-indented), which scripts read the version from.
@@ -36,7 +41,8 @@ OPTIONS:
     help_template = HELP_TEMPLATE
 )]
 struct Cli {
-    /// Location of the fleet API: unix:///path, a bare /path, or http://host:port.
+    /// Location of the fleet API: unix:///path, a bare /path, http://host:port, or
+    /// https://host:port (TLS: see --ca-file, --cert-file and --key-file).
     #[arg(
         long,
         global = true,
@@ -92,12 +98,113 @@ struct Cli {
         value_parser = ssh_timeout
     )]
     ssh_timeout: f64,
+    /// The cluster's CA certificate (PEM), which signs fleetd's certificate, for an https://
+    /// endpoint. Without it, the CAs of the system's bundle
+    /// (/etc/ssl/certs/ca-certificates.crt) are trusted.
+    #[arg(long, global = true, env = "FLEETCTL_CA_FILE", value_name = "FILE", value_parser = path())]
+    ca_file: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by the cluster's CA, for an https:// endpoint:
+    /// its role (operator or viewer) is what fleetctl may do. Needs --key-file.
+    #[arg(long, global = true, env = "FLEETCTL_CERT_FILE", value_name = "FILE", value_parser = path())]
+    cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --cert-file.
+    #[arg(long, global = true, env = "FLEETCTL_KEY_FILE", value_name = "FILE", value_parser = path())]
+    key_file: Option<PathBuf>,
     /// Print the API requests fleetctl makes, and their answers' status, to stderr.
     #[arg(long, global = true, env = "FLEETCTL_DEBUG")]
     debug: bool,
     /// None: fleet printed its help and exited 0.
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// A path, where an empty one (`FLEETCTL_CA_FILE=`) stands for none, as for `--tunnel`.
+fn path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
+/// A path flag's value, unless empty.
+fn given(path: &Option<PathBuf>) -> Option<&PathBuf> {
+    path.as_ref().filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The TLS flags: id, flag, environment variable.
+const TLS_FLAGS: [(&str, &str, &str); 3] = [
+    ("ca_file", "--ca-file", "FLEETCTL_CA_FILE"),
+    ("cert_file", "--cert-file", "FLEETCTL_CERT_FILE"),
+    ("key_file", "--key-file", "FLEETCTL_KEY_FILE"),
+];
+
+/// The TLS settings the flags ask for. They are for an https:// endpoint only (given for
+/// another, they are an error, not ignored), and a certificate goes with its key. `from_env`
+/// says whether a flag's value came from its environment variable, which a message then names.
+fn tls_settings(cli: &Cli, from_env: &dyn Fn(&str) -> bool) -> Result<Tls, String> {
+    let (ca_file, cert_file, key_file) = (
+        given(&cli.ca_file),
+        given(&cli.cert_file),
+        given(&cli.key_file),
+    );
+    let is_given = |id: &str| match id {
+        "ca_file" => ca_file.is_some(),
+        "cert_file" => cert_file.is_some(),
+        _ => key_file.is_some(),
+    };
+    let named = |id: &str| {
+        let (_, flag, env) = TLS_FLAGS
+            .iter()
+            .find(|(i, ..)| *i == id)
+            .copied()
+            .unwrap_or((id, id, id));
+        if from_env(id) {
+            env.to_owned()
+        } else {
+            flag.to_owned()
+        }
+    };
+    match Endpoint::parse(&cli.endpoint) {
+        Ok(Endpoint::Https(_)) => {}
+        // The client reports an endpoint it cannot parse.
+        Ok(Endpoint::Unix(_) | Endpoint::Http(_)) | Err(_) => {
+            let set: Vec<String> = TLS_FLAGS
+                .iter()
+                .filter(|(id, ..)| is_given(id))
+                .map(|(id, ..)| named(id))
+                .collect();
+            return match set.as_slice() {
+                [] => Ok(Tls::default()),
+                [one] => Err(format!(
+                    "{one} is for https:// endpoints only, and the endpoint {:?} is not one",
+                    cli.endpoint
+                )),
+                [first @ .., last] => Err(format!(
+                    "{} and {last} are for https:// endpoints only, and the endpoint {:?} is not one",
+                    first.join(", "),
+                    cli.endpoint
+                )),
+            };
+        }
+    }
+    let identity = match (cert_file, key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(format!(
+                "{} needs --key-file (or FLEETCTL_KEY_FILE), the certificate's private key",
+                named("cert_file")
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{} needs --cert-file (or FLEETCTL_CERT_FILE), the certificate of that key",
+                named("key_file")
+            ))
+        }
+    };
+    Ok(Tls {
+        ca_file: ca_file.cloned(),
+        identity,
+    })
 }
 
 /// The longest timeout fleetctl takes, in seconds (a day): a longer one is a typo.
@@ -278,6 +385,11 @@ enum Command {
     },
     /// DEPRECATED: unit signatures were removed from fleet; does nothing and exits with 2.
     Verify { unit: Option<String> },
+    /// Create the cluster's CA and the certificates it signs, here (no fleetd needed).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Print the version and exit.
     Version,
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
@@ -288,8 +400,121 @@ enum Command {
     Man,
 }
 
+#[derive(Subcommand, Debug)]
+enum TlsCommand {
+    /// The cluster's CA, which signs every certificate of the cluster.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Certificates signed by the cluster's CA.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CaCommand {
+    /// Create a CA: DIR/ca.pem (its certificate) and DIR/ca-key.pem (its private key, mode
+    /// 0600). Existing files are not overwritten.
+    Create {
+        /// Where to write the CA's files (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// The CA's common name.
+        #[arg(long, default_value = "fleet CA")]
+        name: String,
+        /// How long the CA is valid, in days.
+        #[arg(long, default_value_t = 1825, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCommand {
+    /// Create a certificate signed by the CA in DIR, and its private key (mode 0600):
+    /// PREFIX.pem and PREFIX-key.pem, by default NAME.pem and NAME-key.pem in the current
+    /// directory. Existing files are not overwritten.
+    Create {
+        /// The directory of the signing CA (ca.pem and ca-key.pem, as `tls ca create` wrote
+        /// them).
+        #[arg(long, value_name = "DIR")]
+        ca: PathBuf,
+        /// What the certificate is for: operator, viewer and machine carry that fleet role;
+        /// etcd-server and etcd-client are for etcd (issue those from a CA of etcd's own).
+        #[arg(long, value_enum)]
+        role: tls::CertRole,
+        /// The holder's name (common name): a person or program, a machine's machine id
+        /// (/etc/machine-id) for --role machine, etcd's user name for --role etcd-client.
+        #[arg(long)]
+        name: String,
+        /// An IP address the server is reached at (machine and etcd-server; repeatable).
+        #[arg(long = "ip", value_name = "IP")]
+        ips: Vec<IpAddr>,
+        /// A DNS name the server is reached at (machine and etcd-server; repeatable).
+        #[arg(long, value_name = "NAME")]
+        dns: Vec<String>,
+        /// How long the certificate is valid, in days.
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        days: u32,
+        /// Write PREFIX.pem and PREFIX-key.pem; given an existing directory (or a path ending
+        /// in /), NAME.pem and NAME-key.pem in it.
+        #[arg(long, value_name = "PREFIX")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs a `tls` subcommand: prints what it wrote, or the error.
+fn run_tls(command: TlsCommand) -> ExitCode {
+    let done = match command {
+        TlsCommand::Ca {
+            command: CaCommand::Create { dir, name, days },
+        } => tls::create_ca(&dir, &name, days),
+        TlsCommand::Cert {
+            command:
+                CertCommand::Create {
+                    ca,
+                    role,
+                    name,
+                    ips,
+                    dns,
+                    days,
+                    out,
+                },
+        } => tls::create_cert(&tls::CertRequest {
+            ca,
+            role,
+            name,
+            ips,
+            dns,
+            days,
+            out,
+        }),
+    };
+    match done {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// The command line, with where each value came from.
+fn parse() -> (Cli, ArgMatches) {
+    let matches = Cli::command().get_matches();
+    match Cli::from_arg_matches(&matches) {
+        Ok(cli) => (cli, matches),
+        Err(e) => e.format(&mut Cli::command()).exit(),
+    }
+}
+
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let (mut cli, matches) = parse();
     let Some(command) = cli.command.take() else {
         // As fleet: no command is a request for help, not an error.
         let mut help = <Cli as clap::CommandFactory>::command();
@@ -301,6 +526,9 @@ fn main() -> ExitCode {
             }
         };
     };
+    if let Command::Tls { command } = command {
+        return run_tls(command);
+    }
     match &command {
         Command::Version => {
             println!("fleetctl version {}", env!("CARGO_PKG_VERSION"));
@@ -329,8 +557,23 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
-    let client = match fleet_client::Client::new(&cli.endpoint, cli.request_timeout) {
+    let from_env = |id: &str| matches.value_source(id) == Some(ValueSource::EnvVariable);
+    let tls = match tls_settings(&cli, &from_env) {
+        Ok(tls) => tls,
+        Err(e) => Cli::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, e)
+            .exit(),
+    };
+    let system_bundle = tls.ca_file.is_none();
+    let client = match fleet_client::Client::with_tls(&cli.endpoint, cli.request_timeout, tls) {
         Ok(c) => c.with_debug(cli.debug),
+        Err(e @ fleet_client::ClientError::Tls(_)) if system_bundle => {
+            eprintln!(
+                "{e} (without --ca-file, fleetctl trusts the system's CA bundle: give the \
+                 cluster's CA with --ca-file)"
+            );
+            return ExitCode::from(1);
+        }
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(1);
@@ -403,6 +646,7 @@ fn main() -> ExitCode {
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
             Command::Version
+            | Command::Tls { .. }
             | Command::Verify { .. }
             | Command::Completion { .. }
             | Command::Man => 0,

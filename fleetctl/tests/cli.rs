@@ -39,7 +39,15 @@ fn completions_for_each_shell_know_the_commands() {
     for shell in ["bash", "zsh", "fish"] {
         let (code, out, err) = fleetctl(&["completion", shell]);
         assert_eq!(code, Some(0), "{shell}: {err}");
-        for command in ["list-units", "start", "journal", "endpoint"] {
+        for command in [
+            "list-units",
+            "start",
+            "journal",
+            "endpoint",
+            "tls",
+            "ca-file",
+            "key-file",
+        ] {
             assert!(out.contains(command), "{shell} completion lacks {command}");
         }
     }
@@ -55,6 +63,8 @@ fn the_manual_page_is_roff() {
         &out[..out.len().min(200)]
     );
     assert!(out.contains("list\\-units"), "subcommands are listed");
+    assert!(out.contains("ca\\-file"), "TLS flags are listed");
+    assert!(out.contains("fleetctl\\-tls"), "tls is listed");
 }
 
 #[test]

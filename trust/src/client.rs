@@ -7,11 +7,10 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::{AlertDescription, CertificateError, ClientConfig};
+use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
-use crate::files::{load_ca, load_holder, provider, utc, Purpose};
-use crate::server::ALPN_HTTP1;
-use crate::TrustError;
+use crate::files::{load_bundle, load_ca, load_holder, provider, utc, Purpose};
+use crate::{TrustError, ALPN_HTTP1};
 
 /// A TLS client configuration that trusts the CA in `ca` and, given `identity` (certificate,
 /// key), presents that certificate, checked at once as a server would check it (valid now,
@@ -21,7 +20,25 @@ pub fn client_config(
     ca: &Path,
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TrustError> {
-    let roots = Arc::new(load_ca(ca)?);
+    with_roots(ca, Arc::new(load_ca(ca)?), identity)
+}
+
+/// As [`client_config`], but trusting a bundle of CAs such as the system's
+/// (`/etc/ssl/certs/ca-certificates.crt`, where a cluster's CA can be installed): certificates
+/// in it that have expired or cannot be used are left out (a system's bundle holds a few), as
+/// long as one is left.
+pub fn client_config_with_bundle(
+    bundle: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TrustError> {
+    with_roots(bundle, Arc::new(load_bundle(bundle)?), identity)
+}
+
+fn with_roots(
+    ca: &Path,
+    roots: Arc<RootCertStore>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TrustError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots.clone());

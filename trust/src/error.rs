@@ -16,6 +16,9 @@ pub enum TrustError {
     #[error("{}: no certificate in it (expected a PEM \"CERTIFICATE\" block)", path.display())]
     NoCertificate { path: PathBuf },
 
+    #[error("{}: every CA certificate in it has expired or cannot be used", path.display())]
+    NoUsableCa { path: PathBuf },
+
     #[error("{}: no private key in it (expected a PEM \"PRIVATE KEY\" block)", path.display())]
     NoPrivateKey { path: PathBuf },
 
@@ -100,4 +103,7 @@ pub enum TrustError {
 
     #[error("cannot write {}: {source}", path.display())]
     Write { path: PathBuf, source: io::Error },
+
+    #[error("{} exists already: not overwriting it", path.display())]
+    Exists { path: PathBuf },
 }

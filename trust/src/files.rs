@@ -87,6 +87,24 @@ pub fn load_ca(path: &Path) -> Result<RootCertStore, TrustError> {
     Ok(roots)
 }
 
+/// The CA certificates in a bundle such as the system's, leaving out those that have expired or
+/// cannot be used; an error if none is left.
+pub(crate) fn load_bundle(path: &Path) -> Result<RootCertStore, TrustError> {
+    let mut roots = RootCertStore::empty();
+    let now = SystemTime::now();
+    for der in load_certificates(path)? {
+        if check_validity(path, &der, now).is_ok() {
+            let _ = roots.add(der);
+        }
+    }
+    if roots.is_empty() {
+        return Err(TrustError::NoUsableCa {
+            path: path.to_owned(),
+        });
+    }
+    Ok(roots)
+}
+
 fn described<'a>(path: &Path, der: &'a [u8]) -> Result<X509Certificate<'a>, TrustError> {
     parse(der).map_err(|e| TrustError::BadCertificate {
         path: path.to_owned(),
@@ -141,6 +159,7 @@ pub(crate) fn utc(unix: i64) -> String {
 /// What a holder's certificate is used for: it is checked for that purpose at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Purpose {
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     Server,
     Client,
 }
@@ -150,6 +169,7 @@ pub(crate) enum Purpose {
 pub(crate) struct Holder {
     pub(crate) chain: Vec<CertificateDer<'static>>,
     pub(crate) key: PrivateKeyDer<'static>,
+    #[cfg_attr(not(feature = "server"), allow(dead_code))]
     pub(crate) identity: Identity,
 }
 
@@ -418,6 +438,39 @@ mod tests {
                 files.cert.display()
             )),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bundle_keeps_its_usable_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = SystemTime::now();
+        let old = new_ca(
+            "old CA",
+            Validity {
+                not_before: now - Duration::from_secs(7200),
+                not_after: now - Duration::from_secs(3600),
+            },
+        )
+        .expect("ca");
+        let good = new_ca("good CA", hour()).expect("ca");
+        let bundle = dir.path().join("bundle.pem");
+        std::fs::write(&bundle, format!("{}{}", old.cert, good.cert)).expect("write");
+        assert_eq!(load_bundle(&bundle).expect("bundle").len(), 1);
+        assert!(
+            load_ca(&bundle).is_err(),
+            "a cluster's CA file is checked whole"
+        );
+
+        let stale = dir.path().join("stale.pem");
+        std::fs::write(&stale, &old.cert).expect("write");
+        let e = load_bundle(&stale).expect_err("nothing usable");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}: every CA certificate in it has expired or cannot be used",
+                stale.display()
+            )
         );
     }
 

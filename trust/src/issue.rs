@@ -88,6 +88,31 @@ pub fn new_ca(common_name: &str, validity: Validity) -> Result<Pem, TrustError> 
     })
 }
 
+/// What a certificate is for.
+///
+/// Issue etcd's certificates from a CA of etcd's own: etcd lets in every client its CA signed,
+/// whatever the client's role, so with the cluster's CA every operator and viewer could read
+/// and write etcd directly, around the API and its roles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A holder of a fleet role, which is its subject organization (O).
+    Fleet(Role),
+    /// An etcd member's certificate (etcd's `--cert-file`, and `--peer-cert-file`): it serves,
+    /// answering to its subjectAltNames, and is a client (of its peers, and of itself: etcd's
+    /// gateway connects with it). It names no fleet role, so a fleetd refuses it.
+    EtcdServer,
+    /// A client of etcd (a fleetd's `etcd_certfile`, for etcd's `--client-cert-auth`): no fleet
+    /// role; etcd takes its common name as the user name when it authenticates by certificate.
+    EtcdClient,
+}
+
+impl Kind {
+    /// Whether the certificate serves (carries serverAuth, and subjectAltNames clients check).
+    pub fn serves(self) -> bool {
+        matches!(self, Kind::Fleet(Role::Machine) | Kind::EtcdServer)
+    }
+}
+
 /// A certificate for `name` in `role`, signed by `ca`. A machine's certificate serves (its
 /// API and peer endpoint, answering to `sans`) and is a client (of its peers); the others are
 /// clients only. `sans` are written into any certificate, but only a server's are checked.
@@ -98,17 +123,34 @@ pub fn issue(
     sans: &[San],
     validity: Validity,
 ) -> Result<Pem, TrustError> {
+    issue_for(ca, Kind::Fleet(role), name, sans, validity)
+}
+
+/// A certificate of `kind` for `name`, signed by `ca`: [`issue`], for etcd's certificates too.
+pub fn issue_for(
+    ca: &Pem,
+    kind: Kind,
+    name: &str,
+    sans: &[San],
+    validity: Validity,
+) -> Result<Pem, TrustError> {
     let ca_key = KeyPair::from_pem(&ca.key).map_err(|e| TrustError::BadIssuer(e.to_string()))?;
+    check_ca_key(&ca.cert, &ca_key)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert, ca_key)
         .map_err(|e| TrustError::BadIssuer(e.to_string()))?;
-    let mut params = params(name, Some(role), validity)?;
+    let role = match kind {
+        Kind::Fleet(role) => Some(role),
+        Kind::EtcdServer | Kind::EtcdClient => None,
+    };
+    let mut params = params(name, role, validity)?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = match role {
-        Role::Machine => vec![
+    params.extended_key_usages = if kind.serves() {
+        vec![
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-        Role::Operator | Role::Viewer => vec![ExtendedKeyUsagePurpose::ClientAuth],
+        ]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ClientAuth]
     };
     params.use_authority_key_identifier_extension = true;
     params.subject_alt_names = sans
@@ -128,6 +170,23 @@ pub fn issue(
         cert: cert.pem(),
         key: key.serialize_pem(),
     })
+}
+
+/// The CA's key must be its certificate's: signed with another key, certificates would name
+/// the CA as their issuer and fail every verification.
+fn check_ca_key(cert: &str, key: &KeyPair) -> Result<(), TrustError> {
+    let der = crate::files::certificates_from_pem(cert.as_bytes())
+        .map_err(|e| TrustError::BadIssuer(e.to_string()))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| TrustError::BadIssuer("no certificate in it".into()))?;
+    let parsed = crate::identity::parse(&der).map_err(|e| TrustError::BadIssuer(e.to_string()))?;
+    if parsed.public_key().subject_public_key.data.as_ref() != key.public_key_raw() {
+        return Err(TrustError::BadIssuer(
+            "its private key is not its certificate's".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn params(
@@ -191,6 +250,55 @@ pub fn write_pem(dir: &Path, stem: &str, pem: &Pem) -> Result<PemFiles, TrustErr
     replace(&files.key, pem.key.as_bytes(), 0o600)?;
     replace(&files.cert, pem.cert.as_bytes(), 0o644)?;
     Ok(files)
+}
+
+/// Writes `<dir>/<stem>.pem` (mode 0644) and `<dir>/<stem>-key.pem` (mode 0600) as new files:
+/// if either exists, it writes nothing and says which. For issuing, where overwriting a key
+/// would lose it; [`write_pem`] is for replacing.
+pub fn create_pem(dir: &Path, stem: &str, pem: &Pem) -> Result<PemFiles, TrustError> {
+    let files = PemFiles {
+        cert: dir.join(format!("{stem}.pem")),
+        key: dir.join(format!("{stem}-key.pem")),
+    };
+    for path in [&files.cert, &files.key] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(TrustError::Exists { path: path.clone() });
+        }
+    }
+    create(&files.key, pem.key.as_bytes(), 0o600)?;
+    if let Err(e) = create(&files.cert, pem.cert.as_bytes(), 0o644) {
+        let _ = std::fs::remove_file(&files.key);
+        return Err(e);
+    }
+    Ok(files)
+}
+
+/// Writes a new file: never replaces one (not even one created since it was looked for), and
+/// leaves nothing behind when it fails.
+fn create(path: &Path, content: &[u8], mode: u32) -> Result<(), TrustError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::AlreadyExists => TrustError::Exists {
+                path: path.to_owned(),
+            },
+            _ => TrustError::Write {
+                path: path.to_owned(),
+                source,
+            },
+        })?;
+    let written = file.write_all(content).and_then(|()| file.sync_all());
+    if let Err(source) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(TrustError::Write {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    Ok(())
 }
 
 fn replace(path: &Path, content: &[u8], mode: u32) -> Result<(), TrustError> {
@@ -277,6 +385,91 @@ mod tests {
             let e = result.expect_err("an error");
             assert!(e.to_string().starts_with(expected), "{e} vs {expected}");
         }
+    }
+
+    #[test]
+    fn new_files_are_created_never_overwritten() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hour = Validity::starting_now(Duration::from_secs(3600));
+        let ca = new_ca("CA", hour).expect("ca");
+        let files = create_pem(dir.path(), "ca", &ca).expect("create");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").permissions().mode() & 0o777;
+        assert_eq!(mode(&files.key), 0o600);
+        assert_eq!(std::fs::read_to_string(&files.cert).expect("read"), ca.cert);
+
+        let other = new_ca("CA", hour).expect("ca");
+        let e = create_pem(dir.path(), "ca", &other).expect_err("exists");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} exists already: not overwriting it",
+                files.cert.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&files.key).expect("read"), ca.key);
+
+        // A key alone in the way: nothing is written, not even the certificate.
+        std::fs::write(dir.path().join("lone-key.pem"), "mine").expect("write");
+        let e = create_pem(dir.path(), "lone", &other).expect_err("exists");
+        assert!(e.to_string().contains("lone-key.pem exists already"), "{e}");
+        assert!(!dir.path().join("lone.pem").exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("lone-key.pem")).expect("read"),
+            "mine"
+        );
+
+        let e = create_pem(&dir.path().join("absent"), "x", &other).expect_err("no directory");
+        assert!(e.to_string().starts_with("cannot write "), "{e}");
+    }
+
+    #[test]
+    fn each_kind_gets_its_usages_and_role() {
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let hour = Validity::starting_now(Duration::from_secs(3600));
+        let ca = new_ca("CA", hour).expect("ca");
+        let sans = [San::Ip("10.0.0.1".parse().expect("ip"))];
+        let cases = [
+            (Kind::Fleet(Role::Operator), Some("fleet-operator"), false),
+            (Kind::Fleet(Role::Viewer), Some("fleet-viewer"), false),
+            (Kind::Fleet(Role::Machine), Some("fleet-machine"), true),
+            (Kind::EtcdServer, None, true),
+            (Kind::EtcdClient, None, false),
+        ];
+        for (kind, organization, serves) in cases {
+            assert_eq!(kind.serves(), serves, "{kind:?}");
+            let pem = issue_for(&ca, kind, "holder", &sans, hour).expect("issue");
+            let der = crate::files::certificates_from_pem(pem.cert.as_bytes()).expect("pem");
+            let (_, cert) = X509Certificate::from_der(&der[0]).expect("der");
+            let o = cert
+                .subject()
+                .iter_organization()
+                .next()
+                .and_then(|o| o.as_str().ok());
+            assert_eq!(o, organization, "{kind:?}");
+            let eku = cert
+                .extended_key_usage()
+                .expect("eku")
+                .expect("eku present")
+                .value;
+            assert!(eku.client_auth, "{kind:?}");
+            assert_eq!(eku.server_auth, serves, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_ca_key_that_is_not_the_certificates_signs_nothing() {
+        let hour = Validity::starting_now(Duration::from_secs(3600));
+        let ca = new_ca("CA", hour).expect("ca");
+        let other = new_ca("CA", hour).expect("ca");
+        let mixed = Pem {
+            cert: ca.cert.clone(),
+            key: other.key.clone(),
+        };
+        let e = issue(&mixed, Role::Viewer, "v", &[], hour).expect_err("mismatch");
+        assert_eq!(
+            e.to_string(),
+            "cannot read the CA to issue with: its private key is not its certificate's"
+        );
     }
 
     #[test]

@@ -16,10 +16,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 use crate::files::{load_ca, load_holder, provider, Purpose, TlsFiles};
-use crate::{Identity, TrustError};
-
-/// The protocol servers and clients speak inside TLS.
-pub(crate) const ALPN_HTTP1: &[u8] = b"http/1.1";
+use crate::{Identity, TrustError, ALPN_HTTP1};
 
 /// A server's TLS configuration, loaded from its [`TlsFiles`] and swapped whole by
 /// [`ServerTls::reload`]: connections accepted after a reload use the new certificates, those
