@@ -153,10 +153,15 @@ impl Cluster {
         Run::from(output)
     }
 
-    /// Runs fleetctl on the host against node `n`'s API over TCP.
+    /// Runs fleetctl on the host against node `n`'s API over HTTPS, as the cluster's operator.
     pub fn fleetctl_via(&self, n: u32, args: &[&str]) -> Run {
-        let output = Command::new(self.bin.join("fleetctl"))
-            .env("FLEETCTL_ENDPOINT", format!("http://{}:49153", node_ip(n)))
+        self.fleetctl_as("operator", n, args)
+    }
+
+    /// Runs fleetctl on the host against node `n`'s API over HTTPS with the certificate
+    /// `holder` (`operator`, `viewer`: files of the cluster's keys, [`pki`]).
+    pub fn fleetctl_as(&self, holder: &str, n: u32, args: &[&str]) -> Run {
+        let output = fleetctl_command(&self.bin, holder, n)
             .args(args)
             .output()
             .expect("run fleetctl");
@@ -215,9 +220,7 @@ impl Cluster {
     /// appended past its ELF image, so a different file), as an upgrade would. Takes effect
     /// when fleetd restarts on a node; the next `fleet-cluster up` installs the build again.
     pub fn replace_fleetd_binary(&self) {
-        let state = std::env::var_os("FLEET_CLUSTER_STATE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/lib/fleet-cluster"));
+        let state = state_dir();
         let installed = state.join("bin/fleetd");
         let mut bytes = std::fs::read(&installed)
             .unwrap_or_else(|e| panic!("read {}: {e}", installed.display()));
@@ -244,10 +247,47 @@ impl Cluster {
     }
 }
 
-/// The client URL of etcd member `m` (1-based) of the test cluster: the bridge's address
-/// `10.233.0.m` (member 1 is the host's own).
-pub fn etcd_member_url(m: u32) -> String {
-    format!("http://10.233.0.{m}:2379")
+/// The plain-HTTP metrics URL of etcd member `m` (1-based) of the test cluster, on the
+/// bridge's address `10.233.0.m` (member 1 is the host's own); its clients need TLS.
+pub fn etcd_metrics_url(m: u32) -> String {
+    format!("http://10.233.0.{m}:2381")
+}
+
+/// The cluster tool's state directory.
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("FLEET_CLUSTER_STATE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/fleet-cluster"))
+}
+
+/// The cluster's keys, as `fleet-cluster up` makes them: `ca/` (the cluster's CA),
+/// `operator.pem`, `viewer.pem`, `etcd-ca/`, `nodes/nodeN/` (what node N holds).
+pub fn pki() -> PathBuf {
+    state_dir().join("pki")
+}
+
+/// Node `n`'s API.
+pub fn api_url(n: u32) -> String {
+    format!("https://{}:49153", node_ip(n))
+}
+
+/// fleetctl of `bin` set to talk to node `n`'s API over HTTPS with the certificate `holder`.
+pub fn fleetctl_command(bin: &Path, holder: &str, n: u32) -> Command {
+    let mut command = Command::new(bin.join("fleetctl"));
+    command
+        .env("FLEETCTL_ENDPOINT", api_url(n))
+        .env("FLEETCTL_CA_FILE", pki().join("ca/ca.pem"))
+        .env("FLEETCTL_CERT_FILE", pki().join(format!("{holder}.pem")))
+        .env("FLEETCTL_KEY_FILE", pki().join(format!("{holder}-key.pem")));
+    command
+}
+
+/// The operator's TLS settings for fleet_client.
+pub fn operator_tls() -> fleet_client::Tls {
+    fleet_client::Tls {
+        ca_file: Some(pki().join("ca/ca.pem")),
+        identity: Some((pki().join("operator.pem"), pki().join("operator-key.pem"))),
+    }
 }
 
 pub fn node_name(n: u32) -> String {
@@ -294,13 +334,10 @@ impl Cluster {
         })
     }
 
-    /// An API client talking to node `n` over TCP.
+    /// An API client talking to node `n` over HTTPS, as the cluster's operator.
     pub fn api_client(&self, n: u32) -> fleet_client::Client {
-        fleet_client::Client::new(
-            &format!("http://{}:49153", node_ip(n)),
-            Duration::from_secs(5),
-        )
-        .expect("valid endpoint")
+        fleet_client::Client::with_tls(&api_url(n), Duration::from_secs(5), operator_tls())
+            .expect("the operator's keys and a valid endpoint")
     }
 
     /// Where each of `units` is active in systemd, asking every node once (one sample): the
@@ -452,4 +489,69 @@ pub fn ticker_unit(description: &str) -> String {
     format!(
         "[Unit]\nDescription={description}\n\n[Service]\nExecStart=/bin/bash -c 'while true; do echo tick; sleep 1; done'\n"
     )
+}
+
+/// What an HTTPS request for a test got: the status and body, or why there was no answer (one
+/// line from [`fleet_trust::explain`] when TLS refused).
+pub type Answer = Result<(u16, String), String>;
+
+/// One HTTPS request, for what fleetctl never asks: `method` `url` with the certificate
+/// `holder` of the cluster's keys (`operator`, `viewer`, `nodes/node1/machine`, ...; none
+/// without), trusting the CA `ca` (a file under [`pki`]); `name` is the server name asked for,
+/// resolved to `url`'s address (`None`: `url`'s own host).
+pub fn https(
+    method: &str,
+    url: &str,
+    holder: Option<&str>,
+    ca: &str,
+    name: Option<&str>,
+    body: Option<&str>,
+) -> Answer {
+    let key = holder.map(|h| {
+        (
+            pki().join(format!("{h}.pem")),
+            pki().join(format!("{h}-key.pem")),
+        )
+    });
+    let config = fleet_trust::client_config(
+        &pki().join(ca),
+        key.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut builder = reqwest::Client::builder()
+        .use_preconfigured_tls(config)
+        .no_proxy()
+        .timeout(Duration::from_secs(10));
+    let mut url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if let Some(name) = name {
+        let address = url
+            .socket_addrs(|| None)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or("no address")?;
+        builder = builder.resolve(name, address);
+        url.set_host(Some(name)).map_err(|e| e.to_string())?;
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async {
+        let mut request = client.request(method, url);
+        if let Some(body) = body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| fleet_trust::explain(&e).unwrap_or_else(|| format!("{e:?}")))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok((status, text))
+    })
 }

@@ -1,12 +1,15 @@
 //! Reading a unit from anywhere: `fleetctl journal`, `status` and `restart` through the API of
 //! a machine that does not run the unit (its fleetd asks the right machine's peer endpoint).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fleet_e2e::{cluster, eventually, node_in, node_ip, target_dir, unique, Cluster, NODES};
+use fleet_e2e::{
+    api_url, cluster, eventually, fleetctl_command, https, node_in, node_ip, target_dir, unique,
+    Cluster, NODES,
+};
 
 /// A service that prints `tick N`, N counting up, every second, on machine `machine_id`.
 fn counter_unit(machine_id: &str) -> String {
@@ -42,22 +45,18 @@ fn journalctls(c: &Cluster, n: u32, unit: &str) -> usize {
     out.stdout.trim().parse().unwrap_or(usize::MAX)
 }
 
-/// A raw HTTP/1.0 GET, for requests fleetctl never makes; the whole answer.
-fn http_get(address: &str, path_and_query: &str, headers: &[&str]) -> String {
-    let mut stream = std::net::TcpStream::connect(address).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut request = format!("GET {path_and_query} HTTP/1.0\r\nHost: {address}\r\n");
-    for h in headers {
-        request.push_str(h);
-        request.push_str("\r\n");
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer
+/// A GET as the operator, or as machine `as_machine`'s peer; the status and body.
+fn get(url: &str, as_machine: Option<u32>) -> (u16, String) {
+    let holder = as_machine.map(|n| format!("nodes/node{n}/machine"));
+    https(
+        "GET",
+        url,
+        Some(holder.as_deref().unwrap_or("operator")),
+        "ca/ca.pem",
+        None,
+        None,
+    )
+    .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 #[test]
@@ -96,11 +95,7 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
 
     // Following: new lines arrive as the unit writes them; the child on the unit's machine
     // ends when the reader goes away.
-    let mut child = Command::new(target_dir().join("debug/fleetctl"))
-        .env(
-            "FLEETCTL_ENDPOINT",
-            format!("http://{}:49153", node_ip(api)),
-        )
+    let mut child = fleetctl_command(&target_dir().join("debug"), "operator", api)
         .args(["journal", "-f", "-n", "1", name])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,15 +205,16 @@ fn journal_status_restart_of_a_unit_on_another_machine() {
     assert_eq!(c.is_active(node, name), "active");
 
     // The peer endpoint serves the units fleet placed on its machine, and nothing else there.
-    let peer = format!("{}:49154", node_ip(node));
-    let answer = http_get(&peer, &format!("/fleet/peer/v1/status?unit={name}"), &[]);
-    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let peer = format!("https://{}:49154/fleet/peer/v1", node_ip(node));
+    let other_machine = Some(other_than(node));
+    let (code, text) = get(&format!("{peer}/status?unit={name}"), other_machine);
+    assert_eq!(code, 200, "{text}");
     for other in ["fleet.service", "systemd-journald.service"] {
-        let answer = http_get(&peer, &format!("/fleet/peer/v1/status?unit={other}"), &[]);
-        assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
-        assert!(answer.contains("\"code\":404"), "{answer}");
-        let answer = http_get(&peer, &format!("/fleet/peer/v1/journal?unit={other}"), &[]);
-        assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
+        let (code, text) = get(&format!("{peer}/status?unit={other}"), other_machine);
+        assert_eq!(code, 404, "{text}");
+        assert!(text.contains("\"code\":404"), "{text}");
+        let (code, text) = get(&format!("{peer}/journal?unit={other}"), other_machine);
+        assert_eq!(code, 404, "{text}");
     }
 
     c.fleetctl(&["destroy", name]).expect_ok("destroy");
@@ -234,20 +230,16 @@ fn missing_units_and_bad_requests_are_refused() {
     assert_eq!(out.code, Some(1), "{out:#?}");
     assert_eq!(out.stderr, "Unit nosuch.service does not exist.\n");
 
-    let api = format!("{}:49153", node_ip(1));
-    let answer = http_get(&api, "/fleet/v1/units/nosuch.service/journal", &[]);
-    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
-    assert!(answer.contains("\"code\":404"), "{answer}");
+    let api = format!("{}/fleet/v1", api_url(1));
+    let (code, text) = get(&format!("{api}/units/nosuch.service/journal"), None);
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("\"code\":404"), "{text}");
     for query in ["lines=0", "lines=abc", "lines=1000001", "follow=maybe"] {
-        let answer = http_get(
-            &api,
-            &format!("/fleet/v1/units/nosuch.service/journal?{query}"),
-            &[],
-        );
-        assert!(answer.starts_with("HTTP/1.0 400"), "{query}: {answer}");
+        let (code, text) = get(&format!("{api}/units/nosuch.service/journal?{query}"), None);
+        assert_eq!(code, 400, "{query}: {text}");
     }
-    let answer = http_get(&api, "/fleet/v1/units/bad%20name.service/status", &[]);
-    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+    let (code, text) = get(&format!("{api}/units/bad%20name.service/status"), None);
+    assert_eq!(code, 400, "{text}");
 
     // A unit known but placed nowhere.
     let idle = unique("jidle");
@@ -268,9 +260,9 @@ fn missing_units_and_bad_requests_are_refused() {
         out.stderr,
         format!("Unable to restart unit {idle} in state inactive\n")
     );
-    let answer = http_get(&api, &format!("/fleet/v1/units/{idle}/status"), &[]);
-    assert!(answer.starts_with("HTTP/1.0 404"), "{answer}");
-    assert!(answer.contains("does not run on any machine"), "{answer}");
+    let (code, text) = get(&format!("{api}/units/{idle}/status"), None);
+    assert_eq!(code, 404, "{text}");
+    assert!(text.contains("does not run on any machine"), "{text}");
     c.fleetctl(&["destroy", idle]).expect_ok("destroy");
 }
 
@@ -343,11 +335,7 @@ fn a_quiet_followed_journal_ends_with_its_reader() {
     let node = node_in(&out.stdout).expect("start names the machine");
     // Both ways: through another machine's peer endpoint, and read locally.
     for api in [other_than(node), node] {
-        let mut child = Command::new(target_dir().join("debug/fleetctl"))
-            .env(
-                "FLEETCTL_ENDPOINT",
-                format!("http://{}:49153", node_ip(api)),
-            )
+        let mut child = fleetctl_command(&target_dir().join("debug"), "operator", api)
             .args(["journal", "-f", name])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -230,6 +230,7 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
     .context("cannot set up the etcd client")?;
     // A wrong certificate, password or permission stops fleetd here, said plainly; an etcd
     // that is down is waited for like any outage.
+    check_etcd_tls(&config).await?;
     match registry.check_access().await {
         Ok(()) => {}
         Err(e @ fleet_registry::Error::Refused { .. }) => {
@@ -525,6 +526,68 @@ async fn serve_peers(
 /// Where the system keeps the certificate authorities it trusts (Debian's ca-certificates),
 /// for `https://` etcd servers given without `etcd_cafile`.
 const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// With `https://` etcd servers: the files are checked (a certificate expired, not signed by
+/// `etcd_cafile`, or not its key's stops fleetd), then every member that answers is asked
+/// whether it accepts this fleetd's certificate ([`fleet_trust::probe`]); a refusal stops
+/// fleetd with the reason, a member that is down is an outage.
+async fn check_etcd_tls(config: &Config) -> Result<()> {
+    if !config
+        .etcd_servers
+        .iter()
+        .any(|s| s.starts_with("https://"))
+    {
+        return Ok(());
+    }
+    let identity = config
+        .etcd_certfile
+        .as_deref()
+        .zip(config.etcd_keyfile.as_deref());
+    let mut tls = fleet_trust::etcd_client_config(
+        config.etcd_cafile.as_deref(),
+        SYSTEM_CA_BUNDLE.as_ref(),
+        identity,
+    )
+    .context("invalid etcd_cafile, etcd_certfile or etcd_keyfile")?;
+    // etcd speaks gRPC: HTTP/2.
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = std::sync::Arc::new(tls);
+    for server in &config.etcd_servers {
+        let Some(authority) = server
+            .strip_prefix("https://")
+            .map(|rest| rest.split('/').next().unwrap_or(rest))
+        else {
+            continue;
+        };
+        let host = match authority.rsplit_once(':') {
+            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => authority,
+        };
+        let address = if authority.contains(':') {
+            authority.to_string()
+        } else {
+            format!("{authority}:443")
+        };
+        match fleet_trust::probe(
+            &address,
+            host,
+            tls.clone(),
+            config.etcd_request_timeout,
+            Duration::from_secs(1),
+        )
+        .await
+        {
+            fleet_trust::Probe::Accepted => {}
+            fleet_trust::Probe::Unreachable(why) => {
+                tracing::warn!(server = %server, reason = %why, "etcd member not reachable yet")
+            }
+            fleet_trust::Probe::Refused(why) => anyhow::bail!(
+                "etcd refuses this fleetd: {server}: {why} (check etcd_cafile, etcd_certfile and etcd_keyfile)"
+            ),
+        }
+    }
+    Ok(())
+}
 
 /// TLS to etcd from the configured files, read now so that a missing one stops fleetd.
 fn etcd_tls(config: &Config) -> Result<Option<fleet_registry::EtcdTls>> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
-use crate::files::{load_bundle, load_ca, load_holder, provider, utc, Purpose};
+use crate::files::{load_bundle, load_ca, load_holder, load_pair, provider, utc, Purpose};
 use crate::{TrustError, ALPN_HTTP1};
 
 /// A TLS client configuration that trusts the CA in `ca` and, given `identity` (certificate,
@@ -32,6 +32,31 @@ pub fn client_config_with_bundle(
     identity: Option<(&Path, &Path)>,
 ) -> Result<ClientConfig, TrustError> {
     with_roots(bundle, Arc::new(load_bundle(bundle)?), identity)
+}
+
+/// A TLS client configuration for etcd, which is not fleet: it trusts `ca` (or the system's
+/// bundle, `None`) and presents `identity`, checked as [`client_config`] checks but for a fleet
+/// role, which an etcd client certificate has none of. TLS 1.3; set the ALPN protocols for
+/// the server (etcd speaks `h2`).
+pub fn etcd_client_config(
+    ca: Option<&Path>,
+    bundle: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TrustError> {
+    let (path, roots) = match ca {
+        Some(ca) => (ca, Arc::new(load_ca(ca)?)),
+        None => (bundle, Arc::new(load_bundle(bundle)?)),
+    };
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots.clone());
+    Ok(match identity {
+        Some((cert, key)) => {
+            let (chain, key) = load_pair(path, &roots, cert, key, Purpose::Client)?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    })
 }
 
 fn with_roots(

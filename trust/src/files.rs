@@ -180,6 +180,31 @@ pub(crate) fn load_holder(
     key: &Path,
     purpose: Purpose,
 ) -> Result<Holder, TrustError> {
+    let (chain, private) = load_pair(ca, roots, cert, key, purpose)?;
+    let identity = match chain.first() {
+        Some(first) => Identity::of(&described(cert, first)?)?,
+        None => {
+            return Err(TrustError::NoCertificate {
+                path: cert.to_owned(),
+            })
+        }
+    };
+    Ok(Holder {
+        chain,
+        key: private,
+        identity,
+    })
+}
+
+/// A certificate and its key, checked as for [`load_holder`] but for a role: what a client of
+/// a server outside fleet (etcd) presents.
+pub(crate) fn load_pair(
+    ca: &Path,
+    roots: &Arc<RootCertStore>,
+    cert: &Path,
+    key: &Path,
+    purpose: Purpose,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TrustError> {
     let chain = load_certificates(cert)?;
     let private = load_private_key(key)?;
     let provider = provider();
@@ -246,12 +271,7 @@ pub(crate) fn load_holder(
             reason: other.to_string(),
         },
     })?;
-    let identity = Identity::of(&leaf)?;
-    Ok(Holder {
-        chain,
-        key: private,
-        identity,
-    })
+    Ok((chain, private))
 }
 
 /// Verifies `chain` against `roots` as the other side of a handshake would.

@@ -30,17 +30,21 @@ mod files;
 mod identity;
 mod issue;
 #[cfg(feature = "server")]
+mod probe;
+#[cfg(feature = "server")]
 mod serve;
 #[cfg(feature = "server")]
 mod server;
 
-pub use client::{client_config, client_config_with_bundle, explain};
+pub use client::{client_config, client_config_with_bundle, etcd_client_config, explain};
 pub use error::TrustError;
 pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{
     create_pem, issue, issue_for, new_ca, write_pem, Kind, Pem, PemFiles, San, Validity, BACKDATE,
 };
+#[cfg(feature = "server")]
+pub use probe::{probe, Probe};
 #[cfg(feature = "server")]
 pub use serve::{serve, Caller, Limits};
 #[cfg(feature = "server")]

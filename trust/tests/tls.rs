@@ -229,6 +229,71 @@ async fn a_certificate_of_another_cluster_is_refused() {
     );
 }
 
+/// What fleetd asks etcd at start-up: the server's verdict on the client's certificate, taken
+/// apart from an outage.
+#[tokio::test]
+async fn a_probe_tells_acceptance_refusal_and_outage_apart() {
+    let keys = Keys::new();
+    let (addr, _) = start_tls(&keys, Limits::default()).await;
+    let ask = |config: rustls::ClientConfig, address: String| async move {
+        fleet_trust::probe(
+            &address,
+            "127.0.0.1",
+            Arc::new(config),
+            Duration::from_secs(2),
+            Duration::from_millis(500),
+        )
+        .await
+    };
+    let alice = client_config(
+        &keys.path("ca.pem"),
+        Some((&keys.path("alice.pem"), &keys.path("alice-key.pem"))),
+    )
+    .expect("alice");
+    assert_eq!(
+        ask(alice, addr.to_string()).await,
+        fleet_trust::Probe::Accepted
+    );
+
+    let mallory = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])
+    .expect("versions")
+    .with_root_certificates(load_ca(&keys.path("ca.pem")).expect("ca"))
+    .with_client_auth_cert(
+        load_certificates(&keys.path("mallory.pem")).expect("cert"),
+        load_private_key(&keys.path("mallory-key.pem")).expect("key"),
+    )
+    .expect("config");
+    match ask(mallory, addr.to_string()).await {
+        fleet_trust::Probe::Refused(why) => assert!(why.contains("refused"), "{why}"),
+        other => panic!("another cluster's certificate: {other:?}"),
+    }
+
+    let strange = client_config(&keys.path("other-ca.pem"), None).expect("other CA");
+    match ask(strange, addr.to_string()).await {
+        fleet_trust::Probe::Refused(why) => assert!(why.contains("not signed by the CA"), "{why}"),
+        other => panic!("a server of another CA: {other:?}"),
+    }
+
+    let nobody = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let closed = nobody.local_addr().expect("addr");
+    drop(nobody);
+    let alice = client_config(
+        &keys.path("ca.pem"),
+        Some((&keys.path("alice.pem"), &keys.path("alice-key.pem"))),
+    )
+    .expect("alice");
+    assert!(
+        matches!(
+            ask(alice, closed.to_string()).await,
+            fleet_trust::Probe::Unreachable(_)
+        ),
+        "nothing listens"
+    );
+}
+
 #[tokio::test]
 async fn a_server_of_another_cluster_is_not_trusted() {
     let keys = Keys::new();

@@ -508,7 +508,7 @@ fn rules_hold(written: &fleet_registry::EngineSnapshot, expected: usize) -> Resu
 /// keepalives and watch requests), summed over the members, from their Prometheus endpoints.
 fn etcd_messages() -> Result<f64, String> {
     (1..=fleet_e2e::ETCD_MEMBERS)
-        .map(|m| member_messages(&fleet_e2e::etcd_member_url(m)))
+        .map(|m| member_messages(&fleet_e2e::etcd_metrics_url(m)))
         .sum()
 }
 
