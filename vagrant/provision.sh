@@ -23,10 +23,15 @@ role=$4
 agent_ttl=${5:-30s}
 export DEBIAN_FRONTEND=noninteractive
 
-for f in /opt/fleet-release/fleetd /opt/fleet-release/fleetctl \
-    /opt/fleet-pki/ca/ca-key.pem /opt/fleet-pki/etcd-ca/ca-key.pem; do
+for f in /opt/fleet-release/fleetd /opt/fleet-release/fleetctl; do
     if [ ! -x "$f" ]; then
-        echo "provision.sh: $f is missing: run 'cargo build --release' on the host first, and 'vagrant up' makes the CAs" >&2
+        echo "provision.sh: $f is missing: run 'cargo build --release' on the host first" >&2
+        exit 1
+    fi
+done
+for f in /opt/fleet-pki/ca/ca-key.pem /opt/fleet-pki/etcd-ca/ca-key.pem; do
+    if [ ! -f "$f" ]; then
+        echo "provision.sh: $f is missing: the Vagrantfile makes the cluster's CAs on the host (in .fleet-pki)" >&2
         exit 1
     fi
 done
