@@ -4,6 +4,7 @@
 
 mod access;
 pub mod discovery;
+pub mod follows;
 pub mod inspect;
 pub mod peer;
 pub mod server;

@@ -32,6 +32,7 @@ use futures_util::stream::{self, StreamExt};
 
 use fleet_client::schema::{ErrorEnvelope, EXIT_STATUS_HEADER};
 
+use crate::follows::{self, Client, Follows};
 use crate::inspect::{self, ByteStream, JournalQuery};
 use crate::server::{method_not_allowed, query_params, with_server_header, ApiError};
 
@@ -51,6 +52,8 @@ struct PeerState {
     liveness: Liveness,
     registry: Registry,
     machine: MachineId,
+    /// Peers follow for their own clients, whom they cap: here only the whole is.
+    follows: Follows,
 }
 
 /// Refuses callers that are not machines of the cluster (a plain-HTTP listener admits all).
@@ -102,6 +105,7 @@ pub fn router(registry: Registry, machine: MachineId, liveness: Liveness, versio
             liveness,
             registry,
             machine,
+            follows: Follows::new(follows::OVERALL, follows::OVERALL),
         });
     with_server_header(
         Router::new()
@@ -125,13 +129,24 @@ fn unit_param(
 async fn journal(
     State(state): State<PeerState>,
     caller: Option<Extension<Caller>>,
+    client: Client,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     admit(caller.as_ref())?;
     let params = query_params(query);
     let query = JournalQuery::from_params(&params).map_err(ApiError::bad_request)?;
     let unit = own_unit(&state, &params).await?;
+    let permit = query
+        .follow
+        .then(|| state.follows.admit(client))
+        .transpose()?;
     let body = inspect::local_journal(&unit, query).map_err(inspect::not_run("journalctl"))?;
+    let body = body
+        .map(move |chunk| {
+            let _counted = &permit;
+            chunk
+        })
+        .boxed();
     Ok(text_response(body))
 }
 

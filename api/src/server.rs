@@ -19,6 +19,7 @@ use fleet_units::{Requirements, UnitFile, UnitName};
 use futures_util::stream::{self, StreamExt};
 use serde::{Deserialize, Serialize};
 
+use crate::follows::{self, Client, Follows};
 use crate::inspect::{self, section_header, ByteStream, JournalQuery};
 use crate::peer::{status_response, text_response, PeerClient};
 
@@ -36,6 +37,7 @@ struct Api {
     registry: Registry,
     page_size: u32,
     inspect: Option<Inspect>,
+    follows: Follows,
 }
 
 /// fleet's answer to every API request while its fleetd could not register (here: while
@@ -138,6 +140,7 @@ pub fn router_with(
         registry,
         page_size: page_size.clamp(1, MAX_PAGE_SIZE),
         inspect,
+        follows: Follows::new(follows::OVERALL, follows::PER_CLIENT),
     };
     let v1: Router<Api> = Router::new()
         .route("/units", get(list_units).fallback(method_not_allowed))
@@ -995,6 +998,7 @@ async fn read_status(
 
 async fn unit_journal(
     State(api): State<Api>,
+    client: Client,
     NameParam(name): NameParam,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -1010,6 +1014,11 @@ async fn unit_journal(
         )));
     }
     if let [target] = targets.as_slice() {
+        // Counted for as long as the body is streamed.
+        let permit = query
+            .follow
+            .then(|| api.follows.admit(client))
+            .transpose()?;
         // Errors before the first byte get a proper status code.
         let body = open_journal(&inspect, target, &name, query).await?;
         let body = if sections {
@@ -1018,6 +1027,12 @@ async fn unit_journal(
         } else {
             body
         };
+        let body = body
+            .map(move |chunk| {
+                let _counted = &permit;
+                chunk
+            })
+            .boxed();
         return Ok(text_response(body));
     }
     let body = stream::iter(targets)

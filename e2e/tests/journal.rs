@@ -371,3 +371,84 @@ fn a_quiet_followed_journal_ends_with_its_reader() {
     }
     c.fleetctl(&["destroy", name]).expect_ok("destroy");
 }
+
+/// A client may follow `fleet_api::follows::PER_CLIENT` journals at once through one fleetd;
+/// the next is refused (429) until one ends, and others are not held up meanwhile.
+#[test]
+fn followed_journals_are_capped_per_client() {
+    const PER_CLIENT: usize = 8;
+    let c = cluster();
+    let units = c.start_one_per_node("jcapped");
+    let name = units[0].name.clone();
+    let follow = |holder: &str| {
+        let mut child = fleetctl_command(&target_dir().join("debug"), holder, 1)
+            .args(["journal", "-f", "-n", "1", &name])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run fleetctl journal -f");
+        // Admitted once it prints: its follow is counted from then on.
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if line.is_err() || tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        let printed = rx.recv_timeout(Duration::from_secs(10)).is_ok();
+        (child, printed)
+    };
+    let mut held = Vec::new();
+    for i in 0..PER_CLIENT {
+        let (child, printed) = follow("viewer");
+        assert!(printed, "follow {i} printed nothing");
+        held.push(child);
+    }
+    // The next one: refused at once (never left following, which would hang this test).
+    let mut refused = fleetctl_command(&target_dir().join("debug"), "viewer", 1)
+        .args(["journal", "-f", "-n", "1", &name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run fleetctl journal -f");
+    let ended = eventually(Duration::from_secs(10), || {
+        refused.try_wait().ok().flatten()
+    });
+    if ended.is_none() {
+        let _ = refused.kill();
+    }
+    let out = refused.wait_with_output().expect("its output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("429"), "{stderr}");
+    assert!(stderr.contains("journals"), "{stderr}");
+    // Another client is not held up by the viewer's follows.
+    let (mut other, printed) = follow("operator");
+    assert!(printed, "the operator's follow printed nothing");
+    let _ = other.kill();
+    let _ = other.wait();
+    // One ended: the viewer may follow again.
+    let mut first = held.remove(0);
+    let _ = first.kill();
+    let _ = first.wait();
+    let again = eventually(Duration::from_secs(10), || {
+        let (mut child, printed) = follow("viewer");
+        if printed {
+            Some(child)
+        } else {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    });
+    let mut again = again.expect("a follow after one ended");
+    let _ = again.kill();
+    let _ = again.wait();
+    for mut child in held {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    c.destroy_all(&units);
+}
