@@ -15,6 +15,10 @@
 //! - `fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]`: N minutes (5 unless given) of
 //!   random faults on the local cluster while units start and stop ([`fleet_e2e::chaos`]):
 //!   double-run samples, units lost and restarts on untouched machines, all of which must be 0.
+//! - `fleet-bench api-latency [--runs N]`: the API's request latency on a kept-alive
+//!   connection, N requests (10,000 unless given) of `GET /fleet/v1/discovery` (no etcd in the
+//!   way) over plain HTTP and over HTTPS with a client certificate, both served by
+//!   `fleet_trust::serve` on loopback: what TLS adds.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
                 Some(n) => seed = Some(n),
                 _ => return usage("--seed needs a number"),
             },
-            "start-latency" | "placement" | "idle" | "chaos" => what = Some(arg.clone()),
+            "start-latency" | "placement" | "idle" | "chaos" | "api-latency" => {
+                what = Some(arg.clone())
+            }
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Some("placement") => placement(units, machines, &workloads),
         Some("idle") => idle(&bin, units.min(1_000)),
         Some("chaos") => chaos(&bin, minutes, seed),
+        Some("api-latency") => api_latency(if runs == 10 { 10_000 } else { runs }),
         _ => usage("name a benchmark"),
     }
 }
@@ -686,4 +693,124 @@ fn chaos(bin: &std::path::Path, minutes: u64, seed: Option<u64>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The API's latency per request on a kept-alive connection, plain and over TLS.
+fn api_latency(requests: usize) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(api_latency_run(requests)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn api_latency_run(requests: usize) -> Result<(), String> {
+    use fleet_trust::{issue, new_ca, write_pem, Limits, Role, San, ServerTls, TlsFiles, Validity};
+    let etcd = fleet_testkit::Etcd::start();
+    let registry = fleet_registry::Registry::connect(&fleet_registry::EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        ..fleet_registry::EtcdConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let keys = fleet_testkit::TempDir::new("bench-keys");
+    let hour = || Validity::starting_now(Duration::from_secs(3600));
+    let ca = new_ca("bench CA", hour()).map_err(|e| e.to_string())?;
+    let ip = San::Ip(std::net::IpAddr::from([127, 0, 0, 1]));
+    let machine =
+        issue(&ca, Role::Machine, &"a".repeat(32), &[ip], hour()).map_err(|e| e.to_string())?;
+    let operator = issue(&ca, Role::Operator, "bench", &[], hour()).map_err(|e| e.to_string())?;
+    for (stem, pem) in [("ca", &ca), ("machine", &machine), ("operator", &operator)] {
+        write_pem(keys.path(), stem, pem).map_err(|e| e.to_string())?;
+    }
+    let path = |f: &str| keys.path().join(f);
+    let tls = std::sync::Arc::new(
+        ServerTls::load(TlsFiles {
+            ca: path("ca.pem"),
+            cert: path("machine.pem"),
+            key: path("machine-key.pem"),
+        })
+        .map_err(|e| e.to_string())?,
+    );
+    let router = fleet_api::server::router(registry, "bench", 100);
+    let mut measured = Vec::new();
+    for secure in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| e.to_string())?;
+        let address = listener.local_addr().map_err(|e| e.to_string())?;
+        let server_tls = secure.then(|| tls.clone());
+        let server = tokio::spawn(fleet_trust::serve(
+            listener,
+            server_tls,
+            router.clone(),
+            Limits::default(),
+        ));
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(1);
+        let url = if secure {
+            let config = fleet_trust::client_config(
+                &path("ca.pem"),
+                Some((&path("operator.pem"), &path("operator-key.pem"))),
+            )
+            .map_err(|e| e.to_string())?;
+            builder = builder.use_preconfigured_tls(config);
+            format!("https://{address}/fleet/v1/discovery")
+        } else {
+            format!("http://{address}/fleet/v1/discovery")
+        };
+        let client = builder.build().map_err(|e| e.to_string())?;
+        let mut times = Vec::with_capacity(requests);
+        for i in 0..requests + 100 {
+            let began = Instant::now();
+            let response = client.get(&url).send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            response.bytes().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{url} answered {status}"));
+            }
+            // The first hundred warm the connection (and its handshake) up.
+            if i >= 100 {
+                times.push(began.elapsed());
+            }
+        }
+        server.abort();
+        times.sort();
+        measured.push((
+            secure,
+            times[times.len() / 2],
+            times[times.len() * 99 / 100],
+        ));
+    }
+    println!(
+        "API latency: {requests} requests of GET /fleet/v1/discovery on one kept-alive connection, loopback"
+    );
+    println!("{:<36} {:>10} {:>10}", "", "median", "p99");
+    for (secure, median, p99) in &measured {
+        let what = if *secure {
+            "HTTPS, client certificate (TLS 1.3)"
+        } else {
+            "plain HTTP"
+        };
+        println!("{what:<36} {median:>10.2?} {p99:>10.2?}");
+    }
+    if let [(_, plain, _), (_, tls, _)] = measured.as_slice() {
+        println!(
+            "{:<36} {:>10.2?}   must be well under 1ms (issue 9)",
+            "added by TLS (median)",
+            tls.saturating_sub(*plain)
+        );
+    }
+    Ok(())
 }
