@@ -193,6 +193,49 @@ impl Client {
         }
     }
 
+    /// A request that could not be sent: [`Client::transport_error`], and over https when that
+    /// says nothing of TLS, fleetd asked for its verdict on this client's certificate
+    /// ([`fleet_trust::probe`]). TLS 1.3 refuses a certificate after the handshake, and the
+    /// refusal can reach a request as a mere closed connection ("connection was not ready").
+    async fn send_error(&self, e: reqwest::Error) -> ClientError {
+        let explained = fleet_trust::explain(&e).is_some();
+        let error = self.transport_error(e);
+        let (Some(tls), false, ClientError::Unreachable { .. }) = (&self.tls, explained, &error)
+        else {
+            return error;
+        };
+        let Ok(url) = reqwest::Url::parse(&self.endpoint) else {
+            return error;
+        };
+        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+            return error;
+        };
+        let Ok(config) = tls.config() else {
+            return error;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let address = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        match fleet_trust::probe(
+            &address,
+            host,
+            std::sync::Arc::new(config),
+            self.timeout,
+            Duration::from_secs(1),
+        )
+        .await
+        {
+            fleet_trust::Probe::Refused(why) => ClientError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                reason: tls.explained(why),
+            },
+            _ => error,
+        }
+    }
+
     fn transport_error(&self, e: reqwest::Error) -> ClientError {
         if e.is_timeout() {
             return ClientError::Timeout {
@@ -239,7 +282,10 @@ impl Client {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.send_error(e).await),
+        };
         self.trace(&method, &response);
         let status = response.status();
         let bytes = response
@@ -369,7 +415,10 @@ impl Client {
             .streaming
             .get(format!("{}/units/{}/journal", self.base, escape(name)))
             .query(&query);
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.send_error(e).await),
+        };
         self.trace(&Method::GET, &response);
         let response = self.check(response).await?;
         Ok(Journal {

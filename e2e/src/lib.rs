@@ -523,6 +523,16 @@ pub fn https(
         .no_proxy()
         .timeout(Duration::from_secs(10));
     let mut url = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    // For asking the server's verdict on the certificate when a request fails unexplained.
+    let probe_config = config_for_probe(ca, key.as_ref())?;
+    let probe_host = name.or(url.host_str()).unwrap_or_default().to_string();
+    let probe_address = url
+        .socket_addrs(|| None)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .next()
+        .ok_or("no address")?
+        .to_string();
     if let Some(name) = name {
         let address = url
             .socket_addrs(|| None)
@@ -546,12 +556,44 @@ pub fn https(
                 .header("content-type", "application/json")
                 .body(body.to_string());
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| fleet_trust::explain(&e).unwrap_or_else(|| format!("{e:?}")))?;
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(line) = fleet_trust::explain(&e) {
+                    return Err(line);
+                }
+                // TLS 1.3 refuses a certificate after the handshake: the refusal can reach the
+                // request as a closed connection. Ask the server, as fleet's client does.
+                let verdict = fleet_trust::probe(
+                    &probe_address,
+                    &probe_host,
+                    probe_config,
+                    Duration::from_secs(5),
+                    Duration::from_secs(1),
+                )
+                .await;
+                return Err(match verdict {
+                    fleet_trust::Probe::Refused(why) => why,
+                    _ => format!("{e:?}"),
+                });
+            }
+        };
         let status = response.status().as_u16();
         let text = response.text().await.map_err(|e| e.to_string())?;
         Ok((status, text))
     })
+}
+
+/// The client configuration [`https`] probes with (the CA `ca` under [`pki`], the holder's
+/// files).
+fn config_for_probe(
+    ca: &str,
+    key: Option<&(PathBuf, PathBuf)>,
+) -> Result<std::sync::Arc<fleet_trust::rustls::ClientConfig>, String> {
+    fleet_trust::client_config(
+        &pki().join(ca),
+        key.map(|(c, k)| (c.as_path(), k.as_path())),
+    )
+    .map(std::sync::Arc::new)
+    .map_err(|e| e.to_string())
 }

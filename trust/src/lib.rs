@@ -29,7 +29,7 @@ mod error;
 mod files;
 mod identity;
 mod issue;
-#[cfg(feature = "server")]
+#[cfg(feature = "probe")]
 mod probe;
 #[cfg(feature = "server")]
 mod serve;
@@ -43,7 +43,7 @@ pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{
     create_pem, issue, issue_for, new_ca, write_pem, Kind, Pem, PemFiles, San, Validity, BACKDATE,
 };
-#[cfg(feature = "server")]
+#[cfg(feature = "probe")]
 pub use probe::{probe, Probe};
 #[cfg(feature = "server")]
 pub use serve::{serve, Caller, Limits};
