@@ -184,7 +184,7 @@ fn the_peer_endpoint_answers_the_cluster_s_machines_only() {
 }
 
 #[test]
-fn a_renewed_machine_certificate_is_used_without_a_restart() {
+fn renewed_certificates_are_used_without_a_restart() {
     let c = cluster();
     let units = c.start_one_per_node("renewed");
     let pid = c
@@ -232,6 +232,24 @@ fn a_renewed_machine_certificate_is_used_without_a_restart() {
         std::fs::rename(node.join(format!("{to}.new")), node.join(to)).expect("rename");
     }
 
+    // Its etcd client certificate too.
+    let etcd_before = c.fleetd_log_count(1, "reloaded the etcd client's certificates");
+    let fresh_etcd = c.scratch().join(unique("fresh-etcd"));
+    let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
+        .args(["tls", "cert", "create", "--ca"])
+        .arg(pki().join("etcd-ca"))
+        .args(["--role", "etcd-client", "--name", "node1-renewed", "--out"])
+        .arg(&fresh_etcd)
+        .output()
+        .expect("run fleetctl tls");
+    assert!(out.status.success(), "{out:?}");
+    for (from, to) in [("-key.pem", "etcd-key.pem"), (".pem", "etcd.pem")] {
+        let mut source = fresh_etcd.clone().into_os_string();
+        source.push(from);
+        std::fs::copy(&source, node.join(format!("{to}.new"))).expect("copy");
+        std::fs::rename(node.join(format!("{to}.new")), node.join(to)).expect("rename");
+    }
+
     let answered = eventually(Duration::from_secs(20), || by_new_name().ok());
     let (code, text) = answered.expect("the renewed certificate is served");
     assert_eq!(code, 200, "{text}");
@@ -241,6 +259,21 @@ fn a_renewed_machine_certificate_is_used_without_a_restart() {
         pid,
         "fleetd restarted"
     );
+    let etcd_reloaded = eventually(Duration::from_secs(20), || {
+        (c.fleetd_log_count(1, "reloaded the etcd client's certificates") > etcd_before)
+            .then_some(())
+    });
+    assert!(
+        etcd_reloaded.is_some(),
+        "node1 did not reload its etcd certificate"
+    );
+    // It still works with etcd: a unit started through it runs.
+    let started = unique("after-renewal");
+    let path = c.unit_file(&started, &fleet_e2e::ticker_unit("after the renewal"));
+    c.fleetctl_via(1, &["start", &path.to_string_lossy()])
+        .expect_ok("start through node1");
+    c.fleetctl_via(1, &["destroy", &started])
+        .expect_ok("destroy through node1");
     // Its peers reach it, and it them, with the new certificate.
     c.fleetctl_via(2, &["status", &units[0].name])
         .expect_ok("a peer reads node1's unit");

@@ -59,6 +59,7 @@ fn main() -> std::process::ExitCode {
         running: config.clone(),
         log_filter,
         tls: None,
+        etcd_keys: Default::default(),
     };
     match runtime.block_on(run(args, config, reloader)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -127,6 +128,8 @@ struct Reloader {
     log_filter: LogFilter,
     /// The machine's certificate, read again on SIGHUP too.
     tls: Option<std::sync::Arc<fleet_trust::ServerTls>>,
+    /// The etcd client's keys, read again on SIGHUP too, once the registry is made.
+    etcd_keys: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<EtcdKeys>>>,
 }
 
 impl Reloader {
@@ -154,6 +157,10 @@ impl Reloader {
             .clone()
             .unwrap_or_else(|| PathBuf::from(config::DEFAULT_CONFIG_PATH));
         tracing::info!("Reloading configuration from {}", path.display());
+        if let Some(keys) = self.etcd_keys.get() {
+            let keys = keys.clone();
+            tokio::spawn(async move { keys.reload().await });
+        }
         if let Some(tls) = &self.tls {
             match tls.reload() {
                 Ok(identity) => {
@@ -208,6 +215,7 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
         None => None,
     };
     reloader.tls = tls.clone();
+    let etcd_keys = reloader.etcd_keys.clone();
     reloader.listen();
     let machine_id = system::machine_id(&args.machine_id_file)?;
     let public_ip = match &config.public_ip {
@@ -231,6 +239,11 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
     // A wrong certificate, password or permission stops fleetd here, said plainly; an etcd
     // that is down is waited for like any outage.
     check_etcd_tls(&config).await?;
+    if config.etcd_certfile.is_some() {
+        let keys = std::sync::Arc::new(EtcdKeys::new(registry.clone(), config.clone()));
+        tokio::spawn(keys.clone().watch());
+        let _ = etcd_keys.set(keys);
+    }
     match registry.check_access().await {
         Ok(()) => {}
         Err(e @ fleet_registry::Error::Refused { .. }) => {
@@ -587,6 +600,88 @@ async fn check_etcd_tls(config: &Config) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// fleetd's keys towards etcd, used again when renewed: when their files change (looked at
+/// every [`CERTIFICATE_CHECK`]) and on SIGHUP. New requests use the renewed certificate; a
+/// renewal that does not load keeps the keys in use.
+struct EtcdKeys {
+    registry: Registry,
+    config: Config,
+    seen: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+}
+
+impl EtcdKeys {
+    fn new(registry: Registry, config: Config) -> EtcdKeys {
+        let keys = EtcdKeys {
+            registry,
+            config,
+            seen: std::sync::Mutex::new(Vec::new()),
+        };
+        *keys.seen.lock().unwrap_or_else(|e| e.into_inner()) = keys.stamp();
+        keys
+    }
+
+    /// What identifies the files' contents without reading them.
+    fn stamp(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
+        [
+            &self.config.etcd_cafile,
+            &self.config.etcd_certfile,
+            &self.config.etcd_keyfile,
+        ]
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path.as_deref()?).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+    }
+
+    async fn watch(self: std::sync::Arc<Self>) {
+        loop {
+            tokio::time::sleep(CERTIFICATE_CHECK).await;
+            let stamp = self.stamp();
+            let changed = {
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = *seen != stamp;
+                *seen = stamp;
+                changed
+            };
+            if changed {
+                self.reload().await;
+            }
+        }
+    }
+
+    async fn reload(&self) {
+        let identity = self
+            .config
+            .etcd_certfile
+            .as_deref()
+            .zip(self.config.etcd_keyfile.as_deref());
+        let checked = fleet_trust::etcd_client_config(
+            self.config.etcd_cafile.as_deref(),
+            SYSTEM_CA_BUNDLE.as_ref(),
+            identity,
+        );
+        let tls = match checked
+            .map_err(anyhow::Error::from)
+            .and_then(|_| etcd_tls(&self.config))
+        {
+            Ok(Some(tls)) => tls,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot reload the etcd client's certificates; keeping those in use");
+                return;
+            }
+        };
+        match self.registry.set_tls(tls).await {
+            Ok(()) => tracing::info!("reloaded the etcd client's certificates"),
+            Err(e) => {
+                tracing::warn!(error = %e, "reloaded the etcd client's certificates, but not every etcd endpoint could be connected with them")
+            }
+        }
+    }
 }
 
 /// TLS to etcd from the configured files, read now so that a missing one stops fleetd.

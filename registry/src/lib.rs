@@ -339,6 +339,8 @@ pub struct Registry {
     prefix: String,
     timeout: Duration,
     endpoints: String,
+    /// How it connected, for [`Registry::set_tls`].
+    config: std::sync::Arc<EtcdConfig>,
 }
 
 /// The etcd endpoints fleetd was given, one client each, used one at a time: every request
@@ -350,7 +352,11 @@ pub struct Registry {
 /// member whose loss caused the election. A member cut off from its cluster says "no leader"
 /// for good, and is left after that.
 struct Members {
-    clients: Vec<Client>,
+    /// Each endpoint that connected, with its client; swapped whole by [`Registry::set_tls`]
+    /// (streams already open go on over their connections).
+    clients: std::sync::RwLock<Vec<(String, Client)>>,
+    /// How many: fixed at start-up.
+    count: usize,
     current: std::sync::atomic::AtomicUsize,
     /// Since when the current member has been answering "no leader".
     no_leader: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
@@ -362,17 +368,18 @@ const NO_LEADER_PATIENCE: Duration = Duration::from_secs(3);
 
 impl Members {
     fn current(&self) -> usize {
-        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.count
     }
 
-    fn client(&self) -> &Client {
-        &self.clients[self.current()]
+    fn client(&self) -> Client {
+        self.current_client().1
     }
 
     /// The endpoint current now and its client.
-    fn current_client(&self) -> (usize, &Client) {
+    fn current_client(&self) -> (usize, Client) {
         let index = self.current();
-        (index, &self.clients[index])
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        (index, clients[index % clients.len()].1.clone())
     }
 
     fn no_leader(&self) -> std::sync::MutexGuard<'_, Option<(usize, std::time::Instant)>> {
@@ -405,7 +412,7 @@ impl Members {
     /// The endpoint at `index` did not answer: use the next one, unless another request
     /// already moved on.
     fn failed(&self, index: usize) {
-        let next = (index + 1) % self.clients.len();
+        let next = (index + 1) % self.count;
         if next != index {
             let _ = self.current.compare_exchange(
                 index,
@@ -441,43 +448,13 @@ impl Registry {
     /// Connects lazily: an unreachable etcd is reported by the first request, within the
     /// request timeout.
     pub async fn connect(config: &EtcdConfig) -> Result<Registry> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.request_timeout)
-            .with_timeout(config.request_timeout)
-            .with_keep_alive(
-                Duration::from_secs(5),
-                config.request_timeout.max(Duration::from_secs(2)),
-            )
-            .with_keep_alive_while_idle(true)
-            // A member cut off from the others answers at once ("no leader") instead of
-            // serving stale reads or holding a watch that never fires.
-            .with_require_leader(true);
-        if let (Some(user), Some(password)) = (&config.username, &config.password) {
-            options = options
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if let Some(tls) = &config.tls {
-            let mut options_tls = etcd_client::TlsOptions::new()
-                .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
-            if let Some((cert, key)) = &tls.identity {
-                options_tls = options_tls.identity(etcd_client::Identity::from_pem(cert, key));
-            }
-            options = options.with_tls(options_tls);
-        }
+        let options = connect_options(config);
         let endpoints = config.endpoints.join(",");
         let mut clients = Vec::new();
         let mut first_error = None;
         for endpoint in &config.endpoints {
-            let connected = tokio::time::timeout(
-                config.request_timeout.max(Duration::from_millis(100)),
-                Client::connect([endpoint], Some(options.clone())),
-            )
-            .await
-            .map_err(|_| Error::Timeout(config.request_timeout))
-            .and_then(|r| r.map_err(|e| Error::from_etcd(e, endpoint)));
-            match connected {
-                Ok(client) => clients.push(client),
+            match connect_one(endpoint, &options, config.request_timeout).await {
+                Ok(client) => clients.push((endpoint.clone(), client)),
                 // Without authentication connecting is lazy and cannot fail this way; with
                 // it, a member down at start-up is left out until fleetd restarts.
                 Err(e) => {
@@ -492,7 +469,8 @@ impl Registry {
         }
         let members = std::sync::Arc::new(Members {
             no_leader: std::sync::Mutex::new(None),
-            clients,
+            count: clients.len(),
+            clients: std::sync::RwLock::new(clients),
             current: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut prefix = config.prefix.clone();
@@ -504,9 +482,94 @@ impl Registry {
             prefix,
             timeout: config.request_timeout,
             endpoints,
+            config: std::sync::Arc::new(config.clone()),
         })
     }
 
+    /// Uses `tls` (renewed certificates) for every request from now on: each endpoint is
+    /// connected again with it, and its new client replaces the old one (streams already open
+    /// go on over their connections). An endpoint that cannot be connected keeps its client.
+    pub async fn set_tls(&self, tls: EtcdTls) -> Result<()> {
+        let config = EtcdConfig {
+            tls: Some(tls),
+            ..(*self.config).clone()
+        };
+        let options = connect_options(&config);
+        let old: Vec<(String, Client)> = self
+            .members
+            .clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut new = Vec::with_capacity(old.len());
+        let mut first_error = None;
+        for (endpoint, client) in old {
+            match connect_one(&endpoint, &options, config.request_timeout).await {
+                Ok(fresh) => new.push((endpoint, fresh)),
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "cannot connect to this etcd endpoint with the renewed certificates; keeping its connection");
+                    first_error.get_or_insert(e);
+                    new.push((endpoint, client));
+                }
+            }
+        }
+        *self
+            .members
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = new;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One client of one endpoint, connected within the request timeout.
+async fn connect_one(
+    endpoint: &str,
+    options: &ConnectOptions,
+    timeout: Duration,
+) -> Result<Client> {
+    tokio::time::timeout(
+        timeout.max(Duration::from_millis(100)),
+        Client::connect([endpoint], Some(options.clone())),
+    )
+    .await
+    .map_err(|_| Error::Timeout(timeout))
+    .and_then(|r| r.map_err(|e| Error::from_etcd(e, endpoint)))
+}
+
+/// etcd-client's options for `config`.
+fn connect_options(config: &EtcdConfig) -> ConnectOptions {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(config.request_timeout)
+        .with_timeout(config.request_timeout)
+        .with_keep_alive(
+            Duration::from_secs(5),
+            config.request_timeout.max(Duration::from_secs(2)),
+        )
+        .with_keep_alive_while_idle(true)
+        // A member cut off from the others answers at once ("no leader") instead of
+        // serving stale reads or holding a watch that never fires.
+        .with_require_leader(true);
+    if let (Some(user), Some(password)) = (&config.username, &config.password) {
+        options = options
+            .with_user(user.clone(), password.clone())
+            .with_auto_token_refresh(true);
+    }
+    if let Some(tls) = &config.tls {
+        let mut options_tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            options_tls = options_tls.identity(etcd_client::Identity::from_pem(cert, key));
+        }
+        options = options.with_tls(options_tls);
+    }
+    options
+}
+
+impl Registry {
     pub fn prefix(&self) -> &str {
         &self.prefix
     }

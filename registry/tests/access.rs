@@ -3,7 +3,7 @@
 
 mod support;
 
-use fleet_registry::{Error, Registry};
+use fleet_registry::{Error, EtcdTls, Registry};
 use support::*;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -122,4 +122,72 @@ async fn a_unit_runs_on_the_machine_it_is_placed_on_and_a_global_one_where_it_re
     assert!(runs_on(1, "log.service").await, "global and reported");
     assert!(!runs_on(2, "log.service").await);
     assert!(!runs_on(1, "sshd.service").await, "not fleet's");
+}
+
+/// TLS as fleetd's etcd_cafile, etcd_certfile and etcd_keyfile give it.
+fn tls_of(
+    keys: &fleet_testkit::EtcdKeys,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> EtcdTls {
+    let read = |p: &std::path::Path| std::fs::read(p).expect("read a key file");
+    EtcdTls {
+        ca_pem: read(&keys.ca),
+        identity: Some((read(cert), read(key))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_client_certificates_and_a_renewal_used_without_a_restart() {
+    let etcd = Etcd::start_tls();
+    let keys = etcd.keys.clone().expect("a TLS etcd has keys");
+    let mut tls = config(&etcd);
+    tls.tls = Some(tls_of(&keys, &keys.cert, &keys.key));
+    let registry = Registry::connect(&tls).await.expect("connect");
+    registry
+        .check_access()
+        .await
+        .expect("its own CA's client is served");
+    registry
+        .put_unit(&unit("a.service"))
+        .await
+        .expect("write over TLS");
+
+    // Without a client certificate, or with another CA's: nothing is served.
+    let mut anonymous = tls.clone();
+    anonymous.tls = Some(EtcdTls {
+        ca_pem: std::fs::read(&keys.ca).expect("ca"),
+        identity: None,
+    });
+    let refused = Registry::connect(&anonymous)
+        .await
+        .expect("connecting is lazy");
+    let error = refused.units().await.expect_err("no client certificate");
+    assert!(error.is_unavailable(), "{error:?}");
+
+    // A renewal applies to the next requests: first to a certificate etcd refuses (which shows
+    // the new one is used), then to a good renewed one.
+    let (foreign, foreign_key) = keys.foreign_client("mallory");
+    registry
+        .set_tls(tls_of(&keys, &foreign, &foreign_key))
+        .await
+        .expect("reconnect");
+    let error = registry
+        .units()
+        .await
+        .expect_err("another CA's certificate");
+    assert!(error.is_unavailable(), "{error:?}");
+    let (renewed, renewed_key) = keys.issue_client("fleet-renewed");
+    registry
+        .set_tls(tls_of(&keys, &renewed, &renewed_key))
+        .await
+        .expect("reconnect");
+    let names: Vec<String> = registry
+        .units()
+        .await
+        .expect("served again with the renewed certificate")
+        .into_iter()
+        .map(|u| u.name.to_string())
+        .collect();
+    assert_eq!(names, ["a.service"]);
 }

@@ -30,10 +30,82 @@ pub struct Etcd {
     child: Child,
     /// Holds the data directory and the log.
     root: PathBuf,
-    /// The client URL, `http://127.0.0.1:PORT`.
+    /// The client URL, `http://127.0.0.1:PORT` (`https://` with [`Etcd::start_tls`]).
     pub endpoint: String,
     /// A key prefix unique to this etcd's user.
     pub prefix: String,
+    /// Its keys, when it serves TLS.
+    pub keys: Option<EtcdKeys>,
+}
+
+/// The keys of an etcd started with [`Etcd::start_tls`], in its directory: its own CA (which
+/// signs its certificate and the clients' it accepts, `--client-cert-auth`), and a client
+/// certificate.
+#[derive(Debug, Clone)]
+pub struct EtcdKeys {
+    dir: PathBuf,
+    ca_pem: fleet_trust::Pem,
+    /// The CA's certificate, for clients to trust.
+    pub ca: PathBuf,
+    /// A client certificate of the CA, and its key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl EtcdKeys {
+    fn make(dir: &Path) -> Result<EtcdKeys, String> {
+        use fleet_trust::{issue_for, new_ca, write_pem, Kind, San, Validity};
+        let validity = || Validity::starting_now(Duration::from_secs(24 * 3600));
+        let ca = new_ca("test etcd CA", validity()).map_err(|e| e.to_string())?;
+        let server = issue_for(
+            &ca,
+            Kind::EtcdServer,
+            "etcd",
+            &[San::Ip(std::net::IpAddr::from([127, 0, 0, 1]))],
+            validity(),
+        )
+        .map_err(|e| e.to_string())?;
+        let client = issue_for(&ca, Kind::EtcdClient, "fleet", &[], validity())
+            .map_err(|e| e.to_string())?;
+        let ca_files = write_pem(dir, "ca", &ca).map_err(|e| e.to_string())?;
+        write_pem(dir, "server", &server).map_err(|e| e.to_string())?;
+        let client_files = write_pem(dir, "client", &client).map_err(|e| e.to_string())?;
+        Ok(EtcdKeys {
+            dir: dir.to_path_buf(),
+            ca_pem: ca,
+            ca: ca_files.cert,
+            cert: client_files.cert,
+            key: client_files.key,
+        })
+    }
+
+    /// Another client certificate of this etcd's CA: `(certificate, key)` files.
+    pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let validity = fleet_trust::Validity::starting_now(Duration::from_secs(24 * 3600));
+        let pem = fleet_trust::issue_for(
+            &self.ca_pem,
+            fleet_trust::Kind::EtcdClient,
+            name,
+            &[],
+            validity,
+        )
+        .expect("issue a client certificate");
+        let files = fleet_trust::write_pem(&self.dir, &format!("client-{name}"), &pem)
+            .expect("write a client certificate");
+        (files.cert, files.key)
+    }
+
+    /// A client certificate of another CA, which this etcd refuses: `(certificate, key)`.
+    pub fn foreign_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let validity = || fleet_trust::Validity::starting_now(Duration::from_secs(24 * 3600));
+        let other = fleet_trust::new_ca("another CA", validity()).expect("another CA");
+        let pem =
+            fleet_trust::issue_for(&other, fleet_trust::Kind::EtcdClient, name, &[], validity())
+                .expect("issue a foreign client certificate");
+        let files = fleet_trust::write_pem(&self.dir, &format!("foreign-{name}"), &pem)
+            .expect("write a foreign client certificate");
+        (files.cert, files.key)
+    }
 }
 
 fn etcd_bin() -> PathBuf {
@@ -111,8 +183,18 @@ impl Etcd {
         Etcd::start_with(&[])
     }
 
+    /// [`Etcd::start`] serving TLS only to clients with a certificate of its own CA
+    /// ([`EtcdKeys`], in [`Etcd::keys`]).
+    pub fn start_tls() -> Etcd {
+        Etcd::start_inner(&[], true)
+    }
+
     /// [`Etcd::start`] with extra command-line flags, e.g. `["--quota-backend-bytes=262144"]`.
     pub fn start_with(flags: &[&str]) -> Etcd {
+        Etcd::start_inner(flags, false)
+    }
+
+    fn start_inner(flags: &[&str], tls: bool) -> Etcd {
         let bin = etcd_bin();
         if !bin.exists() {
             panic!(
@@ -123,7 +205,7 @@ impl Etcd {
         }
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
-            match Etcd::try_start(&bin, flags) {
+            match Etcd::try_start(&bin, flags, tls) {
                 Ok(etcd) => return etcd,
                 Err(failure) => last_failure = failure,
             }
@@ -131,8 +213,13 @@ impl Etcd {
         panic!("etcd did not start: {last_failure}");
     }
 
-    fn try_start(bin: &Path, flags: &[&str]) -> Result<Etcd, String> {
+    fn try_start(bin: &Path, flags: &[&str], tls: bool) -> Result<Etcd, String> {
         let root = temp_dir("etcd");
+        let keys = if tls {
+            Some(EtcdKeys::make(&root)?)
+        } else {
+            None
+        };
         let data_dir = root.join("data");
         let log_path = root.join("etcd.log");
         let log = File::create(&log_path).map_err(|e| format!("cannot create the log: {e}"))?;
@@ -140,7 +227,10 @@ impl Etcd {
         let client_port = free_port();
         let peer_port = free_port();
         let name = format!("test{}", COUNTER.fetch_add(1, Ordering::SeqCst));
-        let client_url = format!("http://127.0.0.1:{client_port}");
+        let scheme = if tls { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client_port}");
+        // /health in plain HTTP, whatever the clients speak.
+        let health_port = free_port();
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let mut command = Command::new(bin);
         // Settings from the environment (ETCD_*) would override the flags below.
@@ -168,10 +258,26 @@ impl Etcd {
             .arg("new")
             .arg("--initial-cluster-token")
             .arg(&name)
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{health_port}"
+            ))
             .args(flags)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if let Some(keys) = &keys {
+            command
+                .arg(format!(
+                    "--cert-file={}",
+                    keys.dir.join("server.pem").display()
+                ))
+                .arg(format!(
+                    "--key-file={}",
+                    keys.dir.join("server-key.pem").display()
+                ))
+                .arg("--client-cert-auth")
+                .arg(format!("--trusted-ca-file={}", keys.ca.display()));
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
@@ -181,6 +287,7 @@ impl Etcd {
             root,
             endpoint: client_url,
             prefix: format!("/fleet-test-{n}/"),
+            keys,
         };
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
@@ -190,7 +297,7 @@ impl Etcd {
                     log_tail(&log_path)
                 ));
             }
-            if healthy(client_port) {
+            if healthy(health_port) {
                 return Ok(etcd);
             }
             if Instant::now() >= deadline {
@@ -259,7 +366,18 @@ pub struct KeySpace {
 impl Etcd {
     /// etcd's own client of this etcd. Panics when it cannot be made.
     async fn client(&self) -> etcd_client::Client {
-        etcd_client::Client::connect([&self.endpoint], None)
+        let options = self.keys.as_ref().map(|keys| {
+            let read = |p: &Path| std::fs::read(p).expect("read a key file");
+            etcd_client::ConnectOptions::new().with_tls(
+                etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(read(&keys.ca)))
+                    .identity(etcd_client::Identity::from_pem(
+                        read(&keys.cert),
+                        read(&keys.key),
+                    )),
+            )
+        });
+        etcd_client::Client::connect([&self.endpoint], options)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to etcd at {}: {e}", self.endpoint))
     }
