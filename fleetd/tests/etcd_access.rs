@@ -1,0 +1,59 @@
+//! fleetd against a real etcd that authenticates (`etcdctl auth enable`): a wrong password stops
+//! it at once with etcd's reason, before it serves or registers anything.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fleet_testkit::{Etcd, TempDir};
+
+/// Runs fleetd with `conf` as its only configuration; waits at most 30 s for it to exit.
+fn fleetd(conf: &str) -> (Option<i32>, String) {
+    let dir = TempDir::new("fleetd-conf");
+    let path = dir.path().join("fleet.conf");
+    std::fs::write(&path, conf).expect("write fleet.conf");
+    let machine_id = dir.path().join("machine-id");
+    std::fs::write(&machine_id, format!("{}\n", "c".repeat(32))).expect("write machine-id");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&path)
+        .arg("--machine-id-file")
+        .arg(&machine_id)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fleetd");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("fleetd's output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_wrong_etcd_password_stops_fleetd_with_etcds_reason() {
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(etcd.enable_auth("root-secret", "fleet", "fleet-secret"));
+    let (code, stderr) = fleetd(&format!(
+        "etcd_servers={}\netcd_key_prefix={}\netcd_username=fleet\netcd_password=guess\n\
+         peer_listen=off\npublic_ip=127.0.0.1\n",
+        etcd.endpoint, etcd.prefix
+    ));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("authentication failed"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.starts_with("fleetd:")).count(),
+        1,
+        "one line on stderr says why: {stderr}"
+    );
+}
