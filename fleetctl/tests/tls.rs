@@ -141,6 +141,12 @@ struct Fleetd {
 
 impl Fleetd {
     fn start(keys: &Keys) -> Fleetd {
+        Fleetd::start_on(keys, "127.0.0.1")
+    }
+
+    /// [`Fleetd::start`] on another loopback address (`127.0.0.2`, say), which its certificate
+    /// (for 127.0.0.1) does not name: no name resolution needed, which a bare machine may lack.
+    fn start_on(keys: &Keys, ip: &str) -> Fleetd {
         let tls = ServerTls::load(TlsFiles {
             ca: keys.path("ca/ca.pem"),
             cert: keys.path("machine.pem"),
@@ -153,7 +159,7 @@ impl Fleetd {
             .build()
             .expect("runtime");
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(tokio::net::TcpListener::bind((ip, 0)))
             .expect("bind");
         let addr = listener.local_addr().expect("address");
         runtime.spawn(fleet_trust::serve(
@@ -299,7 +305,8 @@ fn each_failed_handshake_is_one_line_saying_why() {
     let keys = Keys::new();
     let fleetd = Fleetd::start(&keys);
     let url = fleetd.url();
-    let localhost = format!("https://localhost:{}", fleetd.addr.port());
+    let elsewhere = Fleetd::start_on(&keys, "127.0.0.2");
+    let other_name = elsewhere.url();
     let reach = |url: &str, reason: &str| {
         format!("Error retrieving list of units from repository: cannot reach fleetd at {url}: {reason}")
     };
@@ -315,9 +322,9 @@ fn each_failed_handshake_is_one_line_saying_why() {
             reach(&url, "the server's certificate is not signed by the CA this client trusts (a server of another cluster, or the wrong CA file)"),
         ),
         (
-            localhost.as_str(),
+            other_name.as_str(),
             keys.flags("ca", Some("alice")),
-            reach(&localhost, "the server's certificate is not valid for \"localhost\", the name this client asked for (it is valid for 127.0.0.1)"),
+            reach(&other_name, "the server's certificate is not valid for \"127.0.0.2\", the name this client asked for (it is valid for 127.0.0.1)"),
         ),
     ];
     for (url, flags, expected) in cases {
