@@ -29,12 +29,6 @@ for f in /opt/fleet-release/fleetd /opt/fleet-release/fleetctl; do
         exit 1
     fi
 done
-for f in /opt/fleet-pki/ca/ca-key.pem /opt/fleet-pki/etcd-ca/ca-key.pem; do
-    if [ ! -f "$f" ]; then
-        echo "provision.sh: $f is missing: the Vagrantfile makes the cluster's CAs on the host (in .fleet-pki)" >&2
-        exit 1
-    fi
-done
 
 # Machines cloned from one box share its machine id, and fleet refuses a second live machine
 # with the same id: give each machine its own, once.
@@ -52,6 +46,12 @@ ln -sf /opt/bin/fleetctl /usr/local/bin/fleetctl
 # This machine's certificates, issued once (a machine certificate names the machine id).
 pki=/etc/fleet/pki
 if [ ! -f "$pki/etcd.pem" ]; then
+    for f in /opt/fleet-pki/ca/ca-key.pem /opt/fleet-pki/etcd-ca/ca-key.pem; do
+        if [ ! -f "$f" ]; then
+            echo "provision.sh: $f is missing: the Vagrantfile makes the cluster's CAs on the host (in .fleet-pki)" >&2
+            exit 1
+        fi
+    done
     rm -rf "$pki.tmp"
     install -d -m 0755 "$pki.tmp"
     cp /opt/fleet-pki/ca/ca.pem "$pki.tmp/ca.pem"
@@ -67,6 +67,9 @@ if [ ! -f "$pki/etcd.pem" ]; then
     rm -rf "$pki"
     mv "$pki.tmp" "$pki"
 fi
+# The CAs' keys are not kept on the machine once it has its certificates (where they are a
+# read-only bind, as on fleet-cluster's vagrant-node, they stay: that is the host's).
+rm -f /opt/fleet-pki/ca/ca-key.pem /opt/fleet-pki/etcd-ca/ca-key.pem 2>/dev/null || true
 
 if [ "$role" = etcd ]; then
     apt-get update -q

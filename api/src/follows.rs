@@ -1,9 +1,10 @@
 //! Caps on journals followed at once. A follow holds a `journalctl --follow` child (here or on
 //! the unit's machine) and a connection for as long as its reader wants: without a cap, one
 //! client could hold every process slot of a machine. Each client (a certificate's holder, else
-//! an address) may follow [`PER_CLIENT`] journals at once through one fleetd, and a fleetd
-//! serves [`OVERALL`] in all; beyond, 429 with the envelope. Root on the unix socket counts
-//! towards the overall cap only.
+//! an address) may follow [`PER_CLIENT`] journals at once through one fleetd's API, and the API
+//! serves [`OVERALL`] in all; its peer endpoint serves its peers [`OVERALL`] more, at most
+//! [`PER_PEER`] to one peer machine (which caps its own clients). Beyond, 429 with the envelope.
+//! Root on the unix socket counts towards the overall cap only.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,8 +19,11 @@ use crate::server::ApiError;
 
 /// Journals one client may follow at once through one fleetd.
 pub const PER_CLIENT: usize = 8;
-/// Journals one fleetd follows at once, for all its clients (its peers' requests included).
+/// Journals one fleetd's API follows at once for all its clients; its peer endpoint as many
+/// for its peers.
 pub const OVERALL: usize = 64;
+/// Journals one peer machine may follow at once through another's peer endpoint.
+pub const PER_PEER: usize = 16;
 
 /// Who follows: what the per-client cap counts by.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

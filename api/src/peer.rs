@@ -52,7 +52,7 @@ struct PeerState {
     liveness: Liveness,
     registry: Registry,
     machine: MachineId,
-    /// Peers follow for their own clients, whom they cap: here only the whole is.
+    /// Peers follow for their own clients, whom they cap: here each peer machine and the whole.
     follows: Follows,
 }
 
@@ -105,7 +105,7 @@ pub fn router(registry: Registry, machine: MachineId, liveness: Liveness, versio
             liveness,
             registry,
             machine,
-            follows: Follows::new(follows::OVERALL, follows::OVERALL),
+            follows: Follows::new(follows::OVERALL, follows::PER_PEER),
         });
     with_server_header(
         Router::new()
@@ -258,7 +258,11 @@ impl PeerClient {
         if let Some(tls) = tls {
             builder = builder.use_preconfigured_tls((*tls.client_config()).clone());
         }
-        builder.build().unwrap_or_default()
+        builder.build().unwrap_or_else(|e| {
+            // Only a TLS backend that cannot start fails here; such a client reaches no peer.
+            tracing::error!(error = %e, "cannot build the client of the peers");
+            reqwest::Client::new()
+        })
     }
 
     /// The HTTP client for the certificates in use now, and the scheme it speaks.
@@ -319,7 +323,11 @@ impl PeerClient {
         if code.is_success() {
             return Ok(response);
         }
-        let bytes = response.bytes().await.unwrap_or_default();
+        let bytes = tokio::time::timeout(ANSWER_TIMEOUT, response.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let message = serde_json::from_slice::<ErrorEnvelope>(&bytes)
             .map(|e| e.error.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).trim().to_string());

@@ -159,7 +159,11 @@ impl Reloader {
         tracing::info!("Reloading configuration from {}", path.display());
         if let Some(keys) = self.etcd_keys.get() {
             let keys = keys.clone();
-            tokio::spawn(async move { keys.reload().await });
+            tokio::spawn(async move {
+                if !keys.reload().await {
+                    keys.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+            });
         }
         if let Some(tls) = &self.tls {
             match tls.reload() {
@@ -581,22 +585,38 @@ async fn check_etcd_tls(config: &Config) -> Result<()> {
         } else {
             format!("{authority}:443")
         };
-        match fleet_trust::probe(
-            &address,
-            host,
-            tls.clone(),
-            config.etcd_request_timeout,
-            Duration::from_secs(1),
-        )
-        .await
-        {
-            fleet_trust::Probe::Accepted => {}
-            fleet_trust::Probe::Unreachable(why) => {
-                tracing::warn!(server = %server, reason = %why, "etcd member not reachable yet")
+        // Asked twice before it counts: a member restarting can close a connection just
+        // after its handshake, as a refusal does.
+        let mut refused = None;
+        for attempt in 0..2 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            fleet_trust::Probe::Refused(why) => anyhow::bail!(
+            match fleet_trust::probe(
+                &address,
+                host,
+                tls.clone(),
+                config.etcd_request_timeout,
+                Duration::from_secs(1),
+            )
+            .await
+            {
+                fleet_trust::Probe::Accepted => {
+                    refused = None;
+                    break;
+                }
+                fleet_trust::Probe::Unreachable(why) => {
+                    tracing::warn!(server = %server, reason = %why, "etcd member not reachable yet");
+                    refused = None;
+                    break;
+                }
+                fleet_trust::Probe::Refused(why) => refused = Some(why),
+            }
+        }
+        if let Some(why) = refused {
+            anyhow::bail!(
                 "etcd refuses this fleetd: {server}: {why} (check etcd_cafile, etcd_certfile and etcd_keyfile)"
-            ),
+            );
         }
     }
     Ok(())
@@ -647,13 +667,15 @@ impl EtcdKeys {
                 *seen = stamp;
                 changed
             };
-            if changed {
-                self.reload().await;
+            // Tried again at the next look until every endpoint has the new keys.
+            if changed && !self.reload().await {
+                self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
             }
         }
     }
 
-    async fn reload(&self) {
+    /// Whether every endpoint now uses the files' keys.
+    async fn reload(&self) -> bool {
         let identity = self
             .config
             .etcd_certfile
@@ -669,16 +691,21 @@ impl EtcdKeys {
             .and_then(|_| etcd_tls(&self.config))
         {
             Ok(Some(tls)) => tls,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
+                // Not tried again until the files change again: they are wrong as they stand.
                 tracing::error!(error = %format!("{e:#}"), "cannot reload the etcd client's certificates; keeping those in use");
-                return;
+                return true;
             }
         };
         match self.registry.set_tls(tls).await {
-            Ok(()) => tracing::info!("reloaded the etcd client's certificates"),
+            Ok(()) => {
+                tracing::info!("reloaded the etcd client's certificates");
+                true
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "reloaded the etcd client's certificates, but not every etcd endpoint could be connected with them")
+                tracing::warn!(error = %e, "reloaded the etcd client's certificates, but not every etcd endpoint could be connected with them; trying again");
+                false
             }
         }
     }

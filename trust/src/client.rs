@@ -36,8 +36,8 @@ pub fn client_config_with_bundle(
 
 /// A TLS client configuration for etcd, which is not fleet: it trusts `ca` (or the system's
 /// bundle, `None`) and presents `identity`, checked as [`client_config`] checks but for a fleet
-/// role, which an etcd client certificate has none of. TLS 1.3; set the ALPN protocols for
-/// the server (etcd speaks `h2`).
+/// role, which an etcd client certificate has none of. TLS 1.3 or 1.2, as etcd's own clients
+/// (an etcd may be limited to 1.2); set the ALPN protocols for the server (etcd speaks `h2`).
 pub fn etcd_client_config(
     ca: Option<&Path>,
     bundle: &Path,
@@ -48,7 +48,7 @@ pub fn etcd_client_config(
         None => (bundle, Arc::new(load_bundle(bundle)?)),
     };
     let builder = ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_root_certificates(roots.clone());
     Ok(match identity {
         Some((cert, key)) => {

@@ -48,9 +48,14 @@ pub async fn probe(
     let connector = tokio_rustls::TlsConnector::from(config);
     let mut tls = match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => tls,
+        // A verdict is TLS's (an alert, a certificate judged); a reset or an end of stream
+        // mid-handshake is a server going away, an outage.
         Ok(Err(e)) => {
-            let said = explain(&e).unwrap_or_else(|| format!("TLS handshake failed: {e}"));
-            return Probe::Refused(said);
+            return match explain(&e) {
+                Some(said) => Probe::Refused(said),
+                None if tls_error(&e) => Probe::Refused(format!("TLS handshake failed: {e}")),
+                None => Probe::Unreachable(format!("{address} broke off the TLS handshake: {e}")),
+            };
         }
         Err(_) => {
             return Probe::Unreachable(format!(
@@ -64,8 +69,16 @@ pub async fn probe(
             "{address} closed the connection after the handshake: it does not accept this client's certificate"
         )),
         Ok(Ok(_)) | Err(_) => Probe::Accepted,
-        Ok(Err(e)) => Probe::Refused(
-            explain(&e).unwrap_or_else(|| format!("{address} refused this client: {e}")),
-        ),
+        Ok(Err(e)) => match explain(&e) {
+            Some(said) => Probe::Refused(said),
+            None if tls_error(&e) => Probe::Refused(format!("{address} refused this client: {e}")),
+            None => Probe::Unreachable(format!("{address} broke off the connection: {e}")),
+        },
     }
+}
+
+/// Whether `e` carries rustls's own error (not a bare I/O failure).
+fn tls_error(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
