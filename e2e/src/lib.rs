@@ -128,10 +128,29 @@ impl Cluster {
             &bin,
         ])
         .expect_ok("fleet-cluster up");
-        // Booted is not enough: every node's fleetd must be registered before a test runs.
+        // Booted is not enough: every node's fleetd must be registered before a test runs, with
+        // the configuration `up` just wrote (`up` restarts a fleetd whose configuration changed
+        // without waiting, and the record of the one it replaces can still be there, with the
+        // old metadata, until the new one takes its lease back).
         let registered = eventually(AGENT_TTL + Duration::from_secs(10), || {
-            let out = self.fleetctl(&["list-machines", "--no-legend"]);
-            (out.ok() && out.stdout.lines().count() == NODES as usize).then_some(())
+            let out = self.fleetctl(&["list-machines", "--no-legend", "--full"]);
+            let current = (1..=NODES).all(|n| {
+                out.stdout.lines().any(|line| {
+                    let mut fields = line.split('\t').filter(|f| !f.is_empty());
+                    let (Some(id), Some(_), Some(metadata)) =
+                        (fields.next(), fields.next(), fields.next())
+                    else {
+                        return false;
+                    };
+                    let have: Vec<&str> = metadata.split(',').collect();
+                    id == self.machine_id(n)
+                        && have.contains(&format!("hostname=node{n}").as_str())
+                        && METADATA[n as usize - 1]
+                            .split(',')
+                            .all(|pair| have.contains(&pair))
+                })
+            });
+            (out.ok() && out.stdout.lines().count() == NODES as usize && current).then_some(())
         });
         assert!(
             registered.is_some(),
