@@ -14,7 +14,9 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use fleet_trust::Caller;
+use futures_util::StreamExt;
 
+use crate::inspect::ByteStream;
 use crate::server::ApiError;
 
 /// Journals one client may follow at once through one fleetd.
@@ -102,6 +104,16 @@ impl Follows {
             client,
         })
     }
+}
+
+/// `body`, holding `permit` (if any) until the body is dropped: a follow counts for as long as
+/// its reader reads.
+pub(crate) fn held(body: ByteStream, permit: Option<Permit>) -> ByteStream {
+    body.map(move |chunk| {
+        let _counted = &permit;
+        chunk
+    })
+    .boxed()
 }
 
 impl Drop for Permit {

@@ -141,13 +141,7 @@ async fn journal(
         .then(|| state.follows.admit(client))
         .transpose()?;
     let body = inspect::local_journal(&unit, query).map_err(inspect::not_run("journalctl"))?;
-    let body = body
-        .map(move |chunk| {
-            let _counted = &permit;
-            chunk
-        })
-        .boxed();
-    Ok(text_response(body))
+    Ok(text_response(follows::held(body, permit)))
 }
 
 /// This machine's answer to a peer asking whether it reaches etcd.

@@ -1027,13 +1027,7 @@ async fn unit_journal(
         } else {
             body
         };
-        let body = body
-            .map(move |chunk| {
-                let _counted = &permit;
-                chunk
-            })
-            .boxed();
-        return Ok(text_response(body));
+        return Ok(text_response(follows::held(body, permit)));
     }
     let body = stream::iter(targets)
         .then(move |target| {
