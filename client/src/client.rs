@@ -204,24 +204,11 @@ impl Client {
         else {
             return error;
         };
-        let Ok(url) = reqwest::Url::parse(&self.endpoint) else {
-            return error;
-        };
-        let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
-            return error;
-        };
         let Ok(config) = tls.config() else {
             return error;
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let address = if host.contains(':') {
-            format!("[{host}]:{port}")
-        } else {
-            format!("{host}:{port}")
-        };
-        match fleet_trust::probe(
-            &address,
-            host,
+        match fleet_trust::probe_url(
+            &self.endpoint,
             std::sync::Arc::new(config),
             self.timeout,
             Duration::from_secs(1),

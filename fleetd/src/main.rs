@@ -570,21 +570,6 @@ async fn check_etcd_tls(config: &Config) -> Result<()> {
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tls = std::sync::Arc::new(tls);
     for server in &config.etcd_servers {
-        let Some(authority) = server
-            .strip_prefix("https://")
-            .map(|rest| rest.split('/').next().unwrap_or(rest))
-        else {
-            continue;
-        };
-        let host = match authority.rsplit_once(':') {
-            Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
-            None => authority,
-        };
-        let address = if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:443")
-        };
         // Asked twice before it counts: a member restarting can close a connection just
         // after its handshake, as a refusal does.
         let mut refused = None;
@@ -592,9 +577,8 @@ async fn check_etcd_tls(config: &Config) -> Result<()> {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            match fleet_trust::probe(
-                &address,
-                host,
+            match fleet_trust::probe_url(
+                server,
                 tls.clone(),
                 config.etcd_request_timeout,
                 Duration::from_secs(1),

@@ -44,7 +44,7 @@ pub use issue::{
     create_pem, issue, issue_for, new_ca, write_pem, Kind, Pem, PemFiles, San, Validity, BACKDATE,
 };
 #[cfg(feature = "probe")]
-pub use probe::{probe, Probe};
+pub use probe::{probe, probe_url, Probe};
 #[cfg(feature = "server")]
 pub use serve::{serve, Caller, Limits};
 #[cfg(feature = "server")]

@@ -25,6 +25,47 @@ pub enum Probe {
     Refused(String),
 }
 
+/// [`probe`] of the server of an `https://host[:port][/...]` URL (port 443 unless given; an
+/// IPv6 host in brackets), asked for by its host's name. A URL that is not `https://` names no
+/// server to ask: [`Probe::Unreachable`].
+pub async fn probe_url(
+    url: &str,
+    config: Arc<ClientConfig>,
+    timeout: Duration,
+    patience: Duration,
+) -> Probe {
+    match https_authority(url) {
+        Some((address, host)) => probe(&address, &host, config, timeout, patience).await,
+        None => Probe::Unreachable(format!("{url:?} is not an https:// URL")),
+    }
+}
+
+/// The `host:port` to connect to and the host's name, of an `https://` URL.
+fn https_authority(url: &str) -> Option<(String, String)> {
+    let rest = url.strip_prefix("https://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let port: u16 = port.map_or(Some(443), |p| p.parse().ok())?;
+    let address = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some((address, host.to_string()))
+}
+
 /// Connects to `address` (`host:port`) as `server_name`, completes the handshake with `config`
 /// and waits up to `patience` for the server's verdict on the client's certificate.
 pub async fn probe(
@@ -81,4 +122,38 @@ pub async fn probe(
 fn tls_error(e: &std::io::Error) -> bool {
     e.get_ref()
         .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_url_names_the_address_and_the_name_to_ask_for() {
+        let of = |url| https_authority(url);
+        let pair = |a: &str, h: &str| Some((a.to_string(), h.to_string()));
+        assert_eq!(
+            of("https://10.0.0.1:2379"),
+            pair("10.0.0.1:2379", "10.0.0.1")
+        );
+        assert_eq!(
+            of("https://etcd.example"),
+            pair("etcd.example:443", "etcd.example")
+        );
+        assert_eq!(
+            of("https://etcd.example:2379/v3?x#y"),
+            pair("etcd.example:2379", "etcd.example")
+        );
+        assert_eq!(of("https://[::1]:2379"), pair("[::1]:2379", "::1"));
+        assert_eq!(of("https://[::1]"), pair("[::1]:443", "::1"));
+        for bad in [
+            "http://10.0.0.1:2379",
+            "https://",
+            "https://:2379",
+            "https://h:port",
+            "https://[::1",
+        ] {
+            assert_eq!(of(bad), None, "{bad}");
+        }
+    }
 }
