@@ -2,21 +2,65 @@
 //! holder may do: on the local cluster, whose keys `fleet-cluster up` made (`pki()`), with
 //! etcd serving TLS to its own CA's client certificates only.
 
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use fleet_e2e::{api_url, cluster, eventually, https, node_ip, pki, unique, Cluster};
 
+/// The fleetctl under test.
+fn fleetctl() -> Command {
+    Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
+}
+
+/// `fleetctl tls ARGS`, which must succeed.
+fn tls(args: &[&str]) {
+    let out = fleetctl()
+        .arg("tls")
+        .args(args)
+        .output()
+        .expect("run fleetctl tls");
+    assert!(out.status.success(), "fleetctl tls {args:?}: {out:?}");
+}
+
+/// `fleetctl list-units` on node1 with the TLS files of `env` (`FLEETCTL_*`, path): its exit
+/// code and standard error.
+fn list_units_with(env: &[(&str, PathBuf)]) -> (Option<i32>, String) {
+    let mut command = fleetctl();
+    command.env("FLEETCTL_ENDPOINT", api_url(1));
+    for (key, path) in env {
+        command.env(key, path);
+    }
+    let out = command.arg("list-units").output().expect("run fleetctl");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Renews `stem.pem` and `stem-key.pem` of node1's keys as an operator renews: new files
+/// issued by `fleetctl tls cert create` with `args` from the CA `ca` of the cluster's keys,
+/// moved over the old ones (the key first).
+fn renew_on_node1(c: &Cluster, stem: &str, ca: &str, args: &[&str]) {
+    let fresh = c.scratch().join(unique(&format!("fresh-{stem}")));
+    let ca = pki().join(ca).to_string_lossy().to_string();
+    let out = fresh.to_string_lossy().to_string();
+    let mut create = vec!["cert", "create", "--ca", &ca];
+    create.extend_from_slice(args);
+    create.extend(["--out", &out]);
+    tls(&create);
+    let node = pki().join("nodes/node1");
+    for suffix in ["-key.pem", ".pem"] {
+        let target = node.join(format!("{stem}{suffix}"));
+        let staged = node.join(format!("{stem}{suffix}.new"));
+        std::fs::copy(format!("{out}{suffix}"), &staged).expect("copy");
+        std::fs::rename(&staged, &target).expect("rename");
+    }
+}
+
 /// A scratch directory of keys not the cluster's: another CA, and an operator it signed.
-fn foreign_keys(c: &Cluster) -> std::path::PathBuf {
+fn foreign_keys(c: &Cluster) -> PathBuf {
     let dir = c.scratch().join(unique("foreign"));
-    let tls = |args: &[&str]| {
-        let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
-            .arg("tls")
-            .args(args)
-            .output()
-            .expect("run fleetctl tls");
-        assert!(out.status.success(), "fleetctl tls {args:?}: {out:?}");
-    };
     let d = dir.to_string_lossy().to_string();
     tls(&[
         "ca",
@@ -58,16 +102,12 @@ fn without_a_certificate_of_the_cluster_nothing_is_answered() {
     let mut bundle = std::fs::read(pki().join("ca/ca.pem")).expect("the cluster's CA");
     bundle.extend(std::fs::read(foreign.join("ca/ca.pem")).expect("the other CA"));
     std::fs::write(&both, bundle).expect("write the bundle");
-    let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
-        .env("FLEETCTL_ENDPOINT", api_url(1))
-        .env("FLEETCTL_CA_FILE", &both)
-        .env("FLEETCTL_CERT_FILE", foreign.join("mallory.pem"))
-        .env("FLEETCTL_KEY_FILE", foreign.join("mallory-key.pem"))
-        .args(["list-units"])
-        .output()
-        .expect("run fleetctl");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = list_units_with(&[
+        ("FLEETCTL_CA_FILE", both),
+        ("FLEETCTL_CERT_FILE", foreign.join("mallory.pem")),
+        ("FLEETCTL_KEY_FILE", foreign.join("mallory-key.pem")),
+    ]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("not signed by the cluster's CA"),
         "{stderr}"
@@ -75,14 +115,8 @@ fn without_a_certificate_of_the_cluster_nothing_is_answered() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // A client that trusts another CA does not trust fleetd.
-    let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
-        .env("FLEETCTL_ENDPOINT", api_url(1))
-        .env("FLEETCTL_CA_FILE", foreign.join("ca/ca.pem"))
-        .args(["list-units"])
-        .output()
-        .expect("run fleetctl");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = list_units_with(&[("FLEETCTL_CA_FILE", foreign.join("ca/ca.pem"))]);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("not signed by the CA this client trusts"),
         "{stderr}"
@@ -205,50 +239,26 @@ fn renewed_certificates_are_used_without_a_restart() {
     let before = by_new_name().expect_err("not a name of the certificate in use");
     assert!(before.contains("not valid for"), "{before}");
 
-    // Renewed as an operator renews: new files (with one more name) moved over the old ones.
-    let node = pki().join("nodes/node1");
-    let fresh = c.scratch().join(unique("fresh"));
-    let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
-        .args(["tls", "cert", "create", "--ca"])
-        .arg(pki().join("ca"))
-        .args(["--role", "machine", "--name", &c.machine_id(1)])
-        .args([
-            "--ip",
-            &node_ip(1),
-            "--dns",
-            "node1",
-            "--dns",
+    // Renewed as an operator renews, with one more name.
+    let machine = c.machine_id(1);
+    let ip = node_ip(1);
+    renew_on_node1(
+        c,
+        "machine",
+        "ca",
+        &[
+            "--role", "machine", "--name", &machine, "--ip", &ip, "--dns", "node1", "--dns",
             &renewed,
-            "--out",
-        ])
-        .arg(&fresh)
-        .output()
-        .expect("run fleetctl tls");
-    assert!(out.status.success(), "{out:?}");
-    for (from, to) in [("-key.pem", "machine-key.pem"), (".pem", "machine.pem")] {
-        let mut source = fresh.clone().into_os_string();
-        source.push(from);
-        std::fs::copy(&source, node.join(format!("{to}.new"))).expect("copy");
-        std::fs::rename(node.join(format!("{to}.new")), node.join(to)).expect("rename");
-    }
-
+        ],
+    );
     // Its etcd client certificate too.
     let etcd_before = c.fleetd_log_count(1, "reloaded the etcd client's certificates");
-    let fresh_etcd = c.scratch().join(unique("fresh-etcd"));
-    let out = std::process::Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
-        .args(["tls", "cert", "create", "--ca"])
-        .arg(pki().join("etcd-ca"))
-        .args(["--role", "etcd-client", "--name", "node1-renewed", "--out"])
-        .arg(&fresh_etcd)
-        .output()
-        .expect("run fleetctl tls");
-    assert!(out.status.success(), "{out:?}");
-    for (from, to) in [("-key.pem", "etcd-key.pem"), (".pem", "etcd.pem")] {
-        let mut source = fresh_etcd.clone().into_os_string();
-        source.push(from);
-        std::fs::copy(&source, node.join(format!("{to}.new"))).expect("copy");
-        std::fs::rename(node.join(format!("{to}.new")), node.join(to)).expect("rename");
-    }
+    renew_on_node1(
+        c,
+        "etcd",
+        "etcd-ca",
+        &["--role", "etcd-client", "--name", "node1-renewed"],
+    );
 
     let answered = eventually(Duration::from_secs(20), || by_new_name().ok());
     let (code, text) = answered.expect("the renewed certificate is served");
