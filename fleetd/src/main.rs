@@ -161,7 +161,7 @@ impl Reloader {
             let keys = keys.clone();
             tokio::spawn(async move {
                 if !keys.reload().await {
-                    keys.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                    *keys.seen.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
                 }
             });
         }
@@ -612,7 +612,7 @@ async fn check_etcd_tls(config: &Config) -> Result<()> {
 struct EtcdKeys {
     registry: Registry,
     config: Config,
-    seen: std::sync::Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+    seen: std::sync::Mutex<fleet_trust::FilesStamp>,
 }
 
 impl EtcdKeys {
@@ -620,25 +620,23 @@ impl EtcdKeys {
         let keys = EtcdKeys {
             registry,
             config,
-            seen: std::sync::Mutex::new(Vec::new()),
+            seen: std::sync::Mutex::new(Default::default()),
         };
         *keys.seen.lock().unwrap_or_else(|e| e.into_inner()) = keys.stamp();
         keys
     }
 
-    /// What identifies the files' contents without reading them.
-    fn stamp(&self) -> Vec<Option<(std::time::SystemTime, u64)>> {
-        [
+    fn stamp(&self) -> fleet_trust::FilesStamp {
+        let paths: Vec<&std::path::Path> = [
             &self.config.etcd_cafile,
             &self.config.etcd_certfile,
             &self.config.etcd_keyfile,
         ]
-        .iter()
-        .map(|path| {
-            let meta = std::fs::metadata(path.as_deref()?).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
-        .collect()
+        .into_iter()
+        .flatten()
+        .map(|p| p.as_path())
+        .collect();
+        fleet_trust::FilesStamp::of(&paths)
     }
 
     async fn watch(self: std::sync::Arc<Self>) {
@@ -653,7 +651,7 @@ impl EtcdKeys {
             };
             // Tried again at the next look until every endpoint has the new keys.
             if changed && !self.reload().await {
-                self.seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
             }
         }
     }

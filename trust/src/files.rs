@@ -500,3 +500,39 @@ mod tests {
         assert_eq!(utc(1_714_564_800), "2024-05-01 12:00:00 UTC");
     }
 }
+
+/// What identifies some files' contents without reading them: each one's modification time,
+/// size and inode (a file replaced by a rename is a new inode), or its absence. Two stamps
+/// differ when a file changed: what a watch of renewed keys compares.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FilesStamp(Vec<Option<FileStamp>>);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: (i64, i64),
+    size: u64,
+    inode: (u64, u64),
+}
+
+impl FilesStamp {
+    pub fn of(paths: &[&Path]) -> FilesStamp {
+        use std::os::unix::fs::MetadataExt;
+        FilesStamp(
+            paths
+                .iter()
+                .map(|path| {
+                    std::fs::metadata(path).ok().map(|m| FileStamp {
+                        modified: (m.mtime(), m.mtime_nsec()),
+                        size: m.size(),
+                        inode: (m.dev(), m.ino()),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Of a server's CA, certificate and key.
+    pub fn of_tls(files: &TlsFiles) -> FilesStamp {
+        FilesStamp::of(&[&files.ca, &files.cert, &files.key])
+    }
+}

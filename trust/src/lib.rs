@@ -38,7 +38,7 @@ mod server;
 
 pub use client::{client_config, client_config_with_bundle, etcd_client_config, explain};
 pub use error::TrustError;
-pub use files::{load_ca, load_certificates, load_private_key, TlsFiles};
+pub use files::{load_ca, load_certificates, load_private_key, FilesStamp, TlsFiles};
 pub use identity::{Identity, Role, UnknownRole};
 pub use issue::{
     create_pem, issue, issue_for, new_ca, write_pem, Kind, Pem, PemFiles, San, Validity, BACKDATE,

@@ -2,8 +2,6 @@
 //! certificate signed by the cluster's CA required of every client. Reloadable, so that
 //! certificates can be rotated without a restart.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -15,7 +13,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use crate::files::{load_ca, load_holder, provider, Purpose, TlsFiles};
+use crate::files::{load_ca, load_holder, provider, FilesStamp, Purpose, TlsFiles};
 use crate::{Identity, TrustError, ALPN_HTTP1};
 
 /// A server's TLS configuration, loaded from its [`TlsFiles`] and swapped whole by
@@ -25,7 +23,7 @@ pub struct ServerTls {
     files: TlsFiles,
     current: RwLock<Loaded>,
     /// The files as last read (or tried), so that [`ServerTls::watch`] reloads on a change only.
-    seen: Mutex<Stamp>,
+    seen: Mutex<FilesStamp>,
     /// One reload at a time, so that an older reading never replaces a newer one.
     reloading: Mutex<()>,
 }
@@ -44,7 +42,7 @@ impl ServerTls {
     /// Loads the files, checking them as [`crate::client_config`] does (the certificate must be
     /// valid now, signed by the CA, meant for servers, and carry a role).
     pub fn load(files: TlsFiles) -> Result<ServerTls, TrustError> {
-        let stamp = Stamp::of(&files);
+        let stamp = FilesStamp::of_tls(&files);
         let loaded = load(&files)?;
         Ok(ServerTls {
             files,
@@ -88,7 +86,7 @@ impl ServerTls {
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let stamp = Stamp::of(&self.files);
+        let stamp = FilesStamp::of_tls(&self.files);
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = stamp;
         let mut loaded = load(&self.files)?;
         let identity = loaded.identity.clone();
@@ -122,7 +120,7 @@ impl ServerTls {
     }
 
     fn reload_if_changed(&self) -> Option<Result<Identity, TrustError>> {
-        let stamp = Stamp::of(&self.files);
+        let stamp = FilesStamp::of_tls(&self.files);
         let seen = self
             .seen
             .lock()
@@ -170,31 +168,6 @@ fn load(files: &TlsFiles) -> Result<Loaded, TrustError> {
         identity: holder.identity,
         generation: 0,
     })
-}
-
-/// What identifies the files' contents without reading them: each one's modification time,
-/// size and inode (a file replaced by a rename is a new inode), or its absence.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Stamp([Option<FileStamp>; 3]);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct FileStamp {
-    modified: (i64, i64),
-    size: u64,
-    inode: (u64, u64),
-}
-
-impl Stamp {
-    fn of(files: &TlsFiles) -> Stamp {
-        let one = |path: &Path| {
-            std::fs::metadata(path).ok().map(|m| FileStamp {
-                modified: (m.mtime(), m.mtime_nsec()),
-                size: m.size(),
-                inode: (m.dev(), m.ino()),
-            })
-        };
-        Stamp([one(&files.ca), one(&files.cert), one(&files.key)])
-    }
 }
 
 /// The CA's verdict, and then the role: a certificate of the cluster that names no role is
