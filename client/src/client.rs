@@ -301,18 +301,30 @@ impl Client {
         path: &str,
         filters: &[(&str, &str)],
     ) -> Result<Vec<P::Item>, ClientError> {
+        Ok(self.get_pages::<P>(path, filters).await?.0)
+    }
+
+    /// Every item of a paged list, following `nextPageToken`, and how many pages (requests)
+    /// that took.
+    async fn get_pages<P: schema::Page>(
+        &self,
+        path: &str,
+        filters: &[(&str, &str)],
+    ) -> Result<(Vec<P::Item>, usize), ClientError> {
         let mut all = Vec::new();
         let mut token = String::new();
+        let mut pages = 0;
         loop {
             let mut query = filters.to_vec();
             if !token.is_empty() {
                 query.push(("nextPageToken", token.as_str()));
             }
             let page: P = self.get(path, &query).await?;
+            pages += 1;
             let (items, next) = page.into_parts();
             all.extend(items);
             if next.is_empty() {
-                return Ok(all);
+                return Ok((all, pages));
             }
             token = next;
         }
@@ -321,6 +333,12 @@ impl Client {
     /// All units, following pages.
     pub async fn units(&self) -> Result<Vec<schema::Unit>, ClientError> {
         self.get_all::<schema::UnitPage>("/units", &[]).await
+    }
+
+    /// All units, following pages, and how many pages (requests) the listing took: what
+    /// reading them again this way costs.
+    pub async fn units_counting_pages(&self) -> Result<(Vec<schema::Unit>, usize), ClientError> {
+        self.get_pages::<schema::UnitPage>("/units", &[]).await
     }
 
     /// One unit; `None` when it does not exist.
