@@ -1,19 +1,29 @@
 //! fleetctl's commands. Rendering is kept in pure functions (`render_*`) so that output can be
 //! tested byte for byte.
+//!
+//! Commands that change units (`submit`, `load`, `start`, `stop`, `unload`, `destroy`) first
+//! plan what each argument asks of the API ([`Step`]), reading the cluster once for all of
+//! them, then send the requests [`IN_FLIGHT`] at a time and print what each step did in
+//! argument order, stopping at the first failure as fleet did ([`Ctl::carry_out`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fleet_client::schema::{Machine, Unit, UnitState};
 use fleet_client::{Client, ClientError};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
+use futures_util::{stream, StreamExt};
 use tokio::time::Instant;
 
+use crate::batch::{Progress, IN_FLIGHT, MANY};
 use crate::{table, Block, Listing, Output};
 
 /// fleet's wait between two checks of a unit's state; `--block-attempts` counts these.
 const ATTEMPT: Duration = Duration::from_millis(500);
-/// How often the state is actually checked while waiting: much more often than fleet did.
+/// The shortest wait between two checks of the units' states: much shorter than fleet's. A
+/// check that took longer (a listing of many units) is followed by a wait as long as itself.
 const POLL: Duration = Duration::from_millis(20);
 
 pub struct Ctl {
@@ -24,10 +34,169 @@ pub struct Ctl {
     /// Units replaced by this invocation, with the hash their machine must report before the
     /// wait is over.
     replaced: std::sync::Mutex<BTreeMap<String, String>>,
+    /// How many pages (requests) the last listing of all units took; 0 before any: what
+    /// reading the units again by a listing costs.
+    listing_pages: AtomicUsize,
 }
 
 fn stderr(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
+}
+
+/// A desired state a command sets, with fleet's words for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Target {
+    state: &'static str,
+    /// `Triggered global unit X <action>`, `Triggered unit X <action>`.
+    action: &'static str,
+    /// The start of the error line when setting it fails.
+    failed: &'static str,
+    /// What the progress bar counts while waiting.
+    reached: &'static str,
+}
+
+const START: Target = Target {
+    state: "launched",
+    action: "start",
+    failed: "Error starting units",
+    reached: "started",
+};
+const LOAD: Target = Target {
+    state: "loaded",
+    action: "load",
+    failed: "Error loading units",
+    reached: "loaded",
+};
+const STOP: Target = Target {
+    state: "loaded",
+    action: "stop",
+    failed: "Error stopping units",
+    reached: "stopped",
+};
+const UNLOAD: Target = Target {
+    state: "inactive",
+    action: "unload",
+    failed: "Error unloading units",
+    reached: "unloaded",
+};
+
+/// One argument's part of a command that changes units, planned before any request is sent.
+/// Its output is printed at its turn, in argument order, whenever its requests finish.
+#[derive(Debug, Default)]
+struct Step {
+    /// fleet's warnings about the unit, on stderr.
+    warnings: Vec<String>,
+    /// What it asks of the API, one request after another.
+    requests: Vec<Request>,
+    /// Printed on stdout once its requests succeeded (`Triggered global unit X start`).
+    done: Option<String>,
+    /// The unit to wait for once its requests succeeded.
+    wait: Option<String>,
+    /// Refused before any request (fleet's message, on stderr): the command stops here, and
+    /// nothing after it is sent.
+    refused: Option<String>,
+}
+
+impl Step {
+    fn refused(message: String) -> Step {
+        Step {
+            refused: Some(message),
+            ..Step::default()
+        }
+    }
+
+    /// Sets an existing unit's desired state.
+    fn set_desired(unit: &Unit, target: Target) -> Step {
+        let mut step = Step {
+            requests: vec![Request::SetDesired {
+                name: unit.name.clone(),
+                state: target.state,
+                failed: target.failed,
+            }],
+            ..Step::default()
+        };
+        step.triggered(&unit.name, is_global(unit), target);
+        step
+    }
+
+    /// After a change of desired state, a global unit is announced as triggered, since fleet
+    /// never waits for global units; any other is waited for.
+    fn triggered(&mut self, name: &str, global: bool, target: Target) {
+        if global {
+            self.done = Some(format!("Triggered global unit {name} {}", target.action));
+        } else {
+            self.wait = Some(name.to_string());
+        }
+    }
+}
+
+/// A request of a [`Step`].
+#[derive(Debug)]
+enum Request {
+    /// Creates or replaces a unit with its options, and its desired state if it has one
+    /// (fleet's API takes both in one request); `failed` starts the error line.
+    Put { unit: Unit, failed: String },
+    /// Sets an existing unit's desired state.
+    SetDesired {
+        name: String,
+        state: &'static str,
+        failed: &'static str,
+    },
+    /// Destroys a unit (one already gone is not an error).
+    Destroy { name: String },
+}
+
+impl Request {
+    /// Sends the request; when it fails, fleet's line saying so.
+    async fn send(&self, client: &Client) -> Result<(), String> {
+        match self {
+            Request::Put { unit, failed } => client
+                .create_unit(unit)
+                .await
+                .map_err(|e| format!("{failed}: {e}")),
+            Request::SetDesired {
+                name,
+                state,
+                failed,
+            } => client
+                .set_desired_state(name, state)
+                .await
+                .map_err(|e| format!("{failed}: {e}")),
+            Request::Destroy { name } => match client.destroy_unit(name).await {
+                Ok(()) | Err(ClientError::Api { code: 404, .. }) => Ok(()),
+                Err(e) => Err(format!("Error destroying units: {e}")),
+            },
+        }
+    }
+}
+
+/// What the cluster holds of the units a command names, each as found (`None`: not there) or
+/// why it could not be read.
+struct Known {
+    units: BTreeMap<String, Result<Option<Unit>, String>>,
+    /// Read from a listing of all units: a unit missing from `units` is not in the cluster.
+    listed: bool,
+}
+
+impl Known {
+    fn get(&self, name: &str) -> Result<Option<Unit>, String> {
+        match self.units.get(name) {
+            Some(found) => found.clone(),
+            None if self.listed => Ok(None),
+            // Not asked for: never taken for absent, which would create the unit anew.
+            None => Err(format!("unit {name} was not read")),
+        }
+    }
+}
+
+/// `--replace` for one unit.
+enum Replacement {
+    /// Nothing to replace: no local file, or the same content.
+    Same,
+    /// Not allowed in the unit's desired state: fleet's warning.
+    NotAllowed(String),
+    /// The local file to submit in its place.
+    New(UnitFile),
 }
 
 impl Ctl {
@@ -36,6 +205,7 @@ impl Ctl {
             client,
             replace: None,
             replaced: Default::default(),
+            listing_pages: AtomicUsize::new(0),
         }
     }
 
@@ -48,275 +218,443 @@ impl Ctl {
     // ---- changing the desired state -------------------------------------------------------
 
     pub async fn submit(&self, args: &[String]) -> u8 {
-        match self.create_units(args).await {
-            Ok(_) => 0,
-            Err(e) => {
-                stderr(format_args!("Error creating units: {e}"));
-                1
-            }
+        let progress = Progress::new(args.len(), "submitted");
+        let steps = self.plan_units(args, None).await;
+        match self.carry_out(steps, &progress).await {
+            Some(_) => 0,
+            None => 1,
         }
     }
 
     pub async fn load(&self, args: &[String], block: Block) -> u8 {
-        self.create_and_set(args, "loaded", "load", block).await
+        self.create_and_set(args, LOAD, block).await
     }
 
     pub async fn start(&self, args: &[String], block: Block) -> u8 {
-        self.create_and_set(args, "launched", "start", block).await
+        self.create_and_set(args, START, block).await
     }
 
-    async fn create_and_set(&self, args: &[String], state: &str, action: &str, block: Block) -> u8 {
-        let names = match self.create_units(args).await {
-            Ok(n) => n,
-            Err(e) => {
-                stderr(format_args!("Error creating units: {e}"));
-                return 1;
-            }
+    async fn create_and_set(&self, args: &[String], target: Target, block: Block) -> u8 {
+        let progress = Progress::new(args.len(), "submitted");
+        let steps = self.plan_units(args, Some(target)).await;
+        let Some(waiting) = self.carry_out(steps, &progress).await else {
+            return 1;
         };
-        let mut waiting = Vec::new();
-        for name in &names {
-            let unit = match self.client.unit(name.as_str()).await {
-                Ok(Some(u)) => u,
-                Ok(None) => {
-                    stderr(format_args!(
-                        "Error {action}ing units: unable to find unit {name}"
-                    ));
-                    return 1;
-                }
-                Err(e) => {
-                    stderr(format_args!("Error {action}ing units: {e}"));
-                    return 1;
-                }
-            };
-            if unit.desired_state == state {
-                if !is_global(&unit) {
-                    waiting.push(name.to_string());
-                }
-                continue;
-            }
-            match self.set_desired(&unit, state, action).await {
-                Ok(true) => waiting.push(unit.name),
-                Ok(false) => {}
-                Err(e) => {
-                    stderr(format_args!("Error {action}ing units: {e}"));
-                    return 1;
-                }
-            }
-        }
-        self.wait_for(&waiting, state, action, block).await
+        self.wait_for(&waiting, target, block, &progress).await
     }
 
     pub async fn stop(&self, args: &[String], block: Block) -> u8 {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        let mut waiting = Vec::new();
-        for unit in units {
-            if !is_global(&unit) {
+        let mut steps = Vec::new();
+        for unit in &units {
+            if !is_global(unit) {
                 match unit.current_state.as_str() {
                     "inactive" => {
-                        stderr(format_args!(
+                        steps.push(Step::refused(format!(
                             "Unable to stop unit {} in state inactive",
                             unit.name
-                        ));
-                        return 1;
+                        )));
+                        break;
                     }
                     "loaded" if unit.desired_state == "loaded" => continue,
                     _ => {}
                 }
             }
-            match self.set_desired(&unit, "loaded", "stop").await {
-                Ok(true) => waiting.push(unit.name),
-                Ok(false) => {}
-                Err(e) => {
-                    stderr(format_args!("Error stopping units: {e}"));
-                    return 1;
-                }
-            }
+            steps.push(Step::set_desired(unit, STOP));
         }
-        self.wait_for(&waiting, "loaded", "stop", block).await
+        let progress = Progress::new(steps.len(), "triggered");
+        let Some(waiting) = self.carry_out(steps, &progress).await else {
+            return 1;
+        };
+        self.wait_for(&waiting, STOP, block, &progress).await
     }
 
     pub async fn unload(&self, args: &[String], block: Block) -> u8 {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        let mut waiting = Vec::new();
-        for unit in units {
-            if unit.desired_state == "inactive" && unit.current_state == "inactive" {
-                continue;
-            }
-            match self.set_desired(&unit, "inactive", "unload").await {
-                Ok(true) => waiting.push(unit.name),
-                Ok(false) => {}
-                Err(e) => {
-                    stderr(format_args!("Error unloading units: {e}"));
-                    return 1;
-                }
-            }
-        }
-        self.wait_for(&waiting, "inactive", "unload", block).await
+        let steps: Vec<Step> = units
+            .iter()
+            .filter(|u| !(u.desired_state == "inactive" && u.current_state == "inactive"))
+            .map(|u| Step::set_desired(u, UNLOAD))
+            .collect();
+        let progress = Progress::new(steps.len(), "triggered");
+        let Some(waiting) = self.carry_out(steps, &progress).await else {
+            return 1;
+        };
+        self.wait_for(&waiting, UNLOAD, block, &progress).await
     }
 
     pub async fn destroy(&self, args: &[String]) -> u8 {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        for unit in units {
-            match self.client.destroy_unit(&unit.name).await {
-                Ok(()) | Err(ClientError::Api { code: 404, .. }) => {
-                    println!("Destroyed {}", unit.name)
-                }
-                Err(e) => {
-                    stderr(format_args!("Error destroying units: {e}"));
-                    return 1;
-                }
-            }
+        let steps: Vec<Step> = units
+            .into_iter()
+            .map(|u| Step {
+                done: Some(format!("Destroyed {}", u.name)),
+                requests: vec![Request::Destroy { name: u.name }],
+                ..Step::default()
+            })
+            .collect();
+        let progress = Progress::new(steps.len(), "destroyed");
+        match self.carry_out(steps, &progress).await {
+            Some(_) => 0,
+            None => 1,
         }
-        0
     }
 
-    /// Makes sure each argument's unit exists in the cluster, creating it from a local file,
-    /// the template in the cluster, or a local template file, in that order (as fleet does).
-    async fn create_units(&self, args: &[String]) -> Result<Vec<UnitName>, String> {
-        let mut names = Vec::new();
-        for arg in args {
-            let name = parse_arg(arg)?;
-            if let Some(existing) = self
-                .client
-                .unit(name.as_str())
-                .await
-                .map_err(|e| format!("error retrieving Unit({name}) from Registry: {e}"))?
-            {
-                match self.replace {
-                    Some(command) => self.replace_unit(command, arg, &name, &existing).await?,
-                    None => warn_on_different_local_unit(arg, &existing),
-                }
-                names.push(name);
-                continue;
-            }
-            let path = std::path::Path::new(arg);
-            let file = if path.exists() {
-                read_unit_file(path)
-                    .map_err(|e| format!("failed getting Unit({name}) from file: {e}"))?
-            } else {
-                let Some(template) = name.template().filter(|_| name.is_instance()) else {
-                    return Err(format!(
-                        "unable to find Unit({name}) in Registry or on filesystem"
-                    ));
-                };
-                match self.client.unit(template.as_str()).await.map_err(|e| {
-                    format!("error retrieving template Unit({template}) from Registry: {e}")
-                })? {
-                    Some(t) => UnitFile::from_options(t.options),
-                    None => {
-                        let local = path
-                            .parent()
-                            .unwrap_or(std::path::Path::new(""))
-                            .join(template.as_str());
-                        if !local.exists() {
-                            return Err(format!("unable to find Unit({name}) or template Unit({template}) in Registry or on filesystem"));
-                        }
-                        read_unit_file(&local).map_err(|e| {
-                            format!("failed getting template Unit({template}) from file: {e}")
-                        })?
+    /// Carries out `steps`, at most [`IN_FLIGHT`] requests at once, printing what each did in
+    /// argument order whatever order the answers come in. The first step refused or failed is
+    /// the end, with fleet's message: `None` (requests of later steps already in flight may
+    /// still be answered, and nothing more is said). Otherwise the units to wait for, in order.
+    async fn carry_out(&self, mut steps: Vec<Step>, progress: &Progress) -> Option<Vec<String>> {
+        if let Some(refused) = steps.iter().position(|s| s.refused.is_some()) {
+            steps.truncate(refused + 1);
+        }
+        let client = &self.client;
+        let mut outcomes = stream::iter(steps)
+            .map(|step| async move {
+                let mut outcome = Ok(());
+                for request in &step.requests {
+                    outcome = request.send(client).await;
+                    if outcome.is_err() {
+                        break;
                     }
                 }
-            };
-            let (_, warnings) = Requirements::from_unit(&name, &file)
-                .map_err(|e| format!("invalid [X-Fleet] section of {name}: {e}"))?;
-            for w in warnings {
-                stderr(format_args!("WARNING: {name}: {w}"));
+                (step, outcome)
+            })
+            .buffered(IN_FLIGHT);
+        let mut waiting = Vec::new();
+        while let Some((step, outcome)) = outcomes.next().await {
+            for warning in &step.warnings {
+                progress.err(warning);
             }
-            let unit = Unit {
-                name: name.to_string(),
-                options: file.into_options(),
-                ..Default::default()
-            };
-            self.client
-                .create_unit(&unit)
-                .await
-                .map_err(|e| format!("failed creating unit {name}: {e}"))?;
-            names.push(name);
+            if let Some(refusal) = step.refused {
+                progress.err(refusal);
+                return None;
+            }
+            if let Err(message) = outcome {
+                progress.err(message);
+                return None;
+            }
+            if let Some(done) = step.done {
+                progress.out(done);
+            }
+            waiting.extend(step.wait);
+            progress.inc();
         }
-        Ok(names)
+        Some(waiting)
     }
 
-    /// `--replace`: when the local file differs from the unit in the cluster and the unit's
-    /// desired state allows it for this command (fleet's rules), submit the new content; the
-    /// agent then stops the old one and starts the new one in its place.
-    async fn replace_unit(
+    /// Plans each argument's unit as fleet's `lazyCreateUnits` followed, with `target`, by
+    /// setting its desired state. A unit not in the cluster is created from a local file, the
+    /// template in the cluster, or a local template file, in that order, with its desired
+    /// state in the same request. A unit in the cluster keeps its content (with a warning
+    /// when the local file differs) unless `--replace` allows replacing it, and gets its
+    /// desired state in one request if it has not. The cluster is read once for all the
+    /// arguments ([`Ctl::lookup`]).
+    async fn plan_units(&self, args: &[String], target: Option<Target>) -> Vec<Step> {
+        let mut names = Vec::new();
+        let mut bad_name = None;
+        for arg in args {
+            match parse_arg(arg) {
+                Ok(name) => names.push(name),
+                Err(e) => {
+                    bad_name = Some(Step::refused(format!("Error creating units: {e}")));
+                    break;
+                }
+            }
+        }
+        let mut known = self
+            .lookup(names.iter().map(UnitName::as_str).collect())
+            .await;
+        // Instances in neither the cluster nor a file of their own are made from their
+        // template: read the templates too (a listing has them already).
+        let templates: Vec<UnitName> = args
+            .iter()
+            .zip(&names)
+            .filter(|(arg, name)| {
+                matches!(known.get(name.as_str()), Ok(None)) && !Path::new(arg).exists()
+            })
+            .filter_map(|(_, name)| name.template().filter(|_| name.is_instance()))
+            .filter(|t| !known.listed && !known.units.contains_key(t.as_str()))
+            .collect();
+        if !templates.is_empty() {
+            let found = self
+                .get_each(templates.iter().map(UnitName::as_str).collect())
+                .await;
+            known.units.extend(found);
+        }
+        // What earlier arguments will have made of the cluster, for a unit named twice and
+        // for an instance whose template is also an argument.
+        let mut planned: BTreeMap<String, Unit> = BTreeMap::new();
+        let mut steps = Vec::new();
+        for (arg, name) in args.iter().zip(&names) {
+            let existing = match planned.get(name.as_str()) {
+                Some(unit) => Ok(Some(unit.clone())),
+                None => known.get(name.as_str()),
+            };
+            let planning = match existing {
+                Err(e) => Err(format!("error retrieving Unit({name}) from Registry: {e}")),
+                Ok(Some(unit)) => self.plan_existing(arg, name, unit, target),
+                Ok(None) => self.plan_new(arg, name, &known, &planned, target),
+            };
+            match planning {
+                Ok((step, unit)) => {
+                    steps.push(step);
+                    planned.insert(unit.name.clone(), unit);
+                }
+                Err(e) => {
+                    steps.push(Step::refused(format!("Error creating units: {e}")));
+                    return steps;
+                }
+            }
+        }
+        steps.extend(bad_name);
+        steps
+    }
+
+    /// The step of a unit already in the cluster, and the unit as it will be.
+    fn plan_existing(
+        &self,
+        arg: &str,
+        name: &UnitName,
+        mut unit: Unit,
+        target: Option<Target>,
+    ) -> Result<(Step, Unit), String> {
+        let mut step = Step::default();
+        let mut replacement = None;
+        match self.replace {
+            Some(command) => match self.replacement(command, arg, name, &unit)? {
+                Replacement::Same => {}
+                Replacement::NotAllowed(warning) => step.warnings.push(warning),
+                Replacement::New(file) => {
+                    if let Ok(mut replaced) = self.replaced.lock() {
+                        replaced.insert(name.to_string(), file.hash().to_string());
+                    }
+                    unit.options = file.into_options();
+                    replacement = Some(Unit {
+                        name: name.to_string(),
+                        options: unit.options.clone(),
+                        ..Unit::default()
+                    });
+                }
+            },
+            None => step.warnings.extend(different_local_unit(arg, &unit)),
+        }
+        if let Some(target) = target {
+            if unit.desired_state != target.state {
+                match &mut replacement {
+                    // One request for both, but for a template, which only its own request
+                    // of a desired state may be refused for.
+                    Some(put) if !name.is_template() => put.desired_state = target.state.into(),
+                    _ => step.requests.push(Request::SetDesired {
+                        name: name.to_string(),
+                        state: target.state,
+                        failed: target.failed,
+                    }),
+                }
+                unit.desired_state = target.state.into();
+                step.triggered(name.as_str(), is_global(&unit), target);
+            } else if !is_global(&unit) {
+                step.wait = Some(name.to_string());
+            }
+        }
+        if let Some(put) = replacement {
+            step.requests.insert(
+                0,
+                Request::Put {
+                    unit: put,
+                    failed: format!("Error creating units: failed replacing unit {name}"),
+                },
+            );
+        }
+        Ok((step, unit))
+    }
+
+    /// The step of a unit not in the cluster, made from a local file, the template in the
+    /// cluster, or a local template file, in that order (as fleet does); and the unit as it
+    /// will be.
+    fn plan_new(
+        &self,
+        arg: &str,
+        name: &UnitName,
+        known: &Known,
+        planned: &BTreeMap<String, Unit>,
+        target: Option<Target>,
+    ) -> Result<(Step, Unit), String> {
+        let path = Path::new(arg);
+        let file = if path.exists() {
+            read_unit_file(path)
+                .map_err(|e| format!("failed getting Unit({name}) from file: {e}"))?
+        } else {
+            let Some(template) = name.template().filter(|_| name.is_instance()) else {
+                return Err(format!(
+                    "unable to find Unit({name}) in Registry or on filesystem"
+                ));
+            };
+            let in_cluster = match planned.get(template.as_str()) {
+                Some(t) => Ok(Some(t.clone())),
+                None => known.get(template.as_str()),
+            };
+            match in_cluster.map_err(|e| {
+                format!("error retrieving template Unit({template}) from Registry: {e}")
+            })? {
+                Some(t) => UnitFile::from_options(t.options),
+                None => {
+                    let local = path
+                        .parent()
+                        .unwrap_or(Path::new(""))
+                        .join(template.as_str());
+                    if !local.exists() {
+                        return Err(format!("unable to find Unit({name}) or template Unit({template}) in Registry or on filesystem"));
+                    }
+                    read_unit_file(&local).map_err(|e| {
+                        format!("failed getting template Unit({template}) from file: {e}")
+                    })?
+                }
+            }
+        };
+        let (_, warnings) = Requirements::from_unit(name, &file)
+            .map_err(|e| format!("invalid [X-Fleet] section of {name}: {e}"))?;
+        let mut step = Step {
+            warnings: warnings
+                .iter()
+                .map(|w| format!("WARNING: {name}: {w}"))
+                .collect(),
+            ..Step::default()
+        };
+        let mut unit = Unit {
+            name: name.to_string(),
+            options: file.into_options(),
+            ..Unit::default()
+        };
+        let failed = format!("Error creating units: failed creating unit {name}");
+        match target {
+            // Created, then its desired state asked for in a request of its own, which the
+            // API refuses for a template with its own message.
+            Some(target) if name.is_template() => {
+                step.requests.push(Request::Put {
+                    unit: unit.clone(),
+                    failed,
+                });
+                step.requests.push(Request::SetDesired {
+                    name: name.to_string(),
+                    state: target.state,
+                    failed: target.failed,
+                });
+            }
+            Some(target) => {
+                unit.desired_state = target.state.into();
+                step.requests.push(Request::Put {
+                    unit: unit.clone(),
+                    failed,
+                });
+            }
+            None => step.requests.push(Request::Put {
+                unit: unit.clone(),
+                failed,
+            }),
+        }
+        match target {
+            Some(target) => {
+                unit.desired_state = target.state.into();
+                step.triggered(name.as_str(), is_global(&unit), target);
+            }
+            None => unit.desired_state = "inactive".into(),
+        }
+        Ok((step, unit))
+    }
+
+    /// `--replace`: whether the local file differs from the unit in the cluster and the
+    /// unit's desired state allows replacing it for this command (fleet's rules). The agent
+    /// then stops the old content and starts the new one in its place.
+    fn replacement(
         &self,
         command: &str,
         arg: &str,
         name: &UnitName,
         existing: &Unit,
-    ) -> Result<(), String> {
-        let path = std::path::Path::new(arg);
+    ) -> Result<Replacement, String> {
+        let path = Path::new(arg);
         if !path.exists() {
-            return Ok(());
+            return Ok(Replacement::Same);
         }
         let local = read_unit_file(path)
             .map_err(|e| format!("failed getting Unit({name}) from file: {e}"))?;
         let registered = UnitFile::from_options(existing.options.clone());
         if local.hash() == registered.hash() {
-            return Ok(());
+            return Ok(Replacement::Same);
         }
         if !replace_allowed(command, &existing.desired_state) {
-            stderr(format_args!(
+            return Ok(Replacement::NotAllowed(format!(
                 "Warning: can not replace Unit({name}) in state '{}', use the appropriate command",
                 existing.desired_state
-            ));
-            return Ok(());
+            )));
         }
         Requirements::from_unit(name, &local)
             .map_err(|e| format!("invalid [X-Fleet] section of {name}: {e}"))?;
-        let hash = local.hash().to_string();
-        let unit = Unit {
-            name: name.to_string(),
-            options: local.into_options(),
-            ..Default::default()
-        };
-        self.client
-            .create_unit(&unit)
+        Ok(Replacement::New(local))
+    }
+
+    /// Whether to read `units` units with a listing of all units rather than one request
+    /// each: when the listing takes fewer requests (as many as it took the last time), or
+    /// before any listing, for more than [`MANY`] units.
+    fn list_rather_than_ask(&self, units: usize) -> bool {
+        match self.listing_pages.load(Ordering::Relaxed) {
+            0 => units > MANY,
+            pages => units > pages,
+        }
+    }
+
+    /// The named units as the cluster holds them: by one listing of all units or by one
+    /// request each, [`IN_FLIGHT`] at a time, whichever takes fewer requests.
+    async fn lookup(&self, names: Vec<&str>) -> Known {
+        if !self.list_rather_than_ask(names.len()) {
+            return Known {
+                units: self.get_each(names).await,
+                listed: false,
+            };
+        }
+        match self.all_units().await {
+            Ok(all) => Known {
+                units: all
+                    .into_iter()
+                    .map(|u| (u.name.clone(), Ok(Some(u))))
+                    .collect(),
+                listed: true,
+            },
+            Err(e) => Known {
+                units: names
+                    .into_iter()
+                    .map(|n| (n.to_string(), Err(e.to_string())))
+                    .collect(),
+                listed: false,
+            },
+        }
+    }
+
+    /// Each named unit (once however often named), one request each, [`IN_FLIGHT`] at a time.
+    async fn get_each(&self, names: Vec<&str>) -> BTreeMap<String, Result<Option<Unit>, String>> {
+        let distinct: BTreeSet<&str> = names.into_iter().collect();
+        stream::iter(distinct)
+            .map(|name| async move {
+                let found = self.client.unit(name).await.map_err(|e| e.to_string());
+                (name.to_string(), found)
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
             .await
-            .map_err(|e| format!("failed replacing unit {name}: {e}"))?;
-        if let Ok(mut replaced) = self.replaced.lock() {
-            replaced.insert(name.to_string(), hash);
-        }
-        Ok(())
     }
 
-    /// Whether a replaced unit's machine already runs the new content.
-    async fn runs_replacement(&self, name: &str) -> bool {
-        let expected = match self.replaced.lock() {
-            Ok(replaced) => replaced.get(name).cloned(),
-            Err(_) => None,
-        };
-        let Some(expected) = expected else {
-            return true;
-        };
-        match self.client.unit_states(&[name], &[]).await {
-            Ok(states) => states.iter().any(|s| s.hash == expected),
-            Err(_) => false,
-        }
-    }
-
-    /// Sets `unit`'s desired state. A global unit is announced as triggered and `false`
-    /// returned, since fleet never waits for global units; any other gives `true`: the caller
-    /// waits for it.
-    async fn set_desired(
-        &self,
-        unit: &Unit,
-        state: &str,
-        action: &str,
-    ) -> Result<bool, ClientError> {
-        self.client.set_desired_state(&unit.name, state).await?;
-        if is_global(unit) {
-            println!("Triggered global unit {} {action}", unit.name);
-            return Ok(false);
-        }
-        Ok(true)
+    /// All units, remembering how many pages the listing took.
+    async fn all_units(&self) -> Result<Vec<Unit>, ClientError> {
+        let (units, pages) = self.client.units_counting_pages().await?;
+        self.listing_pages.store(pages, Ordering::Relaxed);
+        Ok(units)
     }
 
     /// [`Ctl::find_units`], saying why on stderr when the cluster cannot be asked.
@@ -336,7 +674,7 @@ impl Ctl {
         for arg in args {
             wanted.push(parse_arg(arg)?);
         }
-        let all = self.client.units().await.map_err(|e| e.to_string())?;
+        let all = self.all_units().await.map_err(|e| e.to_string())?;
         let by_name: BTreeMap<&str, &Unit> = all.iter().map(|u| (u.name.as_str(), u)).collect();
         Ok(wanted
             .iter()
@@ -344,30 +682,43 @@ impl Ctl {
             .collect())
     }
 
-    /// Waits until each unit reports `state`, printing fleet's `Unit X <state> on <machine>`.
-    /// The agent reports `launched` once systemd's start job finished; a start that failed
-    /// there is an error naming the unit, its machine and what systemd said.
-    async fn wait_for(&self, names: &[String], state: &str, action: &str, block: Block) -> u8 {
+    /// Waits until each unit reports `target`'s state, printing fleet's `Unit X <state> on
+    /// <machine>`: those that got there in one check, in the order of `names`. The agent
+    /// reports `launched` once systemd's start job finished; a start that failed there is an
+    /// error naming the unit, its machine and what systemd said. Each check reads all the
+    /// units still waited for at once ([`Ctl::lookup`]).
+    async fn wait_for(
+        &self,
+        names: &[String],
+        target: Target,
+        block: Block,
+        progress: &Progress,
+    ) -> u8 {
+        let Target { state, action, .. } = target;
         if block.no_block {
             for name in names {
-                println!("Triggered unit {name} {action}");
+                progress.out(format_args!("Triggered unit {name} {action}"));
             }
             return 0;
         }
+        progress.phase(target.reached, names.len());
         let deadline =
             (block.block_attempts > 0).then(|| Instant::now() + ATTEMPT * block.block_attempts);
         let mut pending: Vec<&String> = names.iter().collect();
         let mut machines: Option<BTreeMap<String, Machine>> = None;
-        let mut last_error: Option<ClientError> = None;
+        let mut last_error: Option<String> = None;
         let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
         let mut exit = 0;
         while !pending.is_empty() {
+            let began = Instant::now();
+            let views = self
+                .lookup(pending.iter().map(|n| n.as_str()).collect())
+                .await;
+            let unreplaced = self.not_yet_replaced(&pending, &views, state).await;
             let mut still = Vec::new();
             for name in pending {
-                match self.client.unit(name).await {
-                    Ok(Some(u))
-                        if u.current_state == state && self.runs_replacement(name).await =>
-                    {
+                match views.get(name) {
+                    Ok(Some(u)) if u.current_state == state && !unreplaced.contains(name) => {
                         if machines.is_none() && !u.machine_id.is_empty() {
                             machines = self
                                 .client
@@ -382,7 +733,7 @@ impl Ctl {
                             .map(|m| machine_full_legend(m, false));
                         if state == "launched" && !u.start_failure.is_empty() {
                             let on = machine.unwrap_or_else(|| or_dash(&u.machine_id));
-                            stderr(format_args!(
+                            progress.err(format_args!(
                                 "Error waiting for units: unit {name} failed to start on {on}: {}",
                                 u.start_failure
                             ));
@@ -390,7 +741,8 @@ impl Ctl {
                             continue;
                         }
                         let legend = machine.map(|m| format!(" on {m}")).unwrap_or_default();
-                        println!("Unit {name} {state}{legend}");
+                        progress.out(format_args!("Unit {name} {state}{legend}"));
+                        progress.inc();
                     }
                     Ok(Some(u)) => {
                         if !u.reason.is_empty() {
@@ -416,15 +768,48 @@ impl Ctl {
                         (None, Some(e)) => format!(" (last error: {e})"),
                         (None, None) => String::new(),
                     };
-                    stderr(format_args!(
+                    progress.err(format_args!(
                         "Error waiting for units: timed out waiting for unit {name} to report state {state}{why}"
                     ));
                 }
                 return 1;
             }
-            tokio::time::sleep(POLL).await;
+            // Never busier than half the time, however long a check takes.
+            tokio::time::sleep(POLL.max(began.elapsed())).await;
         }
         exit
+    }
+
+    /// Of the `pending` units that reached `state` in `views`, those this invocation replaced
+    /// whose machine does not report the new content yet: one request for all of them.
+    async fn not_yet_replaced(
+        &self,
+        pending: &[&String],
+        views: &Known,
+        state: &str,
+    ) -> BTreeSet<String> {
+        let expected: BTreeMap<String, String> = match self.replaced.lock() {
+            Ok(replaced) if !replaced.is_empty() => pending
+                .iter()
+                .filter(|n| matches!(views.get(n), Ok(Some(u)) if u.current_state == state))
+                .filter_map(|n| Some((n.to_string(), replaced.get(n.as_str())?.clone())))
+                .collect(),
+            _ => return BTreeSet::new(),
+        };
+        if expected.is_empty() {
+            return BTreeSet::new();
+        }
+        let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+        let states = self
+            .client
+            .unit_states(&names, &[])
+            .await
+            .unwrap_or_default();
+        expected
+            .into_iter()
+            .filter(|(name, hash)| !states.iter().any(|s| &s.name == name && &s.hash == hash))
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Restarts each unit, one after another, waiting for each step unless `--no-block`, as
@@ -436,8 +821,9 @@ impl Ctl {
         let Some(units) = self.existing_units(args).await else {
             return 1;
         };
-        if let Err(e) = self.create_units(args).await {
-            stderr(format_args!("Error creating units: {e}"));
+        let progress = Progress::hidden();
+        let steps = self.plan_units(args, None).await;
+        if self.carry_out(steps, &progress).await.is_none() {
             return 1;
         }
         for unit in units {
@@ -448,19 +834,19 @@ impl Ctl {
                     continue;
                 }
             };
-            let name = std::slice::from_ref(&unit.name);
             for &(state, action) in steps {
-                match self.set_desired(&unit, state, action).await {
-                    Ok(true) => {
-                        if self.wait_for(name, state, action, block).await != 0 {
-                            return 1;
-                        }
-                    }
-                    Ok(false) => {}
-                    Err(e) => {
-                        stderr(format_args!("Error restarting units: {e}"));
-                        return 1;
-                    }
+                let target = Target {
+                    state,
+                    action,
+                    failed: "Error restarting units",
+                    reached: action,
+                };
+                let step = Step::set_desired(&unit, target);
+                let Some(waiting) = self.carry_out(vec![step], &progress).await else {
+                    return 1;
+                };
+                if self.wait_for(&waiting, target, block, &progress).await != 0 {
+                    return 1;
                 }
             }
         }
@@ -766,25 +1152,25 @@ fn parse_arg(arg: &str) -> Result<UnitName, String> {
     UnitName::parse(&mangled).map_err(|e| format!("invalid unit name {mangled:?}: {e}"))
 }
 
-fn read_unit_file(path: &std::path::Path) -> Result<UnitFile, String> {
+fn read_unit_file(path: &Path) -> Result<UnitFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     UnitFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn warn_on_different_local_unit(arg: &str, existing: &Unit) {
-    let path = std::path::Path::new(arg);
+/// fleet's warning when the local file of a unit in the cluster differs from it.
+fn different_local_unit(arg: &str, existing: &Unit) -> Option<String> {
+    let path = Path::new(arg);
     if !path.exists() {
-        return;
+        return None;
     }
-    if let Ok(local) = read_unit_file(path) {
-        let registered = UnitFile::from_options(existing.options.clone());
-        if local.hash() != registered.hash() {
-            stderr(format_args!(
-                "WARNING: Unit {} in registry differs from local unit file {arg}",
-                existing.name
-            ));
-        }
-    }
+    let local = read_unit_file(path).ok()?;
+    let registered = UnitFile::from_options(existing.options.clone());
+    (local.hash() != registered.hash()).then(|| {
+        format!(
+            "WARNING: Unit {} in registry differs from local unit file {arg}",
+            existing.name
+        )
+    })
 }
 
 /// fleet's rules for `--replace`: the desired states in which each command may replace a unit.

@@ -1,5 +1,6 @@
 //! fleetctl: edit the cluster's desired state and read its current state, through fleetd's API.
 
+mod batch;
 mod commands;
 mod known_hosts;
 mod table;
