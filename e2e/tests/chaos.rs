@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use fleet_e2e::{chaos, cluster};
+use fleet_e2e::{chaos, cluster, NODES};
 
 #[test]
 fn a_minute_of_chaos_runs_nothing_twice_and_loses_nothing() {
@@ -15,8 +15,42 @@ fn a_minute_of_chaos_runs_nothing_twice_and_loses_nothing() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
+    let began = std::time::Instant::now();
     let report = chaos::run(c, Duration::from_secs(60), 6, seed);
     c.up();
+    if !report.passed() {
+        // What each fleetd said about its lease meanwhile: enough to tell a needless fence
+        // from a lost unit the next time this fails somewhere nobody can look.
+        let since = format!("-{}s", began.elapsed().as_secs() + 30);
+        for n in 1..=NODES {
+            let log = c.exec(
+                n,
+                &[
+                    "journalctl",
+                    "-u",
+                    "fleet",
+                    "--since",
+                    &since,
+                    "-o",
+                    "short-precise",
+                    "--no-pager",
+                ],
+            );
+            let lines: Vec<&str> = log
+                .stdout
+                .lines()
+                .filter(|l| !l.contains("cannot renew this machine's lease"))
+                .filter(|l| {
+                    [
+                        "lease", "fenc", "majority", "round", "Monitor", "declared", "register",
+                    ]
+                    .iter()
+                    .any(|w| l.contains(w))
+                })
+                .collect();
+            eprintln!("node{n}'s fleetd on its lease:\n{}", lines.join("\n"));
+        }
+    }
     eprintln!(
         "chaos seed {seed}: faults {:#?}; {} samples, every {:?} per node",
         report.faults,

@@ -314,10 +314,32 @@ impl Guard {
     }
 
     /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
-    /// and the current confirmation (if any) was sent more than [`Timing::ask_every`] ago.
+    /// and the last round (answered or not) was sent at least [`Timing::ask_every`] ago. Rounds
+    /// go out at that pace whether or not the earlier ones have been answered: a confirmation
+    /// lasts [`Timing::validity`], four rounds' worth, so that one or two slow answers do not
+    /// leave it to lapse with no round behind it.
     pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
         let at_risk = now + self.timing.ask_ahead >= self.expiry();
         !self.fenced && at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
+    }
+
+    /// The next time after `now` at which [`Guard::verdict`] may change by itself (a
+    /// confirmation lapsing, the lease coming to risk or to its possible expiry), if any: a
+    /// caller that looks again then fences without delay.
+    pub fn next_change(&self, now: Duration) -> Option<Duration> {
+        if self.fenced {
+            return None;
+        }
+        let expiry = self.expiry();
+        [
+            self.confirmed_until,
+            Some(expiry.saturating_sub(self.timing.ask_ahead)),
+            Some(expiry),
+        ]
+        .into_iter()
+        .flatten()
+        .filter(|t| *t > now)
+        .min()
     }
 }
 
@@ -475,6 +497,28 @@ mod tests {
         assert_eq!(g.verdict(ms(6_000)), Verdict::Confirmed);
         g.renewed(ms(6_100));
         assert_eq!(g.verdict(ms(6_200)), Verdict::Renewing);
+    }
+
+    #[test]
+    fn the_next_change_is_each_deadline_in_turn() {
+        let t = timing();
+        let mut g = Guard::new(t, ms(0));
+        let expiry = g.expiry();
+        let ask_from = expiry - t.ask_ahead;
+        assert_eq!(g.next_change(ms(0)), Some(ask_from));
+        assert_eq!(g.verdict(ask_from - ms(1)), Verdict::Renewing);
+        assert_eq!(g.verdict(ask_from), Verdict::Ask);
+        assert_eq!(g.next_change(ask_from), Some(expiry));
+        // A confirmation's lapse comes first while it lasts, then the expiry again.
+        let d = t.confirm_after();
+        assert!(g.round(ask_from, ask_from, &[d, ms(0)], 3));
+        let until = g.next_change(ask_from).expect("the confirmation lapses");
+        assert!(until < expiry && until > ask_from, "{until:?}");
+        assert_eq!(g.verdict(until - ms(1)), Verdict::Confirmed);
+        assert_eq!(g.next_change(until), Some(expiry));
+        // Nothing changes by itself once fenced.
+        assert_eq!(g.verdict(expiry), Verdict::Fence);
+        assert_eq!(g.next_change(expiry), None);
     }
 
     #[test]

@@ -661,6 +661,12 @@ async fn follow_members(
 
 /// Reports `Fenced` when the guard says so: the lease may have expired and no majority of the
 /// members confirms being cut off from etcd too.
+///
+/// Rounds of questions go out every [`Timing::ask_every`] while the lease is at risk, each in
+/// a task of its own: a round waits up to [`Timing::peer_timeout`] for a slow member, and the
+/// next one must not wait for it (one slow answer would otherwise leave a confirmation to lapse
+/// with no round behind it). The loop looks again as soon as a round is recorded and at each of
+/// the guard's deadlines, so that it fences the moment a confirmation lapses.
 async fn guard_loop(
     me: MachineId,
     guard: Arc<Mutex<Guard>>,
@@ -673,6 +679,8 @@ async fn guard_loop(
     let timing = *lock(&guard).timing();
     let mut last_sent: Option<Duration> = None;
     let mut was = Verdict::Renewing;
+    // Dropped with the loop, which aborts the rounds still out.
+    let mut rounds: tokio::task::JoinSet<Option<Round>> = tokio::task::JoinSet::new();
     loop {
         let now = origin.elapsed();
         if lock(&guard).should_ask(now, last_sent) {
@@ -680,22 +688,29 @@ async fn guard_loop(
             let known = lock(&members).clone();
             let count = known.len() + usize::from(!known.iter().any(|m| m.id == me));
             let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
-            let answers = witness.since_renewal(others, timing.peer_timeout).await;
-            // A round that took longer than the bound (this task stalled, say) counts for
-            // nothing: answers later than `peer_timeout` are outside the argument.
-            if origin.elapsed().saturating_sub(now) <= timing.peer_timeout {
-                let own = liveness.own_since_renewal();
-                lock(&guard).round(now, own, &answers, count);
-            }
+            let own_since = liveness.own_since_renewal();
+            let asking = witness.since_renewal(others, timing.peer_timeout);
+            rounds.spawn(async move {
+                let answers = asking.await;
+                // A round that took longer than the bound (this machine stalled, say) counts
+                // for nothing: answers later than `peer_timeout` are outside the argument.
+                (origin.elapsed().saturating_sub(now) <= timing.peer_timeout).then_some(Round {
+                    sent_at: now,
+                    own_since,
+                    answers,
+                    members: count,
+                })
+            });
         }
         // Decided and reported under the guard's lock, so that a renewal recorded meanwhile
         // is not followed by a stale `Fenced`.
-        let verdict = {
+        let (verdict, next_change) = {
             let mut guard = lock(&guard);
-            let verdict = guard.verdict(origin.elapsed());
+            let now = origin.elapsed();
+            let verdict = guard.verdict(now);
             liveness.set_fenced(guard.fenced());
             fence_if(verdict, &status);
-            verdict
+            (verdict, guard.next_change(now))
         };
         if verdict != was {
             match verdict {
@@ -709,8 +724,49 @@ async fn guard_loop(
             }
             was = verdict;
         }
-        tokio::time::sleep(timing.ask_every()).await;
+        let mut wake = origin.elapsed() + timing.ask_every();
+        if let Some(at) = next_change {
+            wake = wake.min(at);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(origin + wake) => {}
+            Some(done) = rounds.join_next() => {
+                match done {
+                    Ok(Some(round)) => {
+                        let confirmed = lock(&guard).round(
+                            round.sent_at,
+                            round.own_since,
+                            &round.answers,
+                            round.members,
+                        );
+                        if !confirmed && verdict == Verdict::Confirmed {
+                            tracing::info!(
+                                answers = ?round.answers,
+                                members = round.members,
+                                "a round of questions did not confirm"
+                            );
+                        }
+                    }
+                    Ok(None) if verdict == Verdict::Confirmed => tracing::info!(
+                        "a round of questions took longer than {:?}: not counted",
+                        timing.peer_timeout
+                    ),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(error = %e, "a round of questions ended"),
+                }
+            }
+        }
     }
+}
+
+/// The answers to one round of questions, sent at `sent_at` (since the liveness's origin).
+struct Round {
+    sent_at: Duration,
+    /// How long this machine had had no renewal acknowledged when the round was sent.
+    own_since: Duration,
+    answers: Vec<Duration>,
+    /// Every member counted, this machine included.
+    members: usize,
 }
 
 /// The guard loop of a machine that asks nobody: it fences when its lease may expire.

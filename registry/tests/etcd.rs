@@ -923,6 +923,80 @@ async fn a_machine_cut_off_from_etcd_past_its_ttl_fences_itself() {
     .unwrap();
 }
 
+/// Answers for the other members like a cluster where etcd is out of reach of a majority: the
+/// first other member has had no renewal for long, the rest renew. Two rounds in every three,
+/// that first member is slow: its answer misses the round's deadline.
+struct SlowMajority {
+    rounds: std::sync::atomic::AtomicUsize,
+}
+
+impl fleet_registry::Witness for SlowMajority {
+    fn since_renewal(
+        &self,
+        members: Vec<fleet_registry::Machine>,
+        timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Vec<Duration>> {
+        let round = self
+            .rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            let connected = vec![Duration::ZERO; members.len().saturating_sub(1)];
+            if !round.is_multiple_of(3) {
+                tokio::time::sleep(timeout).await;
+                return connected;
+            }
+            let mut answers = vec![Duration::from_secs(600)];
+            answers.extend(connected);
+            answers
+        })
+    }
+
+    fn renew_now(
+        &self,
+        _members: Vec<fleet_registry::Machine>,
+        _timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::MachineId>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_answers_do_not_let_a_majoritys_confirmation_lapse() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    // Long enough for a majority to confirm before a lease can expire (see fleet_quorum).
+    let ttl = Duration::from_secs(6);
+    let mut others = Vec::new();
+    for n in [2, 3] {
+        others.push(
+            Presence::start(registry.clone(), machine(n), ttl, None)
+                .await
+                .unwrap(),
+        );
+    }
+    let witness = std::sync::Arc::new(SlowMajority {
+        rounds: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let options = fleet_registry::PresenceOptions {
+        witness: Some(witness.clone()),
+        ..Default::default()
+    };
+    let presence = Presence::start_with(registry.clone(), machine(1), ttl, options)
+        .await
+        .unwrap();
+    let mut status = presence.subscribe();
+
+    drop(etcd);
+
+    // Well past the lease's expiry, confirmed by one round in three all along.
+    let fenced =
+        tokio::time::timeout(3 * ttl, status.wait_for(|s| *s == PresenceStatus::Fenced)).await;
+    let rounds = witness.rounds.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(fenced.is_err(), "fenced after {rounds} rounds");
+    // Rounds every quarter of a second from a few seconds before the lease could expire.
+    assert!(rounds >= 40, "only {rounds} rounds were asked");
+}
+
 // ---- helpers --------------------------------------------------------------------------------
 
 // ---- peers ----------------------------------------------------------------------------------
