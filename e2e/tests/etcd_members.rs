@@ -15,12 +15,15 @@ fn leader(c: &Cluster) -> u32 {
     .expect("no etcd member leads")
 }
 
-/// Every node's API lists the units, from the host: `true` when all three answered.
-fn all_answer(c: &Cluster) -> bool {
-    (1..=NODES).all(|n| {
-        c.fleetctl_via(n, &["--request-timeout", "2", "list-units", "--no-legend"])
-            .ok()
-    })
+/// Every node's API lists the units, from the host: what the first that did not answer said.
+fn all_answer(c: &Cluster) -> Result<(), String> {
+    for n in 1..=NODES {
+        let out = c.fleetctl_via(n, &["--request-timeout", "2", "list-units", "--no-legend"]);
+        if !out.ok() {
+            return Err(format!("node{n}: {}", out.stderr.trim()));
+        }
+    }
+    Ok(())
 }
 
 /// After a member went away: every API answers again within 15 s (an election takes about
@@ -29,17 +32,16 @@ fn all_answer(c: &Cluster) -> bool {
 /// returns how long it took.
 fn answering_again(c: &Cluster, what: &str) -> Duration {
     let since = Instant::now();
-    let back = eventually(Duration::from_secs(15), || all_answer(c).then_some(()));
+    let back = eventually(Duration::from_secs(15), || all_answer(c).ok());
     assert!(
         back.is_some(),
         "{what}: the API did not answer again within 15 s"
     );
     let took = since.elapsed();
     for round in 0..10 {
-        assert!(
-            all_answer(c),
-            "{what}: a request failed again (round {round})"
-        );
+        if let Err(e) = all_answer(c) {
+            panic!("{what}: a request failed again (round {round}): {e}");
+        }
     }
     took
 }

@@ -204,6 +204,33 @@ impl Error {
     }
 }
 
+/// Whether `e` says that the request was never sent: no connection to the endpoint could be
+/// made (a refused or failed TCP connect; tonic reports it as `Unavailable` with the connect
+/// error as the status's source).
+fn not_sent(e: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = match e {
+        etcd_client::Error::GRpcStatus(s) if s.code() == tonic::Code::Unavailable => {
+            if s.message().starts_with("tcp connect error") {
+                return true;
+            }
+            std::error::Error::source(s)
+        }
+        other => Some(other),
+    };
+    while let Some(s) = source {
+        if s.to_string().starts_with("tcp connect error") {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
 /// Why etcd refuses this client, if `e` says it does: a failed authentication, a missing
 /// permission, or a TLS handshake that failed (found as rustls's error in the source chain; an
 /// `io::Error` hides the error it wraps from `source()`, so it is opened with `get_ref`).
@@ -574,14 +601,6 @@ impl Registry {
         &self.prefix
     }
 
-    /// A key-value client for one request, on the current endpoint.
-    fn kv(&self) -> etcd_client::KvClient {
-        self.members
-            .client()
-            .kv_client()
-            .max_decoding_message_size(MAX_RESPONSE_BYTES)
-    }
-
     /// A lease client on the current endpoint.
     fn lease_client(&self) -> etcd_client::LeaseClient {
         self.members.client().lease_client()
@@ -677,7 +696,17 @@ impl Registry {
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        self.attempt_on(used, fut).await.map_err(|(e, _)| e)
+    }
+
+    /// [`Registry::timed_on`], also saying of a failure whether the request was never sent
+    /// ([`not_sent`]).
+    async fn attempt_on<T, F>(&self, used: usize, fut: F) -> std::result::Result<T, (Error, bool)>
+    where
+        F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         let mut leaderless = false;
+        let mut unsent = false;
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => {
                 self.members.answered(used);
@@ -685,6 +714,7 @@ impl Registry {
             }
             Ok(Err(e)) => {
                 leaderless = matches!(&e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"));
+                unsent = not_sent(&e);
                 Error::from_etcd(e, &self.endpoints)
             }
             Err(_) => Error::Timeout(self.timeout),
@@ -695,7 +725,30 @@ impl Registry {
             self.members.failed(used);
         }
         fleet_telemetry::ETCD_ERRORS.inc();
-        Err(result)
+        Err((result, unsent))
+    }
+
+    /// One key-value request, made by `make` on the current endpoint's client. When that
+    /// endpoint could not even be connected (a member that is down refuses at once) the
+    /// request was never sent, so it is made again on the next endpoint, writes included,
+    /// until each endpoint had its try: a member known to be down costs a request nothing.
+    async fn kv_request<T, F, Fut>(&self, make: F) -> Result<T>
+    where
+        F: Fn(etcd_client::KvClient) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let mut tries = self.members.count;
+        loop {
+            let (index, client) = self.members.current_client();
+            let kv = client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            match self.attempt_on(index, make(kv)).await {
+                Ok(v) => return Ok(v),
+                Err((_, true)) if tries > 1 => tries -= 1,
+                Err((e, _)) => return Err(e),
+            }
+        }
     }
 
     /// Creates `key` with `value` (on `lease`, if any) unless it exists, in one transaction.
@@ -723,14 +776,28 @@ impl Registry {
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.kv();
-        self.timed(kv.txn(txn)).await
+        self.kv_request(|mut kv| {
+            let txn = txn.clone();
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// The value at `key`, if any (one request, [`Registry::kv_request`]).
+    async fn get(&self, key: impl Into<Vec<u8>>) -> Result<GetResponse> {
+        let key = key.into();
+        self.kv_request(|mut kv| {
+            let key = key.clone();
+            async move { kv.get(key, None).await }
+        })
+        .await
     }
 
     async fn range<T: DeserializeOwned>(&self, prefix: &str) -> Result<(i64, Vec<(KeyValue, T)>)> {
-        let mut kv = self.kv();
         let resp = self
-            .timed(kv.get(prefix, Some(GetOptions::new().with_prefix())))
+            .kv_request(|mut kv| async move {
+                kv.get(prefix, Some(GetOptions::new().with_prefix())).await
+            })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let items = decode_all(resp.kvs())?;
@@ -767,8 +834,7 @@ impl Registry {
     }
 
     pub async fn unit(&self, name: &UnitName) -> Result<Option<Unit>> {
-        let mut kv = self.kv();
-        let resp = self.timed(kv.get(self.unit_key(name), None)).await?;
+        let resp = self.get(self.unit_key(name)).await?;
         match resp.kvs().first() {
             Some(kv) => Ok(Some(decode(kv)?)),
             None => Ok(None),
@@ -807,8 +873,7 @@ impl Registry {
             // etcd applies the write that crosses its quota and still answers "no space" (its
             // quota applier checks after applying): the unit may be stored after all.
             Err(e @ Error::OutOfSpace { .. }) => {
-                let mut kv = self.kv();
-                let stored = self.timed(kv.get(unit_key, None)).await?;
+                let stored = self.get(unit_key).await?;
                 match stored.kvs().first() {
                     Some(kv) if kv.value() == value.as_slice() => Ok(()),
                     _ => Err(e),
@@ -822,9 +887,8 @@ impl Registry {
     /// Retries on a concurrent change so that no other update is lost.
     pub async fn set_desired_state(&self, name: &UnitName, state: JobState) -> Result<bool> {
         loop {
-            let mut kv = self.kv();
             let key = self.unit_key(name);
-            let resp = self.timed(kv.get(key.clone(), None)).await?;
+            let resp = self.get(key.clone()).await?;
             let Some(current) = resp.kvs().first() else {
                 return Ok(false);
             };
@@ -914,31 +978,37 @@ impl Registry {
 
     /// Publishes (or replaces) the state of a unit on this machine, on the machine's lease.
     pub async fn publish_state(&self, lease: i64, state: &UnitState) -> Result<()> {
-        let mut kv = self.kv();
-        self.timed(kv.put(
-            self.state_key(&state.machine_id, &state.name),
-            encode(state),
-            Some(PutOptions::new().with_lease(lease)),
-        ))
+        let key = self.state_key(&state.machine_id, &state.name);
+        let value = encode(state);
+        self.kv_request(|mut kv| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
         .await?;
         Ok(())
     }
 
     pub async fn remove_state(&self, machine: &MachineId, name: &UnitName) -> Result<()> {
-        let mut kv = self.kv();
-        self.timed(kv.delete(self.state_key(machine, name), None))
-            .await?;
+        let key = self.state_key(machine, name);
+        self.kv_request(|mut kv| {
+            let key = key.clone();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
     /// Why units could not be placed, as the engine last recorded it.
     pub async fn unplaceable(&self) -> Result<BTreeMap<UnitName, Vec<String>>> {
-        let mut kv = self.kv();
+        let prefix = self.unplaceable_prefix();
         let resp = self
-            .timed(kv.get(
-                self.unplaceable_prefix(),
-                Some(GetOptions::new().with_prefix()),
-            ))
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         self.decode_unplaceable(resp.kvs())
     }
@@ -988,8 +1058,7 @@ impl Registry {
         };
         let state = match &machine {
             Some(m) => {
-                let mut kv = self.kv();
-                let resp = self.timed(kv.get(self.state_key(m, name), None)).await?;
+                let resp = self.get(self.state_key(m, name)).await?;
                 match resp.kvs().first() {
                     Some(kv) => Some(decode::<UnitState>(kv)?),
                     None => None,
@@ -1007,8 +1076,7 @@ impl Registry {
 
     /// The metadata overrides set through the API for a machine.
     pub async fn metadata_overrides(&self, id: &MachineId) -> Result<MetadataOverrides> {
-        let mut kv = self.kv();
-        let resp = self.timed(kv.get(self.metadata_key(id), None)).await?;
+        let resp = self.get(self.metadata_key(id)).await?;
         match resp.kvs().first() {
             Some(kv) => decode(kv),
             None => Ok(MetadataOverrides::new()),
@@ -1159,8 +1227,7 @@ impl Registry {
 
     /// The machine currently leading the engine, if any.
     pub async fn engine_leader(&self) -> Result<Option<MachineId>> {
-        let mut kv = self.kv();
-        let resp = self.timed(kv.get(self.leader_key(), None)).await?;
+        let resp = self.get(self.leader_key()).await?;
         Ok(resp
             .kvs()
             .first()
@@ -1254,9 +1321,12 @@ impl Registry {
     /// The cluster's members (machines registered and not declared dead), and the revision
     /// they were read at.
     pub async fn cluster_members(&self) -> Result<(i64, Vec<MemberEntry>)> {
-        let mut kv = self.kv();
+        let prefix = self.members_prefix();
         let resp = self
-            .timed(kv.get(self.members_prefix(), Some(GetOptions::new().with_prefix())))
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                async move { kv.get(prefix, Some(GetOptions::new().with_prefix())).await }
+            })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         Ok((revision, member_entries(&self.members_prefix(), resp.kvs())))

@@ -852,8 +852,9 @@ async fn an_unreachable_etcd_is_reported_instead_of_hanging() {
     assert!(error.is_unavailable(), "{error:?}");
 }
 
-/// Of several endpoints, one that does not answer costs one failed request: the next one is
-/// used from then on, for requests and watches alike.
+/// Of several endpoints, one that refuses connections (a member that is down) costs no request:
+/// nothing was sent, so the request goes on to the next endpoint, which is used from then on,
+/// for requests and watches alike.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_endpoint_that_does_not_answer_is_left_for_the_next() {
     let etcd = Etcd::start();
@@ -867,11 +868,10 @@ async fn an_endpoint_that_does_not_answer_is_left_for_the_next() {
         ..EtcdConfig::default()
     };
     let registry = Registry::connect(&config).await.expect("connect is lazy");
-    let first = registry.units().await;
-    assert!(
-        first.as_ref().is_err_and(|e| e.is_unavailable()),
-        "the first request goes to the first endpoint, which is closed: {first:?}"
-    );
+    registry
+        .units()
+        .await
+        .expect("the first request goes to the closed endpoint first, then to the live one");
     for _ in 0..20 {
         registry
             .put_unit(&unit("web.service"))
