@@ -4,6 +4,9 @@
 //! It watches only this machine's placements and the global units, reacts to systemd's signals,
 //! and keeps a slow full resync as a safety net. Decisions are made by [`plan::plan`] (pure);
 //! this module executes them and publishes unit states on the machine's lease.
+//!
+//! systemd is reached through [`UnitManager`]: the real [`Systemd`] in fleetd, a simulated one
+//! only in `fleet-sim`'s hollow machines.
 
 pub mod job;
 pub mod plan;
@@ -23,7 +26,7 @@ use tokio::sync::watch;
 
 use job::{Job, JobKind};
 use plan::{Action, Desired, Local};
-pub use systemd::{Signal, Systemd, SystemdError, SystemdState};
+pub use systemd::{Signal, Systemd, SystemdError, SystemdState, UnitManager};
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -83,10 +86,10 @@ enum Wake {
 
 type Signals = BoxStream<'static, Signal>;
 
-pub struct Agent {
+pub struct Agent<M = Systemd> {
     registry: Registry,
     machine: MachineId,
-    systemd: Systemd,
+    systemd: M,
     config: AgentConfig,
     local: BTreeMap<UnitName, LocalUnit>,
     /// States as last published, and the lease they were published on.
@@ -99,7 +102,7 @@ pub struct Agent {
     signals: Option<std::sync::Mutex<Signals>>,
 }
 
-impl Agent {
+impl Agent<Systemd> {
     /// Connects to systemd and takes stock of the units a previous run left loaded, so that a
     /// restart of fleetd does not restart them.
     pub async fn new(
@@ -108,6 +111,18 @@ impl Agent {
         config: AgentConfig,
     ) -> Result<Agent, AgentError> {
         let systemd = Systemd::connect().await?;
+        Agent::with_manager(registry, machine, config, systemd).await
+    }
+}
+
+impl<M: UnitManager> Agent<M> {
+    /// [`Agent::new`] with `systemd` as this machine's systemd.
+    pub async fn with_manager(
+        registry: Registry,
+        machine: MachineId,
+        config: AgentConfig,
+        systemd: M,
+    ) -> Result<Agent<M>, AgentError> {
         std::fs::create_dir_all(&config.units_directory).map_err(|source| {
             AgentError::UnitsDirectory {
                 path: config.units_directory.clone(),
@@ -176,7 +191,7 @@ impl Agent {
     /// Runs until the task is dropped.
     pub async fn run(mut self, mut presence: watch::Receiver<PresenceStatus>) {
         self.signals = match self.systemd.changes().await {
-            Ok(s) => Some(std::sync::Mutex::new(s.boxed())),
+            Ok(s) => Some(std::sync::Mutex::new(s)),
             Err(e) => {
                 tracing::error!(error = %e, "cannot follow systemd's signals; relying on resync");
                 None

@@ -1,7 +1,13 @@
 //! The local systemd, over D-Bus. The only module of the project that talks to systemd.
+//!
+//! [`UnitManager`] is what the agent needs of systemd; [`Systemd`] is the real one. The other
+//! implementation is `fleet-sim`'s simulated systemd (hollow machines), which is never used
+//! outside the simulation.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use zbus::message::Type as MessageType;
 use zbus::zvariant::OwnedObjectPath;
@@ -82,6 +88,49 @@ pub enum SystemdError {
         #[source]
         source: zbus::Error,
     },
+    /// A refusal of `fleet-sim`'s simulated systemd (never the real one's).
+    #[error("the simulated systemd refused to {action} {unit}: {reason}")]
+    Simulated {
+        action: &'static str,
+        unit: String,
+        reason: &'static str,
+    },
+}
+
+/// What the agent asks of systemd: jobs, unit files, states and signals. Implemented by
+/// [`Systemd`] (D-Bus), and by `fleet-sim`'s simulated systemd for hollow machines, which
+/// must behave the same towards the agent: a job's object path from `start`/`stop`, its
+/// [`Signal::JobRemoved`] sent before the state that shows it gone can be read, and a
+/// [`Signal::Changed`] with the unit's [`unit_object_path`] when a unit's state changes.
+pub trait UnitManager: Send + Sync + 'static {
+    /// Queues a start job; returns the job's object path.
+    fn start(&self, unit: &str) -> impl Future<Output = Result<String, SystemdError>> + Send;
+    /// Queues a stop job; returns the job's object path.
+    fn stop(&self, unit: &str) -> impl Future<Output = Result<String, SystemdError>> + Send;
+    /// A service's `Type=` as systemd applies it.
+    fn service_type(&self, unit: &str)
+        -> impl Future<Output = Result<String, SystemdError>> + Send;
+    /// How a service's last run went.
+    fn service_run(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<ServiceRun, SystemdError>> + Send;
+    /// Links the unit file at `path` into systemd's runtime search path.
+    fn link(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Enables the unit file at `path` at runtime.
+    fn enable(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Removes the runtime link and enablement of a unit.
+    fn unlink(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// The states of many units in one call.
+    fn states(
+        &self,
+        units: &[&str],
+    ) -> impl Future<Output = Result<BTreeMap<String, SystemdState>, SystemdError>> + Send;
+    /// A stream of the signals about units and jobs.
+    fn changes(
+        &self,
+    ) -> impl Future<Output = Result<BoxStream<'static, Signal>, SystemdError>> + Send;
 }
 
 /// systemd's view of one unit.
@@ -298,6 +347,58 @@ impl Systemd {
             .await
             .map_err(SystemdError::Connect)?;
         Ok(stream.filter_map(|m| std::future::ready(m.ok().and_then(|m| signal(&m)))))
+    }
+}
+
+/// The real systemd: [`Systemd`]'s own methods.
+impl UnitManager for Systemd {
+    fn start(&self, unit: &str) -> impl Future<Output = Result<String, SystemdError>> + Send {
+        Systemd::start(self, unit)
+    }
+
+    fn stop(&self, unit: &str) -> impl Future<Output = Result<String, SystemdError>> + Send {
+        Systemd::stop(self, unit)
+    }
+
+    fn service_type(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<String, SystemdError>> + Send {
+        Systemd::service_type(self, unit)
+    }
+
+    fn service_run(
+        &self,
+        unit: &str,
+    ) -> impl Future<Output = Result<ServiceRun, SystemdError>> + Send {
+        Systemd::service_run(self, unit)
+    }
+
+    fn link(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::link(self, path)
+    }
+
+    fn enable(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::enable(self, path)
+    }
+
+    fn unlink(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::unlink(self, unit)
+    }
+
+    fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::daemon_reload(self)
+    }
+
+    fn states(
+        &self,
+        units: &[&str],
+    ) -> impl Future<Output = Result<BTreeMap<String, SystemdState>, SystemdError>> + Send {
+        Systemd::states(self, units)
+    }
+
+    async fn changes(&self) -> Result<BoxStream<'static, Signal>, SystemdError> {
+        Ok(Systemd::changes(self).await?.boxed())
     }
 }
 

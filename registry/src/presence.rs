@@ -247,7 +247,11 @@ impl Presence {
         let origin = liveness.inner.started;
         let guard = Arc::new(Mutex::new(Guard::new(timing, sent.duration_since(origin))));
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
-        let members = Arc::new(Mutex::new(view));
+        // Only a machine that asks the members (through a witness) counts over its reading of
+        // them; one that does not keeps none (fleet-sim runs thousands in one process, and each
+        // reading holds every member).
+        let keeps_view = options.witness.is_some();
+        let members = Arc::new(Mutex::new(if keeps_view { view } else { Vec::new() }));
         let recording = Arc::new(tokio::sync::Mutex::new(()));
         let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
             registry: registry.clone(),
@@ -260,6 +264,7 @@ impl Presence {
             liveness: liveness.clone(),
             requests: liveness.take_requests(),
             members: members.clone(),
+            keeps_view,
             recording: recording.clone(),
         }))];
         if let Some(witness) = options.witness {
@@ -446,6 +451,8 @@ struct KeepAlive {
     requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
     /// The members this machine counts its majorities over.
     members: Arc<Mutex<Vec<Machine>>>,
+    /// Whether `members` is kept (only with a witness).
+    keeps_view: bool,
     /// Held while a reading of the members is recorded and adopted, so that the member record
     /// and `members` never disagree.
     recording: Arc<tokio::sync::Mutex<()>>,
@@ -520,7 +527,9 @@ async fn keep_alive(mut k: KeepAlive) {
                 match register(&k.registry, &k.machine, k.ttl, k.lease_file.as_ref()).await {
                     Ok((new_lease, view)) => {
                         k.lease = new_lease;
-                        *lock(&k.members) = view;
+                        if k.keeps_view {
+                            *lock(&k.members) = view;
+                        }
                         k.liveness.acked();
                         lock(&k.guard).renewed(sent.duration_since(origin));
                         k.liveness.set_fenced(false);

@@ -1,0 +1,235 @@
+//! Hollow machines with the real engine, in-process, against a real etcd: units written
+//! through the registry (as the API writes them) are placed once, started by the real agents
+//! on their simulated systemds and reported active; a machine powered off has its units moved
+//! without any of them ever running on two machines; a start that fails is reported failed.
+//!
+//! A simulation: nothing here says anything about systemd, only about the registry, the
+//! engine and the agent loop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fleet_registry::{EtcdConfig, JobState, MachineId, Registry, Unit, UnitState};
+use fleet_sim::{SimConfig, Simulation};
+use fleet_testkit::{Etcd, TempDir};
+use fleet_units::{UnitName, UnitOption};
+use tokio::time::Instant;
+
+/// A unit and the machines it ran on at once.
+type DoubleRun = (String, Vec<MachineId>);
+
+const TTL: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+struct Cluster {
+    registry: Registry,
+    simulation: Simulation,
+    /// The machine whose lease the engine campaigns on.
+    engine_machine: MachineId,
+    engine: tokio::task::JoinHandle<()>,
+    _dir: TempDir,
+    _etcd: Etcd,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.engine.abort();
+    }
+}
+
+/// `machines` hollow machines and the real engine on the first one's lease.
+async fn cluster(machines: u32) -> Cluster {
+    let etcd = Etcd::start();
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: REQUEST_TIMEOUT,
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry");
+    let dir = TempDir::new("fleet-sim");
+    let mut config = SimConfig::new(machines, dir.path().to_path_buf());
+    config.ttl = TTL;
+    config.state_delay = Duration::from_millis(20);
+    let simulation = Simulation::start(std::slice::from_ref(&registry), &config)
+        .await
+        .expect("simulated machines start");
+    assert_eq!(simulation.len(), machines as usize);
+    let first = simulation.machines().next().expect("a machine");
+    let engine_machine = first.id().clone();
+    let engine = tokio::spawn(fleet_engine::run(
+        registry.clone(),
+        engine_machine.clone(),
+        first.presence(),
+        fleet_engine::EngineConfig {
+            reconcile_interval: Duration::from_secs(1),
+            timing: fleet_quorum::Timing::for_ttl(TTL, REQUEST_TIMEOUT),
+            witness: None,
+        },
+    ));
+    Cluster {
+        registry,
+        simulation,
+        engine_machine,
+        engine,
+        _dir: dir,
+        _etcd: etcd,
+    }
+}
+
+fn unit(name: &str, extra: &[(&str, &str, &str)]) -> Unit {
+    let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];
+    options.extend(extra.iter().map(|(s, k, v)| UnitOption::new(*s, *k, *v)));
+    Unit {
+        name: UnitName::parse(name).expect("unit name"),
+        options,
+        desired_state: JobState::Launched,
+    }
+}
+
+/// Waits until `check` says nothing is wrong, and returns what it found; fails with its last
+/// complaint after `within`.
+async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let until = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(why) if Instant::now() >= until => panic!("not so in {within:?}: {why}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Every unit of `names` placed on exactly one live machine, running there and nowhere else
+/// in the simulation, and reported `active` and `launched` by that machine. Returns where.
+async fn all_running_once(
+    c: &Cluster,
+    names: &[String],
+) -> Result<BTreeMap<String, MachineId>, String> {
+    let placements = c.registry.placements().await.map_err(|e| e.to_string())?;
+    let states = c.registry.unit_states().await.map_err(|e| e.to_string())?;
+    let running = c.simulation.running().units();
+    let mut placed: BTreeMap<String, Vec<MachineId>> = BTreeMap::new();
+    for (machine, p) in placements {
+        placed.entry(p.name.to_string()).or_default().push(machine);
+    }
+    let mut at = BTreeMap::new();
+    for name in names {
+        let machine = match placed.get(name).map(Vec::as_slice) {
+            Some([m]) => m.clone(),
+            other => return Err(format!("{name} placed on {other:?}")),
+        };
+        if c.simulation.machine(&machine).is_none() {
+            return Err(format!("{name} placed on the powered-off {machine}"));
+        }
+        if running.get(name) != Some(&vec![machine.clone()]) {
+            return Err(format!(
+                "{name} runs on {:?}, placed on {machine}",
+                running.get(name)
+            ));
+        }
+        let reported = states.iter().any(|s: &UnitState| {
+            s.name.as_str() == name
+                && s.machine_id == machine
+                && s.systemd_active_state == "active"
+                && s.job_state == JobState::Launched
+        });
+        if !reported {
+            return Err(format!("{name} not reported active by {machine}"));
+        }
+        at.insert(name.clone(), machine);
+    }
+    Ok(at)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_run_once_on_hollow_machines_and_move_when_one_is_powered_off() {
+    let mut c = cluster(50).await;
+    let names: Vec<String> = (0..100).map(|n| format!("hollow-{n}.service")).collect();
+    for name in &names {
+        c.registry
+            .put_unit(&unit(name, &[]))
+            .await
+            .expect("put unit");
+    }
+    let placed = eventually(Duration::from_secs(30), || all_running_once(&c, &names)).await;
+
+    // Sample every simulated systemd while a machine is powered off and its units move.
+    let running = c.simulation.running();
+    let seen: Arc<Mutex<Vec<DoubleRun>>> = Arc::default();
+    let sampler = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let double = running.double_runs();
+                if !double.is_empty() {
+                    seen.lock().expect("samples").extend(double);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let victim = placed
+        .values()
+        .find(|m| **m != c.engine_machine)
+        .cloned()
+        .expect("a unit on a machine other than the engine's");
+    let moving: Vec<String> = placed
+        .iter()
+        .filter(|(_, m)| **m == victim)
+        .map(|(n, _)| n.clone())
+        .collect();
+    assert!(c.simulation.kill(&victim));
+    let placed = eventually(TTL + Duration::from_secs(25), || {
+        all_running_once(&c, &names)
+    })
+    .await;
+    sampler.abort();
+    for name in &moving {
+        assert_ne!(placed.get(name), Some(&victim), "{name} moved");
+    }
+    let seen = seen.lock().expect("samples");
+    assert!(
+        seen.is_empty(),
+        "units ran on two machines at once: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_that_fails_in_the_simulation_is_reported_failed() {
+    let c = cluster(3).await;
+    c.registry
+        .put_unit(&unit(
+            "fails.service",
+            &[("X-Simulation", "StartFails", "true")],
+        ))
+        .await
+        .expect("put unit");
+    c.registry
+        .put_unit(&unit("works.service", &[]))
+        .await
+        .expect("put unit");
+    let registry = &c.registry;
+    eventually(Duration::from_secs(30), || async move {
+        let states = registry.unit_states().await.map_err(|e| e.to_string())?;
+        let state = |name: &str| states.iter().find(|s| s.name.as_str() == name).cloned();
+        let failed = state("fails.service").ok_or("no state of fails.service")?;
+        let works = state("works.service").ok_or("no state of works.service")?;
+        if failed.job_state != JobState::Launched || failed.start_failure.is_none() {
+            return Err(format!("fails.service: {failed:?}"));
+        }
+        if works.job_state != JobState::Launched || works.systemd_active_state != "active" {
+            return Err(format!("works.service: {works:?}"));
+        }
+        assert_eq!(failed.systemd_active_state, "failed");
+        assert!(works.start_failure.is_none());
+        Ok(())
+    })
+    .await;
+}
