@@ -261,6 +261,30 @@ async fn a_listing_across_pages_is_the_whole_list_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn fleetctls_client_follows_the_pages() {
+    let api = Api::start(4).await;
+    let names: Vec<String> = (0..18).map(|i| format!("u{i:02}.service")).collect();
+    let _machines = cluster(&api.registry, &names, 5).await;
+    let root = api.base.trim_end_matches("/fleet/v1");
+    let client = fleet_client::Client::new(root, Duration::from_secs(5)).expect("client");
+
+    let (units, pages) = client.units_counting_pages().await.expect("units");
+    let listed: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(listed, names);
+    assert_eq!(pages, 5);
+    let states = client.unit_states(&[], &[]).await.expect("states");
+    assert_eq!(states.len(), names.iter().filter(|n| !unplaced(n)).count());
+    let machines = client.machines().await.expect("machines");
+    assert_eq!(machines.len(), 5);
+    let one = machine(3).id.to_string();
+    let of_one = client
+        .unit_states(&[], &[one.as_str()])
+        .await
+        .expect("states of one machine");
+    assert!(!of_one.is_empty() && of_one.iter().all(|s| s.machine_id == one));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn units_created_or_destroyed_between_pages_do_not_break_paging() {
     let api = Api::start(3).await;
     let names: Vec<String> = (0..10).map(|i| format!("u{i}.service")).collect();

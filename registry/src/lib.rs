@@ -258,7 +258,7 @@ pub struct EngineSnapshot {
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
 }
 
-/// One unit and what the cluster knows of it, for the API's `GET /units/{name}`.
+/// One unit and what the cluster knows of it, for the API's `GET /units/{name}` and its lists.
 #[derive(Debug, Clone)]
 pub struct UnitView {
     pub unit: Unit,
