@@ -3,7 +3,7 @@
 //! Every request reads etcd afresh (no cache to go stale); while etcd is unreachable every
 //! endpoint answers 503 with the JSON error envelope.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
@@ -30,7 +30,7 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
 /// The largest page a list request (or a page token) may ask for.
-pub const MAX_PAGE_SIZE: u32 = 10_000;
+pub const MAX_PAGE_SIZE: u32 = fleet_registry::MAX_PAGE as u32;
 
 #[derive(Clone)]
 struct Api {
@@ -266,29 +266,75 @@ pub(crate) async fn method_not_allowed(method: Method) -> ApiError {
 
 // ---- paging ---------------------------------------------------------------------------------
 
-/// fleet's page token: base64url of `{"limit":N,"page":P}`, opaque to clients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// The page token: base64url of `{"limit":N,"after":"<position>"}`, opaque to clients, who echo
+/// it back. `after` is where the previous page ended (a unit name; a machine id; a machine id
+/// and a unit name for states), so that the next page is read from etcd starting there: a page
+/// costs the same at any depth of the listing, and a unit created or removed between two
+/// pages moves nothing in the pages around it.
+///
+/// fleet's own tokens (`{"limit":N,"page":P}`) are refused (400): serving page P that way
+/// would mean reading every key before it, and clients never make tokens, they only echo
+/// what this server gave them. Only a listing under way across an upgrade of the fleetd it
+/// talks to sees the 400.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PageToken {
     limit: u32,
-    page: u32,
+    after: String,
 }
 
+/// The longest position a token may carry: a machine id, '/' and the longest unit name.
+const MAX_POSITION_BYTES: usize = 512;
+
 impl PageToken {
-    fn encode(self) -> String {
-        let json = serde_json::to_vec(&self).unwrap_or_default();
+    fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
         base64::engine::general_purpose::URL_SAFE.encode(json)
     }
 
     fn decode(s: &str) -> Result<PageToken, ApiError> {
-        let bad = || ApiError::bad_request(format!("invalid nextPageToken {s:?}"));
         let bytes = base64::engine::general_purpose::URL_SAFE
             .decode(s)
-            .map_err(|_| bad())?;
-        let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        if token.limit == 0 || token.page == 0 || token.limit > MAX_PAGE_SIZE {
-            return Err(bad());
+            .map_err(|_| bad_token(s))?;
+        let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| bad_token(s))?;
+        if token.limit == 0
+            || token.limit > MAX_PAGE_SIZE
+            || token.after.is_empty()
+            || token.after.len() > MAX_POSITION_BYTES
+        {
+            return Err(bad_token(s));
         }
         Ok(token)
+    }
+}
+
+fn bad_token(token: &str) -> ApiError {
+    ApiError::bad_request(format!("invalid nextPageToken {token:?}"))
+}
+
+/// Where a list request starts: how many items a page holds and, for a page after the first,
+/// the position the previous one ended at, read by `position` (a token whose position is not
+/// one of this list's is refused like any bad token).
+fn page_start<C>(
+    page_size: u32,
+    params: &BTreeMap<String, Vec<String>>,
+    position: impl Fn(&str) -> Option<C>,
+) -> Result<(u32, Option<C>), ApiError> {
+    match params.get("nextPageToken").and_then(|v| v.first()) {
+        None => Ok((page_size, None)),
+        Some(t) => {
+            let token = PageToken::decode(t)?;
+            let after = position(&token.after).ok_or_else(|| bad_token(t))?;
+            Ok((token.limit, Some(after)))
+        }
+    }
+}
+
+/// The token of the page after the one that ended at `next` (empty when it was the last).
+fn next_page_token(limit: u32, next: Option<String>) -> String {
+    match next {
+        Some(after) => PageToken { limit, after }.encode(),
+        None => String::new(),
     }
 }
 
@@ -306,75 +352,10 @@ pub(crate) fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String
     params
 }
 
-fn page<T>(
-    page_size: u32,
-    params: &BTreeMap<String, Vec<String>>,
-    all: Vec<T>,
-) -> Result<(Vec<T>, String), ApiError> {
-    let token = match params.get("nextPageToken").and_then(|v| v.first()) {
-        Some(t) => PageToken::decode(t)?,
-        None => PageToken {
-            limit: page_size,
-            page: 1,
-        },
-    };
-    // A page far beyond the end is empty, however large its number.
-    let start = (token.page as usize - 1).saturating_mul(token.limit as usize);
-    let stop = start.saturating_add(token.limit as usize);
-    let total = all.len();
-    let next = if stop < total {
-        PageToken {
-            limit: token.limit,
-            page: token.page + 1,
-        }
-        .encode()
-    } else {
-        String::new()
-    };
-    let items = all
-        .into_iter()
-        .skip(start)
-        .take(token.limit as usize)
-        .collect();
-    Ok((items, next))
-}
-
 // ---- units ----------------------------------------------------------------------------------
 
 fn parse_name(name: &str) -> Result<UnitName, ApiError> {
     UnitName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-/// Where each unit is placed and what its machine reports, for the `Unit` view.
-struct Placements {
-    by_unit: BTreeMap<UnitName, MachineId>,
-    states: BTreeMap<(MachineId, UnitName), fleet_registry::UnitState>,
-    unplaceable: BTreeMap<UnitName, Vec<String>>,
-}
-
-impl Placements {
-    async fn load(registry: &Registry) -> Result<Placements, ApiError> {
-        let (placements, states, unplaceable) = tokio::try_join!(
-            registry.placements(),
-            registry.unit_states(),
-            registry.unplaceable()
-        )?;
-        Ok(Placements {
-            unplaceable,
-            by_unit: placements.into_iter().map(|(m, p)| (p.name, m)).collect(),
-            states: states
-                .into_iter()
-                .map(|s| ((s.machine_id.clone(), s.name.clone()), s))
-                .collect(),
-        })
-    }
-
-    fn view(&self, unit: fleet_registry::Unit) -> schema::Unit {
-        let machine = self.by_unit.get(&unit.name);
-        let state = machine.and_then(|m| self.states.get(&(m.clone(), unit.name.clone())));
-        let unplaceable = self.unplaceable.get(&unit.name);
-        unit_json(unit, machine, state, unplaceable)
-    }
 }
 
 /// The API's view of a unit, given where it is placed, what that machine reports and why it
@@ -418,15 +399,26 @@ async fn list_units(
     RawQuery(query): RawQuery,
 ) -> Result<Json<schema::UnitPage>, ApiError> {
     let params = query_params(query);
-    let (units, placements) = tokio::try_join!(
-        async { api.registry.units().await.map_err(ApiError::from) },
-        Placements::load(&api.registry)
-    )?;
-    let all: Vec<schema::Unit> = units.into_iter().map(|u| placements.view(u)).collect();
-    let (units, next_page_token) = page(api.page_size, &params, all)?;
+    let (limit, after) = page_start(api.page_size, &params, |p| UnitName::parse(p).ok())?;
+    let page = api
+        .registry
+        .units_page(after.as_ref(), limit as usize)
+        .await?;
+    let units = page
+        .items
+        .into_iter()
+        .map(|v| {
+            unit_json(
+                v.unit,
+                v.machine.as_ref(),
+                v.state.as_ref(),
+                v.unplaceable.as_ref(),
+            )
+        })
+        .collect();
     Ok(Json(schema::UnitPage {
         units,
-        next_page_token,
+        next_page_token: next_page_token(limit, page.next.map(|n| n.to_string())),
     }))
 }
 
@@ -597,21 +589,37 @@ async fn list_states(
     RawQuery(query): RawQuery,
 ) -> Result<Json<schema::UnitStatePage>, ApiError> {
     let params = query_params(query);
+    let (limit, after) = page_start(api.page_size, &params, |p| {
+        let (machine, unit) = p.split_once('/')?;
+        Some((MachineId::parse(machine).ok()?, UnitName::parse(unit).ok()?))
+    })?;
+    // A machine id or unit name that cannot exist matches nothing; when every one asked for
+    // is such, nothing matches (an empty filter would match everything).
     let machines = params.get("machineID").cloned().unwrap_or_default();
     let units = params.get("unitName").cloned().unwrap_or_default();
-    let all: Vec<schema::UnitState> = api
-        .registry
-        .unit_states()
-        .await?
-        .into_iter()
-        .filter(|s| machines.is_empty() || machines.iter().any(|m| m == s.machine_id.as_str()))
-        .filter(|s| units.is_empty() || units.iter().any(|u| u == s.name.as_str()))
-        .map(state_view)
+    let machine_ids: BTreeSet<MachineId> = machines
+        .iter()
+        .filter_map(|m| MachineId::parse(m).ok())
         .collect();
-    let (states, next_page_token) = page(api.page_size, &params, all)?;
+    let unit_names: BTreeSet<UnitName> = units
+        .iter()
+        .filter_map(|u| UnitName::parse(u).ok())
+        .collect();
+    if (!machines.is_empty() && machine_ids.is_empty())
+        || (!units.is_empty() && unit_names.is_empty())
+    {
+        return Ok(Json(schema::UnitStatePage {
+            states: Vec::new(),
+            next_page_token: String::new(),
+        }));
+    }
+    let page = api
+        .registry
+        .unit_states_page(after.as_ref(), limit as usize, &machine_ids, &unit_names)
+        .await?;
     Ok(Json(schema::UnitStatePage {
-        states,
-        next_page_token,
+        states: page.items.into_iter().map(state_view).collect(),
+        next_page_token: next_page_token(limit, page.next.map(|(m, n)| format!("{m}/{n}"))),
     }))
 }
 
@@ -771,10 +779,13 @@ async fn list_machines(
     RawQuery(query): RawQuery,
 ) -> Result<Json<schema::MachinePage>, ApiError> {
     let params = query_params(query);
-    let all: Vec<schema::Machine> = api
+    let (limit, after) = page_start(api.page_size, &params, |p| MachineId::parse(p).ok())?;
+    let page = api
         .registry
-        .machines()
-        .await?
+        .machines_page(after.as_ref(), limit as usize)
+        .await?;
+    let machines = page
+        .items
         .into_iter()
         .map(|m| schema::Machine {
             id: m.id.to_string(),
@@ -782,10 +793,9 @@ async fn list_machines(
             metadata: m.metadata,
         })
         .collect();
-    let (machines, next_page_token) = page(api.page_size, &params, all)?;
     Ok(Json(schema::MachinePage {
         machines,
-        next_page_token,
+        next_page_token: next_page_token(limit, page.next.map(|m| m.to_string())),
     }))
 }
 
@@ -1309,24 +1319,29 @@ mod tests {
             #[test]
             fn any_page_token_is_decoded_or_refused(token in "(?s).{0,40}|[A-Za-z0-9_=-]{0,60}") {
                 if let Ok(t) = PageToken::decode(&token) {
-                    prop_assert!((1..=MAX_PAGE_SIZE).contains(&t.limit) && t.page >= 1);
+                    prop_assert!((1..=MAX_PAGE_SIZE).contains(&t.limit));
+                    prop_assert!(!t.after.is_empty() && t.after.len() <= MAX_POSITION_BYTES);
                 }
             }
 
             #[test]
-            fn page_tokens_round_trip_and_any_page_is_served(
+            fn page_tokens_round_trip_and_positions_are_checked(
                 limit in 1..=MAX_PAGE_SIZE,
-                page_number in 1..=u32::MAX,
-                total in 0usize..300,
+                after in "(?s).{1,80}",
             ) {
-                let token = PageToken { limit, page: page_number };
-                prop_assert_eq!(PageToken::decode(&token.encode()).ok(), Some(token));
+                let token = PageToken { limit, after: after.clone() };
+                prop_assert_eq!(PageToken::decode(&token.encode()).ok(), Some(token.clone()));
                 let params = BTreeMap::from([("nextPageToken".to_string(), vec![token.encode()])]);
-                let (items, next) = page(DEFAULT_PAGE_SIZE, &params, (0..total).collect::<Vec<_>>())
-                    .map_err(|e| TestCaseError::fail(e.message().to_string()))?;
-                prop_assert!(items.len() <= limit as usize);
-                if !next.is_empty() {
-                    prop_assert_eq!(items.len(), limit as usize);
+                match page_start(DEFAULT_PAGE_SIZE, &params, |p| UnitName::parse(p).ok()) {
+                    Ok((l, Some(name))) => {
+                        prop_assert_eq!(l, limit);
+                        prop_assert_eq!(name.as_str(), after.as_str());
+                    }
+                    Ok((_, None)) => prop_assert!(false, "a token read as the first page"),
+                    Err(e) => {
+                        prop_assert_eq!(e.status(), StatusCode::BAD_REQUEST);
+                        prop_assert!(UnitName::parse(&after).is_err());
+                    }
                 }
             }
         }
@@ -1334,9 +1349,26 @@ mod tests {
 
     #[test]
     fn page_tokens_round_trip_and_reject_garbage() {
-        let t = PageToken { limit: 5, page: 3 };
+        let t = PageToken {
+            limit: 5,
+            after: "a.service".into(),
+        };
         assert_eq!(PageToken::decode(&t.encode()).unwrap(), t);
-        for bad in ["", "xyz", "e30=", "!!!"] {
+        let b64 = |json: &str| base64::engine::general_purpose::URL_SAFE.encode(json);
+        let garbage = [
+            "".to_string(),
+            "xyz".into(),
+            "e30=".into(),
+            "!!!".into(),
+            // fleet's page numbers: refused, see `PageToken`.
+            b64(r#"{"limit":5,"page":3}"#),
+            b64(r#"{"limit":5,"after":""}"#),
+            b64(r#"{"limit":0,"after":"a.service"}"#),
+            b64(r#"{"limit":10001,"after":"a.service"}"#),
+            b64(r#"{"limit":5,"after":"a.service","page":2}"#),
+            b64(&format!(r#"{{"limit":5,"after":"{}"}}"#, "a".repeat(513))),
+        ];
+        for bad in &garbage {
             assert!(PageToken::decode(bad).is_err(), "{bad:?}");
         }
     }

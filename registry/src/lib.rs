@@ -22,6 +22,7 @@
 //! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
+mod listing;
 mod model;
 mod presence;
 mod watch;
@@ -38,6 +39,7 @@ use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use listing::{Page, StateCursor, MAX_PAGE};
 pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
     UnitState,
@@ -283,7 +285,7 @@ pub struct EngineSnapshot {
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
 }
 
-/// One unit and what the cluster knows of it, for the API's `GET /units/{name}`.
+/// One unit and what the cluster knows of it, for the API's `GET /units/{name}` and its lists.
 #[derive(Debug, Clone)]
 pub struct UnitView {
     pub unit: Unit,
@@ -368,6 +370,8 @@ pub struct Registry {
     endpoints: String,
     /// How it connected, for [`Registry::set_tls`].
     config: std::sync::Arc<EtcdConfig>,
+    /// Keys etcd answered to listings and whole-prefix reads ([`Registry::keys_read`]).
+    keys_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The etcd endpoints fleetd was given, one client each, used one at a time: every request
@@ -510,6 +514,7 @@ impl Registry {
             timeout: config.request_timeout,
             endpoints,
             config: std::sync::Arc::new(config.clone()),
+            keys_read: Default::default(),
         })
     }
 
@@ -800,6 +805,7 @@ impl Registry {
             })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        self.count_keys(resp.kvs().len());
         let items = decode_all(resp.kvs())?;
         Ok((revision, items))
     }

@@ -23,6 +23,14 @@
 //!   connection, N requests (10,000 unless given) of `GET /fleet/v1/discovery` (no etcd in the
 //!   way) over plain HTTP and over HTTPS with a client certificate, both served by
 //!   `fleet_trust::serve` on loopback: what TLS adds.
+//! - `fleet-bench list [--units N]`: N units (100,000 unless given) stored in a private real
+//!   etcd with what the cluster knows of them (placements on 100 registered machines, a
+//!   published state each), and the API served in this process: the first page (fleet's 100)
+//!   of `GET /fleet/v1/units` and of `/state`, and whole listings following `nextPageToken` as
+//!   fleetctl does, timed; this process's RSS (fleetd's API and registry, plus this
+//!   benchmark's client) beside each, against issue 10's figures (first page in ≤ 100 ms,
+//!   ≤ 50 MB). Then, for comparison, one read of the whole prefixes, as every page cost before
+//!   lists were paged from etcd.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +42,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut bin = fleet_e2e::target_dir().join("release");
     let mut runs = 10usize;
-    let mut units = 10_000usize;
+    let mut units = None::<usize>;
     let mut machines = 1_000usize;
     let mut workloads = vec![Workload::Plain, Workload::Mixed];
     let mut what = None;
@@ -52,7 +60,7 @@ fn main() -> ExitCode {
                 _ => return usage("--runs needs a positive number"),
             },
             "--units" => match it.next().and_then(|v| v.parse().ok()) {
-                Some(n) if n > 0 => units = n,
+                Some(n) if n > 0 => units = Some(n),
                 _ => return usage("--units needs a positive number"),
             },
             "--machines" => match it.next().and_then(|v| v.parse().ok()) {
@@ -76,17 +84,20 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            "start-latency" | "placement" | "idle" | "chaos" | "api-latency" | "batch" => {
+            "start-latency" | "placement" | "idle" | "chaos" | "api-latency" | "batch" | "list" => {
                 what = Some(arg.clone())
             }
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
+    let list_units = units.unwrap_or(100_000);
+    let units = units.unwrap_or(10_000);
     match what.as_deref() {
         Some("start-latency") => start_latency(&bin, runs),
         Some("placement") => placement(units, machines, &workloads),
         Some("idle") => idle(&bin, units.min(1_000)),
         Some("batch") => batch(&bin, units),
+        Some("list") => list(list_units),
         Some("chaos") => chaos(&bin, minutes, seed),
         Some("api-latency") => api_latency(if runs == 10 { 10_000 } else { runs }),
         _ => usage("name a benchmark"),
@@ -98,7 +109,8 @@ const USAGE: &str = "usage: fleet-bench start-latency [--bin DIR] [--runs N]
        fleet-bench idle [--bin DIR] [--units N (at most 1000)]
        fleet-bench batch [--bin DIR] [--units N]
        fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]
-       fleet-bench api-latency [--runs N]";
+       fleet-bench api-latency [--runs N]
+       fleet-bench list [--units N]";
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!("fleet-bench: {problem}\n{USAGE}");
@@ -945,5 +957,293 @@ async fn api_latency_run(requests: usize) -> Result<(), String> {
             tls.saturating_sub(*plain)
         );
     }
+    Ok(())
+}
+
+/// This process's resident set (`VmRSS`) and its peak (`VmHWM`), in MB.
+fn rss_mb() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kb| kb.parse::<f64>().ok())
+            .map_or(f64::NAN, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn list(units: usize) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fleet-bench: cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let etcd = fleet_testkit::Etcd::start();
+    match runtime.block_on(list_run(&etcd, units)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The units `fleet-bench list` stores: `list-00000042.service`, each with a few options.
+fn list_unit(i: usize) -> Result<fleet_registry::Unit, String> {
+    use fleet_units::{UnitName, UnitOption};
+    Ok(fleet_registry::Unit {
+        name: UnitName::parse(&format!("list-{i:08}.service")).map_err(|e| e.to_string())?,
+        options: vec![
+            UnitOption::new("Unit", "Description", format!("list benchmark unit {i}")),
+            UnitOption::new("Service", "ExecStart", "/bin/sleep infinity"),
+        ],
+        desired_state: fleet_registry::JobState::Launched,
+    })
+}
+
+async fn list_run(etcd: &fleet_testkit::Etcd, units: usize) -> Result<(), String> {
+    use fleet_registry::{
+        EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
+        Registry, UnitState,
+    };
+    use futures_util::{stream, StreamExt, TryStreamExt};
+    const MACHINES: usize = 100;
+    const IN_FLIGHT: usize = 64;
+
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(10),
+        ..EtcdConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let id = |i: usize| MachineId::parse(&format!("{i:032x}")).map_err(|e| e.to_string());
+    let writing = Instant::now();
+    let mut presences = Vec::new();
+    let mut leases = Vec::new();
+    for i in 0..MACHINES {
+        let machine = Machine {
+            id: id(i)?,
+            public_ip: format!("10.0.{}.{}", i / 256, i % 256),
+            metadata: Default::default(),
+            version: "bench".into(),
+            peer_address: None,
+        };
+        let presence = Presence::start(registry.clone(), machine, Duration::from_secs(600), None)
+            .await
+            .map_err(|e| e.to_string())?;
+        match presence.status() {
+            PresenceStatus::Alive { lease } => leases.push(lease),
+            PresenceStatus::Fenced => return Err("a machine fenced while registering".into()),
+        }
+        presences.push(presence);
+    }
+    let leadership = registry
+        .campaign(&id(0)?, leases[0])
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("another engine leads the private etcd")?;
+    // Desired state, then placements in the engine's batched transactions, then states as
+    // agents publish them; generated as they are written, so that this process holds none.
+    stream::iter(0..units)
+        .map(|i| {
+            let registry = registry.clone();
+            async move {
+                let unit = list_unit(i)?;
+                registry.put_unit(&unit).await.map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let chunks: Vec<std::ops::Range<usize>> = (0..units)
+        .step_by(1_000)
+        .map(|s| s..(s + 1_000).min(units))
+        .collect();
+    stream::iter(chunks)
+        .map(|range| {
+            let registry = registry.clone();
+            async move {
+                let ops = range
+                    .map(|i| {
+                        Ok(PlacementOp::Put {
+                            machine: id(i % MACHINES)?,
+                            placement: Placement::for_unit(&list_unit(i)?),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                registry
+                    .apply_placements(leadership, &ops)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let leases = &leases;
+    stream::iter(0..units)
+        .map(|i| {
+            let registry = registry.clone();
+            async move {
+                let unit = list_unit(i)?;
+                let state = UnitState {
+                    hash: unit.hash(),
+                    name: unit.name,
+                    machine_id: id(i % MACHINES)?,
+                    job_state: JobState::Launched,
+                    systemd_load_state: "loaded".into(),
+                    systemd_active_state: "active".into(),
+                    systemd_sub_state: "running".into(),
+                    start_failure: None,
+                };
+                registry
+                    .publish_state(leases[i % MACHINES], &state)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let written = writing.elapsed();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    let router = fleet_api::server::router(
+        registry.clone(),
+        "bench",
+        fleet_api::server::DEFAULT_PAGE_SIZE,
+    );
+    let server = tokio::spawn(fleet_trust::serve(
+        listener,
+        None,
+        router,
+        fleet_trust::Limits::default(),
+    ));
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let base = format!("http://{address}/fleet/v1");
+    // One page: its item count and next token.
+    let page = |path: &'static str, field: &'static str, token: Option<String>| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let mut request = http.get(format!("{base}{path}"));
+            if let Some(t) = &token {
+                request = request.query(&[("nextPageToken", t)]);
+            }
+            let response = request.send().await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("{path}: {status} {body}"));
+            }
+            let items = body[field].as_array().map_or(0, Vec::len);
+            let next = body["nextPageToken"]
+                .as_str()
+                .filter(|t| !t.is_empty())
+                .map(str::to_string);
+            Ok::<_, String>((items, next))
+        }
+    };
+
+    let (rss, _) = rss_mb();
+    println!(
+        "list: {units} units placed on {MACHINES} machines with a state each, in a private real etcd (written in {:.1} s); the API in this process, pages of {}",
+        written.as_secs_f64(),
+        fleet_api::server::DEFAULT_PAGE_SIZE
+    );
+    println!("  RSS of this process before the first request: {rss:.1} MB");
+    for (path, field) in [("/units", "units"), ("/state", "states")] {
+        let mut firsts = Vec::new();
+        for _ in 0..20 {
+            let began = Instant::now();
+            let (items, _) = page(path, field, None).await?;
+            firsts.push(began.elapsed());
+            if items == 0 {
+                return Err(format!("{path}: an empty first page"));
+            }
+        }
+        let cold = firsts[0];
+        firsts.sort();
+        let began = Instant::now();
+        let (mut total, mut pages, mut token) = (0usize, 0usize, None);
+        loop {
+            let (items, next) = page(path, field, token).await?;
+            total += items;
+            pages += 1;
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let whole = began.elapsed();
+        if total != units {
+            return Err(format!("{path} listed {total} of {units}"));
+        }
+        let (rss, peak) = rss_mb();
+        println!("  GET /fleet/v1{path}: first page {cold:.2?} (first request), median of 20 {:.2?}   (issue 10: ≤ 100 ms)", firsts[firsts.len() / 2]);
+        println!("    whole listing, {pages} pages: {:.2} s   RSS {rss:.1} MB, peak {peak:.1} MB   (issue 10: ≤ 50 MB)", whole.as_secs_f64());
+    }
+    server.abort();
+
+    // What is left of a page's cost that grows with the cluster: etcd (3.4 and later) counts
+    // every key from a limited range read's start to its end, walking its in-memory index,
+    // though it answers only the limit's worth. A one-key read from the start of the units,
+    // to the end of the prefix and then to the next unit only, tells that walk apart.
+    let mut raw = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .map_err(|e| e.to_string())?;
+    let units_prefix = format!("{}units/", etcd.prefix);
+    let mut walks = Vec::new();
+    for end in [
+        format!("{}units0", etcd.prefix),
+        format!("{units_prefix}list-00000001"),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..20 {
+            let began = Instant::now();
+            raw.get(
+                units_prefix.as_str(),
+                Some(
+                    etcd_client::GetOptions::new()
+                        .with_range(end.as_str())
+                        .with_limit(1),
+                ),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            times.push(began.elapsed());
+        }
+        times.sort();
+        walks.push(times[times.len() / 2]);
+    }
+    if let [whole, bounded] = walks.as_slice() {
+        println!("  of which etcd's count of the keys after a page's start (a one-key read of the units, median of 20): {whole:.2?} to the end of the prefix, {bounded:.2?} bounded to one key");
+    }
+
+    // What every page cost before: the whole prefixes, read and decoded.
+    let began = Instant::now();
+    let (all_units, placements, states) = tokio::try_join!(
+        registry.units(),
+        registry.placements(),
+        registry.unit_states()
+    )
+    .map_err(|e| e.to_string())?;
+    let whole = began.elapsed();
+    let read = all_units.len() + placements.len() + states.len();
+    drop((all_units, placements, states));
+    let (rss, peak) = rss_mb();
+    println!("  for comparison, one read of the whole prefixes (units, placements, states: {read} records), what each page cost before paging from etcd: {:.2?}; RSS after it {rss:.1} MB, peak {peak:.1} MB", whole);
+    drop(presences);
     Ok(())
 }

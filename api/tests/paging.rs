@@ -1,0 +1,392 @@
+//! Lists read a page at a time from etcd, against a real etcd: a listing followed across its
+//! pages is the whole list in order, whatever is created or destroyed between two pages; a
+//! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400.
+
+use std::time::Duration;
+
+use fleet_registry::{
+    EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
+    Registry, Unit, UnitState,
+};
+use fleet_testkit::Etcd;
+use fleet_units::{UnitName, UnitOption};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+struct Api {
+    _etcd: Etcd,
+    registry: Registry,
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn start(page_size: u32) -> Api {
+        let etcd = Etcd::start();
+        let registry = Registry::connect(&EtcdConfig {
+            endpoints: vec![etcd.endpoint.clone()],
+            prefix: etcd.prefix.clone(),
+            request_timeout: Duration::from_secs(2),
+            ..EtcdConfig::default()
+        })
+        .await
+        .expect("registry");
+        let router = fleet_api::server::router(registry.clone(), "9.9.9", page_size);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}/fleet/v1", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Api {
+            _etcd: etcd,
+            registry,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// One page of `path` (`?` and the token added when given): its items under `field` and
+    /// the next token, if any.
+    async fn page(
+        &self,
+        path: &str,
+        field: &str,
+        token: Option<&str>,
+    ) -> (Vec<Value>, Option<String>) {
+        let path = match token {
+            Some(t) => {
+                let sep = if path.contains('?') { '&' } else { '?' };
+                format!("{path}{sep}nextPageToken={t}")
+            }
+            None => path.to_string(),
+        };
+        let (status, body) = self.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        let items = body[field].as_array().cloned().unwrap_or_default();
+        let next = body["nextPageToken"].as_str().map(str::to_string);
+        (items, next)
+    }
+
+    /// Every item of `path`, following tokens, and how many pages that took.
+    async fn all(&self, path: &str, field: &str) -> (Vec<Value>, usize) {
+        let (mut all, mut pages, mut token) = (Vec::new(), 0, None::<String>);
+        loop {
+            let (items, next) = self.page(path, field, token.as_deref()).await;
+            pages += 1;
+            all.extend(items);
+            match next {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return (all, pages),
+            }
+            assert!(pages < 10_000, "paging does not end");
+        }
+    }
+}
+
+fn machine(n: u8) -> Machine {
+    Machine {
+        id: MachineId::parse(&format!("{n:032x}")).expect("machine id"),
+        public_ip: format!("10.0.0.{n}"),
+        metadata: Default::default(),
+        version: "test".into(),
+        peer_address: None,
+    }
+}
+
+fn unit(name: &str) -> Unit {
+    Unit {
+        name: UnitName::parse(name).expect("unit name"),
+        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
+        desired_state: JobState::Launched,
+    }
+}
+
+fn lease_of(presence: &Presence) -> i64 {
+    match presence.status() {
+        PresenceStatus::Alive { lease } => lease,
+        PresenceStatus::Fenced => panic!("fenced"),
+    }
+}
+
+/// `names` stored, each `i`-th one placed on machine `i % machines + 1` (of `machines`
+/// registered) with a published state, except those whose name ends in `4.service`, left
+/// unplaced.
+async fn cluster(registry: &Registry, names: &[String], machines: u8) -> Vec<Presence> {
+    let mut presences = Vec::new();
+    for n in 1..=machines {
+        let presence = Presence::start(registry.clone(), machine(n), Duration::from_secs(30), None)
+            .await
+            .expect("register");
+        presences.push(presence);
+    }
+    let first = &presences[0];
+    let leadership = registry
+        .campaign(&machine(1).id, lease_of(first))
+        .await
+        .expect("campaign")
+        .expect("leads");
+    let mut ops = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let unit = unit(name);
+        registry.put_unit(&unit).await.expect("put unit");
+        if unplaced(name) {
+            continue;
+        }
+        let n = (i % machines as usize) as u8 + 1;
+        ops.push(PlacementOp::Put {
+            machine: machine(n).id,
+            placement: Placement::for_unit(&unit),
+        });
+        let state = UnitState {
+            name: unit.name.clone(),
+            hash: unit.hash(),
+            machine_id: machine(n).id,
+            job_state: JobState::Launched,
+            systemd_load_state: "loaded".into(),
+            systemd_active_state: "active".into(),
+            systemd_sub_state: format!("running-{i}"),
+            start_failure: None,
+        };
+        registry
+            .publish_state(lease_of(&presences[n as usize - 1]), &state)
+            .await
+            .expect("publish");
+    }
+    registry
+        .apply_placements(leadership, &ops)
+        .await
+        .expect("place");
+    presences
+}
+
+fn unplaced(name: &str) -> bool {
+    name.ends_with("4.service")
+}
+
+fn names_of(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .map(|u| u["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listing_across_pages_is_the_whole_list_in_order() {
+    let api = Api::start(4).await;
+    // Names one of which starts with another: `a.service/` sorts after
+    // `a.service-b.service/` in the `placed/` index, though `a.service` comes first.
+    let mut names: Vec<String> = (0..23).map(|i| format!("u{i:02}.service")).collect();
+    names.extend([
+        "a.service".into(),
+        "a.service-b.service".into(),
+        "a.service.service".into(),
+    ]);
+    names.sort();
+    let _machines = cluster(&api.registry, &names, 3).await;
+
+    let (units, pages) = api.all("/units", "units").await;
+    assert_eq!(names_of(&units), names);
+    assert_eq!(pages, names.len().div_ceil(4));
+    // Each unit as listed is the unit as read alone (`unit_view`'s point reads).
+    for listed in &units {
+        let name = listed["name"].as_str().expect("name");
+        let (status, alone) = api.get(&format!("/units/{name}")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(listed, &alone, "{name}");
+    }
+    assert!(units.iter().any(|u| u["currentState"] == "launched"));
+    assert!(units
+        .iter()
+        .any(|u| u.get("machineID").is_none_or(|m| m == "")));
+
+    let (states, _) = api.all("/state", "states").await;
+    let expected: Vec<String> = api
+        .registry
+        .unit_states()
+        .await
+        .expect("states")
+        .iter()
+        .map(|s| format!("{}/{}", s.machine_id, s.name))
+        .collect();
+    let listed: Vec<String> = states
+        .iter()
+        .map(|s| {
+            format!(
+                "{}/{}",
+                s["machineID"].as_str().unwrap_or(""),
+                s["name"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(listed, expected);
+    assert_eq!(listed.len(), names.iter().filter(|n| !unplaced(n)).count());
+
+    // Filters: by machine (only its prefix is read), by unit, both.
+    let m2 = machine(2).id;
+    let (of_m2, _) = api.all(&format!("/state?machineID={m2}"), "states").await;
+    let want: Vec<&String> = expected
+        .iter()
+        .filter(|k| k.starts_with(m2.as_str()))
+        .collect();
+    assert_eq!(of_m2.len(), want.len());
+    assert!(of_m2.iter().all(|s| s["machineID"] == m2.as_str()));
+    let some = ["u03.service", "u13.service", "u22.service", "u04.service"];
+    let query = some.map(|n| format!("unitName={n}")).join("&");
+    let (of_some, _) = api.all(&format!("/state?{query}"), "states").await;
+    let mut got = names_of(&of_some);
+    got.sort();
+    assert_eq!(
+        got,
+        ["u03.service", "u13.service", "u22.service"],
+        "u04 is unplaced"
+    );
+    let (none, _) = api.all("/state?machineID=nonsense", "states").await;
+    assert!(none.is_empty());
+
+    let (machines, pages) = api.all("/machines", "machines").await;
+    let ids: Vec<&str> = machines.iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, [1, 2, 3].map(|n| machine(n).id.to_string()));
+    assert_eq!(pages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fleetctls_client_follows_the_pages() {
+    let api = Api::start(4).await;
+    let names: Vec<String> = (0..18).map(|i| format!("u{i:02}.service")).collect();
+    let _machines = cluster(&api.registry, &names, 5).await;
+    let root = api.base.trim_end_matches("/fleet/v1");
+    let client = fleet_client::Client::new(root, Duration::from_secs(5)).expect("client");
+
+    let (units, pages) = client.units_counting_pages().await.expect("units");
+    let listed: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(listed, names);
+    assert_eq!(pages, 5);
+    let states = client.unit_states(&[], &[]).await.expect("states");
+    assert_eq!(states.len(), names.iter().filter(|n| !unplaced(n)).count());
+    let machines = client.machines().await.expect("machines");
+    assert_eq!(machines.len(), 5);
+    let one = machine(3).id.to_string();
+    let of_one = client
+        .unit_states(&[], &[one.as_str()])
+        .await
+        .expect("states of one machine");
+    assert!(!of_one.is_empty() && of_one.iter().all(|s| s.machine_id == one));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn units_created_or_destroyed_between_pages_do_not_break_paging() {
+    let api = Api::start(3).await;
+    let names: Vec<String> = (0..10).map(|i| format!("u{i}.service")).collect();
+    let _machines = cluster(&api.registry, &names, 2).await;
+
+    let (first, token) = api.page("/units", "units", None).await;
+    assert_eq!(names_of(&first), ["u0.service", "u1.service", "u2.service"]);
+    // Destroy one already listed and one not yet listed (the last of the first page, where
+    // the next page starts, among them); create one before and one after where paging stands.
+    for gone in ["u2.service", "u5.service"] {
+        assert!(api
+            .registry
+            .delete_unit(&unit(gone).name)
+            .await
+            .expect("delete"));
+    }
+    for new in ["u1a.service", "u4a.service"] {
+        api.registry.put_unit(&unit(new)).await.expect("put");
+    }
+    let mut listed = names_of(&first);
+    let mut token = token;
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        let (items, next) = api.page("/units", "units", Some(&t)).await;
+        listed.extend(names_of(&items));
+        token = next;
+    }
+    assert_eq!(
+        listed,
+        [
+            "u0.service",
+            "u1.service",
+            "u2.service",
+            "u3.service",
+            "u4.service",
+            "u4a.service",
+            "u6.service",
+            "u7.service",
+            "u8.service",
+            "u9.service",
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_reads_a_page_of_keys_not_whole_prefixes() {
+    let api = Api::start(10).await;
+    let names: Vec<String> = (0..300).map(|i| format!("u{i:03}.service")).collect();
+    let _machines = cluster(&api.registry, &names, 3).await;
+
+    // A page of 10 units: the units, their index entries and their states (and the reasons
+    // of those not placed): about 3 keys per unit, against 3 × 300 for whole prefixes.
+    let mut token = None;
+    for page in 0..5 {
+        let before = api.registry.keys_read();
+        let (items, next) = api.page("/units", "units", token.as_deref()).await;
+        let read = api.registry.keys_read() - before;
+        assert_eq!(items.len(), 10);
+        assert!(read <= 3 * 10 + 2, "page {page} of units read {read} keys");
+        token = next;
+    }
+    let before = api.registry.keys_read();
+    let (states, _) = api.page("/state", "states", None).await;
+    assert_eq!(states.len(), 10);
+    assert!(api.registry.keys_read() - before <= 10, "a page of states");
+    let before = api.registry.keys_read();
+    let (machines, _) = api.page("/machines", "machines", None).await;
+    assert_eq!(machines.len(), 3);
+    assert!(api.registry.keys_read() - before <= 3, "a page of machines");
+    // The whole listing reads each key about once.
+    let before = api.registry.keys_read();
+    let (units, pages) = api.all("/units", "units").await;
+    assert_eq!((units.len(), pages), (300, 30));
+    assert!(api.registry.keys_read() - before <= 3 * 300 + 30);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_page_tokens_are_400_with_the_envelope() {
+    let api = Api::start(2).await;
+    let names: Vec<String> = (0..5).map(|i| format!("u{i}.service")).collect();
+    let _machines = cluster(&api.registry, &names, 1).await;
+    let (_, units_token) = api.page("/units", "units", None).await;
+    let units_token = units_token.expect("a second page");
+    let b64 = |json: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE.encode(json)
+    };
+    let cases = [
+        ("/units", "garbage".to_string()),
+        ("/units", b64(r#"{"limit":2,"page":2}"#)),
+        ("/units", b64(r#"{"limit":0,"after":"u1.service"}"#)),
+        ("/units", b64(r#"{"limit":2,"after":"not a unit"}"#)),
+        ("/units", b64(r#"{"limit":2,"after":"../../x"}"#)),
+        ("/state", units_token.clone()),
+        ("/machines", units_token.clone()),
+        ("/state", b64(r#"{"limit":2,"after":"u1.service"}"#)),
+    ];
+    for (path, token) in cases {
+        let (status, body) = api.get(&format!("{path}?nextPageToken={token}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path} {token}: {body}");
+        assert_eq!(body["error"]["code"], 400, "{body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("nextPageToken")));
+    }
+}
