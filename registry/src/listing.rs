@@ -89,12 +89,16 @@ impl Registry {
         limit: usize,
         revision: i64,
     ) -> Result<Chunk> {
-        let mut kv = self.kv();
         let options = GetOptions::new()
             .with_range(end)
             .with_limit(limit.clamp(1, MAX_PAGE) as i64)
             .with_revision(revision);
-        let resp = self.timed(kv.get(start, Some(options))).await?;
+        let resp = self
+            .kv_request(|mut kv| {
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or(revision);
         let more = resp.more();
         let mut resp = resp;
