@@ -388,32 +388,49 @@ impl Ctl {
                 .await;
             known.units.extend(found);
         }
-        // What earlier arguments will have made of the cluster, for a unit named twice and
-        // for an instance whose template is also an argument.
-        let mut planned: BTreeMap<String, Unit> = BTreeMap::new();
-        let mut steps = Vec::new();
-        for (arg, name) in args.iter().zip(&names) {
-            let existing = match planned.get(name.as_str()) {
-                Some(unit) => Ok(Some(unit.clone())),
-                None => known.get(name.as_str()),
-            };
-            let planning = match existing {
-                Err(e) => Err(format!("error retrieving Unit({name}) from Registry: {e}")),
-                Ok(Some(unit)) => self.plan_existing(arg, name, unit, target),
-                Ok(None) => self.plan_new(arg, name, &known, &planned, target),
-            };
-            match planning {
-                Ok((step, unit)) => {
-                    steps.push(step);
-                    planned.insert(unit.name.clone(), unit);
-                }
-                Err(e) => {
-                    steps.push(Step::refused(format!("Error creating units: {e}")));
-                    return steps;
+        let plan = |upto: usize, target: Option<Target>| {
+            // What earlier arguments will have made of the cluster, for a unit named twice and
+            // for an instance whose template is also an argument.
+            let mut planned: BTreeMap<String, Unit> = BTreeMap::new();
+            let mut steps = Vec::new();
+            for (arg, name) in args.iter().zip(&names).take(upto) {
+                let existing = match planned.get(name.as_str()) {
+                    Some(unit) => Ok(Some(unit.clone())),
+                    None => known.get(name.as_str()),
+                };
+                let planning = match existing {
+                    Err(e) => Err(format!("error retrieving Unit({name}) from Registry: {e}")),
+                    Ok(Some(unit)) => self.plan_existing(arg, name, unit, target),
+                    Ok(None) => self.plan_new(arg, name, &known, &planned, target),
+                };
+                match planning {
+                    Ok((step, unit)) => {
+                        steps.push(step);
+                        planned.insert(unit.name.clone(), unit);
+                    }
+                    Err(e) => {
+                        return (
+                            steps,
+                            Some(Step::refused(format!("Error creating units: {e}"))),
+                        )
+                    }
                 }
             }
-        }
-        steps.extend(bad_name);
+            (steps, None)
+        };
+        let (steps, refused) = plan(names.len(), target);
+        let Some(refused) = refused.or(bad_name) else {
+            return steps;
+        };
+        // fleet creates the units of every argument before it sets any desired state, so an
+        // argument it cannot create leaves the units before it created and their desired
+        // states as they were: those are planned again without a target.
+        let (mut steps, _) = if target.is_some() {
+            plan(steps.len(), None)
+        } else {
+            (steps, None)
+        };
+        steps.push(refused);
         steps
     }
 

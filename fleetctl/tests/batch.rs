@@ -393,7 +393,8 @@ async fn output_follows_the_arguments_whatever_order_the_answers_come_in() {
 async fn the_first_error_ends_the_command_with_fleets_message() {
     let fleet = Fleet::start().await;
 
-    // Refused before any request is sent: nothing after it is submitted.
+    // Refused before any request is sent: nothing after it is submitted, and the units before
+    // it are created without their desired state.
     let names = shuffled("early");
     let mut args = vec!["start".to_string(), "--no-block".to_string()];
     for (i, name) in names.iter().enumerate() {
@@ -414,6 +415,11 @@ async fn the_first_error_ends_the_command_with_fleets_message() {
     let mut expected: Vec<&String> = names[..25].iter().collect();
     expected.sort();
     assert_eq!(before, expected, "only the units before it are submitted");
+    // As fleet, which creates every unit before it sets any desired state: created, not started.
+    assert!(
+        desired.values().all(|d| d == "inactive"),
+        "units before the error were started: {desired:?}"
+    );
 
     // Refused by fleetd in the middle (a template may not be started): its message alone,
     // whatever the requests in flight beside it did.
