@@ -374,17 +374,10 @@ async fn run_placement(
     units: usize,
     machines: usize,
 ) -> Result<Duration, String> {
-    use fleet_registry::{EtcdConfig, Machine, MachineId, Presence, Registry};
+    use fleet_registry::{Machine, MachineId, Presence};
     use futures_util::{stream, StreamExt, TryStreamExt};
 
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(10),
-        ..EtcdConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let registry = private_registry(etcd).await?;
     let presences: Vec<Presence> = stream::iter(0..machines)
         .map(|i| {
             let registry = registry.clone();
@@ -960,6 +953,18 @@ async fn api_latency_run(requests: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// A registry client of a benchmark's private etcd, patient with a loaded machine.
+async fn private_registry(etcd: &fleet_testkit::Etcd) -> Result<fleet_registry::Registry, String> {
+    fleet_registry::Registry::connect(&fleet_registry::EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(10),
+        ..fleet_registry::EtcdConfig::default()
+    })
+    .await
+    .map_err(|e| e.to_string())
+}
+
 /// This process's resident set (`VmRSS`) and its peak (`VmHWM`), in MB.
 fn rss_mb() -> (f64, f64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -1007,21 +1012,13 @@ fn list_unit(i: usize) -> Result<fleet_registry::Unit, String> {
 
 async fn list_run(etcd: &fleet_testkit::Etcd, units: usize) -> Result<(), String> {
     use fleet_registry::{
-        EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
-        Registry, UnitState,
+        JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus, UnitState,
     };
     use futures_util::{stream, StreamExt, TryStreamExt};
     const MACHINES: usize = 100;
     const IN_FLIGHT: usize = 64;
 
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(10),
-        ..EtcdConfig::default()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let registry = private_registry(etcd).await?;
     let id = |i: usize| MachineId::parse(&format!("{i:032x}")).map_err(|e| e.to_string());
     let writing = Instant::now();
     let mut presences = Vec::new();
