@@ -449,6 +449,13 @@ impl<M: UnitManager> Agent<M> {
                     None => tracing::error!(error = %e, "{what} failed"),
                 }
             }
+            // zbus stops reading the connection while the signal stream's queue is full, and
+            // then the replies to these calls never come: a batch (a third of 1,000 units
+            // stopped and unloaded at once) makes more signals than the queue holds. So the
+            // stream is drained after every action, in order, keeping what it said.
+            if self.take_signals() {
+                self.look_again = true;
+            }
         }
     }
 

@@ -334,14 +334,6 @@ impl Systemd {
 
     /// A stream of systemd's signals: [`Signal::JobRemoved`] when a job finishes, else the
     /// object path the signal is about (a unit's path when its properties change).
-    ///
-    /// zbus queues a match rule's messages for its stream and, once that queue is full, stops
-    /// reading the connection until the stream is polled: the replies to the agent's own calls
-    /// then never arrive. The agent polls its stream only between batches of calls, and one
-    /// batch (a third of 1,000 units stopped and unloaded at once) makes more signals than any
-    /// queue bound, so a task of its own reads the stream all the time into an unbounded
-    /// channel, which the returned stream reads. The task ends with the stream or when the
-    /// returned stream is dropped.
     pub async fn changes(
         &self,
     ) -> Result<impl futures_util::Stream<Item = Signal> + Unpin + Send + 'static, SystemdError>
@@ -354,20 +346,7 @@ impl Systemd {
         let stream = MessageStream::for_match_rule(rule, &self.connection, Some(4096))
             .await
             .map_err(SystemdError::Connect)?;
-        let mut signals =
-            stream.filter_map(|m| std::future::ready(m.ok().and_then(|m| signal(&m))));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(signal) = signals.next().await {
-                if tx.send(signal).is_err() {
-                    break;
-                }
-            }
-        });
-        Ok(Box::pin(futures_util::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|signal| (signal, rx)) },
-        )))
+        Ok(stream.filter_map(|m| std::future::ready(m.ok().and_then(|m| signal(&m)))))
     }
 }
 
