@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_registry::{
-    AgentSnapshot, Changes, JobState, MachineId, PresenceStatus, Registry, UnitState,
+    AgentSnapshot, AgentView, JobState, MachineId, PresenceStatus, Registry, UnitState,
 };
 use fleet_units::{UnitFile, UnitHash, UnitName, UnitOption};
 use futures_util::stream::BoxStream;
@@ -77,9 +77,12 @@ impl LocalUnit {
 }
 
 /// What woke the agent up.
+#[derive(Clone, Copy)]
 enum Wake {
-    /// The cluster's desired state may have changed: re-read it.
+    /// The cluster's desired state may have changed (the view has the changes): reconcile.
     Registry,
+    /// The full resync period passed: read the desired state again, then reconcile.
+    Resync,
     /// systemd reported a change, or a started unit has settled: publish states again.
     Systemd,
 }
@@ -197,44 +200,49 @@ impl<M: UnitManager> Agent<M> {
                 None
             }
         };
-        let mut changes: Option<Changes> = None;
+        // What this machine must run: read once, then kept from the watch's events. Dropped
+        // to be read again after an error, and at each full resync.
+        let mut view: Option<AgentView> = None;
         let mut wake = Wake::Registry;
         loop {
             let status = *presence.borrow_and_update();
             match (status, wake) {
                 (PresenceStatus::Fenced, _) => {
-                    changes = None;
+                    view = None;
                     self.fence().await;
                 }
-                (PresenceStatus::Alive { lease }, Wake::Registry) => {
-                    match self.registry.agent_snapshot(&self.machine).await {
-                        Ok(snapshot) => {
-                            self.reconcile(&snapshot).await;
+                (PresenceStatus::Alive { lease }, Wake::Registry | Wake::Resync) => {
+                    if matches!(wake, Wake::Resync) {
+                        view = None;
+                    }
+                    let current = match view.as_mut() {
+                        Some(v) => Ok(v),
+                        None => self
+                            .registry
+                            .agent_view(&self.machine)
+                            .await
+                            .map(|v| view.insert(v)),
+                    };
+                    match current {
+                        Ok(v) => {
+                            self.reconcile(v.snapshot()).await;
                             self.publish(lease).await;
-                            if changes.is_none() {
-                                let prefixes = self.registry.agent_watch_prefixes(&self.machine);
-                                match self.registry.watch(&prefixes, snapshot.revision + 1).await {
-                                    Ok(c) => changes = Some(c),
-                                    Err(e) => tracing::warn!(error = %e, "agent cannot watch"),
-                                }
-                            }
                         }
                         Err(e) => {
                             // Not reachable: leave the units as they are.
                             tracing::warn!(error = %e, "agent cannot read its placements");
-                            changes = None;
                         }
                     }
                 }
                 (PresenceStatus::Alive { lease }, Wake::Systemd) => self.publish(lease).await,
             }
-            wake = self.wait(&mut changes, &mut presence).await;
+            wake = self.wait(&mut view, &mut presence).await;
         }
     }
 
     async fn wait(
         &mut self,
-        changes: &mut Option<Changes>,
+        view: &mut Option<AgentView>,
         presence: &mut watch::Receiver<PresenceStatus>,
     ) -> Wake {
         if std::mem::take(&mut self.look_again) {
@@ -253,10 +261,10 @@ impl<M: UnitManager> Agent<M> {
         let local = &mut self.local;
         let signals = self.signals.as_mut().and_then(|m| m.get_mut().ok());
         let registry_change = async {
-            match changes.as_mut() {
-                Some(c) => c.next().await.map(|_| ()),
+            match view.as_mut() {
+                Some(v) => v.changed().await,
                 None => {
-                    // No watch: retry soon.
+                    // No view: retry soon.
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     Ok(())
                 }
@@ -282,18 +290,9 @@ impl<M: UnitManager> Agent<M> {
         };
         tokio::select! {
             result = registry_change => {
-                match result {
-                    Ok(()) => {
-                        if let Some(c) = changes.as_mut() {
-                            if c.drain().is_err() {
-                                *changes = None;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "agent watch ended; resynchronising");
-                        *changes = None;
-                    }
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "agent watch ended; resynchronising");
+                    *view = None;
                 }
                 Wake::Registry
             }
@@ -305,7 +304,7 @@ impl<M: UnitManager> Agent<M> {
             }
             _ = settle => Wake::Systemd,
             _ = presence.changed() => Wake::Registry,
-            _ = tokio::time::sleep(self.config.resync_interval) => Wake::Registry,
+            _ = tokio::time::sleep(self.config.resync_interval) => Wake::Resync,
         }
     }
 

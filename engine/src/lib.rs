@@ -1,9 +1,10 @@
 //! The engine: one per cluster, elected in etcd, places units on machines.
 //!
-//! Every fleetd runs [`run`]. The one that wins the leader key watches units, machines and
-//! placements; the others watch only the leader key. The leader loops on
-//! `plan(snapshot) -> placement changes` ([`plan::plan`], pure) and writes the changes in
-//! batched transactions fenced on its leadership.
+//! Every fleetd runs [`run`]. The one that wins the leader key reads units, machines, members
+//! and placements once and keeps them from a watch's events ([`EngineView`]); the others
+//! watch only the leader key. The leader loops on `plan(view) -> placement changes`
+//! ([`plan::plan`], pure) and writes the changes in batched transactions fenced on its
+//! leadership, applying them to its view as etcd accepts them.
 //!
 //! A member whose lease is gone keeps what was placed on it (**held**: neither moved nor
 //! placed again) until the engine declares it dead, which the majority protocol of
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use fleet_quorum::{Timing, Verdicts};
 use fleet_registry::{
-    Changes, EngineSnapshot, JobState, Leadership, MachineId, PlacementOp, PresenceStatus,
+    EngineSnapshot, EngineView, JobState, Leadership, MachineId, PlacementOp, PresenceStatus,
     Registry, Witness,
 };
 use tokio::sync::watch;
@@ -85,20 +86,10 @@ async fn follow(
     presence: &mut watch::Receiver<PresenceStatus>,
     config: &EngineConfig,
 ) {
-    let revision = match registry.engine_snapshot().await {
-        Ok(s) => s.revision,
-        Err(e) => {
-            tracing::warn!(error = %e, "engine follower cannot read etcd");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            return;
-        }
-    };
-    let mut changes = match registry
-        .watch(&registry.leader_watch_prefixes(), revision + 1)
-        .await
-    {
+    let mut changes = match registry.leader_changes().await {
         Ok(c) => c,
-        Err(_) => {
+        Err(e) => {
+            tracing::warn!(error = %e, "engine follower cannot watch the leader key");
             tokio::time::sleep(Duration::from_secs(1)).await;
             return;
         }
@@ -125,37 +116,33 @@ async fn lead(
     let mut verdicts: Verdicts<(MachineId, i64)> = Verdicts::new(config.timing);
     // Whether the last round found no majority (logged when that changes).
     let mut short = false;
-    let mut changes: Option<Changes> = None;
+    // What the engine decides from: read once, then kept from the watch's events. Dropped to
+    // be read again after an error.
+    let mut view: Option<EngineView> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
     loop {
         let started = std::time::Instant::now();
-        let mut snapshot = match registry.engine_snapshot().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "engine cannot read the cluster state");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                changes = None;
-                if matches!(*presence.borrow(), PresenceStatus::Fenced) {
-                    return;
+        let view_now = match view.as_mut() {
+            Some(v) => v,
+            None => match registry.engine_view().await {
+                Ok(v) => view.insert(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "engine cannot read the cluster state");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if matches!(*presence.borrow(), PresenceStatus::Fenced) {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
-            }
+            },
         };
+        let snapshot = view_now.snapshot();
         if snapshot.leader != Some(leadership) {
             return;
         }
-        if changes.is_none() {
-            match registry
-                .watch(&registry.engine_watch_prefixes(), snapshot.revision + 1)
-                .await
-            {
-                Ok(c) => changes = Some(c),
-                Err(e) => tracing::warn!(error = %e, "engine cannot watch; polling"),
-            }
-        }
-        let absent = absent_members(&snapshot);
+        let absent = absent_members(snapshot);
         verdicts.observe(origin.elapsed(), absent.iter().cloned());
         if verdicts.needs_round() {
             let sent = origin.elapsed();
@@ -195,7 +182,8 @@ async fn lead(
         }
         let mut declared = false;
         for (machine, member_revision) in verdicts.dead(origin.elapsed()) {
-            let units: Vec<_> = snapshot
+            let units: Vec<_> = view_now
+                .snapshot()
                 .placements
                 .iter()
                 .filter(|(m, _)| *m == machine)
@@ -217,14 +205,23 @@ async fn lead(
             }
         }
         if declared {
+            // Rare: read the cluster again rather than wait for the declaration's events.
+            view = None;
             continue;
         }
         let absent: BTreeSet<MachineId> = absent.into_iter().map(|(id, _)| id).collect();
-        hold(&mut snapshot, &absent);
+        let snapshot = view_now.snapshot();
+        let held;
+        let planned = if absent.is_empty() {
+            snapshot
+        } else {
+            held = hold(snapshot, &absent);
+            &held
+        };
         let plan::Plan {
             mut ops,
             unplaceable,
-        } = plan::plan(&snapshot);
+        } = plan::plan(planned);
         for u in &unplaceable {
             tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
         }
@@ -232,8 +229,9 @@ async fn lead(
         if !ops.is_empty() {
             tracing::debug!(changes = ops.len(), "applying placements");
             match registry.apply_placements(leadership, &ops).await {
-                Ok(()) => {
+                Ok(revisions) => {
                     refused = Backoff::default();
+                    view_now.applied(&ops, &revisions);
                     ops.iter().for_each(log_op);
                     let placed = ops
                         .iter()
@@ -243,20 +241,19 @@ async fn lead(
                 }
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
-                    // E.g. a target's lease expired between read and write: re-plan.
+                    // E.g. a target's lease expired between read and write: re-plan. What was
+                    // written before the error reaches the view through the watch.
                     let pause = refused.failed(&e);
                     tokio::time::sleep(pause).await;
+                    if let Err(e) = view_now.catch_up() {
+                        tracing::warn!(error = %e, "engine watch ended; reading the cluster again");
+                        view = None;
+                    }
                     continue;
                 }
             }
         }
         fleet_telemetry::ENGINE_RECONCILE.observe_duration(started.elapsed());
-        let woken = async {
-            match changes.as_mut() {
-                Some(c) => c.next().await.map(|_| ()),
-                None => std::future::pending().await,
-            }
-        };
         // Look again when a lost machine is due, or soon while no majority answers.
         let now = origin.elapsed();
         let due = match verdicts.next_due(now) {
@@ -265,14 +262,10 @@ async fn lead(
             None => config.reconcile_interval,
         };
         tokio::select! {
-            result = woken => {
+            result = view_now.changed() => {
                 if let Err(e) = result {
-                    tracing::warn!(error = %e, "engine watch ended; resynchronising");
-                    changes = None;
-                } else if let Some(c) = changes.as_mut() {
-                    if c.drain().is_err() {
-                        changes = None;
-                    }
+                    tracing::warn!(error = %e, "engine watch ended; reading the cluster again");
+                    view = None;
                 }
             }
             _ = presence.changed() => {
@@ -316,13 +309,11 @@ fn majority_for(
     counted >= fleet_quorum::majority(judged.member.seen_members)
 }
 
-/// Takes out of `snapshot` the units placed on `absent` members, with those placements, so
+/// A copy of `snapshot` without the units placed on `absent` members and those placements, so
 /// that the plan neither moves nor removes them: such a machine may still run them. Units there
 /// that no longer want to run stay in, so their placements are removed.
-fn hold(snapshot: &mut EngineSnapshot, absent: &BTreeSet<MachineId>) {
-    if absent.is_empty() {
-        return;
-    }
+fn hold(snapshot: &EngineSnapshot, absent: &BTreeSet<MachineId>) -> EngineSnapshot {
+    let mut snapshot = snapshot.clone();
     let wanted: BTreeSet<&fleet_units::UnitName> = snapshot
         .units
         .iter()
@@ -336,10 +327,11 @@ fn hold(snapshot: &mut EngineSnapshot, absent: &BTreeSet<MachineId>) {
         .map(|(_, p)| p.name.clone())
         .collect();
     if held.is_empty() {
-        return;
+        return snapshot;
     }
     snapshot.placements.retain(|(_, p)| !held.contains(&p.name));
     snapshot.units.retain(|u| !held.contains(&u.name));
+    snapshot
 }
 
 /// One line per decision carried out, with the unit and the machine as fields (journal fields

@@ -25,6 +25,7 @@
 mod listing;
 mod model;
 mod presence;
+mod view;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -45,6 +46,7 @@ pub use model::{
     UnitState,
 };
 pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
+pub use view::{AgentView, EngineView};
 pub use watch::Changes;
 
 /// The key prefix fleet has always used.
@@ -1162,6 +1164,19 @@ impl Registry {
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let [units, machines, placements, leader, unplaceable, members] = reads(&resp)?;
+        self.count_keys(
+            [
+                &units,
+                &machines,
+                &placements,
+                &leader,
+                &unplaceable,
+                &members,
+            ]
+            .iter()
+            .map(|r| r.kvs().len())
+            .sum(),
+        );
         let units = decode_all::<Unit>(units.kvs())?
             .into_iter()
             .map(|(_, u)| u)
@@ -1200,7 +1215,21 @@ impl Registry {
         vec![self.leader_key()]
     }
 
-    /// The prefixes whose changes concern the leading engine.
+    /// Changes of the leader key from now on: what an engine that does not lead waits for.
+    /// One point read, whatever the size of the cluster.
+    pub async fn leader_changes(&self) -> Result<Changes> {
+        let revision = self
+            .get(self.leader_key())
+            .await?
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or_default();
+        self.watch(&self.leader_watch_prefixes(), revision + 1)
+            .await
+    }
+
+    /// The prefixes the leading engine's view follows: everything [`Registry::engine_snapshot`]
+    /// reads.
     pub fn engine_watch_prefixes(&self) -> Vec<String> {
         vec![
             self.units_prefix(),
@@ -1208,7 +1237,14 @@ impl Registry {
             self.members_prefix(),
             self.placements_prefix(),
             self.leader_key(),
+            self.unplaceable_prefix(),
         ]
+    }
+
+    /// Reads what the engine decides from ([`Registry::engine_snapshot`]) and follows its
+    /// changes from then on; see [`EngineView`].
+    pub async fn engine_view(&self) -> Result<EngineView> {
+        EngineView::open(self).await
     }
 
     /// Tries once to become the engine leader on `lease`. `None` when another machine leads.
@@ -1242,13 +1278,16 @@ impl Registry {
     }
 
     /// Applies placement changes in batched transactions, each conditioned on `leadership`.
+    /// Returns the revision each op was written at, in the order of `ops`. On an error, the
+    /// batches before the failing one are written.
     pub async fn apply_placements(
         &self,
         leadership: Leadership,
         ops: &[PlacementOp],
-    ) -> Result<()> {
+    ) -> Result<Vec<i64>> {
         let key = self.leader_key();
-        for batch in self.placement_batches(leadership, ops) {
+        let mut revisions = Vec::with_capacity(ops.len());
+        for (batch, count) in self.placement_batches(leadership, ops) {
             let txn = Txn::new()
                 .when(vec![Compare::create_revision(
                     key.clone(),
@@ -1256,11 +1295,14 @@ impl Registry {
                     leadership.revision,
                 )])
                 .and_then(batch);
-            if !self.txn(txn).await?.succeeded() {
+            let resp = self.txn(txn).await?;
+            if !resp.succeeded() {
                 return Err(Error::NotLeader);
             }
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            revisions.extend(std::iter::repeat_n(revision, count));
         }
-        Ok(())
+        Ok(revisions)
     }
 
     /// Declares a machine whose lease is gone dead: removes what was placed on it (`units`)
@@ -1285,7 +1327,11 @@ impl Registry {
             })
             .collect();
         ops.dedup();
-        let mut batches = self.placement_batches(leadership, &ops);
+        let mut batches: Vec<Vec<TxnOp>> = self
+            .placement_batches(leadership, &ops)
+            .into_iter()
+            .map(|(batch, _)| batch)
+            .collect();
         // The member record goes last, so that an interrupted declaration is taken up again.
         batches.push(vec![TxnOp::delete(self.member_key(machine), None)]);
         for batch in batches {
@@ -1347,8 +1393,13 @@ impl Registry {
     /// and on bytes: placements carry their unit's options, so a few large units fill a
     /// request long before the operation limit does. A placement and its index entry always
     /// go in the same transaction.
-    fn placement_batches(&self, leadership: Leadership, ops: &[PlacementOp]) -> Vec<Vec<TxnOp>> {
-        let mut batches: Vec<(Vec<TxnOp>, usize)> = Vec::new();
+    fn placement_batches(
+        &self,
+        leadership: Leadership,
+        ops: &[PlacementOp],
+    ) -> Vec<(Vec<TxnOp>, usize)> {
+        // Each batch: its transaction's ops, its size in bytes and how many of `ops` it holds.
+        let mut batches: Vec<(Vec<TxnOp>, usize, usize)> = Vec::new();
         for op in ops {
             let (txn_ops, bytes) = match op {
                 PlacementOp::Put { machine, placement } => {
@@ -1386,18 +1437,22 @@ impl Registry {
                     (vec![TxnOp::delete(key, None)], bytes)
                 }
             };
-            let fits = batches.last().is_some_and(|(batch, size)| {
+            let fits = batches.last().is_some_and(|(batch, size, _)| {
                 batch.len() + txn_ops.len() < MAX_TXN_OPS && size + bytes <= REQUEST_BUDGET
             });
             if !fits {
-                batches.push((Vec::new(), 0));
+                batches.push((Vec::new(), 0, 0));
             }
-            if let Some((batch, size)) = batches.last_mut() {
+            if let Some((batch, size, count)) = batches.last_mut() {
                 batch.extend(txn_ops);
                 *size += bytes;
+                *count += 1;
             }
         }
-        batches.into_iter().map(|(batch, _)| batch).collect()
+        batches
+            .into_iter()
+            .map(|(batch, _, count)| (batch, count))
+            .collect()
     }
 
     // ---- agent ------------------------------------------------------------------------------
@@ -1414,6 +1469,7 @@ impl Registry {
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         let [placements, globals, record] = reads(&resp)?;
+        self.count_keys(placements.kvs().len() + globals.kvs().len() + record.kvs().len());
         let machine = match record.kvs().first() {
             Some(kv) => Some(decode::<Machine>(kv)?),
             None => None,
@@ -1439,6 +1495,12 @@ impl Registry {
             self.global_prefix(),
             self.machine_key(machine),
         ]
+    }
+
+    /// Reads what this machine's agent decides from ([`Registry::agent_snapshot`]) and follows
+    /// its changes from then on; see [`AgentView`].
+    pub async fn agent_view(&self, machine: &MachineId) -> Result<AgentView> {
+        AgentView::open(self, machine).await
     }
 
     /// Watches `prefixes` from `revision` on; see [`Changes`].

@@ -1,11 +1,12 @@
-//! Watches as wake-up calls.
+//! Watches: what changed under a few key prefixes since a revision.
 //!
-//! Events only say "look now": every loop re-reads the state it decides from after waking, so a
-//! missed, duplicated or reordered event cannot lead it astray (level-triggered).
+//! The engine's and the agents' views apply the changes themselves (`view.rs`); other users
+//! take an event as "look now" and read what they need. A watch that ends is an error: whoever
+//! followed it reads again and opens a new one.
 
 use std::time::Duration;
 
-use etcd_client::{WatchClient, WatchOptions, WatchStream};
+use etcd_client::{EventType, KeyValue, WatchClient, WatchOptions, WatchStream};
 
 use crate::{Error, Result};
 
@@ -78,6 +79,12 @@ impl Changes {
     /// newest change seen. An error means the watch is over (etcd unreachable, history
     /// compacted): resynchronise and open a new one.
     pub async fn next(&mut self) -> Result<i64> {
+        self.next_changes().await.map(|(revision, _)| revision)
+    }
+
+    /// As [`Changes::next`], with the changes themselves, in the order etcd made them (per
+    /// prefix: changes under different prefixes may arrive out of order between them).
+    pub(crate) async fn next_changes(&mut self) -> Result<(i64, Vec<Change>)> {
         loop {
             let message = self.stream.message().await;
             let Some(resp) = message.map_err(|e| Error::from_etcd(e, &self.endpoints))? else {
@@ -92,8 +99,26 @@ impl Changes {
             }
             if !resp.events().is_empty() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-                return Ok(revision);
+                let changes = resp
+                    .events()
+                    .iter()
+                    .filter_map(|event| {
+                        Some(Change {
+                            kv: event.kv()?.clone(),
+                            deleted: event.event_type() == EventType::Delete,
+                        })
+                    })
+                    .collect();
+                return Ok((revision, changes));
             }
         }
     }
+}
+
+/// One key written or deleted. For a deletion `kv` holds the key and the revision of the
+/// deletion (`mod_revision`), no value.
+#[derive(Debug, Clone)]
+pub(crate) struct Change {
+    pub kv: KeyValue,
+    pub deleted: bool,
 }

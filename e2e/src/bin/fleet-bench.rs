@@ -1077,6 +1077,7 @@ async fn list_run(etcd: &fleet_testkit::Etcd, units: usize) -> Result<(), String
                 registry
                     .apply_placements(leadership, &ops)
                     .await
+                    .map(|_| ())
                     .map_err(|e| e.to_string())
             }
         })

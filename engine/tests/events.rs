@@ -1,0 +1,101 @@
+//! The leading engine against a real etcd: once it has read the cluster, it handles each change
+//! from the change itself, reading nothing again, however many units there are.
+
+use std::time::Duration;
+
+use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
+use fleet_testkit::Etcd;
+use fleet_units::{UnitName, UnitOption};
+use tokio::time::Instant;
+
+const UNITS: usize = 300;
+
+async fn connect(etcd: &Etcd) -> Registry {
+    Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry")
+}
+
+fn unit(n: usize) -> Unit {
+    Unit {
+        name: UnitName::parse(&format!("u{n}.service")).expect("name"),
+        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
+        desired_state: JobState::Launched,
+    }
+}
+
+/// Waits until `count` units are placed, read through the test's own registry.
+async fn placed(observer: &Registry, count: usize) {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = observer.placements().await.expect("placements").len();
+        if now >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "{now} of {count} units placed in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
+    let etcd = Etcd::start();
+    // The engine's registry counts the keys the engine reads; the test reads through another.
+    let engine_registry = connect(&etcd).await;
+    let observer = connect(&etcd).await;
+    let mut presences = Vec::new();
+    for i in 1..=3u8 {
+        let machine = Machine {
+            id: MachineId::parse(&format!("{i:032x}")).expect("id"),
+            public_ip: format!("10.0.0.{i}"),
+            metadata: Default::default(),
+            version: "test".into(),
+            peer_address: None,
+        };
+        presences.push(
+            Presence::start(observer.clone(), machine, Duration::from_secs(10), None)
+                .await
+                .expect("register"),
+        );
+    }
+    for n in 0..UNITS {
+        observer.put_unit(&unit(n)).await.expect("put unit");
+    }
+    let engine = tokio::spawn(fleet_engine::run(
+        engine_registry.clone(),
+        MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        presences[0].subscribe(),
+        fleet_engine::EngineConfig {
+            reconcile_interval: Duration::from_millis(200),
+            ..fleet_engine::EngineConfig::default()
+        },
+    ));
+    placed(&observer, UNITS).await;
+    let read_to_start = engine_registry.keys_read();
+    assert!(
+        read_to_start >= UNITS as u64,
+        "the engine read the cluster once: {read_to_start} keys"
+    );
+
+    // New units one by one, and several reconcile periods: nothing is read again.
+    for n in UNITS..UNITS + 5 {
+        observer.put_unit(&unit(n)).await.expect("put unit");
+        placed(&observer, n + 1).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        engine_registry.keys_read(),
+        read_to_start,
+        "the engine read keys again to handle a change"
+    );
+    engine.abort();
+    drop(presences);
+}

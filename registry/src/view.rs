@@ -1,0 +1,411 @@
+//! Views kept up to date from a watch: what the engine and an agent decide from, read once and
+//! then changed event by event, instead of read again on every wake-up.
+//!
+//! A view is read in one transaction at revision R, then follows a watch of the same prefixes
+//! from R + 1: each change is applied to the one item its key names, in O(1). The items are
+//! the lists of an [`EngineSnapshot`] or [`AgentSnapshot`], kept in no particular order (their
+//! readers do not depend on it), each with an index from key to position.
+//!
+//! Changes under one prefix arrive in the order etcd made them; changes under different
+//! prefixes may arrive out of order between them, so a view is not a cut at one revision.
+//! Nothing depends on that: every write that needs a condition carries it in its transaction
+//! (the leadership, a machine's absence), as with a re-read, which was stale the moment it
+//! was answered.
+//!
+//! The engine applies its own writes to its view as soon as etcd accepted them
+//! ([`EngineView::applied`]), so that it does not plan again from a view without them. The
+//! watch reports the same writes later; a key written here remembers the revision of the
+//! write until the watch catches up with it, and anything older the watch reports for that key
+//! meanwhile is ignored.
+//!
+//! An error (the watch ended, etcd unreachable, history compacted, a record that cannot be
+//! decoded) leaves a view unusable: read a new one.
+
+use std::collections::HashMap;
+
+use etcd_client::KeyValue;
+use fleet_units::UnitName;
+
+use crate::watch::{Change, Changes};
+use crate::{
+    decode, member_entries, placement_machine, AgentSnapshot, EngineSnapshot, Leadership, Machine,
+    MachineEntry, MachineId, Placement, PlacementOp, Registry, Result, Unit,
+};
+
+/// Positions of the items of one list by their key, so that a change finds its item at once.
+/// A deletion moves the last item into the hole (`swap_remove`).
+#[derive(Debug, Default)]
+struct Slots {
+    at: HashMap<String, usize>,
+    keys: Vec<String>,
+}
+
+impl Slots {
+    fn new(keys: impl IntoIterator<Item = String>) -> Slots {
+        let keys: Vec<String> = keys.into_iter().collect();
+        let at = keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), i))
+            .collect();
+        Slots { at, keys }
+    }
+
+    fn put<T>(&mut self, list: &mut Vec<T>, key: &str, item: T) {
+        match self.at.get(key) {
+            Some(&i) => list[i] = item,
+            None => {
+                self.at.insert(key.to_string(), list.len());
+                self.keys.push(key.to_string());
+                list.push(item);
+            }
+        }
+    }
+
+    fn delete<T>(&mut self, list: &mut Vec<T>, key: &str) {
+        let Some(i) = self.at.remove(key) else {
+            return;
+        };
+        list.swap_remove(i);
+        self.keys.swap_remove(i);
+        if let Some(moved) = self.keys.get(i) {
+            self.at.insert(moved.clone(), i);
+        }
+    }
+}
+
+/// The keys this view wrote itself, with the revision of each write, until the watch reports
+/// them: see the module documentation.
+#[derive(Debug, Default)]
+struct Own {
+    written: HashMap<String, i64>,
+}
+
+impl Own {
+    /// Whether the watch's `change` of `key` is at least as new as what this view wrote there.
+    fn current(&mut self, key: &str, change: &KeyValue) -> bool {
+        match self.written.get(key) {
+            Some(&revision) if change.mod_revision() < revision => false,
+            Some(_) => {
+                self.written.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
+}
+
+/// The leading engine's view of the cluster: units, machines, members, placements, the leader
+/// key and the reasons units cannot be placed.
+pub struct EngineView {
+    registry: Registry,
+    snapshot: EngineSnapshot,
+    units: Slots,
+    machines: Slots,
+    members: Slots,
+    placements: Slots,
+    own: Own,
+    changes: Changes,
+}
+
+impl EngineView {
+    pub(crate) async fn open(registry: &Registry) -> Result<EngineView> {
+        let snapshot = registry.engine_snapshot().await?;
+        let changes = registry
+            .watch(&registry.engine_watch_prefixes(), snapshot.revision + 1)
+            .await?;
+        let units = Slots::new(snapshot.units.iter().map(|u| registry.unit_key(&u.name)));
+        let machines = Slots::new(
+            snapshot
+                .machines
+                .iter()
+                .map(|m| registry.machine_key(&m.machine.id)),
+        );
+        let members = Slots::new(
+            snapshot
+                .members
+                .iter()
+                .map(|m| registry.member_key(&m.member.machine.id)),
+        );
+        let placements = Slots::new(
+            snapshot
+                .placements
+                .iter()
+                .map(|(m, p)| registry.placement_key(m, &p.name)),
+        );
+        Ok(EngineView {
+            registry: registry.clone(),
+            snapshot,
+            units,
+            machines,
+            members,
+            placements,
+            own: Own::default(),
+            changes,
+        })
+    }
+
+    /// The cluster as far as this view knows. Its `revision` is the newest the view has seen.
+    pub fn snapshot(&self) -> &EngineSnapshot {
+        &self.snapshot
+    }
+
+    /// Waits for the next changes and applies them, with every change that has arrived
+    /// meanwhile. Cancel-safe: nothing is taken from the watch until it can be applied.
+    pub async fn changed(&mut self) -> Result<()> {
+        let (revision, changes) = self.changes.next_changes().await?;
+        self.apply_all(revision, changes)?;
+        self.catch_up()
+    }
+
+    /// Applies the changes that have already arrived, without waiting.
+    pub fn catch_up(&mut self) -> Result<()> {
+        use futures_util::FutureExt;
+        while let Some(next) = self.changes.next_changes().now_or_never() {
+            let (revision, changes) = next?;
+            self.apply_all(revision, changes)?;
+        }
+        Ok(())
+    }
+
+    /// Records placement changes etcd accepted from this engine: `revisions[i]` is the
+    /// revision `ops[i]` was written at.
+    pub fn applied(&mut self, ops: &[PlacementOp], revisions: &[i64]) {
+        for (op, &revision) in ops.iter().zip(revisions) {
+            let registry = self.registry.clone();
+            match op {
+                PlacementOp::Put { machine, placement } => {
+                    let key = registry.placement_key(machine, &placement.name);
+                    self.own.written.insert(key.clone(), revision);
+                    self.placements.put(
+                        &mut self.snapshot.placements,
+                        &key,
+                        (machine.clone(), placement.clone()),
+                    );
+                }
+                PlacementOp::Delete { machine, name } => {
+                    let key = registry.placement_key(machine, name);
+                    self.own.written.insert(key.clone(), revision);
+                    self.placements.delete(&mut self.snapshot.placements, &key);
+                }
+                PlacementOp::SetUnplaceable { name, reasons } => {
+                    let key = registry.unplaceable_key(name);
+                    self.own.written.insert(key, revision);
+                    self.snapshot
+                        .unplaceable
+                        .insert(name.clone(), reasons.clone());
+                }
+                PlacementOp::ClearUnplaceable { name } => {
+                    let key = registry.unplaceable_key(name);
+                    self.own.written.insert(key, revision);
+                    self.snapshot.unplaceable.remove(name);
+                }
+            }
+            self.snapshot.revision = self.snapshot.revision.max(revision);
+        }
+    }
+
+    fn apply_all(&mut self, revision: i64, changes: Vec<Change>) -> Result<()> {
+        for change in changes {
+            self.apply(change)?;
+        }
+        self.snapshot.revision = self.snapshot.revision.max(revision);
+        Ok(())
+    }
+
+    fn apply(&mut self, change: Change) -> Result<()> {
+        let Change { kv, deleted } = change;
+        let Ok(key) = kv.key_str() else {
+            return Ok(());
+        };
+        let key = key.to_string();
+        if !self.own.current(&key, &kv) {
+            return Ok(());
+        }
+        let registry = &self.registry;
+        let s = &mut self.snapshot;
+        if key == registry.leader_key() {
+            s.leader = (!deleted).then(|| Leadership {
+                revision: kv.create_revision(),
+                lease: kv.lease(),
+            });
+        } else if let Some(name) = key.strip_prefix(&registry.units_prefix()) {
+            if deleted {
+                self.units.delete(&mut s.units, &key);
+            } else if UnitName::parse(name).is_ok() {
+                self.units.put(&mut s.units, &key, decode::<Unit>(&kv)?);
+            }
+        } else if key.starts_with(&registry.machines_prefix()) {
+            if deleted {
+                self.machines.delete(&mut s.machines, &key);
+            } else {
+                let machine = decode::<Machine>(&kv)?;
+                let entry = MachineEntry {
+                    machine,
+                    lease: kv.lease(),
+                };
+                self.machines.put(&mut s.machines, &key, entry);
+            }
+        } else if key.starts_with(&registry.members_prefix()) {
+            if deleted {
+                self.members.delete(&mut s.members, &key);
+            } else if let Some(entry) =
+                member_entries(&registry.members_prefix(), std::slice::from_ref(&kv)).pop()
+            {
+                self.members.put(&mut s.members, &key, entry);
+            }
+        } else if key.starts_with(&registry.placements_prefix()) {
+            if deleted {
+                self.placements.delete(&mut s.placements, &key);
+            } else if let Some(machine) = placement_machine(&registry.placements_prefix(), &kv) {
+                let placement = decode::<Placement>(&kv)?;
+                self.placements
+                    .put(&mut s.placements, &key, (machine, placement));
+            }
+        } else if let Some(name) = key.strip_prefix(&registry.unplaceable_prefix()) {
+            if let Ok(name) = UnitName::parse(name) {
+                if deleted {
+                    s.unplaceable.remove(&name);
+                } else {
+                    s.unplaceable.insert(name, decode::<Vec<String>>(&kv)?);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One agent's view: its machine's record, its placements and the global units.
+pub struct AgentView {
+    registry: Registry,
+    machine: MachineId,
+    snapshot: AgentSnapshot,
+    placements: Slots,
+    globals: Slots,
+    changes: Changes,
+}
+
+impl AgentView {
+    pub(crate) async fn open(registry: &Registry, machine: &MachineId) -> Result<AgentView> {
+        let snapshot = registry.agent_snapshot(machine).await?;
+        let changes = registry
+            .watch(
+                &registry.agent_watch_prefixes(machine),
+                snapshot.revision + 1,
+            )
+            .await?;
+        let placements = Slots::new(
+            snapshot
+                .placements
+                .iter()
+                .map(|p| registry.placement_key(machine, &p.name)),
+        );
+        let globals = Slots::new(
+            snapshot
+                .global_units
+                .iter()
+                .map(|u| registry.global_key(&u.name)),
+        );
+        Ok(AgentView {
+            registry: registry.clone(),
+            machine: machine.clone(),
+            snapshot,
+            placements,
+            globals,
+            changes,
+        })
+    }
+
+    /// What this machine must run, as far as this view knows.
+    pub fn snapshot(&self) -> &AgentSnapshot {
+        &self.snapshot
+    }
+
+    /// Waits for the next changes and applies them, with every change that has arrived
+    /// meanwhile. Cancel-safe: nothing is taken from the watch until it can be applied.
+    pub async fn changed(&mut self) -> Result<()> {
+        use futures_util::FutureExt;
+        let (revision, changes) = self.changes.next_changes().await?;
+        self.apply_all(revision, changes)?;
+        while let Some(next) = self.changes.next_changes().now_or_never() {
+            let (revision, changes) = next?;
+            self.apply_all(revision, changes)?;
+        }
+        Ok(())
+    }
+
+    fn apply_all(&mut self, revision: i64, changes: Vec<Change>) -> Result<()> {
+        for Change { kv, deleted } in changes {
+            let Ok(key) = kv.key_str() else {
+                continue;
+            };
+            let registry = &self.registry;
+            let s = &mut self.snapshot;
+            if key == registry.machine_key(&self.machine) {
+                s.machine = if deleted {
+                    None
+                } else {
+                    Some(decode::<Machine>(&kv)?)
+                };
+            } else if key.starts_with(&registry.machine_placements_prefix(&self.machine)) {
+                if deleted {
+                    self.placements.delete(&mut s.placements, key);
+                } else {
+                    self.placements
+                        .put(&mut s.placements, key, decode::<Placement>(&kv)?);
+                }
+            } else if key.starts_with(&registry.global_prefix()) {
+                if deleted {
+                    self.globals.delete(&mut s.global_units, key);
+                } else {
+                    self.globals
+                        .put(&mut s.global_units, key, decode::<Unit>(&kv)?);
+                }
+            }
+        }
+        self.snapshot.revision = self.snapshot.revision.max(revision);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Slots;
+
+    #[test]
+    fn slots_follow_puts_and_deletes_in_any_order() {
+        let mut list: Vec<u32> = vec![];
+        let mut slots = Slots::new([]);
+        for i in 0..10 {
+            slots.put(&mut list, &format!("k{i}"), i);
+        }
+        slots.put(&mut list, "k3", 33);
+        for i in [0, 9, 4, 4, 7] {
+            slots.delete(&mut list, &format!("k{i}"));
+        }
+        slots.put(&mut list, "k10", 10);
+        let mut seen: Vec<(String, u32)> = slots
+            .keys
+            .iter()
+            .map(|k| (k.clone(), list[slots.at[k]]))
+            .collect();
+        seen.sort();
+        let expected: Vec<(String, u32)> = [
+            ("k1", 1),
+            ("k10", 10),
+            ("k2", 2),
+            ("k3", 33),
+            ("k5", 5),
+            ("k6", 6),
+            ("k8", 8),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), *v))
+        .collect();
+        assert_eq!(seen, expected);
+        assert_eq!(list.len(), 7);
+        for (i, k) in slots.keys.iter().enumerate() {
+            assert_eq!(slots.at[k], i);
+        }
+    }
+}

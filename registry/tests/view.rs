@@ -1,0 +1,301 @@
+//! Views kept from a watch's events, against a real etcd: after any sequence of changes a view
+//! says what a fresh read says, the engine's own writes are not undone by the watch reporting
+//! them late, and keeping a view reads no keys.
+
+mod support;
+
+use std::time::Duration;
+
+use fleet_registry::{AgentSnapshot, AgentView, EngineSnapshot, EngineView, PlacementOp, Registry};
+use support::*;
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The snapshot's lists in a canonical order, printed: views keep no order.
+fn engine_canonical(s: &EngineSnapshot) -> String {
+    let mut units: Vec<String> = s.units.iter().map(|u| format!("{u:?}")).collect();
+    let mut machines: Vec<String> = s.machines.iter().map(|m| format!("{m:?}")).collect();
+    let mut members: Vec<String> = s.members.iter().map(|m| format!("{m:?}")).collect();
+    let mut placements: Vec<String> = s.placements.iter().map(|p| format!("{p:?}")).collect();
+    units.sort();
+    machines.sort();
+    members.sort();
+    placements.sort();
+    format!(
+        "leader {:?}\nunits {units:#?}\nmachines {machines:#?}\nmembers {members:#?}\nplacements {placements:#?}\nunplaceable {:?}",
+        s.leader, s.unplaceable
+    )
+}
+
+fn agent_canonical(s: &AgentSnapshot) -> String {
+    let mut placements: Vec<String> = s.placements.iter().map(|p| format!("{p:?}")).collect();
+    let mut globals: Vec<String> = s.global_units.iter().map(|u| format!("{u:?}")).collect();
+    placements.sort();
+    globals.sort();
+    format!(
+        "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}",
+        s.machine
+    )
+}
+
+/// Follows the view's changes until it says what a fresh read says.
+async fn engine_converges(registry: &Registry, view: &mut EngineView) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let fresh = engine_canonical(&registry.engine_snapshot().await.unwrap());
+        let kept = engine_canonical(view.snapshot());
+        if kept == fresh {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the view differs from a fresh read:\nkept {kept}\nfresh {fresh}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+}
+
+async fn agent_converges(
+    registry: &Registry,
+    machine: &fleet_registry::MachineId,
+    view: &mut AgentView,
+) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let fresh = agent_canonical(&registry.agent_snapshot(machine).await.unwrap());
+        let kept = agent_canonical(view.snapshot());
+        if kept == fresh {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the view differs from a fresh read:\nkept {kept}\nfresh {fresh}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_view_kept_from_events_says_what_a_fresh_read_says() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (a, lease_a) = present(&registry, 1).await;
+    let (b, _) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_a)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    for name in ["a.service", "b.service", "c.service"] {
+        registry.put_unit(&unit(name)).await.unwrap();
+    }
+    let mut view = registry.engine_view().await.unwrap();
+    engine_converges(&registry, &mut view).await;
+
+    // Units written, changed and removed; a global unit.
+    for name in ["d.service", "e.service"] {
+        registry.put_unit(&unit(name)).await.unwrap();
+    }
+    registry.put_unit(&global_unit("g.service")).await.unwrap();
+    registry.delete_unit(&name("b.service")).await.unwrap();
+    let mut changed = unit("a.service");
+    changed.desired_state = fleet_registry::JobState::Loaded;
+    registry.put_unit(&changed).await.unwrap();
+    // The engine's own writes, applied to the view as etcd accepts them.
+    let ops = vec![
+        place(&machine_id(1), "a.service"),
+        place(&machine_id(2), "c.service"),
+        PlacementOp::SetUnplaceable {
+            name: name("d.service"),
+            reasons: vec!["no machine".into()],
+        },
+    ];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    view.applied(&ops, &revisions);
+    engine_converges(&registry, &mut view).await;
+    let ops = vec![
+        unplace(&machine_id(2), "c.service"),
+        PlacementOp::ClearUnplaceable {
+            name: name("d.service"),
+        },
+        place(&machine_id(2), "d.service"),
+    ];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    view.applied(&ops, &revisions);
+    // A machine joins; another's lease expires (its record goes, its member record stays).
+    let (_c, _) = present(&registry, 3).await;
+    drop(b);
+    let until = Instant::now() + EXPIRY_DEADLINE;
+    while view
+        .snapshot()
+        .machines
+        .iter()
+        .any(|m| m.machine.id == machine_id(2))
+    {
+        assert!(Instant::now() < until, "machine 2's expiry is not seen");
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+    engine_converges(&registry, &mut view).await;
+    assert_eq!(view.snapshot().leader, Some(leadership));
+    assert_eq!(view.snapshot().machines.len(), 2);
+    assert_eq!(view.snapshot().members.len(), 3);
+    drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engines_own_writes_are_not_undone_by_the_watch_reporting_them_late() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    registry.put_unit(&unit("x.service")).await.unwrap();
+    let mut view = registry.engine_view().await.unwrap();
+    let placed = |view: &EngineView| {
+        view.snapshot()
+            .placements
+            .iter()
+            .any(|(_, p)| p.name.as_str() == "x.service")
+    };
+
+    // Placed, then removed, both applied before the watch has reported either: the removal
+    // is applied as a write two revisions later, and written to etcd only at the end, so that
+    // the watch cannot report it first.
+    let put = [place(&machine_id(1), "x.service")];
+    let revisions = registry.apply_placements(leadership, &put).await.unwrap();
+    view.applied(&put, &revisions);
+    assert!(placed(&view));
+    let delete = [unplace(&machine_id(1), "x.service")];
+    view.applied(&delete, &[revisions[0] + 2]);
+    assert!(!placed(&view));
+    // Another placement, written after x's and not applied here: once the view has it, the
+    // watch (in order under one prefix) has reported x's placement, which must not bring x
+    // back.
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "y.service")])
+        .await
+        .unwrap();
+    let until = Instant::now() + DEADLINE;
+    while !view
+        .snapshot()
+        .placements
+        .iter()
+        .any(|(_, p)| p.name.as_str() == "y.service")
+    {
+        assert!(
+            Instant::now() < until,
+            "the watch does not report y's placement"
+        );
+        tokio::time::timeout(DEADLINE, view.changed())
+            .await
+            .expect("the watch reports the placements")
+            .unwrap();
+    }
+    assert!(!placed(&view), "a late event undid a newer write");
+    let deleted = registry
+        .apply_placements(leadership, &delete)
+        .await
+        .unwrap();
+    view.applied(&delete, &deleted);
+    assert!(!placed(&view));
+    engine_converges(&registry, &mut view).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keeping_a_view_reads_no_keys() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    for n in 0..50 {
+        registry
+            .put_unit(&unit(&format!("u{n}.service")))
+            .await
+            .unwrap();
+    }
+    let mut view = registry.engine_view().await.unwrap();
+    assert!(
+        registry.keys_read() >= 50,
+        "opening the view reads the units"
+    );
+    let before = registry.keys_read();
+    for n in 50..60 {
+        registry
+            .put_unit(&unit(&format!("u{n}.service")))
+            .await
+            .unwrap();
+    }
+    let until = Instant::now() + DEADLINE;
+    while view.snapshot().units.len() < 60 {
+        assert!(Instant::now() < until, "the view misses new units");
+        tokio::time::timeout(DEADLINE, view.changed())
+            .await
+            .expect("woken by new units")
+            .unwrap();
+    }
+    assert_eq!(
+        registry.keys_read(),
+        before,
+        "a change was read from etcd again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_view_follows_its_placements_the_global_units_and_its_record() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let (_b, _) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let me = machine_id(1);
+    let mut view = registry.agent_view(&me).await.unwrap();
+    agent_converges(&registry, &me, &mut view).await;
+
+    registry.put_unit(&global_unit("g.service")).await.unwrap();
+    registry.put_unit(&global_unit("h.service")).await.unwrap();
+    registry
+        .apply_placements(
+            leadership,
+            &[
+                place(&me, "a.service"),
+                place(&me, "b.service"),
+                place(&machine_id(2), "c.service"),
+            ],
+        )
+        .await
+        .unwrap();
+    agent_converges(&registry, &me, &mut view).await;
+    assert_eq!(
+        view.snapshot().placements.len(),
+        2,
+        "only its own placements"
+    );
+
+    registry.delete_unit(&name("g.service")).await.unwrap();
+    registry
+        .apply_placements(leadership, &[unplace(&me, "a.service")])
+        .await
+        .unwrap();
+    let mut metadata = fleet_registry::MetadataOverrides::new();
+    metadata.insert("role".into(), Some("web".into()));
+    assert!(registry
+        .patch_machine_metadata(&me, &metadata)
+        .await
+        .unwrap());
+    agent_converges(&registry, &me, &mut view).await;
+    let snapshot = view.snapshot();
+    assert_eq!(
+        snapshot
+            .machine
+            .as_ref()
+            .map(|m| m.metadata.get("role").cloned()),
+        Some(Some("web".to_string()))
+    );
+    assert_eq!(names(&snapshot.global_units), ["h.service"]);
+}
