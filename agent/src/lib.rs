@@ -557,6 +557,9 @@ impl<M: UnitManager> Agent<M> {
             return;
         };
         self.follow_jobs(&states).await;
+        // Written in batches: a machine starting hundreds of units at once publishes each of
+        // them two or three times.
+        let mut changed = Vec::new();
         for (name, local) in &self.local {
             let Some(s) = states.get(name.as_str()) else {
                 continue;
@@ -571,16 +574,22 @@ impl<M: UnitManager> Agent<M> {
                 systemd_sub_state: s.sub.clone(),
                 start_failure: local.start_failure.clone(),
             };
-            if self.published.get(name) == Some(&state) {
-                continue;
+            if self.published.get(name) != Some(&state) {
+                changed.push(state);
             }
-            match self.registry.publish_state(lease, &state).await {
+        }
+        if !changed.is_empty() {
+            match self.registry.publish_states(lease, &changed).await {
                 Ok(()) => {
-                    self.published.insert(name.clone(), state);
+                    for state in changed {
+                        self.published.insert(state.name.clone(), state);
+                    }
                 }
                 Err(e) => {
-                    tracing::warn!(unit = %name, error = %e, "cannot publish unit state");
-                    self.published.remove(name);
+                    tracing::warn!(units = changed.len(), error = %e, "cannot publish unit states");
+                    for state in &changed {
+                        self.published.remove(&state.name);
+                    }
                 }
             }
         }
@@ -590,19 +599,20 @@ impl<M: UnitManager> Agent<M> {
             .filter(|n| !self.local.contains_key(*n))
             .cloned()
             .collect();
-        for name in gone {
-            match self.registry.remove_state(&self.machine, &name).await {
+        if !gone.is_empty() {
+            match self.registry.remove_states(&self.machine, &gone).await {
                 Ok(()) => {
-                    self.published.remove(&name);
+                    for name in &gone {
+                        self.published.remove(name);
+                    }
                 }
-                Err(e) => tracing::warn!(unit = %name, error = %e, "cannot remove unit state"),
+                Err(e) => {
+                    tracing::warn!(units = gone.len(), error = %e, "cannot remove unit states")
+                }
             }
         }
     }
 
-    /// Takes the signals already received without waiting, recording the results of the jobs
-    /// the agent waits for.
-    /// `true` if one of them concerns this agent's units.
     fn take_signals(&mut self) -> bool {
         let Some(signals) = self.signals.as_mut().and_then(|m| m.get_mut().ok()) else {
             return false;
@@ -738,10 +748,13 @@ impl<M: UnitManager> Agent<M> {
         let Ok(states) = self.registry.machine_states(&self.machine).await else {
             return;
         };
-        for s in states {
-            if !self.local.contains_key(&s.name) {
-                let _ = self.registry.remove_state(&self.machine, &s.name).await;
-            }
+        let stale: Vec<UnitName> = states
+            .into_iter()
+            .filter(|s| !self.local.contains_key(&s.name))
+            .map(|s| s.name)
+            .collect();
+        if let Err(e) = self.registry.remove_states(&self.machine, &stale).await {
+            tracing::debug!(error = %e, "cannot remove the states of a previous run");
         }
     }
 }

@@ -999,6 +999,55 @@ impl Registry {
         Ok(())
     }
 
+    /// Publishes many unit states of one machine (all on its `lease`) in as few transactions
+    /// as etcd's limits allow. On an error, the batches before the failing one are written.
+    pub async fn publish_states(&self, lease: i64, states: &[UnitState]) -> Result<()> {
+        let ops = states
+            .iter()
+            .map(|state| {
+                let key = self.state_key(&state.machine_id, &state.name);
+                let value = encode(state);
+                let bytes = op_bytes(&key, &value);
+                let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+                (put, bytes)
+            })
+            .collect();
+        self.write_batched(ops).await
+    }
+
+    /// Removes many unit states of one machine, in as few transactions as etcd's limits allow.
+    pub async fn remove_states(&self, machine: &MachineId, names: &[UnitName]) -> Result<()> {
+        let ops = names
+            .iter()
+            .map(|name| {
+                let key = self.state_key(machine, name);
+                let bytes = op_bytes(&key, b"");
+                (TxnOp::delete(key, None), bytes)
+            })
+            .collect();
+        self.write_batched(ops).await
+    }
+
+    /// Unconditional writes, each with its size in a request, in transactions within etcd's
+    /// limits on operations and bytes.
+    async fn write_batched(&self, ops: Vec<(TxnOp, usize)>) -> Result<()> {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for (op, bytes) in ops {
+            if !batch.is_empty() && (batch.len() >= MAX_TXN_OPS || size + bytes > REQUEST_BUDGET) {
+                self.txn(Txn::new().and_then(std::mem::take(&mut batch)))
+                    .await?;
+                size = 0;
+            }
+            batch.push(op);
+            size += bytes;
+        }
+        if !batch.is_empty() {
+            self.txn(Txn::new().and_then(batch)).await?;
+        }
+        Ok(())
+    }
+
     pub async fn remove_state(&self, machine: &MachineId, name: &UnitName) -> Result<()> {
         let key = self.state_key(machine, name);
         self.kv_request(|mut kv| {

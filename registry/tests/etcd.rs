@@ -407,6 +407,49 @@ async fn a_dead_leader_leaves_the_leadership_free() {
         .is_some());
 }
 
+/// Hundreds of states at once (a machine starting a batch) go in transactions within etcd's
+/// limit of operations, all on the machine's lease, and go again in the same way.
+#[tokio::test(flavor = "multi_thread")]
+async fn many_states_are_published_and_removed_in_batches() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (a, lease_a) = present(&registry, 1).await;
+    let (_b, lease_b) = present(&registry, 2).await;
+    registry
+        .publish_state(lease_b, &state(2, "other.service"))
+        .await
+        .unwrap();
+    let states: Vec<_> = (0..300)
+        .map(|n| state(1, &format!("u{n:03}.service")))
+        .collect();
+    registry.publish_states(lease_a, &states).await.unwrap();
+    let mut published = registry.machine_states(&machine_id(1)).await.unwrap();
+    published.sort_by(|x, y| x.name.cmp(&y.name));
+    assert_eq!(published, states);
+
+    let gone: Vec<_> = states[..200].iter().map(|s| s.name.clone()).collect();
+    registry.remove_states(&machine_id(1), &gone).await.unwrap();
+    assert_eq!(
+        registry.machine_states(&machine_id(1)).await.unwrap().len(),
+        100
+    );
+    assert_eq!(
+        registry.machine_states(&machine_id(2)).await.unwrap(),
+        [state(2, "other.service")],
+        "another machine's states are left alone"
+    );
+    // On the machine's lease: they go with it.
+    drop(a);
+    eventually("the states go with the lease", EXPIRY_DEADLINE, || async {
+        registry
+            .machine_states(&machine_id(1))
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_publishes_and_withdraws_unit_states() {
     let etcd = Etcd::start();
