@@ -76,6 +76,24 @@ impl LocalUnit {
     }
 }
 
+/// A unit file operation, which systemd takes for many units in one call.
+#[derive(Clone, Copy)]
+enum FileOp {
+    Link,
+    Enable,
+    Unlink,
+}
+
+impl FileOp {
+    fn describe(self) -> &'static str {
+        match self {
+            FileOp::Link => "linking",
+            FileOp::Enable => "enabling",
+            FileOp::Unlink => "unlinking",
+        }
+    }
+}
+
 /// What woke the agent up.
 #[derive(Clone, Copy)]
 enum Wake {
@@ -435,17 +453,44 @@ impl<M: UnitManager> Agent<M> {
                 BTreeSet::new()
             }
         };
-        let actions = plan::plan(desired, &local, &preloaded);
-        for action in actions {
+        let mut actions = plan::plan(desired, &local, &preloaded)
+            .into_iter()
+            .peekable();
+        while let Some(action) = actions.next() {
             let what = action.describe();
-            match action.unit() {
-                Some(unit) => tracing::info!(unit = %unit, "{what}"),
-                None => tracing::info!("{what}"),
-            }
-            if let Err(e) = self.apply(&action, desired, sources).await {
-                match action.unit() {
-                    Some(unit) => tracing::error!(unit = %unit, error = %e, "{what} failed"),
-                    None => tracing::error!(error = %e, "{what} failed"),
+            match action {
+                // Unit file operations go to systemd in one call per run of them: each call
+                // costs systemd milliseconds (disabling, tens) whatever it carries.
+                Action::Load(ref first) | Action::Unload(ref first) => {
+                    let loading = matches!(action, Action::Load(_));
+                    let mut names = vec![first.clone()];
+                    while let Some(Action::Load(n) | Action::Unload(n)) =
+                        actions.next_if(|a| loading == matches!(a, Action::Load(_)))
+                    {
+                        names.push(n);
+                    }
+                    for name in &names {
+                        tracing::info!(unit = %name, "{what}");
+                    }
+                    if loading {
+                        self.load(&names, desired, sources).await;
+                    } else {
+                        self.unload(&names).await;
+                    }
+                }
+                action => {
+                    match action.unit() {
+                        Some(unit) => tracing::info!(unit = %unit, "{what}"),
+                        None => tracing::info!("{what}"),
+                    }
+                    if let Err(e) = self.apply(&action).await {
+                        match action.unit() {
+                            Some(unit) => {
+                                tracing::error!(unit = %unit, error = %e, "{what} failed")
+                            }
+                            None => tracing::error!(error = %e, "{what} failed"),
+                        }
+                    }
                 }
             }
             // zbus stops reading the connection while the signal stream's queue is full, and
@@ -458,13 +503,114 @@ impl<M: UnitManager> Agent<M> {
         }
     }
 
-    async fn apply(
+    /// Writes and links the unit files of `names`, linking them all in one call (one at a
+    /// time if that call fails, to tell which). A unit whose file could not be written or
+    /// linked stays unknown here, so the next pass tries it again.
+    async fn load(
         &mut self,
-        action: &Action,
+        names: &[UnitName],
         desired: &BTreeMap<UnitName, Desired>,
         sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>,
-    ) -> Result<(), AgentError> {
+    ) {
+        let mut written: Vec<(UnitName, String, bool)> = Vec::new();
+        for name in names {
+            let Some((options, _, _)) = sources.get(name) else {
+                continue;
+            };
+            let file = UnitFile::from_options(options.clone());
+            let path = self.unit_path(name);
+            if let Err(source) = write_atomically(&path, file.to_canonical_string().as_bytes()) {
+                let e = AgentError::UnitsDirectory { path, source };
+                tracing::error!(unit = %name, error = %e, "loading failed");
+                continue;
+            }
+            let path = path.to_string_lossy().into_owned();
+            written.push((name.clone(), path, file.has_section("Install")));
+        }
+        let linked = self.each_or_all(&written, FileOp::Link).await;
+        let installable: Vec<(UnitName, String, bool)> = written
+            .iter()
+            .filter(|(n, _, install)| *install && linked.contains(n))
+            .cloned()
+            .collect();
+        let enabled = self.each_or_all(&installable, FileOp::Enable).await;
+        for (name, _, install) in &written {
+            let (Some((_, _, global)), Some(want)) = (sources.get(name), desired.get(name)) else {
+                continue;
+            };
+            if linked.contains(name) && (!install || enabled.contains(name)) {
+                // New content is loaded, not started: `launched` waits for its start job.
+                self.local.insert(
+                    name.clone(),
+                    LocalUnit::new(want.hash, JobState::Loaded, *global),
+                );
+            }
+        }
+    }
+
+    /// Unlinks the units of `names` in one call (one at a time if that fails) and removes
+    /// their files.
+    async fn unload(&mut self, names: &[UnitName]) {
+        let all: Vec<(UnitName, String, bool)> = names
+            .iter()
+            .map(|n| (n.clone(), n.as_str().to_string(), false))
+            .collect();
+        // A unit that cannot be unlinked is forgotten all the same, as before: its file goes.
+        self.each_or_all(&all, FileOp::Unlink).await;
+        for name in names {
+            let path = self.unit_path(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    let e = AgentError::UnitsDirectory { path, source };
+                    tracing::error!(unit = %name, error = %e, "unloading failed");
+                    continue;
+                }
+            }
+            self.local.remove(name);
+        }
+    }
+
+    /// Runs `op` on all of `items`' arguments (their second field) in one call; if that
+    /// fails, on each alone, logging each failure. The names for which it succeeded.
+    async fn each_or_all(
+        &self,
+        items: &[(UnitName, String, bool)],
+        op: FileOp,
+    ) -> BTreeSet<UnitName> {
+        if items.is_empty() {
+            return BTreeSet::new();
+        }
+        let args: Vec<&str> = items.iter().map(|(_, a, _)| a.as_str()).collect();
+        if self.file_op(op, &args).await.is_ok() {
+            return items.iter().map(|(n, _, _)| n.clone()).collect();
+        }
+        let mut done = BTreeSet::new();
+        for (name, arg, _) in items {
+            match self.file_op(op, &[arg.as_str()]).await {
+                Ok(()) => {
+                    done.insert(name.clone());
+                }
+                Err(e) => tracing::error!(unit = %name, error = %e, "{} failed", op.describe()),
+            }
+        }
+        done
+    }
+
+    async fn file_op(&self, op: FileOp, args: &[&str]) -> Result<(), SystemdError> {
+        match op {
+            FileOp::Link => self.systemd.link(args).await,
+            FileOp::Enable => self.systemd.enable(args).await,
+            FileOp::Unlink => self.systemd.unlink(args).await,
+        }
+    }
+
+    /// Carries out a stop, a daemon-reload or a start (loads and unloads go by
+    /// [`Agent::load`] and [`Agent::unload`]).
+    async fn apply(&mut self, action: &Action) -> Result<(), AgentError> {
         match action {
+            Action::Load(_) | Action::Unload(_) => {}
             Action::Stop(name) => {
                 let stopped = self.systemd.stop(name.as_str()).await;
                 if let Some(l) = self.local.get_mut(name) {
@@ -478,43 +624,6 @@ impl<M: UnitManager> Agent<M> {
                     }
                 }
                 stopped?;
-            }
-            Action::Unload(name) => {
-                if let Err(e) = self.systemd.unlink(name.as_str()).await {
-                    tracing::warn!(unit = %name, error = %e, "unlink failed");
-                }
-                let path = self.unit_path(name);
-                match std::fs::remove_file(&path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(source) => return Err(AgentError::UnitsDirectory { path, source }),
-                }
-                self.local.remove(name);
-            }
-            Action::Load(name) => {
-                let (Some((options, _, global)), Some(want)) =
-                    (sources.get(name), desired.get(name))
-                else {
-                    return Ok(());
-                };
-                let file = UnitFile::from_options(options.clone());
-                let path = self.unit_path(name);
-                write_atomically(&path, file.to_canonical_string().as_bytes()).map_err(
-                    |source| AgentError::UnitsDirectory {
-                        path: path.clone(),
-                        source,
-                    },
-                )?;
-                let path_str = path.to_string_lossy();
-                self.systemd.link(&path_str).await?;
-                if file.has_section("Install") {
-                    self.systemd.enable(&path_str).await?;
-                }
-                // New content is loaded, not started: `launched` waits for its start job.
-                self.local.insert(
-                    name.clone(),
-                    LocalUnit::new(want.hash, JobState::Loaded, *global),
-                );
             }
             Action::ReloadDaemon => self.systemd.daemon_reload().await?,
             Action::Start(name) => {

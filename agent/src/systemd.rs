@@ -115,12 +115,12 @@ pub trait UnitManager: Send + Sync + 'static {
         &self,
         unit: &str,
     ) -> impl Future<Output = Result<ServiceRun, SystemdError>> + Send;
-    /// Links the unit file at `path` into systemd's runtime search path.
-    fn link(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
-    /// Enables the unit file at `path` at runtime.
-    fn enable(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
-    /// Removes the runtime link and enablement of a unit.
-    fn unlink(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Links the unit files at `paths` into systemd's runtime search path, in one call.
+    fn link(&self, paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Enables the unit files at `paths` at runtime, in one call.
+    fn enable(&self, paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send;
+    /// Removes the runtime links and enablement of units, in one call.
+    fn unlink(&self, units: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send;
     fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send;
     /// The states of many units in one call.
     fn states(
@@ -266,31 +266,41 @@ impl Systemd {
         })
     }
 
-    /// Links a unit file into systemd's runtime search path.
-    pub async fn link(&self, path: &str) -> Result<(), SystemdError> {
+    /// Links unit files into systemd's runtime search path. One call for many files: each
+    /// call of systemd's unit file operations costs milliseconds whatever it carries.
+    pub async fn link(&self, paths: &[&str]) -> Result<(), SystemdError> {
         self.manager
-            .link_unit_files(&[path], true, true)
+            .link_unit_files(paths, true, true)
             .await
-            .map_err(Self::call_error("link", path))?;
+            .map_err(Self::call_error("link", &Self::named(paths)))?;
         Ok(())
     }
 
-    /// Enables a unit at runtime (for unit files with an `[Install]` section).
-    pub async fn enable(&self, path: &str) -> Result<(), SystemdError> {
+    /// Enables units at runtime (for unit files with an `[Install]` section).
+    pub async fn enable(&self, paths: &[&str]) -> Result<(), SystemdError> {
         self.manager
-            .enable_unit_files(&[path], true, true)
+            .enable_unit_files(paths, true, true)
             .await
-            .map_err(Self::call_error("enable", path))?;
+            .map_err(Self::call_error("enable", &Self::named(paths)))?;
         Ok(())
     }
 
-    /// Removes the runtime link and enablement of a unit.
-    pub async fn unlink(&self, unit: &str) -> Result<(), SystemdError> {
+    /// Removes the runtime links and enablement of units. One call for many: disabling costs
+    /// systemd tens of milliseconds per call.
+    pub async fn unlink(&self, units: &[&str]) -> Result<(), SystemdError> {
         self.manager
-            .disable_unit_files(&[unit], true)
+            .disable_unit_files(units, true)
             .await
-            .map_err(Self::call_error("unlink", unit))?;
+            .map_err(Self::call_error("unlink", &Self::named(units)))?;
         Ok(())
+    }
+
+    /// The one unit a call was about, or how many.
+    fn named(units: &[&str]) -> String {
+        match units {
+            [one] => one.to_string(),
+            many => format!("{} units", many.len()),
+        }
     }
 
     pub async fn daemon_reload(&self) -> Result<(), SystemdError> {
@@ -374,16 +384,16 @@ impl UnitManager for Systemd {
         Systemd::service_run(self, unit)
     }
 
-    fn link(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
-        Systemd::link(self, path)
+    fn link(&self, paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::link(self, paths)
     }
 
-    fn enable(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
-        Systemd::enable(self, path)
+    fn enable(&self, paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::enable(self, paths)
     }
 
-    fn unlink(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
-        Systemd::unlink(self, unit)
+    fn unlink(&self, units: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        Systemd::unlink(self, units)
     }
 
     fn daemon_reload(&self) -> impl Future<Output = Result<(), SystemdError>> + Send {

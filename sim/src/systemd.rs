@@ -8,7 +8,8 @@
 //! state that shows the job gone can be read (systemd sends `JobRemoved` before it answers a
 //! later call). States: linked → `loaded`/`inactive`/`dead`; start → `activating`/`start`,
 //! then `active`/`running`; stop → `deactivating`/`stop`, then `inactive`/`dead`; unlinked →
-//! `not-found` (once stopped). A unit file with `StartFails=true` in an `[X-Simulation]`
+//! `not-found` (once stopped). A unit file with `LinkFails=true` in an `[X-Simulation]` section
+//! cannot be linked. A unit file with `StartFails=true` in an `[X-Simulation]`
 //! section fails every start (`failed`/`failed`, job result `failed`, main process exited with
 //! status 1), so that failure paths can be exercised.
 
@@ -27,6 +28,9 @@ use tokio::sync::mpsc;
 /// The section and key that make a unit fail to start in the simulation.
 pub const FAIL_SECTION: &str = "X-Simulation";
 pub const FAIL_KEY: &str = "StartFails";
+/// The key (in [`FAIL_SECTION`]) that makes linking a unit file fail in the simulation, as a
+/// file systemd cannot take: linked with others in one call, it fails the whole call.
+pub const LINK_FAIL_KEY: &str = "LinkFails";
 
 /// One hollow machine's simulated systemd. Cheap to clone (shared state); no thread or task of
 /// its own, only a timer task per job in progress.
@@ -218,14 +222,20 @@ impl SimulatedSystemd {
             .ok_or("no unit name in the path")?;
         let text = std::fs::read_to_string(path).map_err(|_| "cannot read the unit file")?;
         let file = UnitFile::parse(&text).map_err(|_| "invalid unit file")?;
+        let yes = |key: &str| {
+            file.values(FAIL_SECTION, key).last().is_some_and(|v| {
+                matches!(v.to_ascii_lowercase().as_str(), "1" | "yes" | "true" | "on")
+            })
+        };
+        if yes(LINK_FAIL_KEY) {
+            return Err("the simulation refuses to link this unit file (LinkFails=true)");
+        }
         let service_type = file
             .values("Service", "Type")
             .last()
             .unwrap_or("simple")
             .to_string();
-        let start_fails = file.values(FAIL_SECTION, FAIL_KEY).last().is_some_and(|v| {
-            matches!(v.to_ascii_lowercase().as_str(), "1" | "yes" | "true" | "on")
-        });
+        let start_fails = yes(FAIL_KEY);
         let mut state = self.lock();
         let unit = state.units.entry(name.to_string()).or_insert(SimUnit {
             linked: true,
@@ -315,17 +325,25 @@ impl UnitManager for SimulatedSystemd {
         std::future::ready(found.ok_or_else(|| refused("inspect", unit, "unit not loaded")))
     }
 
-    fn link(&self, path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
-        let linked = self.link_file(path);
-        std::future::ready(linked.map_err(|reason| refused("link", path, reason)))
+    fn link(&self, paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        // As systemd: one file that cannot be linked fails the whole call.
+        let failed = paths
+            .iter()
+            .find_map(|path| self.link_file(path).err().map(|reason| (*path, reason)));
+        std::future::ready(match failed {
+            Some((path, reason)) => Err(refused("link", path, reason)),
+            None => Ok(()),
+        })
     }
 
-    fn enable(&self, _path: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
+    fn enable(&self, _paths: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
         std::future::ready(Ok(()))
     }
 
-    fn unlink(&self, unit: &str) -> impl Future<Output = Result<(), SystemdError>> + Send {
-        self.unlink_unit(unit);
+    fn unlink(&self, units: &[&str]) -> impl Future<Output = Result<(), SystemdError>> + Send {
+        for unit in units {
+            self.unlink_unit(unit);
+        }
         std::future::ready(Ok(()))
     }
 
@@ -396,7 +414,7 @@ mod tests {
         );
 
         let path = unit_file(&dir, name, "[Service]\nExecStart=/bin/true\n");
-        systemd.link(&path).await.expect("link");
+        systemd.link(&[path.as_str()]).await.expect("link");
         assert_eq!(
             state(&systemd, name),
             strs(("loaded", "inactive", "dead", false))
@@ -427,7 +445,7 @@ mod tests {
         );
         assert!(systemd.running().is_empty());
 
-        systemd.unlink(name).await.expect("unlink");
+        systemd.unlink(&[name]).await.expect("unlink");
         assert_eq!(
             state(&systemd, name),
             strs(("not-found", "inactive", "dead", false))
@@ -446,7 +464,7 @@ mod tests {
             "bad.service",
             "[Service]\nExecStart=/bin/true\n\n[X-Simulation]\nStartFails=true\n",
         );
-        systemd.link(&failing).await.expect("link");
+        systemd.link(&[failing.as_str()]).await.expect("link");
         let job = systemd.start("bad.service").await.expect("start");
         assert_eq!(next_job_removed(&mut signals).await, (job, "failed".into()));
         assert_eq!(
@@ -460,7 +478,7 @@ mod tests {
         );
 
         let good = unit_file(&dir, "good.service", "[Service]\nExecStart=/bin/true\n");
-        systemd.link(&good).await.expect("link");
+        systemd.link(&[good.as_str()]).await.expect("link");
         let start = systemd.start("good.service").await.expect("start");
         let stop = systemd.stop("good.service").await.expect("stop");
         assert_eq!(

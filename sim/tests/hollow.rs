@@ -233,3 +233,40 @@ async fn a_start_that_fails_in_the_simulation_is_reported_failed() {
     })
     .await;
 }
+
+/// A unit file systemd refuses to link, among others loaded at the same time: the agent links
+/// them all in one call, and when that call fails, one by one, so that only the refused unit
+/// stays unloaded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_file_that_cannot_be_linked_does_not_hold_up_the_others() {
+    let c = cluster(1).await;
+    c.registry
+        .put_unit(&unit(
+            "refused.service",
+            &[("X-Simulation", "LinkFails", "true")],
+        ))
+        .await
+        .expect("put unit");
+    for n in 0..20 {
+        c.registry
+            .put_unit(&unit(&format!("fine-{n:02}.service"), &[]))
+            .await
+            .expect("put unit");
+    }
+    let registry = &c.registry;
+    eventually(Duration::from_secs(30), || async move {
+        let states = registry.unit_states().await.map_err(|e| e.to_string())?;
+        let active = states
+            .iter()
+            .filter(|s| s.name.as_str().starts_with("fine-") && s.systemd_active_state == "active")
+            .count();
+        if active < 20 {
+            return Err(format!("{active} of 20 units active"));
+        }
+        if let Some(refused) = states.iter().find(|s| s.name.as_str() == "refused.service") {
+            return Err(format!("the refused unit has a state: {refused:?}"));
+        }
+        Ok(())
+    })
+    .await;
+}
