@@ -76,6 +76,11 @@ impl LocalUnit {
     }
 }
 
+/// How many start or stop calls the agent has in flight at once: enough that systemd never
+/// waits for the agent, few enough that the signals they cause fit zbus's queue (4,096) between
+/// two drains.
+const JOBS_AT_ONCE: usize = 64;
+
 /// A unit file operation, which systemd takes for many units in one call.
 #[derive(Clone, Copy)]
 enum FileOp {
@@ -458,47 +463,108 @@ impl<M: UnitManager> Agent<M> {
             .peekable();
         while let Some(action) = actions.next() {
             let what = action.describe();
-            match action {
-                // Unit file operations go to systemd in one call per run of them: each call
-                // costs systemd milliseconds (disabling, tens) whatever it carries.
-                Action::Load(ref first) | Action::Unload(ref first) => {
-                    let loading = matches!(action, Action::Load(_));
-                    let mut names = vec![first.clone()];
-                    while let Some(Action::Load(n) | Action::Unload(n)) =
-                        actions.next_if(|a| loading == matches!(a, Action::Load(_)))
-                    {
-                        names.push(n);
-                    }
-                    for name in &names {
-                        tracing::info!(unit = %name, "{what}");
-                    }
-                    if loading {
-                        self.load(&names, desired, sources).await;
-                    } else {
-                        self.unload(&names).await;
-                    }
+            let Some(first) = action.unit().cloned() else {
+                // A daemon-reload.
+                tracing::info!("{what}");
+                if let Err(e) = self.systemd.daemon_reload().await {
+                    tracing::error!(error = %e, "{what} failed");
                 }
-                action => {
-                    match action.unit() {
-                        Some(unit) => tracing::info!(unit = %unit, "{what}"),
-                        None => tracing::info!("{what}"),
-                    }
-                    if let Err(e) = self.apply(&action).await {
-                        match action.unit() {
-                            Some(unit) => {
-                                tracing::error!(unit = %unit, error = %e, "{what} failed")
-                            }
-                            None => tracing::error!(error = %e, "{what} failed"),
-                        }
-                    }
+                self.drain_signals();
+                continue;
+            };
+            // A run of actions of one kind goes to systemd together: unit file operations in
+            // one call (each call costs systemd milliseconds whatever it carries; disabling,
+            // tens), jobs as calls sent without waiting for each answer.
+            let kind = std::mem::discriminant(&action);
+            let mut names = vec![first];
+            while let Some(next) = actions.next_if(|a| std::mem::discriminant(a) == kind) {
+                names.extend(next.unit().cloned());
+            }
+            for name in &names {
+                tracing::info!(unit = %name, "{what}");
+            }
+            match action {
+                Action::Load(_) => self.load(&names, desired, sources).await,
+                Action::Unload(_) => self.unload(&names).await,
+                Action::Start(_) => self.queue_jobs(JobKind::Start, &names).await,
+                Action::Stop(_) => self.queue_jobs(JobKind::Stop, &names).await,
+                Action::ReloadDaemon => {}
+            }
+            self.drain_signals();
+        }
+    }
+
+    /// Takes in the signals that have arrived, remembering to look again if one concerns this
+    /// agent's units. zbus stops reading the connection while the signal stream's queue is
+    /// full, and then the replies to the agent's calls never come: a batch (a third of 1,000
+    /// units stopped and unloaded at once) makes more signals than the queue holds. So the
+    /// stream is drained after every call or group of calls, in order, keeping what it said.
+    fn drain_signals(&mut self) {
+        if self.take_signals() {
+            self.look_again = true;
+        }
+    }
+
+    /// Queues start or stop jobs for `names`, [`JOBS_AT_ONCE`] calls in flight at a time:
+    /// each call waiting for the answer of the one before made systemd wait on the agent. A
+    /// group's answers are all recorded before the signals that came meanwhile are read, so a
+    /// job's `JobRemoved` is still taken in after its path is known.
+    async fn queue_jobs(&mut self, kind: JobKind, names: &[UnitName]) {
+        for group in names.chunks(JOBS_AT_ONCE) {
+            let systemd = &self.systemd;
+            let answers = futures_util::future::join_all(group.iter().map(|name| async move {
+                match kind {
+                    JobKind::Start => systemd.start(name.as_str()).await,
+                    JobKind::Stop => systemd.stop(name.as_str()).await,
+                }
+            }))
+            .await;
+            for (name, answer) in group.iter().zip(answers) {
+                self.record_job(kind, name, &answer);
+                if let Err(e) = answer {
+                    let what = match kind {
+                        JobKind::Start => "starting",
+                        JobKind::Stop => "stopping",
+                    };
+                    tracing::error!(unit = %name, error = %e, "{what} failed");
                 }
             }
-            // zbus stops reading the connection while the signal stream's queue is full, and
-            // then the replies to these calls never come: a batch (a third of 1,000 units
-            // stopped and unloaded at once) makes more signals than the queue holds. So the
-            // stream is drained after every action, in order, keeping what it said.
-            if self.take_signals() {
-                self.look_again = true;
+            self.drain_signals();
+        }
+    }
+
+    /// What a start or stop call answered: the job to follow, or (for a start) the refusal
+    /// as the start's failure. Like fleet, the agent does not retry a start: the unit's state
+    /// shows what happened.
+    fn record_job(
+        &mut self,
+        kind: JobKind,
+        name: &UnitName,
+        answer: &Result<String, SystemdError>,
+    ) {
+        let Some(l) = self.local.get_mut(name) else {
+            return;
+        };
+        match (kind, answer) {
+            (JobKind::Stop, Ok(path)) => {
+                l.state = JobState::Loaded;
+                l.job = Some(Job::new(JobKind::Stop, path.clone()));
+            }
+            (JobKind::Stop, Err(_)) => {
+                l.state = JobState::Loaded;
+                l.job = None;
+                l.reported = JobState::Loaded;
+            }
+            (JobKind::Start, Ok(path)) => {
+                l.state = JobState::Launched;
+                l.job = Some(Job::new(JobKind::Start, path.clone()));
+                l.start_failure = None;
+            }
+            (JobKind::Start, Err(e)) => {
+                l.state = JobState::Launched;
+                l.job = None;
+                l.reported = JobState::Launched;
+                l.start_failure = Some(e.to_string());
             }
         }
     }
@@ -604,50 +670,6 @@ impl<M: UnitManager> Agent<M> {
             FileOp::Enable => self.systemd.enable(args).await,
             FileOp::Unlink => self.systemd.unlink(args).await,
         }
-    }
-
-    /// Carries out a stop, a daemon-reload or a start (loads and unloads go by
-    /// [`Agent::load`] and [`Agent::unload`]).
-    async fn apply(&mut self, action: &Action) -> Result<(), AgentError> {
-        match action {
-            Action::Load(_) | Action::Unload(_) => {}
-            Action::Stop(name) => {
-                let stopped = self.systemd.stop(name.as_str()).await;
-                if let Some(l) = self.local.get_mut(name) {
-                    l.state = JobState::Loaded;
-                    match &stopped {
-                        Ok(path) => l.job = Some(Job::new(JobKind::Stop, path.clone())),
-                        Err(_) => {
-                            l.job = None;
-                            l.reported = JobState::Loaded;
-                        }
-                    }
-                }
-                stopped?;
-            }
-            Action::ReloadDaemon => self.systemd.daemon_reload().await?,
-            Action::Start(name) => {
-                // Like fleet, the agent does not retry a start: a refusal is reported as the
-                // start's failure and the unit's state shows what happened.
-                let started = self.systemd.start(name.as_str()).await;
-                if let Some(l) = self.local.get_mut(name) {
-                    l.state = JobState::Launched;
-                    match &started {
-                        Ok(path) => {
-                            l.job = Some(Job::new(JobKind::Start, path.clone()));
-                            l.start_failure = None;
-                        }
-                        Err(e) => {
-                            l.job = None;
-                            l.reported = JobState::Launched;
-                            l.start_failure = Some(e.to_string());
-                        }
-                    }
-                }
-                started?;
-            }
-        }
-        Ok(())
     }
 
     fn unit_path(&self, name: &UnitName) -> PathBuf {
