@@ -82,6 +82,26 @@ fn schemas() -> Value {
             "units": array_of("Unit"),
             "nextPageToken": string(),
         })),
+        // Ours, not fleet's: a unit's versions, and a rollback to one of them.
+        "UnitVersion": object("UnitVersion", json!({
+            "hash": string(),
+            "since": string(),
+            "until": string(),
+            "current": {"type": "boolean"},
+            "options": array_of("UnitOption"),
+        })),
+        "UnitHistory": object("UnitHistory", json!({
+            "name": string(),
+            "versions": array_of("UnitVersion"),
+        })),
+        "RollbackRequest": object("RollbackRequest", json!({
+            "hash": string(),
+        })),
+        "Rollback": object("Rollback", json!({
+            "name": string(),
+            "from": string(),
+            "to": string(),
+        })),
         "UnitState": object("UnitState", json!({
             "name": string(),
             "hash": string(),
@@ -167,6 +187,21 @@ fn resources() -> Value {
                 "fleet.Unit.Set",
                 "Create or replace a unit, or change its desired state.",
                 "PUT", "units/{unitName}", &[unit_name], Some("Unit"), None,
+            ),
+        }},
+        // Ours, not fleet's: a resource of its own, so that fleet's `Units` stays as it was.
+        "UnitHistory": {"methods": {
+            "List": method(
+                "fleet.UnitHistory.List",
+                "List the versions of a unit's content, the current one first.",
+                "GET", "units/{unitName}/history", &[unit_name], None, Some("UnitHistory"),
+            ),
+            "Rollback": method(
+                "fleet.UnitHistory.Rollback",
+                "Put back a previous version of a unit's content (by a prefix of its hash; \
+                 without one, the version before the current), keeping its desired state.",
+                "POST", "units/{unitName}/rollback", &[unit_name], Some("RollbackRequest"),
+                Some("Rollback"),
             ),
         }},
         "UnitState": {"methods": {

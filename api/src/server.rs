@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use fleet_client::schema;
@@ -33,8 +33,8 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = fleet_registry::MAX_PAGE as u32;
 
 #[derive(Clone)]
-struct Api {
-    registry: Registry,
+pub(crate) struct Api {
+    pub(crate) registry: Registry,
     page_size: u32,
     inspect: Option<Inspect>,
     follows: Follows,
@@ -109,7 +109,7 @@ async fn into_envelope(response: Response) -> Response {
 
 /// A route's `{name}`, percent-decoded. Taken through this rather than axum's `Path`, whose
 /// rejection (of `%FF`, say, which is not UTF-8) is plain text.
-struct NameParam(String);
+pub(crate) struct NameParam(pub(crate) String);
 
 impl<S: Send + Sync> FromRequestParts<S> for NameParam {
     type Rejection = ApiError;
@@ -158,6 +158,15 @@ pub fn router_with(
         .route(
             "/units/{name}/status",
             get(unit_status).fallback(method_not_allowed),
+        )
+        // Not in fleet's API: additions, which leave fleet's routes as they were.
+        .route(
+            "/units/{name}/history",
+            get(crate::history::unit_history).fallback(method_not_allowed),
+        )
+        .route(
+            "/units/{name}/rollback",
+            post(crate::history::rollback_unit).fallback(method_not_allowed),
         )
         .route("/state", get(list_states).fallback(method_not_allowed))
         .route("/state/{name}", get(get_state).fallback(method_not_allowed))
@@ -354,7 +363,7 @@ pub(crate) fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String
 
 // ---- units ----------------------------------------------------------------------------------
 
-fn parse_name(name: &str) -> Result<UnitName, ApiError> {
+pub(crate) fn parse_name(name: &str) -> Result<UnitName, ApiError> {
     UnitName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
@@ -457,7 +466,7 @@ async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError
 
 /// The body of a request, whatever content type it claims (fleet decoded `PATCH /machines`
 /// as JSON without looking at it): 413 when too large.
-async fn read_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn read_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
         .await
         .map_err(|_| {

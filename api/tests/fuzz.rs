@@ -131,6 +131,8 @@ fn any_unit_name_in_a_path_is_answered_with_the_envelope() {
                     format!("/v1-alpha/units/{encoded}/journal?lines=%FF"),
                 ),
                 ("DELETE", format!("/fleet/v1/units/{encoded}")),
+                ("GET", format!("/fleet/v1/units/{encoded}/history")),
+                ("POST", format!("/v1-alpha/units/{encoded}/rollback")),
             ] {
                 let status = answer(&runtime, &router, method, &path, Vec::new())?;
                 prop_assert!(
@@ -160,6 +162,7 @@ fn any_body_is_answered_with_the_envelope() {
             for (method, path) in [
                 ("PUT", "/fleet/v1/units/web.service"),
                 ("PATCH", "/fleet/v1/machines"),
+                ("POST", "/fleet/v1/units/web.service/rollback"),
             ] {
                 let status = answer(&runtime, &router, method, path, body.clone())?;
                 prop_assert!(

@@ -389,6 +389,33 @@ impl Client {
         Ok(())
     }
 
+    /// A unit's versions, the current one first (`GET /units/{name}/history`).
+    pub async fn unit_history(&self, name: &str) -> Result<schema::UnitHistory, ClientError> {
+        self.get(&format!("/units/{}/history", escape(name)), &[])
+            .await
+    }
+
+    /// Rolls a unit back to the version whose hash starts with `hash`, or without one to the
+    /// version before the current one (`POST /units/{name}/rollback`).
+    pub async fn rollback_unit(
+        &self,
+        name: &str,
+        hash: Option<&str>,
+    ) -> Result<schema::Rollback, ClientError> {
+        let body = schema::RollbackRequest {
+            hash: hash.unwrap_or_default().to_string(),
+        };
+        let (_, bytes) = self
+            .send(
+                Method::POST,
+                &format!("/units/{}/rollback", escape(name)),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// Unit states, optionally only of some units and machines, following pages.
     pub async fn unit_states(
         &self,

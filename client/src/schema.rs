@@ -84,6 +84,53 @@ pub struct MachinePage {
     pub next_page_token: String,
 }
 
+/// A unit's versions (`GET /units/{name}/history`; not in fleet's API): the current one first,
+/// then the previous ones, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitHistory {
+    pub name: String,
+    #[serde(default)]
+    pub versions: Vec<UnitVersion>,
+}
+
+/// One version of a unit's content.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitVersion {
+    /// The unit hash of that content (40 hex digits).
+    pub hash: String,
+    /// When it became the unit's content (RFC 3339, UTC); empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub since: String,
+    /// When it stopped being the unit's content; empty for the current version.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub until: String,
+    /// Whether it is the unit's content now.
+    #[serde(default)]
+    pub current: bool,
+    #[serde(default)]
+    pub options: Vec<UnitOption>,
+}
+
+/// The body of `POST /units/{name}/rollback`: the version to go back to, by a prefix of its
+/// hash; empty (or no body at all) for the version before the current one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+/// What `POST /units/{name}/rollback` did: the unit's content went from the version of hash
+/// `from` to that of hash `to` (the same when it already was that version: nothing changed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
 /// `{"error":{"code":N,"message":"..."}}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_client::schema::{Machine, Unit, UnitState};
+use fleet_client::schema::{Machine, Unit, UnitHistory, UnitState};
 use fleet_client::{Client, ClientError};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
 use futures_util::{stream, StreamExt};
@@ -1083,6 +1083,92 @@ impl Ctl {
         }
     }
 
+    /// `fleetctl history UNIT`: the versions of the unit's content, the current one first.
+    pub async fn history(&self, arg: &str, listing: &Listing) -> u8 {
+        let name = match parse_arg(arg) {
+            Ok(n) => n,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        match self.client.unit_history(name.as_str()).await {
+            Ok(history) if listing.output == Output::Json => print_json(&history.versions),
+            Ok(history) => print_or_fail(render_history(&history, listing)),
+            Err(ClientError::Api { code: 404, .. }) => {
+                stderr(format_args!("Unit {name} does not exist."));
+                1
+            }
+            Err(e) => {
+                stderr(format_args!("Error retrieving history of unit {name}: {e}"));
+                1
+            }
+        }
+    }
+
+    /// `fleetctl rollback UNIT [HASH]`: puts back the version whose hash starts with `hash`
+    /// (by default the one before the current), keeping the unit's desired state, then waits,
+    /// as `start --replace` does, until its machine runs that version in that state.
+    pub async fn rollback(&self, arg: &str, hash: Option<&str>, block: Block) -> u8 {
+        let name = match parse_arg(arg) {
+            Ok(n) => n,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let done = match self.client.rollback_unit(name.as_str(), hash).await {
+            Ok(done) => done,
+            Err(ClientError::Api { message, .. }) if message == "unit does not exist" => {
+                stderr(format_args!("Unit {name} does not exist."));
+                return 1;
+            }
+            Err(ClientError::Api { message, .. }) => {
+                stderr(format_args!("Error rolling back unit {name}: {message}"));
+                return 1;
+            }
+            Err(e) => {
+                stderr(format_args!("Error rolling back unit {name}: {e}"));
+                return 1;
+            }
+        };
+        if done.from == done.to {
+            println!(
+                "Unit {name} is already at version {}",
+                short_hash(&done.to, false)
+            );
+            return 0;
+        }
+        println!(
+            "Unit {name} rolled back from {} to {}",
+            short_hash(&done.from, false),
+            short_hash(&done.to, false)
+        );
+        let unit = match self.client.unit(name.as_str()).await {
+            Ok(Some(unit)) => unit,
+            // Destroyed meanwhile, or not readable: nothing to wait for.
+            Ok(None) => return 0,
+            Err(e) => {
+                stderr(format_args!("Error retrieving unit {name}: {e}"));
+                return 1;
+            }
+        };
+        let target = match unit.desired_state.as_str() {
+            "launched" => START,
+            "loaded" => LOAD,
+            _ => return 0,
+        };
+        if is_global(&unit) {
+            println!("Triggered global unit {name} {}", target.action);
+            return 0;
+        }
+        if let Ok(mut replaced) = self.replaced.lock() {
+            replaced.insert(name.to_string(), done.to.clone());
+        }
+        self.wait_for(&[name.to_string()], target, block, &Progress::hidden())
+            .await
+    }
+
     pub async fn list_units(&self, listing: &Listing) -> u8 {
         let result = async {
             let states = self.client.unit_states(&[], &[]).await?;
@@ -1480,6 +1566,33 @@ pub fn render_list_machines(machines: &[Machine], listing: &Listing) -> Result<S
     Ok(render(listing, &columns, rows))
 }
 
+/// `fleetctl history`: one row per version, the current one first (`CURRENT` is `true`);
+/// fields hash, since, until, current.
+pub fn render_history(history: &UnitHistory, listing: &Listing) -> Result<String, String> {
+    let columns = fields(
+        listing,
+        &["hash", "since", "until", "current"],
+        &["hash", "since", "current"],
+    )?;
+    let rows = history
+        .versions
+        .iter()
+        .map(|v| {
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "hash" => short_hash(&v.hash, listing.full),
+                    "since" => or_dash(&v.since),
+                    "until" => or_dash(&v.until),
+                    "current" => v.current.to_string(),
+                    _ => "-".to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(render(listing, &columns, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1540,6 +1653,46 @@ mod tests {
         );
         // A global unit has no current state of its own: stopped and started everywhere.
         assert_eq!(restart_steps(&unit("", true)), Ok(&stop_start[..]));
+    }
+
+    #[test]
+    fn history_golden() {
+        let version = |hash: &str, since: &str, until: &str, current: bool| {
+            fleet_client::schema::UnitVersion {
+                hash: hash.repeat(40),
+                since: since.into(),
+                until: until.into(),
+                current,
+                options: Vec::new(),
+            }
+        };
+        let history = UnitHistory {
+            name: "web.service".into(),
+            versions: vec![
+                version("b", "2016-05-04T10:02:11Z", "", true),
+                version("a", "", "2016-05-04T10:02:11Z", false),
+            ],
+        };
+        assert_eq!(
+            render_history(&history, &listing()).unwrap(),
+            "HASH\tSINCE\t\t\tCURRENT\n\
+             bbbbbbb\t2016-05-04T10:02:11Z\ttrue\n\
+             aaaaaaa\t-\t\t\tfalse\n"
+        );
+        let wide = Listing {
+            fields: Some("hash,until".into()),
+            full: true,
+            no_legend: true,
+            ..listing()
+        };
+        assert_eq!(
+            render_history(&history, &wide).unwrap(),
+            format!(
+                "{}\t-\n{}\t2016-05-04T10:02:11Z\n",
+                "b".repeat(40),
+                "a".repeat(40)
+            )
+        );
     }
 
     #[test]

@@ -328,6 +328,23 @@ enum Command {
     },
     /// Output the contents of a submitted unit.
     Cat { unit: String },
+    /// List the versions of a unit's content kept by the cluster (the current one and up to
+    /// 10 previous ones), newest first, with the time each became current.
+    History {
+        #[command(flatten)]
+        listing: Listing,
+        unit: String,
+    },
+    /// Put back a previous version of a unit's content (by default the one before the
+    /// current), keeping its desired state: its machine restarts it on that content.
+    Rollback {
+        #[command(flatten)]
+        block: Block,
+        unit: String,
+        /// The version to go back to: its hash, or a prefix of it that names one version
+        /// (as `fleetctl history` shows it).
+        hash: Option<String>,
+    },
     /// Output the status of one or more units in the cluster (systemctl status, from the
     /// machine that runs each).
     Status {
@@ -622,6 +639,10 @@ fn main() -> ExitCode {
             Command::Destroy { units } => ctl.destroy(&units).await,
             Command::Restart { block, units } => ctl.restart(&units, block).await,
             Command::Cat { unit } => ctl.cat(&unit).await,
+            Command::History { listing, unit } => ctl.history(&unit, &listing).await,
+            Command::Rollback { block, unit, hash } => {
+                ctl.rollback(&unit, hash.as_deref(), block).await
+            }
             Command::Status { units, .. } => ctl.status(&units).await,
             Command::Journal {
                 lines,

@@ -47,6 +47,8 @@ fn completions_for_each_shell_know_the_commands() {
             "tls",
             "ca-file",
             "key-file",
+            "history",
+            "rollback",
         ] {
             assert!(out.contains(command), "{shell} completion lacks {command}");
         }
@@ -65,6 +67,8 @@ fn the_manual_page_is_roff() {
     assert!(out.contains("list\\-units"), "subcommands are listed");
     assert!(out.contains("ca\\-file"), "TLS flags are listed");
     assert!(out.contains("fleetctl\\-tls"), "tls is listed");
+    assert!(out.contains("fleetctl\\-history"), "history is listed");
+    assert!(out.contains("fleetctl\\-rollback"), "rollback is listed");
 }
 
 #[test]

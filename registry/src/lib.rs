@@ -15,6 +15,7 @@
 //! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
+//! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
 //!
 //! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
 //! states disappear together, and watchers learn it from one set of delete events. What was
@@ -22,6 +23,7 @@
 //! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
+mod history;
 mod listing;
 mod model;
 mod presence;
@@ -32,14 +34,17 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, KeyValue, PutOptions, Txn,
-    TxnOp, TxnOpResponse, TxnResponse,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, GetResponse, KeyValue,
+    PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use fleet_errors::root_cause;
 use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use history::{
+    HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
+};
 pub use listing::{Page, StateCursor, MAX_PAGE};
 pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
@@ -849,46 +854,12 @@ impl Registry {
         }
     }
 
-    /// Creates or replaces a unit (options and desired state together). A unit whose records
-    /// do not fit one etcd request is refused ([`Error::TooLarge`]) and nothing is written.
+    /// Creates or replaces a unit (options and desired state together), keeping the content it
+    /// replaces in the unit's history (`history.rs`), in the same transaction. A unit whose
+    /// records do not fit one etcd request is refused ([`Error::TooLarge`]) and nothing is
+    /// written.
     pub async fn put_unit(&self, unit: &Unit) -> Result<()> {
-        let value = encode(unit);
-        let global = unit.is_global();
-        let (unit_key, global_key) = (self.unit_key(&unit.name), self.global_key(&unit.name));
-        // A global unit is written twice in one transaction: refuse it here, with a clear
-        // error, rather than have etcd refuse the transaction.
-        let mut bytes = op_bytes(&unit_key, &value);
-        if global {
-            bytes += op_bytes(&global_key, &value);
-        }
-        if bytes > REQUEST_BUDGET {
-            return Err(Error::TooLarge {
-                what: match global {
-                    true => format!("global unit {} (stored twice)", unit.name),
-                    false => format!("unit {}", unit.name),
-                },
-                bytes,
-                limit: REQUEST_BUDGET,
-            });
-        }
-        let second = match global {
-            true => TxnOp::put(global_key, value.clone(), None),
-            false => TxnOp::delete(global_key, None),
-        };
-        let ops = vec![TxnOp::put(unit_key.clone(), value.clone(), None), second];
-        match self.txn(Txn::new().and_then(ops)).await {
-            Ok(_) => Ok(()),
-            // etcd applies the write that crosses its quota and still answers "no space" (its
-            // quota applier checks after applying): the unit may be stored after all.
-            Err(e @ Error::OutOfSpace { .. }) => {
-                let stored = self.get(unit_key).await?;
-                match stored.kvs().first() {
-                    Some(kv) if kv.value() == value.as_slice() => Ok(()),
-                    _ => Err(e),
-                }
-            }
-            Err(e) => Err(e),
-        }
+        self.write_unit(unit).await
     }
 
     /// Sets the desired state of an existing unit; `false` when there is no such unit.
@@ -923,15 +894,20 @@ impl Registry {
         }
     }
 
-    /// Forgets a unit; `false` when there was no such unit.
+    /// Forgets a unit, and its history with it; `false` when there was no such unit.
     pub async fn delete_unit(&self, name: &UnitName) -> Result<bool> {
         let resp = self
             .txn(Txn::new().and_then(vec![
                 TxnOp::delete(self.unit_key(name), None),
                 TxnOp::delete(self.global_key(name), None),
+                TxnOp::delete(
+                    self.history_prefix(name),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
             ]))
             .await?;
-        let deleted = resp.op_responses().into_iter().any(|r| match r {
+        // Whether the unit was there: its history alone is not a unit.
+        let deleted = resp.op_responses().into_iter().take(2).any(|r| match r {
             TxnOpResponse::Delete(d) => d.deleted() > 0,
             _ => false,
         });
