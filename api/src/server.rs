@@ -540,7 +540,21 @@ async fn put_unit(
         desired,
         options,
     } = unit_request(&name, &body)?;
-    let existing = api.registry.unit(&name).await?;
+    // Most requests with options create a unit: one etcd request for those.
+    let existing = match &options {
+        Some(options) => {
+            let unit = fleet_registry::Unit {
+                name: name.clone(),
+                options: options.clone(),
+                desired_state: desired.unwrap_or(JobState::Inactive),
+            };
+            match api.registry.create_unit(&unit).await? {
+                None => return Ok(StatusCode::CREATED),
+                existing => existing,
+            }
+        }
+        None => api.registry.unit(&name).await?,
+    };
     match (existing, options) {
         (None, None) => Err(ApiError::new(
             StatusCode::CONFLICT,

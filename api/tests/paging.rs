@@ -1,6 +1,7 @@
 //! Lists read a page at a time from etcd, against a real etcd: a listing followed across its
 //! pages is the whole list in order, whatever is created or destroyed between two pages; a
-//! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400.
+//! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400. And what
+//! a unit's creation costs etcd: one request.
 
 use std::time::Duration;
 
@@ -389,4 +390,44 @@ async fn bad_page_tokens_are_400_with_the_envelope() {
             .as_str()
             .is_some_and(|m| m.contains("nextPageToken")));
     }
+}
+
+/// What a unit's writes cost etcd: creating one with its desired state, as `fleetctl start`
+/// does for each new unit, is one request; a PUT that finds the unit there reads it in that
+/// same request and writes after.
+#[tokio::test(flavor = "multi_thread")]
+async fn creating_a_unit_is_one_etcd_request() {
+    let api = Api::start(100).await;
+    let put = |name: &str, body: serde_json::Value| {
+        let request = api
+            .http
+            .put(format!("{}/units/{name}", api.base))
+            .json(&body);
+        async move { request.send().await.expect("PUT").status() }
+    };
+    let options = serde_json::json!([
+        {"section": "Service", "name": "ExecStart", "value": "/bin/true"}
+    ]);
+    let before = api.registry.kv_requests();
+    let status = put(
+        "new.service",
+        serde_json::json!({"desiredState": "launched", "options": options}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(api.registry.kv_requests() - before, 1, "a new unit");
+
+    // The same content again with another desired state: found in the first request, then
+    // the desired state is set.
+    let before = api.registry.kv_requests();
+    let status = put(
+        "new.service",
+        serde_json::json!({"desiredState": "loaded", "options": options}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(api.registry.kv_requests() - before <= 3);
+    let (_, unit) = api.get("/units/new.service").await;
+    assert_eq!(unit["desiredState"], "loaded");
+    assert_eq!(unit["currentState"], "inactive");
 }

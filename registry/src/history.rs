@@ -505,10 +505,39 @@ impl Registry {
     /// replaces in its history. A unit whose records do not fit one etcd request is refused
     /// ([`Error::TooLarge`]) and nothing is written.
     pub(crate) async fn write_unit(&self, unit: &Unit) -> Result<()> {
+        let now = now();
         // Most writes create a unit: try that first, in one request, and read what is there
         // otherwise.
+        let Some(mut read) = self.try_create(unit, now).await? else {
+            return Ok(());
+        };
+        // A concurrent change of the unit: plan again from what it is now.
+        while let Some(again) = self.write_over(unit, read, now).await? {
+            read = again;
+        }
+        Ok(())
+    }
+
+    /// Creates `unit` unless a unit of that name exists, in one request: `None` when it was
+    /// created, otherwise the unit that is there, and nothing was written.
+    pub async fn create_unit(&self, unit: &Unit) -> Result<Option<Unit>> {
+        let Some(read) = self.try_create(unit, now()).await? else {
+            return Ok(None);
+        };
+        match read.unit {
+            Some(kv) => Ok(Some(decode(&kv)?)),
+            // No unit, but history left behind (by an older fleetd): written over it.
+            None => {
+                self.write_unit(unit).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Creates `unit` if neither it nor any history of its name exists: `None` when created,
+    /// otherwise what is there.
+    async fn try_create(&self, unit: &Unit, now: u64) -> Result<Option<Read>> {
         let (mut ops, _) = self.unit_ops(unit)?;
-        let now = now();
         ops.extend(
             self.history_ops(
                 &unit.name,
@@ -529,22 +558,17 @@ impl Registry {
             Err(e @ Error::OutOfSpace { .. }) => {
                 let stored = self.get(self.unit_key(&unit.name)).await?;
                 return match stored.kvs().first() {
-                    Some(kv) if kv.value() == encode(unit).as_slice() => Ok(()),
+                    Some(kv) if kv.value() == encode(unit).as_slice() => Ok(None),
                     _ => Err(e),
                 };
             }
             Err(e) => return Err(e),
         };
         if resp.succeeded() {
-            return Ok(());
+            return Ok(None);
         }
         let [unit_read, history_read] = reads(&resp)?;
-        let mut read = self.decode_read(&unit.name, unit_read, history_read);
-        // A concurrent change of the unit: plan again from what it is now.
-        while let Some(again) = self.write_over(unit, read, now).await? {
-            read = again;
-        }
-        Ok(())
+        Ok(Some(self.decode_read(&unit.name, unit_read, history_read)))
     }
 
     /// Reads a unit and its history together: `None` when there is no such unit.

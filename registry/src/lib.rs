@@ -379,6 +379,8 @@ pub struct Registry {
     config: std::sync::Arc<EtcdConfig>,
     /// Keys etcd answered to listings and whole-prefix reads ([`Registry::keys_read`]).
     keys_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Key-value requests made ([`Registry::kv_requests`]).
+    kv_requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The etcd endpoints fleetd was given, one client each, used one at a time: every request
@@ -522,6 +524,7 @@ impl Registry {
             endpoints,
             config: std::sync::Arc::new(config.clone()),
             keys_read: Default::default(),
+            kv_requests: Default::default(),
         })
     }
 
@@ -750,6 +753,8 @@ impl Registry {
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut tries = self.members.count;
+        self.kv_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loop {
             let (index, client) = self.members.current_client();
             let kv = client

@@ -77,6 +77,13 @@ impl Registry {
         self.keys_read.load(Ordering::Relaxed)
     }
 
+    /// How many key-value requests (reads, writes, transactions) this registry has made, all
+    /// clones of it together, a request tried again on another etcd member counted once: what
+    /// tests use to check what an operation costs etcd.
+    pub fn kv_requests(&self) -> u64 {
+        self.kv_requests.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn count_keys(&self, n: usize) {
         self.keys_read.fetch_add(n as u64, Ordering::Relaxed);
     }
