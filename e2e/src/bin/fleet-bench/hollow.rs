@@ -72,6 +72,10 @@ pub struct Figures {
     /// A machine powered off: seconds until its units are active elsewhere, and how many.
     pub kill: f64,
     pub moved: usize,
+    /// On the way: until its lease was gone (a unit's state with it), and until the engine
+    /// had declared it dead (a unit placed elsewhere).
+    pub lease_gone: f64,
+    pub declared_dead: f64,
     /// A new engine's start to the units submitted while none led all placed.
     pub new_leader: f64,
     /// Median time from one unit written to its placement written.
@@ -215,7 +219,7 @@ pub fn active_target(machines: u32) -> Option<f64> {
 
 fn detail(f: &Figures) -> String {
     format!(
-        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} samples of every simulated systemd, no unit on two machines at once",
+        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its lease gone after {:.2} s, declared dead by the engine after {:.2} s, its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} samples of every simulated systemd, no unit on two machines at once",
         f.register,
         f.submitted,
         f.placed,
@@ -224,6 +228,8 @@ fn detail(f: &Figures) -> String {
         IDLE_WINDOW.as_secs(),
         f.keepalive_rate,
         RECONCILE_INTERVAL.as_secs(),
+        f.lease_gone,
+        f.declared_dead,
         f.moved,
         f.kill,
         f.new_leader,
@@ -581,20 +587,24 @@ async fn run_size(
     }
     sim.ask(&format!("kill {victim_index}")).await?;
     let powered_off = Instant::now();
+    // On one of its units: its state goes with the lease, then the engine moves it.
+    let within = powered_off + o.ttl + Duration::from_secs(60);
+    wait_view(&registry, &moving[0], within, |v| v.state.is_none()).await?;
+    f.lease_gone = powered_off.elapsed().as_secs_f64();
+    wait_view(&registry, &moving[0], within, |v| {
+        v.machine.as_ref() != Some(&victim)
+    })
+    .await?;
+    f.declared_dead = powered_off.elapsed().as_secs_f64();
     for name in &moving {
-        wait_view(
-            &registry,
-            name,
-            powered_off + o.ttl + Duration::from_secs(60),
-            |v| {
-                v.machine.as_ref().is_some_and(|m| *m != victim)
-                    && v.state.as_ref().is_some_and(|s| {
-                        s.machine_id != victim
-                            && s.systemd_active_state == "active"
-                            && s.job_state == JobState::Launched
-                    })
-            },
-        )
+        wait_view(&registry, name, within, |v| {
+            v.machine.as_ref().is_some_and(|m| *m != victim)
+                && v.state.as_ref().is_some_and(|s| {
+                    s.machine_id != victim
+                        && s.systemd_active_state == "active"
+                        && s.job_state == JobState::Launched
+                })
+        })
         .await?;
     }
     f.kill = powered_off.elapsed().as_secs_f64();

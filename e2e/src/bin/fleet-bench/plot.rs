@@ -119,6 +119,16 @@ fn panels(rows: &[Figures], ttl: Duration) -> Vec<Panel> {
     ]
 }
 
+/// A log axis' label: powers of ten only (the axis has many more label positions).
+fn power_of_ten(x: &f64) -> String {
+    let exponent = x.log10();
+    if (exponent - exponent.round()).abs() < 1e-6 {
+        format!("{x:.0}")
+    } else {
+        String::new()
+    }
+}
+
 /// Draws the curves of `rows` (at least one) into an SVG file at `path`.
 pub fn hollow_svg(path: &Path, rows: &[Figures], ttl: Duration) -> Result<(), String> {
     let sizes = rows.iter().map(|f| f.machines as f64);
@@ -156,7 +166,8 @@ pub fn hollow_svg(path: &Path, rows: &[Figures], ttl: Duration) -> Result<(), St
             .configure_mesh()
             .x_desc("machines (log scale)")
             .y_desc(panel.unit)
-            .x_label_formatter(&|x| format!("{x:.0}"))
+            .x_label_formatter(&power_of_ten)
+            .light_line_style(WHITE)
             .draw()
             .map_err(e)?;
         for series in &panel.series {
