@@ -15,6 +15,8 @@ use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
+mod control;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "fleet-sim",
@@ -56,6 +58,16 @@ struct Args {
     /// directory, removed at exit).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Take commands on standard input, one a line, and answer on standard output (for
+    /// `fleet-bench hollow`): `kill INDEX` powers machine INDEX off, `running` lists what runs
+    /// where, `double-runs` what the double-run sampler has seen. Also samples every simulated
+    /// systemd for units running on two machines at once. The end of the input stops the
+    /// simulation.
+    #[arg(long)]
+    control: bool,
+    /// With --control, the pause between two samples of every simulated systemd, e.g. 10ms.
+    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
+    sample_every: Duration,
 }
 
 #[tokio::main]
@@ -116,7 +128,7 @@ async fn run(args: &Args, state_dir: PathBuf) -> Result<()> {
         "starting simulated machines (hollow: real presence and agent, simulated systemd)"
     );
     let started = Instant::now();
-    let simulation = Simulation::start(&registries, &config)
+    let mut simulation = Simulation::start(&registries, &config)
         .await
         .context("cannot start the simulated machines")?;
     let rss = rss_megabytes()
@@ -128,7 +140,14 @@ async fn run(args: &Args, state_dir: PathBuf) -> Result<()> {
         simulation.len(),
         started.elapsed().as_secs_f64()
     );
-    shutdown_signal().await;
+    if args.control {
+        tokio::select! {
+            result = control::serve(&mut simulation, args.run, args.sample_every) => result?,
+            _ = shutdown_signal() => {}
+        }
+    } else {
+        shutdown_signal().await;
+    }
     tracing::info!(
         machines = simulation.len(),
         "stopping the simulated machines; their leases expire within the TTL"

@@ -31,6 +31,11 @@
 //!   benchmark's client) beside each, against issue 10's figures (first page in ≤ 100 ms,
 //!   ≤ 50 MB). Then, for comparison, one read of the whole prefixes, as every page cost before
 //!   lists were paged from etcd.
+//! - `fleet-bench hollow [--machines N,N,...] [--units-per-machine U] [--ttl S] [--svg PATH]
+//!   [--sim PATH] [--register-within S]`: issue 10's figures with N simulated machines
+//!   (`fleet-sim`, 100 and 1,000 unless given) and the real engine on a private real etcd, one
+//!   row per size, and their scaling curves as an SVG (`target/bench/hollow.svg` unless given):
+//!   see [`hollow`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,12 +43,23 @@ use std::time::{Duration, Instant};
 
 use fleet_e2e::{ticker_unit, Cluster};
 
+mod hollow;
+mod plot;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("hollow-engine") {
+        return hollow::engine_child(&args[1..]);
+    }
     let mut bin = fleet_e2e::target_dir().join("release");
     let mut runs = 10usize;
     let mut units = None::<usize>;
-    let mut machines = 1_000usize;
+    let mut machines = None::<Vec<u32>>;
+    let mut units_per_machine = 10u32;
+    let mut ttl = Duration::from_secs(10);
+    let mut svg = PathBuf::from("target/bench/hollow.svg");
+    let mut sim = None::<PathBuf>;
+    let mut register_within = Duration::from_secs(600);
     let mut workloads = vec![Workload::Plain, Workload::Mixed];
     let mut what = None;
     let mut minutes = 5u64;
@@ -63,9 +79,29 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => units = Some(n),
                 _ => return usage("--units needs a positive number"),
             },
-            "--machines" => match it.next().and_then(|v| v.parse().ok()) {
-                Some(n) if n > 0 => machines = n,
-                _ => return usage("--machines needs a positive number"),
+            "--machines" => match it.next().map(|v| parse_sizes(v)) {
+                Some(Some(sizes)) => machines = Some(sizes),
+                _ => return usage("--machines needs positive numbers, comma-separated"),
+            },
+            "--units-per-machine" => match it.next().and_then(|v| v.parse().ok()) {
+                Some(n) if n > 0 => units_per_machine = n,
+                _ => return usage("--units-per-machine needs a positive number"),
+            },
+            "--ttl" => match it.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n >= 2 => ttl = Duration::from_secs(n),
+                _ => return usage("--ttl needs a number of seconds, at least 2"),
+            },
+            "--register-within" => match it.next().and_then(|v| v.parse::<u64>().ok()) {
+                Some(n) if n > 0 => register_within = Duration::from_secs(n),
+                _ => return usage("--register-within needs a positive number of seconds"),
+            },
+            "--svg" => match it.next() {
+                Some(v) => svg = PathBuf::from(v),
+                None => return usage("--svg needs a path"),
+            },
+            "--sim" => match it.next() {
+                Some(v) => sim = Some(PathBuf::from(v)),
+                None => return usage("--sim needs the path of fleet-sim"),
             },
             "--workload" => match it.next().map(String::as_str) {
                 Some("plain") => workloads = vec![Workload::Plain],
@@ -84,9 +120,8 @@ fn main() -> ExitCode {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            "start-latency" | "placement" | "idle" | "chaos" | "api-latency" | "batch" | "list" => {
-                what = Some(arg.clone())
-            }
+            "start-latency" | "placement" | "idle" | "chaos" | "api-latency" | "batch" | "list"
+            | "hollow" => what = Some(arg.clone()),
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -94,7 +129,32 @@ fn main() -> ExitCode {
     let units = units.unwrap_or(10_000);
     match what.as_deref() {
         Some("start-latency") => start_latency(&bin, runs),
-        Some("placement") => placement(units, machines, &workloads),
+        Some("placement") => match machines.as_deref() {
+            None => placement(units, 1_000, &workloads),
+            Some(&[m]) => placement(units, m as usize, &workloads),
+            Some(_) => usage("placement takes one number of machines"),
+        },
+        Some("hollow") => {
+            let sim = match sim {
+                Some(path) => path,
+                None => match std::env::current_exe() {
+                    Ok(exe) => exe.with_file_name("fleet-sim"),
+                    Err(e) => {
+                        return usage(&format!(
+                            "cannot find fleet-sim beside fleet-bench ({e}): give --sim PATH"
+                        ))
+                    }
+                },
+            };
+            hollow::hollow(&hollow::Options {
+                sizes: machines.unwrap_or_else(|| vec![100, 1_000]),
+                units_per_machine,
+                ttl,
+                svg,
+                sim,
+                register_within,
+            })
+        }
         Some("idle") => idle(&bin, units.min(1_000)),
         Some("batch") => batch(&bin, units),
         Some("list") => list(list_units),
@@ -110,7 +170,16 @@ const USAGE: &str = "usage: fleet-bench start-latency [--bin DIR] [--runs N]
        fleet-bench batch [--bin DIR] [--units N]
        fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]
        fleet-bench api-latency [--runs N]
-       fleet-bench list [--units N]";
+       fleet-bench list [--units N]
+       fleet-bench hollow [--machines N,N,...] [--units-per-machine U] [--ttl SECONDS] [--svg PATH]
+                          [--sim PATH] [--register-within SECONDS]";
+
+/// Cluster sizes: positive numbers, comma-separated.
+fn parse_sizes(v: &str) -> Option<Vec<u32>> {
+    v.split(',')
+        .map(|n| n.trim().parse().ok().filter(|&n| n > 0))
+        .collect()
+}
 
 fn usage(problem: &str) -> ExitCode {
     eprintln!("fleet-bench: {problem}\n{USAGE}");
