@@ -26,10 +26,16 @@ use fleet_registry::{
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Every how many reconcile intervals the leader reads the whole cluster again instead of
+/// trusting its view (60 s with the default interval): rare, since a read costs the cluster's
+/// size.
+pub const FULL_READ_EVERY: u32 = 30;
+
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// Period of the full resync that backs up the watches (fleet's
-    /// `engine_reconcile_interval`).
+    /// How often the leader plans again with nothing changed (fleet's
+    /// `engine_reconcile_interval`); every [`FULL_READ_EVERY`] of them it reads the cluster
+    /// from etcd again, the safety net behind its view's watch.
     pub reconcile_interval: Duration,
     /// The majority protocol's bounds (from the machines' lease TTL).
     pub timing: Timing,
@@ -122,12 +128,19 @@ async fn lead(
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
+    let mut read_at = Instant::now();
     loop {
         let started = std::time::Instant::now();
+        if read_at.elapsed() >= config.reconcile_interval * FULL_READ_EVERY {
+            view = None;
+        }
         let view_now = match view.as_mut() {
             Some(v) => v,
             None => match registry.engine_view().await {
-                Ok(v) => view.insert(v),
+                Ok(v) => {
+                    read_at = Instant::now();
+                    view.insert(v)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "engine cannot read the cluster state");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -241,14 +254,12 @@ async fn lead(
                 }
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
-                    // E.g. a target's lease expired between read and write: re-plan. What was
-                    // written before the error reaches the view through the watch.
+                    // E.g. etcd out of space, or a timeout. Some batches may have been written:
+                    // read the cluster again rather than plan from a view without them (it
+                    // could place a unit twice).
                     let pause = refused.failed(&e);
                     tokio::time::sleep(pause).await;
-                    if let Err(e) = view_now.catch_up() {
-                        tracing::warn!(error = %e, "engine watch ended; reading the cluster again");
-                        view = None;
-                    }
+                    view = None;
                     continue;
                 }
             }

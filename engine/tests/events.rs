@@ -74,7 +74,8 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
         MachineId::parse(&format!("{:032x}", 1)).expect("id"),
         presences[0].subscribe(),
         fleet_engine::EngineConfig {
-            reconcile_interval: Duration::from_millis(200),
+            // A full read every 30 s (`FULL_READ_EVERY`): none in this test's time.
+            reconcile_interval: Duration::from_secs(1),
             ..fleet_engine::EngineConfig::default()
         },
     ));
@@ -90,7 +91,7 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
         observer.put_unit(&unit(n)).await.expect("put unit");
         placed(&observer, n + 1).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(
         engine_registry.keys_read(),
         read_to_start,
@@ -98,4 +99,48 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
     );
     engine.abort();
     drop(presences);
+}
+
+/// The safety net behind the view: every `FULL_READ_EVERY` reconcile intervals the leader
+/// reads the cluster from etcd again, even when nothing changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_engine_reads_the_cluster_again_now_and_then() {
+    let etcd = Etcd::start();
+    let engine_registry = connect(&etcd).await;
+    let observer = connect(&etcd).await;
+    let machine = Machine {
+        id: MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        public_ip: "10.0.0.1".into(),
+        metadata: Default::default(),
+        version: "test".into(),
+        peer_address: None,
+    };
+    let presence = Presence::start(observer.clone(), machine, Duration::from_secs(10), None)
+        .await
+        .expect("register");
+    for n in 0..20 {
+        observer.put_unit(&unit(n)).await.expect("put unit");
+    }
+    let interval = Duration::from_millis(50);
+    let engine = tokio::spawn(fleet_engine::run(
+        engine_registry.clone(),
+        MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        presence.subscribe(),
+        fleet_engine::EngineConfig {
+            reconcile_interval: interval,
+            ..fleet_engine::EngineConfig::default()
+        },
+    ));
+    placed(&observer, 20).await;
+    let first = engine_registry.keys_read();
+    let until = Instant::now() + interval * fleet_engine::FULL_READ_EVERY * 10;
+    while engine_registry.keys_read() == first {
+        assert!(
+            Instant::now() < until,
+            "no full read in ten times its period"
+        );
+        tokio::time::sleep(interval).await;
+    }
+    engine.abort();
+    drop(presence);
 }
