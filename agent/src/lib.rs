@@ -123,6 +123,9 @@ pub struct Agent<M = Systemd> {
     published_lease: Option<i64>,
     /// Publish again without waiting: systemd changed something during the last read.
     look_again: bool,
+    /// When to read the desired state from etcd again rather than trust the view, however
+    /// busy the agent is.
+    next_resync: Instant,
     /// systemd's signals, if they can be followed (else the resync does the work). Only used
     /// through `&mut self` (`Mutex::get_mut`, no locking): the mutex only makes the agent `Sync`.
     signals: Option<std::sync::Mutex<Signals>>,
@@ -155,6 +158,7 @@ impl<M: UnitManager> Agent<M> {
                 source,
             }
         })?;
+        let next_resync = Instant::now() + config.resync_interval;
         let mut agent = Agent {
             registry,
             machine,
@@ -164,6 +168,7 @@ impl<M: UnitManager> Agent<M> {
             published: BTreeMap::new(),
             published_lease: None,
             look_again: false,
+            next_resync,
             signals: None,
         };
         agent.recover().await?;
@@ -327,7 +332,10 @@ impl<M: UnitManager> Agent<M> {
             }
             _ = settle => Wake::Systemd,
             _ = presence.changed() => Wake::Registry,
-            _ = tokio::time::sleep(self.config.resync_interval) => Wake::Resync,
+            _ = tokio::time::sleep_until(self.next_resync.into()) => {
+                self.next_resync = Instant::now() + self.config.resync_interval;
+                Wake::Resync
+            }
         }
     }
 
