@@ -373,7 +373,9 @@ impl ChildLines {
     }
 
     fn rss(&self) -> (f64, f64) {
-        self.child.id().map_or((f64::NAN, f64::NAN), process_rss_mb)
+        self.child.id().map_or((f64::NAN, f64::NAN), |pid| {
+            crate::rss_mb_of(&pid.to_string())
+        })
     }
 
     /// Closes its input (the end of its commands) and waits for it to exit, then kills it.
@@ -391,20 +393,6 @@ impl ChildLines {
     async fn kill(mut self) {
         let _ = self.child.kill().await;
     }
-}
-
-/// A process's resident set (`VmRSS`) and its peak (`VmHWM`), in MB.
-fn process_rss_mb(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|kb| kb.parse::<f64>().ok())
-            .map_or(f64::NAN, |kb| kb / 1024.0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The engine in a process of its own, leading (or campaigning) on its own lease.

@@ -1036,7 +1036,12 @@ async fn private_registry(etcd: &fleet_testkit::Etcd) -> Result<fleet_registry::
 
 /// This process's resident set (`VmRSS`) and its peak (`VmHWM`), in MB.
 fn rss_mb() -> (f64, f64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    rss_mb_of("self")
+}
+
+/// A process's (`/proc/<process>`) resident set and its peak, in MB; NaN when unknown.
+fn rss_mb_of(process: &str) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{process}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
             .lines()
