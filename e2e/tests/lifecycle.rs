@@ -224,6 +224,76 @@ fn replace_puts_new_content_in_place_of_the_running_unit() {
     assert!(cat.stdout.contains("echo second"), "{}", cat.stdout);
 }
 
+/// A unit replaced, then rolled back to its older hash: systemd on its machine runs the older
+/// content again, and the history shows each step.
+#[test]
+fn a_unit_rolled_back_runs_its_older_content_again() {
+    let c = cluster();
+    let name = unique("rollback");
+    let version = |v: &str| {
+        format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {v}; sleep 1; done'\n")
+    };
+    let path = c.unit_file(&name, &version("first"));
+    let path = path.to_string_lossy().into_owned();
+    let out = c.fleetctl(&["start", &path]).expect_ok("start");
+    let node = node_in(&out.stdout).expect("machine");
+    c.unit_file(&name, &version("second"));
+    c.fleetctl(&["start", "--replace", &path])
+        .expect_ok("start --replace");
+
+    let history = c
+        .fleetctl(&["history", "--no-legend", &name])
+        .expect_ok("history");
+    let rows: Vec<Vec<&str>> = history
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{}", history.stdout);
+    assert_eq!(rows[0].last(), Some(&"true"), "{}", history.stdout);
+    assert_eq!(rows[1].last(), Some(&"false"), "{}", history.stdout);
+    let (newer, older) = (rows[0][0].to_string(), rows[1][0].to_string());
+
+    let out = c
+        .fleetctl(&["rollback", &name, &older])
+        .expect_ok("rollback");
+    assert!(
+        out.stdout
+            .contains(&format!("Unit {name} rolled back from {newer} to {older}")),
+        "{}",
+        out.stdout
+    );
+    let on_disk = c
+        .exec(node, &["cat", &format!("/run/fleet/units/{name}")])
+        .stdout;
+    let active = eventually(Duration::from_secs(10), || {
+        (c.is_active(node, &name) == "active").then_some(())
+    });
+    let running = eventually(Duration::from_secs(10), || {
+        let log = c.exec(node, &["journalctl", "-u", &name, "-n", "3", "-o", "cat"]);
+        log.stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l == "first")
+            .then_some(())
+    });
+    let after = c
+        .fleetctl(&["history", "--no-legend", &name])
+        .expect_ok("history");
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+    assert!(on_disk.contains("echo first"), "{on_disk}");
+    assert!(active.is_some(), "not active after the rollback");
+    assert!(running.is_some(), "the older content does not run");
+    let current: Vec<&str> = after
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("true"))
+        .collect();
+    assert_eq!(current.len(), 1, "{}", after.stdout);
+    assert!(current[0].starts_with(&older), "{}", after.stdout);
+    assert_eq!(after.stdout.lines().count(), 3, "{}", after.stdout);
+}
+
 #[test]
 fn list_commands_speak_json_for_scripts() {
     let c = cluster();
