@@ -494,8 +494,8 @@ impl<M: UnitManager> Agent<M> {
             match action {
                 Action::Load(_) => self.load(&names, desired, sources).await,
                 Action::Unload(_) => self.unload(&names).await,
-                Action::Start(_) => self.queue_jobs(JobKind::Start, &names).await,
-                Action::Stop(_) => self.queue_jobs(JobKind::Stop, &names).await,
+                Action::Start(_) => self.queue_jobs(JobKind::Start, &names, what).await,
+                Action::Stop(_) => self.queue_jobs(JobKind::Stop, &names, what).await,
                 Action::ReloadDaemon => {}
             }
             self.drain_signals();
@@ -517,7 +517,7 @@ impl<M: UnitManager> Agent<M> {
     /// each call waiting for the answer of the one before made systemd wait on the agent. A
     /// group's answers are all recorded before the signals that came meanwhile are read, so a
     /// job's `JobRemoved` is still taken in after its path is known.
-    async fn queue_jobs(&mut self, kind: JobKind, names: &[UnitName]) {
+    async fn queue_jobs(&mut self, kind: JobKind, names: &[UnitName], what: &str) {
         for group in names.chunks(JOBS_AT_ONCE) {
             let systemd = &self.systemd;
             let answers = futures_util::future::join_all(group.iter().map(|name| async move {
@@ -530,10 +530,6 @@ impl<M: UnitManager> Agent<M> {
             for (name, answer) in group.iter().zip(answers) {
                 self.record_job(kind, name, &answer);
                 if let Err(e) = answer {
-                    let what = match kind {
-                        JobKind::Start => "starting",
-                        JobKind::Stop => "stopping",
-                    };
                     tracing::error!(unit = %name, error = %e, "{what} failed");
                 }
             }
@@ -586,7 +582,9 @@ impl<M: UnitManager> Agent<M> {
         desired: &BTreeMap<UnitName, Desired>,
         sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>,
     ) {
-        let mut written: Vec<(UnitName, String, bool)> = Vec::new();
+        // Each unit written, with its file's path: what systemd links.
+        let mut written: Vec<(UnitName, String)> = Vec::new();
+        let mut installable = BTreeSet::new();
         for name in names {
             let Some((options, _, _)) = sources.get(name) else {
                 continue;
@@ -598,21 +596,23 @@ impl<M: UnitManager> Agent<M> {
                 tracing::error!(unit = %name, error = %e, "loading failed");
                 continue;
             }
-            let path = path.to_string_lossy().into_owned();
-            written.push((name.clone(), path, file.has_section("Install")));
+            if file.has_section("Install") {
+                installable.insert(name.clone());
+            }
+            written.push((name.clone(), path.to_string_lossy().into_owned()));
         }
         let linked = self.each_or_all(&written, FileOp::Link).await;
-        let installable: Vec<(UnitName, String, bool)> = written
+        let to_enable: Vec<(UnitName, String)> = written
             .iter()
-            .filter(|(n, _, install)| *install && linked.contains(n))
+            .filter(|(n, _)| installable.contains(n) && linked.contains(n))
             .cloned()
             .collect();
-        let enabled = self.each_or_all(&installable, FileOp::Enable).await;
-        for (name, _, install) in &written {
+        let enabled = self.each_or_all(&to_enable, FileOp::Enable).await;
+        for (name, _) in &written {
             let (Some((_, _, global)), Some(want)) = (sources.get(name), desired.get(name)) else {
                 continue;
             };
-            if linked.contains(name) && (!install || enabled.contains(name)) {
+            if linked.contains(name) && (!installable.contains(name) || enabled.contains(name)) {
                 // New content is loaded, not started: `launched` waits for its start job.
                 self.local.insert(
                     name.clone(),
@@ -625,9 +625,9 @@ impl<M: UnitManager> Agent<M> {
     /// Unlinks the units of `names` in one call (one at a time if that fails) and removes
     /// their files.
     async fn unload(&mut self, names: &[UnitName]) {
-        let all: Vec<(UnitName, String, bool)> = names
+        let all: Vec<(UnitName, String)> = names
             .iter()
-            .map(|n| (n.clone(), n.as_str().to_string(), false))
+            .map(|n| (n.clone(), n.as_str().to_string()))
             .collect();
         // A unit that cannot be unlinked is forgotten all the same, as before: its file goes.
         self.each_or_all(&all, FileOp::Unlink).await;
@@ -646,22 +646,18 @@ impl<M: UnitManager> Agent<M> {
         }
     }
 
-    /// Runs `op` on all of `items`' arguments (their second field) in one call; if that
-    /// fails, on each alone, logging each failure. The names for which it succeeded.
-    async fn each_or_all(
-        &self,
-        items: &[(UnitName, String, bool)],
-        op: FileOp,
-    ) -> BTreeSet<UnitName> {
+    /// Runs `op` on all of `items`' arguments (a unit and the argument for it) in one call;
+    /// if that fails, on each alone, logging each failure. The units for which it succeeded.
+    async fn each_or_all(&self, items: &[(UnitName, String)], op: FileOp) -> BTreeSet<UnitName> {
         if items.is_empty() {
             return BTreeSet::new();
         }
-        let args: Vec<&str> = items.iter().map(|(_, a, _)| a.as_str()).collect();
+        let args: Vec<&str> = items.iter().map(|(_, a)| a.as_str()).collect();
         if self.file_op(op, &args).await.is_ok() {
-            return items.iter().map(|(n, _, _)| n.clone()).collect();
+            return items.iter().map(|(n, _)| n.clone()).collect();
         }
         let mut done = BTreeSet::new();
-        for (name, arg, _) in items {
+        for (name, arg) in items {
             match self.file_op(op, &[arg.as_str()]).await {
                 Ok(()) => {
                     done.insert(name.clone());
