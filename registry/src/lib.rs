@@ -474,6 +474,31 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// header and the protobuf framing of each operation (see [`op_bytes`]).
 const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES - 4 * 1024;
 
+/// Groups of operations (each group with its size in bytes, kept in one transaction) in
+/// batches within etcd's limits on operations and bytes, in order: each batch's operations and
+/// how many groups it holds.
+fn batched(groups: impl IntoIterator<Item = (Vec<TxnOp>, usize)>) -> Vec<(Vec<TxnOp>, usize)> {
+    // Each batch: its transaction's ops, its size in bytes and how many groups it holds.
+    let mut batches: Vec<(Vec<TxnOp>, usize, usize)> = Vec::new();
+    for (ops, bytes) in groups {
+        let fits = batches.last().is_some_and(|(batch, size, _)| {
+            batch.len() + ops.len() < MAX_TXN_OPS && size + bytes <= REQUEST_BUDGET
+        });
+        if !fits {
+            batches.push((Vec::new(), 0, 0));
+        }
+        if let Some((batch, size, count)) = batches.last_mut() {
+            batch.extend(ops);
+            *size += bytes;
+            *count += 1;
+        }
+    }
+    batches
+        .into_iter()
+        .map(|(batch, _, count)| (batch, count))
+        .collect()
+}
+
 /// What an operation on `key` with `value` adds to a request, framing included.
 fn op_bytes(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + 32
@@ -967,17 +992,8 @@ impl Registry {
 
     /// Publishes (or replaces) the state of a unit on this machine, on the machine's lease.
     pub async fn publish_state(&self, lease: i64, state: &UnitState) -> Result<()> {
-        let key = self.state_key(&state.machine_id, &state.name);
-        let value = encode(state);
-        self.kv_request(|mut kv| {
-            let (key, value) = (key.clone(), value.clone());
-            async move {
-                kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await
-            }
-        })
-        .await?;
-        Ok(())
+        self.publish_states(lease, std::slice::from_ref(state))
+            .await
     }
 
     /// Publishes many unit states of one machine (all on its `lease`) in as few transactions
@@ -1012,31 +1028,15 @@ impl Registry {
     /// Unconditional writes, each with its size in a request, in transactions within etcd's
     /// limits on operations and bytes.
     async fn write_batched(&self, ops: Vec<(TxnOp, usize)>) -> Result<()> {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for (op, bytes) in ops {
-            if !batch.is_empty() && (batch.len() >= MAX_TXN_OPS || size + bytes > REQUEST_BUDGET) {
-                self.txn(Txn::new().and_then(std::mem::take(&mut batch)))
-                    .await?;
-                size = 0;
-            }
-            batch.push(op);
-            size += bytes;
-        }
-        if !batch.is_empty() {
+        for (batch, _) in batched(ops.into_iter().map(|(op, bytes)| (vec![op], bytes))) {
             self.txn(Txn::new().and_then(batch)).await?;
         }
         Ok(())
     }
 
     pub async fn remove_state(&self, machine: &MachineId, name: &UnitName) -> Result<()> {
-        let key = self.state_key(machine, name);
-        self.kv_request(|mut kv| {
-            let key = key.clone();
-            async move { kv.delete(key, None).await }
-        })
-        .await?;
-        Ok(())
+        self.remove_states(machine, std::slice::from_ref(name))
+            .await
     }
 
     /// Why units could not be placed, as the engine last recorded it.
@@ -1428,61 +1428,43 @@ impl Registry {
         leadership: Leadership,
         ops: &[PlacementOp],
     ) -> Vec<(Vec<TxnOp>, usize)> {
-        // Each batch: its transaction's ops, its size in bytes and how many of `ops` it holds.
-        let mut batches: Vec<(Vec<TxnOp>, usize, usize)> = Vec::new();
-        for op in ops {
-            let (txn_ops, bytes) = match op {
-                PlacementOp::Put { machine, placement } => {
-                    let (key, value) = (
-                        self.placement_key(machine, &placement.name),
-                        encode(placement),
-                    );
-                    let index = self.placed_key(&placement.name, machine);
-                    let bytes = op_bytes(&key, &value) + op_bytes(&index, b"");
-                    (
-                        vec![TxnOp::put(key, value, None), TxnOp::put(index, "", None)],
-                        bytes,
-                    )
-                }
-                PlacementOp::Delete { machine, name } => {
-                    let (key, index) = (
-                        self.placement_key(machine, name),
-                        self.placed_key(name, machine),
-                    );
-                    let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
-                    (
-                        vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
-                        bytes,
-                    )
-                }
-                PlacementOp::SetUnplaceable { name, reasons } => {
-                    let (key, value) = (self.unplaceable_key(name), encode(reasons));
-                    let bytes = op_bytes(&key, &value);
-                    let on_lease = Some(PutOptions::new().with_lease(leadership.lease));
-                    (vec![TxnOp::put(key, value, on_lease)], bytes)
-                }
-                PlacementOp::ClearUnplaceable { name } => {
-                    let key = self.unplaceable_key(name);
-                    let bytes = op_bytes(&key, b"");
-                    (vec![TxnOp::delete(key, None)], bytes)
-                }
-            };
-            let fits = batches.last().is_some_and(|(batch, size, _)| {
-                batch.len() + txn_ops.len() < MAX_TXN_OPS && size + bytes <= REQUEST_BUDGET
-            });
-            if !fits {
-                batches.push((Vec::new(), 0, 0));
+        let items = ops.iter().map(|op| match op {
+            PlacementOp::Put { machine, placement } => {
+                let (key, value) = (
+                    self.placement_key(machine, &placement.name),
+                    encode(placement),
+                );
+                let index = self.placed_key(&placement.name, machine);
+                let bytes = op_bytes(&key, &value) + op_bytes(&index, b"");
+                (
+                    vec![TxnOp::put(key, value, None), TxnOp::put(index, "", None)],
+                    bytes,
+                )
             }
-            if let Some((batch, size, count)) = batches.last_mut() {
-                batch.extend(txn_ops);
-                *size += bytes;
-                *count += 1;
+            PlacementOp::Delete { machine, name } => {
+                let (key, index) = (
+                    self.placement_key(machine, name),
+                    self.placed_key(name, machine),
+                );
+                let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
+                (
+                    vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
+                    bytes,
+                )
             }
-        }
-        batches
-            .into_iter()
-            .map(|(batch, _, count)| (batch, count))
-            .collect()
+            PlacementOp::SetUnplaceable { name, reasons } => {
+                let (key, value) = (self.unplaceable_key(name), encode(reasons));
+                let bytes = op_bytes(&key, &value);
+                let on_lease = Some(PutOptions::new().with_lease(leadership.lease));
+                (vec![TxnOp::put(key, value, on_lease)], bytes)
+            }
+            PlacementOp::ClearUnplaceable { name } => {
+                let key = self.unplaceable_key(name);
+                let bytes = op_bytes(&key, b"");
+                (vec![TxnOp::delete(key, None)], bytes)
+            }
+        });
+        batched(items)
     }
 
     // ---- agent ------------------------------------------------------------------------------
