@@ -180,14 +180,16 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(before, after);
 }
 
+/// A service that prints `word` every second.
+fn echoing(word: &str) -> String {
+    format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {word}; sleep 1; done'\n")
+}
+
 #[test]
 fn replace_puts_new_content_in_place_of_the_running_unit() {
     let c = cluster();
     let name = unique("replaceme");
-    let version = |v: &str| {
-        format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {v}; sleep 1; done'\n")
-    };
-    let path = c.unit_file(&name, &version("first"));
+    let path = c.unit_file(&name, &echoing("first"));
     let path = path.to_string_lossy().into_owned();
     let out = c.fleetctl(&["start", &path]).expect_ok("start");
     let node = node_in(&out.stdout).expect("machine");
@@ -197,7 +199,7 @@ fn replace_puts_new_content_in_place_of_the_running_unit() {
     };
     assert!(on_disk(c).contains("echo first"));
 
-    c.unit_file(&name, &version("second"));
+    c.unit_file(&name, &echoing("second"));
     let refused = c
         .fleetctl(&["submit", "--replace", &path])
         .expect_ok("submit --replace");
@@ -230,14 +232,11 @@ fn replace_puts_new_content_in_place_of_the_running_unit() {
 fn a_unit_rolled_back_runs_its_older_content_again() {
     let c = cluster();
     let name = unique("rollback");
-    let version = |v: &str| {
-        format!("[Service]\nExecStart=/bin/bash -c 'while true; do echo {v}; sleep 1; done'\n")
-    };
-    let path = c.unit_file(&name, &version("first"));
+    let path = c.unit_file(&name, &echoing("first"));
     let path = path.to_string_lossy().into_owned();
     let out = c.fleetctl(&["start", &path]).expect_ok("start");
     let node = node_in(&out.stdout).expect("machine");
-    c.unit_file(&name, &version("second"));
+    c.unit_file(&name, &echoing("second"));
     c.fleetctl(&["start", "--replace", &path])
         .expect_ok("start --replace");
 
