@@ -38,6 +38,7 @@ const CONFLICTS: &str = "Conflicts";
 const X_CONFLICTS: &str = "X-Conflicts";
 const GLOBAL: &str = "Global";
 const REPLACES: &str = "Replaces";
+const MAX_UNAVAILABLE: &str = "MaxUnavailable";
 
 /// Where a unit may be placed, from its `[X-Fleet]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +56,10 @@ pub struct Requirements {
     pub global: bool,
     /// Units matching these globs move away from the machine this unit is placed on.
     pub replaces: Vec<String>,
+    /// How many instances of this unit's template may be down at once because fleet moves
+    /// them (a drain) or changes them: not in fleet v1.0, which had no such operations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<u32>,
 }
 
 /// Requirements fleet's API refuses.
@@ -72,6 +77,9 @@ pub enum RequirementsError {
     /// A `MachineOf` unit that a `Replaces` pattern would push away.
     #[error("unresolvable requirements: MachineOf {peer:?} matches Replaces pattern {pattern:?}")]
     PeerReplaced { peer: String, pattern: String },
+    /// A `MaxUnavailable` that is not a whole number of at least 1.
+    #[error("[X-Fleet] MaxUnavailable={0:?}: expected a whole number of at least 1")]
+    MaxUnavailable(String),
 }
 
 /// Why a machine's metadata pair could never satisfy a `MachineMetadata=` item.
@@ -186,7 +194,8 @@ impl Requirements {
 
         for key in by_key.keys() {
             match *key {
-                MACHINE_ID | MACHINE_OF | MACHINE_METADATA | CONFLICTS | GLOBAL | REPLACES => {}
+                MACHINE_ID | MACHINE_OF | MACHINE_METADATA | CONFLICTS | GLOBAL | REPLACES
+                | MAX_UNAVAILABLE => {}
                 X_MACHINE_ID | X_MACHINE_OF | X_MACHINE_METADATA | X_CONFLICTS => {
                     let current = key.trim_start_matches("X-Condition").trim_start_matches("X-");
                     warnings.push(format!(
@@ -221,6 +230,14 @@ impl Requirements {
 
         let global = values(GLOBAL).last().is_some_and(|v| is_truthy(v));
 
+        let max_unavailable = match values(MAX_UNAVAILABLE).last() {
+            None => None,
+            Some(v) => match v.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => return Err(RequirementsError::MaxUnavailable(v.clone())),
+            },
+        };
+
         let mut metadata: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for key in [X_MACHINE_METADATA, MACHINE_METADATA] {
             for item in values(key) {
@@ -246,6 +263,7 @@ impl Requirements {
             conflicts,
             global,
             replaces,
+            max_unavailable,
         };
         requirements.check()?;
         Ok((requirements, warnings))
@@ -555,6 +573,25 @@ mod tests {
         ] {
             let (req, _) = read("a.service", &format!("Global={value}\n")).unwrap();
             assert!(!req.global, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn max_unavailable_is_a_whole_number_of_at_least_one() {
+        let (req, warnings) = read("a@1.service", "MaxUnavailable=2\n").unwrap();
+        assert_eq!(req.max_unavailable, Some(2));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (req, _) = read("a@1.service", "MaxUnavailable=3\nMaxUnavailable= 1 \n").unwrap();
+        assert_eq!(req.max_unavailable, Some(1), "the last value counts");
+        let (req, _) = read("a@1.service", "Global=false\n").unwrap();
+        assert_eq!(req.max_unavailable, None);
+        for bad in ["0", "-1", "two", "", "1.5"] {
+            let text = format!("MaxUnavailable={bad}\n");
+            assert_eq!(
+                read("a@1.service", &text),
+                Err(RequirementsError::MaxUnavailable(bad.to_string())),
+                "{bad:?}"
+            );
         }
     }
 
