@@ -81,6 +81,10 @@ impl LocalUnit {
 /// two drains.
 const JOBS_AT_ONCE: usize = 64;
 
+/// How soon the agent looks again at a unit the engine took off this machine that systemd is
+/// still stopping.
+const STOPPING_LOOK_AGAIN: Duration = Duration::from_millis(200);
+
 /// A unit file operation, which systemd takes for many units in one call.
 #[derive(Clone, Copy)]
 enum FileOp {
@@ -123,6 +127,8 @@ pub struct Agent<M = Systemd> {
     published_lease: Option<i64>,
     /// Publish again without waiting: systemd changed something during the last read.
     look_again: bool,
+    /// A unit the engine took off this machine is still stopping: look again shortly.
+    still_stopping: bool,
     /// When to read the desired state from etcd again rather than trust the view, however
     /// busy the agent is.
     next_resync: Instant,
@@ -168,6 +174,7 @@ impl<M: UnitManager> Agent<M> {
             published: BTreeMap::new(),
             published_lease: None,
             look_again: false,
+            still_stopping: false,
             next_resync,
             signals: None,
         };
@@ -264,6 +271,12 @@ impl<M: UnitManager> Agent<M> {
                 }
                 (PresenceStatus::Alive { lease }, Wake::Systemd) => self.publish(lease).await,
             }
+            if let (PresenceStatus::Alive { .. }, Some(v)) = (status, view.as_ref()) {
+                if !v.snapshot().stopping.is_empty() {
+                    let stopping = v.snapshot().stopping.clone();
+                    self.release_stopped(&stopping).await;
+                }
+            }
             wake = self.wait(&mut view, &mut presence).await;
         }
     }
@@ -316,6 +329,13 @@ impl<M: UnitManager> Agent<M> {
                 None => std::future::pending().await,
             }
         };
+        let stopping = async {
+            if std::mem::take(&mut self.still_stopping) {
+                tokio::time::sleep(STOPPING_LOOK_AGAIN).await
+            } else {
+                std::future::pending().await
+            }
+        };
         tokio::select! {
             result = registry_change => {
                 if let Err(e) = result {
@@ -331,6 +351,7 @@ impl<M: UnitManager> Agent<M> {
                 Wake::Systemd
             }
             _ = settle => Wake::Systemd,
+            _ = stopping => Wake::Systemd,
             _ = presence.changed() => Wake::Registry,
             _ = tokio::time::sleep_until(self.next_resync.into()) => {
                 self.next_resync = Instant::now() + self.config.resync_interval;
@@ -744,6 +765,57 @@ impl<M: UnitManager> Agent<M> {
                 Err(e) => {
                     tracing::warn!(units = gone.len(), error = %e, "cannot remove unit states")
                 }
+            }
+        }
+    }
+
+    /// Tells the engine which units it took off this machine are stopped, so that it places
+    /// them elsewhere: those this agent no longer has loaded and systemd no longer runs
+    /// (inactive, failed, or unknown to it). One still stopping (`deactivating`) is looked at
+    /// again in [`STOPPING_LOOK_AGAIN`].
+    async fn release_stopped(&mut self, stopping: &BTreeSet<UnitName>) {
+        let gone: Vec<&str> = stopping
+            .iter()
+            .filter(|n| !self.local.contains_key(*n))
+            .map(|n| n.as_str())
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let states = match self.systemd.states(&gone).await {
+            Ok(states) => states,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the states of units moving away");
+                self.still_stopping = true;
+                return;
+            }
+        };
+        let (stopped, running): (Vec<&str>, Vec<&str>) = gone.into_iter().partition(|name| {
+            states
+                .get(*name)
+                .is_none_or(|s| matches!(s.active.as_str(), "inactive" | "failed"))
+        });
+        self.still_stopping = !running.is_empty();
+        let stopped: Vec<UnitName> = stopped
+            .into_iter()
+            .filter_map(|n| UnitName::parse(n).ok())
+            .collect();
+        if stopped.is_empty() {
+            return;
+        }
+        match self
+            .registry
+            .release_stopping(&self.machine, &stopped)
+            .await
+        {
+            Ok(()) => {
+                for name in &stopped {
+                    tracing::info!(unit = %name, "stopped here: free to run elsewhere");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(units = stopped.len(), error = %e, "cannot say units stopped");
+                self.still_stopping = true;
             }
         }
     }

@@ -360,6 +360,11 @@ fn log_op(op: &PlacementOp) {
         PlacementOp::Delete { machine, name } => {
             tracing::info!(unit = %name, machine = %machine, "removed from machine")
         }
+        PlacementOp::Move { machine, name } => tracing::info!(
+            unit = %name,
+            machine = %machine,
+            "moving: to be placed again once stopped on this machine"
+        ),
         PlacementOp::SetUnplaceable { name, reasons } => tracing::info!(
             unit = %name,
             reasons = %reasons.join("; "),

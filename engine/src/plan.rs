@@ -17,6 +17,18 @@
 //!    kept ones whose content or desired state changed are rewritten in place, new ones put.
 //!    All deletes come before the new placements.
 //!
+//! **Moves stop first.** A unit that still wants to run but loses its place on a live machine
+//! (a rule stopped holding, a `Replaces` pushed it, a drain) is not placed elsewhere in the same
+//! pass: its removal is a [`PlacementOp::Move`], which records that the machine is stopping it,
+//! and the unit waits, unplaceable "stopping on <machine>", until that machine's agent has
+//! stopped it (the record is gone) or the machine was declared dead. So it never runs twice.
+//!
+//! **Drains.** A draining machine takes no new unit, and gives up its non-global units one at a
+//! time (with the units that follow it by `MachineOf`): the next one only once nothing taken
+//! off it is still stopping. Leaders first, then name order. An instance of a template whose
+//! `MaxUnavailable` is N is taken off only while fewer than N instances of that template are
+//! stopping.
+//!
 //! A machine's load is the number of non-global units placed there plus the global units whose
 //! metadata it matches. Global units are never placed by the engine; they run on every machine
 //! whose metadata they match and count there for load and conflicts.
@@ -139,6 +151,10 @@ impl Globs {
 
 struct Host<'a> {
     entry: &'a MachineEntry,
+    /// Being drained: nothing new goes here, and what is here moves away.
+    draining: bool,
+    /// Units taken off this machine that it has not yet stopped.
+    stopping: usize,
     /// Global units that run here (`Planner::globals` indices).
     globals: Vec<usize>,
     /// Those of `globals` with `Conflicts` patterns.
@@ -190,6 +206,12 @@ struct Planner<'a> {
     unplaceable: Vec<Option<Vec<String>>>,
     pushes_left: usize,
     pushed: bool,
+    /// The live machine each unit has an existing placement on, if any (the first by id).
+    placed_on: Vec<Option<M>>,
+    /// Why a unit may not be placed in this pass: a machine is stopping it.
+    waits: Vec<Option<String>>,
+    /// Instances of each template that are stopping (for `MaxUnavailable`).
+    down: HashMap<UnitName, usize>,
 }
 
 impl<'a> Planner<'a> {
@@ -280,6 +302,8 @@ impl<'a> Planner<'a> {
                     .collect();
                 Host {
                     entry,
+                    draining: false,
+                    stopping: 0,
                     conflicting_globals: running
                         .iter()
                         .copied()
@@ -297,6 +321,35 @@ impl<'a> Planner<'a> {
             .map(|(m, h)| (h.load(), m))
             .collect();
         let n = units.len();
+        let mut hosts = hosts;
+        for id in &snapshot.draining {
+            if let Ok(m) = hosts.binary_search_by(|h| h.entry.machine.id.cmp(id)) {
+                hosts[m].draining = true;
+            }
+        }
+        // What machines are stopping: only members' records count (a machine declared dead
+        // runs nothing), whether their lease is live or not.
+        let members: HashSet<&fleet_registry::MachineId> = snapshot
+            .members
+            .iter()
+            .map(|e| &e.member.machine.id)
+            .collect();
+        let mut waits: Vec<Option<String>> = vec![None; n];
+        let mut down: HashMap<UnitName, usize> = HashMap::new();
+        for (machine, name) in &snapshot.stopping {
+            if !members.contains(machine) {
+                continue;
+            }
+            if let Ok(m) = hosts.binary_search_by(|h| h.entry.machine.id.cmp(machine)) {
+                hosts[m].stopping += 1;
+            }
+            if let Some(template) = name.template() {
+                *down.entry(template).or_default() += 1;
+            }
+            if let Some(&u) = by_name.get(name.as_str()) {
+                waits[u] = Some(stopping_reason(machine.short()));
+            }
+        }
         Planner {
             globs,
             by_name,
@@ -312,6 +365,9 @@ impl<'a> Planner<'a> {
             unplaceable: vec![None; n],
             pushes_left: PUSHES_PER_UNIT * n + 16,
             pushed: false,
+            placed_on: vec![None; n],
+            waits,
+            down,
             units,
         }
     }
@@ -348,6 +404,9 @@ impl<'a> Planner<'a> {
         let req = self.req(u);
         let host = &self.hosts[m];
         let machine = &host.entry.machine;
+        if phase == Phase::Place && host.draining {
+            return Err("machine is draining".to_string());
+        }
         if let Some(id) = &req.machine_id {
             if !req.machine_id_matches(machine.id.as_str()) {
                 return Err(format!("unit must run on machine {id}"));
@@ -465,6 +524,9 @@ impl<'a> Planner<'a> {
         }
         existing.sort();
         existing.dedup_by_key(|(u, m, _)| (*u, *m));
+        for &(u, m, _) in &existing {
+            self.placed_on[u].get_or_insert(m);
+        }
         let mut changed = vec![false; self.units.len()];
         for &(u, m, content_changed) in &existing {
             if self.candidate[u].is_some() {
@@ -506,6 +568,8 @@ impl<'a> Planner<'a> {
             }
         }
 
+        self.drain();
+
         // Followers stay only with all their leaders.
         loop {
             let mut changed = false;
@@ -526,13 +590,66 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Step 2: places every unit not kept.
+    /// Takes the next unit (with its followers, by the loop after this) off each draining
+    /// machine that is not stopping one already, as `MaxUnavailable` allows.
+    fn drain(&mut self) {
+        for m in 0..self.hosts.len() {
+            if !self.hosts[m].draining || self.hosts[m].stopping > 0 {
+                continue;
+            }
+            let next = self.hosts[m]
+                .units
+                .iter()
+                .copied()
+                // A follower goes with its leader.
+                .filter(|&u| {
+                    self.units[u]
+                        .leaders
+                        .iter()
+                        .all(|(_, l)| l.is_none_or(|l| self.at[l] != Some(m)))
+                })
+                .filter(|&u| self.may_go_down(u))
+                .min_by_key(|&u| (self.units[u].rank, u));
+            if let Some(u) = next {
+                self.unassign(u);
+                self.went_down(u);
+            }
+        }
+    }
+
+    /// Whether one more instance of `u`'s template may stop, by its `MaxUnavailable`.
+    fn may_go_down(&self, u: U) -> bool {
+        let limit = self.req(u).max_unavailable;
+        match (limit, self.units[u].unit.name.template()) {
+            (Some(limit), Some(template)) => {
+                self.down.get(&template).copied().unwrap_or_default() < limit as usize
+            }
+            _ => true,
+        }
+    }
+
+    fn went_down(&mut self, u: U) {
+        if let Some(template) = self.units[u].unit.name.template() {
+            *self.down.entry(template).or_default() += 1;
+        }
+    }
+
+    /// Step 2: places every unit not kept, except those that must stop first.
     fn place(&mut self) {
         for u in 0..self.units.len() {
             if let Err(e) = &self.units[u].req {
                 self.unplaceable[u] = Some(vec![e.clone()]);
             } else if self.at[u].is_none() {
-                self.queue.insert((self.units[u].rank, u));
+                // Taken off a live machine in this pass: it stops there first.
+                if let (None, Some(m)) = (&self.waits[u], self.placed_on[u]) {
+                    self.waits[u] = Some(stopping_reason(self.hosts[m].short()));
+                }
+                match &self.waits[u] {
+                    Some(reason) => self.unplaceable[u] = Some(vec![reason.clone()]),
+                    None => {
+                        self.queue.insert((self.units[u].rank, u));
+                    }
+                }
             }
         }
         loop {
@@ -551,7 +668,10 @@ impl<'a> Planner<'a> {
                 break;
             }
             for u in 0..self.units.len() {
-                if self.unplaceable[u].is_some() && self.units[u].req.is_ok() {
+                if self.unplaceable[u].is_some()
+                    && self.units[u].req.is_ok()
+                    && self.waits[u].is_none()
+                {
                     self.queue.insert((self.units[u].rank, u));
                 }
             }
@@ -631,11 +751,18 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Takes `u` and its followers (transitively) off their machine and queues them again.
+    /// Takes `u` and its followers (transitively) off their machine and queues them again; a
+    /// unit taken off the machine it was placed on before this pass stops there first.
     fn evict(&mut self, u: U) {
         let Some(m) = self.at[u] else { return };
         self.unassign(u);
-        self.queue.insert((self.units[u].rank, u));
+        if self.placed_on[u] == Some(m) {
+            let reason = stopping_reason(self.hosts[m].short());
+            self.unplaceable[u] = Some(vec![reason.clone()]);
+            self.waits[u] = Some(reason);
+        } else {
+            self.queue.insert((self.units[u].rank, u));
+        }
         for f in self.units[u].followers.clone() {
             if self.at[f] == Some(m) {
                 self.evict(f);
@@ -668,6 +795,11 @@ impl<'a> Planner<'a> {
                         });
                     }
                 }
+                // A unit that still wants to run leaves a live machine only once stopped there.
+                (Some(_), Some(_)) => ops.push(PlacementOp::Move {
+                    machine: machine.clone(),
+                    name: placement.name.clone(),
+                }),
                 _ => ops.push(PlacementOp::Delete {
                     machine: machine.clone(),
                     name: placement.name.clone(),
@@ -698,6 +830,11 @@ impl<'a> Planner<'a> {
             .collect();
         Plan { ops, unplaceable }
     }
+}
+
+/// Why a unit waits: the machine called `short` is stopping it before it moves.
+fn stopping_reason(short: &str) -> String {
+    format!("stopping on {short} before it moves")
 }
 
 /// Ranks units so that every `MachineOf` leader comes before its followers, otherwise by name;

@@ -15,6 +15,8 @@
 //! | `unplaceable/<name>` | why the engine cannot place a unit (`Vec<String>`) | the leader's |
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
+//! | `stopping/<id>/<name>` | empty: a unit the engine took off a live machine to run elsewhere, until that machine's agent has stopped it (written with the placement's removal, removed by the agent or when the machine is declared dead) | none |
+//! | `drain/<id>` | [`Drain`]: the machine takes no new units and its units move elsewhere | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
 //!
 //! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
@@ -23,6 +25,7 @@
 //! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
+mod drain;
 mod history;
 mod listing;
 mod model;
@@ -42,6 +45,7 @@ use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use drain::{Drain, DrainStart, DrainStatus};
 pub use history::{
     HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
 };
@@ -290,6 +294,11 @@ pub struct EngineSnapshot {
     pub placements: Vec<(MachineId, Placement)>,
     /// Why units could not be placed, as the leader last wrote it.
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
+    /// Units taken off a live machine that has not yet stopped them (`stopping/`): they are
+    /// placed nowhere until it has, so that a move never runs two copies.
+    pub stopping: std::collections::BTreeSet<(MachineId, UnitName)>,
+    /// Machines being drained (`drain/`): no new units, and theirs move elsewhere.
+    pub draining: std::collections::BTreeSet<MachineId>,
 }
 
 /// One unit and what the cluster knows of it, for the API's `GET /units/{name}` and its lists.
@@ -329,6 +338,8 @@ pub struct AgentSnapshot {
     pub machine: Option<Machine>,
     pub placements: Vec<Placement>,
     pub global_units: Vec<Unit>,
+    /// Units the engine took off this machine that the agent is to confirm stopped.
+    pub stopping: std::collections::BTreeSet<UnitName>,
 }
 
 /// What [`Registry::create_unless_exists`] did.
@@ -355,6 +366,10 @@ pub enum PlacementOp {
     },
     /// Remove the placement of a unit from a machine.
     Delete { machine: MachineId, name: UnitName },
+    /// Remove the placement of a unit that is to run elsewhere from a live machine, recording
+    /// that the machine is stopping it (`stopping/<id>/<name>`): the unit is placed again only
+    /// once that machine's agent has stopped it.
+    Move { machine: MachineId, name: UnitName },
     /// Record why a unit cannot be placed (on the leader's lease).
     SetUnplaceable {
         name: UnitName,
@@ -714,6 +729,21 @@ impl Registry {
     }
     fn metadata_key(&self, id: &MachineId) -> String {
         self.key(&format!("metadata/{id}"))
+    }
+    fn stopping_prefix(&self) -> String {
+        self.key("stopping/")
+    }
+    fn machine_stopping_prefix(&self, id: &MachineId) -> String {
+        self.key(&format!("stopping/{id}/"))
+    }
+    fn stopping_key(&self, id: &MachineId, name: &UnitName) -> String {
+        self.key(&format!("stopping/{id}/{name}"))
+    }
+    fn drain_prefix(&self) -> String {
+        self.key("drain/")
+    }
+    fn drain_key(&self, id: &MachineId) -> String {
+        self.key(&format!("drain/{id}"))
     }
 
     // ---- plumbing ---------------------------------------------------------------------------
@@ -1182,6 +1212,7 @@ impl Registry {
     /// Reads units, machines and placements at one revision.
     pub async fn engine_snapshot(&self) -> Result<EngineSnapshot> {
         let prefixed = || Some(GetOptions::new().with_prefix());
+        let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
         let resp = self
             .txn(Txn::new().and_then(vec![
                 TxnOp::get(self.units_prefix(), prefixed()),
@@ -1190,10 +1221,13 @@ impl Registry {
                 TxnOp::get(self.leader_key(), None),
                 TxnOp::get(self.unplaceable_prefix(), prefixed()),
                 TxnOp::get(self.members_prefix(), prefixed()),
+                TxnOp::get(self.stopping_prefix(), keys_only()),
+                TxnOp::get(self.drain_prefix(), keys_only()),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let [units, machines, placements, leader, unplaceable, members] = reads(&resp)?;
+        let [units, machines, placements, leader, unplaceable, members, stopping, draining] =
+            reads(&resp)?;
         self.count_keys(
             [
                 &units,
@@ -1202,6 +1236,8 @@ impl Registry {
                 &leader,
                 &unplaceable,
                 &members,
+                &stopping,
+                &draining,
             ]
             .iter()
             .map(|r| r.kvs().len())
@@ -1229,6 +1265,16 @@ impl Registry {
         });
         let unplaceable = self.decode_unplaceable(unplaceable.kvs())?;
         let members = member_entries(&self.members_prefix(), members.kvs());
+        let stopping = stopping
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.stopping_entry(kv.key_str().ok()?))
+            .collect();
+        let draining = draining
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.drain_entry(kv.key_str().ok()?))
+            .collect();
         Ok(EngineSnapshot {
             revision,
             leader,
@@ -1237,6 +1283,8 @@ impl Registry {
             members,
             placements,
             unplaceable,
+            stopping,
+            draining,
         })
     }
 
@@ -1268,6 +1316,8 @@ impl Registry {
             self.placements_prefix(),
             self.leader_key(),
             self.unplaceable_prefix(),
+            self.stopping_prefix(),
+            self.drain_prefix(),
         ]
     }
 
@@ -1362,8 +1412,15 @@ impl Registry {
             .into_iter()
             .map(|(batch, _)| batch)
             .collect();
-        // The member record goes last, so that an interrupted declaration is taken up again.
-        batches.push(vec![TxnOp::delete(self.member_key(machine), None)]);
+        // The member record goes last, so that an interrupted declaration is taken up again;
+        // with it what the machine was stopping: it runs nothing any more.
+        batches.push(vec![
+            TxnOp::delete(
+                self.machine_stopping_prefix(machine),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
+            TxnOp::delete(self.member_key(machine), None),
+        ]);
         for batch in batches {
             let txn = Txn::new()
                 .when(vec![
@@ -1452,6 +1509,22 @@ impl Registry {
                     bytes,
                 )
             }
+            PlacementOp::Move { machine, name } => {
+                let (key, index, stopping) = (
+                    self.placement_key(machine, name),
+                    self.placed_key(name, machine),
+                    self.stopping_key(machine, name),
+                );
+                let bytes = op_bytes(&key, b"") + op_bytes(&index, b"") + op_bytes(&stopping, b"");
+                (
+                    vec![
+                        TxnOp::delete(key, None),
+                        TxnOp::delete(index, None),
+                        TxnOp::put(stopping, "", None),
+                    ],
+                    bytes,
+                )
+            }
             PlacementOp::SetUnplaceable { name, reasons } => {
                 let (key, value) = (self.unplaceable_key(name), encode(reasons));
                 let bytes = op_bytes(&key, &value);
@@ -1477,11 +1550,20 @@ impl Registry {
                 TxnOp::get(self.machine_placements_prefix(machine), prefixed()),
                 TxnOp::get(self.global_prefix(), prefixed()),
                 TxnOp::get(self.machine_key(machine), None),
+                TxnOp::get(
+                    self.machine_stopping_prefix(machine),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                ),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let [placements, globals, record] = reads(&resp)?;
-        self.count_keys(placements.kvs().len() + globals.kvs().len() + record.kvs().len());
+        let [placements, globals, record, stopping] = reads(&resp)?;
+        self.count_keys(
+            placements.kvs().len()
+                + globals.kvs().len()
+                + record.kvs().len()
+                + stopping.kvs().len(),
+        );
         let machine = match record.kvs().first() {
             Some(kv) => Some(decode::<Machine>(kv)?),
             None => None,
@@ -1497,6 +1579,12 @@ impl Registry {
                 .into_iter()
                 .map(|(_, u)| u)
                 .collect(),
+            stopping: stopping
+                .kvs()
+                .iter()
+                .filter_map(|kv| self.stopping_entry(kv.key_str().ok()?))
+                .map(|(_, name)| name)
+                .collect(),
         })
     }
 
@@ -1506,6 +1594,7 @@ impl Registry {
             self.machine_placements_prefix(machine),
             self.global_prefix(),
             self.machine_key(machine),
+            self.machine_stopping_prefix(machine),
         ]
     }
 

@@ -188,6 +188,16 @@ impl EngineView {
                     self.own.written.insert(key.clone(), revision);
                     self.placements.delete(&mut self.snapshot.placements, &key);
                 }
+                PlacementOp::Move { machine, name } => {
+                    let key = registry.placement_key(machine, name);
+                    self.own.written.insert(key.clone(), revision);
+                    self.placements.delete(&mut self.snapshot.placements, &key);
+                    let key = registry.stopping_key(machine, name);
+                    self.own.written.insert(key, revision);
+                    self.snapshot
+                        .stopping
+                        .insert((machine.clone(), name.clone()));
+                }
                 PlacementOp::SetUnplaceable { name, reasons } => {
                     let key = registry.unplaceable_key(name);
                     self.own.written.insert(key, revision);
@@ -269,6 +279,18 @@ impl EngineView {
                 } else {
                     s.unplaceable.insert(name, decode::<Vec<String>>(&kv)?);
                 }
+            }
+        } else if let Some(entry) = registry.stopping_entry(&key) {
+            if deleted {
+                s.stopping.remove(&entry);
+            } else {
+                s.stopping.insert(entry);
+            }
+        } else if let Some(machine) = registry.drain_entry(&key) {
+            if deleted {
+                s.draining.remove(&machine);
+            } else {
+                s.draining.insert(machine);
             }
         }
         Ok(())
@@ -360,6 +382,14 @@ impl AgentView {
                 } else {
                     self.globals
                         .put(&mut s.global_units, key, decode::<Unit>(&kv)?);
+                }
+            } else if let Some((machine, name)) = registry.stopping_entry(key) {
+                if machine == self.machine {
+                    if deleted {
+                        s.stopping.remove(&name);
+                    } else {
+                        s.stopping.insert(name);
+                    }
                 }
             }
         }

@@ -23,8 +23,8 @@ fn engine_canonical(s: &EngineSnapshot) -> String {
     members.sort();
     placements.sort();
     format!(
-        "leader {:?}\nunits {units:#?}\nmachines {machines:#?}\nmembers {members:#?}\nplacements {placements:#?}\nunplaceable {:?}",
-        s.leader, s.unplaceable
+        "leader {:?}\nunits {units:#?}\nmachines {machines:#?}\nmembers {members:#?}\nplacements {placements:#?}\nunplaceable {:?}\nstopping {:?}\ndraining {:?}",
+        s.leader, s.unplaceable, s.stopping, s.draining
     )
 }
 
@@ -34,8 +34,8 @@ fn agent_canonical(s: &AgentSnapshot) -> String {
     placements.sort();
     globals.sort();
     format!(
-        "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}",
-        s.machine
+        "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}\nstopping {:?}",
+        s.machine, s.stopping
     )
 }
 
@@ -298,4 +298,111 @@ async fn an_agent_view_follows_its_placements_the_global_units_and_its_record() 
         Some(Some("web".to_string()))
     );
     assert_eq!(names(&snapshot.global_units), ["h.service"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machine() {
+    use fleet_registry::DrainStart;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease_a) = present(&registry, 1).await;
+    let (b, _) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_a)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let (one, two) = (machine_id(1), machine_id(2));
+    let mut engine = registry.engine_view().await.unwrap();
+    let mut agent = registry.agent_view(&one).await.unwrap();
+    let ops = vec![
+        place(&one, "a.service"),
+        place(&one, "b.service"),
+        place(&two, "c.service"),
+    ];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    engine.applied(&ops, &revisions);
+
+    // A move: the placement goes, the machine is recorded as stopping the unit.
+    let moves = vec![
+        PlacementOp::Move {
+            machine: one.clone(),
+            name: name("a.service"),
+        },
+        PlacementOp::Move {
+            machine: two.clone(),
+            name: name("c.service"),
+        },
+    ];
+    let revisions = registry.apply_placements(leadership, &moves).await.unwrap();
+    engine.applied(&moves, &revisions);
+    assert!(engine
+        .snapshot()
+        .stopping
+        .contains(&(one.clone(), name("a.service"))));
+    engine_converges(&registry, &mut engine).await;
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(
+        agent.snapshot().stopping.iter().collect::<Vec<_>>(),
+        [&name("a.service")],
+        "only its own"
+    );
+    assert_eq!(registry.placements().await.unwrap().len(), 1, "b is left");
+
+    // The agent says it has stopped it.
+    registry
+        .release_stopping(&one, &[name("a.service")])
+        .await
+        .unwrap();
+    engine_converges(&registry, &mut engine).await;
+    agent_converges(&registry, &one, &mut agent).await;
+    assert!(agent.snapshot().stopping.is_empty());
+    assert_eq!(engine.snapshot().stopping.len(), 1, "machine 2's is left");
+
+    // Drains: only of members, once; followed by the engine's view.
+    assert_eq!(registry.drain(&one).await.unwrap(), DrainStart::Started);
+    assert_eq!(
+        registry.drain(&one).await.unwrap(),
+        DrainStart::AlreadyDraining
+    );
+    assert_eq!(
+        registry.drain(&machine_id(9)).await.unwrap(),
+        DrainStart::Unknown
+    );
+    let drains = registry.drains().await.unwrap();
+    assert_eq!(drains.len(), 1);
+    assert_eq!((drains[0].units, drains[0].stopping), (1, 0), "b is left");
+    assert!(!drains[0].drained());
+    let status = registry.drain_status(&two).await.unwrap();
+    assert_eq!(status, None);
+    engine_converges(&registry, &mut engine).await;
+    assert!(engine.snapshot().draining.contains(&one));
+    assert!(registry.undrain(&one).await.unwrap());
+    assert!(!registry.undrain(&one).await.unwrap());
+    engine_converges(&registry, &mut engine).await;
+    assert!(engine.snapshot().draining.is_empty());
+
+    // A machine declared dead stops nothing any more: its records go with it.
+    drop(b);
+    eventually("machine 2 is gone", EXPIRY_DEADLINE, || async {
+        !registry
+            .machines()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.id == two)
+    })
+    .await;
+    let (_, members) = registry.cluster_members().await.unwrap();
+    let judged = members
+        .iter()
+        .find(|e| e.member.machine.id == two)
+        .expect("machine 2 is a member")
+        .mod_revision;
+    assert!(registry
+        .declare_dead(leadership, &two, judged, &[])
+        .await
+        .unwrap());
+    engine_converges(&registry, &mut engine).await;
+    assert!(engine.snapshot().stopping.is_empty());
 }

@@ -58,7 +58,25 @@ fn snapshot(
         machines,
         placements,
         unplaceable: Default::default(),
+        stopping: Default::default(),
+        draining: Default::default(),
     }
+}
+
+/// Member records of `machines`, so that what they are stopping holds units back.
+fn members_of(machines: &[MachineEntry]) -> Vec<fleet_registry::MemberEntry> {
+    machines
+        .iter()
+        .map(|m| fleet_registry::MemberEntry {
+            member: fleet_registry::Member {
+                machine: m.machine.clone(),
+                seen_revision: 1,
+                seen_members: machines.len(),
+            },
+            create_revision: 1,
+            mod_revision: 1,
+        })
+        .collect()
 }
 
 /// Applies ops to the snapshot's placements, as etcd would.
@@ -75,6 +93,11 @@ fn apply(mut s: EngineSnapshot, ops: &[PlacementOp]) -> EngineSnapshot {
             PlacementOp::Delete { machine, name } => {
                 s.placements
                     .retain(|(m, p)| !(m == machine && &p.name == name));
+            }
+            PlacementOp::Move { machine, name } => {
+                s.placements
+                    .retain(|(m, p)| !(m == machine && &p.name == name));
+                s.stopping.insert((machine.clone(), name.clone()));
             }
             PlacementOp::SetUnplaceable { name, reasons } => {
                 s.unplaceable.insert(name.clone(), reasons.clone());
@@ -225,7 +248,7 @@ fn table_of_removals_and_updates() {
             ],
         ),
         (
-            "placed twice: the second is removed",
+            "placed twice: the second is stopped, and recorded as stopping",
             snapshot(
                 vec![a.clone()],
                 vec![machine(1), machine(2)],
@@ -234,7 +257,7 @@ fn table_of_removals_and_updates() {
                     (mid(1), Placement::for_unit(&a)),
                 ],
             ),
-            vec![PlacementOp::Delete {
+            vec![PlacementOp::Move {
                 machine: mid(2),
                 name: a.name.clone(),
             }],
@@ -337,9 +360,71 @@ fn at(n: u8, u: &Unit) -> (MachineId, Placement) {
     (mid(n), Placement::for_unit(u))
 }
 
-/// Where every unit is after applying the plan: unit name -> machine number.
+/// Plans and applies until nothing changes, each machine stopping what was moved off it
+/// between passes (as agents do): the cluster it settles in, and the last (empty) plan's
+/// unplaceable units. Panics if a pass starts a unit that a machine is still stopping, or if it
+/// does not settle within a few passes.
+fn converge(s: &EngineSnapshot) -> (EngineSnapshot, Plan) {
+    let mut s = s.clone();
+    for _ in 0..10 {
+        let p = plan(&s);
+        if p.ops.is_empty() {
+            return (s, p);
+        }
+        let started = starts_while_stopping(&s, &p.ops);
+        assert!(started.is_empty(), "{started:?}\nops {:?}", p.ops);
+        s = apply(s, &p.ops);
+        s.stopping.clear();
+    }
+    panic!("no fixpoint after 10 passes: {:?}", plan(&s).ops);
+}
+
+/// Units `ops` place on a machine while another member machine is stopping them (recorded in
+/// `before`, or moved by `ops` themselves): what would run two copies.
+fn starts_while_stopping(before: &EngineSnapshot, ops: &[PlacementOp]) -> Vec<String> {
+    let members: std::collections::BTreeSet<&MachineId> = before
+        .members
+        .iter()
+        .map(|e| &e.member.machine.id)
+        .chain(before.machines.iter().map(|m| &m.machine.id))
+        .collect();
+    let mut stopping: Vec<(MachineId, UnitName)> = before
+        .stopping
+        .iter()
+        .filter(|(m, _)| members.contains(m))
+        .cloned()
+        .collect();
+    for op in ops {
+        if let PlacementOp::Move { machine, name } = op {
+            stopping.push((machine.clone(), name.clone()));
+        }
+    }
+    ops.iter()
+        .filter_map(|op| match op {
+            PlacementOp::Put { machine, placement } => Some((machine, placement)),
+            _ => None,
+        })
+        .filter(|(machine, placement)| {
+            // An in-place rewrite starts nothing.
+            !before
+                .placements
+                .iter()
+                .any(|(m, p)| m == *machine && p.name == placement.name)
+        })
+        .filter_map(|(machine, placement)| {
+            stopping
+                .iter()
+                .find(|(m, n)| *n == placement.name && m != machine)
+                .map(|(m, _)| format!("{} placed on {machine} while {m} stops it", placement.name))
+        })
+        .collect()
+}
+
+/// Where every unit is once the plan and the moves it starts are carried out: unit name ->
+/// machine number.
 fn outcome(s: &EngineSnapshot, p: &Plan) -> BTreeMap<String, u8> {
-    apply(s.clone(), &p.ops)
+    converge(&apply(s.clone(), &p.ops))
+        .0
         .placements
         .iter()
         .map(|(m, pl)| {
@@ -378,24 +463,20 @@ struct Case {
 
 fn run(cases: Vec<Case>) {
     for case in cases {
-        let p = plan(&case.snapshot);
+        let (after, last) = converge(&case.snapshot);
+        let placed: BTreeMap<String, u8> = after
+            .placements
+            .iter()
+            .map(|(m, pl)| {
+                let n = u8::from_str_radix(&m.as_str()[6..8], 16).unwrap();
+                (pl.name.to_string(), n)
+            })
+            .collect();
+        assert_eq!(placed, case.placed, "{}: placements", case.rule);
         assert_eq!(
-            outcome(&case.snapshot, &p),
-            case.placed,
-            "{}: placements",
-            case.rule
-        );
-        assert_eq!(
-            reasons_of(&p),
+            reasons_of(&last),
             case.unplaceable,
             "{}: unplaceable",
-            case.rule
-        );
-        let after = apply(case.snapshot.clone(), &p.ops);
-        assert_eq!(
-            plan(&after).ops,
-            vec![],
-            "{}: a second pass changes nothing",
             case.rule
         );
     }
@@ -1327,7 +1408,9 @@ mod properties {
                         seen.insert((m.clone(), p.name.clone()))
                     })
                     .collect();
-                snapshot(unit_list, machines, placements)
+                let mut s = snapshot(unit_list, machines, placements);
+                s.members = members_of(&s.machines);
+                s
             })
     }
 
@@ -1356,12 +1439,17 @@ mod properties {
             // (1) no rule broken, (2) no unit on two machines
             let bad = violations(&after);
             prop_assert!(bad.is_empty(), "violations {bad:?}\nops {:?}", p.ops);
-            // (3) a second pass is a no-op
-            let again = plan(&after);
-            prop_assert_eq!(&again.ops, &vec![]);
-            // (4) and leaves the same units without a machine (reasons may name other culprits)
-            let names = |p: &Plan| p.unplaceable.iter().map(|u| u.unit.clone()).collect::<Vec<_>>();
-            prop_assert_eq!(names(&again), names(&p));
+            // (3) a unit moved off a machine is not placed elsewhere while the machine stops it,
+            // in this pass nor the next
+            let started = starts_while_stopping(&s, &p.ops);
+            prop_assert!(started.is_empty(), "{started:?}");
+            let started = starts_while_stopping(&after, &plan(&after).ops);
+            prop_assert!(started.is_empty(), "{started:?}");
+            // (4) once the machines have stopped what moved, passes settle (checking (3) at each)
+            // in a cluster where no rule is broken
+            let (settled, _) = converge(&after);
+            let bad = violations(&settled);
+            prop_assert!(bad.is_empty(), "violations {bad:?} once settled");
             // (5) the input order does not matter
             let mut shuffled = s.clone();
             shuffle(&mut shuffled.units, seed);
@@ -1539,4 +1627,234 @@ fn more_exclusive_instances_than_machines() {
     assert_eq!(per_machine.len(), 100);
     assert!(per_machine.values().all(|n| *n == 1));
     assert!(plan(&after).ops.is_empty());
+}
+
+// ---- stop-first moves and drains ----
+
+/// The passes of a drain (or any moves): each pass's moves and new placements as
+/// `("move"|"put", unit, machine number)`, until nothing changes; each machine stops what was
+/// moved off it between passes, and each pass is checked to start nothing still stopping.
+/// One pass's moves and new placements: `("move"|"put", unit, machine number)`.
+type Step = Vec<(&'static str, String, u8)>;
+
+fn passes(s: &EngineSnapshot) -> (Vec<Step>, EngineSnapshot) {
+    let number = |m: &MachineId| u8::from_str_radix(&m.as_str()[6..8], 16).unwrap();
+    let mut s = s.clone();
+    let mut steps = Vec::new();
+    for _ in 0..20 {
+        let p = plan(&s);
+        // With the records still there, the next pass starts nothing they hold back.
+        let held = apply(s.clone(), &p.ops);
+        let started = starts_while_stopping(&held, &plan(&held).ops);
+        assert!(started.is_empty(), "{started:?}");
+        let step: Step = p
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                PlacementOp::Move { machine, name } => {
+                    Some(("move", name.to_string(), number(machine)))
+                }
+                PlacementOp::Put { machine, placement } => {
+                    Some(("put", placement.name.to_string(), number(machine)))
+                }
+                _ => None,
+            })
+            .collect();
+        if p.ops.is_empty() {
+            return (steps, s);
+        }
+        steps.push(step);
+        s = apply(s, &p.ops);
+        s.stopping.clear();
+    }
+    panic!("no fixpoint after 20 passes");
+}
+
+fn draining(mut s: EngineSnapshot, machines: &[u8]) -> EngineSnapshot {
+    s.members = members_of(&s.machines);
+    s.draining = machines.iter().map(|&n| mid(n)).collect();
+    s
+}
+
+fn step(items: &[(&'static str, &str, u8)]) -> Step {
+    items
+        .iter()
+        .map(|(k, u, m)| (*k, u.to_string(), *m))
+        .collect()
+}
+
+#[test]
+fn a_moved_unit_waits_until_its_machine_has_stopped_it() {
+    // a's metadata no longer matches machine 1: it moves, stopping there first.
+    let a = xunit("a.service", &[("MachineMetadata", "role=web")]);
+    let mut s = snapshot(
+        vec![a.clone()],
+        vec![host(1, &[]), host(2, &[("role", "web")])],
+        vec![at(1, &a)],
+    );
+    s.members = members_of(&s.machines);
+    let p = plan(&s);
+    assert_eq!(
+        p.ops,
+        vec![PlacementOp::Move {
+            machine: mid(1),
+            name: a.name.clone()
+        }]
+    );
+    assert_eq!(
+        reasons_of(&p),
+        why(&[("a.service", &["stopping on f1ee7001 before it moves"])])
+    );
+    // While machine 1 has not stopped it, nothing more happens.
+    let held = apply(s.clone(), &p.ops);
+    assert_eq!(plan(&held).ops, vec![]);
+    // A machine declared dead (no member record any more) stops holding it.
+    let mut dead = held.clone();
+    dead.members.retain(|e| e.member.machine.id != mid(1));
+    assert_eq!(puts(&plan(&dead).ops), vec![("a.service".into(), mid(2))]);
+    // Once stopped, it is placed.
+    let mut stopped = held;
+    stopped.stopping.clear();
+    assert_eq!(
+        puts(&plan(&stopped).ops),
+        vec![("a.service".into(), mid(2))]
+    );
+}
+
+#[test]
+fn a_draining_machine_gives_up_its_units_one_at_a_time() {
+    let units: Vec<Unit> = ["a", "b", "c"]
+        .iter()
+        .map(|n| xunit(&format!("{n}.service"), &[]))
+        .collect();
+    let s = draining(
+        snapshot(
+            units.clone(),
+            vec![machine(1), machine(2), machine(3)],
+            vec![at(1, &units[0]), at(1, &units[1]), at(1, &units[2])],
+        ),
+        &[1],
+    );
+    let (steps, end) = passes(&s);
+    assert_eq!(
+        steps,
+        vec![
+            step(&[("move", "a.service", 1)]),
+            step(&[("move", "b.service", 1), ("put", "a.service", 2)]),
+            step(&[("move", "c.service", 1), ("put", "b.service", 3)]),
+            step(&[("put", "c.service", 2)]),
+        ]
+    );
+    assert!(end.placements.iter().all(|(m, _)| *m != mid(1)));
+    // Nothing new goes to a draining machine.
+    let mut more = end.clone();
+    more.units
+        .push(xunit("d.service", &[("MachineID", &mid(1).to_string())]));
+    assert_eq!(
+        reasons_of(&plan(&more)),
+        why(&[(
+            "d.service",
+            &[
+                "f1ee7001: machine is draining",
+                "f1ee7002: unit must run on machine f1ee7001000000000000000000000000",
+                "f1ee7003: unit must run on machine f1ee7001000000000000000000000000"
+            ]
+        )])
+    );
+    // Undrained, it takes units again; those moved away stay where they are.
+    more.draining.clear();
+    assert_eq!(puts(&plan(&more).ops), vec![("d.service".into(), mid(1))]);
+}
+
+#[test]
+fn a_drain_moves_a_machine_of_pair_together_and_keeps_conflicts_apart() {
+    let leader = xunit("db.service", &[]);
+    let follower = xunit("backup.service", &[("MachineOf", "db.service")]);
+    let x = xunit("x.service", &[("Conflicts", "y.service")]);
+    let y = xunit("y.service", &[]);
+    let s = draining(
+        snapshot(
+            vec![leader.clone(), follower.clone(), x.clone(), y.clone()],
+            vec![machine(1), machine(2), machine(3)],
+            vec![at(1, &leader), at(1, &follower), at(1, &x), at(2, &y)],
+        ),
+        &[1],
+    );
+    let (steps, end) = passes(&s);
+    // The leader goes first (dependency order), its follower with it; then x, which refuses
+    // y's machine 2 and goes to 3 beside them.
+    assert_eq!(
+        steps,
+        vec![
+            step(&[("move", "backup.service", 1), ("move", "db.service", 1)]),
+            step(&[
+                ("move", "x.service", 1),
+                ("put", "db.service", 3),
+                ("put", "backup.service", 3)
+            ]),
+            step(&[("put", "x.service", 3)]),
+        ]
+    );
+    let placed: BTreeMap<String, MachineId> = end
+        .placements
+        .iter()
+        .map(|(m, p)| (p.name.to_string(), m.clone()))
+        .collect();
+    assert_eq!(placed["db.service"], placed["backup.service"]);
+    assert_ne!(placed["x.service"], placed["y.service"]);
+    assert!(placed.values().all(|m| *m != mid(1)), "{placed:?}");
+}
+
+#[test]
+fn max_unavailable_bounds_the_instances_stopping_at_once() {
+    let web: Vec<Unit> = (1..=4)
+        .map(|i| xunit(&format!("web@{i}.service"), &[("MaxUnavailable", "1")]))
+        .collect();
+    // Two machines drained at once: one instance of web@ stops at a time across both.
+    let s = draining(
+        snapshot(
+            web.clone(),
+            vec![machine(1), machine(2), machine(3)],
+            vec![
+                at(1, &web[0]),
+                at(1, &web[1]),
+                at(2, &web[2]),
+                at(2, &web[3]),
+            ],
+        ),
+        &[1, 2],
+    );
+    let (steps, end) = passes(&s);
+    for (i, step) in steps.iter().enumerate() {
+        let moves = step.iter().filter(|(k, _, _)| *k == "move").count();
+        assert!(moves <= 1, "pass {i} stops {moves} instances: {step:?}");
+    }
+    assert_eq!(
+        steps
+            .iter()
+            .flatten()
+            .filter(|(k, _, _)| *k == "move")
+            .count(),
+        4
+    );
+    assert!(end.placements.iter().all(|(m, _)| *m == mid(3)));
+    // Without the limit, both machines give up one each per pass.
+    let free: Vec<Unit> = (1..=4)
+        .map(|i| xunit(&format!("web@{i}.service"), &[]))
+        .collect();
+    let s = draining(
+        snapshot(
+            free.clone(),
+            vec![machine(1), machine(2), machine(3)],
+            vec![
+                at(1, &free[0]),
+                at(1, &free[1]),
+                at(2, &free[2]),
+                at(2, &free[3]),
+            ],
+        ),
+        &[1, 2],
+    );
+    let (steps, _) = passes(&s);
+    assert_eq!(steps[0].len(), 2, "{:?}", steps[0]);
 }
