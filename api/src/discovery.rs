@@ -102,6 +102,17 @@ fn schemas() -> Value {
             "from": string(),
             "to": string(),
         })),
+        // Ours, not fleet's: machines being drained.
+        "Drain": object("Drain", json!({
+            "machine": string(),
+            "since": string(),
+            "state": {"type": "string", "enum": ["draining", "drained"]},
+            "units": {"type": "integer"},
+            "stopping": {"type": "integer"},
+        })),
+        "DrainList": object("DrainList", json!({
+            "drains": array_of("Drain"),
+        })),
         "UnitState": object("UnitState", json!({
             "name": string(),
             "hash": string(),
@@ -159,6 +170,7 @@ fn method(
 fn resources() -> Value {
     let page = ("nextPageToken", "query");
     let unit_name = ("unitName", "path");
+    let machine_id = ("machineID", "path");
     json!({
         "Machines": {"methods": {
             "List": method(
@@ -202,6 +214,30 @@ fn resources() -> Value {
                  without one, the version before the current), keeping its desired state.",
                 "POST", "units/{unitName}/rollback", &[unit_name], Some("RollbackRequest"),
                 Some("Rollback"),
+            ),
+        }},
+        // Ours, not fleet's.
+        "Drains": {"methods": {
+            "List": method(
+                "fleet.Drain.List",
+                "List the machines being drained, and how far each drain has got.",
+                "GET", "drains", &[], None, Some("DrainList"),
+            ),
+            "Get": method(
+                "fleet.Drain.Get",
+                "Read one machine's drain.",
+                "GET", "drains/{machineID}", &[machine_id], None, Some("Drain"),
+            ),
+            "Start": method(
+                "fleet.Drain.Start",
+                "Drain a machine: it takes no new units, and its non-global units move \
+                 elsewhere one at a time, each stopped before it starts elsewhere.",
+                "PUT", "drains/{machineID}", &[machine_id], None, Some("Drain"),
+            ),
+            "End": method(
+                "fleet.Drain.End",
+                "End a machine's drain: it takes units again.",
+                "DELETE", "drains/{machineID}", &[machine_id], None, None,
             ),
         }},
         "UnitState": {"methods": {

@@ -4,6 +4,7 @@
 
 mod access;
 pub mod discovery;
+mod drain;
 pub mod follows;
 mod history;
 pub mod inspect;

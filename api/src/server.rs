@@ -168,6 +168,17 @@ pub fn router_with(
             "/units/{name}/rollback",
             post(crate::history::rollback_unit).fallback(method_not_allowed),
         )
+        .route(
+            "/drains",
+            get(crate::drain::list_drains).fallback(method_not_allowed),
+        )
+        .route(
+            "/drains/{name}",
+            get(crate::drain::get_drain)
+                .put(crate::drain::put_drain)
+                .delete(crate::drain::delete_drain)
+                .fallback(method_not_allowed),
+        )
         .route("/state", get(list_states).fallback(method_not_allowed))
         .route("/state/{name}", get(get_state).fallback(method_not_allowed))
         .route("/discovery", get(discovery).fallback(method_not_allowed))

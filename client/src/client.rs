@@ -525,6 +525,46 @@ impl Client {
     pub async fn machines(&self) -> Result<Vec<schema::Machine>, ClientError> {
         self.get_all::<schema::MachinePage>("/machines", &[]).await
     }
+
+    /// Every drain, by machine id (`GET /drains`).
+    pub async fn drains(&self) -> Result<Vec<schema::Drain>, ClientError> {
+        Ok(self.get::<schema::DrainList>("/drains", &[]).await?.drains)
+    }
+
+    /// One machine's drain (`GET /drains/{machine}`); `None` when it is not drained.
+    pub async fn drain_status(&self, machine: &str) -> Result<Option<schema::Drain>, ClientError> {
+        match self.get(&format!("/drains/{}", escape(machine)), &[]).await {
+            Ok(drain) => Ok(Some(drain)),
+            Err(ClientError::Api { code: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts draining a machine (`PUT /drains/{machine}`); draining one already drained is
+    /// not an error. Its drain as it stands.
+    pub async fn drain(&self, machine: &str) -> Result<schema::Drain, ClientError> {
+        let (_, bytes) = self
+            .send(
+                Method::PUT,
+                &format!("/drains/{}", escape(machine)),
+                &[],
+                None::<&()>,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Ends a machine's drain (`DELETE /drains/{machine}`).
+    pub async fn undrain(&self, machine: &str) -> Result<(), ClientError> {
+        self.send(
+            Method::DELETE,
+            &format!("/drains/{}", escape(machine)),
+            &[],
+            None::<&()>,
+        )
+        .await
+        .map(drop)
+    }
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {

@@ -169,3 +169,27 @@ impl Page for MachinePage {
         (self.machines, self.next_page_token)
     }
 }
+
+/// A machine's drain (`/drains`; not in fleet's API): while it is drained the machine takes no
+/// new units, and its non-global units move elsewhere one at a time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drain {
+    pub machine: String,
+    /// When the drain began (RFC 3339).
+    pub since: String,
+    /// `draining` while units are left on the machine or stopping there, then `drained`.
+    pub state: String,
+    /// Non-global units still placed on the machine.
+    pub units: usize,
+    /// Units taken off it that it is still stopping.
+    pub stopping: usize,
+}
+
+/// Every drain (`GET /drains`), by machine id.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainList {
+    #[serde(default)]
+    pub drains: Vec<Drain>,
+}

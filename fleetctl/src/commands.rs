@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_client::schema::{Machine, Unit, UnitHistory, UnitState};
+use fleet_client::schema::{Drain, Machine, Unit, UnitHistory, UnitState};
 use fleet_client::{Client, ClientError};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
 use futures_util::{stream, StreamExt};
@@ -1024,13 +1024,114 @@ impl Ctl {
 
     /// The public address of the one machine whose id starts with `lookup`.
     async fn machine_address(&self, lookup: &str) -> Result<String, String> {
+        Ok(self.find_machine(lookup).await?.primary_ip)
+    }
+
+    /// The one live machine whose id starts with `lookup` (any case).
+    async fn find_machine(&self, lookup: &str) -> Result<Machine, String> {
         let machines = self.client.machines().await.map_err(|e| e.to_string())?;
         let lookup = lookup.to_ascii_lowercase();
-        let mut found = machines.iter().filter(|m| m.id.starts_with(&lookup));
+        let mut found = machines.into_iter().filter(|m| m.id.starts_with(&lookup));
         match (found.next(), found.next()) {
-            (Some(m), None) => Ok(m.primary_ip.clone()),
+            (Some(m), None) => Ok(m),
             (Some(_), Some(_)) => Err("found more than one machine".to_string()),
             (None, _) => Err("machine does not exist".to_string()),
+        }
+    }
+
+    /// The full id of the machine `lookup` names: a full id as it is (the machine need not be
+    /// live: a drain can outlast it), else the one live machine whose id starts with it.
+    async fn machine_id(&self, lookup: &str) -> Result<String, String> {
+        if lookup.len() == 32 && lookup.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(lookup.to_ascii_lowercase());
+        }
+        Ok(self.find_machine(lookup).await?.id)
+    }
+
+    /// `fleetctl drain MACHINE`: the machine takes no new units and its non-global units move
+    /// elsewhere one at a time, each stopped there before it starts elsewhere. Waits (unless
+    /// `--no-block`) until none is left, printing how many are, as they leave.
+    pub async fn drain(&self, lookup: &str, block: Block) -> u8 {
+        let machine = match self.machine_id(lookup).await {
+            Ok(m) => m,
+            Err(e) => {
+                stderr(format_args!("Unable to drain {lookup}: {e}"));
+                return 1;
+            }
+        };
+        let short = machine_id_legend(&machine, false);
+        let mut drain = match self.client.drain(&machine).await {
+            Ok(d) => d,
+            Err(e) => {
+                stderr(format_args!("Unable to drain {short}: {e}"));
+                return 1;
+            }
+        };
+        println!("Draining machine {short}");
+        if block.no_block {
+            return 0;
+        }
+        let mut attempts = 0u32;
+        let mut shown = None;
+        loop {
+            if drain.state == "drained" {
+                println!("Machine {short} drained");
+                return 0;
+            }
+            let left = (drain.units, drain.stopping);
+            if shown != Some(left) {
+                println!(
+                    "{} units left on {short}, {} of them stopping",
+                    drain.units + drain.stopping,
+                    drain.stopping
+                );
+                shown = Some(left);
+            }
+            attempts += 1;
+            if block.block_attempts > 0 && attempts >= block.block_attempts {
+                stderr(format_args!(
+                    "Machine {short} not drained yet; it goes on (fleetctl list-machines shows its state)"
+                ));
+                return 1;
+            }
+            tokio::time::sleep(POLL).await;
+            drain = match self.client.drain_status(&machine).await {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    stderr(format_args!("Machine {short} is no longer being drained"));
+                    return 1;
+                }
+                Err(e) => {
+                    stderr(format_args!("Error retrieving the drain of {short}: {e}"));
+                    return 1;
+                }
+            };
+        }
+    }
+
+    /// `fleetctl undrain MACHINE`: the machine takes units again.
+    pub async fn undrain(&self, lookup: &str) -> u8 {
+        let machine = match self.machine_id(lookup).await {
+            Ok(m) => m,
+            Err(e) => {
+                stderr(format_args!("Unable to undrain {lookup}: {e}"));
+                return 1;
+            }
+        };
+        let short = machine_id_legend(&machine, false);
+        match self.client.undrain(&machine).await {
+            Ok(()) => {
+                println!("Machine {short} takes units again");
+                0
+            }
+            Err(ClientError::Api { code: 404, .. }) => {
+                stderr(format_args!("Machine {short} is not being drained."));
+                1
+            }
+            Err(e) => {
+                stderr(format_args!("Unable to undrain {short}: {e}"));
+                1
+            }
         }
     }
 
@@ -1212,7 +1313,18 @@ impl Ctl {
     pub async fn list_machines(&self, listing: &Listing) -> u8 {
         match self.client.machines().await {
             Ok(machines) if listing.output == Output::Json => print_json(&machines),
-            Ok(machines) => print_or_fail(render_list_machines(&machines, listing)),
+            Ok(machines) => {
+                // A fleetd of before drains answers 404: nothing is drained there.
+                let drains = match self.client.drains().await {
+                    Ok(d) => d,
+                    Err(ClientError::Api { code: 404, .. }) => Vec::new(),
+                    Err(e) => {
+                        stderr(format_args!("Error retrieving the drains of machines: {e}"));
+                        return 1;
+                    }
+                };
+                print_or_fail(render_list_machines(&machines, &drains, listing))
+            }
             Err(e) => {
                 stderr(format_args!(
                     "Error retrieving list of active machines: {e}"
@@ -1535,12 +1647,26 @@ pub fn render_list_unit_files(
     Ok(render(listing, &columns, rows))
 }
 
-pub fn render_list_machines(machines: &[Machine], listing: &Listing) -> Result<String, String> {
-    let columns = fields(
-        listing,
-        &["machine", "ip", "metadata"],
-        &["machine", "ip", "metadata"],
-    )?;
+/// `fleetctl list-machines`: fleet's columns, and `STATE` (`active`, `draining`, `drained`)
+/// when a machine is being drained or `--fields` asks for it.
+pub fn render_list_machines(
+    machines: &[Machine],
+    drains: &[Drain],
+    listing: &Listing,
+) -> Result<String, String> {
+    let defaults: &[&str] = if drains.is_empty() {
+        &["machine", "ip", "metadata"]
+    } else {
+        &["machine", "ip", "metadata", "state"]
+    };
+    let columns = fields(listing, &["machine", "ip", "metadata", "state"], defaults)?;
+    let state = |id: &str| {
+        drains
+            .iter()
+            .find(|d| d.machine == id)
+            .map_or("active", |d| d.state.as_str())
+            .to_string()
+    };
     let mut machines: Vec<&Machine> = machines.iter().collect();
     machines.sort_by(|a, b| a.id.cmp(&b.id));
     let rows = machines
@@ -1551,6 +1677,7 @@ pub fn render_list_machines(machines: &[Machine], listing: &Listing) -> Result<S
                 .map(|c| match *c {
                     "machine" => machine_id_legend(&m.id, listing.full),
                     "ip" => or_dash(&m.primary_ip),
+                    "state" => state(&m.id),
                     "metadata" => or_dash(
                         &m.metadata
                             .iter()
@@ -1697,13 +1824,35 @@ mod tests {
 
     #[test]
     fn list_machines_golden() {
-        let out = render_list_machines(&[machine(2), machine(1)], &listing()).unwrap();
+        let out = render_list_machines(&[machine(2), machine(1)], &[], &listing()).unwrap();
         assert_eq!(
             out,
             "MACHINE\t\tIP\t\tMETADATA\n\
              f1ee7001...\t10.233.0.11\thostname=node1\n\
              f1ee7002...\t10.233.0.12\thostname=node2\n"
         );
+    }
+
+    #[test]
+    fn list_machines_shows_states_while_a_machine_is_drained() {
+        let drain = Drain {
+            machine: machine(2).id,
+            since: "2026-12-01T17:00:00Z".into(),
+            state: "draining".into(),
+            units: 2,
+            stopping: 1,
+        };
+        let out = render_list_machines(&[machine(2), machine(1)], &[drain], &listing()).unwrap();
+        assert_eq!(
+            out,
+            "MACHINE\t\tIP\t\tMETADATA\tSTATE\n\
+             f1ee7001...\t10.233.0.11\thostname=node1\tactive\n\
+             f1ee7002...\t10.233.0.12\thostname=node2\tdraining\n"
+        );
+        let mut fields = listing();
+        fields.fields = Some("machine,state".into());
+        let out = render_list_machines(&[machine(1)], &[], &fields).unwrap();
+        assert_eq!(out, "MACHINE\t\tSTATE\nf1ee7001...\tactive\n");
     }
 
     #[test]
@@ -1788,7 +1937,7 @@ mod tests {
             fields: Some("unit,machine,hash".into()),
             ..listing()
         };
-        render_list_machines(&machines, &listing()).unwrap();
+        render_list_machines(&machines, &[], &listing()).unwrap();
         let out = render_list_units(&states, &[], &all).unwrap();
         assert!(out.contains("\taééééééé...\taéééééé\n"), "{out}");
         assert!(out.contains("\tf1ee\t"), "{out}");
@@ -1942,6 +2091,6 @@ mod tests {
             no_legend: false,
             output: Output::Table,
         };
-        assert!(render_list_machines(&[], &bad).is_err());
+        assert!(render_list_machines(&[], &[], &bad).is_err());
     }
 }

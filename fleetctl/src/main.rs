@@ -396,6 +396,16 @@ enum Command {
         #[command(flatten)]
         listing: Listing,
     },
+    /// Drain a machine (its id, or a prefix naming one live machine): it takes no new units,
+    /// and its non-global units move elsewhere one at a time, each stopped there before it
+    /// starts elsewhere, as their placement rules allow. Waits until none is left.
+    Drain {
+        #[command(flatten)]
+        block: Block,
+        machine: String,
+    },
+    /// End a machine's drain: it takes units again (those moved away stay where they are).
+    Undrain { machine: String },
     /// Enumerate the current hosts in the cluster.
     ListMachines {
         #[command(flatten)]
@@ -667,6 +677,8 @@ fn main() -> ExitCode {
             Command::ListUnits { listing } => ctl.list_units(&listing).await,
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
+            Command::Drain { block, machine } => ctl.drain(&machine, block).await,
+            Command::Undrain { machine } => ctl.undrain(&machine).await,
             Command::Version
             | Command::Tls { .. }
             | Command::Verify { .. }
