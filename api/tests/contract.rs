@@ -1436,3 +1436,81 @@ async fn an_etcd_out_of_space_refuses_writes_clearly_and_recovers() {
     let (status, body) = api.put("after.service", hello("launched")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+/// `PUT` or `DELETE` of `/drains/{machine}`.
+async fn drain_request(api: &Api, method: reqwest::Method, machine: &str) -> (StatusCode, Value) {
+    let r = api
+        .http
+        .request(method, format!("{}/drains/{machine}", api.base))
+        .send()
+        .await
+        .expect("drain request");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drains_start_end_and_refuse_bad_machines_changing_nothing() {
+    use reqwest::Method;
+    let api = Api::start(100).await;
+    let _machine = machine_running(&api.registry, 1, &[]).await;
+    let id = format!("{:032x}", 1);
+
+    // Refused: not a machine id, not a member, not drained. etcd is unchanged.
+    let before = api.key_space().await;
+    for (method, machine, status) in [
+        (Method::PUT, "not-an-id", StatusCode::BAD_REQUEST),
+        (Method::PUT, "%FF", StatusCode::BAD_REQUEST),
+        (Method::PUT, &"9".repeat(32), StatusCode::NOT_FOUND),
+        (Method::DELETE, id.as_str(), StatusCode::NOT_FOUND),
+        (Method::DELETE, "xyz", StatusCode::BAD_REQUEST),
+    ] {
+        let (got, body) = drain_request(&api, method.clone(), machine).await;
+        assert_eq!(got, status, "{method} {machine}: {body}");
+        assert_eq!(
+            body["error"]["code"],
+            status.as_u16(),
+            "{method} {machine}: {body}"
+        );
+    }
+    let (status, body) = api.get(&format!("/drains/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(
+        api.key_space().await,
+        before,
+        "refused requests change nothing"
+    );
+    assert_eq!(api.get("/drains").await.1, json!({"drains": []}));
+
+    // Started (201), started again (200), listed, ended (204).
+    let (status, body) = drain_request(&api, Method::PUT, &id).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["machine"], id.as_str());
+    assert_eq!(body["state"], "drained", "nothing placed there: {body}");
+    assert_eq!(
+        (body["units"].clone(), body["stopping"].clone()),
+        (json!(0), json!(0))
+    );
+    assert!(
+        body["since"].as_str().is_some_and(|s| s.ends_with('Z')),
+        "{body}"
+    );
+    let (status, again) = drain_request(&api, Method::PUT, &id).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["since"], body["since"], "the drain is the same one");
+    let (status, list) = api.get("/drains").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["drains"], json!([body]));
+    assert_eq!(api.get(&format!("/drains/{id}")).await.1, body);
+    let (status, _) = drain_request(&api, Method::DELETE, &id).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(api.get("/drains").await.1, json!({"drains": []}));
+    // Only these methods.
+    let r = api
+        .http
+        .post(format!("{}/drains/{id}", api.base))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+}

@@ -176,16 +176,26 @@ impl Fleet {
 }
 
 /// Reports each unit placed on machine `id` in the state its placement asks for, as an agent
-/// would once systemd had done it, and drops the states of units no longer placed there.
+/// would once systemd had done it, drops the states of units no longer placed there, and says
+/// at once that it stopped what the engine took off it.
 pub async fn simulated_agent(registry: Registry, id: MachineId, lease: i64) {
     let mut published: BTreeMap<UnitName, (JobState, UnitHash)> = BTreeMap::new();
     loop {
-        if let Ok(placements) = registry.placements().await {
-            let here: BTreeMap<UnitName, (JobState, UnitHash)> = placements
+        if let Ok(snapshot) = registry.agent_snapshot(&id).await {
+            let here: BTreeMap<UnitName, (JobState, UnitHash)> = snapshot
+                .placements
                 .into_iter()
-                .filter(|(machine, _)| *machine == id)
-                .map(|(_, p)| (p.name.clone(), (p.desired_state, p.hash())))
+                .map(|p| (p.name.clone(), (p.desired_state, p.hash())))
                 .collect();
+            // What the engine took off this machine stops at once.
+            let stopped: Vec<UnitName> = snapshot
+                .stopping
+                .into_iter()
+                .filter(|name| !here.contains_key(name))
+                .collect();
+            if !stopped.is_empty() {
+                let _ = registry.release_stopping(&id, &stopped).await;
+            }
             for (name, &(job_state, hash)) in &here {
                 if published.get(name) == Some(&(job_state, hash)) {
                     continue;
