@@ -13,6 +13,8 @@
 //! passed ([`fleet_quorum::Verdicts`]).
 
 pub mod plan;
+pub mod update;
+mod updates;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -265,12 +267,21 @@ async fn lead(
             }
         }
         fleet_telemetry::ENGINE_RECONCILE.observe_duration(started.elapsed());
+        // Rolling updates: a step of each that is not over, looking at its units again soon.
+        let updating = updates::drive_all(registry, leadership, &view_now.snapshot().updates).await;
+        if let Err(fleet_registry::Error::NotLeader) = updating {
+            return;
+        }
         // Look again when a lost machine is due, or soon while no majority answers.
         let now = origin.elapsed();
         let due = match verdicts.next_due(now) {
             Some(at) => at - now,
             None if verdicts.needs_round() => Duration::from_millis(500),
             None => config.reconcile_interval,
+        };
+        let due = match updating {
+            Ok(true) | Err(_) => due.min(updates::TICK),
+            Ok(false) => due,
         };
         tokio::select! {
             result = view_now.changed() => {

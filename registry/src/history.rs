@@ -571,6 +571,28 @@ impl Registry {
         Ok(Some(self.decode_read(&unit.name, unit_read, history_read)))
     }
 
+    /// Gives a unit new content, keeping its desired state (the content it replaces goes to
+    /// its history), conditioned on the unit read: a concurrent change is read again and kept.
+    /// `false` when there is no such unit.
+    pub async fn set_unit_options(&self, name: &UnitName, options: &[UnitOption]) -> Result<bool> {
+        let mut read = self.read_unit_and_history(name).await?;
+        let now = now();
+        loop {
+            let Some(kv) = &read.unit else {
+                return Ok(false);
+            };
+            let mut unit: Unit = decode(kv)?;
+            if unit.options == options {
+                return Ok(true);
+            }
+            unit.options = options.to_vec();
+            match self.write_over(&unit, read, now).await? {
+                None => return Ok(true),
+                Some(again) => read = again,
+            }
+        }
+    }
+
     /// Reads a unit and its history together: `None` when there is no such unit.
     async fn read_unit_and_history(&self, name: &UnitName) -> Result<Read> {
         let resp = self

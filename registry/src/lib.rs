@@ -16,6 +16,8 @@
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
 //! | `stopping/<id>/<name>` | empty: a unit the engine took off a live machine to run elsewhere, until that machine's agent has stopped it (written with the placement's removal, removed by the agent or when the machine is declared dead) | none |
+//! | `updates/<id>` | [`Update`]: a rolling update, driven by the engine leader (`update.rs`) | none |
+//! | `updating/<name>` | the id of the running update the unit is in, created with it and removed when it ends | none |
 //! | `drain/<id>` | [`Drain`]: the machine takes no new units and its units move elsewhere | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
 //!
@@ -30,6 +32,7 @@ mod history;
 mod listing;
 mod model;
 mod presence;
+mod update;
 mod view;
 mod watch;
 
@@ -55,6 +58,9 @@ pub use model::{
     UnitState,
 };
 pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
+pub use update::{
+    CreateUpdateError, Phase, StoredUpdate, Update, UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
+};
 pub use view::{AgentView, EngineView};
 pub use watch::Changes;
 
@@ -299,6 +305,8 @@ pub struct EngineSnapshot {
     pub stopping: std::collections::BTreeSet<(MachineId, UnitName)>,
     /// Machines being drained (`drain/`): no new units, and theirs move elsewhere.
     pub draining: std::collections::BTreeSet<MachineId>,
+    /// Rolling updates (`updates/`), by id.
+    pub updates: BTreeMap<String, StoredUpdate>,
 }
 
 /// One unit and what the cluster knows of it, for the API's `GET /units/{name}` and its lists.
@@ -1223,10 +1231,11 @@ impl Registry {
                 TxnOp::get(self.members_prefix(), prefixed()),
                 TxnOp::get(self.stopping_prefix(), keys_only()),
                 TxnOp::get(self.drain_prefix(), keys_only()),
+                TxnOp::get(self.updates_prefix(), prefixed()),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let [units, machines, placements, leader, unplaceable, members, stopping, draining] =
+        let [units, machines, placements, leader, unplaceable, members, stopping, draining, updates] =
             reads(&resp)?;
         self.count_keys(
             [
@@ -1238,6 +1247,7 @@ impl Registry {
                 &members,
                 &stopping,
                 &draining,
+                &updates,
             ]
             .iter()
             .map(|r| r.kvs().len())
@@ -1275,6 +1285,14 @@ impl Registry {
             .iter()
             .filter_map(|kv| self.drain_entry(kv.key_str().ok()?))
             .collect();
+        let updates = updates
+            .kvs()
+            .iter()
+            .map(|kv| self.stored_update(kv))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .map(|u| (u.update.id.clone(), u))
+            .collect();
         Ok(EngineSnapshot {
             revision,
             leader,
@@ -1285,6 +1303,7 @@ impl Registry {
             unplaceable,
             stopping,
             draining,
+            updates,
         })
     }
 
@@ -1318,6 +1337,7 @@ impl Registry {
             self.unplaceable_prefix(),
             self.stopping_prefix(),
             self.drain_prefix(),
+            self.updates_prefix(),
         ]
     }
 

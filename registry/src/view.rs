@@ -286,6 +286,13 @@ impl EngineView {
             } else {
                 s.stopping.insert(entry);
             }
+        } else if let Some(id) = key.strip_prefix(&registry.updates_prefix()) {
+            if deleted {
+                s.updates.remove(id);
+            } else {
+                let update = registry.stored_update(&kv)?;
+                s.updates.insert(id.to_string(), update);
+            }
         } else if let Some(machine) = registry.drain_entry(&key) {
             if deleted {
                 s.draining.remove(&machine);

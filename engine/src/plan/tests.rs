@@ -60,6 +60,7 @@ fn snapshot(
         unplaceable: Default::default(),
         stopping: Default::default(),
         draining: Default::default(),
+        updates: Default::default(),
     }
 }
 

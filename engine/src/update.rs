@@ -1,0 +1,224 @@
+//! Rolling updates: the decision of one step, pure, from an update's record and what the
+//! cluster says of its units now ([`step`]); the engine loop reads, decides, records, then acts.
+//!
+//! A unit is **down because of the update** from when it is given new content until it is
+//! healthy on it (`updating`), while it has failed, and from when it is given its old content
+//! back until it runs again (`reverting`): at most `max_parallel` at any time. A unit is
+//! healthy once it has run its new content without a break (active, the same content) for
+//! `min_healthy`; it fails when systemd says it failed on it, or when `healthy_deadline` passes
+//! first. Then, with `auto_revert`, every unit the update touched goes back to its content
+//! before the update, the failed and updating ones at once (they are down already), the healthy
+//! ones as the bound allows, each waiting to run again; without it the update stops there.
+//! Units whose desired state is not `launched` do not run: written, they are done.
+
+use std::collections::BTreeMap;
+
+use fleet_registry::{JobState, Phase, Update, UpdateState, UpdateUnit};
+use fleet_units::{UnitHash, UnitName};
+
+/// What the cluster says of one unit of an update now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The unit's content now (`None`: the unit is gone).
+    pub content: Option<UnitHash>,
+    pub desired: JobState,
+    /// What its machine last published: the content it runs and systemd's active state.
+    pub running: Option<(UnitHash, String)>,
+}
+
+/// A write the update needs: give the unit the update's content, or its old content back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Write(UnitName),
+    Revert(UnitName, UnitHash),
+}
+
+/// The next record of `update` and the writes to make, given what is `observed` of its units
+/// (those updating or reverting; a unit missing from `observed` is taken as unknown: not
+/// judged) at `now_ms`. The writes are level-triggered: a unit whose content is not yet what
+/// its phase wants is written again at every step.
+pub fn step(
+    update: &Update,
+    observed: &BTreeMap<UnitName, Observed>,
+    now_ms: u64,
+) -> (Update, Vec<Action>) {
+    let mut next = update.clone();
+    let mut actions = Vec::new();
+    if next.state.is_final() {
+        return (next, actions);
+    }
+    let new = update.hash();
+    let (min_healthy, deadline) = (update.min_healthy_ms, update.healthy_deadline_ms);
+    // Judge the units in flight.
+    for unit in &mut next.units {
+        let Some(seen) = observed.get(&unit.name) else {
+            continue;
+        };
+        match unit.phase {
+            Phase::Updating => match judge(unit, seen, new, (min_healthy, deadline), now_ms) {
+                Judged::Up => set_phase(unit, Phase::Healthy, now_ms),
+                Judged::Down(Some(failure)) => {
+                    unit.failure = Some(failure);
+                    set_phase(unit, Phase::Failed, now_ms);
+                }
+                Judged::Down(None) => {
+                    if seen.content.is_some_and(|c| c != new) {
+                        actions.push(Action::Write(unit.name.clone()));
+                    }
+                }
+            },
+            Phase::Reverting => match judge(unit, seen, unit.from, (min_healthy, deadline), now_ms)
+            {
+                Judged::Up => set_phase(unit, Phase::Reverted, now_ms),
+                Judged::Down(Some(failure)) => {
+                    // Nothing more the update can do for it.
+                    unit.failure = Some(format!("after reverting: {failure}"));
+                    set_phase(unit, Phase::Reverted, now_ms);
+                }
+                Judged::Down(None) => {
+                    if seen.content.is_some_and(|c| c != unit.from) {
+                        actions.push(Action::Revert(unit.name.clone(), unit.from));
+                    }
+                }
+            },
+            _ => {}
+        }
+    }
+    // A failure reverts or stops the update.
+    if matches!(next.state, UpdateState::Running | UpdateState::Paused) {
+        if let Some(failed) = next.units.iter().find(|u| u.phase == Phase::Failed) {
+            let reason = format!(
+                "{} did not become healthy: {}",
+                failed.name,
+                failed.failure.as_deref().unwrap_or("unknown")
+            );
+            next.reason = Some(reason);
+            if next.auto_revert {
+                next.state = UpdateState::Reverting;
+            } else {
+                next.state = UpdateState::Failed;
+                next.ended_ms = Some(now_ms);
+                return (next, actions);
+            }
+        }
+    }
+    let limit = next.max_parallel.max(1) as usize;
+    let down = |units: &[UpdateUnit]| {
+        units
+            .iter()
+            .filter(|u| matches!(u.phase, Phase::Updating | Phase::Failed | Phase::Reverting))
+            .count()
+    };
+    match next.state {
+        UpdateState::Running => {
+            let mut in_flight = down(&next.units);
+            for unit in &mut next.units {
+                if in_flight >= limit {
+                    break;
+                }
+                if unit.phase == Phase::Pending {
+                    set_phase(unit, Phase::Updating, now_ms);
+                    actions.push(Action::Write(unit.name.clone()));
+                    in_flight += 1;
+                }
+            }
+            if next.units.iter().all(|u| u.phase == Phase::Healthy) {
+                next.state = UpdateState::Done;
+                next.ended_ms = Some(now_ms);
+            }
+        }
+        UpdateState::Reverting => {
+            // The failed and updating ones at once: they are down already.
+            for unit in &mut next.units {
+                if matches!(unit.phase, Phase::Failed | Phase::Updating) {
+                    set_phase(unit, Phase::Reverting, now_ms);
+                    actions.push(Action::Revert(unit.name.clone(), unit.from));
+                }
+            }
+            let mut in_flight = down(&next.units);
+            for unit in &mut next.units {
+                if in_flight >= limit {
+                    break;
+                }
+                if unit.phase == Phase::Healthy {
+                    set_phase(unit, Phase::Reverting, now_ms);
+                    actions.push(Action::Revert(unit.name.clone(), unit.from));
+                    in_flight += 1;
+                }
+            }
+            if next
+                .units
+                .iter()
+                .all(|u| matches!(u.phase, Phase::Pending | Phase::Reverted))
+            {
+                next.state = UpdateState::Reverted;
+                next.ended_ms = Some(now_ms);
+            }
+        }
+        _ => {}
+    }
+    (next, actions)
+}
+
+enum Judged {
+    /// Healthy on the content it should run.
+    Up,
+    /// Not (yet): with why, when it has failed.
+    Down(Option<String>),
+}
+
+/// Whether `unit`, in its phase since `since_ms`, runs `want` healthily now, updating when it
+/// has been seen running it without a break.
+fn judge(
+    unit: &mut UpdateUnit,
+    seen: &Observed,
+    want: UnitHash,
+    (min_healthy_ms, healthy_deadline_ms): (u64, u64),
+    now_ms: u64,
+) -> Judged {
+    let Some(content) = seen.content else {
+        // Destroyed meanwhile: nothing to wait for.
+        return Judged::Up;
+    };
+    let since = unit.since_ms.unwrap_or(now_ms);
+    if content == want && seen.desired != JobState::Launched {
+        return Judged::Up;
+    }
+    match &seen.running {
+        Some((hash, active)) if *hash == want && active == "active" && content == want => {
+            let up = *unit.up_since_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(up) >= min_healthy_ms {
+                return Judged::Up;
+            }
+            Judged::Down(None)
+        }
+        Some((hash, active)) if *hash == want && active == "failed" && content == want => {
+            unit.up_since_ms = None;
+            Judged::Down(Some("systemd reports it failed".to_string()))
+        }
+        other => {
+            // A break (a restart, a stop) starts the wait again.
+            unit.up_since_ms = None;
+            if now_ms.saturating_sub(since) >= healthy_deadline_ms {
+                let what = match other {
+                    Some((_, active)) => active.to_string(),
+                    None => "no state reported".to_string(),
+                };
+                return Judged::Down(Some(format!(
+                    "not healthy within {} s ({what})",
+                    healthy_deadline_ms / 1000
+                )));
+            }
+            Judged::Down(None)
+        }
+    }
+}
+
+fn set_phase(unit: &mut UpdateUnit, phase: Phase, now_ms: u64) {
+    unit.phase = phase;
+    unit.since_ms = Some(now_ms);
+    unit.up_since_ms = None;
+}
+
+#[cfg(test)]
+mod tests;

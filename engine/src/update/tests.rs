@@ -1,0 +1,291 @@
+//! Rolling updates' steps, against a simulated cluster whose machines take one step to
+//! restart a unit on the content it is given.
+
+use super::*;
+use fleet_registry::UpdateState;
+use fleet_units::{UnitFile, UnitOption};
+
+fn content(exec: &str) -> Vec<UnitOption> {
+    UnitFile::parse(&format!("[Service]\nExecStart={exec}\n"))
+        .unwrap()
+        .into_options()
+}
+
+fn hash(exec: &str) -> UnitHash {
+    UnitFile::from_options(content(exec)).hash()
+}
+
+fn update(units: usize, max_parallel: u32, auto_revert: bool) -> Update {
+    Update {
+        id: "u1".into(),
+        created_ms: 0,
+        options: content("/bin/new"),
+        max_parallel,
+        min_healthy_ms: 1_000,
+        healthy_deadline_ms: 10_000,
+        auto_revert,
+        state: UpdateState::Running,
+        reason: None,
+        ended_ms: None,
+        units: (1..=units)
+            .map(|i| UpdateUnit {
+                name: UnitName::parse(&format!("web@{i}.service")).unwrap(),
+                from: hash("/bin/old"),
+                phase: Phase::Pending,
+                since_ms: None,
+                up_since_ms: None,
+                failure: None,
+            })
+            .collect(),
+    }
+}
+
+/// Each unit's content and what its machine runs; a unit given content restarts on it at the
+/// next step (down meanwhile); the new content fails when `bad`.
+struct Cluster {
+    units: BTreeMap<UnitName, (UnitHash, Option<(UnitHash, String)>)>,
+    bad: bool,
+}
+
+impl Cluster {
+    fn new(update: &Update, bad: bool) -> Cluster {
+        let old = hash("/bin/old");
+        Cluster {
+            units: update
+                .units
+                .iter()
+                .map(|u| (u.name.clone(), (old, Some((old, "active".to_string())))))
+                .collect(),
+            bad,
+        }
+    }
+
+    fn observe(&self) -> BTreeMap<UnitName, Observed> {
+        self.units
+            .iter()
+            .map(|(name, (content, running))| {
+                (
+                    name.clone(),
+                    Observed {
+                        content: Some(*content),
+                        desired: JobState::Launched,
+                        running: running.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Machines catch up with the content they were given.
+    fn tick(&mut self) {
+        let new = hash("/bin/new");
+        for (content, running) in self.units.values_mut() {
+            if running.as_ref().map(|(h, _)| *h) != Some(*content) {
+                let active = if *content == new && self.bad {
+                    "failed"
+                } else {
+                    "active"
+                };
+                *running = Some((*content, active.to_string()));
+            }
+        }
+    }
+
+    fn apply(&mut self, actions: &[Action]) {
+        for action in actions {
+            let (name, to) = match action {
+                Action::Write(name) => (name, hash("/bin/new")),
+                Action::Revert(name, from) => (name, *from),
+            };
+            let unit = self.units.get_mut(name).unwrap();
+            unit.0 = to;
+            unit.1 = None;
+        }
+    }
+
+    /// Units not running their content, active.
+    fn down(&self) -> usize {
+        self.units
+            .values()
+            .filter(|(content, running)| {
+                running.as_ref() != Some(&(*content, "active".to_string()))
+            })
+            .count()
+    }
+}
+
+/// Runs steps every 250 ms until the update is over: its last record, and the most units seen
+/// down at once.
+fn run(mut u: Update, cluster: &mut Cluster, pause_at: Option<u64>) -> (Update, usize) {
+    let mut most_down = 0;
+    for tick in 0..1_000u64 {
+        let now = tick * 250;
+        if pause_at == Some(now) {
+            u.state = UpdateState::Paused;
+        }
+        let (next, actions) = step(&u, &cluster.observe(), now);
+        cluster.apply(&actions);
+        most_down = most_down.max(cluster.down());
+        u = next;
+        if u.state.is_final() {
+            return (u, most_down);
+        }
+        cluster.tick();
+        most_down = most_down.max(cluster.down());
+    }
+    panic!("the update did not end: {u:?}");
+}
+
+#[test]
+fn updates_max_parallel_units_at_a_time_each_healthy_before_the_next() {
+    let u = update(6, 2, true);
+    let mut cluster = Cluster::new(&u, false);
+    let (done, most_down) = run(u, &mut cluster, None);
+    assert_eq!(done.state, UpdateState::Done, "{done:?}");
+    assert!(most_down <= 2, "{most_down} down at once");
+    assert!(done.units.iter().all(|u| u.phase == Phase::Healthy));
+    let new = hash("/bin/new");
+    assert!(cluster.units.values().all(|(c, _)| *c == new));
+    // Each waited its min_healthy: three rounds of at least a second.
+    assert!(done.ended_ms.unwrap() >= 3_000, "{:?}", done.ended_ms);
+}
+
+#[test]
+fn a_failure_reverts_every_touched_unit_within_the_bound() {
+    let u = update(6, 2, true);
+    let mut cluster = Cluster::new(&u, true);
+    let (reverted, most_down) = run(u, &mut cluster, None);
+    assert_eq!(reverted.state, UpdateState::Reverted, "{reverted:?}");
+    assert!(most_down <= 2, "{most_down} down at once");
+    assert!(reverted
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.contains("web@1.service") && r.contains("failed")));
+    let old = hash("/bin/old");
+    assert!(cluster.units.values().all(|(c, _)| *c == old));
+    // Only the first two were touched; the rest never changed.
+    let phases: Vec<Phase> = reverted.units.iter().map(|u| u.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Reverted,
+            Phase::Reverted,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Pending
+        ]
+    );
+}
+
+#[test]
+fn without_auto_revert_a_failure_stops_the_update() {
+    let u = update(6, 2, false);
+    let mut cluster = Cluster::new(&u, true);
+    let (failed, _) = run(u, &mut cluster, None);
+    assert_eq!(failed.state, UpdateState::Failed);
+    let new = hash("/bin/new");
+    assert_eq!(
+        cluster.units.values().filter(|(c, _)| *c == new).count(),
+        2,
+        "nothing started after the failure"
+    );
+}
+
+#[test]
+fn a_paused_update_starts_nothing_and_resumes() {
+    let u = update(4, 1, true);
+    let mut cluster = Cluster::new(&u, false);
+    // Paused at once: the first unit is in flight, judged, and nothing else starts.
+    let mut now = 0;
+    let (mut u, actions) = step(&u, &cluster.observe(), now);
+    cluster.apply(&actions);
+    u.state = UpdateState::Paused;
+    for _ in 0..40 {
+        now += 250;
+        cluster.tick();
+        let (next, actions) = step(&u, &cluster.observe(), now);
+        cluster.apply(&actions);
+        u = next;
+    }
+    assert_eq!(u.state, UpdateState::Paused);
+    let phases: Vec<Phase> = u.units.iter().map(|u| u.phase).collect();
+    assert_eq!(
+        phases,
+        [
+            Phase::Healthy,
+            Phase::Pending,
+            Phase::Pending,
+            Phase::Pending
+        ]
+    );
+    u.state = UpdateState::Running;
+    let (done, most_down) = run(u, &mut cluster, None);
+    assert_eq!(done.state, UpdateState::Done);
+    assert!(most_down <= 1);
+}
+
+#[test]
+fn a_unit_that_never_gets_healthy_fails_at_its_deadline_and_a_break_starts_the_wait_again() {
+    let mut u = update(1, 1, false);
+    let name = u.units[0].name.clone();
+    let new = hash("/bin/new");
+    let observed = |running: Option<(UnitHash, &str)>| {
+        BTreeMap::from([(
+            name.clone(),
+            Observed {
+                content: Some(new),
+                desired: JobState::Launched,
+                running: running.map(|(h, a)| (h, a.to_string())),
+            },
+        )])
+    };
+    u = step(&u, &observed(None), 0).0;
+    assert_eq!(u.units[0].phase, Phase::Updating);
+    // Active 900 ms, then a break: not healthy yet.
+    u = step(&u, &observed(Some((new, "active"))), 100).0;
+    u = step(&u, &observed(Some((new, "active"))), 1_000).0;
+    u = step(&u, &observed(Some((new, "activating"))), 1_050).0;
+    u = step(&u, &observed(Some((new, "active"))), 1_100).0;
+    assert_eq!(u.units[0].phase, Phase::Updating);
+    u = step(&u, &observed(Some((new, "active"))), 2_000).0;
+    assert_eq!(
+        u.units[0].phase,
+        Phase::Updating,
+        "the wait started again at 1,100"
+    );
+    // Never running long enough: failed at the deadline.
+    u = step(&u, &observed(Some((new, "activating"))), 10_000).0;
+    assert_eq!(u.units[0].phase, Phase::Failed);
+    assert_eq!(u.state, UpdateState::Failed);
+    assert!(u
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("not healthy within 10 s"));
+}
+
+#[test]
+fn units_that_do_not_run_are_done_once_written_and_final_updates_do_nothing() {
+    let mut u = update(2, 2, true);
+    let new = hash("/bin/new");
+    let loaded: BTreeMap<UnitName, Observed> = u
+        .units
+        .iter()
+        .map(|x| {
+            (
+                x.name.clone(),
+                Observed {
+                    content: Some(new),
+                    desired: JobState::Loaded,
+                    running: None,
+                },
+            )
+        })
+        .collect();
+    u = step(&u, &loaded, 0).0;
+    u = step(&u, &loaded, 250).0;
+    assert_eq!(u.state, UpdateState::Done);
+    let (again, actions) = step(&u, &loaded, 500);
+    assert_eq!((again, actions), (u, vec![]));
+}

@@ -1,0 +1,125 @@
+//! The engine's side of rolling updates: each step of each update that is not over, read from
+//! the cluster, decided by [`crate::update::step`], recorded (fenced on the leadership, and
+//! conditioned on the record read), then carried out. The writes are level-triggered, so a
+//! step interrupted after its record is carried out by the next one, under any leader.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fleet_registry::{
+    Error, HashPrefix, JobState, Leadership, Phase, Registry, StoredUpdate, FINISHED_UPDATES_KEPT,
+};
+
+use crate::update::{step, Action, Observed};
+
+/// How often the units of a running update are looked at.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// Steps every update that is not over; removes the oldest finished ones beyond
+/// [`FINISHED_UPDATES_KEPT`]. Whether one is still going (to look again in [`TICK`]).
+pub async fn drive_all(
+    registry: &Registry,
+    leadership: Leadership,
+    updates: &BTreeMap<String, StoredUpdate>,
+) -> Result<bool, Error> {
+    let mut going = false;
+    for stored in updates.values() {
+        if stored.update.state.is_final() {
+            continue;
+        }
+        going = true;
+        drive(registry, leadership, stored).await?;
+    }
+    let mut finished: Vec<&StoredUpdate> = updates
+        .values()
+        .filter(|s| s.update.state.is_final())
+        .collect();
+    if finished.len() > FINISHED_UPDATES_KEPT {
+        finished.sort_by_key(|s| (s.update.ended_ms, s.update.created_ms));
+        for old in &finished[..finished.len() - FINISHED_UPDATES_KEPT] {
+            registry.delete_update(&old.update.id, old.revision).await?;
+        }
+    }
+    Ok(going)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+async fn drive(
+    registry: &Registry,
+    leadership: Leadership,
+    stored: &StoredUpdate,
+) -> Result<(), Error> {
+    let update = &stored.update;
+    let mut observed = BTreeMap::new();
+    for unit in update
+        .units
+        .iter()
+        .filter(|u| matches!(u.phase, Phase::Updating | Phase::Reverting))
+    {
+        let seen = match registry.unit_view(&unit.name).await? {
+            None => Observed {
+                content: None,
+                desired: JobState::Inactive,
+                running: None,
+            },
+            Some(view) => Observed {
+                content: Some(view.unit.hash()),
+                desired: view.unit.desired_state,
+                running: view.state.map(|s| (s.hash, s.systemd_active_state)),
+            },
+        };
+        observed.insert(unit.name.clone(), seen);
+    }
+    let (next, actions) = step(update, &observed, now_ms());
+    if next != *update {
+        if !registry
+            .write_update(&next, stored.revision, Some(leadership))
+            .await?
+        {
+            // Changed meanwhile (paused, say): the next step starts from the new record.
+            return Ok(());
+        }
+        for (before, after) in update.units.iter().zip(&next.units) {
+            if before.phase != after.phase {
+                tracing::info!(
+                    update = %next.id,
+                    unit = %after.name,
+                    phase = after.phase.as_str(),
+                    failure = after.failure.as_deref().unwrap_or(""),
+                    "update step"
+                );
+            }
+        }
+        if next.state != update.state {
+            tracing::info!(
+                update = %next.id,
+                state = next.state.as_str(),
+                reason = next.reason.as_deref().unwrap_or(""),
+                "update {}",
+                next.state.as_str()
+            );
+        }
+    }
+    for action in actions {
+        match action {
+            Action::Write(name) => {
+                registry.set_unit_options(&name, &next.options).await?;
+            }
+            Action::Revert(name, from) => {
+                let Ok(target) = HashPrefix::parse(&from.to_string()) else {
+                    continue;
+                };
+                if let Err(e) = registry.rollback_unit(&name, Some(&target)).await {
+                    tracing::warn!(update = %next.id, unit = %name, error = %e, "cannot revert unit");
+                }
+            }
+        }
+    }
+    Ok(())
+}
