@@ -113,6 +113,39 @@ fn schemas() -> Value {
         "DrainList": object("DrainList", json!({
             "drains": array_of("Drain"),
         })),
+        // Ours, not fleet's: rolling updates.
+        "UpdateRequest": object("UpdateRequest", json!({
+            "units": {"type": "array", "items": {"type": "string"}},
+            "options": array_of("UnitOption"),
+            "maxParallel": {"type": "integer"},
+            "minHealthyMs": {"type": "integer"},
+            "healthyDeadlineMs": {"type": "integer"},
+            "autoRevert": {"type": "boolean"},
+        })),
+        "UpdateUnit": object("UpdateUnit", json!({
+            "name": string(),
+            "from": string(),
+            "phase": {"type": "string", "enum": ["pending", "updating", "healthy", "failed", "reverting", "reverted"]},
+            "sinceMs": {"type": "integer"},
+            "upSinceMs": {"type": "integer"},
+            "failure": string(),
+        })),
+        "Update": object("Update", json!({
+            "id": string(),
+            "createdMs": {"type": "integer"},
+            "options": array_of("UnitOption"),
+            "maxParallel": {"type": "integer"},
+            "minHealthyMs": {"type": "integer"},
+            "healthyDeadlineMs": {"type": "integer"},
+            "autoRevert": {"type": "boolean"},
+            "state": {"type": "string", "enum": ["running", "paused", "reverting", "done", "failed", "reverted", "aborted"]},
+            "reason": string(),
+            "endedMs": {"type": "integer"},
+            "units": array_of("UpdateUnit"),
+        })),
+        "UpdateList": object("UpdateList", json!({
+            "updates": array_of("Update"),
+        })),
         "UnitState": object("UnitState", json!({
             "name": string(),
             "hash": string(),
@@ -171,6 +204,7 @@ fn resources() -> Value {
     let page = ("nextPageToken", "query");
     let unit_name = ("unitName", "path");
     let machine_id = ("machineID", "path");
+    let update_id = ("updateID", "path");
     json!({
         "Machines": {"methods": {
             "List": method(
@@ -238,6 +272,40 @@ fn resources() -> Value {
                 "fleet.Drain.End",
                 "End a machine's drain: it takes units again.",
                 "DELETE", "drains/{machineID}", &[machine_id], None, None,
+            ),
+        }},
+        // Ours, not fleet's.
+        "Updates": {"methods": {
+            "List": method(
+                "fleet.Update.List",
+                "List the rolling updates kept (those not over, and the last finished ones).",
+                "GET", "updates", &[], None, Some("UpdateList"),
+            ),
+            "Get": method(
+                "fleet.Update.Get",
+                "Read one rolling update.",
+                "GET", "updates/{updateID}", &[update_id], None, Some("Update"),
+            ),
+            "Create": method(
+                "fleet.Update.Create",
+                "Update units to new content a few at a time, each healthy before the next; \
+                 driven by the engine leader.",
+                "POST", "updates", &[], Some("UpdateRequest"), Some("Update"),
+            ),
+            "Pause": method(
+                "fleet.Update.Pause",
+                "Start no more units of an update.",
+                "POST", "updates/{updateID}/pause", &[update_id], None, Some("Update"),
+            ),
+            "Resume": method(
+                "fleet.Update.Resume",
+                "Go on with a paused update.",
+                "POST", "updates/{updateID}/resume", &[update_id], None, Some("Update"),
+            ),
+            "Abort": method(
+                "fleet.Update.Abort",
+                "End an update, leaving its units as they are.",
+                "POST", "updates/{updateID}/abort", &[update_id], None, Some("Update"),
             ),
         }},
         "UnitState": {"methods": {

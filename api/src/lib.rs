@@ -9,4 +9,5 @@ pub mod follows;
 mod history;
 pub mod inspect;
 pub mod peer;
+mod rolling;
 pub mod server;

@@ -169,6 +169,28 @@ pub fn router_with(
             post(crate::history::rollback_unit).fallback(method_not_allowed),
         )
         .route(
+            "/updates",
+            get(crate::rolling::list_updates)
+                .post(crate::rolling::create_update)
+                .fallback(method_not_allowed),
+        )
+        .route(
+            "/updates/{name}",
+            get(crate::rolling::get_update).fallback(method_not_allowed),
+        )
+        .route(
+            "/updates/{name}/pause",
+            post(crate::rolling::pause_update).fallback(method_not_allowed),
+        )
+        .route(
+            "/updates/{name}/resume",
+            post(crate::rolling::resume_update).fallback(method_not_allowed),
+        )
+        .route(
+            "/updates/{name}/abort",
+            post(crate::rolling::abort_update).fallback(method_not_allowed),
+        )
+        .route(
             "/drains",
             get(crate::drain::list_drains).fallback(method_not_allowed),
         )
@@ -460,7 +482,7 @@ async fn get_unit(
 
 /// The body of a request that must say it is JSON (`PUT /units/{name}`, as fleet): 415 for
 /// another content type or none, 413 when too large.
-async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
+pub(crate) async fn json_body(request: Request<Body>) -> Result<axum::body::Bytes, ApiError> {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)

@@ -1514,3 +1514,131 @@ async fn drains_start_end_and_refuse_bad_machines_changing_nothing() {
         .expect("POST");
     assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// `POST` of `body` (JSON) to `path` under the API's base.
+async fn post(api: &Api, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = api.http.post(format!("{}{path}", api.base));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await.expect("POST");
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
+    let api = Api::start(100).await;
+    for name in ["web@1.service", "web@2.service"] {
+        assert_eq!(
+            api.put(name, hello("launched")).await.0,
+            StatusCode::CREATED
+        );
+    }
+    let mut global = hello("launched");
+    global["options"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"section": "X-Fleet", "name": "Global", "value": "true"}));
+    assert_eq!(api.put("g.service", global).await.0, StatusCode::CREATED);
+    let new_options = json!([{"section": "Service", "name": "ExecStart", "value": "/bin/new"}]);
+    let asked =
+        |units: Value| json!({"units": units, "options": new_options.clone(), "maxParallel": 1});
+
+    let before = api.key_space().await;
+    let refused: Vec<(Value, StatusCode)> = vec![
+        (json!({"units": []}), StatusCode::BAD_REQUEST),
+        (json!("not an object"), StatusCode::BAD_REQUEST),
+        (asked(json!(["../etc"])), StatusCode::BAD_REQUEST),
+        (asked(json!(["web@.service"])), StatusCode::BAD_REQUEST),
+        (
+            asked(json!(["web@1.service", "web@1.service"])),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"units": ["web@1.service"], "options": []}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"units": ["web@1.service"], "options": new_options.clone(), "maxParallel": 0}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"units": ["web@1.service"], "options": new_options.clone(), "minHealthyMs": 5000, "healthyDeadlineMs": 5000}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"units": ["web@1.service"], "options": [{"section": "X-Fleet", "name": "MachineID", "value": "a"}, {"section": "X-Fleet", "name": "Global", "value": "true"}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (asked(json!(["g.service"])), StatusCode::BAD_REQUEST),
+        (asked(json!(["nope.service"])), StatusCode::NOT_FOUND),
+    ];
+    for (body, status) in refused {
+        let (got, answer) = post(&api, "/updates", Some(body.clone())).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(
+            error_code(&answer),
+            Some(status.as_u16() as u64),
+            "{answer}"
+        );
+    }
+    for (path, status) in [
+        ("/updates/zz", StatusCode::BAD_REQUEST),
+        ("/updates/abc", StatusCode::NOT_FOUND),
+    ] {
+        let (got, answer) = api.get(path).await;
+        assert_eq!(got, status, "{path}: {answer}");
+        assert_eq!(post(&api, &format!("{path}/pause"), None).await.0, status);
+    }
+    assert_eq!(
+        api.key_space().await,
+        before,
+        "refused requests change nothing"
+    );
+
+    // Created; a unit in it cannot be in another; steered; over, it cannot be steered.
+    let (status, update) = post(
+        &api,
+        "/updates",
+        Some(asked(json!(["web@2.service", "web@1.service"]))),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{update}");
+    assert_eq!(update["state"], "running");
+    assert_eq!(
+        update["units"][0]["name"], "web@2.service",
+        "in the order asked"
+    );
+    assert_eq!(update["units"][0]["phase"], "pending");
+    let id = update["id"].as_str().unwrap().to_string();
+    let (status, busy) = post(&api, "/updates", Some(asked(json!(["web@1.service"])))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{busy}");
+    assert_eq!(api.get(&format!("/updates/{id}")).await.1, update);
+    let (status, paused) = post(&api, &format!("/updates/{id}/pause"), None).await;
+    assert_eq!(
+        (status, paused["state"].clone()),
+        (StatusCode::OK, json!("paused"))
+    );
+    let (_, resumed) = post(&api, &format!("/updates/{id}/resume"), None).await;
+    assert_eq!(resumed["state"], "running");
+    let (_, aborted) = post(&api, &format!("/updates/{id}/abort"), None).await;
+    assert_eq!(aborted["state"], "aborted");
+    assert_eq!(aborted["reason"], "aborted by hand");
+    let (status, answer) = post(&api, &format!("/updates/{id}/resume"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let (_, list) = api.get("/updates").await;
+    assert_eq!(list["updates"].as_array().map(Vec::len), Some(1));
+    // Its units are free again; a template's MaxUnavailable bounds maxParallel.
+    let limited = json!({
+        "units": ["web@1.service"],
+        "options": [
+            {"section": "Service", "name": "ExecStart", "value": "/bin/new"},
+            {"section": "X-Fleet", "name": "MaxUnavailable", "value": "1"}
+        ],
+        "maxParallel": 3
+    });
+    let (status, update) = post(&api, "/updates", Some(limited)).await;
+    assert_eq!(status, StatusCode::CREATED, "{update}");
+    assert_eq!(update["maxParallel"], 1);
+}

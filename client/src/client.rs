@@ -526,6 +526,47 @@ impl Client {
         self.get_all::<schema::MachinePage>("/machines", &[]).await
     }
 
+    /// Asks for a rolling update (`POST /updates`).
+    pub async fn create_update(
+        &self,
+        request: &schema::UpdateRequest,
+    ) -> Result<schema::Update, ClientError> {
+        let (_, bytes) = self
+            .send(Method::POST, "/updates", &[], Some(request))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Every rolling update kept, oldest first (`GET /updates`).
+    pub async fn updates(&self) -> Result<Vec<schema::Update>, ClientError> {
+        Ok(self
+            .get::<schema::UpdateList>("/updates", &[])
+            .await?
+            .updates)
+    }
+
+    /// One rolling update (`GET /updates/{id}`).
+    pub async fn update(&self, id: &str) -> Result<schema::Update, ClientError> {
+        self.get(&format!("/updates/{}", escape(id)), &[]).await
+    }
+
+    /// Pauses, resumes or aborts an update (`POST /updates/{id}/{action}`).
+    pub async fn steer_update(
+        &self,
+        id: &str,
+        action: &str,
+    ) -> Result<schema::Update, ClientError> {
+        let (_, bytes) = self
+            .send(
+                Method::POST,
+                &format!("/updates/{}/{action}", escape(id)),
+                &[],
+                None::<&()>,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// Every drain, by machine id (`GET /drains`).
     pub async fn drains(&self) -> Result<Vec<schema::Drain>, ClientError> {
         Ok(self.get::<schema::DrainList>("/drains", &[]).await?.drains)

@@ -193,3 +193,70 @@ pub struct DrainList {
     #[serde(default)]
     pub drains: Vec<Drain>,
 }
+
+/// A rolling update to ask for (`POST /updates`; not in fleet's API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateRequest {
+    /// The units to update, in the order to update them.
+    pub units: Vec<String>,
+    /// Their new content.
+    pub options: Vec<UnitOption>,
+    /// At most this many units down because of the update at once (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
+    /// How long a unit must run its new content without a break to be healthy (default 10 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_healthy_ms: Option<u64>,
+    /// How long a unit has to become healthy (default 5 minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_deadline_ms: Option<u64>,
+    /// Whether a unit that does not become healthy reverts the update.
+    #[serde(default)]
+    pub auto_revert: bool,
+}
+
+/// A rolling update and where it is (`/updates/{id}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Update {
+    pub id: String,
+    pub created_ms: u64,
+    pub options: Vec<UnitOption>,
+    pub max_parallel: u32,
+    pub min_healthy_ms: u64,
+    pub healthy_deadline_ms: u64,
+    pub auto_revert: bool,
+    /// `running`, `paused`, `reverting`, `done`, `failed`, `reverted` or `aborted`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_ms: Option<u64>,
+    pub units: Vec<UpdateUnit>,
+}
+
+/// One unit of a rolling update.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateUnit {
+    pub name: String,
+    /// The hash of its content before the update.
+    pub from: String,
+    /// `pending`, `updating`, `healthy`, `failed`, `reverting` or `reverted`.
+    pub phase: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_since_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+}
+
+/// Every rolling update kept, oldest first (`GET /updates`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateList {
+    #[serde(default)]
+    pub updates: Vec<Update>,
+}

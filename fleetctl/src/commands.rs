@@ -27,7 +27,7 @@ const ATTEMPT: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(20);
 
 pub struct Ctl {
-    client: Client,
+    pub(crate) client: Client,
     /// `--replace`: the command (submit, load or start) whose rules say which desired states
     /// allow replacing a unit whose local file differs.
     replace: Option<&'static str>,
@@ -39,7 +39,7 @@ pub struct Ctl {
     listing_pages: AtomicUsize,
 }
 
-fn stderr(msg: impl std::fmt::Display) {
+pub(crate) fn stderr(msg: impl std::fmt::Display) {
     eprintln!("{msg}");
 }
 
@@ -1336,7 +1336,7 @@ impl Ctl {
 }
 
 /// `--output json`: the API's objects as one JSON document (an array).
-fn print_json<T: serde::Serialize>(items: &[T]) -> u8 {
+pub(crate) fn print_json<T: serde::Serialize>(items: &[T]) -> u8 {
     match serde_json::to_string_pretty(items) {
         Ok(text) => {
             println!("{text}");
@@ -1349,7 +1349,7 @@ fn print_json<T: serde::Serialize>(items: &[T]) -> u8 {
     }
 }
 
-fn print_or_fail(rendered: Result<String, String>) -> u8 {
+pub(crate) fn print_or_fail(rendered: Result<String, String>) -> u8 {
     match rendered {
         Ok(text) => {
             print!("{text}");
@@ -1367,7 +1367,7 @@ fn parse_arg(arg: &str) -> Result<UnitName, String> {
     UnitName::parse(&mangled).map_err(|e| format!("invalid unit name {mangled:?}: {e}"))
 }
 
-fn read_unit_file(path: &Path) -> Result<UnitFile, String> {
+pub(crate) fn read_unit_file(path: &Path) -> Result<UnitFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     UnitFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
@@ -1528,7 +1528,7 @@ fn or_dash(s: &str) -> String {
     }
 }
 
-fn short_hash(hash: &str, full: bool) -> String {
+pub(crate) fn short_hash(hash: &str, full: bool) -> String {
     match first_chars(hash, 7) {
         Some(short) if !full => short.to_string(),
         _ => hash.to_string(),
@@ -1536,7 +1536,7 @@ fn short_hash(hash: &str, full: bool) -> String {
 }
 
 /// Parses `--fields` against the known columns.
-fn fields<'a>(
+pub(crate) fn fields<'a>(
     listing: &Listing,
     known: &[&'a str],
     default: &[&'a str],
@@ -1558,7 +1558,7 @@ fn fields<'a>(
     Ok(out)
 }
 
-fn render(listing: &Listing, columns: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn render(listing: &Listing, columns: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut lines = Vec::new();
     if !listing.no_legend {
         lines.push(columns.iter().map(|c| c.to_ascii_uppercase()).collect());

@@ -5,6 +5,7 @@ mod commands;
 mod known_hosts;
 mod table;
 mod tls;
+mod updates;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -396,6 +397,33 @@ enum Command {
         #[command(flatten)]
         listing: Listing,
     },
+    /// Update units to the content of FILE a few at a time, each healthy before the next (a
+    /// rolling update, driven by the engine: it goes on if fleetctl exits). The units are
+    /// those matching UNIT patterns, or without any, the instances of the template FILE names,
+    /// or the unit itself. Shows each step until the update ends.
+    Update {
+        #[command(flatten)]
+        options: crate::updates::UpdateOptions,
+        file: String,
+        units: Vec<String>,
+    },
+    /// List the rolling updates kept: those not over and the last 50 finished.
+    ListUpdates {
+        #[command(flatten)]
+        listing: Listing,
+    },
+    /// Show a rolling update and each of its units.
+    UpdateStatus {
+        #[command(flatten)]
+        listing: Listing,
+        id: String,
+    },
+    /// Start no more units of a rolling update (those updating are still judged).
+    PauseUpdate { id: String },
+    /// Go on with a paused rolling update.
+    ResumeUpdate { id: String },
+    /// End a rolling update, leaving its units as they are.
+    AbortUpdate { id: String },
     /// Drain a machine (its id, or a prefix naming one live machine): it takes no new units,
     /// and its non-global units move elsewhere one at a time, each stopped there before it
     /// starts elsewhere, as their placement rules allow. Waits until none is left.
@@ -678,6 +706,16 @@ fn main() -> ExitCode {
             Command::ListUnitFiles { listing } => ctl.list_unit_files(&listing).await,
             Command::ListMachines { listing } => ctl.list_machines(&listing).await,
             Command::Drain { block, machine } => ctl.drain(&machine, block).await,
+            Command::Update {
+                options,
+                file,
+                units,
+            } => ctl.update(&file, &units, &options).await,
+            Command::ListUpdates { listing } => ctl.list_updates(&listing).await,
+            Command::UpdateStatus { listing, id } => ctl.update_status(&id, &listing).await,
+            Command::PauseUpdate { id } => ctl.steer_update(&id, "pause").await,
+            Command::ResumeUpdate { id } => ctl.steer_update(&id, "resume").await,
+            Command::AbortUpdate { id } => ctl.steer_update(&id, "abort").await,
             Command::Undrain { machine } => ctl.undrain(&machine).await,
             Command::Version
             | Command::Tls { .. }

@@ -176,12 +176,23 @@ impl Fleet {
 }
 
 /// Reports each unit placed on machine `id` in the state its placement asks for, as an agent
-/// would once systemd had done it, drops the states of units no longer placed there, and says
-/// at once that it stopped what the engine took off it.
+/// would once systemd had done it (a unit whose command is `/bin/false` as failed), drops the
+/// states of units no longer placed there, and says at once that it stopped what the engine
+/// took off it.
 pub async fn simulated_agent(registry: Registry, id: MachineId, lease: i64) {
     let mut published: BTreeMap<UnitName, (JobState, UnitHash)> = BTreeMap::new();
     loop {
         if let Ok(snapshot) = registry.agent_snapshot(&id).await {
+            let failing: std::collections::BTreeSet<UnitName> = snapshot
+                .placements
+                .iter()
+                .filter(|p| {
+                    p.options
+                        .iter()
+                        .any(|o| o.name == "ExecStart" && o.value == "/bin/false")
+                })
+                .map(|p| p.name.clone())
+                .collect();
             let here: BTreeMap<UnitName, (JobState, UnitHash)> = snapshot
                 .placements
                 .into_iter()
@@ -201,14 +212,21 @@ pub async fn simulated_agent(registry: Registry, id: MachineId, lease: i64) {
                     continue;
                 }
                 let running = job_state == JobState::Launched;
+                // A unit whose command is /bin/false fails, as systemd would say.
+                let fails = running && failing.contains(name);
+                let (active, sub) = match (running, fails) {
+                    (true, true) => ("failed", "failed"),
+                    (true, false) => ("active", "running"),
+                    _ => ("inactive", "dead"),
+                };
                 let state = UnitState {
                     name: name.clone(),
                     hash,
                     machine_id: id.clone(),
                     job_state,
                     systemd_load_state: "loaded".into(),
-                    systemd_active_state: if running { "active" } else { "inactive" }.into(),
-                    systemd_sub_state: if running { "running" } else { "dead" }.into(),
+                    systemd_active_state: active.into(),
+                    systemd_sub_state: sub.into(),
                     start_failure: None,
                 };
                 if registry.publish_state(lease, &state).await.is_ok() {
