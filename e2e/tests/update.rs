@@ -1,0 +1,217 @@
+//! Rolling updates on the real cluster: a failing update of six instances is reverted with
+//! never more than two of them down, as every node's systemd is watched; an update goes on
+//! after fleetctl has exited and after the engine leader was killed.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fleet_e2e::sampler::{Sampler, Samples};
+use fleet_e2e::{api_url, cluster, https, tag, Cluster, NODES};
+
+/// A template whose instances print a line every second, with `exec` as their command when
+/// given.
+fn template(c: &Cluster, name: &str, exec: Option<&str>) -> String {
+    let exec = exec.unwrap_or("/bin/bash -c 'while true; do echo tick %i; sleep 1; done'");
+    let text = format!("[Unit]\nDescription=rolling %i\n\n[Service]\nExecStart={exec}\n");
+    c.unit_file(name, &text).to_string_lossy().into_owned()
+}
+
+/// Starts `count` instances of the template at `path`; their names.
+fn start_instances(c: &Cluster, path: &str, stem: &str, count: usize) -> Vec<String> {
+    let names: Vec<String> = (1..=count).map(|i| format!("{stem}@{i}.service")).collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|n| {
+            std::path::Path::new(path)
+                .with_file_name(n)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut args = vec!["start"];
+    args.extend(paths.iter().map(String::as_str));
+    c.fleetctl(&args).expect_ok("start the instances");
+    names
+}
+
+/// The most of `units` not running at once, over the samples: at each sample of a node, the
+/// units running on any node as last sampled (a unit restarts where it is, so a unit is down
+/// when no node's latest sample shows it).
+fn most_down(samples: &Samples, units: &[String]) -> usize {
+    let mut events: Vec<(u128, usize, &BTreeSet<String>)> = samples
+        .nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(n, s)| s.iter().map(move |x| (x.at_ns, n, &x.running)))
+        .collect();
+    events.sort_by_key(|(at, n, _)| (*at, *n));
+    let mut latest: Vec<Option<&BTreeSet<String>>> = vec![None; samples.nodes.len()];
+    let mut most = 0;
+    for (_, n, running) in events {
+        latest[n] = Some(running);
+        if latest.iter().any(Option::is_none) {
+            continue;
+        }
+        let down = units
+            .iter()
+            .filter(|u| !latest.iter().flatten().any(|r| r.contains(*u)))
+            .count();
+        most = most.max(down);
+    }
+    most
+}
+
+/// The hash of each unit, as `list-unit-files` shows it in full.
+fn hashes(c: &Cluster, units: &[String]) -> Vec<String> {
+    let out = c
+        .fleetctl(&[
+            "list-unit-files",
+            "--no-legend",
+            "--full",
+            "--fields",
+            "unit,hash",
+        ])
+        .expect_ok("list-unit-files");
+    units
+        .iter()
+        .map(|u| {
+            out.stdout
+                .lines()
+                .map(fleet_e2e::columns)
+                .find(|cols| cols.first() == Some(&u.as_str()))
+                .and_then(|cols| cols.get(1).map(|h| h.to_string()))
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn destroy(c: &Cluster, units: &[String]) {
+    let mut args = vec!["destroy"];
+    args.extend(units.iter().map(String::as_str));
+    c.fleetctl(&args).expect_ok("destroy");
+}
+
+#[test]
+fn a_failing_update_of_six_instances_is_reverted_never_more_than_two_down() {
+    let c = cluster();
+    let stem = format!("roll-{}", tag());
+    let old = template(c, &format!("{stem}@.service"), None);
+    let sampler = Sampler::start(c, &format!("{stem}@*.service"));
+    let units = start_instances(c, &old, &stem, 6);
+    let before = hashes(c, &units);
+    let bad = template(c, &format!("{stem}@.service"), Some("/bin/false"));
+    let run = c.fleetctl(&[
+        "update",
+        "--max-parallel",
+        "2",
+        "--min-healthy",
+        "2s",
+        "--auto-revert",
+        &bad,
+    ]);
+    // Back on the old content, every instance runs again.
+    let back = fleet_e2e::eventually(Duration::from_secs(30), || {
+        let on = c.running(&units);
+        on.iter().all(|nodes| nodes.len() == 1).then_some(on)
+    });
+    let samples = sampler.finish();
+    let after = hashes(c, &units);
+    destroy(c, &units);
+
+    assert_eq!(run.code, Some(1), "a reverted update fails: {run:#?}");
+    let last = run.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(" reverted: ") && last.contains("did not become healthy"),
+        "{run:#?}"
+    );
+    assert!(back.is_some(), "every instance runs again after the revert");
+    assert_eq!(after, before, "every instance has its old content back");
+    assert!(
+        samples.count() > 10 * NODES as usize,
+        "sampled: {}",
+        samples.count()
+    );
+    let most = most_down(&samples, &units);
+    assert!(most <= 2, "{most} instances down at once");
+    assert!(most >= 1, "the update was seen taking instances down");
+}
+
+/// The node whose fleetd leads the engine, by its metrics.
+fn engine_leader() -> Option<u32> {
+    (1..=NODES).find(|&n| {
+        https(
+            "GET",
+            &format!("{}/metrics", api_url(n)),
+            Some("operator"),
+            "ca/ca.pem",
+            None,
+            None,
+        )
+        .is_ok_and(|(code, body)| code == 200 && body.contains("\nfleet_engine_leader 1"))
+    })
+}
+
+#[test]
+fn an_update_goes_on_after_fleetctl_exits_and_after_the_engine_leader_is_killed() {
+    let c = cluster();
+    let stem = format!("roll-{}", tag());
+    let old = template(c, &format!("{stem}@.service"), None);
+    let units = start_instances(c, &old, &stem, 4);
+    let before = hashes(c, &units);
+    let new = template(
+        c,
+        &format!("{stem}@.service"),
+        Some("/bin/bash -c 'while true; do echo tock %i; sleep 1; done'"),
+    );
+    let run = c
+        .fleetctl(&[
+            "update",
+            "--no-block",
+            "--max-parallel",
+            "1",
+            "--min-healthy",
+            "2s",
+            &new,
+        ])
+        .expect_ok("update --no-block");
+    let id = run
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("the update's id")
+        .to_string();
+    // fleetctl has exited; the first unit is under way. Kill the engine leader's fleetd.
+    std::thread::sleep(Duration::from_secs(1));
+    let leader = engine_leader().expect("an engine leader");
+    c.exec(
+        leader,
+        &[
+            "sh",
+            "-c",
+            "kill -KILL $(systemctl show -P MainPID fleet.service)",
+        ],
+    )
+    .expect_ok("kill the engine leader's fleetd");
+    let done = fleet_e2e::eventually(Duration::from_secs(90), || {
+        let out = c.fleetctl(&["update-status", &id]);
+        out.stdout
+            .lines()
+            .next()
+            .filter(|l| l.contains(" done ") || l.contains(" failed") || l.contains(" reverted"))
+            .map(str::to_string)
+    });
+    let running = c.running(&units);
+    let after = hashes(c, &units);
+    destroy(c, &units);
+
+    let done = done.expect("the update ended");
+    assert!(done.starts_with(&format!("Update {id} done")), "{done}");
+    assert!(
+        running.iter().all(|nodes| nodes.len() == 1),
+        "every instance runs: {running:?}"
+    );
+    assert!(
+        after.iter().all(|h| *h == after[0] && !before.contains(h)),
+        "every instance has the new content: before {before:?}, after {after:?}"
+    );
+}
