@@ -28,6 +28,7 @@
 mod drain;
 mod history;
 mod listing;
+mod located;
 mod model;
 mod presence;
 mod view;
@@ -50,6 +51,7 @@ pub use history::{
     HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
 };
 pub use listing::{Page, StateCursor, MAX_PAGE};
+pub use located::UnitMachines;
 pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
     UnitState,
@@ -392,7 +394,8 @@ pub struct Registry {
     endpoints: String,
     /// How it connected, for [`Registry::set_tls`].
     config: std::sync::Arc<EtcdConfig>,
-    /// Keys etcd answered to listings and whole-prefix reads ([`Registry::keys_read`]).
+    /// Keys etcd answered to listings, whole-prefix reads and reads of named units' states
+    /// and machines ([`Registry::keys_read`]).
     keys_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Key-value requests made ([`Registry::kv_requests`]).
     kv_requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
