@@ -825,10 +825,12 @@ async fn list_machines(
 /// `fleet_etcd_up` is 0, and the counters are still served (never a 5xx).
 async fn metrics(State(api): State<Api>) -> Response {
     let mut out = fleet_telemetry::Exposition::new();
+    // Units and states are counted by what their values hold (desired state, active state),
+    // so they are read whole; machines are only counted.
     let read = tokio::try_join!(
         api.registry.units(),
         api.registry.unit_states(),
-        api.registry.machines()
+        api.registry.machine_count()
     );
     let up = if read.is_ok() { 1.0 } else { 0.0 };
     out.gauge(
@@ -837,9 +839,7 @@ async fn metrics(State(api): State<Api>) -> Response {
         &[(&[], up)],
     );
     match read {
-        Ok((units, states, machines)) => {
-            registry_metrics(&mut out, &units, &states, machines.len())
-        }
+        Ok((units, states, machines)) => registry_metrics(&mut out, &units, &states, machines),
         Err(e) => tracing::debug!(error = %e, "metrics without the registry's gauges"),
     }
     fleet_telemetry::render(&mut out);

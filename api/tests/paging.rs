@@ -3,7 +3,8 @@
 //! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400. The
 //! states and machines of named units (`/state?unitName=`, `/state/{name}`, journal and
 //! status) cost the same in a small and a large cluster, and a state a machine keeps for a
-//! unit that left it is that machine's. And what a unit's creation costs etcd: one request.
+//! unit that left it is that machine's. `/metrics` counts machines without reading them. And
+//! what a unit's creation costs etcd: one request.
 
 use std::time::Duration;
 
@@ -801,4 +802,36 @@ async fn a_state_left_on_a_machine_the_unit_left_is_that_machines_not_the_units(
     let status = api.answer("/units/move.service/status").await;
     assert_eq!(status.status, StatusCode::BAD_GATEWAY);
     assert!(status.body.contains(m2.as_str()), "{status:?}");
+}
+
+/// `/metrics` counts the machines without reading their records (a count-only read); its
+/// units and states gauges count by what the records hold, so those are read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_machines_without_reading_them() {
+    let api = Api::start(100).await;
+    let setup = api.other_registry().await;
+    let names: Vec<String> = (0..10).map(|i| format!("u{i}.service")).collect();
+    let _machines = cluster(&setup, &names, 5).await;
+    let states = names.iter().filter(|n| !unplaced(n)).count();
+
+    let before = api.registry.keys_read();
+    let root = api.base.trim_end_matches("/fleet/v1");
+    let r = api
+        .http
+        .get(format!("{root}/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("body");
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    assert_eq!(sample("fleet_machines"), "5");
+    assert_eq!(sample("fleet_etcd_up"), "1");
+    let read = api.registry.keys_read() - before;
+    assert_eq!(read as usize, names.len() + states, "units and states only");
 }

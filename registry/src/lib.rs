@@ -985,6 +985,25 @@ impl Registry {
         Ok(items.into_iter().map(|(_, m)| m).collect())
     }
 
+    /// How many machines are live: their records counted by etcd (a count-only read), none
+    /// sent.
+    pub async fn machine_count(&self) -> Result<usize> {
+        let prefix = self.machines_prefix();
+        let resp = self
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                async move {
+                    kv.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(usize::try_from(resp.count()).unwrap_or_default())
+    }
+
     /// Whether `name` is this machine's business: placed on `machine`, or global with a state
     /// published by `machine` (it runs there). One consistent read.
     pub async fn runs_on(&self, machine: &MachineId, name: &UnitName) -> Result<bool> {
