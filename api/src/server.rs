@@ -690,29 +690,14 @@ fn state_view(s: fleet_registry::UnitState) -> schema::UnitState {
     }
 }
 
-/// The state of one unit: as its machine reports it, or for a unit published by several
-/// machines (a global unit) the first machine's.
+/// The state of one unit, as the registry has it (`Registry::unit_state`): what the machine
+/// it is placed on reports, or for a global unit the first machine's that reports it.
 async fn get_state(
     State(api): State<Api>,
     NameParam(name): NameParam,
 ) -> Result<Json<schema::UnitState>, ApiError> {
     let name = parse_name(&name)?;
-    let (placements, states) =
-        tokio::try_join!(api.registry.placements(), api.registry.unit_states())?;
-    let placed = placements
-        .into_iter()
-        .find(|(_, p)| p.name == name)
-        .map(|(m, _)| m);
-    let mut states: Vec<fleet_registry::UnitState> =
-        states.into_iter().filter(|s| s.name == name).collect();
-    let chosen = match states
-        .iter()
-        .position(|s| Some(&s.machine_id) == placed.as_ref())
-    {
-        Some(i) => Some(states.swap_remove(i)),
-        None => states.into_iter().next(),
-    };
-    match chosen {
+    match api.registry.unit_state(&name).await? {
         Some(s) => Ok(Json(state_view(s))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -862,10 +847,12 @@ async fn list_machines(
 /// `fleet_etcd_up` is 0, and the counters are still served (never a 5xx).
 async fn metrics(State(api): State<Api>) -> Response {
     let mut out = fleet_telemetry::Exposition::new();
+    // Units and states are counted by what their values hold (desired state, active state),
+    // so they are read whole; machines are only counted.
     let read = tokio::try_join!(
         api.registry.units(),
         api.registry.unit_states(),
-        api.registry.machines()
+        api.registry.machine_count()
     );
     let up = if read.is_ok() { 1.0 } else { 0.0 };
     out.gauge(
@@ -874,9 +861,7 @@ async fn metrics(State(api): State<Api>) -> Response {
         &[(&[], up)],
     );
     match read {
-        Ok((units, states, machines)) => {
-            registry_metrics(&mut out, &units, &states, machines.len())
-        }
+        Ok((units, states, machines)) => registry_metrics(&mut out, &units, &states, machines),
         Err(e) => tracing::debug!(error = %e, "metrics without the registry's gauges"),
     }
     fleet_telemetry::render(&mut out);
@@ -923,26 +908,14 @@ fn registry_metrics(
 
 // ---- journal and status -----------------------------------------------------------------------
 
-/// The machines to read a unit from: its placement, or for a global unit every machine that
-/// published a state for it; narrowed to `wanted` (a machine id or a prefix of one).
+/// The machines to read a unit from (`targets`: its machine, or for a global unit every
+/// machine that published a state for it), narrowed to `wanted` (a machine id or a prefix of
+/// one).
 fn select_targets(
     name: &UnitName,
-    global: bool,
-    placed: Option<&MachineId>,
-    reporting: &[MachineId],
-    records: &[Machine],
+    targets: Vec<Machine>,
     wanted: Option<&str>,
 ) -> Result<Vec<Machine>, ApiError> {
-    let ids: Vec<&MachineId> = if global {
-        reporting.iter().collect()
-    } else {
-        placed.into_iter().collect()
-    };
-    let targets: Vec<Machine> = records
-        .iter()
-        .filter(|r| ids.contains(&&r.id))
-        .cloned()
-        .collect();
     if targets.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -974,38 +947,24 @@ fn select_targets(
     }
 }
 
-/// The machines a journal or status request reads from, and whether each gets a header
-/// (a global unit, no machine chosen).
+/// The machines a journal or status request reads from (`Registry::unit_machines`: the
+/// unit's keys and its machines' only), and whether each gets a header (a global unit, no
+/// machine chosen).
 async fn resolve(
     api: &Api,
     name: &UnitName,
     params: &BTreeMap<String, Vec<String>>,
 ) -> Result<(Vec<Machine>, bool), ApiError> {
-    let Some(unit) = api.registry.unit(name).await? else {
+    let Some(unit) = api.registry.unit_machines(name).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
     };
-    let global = unit.is_global();
-    let (placements, states, records) = tokio::try_join!(
-        api.registry.placements(),
-        api.registry.unit_states(),
-        api.registry.machines()
-    )?;
-    let placed = placements
-        .into_iter()
-        .find(|(_, p)| p.name == *name)
-        .map(|(m, _)| m);
-    let reporting: Vec<MachineId> = states
-        .into_iter()
-        .filter(|s| s.name == *name)
-        .map(|s| s.machine_id)
-        .collect();
     let wanted = match params.get("machineID").map(Vec::as_slice) {
         None | Some([]) => None,
         Some([m]) => Some(m.as_str()),
         Some(_) => return Err(ApiError::bad_request("machineID given more than once")),
     };
-    let targets = select_targets(name, global, placed.as_ref(), &reporting, &records, wanted)?;
-    Ok((targets, global && wanted.is_none()))
+    let targets = select_targets(name, unit.machines, wanted)?;
+    Ok((targets, unit.global && wanted.is_none()))
 }
 
 fn inspector(api: &Api) -> Result<Inspect, ApiError> {
@@ -1177,36 +1136,35 @@ mod tests {
     #[test]
     fn journal_targets() {
         let name = UnitName::parse("web.service").unwrap();
-        let records = [record(1, true), record(2, true), record(3, false)];
+        let records = vec![record(1, true), record(2, true), record(3, false)];
         let ids = |rs: &[Machine]| -> Vec<String> { rs.iter().map(|r| r.id.to_string()).collect() };
         let m2 = records[1].id.clone();
-        let all: Vec<MachineId> = records.iter().map(|r| r.id.clone()).collect();
 
-        // A placed unit: its machine, whatever else reports it.
-        let t = select_targets(&name, false, Some(&m2), &all, &records, None).unwrap();
+        // Its machine, or its machines (a global unit's: which ones is the registry's
+        // `unit_machines`, tested against etcd).
+        let t = select_targets(&name, vec![records[1].clone()], None).unwrap();
         assert_eq!(ids(&t), [m2.to_string()]);
-        // Not placed, or placed on a machine that is gone: nowhere.
-        for placed in [None, Some(&MachineId::parse(&"a".repeat(32)).unwrap())] {
-            let e = select_targets(&name, false, placed, &all, &records, None).unwrap_err();
-            assert_eq!(e.status(), StatusCode::NOT_FOUND);
-            assert!(
-                e.message().contains("does not run on any machine"),
-                "{}",
-                e.message()
-            );
-        }
-        // A global unit: every machine that reports it, narrowed by machineID.
-        let t = select_targets(&name, true, None, &all[..2], &records, None).unwrap();
+        let t = select_targets(&name, records[..2].to_vec(), None).unwrap();
         assert_eq!(t.len(), 2);
-        let t = select_targets(&name, true, None, &all, &records, Some("F1EE7002")).unwrap();
-        assert_eq!(ids(&t), [m2.to_string()]);
-        let e =
-            select_targets(&name, true, None, &all[..2], &records, Some("f1ee7003")).unwrap_err();
+        // None: not placed, placed on a machine that is gone, global and reported nowhere.
+        let e = select_targets(&name, Vec::new(), None).unwrap_err();
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
-        let e = select_targets(&name, true, None, &all, &records, Some("f1ee70")).unwrap_err();
+        assert!(
+            e.message().contains("does not run on any machine"),
+            "{}",
+            e.message()
+        );
+        let e = select_targets(&name, Vec::new(), Some("f1ee7002")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        // Narrowed by machineID: an id or a prefix, in any case.
+        let t = select_targets(&name, records.clone(), Some("F1EE7002")).unwrap();
+        assert_eq!(ids(&t), [m2.to_string()]);
+        let e = select_targets(&name, records[..2].to_vec(), Some("f1ee7003")).unwrap_err();
+        assert_eq!(e.status(), StatusCode::NOT_FOUND);
+        let e = select_targets(&name, records.clone(), Some("f1ee70")).unwrap_err();
         assert_eq!(e.status(), StatusCode::BAD_REQUEST);
         for bad in ["", "xyz", "../etc", &"f".repeat(33)] {
-            let e = select_targets(&name, true, None, &all, &records, Some(bad)).unwrap_err();
+            let e = select_targets(&name, records.clone(), Some(bad)).unwrap_err();
             assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{bad:?}");
         }
     }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use fleet_registry::{
-    EtcdConfig, JobState, Machine, MachineId, Presence, PresenceStatus, Registry, UnitState,
+    EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
+    Registry, UnitState,
 };
 use fleet_testkit::{closed_port, Etcd, KeySpace};
 use fleet_units::UnitName;
@@ -1053,7 +1054,39 @@ async fn the_state_of_one_unit() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
     api.put("hello.service", hello("launched")).await;
-    let _machine = machine_running(&api.registry, 1, &[("hello.service", "active")]).await;
+    let machine = machine_running(&api.registry, 1, &[("hello.service", "active")]).await;
+    // A unit's state is the one the machine it is placed on reports: before it is placed
+    // there, what the machine reports of it is that machine's (`?machineID=`) only.
+    let (status, _) = api.get("/state/hello.service").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let of_machine = api.get(&format!("/state?machineID={:032x}", 1)).await.1;
+    assert_eq!(of_machine["states"][0]["name"], "hello.service");
+    let PresenceStatus::Alive { lease } = machine.status() else {
+        panic!("presence fenced");
+    };
+    let id = MachineId::parse(&format!("{:032x}", 1)).expect("machine id");
+    let leadership = api
+        .registry
+        .campaign(&id, lease)
+        .await
+        .expect("campaign")
+        .expect("leads");
+    let stored = api
+        .registry
+        .unit(&UnitName::parse("hello.service").expect("name"))
+        .await
+        .expect("unit")
+        .expect("stored");
+    api.registry
+        .apply_placements(
+            leadership,
+            &[PlacementOp::Put {
+                machine: id,
+                placement: Placement::for_unit(&stored),
+            }],
+        )
+        .await
+        .expect("place");
     let (status, state) = api.get("/state/hello.service").await;
     assert_eq!(status, StatusCode::OK, "{state}");
     assert_eq!(state["name"], "hello.service");

@@ -1,10 +1,15 @@
 //! Lists read a page at a time from etcd, against a real etcd: a listing followed across its
 //! pages is the whole list in order, whatever is created or destroyed between two pages; a
-//! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400. And what
-//! a unit's creation costs etcd: one request.
+//! page reads about a page's worth of keys, not whole prefixes; a bad token is a 400. The
+//! states and machines of named units (`/state?unitName=`, `/state/{name}`, journal and
+//! status) cost the same in a small and a large cluster, and a state a machine keeps for a
+//! unit that left it is that machine's. `/metrics` counts machines without reading them. And
+//! what a unit's creation costs etcd: one request.
 
 use std::time::Duration;
 
+use fleet_api::peer::PeerClient;
+use fleet_api::server::Inspect;
 use fleet_registry::{
     EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
     Registry, Unit, UnitState,
@@ -15,7 +20,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 struct Api {
-    _etcd: Etcd,
+    etcd: Etcd,
     registry: Registry,
     base: String,
     http: reqwest::Client,
@@ -23,27 +28,32 @@ struct Api {
 
 impl Api {
     async fn start(page_size: u32) -> Api {
+        Api::start_with(page_size, None).await
+    }
+
+    /// An API that serves journals and statuses as the machine `inspect` says.
+    async fn start_with(page_size: u32, inspect: Option<Inspect>) -> Api {
         let etcd = Etcd::start();
-        let registry = Registry::connect(&EtcdConfig {
-            endpoints: vec![etcd.endpoint.clone()],
-            prefix: etcd.prefix.clone(),
-            request_timeout: Duration::from_secs(2),
-            ..EtcdConfig::default()
-        })
-        .await
-        .expect("registry");
-        let router = fleet_api::server::router(registry.clone(), "9.9.9", page_size);
+        let registry = connect(&etcd).await;
+        let router =
+            fleet_api::server::router_with(registry.clone(), "9.9.9", page_size, inspect, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}/fleet/v1", listener.local_addr().expect("addr"));
         tokio::spawn(async move { axum::serve(listener, router).await });
         Api {
-            _etcd: etcd,
+            etcd,
             registry,
             base,
             http: reqwest::Client::new(),
         }
+    }
+
+    /// Another client of this API's etcd: what it reads and writes is not counted in the
+    /// API's `keys_read` and `kv_requests`.
+    async fn other_registry(&self) -> Registry {
+        connect(&self.etcd).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -93,6 +103,17 @@ impl Api {
             assert!(pages < 10_000, "paging does not end");
         }
     }
+}
+
+async fn connect(etcd: &Etcd) -> Registry {
+    Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        request_timeout: Duration::from_secs(2),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry")
 }
 
 fn machine(n: u8) -> Machine {
@@ -430,4 +451,387 @@ async fn creating_a_unit_is_one_etcd_request() {
     let (_, unit) = api.get("/units/new.service").await;
     assert_eq!(unit["desiredState"], "loaded");
     assert_eq!(unit["currentState"], "inactive");
+}
+
+// ---- reads by unit --------------------------------------------------------------------------
+
+/// A machine that is none of the cluster's, for the journals and statuses: every unit's
+/// machine is another one, read through its peer endpoint, which none of these serves (502
+/// naming the machine: what shows which machine a request was sent to).
+fn inspect() -> Inspect {
+    Inspect {
+        machine: MachineId::parse(&"f".repeat(32)).expect("machine id"),
+        peers: PeerClient::new(None),
+    }
+}
+
+fn global(name: &str) -> Unit {
+    let mut unit = unit(name);
+    unit.options
+        .push(UnitOption::new("X-Fleet", "Global", "true"));
+    unit
+}
+
+fn running(n: u8, unit: &Unit) -> UnitState {
+    UnitState {
+        name: unit.name.clone(),
+        hash: unit.hash(),
+        machine_id: machine(n).id,
+        job_state: JobState::Launched,
+        systemd_load_state: "loaded".into(),
+        systemd_active_state: "active".into(),
+        systemd_sub_state: "running".into(),
+        start_failure: None,
+    }
+}
+
+/// Beside `cluster`'s units: `idle.service` placed on machine 2 without a state,
+/// `log.service` global with states on machines 1 and 2, `wait.service` placed nowhere.
+async fn asked_units(registry: &Registry, presences: &[Presence]) {
+    let leadership = registry
+        .campaign(&machine(1).id, lease_of(&presences[0]))
+        .await
+        .expect("campaign")
+        .expect("leads");
+    for unit in [
+        unit("idle.service"),
+        unit("wait.service"),
+        global("log.service"),
+    ] {
+        registry.put_unit(&unit).await.expect("put unit");
+    }
+    registry
+        .apply_placements(
+            leadership,
+            &[PlacementOp::Put {
+                machine: machine(2).id,
+                placement: Placement::for_unit(&unit("idle.service")),
+            }],
+        )
+        .await
+        .expect("place");
+    for n in [1, 2] {
+        registry
+            .publish_state(
+                lease_of(&presences[n as usize - 1]),
+                &running(n, &global("log.service")),
+            )
+            .await
+            .expect("publish");
+    }
+}
+
+/// Each state as `<machine>/<unit>`.
+fn positions(states: &[Value]) -> Vec<String> {
+    states
+        .iter()
+        .map(|s| {
+            let field = |f: &str| s[f].as_str().unwrap_or("").to_string();
+            format!("{}/{}", field("machineID"), field("name"))
+        })
+        .collect()
+}
+
+/// What one request answered (status and body as text) and what it cost the API's registry.
+#[derive(Debug)]
+struct Answer {
+    path: String,
+    status: StatusCode,
+    body: String,
+    keys: u64,
+    requests: u64,
+}
+
+impl Api {
+    async fn answer(&self, path: &str) -> Answer {
+        let (keys, requests) = (self.registry.keys_read(), self.registry.kv_requests());
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status();
+        let body = r.text().await.expect("body");
+        Answer {
+            path: path.to_string(),
+            status,
+            body,
+            keys: self.registry.keys_read() - keys,
+            requests: self.registry.kv_requests() - requests,
+        }
+    }
+}
+
+/// The requests that read named units' states or machines, and whether each reads a global
+/// unit's on every live machine.
+fn by_unit() -> Vec<(String, bool)> {
+    let m1 = machine(1).id;
+    [
+        ("/state?unitName=web.service", false),
+        ("/state/web.service", false),
+        ("/state?unitName=idle.service", false),
+        ("/state/idle.service", false),
+        ("/state?unitName=log.service", true),
+        ("/state/log.service", true),
+        ("/state?unitName=gone.service", false),
+        ("/state/gone.service", false),
+        (
+            "/state?unitName=web.service&unitName=log.service&unitName=wait.service",
+            true,
+        ),
+        (
+            &format!("/state?machineID={m1}&unitName=web.service&unitName=log.service"),
+            false,
+        ),
+        ("/units/web.service/status", false),
+        ("/units/idle.service/journal", false),
+        ("/units/log.service/status", true),
+        ("/units/wait.service/status", false),
+        ("/units/gone.service/journal", false),
+    ]
+    .into_iter()
+    .map(|(path, global)| (path.to_string(), global))
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_units_states_and_machines_cost_the_same_in_a_small_and_a_large_cluster() {
+    // 3 units on 2 machines (and a name that is no unit), then the same among 300 more
+    // units on 20 machines.
+    let small = Api::start_with(100, Some(inspect())).await;
+    let setup = small.other_registry().await;
+    let presences = cluster(&setup, &["web.service".to_string()], 2).await;
+    asked_units(&setup, &presences).await;
+    let mut small_answers = Vec::new();
+    for (path, _) in by_unit() {
+        small_answers.push(small.answer(&path).await);
+    }
+
+    let large = Api::start_with(100, Some(inspect())).await;
+    let setup = large.other_registry().await;
+    let mut names = vec!["web.service".to_string()];
+    names.extend((0..300).map(|i| format!("u{i:03}.service")));
+    let presences = cluster(&setup, &names, 20).await;
+    asked_units(&setup, &presences).await;
+
+    for ((path, global), small) in by_unit().into_iter().zip(&small_answers) {
+        let large = large.answer(&path).await;
+        assert_eq!(
+            (large.status, &large.body),
+            (small.status, &small.body),
+            "{path}"
+        );
+        assert_eq!(large.requests, small.requests, "{path}: requests");
+        // A global unit's states may be on any live machine: one key (its record's) more
+        // per machine, whatever the number of units.
+        let more = if global { 18 } else { 0 };
+        assert_eq!(large.keys, small.keys + more, "{path}: keys");
+        assert!(small.keys <= 12, "{small:?}");
+    }
+
+    // The answers themselves.
+    let answer = |path: &str| {
+        small_answers
+            .iter()
+            .find(|a| a.path == path)
+            .unwrap_or_else(|| panic!("{path}"))
+    };
+    let json = |a: &Answer| -> Value { serde_json::from_str(&a.body).expect("json") };
+    let on = |a: &Answer| positions(json(a)["states"].as_array().expect("states"));
+    let (m1, m2) = (machine(1).id.to_string(), machine(2).id.to_string());
+    assert_eq!(
+        on(answer("/state?unitName=web.service")),
+        [format!("{m1}/web.service")]
+    );
+    assert_eq!(json(answer("/state/web.service"))["machineID"], m1);
+    assert!(on(answer("/state?unitName=idle.service")).is_empty());
+    assert_eq!(answer("/state/idle.service").status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        on(answer("/state?unitName=log.service")),
+        [format!("{m1}/log.service"), format!("{m2}/log.service")]
+    );
+    assert_eq!(json(answer("/state/log.service"))["machineID"], m1);
+    assert!(on(answer("/state?unitName=gone.service")).is_empty());
+    assert_eq!(answer("/state/gone.service").status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        on(answer(
+            "/state?unitName=web.service&unitName=log.service&unitName=wait.service"
+        )),
+        [
+            format!("{m1}/log.service"),
+            format!("{m1}/web.service"),
+            format!("{m2}/log.service"),
+        ]
+    );
+    let status = answer("/units/web.service/status");
+    assert_eq!(status.status, StatusCode::BAD_GATEWAY);
+    assert!(status.body.contains(&m1), "{status:?}");
+    let journal = answer("/units/idle.service/journal");
+    assert_eq!(journal.status, StatusCode::BAD_GATEWAY);
+    assert!(journal.body.contains(&m2), "{journal:?}");
+    let status = answer("/units/log.service/status");
+    assert_eq!(status.status, StatusCode::OK);
+    assert!(
+        status.body.contains(&m1) && status.body.contains(&m2),
+        "{status:?}"
+    );
+    let status = answer("/units/wait.service/status");
+    assert_eq!(status.status, StatusCode::NOT_FOUND);
+    assert!(
+        status.body.contains("does not run on any machine"),
+        "{status:?}"
+    );
+    let journal = answer("/units/gone.service/journal");
+    assert_eq!(journal.status, StatusCode::NOT_FOUND);
+    assert!(journal.body.contains("unit does not exist"), "{journal:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn states_by_unit_follow_their_page_tokens() {
+    let api = Api::start(1).await;
+    let setup = api.other_registry().await;
+    let presences = cluster(&setup, &["web.service".to_string()], 2).await;
+    asked_units(&setup, &presences).await;
+    let (m1, m2) = (machine(1).id, machine(2).id);
+    let path = "/state?unitName=web.service&unitName=log.service&unitName=idle.service";
+    let (states, pages) = api.all(path, "states").await;
+    let listed = positions(&states);
+    assert_eq!(
+        listed,
+        [
+            format!("{m1}/log.service"),
+            format!("{m1}/web.service"),
+            format!("{m2}/log.service"),
+        ]
+    );
+    assert_eq!(pages, 3);
+    // With a machine: that machine's states of those units.
+    let path = format!("/state?machineID={m2}&unitName=log.service&unitName=web.service");
+    let (states, _) = api.all(&path, "states").await;
+    assert_eq!(names_of(&states), ["log.service"]);
+    // A token that is not a position is refused as on any listing.
+    let (status, body) = api
+        .get("/state?unitName=web.service&nextPageToken=garbage")
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+/// A unit taken off a machine to run elsewhere is stopped there first: meanwhile that machine
+/// still reports its state. That state is the machine's, not the unit's: listed with the
+/// machine (`machineID`, with or without `unitName`), not as the unit's (`unitName` alone,
+/// `GET /state/{name}`, its journal and status), as `GET /units` shows it placed nowhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_left_on_a_machine_the_unit_left_is_that_machines_not_the_units() {
+    let api = Api::start_with(100, Some(inspect())).await;
+    let setup = api.other_registry().await;
+    let presences = cluster(&setup, &["move.service".to_string()], 2).await;
+    let leadership = setup
+        .campaign(&machine(1).id, lease_of(&presences[0]))
+        .await
+        .expect("campaign")
+        .expect("leads");
+    let (m1, m2) = (machine(1).id, machine(2).id);
+    let name = unit("move.service").name;
+    let of_unit = "/state?unitName=move.service";
+    let on_m1 = format!("/state?machineID={m1}&unitName=move.service");
+    let machines_of = |states: &[Value]| -> Vec<String> {
+        states
+            .iter()
+            .map(|s| s["machineID"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert_eq!(
+        machines_of(&api.all(of_unit, "states").await.0),
+        [m1.to_string()]
+    );
+
+    setup
+        .apply_placements(
+            leadership,
+            &[PlacementOp::Move {
+                machine: m1.clone(),
+                name: name.clone(),
+            }],
+        )
+        .await
+        .expect("move");
+    assert!(api.all(of_unit, "states").await.0.is_empty());
+    assert_eq!(
+        api.get("/state/move.service").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let status = api.answer("/units/move.service/status").await;
+    assert_eq!(status.status, StatusCode::NOT_FOUND, "{status:?}");
+    assert_eq!(
+        machines_of(&api.all(&on_m1, "states").await.0),
+        [m1.to_string()]
+    );
+    let (of_m1, _) = api.all(&format!("/state?machineID={m1}"), "states").await;
+    assert_eq!(names_of(&of_m1), ["move.service"]);
+    let (_, view) = api.get("/units/move.service").await;
+    assert_eq!(view["machineID"].as_str().unwrap_or(""), "", "{view}");
+
+    // Placed on machine 2, which reports it, while machine 1 still does.
+    setup
+        .apply_placements(
+            leadership,
+            &[PlacementOp::Put {
+                machine: m2.clone(),
+                placement: Placement::for_unit(&unit("move.service")),
+            }],
+        )
+        .await
+        .expect("place");
+    setup
+        .publish_state(lease_of(&presences[1]), &running(2, &unit("move.service")))
+        .await
+        .expect("publish");
+    assert_eq!(
+        machines_of(&api.all(of_unit, "states").await.0),
+        [m2.to_string()]
+    );
+    assert_eq!(
+        api.get("/state/move.service").await.1["machineID"],
+        m2.as_str()
+    );
+    assert_eq!(
+        machines_of(&api.all(&on_m1, "states").await.0),
+        [m1.to_string()]
+    );
+    let status = api.answer("/units/move.service/status").await;
+    assert_eq!(status.status, StatusCode::BAD_GATEWAY);
+    assert!(status.body.contains(m2.as_str()), "{status:?}");
+}
+
+/// `/metrics` counts the machines without reading their records (a count-only read); its
+/// units and states gauges count by what the records hold, so those are read whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_machines_without_reading_them() {
+    let api = Api::start(100).await;
+    let setup = api.other_registry().await;
+    let names: Vec<String> = (0..10).map(|i| format!("u{i}.service")).collect();
+    let _machines = cluster(&setup, &names, 5).await;
+    let states = names.iter().filter(|n| !unplaced(n)).count();
+
+    let before = api.registry.keys_read();
+    let root = api.base.trim_end_matches("/fleet/v1");
+    let r = api
+        .http
+        .get(format!("{root}/metrics"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status(), StatusCode::OK);
+    let text = r.text().await.expect("body");
+    let sample = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    assert_eq!(sample("fleet_machines"), "5");
+    assert_eq!(sample("fleet_etcd_up"), "1");
+    let read = api.registry.keys_read() - before;
+    assert_eq!(read as usize, names.len() + states, "units and states only");
 }

@@ -30,6 +30,7 @@
 mod drain;
 mod history;
 mod listing;
+mod located;
 mod model;
 mod presence;
 mod update;
@@ -53,6 +54,7 @@ pub use history::{
     HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
 };
 pub use listing::{Page, StateCursor, MAX_PAGE};
+pub use located::UnitMachines;
 pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
     UnitState,
@@ -400,7 +402,8 @@ pub struct Registry {
     endpoints: String,
     /// How it connected, for [`Registry::set_tls`].
     config: std::sync::Arc<EtcdConfig>,
-    /// Keys etcd answered to listings and whole-prefix reads ([`Registry::keys_read`]).
+    /// Keys etcd answered to listings, whole-prefix reads and reads of named units' states
+    /// and machines ([`Registry::keys_read`]).
     keys_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Key-value requests made ([`Registry::kv_requests`]).
     kv_requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -988,6 +991,25 @@ impl Registry {
     pub async fn machines(&self) -> Result<Vec<Machine>> {
         let (_, items) = self.range::<Machine>(&self.machines_prefix()).await?;
         Ok(items.into_iter().map(|(_, m)| m).collect())
+    }
+
+    /// How many machines are live: their records counted by etcd (a count-only read), none
+    /// sent.
+    pub async fn machine_count(&self) -> Result<usize> {
+        let prefix = self.machines_prefix();
+        let resp = self
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                async move {
+                    kv.get(
+                        prefix,
+                        Some(GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                }
+            })
+            .await?;
+        Ok(usize::try_from(resp.count()).unwrap_or_default())
     }
 
     /// Whether `name` is this machine's business: placed on `machine`, or global with a state

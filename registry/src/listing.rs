@@ -38,10 +38,6 @@ pub type StateCursor = (MachineId, UnitName);
 /// once, whatever the caller asks.
 pub const MAX_PAGE: usize = 10_000;
 
-/// How many keys a filtered scan (unit states by unit name) reads per request: more than a
-/// page, since most of what it reads is left out.
-const FILTERED_CHUNK: usize = 1_000;
-
 /// The smallest key after every key that starts with `prefix`.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -70,9 +66,10 @@ struct Chunk {
 }
 
 impl Registry {
-    /// How many keys etcd has answered to this registry's listings and whole-prefix reads
-    /// (all clones of it together): what tests and benchmarks use to check that a page reads
-    /// a page's worth of keys, not a prefix.
+    /// How many keys etcd has answered to this registry's listings, whole-prefix reads and
+    /// reads of named units' states and machines (`located.rs`), all clones of it together:
+    /// what tests and benchmarks use to check that a page reads a page's worth of keys, not a
+    /// prefix, and that a unit's states cost the same whatever else the cluster holds.
     pub fn keys_read(&self) -> u64 {
         self.keys_read.load(Ordering::Relaxed)
     }
@@ -259,9 +256,11 @@ impl Registry {
 
     /// One page of the unit states live machines published, by machine then unit, at most
     /// `limit` (and at most [`MAX_PAGE`]), starting after `after`. Only those of `machines`
-    /// when it is not empty (their prefixes alone are read), and only those of `units` when it
-    /// is not empty: states are keyed by machine first, so a filter on units reads the states
-    /// of the machines asked for in chunks, never all at once, until the page is full.
+    /// when it is not empty (their prefixes alone are read). Only those of `units` when it is
+    /// not empty, read by point reads, never by scanning states (keyed by machine first):
+    /// with `machines`, each of those machines' states of those units, placed there or not
+    /// (what the machines report); without, the units' own states, on the machines they are
+    /// placed on or, for a global unit, on any live machine (`located.rs`).
     pub async fn unit_states_page(
         &self,
         after: Option<&StateCursor>,
@@ -270,6 +269,17 @@ impl Registry {
         units: &BTreeSet<UnitName>,
     ) -> Result<Page<UnitState, StateCursor>> {
         let limit = limit.clamp(1, MAX_PAGE);
+        if !units.is_empty() {
+            let (items, more) = match machines.is_empty() {
+                true => self.unit_states_by_unit(after, limit, units).await?,
+                false => self.unit_states_on(after, limit, machines, units).await?,
+            };
+            let next = items
+                .last()
+                .filter(|_| more)
+                .map(|s| (s.machine_id.clone(), s.name.clone()));
+            return Ok(Page { items, next });
+        }
         let prefix = self.states_prefix();
         let ranges: Vec<(Vec<u8>, Vec<u8>)> = match machines.is_empty() {
             true => vec![(prefix.as_bytes().to_vec(), prefix_end(prefix.as_bytes()))],
@@ -283,26 +293,18 @@ impl Registry {
                 .collect(),
         };
         let from = Self::start_after(&prefix, after.map(|(m, n)| format!("{m}/{n}")).as_deref());
-        let chunk_size = if !units.is_empty() {
-            FILTERED_CHUNK.max(limit)
-        } else {
-            limit
-        };
         let mut items = Vec::new();
         let mut revision = 0;
         for (index, (start, end)) in ranges.iter().enumerate() {
             let mut start = start.clone().max(from.clone());
             while start < *end {
                 let chunk = self
-                    .chunk(start.clone(), end.clone(), chunk_size, revision)
+                    .chunk(start.clone(), end.clone(), limit, revision)
                     .await?;
                 revision = chunk.revision;
                 let count = chunk.kvs.len();
                 for (i, kv) in chunk.kvs.iter().enumerate() {
                     let state: UnitState = decode(kv)?;
-                    if !units.is_empty() && !units.contains(&state.name) {
-                        continue;
-                    }
                     items.push(state);
                     if items.len() == limit {
                         let more = i + 1 < count || chunk.more || index + 1 < ranges.len();
