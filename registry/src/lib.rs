@@ -16,6 +16,7 @@
 //! | `metadata/<id>` | metadata set through the API, overriding fleet.conf (`MetadataOverrides`) | none |
 //! | `peer/secret` | the cluster secret fleetds authenticate each other's peer requests with (hex), created once if absent | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
+//! | `events/<micros>-<machine>-<seq>` | an [`Event`] (`events.rs`): what fleet decided or what happened, keyed by time (17 digits), writer and a counter of the writer's process (20 digits); at most [`EVENTS_KEPT`], the oldest trimmed by the leading engine | none |
 //!
 //! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
 //! states disappear together, and watchers learn it from one set of delete events. What was
@@ -23,6 +24,7 @@
 //! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
+mod events;
 mod history;
 mod listing;
 mod model;
@@ -42,6 +44,10 @@ use fleet_units::UnitName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use events::{
+    Event, EventCursor, EventFilter, EventFollow, EventKind, EventPage, InvalidEventCursor,
+    Recorder, Trimming, EVENTS_KEPT, MAX_MESSAGE_BYTES, TRIM_AFTER, TRIM_EVERY,
+};
 pub use history::{
     HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
 };
