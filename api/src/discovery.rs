@@ -102,6 +102,22 @@ fn schemas() -> Value {
             "from": string(),
             "to": string(),
         })),
+        // Ours, not fleet's: what fleet decided and what happened.
+        "Event": object("Event", json!({
+            "time": string(),
+            "kind": {
+                "type": "string",
+                "enum": fleet_registry::EventKind::ALL.map(fleet_registry::EventKind::as_str),
+            },
+            "unit": string(),
+            "machine": string(),
+            "message": string(),
+            "source": string(),
+        })),
+        "EventPage": object("EventPage", json!({
+            "events": array_of("Event"),
+            "nextPageToken": string(),
+        })),
         "UnitState": object("UnitState", json!({
             "name": string(),
             "hash": string(),
@@ -202,6 +218,25 @@ fn resources() -> Value {
                  without one, the version before the current), keeping its desired state.",
                 "POST", "units/{unitName}/rollback", &[unit_name], Some("RollbackRequest"),
                 Some("Rollback"),
+            ),
+        }},
+        // Ours, not fleet's.
+        "Events": {"methods": {
+            "List": method(
+                "fleet.Event.List",
+                "List what fleet decided and what happened, oldest first, one page at a time: \
+                 a unit's (unit), a machine's (machine), the newest N (last); with \
+                 follow=true, stream them as they are recorded, one JSON object per line.",
+                "GET", "events",
+                &[
+                    page,
+                    ("unit", "query"),
+                    ("machine", "query"),
+                    ("limit", "query"),
+                    ("last", "query"),
+                    ("follow", "query"),
+                ],
+                None, Some("EventPage"),
             ),
         }},
         "UnitState": {"methods": {

@@ -35,9 +35,9 @@ pub const MAX_PAGE_SIZE: u32 = fleet_registry::MAX_PAGE as u32;
 #[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) registry: Registry,
-    page_size: u32,
+    pub(crate) page_size: u32,
     inspect: Option<Inspect>,
-    follows: Follows,
+    pub(crate) follows: Follows,
 }
 
 /// fleet's answer to every API request while its fleetd could not register (here: while
@@ -167,6 +167,10 @@ pub fn router_with(
         .route(
             "/units/{name}/rollback",
             post(crate::history::rollback_unit).fallback(method_not_allowed),
+        )
+        .route(
+            "/events",
+            get(crate::events::list_events).fallback(method_not_allowed),
         )
         .route("/state", get(list_states).fallback(method_not_allowed))
         .route("/state/{name}", get(get_state).fallback(method_not_allowed))
@@ -324,7 +328,7 @@ fn bad_token(token: &str) -> ApiError {
 /// Where a list request starts: how many items a page holds and, for a page after the first,
 /// the position the previous one ended at, read by `position` (a token whose position is not
 /// one of this list's is refused like any bad token).
-fn page_start<C>(
+pub(crate) fn page_start<C>(
     page_size: u32,
     params: &BTreeMap<String, Vec<String>>,
     position: impl Fn(&str) -> Option<C>,
@@ -340,7 +344,7 @@ fn page_start<C>(
 }
 
 /// The token of the page after the one that ended at `next` (empty when it was the last).
-fn next_page_token(limit: u32, next: Option<String>) -> String {
+pub(crate) fn next_page_token(limit: u32, next: Option<String>) -> String {
     match next {
         Some(after) => PageToken { limit, after }.encode(),
         None => String::new(),
@@ -1335,6 +1339,10 @@ mod tests {
                 let params = query_params(Some(query));
                 if let Ok(journal) = inspect::JournalQuery::from_params(&params) {
                     prop_assert!((1..=inspect::MAX_LINES).contains(&journal.lines));
+                }
+                if let Ok(events) = crate::events::EventsQuery::from_params(&params, DEFAULT_PAGE_SIZE) {
+                    prop_assert!((1..=MAX_PAGE_SIZE).contains(&events.limit));
+                    prop_assert!(events.last.is_none() || events.after.is_none());
                 }
                 let _ = PageToken::decode(params.get("nextPageToken").and_then(|v| v.first()).map(String::as_str).unwrap_or(""));
             }
