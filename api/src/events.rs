@@ -24,7 +24,9 @@ use futures_util::stream::{self, StreamExt};
 
 use crate::follows::{self, Client};
 use crate::history::rfc3339;
-use crate::server::{next_page_token, page_start, query_params, Api, ApiError};
+use crate::server::{
+    flag_param, next_page_token, page_start, query_params, single_param, Api, ApiError,
+};
 
 /// What a `GET /events` asks for, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,13 +46,7 @@ impl EventsQuery {
         params: &BTreeMap<String, Vec<String>>,
         page_size: u32,
     ) -> Result<EventsQuery, ApiError> {
-        let one = |key: &str| -> Result<Option<&str>, ApiError> {
-            match params.get(key).map(Vec::as_slice) {
-                None | Some([]) => Ok(None),
-                Some([v]) => Ok(Some(v.as_str())),
-                Some(_) => Err(ApiError::bad_request(format!("{key} given more than once"))),
-            }
-        };
+        let one = |key: &str| single_param(params, key).map_err(ApiError::bad_request);
         let bad = |e: &dyn std::fmt::Display| ApiError::bad_request(e.to_string());
         let unit = one("unit")?
             .map(UnitName::parse)
@@ -91,15 +87,7 @@ impl EventsQuery {
                  a token the ones after a page",
             ));
         }
-        let follow = match one("follow")? {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(v) => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid follow {v:?}: expected true or false"
-                )))
-            }
-        };
+        let follow = flag_param(params, "follow").map_err(ApiError::bad_request)?;
         Ok(EventsQuery {
             filter: EventFilter { unit, machine },
             limit,

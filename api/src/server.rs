@@ -351,6 +351,30 @@ pub(crate) fn next_page_token(limit: u32, next: Option<String>) -> String {
     }
 }
 
+/// The one value of query parameter `key`, if given; given more than once, an error.
+pub(crate) fn single_param<'a>(
+    params: &'a BTreeMap<String, Vec<String>>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
+    match params.get(key).map(Vec::as_slice) {
+        None | Some([]) => Ok(None),
+        Some([v]) => Ok(Some(v.as_str())),
+        Some(_) => Err(format!("{key} given more than once")),
+    }
+}
+
+/// A `true`/`false` query parameter (`follow`), false when not given.
+pub(crate) fn flag_param(
+    params: &BTreeMap<String, Vec<String>>,
+    key: &str,
+) -> Result<bool, String> {
+    match single_param(params, key)? {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(format!("invalid {key} {v:?}: expected true or false")),
+    }
+}
+
 /// Query parameters, keeping repeated keys.
 pub(crate) fn query_params(query: Option<String>) -> BTreeMap<String, Vec<String>> {
     let mut params: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -970,11 +994,7 @@ async fn resolve(
         .filter(|s| s.name == *name)
         .map(|s| s.machine_id)
         .collect();
-    let wanted = match params.get("machineID").map(Vec::as_slice) {
-        None | Some([]) => None,
-        Some([m]) => Some(m.as_str()),
-        Some(_) => return Err(ApiError::bad_request("machineID given more than once")),
-    };
+    let wanted = single_param(params, "machineID").map_err(ApiError::bad_request)?;
     let targets = select_targets(name, global, placed.as_ref(), &reporting, &records, wanted)?;
     Ok((targets, global && wanted.is_none()))
 }
