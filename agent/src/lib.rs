@@ -7,6 +7,10 @@
 //!
 //! systemd is reached through [`UnitManager`]: the real [`Systemd`] in fleetd, a simulated one
 //! only in `fleet-sim`'s hollow machines.
+//!
+//! What happens to the machine and its units is recorded as events ([`Recorder`]): a start
+//! that failed, the machine fencing itself (recorded while etcd does not answer, written when
+//! it does) and coming back.
 
 pub mod job;
 pub mod plan;
@@ -17,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fleet_registry::{
-    AgentSnapshot, AgentView, JobState, MachineId, PresenceStatus, Registry, UnitState,
+    AgentSnapshot, AgentView, Event, EventKind, JobState, MachineId, PresenceStatus, Recorder,
+    Registry, UnitState,
 };
 use fleet_units::{UnitFile, UnitHash, UnitName, UnitOption};
 use futures_util::stream::BoxStream;
@@ -135,6 +140,10 @@ pub struct Agent<M = Systemd> {
     /// systemd's signals, if they can be followed (else the resync does the work). Only used
     /// through `&mut self` (`Mutex::get_mut`, no locking): the mutex only makes the agent `Sync`.
     signals: Option<std::sync::Mutex<Signals>>,
+    /// Records what happens here as events.
+    events: Recorder,
+    /// Whether this machine has fenced itself and not yet come back.
+    fenced: bool,
 }
 
 impl Agent<Systemd> {
@@ -165,6 +174,7 @@ impl<M: UnitManager> Agent<M> {
             }
         })?;
         let next_resync = Instant::now() + config.resync_interval;
+        let events = Recorder::start(registry.clone(), machine.clone());
         let mut agent = Agent {
             registry,
             machine,
@@ -177,6 +187,8 @@ impl<M: UnitManager> Agent<M> {
             still_stopping: false,
             next_resync,
             signals: None,
+            events,
+            fenced: false,
         };
         agent.recover().await?;
         Ok(agent)
@@ -241,6 +253,7 @@ impl<M: UnitManager> Agent<M> {
         let mut wake = Wake::Registry;
         loop {
             let status = *presence.borrow_and_update();
+            self.record_fencing(status);
             match (status, wake) {
                 (PresenceStatus::Fenced, _) => {
                     view = None;
@@ -402,6 +415,32 @@ impl<M: UnitManager> Agent<M> {
                 })
                 .collect();
         self.converge(&sources).await;
+    }
+
+    /// Records this machine fencing itself, and coming back: in the journal at once, in etcd
+    /// as soon as it answers.
+    fn record_fencing(&mut self, status: PresenceStatus) {
+        let fenced = matches!(status, PresenceStatus::Fenced);
+        if fenced == self.fenced {
+            return;
+        }
+        self.fenced = fenced;
+        let event = if fenced {
+            let stopping = self.local.values().filter(|l| !l.global).count();
+            Event::new(
+                EventKind::Fenced,
+                format!(
+                    "cannot renew its lease, which may expire: stopping its non-global units \
+                     ({stopping})"
+                ),
+            )
+        } else {
+            Event::new(
+                EventKind::Unfenced,
+                "renews its lease again: runs what is placed on it",
+            )
+        };
+        self.events.record(event.machine(&self.machine));
     }
 
     /// Self-fencing: this machine's lease may be gone, so its units may already run elsewhere.
@@ -590,6 +629,11 @@ impl<M: UnitManager> Agent<M> {
                 l.job = None;
                 l.reported = JobState::Launched;
                 l.start_failure = Some(e.to_string());
+                self.events.record(
+                    Event::new(EventKind::StartFailed, e.to_string())
+                        .unit(name)
+                        .machine(&self.machine),
+                );
             }
         }
     }
@@ -915,9 +959,11 @@ impl<M: UnitManager> Agent<M> {
                 }
                 JobKind::Start => {
                     match &failure {
-                        Some(why) => {
-                            tracing::warn!(unit = %name, failure = %why, "failed to start")
-                        }
+                        Some(why) => self.events.record(
+                            Event::new(EventKind::StartFailed, why.as_str())
+                                .unit(&name)
+                                .machine(&self.machine),
+                        ),
                         None => {
                             tracing::info!(unit = %name, active = %state.active, sub = %state.sub, "started")
                         }

@@ -146,6 +146,22 @@ fn schemas() -> Value {
         "UpdateList": object("UpdateList", json!({
             "updates": array_of("Update"),
         })),
+        // Ours, not fleet's: what fleet decided and what happened.
+        "Event": object("Event", json!({
+            "time": string(),
+            "kind": {
+                "type": "string",
+                "enum": fleet_registry::EventKind::ALL.map(fleet_registry::EventKind::as_str),
+            },
+            "unit": string(),
+            "machine": string(),
+            "message": string(),
+            "source": string(),
+        })),
+        "EventPage": object("EventPage", json!({
+            "events": array_of("Event"),
+            "nextPageToken": string(),
+        })),
         "UnitState": object("UnitState", json!({
             "name": string(),
             "hash": string(),
@@ -306,6 +322,25 @@ fn resources() -> Value {
                 "fleet.Update.Abort",
                 "End an update, leaving its units as they are.",
                 "POST", "updates/{updateID}/abort", &[update_id], None, Some("Update"),
+            ),
+        }},
+        // Ours, not fleet's.
+        "Events": {"methods": {
+            "List": method(
+                "fleet.Event.List",
+                "List what fleet decided and what happened, oldest first, one page at a time: \
+                 a unit's (unit), a machine's (machine), the newest N (last); with \
+                 follow=true, stream them as they are recorded, one JSON object per line.",
+                "GET", "events",
+                &[
+                    page,
+                    ("unit", "query"),
+                    ("machine", "query"),
+                    ("limit", "query"),
+                    ("last", "query"),
+                    ("follow", "query"),
+                ],
+                None, Some("EventPage"),
             ),
         }},
         "UnitState": {"methods": {

@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use fleet_client::schema;
-use fleet_registry::{DrainStart, DrainStatus, MachineId};
+use fleet_registry::{DrainStart, DrainStatus, Event, EventKind, MachineId};
 
 use crate::history::rfc3339;
 use crate::server::{Api, ApiError, NameParam};
@@ -71,7 +71,17 @@ pub(crate) async fn put_drain(
             ))
         }
     };
-    tracing::info!(machine = %machine, "draining machine");
+    if status == StatusCode::CREATED {
+        record(
+            &api,
+            Event::new(
+                EventKind::Drained,
+                "drain asked for: no new units, and its units move elsewhere one at a time",
+            )
+            .machine(&machine),
+        )
+        .await;
+    }
     match api.registry.drain_status(&machine).await? {
         Some(drain) => Ok((status, Json(drain_json(drain)))),
         // Undrained in between.
@@ -85,9 +95,26 @@ pub(crate) async fn delete_drain(
 ) -> Result<StatusCode, ApiError> {
     let machine = parse_machine(&machine)?;
     if api.registry.undrain(&machine).await? {
-        tracing::info!(machine = %machine, "machine no longer drained");
+        record(
+            &api,
+            Event::new(
+                EventKind::Undrained,
+                "drain ended: the machine takes units again",
+            )
+            .machine(&machine),
+        )
+        .await;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_drained(&machine))
+    }
+}
+
+/// Records what an operator asked for as an event (and in the journal); a failure to record
+/// does not undo what was done.
+async fn record(api: &Api, event: Event) {
+    tracing::info!(event = event.kind.as_str(), machine = ?event.machine, "{}", event.message);
+    if let Err(e) = api.registry.record_events(&[event]).await {
+        tracing::warn!(error = %e, "cannot record an event");
     }
 }

@@ -1,6 +1,6 @@
-//! Caps on journals followed at once. A follow holds a `journalctl --follow` child (here or on
-//! the unit's machine) and a connection for as long as its reader wants: without a cap, one
-//! client could hold every process slot of a machine. Each client (a certificate's holder, else
+//! Caps on journals and events followed at once. A follow holds a `journalctl --follow` child
+//! (here or on the unit's machine), or an etcd watch, and a connection for as long as its
+//! reader wants: without a cap, one client could hold every process slot of a machine. Each client (a certificate's holder, else
 //! an address) may follow [`PER_CLIENT`] journals at once through one fleetd's API, and the API
 //! serves [`OVERALL`] in all; its peer endpoint serves its peers [`OVERALL`] more, at most
 //! [`PER_PEER`] to one peer machine (which caps its own clients). Beyond, 429 with the envelope.
@@ -87,14 +87,14 @@ impl Follows {
         if held.total >= overall {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("this fleetd already follows {overall} journals, its most; try again when one ends"),
+                format!("this fleetd already follows {overall} journals or event streams, its most; try again when one ends"),
             ));
         }
         let mine = held.by_client.get(&client).copied().unwrap_or(0);
         if client != Client::Local && mine >= per_client {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                format!("you already follow {per_client} journals through this fleetd, the most one client may; end one first"),
+                format!("you already follow {per_client} journals or event streams through this fleetd, the most one client may; end one first"),
             ));
         }
         held.total += 1;

@@ -12,7 +12,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-use crate::server::ApiError;
+use crate::server::{flag_param, single_param, ApiError};
 
 /// A body streamed from a child process or a peer.
 pub type ByteStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -37,14 +37,7 @@ impl JournalQuery {
     /// From the `lines` and `follow` query parameters: `lines` a positive integer up to
     /// [`MAX_LINES`] (default [`DEFAULT_LINES`]), `follow` `true` or `false` (default false).
     pub fn from_params(params: &BTreeMap<String, Vec<String>>) -> Result<JournalQuery, String> {
-        let one = |key: &str| -> Result<Option<&str>, String> {
-            match params.get(key).map(Vec::as_slice) {
-                None | Some([]) => Ok(None),
-                Some([v]) => Ok(Some(v.as_str())),
-                Some(_) => Err(format!("{key} given more than once")),
-            }
-        };
-        let lines = match one("lines")? {
+        let lines = match single_param(params, "lines")? {
             None => DEFAULT_LINES,
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if (1..=MAX_LINES).contains(&n) => n,
@@ -55,11 +48,7 @@ impl JournalQuery {
                 }
             },
         };
-        let follow = match one("follow")? {
-            None | Some("false") => false,
-            Some("true") => true,
-            Some(v) => return Err(format!("invalid follow {v:?}: expected true or false")),
-        };
+        let follow = flag_param(params, "follow")?;
         Ok(JournalQuery { lines, follow })
     }
 

@@ -35,9 +35,9 @@ pub const MAX_PAGE_SIZE: u32 = fleet_registry::MAX_PAGE as u32;
 #[derive(Clone)]
 pub(crate) struct Api {
     pub(crate) registry: Registry,
-    page_size: u32,
+    pub(crate) page_size: u32,
     inspect: Option<Inspect>,
-    follows: Follows,
+    pub(crate) follows: Follows,
 }
 
 /// fleet's answer to every API request while its fleetd could not register (here: while
@@ -201,6 +201,10 @@ pub fn router_with(
                 .delete(crate::drain::delete_drain)
                 .fallback(method_not_allowed),
         )
+        .route(
+            "/events",
+            get(crate::events::list_events).fallback(method_not_allowed),
+        )
         .route("/state", get(list_states).fallback(method_not_allowed))
         .route("/state/{name}", get(get_state).fallback(method_not_allowed))
         .route("/discovery", get(discovery).fallback(method_not_allowed))
@@ -357,7 +361,7 @@ fn bad_token(token: &str) -> ApiError {
 /// Where a list request starts: how many items a page holds and, for a page after the first,
 /// the position the previous one ended at, read by `position` (a token whose position is not
 /// one of this list's is refused like any bad token).
-fn page_start<C>(
+pub(crate) fn page_start<C>(
     page_size: u32,
     params: &BTreeMap<String, Vec<String>>,
     position: impl Fn(&str) -> Option<C>,
@@ -373,10 +377,34 @@ fn page_start<C>(
 }
 
 /// The token of the page after the one that ended at `next` (empty when it was the last).
-fn next_page_token(limit: u32, next: Option<String>) -> String {
+pub(crate) fn next_page_token(limit: u32, next: Option<String>) -> String {
     match next {
         Some(after) => PageToken { limit, after }.encode(),
         None => String::new(),
+    }
+}
+
+/// The one value of query parameter `key`, if given; given more than once, an error.
+pub(crate) fn single_param<'a>(
+    params: &'a BTreeMap<String, Vec<String>>,
+    key: &str,
+) -> Result<Option<&'a str>, String> {
+    match params.get(key).map(Vec::as_slice) {
+        None | Some([]) => Ok(None),
+        Some([v]) => Ok(Some(v.as_str())),
+        Some(_) => Err(format!("{key} given more than once")),
+    }
+}
+
+/// A `true`/`false` query parameter (`follow`), false when not given.
+pub(crate) fn flag_param(
+    params: &BTreeMap<String, Vec<String>>,
+    key: &str,
+) -> Result<bool, String> {
+    match single_param(params, key)? {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(v) => Err(format!("invalid {key} {v:?}: expected true or false")),
     }
 }
 
@@ -1326,6 +1354,10 @@ mod tests {
                 let params = query_params(Some(query));
                 if let Ok(journal) = inspect::JournalQuery::from_params(&params) {
                     prop_assert!((1..=inspect::MAX_LINES).contains(&journal.lines));
+                }
+                if let Ok(events) = crate::events::EventsQuery::from_params(&params, DEFAULT_PAGE_SIZE) {
+                    prop_assert!((1..=MAX_PAGE_SIZE).contains(&events.limit));
+                    prop_assert!(events.last.is_none() || events.after.is_none());
                 }
                 let _ = PageToken::decode(params.get("nextPageToken").and_then(|v| v.first()).map(String::as_str).unwrap_or(""));
             }

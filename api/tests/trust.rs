@@ -153,6 +153,12 @@ async fn a_viewer_reads_and_changes_nothing_and_an_operator_does_everything() {
             .await
             .expect("GET one");
         assert_eq!(cat.status(), StatusCode::OK);
+        let events = reader
+            .get(format!("{api}/events"))
+            .send()
+            .await
+            .expect("GET events");
+        assert_eq!(events.status(), StatusCode::OK);
     }
 
     let changes = [

@@ -606,6 +606,101 @@ impl Client {
         .await
         .map(drop)
     }
+
+    /// The events `query` asks for, oldest first (`GET /events`): the newest `last`, or every
+    /// event kept, following pages.
+    pub async fn events(&self, query: &EventQuery<'_>) -> Result<Vec<schema::Event>, ClientError> {
+        let params = query.params();
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.get_all::<schema::EventPage>("/events", &params).await
+    }
+
+    /// Follows the events `query` asks for (`GET /events?follow=true`): the newest `last`
+    /// first, if asked, then each one as it is recorded. Read them with [`EventStream::next`].
+    pub async fn follow_events(&self, query: &EventQuery<'_>) -> Result<EventStream, ClientError> {
+        let mut params = query.params();
+        params.push(("follow", "true".to_string()));
+        let request = self
+            .streaming
+            .get(format!("{}/events", self.base))
+            .query(&params);
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return Err(self.send_error(e).await),
+        };
+        self.trace(&Method::GET, &response);
+        let response = self.check(response).await?;
+        Ok(EventStream {
+            response,
+            client: self.clone(),
+            buffer: Vec::new(),
+        })
+    }
+}
+
+/// Which events to read (`GET /events`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventQuery<'a> {
+    /// Only this unit's.
+    pub unit: Option<&'a str>,
+    /// Only those about this machine (its full id).
+    pub machine: Option<&'a str>,
+    /// Only the newest so many (else every event kept).
+    pub last: Option<u32>,
+}
+
+impl EventQuery<'_> {
+    fn params(&self) -> Vec<(&'static str, String)> {
+        let mut params = Vec::new();
+        if let Some(unit) = self.unit {
+            params.push(("unit", unit.to_string()));
+        }
+        if let Some(machine) = self.machine {
+            params.push(("machine", machine.to_string()));
+        }
+        if let Some(last) = self.last {
+            params.push(("last", last.to_string()));
+        }
+        params
+    }
+}
+
+/// The longest line of a followed event stream taken: an event is a few hundred bytes.
+const MAX_EVENT_LINE: usize = 1024 * 1024;
+
+/// Events being followed: one JSON object per line.
+pub struct EventStream {
+    response: reqwest::Response,
+    client: Client,
+    /// What arrived of the next lines.
+    buffer: Vec<u8>,
+}
+
+impl EventStream {
+    /// The next event as it is recorded; `None` when fleetd ended the stream.
+    pub async fn next(&mut self) -> Result<Option<schema::Event>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(&line)
+                    .map(Some)
+                    .map_err(|e| ClientError::Decode(format!("an event: {e}")));
+            }
+            if self.buffer.len() > MAX_EVENT_LINE {
+                return Err(ClientError::Decode(format!(
+                    "an event line longer than {MAX_EVENT_LINE} bytes"
+                )));
+            }
+            match self.response.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(self.client.transport_error(e)),
+            }
+        }
+    }
 }
 
 fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {

@@ -7,4 +7,6 @@
 mod client;
 pub mod schema;
 
-pub use client::{Client, ClientError, Endpoint, Journal, Tls, SYSTEM_CA_BUNDLE};
+pub use client::{
+    Client, ClientError, Endpoint, EventQuery, EventStream, Journal, Tls, SYSTEM_CA_BUNDLE,
+};

@@ -131,6 +131,40 @@ pub struct Rollback {
     pub to: String,
 }
 
+/// One event (`GET /events`; not in fleet's API): a decision fleet made, or something that
+/// happened to a unit or a machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    /// When (RFC 3339, UTC, to the millisecond), by the recording machine's clock.
+    pub time: String,
+    /// `placed`, `moved`, `unplaceable`, `declared-dead`, `fenced`, `unfenced`,
+    /// `start-failed`, `drained`, `undrained`, `update-step` or `reverted`.
+    pub kind: String,
+    /// The unit it concerns, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub unit: String,
+    /// The machine it concerns (id), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub machine: String,
+    /// What happened and why.
+    #[serde(default)]
+    pub message: String,
+    /// The machine whose fleetd recorded it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub source: String,
+}
+
+/// A page of events, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventPage {
+    #[serde(default)]
+    pub events: Vec<Event>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
 /// `{"error":{"code":N,"message":"..."}}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {
@@ -259,4 +293,11 @@ pub struct UpdateUnit {
 pub struct UpdateList {
     #[serde(default)]
     pub updates: Vec<Update>,
+}
+
+impl Page for EventPage {
+    type Item = Event;
+    fn into_parts(self) -> (Vec<Event>, String) {
+        (self.events, self.next_page_token)
+    }
 }

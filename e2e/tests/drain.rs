@@ -87,6 +87,7 @@ fn a_drain_moves_a_machine_of_pair_and_a_conflicts_pair_away_never_running_two_c
             .find(|l| l.starts_with(&new_unit) && l.contains("draining"))
             .map(str::to_string)
     });
+    let events = c.fleetctl(&["events", "--no-legend", "--machine", &machine]);
     let undrain = c.fleetctl(&["undrain", &machine]);
     let placed_after_undrain = c.active_on(&new_unit);
     let state_after = machine_state(c, drained);
@@ -113,6 +114,28 @@ fn a_drain_moves_a_machine_of_pair_and_a_conflicts_pair_away_never_running_two_c
     for (n, state) in (1..=NODES).zip(&states) {
         let want = if n == drained { "drained" } else { "active" };
         assert_eq!(state, want, "list-machines STATE of node {n}");
+    }
+    // The events of the drain: asked for, and each unit moved off because of it.
+    let events = events.expect_ok("events of the drained machine");
+    let kinds: Vec<(String, String)> = events
+        .stdout
+        .lines()
+        .map(columns)
+        .filter_map(|cols| Some((cols.get(1)?.to_string(), cols.get(2)?.to_string())))
+        .collect();
+    assert!(
+        kinds.iter().any(|(kind, _)| kind == "drained"),
+        "{}",
+        events.stdout
+    );
+    for (unit, nodes) in all.iter().zip(&before) {
+        if nodes.contains(&drained) {
+            assert!(
+                kinds.iter().any(|(kind, u)| kind == "moved" && u == unit),
+                "{unit} moved off the drained machine: {}",
+                events.stdout
+            );
+        }
     }
     refused.expect_ok("start a unit pinned to the drained machine");
     assert!(

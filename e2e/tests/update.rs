@@ -116,6 +116,8 @@ fn a_failing_update_of_six_instances_is_reverted_never_more_than_two_down() {
     });
     let samples = sampler.finish();
     let after = hashes(c, &units);
+    let events = c.fleetctl(&["events", "--no-legend", "--full", &units[0]]);
+    let reverted = c.fleetctl(&["events", "--no-legend", "-n", "50"]);
     destroy(c, &units);
 
     assert_eq!(run.code, Some(1), "a reverted update fails: {run:#?}");
@@ -125,6 +127,32 @@ fn a_failing_update_of_six_instances_is_reverted_never_more_than_two_down() {
         "{run:#?}"
     );
     assert!(back.is_some(), "every instance runs again after the revert");
+    // The events: the first instance's steps, and the update reverted.
+    let events = events.expect_ok("events of the first instance");
+    // (a unit that failed is reverted in the same step: its failure shows with `reverting`)
+    for step in [
+        "updating",
+        "reverting: systemd reports it failed",
+        "reverted",
+    ] {
+        assert!(
+            events
+                .stdout
+                .lines()
+                .any(|l| l.contains("update-step") && l.contains(&format!(": {step}"))),
+            "{step}: {}",
+            events.stdout
+        );
+    }
+    let reverted = reverted.expect_ok("events");
+    assert!(
+        reverted
+            .stdout
+            .lines()
+            .any(|l| fleet_e2e::columns(l).get(1) == Some(&"reverted")),
+        "{}",
+        reverted.stdout
+    );
     assert_eq!(after, before, "every instance has its old content back");
     assert!(
         samples.count() > 10 * NODES as usize,

@@ -11,20 +11,25 @@
 //! `fleet-quorum` allows only once a majority of the members renewed their leases on request
 //! after the absence was seen, and a wait for the lost machine to have fenced itself has
 //! passed ([`fleet_quorum::Verdicts`]).
+//!
+//! What the leader decided is recorded as events ([`Recorder`]): each unit placed and why
+//! there, each unit that cannot be placed when its reasons change, each machine declared
+//! dead; only once etcd accepted the change. The leader also trims the events to their bound.
 
 pub mod plan;
 pub mod update;
 mod updates;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_quorum::{Timing, Verdicts};
 use fleet_registry::{
-    EngineSnapshot, EngineView, JobState, Leadership, MachineId, PlacementOp, PresenceStatus,
-    Registry, Witness,
+    EngineSnapshot, EngineView, Event, EventKind, JobState, Leadership, MachineId, PlacementOp,
+    PresenceStatus, Recorder, Registry, Witness,
 };
+use fleet_units::UnitName;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -64,6 +69,7 @@ pub async fn run(
     mut presence: watch::Receiver<PresenceStatus>,
     config: EngineConfig,
 ) {
+    let events = Recorder::start(registry.clone(), machine.clone());
     loop {
         let status = *presence.borrow_and_update();
         let lease = match status {
@@ -76,7 +82,7 @@ pub async fn run(
         match registry.campaign(&machine, lease).await {
             Ok(Some(leadership)) => {
                 tracing::info!(revision = leadership.revision, "leading the engine");
-                lead(&registry, leadership, &mut presence, &config).await;
+                lead(&registry, leadership, &mut presence, &config, &events).await;
                 tracing::info!("no longer leading the engine");
             }
             Ok(None) => follow(&registry, &mut presence, &config).await,
@@ -117,8 +123,10 @@ async fn lead(
     leadership: Leadership,
     presence: &mut watch::Receiver<PresenceStatus>,
     config: &EngineConfig,
+    events: &Recorder,
 ) {
     let _leading = fleet_telemetry::LeaderGuard::new();
+    let _trimming = events.trimming();
     let origin = Instant::now();
     // Vanished members are named by their registration: id and member record revision.
     let mut verdicts: Verdicts<(MachineId, i64)> = Verdicts::new(config.timing);
@@ -209,7 +217,17 @@ async fn lead(
                 .await
             {
                 Ok(true) => {
-                    tracing::warn!(machine = %machine, units = units.len(), "machine lost: declared dead, placing its units elsewhere");
+                    events.record(
+                        Event::new(
+                            EventKind::DeclaredDead,
+                            format!(
+                                "its lease is gone and a majority of the machines renewed theirs: \
+                                 {} units released to be placed elsewhere",
+                                units.len()
+                            ),
+                        )
+                        .machine(&machine),
+                    );
                     declared = true;
                 }
                 Ok(false) => tracing::info!(machine = %machine, "machine registered again"),
@@ -236,6 +254,7 @@ async fn lead(
         let plan::Plan {
             mut ops,
             unplaceable,
+            placed: why_placed,
         } = plan::plan(planned);
         for u in &unplaceable {
             tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
@@ -246,8 +265,10 @@ async fn lead(
             match registry.apply_placements(leadership, &ops).await {
                 Ok(revisions) => {
                     refused = Backoff::default();
+                    let draining = view_now.snapshot().draining.clone();
                     view_now.applied(&ops, &revisions);
-                    ops.iter().for_each(log_op);
+                    ops.iter()
+                        .for_each(|op| report(events, op, &why_placed, &draining));
                     let placed = ops
                         .iter()
                         .filter(|op| matches!(op, PlacementOp::Put { .. }))
@@ -268,7 +289,8 @@ async fn lead(
         }
         fleet_telemetry::ENGINE_RECONCILE.observe_duration(started.elapsed());
         // Rolling updates: a step of each that is not over, looking at its units again soon.
-        let updating = updates::drive_all(registry, leadership, &view_now.snapshot().updates).await;
+        let updating =
+            updates::drive_all(registry, leadership, &view_now.snapshot().updates, events).await;
         if let Err(fleet_registry::Error::NotLeader) = updating {
             return;
         }
@@ -356,31 +378,53 @@ fn hold(snapshot: &EngineSnapshot, absent: &BTreeSet<MachineId>) -> EngineSnapsh
     snapshot
 }
 
-/// One line per decision carried out, with the unit and the machine as fields (journal fields
-/// `FLEET_UNIT`, `FLEET_MACHINE` under systemd).
-fn log_op(op: &PlacementOp) {
+/// Reports a decision etcd accepted: a unit placed on a new machine (with why there, from
+/// `placed`) and a unit's new reasons for not being placed as events, the rest as one line
+/// each, with the unit and the machine as fields (journal fields `FLEET_UNIT`,
+/// `FLEET_MACHINE` under systemd).
+fn report(
+    events: &Recorder,
+    op: &PlacementOp,
+    placed: &BTreeMap<UnitName, String>,
+    draining: &BTreeSet<MachineId>,
+) {
     match op {
         PlacementOp::Put {
             machine, placement, ..
-        } => tracing::info!(
-            unit = %placement.name,
-            machine = %machine,
-            desired_state = %placement.desired_state,
-            "placed"
-        ),
+        } => match placed.get(&placement.name) {
+            Some(why) => events.record(
+                Event::new(EventKind::Placed, why.as_str())
+                    .unit(&placement.name)
+                    .machine(machine),
+            ),
+            None => tracing::info!(
+                unit = %placement.name,
+                machine = %machine,
+                desired_state = %placement.desired_state,
+                "placement updated"
+            ),
+        },
         PlacementOp::Delete { machine, name } => {
             tracing::info!(unit = %name, machine = %machine, "removed from machine")
         }
-        PlacementOp::Move { machine, name } => tracing::info!(
-            unit = %name,
-            machine = %machine,
-            "moving: to be placed again once stopped on this machine"
-        ),
-        PlacementOp::SetUnplaceable { name, reasons } => tracing::info!(
-            unit = %name,
-            reasons = %reasons.join("; "),
-            "cannot place"
-        ),
+        PlacementOp::Move { machine, name } => {
+            let why = if draining.contains(machine) {
+                "the machine is draining"
+            } else {
+                "its rules no longer hold here"
+            };
+            events.record(
+                Event::new(
+                    EventKind::Moved,
+                    format!("taken off this machine ({why}): placed again once stopped here"),
+                )
+                .unit(name)
+                .machine(machine),
+            )
+        }
+        PlacementOp::SetUnplaceable { name, reasons } => {
+            events.record(Event::new(EventKind::Unplaceable, reasons.join("; ")).unit(name))
+        }
         PlacementOp::ClearUnplaceable { name } => {
             tracing::debug!(unit = %name, "unit no longer unplaceable")
         }

@@ -34,7 +34,7 @@
 //! whose metadata they match and count there for load and conflicts.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use fleet_registry::{EngineSnapshot, JobState, MachineEntry, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
@@ -46,6 +46,9 @@ pub struct Plan {
     pub ops: Vec<PlacementOp>,
     /// Units that should run but have no machine after this plan, in name order.
     pub unplaceable: Vec<Unplaceable>,
+    /// Why each unit this plan puts on a new machine goes there (`MachineOf=<leader>`,
+    /// `MachineID=<id>`, least loaded, what it replaces there), for its `placed` event.
+    pub placed: BTreeMap<UnitName, String>,
 }
 
 /// A unit that should run and cannot be placed now, and why.
@@ -201,6 +204,8 @@ struct Planner<'a> {
     /// Placement decisions in the order they were taken; only each unit's last one stands.
     decisions: Vec<(U, M)>,
     last_decision: Vec<Option<usize>>,
+    /// Why each unit's last decision chose its machine.
+    why: Vec<Option<String>>,
     /// Units waiting to be placed, by (rank, index).
     queue: BTreeSet<(usize, U)>,
     unplaceable: Vec<Option<Vec<String>>>,
@@ -361,6 +366,7 @@ impl<'a> Planner<'a> {
             by_load,
             decisions: Vec::new(),
             last_decision: vec![None; n],
+            why: vec![None; n],
             queue: BTreeSet::new(),
             unplaceable: vec![None; n],
             pushes_left: PUSHES_PER_UNIT * n + 16,
@@ -656,8 +662,9 @@ impl<'a> Planner<'a> {
             self.pushed = false;
             while let Some((_, u)) = self.queue.pop_first() {
                 match self.decide(u) {
-                    Ok(m) => {
+                    Ok((m, why)) => {
                         self.unplaceable[u] = None;
+                        self.why[u] = Some(why);
                         self.put(u, m);
                     }
                     Err(reasons) => self.unplaceable[u] = Some(reasons),
@@ -678,8 +685,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// The machine for `u`, or why there is none.
-    fn decide(&self, u: U) -> Result<M, Vec<String>> {
+    /// The machine for `u` and why that one, or why there is none.
+    fn decide(&self, u: U) -> Result<(M, String), Vec<String>> {
         if self.hosts.is_empty() {
             return Err(vec!["no machine is registered".to_string()]);
         }
@@ -701,8 +708,10 @@ impl<'a> Planner<'a> {
             }
         }
         let req = self.req(u);
-        let found = if let Some((m, _)) = leader_machine {
-            Some(m).filter(|&m| self.check(u, m, Phase::Place).is_ok())
+        let found = if let Some((m, leader)) = leader_machine {
+            Some(m)
+                .filter(|&m| self.check(u, m, Phase::Place).is_ok())
+                .map(|m| (m, format!("MachineOf={leader}")))
         } else if let Some(id) = &req.machine_id {
             let mut targets: Vec<M> = self
                 .host_ids
@@ -713,11 +722,18 @@ impl<'a> Planner<'a> {
             targets
                 .into_iter()
                 .find(|&m| self.check(u, m, Phase::Place).is_ok())
+                .map(|m| (m, format!("MachineID={id}")))
         } else {
+            // Less loaded machines its rules (or its neighbours') ruled out, for the reason.
+            let mut ruled_out = 0;
             self.by_load
                 .iter()
-                .map(|&(_, m)| m)
-                .find(|&m| self.check(u, m, Phase::Place).is_ok())
+                .find(|&&(_, m)| {
+                    let fits = self.check(u, m, Phase::Place).is_ok();
+                    ruled_out += usize::from(!fits);
+                    fits
+                })
+                .map(|&(load, m)| (m, least_loaded(load, ruled_out, self.hosts.len())))
         };
         found.ok_or_else(|| {
             (0..self.hosts.len())
@@ -744,6 +760,13 @@ impl<'a> Planner<'a> {
             .copied()
             .filter(|&x| x != u && self.replaces_one_way(u, x))
             .collect();
+        if !pushed.is_empty() {
+            let names: Vec<&str> = pushed.iter().map(|&x| self.units[x].name()).collect();
+            let replaced = format!("; replaces {} there", names.join(", "));
+            if let Some(why) = &mut self.why[u] {
+                why.push_str(&replaced);
+            }
+        }
         for x in pushed {
             self.pushes_left = self.pushes_left.saturating_sub(1);
             self.pushed = true;
@@ -807,10 +830,14 @@ impl<'a> Planner<'a> {
             }
         }
         // Keep deletes ahead of every put that places a unit somewhere new.
+        let mut placed = BTreeMap::new();
         for (i, &(u, m)) in self.decisions.iter().enumerate() {
             if self.last_decision[u] != Some(i) || self.at[u] != Some(m) || stays.contains(&(u, m))
             {
                 continue;
+            }
+            if let Some(why) = &self.why[u] {
+                placed.insert(self.units[u].unit.name.clone(), why.clone());
             }
             ops.push(PlacementOp::Put {
                 machine: self.hosts[m].entry.machine.id.clone(),
@@ -828,7 +855,24 @@ impl<'a> Planner<'a> {
                 })
             })
             .collect();
-        Plan { ops, unplaceable }
+        Plan {
+            ops,
+            unplaceable,
+            placed,
+        }
+    }
+}
+
+/// Why the least loaded machine: its load, and how many less loaded ones (or as loaded, with
+/// a smaller id) could not take the unit.
+fn least_loaded(load: usize, ruled_out: usize, machines: usize) -> String {
+    match ruled_out {
+        0 if machines == 1 => format!("the only machine (load {load})"),
+        0 => format!("least loaded of {machines} machines (load {load})"),
+        _ => format!(
+            "least loaded of the machines that pass its rules (load {load}; {ruled_out} of \
+             {machines} less loaded did not)"
+        ),
     }
 }
 

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_registry::{
-    Error, HashPrefix, JobState, Leadership, Phase, Registry, StoredUpdate, FINISHED_UPDATES_KEPT,
+    Error, Event, EventKind, HashPrefix, JobState, Leadership, Phase, Recorder, Registry,
+    StoredUpdate, UpdateState, FINISHED_UPDATES_KEPT,
 };
 
 use crate::update::{step, Action, Observed};
@@ -21,6 +22,7 @@ pub async fn drive_all(
     registry: &Registry,
     leadership: Leadership,
     updates: &BTreeMap<String, StoredUpdate>,
+    events: &Recorder,
 ) -> Result<bool, Error> {
     let mut going = false;
     for stored in updates.values() {
@@ -28,7 +30,7 @@ pub async fn drive_all(
             continue;
         }
         going = true;
-        drive(registry, leadership, stored).await?;
+        drive(registry, leadership, stored, events).await?;
     }
     let mut finished: Vec<&StoredUpdate> = updates
         .values()
@@ -54,6 +56,7 @@ async fn drive(
     registry: &Registry,
     leadership: Leadership,
     stored: &StoredUpdate,
+    events: &Recorder,
 ) -> Result<(), Error> {
     let update = &stored.update;
     let mut observed = BTreeMap::new();
@@ -87,23 +90,32 @@ async fn drive(
         }
         for (before, after) in update.units.iter().zip(&next.units) {
             if before.phase != after.phase {
-                tracing::info!(
-                    update = %next.id,
-                    unit = %after.name,
-                    phase = after.phase.as_str(),
-                    failure = after.failure.as_deref().unwrap_or(""),
-                    "update step"
+                let failure = after
+                    .failure
+                    .as_deref()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default();
+                events.record(
+                    Event::new(
+                        EventKind::UpdateStep,
+                        format!("update {}: {}{failure}", next.id, after.phase.as_str()),
+                    )
+                    .unit(&after.name),
                 );
             }
         }
         if next.state != update.state {
-            tracing::info!(
-                update = %next.id,
-                state = next.state.as_str(),
-                reason = next.reason.as_deref().unwrap_or(""),
-                "update {}",
-                next.state.as_str()
-            );
+            let reason = next
+                .reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default();
+            let message = format!("update {} {}{reason}", next.id, next.state.as_str());
+            let kind = match next.state {
+                UpdateState::Reverting | UpdateState::Reverted => EventKind::Reverted,
+                _ => EventKind::UpdateStep,
+            };
+            events.record(Event::new(kind, message));
         }
     }
     for action in actions {

@@ -11,8 +11,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fleet_client::schema::{Drain, Machine, Unit, UnitHistory, UnitState};
-use fleet_client::{Client, ClientError};
+use fleet_client::schema::{Drain, Event, Machine, Unit, UnitHistory, UnitState};
+use fleet_client::{Client, ClientError, EventQuery};
 use fleet_units::{unit_name_from_arg, Requirements, UnitFile, UnitName};
 use futures_util::{stream, StreamExt};
 use tokio::time::Instant;
@@ -1024,11 +1024,11 @@ impl Ctl {
 
     /// The public address of the one machine whose id starts with `lookup`.
     async fn machine_address(&self, lookup: &str) -> Result<String, String> {
-        Ok(self.find_machine(lookup).await?.primary_ip)
+        self.live_machine(lookup).await.map(|m| m.primary_ip)
     }
 
-    /// The one live machine whose id starts with `lookup` (any case).
-    async fn find_machine(&self, lookup: &str) -> Result<Machine, String> {
+    /// The one live machine whose id starts with `lookup` (fleet's messages otherwise).
+    async fn live_machine(&self, lookup: &str) -> Result<Machine, String> {
         let machines = self.client.machines().await.map_err(|e| e.to_string())?;
         let lookup = lookup.to_ascii_lowercase();
         let mut found = machines.into_iter().filter(|m| m.id.starts_with(&lookup));
@@ -1037,15 +1037,6 @@ impl Ctl {
             (Some(_), Some(_)) => Err("found more than one machine".to_string()),
             (None, _) => Err("machine does not exist".to_string()),
         }
-    }
-
-    /// The full id of the machine `lookup` names: a full id as it is (the machine need not be
-    /// live: a drain can outlast it), else the one live machine whose id starts with it.
-    async fn machine_id(&self, lookup: &str) -> Result<String, String> {
-        if lookup.len() == 32 && lookup.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(lookup.to_ascii_lowercase());
-        }
-        Ok(self.find_machine(lookup).await?.id)
     }
 
     /// `fleetctl drain MACHINE`: the machine takes no new units and its non-global units move
@@ -1270,6 +1261,107 @@ impl Ctl {
             .await
     }
 
+    /// `fleetctl events [UNIT] [--machine ID] [-f] [-n N]`: the events kept, a unit's or a
+    /// machine's, oldest first (only the newest N with `--limit`); with `--follow`, the newest
+    /// N (10) and then each one as it is recorded.
+    pub async fn events(&self, query: &EventsQuery<'_>, listing: &Listing) -> u8 {
+        // Checked before anything is asked of the API.
+        if let Err(e) = render_events(&[], listing) {
+            stderr(e);
+            return 1;
+        }
+        let name = match query.unit.map(parse_arg).transpose() {
+            Ok(name) => name,
+            Err(e) => {
+                stderr(e);
+                return 1;
+            }
+        };
+        let machine = match query.machine {
+            Some(m) => match self.machine_id(m).await {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    stderr(format_args!("Error retrieving events: {e}"));
+                    return 1;
+                }
+            },
+            None => None,
+        };
+        let asked = EventQuery {
+            unit: name.as_ref().map(UnitName::as_str),
+            machine: machine.as_deref(),
+            last: match query.follow {
+                true => Some(query.limit.unwrap_or(FOLLOWED_EVENTS)),
+                false => query.limit,
+            },
+        };
+        if !query.follow {
+            return match self.client.events(&asked).await {
+                Ok(events) if listing.output == Output::Json => print_json(&events),
+                Ok(events) => print_or_fail(render_events(&events, listing)),
+                Err(e) => {
+                    stderr(format_args!("Error retrieving events: {e}"));
+                    1
+                }
+            };
+        }
+        let mut stream = match self.client.follow_events(&asked).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                stderr(format_args!("Error following events: {e}"));
+                return 1;
+            }
+        };
+        // Events that arrive together (the newest N at first) are printed as one table; the
+        // legend, only above the first.
+        let mut listing = listing.clone();
+        loop {
+            let batch = match next_events(&mut stream).await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => {
+                    stderr("Error following events: fleetd ended the stream");
+                    return 1;
+                }
+                Err(e) => {
+                    stderr(format_args!("Error following events: {e}"));
+                    return 1;
+                }
+            };
+            let text = match listing.output {
+                Output::Json => batch
+                    .iter()
+                    .filter_map(|e| serde_json::to_string(e).ok())
+                    .map(|line| line + "\n")
+                    .collect(),
+                Output::Table => match render_events(&batch, &listing) {
+                    Ok(text) => text,
+                    Err(e) => {
+                        stderr(e);
+                        return 1;
+                    }
+                },
+            };
+            if !write_out(&text) {
+                // The reader went away (e.g. `| head`).
+                return 0;
+            }
+            listing.no_legend = true;
+        }
+    }
+
+    /// The full id of the machine `lookup` names: itself when it is one (a machine gone may
+    /// still have events, or be drained), else the one live machine whose id starts with it.
+    async fn machine_id(&self, lookup: &str) -> Result<String, String> {
+        let lookup = lookup.trim().to_ascii_lowercase();
+        if lookup.len() == 32 && lookup.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(lookup);
+        }
+        self.live_machine(&lookup)
+            .await
+            .map(|m| m.id)
+            .map_err(|e| format!("machine {lookup:?}: {e}"))
+    }
+
     pub async fn list_units(&self, listing: &Listing) -> u8 {
         let result = async {
             let states = self.client.unit_states(&[], &[]).await?;
@@ -1333,6 +1425,45 @@ impl Ctl {
             }
         }
     }
+}
+
+/// How many events `fleetctl events --follow` shows before the new ones, by default.
+const FOLLOWED_EVENTS: u32 = 10;
+
+/// What `fleetctl events` asks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EventsQuery<'a> {
+    pub unit: Option<&'a str>,
+    pub machine: Option<&'a str>,
+    pub follow: bool,
+    pub limit: Option<u32>,
+}
+
+/// The next events of a followed stream: the next one, and those that arrive with it (within
+/// a few milliseconds), so that a burst is printed as one table. `None` at the stream's end.
+async fn next_events(
+    stream: &mut fleet_client::EventStream,
+) -> Result<Option<Vec<Event>>, ClientError> {
+    let Some(first) = stream.next().await? else {
+        return Ok(None);
+    };
+    let mut batch = vec![first];
+    while let Ok(next) = tokio::time::timeout(Duration::from_millis(20), stream.next()).await {
+        match next? {
+            Some(event) => batch.push(event),
+            None => break,
+        }
+    }
+    Ok(Some(batch))
+}
+
+/// Writes `text` to stdout at once; `false` when the reader went away.
+fn write_out(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
 }
 
 /// `--output json`: the API's objects as one JSON document (an array).
@@ -1720,6 +1851,37 @@ pub fn render_history(history: &UnitHistory, listing: &Listing) -> Result<String
     Ok(render(listing, &columns, rows))
 }
 
+/// `fleetctl events`: one row per event, oldest first; fields time, kind, unit, machine,
+/// message, source. Times to the second (to the millisecond with `--full`).
+pub fn render_events(events: &[Event], listing: &Listing) -> Result<String, String> {
+    let columns = fields(
+        listing,
+        &["time", "kind", "unit", "machine", "message", "source"],
+        &["time", "kind", "unit", "machine", "message"],
+    )?;
+    let rows = events
+        .iter()
+        .map(|e| {
+            columns
+                .iter()
+                .map(|c| match *c {
+                    "time" => match e.time.split_once('.') {
+                        Some((seconds, _)) if !listing.full => format!("{seconds}Z"),
+                        _ => or_dash(&e.time),
+                    },
+                    "kind" => or_dash(&e.kind),
+                    "unit" => or_dash(&e.unit),
+                    "machine" => or_dash(&machine_id_legend(&e.machine, listing.full)),
+                    "message" => or_dash(&e.message),
+                    "source" => or_dash(&machine_id_legend(&e.source, listing.full)),
+                    _ => "-".to_string(),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(render(listing, &columns, rows))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1820,6 +1982,56 @@ mod tests {
                 "a".repeat(40)
             )
         );
+    }
+
+    #[test]
+    fn events_golden() {
+        let source = machine(1).id;
+        let event = |time: &str, kind: &str, unit: &str, on: &str, message: &str| Event {
+            time: time.into(),
+            kind: kind.into(),
+            unit: unit.into(),
+            machine: on.into(),
+            message: message.into(),
+            source: source.clone(),
+        };
+        let events = [
+            event(
+                "2016-05-04T10:02:11.042Z",
+                "placed",
+                "web.service",
+                &machine(2).id,
+                "least loaded of 3 machines (load 0)",
+            ),
+            event(
+                "2016-05-04T10:02:12.500Z",
+                "declared-dead",
+                "",
+                &machine(3).id,
+                "its lease is gone",
+            ),
+        ];
+        assert_eq!(
+            render_events(&events, &listing()).unwrap(),
+            "TIME\t\t\tKIND\t\tUNIT\t\tMACHINE\t\tMESSAGE\n\
+             2016-05-04T10:02:11Z\tplaced\t\tweb.service\tf1ee7002...\tleast loaded of 3 machines (load 0)\n\
+             2016-05-04T10:02:12Z\tdeclared-dead\t-\t\tf1ee7003...\tits lease is gone\n"
+        );
+        let wide = Listing {
+            fields: Some("time,source,kind".into()),
+            full: true,
+            no_legend: true,
+            ..listing()
+        };
+        assert_eq!(
+            render_events(&events[..1], &wide).unwrap(),
+            format!("2016-05-04T10:02:11.042Z\t{}\tplaced\n", machine(1).id)
+        );
+        let bad = Listing {
+            fields: Some("time,hash".into()),
+            ..listing()
+        };
+        assert!(render_events(&events, &bad).is_err());
     }
 
     #[test]

@@ -346,6 +346,24 @@ enum Command {
         /// (as `fleetctl history` shows it).
         hash: Option<String>,
     },
+    /// List what fleet decided and what happened (a unit placed and why there, could not be
+    /// placed, failed to start; a machine fenced, declared dead; ...), oldest first: every
+    /// event the cluster keeps (the newest 10,000), or a unit's, or a machine's.
+    Events {
+        #[command(flatten)]
+        listing: Listing,
+        /// Only the events about this machine: its id, or a prefix of a live machine's.
+        #[arg(long)]
+        machine: Option<String>,
+        /// Go on printing events as they are recorded.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the newest N events (by default every one kept; with --follow, 10).
+        #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        limit: Option<u32>,
+        /// Only the events of this unit.
+        unit: Option<String>,
+    },
     /// Output the status of one or more units in the cluster (systemctl status, from the
     /// machine that runs each).
     Status {
@@ -681,6 +699,21 @@ fn main() -> ExitCode {
             Command::Rollback { block, unit, hash } => {
                 ctl.rollback(&unit, hash.as_deref(), block).await
             }
+            Command::Events {
+                listing,
+                machine,
+                follow,
+                limit,
+                unit,
+            } => {
+                let query = commands::EventsQuery {
+                    unit: unit.as_deref(),
+                    machine: machine.as_deref(),
+                    follow,
+                    limit,
+                };
+                ctl.events(&query, &listing).await
+            }
             Command::Status { units, .. } => ctl.status(&units).await,
             Command::Journal {
                 lines,
@@ -914,6 +947,56 @@ mod tests {
             &["journal", "-n", "0", "x"][..],
             &["journal", "a", "b"],
             &["journal"],
+        ] {
+            let mut argv = vec!["fleetctl"];
+            argv.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn events_flags() {
+        let Command::Events {
+            listing,
+            machine,
+            follow,
+            limit,
+            unit,
+        } = command(&[
+            "events",
+            "-f",
+            "-n",
+            "20",
+            "--machine",
+            "f1ee7001",
+            "--full",
+            "web",
+        ])
+        else {
+            panic!("not events");
+        };
+        assert_eq!(
+            (machine.as_deref(), follow, limit, unit.as_deref()),
+            (Some("f1ee7001"), true, Some(20), Some("web"))
+        );
+        assert!(listing.full && !listing.no_legend);
+        let Command::Events {
+            listing,
+            machine,
+            follow,
+            limit,
+            unit,
+        } = command(&["events", "--no-legend", "--follow", "--limit", "3"])
+        else {
+            panic!("not events");
+        };
+        assert_eq!((machine, follow, limit, unit), (None, true, Some(3), None));
+        assert!(listing.no_legend);
+        for bad in [
+            &["events", "-n", "0"][..],
+            &["events", "--limit", "10001"],
+            &["events", "a", "b"],
+            &["events", "--machine"],
         ] {
             let mut argv = vec!["fleetctl"];
             argv.extend_from_slice(bad);

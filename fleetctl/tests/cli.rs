@@ -49,6 +49,7 @@ fn completions_for_each_shell_know_the_commands() {
             "key-file",
             "history",
             "rollback",
+            "events",
         ] {
             assert!(out.contains(command), "{shell} completion lacks {command}");
         }
@@ -69,6 +70,7 @@ fn the_manual_page_is_roff() {
     assert!(out.contains("fleetctl\\-tls"), "tls is listed");
     assert!(out.contains("fleetctl\\-history"), "history is listed");
     assert!(out.contains("fleetctl\\-rollback"), "rollback is listed");
+    assert!(out.contains("fleetctl\\-events"), "events is listed");
 }
 
 #[test]

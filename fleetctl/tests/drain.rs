@@ -27,7 +27,7 @@ async fn a_machine_is_drained_shown_drained_and_undrained() {
     assert_eq!(run.code, Some(1));
     assert_eq!(
         run.err.trim(),
-        "Unable to drain ffff: machine does not exist"
+        "Unable to drain ffff: machine \"ffff\": machine does not exist"
     );
     let run = fleet
         .fleetctl(&args(&["list-machines", "--no-legend"]))

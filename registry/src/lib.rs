@@ -20,6 +20,7 @@
 //! | `updating/<name>` | the id of the running update the unit is in, created with it and removed when it ends | none |
 //! | `drain/<id>` | [`Drain`]: the machine takes no new units and its units move elsewhere | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
+//! | `events/<micros>-<machine>-<seq>` | an [`Event`] (`events.rs`): what fleet decided or what happened, keyed by time (17 digits), writer and a counter of the writer's process (20 digits); at most [`EVENTS_KEPT`], the oldest trimmed by the leading engine | none |
 //!
 //! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
 //! states disappear together, and watchers learn it from one set of delete events. What was
@@ -28,6 +29,7 @@
 //! ([`Leadership`]), so a deposed engine cannot write.
 
 mod drain;
+mod events;
 mod history;
 mod listing;
 mod located;
@@ -50,6 +52,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use drain::{Drain, DrainStart, DrainStatus};
+pub use events::{
+    Event, EventCursor, EventFilter, EventFollow, EventKind, EventPage, InvalidEventCursor,
+    Recorder, Trimming, EVENTS_KEPT, MAX_MESSAGE_BYTES, TRIM_AFTER, TRIM_EVERY,
+};
 pub use history::{
     HashPrefix, InvalidHashPrefix, Rollback, RollbackError, UnitHistory, UnitVersion, HISTORY_DEPTH,
 };

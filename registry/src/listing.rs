@@ -38,8 +38,12 @@ pub type StateCursor = (MachineId, UnitName);
 /// once, whatever the caller asks.
 pub const MAX_PAGE: usize = 10_000;
 
+/// How many keys a filtered scan (unit states by unit name) reads per request: more than a
+/// page, since most of what it reads is left out.
+pub(crate) const FILTERED_CHUNK: usize = 1_000;
+
 /// The smallest key after every key that starts with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {
@@ -52,17 +56,17 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 }
 
 /// The smallest key after `key`.
-fn successor(key: &[u8]) -> Vec<u8> {
+pub(crate) fn successor(key: &[u8]) -> Vec<u8> {
     let mut next = key.to_vec();
     next.push(0);
     next
 }
 
 /// One range read's answer: its revision, its keys and whether more keys follow in the range.
-struct Chunk {
-    revision: i64,
-    kvs: Vec<KeyValue>,
-    more: bool,
+pub(crate) struct Chunk {
+    pub(crate) revision: i64,
+    pub(crate) kvs: Vec<KeyValue>,
+    pub(crate) more: bool,
 }
 
 impl Registry {
@@ -86,7 +90,7 @@ impl Registry {
     }
 
     /// At most `limit` keys of `[start, end)`, at `revision` (0: the newest).
-    async fn chunk(
+    pub(crate) async fn chunk(
         &self,
         start: Vec<u8>,
         end: Vec<u8>,
@@ -116,7 +120,7 @@ impl Registry {
     }
 
     /// Where a listing of `prefix` starts: at the prefix, or just after `after` under it.
-    fn start_after(prefix: &str, after: Option<&str>) -> Vec<u8> {
+    pub(crate) fn start_after(prefix: &str, after: Option<&str>) -> Vec<u8> {
         match after {
             Some(after) => successor(format!("{prefix}{after}").as_bytes()),
             None => prefix.as_bytes().to_vec(),

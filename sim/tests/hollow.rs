@@ -2,6 +2,7 @@
 //! through the registry (as the API writes them) are placed once, started by the real agents
 //! on their simulated systemds and reported active; a machine powered off has its units moved
 //! without any of them ever running on two machines; a start that fails is reported failed.
+//! What the engine and the agents decided is recorded as events.
 //!
 //! A simulation: nothing here says anything about systemd, only about the registry, the
 //! engine and the agent loop.
@@ -10,7 +11,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, JobState, MachineId, Registry, Unit, UnitState};
+use fleet_registry::{
+    EtcdConfig, Event, EventFilter, EventKind, JobState, MachineId, Registry, Unit, UnitState,
+};
 use fleet_sim::{SimConfig, Simulation};
 use fleet_testkit::{Etcd, TempDir};
 use fleet_units::{UnitName, UnitOption};
@@ -194,11 +197,62 @@ async fn units_run_once_on_hollow_machines_and_move_when_one_is_powered_off() {
     for name in &moving {
         assert_ne!(placed.get(name), Some(&victim), "{name} moved");
     }
-    let seen = seen.lock().expect("samples");
+    let seen = seen.lock().expect("samples").clone();
     assert!(
         seen.is_empty(),
         "units ran on two machines at once: {seen:?}"
     );
+
+    // The engine recorded the lost machine's declaration, with the units it released, and
+    // placing each of them again elsewhere.
+    let about_victim = events(
+        &c.registry,
+        EventFilter {
+            machine: Some(victim.clone()),
+            ..EventFilter::default()
+        },
+    )
+    .await;
+    let declared: Vec<&Event> = about_victim
+        .iter()
+        .filter(|e| e.kind == EventKind::DeclaredDead)
+        .collect();
+    assert_eq!(declared.len(), 1, "{about_victim:?}");
+    assert!(
+        declared[0]
+            .message
+            .contains(&format!("{} units released", moving.len())),
+        "{}",
+        declared[0].message
+    );
+    assert_eq!(declared[0].source.as_ref(), Some(&c.engine_machine));
+    for name in &moving {
+        let of_unit = events(&c.registry, unit_filter(name)).await;
+        let placed_on: Vec<Option<&MachineId>> = of_unit
+            .iter()
+            .filter(|e| e.kind == EventKind::Placed)
+            .map(|e| e.machine.as_ref())
+            .collect();
+        assert_eq!(placed_on.len(), 2, "{name}: {of_unit:?}");
+        assert_eq!(placed_on[0], Some(&victim), "{name}");
+        assert_eq!(placed_on[1], placed.get(name), "{name}");
+    }
+}
+
+fn unit_filter(name: &str) -> EventFilter {
+    EventFilter {
+        unit: Some(UnitName::parse(name).expect("unit name")),
+        ..EventFilter::default()
+    }
+}
+
+/// Every event `filter` matches, oldest first.
+async fn events(registry: &Registry, filter: EventFilter) -> Vec<Event> {
+    registry
+        .events(&filter, None, 10_000)
+        .await
+        .expect("events")
+        .events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,6 +286,28 @@ async fn a_start_that_fails_in_the_simulation_is_reported_failed() {
         Ok(())
     })
     .await;
+    // Placed by the engine, failed on its machine as recorded by that machine's agent.
+    let recorded = eventually(Duration::from_secs(10), || async {
+        let recorded = events(registry, unit_filter("fails.service")).await;
+        match recorded.len() {
+            2 => Ok(recorded),
+            _ => Err(format!("{recorded:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        recorded.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Placed, EventKind::StartFailed]
+    );
+    let machine = recorded[0].machine.clone().expect("placed on a machine");
+    assert_eq!(recorded[1].machine.as_ref(), Some(&machine));
+    assert_eq!(recorded[1].source.as_ref(), Some(&machine));
+    assert!(!recorded[1].message.is_empty());
+    let works = events(registry, unit_filter("works.service")).await;
+    assert_eq!(
+        works.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Placed]
+    );
 }
 
 /// A unit file systemd refuses to link, among others loaded at the same time: the agent links
@@ -269,4 +345,74 @@ async fn a_unit_file_that_cannot_be_linked_does_not_hold_up_the_others() {
         Ok(())
     })
     .await;
+}
+
+/// etcd stops answering (paused) for longer than the lease: the hollow machine fences itself,
+/// which its agent records at once, keeps while etcd does not answer, and writes once etcd
+/// answers again, with its coming back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_that_fences_records_it_once_etcd_answers_again() {
+    let c = cluster(1).await;
+    let names = vec!["kept.service".to_string()];
+    c.registry
+        .put_unit(&unit(&names[0], &[]))
+        .await
+        .expect("put unit");
+    let placed = eventually(Duration::from_secs(30), || all_running_once(&c, &names)).await;
+    let machine = placed[&names[0]].clone();
+    let mut presence = c
+        .simulation
+        .machine(&machine)
+        .expect("the machine")
+        .presence();
+
+    c._etcd.pause();
+    let fenced = tokio::time::timeout(TTL * 4, async {
+        while !matches!(
+            *presence.borrow_and_update(),
+            fleet_registry::PresenceStatus::Fenced
+        ) {
+            if presence.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    c._etcd.resume();
+    assert_eq!(fenced, Ok(true), "the machine fenced while etcd was paused");
+
+    let about = eventually(Duration::from_secs(30), || async {
+        let about: Vec<Event> = events(
+            &c.registry,
+            EventFilter {
+                machine: Some(machine.clone()),
+                ..EventFilter::default()
+            },
+        )
+        .await
+        .into_iter()
+        .filter(|e| matches!(e.kind, EventKind::Fenced | EventKind::Unfenced))
+        .collect();
+        match about.len() {
+            2 => Ok(about),
+            _ => Err(format!("{about:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        about.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Fenced, EventKind::Unfenced]
+    );
+    // Recorded when the agent saw it fence (which a slow etcd request may delay past the
+    // resume), written once etcd answered.
+    assert!(about[0].time <= about[1].time);
+    assert!(
+        about[0]
+            .message
+            .contains("stopping its non-global units (1)"),
+        "{}",
+        about[0].message
+    );
+    assert!(about.iter().all(|e| e.source.as_ref() == Some(&machine)));
 }

@@ -312,6 +312,28 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// Stops etcd in its tracks (SIGSTOP): connections stay open and nothing answers, as when
+    /// etcd is cut off or overloaded, until [`Etcd::resume`]. Panics when it cannot.
+    pub fn pause(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a paused etcd go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill -{signal}: {e}"));
+        assert!(status.success(), "kill -{signal} of etcd failed: {status}");
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();

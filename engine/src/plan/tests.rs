@@ -1859,3 +1859,98 @@ fn max_unavailable_bounds_the_instances_stopping_at_once() {
     let (steps, _) = passes(&s);
     assert_eq!(steps[0].len(), 2, "{:?}", steps[0]);
 }
+
+#[test]
+fn each_new_placement_says_why_there() {
+    let leader = xunit("db.service", &[]);
+    let b = xunit("b.service", &[]);
+    /// A case: what it shows, the cluster, and each unit placed anew with why there.
+    type WhyCase = (
+        &'static str,
+        EngineSnapshot,
+        &'static [(&'static str, &'static str)],
+    );
+    let cases: Vec<WhyCase> = vec![
+        (
+            "least loaded, nothing ruled out; kept units are not placed again",
+            snapshot(
+                vec![xunit("a.service", &[]), b.clone()],
+                vec![machine(1), machine(2)],
+                vec![at(1, &b)],
+            ),
+            &[("a.service", "least loaded of 2 machines (load 0)")],
+        ),
+        (
+            "least loaded after less loaded machines its rules rule out",
+            snapshot(
+                vec![
+                    xunit("a.service", &[("MachineMetadata", "role=x")]),
+                    b.clone(),
+                ],
+                vec![host(1, &[]), host(2, &[("role", "x")])],
+                vec![at(2, &b)],
+            ),
+            &[(
+                "a.service",
+                "least loaded of the machines that pass its rules (load 1; 1 of 2 less loaded \
+                 did not)",
+            )],
+        ),
+        (
+            "MachineID",
+            snapshot(
+                vec![xunit("a.service", &[("MachineID", "f1ee7002")])],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            &[("a.service", "MachineID=f1ee7002")],
+        ),
+        (
+            "MachineOf, leader placed in the same pass",
+            snapshot(
+                vec![
+                    leader.clone(),
+                    xunit("web.service", &[("MachineOf", "db.service")]),
+                ],
+                vec![machine(1), machine(2)],
+                vec![],
+            ),
+            &[
+                ("db.service", "least loaded of 2 machines (load 0)"),
+                ("web.service", "MachineOf=db.service"),
+            ],
+        ),
+        (
+            "Replaces: the replacer says what it pushed (which stops first, placed later)",
+            snapshot(
+                vec![
+                    xunit(
+                        "a.service",
+                        &[("Replaces", "b.service"), ("MachineMetadata", "role=x")],
+                    ),
+                    b.clone(),
+                ],
+                vec![host(1, &[("role", "x")]), host(2, &[])],
+                vec![at(1, &b)],
+            ),
+            &[(
+                "a.service",
+                "least loaded of the machines that pass its rules (load 1; 1 of 2 less \
+                     loaded did not); replaces b.service there",
+            )],
+        ),
+    ];
+    for (case, s, expected) in cases {
+        let p = plan(&s);
+        let expected: BTreeMap<UnitName, String> = expected
+            .iter()
+            .map(|(u, why)| (UnitName::parse(u).unwrap(), why.to_string()))
+            .collect();
+        assert_eq!(p.placed, expected, "{case}");
+        // Every reason is for a put of that unit onto a new machine.
+        let new: Vec<String> = puts(&p.ops).into_iter().map(|(u, _)| u).collect();
+        for unit in p.placed.keys() {
+            assert!(new.contains(&unit.to_string()), "{case}: {unit}");
+        }
+    }
+}
