@@ -66,6 +66,10 @@ struct LocalUnit {
     /// Why the last start failed, if it did.
     start_failure: Option<String>,
     global: bool,
+    /// Its `[X-Fleet] HealthCheck` command, and what it said last and when it ran.
+    health_check: Option<String>,
+    health: Option<String>,
+    health_at: Option<Instant>,
 }
 
 impl LocalUnit {
@@ -77,9 +81,25 @@ impl LocalUnit {
             job: None,
             start_failure: None,
             global,
+            health_check: None,
+            health: None,
+            health_at: None,
         }
     }
+
+    /// With the health check `file` declares, if any.
+    fn checked(mut self, name: &UnitName, file: &UnitFile) -> LocalUnit {
+        self.health_check = fleet_units::Requirements::from_unit(name, file)
+            .ok()
+            .and_then(|(req, _)| req.health_check);
+        self
+    }
 }
+
+/// How often a unit's health check runs while the unit is active.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// How long a health check may run before it counts as failing.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many start or stop calls the agent has in flight at once: enough that systemd never
 /// waits for the agent, few enough that the signals they cause fit zbus's queue (4,096) between
@@ -224,10 +244,9 @@ impl<M: UnitManager> Agent<M> {
             } else {
                 JobState::Loaded
             };
-            self.local.insert(
-                name,
-                LocalUnit::new(file.hash(), state, fleet_units::is_global(&file)),
-            );
+            let local = LocalUnit::new(file.hash(), state, fleet_units::is_global(&file))
+                .checked(&name, &file);
+            self.local.insert(name, local);
         }
         if !self.local.is_empty() {
             tracing::info!(
@@ -310,6 +329,13 @@ impl<M: UnitManager> Agent<M> {
             .local
             .values()
             .filter_map(|l| l.job.as_ref()?.settle_until)
+            // A health check due is looked at the same way.
+            .chain(
+                self.local
+                    .values()
+                    .filter(|l| l.health_check.is_some())
+                    .filter_map(|l| l.health_at.map(|at| at + HEALTH_EVERY)),
+            )
             .min()
             .map(|t| t.max(Instant::now() + Duration::from_millis(5)));
         let local = &mut self.local;
@@ -650,11 +676,13 @@ impl<M: UnitManager> Agent<M> {
         // Each unit written, with its file's path: what systemd links.
         let mut written: Vec<(UnitName, String)> = Vec::new();
         let mut installable = BTreeSet::new();
+        let mut files: BTreeMap<UnitName, UnitFile> = BTreeMap::new();
         for name in names {
             let Some((options, _, _)) = sources.get(name) else {
                 continue;
             };
             let file = UnitFile::from_options(options.clone());
+            files.insert(name.clone(), file.clone());
             let path = self.unit_path(name);
             if let Err(source) = write_atomically(&path, file.to_canonical_string().as_bytes()) {
                 let e = AgentError::UnitsDirectory { path, source };
@@ -679,10 +707,11 @@ impl<M: UnitManager> Agent<M> {
             };
             if linked.contains(name) && (!installable.contains(name) || enabled.contains(name)) {
                 // New content is loaded, not started: `launched` waits for its start job.
-                self.local.insert(
-                    name.clone(),
-                    LocalUnit::new(want.hash, JobState::Loaded, *global),
-                );
+                let mut local = LocalUnit::new(want.hash, JobState::Loaded, *global);
+                if let Some(file) = files.get(name) {
+                    local = local.checked(name, file);
+                }
+                self.local.insert(name.clone(), local);
             }
         }
     }
@@ -757,6 +786,7 @@ impl<M: UnitManager> Agent<M> {
             return;
         };
         self.follow_jobs(&states).await;
+        self.check_health(&states).await;
         // Written in batches: a machine starting hundreds of units at once publishes each of
         // them two or three times.
         let mut changed = Vec::new();
@@ -773,6 +803,7 @@ impl<M: UnitManager> Agent<M> {
                 systemd_active_state: s.active.clone(),
                 systemd_sub_state: s.sub.clone(),
                 start_failure: local.start_failure.clone(),
+                health: local.health.clone(),
             };
             if self.published.get(name) != Some(&state) {
                 changed.push(state);
@@ -823,27 +854,39 @@ impl<M: UnitManager> Agent<M> {
             .filter(|n| !self.local.contains_key(*n))
             .map(|n| n.as_str())
             .collect();
-        if gone.is_empty() {
-            return;
-        }
-        let states = match self.systemd.states(&gone).await {
-            Ok(states) => states,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the states of units moving away");
-                self.still_stopping = true;
-                return;
-            }
-        };
-        let (stopped, running): (Vec<&str>, Vec<&str>) = gone.into_iter().partition(|name| {
-            states
-                .get(*name)
-                .is_none_or(|s| matches!(s.active.as_str(), "inactive" | "failed"))
-        });
-        self.still_stopping = !running.is_empty();
-        let stopped: Vec<UnitName> = stopped
-            .into_iter()
-            .filter_map(|n| UnitName::parse(n).ok())
+        // A name loaded here as a global unit runs as one: the placement it left is not its.
+        let mut stopped: Vec<UnitName> = stopping
+            .iter()
+            .filter(|n| self.local.get(*n).is_some_and(|l| l.global))
+            .cloned()
             .collect();
+        if !gone.is_empty() {
+            let states = match self.systemd.states(&gone).await {
+                Ok(states) => states,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the states of units moving away");
+                    self.still_stopping = true;
+                    return;
+                }
+            };
+            let (down, running): (Vec<&str>, Vec<&str>) = gone.into_iter().partition(|name| {
+                states
+                    .get(*name)
+                    .is_none_or(|s| matches!(s.active.as_str(), "inactive" | "failed"))
+            });
+            self.still_stopping = !running.is_empty();
+            // Still running though this agent no longer has it (a stop call that failed, a
+            // start by a dependency): stop it, or it would never be free to run elsewhere.
+            for name in running {
+                if states.get(name).is_some_and(|s| s.active != "deactivating") {
+                    tracing::warn!(unit = %name, "still running after it was unloaded: stopping it");
+                    if let Err(e) = self.systemd.stop(name).await {
+                        tracing::error!(unit = %name, error = %e, "stopping failed");
+                    }
+                }
+            }
+            stopped.extend(down.into_iter().filter_map(|n| UnitName::parse(n).ok()));
+        }
         if stopped.is_empty() {
             return;
         }
@@ -860,6 +903,44 @@ impl<M: UnitManager> Agent<M> {
             Err(e) => {
                 tracing::warn!(units = stopped.len(), error = %e, "cannot say units stopped");
                 self.still_stopping = true;
+            }
+        }
+    }
+
+    /// Runs the health checks that are due, all at once, of the units systemd reports active
+    /// (`states`); forgets the verdict of a unit that is not active.
+    async fn check_health(&mut self, states: &BTreeMap<String, SystemdState>) {
+        let now = Instant::now();
+        let mut due: Vec<(UnitName, String)> = Vec::new();
+        for (name, local) in &mut self.local {
+            let Some(command) = &local.health_check else {
+                continue;
+            };
+            let active = states
+                .get(name.as_str())
+                .is_some_and(|s| s.active == "active");
+            if !active {
+                local.health = None;
+                local.health_at = None;
+                continue;
+            }
+            if local.health_at.is_none_or(|at| now >= at + HEALTH_EVERY) {
+                due.push((name.clone(), command.clone()));
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let verdicts =
+            futures_util::future::join_all(due.iter().map(|(_, command)| health_check(command)))
+                .await;
+        for ((name, _), verdict) in due.into_iter().zip(verdicts) {
+            if let Some(local) = self.local.get_mut(&name) {
+                if local.health.as_deref() != Some(verdict.as_str()) {
+                    tracing::info!(unit = %name, health = %verdict, "health check");
+                }
+                local.health = Some(verdict);
+                local.health_at = Some(now);
             }
         }
     }
@@ -1056,4 +1137,29 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     tmp.push(".tmp");
     std::fs::write(&tmp, contents)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Runs a health check: `ok` when `command` (with `/bin/sh -c`) exits 0 within
+/// [`HEALTH_TIMEOUT`], otherwise `failing: ` and why (its exit status and the last line it
+/// wrote on stderr, or the time out).
+async fn health_check(command: &str) -> String {
+    let run = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(HEALTH_TIMEOUT, run).await {
+        Ok(Ok(out)) if out.status.success() => "ok".to_string(),
+        Ok(Ok(out)) => {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let last = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            match last {
+                Some(line) => format!("failing: {}: {}", out.status, line.trim()),
+                None => format!("failing: {}", out.status),
+            }
+        }
+        Ok(Err(e)) => format!("failing: cannot run it: {e}"),
+        Err(_) => format!("failing: no answer within {} s", HEALTH_TIMEOUT.as_secs()),
+    }
 }

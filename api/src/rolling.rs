@@ -11,13 +11,16 @@ use axum::extract::State;
 use axum::http::{Request, StatusCode};
 use axum::Json;
 use fleet_client::schema;
-use fleet_registry::{CreateUpdateError, Phase, StoredUpdate, Update, UpdateState, UpdateUnit};
+use fleet_registry::{
+    CreateUpdateError, Phase, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
+};
 use fleet_units::{Requirements, UnitFile, UnitName};
 
 use crate::server::{json_body, parse_name, Api, ApiError, NameParam};
 
-/// The most units one update takes.
-pub const MAX_UPDATE_UNITS: usize = 1000;
+/// The most units one update takes: its units are claimed in the transaction that creates it
+/// and released in the one that ends it, each within etcd's 128 operations.
+pub const MAX_UPDATE_UNITS: usize = 127;
 const DEFAULT_MIN_HEALTHY_MS: u64 = 10_000;
 const DEFAULT_DEADLINE_MS: u64 = 300_000;
 const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;
@@ -126,6 +129,7 @@ pub(crate) async fn create_update(
     let body = json_body(request).await?;
     let request = validate(&body)?;
     let mut units = Vec::with_capacity(request.units.len());
+    let mut previous: Vec<PreviousContent> = Vec::new();
     for name in &request.units {
         let Some(unit) = api.registry.unit(name).await? else {
             return Err(ApiError::new(
@@ -138,9 +142,16 @@ pub(crate) async fn create_update(
                 "unit {name} is global: rolling updates of global units are not supported yet"
             )));
         }
+        let from = unit.hash();
+        if !previous.iter().any(|p| p.hash == from) {
+            previous.push(PreviousContent {
+                hash: from,
+                options: unit.options.clone(),
+            });
+        }
         units.push(UpdateUnit {
             name: name.clone(),
-            from: unit.hash(),
+            from,
             phase: Phase::Pending,
             since_ms: None,
             up_since_ms: None,
@@ -160,6 +171,8 @@ pub(crate) async fn create_update(
         reason: None,
         ended_ms: None,
         units,
+        previous,
+        stamped_by: 0,
     };
     for attempt in 1..=5 {
         match api.registry.create_update(&update).await {

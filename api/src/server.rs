@@ -689,6 +689,13 @@ async fn list_states(
         .iter()
         .filter_map(|u| UnitName::parse(u).ok())
         .collect();
+    // Both filters ask for each pair of them: bounded, so that a long query cannot make this
+    // fleetd (and etcd) read millions of keys.
+    if machine_ids.len().saturating_mul(unit_names.len()) > MAX_STATE_PAIRS {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_STATE_PAIRS} pairs of machineID and unitName in one request"
+        )));
+    }
     if (!machines.is_empty() && machine_ids.is_empty())
         || (!units.is_empty() && unit_names.is_empty())
     {
@@ -706,6 +713,9 @@ async fn list_states(
         next_page_token: next_page_token(limit, page.next.map(|(m, n)| format!("{m}/{n}"))),
     }))
 }
+
+/// The most (machine, unit) pairs `GET /state` reads when given both filters.
+const MAX_STATE_PAIRS: usize = 10_000;
 
 fn state_view(s: fleet_registry::UnitState) -> schema::UnitState {
     schema::UnitState {

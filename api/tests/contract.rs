@@ -126,6 +126,7 @@ async fn machine_running(registry: &Registry, n: u8, units: &[(&str, &str)]) -> 
                     systemd_active_state: active.to_string(),
                     systemd_sub_state: "running".into(),
                     start_failure: None,
+                    health: None,
                 },
             )
             .await
@@ -1397,6 +1398,7 @@ async fn a_failed_start_is_shown_with_the_unit() {
                     systemd_active_state: "failed".into(),
                     systemd_sub_state: "failed".into(),
                     start_failure: failure.map(str::to_string),
+                    health: None,
                 },
             )
             .await
@@ -1605,6 +1607,14 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
             StatusCode::BAD_REQUEST,
         ),
         (asked(json!(["g.service"])), StatusCode::BAD_REQUEST),
+        (
+            asked(Value::from(
+                (0..128)
+                    .map(|i| format!("web@{i}.service"))
+                    .collect::<Vec<_>>(),
+            )),
+            StatusCode::BAD_REQUEST,
+        ),
         (asked(json!(["nope.service"])), StatusCode::NOT_FOUND),
     ];
     for (body, status) in refused {

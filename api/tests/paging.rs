@@ -179,6 +179,7 @@ async fn cluster(registry: &Registry, names: &[String], machines: u8) -> Vec<Pre
             systemd_active_state: "active".into(),
             systemd_sub_state: format!("running-{i}"),
             start_failure: None,
+            health: None,
         };
         registry
             .publish_state(lease_of(&presences[n as usize - 1]), &state)
@@ -482,6 +483,7 @@ fn running(n: u8, unit: &Unit) -> UnitState {
         systemd_active_state: "active".into(),
         systemd_sub_state: "running".into(),
         start_failure: None,
+        health: None,
     }
 }
 

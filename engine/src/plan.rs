@@ -217,6 +217,8 @@ struct Planner<'a> {
     waits: Vec<Option<String>>,
     /// Instances of each template that are stopping (for `MaxUnavailable`).
     down: HashMap<UnitName, usize>,
+    /// The members: machines registered and not declared dead, live or not.
+    members: HashSet<fleet_registry::MachineId>,
 }
 
 impl<'a> Planner<'a> {
@@ -334,10 +336,10 @@ impl<'a> Planner<'a> {
         }
         // What machines are stopping: only members' records count (a machine declared dead
         // runs nothing), whether their lease is live or not.
-        let members: HashSet<&fleet_registry::MachineId> = snapshot
+        let members: HashSet<fleet_registry::MachineId> = snapshot
             .members
             .iter()
-            .map(|e| &e.member.machine.id)
+            .map(|e| e.member.machine.id.clone())
             .collect();
         let mut waits: Vec<Option<String>> = vec![None; n];
         let mut down: HashMap<UnitName, usize> = HashMap::new();
@@ -374,6 +376,7 @@ impl<'a> Planner<'a> {
             placed_on: vec![None; n],
             waits,
             down,
+            members,
             units,
         }
     }
@@ -614,24 +617,47 @@ impl<'a> Planner<'a> {
                         .iter()
                         .all(|(_, l)| l.is_none_or(|l| self.at[l] != Some(m)))
                 })
-                .filter(|&u| self.may_go_down(u))
+                .filter(|&u| self.may_go_down(&self.group_on(u, m)))
                 .min_by_key(|&u| (self.units[u].rank, u));
             if let Some(u) = next {
+                for x in self.group_on(u, m) {
+                    self.went_down(x);
+                }
                 self.unassign(u);
-                self.went_down(u);
             }
         }
     }
 
-    /// Whether one more instance of `u`'s template may stop, by its `MaxUnavailable`.
-    fn may_go_down(&self, u: U) -> bool {
-        let limit = self.req(u).max_unavailable;
-        match (limit, self.units[u].unit.name.template()) {
-            (Some(limit), Some(template)) => {
-                self.down.get(&template).copied().unwrap_or_default() < limit as usize
+    /// `u` and the units on `m` that follow it there (transitively): what leaves with it.
+    fn group_on(&self, u: U, m: M) -> Vec<U> {
+        let mut group = vec![u];
+        let mut i = 0;
+        while i < group.len() {
+            for &f in &self.units[group[i]].followers {
+                if self.at[f] == Some(m) && !group.contains(&f) {
+                    group.push(f);
+                }
             }
-            _ => true,
+            i += 1;
         }
+        group
+    }
+
+    /// Whether all of `group` may stop at once, by their templates' `MaxUnavailable`.
+    fn may_go_down(&self, group: &[U]) -> bool {
+        let mut more: HashMap<UnitName, usize> = HashMap::new();
+        group.iter().all(|&u| {
+            let limit = self.req(u).max_unavailable;
+            match (limit, self.units[u].unit.name.template()) {
+                (Some(limit), Some(template)) => {
+                    let down = self.down.get(&template).copied().unwrap_or_default();
+                    let extra = more.entry(template).or_default();
+                    *extra += 1;
+                    down + *extra <= limit as usize
+                }
+                _ => true,
+            }
+        })
     }
 
     fn went_down(&mut self, u: U) {
@@ -818,8 +844,10 @@ impl<'a> Planner<'a> {
                         });
                     }
                 }
-                // A unit that still wants to run leaves a live machine only once stopped there.
-                (Some(_), Some(_)) => ops.push(PlacementOp::Move {
+                // A unit leaves a member machine (live or not: an absent one may still run it)
+                // only once stopped there, whether it is to run elsewhere or was destroyed or
+                // unloaded: it could be started again at once.
+                _ if self.members.contains(machine) => ops.push(PlacementOp::Move {
                     machine: machine.clone(),
                     name: placement.name.clone(),
                 }),

@@ -9,7 +9,9 @@
 //! first. Then, with `auto_revert`, every unit the update touched goes back to its content
 //! before the update, the failed and updating ones at once (they are down already), the healthy
 //! ones as the bound allows, each waiting to run again; without it the update stops there.
-//! Units whose desired state is not `launched` do not run: written, they are done.
+//! Units whose desired state is not `launched` do not run: written, they are done. A unit whose
+//! new content declares a `HealthCheck` must also have its machine report the check passing
+//! for it to count as running (reverted units need only run).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,8 @@ pub struct Observed {
     pub desired: JobState,
     /// What its machine last published: the content it runs and systemd's active state.
     pub running: Option<(UnitHash, String)>,
+    /// What its health check said last, as its machine published it.
+    pub health: Option<String>,
 }
 
 /// A write the update needs: give the unit the update's content, or its old content back.
@@ -35,27 +39,52 @@ pub enum Action {
 
 /// The next record of `update` and the writes to make, given what is `observed` of its units
 /// (those updating or reverting; a unit missing from `observed` is taken as unknown: not
-/// judged) at `now_ms`. The writes are level-triggered: a unit whose content is not yet what
-/// its phase wants is written again at every step.
+/// judged) at `now_ms` by the leadership `leader` (its revision). The writes are
+/// level-triggered: a unit whose content is not yet what its phase wants is written again at
+/// every step. A unit that does not run again after its revert ends the update, failed: the
+/// old content fails too, and going on would take one unit after another down.
 pub fn step(
     update: &Update,
     observed: &BTreeMap<UnitName, Observed>,
     now_ms: u64,
+    leader: i64,
 ) -> (Update, Vec<Action>) {
     let mut next = update.clone();
     let mut actions = Vec::new();
     if next.state.is_final() {
         return (next, actions);
     }
+    if next.stamped_by != leader {
+        // Times written by another machine's clock: waits start again on this one's.
+        for unit in &mut next.units {
+            if matches!(unit.phase, Phase::Updating | Phase::Reverting) {
+                unit.since_ms = Some(now_ms);
+                unit.up_since_ms = None;
+            }
+        }
+        next.stamped_by = leader;
+    }
+    let mut revert_failed = None;
     let new = update.hash();
     let (min_healthy, deadline) = (update.min_healthy_ms, update.healthy_deadline_ms);
+    let new_file = fleet_units::UnitFile::from_options(update.options.clone());
+    let checked = |name: &UnitName| {
+        fleet_units::Requirements::from_unit(name, &new_file)
+            .is_ok_and(|(req, _)| req.health_check.is_some())
+    };
     // Judge the units in flight.
     for unit in &mut next.units {
         let Some(seen) = observed.get(&unit.name) else {
             continue;
         };
         match unit.phase {
-            Phase::Updating => match judge(unit, seen, new, (min_healthy, deadline), now_ms) {
+            Phase::Updating => match judge(
+                unit,
+                seen,
+                (new, checked(&unit.name)),
+                (min_healthy, deadline),
+                now_ms,
+            ) {
                 Judged::Up => set_phase(unit, Phase::Healthy, now_ms),
                 Judged::Down(Some(failure)) => {
                     unit.failure = Some(failure);
@@ -67,13 +96,19 @@ pub fn step(
                     }
                 }
             },
-            Phase::Reverting => match judge(unit, seen, unit.from, (min_healthy, deadline), now_ms)
-            {
+            Phase::Reverting => match judge(
+                unit,
+                seen,
+                (unit.from, false),
+                (min_healthy, deadline),
+                now_ms,
+            ) {
                 Judged::Up => set_phase(unit, Phase::Reverted, now_ms),
                 Judged::Down(Some(failure)) => {
-                    // Nothing more the update can do for it.
                     unit.failure = Some(format!("after reverting: {failure}"));
-                    set_phase(unit, Phase::Reverted, now_ms);
+                    set_phase(unit, Phase::Failed, now_ms);
+                    revert_failed
+                        .get_or_insert(format!("{} did not run again: {failure}", unit.name));
                 }
                 Judged::Down(None) => {
                     if seen.content.is_some_and(|c| c != unit.from) {
@@ -83,6 +118,12 @@ pub fn step(
             },
             _ => {}
         }
+    }
+    if let Some(reason) = revert_failed {
+        next.state = UpdateState::Failed;
+        next.reason = Some(reason);
+        next.ended_ms = Some(now_ms);
+        return (next, actions);
     }
     // A failure reverts or stops the update.
     if matches!(next.state, UpdateState::Running | UpdateState::Paused) {
@@ -167,12 +208,12 @@ enum Judged {
     Down(Option<String>),
 }
 
-/// Whether `unit`, in its phase since `since_ms`, runs `want` healthily now, updating when it
-/// has been seen running it without a break.
+/// Whether `unit`, in its phase since `since_ms`, runs `want` healthily now (with its health
+/// check passing when `checked`), updating when it has been seen running it without a break.
 fn judge(
     unit: &mut UpdateUnit,
     seen: &Observed,
-    want: UnitHash,
+    (want, checked): (UnitHash, bool),
     (min_healthy_ms, healthy_deadline_ms): (u64, u64),
     now_ms: u64,
 ) -> Judged {
@@ -185,7 +226,12 @@ fn judge(
         return Judged::Up;
     }
     match &seen.running {
-        Some((hash, active)) if *hash == want && active == "active" && content == want => {
+        Some((hash, active))
+            if *hash == want
+                && active == "active"
+                && content == want
+                && (!checked || seen.health.as_deref() == Some("ok")) =>
+        {
             let up = *unit.up_since_ms.get_or_insert(now_ms);
             if now_ms.saturating_sub(up) >= min_healthy_ms {
                 return Judged::Up;
@@ -200,9 +246,12 @@ fn judge(
             // A break (a restart, a stop) starts the wait again.
             unit.up_since_ms = None;
             if now_ms.saturating_sub(since) >= healthy_deadline_ms {
-                let what = match other {
-                    Some((_, active)) => active.to_string(),
-                    None => "no state reported".to_string(),
+                let what = match (other, &seen.health) {
+                    (Some((_, active)), Some(health)) if checked && health != "ok" => {
+                        format!("{active}, health check {health}")
+                    }
+                    (Some((_, active)), _) => active.to_string(),
+                    (None, _) => "no state reported".to_string(),
                 };
                 return Judged::Down(Some(format!(
                     "not healthy within {} s ({what})",

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_registry::{
-    Error, Event, EventKind, HashPrefix, JobState, Leadership, Phase, Recorder, Registry,
-    StoredUpdate, UpdateState, FINISHED_UPDATES_KEPT,
+    Error, Event, EventKind, JobState, Leadership, Phase, Recorder, Registry, StoredUpdate,
+    UpdateState, FINISHED_UPDATES_KEPT,
 };
 
 use crate::update::{step, Action, Observed};
@@ -30,7 +30,14 @@ pub async fn drive_all(
             continue;
         }
         going = true;
-        drive(registry, leadership, stored, events).await?;
+        // One update's trouble (a unit too large to write, say) holds up no other.
+        match drive(registry, leadership, stored, events).await {
+            Err(Error::NotLeader) => return Err(Error::NotLeader),
+            Err(e) => {
+                tracing::warn!(update = %stored.update.id, error = %e, "update step not taken")
+            }
+            Ok(()) => {}
+        }
     }
     let mut finished: Vec<&StoredUpdate> = updates
         .values()
@@ -39,7 +46,9 @@ pub async fn drive_all(
     if finished.len() > FINISHED_UPDATES_KEPT {
         finished.sort_by_key(|s| (s.update.ended_ms, s.update.created_ms));
         for old in &finished[..finished.len() - FINISHED_UPDATES_KEPT] {
-            registry.delete_update(&old.update.id, old.revision).await?;
+            registry
+                .delete_update(&old.update.id, old.revision, leadership)
+                .await?;
         }
     }
     Ok(going)
@@ -70,16 +79,18 @@ async fn drive(
                 content: None,
                 desired: JobState::Inactive,
                 running: None,
+                health: None,
             },
             Some(view) => Observed {
                 content: Some(view.unit.hash()),
                 desired: view.unit.desired_state,
+                health: view.state.as_ref().and_then(|s| s.health.clone()),
                 running: view.state.map(|s| (s.hash, s.systemd_active_state)),
             },
         };
         observed.insert(unit.name.clone(), seen);
     }
-    let (next, actions) = step(update, &observed, now_ms());
+    let (next, actions) = step(update, &observed, now_ms(), leadership.revision);
     if next != *update {
         if !registry
             .write_update(&next, stored.revision, Some(leadership))
@@ -121,15 +132,18 @@ async fn drive(
     for action in actions {
         match action {
             Action::Write(name) => {
-                registry.set_unit_options(&name, &next.options).await?;
+                registry
+                    .set_unit_options(&name, &next.options, Some(leadership))
+                    .await?;
             }
             Action::Revert(name, from) => {
-                let Ok(target) = HashPrefix::parse(&from.to_string()) else {
+                let Some(previous) = next.previous.iter().find(|p| p.hash == from) else {
+                    tracing::warn!(update = %next.id, unit = %name, "no previous content to revert to");
                     continue;
                 };
-                if let Err(e) = registry.rollback_unit(&name, Some(&target)).await {
-                    tracing::warn!(update = %next.id, unit = %name, error = %e, "cannot revert unit");
-                }
+                registry
+                    .set_unit_options(&name, &previous.options, Some(leadership))
+                    .await?;
             }
         }
     }

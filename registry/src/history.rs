@@ -448,7 +448,15 @@ impl Registry {
     /// Writes `unit` over what `read` found, with its history, if the unit's record is still
     /// the one read. `Ok(None)` when written; otherwise the unit and its history as they are
     /// now, to plan again from.
-    async fn write_over(&self, unit: &Unit, read: Read, now: u64) -> Result<Option<Read>> {
+    /// With `fence`, the write is also conditioned on that leadership ([`Error::NotLeader`]
+    /// when it is lost).
+    async fn write_over(
+        &self,
+        unit: &Unit,
+        read: Read,
+        now: u64,
+        fence: Option<crate::Leadership>,
+    ) -> Result<Option<Read>> {
         let (mut ops, bytes) = self.unit_ops(unit)?;
         let existing = read.unit.as_ref().map(|kv| decode::<Unit>(kv).ok());
         let current = match &existing {
@@ -477,10 +485,18 @@ impl Registry {
             }
             None => Compare::create_revision(unit_key.as_str(), CompareOp::Equal, 0),
         };
-        let txn = Txn::new()
-            .when(vec![guard])
-            .and_then(ops)
-            .or_else(self.unit_and_history_reads(&unit.name));
+        let mut when = vec![guard];
+        let mut otherwise = self.unit_and_history_reads(&unit.name);
+        if let Some(l) = fence {
+            let leader = self.leader_key();
+            when.push(Compare::create_revision(
+                leader.as_str(),
+                CompareOp::Equal,
+                l.revision,
+            ));
+            otherwise.push(TxnOp::get(leader, None));
+        }
+        let txn = Txn::new().when(when).and_then(ops).or_else(otherwise);
         let resp = match self.txn(txn).await {
             Ok(resp) => resp,
             // etcd applies the write that crosses its quota and still answers "no space" (its
@@ -497,6 +513,13 @@ impl Registry {
         if resp.succeeded() {
             return Ok(None);
         }
+        if let Some(l) = fence {
+            let [unit_read, history_read, leader] = reads(&resp)?;
+            if leader.kvs().first().map(|kv| kv.create_revision()) != Some(l.revision) {
+                return Err(Error::NotLeader);
+            }
+            return Ok(Some(self.decode_read(&unit.name, unit_read, history_read)));
+        }
         let [unit_read, history_read] = reads(&resp)?;
         Ok(Some(self.decode_read(&unit.name, unit_read, history_read)))
     }
@@ -512,7 +535,7 @@ impl Registry {
             return Ok(());
         };
         // A concurrent change of the unit: plan again from what it is now.
-        while let Some(again) = self.write_over(unit, read, now).await? {
+        while let Some(again) = self.write_over(unit, read, now, None).await? {
             read = again;
         }
         Ok(())
@@ -574,7 +597,13 @@ impl Registry {
     /// Gives a unit new content, keeping its desired state (the content it replaces goes to
     /// its history), conditioned on the unit read: a concurrent change is read again and kept.
     /// `false` when there is no such unit.
-    pub async fn set_unit_options(&self, name: &UnitName, options: &[UnitOption]) -> Result<bool> {
+    /// With `fence`, conditioned on that leadership too (the engine's rolling updates).
+    pub async fn set_unit_options(
+        &self,
+        name: &UnitName,
+        options: &[UnitOption],
+        fence: Option<crate::Leadership>,
+    ) -> Result<bool> {
         let mut read = self.read_unit_and_history(name).await?;
         let now = now();
         loop {
@@ -586,7 +615,7 @@ impl Registry {
                 return Ok(true);
             }
             unit.options = options.to_vec();
-            match self.write_over(&unit, read, now).await? {
+            match self.write_over(&unit, read, now, fence).await? {
                 None => return Ok(true),
                 Some(again) => read = again,
             }
@@ -640,7 +669,7 @@ impl Registry {
                 options: version.options.clone(),
                 ..history.unit.clone()
             };
-            match self.write_over(&unit, read, now).await? {
+            match self.write_over(&unit, read, now, None).await? {
                 None => return Ok(Rollback { from, to }),
                 Some(again) => read = again,
             }

@@ -67,7 +67,8 @@ pub use model::{
 };
 pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
 pub use update::{
-    CreateUpdateError, Phase, StoredUpdate, Update, UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
+    CreateUpdateError, Phase, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
+    FINISHED_UPDATES_KEPT,
 };
 pub use view::{AgentView, EngineView};
 pub use watch::Changes;
@@ -1313,11 +1314,8 @@ impl Registry {
             .iter()
             .filter_map(|kv| self.drain_entry(kv.key_str().ok()?))
             .collect();
-        let updates = updates
-            .kvs()
-            .iter()
-            .map(|kv| self.stored_update(kv))
-            .collect::<Result<Vec<_>>>()?
+        let updates = self
+            .readable_updates(updates.kvs())
             .into_iter()
             .map(|u| (u.update.id.clone(), u))
             .collect();

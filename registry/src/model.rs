@@ -196,6 +196,11 @@ pub struct UnitState {
     /// service's result), if it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_failure: Option<String>,
+    /// What the unit's `HealthCheck` command said the last time it ran while the unit was
+    /// active: `ok`, or `failing: ...` with why. `None` without a health check, or while the
+    /// unit is not active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
 }
 
 /// A member of the cluster (`members/<id>`): a machine registered and not declared dead, and

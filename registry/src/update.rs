@@ -131,6 +131,21 @@ pub struct Update {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_ms: Option<u64>,
     pub units: Vec<UpdateUnit>,
+    /// The content each unit had before (once per distinct content), for reverting: the
+    /// unit's history keeps only its last versions.
+    #[serde(default)]
+    pub previous: Vec<PreviousContent>,
+    /// The leadership (its revision) whose clock wrote the times of the units in flight: a new
+    /// leader starts them again from its own clock rather than compare two machines' clocks.
+    #[serde(default)]
+    pub stamped_by: i64,
+}
+
+/// A content units had before an update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousContent {
+    pub hash: UnitHash,
+    pub options: Vec<UnitOption>,
 }
 
 impl Update {
@@ -232,6 +247,20 @@ impl Registry {
         })
     }
 
+    /// The updates among `kvs` that can be read; one that cannot (written by a newer fleetd,
+    /// say) is logged and left out rather than stopping the engine.
+    pub(crate) fn readable_updates(&self, kvs: &[etcd_client::KeyValue]) -> Vec<StoredUpdate> {
+        kvs.iter()
+            .filter_map(|kv| match self.stored_update(kv) {
+                Ok(u) => Some(u),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring an update record that cannot be read");
+                    None
+                }
+            })
+            .collect()
+    }
+
     /// Every update, oldest first.
     pub async fn updates(&self) -> Result<Vec<StoredUpdate>> {
         let resp = self
@@ -311,15 +340,20 @@ impl Registry {
         Ok(false)
     }
 
-    /// Removes a finished update's record (its claims went when it finished).
-    pub async fn delete_update(&self, id: &str, revision: i64) -> Result<bool> {
+    /// Removes a finished update's record (its claims went when it finished), fenced on the
+    /// engine's `leadership`.
+    pub async fn delete_update(
+        &self,
+        id: &str,
+        revision: i64,
+        leadership: Leadership,
+    ) -> Result<bool> {
         let key = self.update_key(id);
         let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            )])
+            .when(vec![
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, revision),
+                Compare::create_revision(self.leader_key(), CompareOp::Equal, leadership.revision),
+            ])
             .and_then(vec![TxnOp::delete(key, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }

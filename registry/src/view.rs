@@ -289,8 +289,8 @@ impl EngineView {
         } else if let Some(id) = key.strip_prefix(&registry.updates_prefix()) {
             if deleted {
                 s.updates.remove(id);
-            } else {
-                let update = registry.stored_update(&kv)?;
+            } else if let Some(update) = registry.readable_updates(std::slice::from_ref(&kv)).pop()
+            {
                 s.updates.insert(id.to_string(), update);
             }
         } else if let Some(machine) = registry.drain_entry(&key) {

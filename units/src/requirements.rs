@@ -39,6 +39,7 @@ const X_CONFLICTS: &str = "X-Conflicts";
 const GLOBAL: &str = "Global";
 const REPLACES: &str = "Replaces";
 const MAX_UNAVAILABLE: &str = "MaxUnavailable";
+const HEALTH_CHECK: &str = "HealthCheck";
 
 /// Where a unit may be placed, from its `[X-Fleet]` section.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,11 @@ pub struct Requirements {
     /// them (a drain) or changes them: not in fleet v1.0, which had no such operations.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<u32>,
+    /// A command (run with `/bin/sh -c` on the unit's machine while the unit is active) whose
+    /// success says the unit is healthy: what rolling updates wait for besides systemd's
+    /// state. Not in fleet v1.0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
 }
 
 /// Requirements fleet's API refuses.
@@ -195,7 +201,7 @@ impl Requirements {
         for key in by_key.keys() {
             match *key {
                 MACHINE_ID | MACHINE_OF | MACHINE_METADATA | CONFLICTS | GLOBAL | REPLACES
-                | MAX_UNAVAILABLE => {}
+                | MAX_UNAVAILABLE | HEALTH_CHECK => {}
                 X_MACHINE_ID | X_MACHINE_OF | X_MACHINE_METADATA | X_CONFLICTS => {
                     let current = key.trim_start_matches("X-Condition").trim_start_matches("X-");
                     warnings.push(format!(
@@ -238,6 +244,13 @@ impl Requirements {
             },
         };
 
+        // Whole, not split at spaces: a command line. The last one counts; empty is none.
+        let health_check = unit
+            .values(X_FLEET, HEALTH_CHECK)
+            .last()
+            .map(|v| expand_specifiers(v.trim(), name))
+            .filter(|v| !v.is_empty());
+
         let mut metadata: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for key in [X_MACHINE_METADATA, MACHINE_METADATA] {
             for item in values(key) {
@@ -264,6 +277,7 @@ impl Requirements {
             global,
             replaces,
             max_unavailable,
+            health_check,
         };
         requirements.check()?;
         Ok((requirements, warnings))
@@ -593,6 +607,22 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_health_check_is_one_command_line_with_specifiers_expanded() {
+        let (req, warnings) = read(
+            "web@8080.service",
+            "HealthCheck=curl -sf http://localhost:%i/\n",
+        )
+        .unwrap();
+        assert_eq!(
+            req.health_check.as_deref(),
+            Some("curl -sf http://localhost:8080/")
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (req, _) = read("a.service", "HealthCheck=/bin/false\nHealthCheck=\n").unwrap();
+        assert_eq!(req.health_check, None, "the last, empty, value counts");
     }
 
     #[test]

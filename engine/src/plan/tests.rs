@@ -250,14 +250,18 @@ fn table_of_removals_and_updates() {
         ),
         (
             "placed twice: the second is stopped, and recorded as stopping",
-            snapshot(
-                vec![a.clone()],
-                vec![machine(1), machine(2)],
-                vec![
-                    (mid(2), Placement::for_unit(&a)),
-                    (mid(1), Placement::for_unit(&a)),
-                ],
-            ),
+            {
+                let mut s = snapshot(
+                    vec![a.clone()],
+                    vec![machine(1), machine(2)],
+                    vec![
+                        (mid(2), Placement::for_unit(&a)),
+                        (mid(1), Placement::for_unit(&a)),
+                    ],
+                );
+                s.members = members_of(&s.machines);
+                s
+            },
             vec![PlacementOp::Move {
                 machine: mid(2),
                 name: a.name.clone(),
@@ -1953,4 +1957,31 @@ fn each_new_placement_says_why_there() {
             assert!(new.contains(&unit.to_string()), "{case}: {unit}");
         }
     }
+}
+
+#[test]
+fn a_destroyed_unit_started_again_waits_for_its_machine_to_stop_it() {
+    let a = xunit("a.service", &[]);
+    let mut s = snapshot(vec![], vec![machine(1), machine(2)], vec![at(1, &a)]);
+    s.members = members_of(&s.machines);
+    // Destroyed: taken off machine 1, which is recorded as stopping it.
+    let p = plan(&s);
+    assert_eq!(
+        p.ops,
+        vec![PlacementOp::Move {
+            machine: mid(1),
+            name: a.name.clone()
+        }]
+    );
+    // Submitted and started again before machine 1 has stopped it: it waits.
+    let mut again = apply(s, &p.ops);
+    again.units.push(a.clone());
+    let p = plan(&again);
+    assert_eq!(p.ops, vec![]);
+    assert_eq!(
+        reasons_of(&p),
+        why(&[("a.service", &["stopping on f1ee7001 before it moves"])])
+    );
+    again.stopping.clear();
+    assert_eq!(puts(&plan(&again).ops).len(), 1);
 }

@@ -27,6 +27,11 @@ fn update(units: usize, max_parallel: u32, auto_revert: bool) -> Update {
         state: UpdateState::Running,
         reason: None,
         ended_ms: None,
+        previous: vec![fleet_registry::PreviousContent {
+            hash: hash("/bin/old"),
+            options: content("/bin/old"),
+        }],
+        stamped_by: 1,
         units: (1..=units)
             .map(|i| UpdateUnit {
                 name: UnitName::parse(&format!("web@{i}.service")).unwrap(),
@@ -70,6 +75,7 @@ impl Cluster {
                         content: Some(*content),
                         desired: JobState::Launched,
                         running: running.clone(),
+                        health: None,
                     },
                 )
             })
@@ -123,7 +129,7 @@ fn run(mut u: Update, cluster: &mut Cluster, pause_at: Option<u64>) -> (Update, 
         if pause_at == Some(now) {
             u.state = UpdateState::Paused;
         }
-        let (next, actions) = step(&u, &cluster.observe(), now);
+        let (next, actions) = step(&u, &cluster.observe(), now, 1);
         cluster.apply(&actions);
         most_down = most_down.max(cluster.down());
         u = next;
@@ -198,13 +204,13 @@ fn a_paused_update_starts_nothing_and_resumes() {
     let mut cluster = Cluster::new(&u, false);
     // Paused at once: the first unit is in flight, judged, and nothing else starts.
     let mut now = 0;
-    let (mut u, actions) = step(&u, &cluster.observe(), now);
+    let (mut u, actions) = step(&u, &cluster.observe(), now, 1);
     cluster.apply(&actions);
     u.state = UpdateState::Paused;
     for _ in 0..40 {
         now += 250;
         cluster.tick();
-        let (next, actions) = step(&u, &cluster.observe(), now);
+        let (next, actions) = step(&u, &cluster.observe(), now, 1);
         cluster.apply(&actions);
         u = next;
     }
@@ -237,25 +243,26 @@ fn a_unit_that_never_gets_healthy_fails_at_its_deadline_and_a_break_starts_the_w
                 content: Some(new),
                 desired: JobState::Launched,
                 running: running.map(|(h, a)| (h, a.to_string())),
+                health: None,
             },
         )])
     };
-    u = step(&u, &observed(None), 0).0;
+    u = step(&u, &observed(None), 0, 1).0;
     assert_eq!(u.units[0].phase, Phase::Updating);
     // Active 900 ms, then a break: not healthy yet.
-    u = step(&u, &observed(Some((new, "active"))), 100).0;
-    u = step(&u, &observed(Some((new, "active"))), 1_000).0;
-    u = step(&u, &observed(Some((new, "activating"))), 1_050).0;
-    u = step(&u, &observed(Some((new, "active"))), 1_100).0;
+    u = step(&u, &observed(Some((new, "active"))), 100, 1).0;
+    u = step(&u, &observed(Some((new, "active"))), 1_000, 1).0;
+    u = step(&u, &observed(Some((new, "activating"))), 1_050, 1).0;
+    u = step(&u, &observed(Some((new, "active"))), 1_100, 1).0;
     assert_eq!(u.units[0].phase, Phase::Updating);
-    u = step(&u, &observed(Some((new, "active"))), 2_000).0;
+    u = step(&u, &observed(Some((new, "active"))), 2_000, 1).0;
     assert_eq!(
         u.units[0].phase,
         Phase::Updating,
         "the wait started again at 1,100"
     );
     // Never running long enough: failed at the deadline.
-    u = step(&u, &observed(Some((new, "activating"))), 10_000).0;
+    u = step(&u, &observed(Some((new, "activating"))), 10_000, 1).0;
     assert_eq!(u.units[0].phase, Phase::Failed);
     assert_eq!(u.state, UpdateState::Failed);
     assert!(u
@@ -279,13 +286,112 @@ fn units_that_do_not_run_are_done_once_written_and_final_updates_do_nothing() {
                     content: Some(new),
                     desired: JobState::Loaded,
                     running: None,
+                    health: None,
                 },
             )
         })
         .collect();
-    u = step(&u, &loaded, 0).0;
-    u = step(&u, &loaded, 250).0;
+    u = step(&u, &loaded, 0, 1).0;
+    u = step(&u, &loaded, 250, 1).0;
     assert_eq!(u.state, UpdateState::Done);
-    let (again, actions) = step(&u, &loaded, 500);
+    let (again, actions) = step(&u, &loaded, 500, 1);
     assert_eq!((again, actions), (u, vec![]));
+}
+
+#[test]
+fn a_unit_that_does_not_run_again_after_its_revert_fails_the_update() {
+    let u = update(4, 1, true);
+    let old = hash("/bin/old");
+    let new = hash("/bin/new");
+    let name = u.units[0].name.clone();
+    let seen = |content: UnitHash, running: (UnitHash, &str)| {
+        BTreeMap::from([(
+            name.clone(),
+            Observed {
+                content: Some(content),
+                desired: JobState::Launched,
+                running: Some((running.0, running.1.to_string())),
+                health: None,
+            },
+        )])
+    };
+    let (u, _) = step(&u, &BTreeMap::new(), 0, 1);
+    let (u, _) = step(&u, &seen(new, (new, "failed")), 250, 1);
+    assert_eq!(u.state, UpdateState::Reverting);
+    assert_eq!(u.units[0].phase, Phase::Reverting);
+    // The old content fails too: the update ends there, the other units untouched.
+    let (u, actions) = step(&u, &seen(old, (old, "failed")), 500, 1);
+    assert_eq!(u.state, UpdateState::Failed, "{u:?}");
+    assert!(actions.is_empty(), "{actions:?}");
+    assert!(u.reason.as_deref().unwrap().contains("did not run again"));
+    assert!(u.units[1..].iter().all(|x| x.phase == Phase::Pending));
+}
+
+#[test]
+fn a_new_leader_times_the_units_in_flight_on_its_own_clock() {
+    let u = update(1, 1, false);
+    let name = u.units[0].name.clone();
+    let new = hash("/bin/new");
+    let (u, _) = step(&u, &BTreeMap::new(), 0, 1);
+    let starting = BTreeMap::from([(
+        name.clone(),
+        Observed {
+            content: Some(new),
+            desired: JobState::Launched,
+            running: Some((new, "activating".to_string())),
+            health: None,
+        },
+    )]);
+    // Leader 2's clock is 20 s ahead: its deadline counts from its own first look.
+    let (u, _) = step(&u, &starting, 20_000, 2);
+    assert_eq!(u.units[0].phase, Phase::Updating);
+    assert_eq!(u.units[0].since_ms, Some(20_000));
+    assert_eq!(u.stamped_by, 2);
+    let (u, _) = step(&u, &starting, 30_000, 2);
+    assert_eq!(u.units[0].phase, Phase::Failed, "its own deadline passed");
+}
+
+#[test]
+fn a_declared_health_check_must_pass_for_a_unit_to_be_healthy() {
+    let mut u = update(1, 1, false);
+    u.options.push(UnitOption {
+        section: "X-Fleet".into(),
+        name: "HealthCheck".into(),
+        value: "/usr/bin/check".into(),
+    });
+    let name = u.units[0].name.clone();
+    let new = u.hash();
+    let observed = |health: Option<&str>| {
+        BTreeMap::from([(
+            name.clone(),
+            Observed {
+                content: Some(new),
+                desired: JobState::Launched,
+                running: Some((new, "active".to_string())),
+                health: health.map(str::to_string),
+            },
+        )])
+    };
+    u = step(&u, &observed(None), 0, 1).0;
+    // Active all along, its check failing: never healthy, failed at the deadline with why.
+    for t in [100, 2_000, 5_000] {
+        u = step(&u, &observed(Some("failing: exit status: 1")), t, 1).0;
+        assert_eq!(u.units[0].phase, Phase::Updating, "at {t}");
+    }
+    let failed = step(&u, &observed(Some("failing: exit status: 1")), 10_000, 1).0;
+    assert_eq!(failed.units[0].phase, Phase::Failed);
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("health check failing: exit status: 1"),
+        "{:?}",
+        failed.reason
+    );
+    // Passing for min_healthy: healthy.
+    u = step(&u, &observed(Some("ok")), 6_000, 1).0;
+    u = step(&u, &observed(Some("ok")), 7_000, 1).0;
+    assert_eq!(u.units[0].phase, Phase::Healthy);
+    assert_eq!(u.state, UpdateState::Done);
 }

@@ -228,6 +228,7 @@ pub async fn simulated_agent(registry: Registry, id: MachineId, lease: i64) {
                     systemd_active_state: active.into(),
                     systemd_sub_state: sub.into(),
                     start_failure: None,
+                    health: None,
                 };
                 if registry.publish_state(lease, &state).await.is_ok() {
                     published.insert(name.clone(), (job_state, hash));

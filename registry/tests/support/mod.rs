@@ -137,5 +137,6 @@ pub fn state(machine: u8, unit_name: &str) -> UnitState {
         systemd_active_state: "active".to_string(),
         systemd_sub_state: "running".to_string(),
         start_failure: None,
+        health: None,
     }
 }

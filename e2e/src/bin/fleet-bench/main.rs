@@ -1173,6 +1173,7 @@ async fn list_run(etcd: &fleet_testkit::Etcd, units: usize) -> Result<(), String
                     systemd_active_state: "active".into(),
                     systemd_sub_state: "running".into(),
                     start_failure: None,
+                    health: None,
                 };
                 registry
                     .publish_state(leases[i % MACHINES], &state)
