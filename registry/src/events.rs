@@ -458,24 +458,7 @@ impl Registry {
 
     /// The revision now and how many events are kept: one count-only read.
     async fn count_events(&self) -> Result<(i64, usize)> {
-        let prefix = self.events_prefix();
-        let counted = self
-            .kv_request(|mut kv| {
-                let prefix = prefix.clone();
-                async move {
-                    kv.get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_count_only()),
-                    )
-                    .await
-                }
-            })
-            .await?;
-        let revision = counted.header().map(|h| h.revision()).unwrap_or_default();
-        Ok((
-            revision,
-            usize::try_from(counted.count()).unwrap_or_default(),
-        ))
+        self.count_prefix(&self.events_prefix()).await
     }
 
     /// Trims the events to the newest `keep`: one count-only read, and when there are more,

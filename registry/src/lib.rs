@@ -1003,10 +1003,15 @@ impl Registry {
     /// How many machines are live: their records counted by etcd (a count-only read), none
     /// sent.
     pub async fn machine_count(&self) -> Result<usize> {
-        let prefix = self.machines_prefix();
+        Ok(self.count_prefix(&self.machines_prefix()).await?.1)
+    }
+
+    /// The revision now and how many keys start with `prefix`: one count-only read, no key
+    /// sent.
+    pub(crate) async fn count_prefix(&self, prefix: &str) -> Result<(i64, usize)> {
         let resp = self
             .kv_request(|mut kv| {
-                let prefix = prefix.clone();
+                let prefix = prefix.to_string();
                 async move {
                     kv.get(
                         prefix,
@@ -1016,7 +1021,8 @@ impl Registry {
                 }
             })
             .await?;
-        Ok(usize::try_from(resp.count()).unwrap_or_default())
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok((revision, usize::try_from(resp.count()).unwrap_or_default()))
     }
 
     /// Whether `name` is this machine's business: placed on `machine`, or global with a state
