@@ -655,11 +655,7 @@ impl<M: UnitManager> Agent<M> {
                 l.job = None;
                 l.reported = JobState::Launched;
                 l.start_failure = Some(e.to_string());
-                self.events.record(
-                    Event::new(EventKind::StartFailed, e.to_string())
-                        .unit(name)
-                        .machine(&self.machine),
-                );
+                start_failed(&self.events, &self.machine, name, &e.to_string());
             }
         }
     }
@@ -1040,11 +1036,7 @@ impl<M: UnitManager> Agent<M> {
                 }
                 JobKind::Start => {
                     match &failure {
-                        Some(why) => self.events.record(
-                            Event::new(EventKind::StartFailed, why.as_str())
-                                .unit(&name)
-                                .machine(&self.machine),
-                        ),
+                        Some(why) => start_failed(&self.events, &self.machine, &name, why),
                         None => {
                             tracing::info!(unit = %name, active = %state.active, sub = %state.sub, "started")
                         }
@@ -1162,4 +1154,13 @@ async fn health_check(command: &str) -> String {
         Ok(Err(e)) => format!("failing: cannot run it: {e}"),
         Err(_) => format!("failing: no answer within {} s", HEALTH_TIMEOUT.as_secs()),
     }
+}
+
+/// Records that a start of `name` on `machine` failed, and why.
+fn start_failed(events: &Recorder, machine: &MachineId, name: &UnitName, why: &str) {
+    events.record(
+        Event::new(EventKind::StartFailed, why)
+            .unit(name)
+            .machine(machine),
+    );
 }

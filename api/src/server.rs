@@ -996,11 +996,7 @@ async fn resolve(
     let Some(unit) = api.registry.unit_machines(name).await? else {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "unit does not exist"));
     };
-    let wanted = match params.get("machineID").map(Vec::as_slice) {
-        None | Some([]) => None,
-        Some([m]) => Some(m.as_str()),
-        Some(_) => return Err(ApiError::bad_request("machineID given more than once")),
-    };
+    let wanted = single_param(params, "machineID").map_err(ApiError::bad_request)?;
     let targets = select_targets(name, unit.machines, wanted)?;
     Ok((targets, unit.global && wanted.is_none()))
 }

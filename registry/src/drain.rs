@@ -14,7 +14,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use fleet_units::UnitName;
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, op_bytes, reads, MachineId, Registry, Result};
+use crate::{decode, encode, reads, MachineId, Registry, Result};
 
 /// A drain's record (`drain/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,15 +69,8 @@ impl Registry {
     /// Says that this machine has stopped `names`, which the engine took off it: removes their
     /// `stopping/` records, in as few transactions as etcd's limits allow.
     pub async fn release_stopping(&self, machine: &MachineId, names: &[UnitName]) -> Result<()> {
-        let ops = names
-            .iter()
-            .map(|name| {
-                let key = self.stopping_key(machine, name);
-                let bytes = op_bytes(&key, b"");
-                (TxnOp::delete(key, None), bytes)
-            })
-            .collect();
-        self.write_batched(ops).await
+        self.delete_batched(names.iter().map(|name| self.stopping_key(machine, name)))
+            .await
     }
 
     /// Starts draining `machine`, a member of the cluster (live or not).

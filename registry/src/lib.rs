@@ -1087,10 +1087,14 @@ impl Registry {
 
     /// Removes many unit states of one machine, in as few transactions as etcd's limits allow.
     pub async fn remove_states(&self, machine: &MachineId, names: &[UnitName]) -> Result<()> {
-        let ops = names
-            .iter()
-            .map(|name| {
-                let key = self.state_key(machine, name);
+        self.delete_batched(names.iter().map(|name| self.state_key(machine, name)))
+            .await
+    }
+
+    /// Deletes `keys`, in as few transactions as etcd's limits allow.
+    async fn delete_batched(&self, keys: impl Iterator<Item = String>) -> Result<()> {
+        let ops = keys
+            .map(|key| {
                 let bytes = op_bytes(&key, b"");
                 (TxnOp::delete(key, None), bytes)
             })
