@@ -105,6 +105,11 @@ impl Sampler {
         }
     }
 
+    /// The samples taken so far; sampling goes on.
+    pub fn snapshot(&self) -> Samples {
+        lock(&self.samples).clone()
+    }
+
     /// Stops sampling and returns every sample.
     pub fn finish(self) -> Samples {
         self.stop.store(true, Ordering::Relaxed);
@@ -155,6 +160,37 @@ impl Samples {
     /// How many samples were taken.
     pub fn count(&self) -> usize {
         self.nodes.iter().map(Vec::len).sum()
+    }
+
+    /// The most of `units` not running at once, counted from the first moment every one of
+    /// them was seen running (before it, they were still starting); `None` if there was no such
+    /// moment. At each sample of a node, a unit is down when no node's latest sample shows it.
+    pub fn most_down(&self, units: &[String]) -> Option<usize> {
+        let mut events: Vec<(u128, usize, &BTreeSet<String>)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, s)| s.iter().map(move |x| (x.at_ns, n, &x.running)))
+            .collect();
+        events.sort_by_key(|(at, n, _)| (*at, *n));
+        let mut latest: Vec<Option<&BTreeSet<String>>> = vec![None; self.nodes.len()];
+        let mut most: Option<usize> = None;
+        for (_, n, running) in events {
+            latest[n] = Some(running);
+            if latest.iter().any(Option::is_none) {
+                continue;
+            }
+            let down = units
+                .iter()
+                .filter(|u| !latest.iter().flatten().any(|r| r.contains(*u)))
+                .count();
+            most = match most {
+                None if down == 0 => Some(0),
+                None => None,
+                Some(m) => Some(m.max(down)),
+            };
+        }
+        most
     }
 
     /// The median time between two samples of one node.
@@ -255,6 +291,27 @@ mod tests {
         };
         assert_eq!(samples.doubles(Duration::from_millis(500)).len(), 1);
         assert_eq!(samples.median_period(), Duration::from_millis(100));
+        let units = vec!["a".to_string(), "b".to_string()];
+        let starting = Samples {
+            nodes: vec![
+                vec![
+                    sample(0, &[]),
+                    sample(100 * ms, &["a"]),
+                    sample(200 * ms, &["a"]),
+                ],
+                vec![
+                    sample(50 * ms, &[]),
+                    sample(150 * ms, &["b"]),
+                    sample(250 * ms, &[]),
+                ],
+            ],
+        };
+        // Both down before they first ran together: not counted; then b went down.
+        assert_eq!(starting.most_down(&units), Some(1));
+        let never = Samples {
+            nodes: vec![vec![sample(0, &["a"])], vec![sample(50 * ms, &[])]],
+        };
+        assert_eq!(never.most_down(&units), None);
         assert_eq!(
             parse("12 a.service b.service").map(|s| s.running.len()),
             Some(2)

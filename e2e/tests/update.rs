@@ -2,10 +2,9 @@
 //! health check is reverted with never more than two of them down, as every node's systemd is
 //! watched; an update goes on after fleetctl has exited and after the engine leader was killed.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use fleet_e2e::sampler::{Sampler, Samples};
+use fleet_e2e::sampler::Sampler;
 use fleet_e2e::{api_url, cluster, https, tag, Cluster, NODES};
 
 /// A template whose instances print a line every second, with `exec` as their command when
@@ -34,33 +33,6 @@ fn start_instances(c: &Cluster, path: &str, stem: &str, count: usize) -> Vec<Str
     args.extend(paths.iter().map(String::as_str));
     c.fleetctl(&args).expect_ok("start the instances");
     names
-}
-
-/// The most of `units` not running at once, over the samples: at each sample of a node, the
-/// units running on any node as last sampled (a unit restarts where it is, so a unit is down
-/// when no node's latest sample shows it).
-fn most_down(samples: &Samples, units: &[String]) -> usize {
-    let mut events: Vec<(u128, usize, &BTreeSet<String>)> = samples
-        .nodes
-        .iter()
-        .enumerate()
-        .flat_map(|(n, s)| s.iter().map(move |x| (x.at_ns, n, &x.running)))
-        .collect();
-    events.sort_by_key(|(at, n, _)| (*at, *n));
-    let mut latest: Vec<Option<&BTreeSet<String>>> = vec![None; samples.nodes.len()];
-    let mut most = 0;
-    for (_, n, running) in events {
-        latest[n] = Some(running);
-        if latest.iter().any(Option::is_none) {
-            continue;
-        }
-        let down = units
-            .iter()
-            .filter(|u| !latest.iter().flatten().any(|r| r.contains(*u)))
-            .count();
-        most = most.max(down);
-    }
-    most
 }
 
 /// The hash of each unit, as `list-unit-files` shows it in full.
@@ -100,6 +72,14 @@ fn an_update_failing_its_health_check_is_reverted_never_more_than_two_down() {
     let old = template(c, &format!("{stem}@.service"), None, "");
     let sampler = Sampler::start(c, &format!("{stem}@*.service"));
     let units = start_instances(c, &old, &stem, 6);
+    // The sampler has seen all six running before the update begins.
+    let all_up = fleet_e2e::eventually(Duration::from_secs(20), || {
+        sampler.snapshot().most_down(&units)
+    });
+    assert!(
+        all_up.is_some(),
+        "the sampler never saw all six instances running"
+    );
     let before = hashes(c, &units);
     // The new version runs (systemd says active) but its health check fails on its machine.
     let bad = template(
@@ -168,7 +148,7 @@ fn an_update_failing_its_health_check_is_reverted_never_more_than_two_down() {
         "sampled: {}",
         samples.count()
     );
-    let most = most_down(&samples, &units);
+    let most = samples.most_down(&units).unwrap_or(usize::MAX);
     assert!(most <= 2, "{most} instances down at once");
     assert!(most >= 1, "the update was seen taking instances down");
 }
