@@ -422,7 +422,8 @@ impl<M: UnitManager> Agent<M> {
                 candidates.push((
                     plan::Candidate {
                         name: &u.name,
-                        options: &u.options,
+                        // A rolling update's version on this machine, if one applies.
+                        options: snapshot.global_options(u),
                         global: true,
                     },
                     u.desired_state,

@@ -124,6 +124,9 @@ fn schemas() -> Value {
         })),
         "UpdateUnit": object("UpdateUnit", json!({
             "name": string(),
+            // A global unit: the machine this entry updates, or none for its own content.
+            "machine": string(),
+            "global": {"type": "boolean"},
             "from": string(),
             "phase": {"type": "string", "enum": ["pending", "updating", "healthy", "failed", "reverting", "reverted"]},
             "sinceMs": {"type": "integer"},

@@ -12,7 +12,7 @@ use axum::http::{Request, StatusCode};
 use axum::Json;
 use fleet_client::schema;
 use fleet_registry::{
-    CreateUpdateError, Phase, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
+    CreateUpdateError, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
 };
 use fleet_units::{Requirements, UnitFile, UnitName};
 
@@ -21,6 +21,9 @@ use crate::server::{json_body, parse_name, Api, ApiError, NameParam};
 /// The most units one update takes: its units are claimed in the transaction that creates it
 /// and released in the one that ends it, each within etcd's 128 operations.
 pub const MAX_UPDATE_UNITS: usize = 127;
+/// The most entries one update's record holds (a global unit has one per machine it runs
+/// on): the record is rewritten at each step, within etcd's request size.
+pub const MAX_UPDATE_ENTRIES: usize = 4_096;
 const DEFAULT_MIN_HEALTHY_MS: u64 = 10_000;
 const DEFAULT_DEADLINE_MS: u64 = 300_000;
 const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;
@@ -79,13 +82,6 @@ fn validate(body: &[u8]) -> Result<Asked, ApiError> {
     let file = UnitFile::from_options(request.options)
         .normalized()
         .map_err(|e| bad(format!("invalid unit options: {e}")))?;
-    if fleet_units::is_global(&file) {
-        return Err(bad(
-            "rolling updates of global units are not supported yet: replace them with \
-             start --replace"
-                .into(),
-        ));
-    }
     let mut max_parallel = request.max_parallel.unwrap_or(1);
     if max_parallel == 0 {
         return Err(bad("maxParallel must be at least 1".into()));
@@ -128,6 +124,7 @@ pub(crate) async fn create_update(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let body = json_body(request).await?;
     let request = validate(&body)?;
+    let global = fleet_units::is_global(&request.file);
     let mut units = Vec::with_capacity(request.units.len());
     let mut previous: Vec<PreviousContent> = Vec::new();
     for name in &request.units {
@@ -137,9 +134,15 @@ pub(crate) async fn create_update(
                 format!("unit {name} does not exist"),
             ));
         };
-        if unit.is_global() {
+        if unit.is_global() != global {
+            let (was, is) = if global {
+                ("not global", "is")
+            } else {
+                ("global", "is not")
+            };
             return Err(ApiError::bad_request(format!(
-                "unit {name} is global: rolling updates of global units are not supported yet"
+                "unit {name} is {was} and the new content {is}: an update cannot change that \
+                 (destroy the unit and start it again)"
             )));
         }
         let from = unit.hash();
@@ -149,14 +152,33 @@ pub(crate) async fn create_update(
                 options: unit.options.clone(),
             });
         }
-        units.push(UpdateUnit {
-            name: name.clone(),
-            from,
-            phase: Phase::Pending,
-            since_ms: None,
-            up_since_ms: None,
-            failure: None,
-        });
+        if global {
+            // Machine by machine, those that run it now, then its own content.
+            let mut machines: Vec<_> = api
+                .registry
+                .unit_machines(name)
+                .await?
+                .map(|m| m.machines.into_iter().map(|m| m.id).collect())
+                .unwrap_or_default();
+            machines.sort();
+            for machine in machines {
+                let mut entry = UpdateUnit::pending(name.clone(), from);
+                entry.machine = Some(machine);
+                entry.global = true;
+                units.push(entry);
+            }
+            let mut own = UpdateUnit::pending(name.clone(), from);
+            own.global = true;
+            units.push(own);
+        } else {
+            units.push(UpdateUnit::pending(name.clone(), from));
+        }
+        if units.len() > MAX_UPDATE_ENTRIES {
+            return Err(ApiError::bad_request(format!(
+                "an update takes at most {MAX_UPDATE_ENTRIES} units and machines of global \
+                 units: update fewer units at once"
+            )));
+        }
     }
     let created_ms = now_ms();
     let mut update = Update {

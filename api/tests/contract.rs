@@ -1579,6 +1579,10 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
     let new_options = json!([{"section": "Service", "name": "ExecStart", "value": "/bin/new"}]);
     let asked =
         |units: Value| json!({"units": units, "options": new_options.clone(), "maxParallel": 1});
+    let global_options = json!([
+        {"section": "Service", "name": "ExecStart", "value": "/bin/new"},
+        {"section": "X-Fleet", "name": "Global", "value": "true"}
+    ]);
 
     let before = api.key_space().await;
     let refused: Vec<(Value, StatusCode)> = vec![
@@ -1606,7 +1610,12 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
             json!({"units": ["web@1.service"], "options": [{"section": "X-Fleet", "name": "MachineID", "value": "a"}, {"section": "X-Fleet", "name": "Global", "value": "true"}]}),
             StatusCode::BAD_REQUEST,
         ),
+        // An update does not make a unit global, nor a global unit placed.
         (asked(json!(["g.service"])), StatusCode::BAD_REQUEST),
+        (
+            json!({"units": ["web@1.service"], "options": global_options.clone()}),
+            StatusCode::BAD_REQUEST,
+        ),
         (
             asked(Value::from(
                 (0..128)
@@ -1684,4 +1693,38 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
     let (status, update) = post(&api, "/updates", Some(limited)).await;
     assert_eq!(status, StatusCode::CREATED, "{update}");
     assert_eq!(update["maxParallel"], 1);
+
+    // A global unit: an entry per machine that runs it, by id, then its own content.
+    let _two = machine_running(&api.registry, 2, &[("g.service", "active")]).await;
+    let _one = machine_running(&api.registry, 1, &[("g.service", "active")]).await;
+    let _three = machine_running(&api.registry, 3, &[]).await;
+    let (status, update) = post(
+        &api,
+        "/updates",
+        Some(json!({"units": ["g.service"], "options": global_options})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{update}");
+    let entries: Vec<(Value, Value, Value)> = update["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["name"].clone(), u["machine"].clone(), u["global"].clone()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (
+                json!("g.service"),
+                json!(format!("{:032x}", 1)),
+                json!(true)
+            ),
+            (
+                json!("g.service"),
+                json!(format!("{:032x}", 2)),
+                json!(true)
+            ),
+            (json!("g.service"), Value::Null, json!(true)),
+        ]
+    );
 }

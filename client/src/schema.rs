@@ -275,6 +275,12 @@ pub struct Update {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateUnit {
     pub name: String,
+    /// For a global unit, the machine this entry updates; absent for a unit placed on one
+    /// machine, and for a global unit's own content (written once every machine runs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
     /// The hash of its content before the update.
     pub from: String,
     /// `pending`, `updating`, `healthy`, `failed`, `reverting` or `reverted`.
@@ -285,6 +291,19 @@ pub struct UpdateUnit {
     pub up_since_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+}
+
+impl UpdateUnit {
+    /// The unit, and for a global unit the machine of this entry (its first 8 characters
+    /// unless `full`) or that it is the unit's own content.
+    pub fn label(&self, full: bool) -> String {
+        match (&self.machine, self.global) {
+            (Some(m), _) if full => format!("{} on {m}", self.name),
+            (Some(m), _) => format!("{} on {}", self.name, m.get(..8).unwrap_or(m)),
+            (None, true) => format!("{} (its own content)", self.name),
+            (None, false) => self.name.clone(),
+        }
+    }
 }
 
 /// Every rolling update kept, oldest first (`GET /updates`).

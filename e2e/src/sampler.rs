@@ -193,6 +193,36 @@ impl Samples {
         most
     }
 
+    /// The most nodes not running `unit` at once (a global unit), counted from the first
+    /// moment every node was seen running it; `None` if there was no such moment.
+    pub fn most_nodes_without(&self, unit: &str) -> Option<usize> {
+        let mut events: Vec<(u128, usize, bool)> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, s)| {
+                s.iter()
+                    .map(move |x| (x.at_ns, n, x.running.contains(unit)))
+            })
+            .collect();
+        events.sort_by_key(|(at, n, _)| (*at, *n));
+        let mut latest: Vec<Option<bool>> = vec![None; self.nodes.len()];
+        let mut most: Option<usize> = None;
+        for (_, n, runs) in events {
+            latest[n] = Some(runs);
+            if latest.iter().any(Option::is_none) {
+                continue;
+            }
+            let without = latest.iter().filter(|r| **r == Some(false)).count();
+            most = match most {
+                None if without == 0 => Some(0),
+                None => None,
+                Some(m) => Some(m.max(without)),
+            };
+        }
+        most
+    }
+
     /// The median time between two samples of one node.
     pub fn median_period(&self) -> Duration {
         let mut gaps: Vec<u128> = self
@@ -312,6 +342,22 @@ mod tests {
             nodes: vec![vec![sample(0, &["a"])], vec![sample(50 * ms, &[])]],
         };
         assert_eq!(never.most_down(&units), None);
+        assert_eq!(starting.most_nodes_without("a"), None, "node 2 never ran a");
+        let rolling = Samples {
+            nodes: vec![
+                vec![
+                    sample(0, &["a"]),
+                    sample(100 * ms, &[]),
+                    sample(200 * ms, &["a"]),
+                ],
+                vec![
+                    sample(50 * ms, &["a"]),
+                    sample(150 * ms, &["a"]),
+                    sample(250 * ms, &[]),
+                ],
+            ],
+        };
+        assert_eq!(rolling.most_nodes_without("a"), Some(1));
         assert_eq!(
             parse("12 a.service b.service").map(|s| s.running.len()),
             Some(2)

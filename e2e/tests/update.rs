@@ -2,6 +2,7 @@
 //! health check is reverted with never more than two of them down, as every node's systemd is
 //! watched; an update goes on after fleetctl has exited and after the engine leader was killed.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fleet_e2e::sampler::Sampler;
@@ -233,4 +234,123 @@ fn an_update_goes_on_after_fleetctl_exits_and_after_the_engine_leader_is_killed(
         after.iter().all(|h| *h == after[0] && !before.contains(h)),
         "every instance has the new content: before {before:?}, after {after:?}"
     );
+}
+
+/// `list-units` rows of `unit`: (machine, hash, active), full.
+fn states_of(c: &Cluster, unit: &str) -> Vec<(String, String, String)> {
+    c.fleetctl(&[
+        "list-units",
+        "--no-legend",
+        "--full",
+        "--fields",
+        "unit,machine,hash,active",
+    ])
+    .expect_ok("list-units")
+    .stdout
+    .lines()
+    .map(fleet_e2e::columns)
+    .filter(|cols| cols.first() == Some(&unit))
+    .map(|cols| {
+        let col = |i: usize| cols.get(i).map(|s| s.to_string()).unwrap_or_default();
+        (col(1), col(2), col(3))
+    })
+    .collect()
+}
+
+#[test]
+fn a_global_unit_is_updated_machine_by_machine() {
+    let c = cluster();
+    let name = format!("roll-global-{}.service", tag());
+    let text = |version: &str, x_fleet: &str| {
+        format!(
+            "[Unit]\nDescription=global {version}\n\n[Service]\n\
+             ExecStart=/bin/bash -c 'while true; do echo {version}; sleep 1; done'\n\n\
+             [X-Fleet]\nGlobal=true\n{x_fleet}"
+        )
+    };
+    let old = c.unit_file(&name, &text("v1", ""));
+    let sampler = Sampler::start(c, &name);
+    c.fleetctl(&["start", &old.to_string_lossy()])
+        .expect_ok("start the global unit");
+    let everywhere = fleet_e2e::eventually(Duration::from_secs(30), || {
+        let seen = sampler.snapshot().most_nodes_without(&name);
+        let states = states_of(c, &name);
+        (seen.is_some() && states.len() == NODES as usize).then_some(states)
+    });
+    let before = everywhere.expect("the global unit runs on every node");
+    // The new version runs and passes its health check.
+    let new = c.unit_file(&name, &text("v2", "HealthCheck=/bin/true\n"));
+    let run = c.fleetctl(&[
+        "update",
+        "--max-parallel",
+        "1",
+        "--min-healthy",
+        "2s",
+        "--healthy-deadline",
+        "30s",
+        "--auto-revert",
+        &new.to_string_lossy(),
+    ]);
+    let file_hash = hashes(c, std::slice::from_ref(&name)).remove(0);
+    let after = fleet_e2e::eventually(Duration::from_secs(20), || {
+        let states = states_of(c, &name);
+        (states.len() == NODES as usize
+            && states
+                .iter()
+                .all(|(_, hash, active)| *hash == file_hash && active == "active"))
+        .then_some(states)
+    });
+    let samples = sampler.finish();
+    let events = c.fleetctl(&["events", "--no-legend", "--full", &name]);
+    let journal = c.fleetctl(&["journal", "--lines", "3", &name]);
+    c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+
+    assert_eq!(run.code, Some(0), "the update is done: {run:#?}");
+    assert!(
+        run.stdout
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .contains(" done"),
+        "{run:#?}"
+    );
+    // Machine by machine: each node's step shown, then the unit's own content.
+    for (machine, _, _) in &before {
+        let short = machine.get(..8).unwrap_or(machine);
+        assert!(
+            run.stdout.contains(&format!("{name} on {short}: healthy")),
+            "{short}: {run:#?}"
+        );
+    }
+    assert!(
+        run.stdout
+            .contains(&format!("{name} (its own content): healthy")),
+        "{run:#?}"
+    );
+    assert_ne!(
+        before[0].1, file_hash,
+        "the unit's own content is the new one"
+    );
+    assert!(after.is_some(), "every node runs the new content");
+    assert!(
+        samples.count() > 10 * NODES as usize,
+        "sampled: {}",
+        samples.count()
+    );
+    let most = samples.most_nodes_without(&name).unwrap_or(usize::MAX);
+    assert!(most <= 1, "{most} nodes without the unit at once");
+    assert!(most >= 1, "the update was seen restarting the unit");
+    // The events: an update step on each machine.
+    let events = events.expect_ok("events of the unit");
+    let updating: BTreeSet<&str> = events
+        .stdout
+        .lines()
+        .filter(|l| l.contains("update-step") && l.contains(": updating"))
+        .filter_map(|l| fleet_e2e::columns(l).get(3).copied())
+        .filter(|machine| *machine != "-")
+        .collect();
+    assert_eq!(updating.len(), NODES as usize, "{}", events.stdout);
+    // Each node's journal shows the new version.
+    let journal = journal.expect_ok("journal");
+    assert!(journal.stdout.contains("v2"), "{journal:#?}");
 }

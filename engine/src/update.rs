@@ -12,16 +12,32 @@
 //! Units whose desired state is not `launched` do not run: written, they are done. A unit whose
 //! new content declares a `HealthCheck` must also have its machine report the check passing
 //! for it to count as running (reverted units need only run).
+//!
+//! A global unit is updated **machine by machine**: one entry per machine that ran it when the
+//! update was asked for, each given the new content as that machine's version (see
+//! `fleet_registry`'s `update.rs`) and judged on what that machine reports, within the same
+//! bound; reverting one removes its version. Once every machine of it is healthy, a last
+//! entry writes the unit's own content (restarting nothing: the machines run it already), and
+//! when the update is done its versions are removed.
 
 use std::collections::BTreeMap;
 
-use fleet_registry::{JobState, Phase, Update, UpdateState, UpdateUnit};
+use fleet_registry::{JobState, MachineId, Phase, Update, UpdateState, UpdateUnit};
 use fleet_units::{UnitHash, UnitName};
 
-/// What the cluster says of one unit of an update now.
+/// One entry of an update as observed: a unit, or one machine's copy of a global unit.
+pub type Target = (UnitName, Option<MachineId>);
+
+/// The target an entry of an update is.
+pub fn target(unit: &UpdateUnit) -> Target {
+    (unit.name.clone(), unit.machine.clone())
+}
+
+/// What the cluster says of one entry of an update now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
-    /// The unit's content now (`None`: the unit is gone).
+    /// The unit's content now, for one machine's copy of a global unit the content that
+    /// machine is to run (`None`: the unit is gone, or that machine is).
     pub content: Option<UnitHash>,
     pub desired: JobState,
     /// What its machine last published: the content it runs and systemd's active state.
@@ -30,11 +46,17 @@ pub struct Observed {
     pub health: Option<String>,
 }
 
-/// A write the update needs: give the unit the update's content, or its old content back.
+/// A write the update needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Write(UnitName),
-    Revert(UnitName, UnitHash),
+    /// Give the unit the update's content: its own, or with a machine, that machine's version.
+    Write(Target),
+    /// Give the unit back its content before (the hash names it), or with a machine, remove
+    /// that machine's version.
+    Revert(Target, UnitHash),
+    /// Remove the versions these machines have of a global unit whose own content is now the
+    /// update's.
+    Forget(UnitName, Vec<MachineId>),
 }
 
 /// The next record of `update` and the writes to make, given what is `observed` of its units
@@ -45,7 +67,7 @@ pub enum Action {
 /// old content fails too, and going on would take one unit after another down.
 pub fn step(
     update: &Update,
-    observed: &BTreeMap<UnitName, Observed>,
+    observed: &BTreeMap<Target, Observed>,
     now_ms: u64,
     leader: i64,
 ) -> (Update, Vec<Action>) {
@@ -74,7 +96,7 @@ pub fn step(
     };
     // Judge the units in flight.
     for unit in &mut next.units {
-        let Some(seen) = observed.get(&unit.name) else {
+        let Some(seen) = observed.get(&target(unit)) else {
             continue;
         };
         match unit.phase {
@@ -92,7 +114,7 @@ pub fn step(
                 }
                 Judged::Down(None) => {
                     if seen.content.is_some_and(|c| c != new) {
-                        actions.push(Action::Write(unit.name.clone()));
+                        actions.push(Action::Write(target(unit)));
                     }
                 }
             },
@@ -112,7 +134,7 @@ pub fn step(
                 }
                 Judged::Down(None) => {
                     if seen.content.is_some_and(|c| c != unit.from) {
-                        actions.push(Action::Revert(unit.name.clone(), unit.from));
+                        actions.push(Action::Revert(target(unit), unit.from));
                     }
                 }
             },
@@ -144,28 +166,63 @@ pub fn step(
         }
     }
     let limit = next.max_parallel.max(1) as usize;
+    // A global unit's own content takes nothing down: its machines run it already.
     let down = |units: &[UpdateUnit]| {
         units
             .iter()
+            .filter(|u| !u.is_global_content())
             .filter(|u| matches!(u.phase, Phase::Updating | Phase::Failed | Phase::Reverting))
             .count()
     };
     match next.state {
         UpdateState::Running => {
             let mut in_flight = down(&next.units);
-            for unit in &mut next.units {
+            // A global unit's own content once every machine of it is healthy on the new.
+            let machines_healthy = |units: &[UpdateUnit], name: &UnitName| {
+                units
+                    .iter()
+                    .filter(|u| u.name == *name && u.machine.is_some())
+                    .all(|u| u.phase == Phase::Healthy)
+            };
+            for i in 0..next.units.len() {
+                let unit = &next.units[i];
+                if unit.phase != Phase::Pending {
+                    continue;
+                }
+                if unit.is_global_content() {
+                    if machines_healthy(&next.units, &unit.name) {
+                        let unit = &mut next.units[i];
+                        set_phase(unit, Phase::Updating, now_ms);
+                        actions.push(Action::Write(target(unit)));
+                    }
+                    continue;
+                }
                 if in_flight >= limit {
-                    break;
+                    continue;
                 }
-                if unit.phase == Phase::Pending {
-                    set_phase(unit, Phase::Updating, now_ms);
-                    actions.push(Action::Write(unit.name.clone()));
-                    in_flight += 1;
-                }
+                let unit = &mut next.units[i];
+                set_phase(unit, Phase::Updating, now_ms);
+                actions.push(Action::Write(target(unit)));
+                in_flight += 1;
             }
             if next.units.iter().all(|u| u.phase == Phase::Healthy) {
                 next.state = UpdateState::Done;
                 next.ended_ms = Some(now_ms);
+                // The versions are moot now that the units' own content is the new one.
+                let mut versions: BTreeMap<&UnitName, Vec<MachineId>> = BTreeMap::new();
+                for unit in &next.units {
+                    if let Some(machine) = &unit.machine {
+                        versions
+                            .entry(&unit.name)
+                            .or_default()
+                            .push(machine.clone());
+                    }
+                }
+                actions.extend(
+                    versions
+                        .into_iter()
+                        .map(|(name, machines)| Action::Forget(name.clone(), machines)),
+                );
             }
         }
         UpdateState::Reverting => {
@@ -173,7 +230,7 @@ pub fn step(
             for unit in &mut next.units {
                 if matches!(unit.phase, Phase::Failed | Phase::Updating) {
                     set_phase(unit, Phase::Reverting, now_ms);
-                    actions.push(Action::Revert(unit.name.clone(), unit.from));
+                    actions.push(Action::Revert(target(unit), unit.from));
                 }
             }
             let mut in_flight = down(&next.units);
@@ -183,8 +240,10 @@ pub fn step(
                 }
                 if unit.phase == Phase::Healthy {
                     set_phase(unit, Phase::Reverting, now_ms);
-                    actions.push(Action::Revert(unit.name.clone(), unit.from));
-                    in_flight += 1;
+                    actions.push(Action::Revert(target(unit), unit.from));
+                    if !unit.is_global_content() {
+                        in_flight += 1;
+                    }
                 }
             }
             if next
@@ -218,9 +277,17 @@ fn judge(
     now_ms: u64,
 ) -> Judged {
     let Some(content) = seen.content else {
-        // Destroyed meanwhile: nothing to wait for.
+        // Destroyed meanwhile, or the machine is gone: nothing to wait for.
         return Judged::Up;
     };
+    if unit.is_global_content() {
+        // Written is done: its machines run it already.
+        return if content == want {
+            Judged::Up
+        } else {
+            Judged::Down(None)
+        };
+    }
     let since = unit.since_ms.unwrap_or(now_ms);
     if content == want && seen.desired != JobState::Launched {
         return Judged::Up;

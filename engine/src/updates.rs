@@ -11,7 +11,7 @@ use fleet_registry::{
     UpdateState, FINISHED_UPDATES_KEPT,
 };
 
-use crate::update::{step, Action, Observed};
+use crate::update::{step, target, Action, Observed};
 
 /// How often the units of a running update are looked at.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -69,26 +69,38 @@ async fn drive(
 ) -> Result<(), Error> {
     let update = &stored.update;
     let mut observed = BTreeMap::new();
+    let gone = Observed {
+        content: None,
+        desired: JobState::Inactive,
+        running: None,
+        health: None,
+    };
     for unit in update
         .units
         .iter()
         .filter(|u| matches!(u.phase, Phase::Updating | Phase::Reverting))
     {
-        let seen = match registry.unit_view(&unit.name).await? {
-            None => Observed {
-                content: None,
-                desired: JobState::Inactive,
-                running: None,
-                health: None,
+        let seen = match &unit.machine {
+            Some(machine) => match registry.global_unit_on(&unit.name, machine).await? {
+                None => gone.clone(),
+                Some(on) => Observed {
+                    content: on.content,
+                    desired: on.unit.desired_state,
+                    health: on.state.as_ref().and_then(|s| s.health.clone()),
+                    running: on.state.map(|s| (s.hash, s.systemd_active_state)),
+                },
             },
-            Some(view) => Observed {
-                content: Some(view.unit.hash()),
-                desired: view.unit.desired_state,
-                health: view.state.as_ref().and_then(|s| s.health.clone()),
-                running: view.state.map(|s| (s.hash, s.systemd_active_state)),
+            None => match registry.unit_view(&unit.name).await? {
+                None => gone.clone(),
+                Some(view) => Observed {
+                    content: Some(view.unit.hash()),
+                    desired: view.unit.desired_state,
+                    health: view.state.as_ref().and_then(|s| s.health.clone()),
+                    running: view.state.map(|s| (s.hash, s.systemd_active_state)),
+                },
             },
         };
-        observed.insert(unit.name.clone(), seen);
+        observed.insert(target(unit), seen);
     }
     let (next, actions) = step(update, &observed, now_ms(), leadership.revision);
     if next != *update {
@@ -106,13 +118,15 @@ async fn drive(
                     .as_deref()
                     .map(|f| format!(": {f}"))
                     .unwrap_or_default();
-                events.record(
-                    Event::new(
-                        EventKind::UpdateStep,
-                        format!("update {}: {}{failure}", next.id, after.phase.as_str()),
-                    )
-                    .unit(&after.name),
-                );
+                let mut event = Event::new(
+                    EventKind::UpdateStep,
+                    format!("update {}: {}{failure}", next.id, after.phase.as_str()),
+                )
+                .unit(&after.name);
+                if let Some(machine) = &after.machine {
+                    event = event.machine(machine);
+                }
+                events.record(event);
             }
         }
         if next.state != update.state {
@@ -131,12 +145,26 @@ async fn drive(
     }
     for action in actions {
         match action {
-            Action::Write(name) => {
+            Action::Write((name, Some(machine))) => {
+                registry
+                    .set_version(&machine, &name, &next.id, &next.options, leadership)
+                    .await?;
+            }
+            Action::Write((name, None)) => {
                 registry
                     .set_unit_options(&name, &next.options, Some(leadership))
                     .await?;
             }
-            Action::Revert(name, from) => {
+            Action::Revert((name, Some(machine)), _) => {
+                registry
+                    .clear_versions(&[(machine, name)], leadership)
+                    .await?;
+            }
+            Action::Forget(name, machines) => {
+                let versions: Vec<_> = machines.into_iter().map(|m| (m, name.clone())).collect();
+                registry.clear_versions(&versions, leadership).await?;
+            }
+            Action::Revert((name, None), from) => {
                 let Some(previous) = next.previous.iter().find(|p| p.hash == from) else {
                     tracing::warn!(update = %next.id, unit = %name, "no previous content to revert to");
                     continue;

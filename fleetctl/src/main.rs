@@ -418,7 +418,8 @@ enum Command {
     /// Update units to the content of FILE a few at a time, each healthy before the next (a
     /// rolling update, driven by the engine: it goes on if fleetctl exits). The units are
     /// those matching UNIT patterns, or without any, the instances of the template FILE names,
-    /// or the unit itself. Shows each step until the update ends.
+    /// or the unit itself. A global unit is updated machine by machine. Shows each step until
+    /// the update ends.
     Update {
         #[command(flatten)]
         options: crate::updates::UpdateOptions,

@@ -168,10 +168,18 @@ impl Ctl {
                 return 1;
             }
         };
+        let names: std::collections::BTreeSet<&str> =
+            update.units.iter().map(|u| u.name.as_str()).collect();
+        let machines = update.units.iter().filter(|u| u.machine.is_some()).count();
+        let global = if machines > 0 {
+            format!(" ({machines} machines of global units, each in turn)")
+        } else {
+            String::new()
+        };
         println!(
-            "Update {} of {} units, {} at a time, started",
+            "Update {} of {} units{global}, {} at a time, started",
             update.id,
-            update.units.len(),
+            names.len(),
             update.max_parallel
         );
         if options.no_block {
@@ -185,14 +193,15 @@ impl Ctl {
         let mut shown: BTreeMap<String, String> = BTreeMap::new();
         loop {
             for unit in &update.units {
-                if shown.get(&unit.name) != Some(&unit.phase) {
+                let label = unit.label(false);
+                if shown.get(&label) != Some(&unit.phase) {
                     if unit.phase != "pending" {
                         match &unit.failure {
-                            Some(f) => println!("{}: {} ({f})", unit.name, unit.phase),
-                            None => println!("{}: {}", unit.name, unit.phase),
+                            Some(f) => println!("{label}: {} ({f})", unit.phase),
+                            None => println!("{label}: {}", unit.phase),
                         }
                     }
-                    shown.insert(unit.name.clone(), unit.phase.clone());
+                    shown.insert(label, unit.phase.clone());
                 }
             }
             if matches!(
@@ -281,6 +290,14 @@ impl Ctl {
     }
 }
 
+/// The entries of an update that run somewhere: units, and machines of global units.
+fn entries(update: &Update) -> impl Iterator<Item = &fleet_client::schema::UpdateUnit> {
+    update
+        .units
+        .iter()
+        .filter(|x| !(x.global && x.machine.is_none()))
+}
+
 pub fn render_updates(updates: &[Update], listing: &Listing) -> Result<String, String> {
     let columns = fields(
         listing,
@@ -295,10 +312,9 @@ pub fn render_updates(updates: &[Update], listing: &Listing) -> Result<String, S
                 .map(|c| match *c {
                     "id" => u.id.clone(),
                     "state" => u.state.clone(),
-                    "units" => u.units.len().to_string(),
-                    "healthy" => u
-                        .units
-                        .iter()
+                    // A global unit counts once per machine; its own content not at all.
+                    "units" => entries(u).count().to_string(),
+                    "healthy" => entries(u)
                         .filter(|x| x.phase == "healthy")
                         .count()
                         .to_string(),
@@ -312,10 +328,16 @@ pub fn render_updates(updates: &[Update], listing: &Listing) -> Result<String, S
 }
 
 pub fn render_update_units(update: &Update, listing: &Listing) -> Result<String, String> {
+    // The machine column by default only when a global unit is updated machine by machine.
+    let default: &[&str] = if update.units.iter().any(|u| u.machine.is_some()) {
+        &["unit", "machine", "phase", "from", "failure"]
+    } else {
+        &["unit", "phase", "from", "failure"]
+    };
     let columns = fields(
         listing,
-        &["unit", "phase", "from", "failure"],
-        &["unit", "phase", "from", "failure"],
+        &["unit", "machine", "phase", "from", "failure"],
+        default,
     )?;
     let rows = update
         .units
@@ -325,6 +347,12 @@ pub fn render_update_units(update: &Update, listing: &Listing) -> Result<String,
                 .iter()
                 .map(|c| match *c {
                     "unit" => u.name.clone(),
+                    "machine" => match (&u.machine, u.global) {
+                        (Some(m), _) if listing.full => m.clone(),
+                        (Some(m), _) => m.get(..8).unwrap_or(m).to_string(),
+                        (None, true) => "(unit)".into(),
+                        (None, false) => "-".into(),
+                    },
                     "phase" => u.phase.clone(),
                     "from" => short_hash(&u.from, listing.full),
                     "failure" => u.failure.clone().unwrap_or_else(|| "-".into()),

@@ -18,6 +18,7 @@
 //! | `stopping/<id>/<name>` | empty: a unit the engine took off a live machine to run elsewhere, until that machine's agent has stopped it (written with the placement's removal, removed by the agent or when the machine is declared dead) | none |
 //! | `updates/<id>` | [`Update`]: a rolling update, driven by the engine leader (`update.rs`) | none |
 //! | `updating/<name>` | the id of the running update the unit is in, created with it and removed when it ends | none |
+//! | `versions/<id>/<name>` | [`GlobalVersion`]: the content a machine runs of a global unit in place of the unit's own while a rolling update moves it machine by machine (`update.rs`); applies only over the unit content and `global/` key it was written for | none |
 //! | `drain/<id>` | [`Drain`]: the machine takes no new units and its units move elsewhere | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
 //! | `events/<micros>-<machine>-<seq>` | an [`Event`] (`events.rs`): what fleet decided or what happened, keyed by time (17 digits), writer and a counter of the writer's process (20 digits); at most [`EVENTS_KEPT`], the oldest trimmed by the leading engine | none |
@@ -67,8 +68,8 @@ pub use model::{
 };
 pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
 pub use update::{
-    CreateUpdateError, Phase, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
-    FINISHED_UPDATES_KEPT,
+    CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
+    UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
 };
 pub use view::{AgentView, EngineView};
 pub use watch::Changes;
@@ -357,6 +358,26 @@ pub struct AgentSnapshot {
     pub global_units: Vec<Unit>,
     /// Units the engine took off this machine that the agent is to confirm stopped.
     pub stopping: std::collections::BTreeSet<UnitName>,
+    /// The creation revision of each global unit's `global/` key.
+    pub global_created: BTreeMap<UnitName, i64>,
+    /// This machine's versions of global units (a rolling update's).
+    pub versions: BTreeMap<UnitName, GlobalVersion>,
+}
+
+impl AgentSnapshot {
+    /// The content this machine is to run of the global unit `unit`: its version's while one
+    /// applies, otherwise the unit's own.
+    pub fn global_options<'a>(&'a self, unit: &'a Unit) -> &'a [fleet_units::UnitOption] {
+        match (
+            self.versions.get(&unit.name),
+            self.global_created.get(&unit.name),
+        ) {
+            (Some(version), Some(&created)) if version.applies_to(unit.hash(), created) => {
+                &version.options
+            }
+            _ => &unit.options,
+        }
+    }
 }
 
 /// What [`Registry::create_unless_exists`] did.
@@ -1469,10 +1490,15 @@ impl Registry {
             .map(|(batch, _)| batch)
             .collect();
         // The member record goes last, so that an interrupted declaration is taken up again;
-        // with it what the machine was stopping: it runs nothing any more.
+        // with it what the machine was stopping and its versions of global units: it runs
+        // nothing any more.
         batches.push(vec![
             TxnOp::delete(
                 self.machine_stopping_prefix(machine),
+                Some(DeleteOptions::new().with_prefix()),
+            ),
+            TxnOp::delete(
+                self.machine_versions_prefix(machine),
                 Some(DeleteOptions::new().with_prefix()),
             ),
             TxnOp::delete(self.member_key(machine), None),
@@ -1610,16 +1636,44 @@ impl Registry {
                     self.machine_stopping_prefix(machine),
                     Some(GetOptions::new().with_prefix().with_keys_only()),
                 ),
+                TxnOp::get(self.machine_versions_prefix(machine), prefixed()),
             ]))
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        let [placements, globals, record, stopping] = reads(&resp)?;
+        let [placements, globals, record, stopping, versions] = reads(&resp)?;
         self.count_keys(
             placements.kvs().len()
                 + globals.kvs().len()
                 + record.kvs().len()
-                + stopping.kvs().len(),
+                + stopping.kvs().len()
+                + versions.kvs().len(),
         );
+        let mut global_created = BTreeMap::new();
+        for kv in globals.kvs() {
+            if let Some(name) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&self.global_prefix()))
+                .and_then(|n| UnitName::parse(n).ok())
+            {
+                global_created.insert(name, kv.create_revision());
+            }
+        }
+        let mut machine_versions = BTreeMap::new();
+        for kv in versions.kvs() {
+            if let Some(name) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| self.version_entry(machine, k))
+            {
+                match decode::<GlobalVersion>(kv) {
+                    Ok(version) => {
+                        machine_versions.insert(name, version);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring a version that cannot be read"),
+                }
+            }
+        }
         let machine = match record.kvs().first() {
             Some(kv) => Some(decode::<Machine>(kv)?),
             None => None,
@@ -1641,6 +1695,8 @@ impl Registry {
                 .filter_map(|kv| self.stopping_entry(kv.key_str().ok()?))
                 .map(|(_, name)| name)
                 .collect(),
+            global_created,
+            versions: machine_versions,
         })
     }
 
@@ -1651,6 +1707,7 @@ impl Registry {
             self.global_prefix(),
             self.machine_key(machine),
             self.machine_stopping_prefix(machine),
+            self.machine_versions_prefix(machine),
         ]
     }
 

@@ -6,12 +6,27 @@
 //! created with the update in one transaction that fails if any is claimed already: a unit
 //! is in at most one running update. The claims are removed with the transaction that ends
 //! the update (done, failed, reverted or aborted).
+//!
+//! A **global unit** runs on every machine its metadata admits, from one content: it is
+//! updated machine by machine through **versions** (`versions/<machine>/<name>`, a
+//! [`GlobalVersion`]): the content that one machine runs in place of the unit's own. The
+//! update gives each machine the new content as a version, a few machines at a time, and
+//! writes the unit's own content once every machine is healthy on it; reverting a machine
+//! removes its version. A version applies only while the unit's content is the one it was
+//! written over (`base`) and its `global/` key is the one it was written for (`unit_created`,
+//! the key's creation revision): a unit written again or destroyed and created anew runs its
+//! own content everywhere, whatever versions are left (those of an update that failed or was
+//! aborted stay, so that its machines stay as they are, until then).
+
+use std::collections::BTreeSet;
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use fleet_units::{UnitHash, UnitName, UnitOption};
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, reads, Error, Leadership, Registry, Result};
+use crate::{
+    decode, encode, reads, Error, Leadership, MachineId, Registry, Result, Unit, UnitState,
+};
 
 /// Where an update is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,6 +107,14 @@ impl Phase {
 #[serde(rename_all = "camelCase")]
 pub struct UpdateUnit {
     pub name: UnitName,
+    /// For a global unit, the machine this entry updates (by a version); `None` for a unit
+    /// placed on one machine, and for a global unit's own content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineId>,
+    /// Whether the unit is global: with `machine`, that machine's version; without, the unit's
+    /// own content, written once every machine of it is healthy on the new content.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
     /// Its content before the update.
     pub from: UnitHash,
     pub phase: Phase,
@@ -155,6 +178,73 @@ impl Update {
     }
 }
 
+impl UpdateUnit {
+    /// A unit not yet touched: placed on one machine (`machine` and `global` unset) or an
+    /// entry of a global one.
+    pub fn pending(name: UnitName, from: UnitHash) -> UpdateUnit {
+        UpdateUnit {
+            name,
+            machine: None,
+            global: false,
+            from,
+            phase: Phase::Pending,
+            since_ms: None,
+            up_since_ms: None,
+            failure: None,
+        }
+    }
+
+    /// Whether this entry is a global unit's own content (not one machine's version).
+    pub fn is_global_content(&self) -> bool {
+        self.global && self.machine.is_none()
+    }
+}
+
+impl Update {
+    /// The names of the units of the update, each once.
+    pub fn names(&self) -> BTreeSet<&UnitName> {
+        self.units.iter().map(|u| &u.name).collect()
+    }
+}
+
+/// The content one machine runs of a global unit in place of the unit's own, during a rolling
+/// update (`versions/<machine>/<name>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GlobalVersion {
+    /// The update that wrote it.
+    pub update: String,
+    /// The unit's content it was written over.
+    pub base: UnitHash,
+    /// The creation revision of the unit's `global/` key it was written for.
+    pub unit_created: i64,
+    pub options: Vec<UnitOption>,
+}
+
+impl GlobalVersion {
+    /// Whether it applies to the global unit whose content is `unit` and whose `global/` key
+    /// was created at revision `created`.
+    pub fn applies_to(&self, unit: UnitHash, created: i64) -> bool {
+        self.base == unit && self.unit_created == created
+    }
+
+    /// The hash of the content it gives.
+    pub fn hash(&self) -> UnitHash {
+        fleet_units::UnitFile::from_options(self.options.clone()).hash()
+    }
+}
+
+/// A global unit as one machine has it, read at one revision ([`Registry::global_unit_on`]).
+#[derive(Debug, Clone)]
+pub struct GlobalUnitOn {
+    pub unit: Unit,
+    /// The content the machine is to run: its version's, when one applies, or the unit's;
+    /// `None` when the machine is not registered (nothing to wait for there).
+    pub content: Option<UnitHash>,
+    /// What the machine published of the unit.
+    pub state: Option<UnitState>,
+}
+
 /// An update as stored, with the revision it was last written at (for conditional writes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredUpdate {
@@ -186,6 +276,132 @@ impl Registry {
     fn updating_key(&self, name: &UnitName) -> String {
         self.key(&format!("updating/{name}"))
     }
+    pub(crate) fn machine_versions_prefix(&self, machine: &MachineId) -> String {
+        self.key(&format!("versions/{machine}/"))
+    }
+    fn version_key(&self, machine: &MachineId, name: &UnitName) -> String {
+        self.key(&format!("versions/{machine}/{name}"))
+    }
+    /// The unit a key of `machine`'s versions names.
+    pub(crate) fn version_entry(&self, machine: &MachineId, key: &str) -> Option<UnitName> {
+        let name = key.strip_prefix(&self.machine_versions_prefix(machine))?;
+        UnitName::parse(name).ok()
+    }
+
+    /// Gives `machine` the content `options` of the global unit `name` as a version of
+    /// `update` over the unit's content now, fenced on `leadership` and conditioned on the
+    /// unit read. `false` when there is no such global unit or it changed meanwhile.
+    pub async fn set_version(
+        &self,
+        machine: &MachineId,
+        name: &UnitName,
+        update: &str,
+        options: &[UnitOption],
+        leadership: Leadership,
+    ) -> Result<bool> {
+        let global = self.global_key(name);
+        let resp = self.get(global.as_str()).await?;
+        let Some(kv) = resp.kvs().first() else {
+            return Ok(false);
+        };
+        let unit: Unit = decode(kv)?;
+        let version = GlobalVersion {
+            update: update.to_string(),
+            base: unit.hash(),
+            unit_created: kv.create_revision(),
+            options: options.to_vec(),
+        };
+        let txn = Txn::new()
+            .when(vec![
+                Compare::mod_revision(global.as_str(), CompareOp::Equal, kv.mod_revision()),
+                Compare::create_revision(self.leader_key(), CompareOp::Equal, leadership.revision),
+            ])
+            .and_then(vec![TxnOp::put(
+                self.version_key(machine, name),
+                encode(&version),
+                None,
+            )])
+            .or_else(vec![TxnOp::get(self.leader_key(), None)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        let [held] = reads(&resp)?;
+        if held.kvs().first().map(|kv| kv.create_revision()) != Some(leadership.revision) {
+            return Err(Error::NotLeader);
+        }
+        Ok(false)
+    }
+
+    /// Removes versions of global units (`(machine, unit)`), fenced on `leadership`: those
+    /// machines run the units' own content again.
+    pub async fn clear_versions(
+        &self,
+        versions: &[(MachineId, UnitName)],
+        leadership: Leadership,
+    ) -> Result<()> {
+        for chunk in versions.chunks(crate::MAX_TXN_OPS - 1) {
+            let txn = Txn::new()
+                .when(vec![Compare::create_revision(
+                    self.leader_key(),
+                    CompareOp::Equal,
+                    leadership.revision,
+                )])
+                .and_then(
+                    chunk
+                        .iter()
+                        .map(|(machine, name)| TxnOp::delete(self.version_key(machine, name), None))
+                        .collect::<Vec<_>>(),
+                );
+            if !self.txn(txn).await?.succeeded() {
+                return Err(Error::NotLeader);
+            }
+        }
+        Ok(())
+    }
+
+    /// The global unit `name` as `machine` has it: the content it is to run and what it
+    /// published; `None` when there is no such global unit. One consistent read.
+    pub async fn global_unit_on(
+        &self,
+        name: &UnitName,
+        machine: &MachineId,
+    ) -> Result<Option<GlobalUnitOn>> {
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::get(self.global_key(name), None),
+                TxnOp::get(self.version_key(machine, name), None),
+                TxnOp::get(self.state_key(machine, name), None),
+                TxnOp::get(
+                    self.machine_key(machine),
+                    Some(GetOptions::new().with_keys_only()),
+                ),
+            ]))
+            .await?;
+        let [global, version, state, registered] = reads(&resp)?;
+        let Some(kv) = global.kvs().first() else {
+            return Ok(None);
+        };
+        let unit: Unit = decode(kv)?;
+        let own = unit.hash();
+        let version = match version.kvs().first() {
+            Some(v) => Some(decode::<GlobalVersion>(v)?),
+            None => None,
+        };
+        let content = (!registered.kvs().is_empty()).then(|| match &version {
+            Some(v) if v.applies_to(own, kv.create_revision()) => v.hash(),
+            _ => own,
+        });
+        let state = match state.kvs().first() {
+            Some(s) => Some(decode::<UnitState>(s)?),
+            None => None,
+        };
+        Ok(Some(GlobalUnitOn {
+            unit,
+            content,
+            state,
+        }))
+    }
 
     /// Stores a new update and claims its units, unless one of them is in an update that is
     /// not over or the id is taken: then nothing is written.
@@ -196,8 +412,8 @@ impl Registry {
         let key = self.update_key(&update.id);
         let mut when = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
         let mut ops = vec![TxnOp::put(key.as_str(), encode(update), None)];
-        for unit in &update.units {
-            let claim = self.updating_key(&unit.name);
+        for name in update.names() {
+            let claim = self.updating_key(name);
             when.push(Compare::create_revision(
                 claim.as_str(),
                 CompareOp::Equal,
@@ -208,9 +424,9 @@ impl Registry {
         let mut otherwise = vec![TxnOp::get(key.as_str(), None)];
         otherwise.extend(
             update
-                .units
-                .iter()
-                .map(|u| TxnOp::get(self.updating_key(&u.name), None)),
+                .names()
+                .into_iter()
+                .map(|name| TxnOp::get(self.updating_key(name), None)),
         );
         let resp = self
             .txn(Txn::new().when(when).and_then(ops).or_else(otherwise))
@@ -229,10 +445,10 @@ impl Registry {
         if gets.first().is_some_and(|g| !g.kvs().is_empty()) {
             return Err(CreateUpdateError::Exists(update.id.clone()));
         }
-        for (unit, get) in update.units.iter().zip(gets.iter().skip(1)) {
+        for (name, get) in update.names().into_iter().zip(gets.iter().skip(1)) {
             if let Some(kv) = get.kvs().first() {
                 return Err(CreateUpdateError::Busy {
-                    unit: unit.name.clone(),
+                    unit: name.clone(),
                     update: String::from_utf8_lossy(kv.value()).into_owned(),
                 });
             }
@@ -315,9 +531,9 @@ impl Registry {
         if update.state.is_final() {
             ops.extend(
                 update
-                    .units
-                    .iter()
-                    .map(|u| TxnOp::delete(self.updating_key(&u.name), None)),
+                    .names()
+                    .into_iter()
+                    .map(|name| TxnOp::delete(self.updating_key(name), None)),
             );
         }
         let resp = self

@@ -383,12 +383,33 @@ impl AgentView {
                     self.placements
                         .put(&mut s.placements, key, decode::<Placement>(&kv)?);
                 }
-            } else if key.starts_with(&registry.global_prefix()) {
+            } else if let Some(name) = key.strip_prefix(&registry.global_prefix()) {
+                let name = UnitName::parse(name).ok();
                 if deleted {
                     self.globals.delete(&mut s.global_units, key);
+                    if let Some(name) = name {
+                        s.global_created.remove(&name);
+                    }
                 } else {
                     self.globals
                         .put(&mut s.global_units, key, decode::<Unit>(&kv)?);
+                    if let Some(name) = name {
+                        s.global_created.insert(name, kv.create_revision());
+                    }
+                }
+            } else if let Some(name) = registry.version_entry(&self.machine, key) {
+                if deleted {
+                    s.versions.remove(&name);
+                } else {
+                    // One that cannot be read (a newer fleetd's) is left out: the unit's own
+                    // content runs.
+                    match decode(&kv) {
+                        Ok(version) => s.versions.insert(name, version),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "ignoring a version that cannot be read");
+                            s.versions.remove(&name)
+                        }
+                    };
                 }
             } else if let Some((machine, name)) = registry.stopping_entry(key) {
                 if machine == self.machine {

@@ -34,8 +34,8 @@ fn agent_canonical(s: &AgentSnapshot) -> String {
     placements.sort();
     globals.sort();
     format!(
-        "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}\nstopping {:?}",
-        s.machine, s.stopping
+        "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}\nstopping {:?}\ncreated {:?}\nversions {:?}",
+        s.machine, s.stopping, s.global_created, s.versions
     )
 }
 
@@ -382,7 +382,23 @@ async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machin
     engine_converges(&registry, &mut engine).await;
     assert!(engine.snapshot().draining.is_empty());
 
-    // A machine declared dead stops nothing any more: its records go with it.
+    // A machine declared dead stops nothing any more: its records go with it, its versions
+    // of global units too.
+    registry.put_unit(&global_unit("g.service")).await.unwrap();
+    assert!(registry
+        .set_version(
+            &two,
+            &name("g.service"),
+            "u1",
+            &unit("x.service").options,
+            leadership
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        registry.agent_snapshot(&two).await.unwrap().versions.len(),
+        1
+    );
     drop(b);
     eventually("machine 2 is gone", EXPIRY_DEADLINE, || async {
         !registry
@@ -405,4 +421,98 @@ async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machin
         .unwrap());
     engine_converges(&registry, &mut engine).await;
     assert!(engine.snapshot().stopping.is_empty());
+    assert!(registry
+        .agent_snapshot(&two)
+        .await
+        .unwrap()
+        .versions
+        .is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machines_version_of_a_global_unit_applies_only_over_the_unit_it_was_written_for() {
+    use fleet_units::{UnitFile, UnitOption};
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let (_b, _) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let (one, two) = (machine_id(1), machine_id(2));
+    let g = name("g.service");
+    let global = global_unit("g.service");
+    let mut new = global.options.clone();
+    new.push(UnitOption::new("Service", "Environment", "V=2"));
+    let new_hash = UnitFile::from_options(new.clone()).hash();
+    registry.put_unit(&global).await.unwrap();
+    let mut agent = registry.agent_view(&one).await.unwrap();
+    let runs = |agent: &AgentView| {
+        let s = agent.snapshot();
+        let unit = s.global_units.iter().find(|u| u.name == g).unwrap();
+        UnitFile::from_options(s.global_options(unit).to_vec()).hash()
+    };
+    let content_on = |m: fleet_registry::MachineId| {
+        let registry = registry.clone();
+        let g = g.clone();
+        async move {
+            registry
+                .global_unit_on(&g, &m)
+                .await
+                .unwrap()
+                .unwrap()
+                .content
+        }
+    };
+
+    // Machine 1 gets the new content; machine 2 keeps the unit's.
+    assert!(registry
+        .set_version(&one, &g, "u1", &new, leadership)
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), new_hash);
+    assert_eq!(content_on(one.clone()).await, Some(new_hash));
+    assert_eq!(content_on(two.clone()).await, Some(global.hash()));
+    assert_eq!(content_on(machine_id(9)).await, None, "not registered");
+
+    // The unit destroyed and started again with the same content: its own content runs.
+    registry.delete_unit(&g).await.unwrap();
+    registry.put_unit(&global).await.unwrap();
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), global.hash());
+    assert_eq!(content_on(one.clone()).await, Some(global.hash()));
+
+    // Written over the new unit, then the unit's content changes: its own content runs.
+    assert!(registry
+        .set_version(&one, &g, "u2", &new, leadership)
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), new_hash);
+    let mut other = global.options.clone();
+    other.push(UnitOption::new("Service", "Environment", "V=3"));
+    assert!(registry
+        .set_unit_options(&g, &other, Some(leadership))
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), UnitFile::from_options(other).hash());
+
+    // Removed: gone from the view.
+    registry
+        .clear_versions(&[(one.clone(), g.clone())], leadership)
+        .await
+        .unwrap();
+    agent_converges(&registry, &one, &mut agent).await;
+    assert!(agent.snapshot().versions.is_empty());
+    assert!(
+        !registry
+            .set_version(&one, &name("none.service"), "u3", &new, leadership)
+            .await
+            .unwrap(),
+        "no such global unit"
+    );
 }

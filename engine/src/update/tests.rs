@@ -33,90 +33,203 @@ fn update(units: usize, max_parallel: u32, auto_revert: bool) -> Update {
         }],
         stamped_by: 1,
         units: (1..=units)
-            .map(|i| UpdateUnit {
-                name: UnitName::parse(&format!("web@{i}.service")).unwrap(),
-                from: hash("/bin/old"),
-                phase: Phase::Pending,
-                since_ms: None,
-                up_since_ms: None,
-                failure: None,
+            .map(|i| {
+                UpdateUnit::pending(
+                    UnitName::parse(&format!("web@{i}.service")).unwrap(),
+                    hash("/bin/old"),
+                )
             })
             .collect(),
     }
 }
 
+fn machine(i: usize) -> MachineId {
+    MachineId::parse(&format!("{i:032x}")).unwrap()
+}
+
+/// An update of the global unit `agent.service` that runs on `machines` machines: one entry
+/// per machine, then its own content.
+fn global_update(machines: usize, max_parallel: u32, auto_revert: bool) -> Update {
+    let mut u = update(0, max_parallel, auto_revert);
+    let name = UnitName::parse("agent.service").unwrap();
+    for i in 1..=machines {
+        let mut entry = UpdateUnit::pending(name.clone(), hash("/bin/old"));
+        entry.machine = Some(machine(i));
+        entry.global = true;
+        u.units.push(entry);
+    }
+    let mut own = UpdateUnit::pending(name, hash("/bin/old"));
+    own.global = true;
+    u.units.push(own);
+    u
+}
+
 /// Each unit's content and what its machine runs; a unit given content restarts on it at the
-/// next step (down meanwhile); the new content fails when `bad`.
+/// next step (down meanwhile); the new content fails when `bad`. A global unit has its own
+/// content, and each of its machines runs its version of it when it has one (over the unit's
+/// content it was written for), otherwise the unit's content.
+/// What a machine runs of a unit: its content and systemd's active state.
+type Running = Option<(UnitHash, String)>;
+
 struct Cluster {
     units: BTreeMap<UnitName, (UnitHash, Option<(UnitHash, String)>)>,
+    globals: BTreeMap<UnitName, UnitHash>,
+    /// Per global unit and machine: its version (base, content) and what it runs.
+    machines: BTreeMap<Target, (Option<(UnitHash, UnitHash)>, Running)>,
     bad: bool,
 }
 
 impl Cluster {
     fn new(update: &Update, bad: bool) -> Cluster {
         let old = hash("/bin/old");
-        Cluster {
-            units: update
-                .units
-                .iter()
-                .map(|u| (u.name.clone(), (old, Some((old, "active".to_string())))))
-                .collect(),
+        let running = || Some((old, "active".to_string()));
+        let mut cluster = Cluster {
+            units: BTreeMap::new(),
+            globals: BTreeMap::new(),
+            machines: BTreeMap::new(),
             bad,
+        };
+        for u in &update.units {
+            match (&u.machine, u.global) {
+                (Some(_), _) => {
+                    cluster.machines.insert(target(u), (None, running()));
+                }
+                (None, true) => {
+                    cluster.globals.insert(u.name.clone(), old);
+                }
+                (None, false) => {
+                    cluster.units.insert(u.name.clone(), (old, running()));
+                }
+            }
+        }
+        cluster
+    }
+
+    /// What a machine of a global unit is to run.
+    fn effective(&self, (name, _): &Target, version: &Option<(UnitHash, UnitHash)>) -> UnitHash {
+        let own = self.globals[name];
+        match version {
+            Some((base, content)) if *base == own => *content,
+            _ => own,
         }
     }
 
-    fn observe(&self) -> BTreeMap<UnitName, Observed> {
-        self.units
+    fn observe(&self) -> BTreeMap<Target, Observed> {
+        let seen = |content: UnitHash, running: &Option<(UnitHash, String)>| Observed {
+            content: Some(content),
+            desired: JobState::Launched,
+            running: running.clone(),
+            health: None,
+        };
+        let mut observed: BTreeMap<Target, Observed> = self
+            .units
             .iter()
-            .map(|(name, (content, running))| {
-                (
-                    name.clone(),
-                    Observed {
-                        content: Some(*content),
-                        desired: JobState::Launched,
-                        running: running.clone(),
-                        health: None,
-                    },
-                )
-            })
-            .collect()
+            .map(|(name, (content, running))| ((name.clone(), None), seen(*content, running)))
+            .collect();
+        for (name, own) in &self.globals {
+            observed.insert((name.clone(), None), seen(*own, &None));
+        }
+        for (target, (version, running)) in &self.machines {
+            observed.insert(
+                target.clone(),
+                seen(self.effective(target, version), running),
+            );
+        }
+        observed
     }
 
     /// Machines catch up with the content they were given.
     fn tick(&mut self) {
         let new = hash("/bin/new");
-        for (content, running) in self.units.values_mut() {
-            if running.as_ref().map(|(h, _)| *h) != Some(*content) {
-                let active = if *content == new && self.bad {
+        let bad = self.bad;
+        let restart = |content: UnitHash, running: &mut Option<(UnitHash, String)>| {
+            if running.as_ref().map(|(h, _)| *h) != Some(content) {
+                let active = if content == new && bad {
                     "failed"
                 } else {
                     "active"
                 };
-                *running = Some((*content, active.to_string()));
+                *running = Some((content, active.to_string()));
             }
+        };
+        for (content, running) in self.units.values_mut() {
+            restart(*content, running);
+        }
+        let targets: Vec<Target> = self.machines.keys().cloned().collect();
+        for target in targets {
+            let content = self.effective(&target, &self.machines[&target].0);
+            restart(content, &mut self.machines.get_mut(&target).unwrap().1);
         }
     }
 
     fn apply(&mut self, actions: &[Action]) {
+        let new = hash("/bin/new");
         for action in actions {
-            let (name, to) = match action {
-                Action::Write(name) => (name, hash("/bin/new")),
-                Action::Revert(name, from) => (name, *from),
-            };
-            let unit = self.units.get_mut(name).unwrap();
-            unit.0 = to;
-            unit.1 = None;
+            match action {
+                Action::Write((name, None)) | Action::Revert((name, None), _) => {
+                    let to = match action {
+                        Action::Revert(_, from) => *from,
+                        _ => new,
+                    };
+                    if let Some(own) = self.globals.get_mut(name) {
+                        *own = to;
+                    } else {
+                        let unit = self.units.get_mut(name).unwrap();
+                        unit.0 = to;
+                        unit.1 = None;
+                    }
+                }
+                Action::Write(target) => {
+                    let own = self.globals[&target.0];
+                    self.machines.get_mut(target).unwrap().0 = Some((own, new));
+                }
+                Action::Revert(target, _) => self.machines.get_mut(target).unwrap().0 = None,
+                Action::Forget(name, machines) => {
+                    for m in machines {
+                        self.machines
+                            .get_mut(&(name.clone(), Some(m.clone())))
+                            .unwrap()
+                            .0 = None;
+                    }
+                }
+            }
+        }
+        // A machine whose content changed is down until the next tick.
+        let targets: Vec<Target> = self.machines.keys().cloned().collect();
+        for target in targets {
+            let content = self.effective(&target, &self.machines[&target].0);
+            let entry = self.machines.get_mut(&target).unwrap();
+            if entry.1.as_ref().map(|(h, _)| *h) != Some(content) {
+                entry.1 = None;
+            }
         }
     }
 
-    /// Units not running their content, active.
+    /// Units (or machines of a global unit) not running their content, active.
     fn down(&self) -> usize {
-        self.units
+        let units = self
+            .units
             .values()
             .filter(|(content, running)| {
                 running.as_ref() != Some(&(*content, "active".to_string()))
             })
-            .count()
+            .count();
+        let machines = self
+            .machines
+            .iter()
+            .filter(|(target, (version, running))| {
+                running.as_ref() != Some(&(self.effective(target, version), "active".to_string()))
+            })
+            .count();
+        units + machines
+    }
+
+    /// What each machine of a global unit runs.
+    fn machines_run(&self) -> Vec<Option<UnitHash>> {
+        self.machines
+            .values()
+            .map(|(_, running)| running.as_ref().map(|(h, _)| *h))
+            .collect()
     }
 }
 
@@ -238,7 +351,7 @@ fn a_unit_that_never_gets_healthy_fails_at_its_deadline_and_a_break_starts_the_w
     let new = hash("/bin/new");
     let observed = |running: Option<(UnitHash, &str)>| {
         BTreeMap::from([(
-            name.clone(),
+            (name.clone(), None),
             Observed {
                 content: Some(new),
                 desired: JobState::Launched,
@@ -276,12 +389,12 @@ fn a_unit_that_never_gets_healthy_fails_at_its_deadline_and_a_break_starts_the_w
 fn units_that_do_not_run_are_done_once_written_and_final_updates_do_nothing() {
     let mut u = update(2, 2, true);
     let new = hash("/bin/new");
-    let loaded: BTreeMap<UnitName, Observed> = u
+    let loaded: BTreeMap<Target, Observed> = u
         .units
         .iter()
         .map(|x| {
             (
-                x.name.clone(),
+                (x.name.clone(), None),
                 Observed {
                     content: Some(new),
                     desired: JobState::Loaded,
@@ -306,7 +419,7 @@ fn a_unit_that_does_not_run_again_after_its_revert_fails_the_update() {
     let name = u.units[0].name.clone();
     let seen = |content: UnitHash, running: (UnitHash, &str)| {
         BTreeMap::from([(
-            name.clone(),
+            (name.clone(), None),
             Observed {
                 content: Some(content),
                 desired: JobState::Launched,
@@ -334,7 +447,7 @@ fn a_new_leader_times_the_units_in_flight_on_its_own_clock() {
     let new = hash("/bin/new");
     let (u, _) = step(&u, &BTreeMap::new(), 0, 1);
     let starting = BTreeMap::from([(
-        name.clone(),
+        (name.clone(), None),
         Observed {
             content: Some(new),
             desired: JobState::Launched,
@@ -363,7 +476,7 @@ fn a_declared_health_check_must_pass_for_a_unit_to_be_healthy() {
     let new = u.hash();
     let observed = |health: Option<&str>| {
         BTreeMap::from([(
-            name.clone(),
+            (name.clone(), None),
             Observed {
                 content: Some(new),
                 desired: JobState::Launched,
@@ -394,4 +507,96 @@ fn a_declared_health_check_must_pass_for_a_unit_to_be_healthy() {
     u = step(&u, &observed(Some("ok")), 7_000, 1).0;
     assert_eq!(u.units[0].phase, Phase::Healthy);
     assert_eq!(u.state, UpdateState::Done);
+}
+
+#[test]
+fn a_global_unit_is_updated_machine_by_machine_then_its_own_content() {
+    let u = global_update(5, 2, true);
+    let mut cluster = Cluster::new(&u, false);
+    let new = hash("/bin/new");
+    let name = UnitName::parse("agent.service").unwrap();
+    // First step: two machines get versions; the unit's own content is untouched.
+    let (first, actions) = step(&u, &cluster.observe(), 0, 1);
+    assert_eq!(
+        actions,
+        vec![
+            Action::Write((name.clone(), Some(machine(1)))),
+            Action::Write((name.clone(), Some(machine(2))))
+        ]
+    );
+    assert_eq!(first.units.last().unwrap().phase, Phase::Pending);
+    cluster.apply(&actions);
+    let (done, most_down) = run(first, &mut cluster, None);
+    assert_eq!(done.state, UpdateState::Done, "{done:?}");
+    assert!(most_down <= 2, "{most_down} machines down at once");
+    assert_eq!(
+        cluster.globals[&name], new,
+        "its own content is the new one"
+    );
+    assert!(cluster.machines_run().iter().all(|r| *r == Some(new)));
+    assert!(
+        cluster.machines.values().all(|(v, _)| v.is_none()),
+        "the versions are removed once done"
+    );
+}
+
+#[test]
+fn a_global_unit_failing_on_a_machine_is_reverted_machine_by_machine() {
+    let u = global_update(5, 2, true);
+    let mut cluster = Cluster::new(&u, true);
+    let (reverted, most_down) = run(u, &mut cluster, None);
+    assert_eq!(reverted.state, UpdateState::Reverted, "{reverted:?}");
+    assert!(most_down <= 2, "{most_down} machines down at once");
+    let old = hash("/bin/old");
+    let name = UnitName::parse("agent.service").unwrap();
+    assert_eq!(cluster.globals[&name], old, "its own content never changed");
+    assert!(cluster.machines_run().iter().all(|r| *r == Some(old)));
+    assert!(cluster.machines.values().all(|(v, _)| v.is_none()));
+}
+
+#[test]
+fn a_machine_gone_from_a_global_update_is_not_waited_for() {
+    let mut u = global_update(2, 1, false);
+    let name = UnitName::parse("agent.service").unwrap();
+    let new = hash("/bin/new");
+    let seen = |content: Option<UnitHash>| Observed {
+        content,
+        desired: JobState::Launched,
+        running: None,
+        health: None,
+    };
+    u = step(&u, &BTreeMap::new(), 0, 1).0;
+    assert_eq!(u.units[0].phase, Phase::Updating);
+    // Machine 1 is gone: nothing to wait for there; machine 2 goes next.
+    let gone = BTreeMap::from([((name.clone(), Some(machine(1))), seen(None))]);
+    let (next, actions) = step(&u, &gone, 250, 1);
+    assert_eq!(next.units[0].phase, Phase::Healthy);
+    assert_eq!(
+        actions,
+        vec![Action::Write((name.clone(), Some(machine(2))))]
+    );
+    // Once machine 2 is healthy, the unit's own content is written, taking nothing down.
+    let mut u = next;
+    let healthy = || {
+        BTreeMap::from([(
+            (name.clone(), Some(machine(2))),
+            Observed {
+                content: Some(new),
+                desired: JobState::Launched,
+                running: Some((new, "active".to_string())),
+                health: None,
+            },
+        )])
+    };
+    u = step(&u, &healthy(), 500, 1).0;
+    let (next, actions) = step(&u, &healthy(), 2_000, 1);
+    assert_eq!(next.units[1].phase, Phase::Healthy);
+    assert_eq!(actions, vec![Action::Write((name.clone(), None))]);
+    let own = BTreeMap::from([((name.clone(), None), seen(Some(new)))]);
+    let (done, actions) = step(&next, &own, 2_250, 1);
+    assert_eq!(done.state, UpdateState::Done);
+    assert_eq!(
+        actions,
+        vec![Action::Forget(name, vec![machine(1), machine(2)])]
+    );
 }
