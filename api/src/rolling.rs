@@ -22,8 +22,10 @@ use crate::server::{json_body, parse_name, Api, ApiError, NameParam};
 /// and released in the one that ends it, each within etcd's 128 operations.
 pub const MAX_UPDATE_UNITS: usize = 127;
 /// The most entries one update's record holds (a global unit has one per machine it runs
-/// on): the record is rewritten at each step, within etcd's request size.
-pub const MAX_UPDATE_ENTRIES: usize = 4_096;
+/// on). The record is rewritten whole at each step that changes it, about three times per
+/// entry, so what etcd keeps of its history grows with the square of its entries: at 512,
+/// about 100 KB rewritten some 1,500 times.
+pub const MAX_UPDATE_ENTRIES: usize = 512;
 const DEFAULT_MIN_HEALTHY_MS: u64 = 10_000;
 const DEFAULT_DEADLINE_MS: u64 = 300_000;
 const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;

@@ -16,9 +16,10 @@
 //! A global unit is updated **machine by machine**: one entry per machine that ran it when the
 //! update was asked for, each given the new content as that machine's version (see
 //! `fleet_registry`'s `update.rs`) and judged on what that machine reports, within the same
-//! bound; reverting one removes its version. Once every machine of it is healthy, a last
-//! entry writes the unit's own content (restarting nothing: the machines run it already), and
-//! when the update is done its versions are removed.
+//! bound; reverting one removes its version. Once every machine of every unit of the update
+//! is healthy (so that nothing can fail any more), a last entry per unit writes its own content
+//! (restarting nothing: the machines run it already), and the update is done; its versions,
+//! moot once the unit is written, are removed before it is recorded done.
 
 use std::collections::BTreeMap;
 
@@ -177,30 +178,27 @@ pub fn step(
     match next.state {
         UpdateState::Running => {
             let mut in_flight = down(&next.units);
-            // A global unit's own content once every machine of it is healthy on the new.
-            let machines_healthy = |units: &[UpdateUnit], name: &UnitName| {
-                units
-                    .iter()
-                    .filter(|u| u.name == *name && u.machine.is_some())
-                    .all(|u| u.phase == Phase::Healthy)
-            };
-            for i in 0..next.units.len() {
-                let unit = &next.units[i];
+            // The global units' own content once every machine of every unit of the update is
+            // healthy: writing it cannot fail, so it never has to be written back.
+            let machines_healthy = next
+                .units
+                .iter()
+                .filter(|u| !u.is_global_content())
+                .all(|u| u.phase == Phase::Healthy);
+            for unit in &mut next.units {
                 if unit.phase != Phase::Pending {
                     continue;
                 }
                 if unit.is_global_content() {
-                    if machines_healthy(&next.units, &unit.name) {
-                        let unit = &mut next.units[i];
+                    if machines_healthy {
                         set_phase(unit, Phase::Updating, now_ms);
                         actions.push(Action::Write(target(unit)));
                     }
                     continue;
                 }
                 if in_flight >= limit {
-                    continue;
+                    break;
                 }
-                let unit = &mut next.units[i];
                 set_phase(unit, Phase::Updating, now_ms);
                 actions.push(Action::Write(target(unit)));
                 in_flight += 1;
@@ -226,9 +224,11 @@ pub fn step(
             }
         }
         UpdateState::Reverting => {
-            // The failed and updating ones at once: they are down already.
+            // The failed and updating ones at once: they are down already (and a global unit's
+            // own content, which takes nothing down).
             for unit in &mut next.units {
-                if matches!(unit.phase, Phase::Failed | Phase::Updating) {
+                let own_written = unit.is_global_content() && unit.phase == Phase::Healthy;
+                if own_written || matches!(unit.phase, Phase::Failed | Phase::Updating) {
                     set_phase(unit, Phase::Reverting, now_ms);
                     actions.push(Action::Revert(target(unit), unit.from));
                 }
@@ -241,9 +241,7 @@ pub fn step(
                 if unit.phase == Phase::Healthy {
                     set_phase(unit, Phase::Reverting, now_ms);
                     actions.push(Action::Revert(target(unit), unit.from));
-                    if !unit.is_global_content() {
-                        in_flight += 1;
-                    }
+                    in_flight += 1;
                 }
             }
             if next

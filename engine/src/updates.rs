@@ -103,6 +103,17 @@ async fn drive(
         observed.insert(target(unit), seen);
     }
     let (next, actions) = step(update, &observed, now_ms(), leadership.revision);
+    // Versions made moot go before the update is recorded done, so that a step cut short
+    // removes them again (the next step decides done again): the record's last word.
+    let (forget, actions): (Vec<Action>, Vec<Action>) = actions
+        .into_iter()
+        .partition(|a| matches!(a, Action::Forget(..)));
+    for action in forget {
+        if let Action::Forget(name, machines) = action {
+            let versions: Vec<_> = machines.into_iter().map(|m| (m, name.clone())).collect();
+            registry.clear_versions(&versions, leadership).await?;
+        }
+    }
     if next != *update {
         if !registry
             .write_update(&next, stored.revision, Some(leadership))
@@ -160,10 +171,8 @@ async fn drive(
                     .clear_versions(&[(machine, name)], leadership)
                     .await?;
             }
-            Action::Forget(name, machines) => {
-                let versions: Vec<_> = machines.into_iter().map(|m| (m, name.clone())).collect();
-                registry.clear_versions(&versions, leadership).await?;
-            }
+            // Taken before the record was written.
+            Action::Forget(..) => {}
             Action::Revert((name, None), from) => {
                 let Some(previous) = next.previous.iter().find(|p| p.hash == from) else {
                     tracing::warn!(update = %next.id, unit = %name, "no previous content to revert to");

@@ -18,7 +18,7 @@
 //! | `stopping/<id>/<name>` | empty: a unit the engine took off a live machine to run elsewhere, until that machine's agent has stopped it (written with the placement's removal, removed by the agent or when the machine is declared dead) | none |
 //! | `updates/<id>` | [`Update`]: a rolling update, driven by the engine leader (`update.rs`) | none |
 //! | `updating/<name>` | the id of the running update the unit is in, created with it and removed when it ends | none |
-//! | `versions/<id>/<name>` | [`GlobalVersion`]: the content a machine runs of a global unit in place of the unit's own while a rolling update moves it machine by machine (`update.rs`); applies only over the unit content and `global/` key it was written for | none |
+//! | `versions/<id>/<name>` | [`GlobalVersion`]: the content a machine runs of a global unit in place of the unit's own while a rolling update moves it machine by machine (`update.rs`); applies only over the very write of the unit's `global/` key it was made for | none |
 //! | `drain/<id>` | [`Drain`]: the machine takes no new units and its units move elsewhere | none |
 //! | `history/<name>/<seq>` | a version of the unit's content (`history.rs`): the newest is the current one, the others previous ones, at most [`HISTORY_DEPTH`]; written with the unit, removed with it | none |
 //! | `events/<micros>-<machine>-<seq>` | an [`Event`] (`events.rs`): what fleet decided or what happened, keyed by time (17 digits), writer and a counter of the writer's process (20 digits); at most [`EVENTS_KEPT`], the oldest trimmed by the leading engine | none |
@@ -358,8 +358,8 @@ pub struct AgentSnapshot {
     pub global_units: Vec<Unit>,
     /// Units the engine took off this machine that the agent is to confirm stopped.
     pub stopping: std::collections::BTreeSet<UnitName>,
-    /// The creation revision of each global unit's `global/` key.
-    pub global_created: BTreeMap<UnitName, i64>,
+    /// The revision each global unit's `global/` key was last written at.
+    pub global_revisions: BTreeMap<UnitName, i64>,
     /// This machine's versions of global units (a rolling update's).
     pub versions: BTreeMap<UnitName, GlobalVersion>,
 }
@@ -370,11 +370,9 @@ impl AgentSnapshot {
     pub fn global_options<'a>(&'a self, unit: &'a Unit) -> &'a [fleet_units::UnitOption] {
         match (
             self.versions.get(&unit.name),
-            self.global_created.get(&unit.name),
+            self.global_revisions.get(&unit.name),
         ) {
-            (Some(version), Some(&created)) if version.applies_to(unit.hash(), created) => {
-                &version.options
-            }
+            (Some(version), Some(&revision)) if version.applies_to(revision) => &version.options,
             _ => &unit.options,
         }
     }
@@ -1648,7 +1646,7 @@ impl Registry {
                 + stopping.kvs().len()
                 + versions.kvs().len(),
         );
-        let mut global_created = BTreeMap::new();
+        let mut global_revisions = BTreeMap::new();
         for kv in globals.kvs() {
             if let Some(name) = kv
                 .key_str()
@@ -1656,7 +1654,7 @@ impl Registry {
                 .and_then(|k| k.strip_prefix(&self.global_prefix()))
                 .and_then(|n| UnitName::parse(n).ok())
             {
-                global_created.insert(name, kv.create_revision());
+                global_revisions.insert(name, kv.mod_revision());
             }
         }
         let mut machine_versions = BTreeMap::new();
@@ -1695,7 +1693,7 @@ impl Registry {
                 .filter_map(|kv| self.stopping_entry(kv.key_str().ok()?))
                 .map(|(_, name)| name)
                 .collect(),
-            global_created,
+            global_revisions,
             versions: machine_versions,
         })
     }

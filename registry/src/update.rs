@@ -11,12 +11,13 @@
 //! updated machine by machine through **versions** (`versions/<machine>/<name>`, a
 //! [`GlobalVersion`]): the content that one machine runs in place of the unit's own. The
 //! update gives each machine the new content as a version, a few machines at a time, and
-//! writes the unit's own content once every machine is healthy on it; reverting a machine
-//! removes its version. A version applies only while the unit's content is the one it was
-//! written over (`base`) and its `global/` key is the one it was written for (`unit_created`,
-//! the key's creation revision): a unit written again or destroyed and created anew runs its
-//! own content everywhere, whatever versions are left (those of an update that failed or was
-//! aborted stay, so that its machines stay as they are, until then).
+//! writes the units' own content once every machine is healthy on it; reverting a machine
+//! removes its version. A version applies only over the very write of the unit it was made
+//! for (`unit_revision`, the modification revision of the unit's `global/` key): once the unit
+//! is written again in any way (its content, its desired state, a rollback, destroyed and
+//! created anew), it runs its own content everywhere, whatever versions are left, and those
+//! can never apply again (revisions only grow). The versions of an update that failed or was
+//! aborted stay, so that its machines stay as they are until the unit is next written.
 
 use std::collections::BTreeSet;
 
@@ -214,18 +215,16 @@ impl Update {
 pub struct GlobalVersion {
     /// The update that wrote it.
     pub update: String,
-    /// The unit's content it was written over.
-    pub base: UnitHash,
-    /// The creation revision of the unit's `global/` key it was written for.
-    pub unit_created: i64,
+    /// The modification revision of the unit's `global/` key it was written over.
+    pub unit_revision: i64,
     pub options: Vec<UnitOption>,
 }
 
 impl GlobalVersion {
-    /// Whether it applies to the global unit whose content is `unit` and whose `global/` key
-    /// was created at revision `created`.
-    pub fn applies_to(&self, unit: UnitHash, created: i64) -> bool {
-        self.base == unit && self.unit_created == created
+    /// Whether it applies to the global unit whose `global/` key was last written at
+    /// `revision`: only to the write it was made for.
+    pub fn applies_to(&self, revision: i64) -> bool {
+        self.unit_revision == revision
     }
 
     /// The hash of the content it gives.
@@ -239,7 +238,8 @@ impl GlobalVersion {
 pub struct GlobalUnitOn {
     pub unit: Unit,
     /// The content the machine is to run: its version's, when one applies, or the unit's;
-    /// `None` when the machine is not registered (nothing to wait for there).
+    /// `None` when the machine is no member (declared dead: nothing to wait for there). A
+    /// member whose lease lapsed is waited for: it may come back, running either.
     pub content: Option<UnitHash>,
     /// What the machine published of the unit.
     pub state: Option<UnitState>,
@@ -304,11 +304,9 @@ impl Registry {
         let Some(kv) = resp.kvs().first() else {
             return Ok(false);
         };
-        let unit: Unit = decode(kv)?;
         let version = GlobalVersion {
             update: update.to_string(),
-            base: unit.hash(),
-            unit_created: kv.create_revision(),
+            unit_revision: kv.mod_revision(),
             options: options.to_vec(),
         };
         let txn = Txn::new()
@@ -373,24 +371,30 @@ impl Registry {
                 TxnOp::get(self.version_key(machine, name), None),
                 TxnOp::get(self.state_key(machine, name), None),
                 TxnOp::get(
-                    self.machine_key(machine),
+                    self.member_key(machine),
                     Some(GetOptions::new().with_keys_only()),
                 ),
             ]))
             .await?;
-        let [global, version, state, registered] = reads(&resp)?;
+        let [global, version, state, member] = reads(&resp)?;
         let Some(kv) = global.kvs().first() else {
             return Ok(None);
         };
         let unit: Unit = decode(kv)?;
-        let own = unit.hash();
-        let version = match version.kvs().first() {
-            Some(v) => Some(decode::<GlobalVersion>(v)?),
-            None => None,
-        };
-        let content = (!registered.kvs().is_empty()).then(|| match &version {
-            Some(v) if v.applies_to(own, kv.create_revision()) => v.hash(),
-            _ => own,
+        // One that cannot be read is left out, as the agent leaves it out.
+        let version = version
+            .kvs()
+            .first()
+            .and_then(|v| match decode::<GlobalVersion>(v) {
+                Ok(version) => Some(version),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring a version that cannot be read");
+                    None
+                }
+            });
+        let content = (!member.kvs().is_empty()).then(|| match &version {
+            Some(v) if v.applies_to(kv.mod_revision()) => v.hash(),
+            _ => unit.hash(),
         });
         let state = match state.kvs().first() {
             Some(s) => Some(decode::<UnitState>(s)?),

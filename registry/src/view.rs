@@ -388,13 +388,13 @@ impl AgentView {
                 if deleted {
                     self.globals.delete(&mut s.global_units, key);
                     if let Some(name) = name {
-                        s.global_created.remove(&name);
+                        s.global_revisions.remove(&name);
                     }
                 } else {
                     self.globals
                         .put(&mut s.global_units, key, decode::<Unit>(&kv)?);
                     if let Some(name) = name {
-                        s.global_created.insert(name, kv.create_revision());
+                        s.global_revisions.insert(name, kv.mod_revision());
                     }
                 }
             } else if let Some(name) = registry.version_entry(&self.machine, key) {

@@ -35,7 +35,7 @@ fn agent_canonical(s: &AgentSnapshot) -> String {
     globals.sort();
     format!(
         "machine {:?}\nplacements {placements:#?}\nglobals {globals:#?}\nstopping {:?}\ncreated {:?}\nversions {:?}",
-        s.machine, s.stopping, s.global_created, s.versions
+        s.machine, s.stopping, s.global_revisions, s.versions
     )
 }
 
@@ -409,6 +409,14 @@ async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machin
             .any(|m| m.id == two)
     })
     .await;
+    // Its lease lapsed, but it is a member still: an update waits for it.
+    assert!(registry
+        .global_unit_on(&name("g.service"), &two)
+        .await
+        .unwrap()
+        .unwrap()
+        .content
+        .is_some());
     let (_, members) = registry.cluster_members().await.unwrap();
     let judged = members
         .iter()
@@ -427,10 +435,20 @@ async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machin
         .unwrap()
         .versions
         .is_empty());
+    assert_eq!(
+        registry
+            .global_unit_on(&name("g.service"), &two)
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        None,
+        "declared dead: nothing to wait for"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_machines_version_of_a_global_unit_applies_only_over_the_unit_it_was_written_for() {
+async fn a_machines_version_of_a_global_unit_applies_only_over_the_write_it_was_made_for() {
     use fleet_units::{UnitFile, UnitOption};
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
@@ -476,7 +494,7 @@ async fn a_machines_version_of_a_global_unit_applies_only_over_the_unit_it_was_w
     assert_eq!(runs(&agent), new_hash);
     assert_eq!(content_on(one.clone()).await, Some(new_hash));
     assert_eq!(content_on(two.clone()).await, Some(global.hash()));
-    assert_eq!(content_on(machine_id(9)).await, None, "not registered");
+    assert_eq!(content_on(machine_id(9)).await, None, "not a member");
 
     // The unit destroyed and started again with the same content: its own content runs.
     registry.delete_unit(&g).await.unwrap();
@@ -485,7 +503,8 @@ async fn a_machines_version_of_a_global_unit_applies_only_over_the_unit_it_was_w
     assert_eq!(runs(&agent), global.hash());
     assert_eq!(content_on(one.clone()).await, Some(global.hash()));
 
-    // Written over the new unit, then the unit's content changes: its own content runs.
+    // Written over the new unit, then the unit's content changes, and changes back: its own
+    // content runs, for good.
     assert!(registry
         .set_version(&one, &g, "u2", &new, leadership)
         .await
@@ -500,6 +519,27 @@ async fn a_machines_version_of_a_global_unit_applies_only_over_the_unit_it_was_w
         .unwrap());
     agent_converges(&registry, &one, &mut agent).await;
     assert_eq!(runs(&agent), UnitFile::from_options(other).hash());
+    assert!(registry
+        .set_unit_options(&g, &global.options, None)
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), global.hash(), "back to its base: still moot");
+    assert_eq!(content_on(one.clone()).await, Some(global.hash()));
+
+    // Its desired state written (stop, start): moot too.
+    assert!(registry
+        .set_version(&one, &g, "u3", &new, leadership)
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), new_hash);
+    assert!(registry
+        .set_desired_state(&g, fleet_registry::JobState::Loaded)
+        .await
+        .unwrap());
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(runs(&agent), global.hash());
 
     // Removed: gone from the view.
     registry

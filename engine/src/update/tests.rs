@@ -1,6 +1,8 @@
 //! Rolling updates' steps, against a simulated cluster whose machines take one step to
 //! restart a unit on the content it is given.
 
+use std::collections::BTreeSet;
+
 use super::*;
 use fleet_registry::UpdateState;
 use fleet_units::{UnitFile, UnitOption};
@@ -50,33 +52,46 @@ fn machine(i: usize) -> MachineId {
 /// An update of the global unit `agent.service` that runs on `machines` machines: one entry
 /// per machine, then its own content.
 fn global_update(machines: usize, max_parallel: u32, auto_revert: bool) -> Update {
+    global_updates(&["agent.service"], machines, max_parallel, auto_revert)
+}
+
+/// An update of the global units `names`, each on `machines` machines, in the order the API
+/// makes: each unit's machines, then its own content.
+fn global_updates(names: &[&str], machines: usize, max_parallel: u32, auto_revert: bool) -> Update {
     let mut u = update(0, max_parallel, auto_revert);
-    let name = UnitName::parse("agent.service").unwrap();
-    for i in 1..=machines {
-        let mut entry = UpdateUnit::pending(name.clone(), hash("/bin/old"));
-        entry.machine = Some(machine(i));
-        entry.global = true;
-        u.units.push(entry);
+    for name in names {
+        let name = UnitName::parse(name).unwrap();
+        for i in 1..=machines {
+            let mut entry = UpdateUnit::pending(name.clone(), hash("/bin/old"));
+            entry.machine = Some(machine(i));
+            entry.global = true;
+            u.units.push(entry);
+        }
+        let mut own = UpdateUnit::pending(name, hash("/bin/old"));
+        own.global = true;
+        u.units.push(own);
     }
-    let mut own = UpdateUnit::pending(name, hash("/bin/old"));
-    own.global = true;
-    u.units.push(own);
     u
 }
 
-/// Each unit's content and what its machine runs; a unit given content restarts on it at the
-/// next step (down meanwhile); the new content fails when `bad`. A global unit has its own
-/// content, and each of its machines runs its version of it when it has one (over the unit's
-/// content it was written for), otherwise the unit's content.
 /// What a machine runs of a unit: its content and systemd's active state.
 type Running = Option<(UnitHash, String)>;
 
+/// Each unit's content and what its machine runs; a unit given content restarts on it at the
+/// next step (down meanwhile); the new content fails when `bad` (except for the units
+/// `spared`). A global unit has its own content, written at a revision, and each of its
+/// machines runs its version of it when it has one written over that very revision,
+/// otherwise the unit's content.
 struct Cluster {
-    units: BTreeMap<UnitName, (UnitHash, Option<(UnitHash, String)>)>,
-    globals: BTreeMap<UnitName, UnitHash>,
-    /// Per global unit and machine: its version (base, content) and what it runs.
-    machines: BTreeMap<Target, (Option<(UnitHash, UnitHash)>, Running)>,
+    units: BTreeMap<UnitName, (UnitHash, Running)>,
+    /// Per global unit: its own content and the revision it was written at.
+    globals: BTreeMap<UnitName, (UnitHash, u64)>,
+    /// Per global unit and machine: its version (revision written over, content) and what
+    /// it runs.
+    machines: BTreeMap<Target, (Option<(u64, UnitHash)>, Running)>,
     bad: bool,
+    spared: BTreeSet<UnitName>,
+    revision: u64,
 }
 
 impl Cluster {
@@ -88,6 +103,8 @@ impl Cluster {
             globals: BTreeMap::new(),
             machines: BTreeMap::new(),
             bad,
+            spared: BTreeSet::new(),
+            revision: 1,
         };
         for u in &update.units {
             match (&u.machine, u.global) {
@@ -95,7 +112,7 @@ impl Cluster {
                     cluster.machines.insert(target(u), (None, running()));
                 }
                 (None, true) => {
-                    cluster.globals.insert(u.name.clone(), old);
+                    cluster.globals.insert(u.name.clone(), (old, 1));
                 }
                 (None, false) => {
                     cluster.units.insert(u.name.clone(), (old, running()));
@@ -106,10 +123,10 @@ impl Cluster {
     }
 
     /// What a machine of a global unit is to run.
-    fn effective(&self, (name, _): &Target, version: &Option<(UnitHash, UnitHash)>) -> UnitHash {
-        let own = self.globals[name];
+    fn effective(&self, (name, _): &Target, version: &Option<(u64, UnitHash)>) -> UnitHash {
+        let (own, written) = self.globals[name];
         match version {
-            Some((base, content)) if *base == own => *content,
+            Some((over, content)) if *over == written => *content,
             _ => own,
         }
     }
@@ -126,7 +143,7 @@ impl Cluster {
             .iter()
             .map(|(name, (content, running))| ((name.clone(), None), seen(*content, running)))
             .collect();
-        for (name, own) in &self.globals {
+        for (name, (own, _)) in &self.globals {
             observed.insert((name.clone(), None), seen(*own, &None));
         }
         for (target, (version, running)) in &self.machines {
@@ -141,10 +158,10 @@ impl Cluster {
     /// Machines catch up with the content they were given.
     fn tick(&mut self) {
         let new = hash("/bin/new");
-        let bad = self.bad;
-        let restart = |content: UnitHash, running: &mut Option<(UnitHash, String)>| {
+        let (bad, spared) = (self.bad, self.spared.clone());
+        let restart = |name: &UnitName, content: UnitHash, running: &mut Running| {
             if running.as_ref().map(|(h, _)| *h) != Some(content) {
-                let active = if content == new && bad {
+                let active = if content == new && bad && !spared.contains(name) {
                     "failed"
                 } else {
                     "active"
@@ -152,13 +169,17 @@ impl Cluster {
                 *running = Some((content, active.to_string()));
             }
         };
-        for (content, running) in self.units.values_mut() {
-            restart(*content, running);
+        for (name, (content, running)) in self.units.iter_mut() {
+            restart(name, *content, running);
         }
         let targets: Vec<Target> = self.machines.keys().cloned().collect();
         for target in targets {
             let content = self.effective(&target, &self.machines[&target].0);
-            restart(content, &mut self.machines.get_mut(&target).unwrap().1);
+            restart(
+                &target.0,
+                content,
+                &mut self.machines.get_mut(&target).unwrap().1,
+            );
         }
     }
 
@@ -172,7 +193,8 @@ impl Cluster {
                         _ => new,
                     };
                     if let Some(own) = self.globals.get_mut(name) {
-                        *own = to;
+                        self.revision += 1;
+                        *own = (to, self.revision);
                     } else {
                         let unit = self.units.get_mut(name).unwrap();
                         unit.0 = to;
@@ -180,8 +202,8 @@ impl Cluster {
                     }
                 }
                 Action::Write(target) => {
-                    let own = self.globals[&target.0];
-                    self.machines.get_mut(target).unwrap().0 = Some((own, new));
+                    let (_, written) = self.globals[&target.0];
+                    self.machines.get_mut(target).unwrap().0 = Some((written, new));
                 }
                 Action::Revert(target, _) => self.machines.get_mut(target).unwrap().0 = None,
                 Action::Forget(name, machines) => {
@@ -530,7 +552,7 @@ fn a_global_unit_is_updated_machine_by_machine_then_its_own_content() {
     assert_eq!(done.state, UpdateState::Done, "{done:?}");
     assert!(most_down <= 2, "{most_down} machines down at once");
     assert_eq!(
-        cluster.globals[&name], new,
+        cluster.globals[&name].0, new,
         "its own content is the new one"
     );
     assert!(cluster.machines_run().iter().all(|r| *r == Some(new)));
@@ -549,7 +571,10 @@ fn a_global_unit_failing_on_a_machine_is_reverted_machine_by_machine() {
     assert!(most_down <= 2, "{most_down} machines down at once");
     let old = hash("/bin/old");
     let name = UnitName::parse("agent.service").unwrap();
-    assert_eq!(cluster.globals[&name], old, "its own content never changed");
+    assert_eq!(
+        cluster.globals[&name].0, old,
+        "its own content never changed"
+    );
     assert!(cluster.machines_run().iter().all(|r| *r == Some(old)));
     assert!(cluster.machines.values().all(|(v, _)| v.is_none()));
 }
@@ -599,4 +624,77 @@ fn a_machine_gone_from_a_global_update_is_not_waited_for() {
         actions,
         vec![Action::Forget(name, vec![machine(1), machine(2)])]
     );
+}
+
+#[test]
+fn global_units_own_content_is_written_only_once_every_machine_of_every_unit_is_healthy() {
+    let u = global_updates(&["a.service", "b.service"], 3, 1, true);
+    let (a, b) = (
+        UnitName::parse("a.service").unwrap(),
+        UnitName::parse("b.service").unwrap(),
+    );
+    // b's new content fails, a's does not: a's machines are healthy before b fails.
+    let mut cluster = Cluster::new(&u, true);
+    cluster.spared.insert(a.clone());
+    let (reverted, most_down) = run(u.clone(), &mut cluster, None);
+    assert_eq!(reverted.state, UpdateState::Reverted, "{reverted:?}");
+    assert!(most_down <= 1, "{most_down} machines down at once");
+    let old = hash("/bin/old");
+    assert_eq!(
+        cluster.globals[&a],
+        (old, 1),
+        "a's own content never written"
+    );
+    assert_eq!(cluster.globals[&b], (old, 1));
+    assert!(cluster.machines_run().iter().all(|r| *r == Some(old)));
+
+    // Both healthy: neither own content is written before all six machines are healthy.
+    let mut cluster = Cluster::new(&u, false);
+    let mut u = u;
+    let mut now = 0;
+    loop {
+        let (next, actions) = step(&u, &cluster.observe(), now, 1);
+        let writes_own = actions
+            .iter()
+            .any(|a| matches!(a, Action::Write((_, None))));
+        if writes_own {
+            assert!(
+                next.units
+                    .iter()
+                    .filter(|x| x.machine.is_some())
+                    .all(|x| x.phase == Phase::Healthy),
+                "own content written early: {next:?}"
+            );
+        }
+        cluster.apply(&actions);
+        u = next;
+        if u.state.is_final() {
+            break;
+        }
+        cluster.tick();
+        now += 250;
+        assert!(now < 1_000_000, "the update did not end");
+    }
+    assert_eq!(u.state, UpdateState::Done);
+    let new = hash("/bin/new");
+    assert_eq!((cluster.globals[&a].0, cluster.globals[&b].0), (new, new));
+    assert!(cluster.machines_run().iter().all(|r| *r == Some(new)));
+}
+
+#[test]
+fn a_version_applies_only_over_the_write_it_was_made_for() {
+    // The simulation's rule, as the registry's: a machine whose version was written over an
+    // earlier write of the unit runs the unit's own content, even when that content is back
+    // to what it was.
+    let u = global_update(1, 1, false);
+    let name = UnitName::parse("agent.service").unwrap();
+    let mut cluster = Cluster::new(&u, false);
+    let one = (name.clone(), Some(machine(1)));
+    cluster.apply(&[Action::Write(one.clone())]);
+    cluster.tick();
+    assert_eq!(cluster.machines_run(), [Some(hash("/bin/new"))]);
+    let old = hash("/bin/old");
+    cluster.apply(&[Action::Revert((name.clone(), None), old)]);
+    cluster.tick();
+    assert_eq!(cluster.machines_run(), [Some(old)]);
 }
