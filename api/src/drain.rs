@@ -12,6 +12,7 @@ use axum::Json;
 use fleet_client::schema;
 use fleet_registry::{DrainStart, DrainStatus, Event, EventKind, MachineId};
 
+use crate::events::record;
 use crate::history::rfc3339;
 use crate::server::{Api, ApiError, NameParam};
 
@@ -107,14 +108,5 @@ pub(crate) async fn delete_drain(
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_drained(&machine))
-    }
-}
-
-/// Records what an operator asked for as an event (and in the journal); a failure to record
-/// does not undo what was done.
-async fn record(api: &Api, event: Event) {
-    tracing::info!(event = event.kind.as_str(), machine = ?event.machine, "{}", event.message);
-    if let Err(e) = api.registry.record_events(&[event]).await {
-        tracing::warn!(error = %e, "cannot record an event");
     }
 }

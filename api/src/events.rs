@@ -210,6 +210,21 @@ async fn follow(api: &Api, client: Client, query: EventsQuery) -> Result<Respons
         .into_response())
 }
 
+/// Records what an operator asked for as an event (and in the journal); a failure to record
+/// does not undo what was done.
+pub(crate) async fn record(api: &Api, event: Event) {
+    tracing::info!(
+        event = event.kind.as_str(),
+        unit = ?event.unit,
+        machine = ?event.machine,
+        "{}",
+        event.message
+    );
+    if let Err(e) = api.registry.record_events(&[event]).await {
+        tracing::warn!(error = %e, "cannot record an event");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

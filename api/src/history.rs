@@ -11,8 +11,9 @@ use axum::extract::State;
 use axum::http::{header, Request, StatusCode};
 use axum::Json;
 use fleet_client::schema;
-use fleet_registry::{HashPrefix, RollbackError, UnitVersion};
+use fleet_registry::{Event, EventKind, HashPrefix, RollbackError, UnitVersion};
 
+use crate::events::record;
 use crate::server::{parse_name, read_body, Api, ApiError, NameParam};
 
 fn version_json(v: UnitVersion) -> schema::UnitVersion {
@@ -98,6 +99,17 @@ pub(crate) async fn rollback_unit(
             }
             RollbackError::Registry(e) => ApiError::from(e),
         })?;
+    if done.from != done.to {
+        record(
+            &api,
+            Event::new(
+                EventKind::Reverted,
+                format!("rolled back by hand from {} to {}", done.from, done.to),
+            )
+            .unit(&name),
+        )
+        .await;
+    }
     Ok(Json(schema::Rollback {
         name: name.to_string(),
         from: done.from.to_string(),

@@ -12,10 +12,12 @@ use axum::http::{Request, StatusCode};
 use axum::Json;
 use fleet_client::schema;
 use fleet_registry::{
-    CreateUpdateError, PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit,
+    CreateUpdateError, Event, EventKind, PreviousContent, StoredUpdate, Update, UpdateState,
+    UpdateUnit,
 };
 use fleet_units::{Requirements, UnitFile, UnitName};
 
+use crate::events::record;
 use crate::server::{json_body, parse_name, Api, ApiError, NameParam};
 
 /// The most units one update takes: its units are claimed in the transaction that creates it
@@ -201,7 +203,19 @@ pub(crate) async fn create_update(
     for attempt in 1..=5 {
         match api.registry.create_update(&update).await {
             Ok(()) => {
-                tracing::info!(update = %update.id, units = update.units.len(), "rolling update asked for");
+                record(
+                    &api,
+                    Event::new(
+                        EventKind::UpdateStep,
+                        format!(
+                            "update {} asked for: {}, {} at a time",
+                            update.id,
+                            what(&update),
+                            update.max_parallel
+                        ),
+                    ),
+                )
+                .await;
                 return Ok((StatusCode::CREATED, json(update)));
             }
             // Two asked for in the same millisecond.
@@ -265,6 +279,25 @@ fn steer(action: &str, state: UpdateState) -> Result<UpdateState, String> {
     }
 }
 
+/// What an update takes, in words: its units, and the machines of its global units.
+fn what(update: &Update) -> String {
+    let units = update.names().len();
+    match update.units.iter().filter(|u| u.machine.is_some()).count() {
+        0 => format!("{units} units"),
+        machines => format!("{units} units on {machines} machines"),
+    }
+}
+
+/// What `action` did, in words.
+fn done(action: &str) -> &str {
+    match action {
+        "pause" => "paused",
+        "resume" => "resumed",
+        "abort" => "aborted",
+        other => other,
+    }
+}
+
 async fn steer_update(
     api: &Api,
     id: &str,
@@ -288,7 +321,14 @@ async fn steer_update(
             .write_update(&update, stored.revision, None)
             .await?
         {
-            tracing::info!(update = %update.id, state = to.as_str(), "rolling update {action}d");
+            record(
+                api,
+                Event::new(
+                    EventKind::UpdateStep,
+                    format!("update {} {} by hand", update.id, done(action)),
+                ),
+            )
+            .await;
             return Ok(json(update));
         }
     }

@@ -101,6 +101,30 @@ async fn a_running_unit_is_rolled_back_and_runs_the_old_content() {
         run.out,
         format!("Unit web.service is already at version {}\n", &h2[..7])
     );
+    // Each rollback that changed something is an event of the unit.
+    let run = fleet
+        .fleetctl(&args(&[
+            "events",
+            "--no-legend",
+            "--full",
+            "--fields",
+            "kind,unit,message",
+            "web.service",
+        ]))
+        .await;
+    let reverted: Vec<&str> = lines(&run.out)
+        .into_iter()
+        .filter(|l| l.starts_with("reverted\t"))
+        .collect();
+    assert_eq!(
+        reverted,
+        [
+            format!("reverted\tweb.service\trolled back by hand from {h2} to {h1}"),
+            format!("reverted\tweb.service\trolled back by hand from {h1} to {h2}"),
+        ],
+        "{}",
+        run.out
+    );
 
     // Every version, whole, as scripts read them.
     let run = fleet

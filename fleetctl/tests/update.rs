@@ -197,6 +197,26 @@ async fn a_failing_update_is_reverted_and_a_unit_is_in_one_update_at_a_time() {
         .fleetctl(&args(&["update", "--no-block", &again, "web@1.service"]))
         .await;
     assert_eq!(run.code, Some(0), "{}{}", run.out, run.err);
+    // Asking and steering are recorded as events.
+    let run = fleet
+        .fleetctl(&args(&[
+            "events",
+            "--no-legend",
+            "--fields",
+            "kind,message",
+        ]))
+        .await;
+    for step in [
+        format!("update {id} asked for: 4 units, 1 at a time"),
+        format!("update {id} paused by hand"),
+        format!("update {id} aborted by hand"),
+    ] {
+        assert!(
+            run.out.contains(&format!("update-step\t{step}")),
+            "{step}: {}",
+            run.out
+        );
+    }
     // Bad input changes nothing.
     for (bad_args, why) in [
         (
