@@ -279,7 +279,24 @@ fn a_unit_rolled_back_runs_its_older_content_again() {
     let after = c
         .fleetctl(&["history", "--no-legend", &name])
         .expect_ok("history");
+    let events = c
+        .fleetctl(&[
+            "events",
+            "--no-legend",
+            "--full",
+            "--fields",
+            "kind,message",
+            &name,
+        ])
+        .expect_ok("events");
     c.fleetctl(&["destroy", &name]).expect_ok("destroy");
+    assert!(
+        events.stdout.lines().any(|l| l.starts_with("reverted\t")
+            && l.contains(&format!("rolled back by hand from {newer}"))
+            && l.contains(&format!(" to {older}"))),
+        "{}",
+        events.stdout
+    );
     assert!(on_disk.contains("echo first"), "{on_disk}");
     assert!(active.is_some(), "not active after the rollback");
     assert!(running.is_some(), "the older content does not run");
