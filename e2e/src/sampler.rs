@@ -166,6 +166,23 @@ impl Samples {
     /// them was seen running (before it, they were still starting); `None` if there was no such
     /// moment. At each sample of a node, a unit is down when no node's latest sample shows it.
     pub fn most_down(&self, units: &[String]) -> Option<usize> {
+        self.most_after_none(|latest| {
+            units
+                .iter()
+                .filter(|u| !latest.iter().any(|r| r.contains(*u)))
+                .count()
+        })
+    }
+
+    /// The most nodes not running `unit` at once (a global unit), counted from the first
+    /// moment every node was seen running it; `None` if there was no such moment.
+    pub fn most_nodes_without(&self, unit: &str) -> Option<usize> {
+        self.most_after_none(|latest| latest.iter().filter(|r| !r.contains(unit)).count())
+    }
+
+    /// The most `count` says of the nodes' latest samples at any sample (once every node was
+    /// sampled), from the first moment it says 0; `None` if it never does.
+    fn most_after_none(&self, count: impl Fn(&[&BTreeSet<String>]) -> usize) -> Option<usize> {
         let mut events: Vec<(u128, usize, &BTreeSet<String>)> = self
             .nodes
             .iter()
@@ -177,47 +194,14 @@ impl Samples {
         let mut most: Option<usize> = None;
         for (_, n, running) in events {
             latest[n] = Some(running);
-            if latest.iter().any(Option::is_none) {
+            let Some(all) = latest.iter().copied().collect::<Option<Vec<_>>>() else {
                 continue;
-            }
-            let down = units
-                .iter()
-                .filter(|u| !latest.iter().flatten().any(|r| r.contains(*u)))
-                .count();
-            most = match most {
-                None if down == 0 => Some(0),
-                None => None,
-                Some(m) => Some(m.max(down)),
             };
-        }
-        most
-    }
-
-    /// The most nodes not running `unit` at once (a global unit), counted from the first
-    /// moment every node was seen running it; `None` if there was no such moment.
-    pub fn most_nodes_without(&self, unit: &str) -> Option<usize> {
-        let mut events: Vec<(u128, usize, bool)> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .flat_map(|(n, s)| {
-                s.iter()
-                    .map(move |x| (x.at_ns, n, x.running.contains(unit)))
-            })
-            .collect();
-        events.sort_by_key(|(at, n, _)| (*at, *n));
-        let mut latest: Vec<Option<bool>> = vec![None; self.nodes.len()];
-        let mut most: Option<usize> = None;
-        for (_, n, runs) in events {
-            latest[n] = Some(runs);
-            if latest.iter().any(Option::is_none) {
-                continue;
-            }
-            let without = latest.iter().filter(|r| **r == Some(false)).count();
+            let now = count(&all);
             most = match most {
-                None if without == 0 => Some(0),
+                None if now == 0 => Some(0),
                 None => None,
-                Some(m) => Some(m.max(without)),
+                Some(m) => Some(m.max(now)),
             };
         }
         most
