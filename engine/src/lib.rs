@@ -289,8 +289,15 @@ async fn lead(
         }
         fleet_telemetry::ENGINE_RECONCILE.observe_duration(started.elapsed());
         // Rolling updates: a step of each that is not over, looking at its units again soon.
-        let updating =
-            updates::drive_all(registry, leadership, &view_now.snapshot().updates, events).await;
+        let snapshot = view_now.snapshot();
+        let updating = updates::drive_all(
+            registry,
+            leadership,
+            &snapshot.updates,
+            &snapshot.stopping,
+            events,
+        )
+        .await;
         if let Err(fleet_registry::Error::NotLeader) = updating {
             return;
         }

@@ -27,7 +27,7 @@
 //! time (with the units that follow it by `MachineOf`): the next one only once nothing taken
 //! off it is still stopping. Leaders first, then name order. An instance of a template whose
 //! `MaxUnavailable` is N is taken off only while fewer than N instances of that template are
-//! stopping.
+//! down: stopping, or taken down by a rolling update (updating, failed or reverting).
 //!
 //! A machine's load is the number of non-global units placed there plus the global units whose
 //! metadata it matches. Global units are never placed by the engine; they run on every machine
@@ -355,6 +355,22 @@ impl<'a> Planner<'a> {
             }
             if let Some(&u) = by_name.get(name.as_str()) {
                 waits[u] = Some(stopping_reason(machine.short()));
+            }
+        }
+        // And what rolling updates have taken down: one bound for drains and updates alike.
+        for stored in snapshot.updates.values() {
+            if stored.update.state.is_final() {
+                continue;
+            }
+            for unit in stored
+                .update
+                .units
+                .iter()
+                .filter(|u| crate::update::is_down(u))
+            {
+                if let Some(template) = unit.name.template() {
+                    *down.entry(template).or_default() += 1;
+                }
             }
         }
         Planner {

@@ -11,7 +11,10 @@
 //! ones as the bound allows, each waiting to run again; without it the update stops there.
 //! Units whose desired state is not `launched` do not run: written, they are done. A unit whose
 //! new content declares a `HealthCheck` must also have its machine report the check passing
-//! for it to count as running (reverted units need only run).
+//! for it to count as running (reverted units need only run). A template whose new content
+//! declares `MaxUnavailable` bounds its instances as drains do, counting both: an instance is
+//! not taken down by the update while as many of that template are down, in this update or
+//! stopping for a move (a drain's), as it allows.
 //!
 //! A global unit is updated **machine by machine**: one entry per machine that ran it when the
 //! update was asked for, each given the new content as that machine's version (see
@@ -62,13 +65,15 @@ pub enum Action {
 
 /// The next record of `update` and the writes to make, given what is `observed` of its units
 /// (those updating or reverting; a unit missing from `observed` is taken as unknown: not
-/// judged) at `now_ms` by the leadership `leader` (its revision). The writes are
+/// judged) and how many instances of each template are `stopping` for moves, at `now_ms` by the
+/// leadership `leader` (its revision). The writes are
 /// level-triggered: a unit whose content is not yet what its phase wants is written again at
 /// every step. A unit that does not run again after its revert ends the update, failed: the
 /// old content fails too, and going on would take one unit after another down.
 pub fn step(
     update: &Update,
     observed: &BTreeMap<Target, Observed>,
+    stopping: &BTreeMap<UnitName, usize>,
     now_ms: u64,
     leader: i64,
 ) -> (Update, Vec<Action>) {
@@ -167,14 +172,7 @@ pub fn step(
         }
     }
     let limit = next.max_parallel.max(1) as usize;
-    // A global unit's own content takes nothing down: its machines run it already.
-    let down = |units: &[UpdateUnit]| {
-        units
-            .iter()
-            .filter(|u| !u.is_global_content())
-            .filter(|u| matches!(u.phase, Phase::Updating | Phase::Failed | Phase::Reverting))
-            .count()
-    };
+    let down = |units: &[UpdateUnit]| units.iter().filter(|u| is_down(u)).count();
     match next.state {
         UpdateState::Running => {
             let mut in_flight = down(&next.units);
@@ -185,6 +183,18 @@ pub fn step(
                 .iter()
                 .filter(|u| !u.is_global_content())
                 .all(|u| u.phase == Phase::Healthy);
+            // Instances down per template, by this update and by moves, for MaxUnavailable.
+            let mut template_down: BTreeMap<UnitName, usize> = stopping.clone();
+            for unit in &next.units {
+                if let (Some(t), true) = (unit.name.template(), is_down(unit)) {
+                    *template_down.entry(t).or_default() += 1;
+                }
+            }
+            let max_unavailable = |name: &UnitName| {
+                fleet_units::Requirements::from_unit(name, &new_file)
+                    .ok()
+                    .and_then(|(req, _)| req.max_unavailable)
+            };
             for unit in &mut next.units {
                 if unit.phase != Phase::Pending {
                     continue;
@@ -198,6 +208,13 @@ pub fn step(
                 }
                 if in_flight >= limit {
                     break;
+                }
+                if let (Some(t), Some(most)) = (unit.name.template(), max_unavailable(&unit.name)) {
+                    let down = template_down.entry(t).or_default();
+                    if *down >= most as usize {
+                        continue;
+                    }
+                    *down += 1;
                 }
                 set_phase(unit, Phase::Updating, now_ms);
                 actions.push(Action::Write(target(unit)));
@@ -256,6 +273,16 @@ pub fn step(
         _ => {}
     }
     (next, actions)
+}
+
+/// Whether `unit` is down because of its update. A global unit's own content takes nothing
+/// down: its machines run it already.
+pub fn is_down(unit: &UpdateUnit) -> bool {
+    !unit.is_global_content()
+        && matches!(
+            unit.phase,
+            Phase::Updating | Phase::Failed | Phase::Reverting
+        )
 }
 
 enum Judged {

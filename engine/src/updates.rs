@@ -3,27 +3,38 @@
 //! conditioned on the record read), then carried out. The writes are level-triggered, so a
 //! step interrupted after its record is carried out by the next one, under any leader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fleet_registry::{
-    Error, Event, EventKind, JobState, Leadership, Phase, Recorder, Registry, StoredUpdate,
-    UpdateState, FINISHED_UPDATES_KEPT,
+    Error, Event, EventKind, JobState, Leadership, MachineId, Phase, Recorder, Registry,
+    StoredUpdate, UpdateState, FINISHED_UPDATES_KEPT,
 };
+use fleet_units::UnitName;
 
 use crate::update::{step, target, Action, Observed};
 
 /// How often the units of a running update are looked at.
 pub const TICK: Duration = Duration::from_millis(250);
 
-/// Steps every update that is not over; removes the oldest finished ones beyond
-/// [`FINISHED_UPDATES_KEPT`]. Whether one is still going (to look again in [`TICK`]).
+/// Steps every update that is not over, given the units machines are `stopping` for moves;
+/// removes the oldest finished ones beyond [`FINISHED_UPDATES_KEPT`]. Whether one is still
+/// going (to look again in [`TICK`]).
 pub async fn drive_all(
     registry: &Registry,
     leadership: Leadership,
     updates: &BTreeMap<String, StoredUpdate>,
+    stopping: &BTreeSet<(MachineId, UnitName)>,
     events: &Recorder,
 ) -> Result<bool, Error> {
+    // Instances of each template stopping, for MaxUnavailable.
+    let mut stopping_by_template: BTreeMap<UnitName, usize> = BTreeMap::new();
+    for (_, name) in stopping {
+        if let Some(t) = name.template() {
+            *stopping_by_template.entry(t).or_default() += 1;
+        }
+    }
+    let stopping = &stopping_by_template;
     let mut going = false;
     for stored in updates.values() {
         if stored.update.state.is_final() {
@@ -31,7 +42,7 @@ pub async fn drive_all(
         }
         going = true;
         // One update's trouble (a unit too large to write, say) holds up no other.
-        match drive(registry, leadership, stored, events).await {
+        match drive(registry, leadership, stored, stopping, events).await {
             Err(Error::NotLeader) => return Err(Error::NotLeader),
             Err(e) => {
                 tracing::warn!(update = %stored.update.id, error = %e, "update step not taken")
@@ -65,6 +76,7 @@ async fn drive(
     registry: &Registry,
     leadership: Leadership,
     stored: &StoredUpdate,
+    stopping: &BTreeMap<UnitName, usize>,
     events: &Recorder,
 ) -> Result<(), Error> {
     let update = &stored.update;
@@ -102,7 +114,7 @@ async fn drive(
         };
         observed.insert(target(unit), seen);
     }
-    let (next, actions) = step(update, &observed, now_ms(), leadership.revision);
+    let (next, actions) = step(update, &observed, stopping, now_ms(), leadership.revision);
     // Versions made moot go before the update is recorded done, so that a step cut short
     // removes them again (the next step decides done again): the record's last word.
     let (forget, actions): (Vec<Action>, Vec<Action>) = actions

@@ -1865,6 +1865,66 @@ fn max_unavailable_bounds_the_instances_stopping_at_once() {
 }
 
 #[test]
+fn max_unavailable_counts_instances_a_rolling_update_took_down() {
+    let web: Vec<Unit> = (1..=2)
+        .map(|i| xunit(&format!("web@{i}.service"), &[("MaxUnavailable", "1")]))
+        .collect();
+    let mut s = draining(
+        snapshot(
+            web.clone(),
+            vec![machine(1), machine(2)],
+            vec![at(1, &web[0]), at(2, &web[1])],
+        ),
+        &[1],
+    );
+    // web@2 is being updated: web@1 does not leave the drained machine meanwhile.
+    let mut entry = fleet_registry::UpdateUnit::pending(web[1].name.clone(), web[1].hash());
+    entry.phase = fleet_registry::Phase::Updating;
+    let update = fleet_registry::Update {
+        id: "u1".into(),
+        created_ms: 0,
+        options: web[1].options.clone(),
+        max_parallel: 1,
+        min_healthy_ms: 1_000,
+        healthy_deadline_ms: 10_000,
+        auto_revert: false,
+        state: fleet_registry::UpdateState::Running,
+        reason: None,
+        ended_ms: None,
+        units: vec![entry],
+        previous: vec![],
+        stamped_by: 0,
+    };
+    s.updates.insert(
+        "u1".into(),
+        fleet_registry::StoredUpdate {
+            update: update.clone(),
+            revision: 1,
+        },
+    );
+    let p = plan(&s);
+    assert!(
+        !p.ops
+            .iter()
+            .any(|op| matches!(op, PlacementOp::Move { .. })),
+        "{:?}",
+        p.ops
+    );
+    // Once healthy, it leaves.
+    let mut done = update;
+    done.units[0].phase = fleet_registry::Phase::Healthy;
+    s.updates.get_mut("u1").unwrap().update = done;
+    let p = plan(&s);
+    assert!(
+        p.ops
+            .iter()
+            .any(|op| matches!(op, PlacementOp::Move { name, .. } if *name == web[0].name)),
+        "{:?}",
+        p.ops
+    );
+}
+
+#[test]
 fn each_new_placement_says_why_there() {
     let leader = xunit("db.service", &[]);
     let b = xunit("b.service", &[]);

@@ -264,7 +264,7 @@ fn run(mut u: Update, cluster: &mut Cluster, pause_at: Option<u64>) -> (Update, 
         if pause_at == Some(now) {
             u.state = UpdateState::Paused;
         }
-        let (next, actions) = step(&u, &cluster.observe(), now, 1);
+        let (next, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), now, 1);
         cluster.apply(&actions);
         most_down = most_down.max(cluster.down());
         u = next;
@@ -339,13 +339,13 @@ fn a_paused_update_starts_nothing_and_resumes() {
     let mut cluster = Cluster::new(&u, false);
     // Paused at once: the first unit is in flight, judged, and nothing else starts.
     let mut now = 0;
-    let (mut u, actions) = step(&u, &cluster.observe(), now, 1);
+    let (mut u, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), now, 1);
     cluster.apply(&actions);
     u.state = UpdateState::Paused;
     for _ in 0..40 {
         now += 250;
         cluster.tick();
-        let (next, actions) = step(&u, &cluster.observe(), now, 1);
+        let (next, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), now, 1);
         cluster.apply(&actions);
         u = next;
     }
@@ -382,22 +382,64 @@ fn a_unit_that_never_gets_healthy_fails_at_its_deadline_and_a_break_starts_the_w
             },
         )])
     };
-    u = step(&u, &observed(None), 0, 1).0;
+    u = step(&u, &observed(None), &BTreeMap::new(), 0, 1).0;
     assert_eq!(u.units[0].phase, Phase::Updating);
     // Active 900 ms, then a break: not healthy yet.
-    u = step(&u, &observed(Some((new, "active"))), 100, 1).0;
-    u = step(&u, &observed(Some((new, "active"))), 1_000, 1).0;
-    u = step(&u, &observed(Some((new, "activating"))), 1_050, 1).0;
-    u = step(&u, &observed(Some((new, "active"))), 1_100, 1).0;
+    u = step(
+        &u,
+        &observed(Some((new, "active"))),
+        &BTreeMap::new(),
+        100,
+        1,
+    )
+    .0;
+    u = step(
+        &u,
+        &observed(Some((new, "active"))),
+        &BTreeMap::new(),
+        1_000,
+        1,
+    )
+    .0;
+    u = step(
+        &u,
+        &observed(Some((new, "activating"))),
+        &BTreeMap::new(),
+        1_050,
+        1,
+    )
+    .0;
+    u = step(
+        &u,
+        &observed(Some((new, "active"))),
+        &BTreeMap::new(),
+        1_100,
+        1,
+    )
+    .0;
     assert_eq!(u.units[0].phase, Phase::Updating);
-    u = step(&u, &observed(Some((new, "active"))), 2_000, 1).0;
+    u = step(
+        &u,
+        &observed(Some((new, "active"))),
+        &BTreeMap::new(),
+        2_000,
+        1,
+    )
+    .0;
     assert_eq!(
         u.units[0].phase,
         Phase::Updating,
         "the wait started again at 1,100"
     );
     // Never running long enough: failed at the deadline.
-    u = step(&u, &observed(Some((new, "activating"))), 10_000, 1).0;
+    u = step(
+        &u,
+        &observed(Some((new, "activating"))),
+        &BTreeMap::new(),
+        10_000,
+        1,
+    )
+    .0;
     assert_eq!(u.units[0].phase, Phase::Failed);
     assert_eq!(u.state, UpdateState::Failed);
     assert!(u
@@ -426,10 +468,10 @@ fn units_that_do_not_run_are_done_once_written_and_final_updates_do_nothing() {
             )
         })
         .collect();
-    u = step(&u, &loaded, 0, 1).0;
-    u = step(&u, &loaded, 250, 1).0;
+    u = step(&u, &loaded, &BTreeMap::new(), 0, 1).0;
+    u = step(&u, &loaded, &BTreeMap::new(), 250, 1).0;
     assert_eq!(u.state, UpdateState::Done);
-    let (again, actions) = step(&u, &loaded, 500, 1);
+    let (again, actions) = step(&u, &loaded, &BTreeMap::new(), 500, 1);
     assert_eq!((again, actions), (u, vec![]));
 }
 
@@ -450,12 +492,12 @@ fn a_unit_that_does_not_run_again_after_its_revert_fails_the_update() {
             },
         )])
     };
-    let (u, _) = step(&u, &BTreeMap::new(), 0, 1);
-    let (u, _) = step(&u, &seen(new, (new, "failed")), 250, 1);
+    let (u, _) = step(&u, &BTreeMap::new(), &BTreeMap::new(), 0, 1);
+    let (u, _) = step(&u, &seen(new, (new, "failed")), &BTreeMap::new(), 250, 1);
     assert_eq!(u.state, UpdateState::Reverting);
     assert_eq!(u.units[0].phase, Phase::Reverting);
     // The old content fails too: the update ends there, the other units untouched.
-    let (u, actions) = step(&u, &seen(old, (old, "failed")), 500, 1);
+    let (u, actions) = step(&u, &seen(old, (old, "failed")), &BTreeMap::new(), 500, 1);
     assert_eq!(u.state, UpdateState::Failed, "{u:?}");
     assert!(actions.is_empty(), "{actions:?}");
     assert!(u.reason.as_deref().unwrap().contains("did not run again"));
@@ -467,7 +509,7 @@ fn a_new_leader_times_the_units_in_flight_on_its_own_clock() {
     let u = update(1, 1, false);
     let name = u.units[0].name.clone();
     let new = hash("/bin/new");
-    let (u, _) = step(&u, &BTreeMap::new(), 0, 1);
+    let (u, _) = step(&u, &BTreeMap::new(), &BTreeMap::new(), 0, 1);
     let starting = BTreeMap::from([(
         (name.clone(), None),
         Observed {
@@ -478,11 +520,11 @@ fn a_new_leader_times_the_units_in_flight_on_its_own_clock() {
         },
     )]);
     // Leader 2's clock is 20 s ahead: its deadline counts from its own first look.
-    let (u, _) = step(&u, &starting, 20_000, 2);
+    let (u, _) = step(&u, &starting, &BTreeMap::new(), 20_000, 2);
     assert_eq!(u.units[0].phase, Phase::Updating);
     assert_eq!(u.units[0].since_ms, Some(20_000));
     assert_eq!(u.stamped_by, 2);
-    let (u, _) = step(&u, &starting, 30_000, 2);
+    let (u, _) = step(&u, &starting, &BTreeMap::new(), 30_000, 2);
     assert_eq!(u.units[0].phase, Phase::Failed, "its own deadline passed");
 }
 
@@ -507,13 +549,27 @@ fn a_declared_health_check_must_pass_for_a_unit_to_be_healthy() {
             },
         )])
     };
-    u = step(&u, &observed(None), 0, 1).0;
+    u = step(&u, &observed(None), &BTreeMap::new(), 0, 1).0;
     // Active all along, its check failing: never healthy, failed at the deadline with why.
     for t in [100, 2_000, 5_000] {
-        u = step(&u, &observed(Some("failing: exit status: 1")), t, 1).0;
+        u = step(
+            &u,
+            &observed(Some("failing: exit status: 1")),
+            &BTreeMap::new(),
+            t,
+            1,
+        )
+        .0;
         assert_eq!(u.units[0].phase, Phase::Updating, "at {t}");
     }
-    let failed = step(&u, &observed(Some("failing: exit status: 1")), 10_000, 1).0;
+    let failed = step(
+        &u,
+        &observed(Some("failing: exit status: 1")),
+        &BTreeMap::new(),
+        10_000,
+        1,
+    )
+    .0;
     assert_eq!(failed.units[0].phase, Phase::Failed);
     assert!(
         failed
@@ -525,8 +581,8 @@ fn a_declared_health_check_must_pass_for_a_unit_to_be_healthy() {
         failed.reason
     );
     // Passing for min_healthy: healthy.
-    u = step(&u, &observed(Some("ok")), 6_000, 1).0;
-    u = step(&u, &observed(Some("ok")), 7_000, 1).0;
+    u = step(&u, &observed(Some("ok")), &BTreeMap::new(), 6_000, 1).0;
+    u = step(&u, &observed(Some("ok")), &BTreeMap::new(), 7_000, 1).0;
     assert_eq!(u.units[0].phase, Phase::Healthy);
     assert_eq!(u.state, UpdateState::Done);
 }
@@ -538,7 +594,7 @@ fn a_global_unit_is_updated_machine_by_machine_then_its_own_content() {
     let new = hash("/bin/new");
     let name = UnitName::parse("agent.service").unwrap();
     // First step: two machines get versions; the unit's own content is untouched.
-    let (first, actions) = step(&u, &cluster.observe(), 0, 1);
+    let (first, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), 0, 1);
     assert_eq!(
         actions,
         vec![
@@ -590,11 +646,11 @@ fn a_machine_gone_from_a_global_update_is_not_waited_for() {
         running: None,
         health: None,
     };
-    u = step(&u, &BTreeMap::new(), 0, 1).0;
+    u = step(&u, &BTreeMap::new(), &BTreeMap::new(), 0, 1).0;
     assert_eq!(u.units[0].phase, Phase::Updating);
     // Machine 1 is gone: nothing to wait for there; machine 2 goes next.
     let gone = BTreeMap::from([((name.clone(), Some(machine(1))), seen(None))]);
-    let (next, actions) = step(&u, &gone, 250, 1);
+    let (next, actions) = step(&u, &gone, &BTreeMap::new(), 250, 1);
     assert_eq!(next.units[0].phase, Phase::Healthy);
     assert_eq!(
         actions,
@@ -613,12 +669,12 @@ fn a_machine_gone_from_a_global_update_is_not_waited_for() {
             },
         )])
     };
-    u = step(&u, &healthy(), 500, 1).0;
-    let (next, actions) = step(&u, &healthy(), 2_000, 1);
+    u = step(&u, &healthy(), &BTreeMap::new(), 500, 1).0;
+    let (next, actions) = step(&u, &healthy(), &BTreeMap::new(), 2_000, 1);
     assert_eq!(next.units[1].phase, Phase::Healthy);
     assert_eq!(actions, vec![Action::Write((name.clone(), None))]);
     let own = BTreeMap::from([((name.clone(), None), seen(Some(new)))]);
-    let (done, actions) = step(&next, &own, 2_250, 1);
+    let (done, actions) = step(&next, &own, &BTreeMap::new(), 2_250, 1);
     assert_eq!(done.state, UpdateState::Done);
     assert_eq!(
         actions,
@@ -653,7 +709,7 @@ fn global_units_own_content_is_written_only_once_every_machine_of_every_unit_is_
     let mut u = u;
     let mut now = 0;
     loop {
-        let (next, actions) = step(&u, &cluster.observe(), now, 1);
+        let (next, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), now, 1);
         let writes_own = actions
             .iter()
             .any(|a| matches!(a, Action::Write((_, None))));
@@ -697,4 +753,28 @@ fn a_version_applies_only_over_the_write_it_was_made_for() {
     cluster.apply(&[Action::Revert((name.clone(), None), old)]);
     cluster.tick();
     assert_eq!(cluster.machines_run(), [Some(old)]);
+}
+
+#[test]
+fn max_unavailable_counts_instances_stopping_for_a_drain() {
+    let mut u = update(3, 3, false);
+    u.options.push(UnitOption {
+        section: "X-Fleet".into(),
+        name: "MaxUnavailable".into(),
+        value: "2".into(),
+    });
+    let cluster = Cluster::new(&u, false);
+    let template = UnitName::parse("web@.service").unwrap();
+    // One instance of web@ stops for a drain: one more may go down, not three.
+    let stopping = BTreeMap::from([(template.clone(), 1)]);
+    let (next, actions) = step(&u, &cluster.observe(), &stopping, 0, 1);
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    assert_eq!(next.units[0].phase, Phase::Updating);
+    // Two stopping: none.
+    let stopping = BTreeMap::from([(template, 2)]);
+    let (_, actions) = step(&u, &cluster.observe(), &stopping, 0, 1);
+    assert!(actions.is_empty(), "{actions:?}");
+    // None stopping: two, the template's bound (its max_parallel of 3 notwithstanding).
+    let (_, actions) = step(&u, &cluster.observe(), &BTreeMap::new(), 0, 1);
+    assert_eq!(actions.len(), 2, "{actions:?}");
 }
