@@ -288,6 +288,11 @@ impl<'a> Planner<'a> {
             }
             units[u].leaders = leaders;
         }
+        for u in 0..units.len() {
+            if let Some(e) = replaced_leader(&units, &globs, u) {
+                units[u].req = Err(e);
+            }
+        }
         rank_by_dependencies(&mut units);
 
         let mut machines: Vec<&MachineEntry> = snapshot.machines.iter().collect();
@@ -923,6 +928,37 @@ fn least_loaded(load: usize, ruled_out: usize, machines: usize) -> String {
 /// Why a unit waits: the machine called `short` is stopping it before it moves.
 fn stopping_reason(short: &str) -> String {
     format!("stopping on {short} before it moves")
+}
+
+/// Why unit `u`'s rules cannot hold together with its leaders': one of the units it must be
+/// with through `MachineOf` (transitively) is one its `Replaces` pushes away. The units' own
+/// check ([`Requirements`]) refuses this with the leader named directly; through another unit
+/// only the plan sees it. Without this, the two would push each other off machine after
+/// machine.
+fn replaced_leader(units: &[Wanted], globs: &Globs, u: U) -> Option<String> {
+    if units[u].replaces.is_empty() {
+        return None;
+    }
+    let mut chain = vec![u];
+    let mut i = 0;
+    while i < chain.len() {
+        for &(_, leader) in &units[chain[i]].leaders {
+            let Some(l) = leader.filter(|l| !chain.contains(l)) else {
+                continue;
+            };
+            if globs.any_matches(&units[u].replaces, l, units[l].name()) {
+                return Some(format!(
+                    "unresolvable requirements: it must be with {} (MachineOf, through {}), \
+                     which its Replaces pushes away",
+                    units[l].name(),
+                    units[chain[i]].name()
+                ));
+            }
+            chain.push(l);
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Ranks units so that every `MachineOf` leader comes before its followers, otherwise by name;

@@ -2045,3 +2045,34 @@ fn a_destroyed_unit_started_again_waits_for_its_machine_to_stop_it() {
     again.stopping.clear();
     assert_eq!(puts(&plan(&again).ops).len(), 1);
 }
+
+/// A unit that must be with a unit it replaces, through another one's `MachineOf`: it cannot
+/// be placed, says why, and the others settle instead of pushing each other off machine after
+/// machine.
+#[test]
+fn replacing_a_unit_one_must_be_with_is_unplaceable() {
+    let units = vec![
+        xunit(
+            "a.service",
+            &[("MachineOf", "b.service"), ("Replaces", "c.service")],
+        ),
+        xunit("b.service", &[("MachineOf", "c.service")]),
+        xunit("c.service", &[]),
+    ];
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let (settled, last) = converge(&s);
+    assert_eq!(
+        reasons_of(&last),
+        why(&[(
+            "a.service",
+            &[
+                "unresolvable requirements: it must be with c.service (MachineOf, through \
+               b.service), which its Replaces pushes away"
+            ]
+        )])
+    );
+    let on: Vec<&MachineId> = settled.placements.iter().map(|(m, _)| m).collect();
+    assert_eq!(on.len(), 2);
+    assert_eq!(on[0], on[1]);
+}
