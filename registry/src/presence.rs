@@ -251,7 +251,11 @@ impl Presence {
         // them; one that does not keeps none (fleet-sim runs thousands in one process, and each
         // reading holds every member).
         let keeps_view = options.witness.is_some();
-        let members = Arc::new(Mutex::new(if keeps_view { view } else { Vec::new() }));
+        let members = Arc::new(Mutex::new(Readings::adopt(if keeps_view {
+            view
+        } else {
+            Vec::new()
+        })));
         let recording = Arc::new(tokio::sync::Mutex::new(()));
         let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
             registry: registry.clone(),
@@ -303,7 +307,12 @@ async fn register_until_done(
     let mut warned = false;
     loop {
         let sent = Instant::now();
-        match register(registry, machine, ttl, lease_file).await {
+        // Nothing counts over a reading before this returns: one a failed attempt may have
+        // recorded is replaced by the successful one's.
+        match register(registry, machine, ttl, lease_file)
+            .await
+            .map_err(|f| f.error)
+        {
             Ok((lease, view)) => {
                 registration.set_blocked_by_duplicate(false);
                 return Ok((lease, view, sent));
@@ -338,7 +347,7 @@ async fn register(
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
-) -> Result<(i64, Vec<Machine>)> {
+) -> std::result::Result<(i64, Vec<Machine>), Failed> {
     let key = registry.machine_key(&machine.id);
     // Metadata set through the API outlives registrations.
     let mut machine = machine.clone();
@@ -357,6 +366,12 @@ async fn register(
         seen_members: view.len(),
     };
     let member_put = || TxnOp::put(registry.member_key(&machine.id), encode(&member), None);
+    // Whether a write of the member record failed without an answer (etcd may have applied it).
+    let mut unanswered = false;
+    let failed = |error: Error, unanswered: bool| Failed {
+        error,
+        maybe: unanswered.then(|| view.clone()),
+    };
     if let Some(previous) = lease_file.and_then(read_lease) {
         let txn = Txn::new()
             .when(vec![Compare::lease(
@@ -373,19 +388,28 @@ async fn register(
                 member_put(),
             ]);
         // The put fails if the lease expired meanwhile; then register afresh.
-        if let Ok(resp) = registry.txn(txn).await {
-            if resp.succeeded() {
+        match registry.txn(txn).await {
+            Ok(resp) if resp.succeeded() => {
                 // Renewed at once: the lease may be about to expire, and the guard counts its
                 // TTL from this registration.
-                if renew_once(registry, previous).await? {
+                let renewed = renew_once(registry, previous)
+                    .await
+                    .map_err(|e| failed(e, true))?;
+                if renewed {
                     tracing::info!(lease = previous, "took back the lease of the previous run");
                     return Ok((previous, view));
                 }
+                unanswered = true;
             }
+            Ok(_) => {}
+            Err(_) => unanswered = true,
         }
     }
     let mut lease_client = registry.lease_client();
-    let grant = registry.timed(lease_client.grant(ttl, None)).await?;
+    let grant = registry
+        .timed(lease_client.grant(ttl, None))
+        .await
+        .map_err(|e| failed(e, unanswered))?;
     let lease = grant.id();
     let txn = Txn::new()
         .when(vec![Compare::version(key.clone(), CompareOp::Equal, 0)])
@@ -398,11 +422,14 @@ async fn register(
             member_put(),
         ])
         .or_else(vec![TxnOp::get(key.clone(), None)]);
-    let resp = registry.txn(txn).await?;
+    let resp = registry.txn(txn).await.map_err(|e| failed(e, true))?;
     if !resp.succeeded() {
         let _ = registry.timed(lease_client.revoke(lease)).await;
         tracing::debug!("machine key is held");
-        return Err(Error::DuplicateMachine(machine.id.clone()));
+        return Err(failed(
+            Error::DuplicateMachine(machine.id.clone()),
+            unanswered,
+        ));
     }
     if let Some(path) = lease_file {
         if let Err(e) = write_lease(path, lease) {
@@ -411,6 +438,20 @@ async fn register(
     }
     tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
     Ok((lease, view))
+}
+
+/// A registration that failed, and the reading of the members it may have recorded all the
+/// same (a write of the member record that failed without an answer, or that was applied
+/// before the registration failed).
+struct Failed {
+    error: Error,
+    maybe: Option<Vec<Machine>>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Failed {
+        Failed { error, maybe: None }
+    }
 }
 
 /// One keepalive of `lease`: whether etcd renewed it (false when it is gone).
@@ -450,7 +491,7 @@ struct KeepAlive {
     /// Renewals asked for by peers (the engine of another machine counting who is connected).
     requests: Option<mpsc::Receiver<oneshot::Sender<bool>>>,
     /// The members this machine counts its majorities over.
-    members: Arc<Mutex<Vec<Machine>>>,
+    members: Arc<Mutex<Readings>>,
     /// Whether `members` is kept (only with a witness).
     keeps_view: bool,
     /// Held while a reading of the members is recorded and adopted, so that the member record
@@ -528,7 +569,7 @@ async fn keep_alive(mut k: KeepAlive) {
                     Ok((new_lease, view)) => {
                         k.lease = new_lease;
                         if k.keeps_view {
-                            *lock(&k.members) = view;
+                            *lock(&k.members) = Readings::adopt(view);
                         }
                         k.liveness.acked();
                         lock(&k.guard).renewed(sent.duration_since(origin));
@@ -537,8 +578,11 @@ async fn keep_alive(mut k: KeepAlive) {
                             .send_replace(PresenceStatus::Alive { lease: k.lease });
                         true
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot register again yet");
+                    Err(Failed { error, maybe }) => {
+                        tracing::warn!(error = %error, "cannot register again yet");
+                        if let (true, Some(view)) = (k.keeps_view, maybe) {
+                            lock(&k.members).doubt(view);
+                        }
                         false
                     }
                 }
@@ -612,13 +656,54 @@ impl Monitor {
     }
 }
 
+/// The readings of the members this machine counts its majorities over: the one its member
+/// record holds, and those whose recording failed without an answer. etcd may have applied
+/// such a write all the same, and then the engine, judging this machine, counts over that
+/// reading instead: until a recording succeeds (the record is then the reading it wrote), a
+/// majority must be a majority of every reading it may hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Readings {
+    /// The last reading recorded for sure.
+    adopted: Vec<Machine>,
+    /// Readings written since, whose writes failed without saying whether etcd applied them.
+    in_doubt: Vec<Vec<Machine>>,
+}
+
+impl Readings {
+    fn adopt(reading: Vec<Machine>) -> Readings {
+        Readings {
+            adopted: reading,
+            in_doubt: Vec::new(),
+        }
+    }
+
+    fn doubt(&mut self, reading: Vec<Machine>) {
+        if reading != self.adopted && !self.in_doubt.contains(&reading) {
+            self.in_doubt.push(reading);
+        }
+    }
+
+    /// The members to ask, and how many members a majority is counted over: with readings in
+    /// doubt, only the members in all of them, over the largest. A majority of that count
+    /// among them is then a majority of each reading, whichever the record holds.
+    fn to_ask(&self) -> (Vec<Machine>, usize) {
+        let mut asked = self.adopted.clone();
+        let mut counted = self.adopted.len();
+        for reading in &self.in_doubt {
+            asked.retain(|m| reading.iter().any(|r| r.id == m.id));
+            counted = counted.max(reading.len());
+        }
+        (asked, counted)
+    }
+}
+
 /// Follows the cluster's members (for whom to ask and how many make a majority). A new reading
 /// is recorded in this machine's member record before it is counted over, so that the engine,
 /// judging this machine, counts over no more members than it does.
 async fn follow_members(
     registry: Registry,
     me: Machine,
-    members: Arc<Mutex<Vec<Machine>>>,
+    members: Arc<Mutex<Readings>>,
     recording: Arc<tokio::sync::Mutex<()>>,
 ) {
     loop {
@@ -628,18 +713,24 @@ async fn follow_members(
             Ok((revision, entries)) => {
                 let view = view_with(&me, entries.into_iter().map(|e| e.member.machine));
                 let ids = |v: &[Machine]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-                if ids(&view) != ids(&lock(&members)) {
+                let unsure = {
+                    let readings = lock(&members);
+                    ids(&view) != ids(&readings.adopted) || !readings.in_doubt.is_empty()
+                };
+                if unsure {
                     let member = Member {
                         machine: me.clone(),
                         seen_revision: revision,
                         seen_members: view.len(),
                     };
                     match registry.record_reading(&member).await {
-                        Ok(true) => *lock(&members) = view,
+                        Ok(true) => *lock(&members) = Readings::adopt(view),
                         Ok(false) => tracing::debug!(
                             "not a member (declared dead): keeping the members as they were"
                         ),
                         Err(e) => {
+                            // Without an answer, etcd may have recorded it all the same.
+                            lock(&members).doubt(view);
                             tracing::debug!(error = %e, "cannot record the members read");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
@@ -679,7 +770,7 @@ async fn follow_members(
 async fn guard_loop(
     me: MachineId,
     guard: Arc<Mutex<Guard>>,
-    members: Arc<Mutex<Vec<Machine>>>,
+    members: Arc<Mutex<Readings>>,
     witness: Arc<dyn Witness>,
     liveness: Liveness,
     status: watch::Sender<PresenceStatus>,
@@ -694,8 +785,8 @@ async fn guard_loop(
         let now = origin.elapsed();
         if lock(&guard).should_ask(now, last_sent) {
             last_sent = Some(now);
-            let known = lock(&members).clone();
-            let count = known.len() + usize::from(!known.iter().any(|m| m.id == me));
+            let (known, counted) = lock(&members).to_ask();
+            let count = counted + usize::from(!known.iter().any(|m| m.id == me));
             let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
             let own_since = liveness.own_since_renewal();
             let asking = witness.since_renewal(others, timing.peer_timeout);
@@ -878,5 +969,37 @@ mod tests {
         assert!(!monitor.failed(s(5)));
         assert!(monitor.failed(s(21)));
         assert!(!monitor.failed(s(22)));
+    }
+
+    fn machines(ids: &[u8]) -> Vec<Machine> {
+        ids.iter()
+            .map(|n| Machine {
+                id: MachineId::parse(&format!("{n:032x}")).unwrap(),
+                public_ip: format!("10.0.0.{n}"),
+                metadata: Default::default(),
+                version: String::new(),
+                peer_address: None,
+            })
+            .collect()
+    }
+
+    /// The case a recording that failed without an answer opens: adopted {1,2,3}, while the
+    /// record may say {1,2,3,4,5}. Cut off from etcd with 2 only, machine 1 must not count
+    /// {1,2} a majority: the engine may count 3, 4 and 5 renewing, a majority of the record.
+    #[test]
+    fn a_reading_in_doubt_counts_until_a_recording_succeeds() {
+        let mut readings = Readings::adopt(machines(&[1, 2, 3]));
+        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3]), 3));
+        readings.doubt(machines(&[1, 2, 3, 4, 5]));
+        // Only members of both are asked, counted over the larger: 1 and 2 answering cut off
+        // make 2 of 5, not a majority; 1, 2 and 3 make one of either reading.
+        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3]), 5));
+        readings.doubt(machines(&[1, 2, 4]));
+        assert_eq!(readings.to_ask(), (machines(&[1, 2]), 5));
+        // The adopted reading itself is no doubt; a recording that succeeds ends them all.
+        readings.doubt(machines(&[1, 2, 3]));
+        assert_eq!(readings.in_doubt.len(), 2);
+        readings = Readings::adopt(machines(&[1, 2, 3, 4]));
+        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3, 4]), 4));
     }
 }
