@@ -135,6 +135,10 @@ async fn lead(
     // What the engine decides from: read once, then kept from the watch's events. Dropped to
     // be read again after an error.
     let mut view: Option<EngineView> = None;
+    // What the last plan of the whole cluster knew, while the cluster is as it left it: the
+    // bursts of changes to plain units since are planned from it alone. Dropped with the view
+    // and whenever a burst needs the whole plan.
+    let mut memo: Option<plan::Memo> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
@@ -149,6 +153,7 @@ async fn lead(
             None => match registry.engine_view().await {
                 Ok(v) => {
                     read_at = Instant::now();
+                    memo = None;
                     view.insert(v)
                 }
                 Err(e) => {
@@ -243,23 +248,43 @@ async fn lead(
             continue;
         }
         let absent: BTreeSet<MachineId> = absent.into_iter().map(|(id, _)| id).collect();
-        let snapshot = view_now.snapshot();
-        let held;
-        let planned = if absent.is_empty() {
-            snapshot
-        } else {
-            held = hold(snapshot, &absent);
-            &held
+        let changes = view_now.take_changes();
+        let read = &*view_now;
+        let snapshot = read.snapshot();
+        // A burst of changes to plain units only, on a cluster the last whole plan settled:
+        // planned from the memo, in time that does not grow with the cluster.
+        let from_memo = match memo.as_mut() {
+            Some(m) if absent.is_empty() && !changes.other => m.plan(
+                &changes.units,
+                |name| read.unit(name),
+                |machine, name| read.placement(machine, name),
+            ),
+            _ => None,
         };
-        let plan::Plan {
-            mut ops,
-            unplaceable,
-            placed: why_placed,
-        } = plan::plan(planned);
-        for u in &unplaceable {
-            tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
-        }
-        ops.extend(plan::unplaceable_ops(&snapshot.unplaceable, &unplaceable));
+        let (ops, why_placed) = match from_memo {
+            Some(p) => (p.ops, p.placed),
+            None => {
+                let held;
+                let planned = if absent.is_empty() {
+                    snapshot
+                } else {
+                    held = hold(snapshot, &absent);
+                    &held
+                };
+                let (whole, settled) = plan::plan_and_memo(planned);
+                // A memo of a cluster with units held is not the cluster's.
+                memo = settled.filter(|_| absent.is_empty());
+                for u in &whole.unplaceable {
+                    tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
+                }
+                let mut ops = whole.ops;
+                ops.extend(plan::unplaceable_ops(
+                    &snapshot.unplaceable,
+                    &whole.unplaceable,
+                ));
+                (ops, whole.placed)
+            }
+        };
         if !ops.is_empty() {
             tracing::debug!(changes = ops.len(), "applying placements");
             match registry.apply_placements(leadership, &ops).await {

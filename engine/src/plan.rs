@@ -71,6 +71,20 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
     planner.finish(snapshot)
 }
 
+/// [`plan`], and when that plan changes no placement (the cluster is as its units ask), the
+/// [`Memo`] to plan the next bursts of changes from without planning the whole cluster.
+pub fn plan_and_memo(snapshot: &EngineSnapshot) -> (Plan, Option<Memo>) {
+    let mut planner = Planner::new(snapshot);
+    planner.keep(snapshot);
+    planner.place();
+    let plan = planner.finish(snapshot);
+    let memo = plan
+        .ops
+        .is_empty()
+        .then(|| planner.memo(&snapshot.stopping));
+    (plan, memo)
+}
+
 /// Index of a unit that should be placed (in `Planner::units`, name order).
 type U = usize;
 /// Index of a machine (in `Planner::hosts`, id order).
@@ -109,7 +123,7 @@ impl Wanted<'_> {
 }
 
 struct GlobalUnit<'a> {
-    name: &'a str,
+    name: &'a UnitName,
     req: Requirements,
     conflicts: Vec<u32>,
 }
@@ -241,7 +255,7 @@ impl<'a> Planner<'a> {
                 // A global unit with invalid requirements runs nowhere as far as placement goes.
                 if let Ok((req, _)) = Requirements::from_unit(&unit.name, &unit.file()) {
                     globals.push(GlobalUnit {
-                        name: unit.name.as_str(),
+                        name: &unit.name,
                         conflicts: globs.intern(&req.conflicts),
                         req,
                     });
@@ -459,7 +473,7 @@ impl<'a> Planner<'a> {
                 let global = &self.globals[g];
                 if self
                     .globs
-                    .any_matches(&w.conflicts, self.units.len() + g, global.name)
+                    .any_matches(&w.conflicts, self.units.len() + g, global.name.as_str())
                 {
                     return Err(format!(
                         "conflicts with global unit {}",
@@ -841,7 +855,7 @@ impl<'a> Planner<'a> {
     }
 
     /// Step 3: the placement changes and the units left without a machine.
-    fn finish(self, snapshot: &EngineSnapshot) -> Plan {
+    fn finish(&self, snapshot: &EngineSnapshot) -> Plan {
         let mut ops = Vec::new();
         let mut existing: Vec<(&str, &fleet_registry::MachineId, &Placement)> = snapshot
             .placements
@@ -895,12 +909,12 @@ impl<'a> Planner<'a> {
         }
         let unplaceable = self
             .unplaceable
-            .into_iter()
+            .iter()
             .enumerate()
             .filter_map(|(u, reasons)| {
-                reasons.map(|reasons| Unplaceable {
+                reasons.as_ref().map(|reasons| Unplaceable {
                     unit: self.units[u].unit.name.clone(),
-                    reasons,
+                    reasons: reasons.clone(),
                 })
             })
             .collect();
@@ -1014,6 +1028,9 @@ pub fn unplaceable_ops(
     );
     ops
 }
+
+mod memo;
+pub use memo::Memo;
 
 #[cfg(test)]
 mod tests;

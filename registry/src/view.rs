@@ -21,7 +21,7 @@
 //! An error (the watch ended, etcd unreachable, history compacted, a record that cannot be
 //! decoded) leaves a view unusable: read a new one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use etcd_client::KeyValue;
 use fleet_units::UnitName;
@@ -81,18 +81,45 @@ struct Own {
     written: HashMap<String, i64>,
 }
 
+/// What the watch reports of a key, against what this view wrote there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Report {
+    /// Older than this view's own write: ignored.
+    Stale,
+    /// This view's own write, already applied.
+    Own,
+    /// Someone else's change.
+    New,
+}
+
 impl Own {
-    /// Whether the watch's `change` of `key` is at least as new as what this view wrote there.
-    fn current(&mut self, key: &str, change: &KeyValue) -> bool {
+    /// What the watch's `change` of `key` is, against what this view wrote there.
+    fn report(&mut self, key: &str, change: &KeyValue) -> Report {
         match self.written.get(key) {
-            Some(&revision) if change.mod_revision() < revision => false,
-            Some(_) => {
+            Some(&revision) if change.mod_revision() < revision => Report::Stale,
+            Some(&revision) => {
                 self.written.remove(key);
-                true
+                if change.mod_revision() == revision {
+                    Report::Own
+                } else {
+                    Report::New
+                }
             }
-            None => true,
+            None => Report::New,
         }
     }
+}
+
+/// What others changed in an [`EngineView`] since [`EngineView::take_changes`] was last
+/// called: the units by name, and whether anything else changed. The engine's own writes,
+/// applied by [`EngineView::applied`], do not count, nor does the watch's report of them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ViewChanges {
+    /// Units written or deleted.
+    pub units: BTreeSet<UnitName>,
+    /// Anything else: machines, members, placements, the leader key, unplaceable reasons,
+    /// stopping records, drains, rolling updates.
+    pub other: bool,
 }
 
 /// The leading engine's view of the cluster: units, machines, members, placements, the leader
@@ -106,6 +133,7 @@ pub struct EngineView {
     placements: Slots,
     own: Own,
     changes: Changes,
+    changed: ViewChanges,
 }
 
 impl EngineView {
@@ -142,12 +170,38 @@ impl EngineView {
             placements,
             own: Own::default(),
             changes,
+            changed: ViewChanges::default(),
         })
     }
 
     /// The cluster as far as this view knows. Its `revision` is the newest the view has seen.
     pub fn snapshot(&self) -> &EngineSnapshot {
         &self.snapshot
+    }
+
+    /// What others changed since the last call (since the view was read, the first time).
+    pub fn take_changes(&mut self) -> ViewChanges {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// How many of this view's own writes the watch has not reported yet.
+    pub fn unreported_writes(&self) -> usize {
+        self.own.written.len()
+    }
+
+    /// The unit called `name`, if there is one.
+    pub fn unit(&self, name: &UnitName) -> Option<&Unit> {
+        let i = *self.units.at.get(&self.registry.unit_key(name))?;
+        self.snapshot.units.get(i)
+    }
+
+    /// The placement of `name` on `machine`, if there is one.
+    pub fn placement(&self, machine: &MachineId, name: &UnitName) -> Option<&Placement> {
+        let i = *self
+            .placements
+            .at
+            .get(&self.registry.placement_key(machine, name))?;
+        self.snapshot.placements.get(i).map(|(_, p)| p)
     }
 
     /// Waits for the next changes and applies them, with every change that has arrived
@@ -229,10 +283,21 @@ impl EngineView {
             return Ok(());
         };
         let key = key.to_string();
-        if !self.own.current(&key, &kv) {
+        let report = self.own.report(&key, &kv);
+        if report == Report::Stale {
             return Ok(());
         }
         let registry = &self.registry;
+        if report == Report::New {
+            match key.strip_prefix(&registry.units_prefix()) {
+                Some(name) => {
+                    if let Ok(name) = UnitName::parse(name) {
+                        self.changed.units.insert(name);
+                    }
+                }
+                None => self.changed.other = true,
+            }
+        }
         let s = &mut self.snapshot;
         if key == registry.leader_key() {
             s.leader = (!deleted).then(|| Leadership {

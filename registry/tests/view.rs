@@ -205,6 +205,85 @@ async fn the_engines_own_writes_are_not_undone_by_the_watch_reporting_them_late(
     engine_converges(&registry, &mut view).await;
 }
 
+/// Follows the view until `done` holds of the changes taken so far (taken once more at the
+/// end, to catch any the last wake-up left), and returns them all merged.
+async fn changes_until(
+    view: &mut EngineView,
+    done: impl Fn(&fleet_registry::ViewChanges) -> bool,
+) -> fleet_registry::ViewChanges {
+    let until = Instant::now() + DEADLINE;
+    let mut all = fleet_registry::ViewChanges::default();
+    loop {
+        let more = view.take_changes();
+        all.units.extend(more.units);
+        all.other |= more.other;
+        if done(&all) {
+            return all;
+        }
+        assert!(Instant::now() < until, "changes not reported: {all:?}");
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+}
+
+/// What the engine plans a burst from: units others wrote or deleted, by name, and whether
+/// anything else changed; never its own placement writes, neither as it applies them nor as
+/// the watch reports them later.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    registry.put_unit(&unit("a.service")).await.unwrap();
+    let mut view = registry.engine_view().await.unwrap();
+    assert_eq!(view.take_changes(), Default::default());
+
+    registry.put_unit(&unit("b.service")).await.unwrap();
+    registry.delete_unit(&name("a.service")).await.unwrap();
+    let changes = changes_until(&mut view, |c| c.units.len() == 2).await;
+    assert_eq!(
+        changes.units,
+        [name("a.service"), name("b.service")].into_iter().collect()
+    );
+    assert!(!changes.other, "{changes:?}");
+    assert!(view.unit(&name("b.service")).is_some());
+    assert!(view.unit(&name("a.service")).is_none());
+
+    // The engine's own writes: not changes, applied or reported.
+    let ops = vec![
+        place(&machine_id(1), "b.service"),
+        PlacementOp::SetUnplaceable {
+            name: name("c.service"),
+            reasons: vec!["no machine".into()],
+        },
+    ];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    view.applied(&ops, &revisions);
+    assert!(view.placement(&machine_id(1), &name("b.service")).is_some());
+    assert_eq!(view.unreported_writes(), 2, "a placement and a reason");
+    registry.put_unit(&unit("d.service")).await.unwrap();
+    let until = Instant::now() + DEADLINE;
+    while view.unreported_writes() > 0 {
+        assert!(
+            Instant::now() < until,
+            "the watch does not report the own writes"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+    let changes = changes_until(&mut view, |c| !c.units.is_empty()).await;
+    assert_eq!(changes.units, [name("d.service")].into_iter().collect());
+    assert!(!changes.other, "own writes counted as changes: {changes:?}");
+
+    // Anything else is a change too: a machine joining.
+    let (_b, _) = present(&registry, 2).await;
+    let changes = changes_until(&mut view, |c| c.other).await;
+    assert!(changes.units.is_empty(), "{changes:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keeping_a_view_reads_no_keys() {
     let etcd = Etcd::start();

@@ -1,7 +1,7 @@
 //! Tests of [`plan`]: examples per rule, and properties over random clusters.
 
 use super::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_registry::{JobState, Machine, MachineEntry, MachineId, Placement, Unit};
 use fleet_units::{UnitName, UnitOption};
@@ -1322,6 +1322,11 @@ mod properties {
     }
 
     fn make_unit(i: usize, r: &Rules, version: u8) -> Unit {
+        make_named(NAMES[i], i, r, version)
+    }
+
+    /// A unit called `name` with rules `r`, as the `i`th of `NAMES` would have them.
+    fn make_named(name: &str, i: usize, r: &Rules, version: u8) -> Unit {
         let state = match r.state {
             0 => JobState::Inactive,
             1 | 2 => JobState::Loaded,
@@ -1349,7 +1354,7 @@ mod properties {
             x.push(("Global", "true".to_string()));
         }
         let refs: Vec<(&str, &str)> = x.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut u = xunit(NAMES[i], &refs);
+        let mut u = xunit(name, &refs);
         u.desired_state = state;
         if version > 0 {
             u.options[0].value.push_str(&format!(" v{version}"));
@@ -1419,6 +1424,53 @@ mod properties {
             })
     }
 
+    /// Names a burst may change beyond `NAMES`: plain ones, and ones that the patterns of
+    /// `CONFLICTS` match.
+    const MORE: [&str; 4] = ["p1.service", "p2.service", "web@4.service", "q.socket"];
+
+    /// Rules without any rule between units (what [`Memo::plan`] decides alone).
+    fn plain_rules() -> impl Strategy<Value = Rules> {
+        rules().prop_map(|r| Rules {
+            conflicts: None,
+            machine_of: None,
+            replaces: None,
+            global: false,
+            ..r
+        })
+    }
+
+    /// One change of a burst: a unit of `NAMES` or `MORE` destroyed (`None`) or written with
+    /// these rules and this content version.
+    fn change() -> impl Strategy<Value = (usize, Option<(Rules, u8)>)> {
+        (
+            0..NAMES.len() + MORE.len(),
+            prop::option::weighted(0.8, (prop_oneof![4 => plain_rules(), 1 => rules()], 0u8..3)),
+        )
+    }
+
+    /// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
+    /// engine records them.
+    fn settle(s: &EngineSnapshot) -> EngineSnapshot {
+        let (s, p) = converge(s);
+        let reasons = unplaceable_ops(&s.unplaceable, &p.unplaceable);
+        apply(s, &reasons)
+    }
+
+    /// Applies a burst of changes to `s`'s units: the names it changed.
+    fn write(s: &mut EngineSnapshot, burst: &[(usize, Option<(Rules, u8)>)]) -> BTreeSet<UnitName> {
+        let mut changed = BTreeSet::new();
+        for (k, change) in burst {
+            let name = NAMES.iter().chain(MORE.iter()).nth(*k).expect("in range");
+            let name = UnitName::parse(name).expect("valid");
+            s.units.retain(|u| u.name != name);
+            if let Some((r, version)) = change {
+                s.units.push(make_named(name.as_str(), *k, r, *version));
+            }
+            changed.insert(name);
+        }
+        changed
+    }
+
     /// A deterministic permutation of `v` driven by `seed`.
     fn shuffle<T>(v: &mut [T], seed: u64) {
         let mut state = seed | 1;
@@ -1461,6 +1513,44 @@ mod properties {
             shuffle(&mut shuffled.machines, seed.rotate_left(17));
             shuffle(&mut shuffled.placements, seed.rotate_left(31));
             prop_assert_eq!(plan(&shuffled), p);
+        }
+
+        /// Bursts planned from the memo of a settled cluster are planned exactly as the whole
+        /// plan would: the same ops, the same reasons; the cluster they leave is settled, and
+        /// the memo they leave is the one a whole plan of it builds.
+        #[test]
+        fn bursts_planned_from_the_memo_are_the_whole_plan(
+            s in cluster(),
+            bursts in prop::collection::vec(prop::collection::vec(change(), 1..4), 1..4),
+        ) {
+            let mut s = settle(&s);
+            let (p, memo) = plan_and_memo(&s);
+            prop_assert!(p.ops.is_empty());
+            let mut memo = memo.expect("a settled cluster has a memo");
+            for burst in &bursts {
+                let changed = write(&mut s, burst);
+                let whole = plan(&s);
+                let units = s.units.clone();
+                let placements = s.placements.clone();
+                let fast = memo.plan(
+                    &changed,
+                    |name| units.iter().find(|u| u.name == *name),
+                    |m, name| placements.iter().find(|(at, p)| at == m && p.name == *name).map(|(_, p)| p),
+                );
+                let Some(fast) = fast else {
+                    // The whole plan, and a new memo once settled.
+                    s = settle(&s);
+                    memo = plan_and_memo(&s).1.expect("settled");
+                    continue;
+                };
+                prop_assert_eq!(&fast.ops, &whole.ops);
+                prop_assert_eq!(&fast.placed, &whole.placed);
+                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &whole.unplaceable), vec![]);
+                s = apply(s, &fast.ops);
+                let (again, rebuilt) = plan_and_memo(&s);
+                prop_assert_eq!(again.ops, vec![]);
+                prop_assert_eq!(Some(&memo), rebuilt.as_ref());
+            }
         }
 
         #[test]
@@ -2044,6 +2134,85 @@ fn a_destroyed_unit_started_again_waits_for_its_machine_to_stop_it() {
     );
     again.stopping.clear();
     assert_eq!(puts(&plan(&again).ops).len(), 1);
+}
+
+// ---- planning bursts from the memo ----
+
+/// Plans the burst that changed `names` of `s` from `memo`.
+fn from_memo(memo: &mut Memo, s: &EngineSnapshot, names: &[&str]) -> Option<Plan> {
+    let changed: BTreeSet<UnitName> = names.iter().map(|n| UnitName::parse(n).unwrap()).collect();
+    memo.plan(
+        &changed,
+        |name| s.units.iter().find(|u| u.name == *name),
+        |m, name| {
+            s.placements
+                .iter()
+                .find(|(at, p)| at == m && p.name == *name)
+                .map(|(_, p)| p)
+        },
+    )
+}
+
+/// The bursts the memo decides alone (plain units written, started, stopped, destroyed) and
+/// those it leaves to the whole plan (rules between units, a unit that must move).
+#[test]
+fn the_memo_plans_bursts_of_plain_units_alone() {
+    let mut units: Vec<Unit> = (0..6)
+        .map(|i| xunit(&format!("u{i}.service"), &[]))
+        .collect();
+    units.push(xunit("web@1.service", &[("Conflicts", "web@*.service")]));
+    let mut s = snapshot(units, vec![machine(1), machine(2), machine(3)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    let memo = plan_and_memo(&s).1.expect("settled");
+
+    // A new plain unit goes to the least loaded machine, for the reason the whole plan gives.
+    let mut added = s.clone();
+    added.units.push(xunit("new.service", &[]));
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &added, &["new.service"]).expect("plain");
+    assert_eq!(fast, plan(&added));
+    assert_eq!(puts(&fast.ops).len(), 1);
+    assert!(fast
+        .placed
+        .contains_key(&UnitName::parse("new.service").unwrap()));
+
+    // Destroyed: stopped on its machine first (a move), as the whole plan does.
+    let mut destroyed = s.clone();
+    destroyed.units.retain(|u| u.name.as_str() != "u0.service");
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &destroyed, &["u0.service"]).expect("plain");
+    assert_eq!(fast, plan(&destroyed));
+    assert!(matches!(fast.ops.as_slice(), [PlacementOp::Move { .. }]));
+    // Written again before its machine stopped it: it waits, which only the whole plan says.
+    let mut again = apply(destroyed, &fast.ops);
+    again.units.push(xunit("u0.service", &[]));
+    assert_eq!(from_memo(&mut m, &again, &["u0.service"]), None);
+
+    // Loaded instead of launched: the placement is rewritten in place.
+    let mut loaded = s.clone();
+    loaded.units[1].desired_state = JobState::Loaded;
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &loaded, &["u1.service"]).expect("plain");
+    assert_eq!(fast, plan(&loaded));
+    assert_eq!(fast.ops.len(), 1);
+
+    // Left to the whole plan: a unit with a rule between units, a unit another one's pattern
+    // names, a plain unit that must move to meet its new metadata.
+    let mut ruled = s.clone();
+    ruled
+        .units
+        .push(xunit("c.service", &[("Conflicts", "u*.service")]));
+    assert_eq!(from_memo(&mut memo.clone(), &ruled, &["c.service"]), None);
+    let mut named = s.clone();
+    named.units.push(xunit("web@2.service", &[]));
+    assert_eq!(
+        from_memo(&mut memo.clone(), &named, &["web@2.service"]),
+        None
+    );
+    let mut moved = s.clone();
+    moved.units[2] = xunit("u2.service", &[("MachineMetadata", "role=db")]);
+    assert_eq!(from_memo(&mut memo.clone(), &moved, &["u2.service"]), None);
 }
 
 /// A unit that must be with a unit it replaces, through another one's `MachineOf`: it cannot

@@ -1,0 +1,266 @@
+//! Planning one burst of changes without planning the whole cluster again.
+//!
+//! A [`Memo`] is what a full [`plan`](super::plan) that changed no placement knew at its end:
+//! each live machine's load, where each unit is, which units and names take part in a rule
+//! between units (`Conflicts`, `Replaces`, `MachineOf`, global units), and which units wait.
+//! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no rule that names
+//! another unit, named by no other unit's rule, not global) in time that depends on the
+//! burst, not on the cluster: such a unit affects the others only through the load of the one
+//! machine it is on. The result is the one the full plan would reach on the same cluster,
+//! op for op (a property test compares them on random clusters); anything it cannot decide
+//! that way (a unit with rules between units, a draining machine, a unit that waits or cannot
+//! be placed) makes it answer `None`, and the caller plans the whole cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use fleet_registry::{JobState, MachineId, Placement, PlacementOp, Unit};
+use fleet_units::{glob_match, Requirements, UnitName};
+
+use super::{least_loaded, Plan, Planner};
+
+/// What the last full plan knew, kept up to date by the bursts planned from it. See the module
+/// documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memo {
+    /// Live machines by id.
+    hosts: BTreeMap<MachineId, Host>,
+    /// Live machines by (load, id): the order the least loaded one is looked for in.
+    by_load: BTreeSet<(usize, MachineId)>,
+    /// Lower-cased full and short machine ids to machines, for `MachineID`.
+    host_ids: HashMap<String, Vec<MachineId>>,
+    /// Where each non-global unit that should run is.
+    placed: HashMap<UnitName, MachineId>,
+    /// Units that should run and take part in rules between units, or whose rules are invalid,
+    /// and global units: a change to one of them needs the whole plan.
+    ruled: HashSet<UnitName>,
+    /// Names some unit's `MachineOf` names.
+    leaders: HashSet<String>,
+    /// Every `Conflicts` and `Replaces` pattern of the units that should run.
+    patterns: BTreeSet<String>,
+    /// Units that should run and have no machine, and units some machine is stopping.
+    waiting: HashSet<UnitName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Host {
+    metadata: BTreeMap<String, String>,
+    load: usize,
+    draining: bool,
+    /// Registered and not declared dead: a unit leaves it only once stopped there.
+    member: bool,
+}
+
+impl Planner<'_> {
+    /// What this pass knows at its end, once every unit is placed or found unplaceable.
+    pub(super) fn memo(&self, stopping: &BTreeSet<(MachineId, UnitName)>) -> Memo {
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| {
+                let id = h.entry.machine.id.clone();
+                let host = Host {
+                    metadata: h.entry.machine.metadata.clone(),
+                    load: h.load(),
+                    draining: h.draining,
+                    member: self.members.contains(&id),
+                };
+                (id, host)
+            })
+            .collect();
+        let by_load = self
+            .by_load
+            .iter()
+            .map(|&(load, m)| (load, self.hosts[m].entry.machine.id.clone()))
+            .collect();
+        let host_ids = self
+            .host_ids
+            .iter()
+            .map(|(key, ms)| {
+                let ids = ms
+                    .iter()
+                    .map(|&m| self.hosts[m].entry.machine.id.clone())
+                    .collect();
+                (key.clone(), ids)
+            })
+            .collect();
+        let mut memo = Memo {
+            hosts,
+            by_load,
+            host_ids,
+            placed: HashMap::new(),
+            ruled: self.globals.iter().map(|g| g.name.clone()).collect(),
+            leaders: HashSet::new(),
+            patterns: self.globs.patterns.iter().cloned().collect(),
+            waiting: stopping.iter().map(|(_, name)| name.clone()).collect(),
+        };
+        for (u, w) in self.units.iter().enumerate() {
+            let name = &w.unit.name;
+            if let Some(m) = self.at[u] {
+                memo.placed
+                    .insert(name.clone(), self.hosts[m].entry.machine.id.clone());
+            }
+            if self.unplaceable[u].is_some() {
+                memo.waiting.insert(name.clone());
+            }
+            match &w.req {
+                Ok(req) if plain(req) => {}
+                _ => {
+                    memo.ruled.insert(name.clone());
+                }
+            }
+            memo.leaders
+                .extend(w.leaders.iter().map(|(name, _)| name.clone()));
+        }
+        memo
+    }
+}
+
+/// Whether a unit's rules name no other unit: nothing but `MachineID`, `MachineMetadata` and
+/// the rules that do not concern placement.
+fn plain(req: &Requirements) -> bool {
+    !req.global && req.conflicts.is_empty() && req.replaces.is_empty() && req.machine_of.is_empty()
+}
+
+impl Memo {
+    /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, given
+    /// how to look up a unit and a placement in the cluster as it is now; and the memo updated
+    /// to the cluster once that plan is applied. `None` when the burst needs the whole plan: the
+    /// memo is then stale and must be dropped.
+    pub fn plan<'a>(
+        &mut self,
+        changed: &BTreeSet<UnitName>,
+        unit: impl Fn(&UnitName) -> Option<&'a Unit>,
+        placement: impl Fn(&MachineId, &UnitName) -> Option<&'a Placement>,
+    ) -> Option<Plan> {
+        let mut plan = Plan::default();
+        let mut to_place: Vec<(&Unit, Requirements)> = Vec::new();
+        // First what becomes of the existing placements, in name order as the full plan lists
+        // them; then the new ones, in name order as it places them (plain units have no
+        // `MachineOf` rank), on the loads after the removals.
+        for name in changed {
+            if self.ruled.contains(name) || self.waiting.contains(name) || self.named(name) {
+                return None;
+            }
+            let wanted = unit(name).filter(|u| u.desired_state != JobState::Inactive);
+            let req = match wanted {
+                Some(u) => Some(self.plain_requirements(u)?),
+                None => None,
+            };
+            let Some(machine) = self.placed.get(name).cloned() else {
+                if let (Some(u), Some(req)) = (wanted, req) {
+                    to_place.push((u, req));
+                }
+                continue;
+            };
+            let host = self.hosts.get(&machine)?;
+            if host.draining {
+                return None;
+            }
+            match (wanted, req) {
+                (Some(u), Some(req)) => {
+                    if !(req.machine_id_matches(machine.as_str())
+                        && req.metadata_matches(&host.metadata))
+                    {
+                        // It moves: the full plan stops it first.
+                        return None;
+                    }
+                    let target = Placement::for_unit(u);
+                    if placement(&machine, name) != Some(&target) {
+                        plan.ops.push(PlacementOp::Put {
+                            machine,
+                            placement: target,
+                        });
+                    }
+                }
+                _ => {
+                    let op = if host.member {
+                        self.waiting.insert(name.clone());
+                        PlacementOp::Move {
+                            machine: machine.clone(),
+                            name: name.clone(),
+                        }
+                    } else {
+                        PlacementOp::Delete {
+                            machine: machine.clone(),
+                            name: name.clone(),
+                        }
+                    };
+                    plan.ops.push(op);
+                    self.placed.remove(name);
+                    self.add_load(&machine, -1);
+                }
+            }
+        }
+        for (u, req) in to_place {
+            let (machine, why) = self.decide(&req)?;
+            self.placed.insert(u.name.clone(), machine.clone());
+            self.add_load(&machine, 1);
+            plan.placed.insert(u.name.clone(), why);
+            plan.ops.push(PlacementOp::Put {
+                machine,
+                placement: Placement::for_unit(u),
+            });
+        }
+        Some(plan)
+    }
+
+    /// Whether another unit's rules name this one: a `MachineOf`, or a `Conflicts` or
+    /// `Replaces` pattern that matches it. Its coming or going can change where they go.
+    fn named(&self, name: &UnitName) -> bool {
+        self.leaders.contains(name.as_str())
+            || self.patterns.iter().any(|p| glob_match(p, name.as_str()))
+    }
+
+    /// A unit's requirements if they are plain.
+    fn plain_requirements(&self, unit: &Unit) -> Option<Requirements> {
+        if unit.is_global() {
+            return None;
+        }
+        let (req, _) = Requirements::from_unit(&unit.name, &unit.file()).ok()?;
+        plain(&req).then_some(req)
+    }
+
+    /// The machine for a plain unit, as the full plan chooses it, and why there. `None` when
+    /// no machine takes it (the full plan says why on each).
+    fn decide(&self, req: &Requirements) -> Option<(MachineId, String)> {
+        let fits = |id: &MachineId| {
+            let host = &self.hosts[id];
+            !host.draining
+                && req.machine_id_matches(id.as_str())
+                && req.metadata_matches(&host.metadata)
+        };
+        if let Some(id) = &req.machine_id {
+            let mut targets: Vec<&MachineId> = self
+                .host_ids
+                .get(&id.trim().to_ascii_lowercase())
+                .map(|ids| ids.iter().collect())
+                .unwrap_or_default();
+            targets.sort_by_key(|&m| (self.hosts[m].load, m));
+            return targets
+                .into_iter()
+                .find(|m| fits(m))
+                .map(|m| (m.clone(), format!("MachineID={id}")));
+        }
+        let mut ruled_out = 0;
+        self.by_load
+            .iter()
+            .find(|(_, m)| {
+                let ok = fits(m);
+                ruled_out += usize::from(!ok);
+                ok
+            })
+            .map(|(load, m)| {
+                let why = least_loaded(*load, ruled_out, self.hosts.len());
+                (m.clone(), why)
+            })
+    }
+
+    fn add_load(&mut self, machine: &MachineId, delta: isize) {
+        let Some(host) = self.hosts.get_mut(machine) else {
+            return;
+        };
+        self.by_load.remove(&(host.load, machine.clone()));
+        host.load = host.load.saturating_add_signed(delta);
+        self.by_load.insert((host.load, machine.clone()));
+    }
+}
