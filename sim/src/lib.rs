@@ -12,10 +12,12 @@
 //! each fences alone when its lease may expire, and counts for no majority (no majority
 //! protocol among them). Nor do they follow the members: once all have registered, each
 //! records one reading of all of them, for the engine to count over when one is lost (see
-//! `Simulation::record_reading`). A fleetd's engine asks the members over their peer
-//! endpoints before it declares one dead, so beside mostly hollow machines it moves no lost
-//! machine's units: an engine run beside a simulation has no witness. Their addresses are in 10.255.0.0/16, never used for
-//! traffic.
+//! `Simulation::record_reading`). The first [`SimConfig::followers`] of them do follow the
+//! members as a fleetd does, to measure what that costs: their witness reaches no peer, so
+//! with two members or more they still fence alone. A fleetd's engine asks the members over
+//! their peer endpoints before it declares one dead, so beside mostly hollow machines it moves
+//! no lost machine's units: an engine run beside a simulation has no witness. Their addresses
+//! are in 10.255.0.0/16, never used for traffic.
 //! A simulation must never stand in for systemd in a test that claims a real cluster.
 //!
 //! Cheap per machine: all machines share one tokio runtime and a few etcd clients, with no
@@ -30,7 +32,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_agent::{Agent, AgentConfig, AgentError};
-use fleet_registry::{Machine, MachineId, Presence, PresenceOptions, PresenceStatus, Registry};
+use fleet_registry::{
+    Machine, MachineId, Presence, PresenceOptions, PresenceStatus, Registry, Witness,
+};
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -58,6 +63,10 @@ pub struct SimConfig {
     pub resync_interval: Duration,
     /// How many machines register at once.
     pub registering: usize,
+    /// How many of the machines (the first ones) follow the members and record their readings
+    /// as a fleetd does (`Presence` with a witness), through a witness that reaches no peer.
+    /// Each keeps every member in memory: the process holds `followers` × `machines` records.
+    pub followers: u32,
 }
 
 impl SimConfig {
@@ -73,6 +82,7 @@ impl SimConfig {
             state_dir,
             resync_interval: Duration::from_secs(60),
             registering: 64,
+            followers: 0,
         }
     }
 }
@@ -119,6 +129,8 @@ pub struct HollowMachine {
     systemd: SimulatedSystemd,
     presence: Presence,
     agent: tokio::task::JoinHandle<()>,
+    /// Whether it follows the members (and records its own readings of them).
+    follows: bool,
 }
 
 impl Drop for HollowMachine {
@@ -144,17 +156,17 @@ impl HollowMachine {
             // No peer endpoint: no witness, so this machine fences alone.
             peer_address: None,
         };
-        let presence = Presence::start_with(
-            registry.clone(),
-            machine,
-            config.ttl,
-            PresenceOptions::default(),
-        )
-        .await
-        .map_err(|source| SimError::Register {
-            machine: id.clone(),
-            source,
-        })?;
+        let follows = index.saturating_sub(config.id_offset) < config.followers;
+        let options = PresenceOptions {
+            witness: follows.then(|| Arc::new(NoPeers) as Arc<dyn Witness>),
+            ..PresenceOptions::default()
+        };
+        let presence = Presence::start_with(registry.clone(), machine, config.ttl, options)
+            .await
+            .map_err(|source| SimError::Register {
+                machine: id.clone(),
+                source,
+            })?;
         let systemd = SimulatedSystemd::new(config.state_delay);
         let agent_config = AgentConfig {
             units_directory: config.state_dir.join(id.as_str()).join("units"),
@@ -173,6 +185,7 @@ impl HollowMachine {
             systemd,
             presence,
             agent,
+            follows,
         })
     }
 
@@ -188,6 +201,28 @@ impl HollowMachine {
     /// can campaign on this machine's lease).
     pub fn presence(&self) -> watch::Receiver<PresenceStatus> {
         self.presence.subscribe()
+    }
+}
+
+/// The witness of a hollow machine that follows the members: it has no peer endpoint to ask
+/// through, so no member answers it.
+struct NoPeers;
+
+impl Witness for NoPeers {
+    fn since_renewal(
+        &self,
+        _members: Vec<Machine>,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Vec<Duration>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    fn renew_now(
+        &self,
+        _members: Vec<Machine>,
+        _timeout: Duration,
+    ) -> BoxFuture<'static, Vec<MachineId>> {
+        Box::pin(async { Vec::new() })
     }
 }
 
@@ -267,14 +302,17 @@ impl Simulation {
         Ok(simulation)
     }
 
-    /// Records in every machine's member record one reading of all the members, made now.
+    /// Records in the member record of every machine that does not follow the members one
+    /// reading of all of them, made now.
     ///
-    /// Hollow machines do not follow the members (a machine does that only with a witness),
+    /// Those machines do not follow the members (a machine does that only with a witness),
     /// so each member record would keep the reading made when it registered, in which the
     /// first machines saw few members or none: the engine, which counts a majority of the
     /// members a lost machine last read, would never find one for them. Safety is unchanged:
     /// without a witness a machine fences when its lease may expire, whatever the others see,
-    /// so it has stopped its units before the engine's wait is over.
+    /// so it has stopped its units before the engine's wait is over. A machine that follows
+    /// the members records its own readings, of the members it counts over: a reading written
+    /// here could name more members than it counts.
     async fn record_reading(&self, registry: &Registry, at_once: usize) -> Result<(), SimError> {
         let (revision, entries) = registry
             .cluster_members()
@@ -283,7 +321,11 @@ impl Simulation {
         let seen_members = entries.len();
         let ours: Vec<fleet_registry::Member> = entries
             .into_iter()
-            .filter(|e| self.machines.contains_key(&e.member.machine.id))
+            .filter(|e| {
+                self.machines
+                    .get(&e.member.machine.id)
+                    .is_some_and(|m| !m.follows)
+            })
             .map(|e| fleet_registry::Member {
                 seen_revision: revision,
                 seen_members,

@@ -48,6 +48,10 @@ struct Args {
     /// A number of this run, the last 8 hex digits of every machine id.
     #[arg(long, default_value_t = 0)]
     run: u32,
+    /// How many of the machines (the first ones) follow the members and record their readings
+    /// as a fleetd does; each keeps every member in memory (followers × machines records).
+    #[arg(long, default_value_t = 0)]
+    followers: u32,
     /// How many etcd clients (connections) the machines share.
     #[arg(long, default_value_t = 4)]
     etcd_clients: usize,
@@ -121,8 +125,10 @@ async fn run(args: &Args, state_dir: PathBuf) -> Result<()> {
     config.ttl = args.ttl;
     config.state_delay = args.state_delay;
     config.metadata = args.metadata.clone();
+    config.followers = args.followers;
     tracing::info!(
         machines = args.machines,
+        followers = args.followers,
         etcd = %args.etcd.join(","),
         state_dir = %config.state_dir.display(),
         "starting simulated machines (hollow: real presence and agent, simulated systemd)"
