@@ -1548,6 +1548,7 @@ impl Registry {
             })
             .await?;
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        self.count_keys(resp.kvs().len());
         Ok((revision, member_entries(&self.members_prefix(), resp.kvs())))
     }
 
