@@ -1552,6 +1552,40 @@ impl Registry {
         Ok((revision, member_entries(&self.members_prefix(), resp.kvs())))
     }
 
+    /// How many members there are and whether `me` is one of them, with the revision read at
+    /// (count-only reads: etcd sends no record).
+    pub(crate) async fn count_members(&self, me: &MachineId) -> Result<(i64, usize, bool)> {
+        let count = || Some(GetOptions::new().with_prefix().with_count_only());
+        let txn = Txn::new().and_then(vec![
+            TxnOp::get(self.members_prefix(), count()),
+            TxnOp::get(
+                self.member_key(me),
+                Some(GetOptions::new().with_count_only()),
+            ),
+        ]);
+        let resp = self.txn(txn).await?;
+        let [all, own] = reads::<2>(&resp)?;
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        let all = usize::try_from(all.count()).unwrap_or(usize::MAX);
+        Ok((revision, all, own.count() > 0))
+    }
+
+    /// How many members there were at `revision` (a count-only read: etcd sends no record).
+    pub(crate) async fn count_members_at(&self, revision: i64) -> Result<usize> {
+        let prefix = self.members_prefix();
+        let resp = self
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_revision(revision);
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await?;
+        Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
+    }
+
     /// The prefix whose changes tell that the members changed.
     pub fn members_watch_prefixes(&self) -> Vec<String> {
         vec![self.members_prefix()]

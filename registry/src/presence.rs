@@ -9,6 +9,7 @@
 //! for everyone, or for most): [`fleet_quorum::Guard`], with the members asked through a
 //! [`Witness`] (the peer endpoint). Without a witness it fences when its lease may expire.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +22,8 @@ use tokio::time::Instant;
 
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
-use crate::{encode, Error, Machine, MachineId, Member, Registry, Result};
+use crate::watch::{Change, Changes};
+use crate::{encode, member_entries, Error, Machine, MachineId, Member, Registry, Result};
 
 /// Asks the cluster's other members about their leases, over the peer endpoint.
 pub trait Witness: Send + Sync + 'static {
@@ -233,12 +235,17 @@ impl Presence {
         let lease_file = options.lease_file;
         let liveness = options.liveness.unwrap_or_default();
         let registration = options.registration.unwrap_or_default();
-        let (lease, view, sent) = register_until_done(
+        // Only a machine that asks the members (through a witness) counts over its reading of
+        // them; one that does not keeps none (fleet-sim runs thousands in one process, and each
+        // reading holds every member), and registers with a count of them.
+        let keeps_view = options.witness.is_some();
+        let (lease, reading, sent) = register_until_done(
             &registry,
             &machine,
             ttl_secs,
             lease_file.as_ref(),
             &registration,
+            keeps_view,
         )
         .await?;
         liveness.acked();
@@ -247,15 +254,12 @@ impl Presence {
         let origin = liveness.inner.started;
         let guard = Arc::new(Mutex::new(Guard::new(timing, sent.duration_since(origin))));
         let (tx, rx) = watch::channel(PresenceStatus::Alive { lease });
-        // Only a machine that asks the members (through a witness) counts over its reading of
-        // them; one that does not keeps none (fleet-sim runs thousands in one process, and each
-        // reading holds every member).
-        let keeps_view = options.witness.is_some();
-        let members = Arc::new(Mutex::new(Readings::adopt(if keeps_view {
-            view
+        let reading = if keeps_view {
+            reading
         } else {
-            Vec::new()
-        })));
+            Reading::default()
+        };
+        let members = Arc::new(Mutex::new(Readings::adopt(reading.clone())));
         let recording = Arc::new(tokio::sync::Mutex::new(()));
         let mut tasks = vec![tokio::spawn(keep_alive(KeepAlive {
             registry: registry.clone(),
@@ -275,6 +279,7 @@ impl Presence {
             tasks.push(tokio::spawn(follow_members(
                 registry,
                 machine.clone(),
+                reading,
                 members.clone(),
                 recording,
             )));
@@ -303,19 +308,20 @@ async fn register_until_done(
     ttl: i64,
     lease_file: Option<&PathBuf>,
     registration: &Registration,
-) -> Result<(i64, Vec<Machine>, Instant)> {
+    keeps_view: bool,
+) -> Result<(i64, Reading, Instant)> {
     let mut warned = false;
     loop {
         let sent = Instant::now();
         // Nothing counts over a reading before this returns: one a failed attempt may have
         // recorded is replaced by the successful one's.
-        match register(registry, machine, ttl, lease_file)
+        match register(registry, machine, ttl, lease_file, keeps_view)
             .await
             .map_err(|f| f.error)
         {
-            Ok((lease, view)) => {
+            Ok((lease, reading)) => {
                 registration.set_blocked_by_duplicate(false);
-                return Ok((lease, view, sent));
+                return Ok((lease, reading, sent));
             }
             Err(Error::DuplicateMachine(id)) => {
                 registration.set_blocked_by_duplicate(true);
@@ -340,14 +346,17 @@ async fn register_until_done(
 /// One registration attempt (the lease's time runs from when it was sent): take back the
 /// lease of a previous run if the record still hangs on it, else create the record on a new
 /// lease unless a live record exists. Either way the member record is written in the same
-/// transaction, with the members read just before: the view this machine then counts its
-/// majorities over, returned with the lease.
+/// transaction, with the members read just before: the reading this machine then counts its
+/// majorities over, returned with the lease. A machine that keeps no view of the members
+/// (`keeps_view` false: it asks nobody) only counts them: its record needs no more, and a read
+/// of every member record by every machine registering is N² records.
 async fn register(
     registry: &Registry,
     machine: &Machine,
     ttl: i64,
     lease_file: Option<&PathBuf>,
-) -> std::result::Result<(i64, Vec<Machine>), Failed> {
+    keeps_view: bool,
+) -> std::result::Result<(i64, Reading), Failed> {
     let key = registry.machine_key(&machine.id);
     // Metadata set through the API outlives registrations.
     let mut machine = machine.clone();
@@ -358,19 +367,42 @@ async fn register(
         };
     }
     let value = encode(&machine);
-    let (seen_revision, entries) = registry.cluster_members().await?;
-    let view = view_with(&machine, entries.into_iter().map(|e| e.member.machine));
+    let (reading, seen_members) = if keeps_view {
+        let (revision, entries) = registry.cluster_members().await?;
+        let reading = Reading {
+            revision,
+            registrations: registrations(
+                &machine.id,
+                entries
+                    .iter()
+                    .map(|e| (&e.member.machine.id, e.create_revision)),
+            ),
+            machines: view_with(
+                &machine,
+                entries.into_iter().map(|e| Arc::new(e.member.machine)),
+            ),
+        };
+        let seen = reading.machines.len();
+        (reading, seen)
+    } else {
+        let (revision, all, me) = registry.count_members(&machine.id).await?;
+        let reading = Reading {
+            revision,
+            ..Reading::default()
+        };
+        (reading, all + usize::from(!me))
+    };
     let member = Member {
         machine: machine.clone(),
-        seen_revision,
-        seen_members: view.len(),
+        seen_revision: reading.revision,
+        seen_members,
     };
     let member_put = || TxnOp::put(registry.member_key(&machine.id), encode(&member), None);
     // Whether a write of the member record failed without an answer (etcd may have applied it).
     let mut unanswered = false;
     let failed = |error: Error, unanswered: bool| Failed {
         error,
-        maybe: unanswered.then(|| view.clone()),
+        maybe: unanswered.then(|| reading.clone()),
     };
     if let Some(previous) = lease_file.and_then(read_lease) {
         let txn = Txn::new()
@@ -397,7 +429,7 @@ async fn register(
                     .map_err(|e| failed(e, true))?;
                 if renewed {
                     tracing::info!(lease = previous, "took back the lease of the previous run");
-                    return Ok((previous, view));
+                    return Ok((previous, reading));
                 }
                 unanswered = true;
             }
@@ -437,7 +469,7 @@ async fn register(
         }
     }
     tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
-    Ok((lease, view))
+    Ok((lease, reading))
 }
 
 /// A registration that failed, and the reading of the members it may have recorded all the
@@ -445,7 +477,7 @@ async fn register(
 /// before the registration failed).
 struct Failed {
     error: Error,
-    maybe: Option<Vec<Machine>>,
+    maybe: Option<Reading>,
 }
 
 impl From<Error> for Failed {
@@ -460,10 +492,80 @@ async fn renew_once(registry: &Registry, lease: i64) -> Result<bool> {
     Ok(renewer.renew(registry, lease).await? > 0)
 }
 
+/// A reading of the members: those this machine counts its majorities over, as its member
+/// record says (`seen_revision`, `seen_members`).
+#[derive(Debug, Clone, Default)]
+struct Reading {
+    /// The revision of the members' prefix they were read at.
+    revision: i64,
+    /// The members, this machine among them, in order of id (shared with the view they were
+    /// read from: a machine that follows the members holds each record once).
+    machines: Vec<Arc<Machine>>,
+    /// The other members' registrations, (id, creation revision of the member record), in
+    /// order of id: what two readings are compared by, so that a machine declared dead and
+    /// registered again makes a new reading.
+    registrations: Vec<(MachineId, i64)>,
+}
+
+/// The registrations of the members other than `me`, in order of id.
+fn registrations<'a>(
+    me: &MachineId,
+    members: impl Iterator<Item = (&'a MachineId, i64)>,
+) -> Vec<(MachineId, i64)> {
+    let mut all: Vec<(MachineId, i64)> = members
+        .filter(|(id, _)| *id != me)
+        .map(|(id, created)| (id.clone(), created))
+        .collect();
+    all.sort();
+    all
+}
+
+/// The readings of the members this machine counts its majorities over: the one its member
+/// record holds, and those whose recording failed without an answer. etcd may have applied
+/// such a write all the same, and then the engine, judging this machine, counts over that
+/// reading instead: until a recording succeeds (the record is then the reading it wrote), a
+/// majority must be a majority of every reading it may hold.
+#[derive(Debug, Clone, Default)]
+struct Readings {
+    /// The last reading recorded for sure.
+    adopted: Reading,
+    /// Readings written since, whose writes failed without saying whether etcd applied them.
+    in_doubt: Vec<Reading>,
+}
+
+impl Readings {
+    fn adopt(reading: Reading) -> Readings {
+        Readings {
+            adopted: reading,
+            in_doubt: Vec::new(),
+        }
+    }
+
+    fn doubt(&mut self, reading: Reading) {
+        let same = |r: &Reading| r.registrations == reading.registrations;
+        if !same(&self.adopted) && !self.in_doubt.iter().any(same) {
+            self.in_doubt.push(reading);
+        }
+    }
+
+    /// The members to ask, and how many members a majority is counted over: with readings in
+    /// doubt, only the members in all of them, over the largest. A majority of that count
+    /// among them is then a majority of each reading, whichever the record holds.
+    fn to_ask(&self) -> (Vec<Arc<Machine>>, usize) {
+        let mut asked = self.adopted.machines.clone();
+        let mut counted = self.adopted.machines.len();
+        for reading in &self.in_doubt {
+            asked.retain(|m| reading.machines.iter().any(|r| r.id == m.id));
+            counted = counted.max(reading.machines.len());
+        }
+        (asked, counted)
+    }
+}
+
 /// The members read, with this machine among them (as itself).
-fn view_with(me: &Machine, read: impl Iterator<Item = Machine>) -> Vec<Machine> {
-    let mut view: Vec<Machine> = read.filter(|m| m.id != me.id).collect();
-    view.push(me.clone());
+fn view_with(me: &Machine, read: impl Iterator<Item = Arc<Machine>>) -> Vec<Arc<Machine>> {
+    let mut view: Vec<Arc<Machine>> = read.filter(|m| m.id != me.id).collect();
+    view.push(Arc::new(me.clone()));
     view.sort_by(|a, b| a.id.cmp(&b.id));
     view
 }
@@ -565,11 +667,18 @@ async fn keep_alive(mut k: KeepAlive) {
                 }
                 let recording = k.recording.clone();
                 let _recording = recording.lock().await;
-                match register(&k.registry, &k.machine, k.ttl, k.lease_file.as_ref()).await {
-                    Ok((new_lease, view)) => {
+                let registering = register(
+                    &k.registry,
+                    &k.machine,
+                    k.ttl,
+                    k.lease_file.as_ref(),
+                    k.keeps_view,
+                );
+                match registering.await {
+                    Ok((new_lease, reading)) => {
                         k.lease = new_lease;
                         if k.keeps_view {
-                            *lock(&k.members) = Readings::adopt(view);
+                            *lock(&k.members) = Readings::adopt(reading);
                         }
                         k.liveness.acked();
                         lock(&k.guard).renewed(sent.duration_since(origin));
@@ -580,8 +689,8 @@ async fn keep_alive(mut k: KeepAlive) {
                     }
                     Err(Failed { error, maybe }) => {
                         tracing::warn!(error = %error, "cannot register again yet");
-                        if let (true, Some(view)) = (k.keeps_view, maybe) {
-                            lock(&k.members).doubt(view);
+                        if let (true, Some(reading)) = (k.keeps_view, maybe) {
+                            lock(&k.members).doubt(reading);
                         }
                         false
                     }
@@ -656,107 +765,344 @@ impl Monitor {
     }
 }
 
-/// The readings of the members this machine counts its majorities over: the one its member
-/// record holds, and those whose recording failed without an answer. etcd may have applied
-/// such a write all the same, and then the engine, judging this machine, counts over that
-/// reading instead: until a recording succeeds (the record is then the reading it wrote), a
-/// majority must be a majority of every reading it may hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Readings {
-    /// The last reading recorded for sure.
-    adopted: Vec<Machine>,
-    /// Readings written since, whose writes failed without saying whether etcd applied them.
-    in_doubt: Vec<Vec<Machine>>,
-}
-
-impl Readings {
-    fn adopt(reading: Vec<Machine>) -> Readings {
-        Readings {
-            adopted: reading,
-            in_doubt: Vec::new(),
-        }
-    }
-
-    fn doubt(&mut self, reading: Vec<Machine>) {
-        if reading != self.adopted && !self.in_doubt.contains(&reading) {
-            self.in_doubt.push(reading);
-        }
-    }
-
-    /// The members to ask, and how many members a majority is counted over: with readings in
-    /// doubt, only the members in all of them, over the largest. A majority of that count
-    /// among them is then a majority of each reading, whichever the record holds.
-    fn to_ask(&self) -> (Vec<Machine>, usize) {
-        let mut asked = self.adopted.clone();
-        let mut counted = self.adopted.len();
-        for reading in &self.in_doubt {
-            asked.retain(|m| reading.iter().any(|r| r.id == m.id));
-            counted = counted.max(reading.len());
-        }
-        (asked, counted)
-    }
-}
-
 /// Follows the cluster's members (for whom to ask and how many make a majority). A new reading
 /// is recorded in this machine's member record before it is counted over, so that the engine,
 /// judging this machine, counts over no more members than it does.
+///
+/// The members are a view ([`MembersView`]): read once (at registration), then kept from one
+/// watch. A change of a member's record that adds or removes no member (another machine
+/// recording its own reading, which every reading does) costs receiving it; only a join or a
+/// departure makes a new reading, recorded and adopted once the members have settled
+/// ([`MembersView::settle`]): once for a burst of them, and at most once per
+/// [`reading_gap`]. Any error of the watch drops the view, to be read again.
 async fn follow_members(
     registry: Registry,
     me: Machine,
+    registered: Reading,
     members: Arc<Mutex<Readings>>,
     recording: Arc<tokio::sync::Mutex<()>>,
 ) {
+    // The revision of the adopted reading when this loop last compared its view with it: a
+    // reading adopted since (by registering again) is compared afresh.
+    let mut compared = registered.revision;
+    let mut registered = Some(registered);
+    // When this machine last recorded a reading: registering records one.
+    let mut recorded = Instant::now();
     loop {
-        let held = recording.lock().await;
-        let read = registry.cluster_members().await;
-        let revision = match read {
-            Ok((revision, entries)) => {
-                let view = view_with(&me, entries.into_iter().map(|e| e.member.machine));
-                let ids = |v: &[Machine]| v.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
-                let unsure = {
-                    let readings = lock(&members);
-                    ids(&view) != ids(&readings.adopted) || !readings.in_doubt.is_empty()
-                };
-                if unsure {
-                    let member = Member {
-                        machine: me.clone(),
-                        seen_revision: revision,
-                        seen_members: view.len(),
-                    };
-                    match registry.record_reading(&member).await {
-                        Ok(true) => *lock(&members) = Readings::adopt(view),
-                        Ok(false) => tracing::debug!(
-                            "not a member (declared dead): keeping the members as they were"
-                        ),
-                        Err(e) => {
-                            // Without an answer, etcd may have recorded it all the same.
-                            lock(&members).doubt(view);
-                            tracing::debug!(error = %e, "cannot record the members read");
-                            tokio::time::sleep(Duration::from_secs(1)).await;
-                            continue;
-                        }
-                    }
-                }
-                revision
-            }
+        let opened = match registered.take() {
+            Some(reading) => MembersView::follow(&registry, reading).await,
+            None => MembersView::read(&registry).await,
+        };
+        let mut view = match opened {
+            Ok(view) => view,
             Err(e) => {
-                drop(held);
                 tracing::debug!(error = %e, "cannot read the members");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        drop(held);
-        match registry
-            .watch(&registry.members_watch_prefixes(), revision + 1)
-            .await
-        {
-            Ok(mut changes) => {
-                let _ = changes.next().await;
+        loop {
+            if let Err(e) = view.settle(&me.id, recorded).await {
+                tracing::debug!(error = %e, "the members' watch ended");
+                break;
             }
-            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            match adopt(
+                &registry,
+                &me,
+                &mut view,
+                &members,
+                &recording,
+                &mut compared,
+            )
+            .await
+            {
+                Ok(true) => recorded = Instant::now(),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot record the members read");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if view.stale {
+                        break;
+                    }
+                    // Recorded afresh with what arrived meanwhile.
+                    match view.catch_up(&me.id) {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "the members' watch ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            if let Err(e) = view.changed(&me.id).await {
+                tracing::debug!(error = %e, "the members' watch ended");
+                break;
+            }
         }
     }
+}
+
+/// Records and adopts the view's reading if it names other members than the reading adopted,
+/// after a member joined or left, or after this machine registered again (which adopts the
+/// reading it registered with). Whether it recorded one; an error leaves it to be tried again.
+async fn adopt(
+    registry: &Registry,
+    me: &Machine,
+    view: &mut MembersView,
+    members: &Mutex<Readings>,
+    recording: &tokio::sync::Mutex<()>,
+    compared: &mut i64,
+) -> Result<bool> {
+    let settled = {
+        let readings = lock(members);
+        !view.joined_or_left
+            && readings.adopted.revision == *compared
+            && readings.in_doubt.is_empty()
+    };
+    if settled {
+        return Ok(false);
+    }
+    let _held = recording.lock().await;
+    let adopted = lock(members).adopted.revision;
+    // Registering again adopted a newer reading than the view's: the view reaches it soon
+    // (registering writes this machine's member record), and is compared then.
+    if view.revision < adopted {
+        return Ok(false);
+    }
+    let reading = view.reading(me);
+    let unsure = {
+        let readings = lock(members);
+        reading.registrations != readings.adopted.registrations || !readings.in_doubt.is_empty()
+    };
+    let mut recorded = false;
+    if unsure {
+        view.check(registry).await?;
+        let member = Member {
+            machine: me.clone(),
+            seen_revision: reading.revision,
+            seen_members: reading.machines.len(),
+        };
+        match registry.record_reading(&member).await {
+            Ok(true) => {
+                *lock(members) = Readings::adopt(reading);
+                recorded = true;
+            }
+            // Registering again records and adopts a reading of its own.
+            Ok(false) => {
+                tracing::debug!("not a member (declared dead): keeping the members as they were")
+            }
+            Err(e) => {
+                // Without an answer, etcd may have recorded it all the same.
+                lock(members).doubt(reading);
+                return Err(e);
+            }
+        }
+    }
+    *compared = lock(members).adopted.revision;
+    view.joined_or_left = false;
+    Ok(recorded)
+}
+
+/// The members as [`follow_members`] keeps them: read at a revision, then each change of the
+/// members' prefix applied to the one member its key names. A watch delivers one prefix's
+/// changes in order, all of a revision's together, so the view is the prefix as it was at
+/// `revision`.
+struct MembersView {
+    /// Every member record, by the id in its key, with the revision it was created at.
+    members: BTreeMap<MachineId, (i64, Arc<Machine>)>,
+    /// Found not to hold what etcd holds: to be read again.
+    stale: bool,
+    /// The revision of the read, then of the last change applied.
+    revision: i64,
+    /// Whether a member other than this machine joined or left since the view was last
+    /// compared with the reading adopted.
+    joined_or_left: bool,
+    /// How many members other than this machine have joined or left since the view was read.
+    joins_and_departures: u64,
+    prefix: String,
+    changes: Changes,
+}
+
+impl MembersView {
+    /// Reads the members and follows them from there.
+    async fn read(registry: &Registry) -> Result<MembersView> {
+        let (revision, entries) = registry.cluster_members().await?;
+        let registrations = entries
+            .iter()
+            .map(|e| (e.member.machine.id.clone(), e.create_revision))
+            .collect();
+        let machines = entries
+            .into_iter()
+            .map(|e| Arc::new(e.member.machine))
+            .collect();
+        let reading = Reading {
+            revision,
+            machines,
+            registrations,
+        };
+        let mut view = MembersView::follow(registry, reading).await?;
+        // Compared with the reading adopted whatever the watch brings.
+        view.joined_or_left = true;
+        Ok(view)
+    }
+
+    /// Follows the members from `reading`, read at its revision.
+    async fn follow(registry: &Registry, reading: Reading) -> Result<MembersView> {
+        let changes = registry
+            .watch(&registry.members_watch_prefixes(), reading.revision + 1)
+            .await?;
+        let created: BTreeMap<MachineId, i64> = reading.registrations.into_iter().collect();
+        Ok(MembersView {
+            members: reading
+                .machines
+                .into_iter()
+                .map(|m| (m.id.clone(), (created.get(&m.id).copied().unwrap_or(0), m)))
+                .collect(),
+            stale: false,
+            revision: reading.revision,
+            joined_or_left: false,
+            joins_and_departures: 0,
+            prefix: registry.members_prefix(),
+            changes,
+        })
+    }
+
+    /// Waits for the next changes and applies them, with every change that has arrived
+    /// meanwhile (a burst of joins makes one reading).
+    async fn changed(&mut self, me: &MachineId) -> Result<()> {
+        let (_, changes) = self.changes.next_changes().await?;
+        self.apply_all(me, changes);
+        self.catch_up(me)
+    }
+
+    /// After a member joined or left, follows the members until none has for [`SETTLE`] (or
+    /// for a [`reading_gap`]), and until a reading gap has passed since this machine last
+    /// recorded a reading (at `recorded`), so that a burst of joins or departures (machines
+    /// starting together, the engine declaring several dead) makes one reading, not one each,
+    /// and that joins that go on make one per gap: every reading is a write that every
+    /// member's watch receives.
+    async fn settle(&mut self, me: &MachineId, recorded: Instant) -> Result<()> {
+        if !self.joined_or_left {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let gap = reading_gap(self.members.len());
+        let (mut last, mut seen) = (started, self.joins_and_departures);
+        loop {
+            let until = (last + SETTLE).min(started + gap).max(recorded + gap);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Ok(()),
+                changed = self.changed(me) => {
+                    changed?;
+                    if self.joins_and_departures != seen {
+                        (last, seen) = (Instant::now(), self.joins_and_departures);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Applies the changes that have already arrived, without waiting.
+    fn catch_up(&mut self, me: &MachineId) -> Result<()> {
+        use futures_util::FutureExt;
+        while let Some(next) = self.changes.next_changes().now_or_never() {
+            let (_, changes) = next?;
+            self.apply_all(me, changes);
+        }
+        Ok(())
+    }
+
+    fn apply_all(&mut self, me: &MachineId, changes: Vec<Change>) {
+        for Change { kv, deleted } in changes {
+            self.revision = self.revision.max(kv.mod_revision());
+            let Some(id) = kv
+                .key_str()
+                .ok()
+                .and_then(|key| key.strip_prefix(&self.prefix))
+                .and_then(|id| MachineId::parse(id).ok())
+            else {
+                continue;
+            };
+            // This machine is in every reading it makes, recorded or not.
+            let counted = id != *me;
+            // A record created again is a member that left (declared dead) and joined again.
+            let changed = if deleted {
+                self.members.remove(&id).is_some()
+            } else if let Some(entry) =
+                member_entries(&self.prefix, std::slice::from_ref(&kv)).pop()
+            {
+                let created = kv.create_revision();
+                self.members
+                    .insert(id, (created, Arc::new(entry.member.machine)))
+                    .is_none_or(|(was, _)| was != created)
+            } else {
+                false
+            };
+            if changed && counted {
+                self.joined_or_left = true;
+                self.joins_and_departures += 1;
+            }
+        }
+    }
+
+    /// The reading this view makes, with this machine among the members.
+    fn reading(&self, me: &Machine) -> Reading {
+        Reading {
+            revision: self.revision,
+            machines: view_with(me, self.members.values().map(|(_, m)| m.clone())),
+            registrations: registrations(
+                &me.id,
+                self.members.iter().map(|(id, (created, _))| (id, *created)),
+            ),
+        }
+    }
+
+    /// Checks the view against etcd before a reading is counted over: it is exact only if the
+    /// watch missed nothing, so etcd counts the members at the view's revision. A count that
+    /// differs, or that etcd cannot give at that revision (compacted), marks the view stale, to
+    /// be read again.
+    async fn check(&mut self, registry: &Registry) -> Result<()> {
+        let counted = match registry.count_members_at(self.revision).await {
+            Ok(n) => n,
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => {
+                self.stale = true;
+                return Err(e);
+            }
+        };
+        if counted != self.members.len() {
+            self.stale = true;
+            tracing::warn!(
+                view = self.members.len(),
+                etcd = counted,
+                revision = self.revision,
+                "the members followed differ from etcd's: reading them again"
+            );
+            return Err(Error::Protocol(format!(
+                "{} members followed, {counted} in etcd at revision {}",
+                self.members.len(),
+                self.revision
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How long the members must have gone without a join or departure before a reading is
+/// recorded ([`MembersView::settle`]).
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// The least time between two readings a machine records among `members`, and the longest a
+/// reading waits for them to settle: joins that go on (a cluster starting) are recorded this
+/// often. A round of readings is a write per member that every member receives, N² events, so
+/// past 200 members the rounds are spaced by 10 ms per member: a member then receives about
+/// 100 readings a second however large the cluster (and etcd sends about 100 per member). The
+/// gap is counted on the machine's own clock; nothing depends on the machines keeping it
+/// together.
+fn reading_gap(members: usize) -> Duration {
+    let per_member =
+        Duration::from_millis(10).saturating_mul(members.try_into().unwrap_or(u32::MAX));
+    per_member.max(Duration::from_secs(2))
 }
 
 /// Reports `Fenced` when the guard says so: the lease may have expired and no majority of the
@@ -787,7 +1133,11 @@ async fn guard_loop(
             last_sent = Some(now);
             let (known, counted) = lock(&members).to_ask();
             let count = counted + usize::from(!known.iter().any(|m| m.id == me));
-            let others: Vec<Machine> = known.into_iter().filter(|m| m.id != me).collect();
+            let others: Vec<Machine> = known
+                .iter()
+                .filter(|m| m.id != me)
+                .map(|m| Machine::clone(m))
+                .collect();
             let own_since = liveness.own_since_renewal();
             let asking = witness.since_renewal(others, timing.peer_timeout);
             rounds.spawn(async move {
@@ -971,16 +1321,49 @@ mod tests {
         assert!(!monitor.failed(s(22)));
     }
 
-    fn machines(ids: &[u8]) -> Vec<Machine> {
-        ids.iter()
-            .map(|n| Machine {
-                id: MachineId::parse(&format!("{n:032x}")).unwrap(),
-                public_ip: format!("10.0.0.{n}"),
-                metadata: Default::default(),
-                version: String::new(),
-                peer_address: None,
+    fn id(n: u8) -> MachineId {
+        MachineId::parse(&format!("{n:032x}")).unwrap()
+    }
+
+    /// A reading by machine 1 of members `ids`, each registered at revision `created` (10
+    /// unless said).
+    fn reading(ids: &[u8], created: &[(u8, i64)]) -> Reading {
+        let machines = ids
+            .iter()
+            .map(|&n| {
+                Arc::new(Machine {
+                    id: id(n),
+                    public_ip: format!("10.0.0.{n}"),
+                    metadata: Default::default(),
+                    version: String::new(),
+                    peer_address: None,
+                })
             })
-            .collect()
+            .collect();
+        let at = |n: u8| {
+            created
+                .iter()
+                .find(|(m, _)| *m == n)
+                .map_or(10, |(_, c)| *c)
+        };
+        Reading {
+            revision: 20,
+            machines,
+            registrations: ids
+                .iter()
+                .filter(|&&n| n != 1)
+                .map(|&n| (id(n), at(n)))
+                .collect(),
+        }
+    }
+
+    fn asked(readings: &Readings) -> (Vec<MachineId>, usize) {
+        let (machines, counted) = readings.to_ask();
+        (machines.iter().map(|m| m.id.clone()).collect(), counted)
+    }
+
+    fn ids(ns: &[u8]) -> Vec<MachineId> {
+        ns.iter().map(|&n| id(n)).collect()
     }
 
     /// The case a recording that failed without an answer opens: adopted {1,2,3}, while the
@@ -988,18 +1371,21 @@ mod tests {
     /// {1,2} a majority: the engine may count 3, 4 and 5 renewing, a majority of the record.
     #[test]
     fn a_reading_in_doubt_counts_until_a_recording_succeeds() {
-        let mut readings = Readings::adopt(machines(&[1, 2, 3]));
-        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3]), 3));
-        readings.doubt(machines(&[1, 2, 3, 4, 5]));
+        let mut readings = Readings::adopt(reading(&[1, 2, 3], &[]));
+        assert_eq!(asked(&readings), (ids(&[1, 2, 3]), 3));
+        readings.doubt(reading(&[1, 2, 3, 4, 5], &[]));
         // Only members of both are asked, counted over the larger: 1 and 2 answering cut off
         // make 2 of 5, not a majority; 1, 2 and 3 make one of either reading.
-        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3]), 5));
-        readings.doubt(machines(&[1, 2, 4]));
-        assert_eq!(readings.to_ask(), (machines(&[1, 2]), 5));
+        assert_eq!(asked(&readings), (ids(&[1, 2, 3]), 5));
+        readings.doubt(reading(&[1, 2, 4], &[]));
+        assert_eq!(asked(&readings), (ids(&[1, 2]), 5));
         // The adopted reading itself is no doubt; a recording that succeeds ends them all.
-        readings.doubt(machines(&[1, 2, 3]));
+        readings.doubt(reading(&[1, 2, 3], &[]));
         assert_eq!(readings.in_doubt.len(), 2);
-        readings = Readings::adopt(machines(&[1, 2, 3, 4]));
-        assert_eq!(readings.to_ask(), (machines(&[1, 2, 3, 4]), 4));
+        // A member registered again is another reading, though its id is the same.
+        readings.doubt(reading(&[1, 2, 3], &[(3, 15)]));
+        assert_eq!(readings.in_doubt.len(), 3);
+        readings = Readings::adopt(reading(&[1, 2, 3, 4], &[]));
+        assert_eq!(asked(&readings), (ids(&[1, 2, 3, 4]), 4));
     }
 }

@@ -382,6 +382,247 @@ async fn a_machine_registered_again_is_not_declared_dead() {
     assert_eq!(etcd.key_space().await.keys, before.keys);
 }
 
+/// A witness that no member answers, and that remembers whom it was last asked about: the
+/// members its machine counts over, itself left out.
+#[derive(Default)]
+struct Unanswered {
+    asked: std::sync::Mutex<Option<Vec<fleet_registry::MachineId>>>,
+}
+
+impl fleet_registry::Witness for Unanswered {
+    fn since_renewal(
+        &self,
+        members: Vec<fleet_registry::Machine>,
+        _timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Vec<Duration>> {
+        let mut ids: Vec<_> = members.into_iter().map(|m| m.id).collect();
+        ids.sort();
+        *self.asked.lock().unwrap() = Some(ids);
+        Box::pin(async { Vec::new() })
+    }
+
+    fn renew_now(
+        &self,
+        _members: Vec<fleet_registry::Machine>,
+        _timeout: Duration,
+    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::MachineId>> {
+        Box::pin(async { Vec::new() })
+    }
+}
+
+/// Machine `n`'s member record: the revision it was created at, and the reading it records
+/// (`seen_revision`, `seen_members`).
+async fn member_record(registry: &Registry, n: u8) -> Option<(i64, (i64, usize))> {
+    let (_, members) = registry.cluster_members().await.unwrap();
+    members
+        .into_iter()
+        .find(|e| e.member.machine.id == machine_id(n))
+        .map(|e| {
+            let reading = (e.member.seen_revision, e.member.seen_members);
+            (e.create_revision, reading)
+        })
+}
+
+/// A machine that asks the members follows them from one watch: it records and then counts
+/// over each join and departure, and another member recording its own reading (which every
+/// reading does) costs it no read and no write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_follows_joins_and_departures_and_nothing_else() {
+    let etcd = Etcd::start();
+    let others = registry(&etcd).await;
+    let (_two, lease_two) = present(&others, 2).await;
+    // Its own client, so that what it reads and writes is counted apart.
+    let follower = registry(&etcd).await;
+    let witness = std::sync::Arc::new(Unanswered::default());
+    let options = fleet_registry::PresenceOptions {
+        witness: Some(witness.clone()),
+        ..Default::default()
+    };
+    let _one = Presence::start_with(follower.clone(), machine(1), TTL, options)
+        .await
+        .unwrap();
+    // Registering read the members (machine 2's record), once.
+    assert_eq!(follower.keys_read(), 1);
+    let requests = follower.kv_requests();
+    let recorded = |n: u8, reading: (i64, usize)| {
+        let others = others.clone();
+        async move {
+            eventually(
+                &format!("machine 1 records {reading:?} after machine {n}"),
+                EXPIRY_DEADLINE,
+                || async { member_record(&others, 1).await.map(|(_, r)| r) == Some(reading) },
+            )
+            .await
+        }
+    };
+
+    // A join: recorded with the revision of the join. A reading is two requests: etcd counts
+    // the members at the view's revision (sending no record), then the reading is written.
+    let (three, _) = present(&others, 3).await;
+    let (joined, _) = member_record(&others, 3).await.unwrap();
+    recorded(3, (joined, 3)).await;
+    assert_eq!(follower.kv_requests(), requests + 2);
+
+    // Readings of another member: no set of members changes.
+    for seen in 1..=10 {
+        let reading = fleet_registry::Member {
+            machine: machine(2),
+            seen_revision: seen,
+            seen_members: seen as usize,
+        };
+        assert!(others.record_reading(&reading).await.unwrap());
+    }
+    // A join after them: the watch delivered them before it.
+    let (_four, _) = present(&others, 4).await;
+    let (joined, _) = member_record(&others, 4).await.unwrap();
+    recorded(4, (joined, 4)).await;
+    assert_eq!(
+        follower.kv_requests(),
+        requests + 4,
+        "only the readings counted and written"
+    );
+    assert_eq!(follower.keys_read(), 1, "the members read again");
+
+    // A departure: machine 3 lost and declared dead.
+    drop(three);
+    eventually("machine 3's lease expires", EXPIRY_DEADLINE, || async {
+        !others
+            .machines()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.id == machine_id(3))
+    })
+    .await;
+    let leadership = others
+        .campaign(&machine_id(2), lease_two)
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, members) = others.cluster_members().await.unwrap();
+    let judged = members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(3))
+        .unwrap()
+        .mod_revision;
+    assert!(others
+        .declare_dead(leadership, &machine_id(3), judged, &[])
+        .await
+        .unwrap());
+    eventually(
+        "machine 1 records machine 3's departure",
+        EXPIRY_DEADLINE,
+        || async {
+            matches!(member_record(&others, 1).await, Some((_, (seen, 3))) if seen > joined)
+        },
+    )
+    .await;
+    assert_eq!(follower.kv_requests(), requests + 6);
+    assert_eq!(follower.keys_read(), 1);
+
+    // What it counts over: the members it recorded, as its guard asks them when renewals fail.
+    etcd.pause();
+    eventually("machine 1 asks the members", EXPIRY_DEADLINE, || async {
+        witness.asked.lock().unwrap().is_some()
+    })
+    .await;
+    etcd.resume();
+    assert_eq!(
+        *witness.asked.lock().unwrap(),
+        Some(vec![machine_id(2), machine_id(4)])
+    );
+}
+
+/// Joins in quick succession (machines starting at about the same time) make one reading, or
+/// a few, not one each: every reading is a write that every member's watch receives.
+#[tokio::test(flavor = "multi_thread")]
+async fn joins_in_quick_succession_make_fewer_readings_than_joins() {
+    let etcd = Etcd::start();
+    let others = registry(&etcd).await;
+    let follower = registry(&etcd).await;
+    let options = fleet_registry::PresenceOptions {
+        witness: Some(std::sync::Arc::new(Unanswered::default())),
+        ..Default::default()
+    };
+    let _one = Presence::start_with(follower.clone(), machine(1), TTL, options)
+        .await
+        .unwrap();
+    let requests = follower.kv_requests();
+
+    // One after another, each seen on its own by the watch.
+    let mut joins = Vec::new();
+    for n in 2..=7 {
+        joins.push(present(&others, n).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually(
+        "machine 1 records all the joins",
+        EXPIRY_DEADLINE,
+        || async { matches!(member_record(&others, 1).await, Some((_, (_, 7)))) },
+    )
+    .await;
+    // Two requests per reading: the members counted, then the reading written.
+    let readings = (follower.kv_requests() - requests) / 2;
+    assert!(readings < 6, "{readings} readings for 6 joins");
+    drop(joins);
+}
+
+/// A machine declared dead that registers again at once leaves the same ids among the members,
+/// but it is another registration: the engine counts only members created by a machine's
+/// reading, so the reading must be recorded again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_registered_again_at_once_makes_a_new_reading() {
+    let etcd = Etcd::start();
+    let others = registry(&etcd).await;
+    let (_two, lease_two) = present(&others, 2).await;
+    let (three, _) = present(&others, 3).await;
+    let follower = registry(&etcd).await;
+    let options = fleet_registry::PresenceOptions {
+        witness: Some(std::sync::Arc::new(Unanswered::default())),
+        ..Default::default()
+    };
+    let _one = Presence::start_with(follower.clone(), machine(1), TTL, options)
+        .await
+        .unwrap();
+    drop(three);
+    eventually("machine 3's lease expires", EXPIRY_DEADLINE, || async {
+        !others
+            .machines()
+            .await
+            .unwrap()
+            .iter()
+            .any(|m| m.id == machine_id(3))
+    })
+    .await;
+    let leadership = others
+        .campaign(&machine_id(2), lease_two)
+        .await
+        .unwrap()
+        .unwrap();
+    let judged = member_record(&others, 3).await.unwrap();
+    let (_, members) = others.cluster_members().await.unwrap();
+    let revision = members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(3))
+        .unwrap()
+        .mod_revision;
+    assert!(others
+        .declare_dead(leadership, &machine_id(3), revision, &[])
+        .await
+        .unwrap());
+    let (_three, _) = present(&others, 3).await;
+    let (created, _) = member_record(&others, 3).await.unwrap();
+    assert!(created > judged.0);
+    eventually(
+        "machine 1 records a reading with machine 3 registered again",
+        EXPIRY_DEADLINE,
+        || async {
+            matches!(member_record(&others, 1).await, Some((_, (seen, 3))) if seen >= created)
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_leader_leaves_the_leadership_free() {
     let etcd = Etcd::start();
