@@ -331,6 +331,17 @@ pub struct UnitView {
     pub unplaceable: Option<Vec<String>>,
 }
 
+/// What became of a reading written over a member record at a known revision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Written, at this revision.
+    Written(i64),
+    /// Not written: the record is gone (the machine was declared dead).
+    Gone,
+    /// Not written: the record was written since, last at this revision.
+    Moved(i64),
+}
+
 /// A member record and its revisions: it was created when the machine first registered after
 /// being declared dead (or ever), and last written when it registered or recorded a new
 /// reading of the members.
@@ -1535,6 +1546,34 @@ impl Registry {
             .when(vec![Compare::version(key.clone(), CompareOp::Greater, 0)])
             .and_then(vec![TxnOp::put(key, encode(member), None)]);
         Ok(self.txn(txn).await?.succeeded())
+    }
+
+    /// Records a new reading of the members in this machine's member record if the record was
+    /// last written at revision `over` (see [`Recorded`]).
+    pub async fn record_reading_over(&self, member: &Member, over: i64) -> Result<Recorded> {
+        let key = self.member_key(&member.machine.id);
+        let txn = Txn::new()
+            .when(vec![Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                over,
+            )])
+            .and_then(vec![TxnOp::put(key.clone(), encode(member), None)])
+            .or_else(vec![TxnOp::get(
+                key,
+                Some(GetOptions::new().with_keys_only()),
+            )]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return Ok(Recorded::Written(
+                resp.header().map(|h| h.revision()).unwrap_or_default(),
+            ));
+        }
+        let [read] = reads::<1>(&resp)?;
+        Ok(match read.kvs().first() {
+            Some(kv) => Recorded::Moved(kv.mod_revision()),
+            None => Recorded::Gone,
+        })
     }
 
     /// The cluster's members (machines registered and not declared dead), and the revision

@@ -23,7 +23,9 @@ use tokio::time::Instant;
 use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::watch::{Change, Changes};
-use crate::{encode, member_entries, Error, Machine, MachineId, Member, Registry, Result};
+use crate::{
+    encode, member_entries, Error, Machine, MachineId, Member, Recorded, Registry, Result,
+};
 
 /// Asks the cluster's other members about their leases, over the peer endpoint.
 pub trait Witness: Send + Sync + 'static {
@@ -381,6 +383,7 @@ async fn register(
                 &machine,
                 entries.into_iter().map(|e| Arc::new(e.member.machine)),
             ),
+            recorded: 0,
         };
         let seen = reading.machines.len();
         (reading, seen)
@@ -429,7 +432,14 @@ async fn register(
                     .map_err(|e| failed(e, true))?;
                 if renewed {
                     tracing::info!(lease = previous, "took back the lease of the previous run");
-                    return Ok((previous, reading));
+                    let recorded = resp.header().map(|h| h.revision()).unwrap_or_default();
+                    return Ok((
+                        previous,
+                        Reading {
+                            recorded,
+                            ..reading
+                        },
+                    ));
                 }
                 unanswered = true;
             }
@@ -469,7 +479,14 @@ async fn register(
         }
     }
     tracing::info!(machine = %machine.id, lease, ttl, "registered machine");
-    Ok((lease, reading))
+    let recorded = resp.header().map(|h| h.revision()).unwrap_or_default();
+    Ok((
+        lease,
+        Reading {
+            recorded,
+            ..reading
+        },
+    ))
 }
 
 /// A registration that failed, and the reading of the members it may have recorded all the
@@ -505,6 +522,9 @@ struct Reading {
     /// order of id: what two readings are compared by, so that a machine declared dead and
     /// registered again makes a new reading.
     registrations: Vec<(MachineId, i64)>,
+    /// The revision this machine's member record was written at with this reading, once it
+    /// was (0 before).
+    recorded: i64,
 }
 
 /// The registrations of the members other than `me`, in order of id.
@@ -525,19 +545,29 @@ fn registrations<'a>(
 /// such a write all the same, and then the engine, judging this machine, counts over that
 /// reading instead: until a recording succeeds (the record is then the reading it wrote), a
 /// majority must be a majority of every reading it may hold.
+///
+/// Every write of a reading is conditioned on the record's revision as this machine last knew
+/// it (`record`): a write that failed without an answer cannot be applied after a later one
+/// succeeded, which would leave the record holding a reading no longer counted over.
 #[derive(Debug, Clone, Default)]
 struct Readings {
     /// The last reading recorded for sure.
     adopted: Reading,
     /// Readings written since, whose writes failed without saying whether etcd applied them.
     in_doubt: Vec<Reading>,
+    /// The revision of this machine's member record as it last knew it.
+    record: i64,
+    /// The record was found written at another revision than `record`: written over next.
+    rewrite: bool,
 }
 
 impl Readings {
     fn adopt(reading: Reading) -> Readings {
         Readings {
+            record: reading.recorded,
             adopted: reading,
             in_doubt: Vec::new(),
+            rewrite: false,
         }
     }
 
@@ -788,10 +818,17 @@ async fn follow_members(
     let mut registered = Some(registered);
     // When this machine last recorded a reading: registering records one.
     let mut recorded = Instant::now();
+    // How many members the last view held, to spread reading them again.
+    let mut known = 1;
     loop {
         let opened = match registered.take() {
             Some(reading) => MembersView::follow(&registry, reading).await,
-            None => MembersView::read(&registry).await,
+            None => {
+                // Every member's watch ends at once when etcd elects a leader: reading all N
+                // records again at once would be N² records read in a burst.
+                tokio::time::sleep(read_again_after(&me.id, known)).await;
+                MembersView::read(&registry).await
+            }
         };
         let mut view = match opened {
             Ok(view) => view,
@@ -801,6 +838,7 @@ async fn follow_members(
                 continue;
             }
         };
+        known = view.members.len();
         loop {
             if let Err(e) = view.settle(&me.id, recorded).await {
                 tracing::debug!(error = %e, "the members' watch ended");
@@ -858,6 +896,7 @@ async fn adopt(
         !view.joined_or_left
             && readings.adopted.revision == *compared
             && readings.in_doubt.is_empty()
+            && !readings.rewrite
     };
     if settled {
         return Ok(false);
@@ -872,7 +911,9 @@ async fn adopt(
     let reading = view.reading(me);
     let unsure = {
         let readings = lock(members);
-        reading.registrations != readings.adopted.registrations || !readings.in_doubt.is_empty()
+        reading.registrations != readings.adopted.registrations
+            || !readings.in_doubt.is_empty()
+            || readings.rewrite
     };
     let mut recorded = false;
     if unsure {
@@ -882,14 +923,29 @@ async fn adopt(
             seen_revision: reading.revision,
             seen_members: reading.machines.len(),
         };
-        match registry.record_reading(&member).await {
-            Ok(true) => {
-                *lock(members) = Readings::adopt(reading);
+        let over = lock(members).record;
+        match registry.record_reading_over(&member, over).await {
+            Ok(Recorded::Written(revision)) => {
+                *lock(members) = Readings::adopt(Reading {
+                    recorded: revision,
+                    ..reading
+                });
                 recorded = true;
             }
             // Registering again records and adopts a reading of its own.
-            Ok(false) => {
+            Ok(Recorded::Gone) => {
                 tracing::debug!("not a member (declared dead): keeping the members as they were")
+            }
+            Ok(Recorded::Moved(revision)) => {
+                // A write of a reading in doubt was applied after all: written over next, on
+                // what the record is now.
+                let mut readings = lock(members);
+                readings.record = revision;
+                readings.rewrite = true;
+                return Err(Error::Protocol(format!(
+                    "this machine's member record was written at revision {revision}, \
+                     not {over}: recording again"
+                )));
             }
             Err(e) => {
                 // Without an answer, etcd may have recorded it all the same.
@@ -939,6 +995,7 @@ impl MembersView {
             revision,
             machines,
             registrations,
+            recorded: 0,
         };
         let mut view = MembersView::follow(registry, reading).await?;
         // Compared with the reading adopted whatever the watch brings.
@@ -1054,6 +1111,7 @@ impl MembersView {
                 &me.id,
                 self.members.iter().map(|(id, (created, _))| (id, *created)),
             ),
+            recorded: 0,
         }
     }
 
@@ -1086,6 +1144,17 @@ impl MembersView {
         }
         Ok(())
     }
+}
+
+/// How long a machine waits before it reads the members again after its watch ended: half a
+/// second, then a share of 5 ms per member (up to 10 s) that its id picks, so that the
+/// members' reads spread out.
+fn read_again_after(me: &MachineId, members: usize) -> Duration {
+    let spread = (members as u64).saturating_mul(5).clamp(1, 10_000);
+    let hash = me.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    Duration::from_millis(500 + hash % spread)
 }
 
 /// How long the members must have gone without a join or departure before a reading is
@@ -1348,6 +1417,7 @@ mod tests {
         };
         Reading {
             revision: 20,
+            recorded: 0,
             machines,
             registrations: ids
                 .iter()
@@ -1364,6 +1434,18 @@ mod tests {
 
     fn ids(ns: &[u8]) -> Vec<MachineId> {
         ns.iter().map(|&n| id(n)).collect()
+    }
+
+    #[test]
+    fn reading_the_members_again_is_spread_by_id_within_bounds() {
+        let a = read_again_after(&id(1), 1000);
+        let b = read_again_after(&id(2), 1000);
+        for pause in [a, b] {
+            assert!(pause >= Duration::from_millis(500) && pause < Duration::from_millis(5500));
+        }
+        assert_ne!(a, b);
+        assert!(read_again_after(&id(1), 1_000_000) < Duration::from_millis(10_500));
+        assert_eq!(read_again_after(&id(1), 0), Duration::from_millis(500));
     }
 
     /// The case a recording that failed without an answer opens: adopted {1,2,3}, while the

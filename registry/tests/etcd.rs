@@ -533,6 +533,54 @@ async fn a_member_follows_joins_and_departures_and_nothing_else() {
     );
 }
 
+/// A reading is written only over the member record as the machine last knew it, so that a
+/// write that failed without an answer cannot land after a later one and leave the record
+/// holding a reading the machine no longer counts over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reading_is_written_only_over_the_record_last_known() {
+    use fleet_registry::Recorded;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_one, _) = present(&registry, 1).await;
+    let (_, members) = registry.cluster_members().await.unwrap();
+    let known = members[0].mod_revision;
+    let reading = |seen: i64| fleet_registry::Member {
+        machine: machine(1),
+        seen_revision: seen,
+        seen_members: 1,
+    };
+    let Recorded::Written(first) = registry
+        .record_reading_over(&reading(5), known)
+        .await
+        .unwrap()
+    else {
+        panic!("not written over the record as last known");
+    };
+    // A late write, over what the record was before the first: refused, and told where it is.
+    assert_eq!(
+        registry
+            .record_reading_over(&reading(3), known)
+            .await
+            .unwrap(),
+        Recorded::Moved(first)
+    );
+    assert_eq!(member_record(&registry, 1).await.unwrap().1, (5, 1));
+    // No record (never registered, or declared dead): nothing written.
+    let stranger = fleet_registry::Member {
+        machine: machine(9),
+        seen_revision: 7,
+        seen_members: 1,
+    };
+    assert_eq!(
+        registry
+            .record_reading_over(&stranger, first)
+            .await
+            .unwrap(),
+        Recorded::Gone
+    );
+    assert_eq!(member_record(&registry, 9).await, None);
+}
+
 /// Joins in quick succession (machines starting at about the same time) make one reading, or
 /// a few, not one each: every reading is a write that every member's watch receives.
 #[tokio::test(flavor = "multi_thread")]
