@@ -1522,7 +1522,17 @@ mod properties {
         fn bursts_planned_from_the_memo_are_the_whole_plan(
             s in cluster(),
             bursts in prop::collection::vec(prop::collection::vec(change(), 1..4), 1..4),
+            drained in prop::option::weighted(0.3, 1u8..=6),
+            unregistered in prop::option::weighted(0.3, 1u8..=6),
         ) {
+            // A machine being drained, and a live machine that is no member (declared dead and
+            // not yet registered again): the memo leaves the first to the whole plan, and
+            // takes units off the second without stopping them first, as the whole plan does.
+            let mut s = s;
+            s.draining.extend(drained.map(mid));
+            if let Some(n) = unregistered {
+                s.members.retain(|e| e.member.machine.id != mid(n));
+            }
             let mut s = settle(&s);
             let (p, memo) = plan_and_memo(&s);
             prop_assert!(p.ops.is_empty());
