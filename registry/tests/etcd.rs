@@ -423,6 +423,40 @@ async fn member_record(registry: &Registry, n: u8) -> Option<(i64, (i64, usize))
         })
 }
 
+/// Powers machine `n` off (drops its presence), waits for its lease to expire, and declares it
+/// dead as machine 2's engine, leading on `lease_two`.
+async fn lose_and_declare_dead(others: &Registry, presence: Presence, n: u8, lease_two: i64) {
+    drop(presence);
+    eventually(
+        &format!("machine {n}'s lease expires"),
+        EXPIRY_DEADLINE,
+        || async {
+            !others
+                .machines()
+                .await
+                .unwrap()
+                .iter()
+                .any(|m| m.id == machine_id(n))
+        },
+    )
+    .await;
+    let leadership = others
+        .campaign(&machine_id(2), lease_two)
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, members) = others.cluster_members().await.unwrap();
+    let judged = members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(n))
+        .unwrap()
+        .mod_revision;
+    assert!(others
+        .declare_dead(leadership, &machine_id(n), judged, &[])
+        .await
+        .unwrap());
+}
+
 /// A machine that asks the members follows them from one watch: it records and then counts
 /// over each join and departure, and another member recording its own reading (which every
 /// reading does) costs it no read and no write.
@@ -484,31 +518,7 @@ async fn a_member_follows_joins_and_departures_and_nothing_else() {
     assert_eq!(follower.keys_read(), 1, "the members read again");
 
     // A departure: machine 3 lost and declared dead.
-    drop(three);
-    eventually("machine 3's lease expires", EXPIRY_DEADLINE, || async {
-        !others
-            .machines()
-            .await
-            .unwrap()
-            .iter()
-            .any(|m| m.id == machine_id(3))
-    })
-    .await;
-    let leadership = others
-        .campaign(&machine_id(2), lease_two)
-        .await
-        .unwrap()
-        .unwrap();
-    let (_, members) = others.cluster_members().await.unwrap();
-    let judged = members
-        .iter()
-        .find(|e| e.member.machine.id == machine_id(3))
-        .unwrap()
-        .mod_revision;
-    assert!(others
-        .declare_dead(leadership, &machine_id(3), judged, &[])
-        .await
-        .unwrap());
+    lose_and_declare_dead(&others, three, 3, lease_two).await;
     eventually(
         "machine 1 records machine 3's departure",
         EXPIRY_DEADLINE,
@@ -632,32 +642,8 @@ async fn a_member_registered_again_at_once_makes_a_new_reading() {
     let _one = Presence::start_with(follower.clone(), machine(1), TTL, options)
         .await
         .unwrap();
-    drop(three);
-    eventually("machine 3's lease expires", EXPIRY_DEADLINE, || async {
-        !others
-            .machines()
-            .await
-            .unwrap()
-            .iter()
-            .any(|m| m.id == machine_id(3))
-    })
-    .await;
-    let leadership = others
-        .campaign(&machine_id(2), lease_two)
-        .await
-        .unwrap()
-        .unwrap();
     let judged = member_record(&others, 3).await.unwrap();
-    let (_, members) = others.cluster_members().await.unwrap();
-    let revision = members
-        .iter()
-        .find(|e| e.member.machine.id == machine_id(3))
-        .unwrap()
-        .mod_revision;
-    assert!(others
-        .declare_dead(leadership, &machine_id(3), revision, &[])
-        .await
-        .unwrap());
+    lose_and_declare_dead(&others, three, 3, lease_two).await;
     let (_three, _) = present(&others, 3).await;
     let (created, _) = member_record(&others, 3).await.unwrap();
     assert!(created > judged.0);
