@@ -291,9 +291,27 @@ async fn lead(
                 Ok(revisions) => {
                     refused = Backoff::default();
                     let draining = view_now.snapshot().draining.clone();
+                    // Units taken off a machine because they no longer run anywhere.
+                    let unwanted: BTreeSet<UnitName> = ops
+                        .iter()
+                        .filter_map(|op| match op {
+                            PlacementOp::Move { name, .. } => Some(name),
+                            _ => None,
+                        })
+                        .filter(|name| {
+                            view_now
+                                .unit(name)
+                                .is_none_or(|u| u.desired_state == JobState::Inactive)
+                        })
+                        .cloned()
+                        .collect();
                     view_now.applied(&ops, &revisions);
+                    let taken_off = TakenOff {
+                        draining: &draining,
+                        unwanted: &unwanted,
+                    };
                     ops.iter()
-                        .for_each(|op| report(events, op, &why_placed, &draining));
+                        .for_each(|op| report(events, op, &why_placed, &taken_off));
                     let placed = ops
                         .iter()
                         .filter(|op| matches!(op, PlacementOp::Put { .. }))
@@ -418,7 +436,7 @@ fn report(
     events: &Recorder,
     op: &PlacementOp,
     placed: &BTreeMap<UnitName, String>,
-    draining: &BTreeSet<MachineId>,
+    taken_off: &TakenOff,
 ) {
     match op {
         PlacementOp::Put {
@@ -440,18 +458,20 @@ fn report(
             tracing::info!(unit = %name, machine = %machine, "removed from machine")
         }
         PlacementOp::Move { machine, name } => {
-            let why = if draining.contains(machine) {
-                "the machine is draining"
+            let message = if taken_off.unwanted.contains(name) {
+                "taken off this machine (destroyed or unloaded): stopped here".to_string()
             } else {
-                "its rules no longer hold here"
+                let why = if taken_off.draining.contains(machine) {
+                    "the machine is draining"
+                } else {
+                    "its rules no longer hold here"
+                };
+                format!("taken off this machine ({why}): placed again once stopped here")
             };
             events.record(
-                Event::new(
-                    EventKind::Moved,
-                    format!("taken off this machine ({why}): placed again once stopped here"),
-                )
-                .unit(name)
-                .machine(machine),
+                Event::new(EventKind::Moved, message)
+                    .unit(name)
+                    .machine(machine),
             )
         }
         PlacementOp::SetUnplaceable { name, reasons } => {
@@ -461,6 +481,13 @@ fn report(
             tracing::debug!(unit = %name, "unit no longer unplaceable")
         }
     }
+}
+
+/// Why units were taken off machines, for their `moved` events: a machine draining, or a unit
+/// that no longer runs anywhere (destroyed, or unloaded).
+struct TakenOff<'a> {
+    draining: &'a BTreeSet<MachineId>,
+    unwanted: &'a BTreeSet<UnitName>,
 }
 
 /// How long the engine waits before planning again after etcd refused its placements: 200 ms,

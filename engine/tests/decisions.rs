@@ -157,6 +157,26 @@ async fn each_placement_is_recorded_with_why_there() {
     );
 }
 
+/// A destroyed unit is taken off its machine, stopped there first: its event says so, not that
+/// it moves elsewhere.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_destroyed_unit_is_recorded_as_stopped_not_as_moving() {
+    let c = cluster(Duration::from_secs(1)).await;
+    let name = UnitName::parse("gone.service").expect("name");
+    c.registry
+        .put_unit(&unit("gone.service", &[]))
+        .await
+        .expect("put");
+    events_of(&c.registry, "gone.service", 1).await;
+    c.registry.delete_unit(&name).await.expect("destroy");
+    let events = events_of(&c.registry, "gone.service", 2).await;
+    assert_eq!(kinds(&events), [EventKind::Placed, EventKind::Moved]);
+    assert_eq!(
+        events[1].message,
+        "taken off this machine (destroyed or unloaded): stopped here"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_unit_that_cannot_be_placed_is_recorded_once_per_change_of_its_reasons() {
     // Many passes in the time of the test.
