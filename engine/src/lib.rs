@@ -290,28 +290,9 @@ async fn lead(
             match registry.apply_placements(leadership, &ops).await {
                 Ok(revisions) => {
                     refused = Backoff::default();
-                    let draining = view_now.snapshot().draining.clone();
-                    // Units taken off a machine because they no longer run anywhere.
-                    let unwanted: BTreeSet<UnitName> = ops
-                        .iter()
-                        .filter_map(|op| match op {
-                            PlacementOp::Move { name, .. } => Some(name),
-                            _ => None,
-                        })
-                        .filter(|name| {
-                            view_now
-                                .unit(name)
-                                .is_none_or(|u| u.desired_state == JobState::Inactive)
-                        })
-                        .cloned()
-                        .collect();
                     view_now.applied(&ops, &revisions);
-                    let taken_off = TakenOff {
-                        draining: &draining,
-                        unwanted: &unwanted,
-                    };
                     ops.iter()
-                        .for_each(|op| report(events, op, &why_placed, &taken_off));
+                        .for_each(|op| report(events, op, &why_placed, view_now));
                     let placed = ops
                         .iter()
                         .filter(|op| matches!(op, PlacementOp::Put { .. }))
@@ -431,12 +412,13 @@ fn hold(snapshot: &EngineSnapshot, absent: &BTreeSet<MachineId>) -> EngineSnapsh
 /// Reports a decision etcd accepted: a unit placed on a new machine (with why there, from
 /// `placed`) and a unit's new reasons for not being placed as events, the rest as one line
 /// each, with the unit and the machine as fields (journal fields `FLEET_UNIT`,
-/// `FLEET_MACHINE` under systemd).
+/// `FLEET_MACHINE` under systemd). Why a unit was taken off a machine is read from `view`:
+/// applying placements changes neither its units nor its drains.
 fn report(
     events: &Recorder,
     op: &PlacementOp,
     placed: &BTreeMap<UnitName, String>,
-    taken_off: &TakenOff,
+    view: &EngineView,
 ) {
     match op {
         PlacementOp::Put {
@@ -458,10 +440,14 @@ fn report(
             tracing::info!(unit = %name, machine = %machine, "removed from machine")
         }
         PlacementOp::Move { machine, name } => {
-            let message = if taken_off.unwanted.contains(name) {
+            // No longer to run anywhere (destroyed, or unloaded), or to run elsewhere.
+            let unwanted = view
+                .unit(name)
+                .is_none_or(|u| u.desired_state == JobState::Inactive);
+            let message = if unwanted {
                 "taken off this machine (destroyed or unloaded): stopped here".to_string()
             } else {
-                let why = if taken_off.draining.contains(machine) {
+                let why = if view.snapshot().draining.contains(machine) {
                     "the machine is draining"
                 } else {
                     "its rules no longer hold here"
@@ -481,13 +467,6 @@ fn report(
             tracing::debug!(unit = %name, "unit no longer unplaceable")
         }
     }
-}
-
-/// Why units were taken off machines, for their `moved` events: a machine draining, or a unit
-/// that no longer runs anywhere (destroyed, or unloaded).
-struct TakenOff<'a> {
-    draining: &'a BTreeSet<MachineId>,
-    unwanted: &'a BTreeSet<UnitName>,
 }
 
 /// How long the engine waits before planning again after etcd refused its placements: 200 ms,
