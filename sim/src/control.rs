@@ -1,22 +1,18 @@
 //! fleet-sim's control (`--control`): commands on standard input from a benchmark that runs the
-//! simulation as a child process (so that its memory is measured apart from the engine's), and
-//! a sampler that looks at every simulated systemd for units running on two machines at once.
+//! simulation as a child process (so that its memory is measured apart from the engine's).
 //!
 //! One command a line; each answer ends with a line that starts with `end` or `error`:
 //!
 //! - `kill INDEX`: powers machine INDEX off (its units stop, its lease is no longer renewed and
 //!   expires; it is not revoked). Answers `end killed MACHINE`.
 //! - `running`: a line `UNIT MACHINE...` for every unit that runs now, then `end`.
-//! - `double-runs`: a line `UNIT MACHINE...` for every unit the sampler ever found running on
-//!   more than one machine (with every machine it found it on), then `end SAMPLES`.
-
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+//! - `double-runs`: a line `UNIT MACHINE...` for every unit that ever ran on more than one
+//!   machine at once (with every machine it ran on then), then `end TRANSITIONS`: how many times
+//!   a unit started or stopped running on a machine, each of which was checked (`fleet_sim::Running`).
 
 use anyhow::{Context, Result};
 use fleet_registry::MachineId;
-use fleet_sim::{Running, Simulation};
+use fleet_sim::Simulation;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,31 +46,6 @@ fn parse(line: &str) -> Result<Command, String> {
     }
 }
 
-/// What the sampler has seen.
-#[derive(Default)]
-struct Seen {
-    samples: u64,
-    double_runs: BTreeMap<String, BTreeSet<MachineId>>,
-}
-
-fn lock(seen: &Mutex<Seen>) -> std::sync::MutexGuard<'_, Seen> {
-    seen.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-async fn sample(running: Running, seen: Arc<Mutex<Seen>>, every: Duration) {
-    loop {
-        let double = running.double_runs();
-        {
-            let mut seen = lock(&seen);
-            seen.samples += 1;
-            for (unit, machines) in double {
-                seen.double_runs.entry(unit).or_default().extend(machines);
-            }
-        }
-        tokio::time::sleep(every).await;
-    }
-}
-
 fn unit_lines<'a, M>(units: impl IntoIterator<Item = (&'a String, M)>) -> String
 where
     M: IntoIterator<Item = &'a MachineId>,
@@ -91,16 +62,8 @@ where
     out
 }
 
-/// Answers commands until the end of standard input, sampling meanwhile.
-pub async fn serve(simulation: &mut Simulation, run: u32, sample_every: Duration) -> Result<()> {
-    let seen: Arc<Mutex<Seen>> = Arc::default();
-    let sampler = tokio::spawn(sample(simulation.running(), seen.clone(), sample_every));
-    let result = answer(simulation, run, &seen).await;
-    sampler.abort();
-    result
-}
-
-async fn answer(simulation: &mut Simulation, run: u32, seen: &Mutex<Seen>) -> Result<()> {
+/// Answers commands until the end of standard input.
+pub async fn serve(simulation: &mut Simulation, run: u32) -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut stdout = tokio::io::stdout();
     while let Some(line) = lines
@@ -127,8 +90,8 @@ async fn answer(simulation: &mut Simulation, run: u32, seen: &Mutex<Seen>) -> Re
                 unit_lines(&units) + "end\n"
             }
             Ok(Command::DoubleRuns) => {
-                let seen = lock(seen);
-                unit_lines(&seen.double_runs) + &format!("end {}\n", seen.samples)
+                let running = simulation.running();
+                unit_lines(&running.double_runs()) + &format!("end {}\n", running.transitions())
             }
         };
         stdout
@@ -145,6 +108,8 @@ async fn answer(simulation: &mut Simulation, run: u32, seen: &Mutex<Seen>) -> Re
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]

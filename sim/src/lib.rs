@@ -26,7 +26,7 @@
 
 pub mod systemd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -141,11 +141,13 @@ impl Drop for HollowMachine {
 }
 
 impl HollowMachine {
-    /// Registers hollow machine `index` and starts its agent.
+    /// Registers hollow machine `index` and starts its agent; its simulated systemd tells
+    /// `running` what starts and stops running on it.
     pub async fn start(
         registry: Registry,
         index: u32,
         config: &SimConfig,
+        running: &Running,
     ) -> Result<HollowMachine, SimError> {
         let id = machine_id(config.run, index);
         let machine = Machine {
@@ -167,7 +169,7 @@ impl HollowMachine {
                 machine: id.clone(),
                 source,
             })?;
-        let systemd = SimulatedSystemd::new(config.state_delay);
+        let systemd = SimulatedSystemd::new(config.state_delay).tallied(id.clone(), running);
         let agent_config = AgentConfig {
             units_directory: config.state_dir.join(id.as_str()).join("units"),
             resync_interval: config.resync_interval,
@@ -226,35 +228,81 @@ impl Witness for NoPeers {
     }
 }
 
-/// The simulated systemds of the machines that are powered on, for a double-run checker
-/// sampling them while the simulation goes on. Cheap to clone.
+/// Which machines run each unit, kept by every simulated systemd as its units start and stop,
+/// and every unit ever found running on more than one machine at once: a double-run checker
+/// that sees every transition (a sampler could miss a short overlap) and costs nothing between
+/// them. Cheap to clone (shared).
 #[derive(Clone, Default)]
 pub struct Running {
-    machines: Arc<Mutex<BTreeMap<MachineId, SimulatedSystemd>>>,
+    tally: Arc<Mutex<Tally>>,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// The machines each unit runs on now (activating, active or deactivating).
+    now: HashMap<String, Vec<MachineId>>,
+    /// Every unit ever seen on more than one machine, with every machine it was seen on then.
+    doubles: BTreeMap<String, BTreeSet<MachineId>>,
+    /// How many times a unit started or stopped running on a machine.
+    transitions: u64,
 }
 
 impl Running {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<MachineId, SimulatedSystemd>> {
-        self.machines.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tally> {
+        self.tally.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `unit` began to run on `machine`.
+    pub(crate) fn started(&self, machine: &MachineId, unit: &str) {
+        let mut tally = self.lock();
+        let Tally {
+            now,
+            doubles,
+            transitions,
+        } = &mut *tally;
+        *transitions += 1;
+        let on = now.entry(unit.to_string()).or_default();
+        if !on.contains(machine) {
+            on.push(machine.clone());
+        }
+        if on.len() > 1 {
+            doubles
+                .entry(unit.to_string())
+                .or_default()
+                .extend(on.iter().cloned());
+        }
+    }
+
+    /// `unit` no longer runs on `machine`.
+    pub(crate) fn stopped(&self, machine: &MachineId, unit: &str) {
+        let mut tally = self.lock();
+        tally.transitions += 1;
+        if let Some(on) = tally.now.get_mut(unit) {
+            on.retain(|m| m != machine);
+            if on.is_empty() {
+                tally.now.remove(unit);
+            }
+        }
     }
 
     /// Every unit that runs on some machine now, with the machines it runs on.
     pub fn units(&self) -> BTreeMap<String, Vec<MachineId>> {
-        let mut units: BTreeMap<String, Vec<MachineId>> = BTreeMap::new();
-        for (id, systemd) in self.lock().iter() {
-            for unit in systemd.running() {
-                units.entry(unit).or_default().push(id.clone());
-            }
-        }
-        units
+        self.lock()
+            .now
+            .iter()
+            .map(|(unit, on)| (unit.clone(), on.clone()))
+            .collect()
     }
 
-    /// The units that run on more than one machine now, with those machines.
-    pub fn double_runs(&self) -> Vec<(String, Vec<MachineId>)> {
-        self.units()
-            .into_iter()
-            .filter(|(_, machines)| machines.len() > 1)
-            .collect()
+    /// Every unit that ever ran on more than one machine at once, with those machines.
+    pub fn double_runs(&self) -> BTreeMap<String, BTreeSet<MachineId>> {
+        self.lock().doubles.clone()
+    }
+
+    /// How many times, so far, a unit started or stopped running on a machine: how much the
+    /// checker has seen.
+    pub fn transitions(&self) -> u64 {
+        self.lock().transitions
     }
 }
 
@@ -276,24 +324,21 @@ impl Simulation {
         }
         let first = config.id_offset;
         let last = first.saturating_add(config.machines);
+        let running = Running::default();
         let started: Vec<Result<HollowMachine, SimError>> = futures_util::stream::iter(first..last)
             .map(|index| {
                 let registry = registries[index as usize % registries.len()].clone();
-                HollowMachine::start(registry, index, config)
+                HollowMachine::start(registry, index, config, &running)
             })
             .buffer_unordered(config.registering.max(1))
             .collect()
             .await;
         let mut simulation = Simulation {
             machines: BTreeMap::new(),
-            running: Running::default(),
+            running,
         };
         for machine in started {
             let machine = machine?;
-            simulation
-                .running
-                .lock()
-                .insert(machine.id.clone(), machine.systemd.clone());
             simulation.machines.insert(machine.id.clone(), machine);
         }
         simulation
@@ -363,11 +408,16 @@ impl Simulation {
     /// Powers a machine off: its units stop running at once, its agent stops, and its lease
     /// expires within the TTL. Whether it was on.
     pub fn kill(&mut self, id: &MachineId) -> bool {
-        self.running.lock().remove(id);
-        self.machines.remove(id).is_some()
+        match self.machines.remove(id) {
+            Some(machine) => {
+                machine.systemd.power_off();
+                true
+            }
+            None => false,
+        }
     }
 
-    /// What runs where, for a double-run checker.
+    /// What runs where, and what ever ran twice at once.
     pub fn running(&self) -> Running {
         self.running.clone()
     }

@@ -64,14 +64,11 @@ struct Args {
     state_dir: Option<PathBuf>,
     /// Take commands on standard input, one a line, and answer on standard output (for
     /// `fleet-bench hollow`): `kill INDEX` powers machine INDEX off, `running` lists what runs
-    /// where, `double-runs` what the double-run sampler has seen. Also samples every simulated
-    /// systemd for units running on two machines at once. The end of the input stops the
+    /// where, `double-runs` every unit that ever ran on two machines at once (every simulated
+    /// systemd tells, as each unit starts and stops running). The end of the input stops the
     /// simulation.
     #[arg(long)]
     control: bool,
-    /// With --control, the pause between two samples of every simulated systemd, e.g. 10ms.
-    #[arg(long, default_value = "10ms", value_parser = parse_duration)]
-    sample_every: Duration,
 }
 
 #[tokio::main]
@@ -148,7 +145,7 @@ async fn run(args: &Args, state_dir: PathBuf) -> Result<()> {
     );
     if args.control {
         tokio::select! {
-            result = control::serve(&mut simulation, args.run, args.sample_every) => result?,
+            result = control::serve(&mut simulation, args.run) => result?,
             _ = shutdown_signal() => {}
         }
     } else {

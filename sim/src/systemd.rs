@@ -20,10 +20,13 @@ use std::time::Duration;
 
 use fleet_agent::systemd::{unit_object_path, ServiceRun};
 use fleet_agent::{Signal, SystemdError, SystemdState, UnitManager};
+use fleet_registry::MachineId;
 use fleet_units::UnitFile;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+
+use crate::Running;
 
 /// The section and key that make a unit fail to start in the simulation.
 pub const FAIL_SECTION: &str = "X-Simulation";
@@ -49,6 +52,8 @@ struct State {
     units: BTreeMap<String, SimUnit>,
     next_job: u64,
     subscribers: Vec<mpsc::UnboundedSender<Signal>>,
+    /// Told what starts and stops running here, until the machine is powered off.
+    tally: Option<(MachineId, Running)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +100,15 @@ impl State {
         self.send(Signal::Changed(unit_object_path(unit)));
     }
 
+    /// Tells the tally whether `unit` started or stopped running.
+    fn tally(&self, unit: &str, ran: bool, runs: bool) {
+        match (&self.tally, ran, runs) {
+            (Some((machine, running)), false, true) => running.started(machine, unit),
+            (Some((machine, running)), true, false) => running.stopped(machine, unit),
+            _ => {}
+        }
+    }
+
     /// Queues a job on `unit`, replacing (cancelling) the one it has, as systemd's "replace"
     /// mode does.
     fn queue(&mut self, unit: &str, kind: JobKind) -> Option<u64> {
@@ -102,11 +116,14 @@ impl State {
         let id = self.next_job;
         let u = self.units.get_mut(unit)?;
         let previous = u.job.replace((id, kind));
+        let ran = u.runs();
         match kind {
-            JobKind::Start if !u.runs() => (u.active, u.sub) = ("activating", "start"),
-            JobKind::Stop if u.runs() => (u.active, u.sub) = ("deactivating", "stop"),
+            JobKind::Start if !ran => (u.active, u.sub) = ("activating", "start"),
+            JobKind::Stop if ran => (u.active, u.sub) = ("deactivating", "stop"),
             _ => {}
         }
+        let runs = u.runs();
+        self.tally(unit, ran, runs);
         if let Some((old, _)) = previous {
             self.send(Signal::JobRemoved {
                 job: job_path(old),
@@ -130,6 +147,7 @@ impl State {
             return;
         }
         u.job = None;
+        let ran = u.runs();
         let result = match kind {
             JobKind::Start if u.start_fails => {
                 (u.active, u.sub) = ("failed", "failed");
@@ -156,9 +174,11 @@ impl State {
                 "done"
             }
         };
-        if !u.linked && !u.runs() {
+        let runs = u.runs();
+        if !u.linked && !runs {
             self.units.remove(unit);
         }
+        self.tally(unit, ran, runs);
         // Before the lock is released: no read can show the job gone before its signal is sent.
         self.send(Signal::JobRemoved {
             job: job_path(id),
@@ -180,12 +200,28 @@ impl SimulatedSystemd {
         }
     }
 
+    /// This simulated systemd, on `machine`, telling `running` what starts and stops running.
+    pub fn tallied(self, machine: MachineId, running: &Running) -> SimulatedSystemd {
+        self.lock().tally = Some((machine, running.clone()));
+        self
+    }
+
+    /// The machine is powered off: nothing runs here any more, for the tally, and nothing this
+    /// systemd does afterwards is told to it.
+    pub fn power_off(&self) {
+        let mut state = self.lock();
+        if let Some((machine, running)) = state.tally.take() {
+            for (name, _) in state.units.iter().filter(|(_, u)| u.runs()) {
+                running.stopped(&machine, name);
+            }
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The units that run on this simulated machine (activating, active or deactivating): what
-    /// a double-run checker samples.
+    /// The units that run on this simulated machine (activating, active or deactivating).
     pub fn running(&self) -> Vec<String> {
         self.lock()
             .units
@@ -371,6 +407,8 @@ impl UnitManager for SimulatedSystemd {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn unit_file(dir: &std::path::Path, name: &str, text: &str) -> String {
@@ -490,6 +528,61 @@ mod tests {
             state(&systemd, "good.service"),
             strs(("loaded", "inactive", "dead", false))
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn the_tally_sees_every_overlap_and_forgets_a_machine_powered_off() {
+        let dir = std::env::temp_dir().join(format!("fleet-sim-tally-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let running = Running::default();
+        let (a, b) = (crate::machine_id(0, 1), crate::machine_id(0, 2));
+        let on_a = SimulatedSystemd::new(Duration::from_millis(20)).tallied(a.clone(), &running);
+        let on_b = SimulatedSystemd::new(Duration::from_millis(20)).tallied(b.clone(), &running);
+        let path = unit_file(&dir, "x.service", "[Service]\nExecStart=/bin/true\n");
+        for systemd in [&on_a, &on_b] {
+            systemd.link(&[path.as_str()]).await.expect("link");
+        }
+        let mut signals_a = on_a.changes().await.expect("signals");
+        let mut signals_b = on_b.changes().await.expect("signals");
+
+        // Runs on a, then stops there, then runs on b: never two at once.
+        on_a.start("x.service").await.expect("start");
+        assert_eq!(
+            running.units(),
+            BTreeMap::from([("x.service".into(), vec![a.clone()])])
+        );
+        next_job_removed(&mut signals_a).await;
+        on_a.stop("x.service").await.expect("stop");
+        // Still deactivating: it runs until its stop job ends.
+        assert_eq!(running.units().len(), 1);
+        next_job_removed(&mut signals_a).await;
+        assert!(running.units().is_empty());
+        on_b.start("x.service").await.expect("start");
+        next_job_removed(&mut signals_b).await;
+        assert!(running.double_runs().is_empty());
+
+        // Started on a while it runs on b: seen at once, and kept once a stops again.
+        on_a.start("x.service").await.expect("start");
+        on_a.stop("x.service").await.expect("stop");
+        next_job_removed(&mut signals_a).await;
+        next_job_removed(&mut signals_a).await;
+        assert_eq!(
+            running.double_runs(),
+            BTreeMap::from([("x.service".into(), BTreeSet::from([a.clone(), b.clone()]))])
+        );
+        assert_eq!(
+            running.units(),
+            BTreeMap::from([("x.service".into(), vec![b.clone()])])
+        );
+
+        // Powered off: nothing runs on b any more, and what b's systemd does next is not told.
+        on_b.power_off();
+        assert!(running.units().is_empty());
+        let seen = running.transitions();
+        on_b.stop("x.service").await.expect("stop");
+        next_job_removed(&mut signals_b).await;
+        assert_eq!(running.transitions(), seen);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
