@@ -22,6 +22,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, GetResponse, KeyValue, Txn, Tx
 use fleet_units::{UnitHash, UnitName, UnitOption};
 use serde::{Deserialize, Serialize};
 
+use crate::together::Creation;
 use crate::{decode, encode, op_bytes, reads, Error, Registry, Result, Unit, REQUEST_BUDGET};
 
 /// How many previous versions of a unit are kept, besides its current one: the oldest is
@@ -559,21 +560,31 @@ impl Registry {
 
     /// Creates `unit` if neither it nor any history of its name exists: `None` when created,
     /// otherwise what is there.
+    /// Sent with other creations waiting at the same time, in one transaction, if it can be
+    /// (`together.rs`); otherwise on its own.
     async fn try_create(&self, unit: &Unit, now: u64) -> Result<Option<Read>> {
-        let (mut ops, _) = self.unit_ops(unit)?;
-        ops.extend(
-            self.history_ops(
-                &unit.name,
-                plan(Current::Absent, &[], unit.hash(), now, true),
-            )
-            .0,
+        let (mut ops, unit_bytes) = self.unit_ops(unit)?;
+        let (history, history_bytes) = self.history_ops(
+            &unit.name,
+            plan(Current::Absent, &[], unit.hash(), now, true),
         );
+        ops.extend(history);
+        let when = vec![
+            Compare::create_revision(self.unit_key(&unit.name), CompareOp::Equal, 0),
+            Compare::create_revision(self.history_prefix(&unit.name), CompareOp::Equal, 0)
+                .with_prefix(),
+        ];
+        let creation = Creation {
+            name: unit.name.clone(),
+            when: when.clone(),
+            ops: ops.clone(),
+            bytes: unit_bytes + history_bytes,
+        };
+        if self.create_together(creation).await? {
+            return Ok(None);
+        }
         let txn = Txn::new()
-            .when(vec![
-                Compare::create_revision(self.unit_key(&unit.name), CompareOp::Equal, 0),
-                Compare::create_revision(self.history_prefix(&unit.name), CompareOp::Equal, 0)
-                    .with_prefix(),
-            ])
+            .when(when)
             .and_then(ops)
             .or_else(self.unit_and_history_reads(&unit.name));
         let resp = match self.txn(txn).await {

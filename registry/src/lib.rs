@@ -36,6 +36,7 @@ mod listing;
 mod located;
 mod model;
 mod presence;
+mod together;
 mod update;
 mod view;
 mod watch;
@@ -185,6 +186,25 @@ impl Error {
                 | Error::WatchEnded(_)
                 | Error::Refused { .. }
         )
+    }
+
+    /// The same error again, for each of many requests it answers (sent together, see
+    /// `together.rs`): an unavailability ([`Error::is_unavailable`]) is copied; any other error
+    /// is told in its words.
+    pub(crate) fn unavailable_copy(&self) -> Error {
+        match self {
+            Error::Unreachable { endpoints, reason } => Error::Unreachable {
+                endpoints: endpoints.clone(),
+                reason: reason.clone(),
+            },
+            Error::Timeout(after) => Error::Timeout(*after),
+            Error::Refused { endpoints, reason } => Error::Refused {
+                endpoints: endpoints.clone(),
+                reason: reason.clone(),
+            },
+            Error::WatchEnded(why) => Error::WatchEnded(why.clone()),
+            other => Error::Protocol(other.to_string()),
+        }
     }
 
     /// The one conversion of etcd-client's errors: silence (no connection, a broken one, no
@@ -444,6 +464,8 @@ pub struct Registry {
     keys_read: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Key-value requests made ([`Registry::kv_requests`]).
     kv_requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Unit creations waiting to be sent together (`together.rs`).
+    creations: std::sync::Arc<together::Creations>,
 }
 
 /// The etcd endpoints fleetd was given, one client each, used one at a time: every request
@@ -613,6 +635,7 @@ impl Registry {
             config: std::sync::Arc::new(config.clone()),
             keys_read: Default::default(),
             kv_requests: Default::default(),
+            creations: Default::default(),
         })
     }
 

@@ -281,3 +281,61 @@ async fn concurrent_replacements_each_leave_a_version() {
     let current = registry.unit(&name("web.service")).await.unwrap().unwrap();
     assert_eq!(after.versions[0].hash, current.hash());
 }
+
+/// Creations made at the same moment go to etcd together, in as few transactions as etcd's
+/// limits allow, each unit with its history as if created alone; a unit that exists, and a
+/// second creation of one unit in the same burst, get what exists, and the others are created.
+#[tokio::test(flavor = "current_thread")]
+async fn units_created_at_once_go_together_and_each_gets_its_own_answer() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let there = version("there.service", "/bin/old");
+    registry.put_unit(&there).await.unwrap();
+
+    // 60 new units: two transactions (42 fit in one) on this single-threaded runtime, where
+    // every creation is waiting before the first is sent.
+    let units: Vec<Unit> = (0..60)
+        .map(|i| version(&format!("burst-{i:02}.service"), "/bin/true"))
+        .collect();
+    let before = registry.kv_requests();
+    let answers =
+        futures_util::future::join_all(units.iter().map(|u| registry.create_unit(u))).await;
+    let requests = registry.kv_requests() - before;
+    assert!(answers.iter().all(|a| matches!(a, Ok(None))), "{answers:?}");
+    assert_eq!(requests, 2, "60 creations in {requests} requests");
+    for unit in &units {
+        assert_eq!(
+            registry.unit(&unit.name).await.unwrap().as_ref(),
+            Some(unit)
+        );
+        let h = history(&registry, unit.name.as_str()).await;
+        assert_eq!(hashes(&h), [unit.hash()]);
+        assert!(h.versions[0].current && h.versions[0].since.is_some());
+    }
+
+    // A burst with a unit that exists and one unit twice.
+    let again = version("burst-new.service", "/bin/true");
+    let burst = [
+        version("there.service", "/bin/new"),
+        again.clone(),
+        version("burst-other.service", "/bin/true"),
+        version("burst-new.service", "/bin/other"),
+    ];
+    let answers: Vec<Option<Unit>> =
+        futures_util::future::join_all(burst.iter().map(|u| registry.create_unit(u)))
+            .await
+            .into_iter()
+            .map(|a| a.unwrap())
+            .collect();
+    assert_eq!(
+        answers,
+        [Some(there.clone()), None, None, Some(again.clone())]
+    );
+    assert_eq!(registry.unit(&there.name).await.unwrap(), Some(there));
+    assert_eq!(registry.unit(&again.name).await.unwrap(), Some(again));
+    assert!(registry
+        .unit(&name("burst-other.service"))
+        .await
+        .unwrap()
+        .is_some());
+}
