@@ -33,16 +33,31 @@ pub struct Job {
     pub result: Option<String>,
     /// For a start job that finished: until when the unit must stay active ([`START_SETTLE`]).
     pub settle_until: Option<Instant>,
+    /// When it was queued.
+    pub queued: Instant,
 }
 
+/// How long the states a unit passes through while its job runs (`activating`, a service
+/// active but settling, `deactivating`) are kept from etcd: a job that ends sooner publishes
+/// its outcome only. A start usually takes milliseconds, and publishing each step took two
+/// or three writes per unit where one tells what a user waits for (fleet polled systemd's
+/// states once a second, so its users never relied on seeing those steps sooner).
+pub const PUBLISH_HOLD: Duration = Duration::from_secs(1);
+
 impl Job {
-    pub fn new(kind: JobKind, path: String) -> Job {
+    pub fn new(kind: JobKind, path: String, queued: Instant) -> Job {
         Job {
             kind,
             path,
             result: None,
             settle_until: None,
+            queued,
         }
+    }
+
+    /// Until when the states its unit passes through are held back ([`PUBLISH_HOLD`]).
+    pub fn hold_until(&self) -> Instant {
+        self.queued + PUBLISH_HOLD
     }
 
     /// Whether systemd is done with the job, given the job the unit has in a read of systemd's
@@ -123,6 +138,7 @@ mod tests {
             path: "/org/freedesktop/systemd1/job/7".into(),
             result: result.map(str::to_string),
             settle_until: None,
+            queued: Instant::now(),
         }
     }
 

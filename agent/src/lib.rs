@@ -325,10 +325,18 @@ impl<M: UnitManager> Agent<M> {
         // A started unit that is settling is looked at again when its time is up (not sooner
         // than in a few milliseconds, so that a deadline left behind by a failed read of
         // systemd's states cannot spin this loop).
+        let now = Instant::now();
         let settled = self
             .local
             .values()
             .filter_map(|l| l.job.as_ref()?.settle_until)
+            // A unit whose states are held back while its job runs, when the hold ends.
+            .chain(
+                self.local
+                    .values()
+                    .filter_map(|l| Some(l.job.as_ref()?.hold_until()))
+                    .filter(|t| *t > now),
+            )
             // A health check due is looked at the same way.
             .chain(
                 self.local
@@ -639,7 +647,7 @@ impl<M: UnitManager> Agent<M> {
         match (kind, answer) {
             (JobKind::Stop, Ok(path)) => {
                 l.state = JobState::Loaded;
-                l.job = Some(Job::new(JobKind::Stop, path.clone()));
+                l.job = Some(Job::new(JobKind::Stop, path.clone(), Instant::now()));
             }
             (JobKind::Stop, Err(_)) => {
                 l.state = JobState::Loaded;
@@ -648,7 +656,7 @@ impl<M: UnitManager> Agent<M> {
             }
             (JobKind::Start, Ok(path)) => {
                 l.state = JobState::Launched;
-                l.job = Some(Job::new(JobKind::Start, path.clone()));
+                l.job = Some(Job::new(JobKind::Start, path.clone(), Instant::now()));
                 l.start_failure = None;
             }
             (JobKind::Start, Err(e)) => {
@@ -784,13 +792,17 @@ impl<M: UnitManager> Agent<M> {
         };
         self.follow_jobs(&states).await;
         self.check_health(&states).await;
-        // Written in batches: a machine starting hundreds of units at once publishes each of
-        // them two or three times.
+        // Written in batches: a machine starting hundreds of units at once publishes them
+        // together. The steps of a job that ends soon are not published (`job::PUBLISH_HOLD`).
+        let now = Instant::now();
         let mut changed = Vec::new();
         for (name, local) in &self.local {
             let Some(s) = states.get(name.as_str()) else {
                 continue;
             };
+            if local.job.as_ref().is_some_and(|j| now < j.hold_until()) {
+                continue;
+            }
             let state = UnitState {
                 name: name.clone(),
                 hash: local.hash,

@@ -28,7 +28,7 @@ struct Cluster {
     engine_machine: MachineId,
     engine: tokio::task::JoinHandle<()>,
     _dir: TempDir,
-    _etcd: Etcd,
+    etcd: Etcd,
 }
 
 impl Drop for Cluster {
@@ -39,6 +39,11 @@ impl Drop for Cluster {
 
 /// `machines` hollow machines and the real engine on the first one's lease.
 async fn cluster(machines: u32) -> Cluster {
+    cluster_with(machines, Duration::from_millis(20)).await
+}
+
+/// The same, with simulated jobs that take `state_delay`.
+async fn cluster_with(machines: u32, state_delay: Duration) -> Cluster {
     let etcd = Etcd::start();
     let registry = Registry::connect(&EtcdConfig {
         endpoints: vec![etcd.endpoint.clone()],
@@ -51,7 +56,7 @@ async fn cluster(machines: u32) -> Cluster {
     let dir = TempDir::new("fleet-sim");
     let mut config = SimConfig::new(machines, dir.path().to_path_buf());
     config.ttl = TTL;
-    config.state_delay = Duration::from_millis(20);
+    config.state_delay = state_delay;
     let simulation = Simulation::start(std::slice::from_ref(&registry), &config)
         .await
         .expect("simulated machines start");
@@ -74,7 +79,7 @@ async fn cluster(machines: u32) -> Cluster {
         engine_machine,
         engine,
         _dir: dir,
-        _etcd: etcd,
+        etcd,
     }
 }
 
@@ -350,7 +355,7 @@ async fn a_machine_that_fences_records_it_once_etcd_answers_again() {
         .expect("the machine")
         .presence();
 
-    c._etcd.pause();
+    c.etcd.pause();
     let fenced = tokio::time::timeout(TTL * 4, async {
         while !matches!(
             *presence.borrow_and_update(),
@@ -363,7 +368,7 @@ async fn a_machine_that_fences_records_it_once_etcd_answers_again() {
         true
     })
     .await;
-    c._etcd.resume();
+    c.etcd.resume();
     assert_eq!(fenced, Ok(true), "the machine fenced while etcd was paused");
 
     let about = eventually(Duration::from_secs(30), || async {
@@ -399,4 +404,63 @@ async fn a_machine_that_fences_records_it_once_etcd_answers_again() {
         about[0].message
     );
     assert!(about.iter().all(|e| e.source.as_ref() == Some(&machine)));
+}
+
+/// The stored unit states, by key, and how many times each was written.
+async fn state_writes(c: &Cluster) -> BTreeMap<String, (i64, String)> {
+    let prefix = format!("{}states/", c.etcd.prefix);
+    c.etcd
+        .key_space()
+        .await
+        .keys
+        .into_iter()
+        .filter(|k| k.key.starts_with(prefix.as_bytes()))
+        .map(|k| {
+            let value = String::from_utf8_lossy(&k.value).into_owned();
+            (
+                String::from_utf8_lossy(&k.key).into_owned(),
+                (k.version, value),
+            )
+        })
+        .collect()
+}
+
+/// A unit whose start ends within `PUBLISH_HOLD` has its state written once, with the outcome;
+/// one whose start takes longer has the step it is at published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_start_writes_its_state_once_and_a_slow_one_shows_its_steps() {
+    let c = cluster(3).await;
+    let names: Vec<String> = (0..12).map(|n| format!("quick-{n}.service")).collect();
+    for name in &names {
+        c.registry
+            .put_unit(&unit(name, &[]))
+            .await
+            .expect("put unit");
+    }
+    eventually(Duration::from_secs(30), || all_running_once(&c, &names)).await;
+    let writes = state_writes(&c).await;
+    assert_eq!(writes.len(), names.len(), "{writes:?}");
+    for (key, (version, value)) in &writes {
+        assert_eq!(*version, 1, "{key} written {version} times, last {value}");
+    }
+    drop(c);
+
+    let c = cluster_with(2, Duration::from_secs(3)).await;
+    let name = "slow.service".to_string();
+    c.registry
+        .put_unit(&unit(&name, &[]))
+        .await
+        .expect("put unit");
+    eventually(Duration::from_secs(10), || async {
+        let writes = state_writes(&c).await;
+        match writes.values().next() {
+            Some((_, value)) if value.contains("\"activating\"") => Ok(()),
+            other => Err(format!("no activating state published yet: {other:?}")),
+        }
+    })
+    .await;
+    eventually(Duration::from_secs(15), || {
+        all_running_once(&c, std::slice::from_ref(&name))
+    })
+    .await;
 }
