@@ -38,6 +38,10 @@ use tokio::time::Instant;
 /// size.
 pub const FULL_READ_EVERY: u32 = 30;
 
+/// How long the engine waits for its watch to bring a declaration's changes before it reads
+/// the cluster again instead.
+const DECLARATION_PATIENCE: Duration = Duration::from_secs(2);
+
 #[derive(Clone)]
 pub struct EngineConfig {
     /// How often the leader plans again with nothing changed (fleet's
@@ -208,7 +212,8 @@ async fn lead(
             }
             short = !majority;
         }
-        let mut declared = false;
+        // The revision of the last declaration made now, if any.
+        let mut declared = None;
         for (machine, member_revision) in verdicts.dead(origin.elapsed()) {
             let units: Vec<_> = view_now
                 .snapshot()
@@ -221,7 +226,7 @@ async fn lead(
                 .declare_dead(leadership, &machine, member_revision, &units)
                 .await
             {
-                Ok(true) => {
+                Ok(Some(revision)) => {
                     events.record(
                         Event::new(
                             EventKind::DeclaredDead,
@@ -233,18 +238,25 @@ async fn lead(
                         )
                         .machine(&machine),
                     );
-                    declared = true;
+                    declared = declared.max(Some(revision));
                 }
-                Ok(false) => tracing::info!(machine = %machine, "machine registered again"),
+                Ok(None) => tracing::info!(machine = %machine, "machine registered again"),
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
                     tracing::warn!(machine = %machine, error = %e, "cannot declare machine dead yet")
                 }
             }
         }
-        if declared {
-            // Rare: read the cluster again rather than wait for the declaration's events.
-            view = None;
+        if let Some(revision) = declared {
+            // Planned again once the view has the declaration's changes from the watch (the
+            // units released, the member gone), which takes milliseconds; read again if the
+            // watch does not bring them soon. Reading a large cluster again took longer than
+            // the rest of a failover's work together.
+            let caught_up =
+                tokio::time::timeout(DECLARATION_PATIENCE, view_now.caught_up_to(revision)).await;
+            if !matches!(caught_up, Ok(Ok(()))) {
+                view = None;
+            }
             continue;
         }
         let absent: BTreeSet<MachineId> = absent.into_iter().map(|(id, _)| id).collect();

@@ -1499,14 +1499,15 @@ impl Registry {
     /// transaction is conditioned on `leadership`, on the machine not being registered, and on
     /// its member record being the one the engine judged (`member_revision`, its mod
     /// revision: a machine that registered again in between, even if gone again, is judged
-    /// afresh); `Ok(false)` when that no longer holds (nothing more is removed then).
+    /// afresh); `Ok(None)` when that no longer holds (nothing more is removed then), otherwise
+    /// the revision at which its member record was removed.
     pub async fn declare_dead(
         &self,
         leadership: Leadership,
         machine: &MachineId,
         member_revision: i64,
         units: &[UnitName],
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let leader = self.leader_key();
         let mut ops: Vec<PlacementOp> = units
             .iter()
@@ -1535,6 +1536,7 @@ impl Registry {
             ),
             TxnOp::delete(self.member_key(machine), None),
         ]);
+        let mut declared = 0;
         for batch in batches {
             let txn = Txn::new()
                 .when(vec![
@@ -1552,12 +1554,13 @@ impl Registry {
             if !resp.succeeded() {
                 let [held] = reads(&resp)?;
                 return match held.kvs().first() {
-                    Some(kv) if kv.create_revision() == leadership.revision => Ok(false),
+                    Some(kv) if kv.create_revision() == leadership.revision => Ok(None),
                     _ => Err(Error::NotLeader),
                 };
             }
+            declared = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
-        Ok(true)
+        Ok(Some(declared))
     }
 
     /// Records a new reading of the members in this machine's member record, unless the
