@@ -253,6 +253,25 @@ impl Error {
     }
 }
 
+/// Whether a failed request may be made again, and where.
+enum Again {
+    No,
+    /// It was never sent: on the next endpoint.
+    Elsewhere,
+    /// etcd refused it unapplied because it is behind: on the same one, after a pause.
+    Later,
+}
+
+/// The first pause before a request etcd refused as one too many is made again.
+const OVERLOAD_PAUSE: Duration = Duration::from_millis(50);
+
+/// Whether etcd refused a request, before proposing it, because it applies what it committed
+/// too slowly ("etcdserver: too many requests"): a refusal with nothing written.
+fn overloaded(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::ResourceExhausted && s.message().contains("too many requests"))
+}
+
 /// Whether `e` says that the request was never sent: no connection to the endpoint could be
 /// made (a refused or failed TCP connect; tonic reports it as `Unavailable` with the connect
 /// error as the status's source).
@@ -842,12 +861,12 @@ impl Registry {
 
     /// [`Registry::timed_on`], also saying of a failure whether the request was never sent
     /// ([`not_sent`]).
-    async fn attempt_on<T, F>(&self, used: usize, fut: F) -> std::result::Result<T, (Error, bool)>
+    async fn attempt_on<T, F>(&self, used: usize, fut: F) -> std::result::Result<T, (Error, Again)>
     where
         F: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut leaderless = false;
-        let mut unsent = false;
+        let mut again = Again::No;
         let result = match tokio::time::timeout(self.timeout, fut).await {
             Ok(Ok(v)) => {
                 self.members.answered(used);
@@ -855,7 +874,11 @@ impl Registry {
             }
             Ok(Err(e)) => {
                 leaderless = matches!(&e, etcd_client::Error::GRpcStatus(s) if s.message().contains("no leader"));
-                unsent = not_sent(&e);
+                if not_sent(&e) {
+                    again = Again::Elsewhere;
+                } else if overloaded(&e) {
+                    again = Again::Later;
+                }
                 Error::from_etcd(e, &self.endpoints)
             }
             Err(_) => Error::Timeout(self.timeout),
@@ -866,19 +889,24 @@ impl Registry {
             self.members.failed(used);
         }
         fleet_telemetry::ETCD_ERRORS.inc();
-        Err((result, unsent))
+        Err((result, again))
     }
 
     /// One key-value request, made by `make` on the current endpoint's client. When that
     /// endpoint could not even be connected (a member that is down refuses at once) the
     /// request was never sent, so it is made again on the next endpoint, writes included,
     /// until each endpoint had its try: a member known to be down costs a request nothing.
+    /// When etcd refuses it as one request too many (its applying lags behind what it
+    /// committed), it was not applied either: it is made again after a pause that doubles,
+    /// for as long as one request may take in all.
     async fn kv_request<T, F, Fut>(&self, make: F) -> Result<T>
     where
         F: Fn(etcd_client::KvClient) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut tries = self.members.count;
+        let give_up = tokio::time::Instant::now() + self.timeout;
+        let mut pause = OVERLOAD_PAUSE;
         self.kv_requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         loop {
@@ -888,7 +916,11 @@ impl Registry {
                 .max_decoding_message_size(MAX_RESPONSE_BYTES);
             match self.attempt_on(index, make(kv)).await {
                 Ok(v) => return Ok(v),
-                Err((_, true)) if tries > 1 => tries -= 1,
+                Err((_, Again::Elsewhere)) if tries > 1 => tries -= 1,
+                Err((_, Again::Later)) if tokio::time::Instant::now() + pause < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
                 Err((e, _)) => return Err(e),
             }
         }
@@ -1905,4 +1937,32 @@ fn decode_all<T: DeserializeOwned>(kvs: &[KeyValue]) -> Result<Vec<(KeyValue, T)
     kvs.iter()
         .map(|kv| decode(kv).map(|v| (kv.clone(), v)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_etcds_too_many_requests_is_made_again_later() {
+        let status =
+            |code, message: &str| etcd_client::Error::GRpcStatus(tonic::Status::new(code, message));
+        assert!(overloaded(&status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: too many requests"
+        )));
+        // Out of space is a refusal that waiting does not mend; the others are not refusals.
+        assert!(!overloaded(&status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded"
+        )));
+        assert!(!overloaded(&status(
+            tonic::Code::Unavailable,
+            "etcdserver: too many requests"
+        )));
+        assert!(!overloaded(&status(
+            tonic::Code::InvalidArgument,
+            "etcdserver: too many operations in txn request"
+        )));
+    }
 }
