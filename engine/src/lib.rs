@@ -212,8 +212,8 @@ async fn lead(
             }
             short = !majority;
         }
-        // The revision of the last declaration made now, if any.
-        let mut declared = None;
+        // The machines declared dead now, as judged.
+        let mut declared = Vec::new();
         for (machine, member_revision) in verdicts.dead(origin.elapsed()) {
             let units: Vec<_> = view_now
                 .snapshot()
@@ -226,7 +226,7 @@ async fn lead(
                 .declare_dead(leadership, &machine, member_revision, &units)
                 .await
             {
-                Ok(Some(revision)) => {
+                Ok(true) => {
                     events.record(
                         Event::new(
                             EventKind::DeclaredDead,
@@ -238,22 +238,28 @@ async fn lead(
                         )
                         .machine(&machine),
                     );
-                    declared = declared.max(Some(revision));
+                    declared.push((machine, member_revision));
                 }
-                Ok(None) => tracing::info!(machine = %machine, "machine registered again"),
+                Ok(false) => tracing::info!(machine = %machine, "machine registered again"),
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
                     tracing::warn!(machine = %machine, error = %e, "cannot declare machine dead yet")
                 }
             }
         }
-        if let Some(revision) = declared {
-            // Planned again once the view has the declaration's changes from the watch (the
-            // units released, the member gone), which takes milliseconds; read again if the
-            // watch does not bring them soon. Reading a large cluster again took longer than
-            // the rest of a failover's work together.
-            let caught_up =
-                tokio::time::timeout(DECLARATION_PATIENCE, view_now.caught_up_to(revision)).await;
+        if !declared.is_empty() {
+            // Planned again once the view has the declarations' changes from the watch (the
+            // member records gone, nothing placed or stopping on those machines), which takes
+            // milliseconds; read again if the watch does not bring them soon. Reading a large
+            // cluster again took longer than the rest of a failover's work together.
+            let caught_up = tokio::time::timeout(DECLARATION_PATIENCE, async {
+                view_now.catch_up()?;
+                while !declarations_seen(view_now.snapshot(), &declared) {
+                    view_now.changed().await?;
+                }
+                Ok::<_, fleet_registry::Error>(())
+            })
+            .await;
             if !matches!(caught_up, Ok(Ok(()))) {
                 view = None;
             }
@@ -367,6 +373,19 @@ async fn lead(
 
 /// The members whose lease is gone, with the revision of their member record (which names the
 /// registration that vanished).
+/// Whether `snapshot` shows every one of these machines declared dead: its member record (as
+/// judged) gone, and nothing placed or stopping on it.
+fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -> bool {
+    declared.iter().all(|(machine, judged)| {
+        !snapshot
+            .members
+            .iter()
+            .any(|e| e.member.machine.id == *machine && e.mod_revision == *judged)
+            && !snapshot.placements.iter().any(|(m, _)| m == machine)
+            && !snapshot.stopping.iter().any(|(m, _)| m == machine)
+    })
+}
+
 fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
     let live: BTreeSet<&MachineId> = snapshot.machines.iter().map(|m| &m.machine.id).collect();
     snapshot
@@ -514,5 +533,68 @@ mod backoff_tests {
             .map(|_| backoff.failed(&e).as_millis() as u64)
             .collect();
         assert_eq!(pauses, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
+    }
+}
+
+#[cfg(test)]
+mod declaration_tests {
+    use fleet_registry::{JobState, Machine, Member, MemberEntry, Placement};
+    use fleet_units::UnitName;
+
+    use super::*;
+
+    fn id(n: u8) -> MachineId {
+        MachineId::parse(&format!("{n:032x}")).unwrap()
+    }
+
+    fn member(n: u8, revision: i64) -> MemberEntry {
+        MemberEntry {
+            member: Member {
+                machine: Machine {
+                    id: id(n),
+                    public_ip: format!("10.0.0.{n}"),
+                    metadata: Default::default(),
+                    version: String::new(),
+                    peer_address: None,
+                },
+                seen_revision: 1,
+                seen_members: 2,
+            },
+            create_revision: revision,
+            mod_revision: revision,
+        }
+    }
+
+    #[test]
+    fn a_declaration_is_seen_once_the_member_and_everything_on_the_machine_are_gone() {
+        let web = UnitName::parse("web.service").unwrap();
+        let placement = Placement {
+            name: web.clone(),
+            options: Vec::new(),
+            desired_state: JobState::Launched,
+        };
+        let declared = [(id(2), 7)];
+        let mut snapshot = EngineSnapshot {
+            members: vec![member(1, 5), member(2, 7)],
+            placements: vec![(id(1), placement.clone()), (id(2), placement)],
+            stopping: [(id(2), web.clone())].into(),
+            ..EngineSnapshot::default()
+        };
+        assert!(!declarations_seen(&snapshot, &declared));
+        snapshot.members.retain(|e| e.member.machine.id != id(2));
+        assert!(
+            !declarations_seen(&snapshot, &declared),
+            "still placed there"
+        );
+        snapshot.placements.retain(|(m, _)| *m != id(2));
+        assert!(
+            !declarations_seen(&snapshot, &declared),
+            "still stopping there"
+        );
+        snapshot.stopping.clear();
+        assert!(declarations_seen(&snapshot, &declared));
+        // Registered again meanwhile: another member record, not the one judged.
+        snapshot.members.push(member(2, 9));
+        assert!(declarations_seen(&snapshot, &declared));
     }
 }

@@ -574,11 +574,16 @@ impl Registry {
             Compare::create_revision(self.history_prefix(&unit.name), CompareOp::Equal, 0)
                 .with_prefix(),
         ];
+        // What the conditions and the global key's removal add besides.
+        let other_bytes = self.unit_key(&unit.name).len()
+            + self.history_prefix(&unit.name).len()
+            + self.global_key(&unit.name).len()
+            + 3 * 32;
         let creation = Creation {
             name: unit.name.clone(),
             when: when.clone(),
             ops: ops.clone(),
-            bytes: unit_bytes + history_bytes,
+            bytes: unit_bytes + history_bytes + other_bytes,
         };
         if self.create_together(creation).await? {
             return Ok(None);

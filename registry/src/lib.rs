@@ -189,9 +189,9 @@ impl Error {
     }
 
     /// The same error again, for each of many requests it answers (sent together, see
-    /// `together.rs`): an unavailability ([`Error::is_unavailable`]) is copied; any other error
-    /// is told in its words.
-    pub(crate) fn unavailable_copy(&self) -> Error {
+    /// `together.rs`): an unavailability ([`Error::is_unavailable`]) and a refusal for space
+    /// are copied; any other error is told in its words.
+    pub(crate) fn copy(&self) -> Error {
         match self {
             Error::Unreachable { endpoints, reason } => Error::Unreachable {
                 endpoints: endpoints.clone(),
@@ -203,7 +203,22 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::WatchEnded(why) => Error::WatchEnded(why.clone()),
+            Error::OutOfSpace { endpoints } => Error::OutOfSpace {
+                endpoints: endpoints.clone(),
+            },
             other => Error::Protocol(other.to_string()),
+        }
+    }
+
+    /// Whether etcd refused the request before applying any of it: it found it too large, with
+    /// too many operations or a key twice (`InvalidArgument`), or it is out of space.
+    pub(crate) fn refused_unapplied(&self) -> bool {
+        match self {
+            Error::OutOfSpace { .. } => true,
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                s.code() == tonic::Code::InvalidArgument
+            }
+            _ => false,
         }
     }
 
@@ -897,8 +912,9 @@ impl Registry {
     /// request was never sent, so it is made again on the next endpoint, writes included,
     /// until each endpoint had its try: a member known to be down costs a request nothing.
     /// When etcd refuses it as one request too many (its applying lags behind what it
-    /// committed), it was not applied either: it is made again after a pause that doubles,
-    /// for as long as one request may take in all.
+    /// committed), it was not applied either: it is made again after a pause that doubles, as
+    /// long as the pause ends within one request's timeout of the first try (the last try then
+    /// has a timeout of its own).
     async fn kv_request<T, F, Fut>(&self, make: F) -> Result<T>
     where
         F: Fn(etcd_client::KvClient) -> Fut,
@@ -1531,15 +1547,14 @@ impl Registry {
     /// transaction is conditioned on `leadership`, on the machine not being registered, and on
     /// its member record being the one the engine judged (`member_revision`, its mod
     /// revision: a machine that registered again in between, even if gone again, is judged
-    /// afresh); `Ok(None)` when that no longer holds (nothing more is removed then), otherwise
-    /// the revision at which its member record was removed.
+    /// afresh); `Ok(false)` when that no longer holds (nothing more is removed then).
     pub async fn declare_dead(
         &self,
         leadership: Leadership,
         machine: &MachineId,
         member_revision: i64,
         units: &[UnitName],
-    ) -> Result<Option<i64>> {
+    ) -> Result<bool> {
         let leader = self.leader_key();
         let mut ops: Vec<PlacementOp> = units
             .iter()
@@ -1568,7 +1583,6 @@ impl Registry {
             ),
             TxnOp::delete(self.member_key(machine), None),
         ]);
-        let mut declared = 0;
         for batch in batches {
             let txn = Txn::new()
                 .when(vec![
@@ -1586,13 +1600,12 @@ impl Registry {
             if !resp.succeeded() {
                 let [held] = reads(&resp)?;
                 return match held.kvs().first() {
-                    Some(kv) if kv.create_revision() == leadership.revision => Ok(None),
+                    Some(kv) if kv.create_revision() == leadership.revision => Ok(false),
                     _ => Err(Error::NotLeader),
                 };
             }
-            declared = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
-        Ok(Some(declared))
+        Ok(true)
     }
 
     /// Records a new reading of the members in this machine's member record, unless the

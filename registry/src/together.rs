@@ -11,8 +11,10 @@
 //! Nothing changes for one creation alone: it is sent on its own, as before. When a group's
 //! condition fails (one of its units exists), nothing of it was written, and each of its
 //! creations is sent again on its own, so that each gets its own answer (what exists in its
-//! place). When etcd does not answer, each creation gets that error, as a request of its own
-//! would have: whether it was written is unknown either way.
+//! place); so is each of a group etcd refused before applying it (too large, out of space).
+//! When the group fails otherwise (etcd does not answer, say), each creation gets that error,
+//! as a request of its own would have: whether it was written is unknown either way. A
+//! creation whose caller has gone before its group is made is not sent.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Mutex;
@@ -49,10 +51,11 @@ pub(crate) struct Creation {
 /// How a creation sent in a group went.
 enum Outcome {
     Created,
-    /// Not written: the group's condition failed, it was alone, or etcd refused the group.
+    /// Not written: the group's condition failed, it was alone, or etcd refused the group
+    /// before applying anything.
     SendAlone,
-    /// etcd did not answer the group.
-    Unanswered(Error),
+    /// The group failed otherwise (etcd did not answer, say): written or not, unknown.
+    Failed(Error),
 }
 
 struct Waiting {
@@ -75,6 +78,10 @@ impl Queue {
         let (mut when, mut ops, mut bytes) = (0, 0, 0);
         let mut later = VecDeque::new();
         while let Some(w) = self.waiting.pop_front() {
+            // Its caller has gone: as with a request of its own not yet sent, nothing is.
+            if w.done.is_closed() {
+                continue;
+            }
             let c = &w.creation;
             let fits = when + c.when.len() <= MAX_TXN_OPS
                 && ops + c.ops.len() <= MAX_TXN_OPS
@@ -109,25 +116,57 @@ impl Registry {
             !std::mem::replace(&mut queue.sending, true)
         };
         if start {
-            tokio::spawn(self.clone().send_groups());
+            // Made before the task is spawned: if it never runs, or ends early, the guard
+            // still lets the next creation start a task, and the waiting ones go alone.
+            let sending = Sending {
+                registry: self.clone(),
+                done: false,
+            };
+            tokio::spawn(sending.send_groups());
         }
         match outcome.await {
             Ok(Outcome::Created) => Ok(true),
-            Ok(Outcome::Unanswered(e)) => Err(e),
+            Ok(Outcome::Failed(e)) => Err(e),
             // The sending task ended without an answer (its runtime is going away): nothing
             // tells whether it was sent, and sending it alone finds out.
             Ok(Outcome::SendAlone) | Err(_) => Ok(false),
         }
     }
+}
 
+/// The task that sends groups: while it lives, no other is started. When it ends, however it
+/// ends (a panic, its runtime going away), the creations still waiting are answered "send
+/// alone" and the next creation starts another.
+struct Sending {
+    registry: Registry,
+    /// Whether it gave up sending itself, having found nothing waiting.
+    done: bool,
+}
+
+impl Drop for Sending {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut queue = self.registry.creations.lock();
+        queue.sending = false;
+        // Dropping their senders tells them to go alone.
+        queue.waiting.clear();
+    }
+}
+
+impl Sending {
     /// Sends groups of waiting creations, one at a time, until none waits.
-    async fn send_groups(self) {
+    async fn send_groups(mut self) {
         loop {
             let group = {
-                let mut queue = self.creations.lock();
+                let mut queue = self.registry.creations.lock();
                 let group = queue.next_group();
                 if group.is_empty() {
+                    // Under the same lock as the check: a creation that comes next starts
+                    // another task.
                     queue.sending = false;
+                    self.done = true;
                     return;
                 }
                 group
@@ -142,20 +181,22 @@ impl Registry {
                 ops.extend(w.creation.ops.iter().cloned());
             }
             let count = group.len();
-            match self.txn(Txn::new().when(when).and_then(ops)).await {
+            match self.registry.txn(Txn::new().when(when).and_then(ops)).await {
                 Ok(resp) if resp.succeeded() => {
                     tracing::debug!(units = count, "units created together");
                     answer(group, || Outcome::Created);
                 }
                 Ok(_) => answer(group, || Outcome::SendAlone),
-                Err(e) if e.is_unavailable() => {
-                    for w in group {
-                        let _ = w.done.send(Outcome::Unanswered(e.unavailable_copy()));
-                    }
-                }
-                Err(e) => {
+                // Refused before anything was applied: each alone gets its own answer.
+                Err(e) if e.refused_unapplied() => {
                     tracing::debug!(error = %e, units = count, "a group of creations refused; each sent alone");
                     answer(group, || Outcome::SendAlone);
+                }
+                // Maybe written: for each, what a request of its own would have said.
+                Err(e) => {
+                    for w in group {
+                        let _ = w.done.send(Outcome::Failed(e.copy()));
+                    }
                 }
             }
         }

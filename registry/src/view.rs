@@ -134,14 +134,11 @@ pub struct EngineView {
     own: Own,
     changes: Changes,
     changed: ViewChanges,
-    /// The revision up to which the watch has reported every change.
-    watched: i64,
 }
 
 impl EngineView {
     pub(crate) async fn open(registry: &Registry) -> Result<EngineView> {
         let snapshot = registry.engine_snapshot().await?;
-        let snapshot_revision = snapshot.revision;
         let changes = registry
             .watch(&registry.engine_watch_prefixes(), snapshot.revision + 1)
             .await?;
@@ -174,7 +171,6 @@ impl EngineView {
             own: Own::default(),
             changes,
             changed: ViewChanges::default(),
-            watched: snapshot_revision,
         })
     }
 
@@ -214,16 +210,6 @@ impl EngineView {
         let (revision, changes) = self.changes.next_changes().await?;
         self.apply_all(revision, changes)?;
         self.catch_up()
-    }
-
-    /// Waits until the watch has reported every change up to `revision` (a write of this
-    /// engine's that the view does not apply itself), applying them.
-    pub async fn caught_up_to(&mut self, revision: i64) -> Result<()> {
-        self.catch_up()?;
-        while self.watched < revision {
-            self.changed().await?;
-        }
-        Ok(())
     }
 
     /// Applies the changes that have already arrived, without waiting.
@@ -288,7 +274,6 @@ impl EngineView {
             self.apply(change)?;
         }
         self.snapshot.revision = self.snapshot.revision.max(revision);
-        self.watched = self.watched.max(revision);
         Ok(())
     }
 
