@@ -16,7 +16,7 @@ pub mod job;
 pub mod plan;
 pub mod systemd;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,8 +102,7 @@ const HEALTH_EVERY: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many start or stop calls the agent has in flight at once: enough that systemd never
-/// waits for the agent, few enough that the signals they cause fit zbus's queue (4,096) between
-/// two drains.
+/// waits for the agent. (Their signals are read while they are waited for: `reading_signals`.)
 const JOBS_AT_ONCE: usize = 64;
 
 /// How soon the agent looks again at a unit the engine took off this machine that systemd is
@@ -141,6 +140,36 @@ enum Wake {
 
 type Signals = BoxStream<'static, Signal>;
 
+/// systemd's signals, and those read while a call was waited for, not yet taken in.
+struct SignalReader {
+    stream: Signals,
+    held: VecDeque<Signal>,
+}
+
+/// Waits for `call` while reading systemd's signals into `held`, in the order they came.
+/// zbus stops reading the connection while the signal stream's queue (4,096) is full, so a
+/// call that makes more signals than that before its reply (a daemon-reload after thousands of
+/// units were unloaded, thousands of start or stop calls) would never get its reply: the
+/// agent hung, its units left as they were. Draining only between calls cannot help a single
+/// call.
+async fn reading_signals<F: std::future::Future>(
+    signals: &mut Option<std::sync::Mutex<SignalReader>>,
+    call: F,
+) -> F::Output {
+    let Some(reader) = signals.as_mut().and_then(|m| m.get_mut().ok()) else {
+        return call.await;
+    };
+    let SignalReader { stream, held } = reader;
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut call => return out,
+            Some(signal) = stream.next() => held.push_back(signal),
+        }
+    }
+}
+
 pub struct Agent<M = Systemd> {
     registry: Registry,
     machine: MachineId,
@@ -159,7 +188,7 @@ pub struct Agent<M = Systemd> {
     next_resync: Instant,
     /// systemd's signals, if they can be followed (else the resync does the work). Only used
     /// through `&mut self` (`Mutex::get_mut`, no locking): the mutex only makes the agent `Sync`.
-    signals: Option<std::sync::Mutex<Signals>>,
+    signals: Option<std::sync::Mutex<SignalReader>>,
     /// Records what happens here as events.
     events: Recorder,
     /// Whether this machine has fenced itself and not yet come back.
@@ -260,7 +289,10 @@ impl<M: UnitManager> Agent<M> {
     /// Runs until the task is dropped.
     pub async fn run(mut self, mut presence: watch::Receiver<PresenceStatus>) {
         self.signals = match self.systemd.changes().await {
-            Ok(s) => Some(std::sync::Mutex::new(s)),
+            Ok(stream) => Some(std::sync::Mutex::new(SignalReader {
+                stream,
+                held: VecDeque::new(),
+            })),
             Err(e) => {
                 tracing::error!(error = %e, "cannot follow systemd's signals; relying on resync");
                 None
@@ -321,6 +353,10 @@ impl<M: UnitManager> Agent<M> {
         if std::mem::take(&mut self.look_again) {
             return Wake::Systemd;
         }
+        // Signals read while a call was waited for, before any new one.
+        if self.take_signals() {
+            return Wake::Systemd;
+        }
         let ours = object_paths(&self.local);
         // A started unit that is settling is looked at again when its time is up (not sooner
         // than in a few milliseconds, so that a deadline left behind by a failed read of
@@ -361,7 +397,7 @@ impl<M: UnitManager> Agent<M> {
         let systemd_change = async {
             match signals {
                 Some(s) => loop {
-                    match s.next().await {
+                    match s.stream.next().await {
                         Some(signal) if concerns(local, &ours, &signal) => return,
                         Some(_) => {}
                         None => std::future::pending::<()>().await,
@@ -550,7 +586,7 @@ impl<M: UnitManager> Agent<M> {
             .filter(|n| !self.local.contains_key(*n))
             .map(|n| n.as_str())
             .collect();
-        let preloaded = match self.systemd.states(&new).await {
+        let preloaded = match reading_signals(&mut self.signals, self.systemd.states(&new)).await {
             Ok(states) => states
                 .into_iter()
                 .filter(|(_, s)| s.load == "loaded")
@@ -569,7 +605,9 @@ impl<M: UnitManager> Agent<M> {
             let Some(first) = action.unit().cloned() else {
                 // A daemon-reload.
                 tracing::info!("{what}");
-                if let Err(e) = self.systemd.daemon_reload().await {
+                if let Err(e) =
+                    reading_signals(&mut self.signals, self.systemd.daemon_reload()).await
+                {
                     tracing::error!(error = %e, "{what} failed");
                 }
                 self.drain_signals();
@@ -598,10 +636,8 @@ impl<M: UnitManager> Agent<M> {
     }
 
     /// Takes in the signals that have arrived, remembering to look again if one concerns this
-    /// agent's units. zbus stops reading the connection while the signal stream's queue is
-    /// full, and then the replies to the agent's calls never come: a batch (a third of 1,000
-    /// units stopped and unloaded at once) makes more signals than the queue holds. So the
-    /// stream is drained after every call or group of calls, in order, keeping what it said.
+    /// agent's units: after every call or group of calls, in order, keeping what they said
+    /// (those that came while a call was waited for were read then: `reading_signals`).
     fn drain_signals(&mut self) {
         if self.take_signals() {
             self.look_again = true;
@@ -615,13 +651,13 @@ impl<M: UnitManager> Agent<M> {
     async fn queue_jobs(&mut self, kind: JobKind, names: &[UnitName], what: &str) {
         for group in names.chunks(JOBS_AT_ONCE) {
             let systemd = &self.systemd;
-            let answers = futures_util::future::join_all(group.iter().map(|name| async move {
+            let calls = futures_util::future::join_all(group.iter().map(|name| async move {
                 match kind {
                     JobKind::Start => systemd.start(name.as_str()).await,
                     JobKind::Stop => systemd.stop(name.as_str()).await,
                 }
-            }))
-            .await;
+            }));
+            let answers = reading_signals(&mut self.signals, calls).await;
             for (name, answer) in group.iter().zip(answers) {
                 self.record_job(kind, name, &answer);
                 if let Err(e) = answer {
@@ -747,7 +783,11 @@ impl<M: UnitManager> Agent<M> {
 
     /// Runs `op` on all of `items`' arguments (a unit and the argument for it) in one call;
     /// if that fails, on each alone, logging each failure. The units for which it succeeded.
-    async fn each_or_all(&self, items: &[(UnitName, String)], op: FileOp) -> BTreeSet<UnitName> {
+    async fn each_or_all(
+        &mut self,
+        items: &[(UnitName, String)],
+        op: FileOp,
+    ) -> BTreeSet<UnitName> {
         if items.is_empty() {
             return BTreeSet::new();
         }
@@ -767,12 +807,16 @@ impl<M: UnitManager> Agent<M> {
         done
     }
 
-    async fn file_op(&self, op: FileOp, args: &[&str]) -> Result<(), SystemdError> {
-        match op {
-            FileOp::Link => self.systemd.link(args).await,
-            FileOp::Enable => self.systemd.enable(args).await,
-            FileOp::Unlink => self.systemd.unlink(args).await,
-        }
+    async fn file_op(&mut self, op: FileOp, args: &[&str]) -> Result<(), SystemdError> {
+        let systemd = &self.systemd;
+        let call = async move {
+            match op {
+                FileOp::Link => systemd.link(args).await,
+                FileOp::Enable => systemd.enable(args).await,
+                FileOp::Unlink => systemd.unlink(args).await,
+            }
+        };
+        reading_signals(&mut self.signals, call).await
     }
 
     fn unit_path(&self, name: &UnitName) -> PathBuf {
@@ -870,7 +914,8 @@ impl<M: UnitManager> Agent<M> {
             .cloned()
             .collect();
         if !gone.is_empty() {
-            let states = match self.systemd.states(&gone).await {
+            let states = match reading_signals(&mut self.signals, self.systemd.states(&gone)).await
+            {
                 Ok(states) => states,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the states of units moving away");
@@ -889,7 +934,9 @@ impl<M: UnitManager> Agent<M> {
             for name in running {
                 if states.get(name).is_some_and(|s| s.active != "deactivating") {
                     tracing::warn!(unit = %name, "still running after it was unloaded: stopping it");
-                    if let Err(e) = self.systemd.stop(name).await {
+                    if let Err(e) =
+                        reading_signals(&mut self.signals, self.systemd.stop(name)).await
+                    {
                         tracing::error!(unit = %name, error = %e, "stopping failed");
                     }
                 }
@@ -954,13 +1001,18 @@ impl<M: UnitManager> Agent<M> {
         }
     }
 
+    /// Takes in the signals read while calls were waited for, then those that have arrived
+    /// since, in order: whether one concerns this agent's units.
     fn take_signals(&mut self) -> bool {
-        let Some(signals) = self.signals.as_mut().and_then(|m| m.get_mut().ok()) else {
+        let Some(reader) = self.signals.as_mut().and_then(|m| m.get_mut().ok()) else {
             return false;
         };
         let ours = object_paths(&self.local);
         let mut concerned = false;
-        while let Some(Some(signal)) = signals.next().now_or_never() {
+        while let Some(signal) = reader.held.pop_front() {
+            concerned |= concerns(&mut self.local, &ours, &signal);
+        }
+        while let Some(Some(signal)) = reader.stream.next().now_or_never() {
             concerned |= concerns(&mut self.local, &ours, &signal);
         }
         concerned
@@ -976,7 +1028,8 @@ impl<M: UnitManager> Agent<M> {
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut attempts = 0;
         loop {
-            let states = match self.systemd.states(&names).await {
+            let states = match reading_signals(&mut self.signals, self.systemd.states(&names)).await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read unit states from systemd");
@@ -1021,7 +1074,12 @@ impl<M: UnitManager> Agent<M> {
                 (JobKind::Start, Some(_)) => Some(self.start_failure(&name, &job, state).await),
                 (JobKind::Start, None) if !job.finished(state.job.as_deref()) => None,
                 (JobKind::Start, None) if service && active && !job.failed() => {
-                    match self.systemd.service_type(name.as_str()).await {
+                    match reading_signals(
+                        &mut self.signals,
+                        self.systemd.service_type(name.as_str()),
+                    )
+                    .await
+                    {
                         Ok(t) if job::settles(&t) => {
                             if let Some(j) = self.local.get_mut(&name).and_then(|l| l.job.as_mut())
                             {
@@ -1063,13 +1121,14 @@ impl<M: UnitManager> Agent<M> {
 
     /// Why a finished start of `name` failed, if it did.
     async fn start_failure(
-        &self,
+        &mut self,
         name: &UnitName,
         job: &Job,
         state: &SystemdState,
     ) -> Option<String> {
         let run = if name.as_str().ends_with(".service") && !job::is_active(&state.active) {
-            match self.systemd.service_run(name.as_str()).await {
+            match reading_signals(&mut self.signals, self.systemd.service_run(name.as_str())).await
+            {
                 Ok(run) => Some(run),
                 Err(e) => {
                     tracing::warn!(unit = %name, error = %e, "cannot read how the service ran");
@@ -1176,4 +1235,68 @@ fn start_failed(events: &Recorder, machine: &MachineId, name: &UnitName, why: &s
             .unit(name)
             .machine(machine),
     );
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    /// A connection like zbus's: the signals go through a queue that holds only a few, and
+    /// the reply to a call comes after all the signals the call caused, so it arrives only if
+    /// the signals are read meanwhile.
+    fn connection(signals: usize) -> (SignalReader, tokio::sync::oneshot::Receiver<&'static str>) {
+        let (queue, mut received) = tokio::sync::mpsc::channel::<Signal>(4);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            for n in 0..signals {
+                if queue
+                    .send(Signal::Changed(format!("/unit/{n}")))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = reply.send("reloaded");
+        });
+        let stream = futures_util::stream::poll_fn(move |cx| received.poll_recv(cx)).boxed();
+        let reader = SignalReader {
+            stream,
+            held: VecDeque::new(),
+        };
+        (reader, answer)
+    }
+
+    #[tokio::test]
+    async fn a_call_that_makes_more_signals_than_the_queue_holds_gets_its_reply() {
+        let (reader, answer) = connection(100);
+        let mut signals = Some(std::sync::Mutex::new(reader));
+        let reply = tokio::time::timeout(
+            Duration::from_secs(5),
+            reading_signals(&mut signals, answer),
+        )
+        .await
+        .expect("the reply came")
+        .expect("the connection answered");
+        assert_eq!(reply, "reloaded");
+        // Those read meanwhile, then those still queued (as `take_signals` takes them in).
+        let reader = signals.as_mut().unwrap().get_mut().unwrap();
+        let mut held: Vec<Signal> = reader.held.drain(..).collect();
+        while let Some(Some(signal)) = reader.stream.next().now_or_never() {
+            held.push(signal);
+        }
+        let expected: Vec<Signal> = (0..100)
+            .map(|n| Signal::Changed(format!("/unit/{n}")))
+            .collect();
+        assert_eq!(held, expected, "every signal kept, in order");
+    }
+
+    #[tokio::test]
+    async fn without_reading_the_signals_the_reply_never_comes() {
+        // What the agent did before: the test above is not passing by accident.
+        let (_reader, answer) = connection(100);
+        assert!(tokio::time::timeout(Duration::from_millis(500), answer)
+            .await
+            .is_err());
+    }
 }
