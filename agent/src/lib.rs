@@ -140,6 +140,9 @@ enum Wake {
 
 type Signals = BoxStream<'static, Signal>;
 
+/// How many held signals' room is kept once they are taken in.
+const HELD_KEPT: usize = 1024;
+
 /// systemd's signals, and those read while a call was waited for, not yet taken in.
 struct SignalReader {
     stream: Signals,
@@ -353,10 +356,10 @@ impl<M: UnitManager> Agent<M> {
         if std::mem::take(&mut self.look_again) {
             return Wake::Systemd;
         }
-        // Signals read while a call was waited for, before any new one.
-        if self.take_signals() {
-            return Wake::Systemd;
-        }
+        // Signals read while a call was waited for, before any new one: a change of systemd's
+        // like one that comes now, weighed fairly against the other wake-ups below (returning
+        // at once would keep a busy systemd ahead of placements for as long as it is busy).
+        let held = self.take_signals();
         let ours = object_paths(&self.local);
         // A started unit that is settling is looked at again when its time is up (not sooner
         // than in a few milliseconds, so that a deadline left behind by a failed read of
@@ -395,6 +398,9 @@ impl<M: UnitManager> Agent<M> {
             }
         };
         let systemd_change = async {
+            if held {
+                return;
+            }
             match signals {
                 Some(s) => loop {
                     match s.stream.next().await {
@@ -419,7 +425,7 @@ impl<M: UnitManager> Agent<M> {
                 std::future::pending().await
             }
         };
-        tokio::select! {
+        let wake = tokio::select! {
             result = registry_change => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "agent watch ended; resynchronising");
@@ -440,7 +446,12 @@ impl<M: UnitManager> Agent<M> {
                 self.next_resync = Instant::now() + self.config.resync_interval;
                 Wake::Resync
             }
+        };
+        // The held signals' change is looked at next, whatever woke the agent now.
+        if held && !matches!(wake, Wake::Systemd) {
+            self.look_again = true;
         }
+        wake
     }
 
     /// Brings systemd in line with the placements and global units in `snapshot`.
@@ -1012,6 +1023,8 @@ impl<M: UnitManager> Agent<M> {
         while let Some(signal) = reader.held.pop_front() {
             concerned |= concerns(&mut self.local, &ours, &signal);
         }
+        // A burst of thousands leaves no lasting allocation behind.
+        reader.held.shrink_to(HELD_KEPT);
         while let Some(Some(signal)) = reader.stream.next().now_or_never() {
             concerned |= concerns(&mut self.local, &ours, &signal);
         }
