@@ -221,16 +221,6 @@ impl SimulatedSystemd {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The units that run on this simulated machine (activating, active or deactivating).
-    pub fn running(&self) -> Vec<String> {
-        self.lock()
-            .units
-            .iter()
-            .filter(|(_, u)| u.runs())
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// Queues a job and its end; the job's path, or `None` if the unit is not loaded.
     fn queue_job(&self, unit: &str, kind: JobKind) -> Option<String> {
         let id = {
@@ -439,7 +429,10 @@ mod tests {
     async fn a_unit_goes_through_load_start_stop_and_unload() {
         let dir = std::env::temp_dir().join(format!("fleet-sim-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
-        let systemd = SimulatedSystemd::new(Duration::from_millis(20));
+        let machine = MachineId::parse("f1ee7000000000000000000000000001").expect("machine id");
+        let running = crate::Running::default();
+        let systemd =
+            SimulatedSystemd::new(Duration::from_millis(20)).tallied(machine.clone(), &running);
         let mut signals = systemd.changes().await.expect("signals");
         let name = "hello.service";
         assert_eq!(
@@ -464,7 +457,10 @@ mod tests {
             state(&systemd, name),
             strs(("loaded", "activating", "start", true))
         );
-        assert_eq!(systemd.running(), vec![name.to_string()]);
+        assert_eq!(
+            running.units(),
+            BTreeMap::from([(name.to_string(), vec![machine.clone()])])
+        );
         assert_eq!(next_job_removed(&mut signals).await, (job, "done".into()));
         assert_eq!(
             state(&systemd, name),
@@ -481,7 +477,7 @@ mod tests {
             state(&systemd, name),
             strs(("loaded", "inactive", "dead", false))
         );
-        assert!(systemd.running().is_empty());
+        assert!(running.units().is_empty());
 
         systemd.unlink(&[name]).await.expect("unlink");
         assert_eq!(

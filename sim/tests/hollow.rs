@@ -93,6 +93,16 @@ fn unit(name: &str, extra: &[(&str, &str, &str)]) -> Unit {
     }
 }
 
+/// Writes a plain unit for each of `names`, to be launched, as `fleetctl start` would.
+async fn put_units(c: &Cluster, names: &[String]) {
+    for name in names {
+        c.registry
+            .put_unit(&unit(name, &[]))
+            .await
+            .expect("put unit");
+    }
+}
+
 /// Waits until `check` says nothing is wrong, and returns what it found; fails with its last
 /// complaint after `within`.
 async fn eventually<T, F, Fut>(within: Duration, mut check: F) -> T
@@ -156,12 +166,7 @@ async fn all_running_once(
 async fn units_run_once_on_hollow_machines_and_move_when_one_is_powered_off() {
     let mut c = cluster(50).await;
     let names: Vec<String> = (0..100).map(|n| format!("hollow-{n}.service")).collect();
-    for name in &names {
-        c.registry
-            .put_unit(&unit(name, &[]))
-            .await
-            .expect("put unit");
-    }
+    put_units(&c, &names).await;
     let placed = eventually(Duration::from_secs(30), || all_running_once(&c, &names)).await;
 
     let victim = placed
@@ -431,12 +436,7 @@ async fn state_writes(c: &Cluster) -> BTreeMap<String, (i64, String)> {
 async fn a_quick_start_writes_its_state_once_and_a_slow_one_shows_its_steps() {
     let c = cluster(3).await;
     let names: Vec<String> = (0..12).map(|n| format!("quick-{n}.service")).collect();
-    for name in &names {
-        c.registry
-            .put_unit(&unit(name, &[]))
-            .await
-            .expect("put unit");
-    }
+    put_units(&c, &names).await;
     eventually(Duration::from_secs(30), || all_running_once(&c, &names)).await;
     let writes = state_writes(&c).await;
     assert_eq!(writes.len(), names.len(), "{writes:?}");
