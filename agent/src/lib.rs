@@ -301,8 +301,8 @@ impl<M: UnitManager> Agent<M> {
                 None
             }
         };
-        // What this machine must run: read once, then kept from the watch's events. Dropped
-        // to be read again after an error, and at each full resync.
+        // What this machine must run: read once, then kept from the watch's events. Read
+        // again at each full resync, keeping the watch; dropped after an error.
         let mut view: Option<AgentView> = None;
         let mut wake = Wake::Registry;
         loop {
@@ -314,8 +314,11 @@ impl<M: UnitManager> Agent<M> {
                     self.fence().await;
                 }
                 (PresenceStatus::Alive { lease }, Wake::Registry | Wake::Resync) => {
-                    if matches!(wake, Wake::Resync) {
-                        view = None;
+                    if let (Wake::Resync, Some(v)) = (wake, view.as_mut()) {
+                        // The view is still kept from its watch: try again at the next.
+                        if let Err(e) = v.refresh().await {
+                            tracing::warn!(error = %e, "agent cannot read its placements again");
+                        }
                     }
                     let current = match view.as_mut() {
                         Some(v) => Ok(v),

@@ -1862,13 +1862,25 @@ impl Registry {
 
     /// Watches `prefixes` from `revision` on; see [`Changes`].
     pub async fn watch(&self, prefixes: &[String], revision: i64) -> Result<Changes> {
+        self.watch_from(prefixes, Some(revision)).await
+    }
+
+    /// Watches `prefixes` from now on, returning once etcd has created the watch: a
+    /// linearizable read made afterwards misses nothing the watch does not bring. Cheaper for
+    /// etcd than a watch from a past revision (see [`Changes`]' `open`): a view is read after
+    /// its watch is opened, not before.
+    pub async fn watch_now(&self, prefixes: &[String]) -> Result<Changes> {
+        self.watch_from(prefixes, None).await
+    }
+
+    async fn watch_from(&self, prefixes: &[String], start: Option<i64>) -> Result<Changes> {
         let used = self.members.current();
         let watch = self
             .members
             .client()
             .watch_client()
             .max_decoding_message_size(MAX_RESPONSE_BYTES);
-        let opened = Changes::open(watch, prefixes, revision, self.timeout, &self.endpoints).await;
+        let opened = Changes::open(watch, prefixes, start, self.timeout, &self.endpoints).await;
         if opened.as_ref().is_err_and(Error::is_unavailable) {
             self.members.failed(used);
         }

@@ -4,28 +4,47 @@
 //! take an event as "look now" and read what they need. A watch that ends is an error: whoever
 //! followed it reads again and opens a new one.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
-use etcd_client::{EventType, KeyValue, WatchClient, WatchOptions, WatchStream};
+use etcd_client::{EventType, KeyValue, WatchClient, WatchOptions, WatchResponse, WatchStream};
 
 use crate::{Error, Result};
 
 /// One etcd watch stream over several key prefixes.
 pub struct Changes {
     stream: WatchStream,
+    /// Answers that arrived while the watch was being created, to be taken before the stream's.
+    early: VecDeque<WatchResponse>,
+    /// Changes made at or before this revision are left out: a read made at it holds them.
+    skip_through: i64,
     /// For errors: where etcd was expected.
     endpoints: String,
 }
 
 impl Changes {
+    /// Watches `prefixes` from `start` on: a revision, or `None` for "from now", in which case
+    /// it returns once etcd has created every watcher, so that whatever a linearizable read
+    /// made afterwards does not hold is in the watch ([`Changes::skip_through`] then leaves
+    /// out what it does hold).
+    ///
+    /// Why "from now" matters: etcd must catch a watcher from a past revision up from its
+    /// history, under the lock its writes take, a few hundred watchers every 100 ms. At 10,000
+    /// machines, each agent reading again every minute and watching from that read's revision
+    /// held etcd's writes back until lease renewals timed out.
     pub(crate) async fn open(
         client: WatchClient,
         prefixes: &[String],
-        revision: i64,
+        start: Option<i64>,
         timeout: Duration,
         endpoints: &str,
     ) -> Result<Changes> {
-        let opened = Changes::open_uncounted(client, prefixes, revision, timeout, endpoints).await;
+        let opened = tokio::time::timeout(
+            timeout,
+            Changes::open_uncounted(client, prefixes, start, endpoints),
+        )
+        .await
+        .unwrap_or(Err(Error::Timeout(timeout)));
         if opened.is_err() {
             fleet_telemetry::ETCD_ERRORS.inc();
         }
@@ -35,34 +54,70 @@ impl Changes {
     async fn open_uncounted(
         mut client: WatchClient,
         prefixes: &[String],
-        revision: i64,
-        timeout: Duration,
+        start: Option<i64>,
         endpoints: &str,
     ) -> Result<Changes> {
         let etcd_error = |e| Error::from_etcd(e, endpoints);
         let options = || {
-            WatchOptions::new()
-                .with_prefix()
-                .with_start_revision(revision)
+            let options = WatchOptions::new().with_prefix();
+            match start {
+                Some(revision) => options.with_start_revision(revision),
+                None => options,
+            }
         };
         let Some((first, rest)) = prefixes.split_first() else {
             return Err(Error::Protocol("watch of no prefix".into()));
         };
-        let mut stream =
-            tokio::time::timeout(timeout, client.watch(first.as_str(), Some(options())))
-                .await
-                .map_err(|_| Error::Timeout(timeout))?
-                .map_err(etcd_error)?;
+        let mut stream = client
+            .watch(first.as_str(), Some(options()))
+            .await
+            .map_err(etcd_error)?;
         for prefix in rest {
-            tokio::time::timeout(timeout, stream.watch(prefix.as_str(), Some(options())))
+            stream
+                .watch(prefix.as_str(), Some(options()))
                 .await
-                .map_err(|_| Error::Timeout(timeout))?
                 .map_err(etcd_error)?;
         }
-        Ok(Changes {
+        let mut changes = Changes {
             stream,
+            early: VecDeque::new(),
+            skip_through: 0,
             endpoints: endpoints.to_string(),
-        })
+        };
+        if start.is_none() {
+            // etcd answers each creation in the order asked; events of a watcher already
+            // created may come in between.
+            let mut created = 0;
+            while created < prefixes.len() {
+                let resp = changes.message().await?;
+                if resp.canceled() {
+                    return Err(Error::WatchEnded(format!(
+                        "refused by etcd: {}",
+                        resp.cancel_reason()
+                    )));
+                }
+                if resp.created() {
+                    created += 1;
+                } else {
+                    changes.early.push_back(resp);
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Leaves out, from now on, every change made at or before `revision`: what a read made
+    /// at `revision` (after the watch was opened from now) already holds.
+    pub fn skip_through(&mut self, revision: i64) {
+        self.skip_through = revision;
+    }
+
+    async fn message(&mut self) -> Result<WatchResponse> {
+        let message = self.stream.message().await;
+        match message.map_err(|e| Error::from_etcd(e, &self.endpoints))? {
+            Some(resp) => Ok(resp),
+            None => Err(Error::WatchEnded("stream closed by etcd".into())),
+        }
     }
 
     /// Consumes the changes that have already arrived, without waiting, so that one re-read
@@ -86,9 +141,9 @@ impl Changes {
     /// prefix: changes under different prefixes may arrive out of order between them).
     pub(crate) async fn next_changes(&mut self) -> Result<(i64, Vec<Change>)> {
         loop {
-            let message = self.stream.message().await;
-            let Some(resp) = message.map_err(|e| Error::from_etcd(e, &self.endpoints))? else {
-                return Err(Error::WatchEnded("stream closed by etcd".into()));
+            let resp = match self.early.pop_front() {
+                Some(resp) => resp,
+                None => self.message().await?,
             };
             if resp.canceled() {
                 return Err(Error::WatchEnded(format!(
@@ -99,17 +154,21 @@ impl Changes {
             }
             if !resp.events().is_empty() {
                 let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-                let changes = resp
+                let changes: Vec<Change> = resp
                     .events()
                     .iter()
                     .filter_map(|event| {
-                        Some(Change {
-                            kv: event.kv()?.clone(),
+                        let kv = event.kv()?;
+                        // A deletion's `mod_revision` is the deletion's revision.
+                        (kv.mod_revision() > self.skip_through).then(|| Change {
+                            kv: kv.clone(),
                             deleted: event.event_type() == EventType::Delete,
                         })
                     })
                     .collect();
-                return Ok((revision, changes));
+                if !changes.is_empty() {
+                    return Ok((revision, changes));
+                }
             }
         }
     }

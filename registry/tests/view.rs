@@ -1,6 +1,6 @@
 //! Views kept from a watch's events, against a real etcd: after any sequence of changes a view
-//! says what a fresh read says, the engine's own writes are not undone by the watch reporting
-//! them late, and keeping a view reads no keys.
+//! says what a fresh read says, one opened while writes go on misses none, the engine's own
+//! writes are not undone by the watch reporting them late, and keeping a view reads no keys.
 
 mod support;
 
@@ -319,6 +319,81 @@ async fn keeping_a_view_reads_no_keys() {
         before,
         "a change was read from etcd again"
     );
+}
+
+/// A view watches from now and then reads: opened or read again while writes go on, it misses
+/// none of them (each key is placed once and removed once, so a missed write would never be
+/// mended).
+#[tokio::test(flavor = "multi_thread")]
+async fn views_opened_or_read_again_while_placements_are_written_miss_none_of_them() {
+    const UNITS: usize = 300;
+    const KEPT: usize = 100;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let me = machine_id(1);
+    let writer = {
+        let registry = registry.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            for k in 0..UNITS {
+                let mut ops = vec![place(&me, &format!("u-{k}.service"))];
+                if k >= KEPT {
+                    ops.push(unplace(&me, &format!("u-{}.service", k - KEPT)));
+                }
+                registry.apply_placements(leadership, &ops).await.unwrap();
+            }
+        })
+    };
+    let mut agents: Vec<AgentView> = Vec::new();
+    let mut engines = Vec::new();
+    while !writer.is_finished() {
+        // Read again, keeping the watch, as an agent's resync does.
+        if let Some(view) = agents.last_mut() {
+            view.refresh().await.unwrap();
+        }
+        agents.push(registry.agent_view(&me).await.unwrap());
+        engines.push(registry.engine_view().await.unwrap());
+    }
+    writer.await.unwrap();
+    assert!(
+        agents.len() >= 3,
+        "only {} views were opened while writing",
+        agents.len()
+    );
+    for view in &mut agents {
+        agent_converges(&registry, &me, view).await;
+        assert_eq!(view.snapshot().placements.len(), KEPT);
+    }
+    for view in &mut engines {
+        engine_converges(&registry, view).await;
+        assert_eq!(view.snapshot().placements.len(), KEPT);
+    }
+}
+
+/// What a read made after the watch was opened holds is left out of the watch.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_from_now_leaves_out_what_the_read_after_it_holds() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let mut changes = registry
+        .watch_now(&registry.engine_watch_prefixes())
+        .await
+        .unwrap();
+    registry.put_unit(&unit("a.service")).await.unwrap();
+    let read = registry.engine_snapshot().await.unwrap().revision;
+    registry.put_unit(&unit("b.service")).await.unwrap();
+    changes.skip_through(read);
+    let seen = tokio::time::timeout(DEADLINE, changes.next())
+        .await
+        .expect("the write after the read is seen")
+        .unwrap();
+    assert!(seen > read, "a change at {seen}, read at {read}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
