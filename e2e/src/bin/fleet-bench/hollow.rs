@@ -54,6 +54,8 @@ pub struct Options {
     pub sim: PathBuf,
     /// How long registering the machines may take before a size is given up as not measured.
     pub register_within: Duration,
+    /// More flags for the private etcd, such as `--backend-batch-interval=10ms`.
+    pub etcd_flags: Vec<String>,
 }
 
 /// The figures of one cluster size.
@@ -152,7 +154,12 @@ pub fn hollow(options: &Options) -> ExitCode {
         return ExitCode::FAILURE;
     }
     println!(
-        "hollow: N simulated machines (fleet-sim: real lease, member record and agent each, simulated systemd with 50 ms jobs; a simulation, not systemd), the real engine (no witness) and a private real etcd, {} units per machine, agent_ttl {} s; one row per size",
+        "hollow: N simulated machines (fleet-sim: real lease, member record and agent each, simulated systemd with 50 ms jobs; a simulation, not systemd), the real engine (no witness) and a private real etcd{}, {} units per machine, agent_ttl {} s; one row per size",
+        if options.etcd_flags.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", options.etcd_flags.join(" "))
+        },
         options.units_per_machine,
         options.ttl.as_secs_f64()
     );
@@ -163,7 +170,11 @@ pub fn hollow(options: &Options) -> ExitCode {
             "  {machines} machines, {} units: running…",
             machines as usize * options.units_per_machine as usize
         );
-        let etcd = fleet_testkit::Etcd::start();
+        // Profiles of etcd at work can be taken during a run: `curl -o cpu.pb.gz
+        // http://127.0.0.1:PORT/debug/pprof/profile?seconds=10` (its port is in the log).
+        let mut flags = vec!["--enable-pprof"];
+        flags.extend(options.etcd_flags.iter().map(String::as_str));
+        let etcd = fleet_testkit::Etcd::start_with(&flags);
         let result = runtime.block_on(run_size(&etcd, options, &engine_bin, &logs, machines));
         match result {
             Ok(figures) => {

@@ -32,8 +32,9 @@
 //!   ≤ 50 MB). Then, for comparison, one read of the whole prefixes, as every page cost before
 //!   lists were paged from etcd.
 //! - `fleet-bench hollow [--machines N,N,...] [--units-per-machine U] [--ttl S] [--svg PATH]
-//!   [--sim PATH] [--register-within S]`: issue 10's figures with N simulated machines
-//!   (`fleet-sim`, 100 and 1,000 unless given) and the real engine on a private real etcd, one
+//!   [--sim PATH] [--register-within S] [--etcd-flag FLAG]...`: issue 10's figures with N
+//!   simulated machines (`fleet-sim`, 100 and 1,000 unless given) and the real engine on a
+//!   private real etcd (started with each `--etcd-flag` given), one
 //!   row per size, and their scaling curves as an SVG (`target/bench/hollow.svg` unless given):
 //!   see [`hollow`].
 
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
     let mut svg = PathBuf::from("target/bench/hollow.svg");
     let mut sim = None::<PathBuf>;
     let mut register_within = Duration::from_secs(600);
+    let mut etcd_flags = Vec::new();
     let mut workloads = vec![Workload::Plain, Workload::Mixed];
     let mut what = None;
     let mut minutes = 5u64;
@@ -94,6 +96,12 @@ fn main() -> ExitCode {
             "--register-within" => match it.next().and_then(|v| v.parse::<u64>().ok()) {
                 Some(n) if n > 0 => register_within = Duration::from_secs(n),
                 _ => return usage("--register-within needs a positive number of seconds"),
+            },
+            "--etcd-flag" => match it.next() {
+                Some(v) if v.starts_with("--") => etcd_flags.push(v.clone()),
+                _ => return usage(
+                    "--etcd-flag needs one of etcd's flags, such as --backend-batch-interval=10ms",
+                ),
             },
             "--svg" => match it.next() {
                 Some(v) => svg = PathBuf::from(v),
@@ -153,6 +161,7 @@ fn main() -> ExitCode {
                 svg,
                 sim,
                 register_within,
+                etcd_flags,
             })
         }
         Some("idle") => idle(&bin, units.min(1_000)),
@@ -172,7 +181,7 @@ const USAGE: &str = "usage: fleet-bench start-latency [--bin DIR] [--runs N]
        fleet-bench api-latency [--runs N]
        fleet-bench list [--units N]
        fleet-bench hollow [--machines N,N,...] [--units-per-machine U] [--ttl SECONDS] [--svg PATH]
-                          [--sim PATH] [--register-within SECONDS]";
+                          [--sim PATH] [--register-within SECONDS] [--etcd-flag FLAG]...";
 
 /// Cluster sizes: positive numbers, comma-separated.
 fn parse_sizes(v: &str) -> Option<Vec<u32>> {
