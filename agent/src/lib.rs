@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use fleet_registry::{
     AgentSnapshot, AgentView, Event, EventKind, JobState, MachineId, PresenceStatus, Recorder,
-    Registry, UnitState,
+    Refreshed, Registry, UnitState,
 };
 use fleet_units::{UnitFile, UnitHash, UnitName, UnitOption};
 use futures_util::stream::BoxStream;
@@ -315,9 +315,20 @@ impl<M: UnitManager> Agent<M> {
                 }
                 (PresenceStatus::Alive { lease }, Wake::Registry | Wake::Resync) => {
                     if let (Wake::Resync, Some(v)) = (wake, view.as_mut()) {
-                        // The view is still kept from its watch: try again at the next.
-                        if let Err(e) = v.refresh().await {
-                            tracing::warn!(error = %e, "agent cannot read its placements again");
+                        match v.refresh().await {
+                            Ok(Refreshed::Same) => {}
+                            // A change on its way, or one the watch missed: a new watch, so
+                            // that one that misses changes is not kept.
+                            Ok(Refreshed::Differed) => {
+                                tracing::info!(
+                                    "placements read again differ from the watch's: watching afresh"
+                                );
+                                view = None;
+                            }
+                            // The view is still kept from its watch: try again at the next.
+                            Err(e) => {
+                                tracing::warn!(error = %e, "agent cannot read its placements again");
+                            }
                         }
                     }
                     let current = match view.as_mut() {

@@ -72,7 +72,7 @@ pub use update::{
     CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
     UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
 };
-pub use view::{AgentView, EngineView, ViewChanges};
+pub use view::{AgentView, EngineView, Refreshed, ViewChanges};
 pub use watch::Changes;
 
 /// The key prefix fleet has always used.

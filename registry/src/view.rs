@@ -22,7 +22,9 @@
 //! meanwhile is ignored.
 //!
 //! An error (the watch ended, etcd unreachable, history compacted, a record that cannot be
-//! decoded) leaves a view unusable: read a new one.
+//! decoded) leaves a view unusable: read a new one. An agent's view is also read again
+//! periodically, keeping its watch (`AgentView::refresh`), and a failed read again leaves it
+//! as its watch keeps it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -406,8 +408,18 @@ impl AgentView {
     /// against a change the view would have missed. What the read holds, the watch leaves
     /// out. Cheaper for etcd than a new view, which would create watchers and cancel the old
     /// ones: at 10,000 machines resyncing every minute, that is 167 of each a second.
-    pub async fn refresh(&mut self) -> Result<()> {
+    ///
+    /// Says whether the read differed from the view: a change on its way (the watch brings
+    /// it later, and it is then left out), or one the watch missed, in which case it may
+    /// miss more: whoever follows the view then opens a new one. On an error the view is
+    /// left as the watch keeps it.
+    pub async fn refresh(&mut self) -> Result<Refreshed> {
         let snapshot = self.registry.agent_snapshot(&self.machine).await?;
+        let refreshed = if same_desired_state(&self.snapshot, &snapshot) {
+            Refreshed::Same
+        } else {
+            Refreshed::Differed
+        };
         self.changes.skip_through(snapshot.revision);
         self.placements = Slots::new(
             snapshot
@@ -422,7 +434,7 @@ impl AgentView {
                 .map(|u| self.registry.global_key(&u.name)),
         );
         self.snapshot = snapshot;
-        Ok(())
+        Ok(refreshed)
     }
 
     /// What this machine must run, as far as this view knows.
@@ -504,6 +516,30 @@ impl AgentView {
         self.snapshot.revision = self.snapshot.revision.max(revision);
         Ok(())
     }
+}
+
+/// What [`AgentView::refresh`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    /// What the view said.
+    Same,
+    /// Something else: a change on its way, or one the watch missed.
+    Differed,
+}
+
+/// Whether two snapshots say the same, whatever the order of their lists and their revisions.
+fn same_desired_state(a: &AgentSnapshot, b: &AgentSnapshot) -> bool {
+    fn by_name<T>(items: &[T], name: impl Fn(&T) -> &UnitName) -> HashMap<&UnitName, &T> {
+        items.iter().map(|item| (name(item), item)).collect()
+    }
+    a.machine == b.machine
+        && a.stopping == b.stopping
+        && a.global_revisions == b.global_revisions
+        && a.versions == b.versions
+        && a.placements.len() == b.placements.len()
+        && by_name(&a.placements, |p| &p.name) == by_name(&b.placements, |p| &p.name)
+        && a.global_units.len() == b.global_units.len()
+        && by_name(&a.global_units, |u| &u.name) == by_name(&b.global_units, |u| &u.name)
 }
 
 #[cfg(test)]
