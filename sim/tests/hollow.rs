@@ -39,11 +39,16 @@ impl Drop for Cluster {
 
 /// `machines` hollow machines and the real engine on the first one's lease.
 async fn cluster(machines: u32) -> Cluster {
-    cluster_with(machines, Duration::from_millis(20)).await
+    cluster_configured(machines, |_| {}).await
 }
 
 /// The same, with simulated jobs that take `state_delay`.
 async fn cluster_with(machines: u32, state_delay: Duration) -> Cluster {
+    cluster_configured(machines, |config| config.state_delay = state_delay).await
+}
+
+/// The same, with the simulation's configuration changed by `configure`.
+async fn cluster_configured(machines: u32, configure: impl FnOnce(&mut SimConfig)) -> Cluster {
     let etcd = Etcd::start();
     let registry = Registry::connect(&EtcdConfig {
         endpoints: vec![etcd.endpoint.clone()],
@@ -56,7 +61,8 @@ async fn cluster_with(machines: u32, state_delay: Duration) -> Cluster {
     let dir = TempDir::new("fleet-sim");
     let mut config = SimConfig::new(machines, dir.path().to_path_buf());
     config.ttl = TTL;
-    config.state_delay = state_delay;
+    config.state_delay = Duration::from_millis(20);
+    configure(&mut config);
     let simulation = Simulation::start(std::slice::from_ref(&registry), &config)
         .await
         .expect("simulated machines start");
@@ -463,4 +469,41 @@ async fn a_quick_start_writes_its_state_once_and_a_slow_one_shows_its_steps() {
         all_running_once(&c, std::slice::from_ref(&name))
     })
     .await;
+}
+
+/// How many watch streams etcd has begun, by its own count.
+async fn watch_streams_started(etcd: &Etcd) -> f64 {
+    let url = format!("{}/metrics", etcd.endpoint);
+    let text = reqwest::get(&url)
+        .await
+        .expect("etcd's metrics")
+        .text()
+        .await
+        .expect("etcd's metrics");
+    text.lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"Watch\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// An agent's periodic resync reads its placements again and keeps its watch: resyncs with
+/// nothing changing begin no watch stream, and the kept watches still bring new placements.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_keep_the_agents_watches_which_still_bring_placements() {
+    const RESYNC: Duration = Duration::from_millis(200);
+    let c = cluster_configured(3, |config| config.resync_interval = RESYNC).await;
+    let first: Vec<String> = (0..6).map(|n| format!("before-{n}.service")).collect();
+    put_units(&c, &first).await;
+    eventually(Duration::from_secs(30), || all_running_once(&c, &first)).await;
+    // Quiet: every agent resyncs about ten times.
+    let before = watch_streams_started(&c.etcd).await;
+    tokio::time::sleep(RESYNC * 10).await;
+    let after = watch_streams_started(&c.etcd).await;
+    assert_eq!(after, before, "watch streams begun by resyncs");
+    let second: Vec<String> = (0..6).map(|n| format!("after-{n}.service")).collect();
+    put_units(&c, &second).await;
+    let all: Vec<String> = first.iter().chain(&second).cloned().collect();
+    eventually(Duration::from_secs(30), || all_running_once(&c, &all)).await;
 }
