@@ -1696,6 +1696,28 @@ impl Registry {
         Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
     }
 
+    /// The keys under the members' prefix at `revision`, without it (a keys-only read):
+    /// member ids, and whatever else is there.
+    pub(crate) async fn member_keys_at(&self, revision: i64) -> Result<Vec<String>> {
+        let prefix = self.members_prefix();
+        let resp = self
+            .kv_request(|mut kv| {
+                let prefix = prefix.clone();
+                let options = GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_revision(revision);
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await?;
+        self.count_keys(resp.kvs().len());
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| Some(kv.key_str().ok()?.strip_prefix(&prefix)?.to_string()))
+            .collect())
+    }
+
     /// The prefix whose changes tell that the members changed.
     pub fn members_watch_prefixes(&self) -> Vec<String> {
         vec![self.members_prefix()]

@@ -9,7 +9,7 @@
 //! for everyone, or for most): [`fleet_quorum::Guard`], with the members asked through a
 //! [`Witness`] (the peer endpoint). Without a witness it fences when its lease may expire.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -966,6 +966,10 @@ async fn adopt(
 struct MembersView {
     /// Every member record, by the id in its key, with the revision it was created at.
     members: BTreeMap<MachineId, (i64, Arc<Machine>)>,
+    /// Keys under the prefix that name no machine (written by hand, or by another version):
+    /// no members, but etcd counts them. Learnt when a count first differs, then kept from the
+    /// watch.
+    strays: BTreeSet<String>,
     /// Found not to hold what etcd holds: to be read again.
     stale: bool,
     /// The revision of the read, then of the last change applied.
@@ -1015,6 +1019,7 @@ impl MembersView {
                 .into_iter()
                 .map(|m| (m.id.clone(), (created.get(&m.id).copied().unwrap_or(0), m)))
                 .collect(),
+            strays: BTreeSet::new(),
             stale: false,
             revision: reading.revision,
             joined_or_left: false,
@@ -1072,12 +1077,19 @@ impl MembersView {
     fn apply_all(&mut self, me: &MachineId, changes: Vec<Change>) {
         for Change { kv, deleted } in changes {
             self.revision = self.revision.max(kv.mod_revision());
-            let Some(id) = kv
+            let Some(rest) = kv
                 .key_str()
                 .ok()
                 .and_then(|key| key.strip_prefix(&self.prefix))
-                .and_then(|id| MachineId::parse(id).ok())
             else {
+                continue;
+            };
+            let Ok(id) = MachineId::parse(rest) else {
+                if deleted {
+                    self.strays.remove(rest);
+                } else {
+                    self.strays.insert(rest.to_string());
+                }
                 continue;
             };
             // This machine is in every reading it makes, recorded or not.
@@ -1116,9 +1128,10 @@ impl MembersView {
     }
 
     /// Checks the view against etcd before a reading is counted over: it is exact only if the
-    /// watch missed nothing, so etcd counts the members at the view's revision. A count that
-    /// differs, or that etcd cannot give at that revision (compacted), marks the view stale, to
-    /// be read again.
+    /// watch missed nothing, so etcd counts the keys under the prefix at the view's revision
+    /// (a count-only read). A count that differs is looked into with the keys themselves
+    /// (keys that name no machine are no members); members that differ, or a read etcd cannot
+    /// give at that revision (compacted), mark the view stale, to be read again.
     async fn check(&mut self, registry: &Registry) -> Result<()> {
         let counted = match registry.count_members_at(self.revision).await {
             Ok(n) => n,
@@ -1128,21 +1141,49 @@ impl MembersView {
                 return Err(e);
             }
         };
-        if counted != self.members.len() {
-            self.stale = true;
-            tracing::warn!(
-                view = self.members.len(),
-                etcd = counted,
-                revision = self.revision,
-                "the members followed differ from etcd's: reading them again"
-            );
-            return Err(Error::Protocol(format!(
-                "{} members followed, {counted} in etcd at revision {}",
-                self.members.len(),
-                self.revision
-            )));
+        if counted == self.members.len() + self.strays.len() {
+            return Ok(());
         }
-        Ok(())
+        // Either the watch missed a change, or keys that name no machine were there before
+        // it began: the keys themselves tell (once: the strays are then kept from the watch).
+        let keys = match registry.member_keys_at(self.revision).await {
+            Ok(keys) => keys,
+            Err(e) if e.is_unavailable() => return Err(e),
+            Err(e) => {
+                self.stale = true;
+                return Err(e);
+            }
+        };
+        let (ids, strays): (Vec<String>, Vec<String>) = keys
+            .into_iter()
+            .partition(|key| MachineId::parse(key).is_ok());
+        let same = ids.len() == self.members.len()
+            && ids
+                .iter()
+                .all(|id| MachineId::parse(id).is_ok_and(|id| self.members.contains_key(&id)));
+        if same {
+            if !strays.is_empty() {
+                tracing::warn!(
+                    keys = ?strays,
+                    "keys among the members name no machine: not counted as members"
+                );
+            }
+            self.strays = strays.into_iter().collect();
+            return Ok(());
+        }
+        self.stale = true;
+        tracing::warn!(
+            view = self.members.len(),
+            etcd = ids.len(),
+            revision = self.revision,
+            "the members followed differ from etcd's: reading them again"
+        );
+        Err(Error::Protocol(format!(
+            "{} members followed, {} in etcd at revision {}",
+            self.members.len(),
+            ids.len(),
+            self.revision
+        )))
     }
 }
 

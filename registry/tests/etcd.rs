@@ -543,6 +543,43 @@ async fn a_member_follows_joins_and_departures_and_nothing_else() {
     );
 }
 
+/// A key under `members/` that names no machine (written by hand, say) is no member, and does
+/// not keep a machine that follows the members from recording its readings: its view is
+/// checked against etcd's count of the keys before each reading is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_among_the_members_that_names_no_machine_stops_no_reading() {
+    let etcd = Etcd::start();
+    let others = registry(&etcd).await;
+    let (_two, _) = present(&others, 2).await;
+    etcd.put_raw("members/not-a-machine", b"{}").await;
+    let follower = registry(&etcd).await;
+    let options = fleet_registry::PresenceOptions {
+        witness: Some(std::sync::Arc::new(Unanswered::default())),
+        ..Default::default()
+    };
+    let _one = Presence::start_with(follower.clone(), machine(1), TTL, options)
+        .await
+        .unwrap();
+    let (_three, _) = present(&others, 3).await;
+    let (joined, _) = member_record(&others, 3).await.unwrap();
+    eventually(
+        "machine 1 records machine 3's join",
+        EXPIRY_DEADLINE,
+        || async { member_record(&others, 1).await.map(|(_, r)| r) == Some((joined, 3)) },
+    )
+    .await;
+    // One written after the follower read the members: the same.
+    etcd.put_raw("members/another-stray", b"{}").await;
+    let (_four, _) = present(&others, 4).await;
+    let (joined, _) = member_record(&others, 4).await.unwrap();
+    eventually(
+        "machine 1 records machine 4's join",
+        EXPIRY_DEADLINE,
+        || async { member_record(&others, 1).await.map(|(_, r)| r) == Some((joined, 4)) },
+    )
+    .await;
+}
+
 /// A reading is written only over the member record as the machine last knew it, so that a
 /// write that failed without an answer cannot land after a later one and leave the record
 /// holding a reading the machine no longer counts over.
