@@ -1696,9 +1696,9 @@ impl Registry {
         Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
     }
 
-    /// The keys under the members' prefix at `revision`, without it (a keys-only read):
-    /// member ids, and whatever else is there.
-    pub(crate) async fn member_keys_at(&self, revision: i64) -> Result<Vec<String>> {
+    /// The keys under the members' prefix at `revision` (a keys-only read): members' keys,
+    /// and whatever else is there.
+    pub(crate) async fn member_keys_at(&self, revision: i64) -> Result<Vec<Vec<u8>>> {
         let prefix = self.members_prefix();
         let resp = self
             .kv_request(|mut kv| {
@@ -1711,11 +1711,7 @@ impl Registry {
             })
             .await?;
         self.count_keys(resp.kvs().len());
-        Ok(resp
-            .kvs()
-            .iter()
-            .filter_map(|kv| Some(kv.key_str().ok()?.strip_prefix(&prefix)?.to_string()))
-            .collect())
+        Ok(resp.kvs().iter().map(|kv| kv.key().to_vec()).collect())
     }
 
     /// The prefix whose changes tell that the members changed.
@@ -1930,14 +1926,27 @@ fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
 /// say) still counts as a member, by the id in its key, that nobody can judge dead (it knew of
 /// more members than there can be) until its machine registers again and rewrites it: an
 /// unreadable record must make majorities harder to reach, never easier.
+///
+/// Only a key that names a machine (its id as fleet writes it, [`member_key_id`]) holds a
+/// member, and that machine's: a record under another key (a copy, written by hand) is no
+/// member, and one that names another machine than its key is unreadable.
 fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
     kvs.iter()
         .filter_map(|kv| {
-            let member = match decode::<Member>(kv) {
+            let id = member_key_id(prefix, kv.key())?;
+            let decoded = decode::<Member>(kv).and_then(|member| {
+                if member.machine.id == id {
+                    Ok(member)
+                } else {
+                    Err(Error::Protocol(format!(
+                        "the record of {id} names {}",
+                        member.machine.id
+                    )))
+                }
+            });
+            let member = match decoded {
                 Ok(member) => member,
                 Err(e) => {
-                    let id = kv.key_str().ok()?.strip_prefix(prefix)?;
-                    let id = MachineId::parse(id).ok()?;
                     tracing::debug!(error = %e, "unreadable member record");
                     Member {
                         machine: Machine {
@@ -1959,6 +1968,13 @@ fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
             })
         })
         .collect()
+}
+
+/// The machine a key under the members' `prefix` names: its id as fleet writes it (32
+/// lowercase hexadecimal digits, nothing else), or none (the key holds no member).
+pub(crate) fn member_key_id(prefix: &str, key: &[u8]) -> Option<MachineId> {
+    let rest = std::str::from_utf8(key.strip_prefix(prefix.as_bytes())?).ok()?;
+    MachineId::parse(rest).ok().filter(|id| id.as_str() == rest)
 }
 
 fn placement_machine(prefix: &str, kv: &KeyValue) -> Option<MachineId> {

@@ -24,7 +24,8 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::watch::{Change, Changes};
 use crate::{
-    encode, member_entries, Error, Machine, MachineId, Member, Recorded, Registry, Result,
+    encode, member_entries, member_key_id, Error, Machine, MachineId, Member, Recorded, Registry,
+    Result,
 };
 
 /// Asks the cluster's other members about their leases, over the peer endpoint.
@@ -969,7 +970,7 @@ struct MembersView {
     /// Keys under the prefix that name no machine (written by hand, or by another version):
     /// no members, but etcd counts them. Learnt when a count first differs, then kept from the
     /// watch.
-    strays: BTreeSet<String>,
+    strays: BTreeSet<Vec<u8>>,
     /// Found not to hold what etcd holds: to be read again.
     stale: bool,
     /// The revision of the read, then of the last change applied.
@@ -1077,18 +1078,11 @@ impl MembersView {
     fn apply_all(&mut self, me: &MachineId, changes: Vec<Change>) {
         for Change { kv, deleted } in changes {
             self.revision = self.revision.max(kv.mod_revision());
-            let Some(rest) = kv
-                .key_str()
-                .ok()
-                .and_then(|key| key.strip_prefix(&self.prefix))
-            else {
-                continue;
-            };
-            let Ok(id) = MachineId::parse(rest) else {
+            let Some(id) = member_key_id(&self.prefix, kv.key()) else {
                 if deleted {
-                    self.strays.remove(rest);
+                    self.strays.remove(kv.key());
                 } else {
-                    self.strays.insert(rest.to_string());
+                    self.strays.insert(kv.key().to_vec());
                 }
                 continue;
             };
@@ -1154,21 +1148,23 @@ impl MembersView {
                 return Err(e);
             }
         };
-        let (ids, strays): (Vec<String>, Vec<String>) = keys
-            .into_iter()
-            .partition(|key| MachineId::parse(key).is_ok());
-        let same = ids.len() == self.members.len()
-            && ids
-                .iter()
-                .all(|id| MachineId::parse(id).is_ok_and(|id| self.members.contains_key(&id)));
-        if same {
+        let mut ids = BTreeSet::new();
+        let mut strays = BTreeSet::new();
+        for key in keys {
+            match member_key_id(&self.prefix, &key) {
+                Some(id) => ids.insert(id),
+                None => strays.insert(key),
+            };
+        }
+        if ids.len() == self.members.len() && ids.iter().all(|id| self.members.contains_key(id)) {
             if !strays.is_empty() {
+                let keys: Vec<_> = strays.iter().map(|k| String::from_utf8_lossy(k)).collect();
                 tracing::warn!(
-                    keys = ?strays,
+                    ?keys,
                     "keys among the members name no machine: not counted as members"
                 );
             }
-            self.strays = strays.into_iter().collect();
+            self.strays = strays;
             return Ok(());
         }
         self.stale = true;

@@ -543,15 +543,30 @@ async fn a_member_follows_joins_and_departures_and_nothing_else() {
     );
 }
 
-/// A key under `members/` that names no machine (written by hand, say) is no member, and does
-/// not keep a machine that follows the members from recording its readings: its view is
-/// checked against etcd's count of the keys before each reading is recorded.
+/// A key under `members/` that names no machine as fleet writes it (written by hand, say) is
+/// no member, even holding a copy of a member's record, and does not keep a machine that
+/// follows the members from recording its readings: its view is checked against etcd's count
+/// of the keys before each reading is recorded; such keys are learnt once, then followed.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_key_among_the_members_that_names_no_machine_stops_no_reading() {
+async fn keys_among_the_members_that_name_no_machine_are_no_members_and_stop_no_reading() {
     let etcd = Etcd::start();
     let others = registry(&etcd).await;
     let (_two, _) = present(&others, 2).await;
+    let two = etcd
+        .key_space()
+        .await
+        .keys
+        .into_iter()
+        .find(|k| {
+            k.key
+                .ends_with(format!("members/{}", machine_id(2)).as_bytes())
+        })
+        .expect("machine 2's member record");
     etcd.put_raw("members/not-a-machine", b"{}").await;
+    etcd.put_raw("members/backup", &two.value).await;
+    // An id, but not as fleet writes it.
+    etcd.put_raw("members/0000000000000000000000000000ABCD", &two.value)
+        .await;
     let follower = registry(&etcd).await;
     let options = fleet_registry::PresenceOptions {
         witness: Some(std::sync::Arc::new(Unanswered::default())),
@@ -568,8 +583,21 @@ async fn a_key_among_the_members_that_names_no_machine_stops_no_reading() {
         || async { member_record(&others, 1).await.map(|(_, r)| r) == Some((joined, 3)) },
     )
     .await;
-    // One written after the follower read the members: the same.
+    // Nobody counts machine 2 twice, nor the copies as members.
+    let (_, members) = others.cluster_members().await.unwrap();
+    let mut ids: Vec<_> = members
+        .iter()
+        .map(|m| m.member.machine.id.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, [machine_id(1), machine_id(2), machine_id(3)]);
+
+    // Keys that come and go after the follower learnt them are followed from its watch: its
+    // next reading reads no key.
+    let keys_read = follower.keys_read();
+    etcd.delete_raw("members/backup").await;
     etcd.put_raw("members/another-stray", b"{}").await;
+    etcd.put_raw("members/a-third-stray", b"{}").await;
     let (_four, _) = present(&others, 4).await;
     let (joined, _) = member_record(&others, 4).await.unwrap();
     eventually(
@@ -578,6 +606,7 @@ async fn a_key_among_the_members_that_names_no_machine_stops_no_reading() {
         || async { member_record(&others, 1).await.map(|(_, r)| r) == Some((joined, 4)) },
     )
     .await;
+    assert_eq!(follower.keys_read(), keys_read, "keys read again");
 }
 
 /// A reading is written only over the member record as the machine last knew it, so that a

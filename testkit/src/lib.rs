@@ -446,6 +446,16 @@ impl Etcd {
             .unwrap_or_else(|e| panic!("cannot write {key} to etcd: {e}"));
     }
 
+    /// Deletes `key` under [`Etcd::prefix`] as a stray client would, through etcd's own client.
+    pub async fn delete_raw(&self, key: &str) {
+        let mut client = self.client().await;
+        let key = format!("{}{key}", self.prefix);
+        client
+            .delete(key.as_str(), None)
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete {key} from etcd: {e}"));
+    }
+
     /// Turns on etcd's authentication as an operator would (`etcdctl user add`, `role add`,
     /// `role grant-permission --prefix`, `auth enable`): a `root` user with `root_password`,
     /// and `user` with `password`, allowed to read and write [`Etcd::prefix`] only. Afterwards
