@@ -1682,16 +1682,8 @@ impl Registry {
 
     /// How many members there were at `revision` (a count-only read: etcd sends no record).
     pub(crate) async fn count_members_at(&self, revision: i64) -> Result<usize> {
-        let prefix = self.members_prefix();
         let resp = self
-            .kv_request(|mut kv| {
-                let prefix = prefix.clone();
-                let options = GetOptions::new()
-                    .with_prefix()
-                    .with_count_only()
-                    .with_revision(revision);
-                async move { kv.get(prefix, Some(options)).await }
-            })
+            .members_at(revision, GetOptions::new().with_count_only())
             .await?;
         Ok(usize::try_from(resp.count()).unwrap_or(usize::MAX))
     }
@@ -1699,19 +1691,23 @@ impl Registry {
     /// The keys under the members' prefix at `revision` (a keys-only read): members' keys,
     /// and whatever else is there.
     pub(crate) async fn member_keys_at(&self, revision: i64) -> Result<Vec<Vec<u8>>> {
-        let prefix = self.members_prefix();
         let resp = self
-            .kv_request(|mut kv| {
-                let prefix = prefix.clone();
-                let options = GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_revision(revision);
-                async move { kv.get(prefix, Some(options)).await }
-            })
+            .members_at(revision, GetOptions::new().with_keys_only())
             .await?;
         self.count_keys(resp.kvs().len());
         Ok(resp.kvs().iter().map(|kv| kv.key().to_vec()).collect())
+    }
+
+    /// A read of the members' prefix at `revision`, with `options` (count or keys only).
+    async fn members_at(&self, revision: i64, options: GetOptions) -> Result<GetResponse> {
+        let prefix = self.members_prefix();
+        let options = options.with_prefix().with_revision(revision);
+        self.kv_request(|mut kv| {
+            let prefix = prefix.clone();
+            let options = options.clone();
+            async move { kv.get(prefix, Some(options)).await }
+        })
+        .await
     }
 
     /// The prefix whose changes tell that the members changed.

@@ -1121,33 +1121,34 @@ impl MembersView {
         }
     }
 
+    /// A read for the check failed: unless etcd is only unreachable (the view may still be
+    /// exact), the view cannot be checked at its revision (compacted, say): read it again.
+    fn stale_unless_unavailable(&mut self, e: Error) -> Error {
+        if !e.is_unavailable() {
+            self.stale = true;
+        }
+        e
+    }
+
     /// Checks the view against etcd before a reading is counted over: it is exact only if the
     /// watch missed nothing, so etcd counts the keys under the prefix at the view's revision
     /// (a count-only read). A count that differs is looked into with the keys themselves
     /// (keys that name no machine are no members); members that differ, or a read etcd cannot
     /// give at that revision (compacted), mark the view stale, to be read again.
     async fn check(&mut self, registry: &Registry) -> Result<()> {
-        let counted = match registry.count_members_at(self.revision).await {
-            Ok(n) => n,
-            Err(e) if e.is_unavailable() => return Err(e),
-            Err(e) => {
-                self.stale = true;
-                return Err(e);
-            }
-        };
+        let counted = registry
+            .count_members_at(self.revision)
+            .await
+            .map_err(|e| self.stale_unless_unavailable(e))?;
         if counted == self.members.len() + self.strays.len() {
             return Ok(());
         }
         // Either the watch missed a change, or keys that name no machine were there before
         // it began: the keys themselves tell (once: the strays are then kept from the watch).
-        let keys = match registry.member_keys_at(self.revision).await {
-            Ok(keys) => keys,
-            Err(e) if e.is_unavailable() => return Err(e),
-            Err(e) => {
-                self.stale = true;
-                return Err(e);
-            }
-        };
+        let keys = registry
+            .member_keys_at(self.revision)
+            .await
+            .map_err(|e| self.stale_unless_unavailable(e))?;
         let mut ids = BTreeSet::new();
         let mut strays = BTreeSet::new();
         for key in keys {
