@@ -157,6 +157,54 @@ impl Cluster {
             "not every node registered: {:#?}",
             self.fleetctl(&["list-machines"])
         );
+        // Nor is registered: each machine counts its majorities over the members it last
+        // recorded reading, at most one reading per 2 s. A machine that registered first on a
+        // cold cluster and is cut off before it recorded the others counts itself alone, keeps
+        // its units (safely: the engine counts over the same reading), and a test that cuts it
+        // waits for ever for them to move.
+        let settled = eventually(Duration::from_secs(10), || {
+            let readings = self.member_readings()?;
+            (readings.len() == NODES as usize && readings.iter().all(|r| *r == NODES as u64))
+                .then_some(())
+        });
+        assert!(
+            settled.is_some(),
+            "not every member recorded a reading of all {NODES}: {:?}",
+            self.member_readings()
+        );
+    }
+
+    /// How many members each member's record says its machine last read (`seenMembers`), read
+    /// from etcd with `etcdctl` and the cluster's etcd client certificate; `None` if etcd
+    /// cannot be read.
+    pub fn member_readings(&self) -> Option<Vec<u64>> {
+        let pki = pki();
+        let out = Command::new("etcdctl")
+            .args([
+                "get",
+                "--prefix",
+                "/_coreos.com/fleet/members/",
+                "--print-value-only",
+                "--command-timeout=3s",
+            ])
+            .env("ETCDCTL_API", "3")
+            .env("ETCDCTL_ENDPOINTS", "https://10.233.0.1:2379")
+            .env("ETCDCTL_CACERT", pki.join("etcd-ca/ca.pem"))
+            .env("ETCDCTL_CERT", pki.join("etcd-client.pem"))
+            .env("ETCDCTL_KEY", pki.join("etcd-client-key.pem"))
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let record: serde_json::Value = serde_json::from_str(l).ok()?;
+                record["seenMembers"].as_u64()
+            })
+            .collect()
     }
 
     /// Runs the cluster tool.
