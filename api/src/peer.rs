@@ -24,7 +24,7 @@ use axum::Extension;
 use axum::Json;
 use axum::Router;
 use fleet_errors::root_cause;
-use fleet_registry::{Liveness, Machine, MachineId, Registry, Witness};
+use fleet_registry::{Liveness, Machine, MachineId, Registry, Renewal, Witness};
 use fleet_trust::{Caller, Role, ServerTls};
 use fleet_units::UnitName;
 use futures_util::future::BoxFuture;
@@ -154,8 +154,13 @@ pub struct PresenceAnswer {
 
 /// This machine's answer to a peer asking it to renew its lease now.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RenewAnswer {
     pub renewed: bool,
+    /// How long this machine had answered no peer's question with anything but zero
+    /// ([`Liveness::quiet_for`]), read after the renewal; absent from older fleetds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_ms: Option<u64>,
 }
 
 async fn presence(
@@ -163,7 +168,7 @@ async fn presence(
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<PresenceAnswer>, ApiError> {
     admit(caller.as_ref())?;
-    let since = state.liveness.since_renewal();
+    let since = state.liveness.answer_peer();
     Ok(Json(PresenceAnswer {
         since_renewal_ms: since.as_millis().min(u64::MAX as u128) as u64,
     }))
@@ -174,8 +179,12 @@ async fn renew(
     caller: Option<Extension<Caller>>,
 ) -> Result<Json<RenewAnswer>, ApiError> {
     admit(caller.as_ref())?;
+    let renewed = state.liveness.renew_now().await;
+    // Read after the renewal was acknowledged, as the quiet wait's argument needs.
+    let quiet = state.liveness.quiet_for();
     Ok(Json(RenewAnswer {
-        renewed: state.liveness.renew_now().await,
+        renewed,
+        quiet_ms: Some(quiet.as_millis().min(u64::MAX as u128) as u64),
     }))
 }
 
@@ -454,7 +463,7 @@ impl Witness for PeerWitness {
         &self,
         members: Vec<Machine>,
         timeout: Duration,
-    ) -> BoxFuture<'static, Vec<MachineId>> {
+    ) -> BoxFuture<'static, Vec<Renewal>> {
         let answers =
             self.ask_all::<RenewAnswer>(members, reqwest::Method::POST, "/presence/renew", timeout);
         Box::pin(async move {
@@ -462,7 +471,10 @@ impl Witness for PeerWitness {
                 .await
                 .into_iter()
                 .filter(|(_, a)| a.renewed)
-                .map(|(id, _)| id)
+                .map(|(machine, a)| Renewal {
+                    machine,
+                    quiet_for: a.quiet_ms.map(Duration::from_millis),
+                })
                 .collect()
         })
     }

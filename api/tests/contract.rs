@@ -783,6 +783,86 @@ async fn the_peer_endpoint_refuses_with_the_envelope() {
     }
 }
 
+/// A member asked to renew its lease says how long it has answered no peer's question with
+/// anything but zero: since its start until it answers one, then since that answer. The engine
+/// shortens its wait before declaring a lost machine dead only on such answers
+/// (`fleet_quorum::Timing::quiet_wait`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
+    use fleet_api::peer::{PeerClient, PeerWitness, RenewAnswer};
+    use fleet_registry::{PresenceOptions, Witness};
+
+    let etcd = Etcd::start();
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    let liveness = fleet_registry::Liveness::new();
+    let started = std::time::Instant::now();
+    let machine = Machine {
+        id: MachineId::parse(&"a".repeat(32)).expect("machine id"),
+        public_ip: "127.0.0.1".into(),
+        metadata: Default::default(),
+        version: "9.9.9".into(),
+        peer_address: Some(address),
+    };
+    let _presence = Presence::start_with(
+        registry.clone(),
+        machine.clone(),
+        Duration::from_secs(10),
+        PresenceOptions {
+            liveness: Some(liveness.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("registered");
+    let router = fleet_api::peer::router(registry, machine.id.clone(), liveness, "9.9.9");
+    tokio::spawn(fleet_trust::serve(
+        listener,
+        None,
+        router,
+        fleet_trust::Limits::default(),
+    ));
+    let witness = PeerWitness::new(PeerClient::new(None));
+    let timeout = Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // No question answered yet: quiet since the process (here, the liveness) started.
+    let before = witness.renew_now(vec![machine.clone()], timeout).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].machine, machine.id);
+    let quiet = before[0]
+        .quiet_for
+        .expect("the member says how long it was quiet");
+    assert!(
+        quiet >= Duration::from_millis(300) && quiet <= started.elapsed(),
+        "{quiet:?}"
+    );
+
+    // A question answered (with how long no renewal was acknowledged: not zero): quiet since.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let answers = witness.since_renewal(vec![machine.clone()], timeout).await;
+    assert_eq!(answers.len(), 1);
+    assert!(answers[0] > Duration::ZERO, "{answers:?}");
+    let asked = std::time::Instant::now();
+    let after = witness.renew_now(vec![machine.clone()], timeout).await;
+    let quiet_after = after[0].quiet_for.expect("quiet said");
+    assert!(quiet_after <= asked.elapsed(), "{quiet_after:?}");
+
+    // An older fleetd says nothing of it: read as not saying, which the engine counts as not
+    // quiet.
+    let older: RenewAnswer = serde_json::from_str(r#"{"renewed":true}"#).expect("older answer");
+    assert_eq!(older.quiet_ms, None);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_etcd_is_a_503() {
     let (_, root) = serve(

@@ -37,6 +37,20 @@ fn unit_moves_when_its_machine_is_killed_and_stays_when_it_returns() {
             c.fleetctl_via(survivor, &["list-machines", "--no-legend"]),
         )
     });
+    // Nobody asked anybody whether it was cut off (the machine died): the engine waited only
+    // the stop allowance after the members renewed, and its event says so.
+    let dead_id = c.machine_id(first);
+    let declared = eventually(Duration::from_secs(10), || {
+        let events = c.fleetctl_via(
+            survivor,
+            &["events", "--no-legend", "--full", "--machine", &dead_id],
+        );
+        events
+            .stdout
+            .lines()
+            .find(|l| l.contains("declared-dead"))
+            .map(str::to_string)
+    });
 
     // The dead machine boots again (and the cluster is whole for whoever runs next): it
     // comes back empty, and the unit keeps running once, where it moved.
@@ -56,6 +70,11 @@ fn unit_moves_when_its_machine_is_killed_and_stays_when_it_returns() {
 
     let (node, machines) =
         result.unwrap_or_else(|| panic!("{name} did not move to a live machine in time"));
+    let declared = declared.unwrap_or_else(|| panic!("no declared-dead event for {dead_id}"));
+    assert!(
+        declared.contains("none of them lately asked") && declared.contains("(waited 1.1 s"),
+        "the engine did not take the quiet wait: {declared}"
+    );
     assert_ne!(node, first);
     assert!(
         !machines.stdout.contains(&format!("f1ee70{first:02}")),

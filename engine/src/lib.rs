@@ -10,7 +10,9 @@
 //! placed again) until the engine declares it dead, which the majority protocol of
 //! `fleet-quorum` allows only once a majority of the members renewed their leases on request
 //! after the absence was seen, and a wait for the lost machine to have fenced itself has
-//! passed ([`fleet_quorum::Verdicts`]).
+//! passed ([`fleet_quorum::Verdicts`]): the stop allowance if each member of that majority
+//! also says it answered no peer's question lately (the lost machine then holds no
+//! confirmation from any of them), else the whole wait.
 //!
 //! What the leader decided is recorded as events ([`Recorder`]): each unit placed and why
 //! there, each unit that cannot be placed when its reasons change, each machine declared
@@ -24,10 +26,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_quorum::{Timing, Verdicts};
+use fleet_quorum::{Round, Timing, Verdicts};
 use fleet_registry::{
     EngineSnapshot, EngineView, Event, EventKind, JobState, Leadership, MachineId, PlacementOp,
-    PresenceStatus, Recorder, Registry, Witness,
+    PresenceStatus, Recorder, Registry, Renewal, Witness,
 };
 use fleet_units::UnitName;
 use tokio::sync::watch;
@@ -50,8 +52,10 @@ pub struct EngineConfig {
     pub reconcile_interval: Duration,
     /// The majority protocol's bounds (from the machines' lease TTL).
     pub timing: Timing,
-    /// How to ask the members to renew their leases. Without one, a member whose lease is gone
-    /// is declared dead once the wait has passed, while a majority of members hold leases.
+    /// How to ask the members to renew their leases. Without one (for machines that ask no
+    /// peers anything, as the simulation's), every member holding a lease counts as renewed
+    /// and quiet: a member whose lease is gone is declared dead once the stop allowance has
+    /// passed, while a majority of members hold leases.
     pub witness: Option<Arc<dyn Witness>>,
 }
 
@@ -185,16 +189,22 @@ async fn lead(
                 .filter(|m| !absent.iter().any(|(id, _)| *id == m.id))
                 .cloned()
                 .collect();
-            let renewed: Vec<MachineId> = match &config.witness {
+            let renewed: Vec<Renewal> = match &config.witness {
                 Some(w) => w.renew_now(live, config.timing.peer_timeout).await,
-                None => live.into_iter().map(|m| m.id).collect(),
+                None => live
+                    .into_iter()
+                    .map(|m| Renewal {
+                        machine: m.id,
+                        quiet_for: Some(Duration::MAX),
+                    })
+                    .collect(),
             };
             // A round that took longer than its bound (this task stalled, say) counts for
             // nothing: a renewal later than `peer_timeout` would eat into the stop allowance.
             let in_time = origin.elapsed().saturating_sub(sent) <= config.timing.peer_timeout;
             let majority = in_time
                 && verdicts.round_with(sent, |(id, _)| {
-                    majority_for(&snapshot.members, id, &renewed)
+                    majority_for(&snapshot.members, id, &renewed, config.timing.quiet_after())
                 });
             if !majority && !short {
                 tracing::warn!(
@@ -214,7 +224,7 @@ async fn lead(
         }
         // The machines declared dead now, as judged.
         let mut declared = Vec::new();
-        for (machine, member_revision) in verdicts.dead(origin.elapsed()) {
+        for ((machine, member_revision), round) in verdicts.dead(origin.elapsed()) {
             let units: Vec<_> = view_now
                 .snapshot()
                 .placements
@@ -227,12 +237,19 @@ async fn lead(
                 .await
             {
                 Ok(true) => {
+                    let (some, wait) = match round {
+                        Round::Quiet => ("none", config.timing.quiet_wait()),
+                        _ => ("some", config.timing.engine_wait()),
+                    };
                     events.record(
                         Event::new(
                             EventKind::DeclaredDead,
                             format!(
-                                "its lease is gone and a majority of the machines renewed theirs: \
-                                 {} units released to be placed elsewhere",
+                                "its lease is gone; a majority of the machines renewed theirs, {some} \
+                                 of them lately asked by a machine whose renewals failed (waited \
+                                 {:.1} s for it to stop its units): {} units released to be placed \
+                                 elsewhere",
+                                wait.as_secs_f64(),
                                 units.len()
                             ),
                         )
@@ -397,22 +414,35 @@ fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
 }
 
 /// Whether the members that `renewed` on request make a majority for the vanished member
-/// `vanished`: of the members it counts over (as it last recorded reading them), counting only
-/// members that were members then (created no later than that reading).
+/// `vanished`, and whether the quiet ones among them do (those that had answered no peer's
+/// question for `quiet_after`): of the members it counts over (as it last recorded reading
+/// them), counting only members that were members then (created no later than that reading).
 fn majority_for(
     members: &[fleet_registry::MemberEntry],
     vanished: &MachineId,
-    renewed: &[MachineId],
-) -> bool {
+    renewed: &[Renewal],
+    quiet_after: Duration,
+) -> Round {
     let Some(judged) = members.iter().find(|e| e.member.machine.id == *vanished) else {
-        return false;
+        return Round::NoMajority;
     };
-    let counted = members
+    let counted: Vec<&Renewal> = members
         .iter()
         .filter(|e| e.create_revision <= judged.member.seen_revision)
-        .filter(|e| renewed.contains(&e.member.machine.id))
+        .filter_map(|e| renewed.iter().find(|r| r.machine == e.member.machine.id))
+        .collect();
+    let quiet = counted
+        .iter()
+        .filter(|r| r.quiet_for.is_some_and(|q| q >= quiet_after))
         .count();
-    counted >= fleet_quorum::majority(judged.member.seen_members)
+    let majority = fleet_quorum::majority(judged.member.seen_members);
+    if quiet >= majority {
+        Round::Quiet
+    } else if counted.len() >= majority {
+        Round::Renewed
+    } else {
+        Round::NoMajority
+    }
 }
 
 /// A copy of `snapshot` without the units placed on `absent` members and those placements, so

@@ -16,7 +16,10 @@
 //! - The engine declares a vanished machine dead (removes its placements, so that its units are
 //!   placed elsewhere) only after a round, sent after it saw the machine's lease gone, in which
 //!   a majority of the members renewed their lease on request, and then only
-//!   [`Timing::engine_wait`] after that round was sent ([`Verdicts`]).
+//!   [`Timing::engine_wait`] after that round was sent ([`Verdicts`]); only
+//!   [`Timing::quiet_wait`] after it if each member of that majority also said it had answered
+//!   no peer's question for [`Timing::quiet_after`] (the common case: a machine that died, or
+//!   lost the network, asked nobody anything).
 //!
 //! # Why a unit never runs twice
 //!
@@ -34,6 +37,21 @@
 //! `s + T + F + S` ([`Timing::engine_wait`]), and only if the machine has not registered
 //! again meanwhile. Every duration is measured on one machine's clock and widened by the
 //! clock-rate bound [`Timing::drift_ppm`] where it matters, so drifting clocks keep the argument.
+//!
+//! # Why a quiet majority needs only the stop allowance
+//!
+//! Each member of the engine's majority also says, when it answers at some `r` in `[s, s + T]`,
+//! how long it has answered no peer's question with anything but zero; the engine counts it
+//! *quiet* if that is at least `T + F` ([`Timing::quiet_after`]). Every confirmation round of
+//! the vanished machine counts a member of the engine's majority (two majorities of the same
+//! members share one). If that member answered it before `r`, it did so before `r - (T + F)
+//! ≤ s - F`, and that confirmation lapsed before `s`. If after `r`, its renewal had been
+//! acknowledged before `r`, so it answered that it is cut off `D` after that at the earliest:
+//! the round was sent after `s + D - T`. So the vanished machine holds no confirmation anywhere in `[s, s + D - T]`,
+//! and its lease's expiry (on its own clock, the earliest possible) came before the engine saw
+//! the lease gone, before `s`: it has fenced by `s`, latched, and stopped its units by `s + S`
+//! ([`Timing::quiet_wait`]). A member that restarted counts its quiet from its start: it
+//! knows nothing of the questions it answered before.
 //!
 //! # What the callers must do for the argument to hold
 //!
@@ -144,6 +162,22 @@ impl Timing {
     /// time at least, measured on the engine's clock).
     pub fn engine_wait(&self) -> Duration {
         self.with_drift(self.peer_timeout + self.validity + self.stop_allowance)
+    }
+
+    /// How long a member must have answered no peer's question (with anything but zero) for
+    /// the engine to count its renewal on request as quiet: `T + F` in real time at least,
+    /// measured on the member's clock, for an answer given within `T` of the round's sending
+    /// on the engine's.
+    pub fn quiet_after(&self) -> Duration {
+        self.with_drift(self.peer_timeout + self.validity)
+    }
+
+    /// How long after sending a round in which a *quiet* majority renewed on request the
+    /// engine waits before it declares dead the machines that had vanished before that round:
+    /// `S` in real time at least, measured on the engine's clock (the vanished machine fenced
+    /// by the round's sending: see the module documentation).
+    pub fn quiet_wait(&self) -> Duration {
+        self.with_drift(self.stop_allowance)
     }
 
     /// A bound in real time as a duration on a clock that may run fast, when the bound's own
@@ -343,6 +377,19 @@ impl Guard {
     }
 }
 
+/// What one of the engine's rounds found for one vanished member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// The members that renewed on request make no majority of those it counts.
+    NoMajority,
+    /// They make a majority: it may be declared dead [`Timing::engine_wait`] after the round
+    /// was sent.
+    Renewed,
+    /// They make a majority counting only those that were also quiet (had answered no peer's
+    /// question for [`Timing::quiet_after`]): [`Timing::quiet_wait`] after.
+    Quiet,
+}
+
 /// The engine's side: which vanished members may be declared dead.
 #[derive(Debug, Clone)]
 pub struct Verdicts<K> {
@@ -354,8 +401,9 @@ pub struct Verdicts<K> {
 struct Missing {
     /// When this engine first saw the member's lease gone.
     since: Duration,
-    /// When it may be declared dead, once a round found a majority connected.
-    dead_at: Option<Duration>,
+    /// When it may be declared dead, once a round found a majority connected, and what that
+    /// round found.
+    dead_at: Option<(Duration, Round)>,
 }
 
 impl<K: Ord + Clone> Verdicts<K> {
@@ -392,39 +440,67 @@ impl<K: Ord + Clone> Verdicts<K> {
     }
 
     /// Records a round sent at `sent_at` in which `renewed` of the `members` members had a
-    /// renewal of their lease acknowledged on request. Returns whether it was a majority.
+    /// renewal of their lease acknowledged on request, `quiet` of those quiet ones. Returns
+    /// whether the renewals made a majority.
     ///
-    /// `renewed` counts only members that every vanished member knew of: members that joined
-    /// at a version of the members no later than the latest one each vanished member read
-    /// (see the module documentation). `members` counts every member.
-    pub fn round(&mut self, sent_at: Duration, renewed: usize, members: usize) -> bool {
-        let majority = renewed >= majority(members);
-        self.round_with(sent_at, |_| majority);
-        majority
+    /// `renewed` and `quiet` count only members that every vanished member knew of: members
+    /// that joined at a version of the members no later than the latest one each vanished
+    /// member read (see the module documentation). `members` counts every member.
+    pub fn round(
+        &mut self,
+        sent_at: Duration,
+        renewed: usize,
+        quiet: usize,
+        members: usize,
+    ) -> bool {
+        let found = if quiet >= majority(members) {
+            Round::Quiet
+        } else if renewed >= majority(members) {
+            Round::Renewed
+        } else {
+            Round::NoMajority
+        };
+        self.round_with(sent_at, |_| found);
+        found != Round::NoMajority
     }
 
-    /// Records a round sent at `sent_at`, where `majority(k)` says whether the members that
-    /// renewed on request make a majority for the vanished member `k`: of the members `k`
-    /// counted (the version of the members it last read), counting only renewals of members
-    /// that had joined by that version. Returns whether it did for any vanished member.
-    pub fn round_with(&mut self, sent_at: Duration, mut majority: impl FnMut(&K) -> bool) -> bool {
-        let dead_at = sent_at + self.timing.engine_wait();
+    /// Records a round sent at `sent_at`, where `found(k)` says what it found for the
+    /// vanished member `k`: whether the members that renewed on request (and of those, the
+    /// quiet ones) make a majority of the members `k` counted (the version of the members it
+    /// last read), counting only those that had joined by that version. A round sent before
+    /// the absence was seen counts for nothing; of two rounds that count, the earlier due time
+    /// holds. Returns whether the round found a majority for any vanished member.
+    pub fn round_with(&mut self, sent_at: Duration, mut found: impl FnMut(&K) -> Round) -> bool {
         let mut any = false;
         for (k, m) in self.missing.iter_mut() {
-            if m.dead_at.is_none() && m.since <= sent_at && majority(k) {
-                m.dead_at = Some(dead_at);
-                any = true;
+            if m.since > sent_at {
+                continue;
             }
+            let round = found(k);
+            let wait = match round {
+                Round::NoMajority => continue,
+                Round::Renewed => self.timing.engine_wait(),
+                Round::Quiet => self.timing.quiet_wait(),
+            };
+            let due = (sent_at + wait, round);
+            m.dead_at = Some(match m.dead_at {
+                Some(earlier) if earlier.0 <= due.0 => earlier,
+                _ => due,
+            });
+            any = true;
         }
         any
     }
 
-    /// The vanished members that may be declared dead at `now`.
-    pub fn dead(&self, now: Duration) -> Vec<K> {
+    /// The vanished members that may be declared dead at `now`, each with what the round
+    /// that made it due found ([`Round::Renewed`] or [`Round::Quiet`]).
+    pub fn dead(&self, now: Duration) -> Vec<(K, Round)> {
         self.missing
             .iter()
-            .filter(|(_, m)| m.dead_at.is_some_and(|d| now >= d))
-            .map(|(k, _)| k.clone())
+            .filter_map(|(k, m)| match m.dead_at {
+                Some((at, round)) if now >= at => Some((k.clone(), round)),
+                _ => None,
+            })
             .collect()
     }
 
@@ -432,8 +508,8 @@ impl<K: Ord + Clone> Verdicts<K> {
     pub fn next_due(&self, now: Duration) -> Option<Duration> {
         self.missing
             .values()
-            .filter_map(|m| m.dead_at)
-            .filter(|d| *d > now)
+            .filter_map(|m| m.dead_at.map(|(at, _)| at))
+            .filter(|at| *at > now)
             .min()
     }
 
@@ -461,11 +537,16 @@ mod tests {
             let t = Timing::for_ttl(Duration::from_secs(ttl), Duration::from_secs(1));
             assert!(t.confirm_after() >= 2 * t.peer_timeout + t.validity);
             assert!(t.engine_wait() >= t.peer_timeout + t.validity + t.stop_allowance);
+            assert!(t.quiet_after() >= t.peer_timeout + t.validity);
+            assert!(t.quiet_wait() >= t.stop_allowance);
+            assert!(t.confirm_after() >= 2 * t.peer_timeout + t.validity);
             assert!(t.ask_ahead <= t.ttl / 2);
         }
         let t = timing();
         assert_eq!(t.confirm_after(), ms(1_714));
         assert_eq!(t.engine_wait(), ms(2_442));
+        assert_eq!(t.quiet_after(), ms(1_402));
+        assert_eq!(t.quiet_wait(), ms(1_090));
     }
 
     #[test]
@@ -564,20 +645,52 @@ mod tests {
         v.observe(ms(1_000), ["a"]);
         assert!(v.needs_round());
         // A round sent before the absence was seen does not count.
-        assert!(v.round(ms(900), 3, 3));
+        assert!(v.round(ms(900), 3, 3, 3));
         assert!(v.dead(ms(10_000)).is_empty());
-        assert!(!v.round(ms(1_100), 1, 3));
+        assert!(!v.round(ms(1_100), 1, 1, 3));
         assert!(v.dead(ms(10_000)).is_empty());
-        assert!(v.round(ms(1_200), 2, 3));
+        // A majority renewed, but only one of them quiet: the whole wait.
+        assert!(v.round(ms(1_200), 2, 1, 3));
         assert!(!v.needs_round());
         let due = ms(1_200) + t.engine_wait();
         assert_eq!(v.next_due(ms(1_300)), Some(due));
         assert!(v.dead(due - ms(1)).is_empty());
-        assert_eq!(v.dead(due), vec!["a"]);
+        assert_eq!(v.dead(due), vec![("a", Round::Renewed)]);
         // Seen again, then gone again: it starts afresh.
         v.observe(ms(5_000), []);
         v.observe(ms(6_000), ["a"]);
         assert!(v.dead(ms(60_000)).is_empty());
+    }
+
+    #[test]
+    fn a_quiet_majority_shortens_the_wait_to_the_stop_allowance() {
+        let t = timing();
+        let mut v: Verdicts<&str> = Verdicts::new(t);
+        v.observe(ms(1_000), ["a", "b"]);
+        // Quiet for "a" only (the members "b" counts were not all quiet, say).
+        assert!(v.round_with(ms(1_100), |k| if *k == "a" {
+            Round::Quiet
+        } else {
+            Round::Renewed
+        }));
+        assert_eq!(
+            v.dead(ms(1_100) + t.quiet_wait()),
+            vec![("a", Round::Quiet)]
+        );
+        assert!(!v.needs_round());
+        // A later quiet round brings "b" forward; a slower one never puts a due time back.
+        assert!(v.round(ms(1_300), 3, 3, 3));
+        assert!(v.round(ms(1_400), 3, 0, 3));
+        assert_eq!(v.next_due(ms(2_200)), Some(ms(1_300) + t.quiet_wait()));
+        assert_eq!(
+            v.dead(ms(1_300) + t.quiet_wait()),
+            vec![("a", Round::Quiet), ("b", Round::Quiet)]
+        );
+        // Quiet members that make no majority shorten nothing.
+        let mut w: Verdicts<&str> = Verdicts::new(t);
+        w.observe(ms(1_000), ["a"]);
+        assert!(!w.round(ms(1_100), 1, 1, 3));
+        assert!(w.needs_round());
     }
 
     #[test]
@@ -587,13 +700,13 @@ mod tests {
         // again, ran its units and vanished again, declares it dead on the old round.
         let mut by_machine: Verdicts<&str> = Verdicts::new(t);
         by_machine.observe(ms(1_000), ["a"]);
-        assert!(by_machine.round(ms(1_100), 2, 3));
+        assert!(by_machine.round(ms(1_100), 2, 0, 3));
         by_machine.observe(ms(20_000), ["a"]);
-        assert_eq!(by_machine.dead(ms(20_000)), vec!["a"]);
+        assert_eq!(by_machine.dead(ms(20_000)), vec![("a", Round::Renewed)]);
         // Named by machine and lease: the new absence waits for a round of its own.
         let mut v: Verdicts<(&str, u64)> = Verdicts::new(t);
         v.observe(ms(1_000), [("a", 1)]);
-        assert!(v.round(ms(1_100), 2, 3));
+        assert!(v.round(ms(1_100), 2, 0, 3));
         v.observe(ms(20_000), [("a", 2)]);
         assert!(v.dead(ms(20_000)).is_empty());
         assert!(v.needs_round());

@@ -16,8 +16,10 @@
 //! - One etcd: leases that expire by etcd's clock (not while it is down, and extended to a full
 //!   TTL when it comes back), the members, the placements, and the engine's leader key.
 //! - An engine on the machine holding the leader key: it observes the members whose lease is
-//!   gone, asks every member to renew now, and declares dead, conditioned on the machine still
-//!   not registered, re-placing its units on the least loaded live member.
+//!   gone, asks every member to renew now (each says, with its renewal, how long it has
+//!   answered no peer's question), and declares dead, after the whole wait or, if a quiet
+//!   majority renewed, after the stop allowance, conditioned on the machine still not
+//!   registered, re-placing its units on the least loaded live member.
 //! - Faults: etcd down; machines cut off from etcd, from their peers, or both; lost messages;
 //!   the engine's loop stalled.
 //!
@@ -102,6 +104,9 @@ struct Rules {
     /// A machine whose lease is at risk also tries to renew every `ask_every`, without
     /// waiting for an earlier attempt to time out.
     urgent_renewals: bool,
+    /// The engine waits only the stop allowance after a round only if the members that make
+    /// its majority were quiet (without the rule: after every round that found a majority).
+    short_wait_needs_quiet: bool,
 }
 
 impl Rules {
@@ -112,6 +117,7 @@ impl Rules {
             fenced_answer_zero: true,
             joiners_wait: true,
             urgent_renewals: true,
+            short_wait_needs_quiet: true,
         }
     }
 }
@@ -317,6 +323,8 @@ struct Machine {
     booted: Duration,
     /// Local time the latest renewal acknowledgement arrived.
     last_ack: Option<Duration>,
+    /// Local time this machine last answered a peer's question with anything but zero.
+    last_answered: Option<Duration>,
     /// Latched by [`Verdict::Fence`] until a renewal is acknowledged again.
     fenced: bool,
     /// The guard's verdict at the previous tick (for the trace).
@@ -359,11 +367,18 @@ struct EngineRound {
     /// The members whose renewal counts.
     eligible: Mask,
     renewed: Mask,
+    /// Of those, the members that said they were quiet.
+    quiet: Mask,
 }
 
 impl Machine {
     fn since_ack(&self, local: Duration) -> Duration {
         local.saturating_sub(self.last_ack.unwrap_or(self.booted))
+    }
+
+    /// How long this machine has answered no peer's question with anything but zero.
+    fn quiet_for(&self, local: Duration) -> Duration {
+        local.saturating_sub(self.last_answered.unwrap_or(self.booted))
     }
 
     /// Whether this machine runs `u` (a unit being stopped still runs).
@@ -400,8 +415,14 @@ enum Event {
     },
     /// The engine's request to renew now arrives at a member.
     RenewNow { engine: usize, to: usize, id: u64 },
-    /// A member's "renewed" arrives at the engine.
-    Renewed { engine: usize, from: usize, id: u64 },
+    /// A member's "renewed" arrives at the engine, with how long the member had answered no
+    /// peer's question when it sent it.
+    Renewed {
+        engine: usize,
+        from: usize,
+        id: u64,
+        quiet: Duration,
+    },
 }
 
 /// Checked when a message is delivered: the path must still be there.
@@ -459,6 +480,7 @@ impl World {
                     guard: Guard::new(timing, booted),
                     booted,
                     last_ack: None,
+                    last_answered: None,
                     fenced: false,
                     verdict: Verdict::Renewing,
                     units: BTreeMap::new(),
@@ -613,6 +635,7 @@ impl World {
                     self.log(|| format!("m{m} renewed: no longer fenced"));
                 }
                 if let Some((engine, id)) = for_round {
+                    let quiet = self.machines[m].quiet_for(local);
                     self.send_to_peer(
                         m,
                         engine,
@@ -620,18 +643,23 @@ impl World {
                             engine,
                             from: m,
                             id,
+                            quiet,
                         },
                     );
                 }
             }
             Event::Question { asker, to, id } => {
-                let mach = &self.machines[to];
-                let since = mach.since_ack(self.local(to));
+                let local = self.local(to);
+                let mach = &mut self.machines[to];
+                let since = mach.since_ack(local);
                 let since = if self.sc.rules.fenced_answer_zero {
                     mach.guard.answer(since)
                 } else {
                     since
                 };
+                if since > Duration::ZERO {
+                    mach.last_answered = Some(local);
+                }
                 self.send_to_peer(to, asker, Event::Answer { asker, id, since });
             }
             Event::Answer { asker, id, since } => {
@@ -656,16 +684,25 @@ impl World {
                     },
                 );
             }
-            Event::Renewed { engine, from, id } => {
+            Event::Renewed {
+                engine,
+                from,
+                id,
+                quiet,
+            } => {
                 if has(self.net.stalled, engine) {
                     return;
                 }
                 let local = self.local(engine);
                 let timeout = self.timing.peer_timeout;
+                let quiet_after = self.timing.quiet_after();
                 if let Some(e) = &mut self.machines[engine].engine {
                     if let Some(r) = &mut e.round {
                         if r.id == id && local <= r.sent + timeout {
                             r.renewed |= 1 << from;
+                            if quiet >= quiet_after {
+                                r.quiet |= 1 << from;
+                            }
                         }
                     }
                 }
@@ -927,11 +964,16 @@ impl World {
         if let Some(r) = &engine.round {
             if local >= r.sent + timing.peer_timeout {
                 let renewed = (r.renewed & r.eligible).count_ones() as usize;
-                let majority = engine.verdicts.round(r.sent, renewed, r.members);
+                let quiet = if self.sc.rules.short_wait_needs_quiet {
+                    (r.quiet & r.renewed & r.eligible).count_ones() as usize
+                } else {
+                    renewed
+                };
+                let majority = engine.verdicts.round(r.sent, renewed, quiet, r.members);
                 let (sent, members) = (r.sent, r.members);
                 self.log(|| {
                     format!(
-                        "engine m{e}: round sent {sent:?}: {renewed}/{members} renewed{}",
+                        "engine m{e}: round sent {sent:?}: {renewed}/{members} renewed, {quiet} quiet{}",
                         if majority { " (majority)" } else { "" }
                     )
                 });
@@ -951,7 +993,7 @@ impl World {
         engine
             .verdicts
             .observe(local, ids(absent).map(|x| self.vanished_key(x)));
-        for (x, inc) in engine.verdicts.dead(local) {
+        for ((x, inc), _) in engine.verdicts.dead(local) {
             // Conditioned on the machine still not registered (and on its registration, when
             // keyed by it).
             if !has(self.etcd.members & !self.etcd.present(), x) || self.vanished_key(x).1 != inc {
@@ -990,6 +1032,7 @@ impl World {
                 members: members.count_ones() as usize,
                 eligible,
                 renewed: 0,
+                quiet: 0,
             });
             for to in ids(members) {
                 self.send_to_peer(e, to, Event::RenewNow { engine: e, to, id });
@@ -1322,7 +1365,9 @@ proptest! {
     }
 
     /// One machine cut off from everything: it fences before its lease can expire, and its unit
-    /// runs elsewhere within a TTL, the engine's wait and a few seconds.
+    /// runs elsewhere within a TTL, the stop allowance and a second: it asked nobody anything,
+    /// so the members that renew on request are quiet and the engine waits only the stop
+    /// allowance.
     #[test]
     fn a_machine_cut_off_from_everything_fences_and_its_unit_moves(
         (sc, lone) in scenario_with(Delays::Healthy, prop_oneof![Just(5u64), Just(30)], |n, ttl| {
@@ -1338,7 +1383,7 @@ proptest! {
         let cut = sc.faults[0].start;
         let timing = sc.timing();
         let fenced_by = cut + ms(timing.ttl);
-        let moved_by = fenced_by + ms(timing.engine_wait()) + 3_000;
+        let moved_by = fenced_by + ms(timing.quiet_wait()) + 1_000;
         let check = move |w: &World| {
             let others = all(w.sc.n()) & !(1 << lone);
             if w.outcome.fenced & others != 0 {
@@ -1401,19 +1446,20 @@ fn only_the_rule_prevents(
 }
 
 /// Five machines, m0 the engine. m3 and m4 are cut off from everything at 1 s; they fence at
-/// 4.95 s and are declared dead at 7.03 s (members now m0, m1, m2). m2 is cut off from etcd at
-/// 6.5 s, having last read the members when they still held m3 and m4. At 9 s m3 and m4 reach
-/// their peers again (not etcd). m2, its lease at risk, asks m0, m1, m3 and m4; m3 and m4,
-/// cut off from etcd too, answer that they are: 3 of 5, confirmed at 9.21 s. m2's lease
-/// expires at 11.24 s; the engine counts 2 renewals (m0, m1) of its 3 members, declares m2
-/// dead at 13.27 s and starts u2 on m0 at 13.28 s, while m2, still confirmed, runs it. With
-/// fenced machines answering zero, m2 is never confirmed and fences before its lease expires.
+/// 4.95 s and, having asked nobody reachable, are declared dead at 6.09 s (members now m0, m1,
+/// m2). m2 is cut off from etcd at 5.5 s, having last read the members when they still held m3
+/// and m4. At 9 s m3 and m4 reach their peers again (not etcd). m2, its lease at risk, asks
+/// m0, m1, m3 and m4; m3 and m4, cut off from etcd too, answer that they are: 3 of 5,
+/// confirmed at 9.23 s. m2's lease expires at 10.02 s; the engine counts 2 renewals (m0, m1)
+/// of its 3 members, declares m2 dead at 12.47 s and starts u2 on m0 at 12.48 s, while m2,
+/// still confirmed, runs it. With fenced machines answering zero, m2 is never confirmed and
+/// fences before its lease expires.
 #[test]
 fn without_fenced_machines_answering_zero_a_unit_runs_twice() {
     let faults = vec![
         fault(1_000, 9_000, Kind::Isolate(0b11000)),
         fault(9_000, 40_000, Kind::CutEtcd(0b11000)),
-        fault(6_500, 40_000, Kind::CutEtcd(0b00100)),
+        fault(5_500, 40_000, Kind::CutEtcd(0b00100)),
     ];
     let without = Rules {
         fenced_answer_zero: false,
@@ -1502,5 +1548,40 @@ fn without_urgent_renewals_etcd_coming_back_fences_machines() {
     assert!(
         fenced_without.is_some(),
         "no phase made a machine fence without urgent renewals"
+    );
+}
+
+/// Five machines, m0 the engine, a TTL of 30 s (renewals every 10 s, so a healthy member has
+/// often had none acknowledged for `confirm_after`). m3 and m4 are cut off from etcd at 1 s,
+/// not from their peers: when their leases come to risk they ask, and m3, m4 and a healthy
+/// member that last renewed long enough ago make 3 of 5: they stay confirmed. Their leases
+/// expire; the engine's round finds m0, m1 and m2 renewing on request, a majority, but each of
+/// them had answered m3's and m4's questions just before. Waiting only the stop allowance,
+/// the engine declares m3 dead while m3's last confirmation still lasts and starts u3
+/// elsewhere while m3 runs it. With the rule, those members are not quiet: the whole wait.
+#[test]
+fn without_a_quiet_majority_the_short_wait_runs_a_unit_twice() {
+    let faults = vec![fault(1_000, 80_000, Kind::CutEtcd(0b11000))];
+    let without = Rules {
+        short_wait_needs_quiet: false,
+        ..Rules::documented()
+    };
+    let mut found = None;
+    for p in (0..10_000).step_by(500) {
+        let mut sc = directed(5, faults.clone(), without);
+        sc.ttl_secs = 30;
+        sc.phases = vec![1_000, 1_000 + p, 1_000 + (p * 7) % 10_000, 1_000, 1_100];
+        if let Err((e, _)) = run(&sc, 80_000, no_extra, false) {
+            assert!(e.contains("runs on machines"), "{e}");
+            found = Some(e);
+        }
+        sc.rules = Rules::documented();
+        if let Err(e) = simulate(&sc, 80_000, no_extra) {
+            panic!("phases {:?}: {e}", sc.phases);
+        }
+    }
+    assert!(
+        found.is_some(),
+        "no phase made a unit run twice with the short wait after every majority"
     );
 }

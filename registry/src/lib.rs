@@ -67,7 +67,9 @@ pub use model::{
     InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
     UnitState,
 };
-pub use presence::{Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Witness};
+pub use presence::{
+    Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Renewal, Witness,
+};
 pub use update::{
     CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
     UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,

@@ -31,7 +31,7 @@ use crate::{
 /// Asks the cluster's other members about their leases, over the peer endpoint.
 pub trait Witness: Send + Sync + 'static {
     /// For each of `members` that answers within `timeout`: how long it has had no renewal of
-    /// its lease acknowledged ([`Liveness::since_renewal`]).
+    /// its lease acknowledged ([`Liveness::answer_peer`]).
     fn since_renewal(
         &self,
         members: Vec<Machine>,
@@ -39,12 +39,23 @@ pub trait Witness: Send + Sync + 'static {
     ) -> BoxFuture<'static, Vec<Duration>>;
 
     /// Which of `members` renewed their lease on request and said so within `timeout`
-    /// ([`Liveness::renew_now`]).
+    /// ([`Liveness::renew_now`]), each with how long it had answered no peer's question
+    /// ([`Liveness::quiet_for`]).
     fn renew_now(
         &self,
         members: Vec<Machine>,
         timeout: Duration,
-    ) -> BoxFuture<'static, Vec<MachineId>>;
+    ) -> BoxFuture<'static, Vec<Renewal>>;
+}
+
+/// A member's renewal of its lease on request, as it reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Renewal {
+    pub machine: MachineId,
+    /// How long the member had answered no peer's question with anything but zero when it
+    /// answered ([`Liveness::quiet_for`]); `None` if it did not say (an older fleetd), which
+    /// counts as not quiet ([`fleet_quorum::Round::Quiet`]).
+    pub quiet_for: Option<Duration>,
 }
 
 /// What this machine tells its peers about its lease. Exists from fleetd's start, before the
@@ -60,6 +71,8 @@ struct LivenessInner {
     /// declared dead and dropped from the members, so it must count for nobody's majority.
     fenced: std::sync::atomic::AtomicBool,
     last_ack: Mutex<Option<Instant>>,
+    /// When this machine last answered a peer's question with anything but zero.
+    last_answered: Mutex<Option<Instant>>,
     renew: mpsc::Sender<oneshot::Sender<bool>>,
     requests: Mutex<Option<mpsc::Receiver<oneshot::Sender<bool>>>>,
 }
@@ -78,6 +91,7 @@ impl Liveness {
                 started: Instant::now(),
                 fenced: std::sync::atomic::AtomicBool::new(true),
                 last_ack: Mutex::new(None),
+                last_answered: Mutex::new(None),
                 renew,
                 requests: Mutex::new(Some(requests)),
             }),
@@ -87,12 +101,31 @@ impl Liveness {
     /// What this machine answers a peer asking whether it is cut off from etcd: how long no
     /// renewal of its lease has been acknowledged (counted from this process's start if none
     /// was: it knows nothing of earlier ones, and so says less), or zero while it is not
-    /// registered or has fenced ([`fleet_quorum::Guard::answer`]).
-    pub fn since_renewal(&self) -> Duration {
+    /// registered or has fenced ([`fleet_quorum::Guard::answer`]). Remembers when it answered
+    /// anything but zero, for [`Liveness::quiet_for`].
+    pub fn answer_peer(&self) -> Duration {
+        // Decided and recorded under the lock `quiet_for` takes: an answer is either counted by
+        // a `quiet_for` or decided after it, and so after every renewal acknowledged before it.
+        let mut last_answered = lock(&self.inner.last_answered);
         if self.inner.fenced.load(std::sync::atomic::Ordering::Relaxed) {
             return Duration::ZERO;
         }
-        self.own_since_renewal()
+        let since = self.own_since_renewal();
+        if since > Duration::ZERO {
+            *last_answered = Some(Instant::now());
+        }
+        since
+    }
+
+    /// How long this machine has answered no peer's question with anything but zero (counted
+    /// from this process's start if it never did: it knows nothing of what an earlier process
+    /// answered). The engine shortens its wait before it declares a lost machine dead only if
+    /// a majority that renewed on request say they have been quiet long enough: none of them
+    /// can then have helped confirm that the lost machine may keep its units (`fleet-quorum`).
+    pub fn quiet_for(&self) -> Duration {
+        lock(&self.inner.last_answered)
+            .unwrap_or(self.inner.started)
+            .elapsed()
     }
 
     /// How long no renewal of this machine's lease has been acknowledged, fenced or not.
@@ -108,19 +141,11 @@ impl Liveness {
     }
 
     fn last_ack(&self) -> Option<Instant> {
-        *self
-            .inner
-            .last_ack
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        *lock(&self.inner.last_ack)
     }
 
     fn acked(&self) {
-        *self
-            .inner
-            .last_ack
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *lock(&self.inner.last_ack) = Some(Instant::now());
     }
 
     /// Renews the lease now; whether etcd acknowledged it. Before this machine is registered a

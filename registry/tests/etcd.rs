@@ -405,7 +405,7 @@ impl fleet_registry::Witness for Unanswered {
         &self,
         _members: Vec<fleet_registry::Machine>,
         _timeout: Duration,
-    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::MachineId>> {
+    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::Renewal>> {
         Box::pin(async { Vec::new() })
     }
 }
@@ -1339,7 +1339,7 @@ impl fleet_registry::Witness for SlowMajority {
         &self,
         _members: Vec<fleet_registry::Machine>,
         _timeout: Duration,
-    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::MachineId>> {
+    ) -> futures_util::future::BoxFuture<'static, Vec<fleet_registry::Renewal>> {
         Box::pin(async { Vec::new() })
     }
 }

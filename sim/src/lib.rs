@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use fleet_agent::{Agent, AgentConfig, AgentError};
 use fleet_registry::{
-    Machine, MachineId, Presence, PresenceOptions, PresenceStatus, Registry, Witness,
+    Machine, MachineId, Presence, PresenceOptions, PresenceStatus, Registry, Renewal, Witness,
 };
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
@@ -223,7 +223,7 @@ impl Witness for NoPeers {
         &self,
         _members: Vec<Machine>,
         _timeout: Duration,
-    ) -> BoxFuture<'static, Vec<MachineId>> {
+    ) -> BoxFuture<'static, Vec<Renewal>> {
         Box::pin(async { Vec::new() })
     }
 }
