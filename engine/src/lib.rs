@@ -237,18 +237,24 @@ async fn lead(
                 .await
             {
                 Ok(true) => {
-                    let (some, wait) = match round {
-                        Round::Quiet => ("none", config.timing.quiet_wait()),
-                        _ => ("some", config.timing.engine_wait()),
+                    let (which, wait) = match round {
+                        Round::Quiet => (
+                            "none of them lately asked by a machine whose renewals failed",
+                            config.timing.quiet_wait(),
+                        ),
+                        _ => (
+                            "not all of them known to be unasked lately by a machine whose \
+                             renewals failed",
+                            config.timing.engine_wait(),
+                        ),
                     };
                     events.record(
                         Event::new(
                             EventKind::DeclaredDead,
                             format!(
-                                "its lease is gone; a majority of the machines renewed theirs, {some} \
-                                 of them lately asked by a machine whose renewals failed (waited \
-                                 {:.1} s for it to stop its units): {} units released to be placed \
-                                 elsewhere",
+                                "its lease is gone; a majority of the machines renewed theirs, \
+                                 {which} (waited {:.1} s for it to stop its units): {} units \
+                                 released to be placed elsewhere",
                                 wait.as_secs_f64(),
                                 units.len()
                             ),

@@ -13,8 +13,9 @@
 //!   finds its lease gone, asks its peers when its guard says so, and fences when the guard
 //!   says [`Verdict::Fence`]: its units stop within the stop allowance. It starts a unit only
 //!   while not fenced, registered, and reading the unit placed on it.
-//! - One etcd: leases that expire by etcd's clock (not while it is down, and extended to a full
-//!   TTL when it comes back), the members, the placements, and the engine's leader key.
+//! - One etcd: leases that expire by etcd's clock, which may run fast or slow as the machines'
+//!   do (not while it is down, and extended to a full TTL when it comes back), the members,
+//!   the placements, and the engine's leader key.
 //! - An engine on the machine holding the leader key: it observes the members whose lease is
 //!   gone, asks every member to renew now (each says, with its renewal, how long it has
 //!   answered no peer's question), and declares dead, after the whole wait or, if a quiet
@@ -74,6 +75,9 @@ fn ms(d: Duration) -> Ms {
 struct Scenario {
     /// One clock per machine.
     clocks: Vec<Clock>,
+    /// The rate error of etcd's clock, which times the leases, in parts per million (positive:
+    /// fast, so a lease expires before its TTL has passed in real time).
+    etcd_ppm: i64,
     /// When each machine first renews its lease (ms after it started, on its clock): machines
     /// that started at different times renew at different phases.
     phases: Vec<Ms>,
@@ -176,6 +180,12 @@ impl Scenario {
 
     fn timing(&self) -> Timing {
         Timing::for_ttl(Duration::from_secs(self.ttl_secs), REQUEST_TIMEOUT)
+    }
+
+    /// How long a lease lasts in real time, timed on etcd's clock.
+    fn lease_ms(&self) -> Ms {
+        let ttl = self.ttl_secs as i128 * 1_000;
+        (ttl * 1_000_000 / (1_000_000 + self.etcd_ppm as i128)) as Ms
     }
 
     /// When the last fault heals.
@@ -468,7 +478,6 @@ impl World {
     fn new(sc: &Scenario, trace: bool) -> World {
         let n = sc.n();
         let timing = sc.timing();
-        let ttl = ms(timing.ttl);
         let machines = sc
             .clocks
             .iter()
@@ -505,7 +514,7 @@ impl World {
                 up: true,
                 leases: vec![
                     Some(Lease {
-                        expiry: ttl,
+                        expiry: sc.lease_ms(),
                         incarnation: 1,
                     });
                     n
@@ -600,7 +609,7 @@ impl World {
                 if !self.etcd.up {
                     return;
                 }
-                let expiry = self.at + ms(self.timing.ttl);
+                let expiry = self.at + self.sc.lease_ms();
                 match &mut self.etcd.leases[m] {
                     Some(lease) => lease.expiry = expiry,
                     None => {
@@ -728,7 +737,7 @@ impl World {
     /// etcd's own clock: leases expire while it is up, and are extended to a full TTL when it
     /// comes back (its leader election); the leader key goes with its lease.
     fn etcd_tick(&mut self) {
-        let ttl = ms(self.timing.ttl);
+        let ttl = self.sc.lease_ms();
         let now = self.now;
         if self.net.etcd_up != self.etcd.up {
             self.etcd.up = self.net.etcd_up;
@@ -1159,6 +1168,12 @@ fn clocks(n: usize) -> impl Strategy<Value = Vec<Clock>> {
     )
 }
 
+/// etcd's clock: often at either bound of the drift (the worst cases), else anywhere within.
+fn etcd_clock() -> impl Strategy<Value = i64> {
+    let drift = Timing::for_ttl(Duration::from_secs(5), REQUEST_TIMEOUT).drift_ppm as i64;
+    prop_oneof![Just(drift), Just(-drift), -drift..=drift]
+}
+
 /// One machine, or any proper subset.
 fn mask(n: usize) -> impl Strategy<Value = Mask> {
     let full = all(n);
@@ -1231,6 +1246,7 @@ fn scenario_with(
         };
         (
             clocks(n),
+            etcd_clock(),
             proptest::collection::vec(0..ms(timing.ttl) / 3, n),
             any::<u64>(),
             etcd_delay,
@@ -1239,9 +1255,19 @@ fn scenario_with(
             faults(n, ttl_secs * 1_000),
         )
             .prop_map(
-                move |(clocks, phases, seed, etcd_delay, peer_delay, start_delay, faults)| {
+                move |(
+                    clocks,
+                    etcd_ppm,
+                    phases,
+                    seed,
+                    etcd_delay,
+                    peer_delay,
+                    start_delay,
+                    faults,
+                )| {
                     Scenario {
                         clocks,
+                        etcd_ppm,
                         phases,
                         ttl_secs,
                         seed,
@@ -1416,6 +1442,7 @@ fn directed(n: usize, faults: Vec<Fault>, rules: Rules) -> Scenario {
             };
             n
         ],
+        etcd_ppm: 0,
         phases: (0..n as u64).map(|m| 1_000 + m * 100).collect(),
         ttl_secs: 5,
         seed: 1,
