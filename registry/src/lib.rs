@@ -1930,42 +1930,51 @@ fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
 /// member, and one that names another machine than its key is unreadable.
 fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
     kvs.iter()
-        .filter_map(|kv| {
-            let id = member_key_id(prefix, kv.key())?;
-            let decoded = decode::<Member>(kv).and_then(|member| {
-                if member.machine.id == id {
-                    Ok(member)
-                } else {
-                    Err(Error::Protocol(format!(
-                        "the record of {id} names {}",
-                        member.machine.id
-                    )))
-                }
-            });
-            let member = match decoded {
-                Ok(member) => member,
-                Err(e) => {
-                    tracing::debug!(error = %e, "unreadable member record");
-                    Member {
-                        machine: Machine {
-                            id,
-                            public_ip: String::new(),
-                            metadata: BTreeMap::new(),
-                            version: String::new(),
-                            peer_address: None,
-                        },
-                        seen_revision: 0,
-                        seen_members: usize::MAX,
-                    }
-                }
-            };
-            Some(MemberEntry {
-                member,
-                create_revision: kv.create_revision(),
-                mod_revision: kv.mod_revision(),
-            })
-        })
+        .filter_map(|kv| member_entry(prefix, kv))
         .collect()
+}
+
+/// The member a key under the members' `prefix` holds, if the key names one
+/// ([`member_key_id`]).
+pub(crate) fn member_entry(prefix: &str, kv: &KeyValue) -> Option<MemberEntry> {
+    Some(member_entry_of(member_key_id(prefix, kv.key())?, kv))
+}
+
+/// The member `id`'s entry from its record `kv`: unreadable (a member nobody can judge dead)
+/// if the record does not decode or names another machine.
+pub(crate) fn member_entry_of(id: MachineId, kv: &KeyValue) -> MemberEntry {
+    let decoded = decode::<Member>(kv).and_then(|member| {
+        if member.machine.id == id {
+            Ok(member)
+        } else {
+            Err(Error::Protocol(format!(
+                "the record of {id} names {}",
+                member.machine.id
+            )))
+        }
+    });
+    let member = match decoded {
+        Ok(member) => member,
+        Err(e) => {
+            tracing::debug!(error = %e, "unreadable member record");
+            Member {
+                machine: Machine {
+                    id,
+                    public_ip: String::new(),
+                    metadata: BTreeMap::new(),
+                    version: String::new(),
+                    peer_address: None,
+                },
+                seen_revision: 0,
+                seen_members: usize::MAX,
+            }
+        }
+    };
+    MemberEntry {
+        member,
+        create_revision: kv.create_revision(),
+        mod_revision: kv.mod_revision(),
+    }
 }
 
 /// The machine a key under the members' `prefix` names: its id as fleet writes it (32

@@ -24,7 +24,7 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::watch::{Change, Changes};
 use crate::{
-    encode, member_entries, member_key_id, Error, Machine, MachineId, Member, Recorded, Registry,
+    encode, member_entry_of, member_key_id, Error, Machine, MachineId, Member, Recorded, Registry,
     Result,
 };
 
@@ -1116,15 +1116,12 @@ impl MembersView {
             // A record created again is a member that left (declared dead) and joined again.
             let changed = if deleted {
                 self.members.remove(&id).is_some()
-            } else if let Some(entry) =
-                member_entries(&self.prefix, std::slice::from_ref(&kv)).pop()
-            {
+            } else {
+                let entry = member_entry_of(id.clone(), &kv);
                 let created = kv.create_revision();
                 self.members
                     .insert(id, (created, Arc::new(entry.member.machine)))
                     .is_none_or(|(was, _)| was != created)
-            } else {
-                false
             };
             if changed && counted {
                 self.joined_or_left = true;

@@ -33,7 +33,7 @@ use fleet_units::UnitName;
 
 use crate::watch::{Change, Changes};
 use crate::{
-    decode, member_entries, placement_machine, AgentSnapshot, EngineSnapshot, Leadership, Machine,
+    decode, member_entry, placement_machine, AgentSnapshot, EngineSnapshot, Leadership, Machine,
     MachineEntry, MachineId, Placement, PlacementOp, Registry, Result, Unit,
 };
 
@@ -331,9 +331,7 @@ impl EngineView {
         } else if key.starts_with(&registry.members_prefix()) {
             if deleted {
                 self.members.delete(&mut s.members, &key);
-            } else if let Some(entry) =
-                member_entries(&registry.members_prefix(), std::slice::from_ref(&kv)).pop()
-            {
+            } else if let Some(entry) = member_entry(&registry.members_prefix(), &kv) {
                 self.members.put(&mut s.members, &key, entry);
             }
         } else if key.starts_with(&registry.placements_prefix()) {
