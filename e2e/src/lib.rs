@@ -188,7 +188,13 @@ impl Cluster {
                 "--command-timeout=3s",
             ])
             .env("ETCDCTL_API", "3")
-            .env("ETCDCTL_ENDPOINTS", "https://10.233.0.1:2379")
+            .env(
+                "ETCDCTL_ENDPOINTS",
+                (1..=ETCD_MEMBERS)
+                    .map(|m| format!("https://10.233.0.{m}:2379"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
             .env("ETCDCTL_CACERT", pki.join("etcd-ca/ca.pem"))
             .env("ETCDCTL_CERT", pki.join("etcd-client.pem"))
             .env("ETCDCTL_KEY", pki.join("etcd-client-key.pem"))

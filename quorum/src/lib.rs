@@ -36,7 +36,9 @@
 //! `S` later (`stop_allowance`). The engine moves them no sooner than
 //! `s + T + F + S` ([`Timing::engine_wait`]), and only if the machine has not registered
 //! again meanwhile. Every duration is measured on one machine's clock and widened by the
-//! clock-rate bound [`Timing::drift_ppm`] where it matters, so drifting clocks keep the argument.
+//! clock-rate bound [`Timing::drift_ppm`] where it matters, so drifting clocks keep the argument;
+//! a lease's expiry, which etcd times on its clock and the machine reckons on its own, is
+//! narrowed by the bound for each ([`Guard::expiry`]).
 //!
 //! # Why a quiet majority needs only the stop allowance
 //!
@@ -92,7 +94,8 @@
 //!
 //! A majority cut off from etcd can confirm only once its members' last acknowledgements are
 //! [`Timing::confirm_after`] old, before the earliest of their leases can expire: with
-//! renewals every third of the TTL, that needs `2/3 TTL > confirm_after + peer_timeout` and
+//! renewals every third of the TTL, that needs `(2/3 - 2 drift) TTL > confirm_after +
+//! peer_timeout` (the expiry as [`Guard::expiry`] reckons it) and
 //! some room for delays: with the bounds of [`Timing::for_ttl`] (`confirm_after` 1.7 s,
 //! `peer_timeout` 0.3 s), a TTL of 4 s at least (fleet's default is 30 s, the local cluster's
 //! 10 s). With less, such a majority often fences, depending on how the members' renewals are

@@ -1149,7 +1149,7 @@ fn run(
 /// How long after the last fault heals every unit runs on exactly one machine again, at most:
 /// a TTL and a few seconds (in 20,000 cases, 1.8 s at most whatever the TTL).
 fn settle_bound(sc: &Scenario) -> Ms {
-    ms(sc.timing().ttl) + 3_000
+    sc.lease_ms() + 3_000
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1409,7 +1409,8 @@ proptest! {
         let cut = sc.faults[0].start;
         let timing = sc.timing();
         let fenced_by = cut + ms(timing.ttl);
-        let moved_by = fenced_by + ms(timing.quiet_wait()) + 1_000;
+        // etcd's clock, not the machine's, says when the lease is gone.
+        let moved_by = cut + sc.lease_ms() + ms(timing.quiet_wait()) + 1_000;
         let check = move |w: &World| {
             let others = all(w.sc.n()) & !(1 << lone);
             if w.outcome.fenced & others != 0 {
