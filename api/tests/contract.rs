@@ -34,6 +34,35 @@ async fn serve(config: EtcdConfig, page_size: u32) -> (Registry, String) {
     (registry, root)
 }
 
+/// A registry on `etcd`, and `machine`'s peer endpoint answering from `liveness`, served over
+/// plain HTTP on a free port (as with api_insecure_http: every caller is admitted); returns
+/// the registry and the endpoint's `host:port`.
+async fn serve_peer(
+    etcd: &Etcd,
+    machine: &MachineId,
+    liveness: fleet_registry::Liveness,
+) -> (Registry, String) {
+    let registry = Registry::connect(&EtcdConfig {
+        endpoints: vec![etcd.endpoint.clone()],
+        prefix: etcd.prefix.clone(),
+        ..EtcdConfig::default()
+    })
+    .await
+    .expect("registry");
+    let router = fleet_api::peer::router(registry.clone(), machine.clone(), liveness, "9.9.9");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(fleet_trust::serve(
+        listener,
+        None,
+        router,
+        fleet_trust::Limits::default(),
+    ));
+    (registry, address)
+}
+
 impl Api {
     async fn start(page_size: u32) -> Api {
         Api::start_on(Etcd::start(), page_size).await
@@ -706,27 +735,9 @@ async fn machine_metadata_is_patched_whatever_the_content_type() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_peer_endpoint_refuses_with_the_envelope() {
     let etcd = Etcd::start();
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry");
     let machine = MachineId::parse(&"a".repeat(32)).expect("machine id");
-    let router =
-        fleet_api::peer::router(registry, machine, fleet_registry::Liveness::new(), "9.9.9");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let root = format!("http://{}", listener.local_addr().expect("addr"));
-    // Plain HTTP, as with api_insecure_http: every caller is admitted.
-    tokio::spawn(fleet_trust::serve(
-        listener,
-        None,
-        router,
-        fleet_trust::Limits::default(),
-    ));
+    let (_, address) = serve_peer(&etcd, &machine, fleet_registry::Liveness::new()).await;
+    let root = format!("http://{address}");
     let http = reqwest::Client::new();
     let cases = [
         (
@@ -793,44 +804,28 @@ async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
     use fleet_registry::{PresenceOptions, Witness};
 
     let etcd = Etcd::start();
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("addr").to_string();
     let liveness = fleet_registry::Liveness::new();
     let started = std::time::Instant::now();
+    let id = MachineId::parse(&"a".repeat(32)).expect("machine id");
+    let (registry, address) = serve_peer(&etcd, &id, liveness.clone()).await;
     let machine = Machine {
-        id: MachineId::parse(&"a".repeat(32)).expect("machine id"),
+        id,
         public_ip: "127.0.0.1".into(),
         metadata: Default::default(),
         version: "9.9.9".into(),
         peer_address: Some(address),
     };
     let _presence = Presence::start_with(
-        registry.clone(),
+        registry,
         machine.clone(),
         Duration::from_secs(10),
         PresenceOptions {
-            liveness: Some(liveness.clone()),
+            liveness: Some(liveness),
             ..Default::default()
         },
     )
     .await
     .expect("registered");
-    let router = fleet_api::peer::router(registry, machine.id.clone(), liveness, "9.9.9");
-    tokio::spawn(fleet_trust::serve(
-        listener,
-        None,
-        router,
-        fleet_trust::Limits::default(),
-    ));
     let witness = PeerWitness::new(PeerClient::new(None));
     let timeout = Duration::from_secs(5);
     tokio::time::sleep(Duration::from_millis(300)).await;
