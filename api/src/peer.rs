@@ -145,15 +145,18 @@ async fn journal(
 }
 
 /// This machine's answer to a peer asking whether it reaches etcd.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceAnswer {
     /// How long no renewal of this machine's lease has been acknowledged.
     pub since_renewal_ms: u64,
+    /// The machine answering ([`Answer::machine`]); absent from older fleetds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineId>,
 }
 
 /// This machine's answer to a peer asking it to renew its lease now.
-#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RenewAnswer {
     pub renewed: bool,
@@ -161,6 +164,31 @@ pub struct RenewAnswer {
     /// ([`Liveness::quiet_for`]), read after the renewal; absent from older fleetds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quiet_ms: Option<u64>,
+    /// The machine answering ([`Answer::machine`]); absent from older fleetds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<MachineId>,
+}
+
+/// An answer to one of the majority protocol's questions, which names the machine that gave
+/// it.
+trait Answer {
+    /// The machine that answered. An answer from another machine than the member asked (two
+    /// members announcing one address: a container bridge's, say, where each machine's
+    /// questions would reach itself) must not count as that member's, or one machine's answer
+    /// would count several times towards a majority.
+    fn machine(&self) -> Option<&MachineId>;
+}
+
+impl Answer for PresenceAnswer {
+    fn machine(&self) -> Option<&MachineId> {
+        self.machine.as_ref()
+    }
+}
+
+impl Answer for RenewAnswer {
+    fn machine(&self) -> Option<&MachineId> {
+        self.machine.as_ref()
+    }
 }
 
 async fn presence(
@@ -171,6 +199,7 @@ async fn presence(
     let since = state.liveness.answer_peer();
     Ok(Json(PresenceAnswer {
         since_renewal_ms: since.as_millis().min(u64::MAX as u128) as u64,
+        machine: Some(state.machine.clone()),
     }))
 }
 
@@ -185,6 +214,7 @@ async fn renew(
     Ok(Json(RenewAnswer {
         renewed,
         quiet_ms: Some(quiet.as_millis().min(u64::MAX as u128) as u64),
+        machine: Some(state.machine.clone()),
     }))
 }
 
@@ -417,8 +447,10 @@ impl PeerWitness {
         tokio::time::timeout(timeout, answer).await.ok().flatten()
     }
 
-    /// The answers of the members that answered, with their ids.
-    fn ask_all<T: serde::de::DeserializeOwned + Send + 'static>(
+    /// The answers of the members that answered, with their ids. An answer counts only as the
+    /// member it names; one that names none (an older fleetd) only if no other member asked
+    /// announces the same address.
+    fn ask_all<T: serde::de::DeserializeOwned + Answer + Send + 'static>(
         &self,
         members: Vec<Machine>,
         method: reqwest::Method,
@@ -426,12 +458,31 @@ impl PeerWitness {
         timeout: Duration,
     ) -> BoxFuture<'static, Vec<(MachineId, T)>> {
         let client = self.client.clone();
+        let mut sharing: std::collections::HashMap<String, usize> = Default::default();
+        for address in members.iter().filter_map(|m| m.peer_address.clone()) {
+            *sharing.entry(address).or_default() += 1;
+        }
         Box::pin(async move {
             let asks = members.into_iter().filter_map(|m| {
                 let (id, address) = (m.id, m.peer_address?);
+                let shared = sharing.get(&address).is_some_and(|n| *n > 1);
                 let ask =
                     PeerWitness::ask::<T>(client.clone(), method.clone(), address, path, timeout);
-                Some(async move { ask.await.map(|answer| (id, answer)) })
+                Some(async move {
+                    let answer = ask.await?;
+                    let own = match answer.machine() {
+                        Some(machine) => *machine == id,
+                        None => !shared,
+                    };
+                    if !own {
+                        tracing::warn!(
+                            member = %id,
+                            answered = ?answer.machine(),
+                            "a member's peer address answered as another machine: not counted"
+                        );
+                    }
+                    own.then_some((id, answer))
+                })
             });
             futures_util::future::join_all(asks)
                 .await

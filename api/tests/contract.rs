@@ -858,6 +858,78 @@ async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
     assert_eq!(older.quiet_ms, None);
 }
 
+/// An answer to the majority protocol's questions counts only as the member that gave it: two
+/// members announcing one address (a container bridge's, where each machine's questions reach
+/// itself) must not make one machine's answer count twice towards a majority.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_counts_only_as_the_member_that_gave_it() {
+    use fleet_api::peer::{PeerClient, PeerWitness};
+    use fleet_registry::{PresenceOptions, Witness};
+
+    let etcd = Etcd::start();
+    let a = MachineId::parse(&"a".repeat(32)).expect("machine id");
+    let b = MachineId::parse(&"b".repeat(32)).expect("machine id");
+    let liveness = fleet_registry::Liveness::new();
+    let (registry, address) = serve_peer(&etcd, &a, liveness.clone()).await;
+    let member = |id: &MachineId, address: &str| Machine {
+        id: id.clone(),
+        public_ip: "127.0.0.1".into(),
+        metadata: Default::default(),
+        version: "9.9.9".into(),
+        peer_address: Some(address.to_string()),
+    };
+    let _presence = Presence::start_with(
+        registry,
+        member(&a, &address),
+        Duration::from_secs(10),
+        PresenceOptions {
+            liveness: Some(liveness),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("registered");
+    let witness = PeerWitness::new(PeerClient::new(None));
+    let timeout = Duration::from_secs(5);
+    // Asked as b, a answers as a: no answer of b's. Asked as both, only a's counts.
+    let both = vec![member(&a, &address), member(&b, &address)];
+    let as_b = witness
+        .since_renewal(vec![member(&b, &address)], timeout)
+        .await;
+    assert!(as_b.is_empty(), "{as_b:?}");
+    assert_eq!(witness.since_renewal(both.clone(), timeout).await.len(), 1);
+    let renewed: Vec<MachineId> = witness
+        .renew_now(both, timeout)
+        .await
+        .into_iter()
+        .map(|r| r.machine)
+        .collect();
+    assert_eq!(renewed, vec![a.clone()]);
+
+    // An older fleetd names no machine: its answer counts unless another member asked
+    // announces the same address.
+    let older = axum::Router::new().route(
+        "/fleet/peer/v1/presence",
+        axum::routing::get(|| async { axum::Json(json!({"sinceRenewalMs": 5000})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let old_address = listener.local_addr().expect("addr").to_string();
+    tokio::spawn(async move { axum::serve(listener, older).await });
+    let alone = witness
+        .since_renewal(vec![member(&b, &old_address)], timeout)
+        .await;
+    assert_eq!(alone, vec![Duration::from_millis(5000)]);
+    let shared = witness
+        .since_renewal(
+            vec![member(&a, &old_address), member(&b, &old_address)],
+            timeout,
+        )
+        .await;
+    assert!(shared.is_empty(), "{shared:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_etcd_is_a_503() {
     let (_, root) = serve(
