@@ -423,11 +423,40 @@ impl PeerClient {
 #[derive(Clone)]
 pub struct PeerWitness {
     client: PeerClient,
+    /// The members whose answers were not counted, with the machine that answered for them,
+    /// already warned of: rounds come every 250 or 500 ms, a misconfiguration lasts.
+    warned: Arc<Warned>,
 }
+
+/// Each member whose answers were not counted, with the machine that answered for it.
+type Warned = Mutex<std::collections::HashSet<(MachineId, Option<MachineId>)>>;
 
 impl PeerWitness {
     pub fn new(client: PeerClient) -> PeerWitness {
-        PeerWitness { client }
+        PeerWitness {
+            client,
+            warned: Arc::default(),
+        }
+    }
+
+    /// Says once per member and answering machine that an answer was not counted.
+    fn not_counted(warned: &Warned, member: &MachineId, answered: Option<&MachineId>) {
+        let first = warned
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((member.clone(), answered.cloned()));
+        match (first, answered) {
+            (true, Some(other)) => tracing::warn!(
+                member = %member,
+                answered = %other,
+                "a member's peer address answered as another machine: its answers are not counted"
+            ),
+            (true, None) => tracing::warn!(
+                member = %member,
+                "a member's peer address is another member's too, and its fleetd does not say which machine answers: its answers are not counted"
+            ),
+            (false, _) => tracing::debug!(member = %member, "answer not counted"),
+        }
     }
 
     async fn ask<T: serde::de::DeserializeOwned>(
@@ -458,6 +487,7 @@ impl PeerWitness {
         timeout: Duration,
     ) -> BoxFuture<'static, Vec<(MachineId, T)>> {
         let client = self.client.clone();
+        let warned = self.warned.clone();
         let mut sharing: std::collections::HashMap<String, usize> = Default::default();
         for address in members.iter().filter_map(|m| m.peer_address.clone()) {
             *sharing.entry(address).or_default() += 1;
@@ -468,6 +498,7 @@ impl PeerWitness {
                 let shared = sharing.get(&address).is_some_and(|n| *n > 1);
                 let ask =
                     PeerWitness::ask::<T>(client.clone(), method.clone(), address, path, timeout);
+                let warned = warned.clone();
                 Some(async move {
                     let answer = ask.await?;
                     let own = match answer.machine() {
@@ -475,11 +506,7 @@ impl PeerWitness {
                         None => !shared,
                     };
                     if !own {
-                        tracing::warn!(
-                            member = %id,
-                            answered = ?answer.machine(),
-                            "a member's peer address answered as another machine: not counted"
-                        );
+                        PeerWitness::not_counted(&warned, &id, answer.machine());
                     }
                     own.then_some((id, answer))
                 })
