@@ -16,10 +16,29 @@ fn unit_moves_when_its_machine_is_killed_and_stays_when_it_returns() {
         .expect_ok("start");
     let first = node_in(&out.stdout).expect("machine in output");
     assert_eq!(c.is_active(first, name), "active");
+    // The machine's declarations so far (earlier tests lost it too), oldest first.
+    let dead_id = c.machine_id(first);
+    let survivor = (1..=NODES).find(|n| *n != first).expect("another node");
+    let declarations = || -> Option<Vec<String>> {
+        let events = c.fleetctl_via(
+            survivor,
+            &["events", "--no-legend", "--full", "--machine", &dead_id],
+        );
+        events.ok().then(|| {
+            events
+                .stdout
+                .lines()
+                .filter(|l| l.contains("declared-dead"))
+                .map(str::to_string)
+                .collect()
+        })
+    };
+    let earlier = declarations()
+        .expect("fleetctl events before the kill")
+        .len();
 
     c.tool(&["kill", &format!("node{first}")])
         .expect_ok("kill node");
-    let survivor = (1..=NODES).find(|n| *n != first).expect("another node");
 
     let moved = eventually(AGENT_TTL + Duration::from_secs(10), || {
         let units = c.fleetctl_via(survivor, &["list-units", "--no-legend"]);
@@ -38,18 +57,10 @@ fn unit_moves_when_its_machine_is_killed_and_stays_when_it_returns() {
         )
     });
     // Nobody asked anybody whether it was cut off (the machine died): the engine waited only
-    // the stop allowance after the members renewed, and its event says so.
-    let dead_id = c.machine_id(first);
+    // the stop allowance after the members renewed, and its event (the newest) says so.
     let declared = eventually(Duration::from_secs(10), || {
-        let events = c.fleetctl_via(
-            survivor,
-            &["events", "--no-legend", "--full", "--machine", &dead_id],
-        );
-        events
-            .stdout
-            .lines()
-            .find(|l| l.contains("declared-dead"))
-            .map(str::to_string)
+        let all = declarations()?;
+        (all.len() > earlier).then(|| all.last().cloned()).flatten()
     });
 
     // The dead machine boots again (and the cluster is whole for whoever runs next): it
