@@ -237,17 +237,14 @@ async fn lead(
                 .await
             {
                 Ok(true) => {
-                    let (which, wait) = match round {
-                        Round::Quiet => (
-                            "none of them lately asked by a machine whose renewals failed",
-                            config.timing.quiet_wait(),
-                        ),
-                        _ => (
-                            "not all of them known to be unasked lately by a machine whose \
-                             renewals failed",
-                            config.timing.engine_wait(),
-                        ),
+                    let which = if round == Round::Quiet {
+                        "none of them lately asked by a machine whose renewals failed"
+                    } else {
+                        "not all of them known to be unasked lately by a machine whose renewals \
+                         failed"
                     };
+                    // `dead` yields only rounds that found a majority, each with its wait.
+                    let wait = config.timing.wait(round).unwrap_or_default();
                     events.record(
                         Event::new(
                             EventKind::DeclaredDead,

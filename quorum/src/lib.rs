@@ -184,6 +184,16 @@ impl Timing {
         self.with_drift(self.stop_allowance)
     }
 
+    /// How long after sending a round that found `round` the engine waits before it declares
+    /// dead the machines that had vanished before it: none for a round without a majority.
+    pub fn wait(&self, round: Round) -> Option<Duration> {
+        match round {
+            Round::NoMajority => None,
+            Round::Renewed => Some(self.engine_wait()),
+            Round::Quiet => Some(self.quiet_wait()),
+        }
+    }
+
     /// A bound in real time as a duration on a clock that may run fast, when the bound's own
     /// parts were measured on clocks that may run slow: four times the drift covers both,
     /// plus the slack.
@@ -485,10 +495,8 @@ impl<K: Ord + Clone> Verdicts<K> {
                 continue;
             }
             let round = found(k);
-            let wait = match round {
-                Round::NoMajority => continue,
-                Round::Renewed => self.timing.engine_wait(),
-                Round::Quiet => self.timing.quiet_wait(),
+            let Some(wait) = self.timing.wait(round) else {
+                continue;
             };
             let due = (sent_at + wait, round);
             m.dead_at = Some(match m.dead_at {
