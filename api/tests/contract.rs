@@ -63,6 +63,37 @@ async fn serve_peer(
     (registry, address)
 }
 
+/// Machine `id` with the peer address `address`, as its record announces it.
+fn peer_machine(id: &MachineId, address: &str) -> Machine {
+    Machine {
+        id: id.clone(),
+        public_ip: "127.0.0.1".into(),
+        metadata: Default::default(),
+        version: "9.9.9".into(),
+        peer_address: Some(address.to_string()),
+    }
+}
+
+/// Machine `id` registered on `etcd` with a fresh liveness, its peer endpoint served from it
+/// (`serve_peer`): its presence (the lease is kept while it is held) and its record.
+async fn registered_peer(etcd: &Etcd, id: &MachineId) -> (Presence, Machine) {
+    let liveness = fleet_registry::Liveness::new();
+    let (registry, address) = serve_peer(etcd, id, liveness.clone()).await;
+    let machine = peer_machine(id, &address);
+    let presence = Presence::start_with(
+        registry,
+        machine.clone(),
+        Duration::from_secs(10),
+        fleet_registry::PresenceOptions {
+            liveness: Some(liveness),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("registered");
+    (presence, machine)
+}
+
 impl Api {
     async fn start(page_size: u32) -> Api {
         Api::start_on(Etcd::start(), page_size).await
@@ -801,31 +832,12 @@ async fn the_peer_endpoint_refuses_with_the_envelope() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
     use fleet_api::peer::{PeerClient, PeerWitness, RenewAnswer};
-    use fleet_registry::{PresenceOptions, Witness};
+    use fleet_registry::Witness;
 
     let etcd = Etcd::start();
-    let liveness = fleet_registry::Liveness::new();
     let started = std::time::Instant::now();
     let id = MachineId::parse(&"a".repeat(32)).expect("machine id");
-    let (registry, address) = serve_peer(&etcd, &id, liveness.clone()).await;
-    let machine = Machine {
-        id,
-        public_ip: "127.0.0.1".into(),
-        metadata: Default::default(),
-        version: "9.9.9".into(),
-        peer_address: Some(address),
-    };
-    let _presence = Presence::start_with(
-        registry,
-        machine.clone(),
-        Duration::from_secs(10),
-        PresenceOptions {
-            liveness: Some(liveness),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("registered");
+    let (_presence, machine) = registered_peer(&etcd, &id).await;
     let witness = PeerWitness::new(PeerClient::new(None));
     let timeout = Duration::from_secs(5);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -864,37 +876,19 @@ async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_answer_counts_only_as_the_member_that_gave_it() {
     use fleet_api::peer::{PeerClient, PeerWitness};
-    use fleet_registry::{PresenceOptions, Witness};
+    use fleet_registry::Witness;
 
     let etcd = Etcd::start();
     let a = MachineId::parse(&"a".repeat(32)).expect("machine id");
     let b = MachineId::parse(&"b".repeat(32)).expect("machine id");
-    let liveness = fleet_registry::Liveness::new();
-    let (registry, address) = serve_peer(&etcd, &a, liveness.clone()).await;
-    let member = |id: &MachineId, address: &str| Machine {
-        id: id.clone(),
-        public_ip: "127.0.0.1".into(),
-        metadata: Default::default(),
-        version: "9.9.9".into(),
-        peer_address: Some(address.to_string()),
-    };
-    let _presence = Presence::start_with(
-        registry,
-        member(&a, &address),
-        Duration::from_secs(10),
-        PresenceOptions {
-            liveness: Some(liveness),
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("registered");
+    let (_presence, machine_a) = registered_peer(&etcd, &a).await;
+    let address = machine_a.peer_address.clone().expect("peer address");
     let witness = PeerWitness::new(PeerClient::new(None));
     let timeout = Duration::from_secs(5);
     // Asked as b, a answers as a: no answer of b's. Asked as both, only a's counts.
-    let both = vec![member(&a, &address), member(&b, &address)];
+    let both = vec![peer_machine(&a, &address), peer_machine(&b, &address)];
     let as_b = witness
-        .since_renewal(vec![member(&b, &address)], timeout)
+        .since_renewal(vec![peer_machine(&b, &address)], timeout)
         .await;
     assert!(as_b.is_empty(), "{as_b:?}");
     assert_eq!(witness.since_renewal(both.clone(), timeout).await.len(), 1);
@@ -918,12 +912,15 @@ async fn an_answer_counts_only_as_the_member_that_gave_it() {
     let old_address = listener.local_addr().expect("addr").to_string();
     tokio::spawn(async move { axum::serve(listener, older).await });
     let alone = witness
-        .since_renewal(vec![member(&b, &old_address)], timeout)
+        .since_renewal(vec![peer_machine(&b, &old_address)], timeout)
         .await;
     assert_eq!(alone, vec![Duration::from_millis(5000)]);
     let shared = witness
         .since_renewal(
-            vec![member(&a, &old_address), member(&b, &old_address)],
+            vec![
+                peer_machine(&a, &old_address),
+                peer_machine(&b, &old_address),
+            ],
             timeout,
         )
         .await;
