@@ -36,6 +36,7 @@ mod listing;
 mod located;
 mod model;
 mod presence;
+mod progress;
 mod together;
 mod update;
 mod view;
@@ -70,6 +71,7 @@ pub use model::{
 pub use presence::{
     Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Renewal, Witness,
 };
+pub use progress::{reports_active, Progress};
 pub use update::{
     CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
     UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
@@ -996,6 +998,32 @@ impl Registry {
         self.count_keys(resp.kvs().len());
         let items = decode_all(resp.kvs())?;
         Ok((revision, items))
+    }
+
+    /// A read of everything under `prefix`, with `options`, at `revision` or the newest.
+    pub(crate) async fn read_prefix(
+        &self,
+        prefix: &str,
+        options: GetOptions,
+        revision: Option<i64>,
+    ) -> Result<GetResponse> {
+        let mut options = options.with_prefix();
+        if let Some(revision) = revision {
+            options = options.with_revision(revision);
+        }
+        let resp = self
+            .kv_request(|mut kv| {
+                let options = options.clone();
+                async move { kv.get(prefix, Some(options)).await }
+            })
+            .await?;
+        self.count_keys(resp.kvs().len());
+        Ok(resp)
+    }
+
+    /// Follows where units are placed and which are reported active; see [`Progress`].
+    pub async fn follow_progress(&self) -> Result<Progress> {
+        Progress::open(self).await
     }
 
     /// Whether etcd serves this client: one transaction whose put never runs (a version is

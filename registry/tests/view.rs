@@ -763,3 +763,129 @@ async fn a_machines_version_of_a_global_unit_applies_only_over_the_write_it_was_
         "no such global unit"
     );
 }
+
+/// What a [`fleet_registry::Progress`] says of `names` (how many machines each is placed on,
+/// and whether one reports it active), against what fresh reads of the placements and the
+/// states say.
+async fn progress_converges(
+    registry: &Registry,
+    progress: &mut fleet_registry::Progress,
+    names: &[&str],
+) {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let placements = registry.placements().await.unwrap();
+        let states = registry.unit_states().await.unwrap();
+        let fresh: Vec<(u32, bool)> = names
+            .iter()
+            .map(|n| {
+                let placed = placements.iter().filter(|(_, p)| p.name == name(n)).count();
+                let active = states
+                    .iter()
+                    .any(|s| s.name == name(n) && fleet_registry::reports_active(s));
+                (placed as u32, active)
+            })
+            .collect();
+        let kept: Vec<(u32, bool)> = names
+            .iter()
+            .map(|n| (progress.placements(&name(n)), progress.is_active(&name(n))))
+            .collect();
+        if kept == fresh {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "the progress differs from fresh reads of {names:?}: kept {kept:?}, fresh {fresh:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_kept_from_a_watch_says_what_fresh_reads_say() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease_1) = present(&registry, 1).await;
+    let (_b, lease_2) = present(&registry, 2).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease_1)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let all = ["a.service", "b.service", "c.service", "d.service"];
+    for n in all {
+        registry.put_unit(&unit(n)).await.unwrap();
+    }
+    // Before it is opened: a placed on 1 and active there, b placed on 2 and not reported.
+    let ops = [
+        place(&machine_id(1), "a.service"),
+        place(&machine_id(2), "b.service"),
+    ];
+    registry.apply_placements(leadership, &ops).await.unwrap();
+    registry
+        .publish_state(lease_1, &state(1, "a.service"))
+        .await
+        .unwrap();
+    let mut progress = registry.follow_progress().await.unwrap();
+    assert_eq!(progress.placements(&name("a.service")), 1);
+    assert!(progress.is_active(&name("a.service")));
+    assert!(progress.is_placed(&name("b.service")));
+    assert!(!progress.is_active(&name("b.service")));
+    assert!(!progress.is_placed(&name("c.service")));
+    progress_converges(&registry, &mut progress, &all).await;
+
+    // c placed and reported; b moved from 2 to 1 and reported; a no longer active; d reported
+    // by a machine it is not placed on (it still counts as reported active).
+    let ops = [
+        place(&machine_id(1), "c.service"),
+        unplace(&machine_id(2), "b.service"),
+        place(&machine_id(1), "b.service"),
+    ];
+    registry.apply_placements(leadership, &ops).await.unwrap();
+    let mut stopped = state(1, "a.service");
+    stopped.systemd_active_state = "deactivating".into();
+    registry
+        .publish_states(
+            lease_1,
+            &[state(1, "b.service"), state(1, "c.service"), stopped],
+        )
+        .await
+        .unwrap();
+    registry
+        .publish_state(lease_2, &state(2, "d.service"))
+        .await
+        .unwrap();
+    let mut concerned = std::collections::BTreeSet::new();
+    let until = Instant::now() + DEADLINE;
+    while concerned.len() < all.len() {
+        assert!(Instant::now() < until, "changes of {concerned:?} only");
+        if let Ok(units) =
+            tokio::time::timeout(Duration::from_millis(200), progress.changed()).await
+        {
+            concerned.extend(units.unwrap().into_iter().map(|n| n.to_string()));
+        }
+    }
+    assert_eq!(
+        concerned,
+        all.iter().map(|n| n.to_string()).collect(),
+        "the units the changes concern"
+    );
+    progress_converges(&registry, &mut progress, &all).await;
+    assert_eq!(progress.placements(&name("b.service")), 1);
+    assert!(!progress.is_active(&name("a.service")));
+    assert!(progress.is_active(&name("d.service")));
+
+    // A unit placed twice (as a test can write it) counts twice; a machine's lease revoked
+    // takes its states with it.
+    registry
+        .apply_placements(leadership, &[place(&machine_id(2), "c.service")])
+        .await
+        .unwrap();
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    client.lease_revoke(lease_2).await.unwrap();
+    progress_converges(&registry, &mut progress, &all).await;
+    assert_eq!(progress.placements(&name("c.service")), 2);
+    assert!(!progress.is_active(&name("d.service")));
+}
