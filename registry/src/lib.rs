@@ -192,6 +192,13 @@ impl Error {
         )
     }
 
+    /// Whether etcd refused the request, unapplied, as one too many while it applies what it
+    /// committed too slowly, and kept refusing it for as long as the request could wait:
+    /// nothing was written, and a client may make it again later.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Error::Etcd(e) if overloaded(e))
+    }
+
     /// The same error again, for each of many requests it answers (sent together, see
     /// `together.rs`): an unavailability ([`Error::is_unavailable`]) and a refusal for space
     /// are copied; any other error is told in its words.
@@ -2062,5 +2069,16 @@ mod tests {
             tonic::Code::InvalidArgument,
             "etcdserver: too many operations in txn request"
         )));
+        // What a caller is told once the request could wait no more.
+        let too_many = status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: too many requests",
+        );
+        assert!(Error::from_etcd(too_many, "e").is_overloaded());
+        let no_space = status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: mvcc: database space exceeded",
+        );
+        assert!(!Error::from_etcd(no_space, "e").is_overloaded());
     }
 }
