@@ -18,9 +18,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_registry::{JobState, MachineId, PresenceStatus, Registry, Unit};
+use fleet_registry::{JobState, MachineId, PresenceStatus, Progress, Registry, Unit};
 use fleet_units::{UnitName, UnitOption};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -40,6 +41,8 @@ const IDLE_WINDOW: Duration = Duration::from_secs(10);
 const EVENTS: usize = 5;
 /// Units submitted while no engine leads, for the new leader to place.
 const LEADER_UNITS: usize = 10;
+/// How long a unit's write is made again while etcd does not answer.
+const WRITE_RETRIES_FOR: Duration = Duration::from_secs(120);
 /// The issue's bound on a new leader placing again (at 100,000 units).
 const NEW_LEADER_TARGET: f64 = 5.0;
 
@@ -94,6 +97,11 @@ pub struct Figures {
     /// How many times a unit started or stopped running on a machine, each checked for a
     /// double run.
     pub transitions: u64,
+    /// Unit writes made again after etcd did not answer them.
+    pub retried: u64,
+    /// etcd's gRPC messages received from the first unit written until all were active, by
+    /// method, most first.
+    pub busy: Vec<(String, f64)>,
 }
 
 /// One row of the table.
@@ -231,12 +239,19 @@ pub fn active_target(machines: u32) -> Option<f64> {
 }
 
 fn detail(f: &Figures) -> String {
+    let busy: Vec<String> = f
+        .busy
+        .iter()
+        .map(|(method, n)| format!("{method} {n:.0}"))
+        .collect();
     format!(
-        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its lease gone after {:.2} s, declared dead by the engine after {:.2} s, its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} starts and stops checked, no unit on two machines at once",
+        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s; {} writes made again after etcd did not answer or refused them as too many\n    etcd's messages received meanwhile, by method: {}\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its lease gone after {:.2} s, declared dead by the engine after {:.2} s, its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} starts and stops checked, no unit on two machines at once",
         f.register,
         f.submitted,
         f.placed,
         f.active,
+        f.retried,
+        busy.join(", "),
         f.idle_rate,
         IDLE_WINDOW.as_secs(),
         f.keepalive_rate,
@@ -519,26 +534,41 @@ async fn run_size(
         .map(|i| unit_name(&format!("hollow-{i:07}")))
         .collect::<Result<_, _>>()?;
     let deadline = Duration::from_secs(60) + Duration::from_millis(10) * units as u32;
+    let mut progress = registry
+        .follow_progress()
+        .await
+        .map_err(|e| format!("cannot follow the units: {e}"))?;
+    let before = etcd_metrics(etcd).await?;
+    let retried = AtomicU64::new(0);
     let started = Instant::now();
     stream::iter(&names)
-        .map(|name| {
-            let registry = registry.clone();
-            async move {
-                registry
-                    .put_unit(&unit(name))
-                    .await
-                    .map_err(|e| format!("cannot write {name}: {e}"))
-            }
-        })
+        .map(|name| write_unit(&registry, name, &retried))
         .buffer_unordered(IN_FLIGHT)
         .try_collect::<Vec<()>>()
         .await?;
     f.submitted = started.elapsed().as_secs_f64();
+    f.retried = retried.load(Ordering::Relaxed);
     let mut all: BTreeSet<UnitName> = names.iter().cloned().collect();
-    wait_placed(&registry, &all, started + deadline).await?;
+    wait_units(
+        &mut progress,
+        &all,
+        started + deadline,
+        "placed",
+        Progress::is_placed,
+    )
+    .await?;
     f.placed = started.elapsed().as_secs_f64();
-    wait_active(&registry, &all, started + deadline).await?;
+    wait_units(
+        &mut progress,
+        &all,
+        started + deadline,
+        "reported active",
+        Progress::is_active,
+    )
+    .await?;
     f.active = started.elapsed().as_secs_f64();
+    drop(progress);
+    f.busy = messages_by_method(&before, &etcd_metrics(etcd).await?);
     let killed = BTreeSet::new();
     let placed = check_once(&registry, &mut sim, &all, &killed).await?;
 
@@ -647,7 +677,19 @@ async fn run_size(
 
     // Everything placed once and running once at the end, and no double run seen meanwhile.
     let deadline = Instant::now() + Duration::from_secs(120);
-    wait_active(&registry, &all, deadline).await?;
+    let mut progress = registry
+        .follow_progress()
+        .await
+        .map_err(|e| format!("cannot follow the units: {e}"))?;
+    wait_units(
+        &mut progress,
+        &all,
+        deadline,
+        "reported active",
+        Progress::is_active,
+    )
+    .await?;
+    drop(progress);
     check_once(&registry, &mut sim, &all, &killed).await?;
     let mut answer = sim.ask("double-runs").await?;
     let transitions = answer.pop().unwrap_or_default();
@@ -694,63 +736,69 @@ fn unit(name: &UnitName) -> Unit {
 }
 
 /// Waits until every unit of `names` is placed.
-async fn wait_placed(
+/// Writes a unit as the API does; a write etcd did not answer (it may or may not have been
+/// made) or refused as one too many is made again, as a client would, a creation that finds the unit there counting as
+/// done, until `WRITE_RETRIES_FOR` has passed. Each retry is counted in `retried`.
+async fn write_unit(
     registry: &Registry,
-    names: &BTreeSet<UnitName>,
-    deadline: Instant,
-) -> Result<(), Failure> {
+    name: &UnitName,
+    retried: &AtomicU64,
+) -> Result<(), String> {
+    let give_up = Instant::now() + WRITE_RETRIES_FOR;
+    let unit = unit(name);
+    let mut first = true;
     loop {
-        let placements = registry
-            .placements()
-            .await
-            .map_err(|e| format!("cannot read the placements: {e}"))?;
-        let placed: BTreeSet<&UnitName> = placements
-            .iter()
-            .map(|(_, p)| &p.name)
-            .filter(|n| names.contains(*n))
-            .collect();
-        if placed.len() == names.len() {
-            return Ok(());
+        let written = if first {
+            registry.put_unit(&unit).await
+        } else {
+            registry.create_unit(&unit).await.map(drop)
+        };
+        match written {
+            Ok(()) => return Ok(()),
+            Err(e) if (e.is_unavailable() || e.is_overloaded()) && Instant::now() < give_up => {
+                retried.fetch_add(1, Ordering::Relaxed);
+                first = false;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("cannot write {name}: {e}")),
         }
-        if Instant::now() >= deadline {
-            return Err(err(format!(
-                "{} of {} units placed by the deadline",
-                placed.len(),
-                names.len()
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Waits until every unit of `names` is reported active (and launched) by some machine.
-async fn wait_active(
-    registry: &Registry,
+/// Waits until `done` holds of every unit of `names` at once, following `progress` (opened
+/// before they were written).
+async fn wait_units(
+    progress: &mut Progress,
     names: &BTreeSet<UnitName>,
     deadline: Instant,
+    what: &str,
+    done: fn(&Progress, &UnitName) -> bool,
 ) -> Result<(), Failure> {
+    let deadline = tokio::time::Instant::from_std(deadline);
     loop {
-        let states = registry
-            .unit_states()
-            .await
-            .map_err(|e| format!("cannot read the unit states: {e}"))?;
-        let active: BTreeSet<&UnitName> = states
-            .iter()
-            .filter(|s| s.systemd_active_state == "active" && s.job_state == JobState::Launched)
-            .map(|s| &s.name)
-            .filter(|n| names.contains(*n))
-            .collect();
-        if active.len() == names.len() {
+        let mut pending: BTreeSet<&UnitName> =
+            names.iter().filter(|n| !done(progress, n)).collect();
+        if pending.is_empty() {
             return Ok(());
         }
-        if Instant::now() >= deadline {
-            return Err(err(format!(
-                "{} of {} units reported active by the deadline",
-                active.len(),
-                names.len()
-            )));
+        // Until each pending unit was seen done once; then all are looked at again.
+        while !pending.is_empty() {
+            let units = match tokio::time::timeout_at(deadline, progress.changed()).await {
+                Ok(units) => units.map_err(|e| format!("cannot follow the units: {e}"))?,
+                Err(_) => {
+                    return Err(err(format!(
+                        "{} of {} units {what} by the deadline",
+                        names.len() - pending.len(),
+                        names.len()
+                    )))
+                }
+            };
+            for name in &units {
+                if done(progress, name) {
+                    pending.remove(name);
+                }
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -874,6 +922,38 @@ fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// etcd's gRPC messages received between two readings of its metrics, by method, most first.
+fn messages_by_method(before: &str, after: &str) -> Vec<(String, f64)> {
+    let by_method = |text: &str| {
+        let mut sums = BTreeMap::<String, f64>::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+                continue;
+            };
+            let method = rest
+                .split_once("grpc_method=\"")
+                .and_then(|(_, m)| m.split_once('"'))
+                .map(|(m, _)| m.to_string());
+            let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if let (Some(method), Some(value)) = (method, value) {
+                *sums.entry(method).or_default() += value;
+            }
+        }
+        sums
+    };
+    let before = by_method(before);
+    let mut grown: Vec<(String, f64)> = by_method(after)
+        .into_iter()
+        .map(|(m, v)| {
+            let was = before.get(&m).copied().unwrap_or_default();
+            (m, v - was)
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    grown.sort_by(|a, b| b.1.total_cmp(&a.1));
+    grown
 }
 
 /// Revokes a lease: what its expiry does (every key on it goes), at once.
