@@ -13,6 +13,9 @@ use fleet_registry::{EtcdConfig, Registry};
 use fleet_sim::{SimConfig, Simulation};
 use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+
+/// Machines per etcd client when `--etcd-clients` is not given.
+const MACHINES_PER_CLIENT: usize = 100;
 use tracing_subscriber::registry::LookupSpan;
 
 mod control;
@@ -52,9 +55,13 @@ struct Args {
     /// as a fleetd does; each keeps every member in memory (followers × machines records).
     #[arg(long, default_value_t = 0)]
     followers: u32,
-    /// How many etcd clients (connections) the machines share.
-    #[arg(long, default_value_t = 4)]
-    etcd_clients: usize,
+    /// How many etcd clients (connections) the machines share; by default one per
+    /// `MACHINES_PER_CLIENT` machines, at least 4. Few connections for many machines fail
+    /// together: HTTP/2 (h2) forgets a request it gave up on once 50 others wait to be
+    /// forgotten, counts each answer to a forgotten one, and closes the connection at the
+    /// 1,024th, taking every machine's keepalive and watch on it down at once.
+    #[arg(long)]
+    etcd_clients: Option<usize>,
     /// The bound on each etcd request.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     request_timeout: Duration,
@@ -109,7 +116,12 @@ async fn run(args: &Args, state_dir: PathBuf) -> Result<()> {
         ..EtcdConfig::default()
     };
     let mut registries = Vec::new();
-    for _ in 0..args.etcd_clients.max(1) {
+    let clients = args.etcd_clients.unwrap_or(
+        (args.machines as usize)
+            .div_ceil(MACHINES_PER_CLIENT)
+            .max(4),
+    );
+    for _ in 0..clients.max(1) {
         registries.push(
             Registry::connect(&etcd)
                 .await
