@@ -20,7 +20,7 @@
 //! are in 10.255.0.0/16, never used for traffic.
 //! A simulation must never stand in for systemd in a test that claims a real cluster.
 //!
-//! Cheap per machine: all machines share one tokio runtime and a few etcd clients, with no
+//! Cheap per machine: all machines share one tokio runtime and the etcd clients given, with no
 //! thread of their own; each has the presence's tasks, the agent's task and a timer task per
 //! job in progress.
 
