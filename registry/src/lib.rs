@@ -200,8 +200,9 @@ impl Error {
     }
 
     /// The same error again, for each of many requests it answers (sent together, see
-    /// `together.rs`): an unavailability ([`Error::is_unavailable`]) and a refusal for space
-    /// are copied; any other error is told in its words.
+    /// `together.rs`): an unavailability ([`Error::is_unavailable`]), a refusal for space and
+    /// an overload ([`Error::is_overloaded`]) are copied; any other error is told in its
+    /// words.
     pub(crate) fn copy(&self) -> Error {
         match self {
             Error::Unreachable { endpoints, reason } => Error::Unreachable {
@@ -217,6 +218,13 @@ impl Error {
             Error::OutOfSpace { endpoints } => Error::OutOfSpace {
                 endpoints: endpoints.clone(),
             },
+            // Still an overload for each, so that a caller may make it again later.
+            Error::Etcd(e) if overloaded(e) => {
+                Error::Etcd(etcd_client::Error::GRpcStatus(tonic::Status::new(
+                    tonic::Code::ResourceExhausted,
+                    "etcdserver: too many requests",
+                )))
+            }
             other => Error::Protocol(other.to_string()),
         }
     }
@@ -2080,5 +2088,13 @@ mod tests {
             "etcdserver: mvcc: database space exceeded",
         );
         assert!(!Error::from_etcd(no_space, "e").is_overloaded());
+        // Each creation of a group etcd refused so is told the same.
+        let too_many = status(
+            tonic::Code::ResourceExhausted,
+            "etcdserver: too many requests",
+        );
+        assert!(Error::from_etcd(too_many, "e").copy().is_overloaded());
+        let other = status(tonic::Code::InvalidArgument, "etcdserver: duplicate key");
+        assert!(!Error::from_etcd(other, "e").copy().is_overloaded());
     }
 }
