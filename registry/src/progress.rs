@@ -86,8 +86,9 @@ impl Progress {
     }
 
     /// Waits for the next changes and applies them, with every change that has arrived
-    /// meanwhile; returns the units they concern. An error means the watch is over: open a new
-    /// `Progress`.
+    /// meanwhile; returns the units they concern. An error means the watch is over (open a
+    /// new `Progress`) or a state could not be read (`Error::Corrupt`, as a read of the
+    /// states would say).
     pub async fn changed(&mut self) -> Result<Vec<UnitName>> {
         use futures_util::FutureExt;
         let (_, changes) = self.changes.next_changes().await?;

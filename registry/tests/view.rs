@@ -888,4 +888,28 @@ async fn progress_kept_from_a_watch_says_what_fresh_reads_say() {
     progress_converges(&registry, &mut progress, &all).await;
     assert_eq!(progress.placements(&name("c.service")), 2);
     assert!(!progress.is_active(&name("d.service")));
+
+    // The same placement and the same state written again count once: taken off once, b is
+    // placed nowhere and reported by nobody.
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "b.service")])
+        .await
+        .unwrap();
+    registry
+        .publish_state(lease_1, &state(1, "b.service"))
+        .await
+        .unwrap();
+    progress_converges(&registry, &mut progress, &all).await;
+    assert_eq!(progress.placements(&name("b.service")), 1);
+    assert!(progress.is_active(&name("b.service")));
+    registry
+        .apply_placements(leadership, &[unplace(&machine_id(1), "b.service")])
+        .await
+        .unwrap();
+    let mut stopped = state(1, "b.service");
+    stopped.systemd_active_state = "inactive".into();
+    registry.publish_state(lease_1, &stopped).await.unwrap();
+    progress_converges(&registry, &mut progress, &all).await;
+    assert!(!progress.is_placed(&name("b.service")));
+    assert!(!progress.is_active(&name("b.service")));
 }
