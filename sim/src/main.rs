@@ -13,12 +13,12 @@ use fleet_registry::{EtcdConfig, Registry};
 use fleet_sim::{SimConfig, Simulation};
 use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-
-/// Machines per etcd client when `--etcd-clients` is not given.
-const MACHINES_PER_CLIENT: usize = 100;
 use tracing_subscriber::registry::LookupSpan;
 
 mod control;
+
+/// Machines per etcd client when `--etcd-clients` is not given.
+const MACHINES_PER_CLIENT: usize = 100;
 
 #[derive(Parser, Debug)]
 #[command(

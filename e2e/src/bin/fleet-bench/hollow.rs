@@ -534,10 +534,6 @@ async fn run_size(
         .map(|i| unit_name(&format!("hollow-{i:07}")))
         .collect::<Result<_, _>>()?;
     let deadline = Duration::from_secs(60) + Duration::from_millis(10) * units as u32;
-    let mut progress = registry
-        .follow_progress()
-        .await
-        .map_err(|e| format!("cannot follow the units: {e}"))?;
     let before = etcd_metrics(etcd).await?;
     let retried = AtomicU64::new(0);
     let started = Instant::now();
@@ -548,6 +544,13 @@ async fn run_size(
         .await?;
     f.submitted = started.elapsed().as_secs_f64();
     f.retried = retried.load(Ordering::Relaxed);
+    // Opened now, not before the writes: a watch left unread meanwhile would fall behind, and
+    // etcd would catch it up from its history under the lock its writes take. What was placed
+    // or reported meanwhile, its first read holds.
+    let mut progress = registry
+        .follow_progress()
+        .await
+        .map_err(|e| format!("cannot follow the units: {e}"))?;
     let mut all: BTreeSet<UnitName> = names.iter().cloned().collect();
     wait_units(
         &mut progress,
@@ -735,10 +738,10 @@ fn unit(name: &UnitName) -> Unit {
     }
 }
 
-/// Waits until every unit of `names` is placed.
-/// Writes a unit as the API does; a write etcd did not answer (it may or may not have been
-/// made) or refused as one too many is made again, as a client would, a creation that finds the unit there counting as
-/// done, until `WRITE_RETRIES_FOR` has passed. Each retry is counted in `retried`.
+/// Writes a unit as the API does. A write etcd did not answer (it may or may not have been
+/// made), or refused as one too many, is made again as a client would, until
+/// `WRITE_RETRIES_FOR` has passed; each retry is counted in `retried`. Made again, it is a
+/// creation: finding the very unit there counts as done, anything else there is an error.
 async fn write_unit(
     registry: &Registry,
     name: &UnitName,
@@ -751,11 +754,23 @@ async fn write_unit(
         let written = if first {
             registry.put_unit(&unit).await
         } else {
-            registry.create_unit(&unit).await.map(drop)
+            match registry.create_unit(&unit).await {
+                Ok(Some(there)) if there != unit => {
+                    return Err(format!(
+                        "{name} was written again, but another unit is there: {there:?}"
+                    ))
+                }
+                other => other.map(drop),
+            }
+        };
+        let again = |e: &fleet_registry::Error| {
+            // A refusal (certificates, permissions) is not waited out.
+            (e.is_unavailable() && !matches!(e, fleet_registry::Error::Refused { .. }))
+                || e.is_overloaded()
         };
         match written {
             Ok(()) => return Ok(()),
-            Err(e) if (e.is_unavailable() || e.is_overloaded()) && Instant::now() < give_up => {
+            Err(e) if again(&e) && Instant::now() < give_up => {
                 retried.fetch_add(1, Ordering::Relaxed);
                 first = false;
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -765,8 +780,7 @@ async fn write_unit(
     }
 }
 
-/// Waits until `done` holds of every unit of `names` at once, following `progress` (opened
-/// before they were written).
+/// Waits until `done` holds of every unit of `names` at once, following `progress`.
 async fn wait_units(
     progress: &mut Progress,
     names: &BTreeSet<UnitName>,
@@ -783,12 +797,21 @@ async fn wait_units(
         }
         // Until each pending unit was seen done once; then all are looked at again.
         while !pending.is_empty() {
-            let units = match tokio::time::timeout_at(deadline, progress.changed()).await {
-                Ok(units) => units.map_err(|e| format!("cannot follow the units: {e}"))?,
-                Err(_) => {
+            // Checked first: a watch with changes ready every time would never let the
+            // timeout fire.
+            let changed = if tokio::time::Instant::now() >= deadline {
+                None
+            } else {
+                tokio::time::timeout_at(deadline, progress.changed())
+                    .await
+                    .ok()
+            };
+            let units = match changed {
+                Some(units) => units.map_err(|e| format!("cannot follow the units: {e}"))?,
+                None => {
                     return Err(err(format!(
                         "{} of {} units {what} by the deadline",
-                        names.len() - pending.len(),
+                        names.iter().filter(|n| done(progress, n)).count(),
                         names.len()
                     )))
                 }
