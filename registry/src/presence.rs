@@ -665,15 +665,21 @@ async fn keep_alive(mut k: KeepAlive) {
     let mut monitor = Monitor::new(Duration::from_secs(k.ttl as u64));
     let mut renewer = Renewer { stream: None };
     let mut asked: Vec<oneshot::Sender<bool>> = Vec::new();
+    let mut backoff = Backoff::new(&k.machine.id);
     loop {
         let sent = Instant::now();
         // While the lease is at risk, an attempt stuck on a connection etcd no longer answers
         // must not hold up the next one (confirmations lapse meanwhile).
-        let (at_risk, ask_every) = {
+        let (at_risk, ask_every, until_at_risk) = {
             let guard = lock(&k.guard);
+            let now = sent.duration_since(origin);
             (
-                guard.at_risk(sent.duration_since(origin)),
+                guard.at_risk(now),
                 guard.timing().ask_every(),
+                guard
+                    .expiry()
+                    .saturating_sub(guard.timing().ask_ahead)
+                    .saturating_sub(now),
             )
         };
         let attempt = renewer.renew(&k.registry, k.lease);
@@ -769,9 +775,14 @@ async fn keep_alive(mut k: KeepAlive) {
             let _ = reply.send(renewed);
         }
         let pause = match (renewed, at_risk) {
-            (true, _) => period,
+            (true, _) => {
+                backoff.reset();
+                period
+            }
             (false, true) => ask_every,
-            (false, false) => RETRY_PAUSE,
+            // The attempt's own time counts: the next one comes no later than the lease's
+            // coming to risk, from when on it is tried every `ask_every`.
+            (false, false) => backoff.after_failure(until_at_risk, sent.elapsed()),
         };
         let next = tokio::time::sleep(pause);
         tokio::select! {
@@ -1211,10 +1222,14 @@ impl MembersView {
 /// members' reads spread out.
 fn read_again_after(me: &MachineId, members: usize) -> Duration {
     let spread = (members as u64).saturating_mul(5).clamp(1, 10_000);
-    let hash = me.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+    Duration::from_millis(500 + id_hash(me) % spread)
+}
+
+/// A hash of a machine's id (FNV-1a), to spread the machines' timings.
+fn id_hash(me: &MachineId) -> u64 {
+    me.as_str().bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    Duration::from_millis(500 + hash % spread)
+    })
 }
 
 /// How long the members must have gone without a join or departure before a reading is
@@ -1377,8 +1392,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The longest lease TTL etcd grants (its `MaxLeaseTTL`).
 const MAX_LEASE_TTL_SECS: u64 = 9_000_000_000;
 
-/// The pause between two failed renewals.
+/// The first pause after a failed renewal while the lease is not at risk.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause between two failed renewals while the lease is not at risk.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(4);
+
+/// The pauses between failed renewals while the lease is not at risk: from [`RETRY_PAUSE`],
+/// doubling up to [`MAX_RETRY_PAUSE`], each lengthened by a share of up to a quarter that the
+/// machine's id picks. When etcd falls behind, every machine's renewals fail at once: retried
+/// every half second, 10,000 machines sent three to four times their usual keepalives, which
+/// kept etcd behind (README, `fleet-bench hollow`). Nothing of the fencing depends on these
+/// pauses: the lease's expiry counts from the last renewal acknowledged, and once the lease
+/// is at risk renewals go every `ask_every` whatever came before.
+struct Backoff {
+    next: Duration,
+    /// The machine's share, in thousandths.
+    share: u64,
+}
+
+impl Backoff {
+    fn new(me: &MachineId) -> Backoff {
+        Backoff {
+            next: RETRY_PAUSE,
+            share: id_hash(me) % 1000,
+        }
+    }
+
+    /// The pause after a failure whose attempt took `spent`, when the lease comes to risk
+    /// `until_at_risk` after the attempt was sent: never past that moment.
+    fn after_failure(&mut self, until_at_risk: Duration, spent: Duration) -> Duration {
+        let pause = self.next + self.next / 4 * self.share as u32 / 1000;
+        self.next = (self.next * 2).min(MAX_RETRY_PAUSE);
+        pause.min(until_at_risk.saturating_sub(spent))
+    }
+
+    /// A renewal went through: the next failure pauses [`RETRY_PAUSE`] again.
+    fn reset(&mut self) {
+        self.next = RETRY_PAUSE;
+    }
+}
 
 /// The one keepalive stream of this machine, opened again after an error.
 struct Renewer {
@@ -1506,6 +1558,41 @@ mod tests {
         assert_ne!(a, b);
         assert!(read_again_after(&id(1), 1_000_000) < Duration::from_millis(10_500));
         assert_eq!(read_again_after(&id(1), 0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn failed_renewals_back_off_until_the_lease_comes_to_risk() {
+        let far = Duration::from_secs(60);
+        let mut b = Backoff::new(&id(1));
+        let pauses: Vec<Duration> = (0..6)
+            .map(|_| b.after_failure(far, Duration::ZERO))
+            .collect();
+        // Doubling from half a second up to four, each lengthened by less than a quarter.
+        for (pause, base) in pauses.iter().zip([500, 1000, 2000, 4000, 4000, 4000]) {
+            let base = Duration::from_millis(base);
+            assert!(
+                *pause >= base && *pause < base + base / 4,
+                "{pause:?} from {base:?}"
+            );
+        }
+        // Never past the moment the lease comes to risk, the attempt's own time counted.
+        assert_eq!(
+            b.after_failure(Duration::from_secs(3), Duration::from_millis(2500)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            b.after_failure(Duration::from_secs(1), Duration::from_secs(2)),
+            Duration::ZERO
+        );
+        // A renewal that goes through starts again from half a second.
+        b.reset();
+        assert!(b.after_failure(far, Duration::ZERO) < Duration::from_millis(625));
+        // Machines failing together retry at different moments.
+        let other = Backoff::new(&id(2)).after_failure(far, Duration::ZERO);
+        assert_ne!(
+            other,
+            Backoff::new(&id(1)).after_failure(far, Duration::ZERO)
+        );
     }
 
     /// The case a recording that failed without an answer opens: adopted {1,2,3}, while the
