@@ -46,8 +46,10 @@ type Mask = u8;
 const TICK: Ms = 10;
 /// The bound of one etcd request, as fleetd's registry configures it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
-/// The pause between two failed renewals (fleetd's `presence.rs`).
+/// The first pause after a failed renewal, and the longest (fleetd's `presence.rs`, `Backoff`:
+/// doubling between the two, never past the lease's coming to risk).
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(4);
 const MAX_MACHINES: usize = 7;
 
 fn has(mask: Mask, i: usize) -> bool {
@@ -343,6 +345,10 @@ struct Machine {
     /// The keepalive loop: the request awaiting its acknowledgement, and when to send the next.
     outstanding: Option<Duration>,
     next_renewal: Duration,
+    /// The pause after the next failed renewal, and the machine's share of a quarter more, in
+    /// thousandths.
+    retry_pause: Duration,
+    retry_share: u32,
     /// The latest renewal sent because the lease was at risk.
     last_urgent: Option<Duration>,
     /// Rounds of questions awaiting their answers.
@@ -482,7 +488,8 @@ impl World {
             .clocks
             .iter()
             .zip(&sc.phases)
-            .map(|(clock, phase)| {
+            .enumerate()
+            .map(|(i, (clock, phase))| {
                 let booted = clock.local(0);
                 Machine {
                     clock: *clock,
@@ -496,6 +503,8 @@ impl World {
                     outstanding: None,
                     last_urgent: None,
                     next_renewal: booted + Duration::from_millis(*phase),
+                    retry_pause: RETRY_PAUSE,
+                    retry_share: (i as u32 * 379) % 1000,
                     asks: Vec::new(),
                     last_asked: None,
                     known: all(n),
@@ -638,6 +647,7 @@ impl World {
                 if mach.outstanding == Some(sent) && for_round.is_none() {
                     mach.outstanding = None;
                     mach.next_renewal = local + ttl / 3;
+                    mach.retry_pause = RETRY_PAUSE;
                 }
                 if mach.fenced && mach.guard.verdict(local) != Verdict::Fence {
                     mach.fenced = false;
@@ -803,7 +813,23 @@ impl World {
         if let Some(sent) = mach.outstanding {
             if local >= sent + REQUEST_TIMEOUT {
                 mach.outstanding = None;
-                mach.next_renewal = local + RETRY_PAUSE;
+                let pause = if mach.fenced {
+                    RETRY_PAUSE
+                } else {
+                    let until_at_risk = mach
+                        .guard
+                        .expiry()
+                        .saturating_sub(timing.ask_ahead)
+                        .saturating_sub(sent);
+                    let pause = mach.retry_pause + mach.retry_pause / 4 * mach.retry_share / 1000;
+                    mach.retry_pause = (mach.retry_pause * 2).min(MAX_RETRY_PAUSE);
+                    // At risk, the urgent renewals go every `ask_every` (below), besides.
+                    match until_at_risk.saturating_sub(local - sent) {
+                        Duration::ZERO => RETRY_PAUSE,
+                        left => pause.min(left),
+                    }
+                };
+                mach.next_renewal = local + pause;
             }
         }
         let mut renew = false;

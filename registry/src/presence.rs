@@ -670,7 +670,7 @@ async fn keep_alive(mut k: KeepAlive) {
         let sent = Instant::now();
         // While the lease is at risk, an attempt stuck on a connection etcd no longer answers
         // must not hold up the next one (confirmations lapse meanwhile).
-        let (at_risk, ask_every, until_at_risk) = {
+        let (at_risk, ask_every, until_at_risk, fenced) = {
             let guard = lock(&k.guard);
             let now = sent.duration_since(origin);
             (
@@ -680,6 +680,7 @@ async fn keep_alive(mut k: KeepAlive) {
                     .expiry()
                     .saturating_sub(guard.timing().ask_ahead)
                     .saturating_sub(now),
+                guard.fenced(),
             )
         };
         let attempt = renewer.renew(&k.registry, k.lease);
@@ -780,9 +781,16 @@ async fn keep_alive(mut k: KeepAlive) {
                 period
             }
             (false, true) => ask_every,
+            // A fenced machine (its lease gone, or registering again) tries without backing
+            // off: its units wait for it.
+            (false, false) if fenced => RETRY_PAUSE,
             // The attempt's own time counts: the next one comes no later than the lease's
-            // coming to risk, from when on it is tried every `ask_every`.
-            (false, false) => backoff.after_failure(until_at_risk, sent.elapsed()),
+            // coming to risk, from when on it is tried every `ask_every`, nor than the server
+            // monitor's deadline, so that its log line comes on time.
+            (false, false) => backoff
+                .after_failure(until_at_risk, sent.elapsed())
+                .min(monitor.until_due(k.liveness.own_since_renewal()))
+                .max(Duration::from_millis(10)),
         };
         let next = tokio::time::sleep(pause);
         tokio::select! {
@@ -829,6 +837,15 @@ impl Monitor {
 
     fn renewed(&mut self) {
         self.triggered = false;
+    }
+
+    /// How long after `since_ack` past the last acknowledged renewal it would trigger; far
+    /// off once triggered.
+    fn until_due(&self, since_ack: Duration) -> Duration {
+        if self.triggered {
+            return Duration::MAX;
+        }
+        self.deadline.saturating_sub(since_ack)
     }
 }
 
@@ -1402,8 +1419,8 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_secs(4);
 /// machine's id picks. When etcd falls behind, every machine's renewals fail at once: retried
 /// every half second, 10,000 machines sent three to four times their usual keepalives, which
 /// kept etcd behind (README, `fleet-bench hollow`). Nothing of the fencing depends on these
-/// pauses: the lease's expiry counts from the last renewal acknowledged, and once the lease
-/// is at risk renewals go every `ask_every` whatever came before.
+/// pauses: the lease's expiry counts from when the last renewal acknowledged was sent, and
+/// once the lease is at risk renewals go every `ask_every` whatever came before.
 struct Backoff {
     next: Duration,
     /// The machine's share, in thousandths.
