@@ -1065,10 +1065,6 @@ async fn engine_main(
         .await
         .map_err(|e| format!("cannot be granted a lease: {e}"))?
         .id();
-    let (mut keeper, mut renewals) = client
-        .lease_keep_alive(lease)
-        .await
-        .map_err(|e| format!("cannot keep lease {lease} alive: {e}"))?;
     let (status, presence) = tokio::sync::watch::channel(PresenceStatus::Alive { lease });
     let engine = tokio::spawn(fleet_engine::run(
         registry,
@@ -1081,17 +1077,40 @@ async fn engine_main(
         },
     ));
     println!("lease {lease}");
+    // Renewed every third of the TTL; a renewal that fails is tried again every half second,
+    // as fleetd's would be, and the engine stops only once the lease is gone or went a whole
+    // TTL without a renewal (etcd may expire it then). Its writes are fenced by the leader
+    // key on this lease either way.
     let keep_alive = async {
+        let mut stream = None;
+        let mut renewed = tokio::time::Instant::now();
+        let mut pause = ttl / 3;
         loop {
-            tokio::time::sleep(ttl / 3).await;
-            keeper
-                .keep_alive()
-                .await
-                .map_err(|e| format!("cannot renew lease {lease}: {e}"))?;
-            match renewals.message().await {
-                Ok(Some(r)) if r.ttl() > 0 => {}
-                Ok(_) => return Err(format!("lease {lease} is gone")),
-                Err(e) => return Err(format!("cannot renew lease {lease}: {e}")),
+            tokio::time::sleep(pause).await;
+            match tokio::time::timeout(
+                ENGINE_REQUEST_TIMEOUT,
+                renew(&mut client, lease, &mut stream),
+            )
+            .await
+            {
+                Ok(Ok(true)) => {
+                    renewed = tokio::time::Instant::now();
+                    pause = ttl / 3;
+                }
+                Ok(Ok(false)) => return Err(format!("lease {lease} is gone")),
+                Ok(Err(e)) => {
+                    eprintln!("fleet-bench hollow-engine: cannot renew lease {lease}: {e}");
+                    stream = None;
+                    pause = Duration::from_millis(500);
+                }
+                Err(_) => {
+                    eprintln!("fleet-bench hollow-engine: renewing lease {lease} timed out");
+                    stream = None;
+                    pause = Duration::from_millis(500);
+                }
+            }
+            if renewed.elapsed() >= ttl {
+                return Err(format!("lease {lease} went {ttl:?} without a renewal"));
             }
         }
     };
@@ -1109,6 +1128,34 @@ async fn engine_main(
     let _ = status.send(PresenceStatus::Fenced);
     engine.abort();
     result
+}
+
+/// One keepalive of `lease` on `stream`, opened first if it is not: whether the lease is
+/// still there.
+async fn renew(
+    client: &mut etcd_client::Client,
+    lease: i64,
+    stream: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+) -> Result<bool, etcd_client::Error> {
+    if stream.is_none() {
+        match client.lease_keep_alive(lease).await {
+            Ok(opened) => *stream = Some(opened),
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((keeper, renewals)) = stream.as_mut() else {
+        return Ok(true);
+    };
+    keeper.keep_alive().await?;
+    match renewals.message().await? {
+        Some(r) => Ok(r.ttl() > 0),
+        None => Err(etcd_client::Error::LeaseKeepAliveError(
+            "keepalive stream closed".into(),
+        )),
+    }
 }
 
 #[cfg(test)]
