@@ -642,6 +642,12 @@ fn op_bytes(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + 32
 }
 
+/// How many units, and how many placements, one request of the engine's snapshot reads. Read
+/// whole in one request, the snapshot of 60,000 units (tens of megabytes) did not come within
+/// the request timeout from an etcd under load, and the engine, reading again after a failed
+/// write, tried again and again (README, `fleet-bench hollow`).
+const SNAPSHOT_CHUNK: usize = 5_000;
+
 /// The largest response taken from etcd: etcd's own Go client's default (`math.MaxInt32`), not
 /// gRPC's 4 MiB, which a whole-prefix read outgrows (the engine's snapshot of 10,000 placed
 /// units is about 4.3 MB).
@@ -1406,11 +1412,20 @@ impl Registry {
     pub async fn engine_snapshot(&self) -> Result<EngineSnapshot> {
         let prefixed = || Some(GetOptions::new().with_prefix());
         let keys_only = || Some(GetOptions::new().with_prefix().with_keys_only());
+        // The units and the placements, the bulk of a large cluster, a chunk at a time: the
+        // first in this transaction, the rest at its revision.
+        let chunked = |prefix: &str| {
+            Some(
+                GetOptions::new()
+                    .with_range(listing::prefix_end(prefix.as_bytes()))
+                    .with_limit(SNAPSHOT_CHUNK as i64),
+            )
+        };
         let resp = self
             .txn(Txn::new().and_then(vec![
-                TxnOp::get(self.units_prefix(), prefixed()),
+                TxnOp::get(self.units_prefix(), chunked(&self.units_prefix())),
                 TxnOp::get(self.machines_prefix(), prefixed()),
-                TxnOp::get(self.placements_prefix(), prefixed()),
+                TxnOp::get(self.placements_prefix(), chunked(&self.placements_prefix())),
                 TxnOp::get(self.leader_key(), None),
                 TxnOp::get(self.unplaceable_prefix(), prefixed()),
                 TxnOp::get(self.members_prefix(), prefixed()),
@@ -1438,7 +1453,11 @@ impl Registry {
             .map(|r| r.kvs().len())
             .sum(),
         );
-        let units = decode_all::<Unit>(units.kvs())?
+        let units = self.rest_of(&self.units_prefix(), units, revision).await?;
+        let placements = self
+            .rest_of(&self.placements_prefix(), placements, revision)
+            .await?;
+        let units = decode_all::<Unit>(&units)?
             .into_iter()
             .map(|(_, u)| u)
             .collect();
@@ -1450,7 +1469,7 @@ impl Registry {
             })
             .collect();
         let prefix = self.placements_prefix();
-        let placements = decode_all::<Placement>(placements.kvs())?
+        let placements = decode_all::<Placement>(&placements)?
             .into_iter()
             .filter_map(|(kv, p)| placement_machine(&prefix, &kv).map(|m| (m, p)))
             .collect();
@@ -1487,6 +1506,32 @@ impl Registry {
             draining,
             updates,
         })
+    }
+
+    /// The keys under `prefix` at `revision`: those of `first`, the answer to a read of it
+    /// limited to a chunk, then the rest a chunk per request.
+    async fn rest_of(
+        &self,
+        prefix: &str,
+        first: GetResponse,
+        revision: i64,
+    ) -> Result<Vec<KeyValue>> {
+        let end = listing::prefix_end(prefix.as_bytes());
+        let mut more = first.more();
+        let mut first = first;
+        let mut kvs = first.take_kvs();
+        while more {
+            let Some(last) = kvs.last() else {
+                break;
+            };
+            let start = listing::successor(last.key());
+            let chunk = self
+                .chunk(start, end.clone(), SNAPSHOT_CHUNK, revision)
+                .await?;
+            more = chunk.more;
+            kvs.extend(chunk.kvs);
+        }
+        Ok(kvs)
     }
 
     /// The key an engine that does not lead watches, to campaign when it is deleted.

@@ -913,3 +913,41 @@ async fn progress_kept_from_a_watch_says_what_fresh_reads_say() {
     assert!(!progress.is_placed(&name("b.service")));
     assert!(!progress.is_active(&name("b.service")));
 }
+
+/// A snapshot larger than one request reads (5,000 units or placements a request) holds every
+/// unit and placement, at one revision, and a view opened on it says what a fresh read says.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_engine_snapshot_larger_than_a_request_is_read_whole() {
+    use futures_util::{stream, StreamExt};
+    const UNITS: usize = 11_000;
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let leadership = registry
+        .campaign(&machine_id(1), lease)
+        .await
+        .unwrap()
+        .expect("machine 1 leads");
+    let names: Vec<String> = (0..UNITS).map(|i| format!("u{i:05}.service")).collect();
+    stream::iter(&names)
+        .for_each_concurrent(64, |n| {
+            let registry = registry.clone();
+            async move { registry.put_unit(&unit(n)).await.unwrap() }
+        })
+        .await;
+    let ops: Vec<PlacementOp> = names.iter().map(|n| place(&machine_id(1), n)).collect();
+    registry.apply_placements(leadership, &ops).await.unwrap();
+
+    let requests = registry.kv_requests();
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    assert_eq!(snapshot.units.len(), UNITS);
+    assert_eq!(snapshot.placements.len(), UNITS);
+    assert_eq!(
+        registry.kv_requests() - requests,
+        5,
+        "one transaction, then two more chunks each of units and placements"
+    );
+    let mut view = registry.engine_view().await.unwrap();
+    registry.put_unit(&unit("late.service")).await.unwrap();
+    engine_converges(&registry, &mut view).await;
+}
