@@ -1434,7 +1434,12 @@ impl Registry {
                 TxnOp::get(self.updates_prefix(), prefixed()),
             ]))
             .await?;
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        // The chunks after the first are read at this revision: without it they would read
+        // the newest, and the snapshot would not be one.
+        let revision = resp
+            .header()
+            .map(|h| h.revision())
+            .ok_or_else(|| Error::Protocol("a snapshot's answer without a revision".into()))?;
         let [units, machines, placements, leader, unplaceable, members, stopping, draining, updates] =
             reads(&resp)?;
         self.count_keys(
