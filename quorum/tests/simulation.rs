@@ -644,10 +644,13 @@ impl World {
                 let mach = &mut self.machines[m];
                 mach.guard.renewed(sent);
                 mach.last_ack = Some(local);
+                if for_round.is_none() {
+                    // Any renewal acknowledged, urgent ones too, as fleetd's one loop does.
+                    mach.retry_pause = RETRY_PAUSE;
+                }
                 if mach.outstanding == Some(sent) && for_round.is_none() {
                     mach.outstanding = None;
                     mach.next_renewal = local + ttl / 3;
-                    mach.retry_pause = RETRY_PAUSE;
                 }
                 if mach.fenced && mach.guard.verdict(local) != Verdict::Fence {
                     mach.fenced = false;

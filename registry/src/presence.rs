@@ -670,7 +670,7 @@ async fn keep_alive(mut k: KeepAlive) {
         let sent = Instant::now();
         // While the lease is at risk, an attempt stuck on a connection etcd no longer answers
         // must not hold up the next one (confirmations lapse meanwhile).
-        let (at_risk, ask_every, until_at_risk, fenced) = {
+        let (at_risk, ask_every, until_at_risk) = {
             let guard = lock(&k.guard);
             let now = sent.duration_since(origin);
             (
@@ -680,7 +680,6 @@ async fn keep_alive(mut k: KeepAlive) {
                     .expiry()
                     .saturating_sub(guard.timing().ask_ahead)
                     .saturating_sub(now),
-                guard.fenced(),
             )
         };
         let attempt = renewer.renew(&k.registry, k.lease);
@@ -775,14 +774,17 @@ async fn keep_alive(mut k: KeepAlive) {
         for reply in asked.drain(..) {
             let _ = reply.send(renewed);
         }
+        // As this attempt left it: finding the lease gone fences.
+        let fenced = lock(&k.guard).fenced();
         let pause = match (renewed, at_risk) {
             (true, _) => {
                 backoff.reset();
                 period
             }
             (false, true) => ask_every,
-            // A fenced machine (its lease gone, or registering again) tries without backing
-            // off: its units wait for it.
+            // A machine fenced before its lease came to risk (the lease found gone early,
+            // registering again) tries without backing off: its units wait for it. Past the
+            // lease's risk it goes every `ask_every` (above).
             (false, false) if fenced => RETRY_PAUSE,
             // The attempt's own time counts: the next one comes no later than the lease's
             // coming to risk, from when on it is tried every `ask_every`, nor than the server
