@@ -1060,11 +1060,13 @@ async fn engine_main(
         .await
         .map_err(|e| format!("cannot connect to etcd at {endpoint}: {e}"))?;
     let seconds = ttl.as_secs().max(1) as i64;
-    let lease = client
+    let granted = client
         .lease_grant(seconds, None)
         .await
-        .map_err(|e| format!("cannot be granted a lease: {e}"))?
-        .id();
+        .map_err(|e| format!("cannot be granted a lease: {e}"))?;
+    let lease = granted.id();
+    // What etcd counts the lease's expiry by.
+    let ttl = Duration::from_secs(granted.ttl().max(1) as u64);
     let (status, presence) = tokio::sync::watch::channel(PresenceStatus::Alive { lease });
     let engine = tokio::spawn(fleet_engine::run(
         registry,
@@ -1087,6 +1089,8 @@ async fn engine_main(
         let mut pause = ttl / 3;
         loop {
             tokio::time::sleep(pause).await;
+            // etcd counts the TTL from when it takes the keepalive, after it was sent.
+            let sent = tokio::time::Instant::now();
             match tokio::time::timeout(
                 ENGINE_REQUEST_TIMEOUT,
                 renew(&mut client, lease, &mut stream),
@@ -1094,7 +1098,7 @@ async fn engine_main(
             .await
             {
                 Ok(Ok(true)) => {
-                    renewed = tokio::time::Instant::now();
+                    renewed = sent;
                     pause = ttl / 3;
                 }
                 Ok(Ok(false)) => return Err(format!("lease {lease} is gone")),
@@ -1137,17 +1141,18 @@ async fn renew(
     lease: i64,
     stream: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
 ) -> Result<bool, etcd_client::Error> {
-    if stream.is_none() {
-        match client.lease_keep_alive(lease).await {
-            Ok(opened) => *stream = Some(opened),
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
-                return Ok(false)
-            }
-            Err(e) => return Err(e),
-        }
-    }
     let Some((keeper, renewals)) = stream.as_mut() else {
-        return Ok(true);
+        // Opening the stream sends a keepalive and takes its answer: that is the renewal.
+        return match client.lease_keep_alive(lease).await {
+            Ok(opened) => {
+                *stream = Some(opened);
+                Ok(true)
+            }
+            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        };
     };
     keeper.keep_alive().await?;
     match renewals.message().await? {
