@@ -855,11 +855,13 @@ async fn a_renewal_on_request_says_how_long_the_member_answered_no_peer() {
     );
 
     // A question answered (with how long no renewal was acknowledged: not zero): quiet since.
+    // The member records its answer after the question is sent, so no longer than since then
+    // (timed from after the answer came back, the bound raced the answer's way back).
     tokio::time::sleep(Duration::from_millis(50)).await;
+    let asked = std::time::Instant::now();
     let answers = witness.since_renewal(vec![machine.clone()], timeout).await;
     assert_eq!(answers.len(), 1);
     assert!(answers[0] > Duration::ZERO, "{answers:?}");
-    let asked = std::time::Instant::now();
     let after = witness.renew_now(vec![machine.clone()], timeout).await;
     let quiet_after = after[0].quiet_for.expect("quiet said");
     assert!(quiet_after <= asked.elapsed(), "{quiet_after:?}");
