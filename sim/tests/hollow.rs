@@ -155,10 +155,7 @@ async fn all_running_once(
             ));
         }
         let reported = states.iter().any(|s: &UnitState| {
-            s.name.as_str() == name
-                && s.machine_id == machine
-                && s.systemd_active_state == "active"
-                && s.job_state == JobState::Launched
+            s.name.as_str() == name && s.machine_id == machine && fleet_registry::reports_active(s)
         });
         if !reported {
             return Err(format!("{name} not reported active by {machine}"));

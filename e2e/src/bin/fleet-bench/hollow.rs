@@ -633,11 +633,9 @@ async fn run_size(
     for name in &moving {
         wait_view(&registry, name, within, |v| {
             v.machine.as_ref().is_some_and(|m| *m != victim)
-                && v.state.as_ref().is_some_and(|s| {
-                    s.machine_id != victim
-                        && s.systemd_active_state == "active"
-                        && s.job_state == JobState::Launched
-                })
+                && v.state
+                    .as_ref()
+                    .is_some_and(|s| s.machine_id != victim && fleet_registry::reports_active(s))
         })
         .await?;
     }
@@ -897,7 +895,7 @@ fn runs_once(
     }
     let active: BTreeSet<(&UnitName, &MachineId)> = states
         .iter()
-        .filter(|s| s.systemd_active_state == "active" && s.job_state == JobState::Launched)
+        .filter(|s| fleet_registry::reports_active(s))
         .map(|s| (&s.name, &s.machine_id))
         .collect();
     let mut at = BTreeMap::new();
