@@ -532,7 +532,7 @@ impl From<Error> for Failed {
 /// One keepalive of `lease`: whether etcd renewed it (false when it is gone).
 async fn renew_once(registry: &Registry, lease: i64) -> Result<bool> {
     let mut renewer = Renewer { stream: None };
-    Ok(renewer.renew(registry, lease).await? > 0)
+    renewer.renew(registry, lease).await
 }
 
 /// A reading of the members: those this machine counts its majorities over, as its member
@@ -695,7 +695,7 @@ async fn keep_alive(mut k: KeepAlive) {
             attempt.await
         };
         let renewed = match outcome {
-            Ok(remaining) if remaining > 0 => {
+            Ok(true) => {
                 k.liveness.acked();
                 lock(&k.guard).renewed(sent.duration_since(origin));
                 k.liveness.set_fenced(false);
@@ -710,7 +710,7 @@ async fn keep_alive(mut k: KeepAlive) {
                 });
                 true
             }
-            Ok(_) => {
+            Ok(false) => {
                 // Gone while a majority confirmed being cut off too: the engine cannot have
                 // declared this machine dead, and it must register again before it can.
                 // Otherwise (revoked, or etcd lost it) its units may already run elsewhere.
@@ -1458,8 +1458,8 @@ struct Renewer {
 }
 
 impl Renewer {
-    /// One keepalive round trip; the remaining TTL in seconds, 0 when the lease is gone.
-    async fn renew(&mut self, registry: &Registry, lease: i64) -> Result<i64> {
+    /// One renewal: whether etcd renewed the lease (false when it is gone).
+    async fn renew(&mut self, registry: &Registry, lease: i64) -> Result<bool> {
         let result = self.try_renew(registry, lease).await;
         if result.is_err() {
             self.stream = None;
@@ -1467,9 +1467,12 @@ impl Renewer {
         result
     }
 
-    async fn try_renew(&mut self, registry: &Registry, lease: i64) -> Result<i64> {
+    async fn try_renew(&mut self, registry: &Registry, lease: i64) -> Result<bool> {
         if !matches!(&self.stream, Some((l, _, _, _)) if *l == lease) {
             let (endpoint, mut lease_client) = registry.lease_client_at();
+            // Opening the stream sends a keepalive and waits for etcd's answer: that is this
+            // renewal (a second keepalive on the new stream would cost etcd one more for each
+            // stream opened, and streams are opened again after every failure).
             let opened = registry
                 .timed_on(endpoint, lease_client.keep_alive(lease))
                 .await;
@@ -1477,11 +1480,12 @@ impl Renewer {
             // opened (on an open stream, as a TTL of 0): both mean "register again".
             if let Err(Error::Etcd(etcd_client::Error::LeaseKeepAliveError(message))) = &opened {
                 if message.contains("lease not found") {
-                    return Ok(0);
+                    return Ok(false);
                 }
             }
             let (keeper, stream) = opened?;
             self.stream = Some((lease, endpoint, keeper, stream));
+            return Ok(true);
         }
         let Some((_, endpoint, keeper, stream)) = self.stream.as_mut() else {
             return Err(Error::Protocol("no keepalive stream".into()));
@@ -1489,7 +1493,7 @@ impl Renewer {
         let endpoint = *endpoint;
         registry.timed_on(endpoint, keeper.keep_alive()).await?;
         match registry.timed_on(endpoint, stream.message()).await? {
-            Some(resp) => Ok(resp.ttl()),
+            Some(resp) => Ok(resp.ttl() > 0),
             None => Err(Error::Protocol("keepalive stream closed".into())),
         }
     }

@@ -165,6 +165,48 @@ async fn a_started_machine_is_listed() {
     assert_eq!(snapshot.machines[0].lease, lease);
 }
 
+/// A renewal is one keepalive: opening the keepalive stream sends one and takes its answer,
+/// which renews the lease; later renewals go on the same stream, one keepalive each.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_renewal_sends_etcd_one_keepalive() {
+    const STREAMS: &str = "grpc_server_started_total";
+    const MESSAGES: &str = "grpc_server_msg_received_total";
+    const KEEPALIVE: &str = "grpc_method=\"LeaseKeepAlive\"";
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    // Renewals every 3 s: the counts below are read well between two of them.
+    let ttl = Duration::from_secs(9);
+    let presence = Presence::start(registry.clone(), machine(1), ttl, None)
+        .await
+        .expect("register");
+    let lease = lease_of(&presence);
+
+    eventually("the keepalive stream is opened", EVENT_DEADLINE, || async {
+        etcd.metric(STREAMS, KEEPALIVE) >= 1.0
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(etcd.metric(STREAMS, KEEPALIVE), 1.0);
+    assert_eq!(
+        etcd.metric(MESSAGES, KEEPALIVE),
+        1.0,
+        "the first renewal sent more than the stream's opening keepalive"
+    );
+
+    eventually("the second renewal", EVENT_DEADLINE, || async {
+        etcd.metric(MESSAGES, KEEPALIVE) >= 2.0
+    })
+    .await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(etcd.metric(MESSAGES, KEEPALIVE), 2.0);
+    assert_eq!(
+        etcd.metric(STREAMS, KEEPALIVE),
+        1.0,
+        "the stream was not kept"
+    );
+    assert_eq!(presence.status(), PresenceStatus::Alive { lease });
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_fleetd_with_the_same_machine_id_waits_until_the_first_is_gone() {
     let etcd = Etcd::start();

@@ -36,6 +36,8 @@ pub struct Etcd {
     pub prefix: String,
     /// Its keys, when it serves TLS.
     pub keys: Option<EtcdKeys>,
+    /// Where it serves `/health` and `/metrics`, in plain HTTP.
+    metrics_port: u16,
 }
 
 /// The keys of an etcd started with [`Etcd::start_tls`], in its directory: its own CA (which
@@ -162,19 +164,19 @@ fn log_tail(path: &Path) -> String {
 
 /// Whether etcd's `/health` endpoint on `port` says it is healthy.
 fn healthy(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
+    get(port, "/health").is_some_and(|answer| answer.contains("\"health\":\"true\""))
+}
+
+/// The answer (headers and body) to a plain HTTP GET of `path` on loopback's `port`.
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .ok()?;
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
-    answer.contains("\"health\":\"true\"")
+    Some(answer)
 }
 
 impl Etcd {
@@ -288,6 +290,7 @@ impl Etcd {
             endpoint: client_url,
             prefix: format!("/fleet-test-{n}/"),
             keys,
+            metrics_port: health_port,
         };
         let deadline = Instant::now() + STARTUP_DEADLINE;
         loop {
@@ -313,6 +316,26 @@ impl Etcd {
 }
 
 impl Etcd {
+    /// The sum of etcd's metric `name` over the series whose labels include `label` (e.g.
+    /// `grpc_method="LeaseKeepAlive"`), from its `/metrics`; 0 when there is none. Panics when
+    /// etcd does not answer.
+    pub fn metric(&self, name: &str, label: &str) -> f64 {
+        let text = get(self.metrics_port, "/metrics").unwrap_or_else(|| {
+            panic!(
+                "etcd's /metrics on port {} does not answer",
+                self.metrics_port
+            )
+        });
+        text.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+                (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
     /// Stops etcd in its tracks (SIGSTOP): connections stay open and nothing answers, as when
     /// etcd is cut off or overloaded, until [`Etcd::resume`]. Panics when it cannot.
     pub fn pause(&self) {
