@@ -281,9 +281,68 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
     assert!(!changes.other, "own writes counted as changes: {changes:?}");
 
     // Anything else is a change too: a machine joining.
-    let (_b, _) = present(&registry, 2).await;
+    let (b, _) = present(&registry, 2).await;
     let changes = changes_until(&mut view, |c| c.other).await;
     assert!(changes.units.is_empty(), "{changes:?}");
+
+    // But not a member recording a new reading of the members (every member does, for
+    // every join): the members are the same. The unit written after it is reported after
+    // it.
+    let reading = fleet_registry::Member {
+        machine: machine(1),
+        seen_revision: view.snapshot().revision,
+        seen_members: 2,
+    };
+    assert!(registry.record_reading(&reading).await.unwrap());
+    registry.put_unit(&unit("e.service")).await.unwrap();
+    let changes = changes_until(&mut view, |c| !c.units.is_empty()).await;
+    assert_eq!(changes.units, [name("e.service")].into_iter().collect());
+    assert!(
+        !changes.other,
+        "a new reading counted as a change: {changes:?}"
+    );
+    let recorded = view
+        .snapshot()
+        .members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(1))
+        .map(|e| e.member.seen_members);
+    assert_eq!(recorded, Some(2), "the view did not keep the reading");
+
+    // A member leaving is a change: machine 2 powered off, its lease expired, declared dead.
+    drop(b);
+    let until = Instant::now() + EXPIRY_DEADLINE;
+    while view
+        .snapshot()
+        .machines
+        .iter()
+        .any(|e| e.machine.id == machine_id(2))
+    {
+        assert!(Instant::now() < until, "machine 2's lease does not expire");
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+    }
+    view.take_changes();
+    assert!(registry
+        .declare_dead(leadership, &machine_id(2), member_revision(&view, 2), &[])
+        .await
+        .unwrap());
+    let changes = changes_until(&mut view, |c| c.other).await;
+    assert!(changes.units.is_empty(), "{changes:?}");
+    assert!(view
+        .snapshot()
+        .members
+        .iter()
+        .all(|e| e.member.machine.id != machine_id(2)));
+}
+
+/// The revision machine `n`'s member record was last written at, in the view.
+fn member_revision(view: &EngineView, n: u8) -> i64 {
+    view.snapshot()
+        .members
+        .iter()
+        .find(|e| e.member.machine.id == machine_id(n))
+        .map(|e| e.mod_revision)
+        .expect("not a member")
 }
 
 #[tokio::test(flavor = "multi_thread")]
