@@ -289,14 +289,13 @@ async fn lead(
         let changes = view_now.take_changes();
         let read = &*view_now;
         let snapshot = read.snapshot();
-        // A burst of changes to plain units only, on a cluster the last whole plan settled:
-        // planned from the memo, in time that does not grow with the cluster.
+        // A burst of changes to plain units, and machines joining or registering again, on a
+        // cluster the last whole plan settled: planned from the memo, in time that does not
+        // grow with the cluster.
         let from_memo = match memo.as_mut() {
-            Some(m) if absent.is_empty() && !changes.other => m.plan(
-                &changes.units,
-                |name| read.unit(name),
-                |machine, name| read.placement(machine, name),
-            ),
+            Some(m) if absent.is_empty() && !changes.other => {
+                m.plan(&changes.units, &changes.machines, read)
+            }
             _ => None,
         };
         let (ops, why_placed) = match from_memo {
@@ -395,6 +394,33 @@ async fn lead(
 /// registration that vanished).
 /// Whether `snapshot` shows every one of these machines declared dead: its member record (as
 /// judged) gone, and nothing placed or stopping on it.
+/// The memo looks the cluster up in the view.
+impl plan::Cluster for EngineView {
+    fn unit(&self, name: &UnitName) -> Option<&fleet_registry::Unit> {
+        EngineView::unit(self, name)
+    }
+
+    fn placement(
+        &self,
+        machine: &MachineId,
+        name: &UnitName,
+    ) -> Option<&fleet_registry::Placement> {
+        EngineView::placement(self, machine, name)
+    }
+
+    fn machine(&self, id: &MachineId) -> Option<&fleet_registry::MachineEntry> {
+        EngineView::machine(self, id)
+    }
+
+    fn is_member(&self, id: &MachineId) -> bool {
+        EngineView::is_member(self, id)
+    }
+
+    fn is_draining(&self, id: &MachineId) -> bool {
+        self.snapshot().draining.contains(id)
+    }
+}
+
 fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -> bool {
     declared.iter().all(|(machine, judged)| {
         !snapshot

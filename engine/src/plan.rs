@@ -1030,7 +1030,7 @@ pub fn unplaceable_ops(
 }
 
 mod memo;
-pub use memo::Memo;
+pub use memo::{Cluster, Memo};
 
 #[cfg(test)]
 mod tests;

@@ -2018,7 +2018,7 @@ fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
 /// more members than there can be) until its machine registers again and rewrites it: an
 /// unreadable record must make majorities harder to reach, never easier.
 ///
-/// Only a key that names a machine (its id as fleet writes it, [`member_key_id`]) holds a
+/// Only a key that names a machine (its id as fleet writes it, [`key_machine_id`]) holds a
 /// member, and that machine's: a record under another key (a copy, written by hand) is no
 /// member, and one that names another machine than its key is unreadable.
 fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
@@ -2028,9 +2028,9 @@ fn member_entries(prefix: &str, kvs: &[KeyValue]) -> Vec<MemberEntry> {
 }
 
 /// The member a key under the members' `prefix` holds, if the key names one
-/// ([`member_key_id`]).
+/// ([`key_machine_id`]).
 pub(crate) fn member_entry(prefix: &str, kv: &KeyValue) -> Option<MemberEntry> {
-    Some(member_entry_of(member_key_id(prefix, kv.key())?, kv))
+    Some(member_entry_of(key_machine_id(prefix, kv.key())?, kv))
 }
 
 /// The member `id`'s entry from its record `kv`: unreadable (a member nobody can judge dead)
@@ -2070,9 +2070,9 @@ pub(crate) fn member_entry_of(id: MachineId, kv: &KeyValue) -> MemberEntry {
     }
 }
 
-/// The machine a key under the members' `prefix` names: its id as fleet writes it (32
-/// lowercase hexadecimal digits, nothing else), or none (the key holds no member).
-pub(crate) fn member_key_id(prefix: &str, key: &[u8]) -> Option<MachineId> {
+/// The machine a key under `prefix` (the members' or the machines') names: its id as fleet
+/// writes it (32 lowercase hexadecimal digits, nothing else), or none.
+pub(crate) fn key_machine_id(prefix: &str, key: &[u8]) -> Option<MachineId> {
     let rest = std::str::from_utf8(key.strip_prefix(prefix.as_bytes())?).ok()?;
     MachineId::parse(rest).ok().filter(|id| id.as_str() == rest)
 }

@@ -24,7 +24,7 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::watch::{Change, Changes};
 use crate::{
-    encode, member_entry_of, member_key_id, Error, Machine, MachineId, Member, Recorded, Registry,
+    encode, key_machine_id, member_entry_of, Error, Machine, MachineId, Member, Recorded, Registry,
     Result,
 };
 
@@ -1133,7 +1133,7 @@ impl MembersView {
     fn apply_all(&mut self, me: &MachineId, changes: Vec<Change>) {
         for Change { kv, deleted } in changes {
             self.revision = self.revision.max(kv.mod_revision());
-            let Some(id) = member_key_id(&self.prefix, kv.key()) else {
+            let Some(id) = key_machine_id(&self.prefix, kv.key()) else {
                 if deleted {
                     self.strays.remove(kv.key());
                 } else {
@@ -1204,7 +1204,7 @@ impl MembersView {
         let mut ids = BTreeSet::new();
         let mut strays = BTreeSet::new();
         for key in keys {
-            match member_key_id(&self.prefix, &key) {
+            match key_machine_id(&self.prefix, &key) {
                 Some(id) => ids.insert(id),
                 None => strays.insert(key),
             };

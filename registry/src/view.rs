@@ -33,8 +33,8 @@ use fleet_units::UnitName;
 
 use crate::watch::{Change, Changes};
 use crate::{
-    decode, member_entry, placement_machine, AgentSnapshot, EngineSnapshot, Leadership, Machine,
-    MachineEntry, MachineId, Placement, PlacementOp, Registry, Result, Unit,
+    decode, key_machine_id, member_entry, placement_machine, AgentSnapshot, EngineSnapshot,
+    Leadership, Machine, MachineEntry, MachineId, Placement, PlacementOp, Registry, Result, Unit,
 };
 
 /// Positions of the items of one list by their key, so that a change finds its item at once.
@@ -120,15 +120,19 @@ impl Own {
 }
 
 /// What others changed in an [`EngineView`] since [`EngineView::take_changes`] was last
-/// called: the units by name, and whether anything else changed. The engine's own writes,
-/// applied by [`EngineView::applied`], do not count, nor does the watch's report of them.
+/// called: the units and the machines by name, and whether anything else changed. The
+/// engine's own writes, applied by [`EngineView::applied`], do not count, nor does the
+/// watch's report of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ViewChanges {
     /// Units written or deleted.
     pub units: BTreeSet<UnitName>,
-    /// Anything else: machines, members joining or leaving (not a member's new reading of
-    /// the members), placements, the leader key, unplaceable reasons, stopping records,
-    /// drains, rolling updates.
+    /// Machines whose machine record was written or deleted, or whose member record was
+    /// created (a registration): see [`EngineView::machine`] and [`EngineView::is_member`].
+    pub machines: BTreeSet<MachineId>,
+    /// Anything else: members leaving (not a member's new reading of the members),
+    /// placements, the leader key, unplaceable reasons, stopping records, drains, rolling
+    /// updates.
     pub other: bool,
 }
 
@@ -214,6 +218,17 @@ impl EngineView {
             .at
             .get(&self.registry.placement_key(machine, name))?;
         self.snapshot.placements.get(i).map(|(_, p)| p)
+    }
+
+    /// The live machine `id`'s record, if it has one.
+    pub fn machine(&self, id: &MachineId) -> Option<&MachineEntry> {
+        let i = *self.machines.at.get(&self.registry.machine_key(id))?;
+        self.snapshot.machines.get(i)
+    }
+
+    /// Whether `id` is a member: registered and not declared dead, live or not.
+    pub fn is_member(&self, id: &MachineId) -> bool {
+        self.members.contains(&self.registry.member_key(id))
     }
 
     /// Waits for the next changes and applies them, with every change that has arrived
@@ -307,15 +322,29 @@ impl EngineView {
                         self.changed.units.insert(name);
                     }
                 }
-                // A member recording a new reading of the members over its record: the
-                // members are the same ones, and what is planned counts them by id only (the
-                // readings are judged from the snapshot on every pass). Every join has every
-                // member record one, so counting them would plan the whole cluster again
-                // for each member's (ARCHITECTURE, known limits).
-                None if !deleted
-                    && key.starts_with(&registry.members_prefix())
-                    && self.members.contains(&key) => {}
-                None => self.changed.other = true,
+                None => {
+                    let machine = key_machine_id(&registry.machines_prefix(), kv.key())
+                        .map(|id| (id, true))
+                        .or_else(|| {
+                            key_machine_id(&registry.members_prefix(), kv.key())
+                                .map(|id| (id, false))
+                        });
+                    match machine {
+                        Some((id, true)) => {
+                            self.changed.machines.insert(id);
+                        }
+                        // A member recording a new reading of the members over its record:
+                        // the members are the same ones, and what is planned counts them by
+                        // id only (the readings are judged from the snapshot on every pass).
+                        // Every join has every member record one, so counting them would plan
+                        // the whole cluster again for each member's.
+                        Some((_, false)) if !deleted && self.members.contains(&key) => {}
+                        Some((id, false)) if !deleted => {
+                            self.changed.machines.insert(id);
+                        }
+                        _ => self.changed.other = true,
+                    }
+                }
             }
         }
         let s = &mut self.snapshot;

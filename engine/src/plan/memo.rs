@@ -6,14 +6,17 @@
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no rule that names
 //! another unit, named by no other unit's rule, not global) in time that depends on the
 //! burst, not on the cluster: such a unit affects the others only through the load of the one
-//! machine it is on. The result is the one the full plan would reach on the same cluster,
+//! machine it is on. So does a machine that joins while no unit waits: nothing moves to it,
+//! it only becomes the least loaded; and a machine registering again, or writing its record
+//! again, unchanged. The result is the one the full plan would reach on the same cluster,
 //! op for op (a property test compares them on random clusters); anything it cannot decide
 //! that way (a unit with rules between units, a draining machine, a unit that waits or cannot
-//! be placed) makes it answer `None`, and the caller plans the whole cluster.
+//! be placed, a machine that leaves or whose metadata changed) makes it answer `None`, and
+//! the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use fleet_registry::{JobState, MachineId, Placement, PlacementOp, Unit};
+use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
 
 use super::{least_loaded, Plan, Planner};
@@ -39,6 +42,21 @@ pub struct Memo {
     patterns: BTreeSet<String>,
     /// Units that should run and have no machine, and units some machine is stopping.
     waiting: HashSet<UnitName>,
+    /// The requirements of the global units (valid ones), which count in the load of every
+    /// machine whose metadata they match.
+    globals: Vec<Requirements>,
+}
+
+/// The cluster as it is now, as [`Memo::plan`] looks things up in it (the engine's view).
+pub trait Cluster {
+    fn unit(&self, name: &UnitName) -> Option<&Unit>;
+    /// The placement of `name` on `machine`, if there is one.
+    fn placement(&self, machine: &MachineId, name: &UnitName) -> Option<&Placement>;
+    /// The live machine `id`'s record, if it has one.
+    fn machine(&self, id: &MachineId) -> Option<&MachineEntry>;
+    /// Whether `id` is registered and not declared dead.
+    fn is_member(&self, id: &MachineId) -> bool;
+    fn is_draining(&self, id: &MachineId) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +110,7 @@ impl Planner<'_> {
             leaders: HashSet::new(),
             patterns: self.globs.patterns.iter().cloned().collect(),
             waiting: stopping.iter().map(|(_, name)| name.clone()).collect(),
+            globals: self.globals.iter().map(|g| g.req.clone()).collect(),
         };
         for (u, w) in self.units.iter().enumerate() {
             let name = &w.unit.name;
@@ -122,16 +141,24 @@ fn plain(req: &Requirements) -> bool {
 }
 
 impl Memo {
-    /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, given
-    /// how to look up a unit and a placement in the cluster as it is now; and the memo updated
-    /// to the cluster once that plan is applied. `None` when the burst needs the whole plan: the
-    /// memo is then stale and must be dropped.
-    pub fn plan<'a>(
+    /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, and
+    /// the machine and member records of `machines` (written or deleted, and created), given
+    /// the cluster as it is now; and the memo updated to the cluster once that plan is
+    /// applied. `None` when the burst needs the whole plan: the memo is then stale and must
+    /// be dropped.
+    pub fn plan(
         &mut self,
         changed: &BTreeSet<UnitName>,
-        unit: impl Fn(&UnitName) -> Option<&'a Unit>,
-        placement: impl Fn(&MachineId, &UnitName) -> Option<&'a Placement>,
+        machines: &BTreeSet<MachineId>,
+        cluster: &impl Cluster,
     ) -> Option<Plan> {
+        // The machines first: the units of the burst are placed on the machines as they are
+        // now.
+        for id in machines {
+            self.machine_changed(id, cluster)?;
+        }
+        let unit = |name: &UnitName| cluster.unit(name);
+        let placement = |machine: &MachineId, name: &UnitName| cluster.placement(machine, name);
         let mut plan = Plan::default();
         let mut to_place: Vec<(&Unit, Requirements)> = Vec::new();
         // First what becomes of the existing placements, in name order as the full plan lists
@@ -202,6 +229,56 @@ impl Memo {
             });
         }
         Some(plan)
+    }
+
+    /// Takes in that machine `id`'s records changed: `None` unless the whole plan would move
+    /// nothing for it.
+    fn machine_changed(&mut self, id: &MachineId, cluster: &impl Cluster) -> Option<()> {
+        let member = cluster.is_member(id);
+        match (self.hosts.get_mut(id), cluster.machine(id)) {
+            // Written again (a restart on the same lease), or registered again: only whether
+            // its units stop before they leave it may change.
+            (Some(host), Some(entry)) => {
+                if entry.machine.metadata != host.metadata || cluster.is_draining(id) {
+                    return None;
+                }
+                host.member = member;
+            }
+            // Joined. Units that wait could go there (or give other reasons).
+            (None, Some(entry)) => {
+                if !self.waiting.is_empty() || cluster.is_draining(id) {
+                    return None;
+                }
+                let metadata = entry.machine.metadata.clone();
+                let load = self
+                    .globals
+                    .iter()
+                    .filter(|g| g.metadata_matches(&metadata))
+                    .count();
+                let lower = id.as_str().to_ascii_lowercase();
+                for key in [lower[..8].to_string(), lower] {
+                    let ids = self.host_ids.entry(key).or_default();
+                    let at = ids.partition_point(|other| other < id);
+                    ids.insert(at, id.clone());
+                }
+                self.by_load.insert((load, id.clone()));
+                self.hosts.insert(
+                    id.clone(),
+                    Host {
+                        metadata,
+                        load,
+                        draining: false,
+                        member,
+                    },
+                );
+            }
+            // Gone: its units move.
+            (Some(_), None) => return None,
+            // Not live before nor now (a member record without a machine is the engine's
+            // concern: it holds that machine's units).
+            (None, None) => {}
+        }
+        Some(())
     }
 
     /// Whether another unit's rules name this one: a `MachineOf`, or a `Conflicts` or

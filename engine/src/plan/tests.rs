@@ -1448,6 +1448,27 @@ mod properties {
         )
     }
 
+    /// A machine's records written in a burst: machine `n` (1..=9: some live, some not)
+    /// writes its record with this metadata, and registers as a member or not.
+    fn machine_change() -> impl Strategy<Value = (u8, u8, bool, bool)> {
+        (1u8..=9, 0u8..3, any::<bool>(), prop::bool::weighted(0.8))
+    }
+
+    /// Applies machine changes to `s`: the machines they changed.
+    fn register(s: &mut EngineSnapshot, changes: &[(u8, u8, bool, bool)]) -> BTreeSet<MachineId> {
+        let mut changed = BTreeSet::new();
+        for &(n, role, eu, member) in changes {
+            let entry = make_machine(n, role, eu);
+            s.machines.retain(|e| e.machine.id != mid(n));
+            if member && !s.members.iter().any(|e| e.member.machine.id == mid(n)) {
+                s.members.push(member_of(&entry));
+            }
+            s.machines.push(entry);
+            changed.insert(mid(n));
+        }
+        changed
+    }
+
     /// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
     /// engine records them.
     fn settle(s: &EngineSnapshot) -> EngineSnapshot {
@@ -1521,7 +1542,13 @@ mod properties {
         #[test]
         fn bursts_planned_from_the_memo_are_the_whole_plan(
             s in cluster(),
-            bursts in prop::collection::vec(prop::collection::vec(change(), 1..4), 1..4),
+            bursts in prop::collection::vec(
+                (
+                    prop::collection::vec(change(), 0..4),
+                    prop::collection::vec(machine_change(), 0..2),
+                ),
+                1..4,
+            ),
             drained in prop::option::weighted(0.3, 1u8..=6),
             unregistered in prop::option::weighted(0.3, 1u8..=6),
         ) {
@@ -1537,16 +1564,11 @@ mod properties {
             let (p, memo) = plan_and_memo(&s);
             prop_assert!(p.ops.is_empty());
             let mut memo = memo.expect("a settled cluster has a memo");
-            for burst in &bursts {
+            for (burst, machines) in &bursts {
                 let changed = write(&mut s, burst);
+                let machines = register(&mut s, machines);
                 let whole = plan(&s);
-                let units = s.units.clone();
-                let placements = s.placements.clone();
-                let fast = memo.plan(
-                    &changed,
-                    |name| units.iter().find(|u| u.name == *name),
-                    |m, name| placements.iter().find(|(at, p)| at == m && p.name == *name).map(|(_, p)| p),
-                );
+                let fast = memo.plan(&changed, &machines, &Now(&s));
                 let Some(fast) = fast else {
                     // The whole plan, and a new memo once settled.
                     s = settle(&s);
@@ -2148,19 +2170,139 @@ fn a_destroyed_unit_started_again_waits_for_its_machine_to_stop_it() {
 
 // ---- planning bursts from the memo ----
 
+/// A snapshot as the memo looks things up in the cluster (the engine's view, by search here).
+struct Now<'a>(&'a EngineSnapshot);
+
+impl Cluster for Now<'_> {
+    fn unit(&self, name: &UnitName) -> Option<&Unit> {
+        self.0.units.iter().find(|u| u.name == *name)
+    }
+
+    fn placement(&self, machine: &MachineId, name: &UnitName) -> Option<&Placement> {
+        self.0
+            .placements
+            .iter()
+            .find(|(at, p)| at == machine && p.name == *name)
+            .map(|(_, p)| p)
+    }
+
+    fn machine(&self, id: &MachineId) -> Option<&MachineEntry> {
+        self.0.machines.iter().find(|e| e.machine.id == *id)
+    }
+
+    fn is_member(&self, id: &MachineId) -> bool {
+        self.0.members.iter().any(|e| e.member.machine.id == *id)
+    }
+
+    fn is_draining(&self, id: &MachineId) -> bool {
+        self.0.draining.contains(id)
+    }
+}
+
 /// Plans the burst that changed `names` of `s` from `memo`.
 fn from_memo(memo: &mut Memo, s: &EngineSnapshot, names: &[&str]) -> Option<Plan> {
     let changed: BTreeSet<UnitName> = names.iter().map(|n| UnitName::parse(n).unwrap()).collect();
-    memo.plan(
-        &changed,
-        |name| s.units.iter().find(|u| u.name == *name),
-        |m, name| {
-            s.placements
-                .iter()
-                .find(|(at, p)| at == m && p.name == *name)
-                .map(|(_, p)| p)
+    memo.plan(&changed, &BTreeSet::new(), &Now(s))
+}
+
+/// A member's record for `entry`, as registering writes it.
+fn member_of(entry: &MachineEntry) -> fleet_registry::MemberEntry {
+    fleet_registry::MemberEntry {
+        member: fleet_registry::Member {
+            machine: entry.machine.clone(),
+            seen_revision: 1,
+            seen_members: 1,
         },
-    )
+        create_revision: 1,
+        mod_revision: 1,
+    }
+}
+
+/// Machine `n` registers with `metadata`: plans the burst from `memo`.
+fn joins(
+    memo: &mut Memo,
+    s: &mut EngineSnapshot,
+    n: u8,
+    metadata: &[(&str, &str)],
+) -> Option<Plan> {
+    let entry = host(n, metadata);
+    s.machines.retain(|e| e.machine.id != mid(n));
+    s.members.retain(|e| e.member.machine.id != mid(n));
+    s.members.push(member_of(&entry));
+    s.machines.push(entry);
+    memo.plan(&BTreeSet::new(), &[mid(n)].into_iter().collect(), &Now(s))
+}
+
+/// Machines joining, or writing their record again, are planned from the memo while no unit
+/// waits; a machine whose metadata changed, or one that left, is left to the whole plan.
+#[test]
+fn the_memo_plans_machines_that_join_while_no_unit_waits() {
+    let units = vec![
+        xunit("a.service", &[]),
+        xunit("b.service", &[]),
+        xglobal("g.service", &[("MachineMetadata", "role=web")]),
+    ];
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    let memo = plan_and_memo(&s).1.expect("settled");
+
+    // A machine joins: nothing moves; then it is the least loaded, global units counted.
+    let mut joined = s.clone();
+    let mut m = memo.clone();
+    assert_eq!(joins(&mut m, &mut joined, 3, &[]), Some(Plan::default()));
+    assert_eq!(Some(&m), plan_and_memo(&joined).1.as_ref());
+    joined.units.push(xunit("c.service", &[]));
+    let fast = from_memo(&mut m, &joined, &["c.service"]).expect("plain");
+    assert_eq!(fast, plan(&joined));
+    assert!(matches!(&fast.ops[..], [PlacementOp::Put { machine, .. }] if *machine == mid(3)));
+    // One that runs the global unit is as loaded as the others.
+    let mut web = s.clone();
+    let mut m = memo.clone();
+    assert!(joins(&mut m, &mut web, 4, &[("role", "web")]).is_some());
+    assert_eq!(Some(&m), plan_and_memo(&web).1.as_ref());
+
+    // Written again unchanged (a restart on the same lease): nothing.
+    let mut again = s.clone();
+    let mut m = memo.clone();
+    assert_eq!(joins(&mut m, &mut again, 1, &[]), Some(Plan::default()));
+    assert_eq!(m, memo);
+
+    // A live machine that is no member (declared dead, its record written again before it
+    // registers): still none; then it registers, and its units stop before they leave it.
+    let mut lapsed = s.clone();
+    lapsed.members.retain(|e| e.member.machine.id != mid(2));
+    let mut m = plan_and_memo(&lapsed).1.expect("settled");
+    let rewritten: BTreeSet<MachineId> = [mid(2)].into_iter().collect();
+    assert_eq!(
+        m.plan(&BTreeSet::new(), &rewritten, &Now(&lapsed)),
+        Some(Plan::default())
+    );
+    assert_eq!(Some(&m), plan_and_memo(&lapsed).1.as_ref());
+    assert_eq!(joins(&mut m, &mut lapsed, 2, &[]), Some(Plan::default()));
+    assert_eq!(Some(&m), plan_and_memo(&lapsed).1.as_ref());
+
+    // Left to the whole plan: new metadata, a machine gone, a join while a unit waits.
+    let mut changed = s.clone();
+    assert_eq!(
+        joins(&mut memo.clone(), &mut changed, 1, &[("role", "db")]),
+        None
+    );
+    let mut gone = s.clone();
+    gone.machines.retain(|e| e.machine.id != mid(2));
+    gone.members.retain(|e| e.member.machine.id != mid(2));
+    let left: BTreeSet<MachineId> = [mid(2)].into_iter().collect();
+    assert_eq!(
+        memo.clone().plan(&BTreeSet::new(), &left, &Now(&gone)),
+        None
+    );
+    let mut waits = s.clone();
+    waits
+        .units
+        .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
+    let (mut waits, _) = converge(&waits);
+    let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
+    assert_eq!(joins(&mut m, &mut waits, 3, &[("role", "db")]), None);
 }
 
 /// The bursts the memo decides alone (plain units written, started, stopped, destroyed) and
