@@ -37,6 +37,9 @@
 //!   private real etcd (started with each `--etcd-flag` given), one
 //!   row per size, and their scaling curves as an SVG (`target/bench/hollow.svg` unless given):
 //!   see [`hollow`].
+//! - `fleet-bench plan [--machines N,N,...] [--units-per-machine U]`: the engine's planning
+//!   alone, in memory, at 1,000 and 10,000 machines unless given (10 units each): a whole plan,
+//!   and a unit written and a machine joining planned from the memo: see [`planning`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,7 @@ use std::time::{Duration, Instant};
 use fleet_e2e::{ticker_unit, Cluster};
 
 mod hollow;
+mod planning;
 mod plot;
 
 fn main() -> ExitCode {
@@ -129,7 +133,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             "start-latency" | "placement" | "idle" | "chaos" | "api-latency" | "batch" | "list"
-            | "hollow" => what = Some(arg.clone()),
+            | "hollow" | "plan" => what = Some(arg.clone()),
             other => return usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -164,6 +168,10 @@ fn main() -> ExitCode {
                 etcd_flags,
             })
         }
+        Some("plan") => planning::plan_bench(
+            machines.as_deref().unwrap_or(&[1_000, 10_000]),
+            units_per_machine,
+        ),
         Some("idle") => idle(&bin, units.min(1_000)),
         Some("batch") => batch(&bin, units),
         Some("list") => list(list_units),
@@ -180,6 +188,7 @@ const USAGE: &str = "usage: fleet-bench start-latency [--bin DIR] [--runs N]
        fleet-bench chaos [--bin DIR] [--minutes N] [--seed S]
        fleet-bench api-latency [--runs N]
        fleet-bench list [--units N]
+       fleet-bench plan [--machines N,N,...] [--units-per-machine U]
        fleet-bench hollow [--machines N,N,...] [--units-per-machine U] [--ttl SECONDS] [--svg PATH]
                           [--sim PATH] [--register-within SECONDS] [--etcd-flag FLAG]...";
 

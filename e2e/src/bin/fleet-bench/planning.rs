@@ -1,0 +1,293 @@
+//! `fleet-bench plan`: the engine's planning alone, in memory (no etcd, no process), at sizes
+//! beyond what the hollow machines reach here: what one event costs the leading engine once
+//! its view has it (issue 10: it must not grow with the cluster).
+//!
+//! For each size, a settled cluster of plain units (no `[X-Fleet]` rules) spread over the
+//! machines, and one global unit running on every machine. Timed: the whole plan of it (what
+//! every event cost before the memo, and what a change the memo cannot decide still costs);
+//! then, planned from the memo, a unit written and placed, and a machine joining.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use fleet_engine::plan::{plan, plan_and_memo, Cluster, Memo};
+use fleet_registry::{
+    EngineSnapshot, JobState, Machine, MachineEntry, MachineId, Member, MemberEntry, Placement,
+    PlacementOp, Unit,
+};
+use fleet_units::{UnitName, UnitOption};
+
+/// Whole plans timed per size (the median is printed).
+const WHOLE_PLANS: usize = 5;
+/// Events of each kind timed per size (the median and the slowest are printed).
+const EVENTS: usize = 201;
+
+/// The cluster as the memo looks it up: what the engine's view indexes by key.
+#[derive(Default)]
+struct Indexed {
+    units: HashMap<UnitName, Unit>,
+    placements: HashMap<(MachineId, UnitName), Placement>,
+    machines: HashMap<MachineId, MachineEntry>,
+    members: HashSet<MachineId>,
+}
+
+impl Cluster for Indexed {
+    fn unit(&self, name: &UnitName) -> Option<&Unit> {
+        self.units.get(name)
+    }
+
+    fn placement(&self, machine: &MachineId, name: &UnitName) -> Option<&Placement> {
+        self.placements.get(&(machine.clone(), name.clone()))
+    }
+
+    fn machine(&self, id: &MachineId) -> Option<&MachineEntry> {
+        self.machines.get(id)
+    }
+
+    fn is_member(&self, id: &MachineId) -> bool {
+        self.members.contains(id)
+    }
+
+    fn is_draining(&self, _: &MachineId) -> bool {
+        false
+    }
+}
+
+impl Indexed {
+    fn apply(&mut self, ops: &[PlacementOp]) -> Result<(), String> {
+        for op in ops {
+            match op {
+                PlacementOp::Put { machine, placement } => {
+                    self.placements
+                        .insert((machine.clone(), placement.name.clone()), placement.clone());
+                }
+                other => return Err(format!("the memo planned {other:?} for a new unit")),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn machine_id(i: usize) -> MachineId {
+    MachineId::parse(&format!("{i:032x}")).expect("32 hexadecimal digits")
+}
+
+fn machine(i: usize) -> MachineEntry {
+    MachineEntry {
+        machine: Machine {
+            id: machine_id(i),
+            public_ip: "10.0.0.1".into(),
+            metadata: Default::default(),
+            version: "bench".into(),
+            peer_address: None,
+        },
+        lease: i as i64 + 1,
+    }
+}
+
+fn member(entry: &MachineEntry, members: usize) -> MemberEntry {
+    MemberEntry {
+        member: Member {
+            machine: entry.machine.clone(),
+            seen_revision: 1,
+            seen_members: members,
+        },
+        create_revision: 1,
+        mod_revision: 1,
+    }
+}
+
+fn plain_unit(name: &str) -> Unit {
+    Unit {
+        name: UnitName::parse(name).expect("a valid unit name"),
+        options: vec![UnitOption::new(
+            "Service",
+            "ExecStart",
+            "/bin/sleep infinity",
+        )],
+        desired_state: JobState::Launched,
+    }
+}
+
+/// `machines` machines and `units` plain units placed as the engine places them, and one
+/// global unit: settled.
+fn settled(machines: usize, units: usize) -> Result<EngineSnapshot, String> {
+    let entries: Vec<MachineEntry> = (0..machines).map(machine).collect();
+    let mut all: Vec<Unit> = (0..units)
+        .map(|i| plain_unit(&format!("u{i}.service")))
+        .collect();
+    let mut global = plain_unit("everywhere.service");
+    global
+        .options
+        .push(UnitOption::new("X-Fleet", "Global", "true"));
+    all.push(global);
+    let mut s = EngineSnapshot {
+        members: entries.iter().map(|e| member(e, machines)).collect(),
+        machines: entries,
+        units: all,
+        ..EngineSnapshot::default()
+    };
+    let first = plan(&s);
+    for op in first.ops {
+        match op {
+            PlacementOp::Put { machine, placement } => s.placements.push((machine, placement)),
+            other => return Err(format!("placing a new cluster planned {other:?}")),
+        }
+    }
+    Ok(s)
+}
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+struct Row {
+    machines: usize,
+    units: usize,
+    whole: Duration,
+    unit_median: Duration,
+    unit_max: Duration,
+    join_median: Duration,
+    join_max: Duration,
+}
+
+fn measure(machines: usize, units: usize) -> Result<Row, String> {
+    let s = settled(machines, units)?;
+    let mut whole = Vec::new();
+    let mut memo: Option<Memo> = None;
+    for _ in 0..WHOLE_PLANS {
+        let started = Instant::now();
+        let (p, m) = plan_and_memo(&s);
+        whole.push(started.elapsed());
+        if !p.ops.is_empty() {
+            return Err(format!("a settled cluster planned {} ops", p.ops.len()));
+        }
+        memo = m;
+    }
+    let mut memo = memo.ok_or("a settled cluster left no memo")?;
+    let mut now = Indexed {
+        units: s
+            .units
+            .iter()
+            .map(|u| (u.name.clone(), u.clone()))
+            .collect(),
+        placements: s
+            .placements
+            .iter()
+            .map(|(m, p)| ((m.clone(), p.name.clone()), p.clone()))
+            .collect(),
+        machines: s
+            .machines
+            .iter()
+            .map(|e| (e.machine.id.clone(), e.clone()))
+            .collect(),
+        members: s.machines.iter().map(|e| e.machine.id.clone()).collect(),
+    };
+    drop(s);
+    let no_unit: BTreeSet<UnitName> = BTreeSet::new();
+    let no_machine: BTreeSet<MachineId> = BTreeSet::new();
+    let mut unit_times = Vec::with_capacity(EVENTS);
+    let mut join_times = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        // A unit written: placed on the least loaded machine.
+        let unit = plain_unit(&format!("new{i}.service"));
+        let changed: BTreeSet<UnitName> = [unit.name.clone()].into_iter().collect();
+        now.units.insert(unit.name.clone(), unit);
+        let started = Instant::now();
+        let planned = memo.plan(&changed, &no_machine, &now);
+        unit_times.push(started.elapsed());
+        let planned = planned.ok_or("the memo left a plain unit to the whole plan")?;
+        if planned.ops.len() != 1 {
+            return Err(format!("a new unit planned {:?}", planned.ops));
+        }
+        now.apply(&planned.ops)?;
+
+        // A machine joining: nothing moves.
+        let entry = machine(machines + i);
+        let id = entry.machine.id.clone();
+        now.machines.insert(id.clone(), entry);
+        now.members.insert(id.clone());
+        let joined: BTreeSet<MachineId> = [id].into_iter().collect();
+        let started = Instant::now();
+        let planned = memo.plan(&no_unit, &joined, &now);
+        join_times.push(started.elapsed());
+        match planned {
+            Some(p) if p.ops.is_empty() => {}
+            Some(p) => return Err(format!("a machine joining planned {:?}", p.ops)),
+            None => return Err("the memo left a machine joining to the whole plan".into()),
+        }
+    }
+    Ok(Row {
+        machines,
+        units,
+        whole: median(whole),
+        unit_max: unit_times.iter().copied().max().unwrap_or_default(),
+        unit_median: median(unit_times),
+        join_max: join_times.iter().copied().max().unwrap_or_default(),
+        join_median: median(join_times),
+    })
+}
+
+fn ms(d: Duration) -> String {
+    if d < Duration::from_millis(1) {
+        format!("{:.1} µs", d.as_secs_f64() * 1e6)
+    } else {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    }
+}
+
+pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
+    println!(
+        "plan: the engine's planning alone, in memory (no etcd): a settled cluster of plain units \
+         and one global unit; target (issue 10): the cost of one event does not grow with the \
+         cluster"
+    );
+    println!(
+        "| machines | units | whole plan (median of {WHOLE_PLANS}) | a unit written, from the memo \
+         (median; slowest of {EVENTS}) | a machine joining, from the memo (median; slowest) |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut failed = false;
+    for &machines in sizes {
+        let machines = machines as usize;
+        let units = machines * units_per_machine as usize;
+        match measure(machines, units) {
+            Ok(row) => println!(
+                "| {} | {} | {} | {}; {} | {}; {} |",
+                row.machines,
+                row.units,
+                ms(row.whole),
+                ms(row.unit_median),
+                ms(row.unit_max),
+                ms(row.join_median),
+                ms(row.join_max)
+            ),
+            Err(e) => {
+                eprintln!("fleet-bench: plan at {machines} machines: {e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's events are planned from the memo, each as the whole plan would: a new
+    /// unit to one machine, a join to nothing (`measure` fails otherwise).
+    #[test]
+    fn a_small_cluster_is_measured_from_the_memo() {
+        let row = measure(20, 100).expect("measured");
+        assert_eq!((row.machines, row.units), (20, 100));
+        assert!(row.unit_median <= row.unit_max);
+        assert!(row.join_median <= row.join_max);
+    }
+}
