@@ -1468,6 +1468,9 @@ impl Registry {
             .collect();
         let machines = decode_all::<Machine>(machines.kvs())?
             .into_iter()
+            // Only a record under its own machine's key is that machine's (the view finds
+            // machines by key, and its changes name them by key).
+            .filter(|(kv, machine)| kv.key() == self.machine_key(&machine.id).as_bytes())
             .map(|(kv, machine)| MachineEntry {
                 machine,
                 lease: kv.lease(),

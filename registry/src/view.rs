@@ -360,15 +360,21 @@ impl EngineView {
                 self.units.put(&mut s.units, &key, decode::<Unit>(&kv)?);
             }
         } else if key.starts_with(&registry.machines_prefix()) {
-            if deleted {
-                self.machines.delete(&mut s.machines, &key);
+            let machine = if deleted {
+                None
             } else {
-                let machine = decode::<Machine>(&kv)?;
-                let entry = MachineEntry {
-                    machine,
-                    lease: kv.lease(),
-                };
-                self.machines.put(&mut s.machines, &key, entry);
+                // A record under another machine's key is no machine's (as in the snapshot).
+                Some(decode::<Machine>(&kv)?).filter(|m| registry.machine_key(&m.id) == key)
+            };
+            match machine {
+                Some(machine) => {
+                    let entry = MachineEntry {
+                        machine,
+                        lease: kv.lease(),
+                    };
+                    self.machines.put(&mut s.machines, &key, entry);
+                }
+                None => self.machines.delete(&mut s.machines, &key),
             }
         } else if key.starts_with(&registry.members_prefix()) {
             if deleted {

@@ -340,6 +340,32 @@ fn member_revision(view: &EngineView, n: u8) -> i64 {
         .expect("not a member")
 }
 
+/// A machine record under another machine's key is no machine's, in a snapshot as in a view
+/// kept from events (the engine looks machines up by key, and the view names them by key).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_machine_record_under_another_machines_key_is_no_machine() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, _) = present(&registry, 1).await;
+    let record = serde_json::to_vec(&machine(4)).unwrap();
+    etcd.put_raw(&format!("machines/{}", machine_id(3)), &record)
+        .await;
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    let ids: Vec<_> = snapshot.machines.iter().map(|e| &e.machine.id).collect();
+    assert_eq!(ids, [&machine_id(1)]);
+    let mut view = registry.engine_view().await.unwrap();
+    assert!(view.machine(&machine_id(3)).is_none());
+    assert!(view.machine(&machine_id(4)).is_none());
+
+    etcd.put_raw(&format!("machines/{}", machine_id(5)), &record)
+        .await;
+    let changes = changes_until(&mut view, |c| !c.machines.is_empty()).await;
+    assert_eq!(changes.machines, [machine_id(5)].into_iter().collect());
+    assert!(view.machine(&machine_id(5)).is_none());
+    assert!(view.machine(&machine_id(4)).is_none());
+    assert_eq!(view.snapshot().machines.len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn keeping_a_view_reads_no_keys() {
     let etcd = Etcd::start();
