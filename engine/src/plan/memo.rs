@@ -242,6 +242,11 @@ impl Memo {
                 if entry.machine.metadata != host.metadata || cluster.is_draining(id) {
                     return None;
                 }
+                // Becoming a member, its stopping records would count: units waiting could
+                // wait for another reason.
+                if member && !host.member && !self.waiting.is_empty() {
+                    return None;
+                }
                 host.member = member;
             }
             // Joined. Units that wait could go there (or give other reasons).

@@ -2282,6 +2282,16 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     assert_eq!(joins(&mut m, &mut lapsed, 2, &[]), Some(Plan::default()));
     assert_eq!(Some(&m), plan_and_memo(&lapsed).1.as_ref());
 
+    // But one whose stopping records would start to count, while units wait, registering:
+    // left to the whole plan.
+    let mut stopping = s.clone();
+    stopping.members.retain(|e| e.member.machine.id != mid(2));
+    stopping
+        .stopping
+        .insert((mid(2), UnitName::parse("gone.service").unwrap()));
+    let mut m = plan_and_memo(&stopping).1.expect("settled");
+    assert_eq!(joins(&mut m, &mut stopping, 2, &[]), None);
+
     // Left to the whole plan: new metadata, a machine gone, a join while a unit waits.
     let mut changed = s.clone();
     assert_eq!(
