@@ -1418,7 +1418,11 @@ async fn metrics_reflect_the_registry() {
     );
     assert_eq!(v("fleet_machines", &[]), Some(1.0));
     assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
-    for counter in ["fleet_engine_placements_total", "fleet_etcd_errors_total"] {
+    for counter in [
+        "fleet_engine_placements_total",
+        "fleet_engine_whole_plans_total",
+        "fleet_etcd_errors_total",
+    ] {
         assert!(v(counter, &[]).is_some(), "{counter} missing: {text}");
     }
     // The histogram against the observations made above, not against itself.

@@ -147,6 +147,12 @@ async fn lead(
     // bursts of changes to plain units since are planned from it alone. Dropped with the view
     // and whenever a burst needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
+    // The members whose lease was gone when the last whole plan changed nothing, while the
+    // view has not changed since: planning again would give the same nothing. (With none
+    // gone, the memo says so; with some, their units are held and there is no memo.) While a
+    // lost machine waits to be declared dead, the engine looks again every half second, and
+    // each pass planned the whole cluster.
+    let mut settled_with: Option<BTreeSet<MachineId>> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
@@ -162,6 +168,7 @@ async fn lead(
                 Ok(v) => {
                     read_at = Instant::now();
                     memo = None;
+                    settled_with = None;
                     view.insert(v)
                 }
                 Err(e) => {
@@ -298,9 +305,15 @@ async fn lead(
             }
             _ => None,
         };
+        let unchanged = changes.units.is_empty() && changes.machines.is_empty() && !changes.other;
+        if !unchanged {
+            settled_with = None;
+        }
         let (ops, why_placed) = match from_memo {
             Some(p) => (p.ops, p.placed),
+            None if settled_with.as_ref() == Some(&absent) => (Vec::new(), BTreeMap::new()),
             None => {
+                fleet_telemetry::ENGINE_WHOLE_PLANS.inc();
                 let held;
                 let planned = if absent.is_empty() {
                     snapshot
@@ -319,6 +332,7 @@ async fn lead(
                     &snapshot.unplaceable,
                     &whole.unplaceable,
                 ));
+                settled_with = ops.is_empty().then(|| absent.clone());
                 (ops, whole.placed)
             }
         };
@@ -390,10 +404,6 @@ async fn lead(
     }
 }
 
-/// The members whose lease is gone, with the revision of their member record (which names the
-/// registration that vanished).
-/// Whether `snapshot` shows every one of these machines declared dead: its member record (as
-/// judged) gone, and nothing placed or stopping on it.
 /// The memo looks the cluster up in the view.
 impl plan::Cluster for EngineView {
     fn unit(&self, name: &UnitName) -> Option<&fleet_registry::Unit> {
@@ -421,6 +431,8 @@ impl plan::Cluster for EngineView {
     }
 }
 
+/// Whether `snapshot` shows every one of these machines declared dead: its member record (as
+/// judged) gone, and nothing placed or stopping on it.
 fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -> bool {
     declared.iter().all(|(machine, judged)| {
         !snapshot
@@ -432,6 +444,8 @@ fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -
     })
 }
 
+/// The members whose lease is gone, with the revision of their member record (which names the
+/// registration that vanished).
 fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
     let live: BTreeSet<&MachineId> = snapshot.machines.iter().map(|m| &m.machine.id).collect();
     snapshot

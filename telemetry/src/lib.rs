@@ -17,6 +17,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Placements the engine wrote (each unit put on a machine counts once).
 pub static ENGINE_PLACEMENTS: Counter = Counter::new();
 
+/// Plans of the whole cluster the engine made (the changes its memo could not decide alone).
+pub static ENGINE_WHOLE_PLANS: Counter = Counter::new();
+
 /// How long one engine reconciliation takes: read the cluster, plan, write the changes.
 pub static ENGINE_RECONCILE: Histogram<RECONCILE_BUCKETS_LEN> = Histogram::new(RECONCILE_BUCKETS);
 
@@ -39,6 +42,12 @@ pub fn render(out: &mut Exposition) {
         "fleet_engine_placements_total",
         "Placements of units on machines written by this fleetd's engine.",
         ENGINE_PLACEMENTS.get(),
+    );
+    out.counter(
+        "fleet_engine_whole_plans_total",
+        "Plans of the whole cluster by this fleetd's engine (changes its memo could not decide \
+         alone: machines leaving, rules between units, drains, updates, held units).",
+        ENGINE_WHOLE_PLANS.get(),
     );
     out.histogram(
         "fleet_engine_reconcile_seconds",
@@ -382,6 +391,7 @@ mod tests {
         let text = out.finish();
         for name in [
             "fleet_engine_placements_total ",
+            "fleet_engine_whole_plans_total ",
             "fleet_engine_reconcile_seconds_bucket{le=\"+Inf\"} ",
             "fleet_engine_reconcile_seconds_sum ",
             "fleet_engine_reconcile_seconds_count ",
