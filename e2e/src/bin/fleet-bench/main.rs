@@ -38,8 +38,9 @@
 //!   row per size, and their scaling curves as an SVG (`target/bench/hollow.svg` unless given):
 //!   see [`hollow`].
 //! - `fleet-bench plan [--machines N,N,...] [--units-per-machine U]`: the engine's planning
-//!   alone, in memory, at 1,000 and 10,000 machines unless given (10 units each): a whole plan,
-//!   and a unit written and a machine joining planned from the memo: see [`planning`].
+//!   alone, in memory, at 100, 1,000 and 10,000 machines unless given (10 units each): a
+//!   whole plan, and a unit written and a machine joining planned from the memo: see
+//!   [`planning`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -169,7 +170,7 @@ fn main() -> ExitCode {
             })
         }
         Some("plan") => planning::plan_bench(
-            machines.as_deref().unwrap_or(&[1_000, 10_000]),
+            machines.as_deref().unwrap_or(&[100, 1_000, 10_000]),
             units_per_machine,
         ),
         Some("idle") => idle(&bin, units.min(1_000)),

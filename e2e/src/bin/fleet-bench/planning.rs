@@ -69,8 +69,11 @@ impl Indexed {
     }
 }
 
+/// Ids spread as machine ids are (no two share their first 8 digits, fleet's short id, as
+/// sequential numbers would).
 fn machine_id(i: usize) -> MachineId {
-    MachineId::parse(&format!("{i:032x}")).expect("32 hexadecimal digits")
+    let spread = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    MachineId::parse(&format!("{spread:016x}{i:016x}")).expect("32 hexadecimal digits")
 }
 
 fn machine(i: usize) -> MachineEntry {
