@@ -124,8 +124,9 @@ async fn follow(
 }
 
 /// Leads until leadership or the lease is lost. Meanwhile `fleet_engine_leader` is 1; each
-/// reconciliation that completes is timed (`fleet_engine_reconcile_seconds`) and the
-/// placements it writes are counted (`fleet_engine_placements_total`).
+/// reconciliation that completes is timed (`fleet_engine_reconcile_seconds`), the placements
+/// it writes are counted (`fleet_engine_placements_total`), and so are its plans of the whole
+/// cluster (`fleet_engine_whole_plans_total`).
 async fn lead(
     registry: &Registry,
     leadership: Leadership,
@@ -148,10 +149,11 @@ async fn lead(
     // and whenever a burst needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
     // The members whose lease was gone when the last whole plan changed nothing, while the
-    // view has not changed since: planning again would give the same nothing. (With none
-    // gone, the memo says so; with some, their units are held and there is no memo.) While a
-    // lost machine waits to be declared dead, the engine looks again every half second, and
-    // each pass planned the whole cluster.
+    // view has not changed since: planning again would give the same nothing. Only useful
+    // with some gone (their units are held, and there is no memo): with none, a whole plan
+    // that changes nothing always leaves a memo, which says the same. While a lost machine
+    // waits to be declared dead, the engine looks again every half second, and each pass
+    // planned the whole cluster.
     let mut settled_with: Option<BTreeSet<MachineId>> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.

@@ -1470,7 +1470,17 @@ impl Registry {
             .into_iter()
             // Only a record under its own machine's key is that machine's (the view finds
             // machines by key, and its changes name them by key).
-            .filter(|(kv, machine)| kv.key() == self.machine_key(&machine.id).as_bytes())
+            .filter(|(kv, machine)| {
+                let own = kv.key() == self.machine_key(&machine.id).as_bytes();
+                if !own {
+                    tracing::warn!(
+                        key = %String::from_utf8_lossy(kv.key()),
+                        machine = %machine.id,
+                        "ignoring a machine record under another machine's key"
+                    );
+                }
+                own
+            })
             .map(|(kv, machine)| MachineEntry {
                 machine,
                 lease: kv.lease(),

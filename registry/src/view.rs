@@ -364,7 +364,12 @@ impl EngineView {
                 None
             } else {
                 // A record under another machine's key is no machine's (as in the snapshot).
-                Some(decode::<Machine>(&kv)?).filter(|m| registry.machine_key(&m.id) == key)
+                let machine = decode::<Machine>(&kv)?;
+                let own = registry.machine_key(&machine.id) == key;
+                if !own {
+                    tracing::warn!(key, machine = %machine.id, "ignoring a machine record under another machine's key");
+                }
+                Some(machine).filter(|_| own)
             };
             match machine {
                 Some(machine) => {

@@ -17,7 +17,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Placements the engine wrote (each unit put on a machine counts once).
 pub static ENGINE_PLACEMENTS: Counter = Counter::new();
 
-/// Plans of the whole cluster the engine made (the changes its memo could not decide alone).
+/// Plans of the whole cluster the engine made (the changes its memo could not decide alone,
+/// and the first after each read of the cluster).
 pub static ENGINE_WHOLE_PLANS: Counter = Counter::new();
 
 /// How long one engine reconciliation takes: read the cluster, plan, write the changes.
@@ -46,7 +47,8 @@ pub fn render(out: &mut Exposition) {
     out.counter(
         "fleet_engine_whole_plans_total",
         "Plans of the whole cluster by this fleetd's engine (changes its memo could not decide \
-         alone: machines leaving, rules between units, drains, updates, held units).",
+         alone: machines leaving, rules between units, drains, updates, held units; and the \
+         first plan after each read of the cluster).",
         ENGINE_WHOLE_PLANS.get(),
     );
     out.histogram(
