@@ -1390,6 +1390,23 @@ async fn metrics_reflect_the_registry() {
     let samples = parse_metrics(&text);
     let v = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
     assert_eq!(v("fleet_etcd_up", &[]), Some(1.0), "{text}");
+    // A fleetd that does not lead the engine counts the machines only: counting units and
+    // states reads them whole.
+    assert_eq!(v("fleet_machines", &[]), Some(1.0));
+    assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
+    for gauge in ["fleet_units", "fleet_unit_states"] {
+        assert!(
+            !samples.iter().any(|(name, _, _)| name == gauge),
+            "{gauge} served by a fleetd that does not lead: {text}"
+        );
+    }
+
+    // The leader's counts them.
+    let _leading = fleet_telemetry::LeaderGuard::new();
+    let text = scrape(&api.root).await.2;
+    let samples = parse_metrics(&text);
+    let v = |name: &str, labels: &[(&str, &str)]| value_of(&samples, name, labels);
+    assert_eq!(v("fleet_engine_leader", &[]), Some(1.0));
     assert_eq!(
         v("fleet_units", &[("desired_state", "launched")]),
         Some(2.0),
@@ -1417,7 +1434,6 @@ async fn metrics_reflect_the_registry() {
         "label values are escaped: {text}"
     );
     assert_eq!(v("fleet_machines", &[]), Some(1.0));
-    assert_eq!(v("fleet_engine_leader", &[]), Some(0.0));
     for counter in [
         "fleet_engine_placements_total",
         "fleet_engine_whole_plans_total",

@@ -807,7 +807,8 @@ async fn a_state_left_on_a_machine_the_unit_left_is_that_machines_not_the_units(
 }
 
 /// `/metrics` counts the machines without reading their records (a count-only read); its
-/// units and states gauges count by what the records hold, so those are read whole.
+/// units and states gauges count by what the records hold, so those are read whole, by the
+/// fleetd leading the engine only: the others read no key.
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_machines_without_reading_them() {
     let api = Api::start(100).await;
@@ -815,25 +816,34 @@ async fn metrics_count_machines_without_reading_them() {
     let names: Vec<String> = (0..10).map(|i| format!("u{i}.service")).collect();
     let _machines = cluster(&setup, &names, 5).await;
     let states = names.iter().filter(|n| !unplaced(n)).count();
+    let root = api.base.trim_end_matches("/fleet/v1");
+    let scrape = || async {
+        let r = api
+            .http
+            .get(format!("{root}/metrics"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = r.text().await.expect("body");
+        let sample = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in {text}"))
+                .to_string()
+        };
+        assert_eq!(sample("fleet_machines"), "5");
+        assert_eq!(sample("fleet_etcd_up"), "1");
+    };
 
     let before = api.registry.keys_read();
-    let root = api.base.trim_end_matches("/fleet/v1");
-    let r = api
-        .http
-        .get(format!("{root}/metrics"))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(r.status(), StatusCode::OK);
-    let text = r.text().await.expect("body");
-    let sample = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .to_string()
-    };
-    assert_eq!(sample("fleet_machines"), "5");
-    assert_eq!(sample("fleet_etcd_up"), "1");
+    scrape().await;
+    assert_eq!(api.registry.keys_read() - before, 0, "a follower read keys");
+
+    // No other test of this binary leads the engine.
+    let _leading = fleet_telemetry::LeaderGuard::new();
+    let before = api.registry.keys_read();
+    scrape().await;
     let read = api.registry.keys_read() - before;
     assert_eq!(read as usize, names.len() + states, "units and states only");
 }
