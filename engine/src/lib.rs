@@ -144,9 +144,9 @@ async fn lead(
     // What the engine decides from: read once, then kept from the watch's events. Dropped to
     // be read again after an error.
     let mut view: Option<EngineView> = None;
-    // What the last plan of the whole cluster knew, while the cluster is as it left it: the
-    // bursts of changes to plain units since are planned from it alone. Dropped with the view
-    // and whenever a burst needs the whole plan.
+    // What the last plan of the whole cluster knew of the cluster its ops leave, while the
+    // cluster is as it left it: the bursts of changes to plain units since are planned from it
+    // alone. Dropped with the view and whenever a burst needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
     // The members whose lease was gone when the last whole plan changed nothing, while the
     // view has not changed since: planning again would give the same nothing. Only useful
@@ -323,9 +323,11 @@ async fn lead(
                     held = hold(snapshot, &absent);
                     &held
                 };
-                let (whole, settled) = plan::plan_and_memo(planned);
-                // A memo of a cluster with units held is not the cluster's.
-                memo = settled.filter(|_| absent.is_empty());
+                let (whole, after) = plan::plan_and_memo(planned);
+                // The cluster once the ops below are applied (if they fail, the view is read
+                // again, and the memo dropped with it). A memo of a cluster with units held is
+                // not the cluster's.
+                memo = after.filter(|_| absent.is_empty());
                 for u in &whole.unplaceable {
                     tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
                 }

@@ -71,17 +71,28 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
     planner.finish(snapshot)
 }
 
-/// [`plan`], and when that plan changes no placement (the cluster is as its units ask), the
-/// [`Memo`] to plan the next bursts of changes from without planning the whole cluster.
+/// [`plan`], and the [`Memo`] of the cluster once that plan's ops are applied, to plan the next
+/// bursts of changes from without planning the whole cluster: what the planner holds at its
+/// end is the cluster as those ops leave it. Only when a plan of that cluster would change
+/// nothing, reasons included (a property test checks it, and that it builds the same memo):
+/// when the plan changes no placement, or places every unit. A unit left unplaceable by a
+/// plan that changes placements can be given other reasons by the next plan (its reasons are
+/// found while the others are being placed), which only a whole plan writes.
 pub fn plan_and_memo(snapshot: &EngineSnapshot) -> (Plan, Option<Memo>) {
     let mut planner = Planner::new(snapshot);
     planner.keep(snapshot);
     planner.place();
     let plan = planner.finish(snapshot);
-    let memo = plan
-        .ops
-        .is_empty()
-        .then(|| planner.memo(&snapshot.stopping));
+    let memo = (plan.ops.is_empty() || plan.unplaceable.is_empty()).then(|| {
+        // Units it takes off live machines wait for them to stop them (a destroyed one, say).
+        let mut stopping = snapshot.stopping.clone();
+        for op in &plan.ops {
+            if let PlacementOp::Move { machine, name } = op {
+                stopping.insert((machine.clone(), name.clone()));
+            }
+        }
+        planner.memo(&stopping)
+    });
     (plan, memo)
 }
 
