@@ -1401,7 +1401,7 @@ async fn metrics_reflect_the_registry() {
         );
     }
 
-    // The leader's counts them.
+    // The leader counts them (no other test of this binary leads the engine).
     let _leading = fleet_telemetry::LeaderGuard::new();
     let text = scrape(&api.root).await.2;
     let samples = parse_metrics(&text);

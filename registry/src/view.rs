@@ -367,7 +367,11 @@ impl EngineView {
                 let machine = decode::<Machine>(&kv)?;
                 let own = registry.machine_key(&machine.id) == key;
                 if !own {
-                    tracing::warn!(key, machine = %machine.id, "ignoring a machine record under another machine's key");
+                    tracing::warn!(
+                        key,
+                        machine = %machine.id,
+                        "ignoring a machine record under another machine's key"
+                    );
                 }
                 Some(machine).filter(|_| own)
             };

@@ -2,9 +2,10 @@
 //!
 //! A [`Memo`] is what a full [`plan`](super::plan) knew at its end, of the cluster as its ops
 //! leave it (when it changed no placement, or placed every unit: see
-//! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is, which units and names take part in
-//! a rule between units (`Conflicts`, `Replaces`, `MachineOf`, global units), and which units
-//! wait (those it moved away among them, until their machines have stopped them).
+//! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is,
+//! which units and names take part in a rule between units (`Conflicts`, `Replaces`,
+//! `MachineOf`, global units), and which units wait (those it moved away among them, until
+//! their machines have stopped them).
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no rule that names
 //! another unit, named by no other unit's rule, not global) in time that depends on the
 //! burst, not on the cluster: such a unit affects the others only through the load of the one
