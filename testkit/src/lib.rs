@@ -162,6 +162,19 @@ fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
+/// The sum of metric `name`'s samples in `text` (Prometheus' text format) over the series
+/// whose labels include `label` (`""`: all of them); 0 when there is none.
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
 /// Whether etcd's `/health` endpoint on `port` says it is healthy.
 fn healthy(port: u16) -> bool {
     get(port, "/health").is_some_and(|answer| answer.contains("\"health\":\"true\""))
@@ -316,9 +329,9 @@ impl Etcd {
 }
 
 impl Etcd {
-    /// The sum of etcd's metric `name` over the series whose labels include `label` (e.g.
-    /// `grpc_method="LeaseKeepAlive"`), from its `/metrics`; 0 when there is none. Panics when
-    /// etcd does not answer.
+    /// [`metric_sum`] of etcd's metric `name` over the series whose labels include `label`
+    /// (e.g. `grpc_method="LeaseKeepAlive"`), from its `/metrics`. Panics when etcd does not
+    /// answer.
     pub fn metric(&self, name: &str, label: &str) -> f64 {
         let text = get(self.metrics_port, "/metrics").unwrap_or_else(|| {
             panic!(
@@ -326,14 +339,7 @@ impl Etcd {
                 self.metrics_port
             )
         });
-        text.lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| {
-                let (series, value) = line.rsplit_once(' ')?;
-                let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
-                (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
-            })
-            .sum()
+        metric_sum(&text, name, label)
     }
 
     /// Stops etcd in its tracks (SIGSTOP): connections stay open and nothing answers, as when
@@ -557,5 +563,33 @@ impl Etcd {
                 .await
                 .expect("disarm an alarm");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric_sum;
+
+    #[test]
+    fn metrics_are_summed_over_their_labels_only() {
+        let text = "# TYPE grpc_server_msg_received_total counter\n\
+            grpc_server_msg_received_total{grpc_method=\"Range\"} 10\n\
+            grpc_server_msg_received_total{grpc_method=\"LeaseKeepAlive\"} 32\n\
+            grpc_server_msg_received_total_other 1000\n\
+            etcd_mvcc_db_total_size_in_bytes 2.097152e+06\n";
+        assert_eq!(metric_sum(text, "grpc_server_msg_received_total", ""), 42.0);
+        assert_eq!(
+            metric_sum(
+                text,
+                "grpc_server_msg_received_total",
+                "grpc_method=\"LeaseKeepAlive\""
+            ),
+            32.0
+        );
+        assert_eq!(
+            metric_sum(text, "etcd_mvcc_db_total_size_in_bytes", ""),
+            2_097_152.0
+        );
+        assert_eq!(metric_sum(text, "missing", ""), 0.0);
     }
 }

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_registry::{JobState, MachineId, PresenceStatus, Progress, Registry, Unit};
+use fleet_testkit::metric_sum;
 use fleet_units::{UnitName, UnitOption};
 use futures_util::{stream, StreamExt, TryStreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -581,9 +582,9 @@ async fn run_size(
     let window = Instant::now();
     tokio::time::sleep(IDLE_WINDOW).await;
     let after = etcd_metrics(etcd).await?;
-    let received = |text: &str| metric_sum(text, "grpc_server_msg_received_total");
+    let received = |text: &str| metric_sum(text, "grpc_server_msg_received_total", "");
     f.idle_rate = (received(&after) - received(&before)) / window.elapsed().as_secs_f64();
-    f.db_mb = metric_sum(&after, "etcd_mvcc_db_total_size_in_bytes") / 1e6;
+    f.db_mb = metric_sum(&after, "etcd_mvcc_db_total_size_in_bytes", "") / 1e6;
     (f.engine_rss, f.engine_peak) = engine.process.rss();
     (f.sim_rss, f.sim_peak) = sim.rss();
 
@@ -934,17 +935,6 @@ async fn etcd_metrics(etcd: &fleet_testkit::Etcd) -> Result<String, Failure> {
         .map_err(|e| err(format!("cannot read {url}: {e}")))
 }
 
-/// The sum of a metric's samples over all its labels.
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// etcd's gRPC messages received between two readings of its metrics, by method, most first.
 fn messages_by_method(before: &str, after: &str) -> Vec<(String, f64)> {
     let by_method = |text: &str| {
@@ -1158,25 +1148,5 @@ async fn renew(
         None => Err(etcd_client::Error::LeaseKeepAliveError(
             "keepalive stream closed".into(),
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metrics_are_summed_over_their_labels_only() {
-        let text = "# TYPE grpc_server_msg_received_total counter\n\
-            grpc_server_msg_received_total{grpc_method=\"Range\"} 10\n\
-            grpc_server_msg_received_total{grpc_method=\"LeaseKeepAlive\"} 32\n\
-            grpc_server_msg_received_total_other 1000\n\
-            etcd_mvcc_db_total_size_in_bytes 2.097152e+06\n";
-        assert_eq!(metric_sum(text, "grpc_server_msg_received_total"), 42.0);
-        assert_eq!(
-            metric_sum(text, "etcd_mvcc_db_total_size_in_bytes"),
-            2_097_152.0
-        );
-        assert_eq!(metric_sum(text, "missing"), 0.0);
     }
 }
