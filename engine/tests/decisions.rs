@@ -2,30 +2,15 @@
 //! with why there, and a unit it cannot place once per change of its reasons, not once per
 //! pass.
 
+mod support;
+
 use std::time::Duration;
 
-use fleet_registry::{
-    EtcdConfig, Event, EventFilter, EventKind, JobState, Machine, MachineId, Presence, Registry,
-    Unit,
-};
+use fleet_registry::{Event, EventFilter, EventKind, JobState, Machine, Presence, Registry, Unit};
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
+use support::{connect, id};
 use tokio::time::Instant;
-
-async fn connect(etcd: &Etcd) -> Registry {
-    Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry")
-}
-
-fn id(n: u8) -> MachineId {
-    MachineId::parse(&format!("{n:032x}")).expect("id")
-}
 
 fn unit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
     let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];

@@ -1,25 +1,17 @@
 //! The leading engine against a real etcd: once it has read the cluster, it handles each change
 //! from the change itself, reading nothing again, however many units there are.
 
+mod support;
+
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
+use fleet_registry::{JobState, Machine, Presence, Registry, Unit};
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
+use support::{connect, id};
 use tokio::time::Instant;
 
 const UNITS: usize = 300;
-
-async fn connect(etcd: &Etcd) -> Registry {
-    Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry")
-}
 
 fn unit(n: usize) -> Unit {
     Unit {
@@ -54,7 +46,7 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
     let mut presences = Vec::new();
     for i in 1..=3u8 {
         let machine = Machine {
-            id: MachineId::parse(&format!("{i:032x}")).expect("id"),
+            id: id(i),
             public_ip: format!("10.0.0.{i}"),
             metadata: Default::default(),
             version: "test".into(),
@@ -71,7 +63,7 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
     }
     let engine = tokio::spawn(fleet_engine::run(
         engine_registry.clone(),
-        MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        id(1),
         presences[0].subscribe(),
         fleet_engine::EngineConfig {
             // A full read every 30 s (`FULL_READ_EVERY`): none in this test's time.
@@ -109,7 +101,7 @@ async fn the_engine_reads_the_cluster_again_now_and_then() {
     let engine_registry = connect(&etcd).await;
     let observer = connect(&etcd).await;
     let machine = Machine {
-        id: MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        id: id(1),
         public_ip: "10.0.0.1".into(),
         metadata: Default::default(),
         version: "test".into(),
@@ -124,7 +116,7 @@ async fn the_engine_reads_the_cluster_again_now_and_then() {
     let interval = Duration::from_millis(50);
     let engine = tokio::spawn(fleet_engine::run(
         engine_registry.clone(),
-        MachineId::parse(&format!("{:032x}", 1)).expect("id"),
+        id(1),
         presence.subscribe(),
         fleet_engine::EngineConfig {
             reconcile_interval: interval,

@@ -2,19 +2,18 @@
 //! a real etcd: it plans the whole cluster again only when something changed, not at every
 //! look it takes while it waits.
 
+mod support;
+
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
+use fleet_registry::{JobState, Machine, Presence, Unit};
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
+use support::{connect, id};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn id(n: u8) -> MachineId {
-    MachineId::parse(&format!("{n:032x}")).expect("id")
-}
 
 fn unit(name: &str) -> Unit {
     Unit {
@@ -39,14 +38,7 @@ where
 #[tokio::test(flavor = "multi_thread")]
 async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
     let etcd = Etcd::start();
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry");
+    let registry = connect(&etcd).await;
     let mut presences = Vec::new();
     for n in 1..=2u8 {
         let machine = Machine {

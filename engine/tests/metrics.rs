@@ -1,12 +1,15 @@
 //! The engine's metrics, against a real etcd: leadership, placements written and reconcile
 //! durations are counted as the engine works.
 
+mod support;
+
 use std::time::Duration;
 
-use fleet_registry::{EtcdConfig, JobState, Machine, MachineId, Presence, Registry, Unit};
+use fleet_registry::{JobState, Machine, Presence, Unit};
 use fleet_telemetry::{ENGINE_LEADER, ENGINE_PLACEMENTS, ENGINE_RECONCILE};
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
+use support::{connect, id};
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -22,15 +25,8 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_engine_reports_leadership_placements_and_reconciliations() {
     let etcd = Etcd::start();
-    let registry = Registry::connect(&EtcdConfig {
-        endpoints: vec![etcd.endpoint.clone()],
-        prefix: etcd.prefix.clone(),
-        request_timeout: Duration::from_secs(2),
-        ..EtcdConfig::default()
-    })
-    .await
-    .expect("registry");
-    let id = MachineId::parse(&format!("{:032x}", 1)).expect("id");
+    let registry = connect(&etcd).await;
+    let id = id(1);
     let machine = Machine {
         id: id.clone(),
         public_ip: "10.0.0.1".into(),
