@@ -967,12 +967,7 @@ async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {
 async fn three_hundred_placements_are_written_in_several_transactions() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .unwrap();
+    let (_a, leadership) = leading(&registry, 1).await;
     let units: Vec<String> = (0..300).map(|i| format!("u{i:03}.service")).collect();
 
     let puts: Vec<_> = units.iter().map(|u| place(&machine_id(1), u)).collect();
@@ -1005,12 +1000,7 @@ async fn three_hundred_placements_are_written_in_several_transactions() {
 async fn placements_of_large_units_are_batched_within_etcds_request_limit() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_machine, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("leads");
+    let (_machine, leadership) = leading(&registry, 1).await;
     // Together far more than one request may carry (each fits on its own).
     let ops: Vec<PlacementOp> = (0..4)
         .map(|i| PlacementOp::Put {

@@ -149,12 +149,7 @@ async fn an_engine_view_kept_from_events_says_what_a_fresh_read_says() {
 async fn the_engines_own_writes_are_not_undone_by_the_watch_reporting_them_late() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
+    let (_a, leadership) = leading(&registry, 1).await;
     registry.put_unit(&unit("x.service")).await.unwrap();
     let mut view = registry.engine_view().await.unwrap();
     let placed = |view: &EngineView| {
@@ -235,12 +230,7 @@ async fn changes_until(
 async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
+    let (_a, leadership) = leading(&registry, 1).await;
     registry.put_unit(&unit("a.service")).await.unwrap();
     let mut view = registry.engine_view().await.unwrap();
     assert_eq!(view.take_changes(), Default::default());
@@ -414,12 +404,7 @@ async fn views_opened_or_read_again_while_placements_are_written_miss_none_of_th
     const EVERY: usize = 50;
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
+    let (_a, leadership) = leading(&registry, 1).await;
     let me = machine_id(1);
     // A few views, opened at set points: views nobody reads hold their events on the one
     // HTTP/2 connection, whose window a view opened on every turn of a loop would fill.
@@ -468,12 +453,7 @@ async fn views_opened_or_read_again_while_placements_are_written_miss_none_of_th
 async fn reading_a_view_again_says_whether_it_differed() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
+    let (_a, leadership) = leading(&registry, 1).await;
     let me = machine_id(1);
     let mut view = registry.agent_view(&me).await.unwrap();
     assert_eq!(view.refresh().await.unwrap(), Refreshed::Same);
@@ -533,13 +513,8 @@ async fn a_watch_from_now_leaves_out_what_the_read_after_it_holds() {
 async fn an_agent_view_follows_its_placements_the_global_units_and_its_record() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
+    let (_a, leadership) = leading(&registry, 1).await;
     let (_b, _) = present(&registry, 2).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
     let me = machine_id(1);
     let mut view = registry.agent_view(&me).await.unwrap();
     agent_converges(&registry, &me, &mut view).await;
@@ -739,13 +714,8 @@ async fn a_machines_version_of_a_global_unit_applies_only_over_the_write_it_was_
     use fleet_units::{UnitFile, UnitOption};
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
+    let (_a, leadership) = leading(&registry, 1).await;
     let (_b, _) = present(&registry, 2).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
     let (one, two) = (machine_id(1), machine_id(2));
     let g = name("g.service");
     let global = global_unit("g.service");
@@ -1002,12 +972,7 @@ async fn an_engine_snapshot_larger_than_a_request_is_read_whole() {
     const UNITS: usize = 11_000;
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
-    let (_a, lease) = present(&registry, 1).await;
-    let leadership = registry
-        .campaign(&machine_id(1), lease)
-        .await
-        .unwrap()
-        .expect("machine 1 leads");
+    let (_a, leadership) = leading(&registry, 1).await;
     let names: Vec<String> = (0..UNITS).map(|i| format!("u{i:05}.service")).collect();
     stream::iter(&names)
         .for_each_concurrent(64, |n| {

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use fleet_registry::{
-    EtcdConfig, JobState, Machine, MachineId, Placement, PlacementOp, Presence, PresenceStatus,
-    Registry, Unit, UnitState,
+    EtcdConfig, JobState, Leadership, Machine, MachineId, Placement, PlacementOp, Presence,
+    PresenceStatus, Registry, Unit, UnitState,
 };
 pub use fleet_testkit::{closed_port, Etcd, TempDir};
 use fleet_units::{UnitName, UnitOption};
@@ -99,6 +99,17 @@ pub async fn present(registry: &Registry, n: u8) -> (Presence, i64) {
     .expect("registration fails");
     let lease = lease_of(&presence);
     (presence, lease)
+}
+
+/// Registers machine `n` (as [`present`]) and makes it the engine's leader.
+pub async fn leading(registry: &Registry, n: u8) -> (Presence, Leadership) {
+    let (presence, lease) = present(registry, n).await;
+    let leadership = registry
+        .campaign(&machine_id(n), lease)
+        .await
+        .expect("campaign")
+        .expect("the machine leads");
+    (presence, leadership)
 }
 
 pub fn lease_of(presence: &Presence) -> i64 {
