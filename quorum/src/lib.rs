@@ -365,14 +365,20 @@ impl Guard {
         now + self.timing.ask_ahead >= self.expiry()
     }
 
+    /// When the lease comes to risk ([`Guard::at_risk`] from then on, until a renewal).
+    pub fn at_risk_from(&self) -> Duration {
+        self.expiry().saturating_sub(self.timing.ask_ahead)
+    }
+
     /// Whether a round sent at `now` is due: the lease is at risk, the machine has not fenced,
     /// and the last round (answered or not) was sent at least [`Timing::ask_every`] ago. Rounds
     /// go out at that pace whether or not the earlier ones have been answered: a confirmation
     /// lasts [`Timing::validity`], four rounds' worth, so that one or two slow answers do not
     /// leave it to lapse with no round behind it.
     pub fn should_ask(&self, now: Duration, last_sent: Option<Duration>) -> bool {
-        let at_risk = now + self.timing.ask_ahead >= self.expiry();
-        !self.fenced && at_risk && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
+        !self.fenced
+            && self.at_risk(now)
+            && last_sent.is_none_or(|s| now >= s + self.timing.ask_every())
     }
 
     /// The next time after `now` at which [`Guard::verdict`] may change by itself (a
@@ -385,7 +391,7 @@ impl Guard {
         let expiry = self.expiry();
         [
             self.confirmed_until,
-            Some(expiry.saturating_sub(self.timing.ask_ahead)),
+            Some(self.at_risk_from()),
             Some(expiry),
         ]
         .into_iter()

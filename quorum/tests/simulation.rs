@@ -819,11 +819,7 @@ impl World {
                 let pause = if mach.fenced {
                     RETRY_PAUSE
                 } else {
-                    let until_at_risk = mach
-                        .guard
-                        .expiry()
-                        .saturating_sub(timing.ask_ahead)
-                        .saturating_sub(sent);
+                    let until_at_risk = mach.guard.at_risk_from().saturating_sub(sent);
                     let pause = mach.retry_pause + mach.retry_pause / 4 * mach.retry_share / 1000;
                     mach.retry_pause = (mach.retry_pause * 2).min(MAX_RETRY_PAUSE);
                     // At risk, the urgent renewals go every `ask_every` (below), besides.

@@ -676,10 +676,7 @@ async fn keep_alive(mut k: KeepAlive) {
             (
                 guard.at_risk(now),
                 guard.timing().ask_every(),
-                guard
-                    .expiry()
-                    .saturating_sub(guard.timing().ask_ahead)
-                    .saturating_sub(now),
+                guard.at_risk_from().saturating_sub(now),
             )
         };
         let attempt = renewer.renew(&k.registry, k.lease);
