@@ -69,7 +69,8 @@ pub use model::{
     UnitState,
 };
 pub use presence::{
-    Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Renewal, Witness,
+    lease_not_found, Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Renewal,
+    Witness,
 };
 pub use progress::{reports_active, Progress};
 pub use update::{

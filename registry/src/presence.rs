@@ -1448,6 +1448,12 @@ impl Backoff {
     }
 }
 
+/// Whether opening a keepalive stream failed because the lease is gone: etcd-client reports
+/// it as an error when the stream is opened (on an open stream, as a TTL of 0).
+pub fn lease_not_found(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::LeaseKeepAliveError(message) if message.contains("lease not found"))
+}
+
 /// The one keepalive stream of this machine, opened again after an error.
 struct Renewer {
     /// The lease, the endpoint the stream was opened on, and the stream.
@@ -1473,12 +1479,10 @@ impl Renewer {
             let opened = registry
                 .timed_on(endpoint, lease_client.keep_alive(lease))
                 .await;
-            // etcd-client reports a lease that is already gone as an error when the stream is
-            // opened (on an open stream, as a TTL of 0): both mean "register again".
-            if let Err(Error::Etcd(etcd_client::Error::LeaseKeepAliveError(message))) = &opened {
-                if message.contains("lease not found") {
-                    return Ok(false);
-                }
+            // A lease already gone, reported on opening (on an open stream, as a TTL of 0):
+            // both mean "register again".
+            if matches!(&opened, Err(Error::Etcd(e)) if lease_not_found(e)) {
+                return Ok(false);
             }
             let (keeper, stream) = opened?;
             self.stream = Some((lease, endpoint, keeper, stream));

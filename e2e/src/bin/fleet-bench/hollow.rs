@@ -1136,9 +1136,7 @@ async fn renew(
                 *stream = Some(opened);
                 Ok(true)
             }
-            Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("lease not found") => {
-                Ok(false)
-            }
+            Err(e) if fleet_registry::lease_not_found(&e) => Ok(false),
             Err(e) => Err(e),
         };
     };
