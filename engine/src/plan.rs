@@ -328,9 +328,9 @@ impl<'a> Planner<'a> {
             .into_iter()
             .enumerate()
             .map(|(m, entry)| {
-                let id = entry.machine.id.as_str().to_ascii_lowercase();
-                host_ids.entry(id[..8].to_string()).or_default().push(m);
-                host_ids.entry(id).or_default().push(m);
+                for key in host_id_keys(&entry.machine.id) {
+                    host_ids.entry(key).or_default().push(m);
+                }
                 let running: Vec<usize> = globals
                     .iter()
                     .enumerate()
@@ -935,6 +935,13 @@ impl<'a> Planner<'a> {
             placed,
         }
     }
+}
+
+/// The keys `MachineID=` finds a machine by: its full id and its short one (8 digits),
+/// lower-cased.
+fn host_id_keys(id: &fleet_registry::MachineId) -> [String; 2] {
+    let full = id.as_str().to_ascii_lowercase();
+    [full[..8].to_string(), full]
 }
 
 /// Why the least loaded machine: its load, and how many less loaded ones (or as loaded, with

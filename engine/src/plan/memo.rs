@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
 
-use super::{least_loaded, Plan, Planner};
+use super::{host_id_keys, least_loaded, Plan, Planner};
 
 /// What the last full plan knew, kept up to date by the bursts planned from it. See the module
 /// documentation.
@@ -263,8 +263,7 @@ impl Memo {
                     .iter()
                     .filter(|g| g.metadata_matches(&metadata))
                     .count();
-                let lower = id.as_str().to_ascii_lowercase();
-                for key in [lower[..8].to_string(), lower] {
+                for key in host_id_keys(id) {
                     let ids = self.host_ids.entry(key).or_default();
                     let at = ids.partition_point(|other| other < id);
                     ids.insert(at, id.clone());
