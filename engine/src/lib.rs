@@ -356,9 +356,12 @@ async fn lead(
                 }
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
-                    // E.g. etcd out of space, or a timeout. Some batches may have been written:
-                    // read the cluster again rather than plan from a view without them (it
-                    // could place a unit twice).
+                    // E.g. etcd out of space, a timeout, or a placement refused because the
+                    // unit is placed elsewhere already (`Error::Conflict`: a write of ours
+                    // that timed out and was applied late). Some batches may have been
+                    // written, and the memo counts on them all: read the cluster again. A
+                    // write still on its way is no danger: etcd places a unit on one machine
+                    // at most (`apply_placements`).
                     let pause = refused.failed(&e);
                     tokio::time::sleep(pause).await;
                     view = None;

@@ -147,6 +147,11 @@ pub enum Error {
     },
     #[error("this engine no longer holds the leadership")]
     NotLeader,
+    /// A conditioned write refused because etcd no longer holds what it was decided from:
+    /// another write came first (a write of this process's that timed out and was applied
+    /// late, say). Read again and decide again.
+    #[error("{0}")]
+    Conflict(String),
     #[error("machine {0} is already registered by another live fleetd")]
     DuplicateMachine(MachineId),
     #[error("the lease of this machine is gone")]
@@ -613,29 +618,54 @@ pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// header and the protobuf framing of each operation (see [`op_bytes`]).
 const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES - 4 * 1024;
 
-/// Groups of operations (each group with its size in bytes, kept in one transaction) in
-/// batches within etcd's limits on operations and bytes, in order: each batch's operations and
-/// how many groups it holds.
-fn batched(groups: impl IntoIterator<Item = (Vec<TxnOp>, usize)>) -> Vec<(Vec<TxnOp>, usize)> {
-    // Each batch: its transaction's ops, its size in bytes and how many groups it holds.
-    let mut batches: Vec<(Vec<TxnOp>, usize, usize)> = Vec::new();
-    for (ops, bytes) in groups {
-        let fits = batches.last().is_some_and(|(batch, size, _)| {
-            batch.len() + ops.len() < MAX_TXN_OPS && size + bytes <= REQUEST_BUDGET
+/// Operations kept in one transaction, with the conditions they add to it and their size in
+/// a request.
+struct Group {
+    ops: Vec<TxnOp>,
+    compares: Vec<Compare>,
+    bytes: usize,
+}
+
+impl Group {
+    fn of(ops: Vec<TxnOp>, bytes: usize) -> Group {
+        Group {
+            ops,
+            compares: Vec::new(),
+            bytes,
+        }
+    }
+}
+
+/// One transaction's worth of groups: their operations and conditions, and how many groups.
+#[derive(Default)]
+struct Batch {
+    ops: Vec<TxnOp>,
+    compares: Vec<Compare>,
+    bytes: usize,
+    groups: usize,
+}
+
+/// Groups in batches within etcd's limits on operations (conditions count apart, and one of
+/// each is left for the caller's own, such as the leadership's) and bytes, in order.
+fn batched(groups: impl IntoIterator<Item = Group>) -> Vec<Batch> {
+    let mut batches: Vec<Batch> = Vec::new();
+    for group in groups {
+        let fits = batches.last().is_some_and(|b| {
+            b.ops.len() + group.ops.len() < MAX_TXN_OPS
+                && b.compares.len() + group.compares.len() < MAX_TXN_OPS
+                && b.bytes + group.bytes <= REQUEST_BUDGET
         });
         if !fits {
-            batches.push((Vec::new(), 0, 0));
+            batches.push(Batch::default());
         }
-        if let Some((batch, size, count)) = batches.last_mut() {
-            batch.extend(ops);
-            *size += bytes;
-            *count += 1;
+        if let Some(b) = batches.last_mut() {
+            b.ops.extend(group.ops);
+            b.compares.extend(group.compares);
+            b.bytes += group.bytes;
+            b.groups += 1;
         }
     }
     batches
-        .into_iter()
-        .map(|(batch, _, count)| (batch, count))
-        .collect()
 }
 
 /// What an operation on `key` with `value` adds to a request, framing included.
@@ -1258,8 +1288,11 @@ impl Registry {
     /// Unconditional writes, each with its size in a request, in transactions within etcd's
     /// limits on operations and bytes.
     async fn write_batched(&self, ops: Vec<(TxnOp, usize)>) -> Result<()> {
-        for (batch, _) in batched(ops.into_iter().map(|(op, bytes)| (vec![op], bytes))) {
-            self.txn(Txn::new().and_then(batch)).await?;
+        for batch in batched(
+            ops.into_iter()
+                .map(|(op, bytes)| Group::of(vec![op], bytes)),
+        ) {
+            self.txn(Txn::new().and_then(batch.ops)).await?;
         }
         Ok(())
     }
@@ -1623,32 +1656,133 @@ impl Registry {
             .and_then(|s| MachineId::parse(s).ok()))
     }
 
-    /// Applies placement changes in batched transactions, each conditioned on `leadership`.
-    /// Returns the revision each op was written at, in the order of `ops`. On an error, the
-    /// batches before the failing one are written.
+    /// Applies the engine's placement changes, each transaction conditioned on `leadership`:
+    /// removals first, then new placements, each in batches of their own. A unit is placed on
+    /// a machine only while no other machine holds it (its `placed/` entries): a plan made
+    /// from a view that lacks a placement (the engine's own, written earlier, timed out and
+    /// applied late, say) is refused as [`Error::Conflict`] rather than running the unit
+    /// twice. The same plan may remove a unit from one machine and place it on another, which
+    /// is why removals go first. An index entry left without its placement (by hand) is
+    /// removed when it refuses one, so that the next plan goes through. The revision each
+    /// change was written at, in the order of `ops`; on an error, the batches before the
+    /// failing one are written.
     pub async fn apply_placements(
         &self,
         leadership: Leadership,
         ops: &[PlacementOp],
     ) -> Result<Vec<i64>> {
         let key = self.leader_key();
-        let mut revisions = Vec::with_capacity(ops.len());
-        for (batch, count) in self.placement_batches(leadership, ops) {
-            let txn = Txn::new()
-                .when(vec![Compare::create_revision(
+        let mut revisions = vec![0; ops.len()];
+        let (removals, puts): (Vec<usize>, Vec<usize>) =
+            (0..ops.len()).partition(|&i| !matches!(ops[i], PlacementOp::Put { .. }));
+        for phase in [removals, puts] {
+            let mut at = 0;
+            for batch in self.placement_batches(leadership, phase.iter().map(|&i| &ops[i])) {
+                let held = &phase[at..at + batch.groups];
+                at += batch.groups;
+                let placing: Vec<(&UnitName, &MachineId)> = held
+                    .iter()
+                    .filter_map(|&i| match &ops[i] {
+                        PlacementOp::Put { machine, placement } => Some((&placement.name, machine)),
+                        _ => None,
+                    })
+                    .collect();
+                let mut when = vec![Compare::create_revision(
                     key.clone(),
                     CompareOp::Equal,
                     leadership.revision,
-                )])
-                .and_then(batch);
-            let resp = self.txn(txn).await?;
-            if !resp.succeeded() {
-                return Err(Error::NotLeader);
+                )];
+                when.extend(batch.compares);
+                // Refused: whether the leadership holds, and where each unit is placed.
+                let otherwise: Vec<TxnOp> = std::iter::once(TxnOp::get(key.clone(), None))
+                    .chain(placing.iter().map(|(name, _)| {
+                        TxnOp::get(
+                            self.placed_prefix(name),
+                            Some(GetOptions::new().with_prefix().with_keys_only()),
+                        )
+                    }))
+                    .collect();
+                let txn = Txn::new().when(when).and_then(batch.ops).or_else(otherwise);
+                let resp = self.txn(txn).await?;
+                if !resp.succeeded() {
+                    return Err(self.placements_refused(leadership, &resp, &placing).await);
+                }
+                let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+                for &i in held {
+                    revisions[i] = revision;
+                }
             }
-            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            revisions.extend(std::iter::repeat_n(revision, count));
         }
         Ok(revisions)
+    }
+
+    /// Why a batch of placements was refused: the leadership lost, or units placed on other
+    /// machines than `placing` says. Index entries found without their placement are removed
+    /// (conditioned on the leadership and on the placement's absence).
+    async fn placements_refused(
+        &self,
+        leadership: Leadership,
+        resp: &TxnResponse,
+        placing: &[(&UnitName, &MachineId)],
+    ) -> Error {
+        let gets: Vec<GetResponse> = resp
+            .op_responses()
+            .into_iter()
+            .filter_map(|r| match r {
+                TxnOpResponse::Get(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        let Some((held, placed)) = gets.split_first() else {
+            return Error::Protocol("a refused placement transaction answered no read".into());
+        };
+        if held.kvs().first().map(|kv| kv.create_revision()) != Some(leadership.revision) {
+            return Error::NotLeader;
+        }
+        let mut elsewhere = Vec::new();
+        for ((name, target), placed) in placing.iter().zip(placed) {
+            let prefix = self.placed_prefix(name);
+            for machine in placed
+                .kvs()
+                .iter()
+                .filter_map(|kv| MachineId::parse(kv.key_str().ok()?.strip_prefix(&prefix)?).ok())
+                .filter(|m| m != *target)
+            {
+                match self.remove_orphan_index(leadership, name, &machine).await {
+                    Ok(true) => tracing::warn!(
+                        unit = %name,
+                        machine = %machine,
+                        "removed an index entry of a placement that does not exist"
+                    ),
+                    Ok(false) => elsewhere.push(format!("{name} on {machine}")),
+                    Err(e) => return e,
+                }
+            }
+        }
+        Error::Conflict(format!(
+            "placements refused: etcd holds placements the plan did not know of ({})",
+            if elsewhere.is_empty() {
+                "index entries without placements, now removed".to_string()
+            } else {
+                elsewhere.join(", ")
+            }
+        ))
+    }
+
+    /// Removes `name`'s index entry on `machine` if that placement does not exist.
+    async fn remove_orphan_index(
+        &self,
+        leadership: Leadership,
+        name: &UnitName,
+        machine: &MachineId,
+    ) -> Result<bool> {
+        let txn = Txn::new()
+            .when(vec![
+                Compare::create_revision(self.leader_key(), CompareOp::Equal, leadership.revision),
+                Compare::version(self.placement_key(machine, name), CompareOp::Equal, 0),
+            ])
+            .and_then(vec![TxnOp::delete(self.placed_key(name, machine), None)]);
+        Ok(self.txn(txn).await?.succeeded())
     }
 
     /// Declares a machine whose lease is gone dead: removes what was placed on it (`units`)
@@ -1676,7 +1810,7 @@ impl Registry {
         let mut batches: Vec<Vec<TxnOp>> = self
             .placement_batches(leadership, &ops)
             .into_iter()
-            .map(|(batch, _)| batch)
+            .map(|batch| batch.ops)
             .collect();
         // The member record goes last, so that an interrupted declaration is taken up again;
         // with it what the machine was stopping and its versions of global units: it runs
@@ -1828,23 +1962,37 @@ impl Registry {
     /// and on bytes: placements carry their unit's options, so a few large units fill a
     /// request long before the operation limit does. A placement and its index entry always
     /// go in the same transaction.
-    fn placement_batches(
+    fn placement_batches<'a>(
         &self,
         leadership: Leadership,
-        ops: &[PlacementOp],
-    ) -> Vec<(Vec<TxnOp>, usize)> {
-        let items = ops.iter().map(|op| match op {
+        ops: impl IntoIterator<Item = &'a PlacementOp>,
+    ) -> Vec<Batch> {
+        let groups = ops.into_iter().map(|op| match op {
             PlacementOp::Put { machine, placement } => {
                 let (key, value) = (
                     self.placement_key(machine, &placement.name),
                     encode(placement),
                 );
                 let index = self.placed_key(&placement.name, machine);
-                let bytes = op_bytes(&key, &value) + op_bytes(&index, b"");
-                (
-                    vec![TxnOp::put(key, value, None), TxnOp::put(index, "", None)],
+                // No other machine holds the unit: no index entry before this machine's in
+                // the unit's, nor after it.
+                let prefix = self.placed_prefix(&placement.name);
+                let end = listing::prefix_end(prefix.as_bytes());
+                let after = listing::successor(index.as_bytes());
+                let bytes = op_bytes(&key, &value)
+                    + op_bytes(&index, b"")
+                    + op_bytes(&prefix, index.as_bytes())
+                    + after.len()
+                    + end.len()
+                    + 32;
+                Group {
+                    compares: vec![
+                        Compare::version(prefix, CompareOp::Equal, 0).with_range(index.clone()),
+                        Compare::version(after, CompareOp::Equal, 0).with_range(end),
+                    ],
+                    ops: vec![TxnOp::put(key, value, None), TxnOp::put(index, "", None)],
                     bytes,
-                )
+                }
             }
             PlacementOp::Delete { machine, name } => {
                 let (key, index) = (
@@ -1852,7 +2000,7 @@ impl Registry {
                     self.placed_key(name, machine),
                 );
                 let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
-                (
+                Group::of(
                     vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
                     bytes,
                 )
@@ -1864,7 +2012,7 @@ impl Registry {
                     self.stopping_key(machine, name),
                 );
                 let bytes = op_bytes(&key, b"") + op_bytes(&index, b"") + op_bytes(&stopping, b"");
-                (
+                Group::of(
                     vec![
                         TxnOp::delete(key, None),
                         TxnOp::delete(index, None),
@@ -1877,15 +2025,15 @@ impl Registry {
                 let (key, value) = (self.unplaceable_key(name), encode(reasons));
                 let bytes = op_bytes(&key, &value);
                 let on_lease = Some(PutOptions::new().with_lease(leadership.lease));
-                (vec![TxnOp::put(key, value, on_lease)], bytes)
+                Group::of(vec![TxnOp::put(key, value, on_lease)], bytes)
             }
             PlacementOp::ClearUnplaceable { name } => {
                 let key = self.unplaceable_key(name);
                 let bytes = op_bytes(&key, b"");
-                (vec![TxnOp::delete(key, None)], bytes)
+                Group::of(vec![TxnOp::delete(key, None)], bytes)
             }
         });
-        batched(items)
+        batched(groups)
     }
 
     // ---- agent ------------------------------------------------------------------------------

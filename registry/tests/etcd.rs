@@ -943,6 +943,105 @@ async fn one_engine_leads_and_a_deposed_one_cannot_write() {
     assert!(registry.placements().await.unwrap().is_empty());
 }
 
+/// A plan made from a view that lacks a placement (the engine's own write, timed out and
+/// applied after it planned again, say) cannot place the unit on a second machine: etcd
+/// refuses the whole batch, and the unit stays where it is. A placement written again on the
+/// machine that holds the unit goes through, and so does one on another machine in the same
+/// call that removes it from the first (removals go first).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_placed_on_one_machine_is_not_placed_on_another() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, leadership) = leading(&registry, 1).await;
+    let (_b, _) = present(&registry, 2).await;
+    let web_on = |n: u8| (machine_id(n), Placement::for_unit(&unit("web.service")));
+    registry.put_unit(&unit("web.service")).await.unwrap();
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
+        .await
+        .unwrap();
+
+    let refused = registry
+        .apply_placements(
+            leadership,
+            &[
+                place(&machine_id(2), "db.service"),
+                place(&machine_id(2), "web.service"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    let on_1 = format!("web.service on {}", machine_id(1));
+    assert!(
+        matches!(&refused, Error::Conflict(m) if m.contains(&on_1)),
+        "{refused:?}"
+    );
+    assert_eq!(registry.placements().await.unwrap(), [web_on(1)]);
+    // Its index entry too: it was no stray.
+    let view = registry.unit_view(&name("web.service")).await.unwrap();
+    assert_eq!(view.and_then(|v| v.machine), Some(machine_id(1)));
+
+    let mut changed = Placement::for_unit(&unit("web.service"));
+    changed.desired_state = JobState::Loaded;
+    registry
+        .apply_placements(
+            leadership,
+            &[PlacementOp::Put {
+                machine: machine_id(1),
+                placement: changed.clone(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.placements().await.unwrap(),
+        [(machine_id(1), changed)]
+    );
+
+    registry
+        .apply_placements(
+            leadership,
+            &[
+                place(&machine_id(2), "web.service"),
+                unplace(&machine_id(1), "web.service"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(registry.placements().await.unwrap(), [web_on(2)]);
+}
+
+/// An index entry without its placement (left by hand) refuses a placement of its unit once,
+/// and is removed then, so that the engine's next plan goes through.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_index_entry_without_its_placement_is_removed_when_it_refuses_one() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, leadership) = leading(&registry, 1).await;
+    let orphan = format!("placed/web.service/{}", machine_id(3));
+    etcd.put_raw(&orphan, b"").await;
+    let orphan = format!("{}{orphan}", etcd.prefix);
+
+    let refused = registry
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Conflict(_)), "{refused:?}");
+    let keys = etcd.key_space().await.keys;
+    assert!(
+        !keys.iter().any(|k| k.key == orphan.as_bytes()),
+        "the entry stays"
+    );
+    registry
+        .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.placements().await.unwrap(),
+        [(machine_id(1), Placement::for_unit(&unit("web.service")))]
+    );
+}
+
 /// The engine must tell "etcd refused this" (re-plan) from "etcd is unreachable" (wait).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {
