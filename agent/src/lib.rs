@@ -127,6 +127,11 @@ impl FileOp {
     }
 }
 
+/// The pause before a failed publication of unit states is tried again, doubling with each
+/// failure in a row up to [`PUBLISH_RETRY_MAX`].
+const PUBLISH_RETRY: Duration = Duration::from_millis(500);
+const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(8);
+
 /// What woke the agent up.
 #[derive(Clone, Copy)]
 enum Wake {
@@ -182,6 +187,14 @@ pub struct Agent<M = Systemd> {
     /// States as last published, and the lease they were published on.
     published: BTreeMap<UnitName, UnitState>,
     published_lease: Option<i64>,
+    /// The revision each of this machine's states in etcd was last written at, what each
+    /// write of a state is conditioned on (`Registry::publish_states_over`); `None` when not
+    /// known (before the first read on a lease, and after a write that failed, which etcd may
+    /// still apply). Read again then, with the states a previous run left, which go.
+    revisions: Option<BTreeMap<UnitName, i64>>,
+    /// After a failed publication: when to try again, and the pause after the next failure.
+    publish_again: Option<Instant>,
+    publish_pause: Duration,
     /// Publish again without waiting: systemd changed something during the last read.
     look_again: bool,
     /// A unit the engine took off this machine is still stopping: look again shortly.
@@ -235,6 +248,9 @@ impl<M: UnitManager> Agent<M> {
             local: BTreeMap::new(),
             published: BTreeMap::new(),
             published_lease: None,
+            revisions: None,
+            publish_again: None,
+            publish_pause: PUBLISH_RETRY,
             look_again: false,
             still_stopping: false,
             next_resync,
@@ -432,6 +448,12 @@ impl<M: UnitManager> Agent<M> {
                 None => std::future::pending().await,
             }
         };
+        let publish_again = async {
+            match self.publish_again {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         let stopping = async {
             if std::mem::take(&mut self.still_stopping) {
                 tokio::time::sleep(STOPPING_LOOK_AGAIN).await
@@ -454,6 +476,7 @@ impl<M: UnitManager> Agent<M> {
                 Wake::Systemd
             }
             _ = settle => Wake::Systemd,
+            _ = publish_again => Wake::Systemd,
             _ = stopping => Wake::Systemd,
             _ = presence.changed() => Wake::Registry,
             _ = tokio::time::sleep_until(self.next_resync.into()) => {
@@ -570,6 +593,7 @@ impl<M: UnitManager> Agent<M> {
         self.execute(&desired, &keep).await;
         self.published.clear();
         self.published_lease = None;
+        self.revisions = None;
     }
 
     async fn converge(&mut self, sources: &BTreeMap<UnitName, (Vec<UnitOption>, JobState, bool)>) {
@@ -849,11 +873,15 @@ impl<M: UnitManager> Agent<M> {
         self.config.units_directory.join(name.as_str())
     }
 
-    /// Publishes the systemd state of every local unit that changed since last time, on `lease`.
+    /// Publishes the systemd state of every local unit that changed since last time, on `lease`,
+    /// and removes the states of units no longer here. Each write is conditioned on the
+    /// revision the agent knows its key at: a write that timed out may still be applied, and
+    /// must not replace a later one when it is (a unit shown `loaded` while it runs). A
+    /// failed publication is tried again soon, not at the next change or resync.
     async fn publish(&mut self, lease: i64) {
         if self.published_lease != Some(lease) {
             self.published.clear();
-            self.forget_stale_states().await;
+            self.revisions = None;
             self.published_lease = Some(lease);
         }
         let Some(states) = self.read_states().await else {
@@ -861,6 +889,17 @@ impl<M: UnitManager> Agent<M> {
         };
         self.follow_jobs(&states).await;
         self.check_health(&states).await;
+        let mut revisions = match self.revisions.take() {
+            Some(r) => r,
+            None => match self.registry.state_revisions(&self.machine).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read this machine's unit states");
+                    self.publish_failed();
+                    return;
+                }
+            },
+        };
         // Written in batches: a machine starting hundreds of units at once publishes them
         // together. The steps of a job that ends soon are not published (`job::PUBLISH_HOLD`).
         let now = Instant::now();
@@ -884,42 +923,63 @@ impl<M: UnitManager> Agent<M> {
                 health: local.health.clone(),
             };
             if self.published.get(name) != Some(&state) {
-                changed.push(state);
+                let over = revisions.get(name).copied().unwrap_or(0);
+                changed.push((state, over));
             }
         }
+        let mut failed = false;
         if !changed.is_empty() {
-            match self.registry.publish_states(lease, &changed).await {
-                Ok(()) => {
-                    for state in changed {
+            match self.registry.publish_states_over(lease, &changed).await {
+                Ok(written) => {
+                    for ((state, _), revision) in changed.into_iter().zip(written) {
+                        revisions.insert(state.name.clone(), revision);
                         self.published.insert(state.name.clone(), state);
                     }
                 }
                 Err(e) => {
                     tracing::warn!(units = changed.len(), error = %e, "cannot publish unit states");
-                    for state in &changed {
+                    for (state, _) in &changed {
                         self.published.remove(&state.name);
                     }
+                    failed = true;
                 }
             }
         }
-        let gone: Vec<UnitName> = self
-            .published
-            .keys()
-            .filter(|n| !self.local.contains_key(*n))
-            .cloned()
+        // Units no longer here, and states a previous run left (read with the revisions).
+        let gone: Vec<(UnitName, i64)> = revisions
+            .iter()
+            .filter(|(name, _)| !self.local.contains_key(*name))
+            .map(|(name, revision)| (name.clone(), *revision))
             .collect();
-        if !gone.is_empty() {
-            match self.registry.remove_states(&self.machine, &gone).await {
+        if !failed && !gone.is_empty() {
+            match self.registry.remove_states_at(&self.machine, &gone).await {
                 Ok(()) => {
-                    for name in &gone {
+                    for (name, _) in &gone {
+                        revisions.remove(name);
                         self.published.remove(name);
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(units = gone.len(), error = %e, "cannot remove unit states")
+                    tracing::warn!(units = gone.len(), error = %e, "cannot remove unit states");
+                    failed = true;
                 }
             }
         }
+        if failed {
+            self.publish_failed();
+        } else {
+            self.revisions = Some(revisions);
+            self.publish_again = None;
+            self.publish_pause = PUBLISH_RETRY;
+        }
+    }
+
+    /// A publication failed: what etcd holds is no longer known, and it is tried again after
+    /// a pause that doubles with each failure in a row, up to [`PUBLISH_RETRY_MAX`].
+    fn publish_failed(&mut self) {
+        self.revisions = None;
+        self.publish_again = Some(Instant::now() + self.publish_pause);
+        self.publish_pause = (self.publish_pause * 2).min(PUBLISH_RETRY_MAX);
     }
 
     /// Tells the engine which units it took off this machine are stopped, so that it places
@@ -1166,21 +1226,6 @@ impl<M: UnitManager> Agent<M> {
             None
         };
         job::start_failure(job, &state.active, &state.sub, run.as_ref())
-    }
-
-    /// Removes states a previous run published for units no longer loaded here.
-    async fn forget_stale_states(&self) {
-        let Ok(states) = self.registry.machine_states(&self.machine).await else {
-            return;
-        };
-        let stale: Vec<UnitName> = states
-            .into_iter()
-            .filter(|s| !self.local.contains_key(&s.name))
-            .map(|s| s.name)
-            .collect();
-        if let Err(e) = self.registry.remove_states(&self.machine, &stale).await {
-            tracing::debug!(error = %e, "cannot remove the states of a previous run");
-        }
     }
 }
 

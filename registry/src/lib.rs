@@ -1268,6 +1268,94 @@ impl Registry {
         self.write_batched(ops).await
     }
 
+    /// The revision each of this machine's unit states was last written at.
+    pub async fn state_revisions(&self, machine: &MachineId) -> Result<BTreeMap<UnitName, i64>> {
+        let prefix = self.key(&format!("states/{machine}/"));
+        let resp = self
+            .read_prefix(&prefix, GetOptions::new().with_keys_only(), None)
+            .await?;
+        Ok(resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let name = UnitName::parse(kv.key_str().ok()?.strip_prefix(&prefix)?).ok()?;
+                Some((name, kv.mod_revision()))
+            })
+            .collect())
+    }
+
+    /// Publishes unit states of one machine on its `lease`, each over the revision its key
+    /// was last written at as the machine knows it (`(state, over)`; 0: no state), so that a
+    /// write that timed out and was applied late never replaces a later one. The revision
+    /// each was written at. When a key was written meanwhile, [`Error::Conflict`]: nothing of
+    /// that transaction is written (those before it are), and the machine reads the
+    /// revisions again ([`Registry::state_revisions`]).
+    pub async fn publish_states_over(
+        &self,
+        lease: i64,
+        states: &[(UnitState, i64)],
+    ) -> Result<Vec<i64>> {
+        let groups = states.iter().map(|(state, over)| {
+            let key = self.state_key(&state.machine_id, &state.name);
+            let value = encode(state);
+            let bytes = 2 * op_bytes(&key, &value);
+            Group {
+                compares: vec![Compare::mod_revision(key.clone(), CompareOp::Equal, *over)],
+                ops: vec![TxnOp::put(
+                    key,
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )],
+                bytes,
+            }
+        });
+        self.write_conditioned(groups, "unit states").await
+    }
+
+    /// Removes unit states of one machine, each only at the revision its key was last written
+    /// at (`(name, at)`), as [`Registry::publish_states_over`] writes them.
+    pub async fn remove_states_at(
+        &self,
+        machine: &MachineId,
+        states: &[(UnitName, i64)],
+    ) -> Result<()> {
+        let groups = states.iter().map(|(name, at)| {
+            let key = self.state_key(machine, name);
+            let bytes = 2 * op_bytes(&key, b"");
+            Group {
+                compares: vec![Compare::mod_revision(key.clone(), CompareOp::Equal, *at)],
+                ops: vec![TxnOp::delete(key, None)],
+                bytes,
+            }
+        });
+        self.write_conditioned(groups, "unit states").await?;
+        Ok(())
+    }
+
+    /// Writes `groups` in transactions within etcd's limits, each conditioned on its groups'
+    /// comparisons: the revision each group was written at, or [`Error::Conflict`] at the
+    /// first transaction whose conditions no longer hold.
+    async fn write_conditioned(
+        &self,
+        groups: impl IntoIterator<Item = Group>,
+        what: &str,
+    ) -> Result<Vec<i64>> {
+        let mut revisions = Vec::new();
+        for batch in batched(groups) {
+            let resp = self
+                .txn(Txn::new().when(batch.compares).and_then(batch.ops))
+                .await?;
+            if !resp.succeeded() {
+                return Err(Error::Conflict(format!(
+                    "{what} not written: etcd holds other versions than this process knew of"
+                )));
+            }
+            let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            revisions.extend(std::iter::repeat_n(revision, batch.groups));
+        }
+        Ok(revisions)
+    }
+
     /// Removes many unit states of one machine, in as few transactions as etcd's limits allow.
     pub async fn remove_states(&self, machine: &MachineId, names: &[UnitName]) -> Result<()> {
         self.delete_batched(names.iter().map(|name| self.state_key(machine, name)))

@@ -1042,6 +1042,64 @@ async fn an_index_entry_without_its_placement_is_removed_when_it_refuses_one() {
     );
 }
 
+/// A machine writes each unit state over the revision it knows the key at (0: none): a write
+/// that timed out and is applied after a later one (etcd may apply it late) is refused
+/// rather than putting the older state back, and so is a removal at an old revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_written_over_a_revision_that_changed_is_refused() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_presence, lease) = present(&registry, 1).await;
+    let mut loaded = state(1, "web.service");
+    loaded.job_state = JobState::Loaded;
+    let launched = state(1, "web.service");
+
+    let first = registry
+        .publish_states_over(lease, &[(loaded.clone(), 0)])
+        .await
+        .unwrap();
+    let second = registry
+        .publish_states_over(lease, &[(launched.clone(), first[0])])
+        .await
+        .unwrap();
+    assert!(second[0] > first[0], "{first:?} {second:?}");
+    for over in [0, first[0]] {
+        let late = registry
+            .publish_states_over(lease, &[(loaded.clone(), over)])
+            .await
+            .unwrap_err();
+        assert!(matches!(late, Error::Conflict(_)), "{late:?}");
+    }
+    assert_eq!(
+        registry.machine_states(&machine_id(1)).await.unwrap(),
+        std::slice::from_ref(&launched)
+    );
+    assert_eq!(
+        registry.state_revisions(&machine_id(1)).await.unwrap(),
+        [(name("web.service"), second[0])].into()
+    );
+
+    let web = name("web.service");
+    let stale = registry
+        .remove_states_at(&machine_id(1), &[(web.clone(), first[0])])
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict(_)), "{stale:?}");
+    assert_eq!(
+        registry.machine_states(&machine_id(1)).await.unwrap(),
+        [launched]
+    );
+    registry
+        .remove_states_at(&machine_id(1), &[(web, second[0])])
+        .await
+        .unwrap();
+    assert!(registry
+        .machine_states(&machine_id(1))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 /// The engine must tell "etcd refused this" (re-plan) from "etcd is unreachable" (wait).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refusal_by_etcd_is_not_taken_for_unavailability() {

@@ -11,7 +11,8 @@
 //! `not-found` (once stopped). A unit file with `LinkFails=true` in an `[X-Simulation]` section
 //! cannot be linked. A unit file with `StartFails=true` in an `[X-Simulation]`
 //! section fails every start (`failed`/`failed`, job result `failed`, main process exited with
-//! status 1), so that failure paths can be exercised.
+//! status 1), so that failure paths can be exercised; [`SimulatedSystemd::exit`] ends a
+//! running unit's main process as a crash would.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -215,6 +216,32 @@ impl SimulatedSystemd {
                 running.stopped(&machine, name);
             }
         }
+    }
+
+    /// The main process of `unit` exits by itself with `status`, as a crash (not 0) or a
+    /// service that ends (0) does: a running unit without a job becomes `failed`/`failed` or
+    /// `inactive`/`dead`, with one change signal, as systemd sends. Whether it was running.
+    pub fn exit(&self, unit: &str, status: i32) -> bool {
+        let mut state = self.lock();
+        let Some(u) = state.units.get_mut(unit) else {
+            return false;
+        };
+        if u.job.is_some() || u.active != "active" {
+            return false;
+        }
+        (u.active, u.sub) = if status == 0 {
+            ("inactive", "dead")
+        } else {
+            ("failed", "failed")
+        };
+        u.last_run = ServiceRun {
+            result: if status == 0 { "success" } else { "exit-code" }.into(),
+            code: 1,
+            status,
+        };
+        state.tally(unit, true, false);
+        state.changed(unit);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

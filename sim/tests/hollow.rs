@@ -504,3 +504,46 @@ async fn resyncs_keep_the_agents_watches_which_still_bring_placements() {
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
     eventually(Duration::from_secs(30), || all_running_once(&c, &all)).await;
 }
+
+/// Each state an agent writes is conditioned on the revision it knows the key at, so that a
+/// write of its own that timed out and is applied late cannot put an older state back. A key
+/// written behind its back (here by a stray client, the same value again) makes its next
+/// write refused: the agent reads what etcd holds and writes again soon, not at its next
+/// resync (an hour here), though nothing else changes on the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_write_refused_is_made_again_over_what_etcd_holds() {
+    let c = cluster_configured(1, |config| {
+        config.resync_interval = Duration::from_secs(3600)
+    })
+    .await;
+    let name = "crashes.service".to_string();
+    put_units(&c, std::slice::from_ref(&name)).await;
+    let at = eventually(Duration::from_secs(30), || {
+        all_running_once(&c, std::slice::from_ref(&name))
+    })
+    .await;
+    let machine = &at[&name];
+    let key = format!("states/{machine}/{name}");
+    let (_, (_, value)) = state_writes(&c)
+        .await
+        .into_iter()
+        .find(|(k, _)| k.ends_with(&key))
+        .expect("the unit's state");
+    c.etcd.put_raw(&key, value.as_bytes()).await;
+
+    let crashed = c
+        .simulation
+        .machine(machine)
+        .expect("the unit's machine")
+        .systemd()
+        .exit(&name, 1);
+    assert!(crashed, "{name} was not running");
+    eventually(Duration::from_secs(20), || async {
+        let writes = state_writes(&c).await;
+        match writes.iter().find(|(k, _)| k.ends_with(&key)) {
+            Some((_, (_, value))) if value.contains("\"systemdActiveState\":\"failed\"") => Ok(()),
+            other => Err(format!("the crash not published: {other:?}")),
+        }
+    })
+    .await;
+}
