@@ -132,6 +132,17 @@ impl FileOp {
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
 const PUBLISH_RETRY_MAX: Duration = Duration::from_secs(8);
 
+/// A share in [0, 1) that `machine`'s id picks (FNV-1a), the same on every run.
+fn machine_share(machine: &MachineId) -> f64 {
+    let hash = machine
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (hash % 1000) as f64 / 1000.0
+}
+
 /// What woke the agent up.
 #[derive(Clone, Copy)]
 enum Wake {
@@ -327,6 +338,10 @@ impl<M: UnitManager> Agent<M> {
             match (status, wake) {
                 (PresenceStatus::Fenced, _) => {
                     view = None;
+                    // Nothing is published while fenced: a retry due would wake the loop
+                    // again at once, for nothing, until the machine is back.
+                    self.publish_again = None;
+                    self.publish_pause = PUBLISH_RETRY;
                     self.fence().await;
                 }
                 (PresenceStatus::Alive { lease }, Wake::Registry | Wake::Resync) => {
@@ -450,7 +465,9 @@ impl<M: UnitManager> Agent<M> {
         };
         let publish_again = async {
             match self.publish_again {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
+                Some(t) => {
+                    tokio::time::sleep_until(t.max(now + Duration::from_millis(5)).into()).await
+                }
                 None => std::future::pending().await,
             }
         };
@@ -885,6 +902,7 @@ impl<M: UnitManager> Agent<M> {
             self.published_lease = Some(lease);
         }
         let Some(states) = self.read_states().await else {
+            self.publish_later();
             return;
         };
         self.follow_jobs(&states).await;
@@ -974,11 +992,21 @@ impl<M: UnitManager> Agent<M> {
         }
     }
 
-    /// A publication failed: what etcd holds is no longer known, and it is tried again after
-    /// a pause that doubles with each failure in a row, up to [`PUBLISH_RETRY_MAX`].
+    /// A write of states failed: what etcd holds is no longer known (etcd may still apply
+    /// it), so the revisions are read again before the next.
     fn publish_failed(&mut self) {
         self.revisions = None;
-        self.publish_again = Some(Instant::now() + self.publish_pause);
+        self.publish_later();
+    }
+
+    /// Publishes again after a pause that doubles with each failure in a row, up to
+    /// [`PUBLISH_RETRY_MAX`], each lengthened by up to half that the machine's id picks: when
+    /// etcd falls behind, every machine's writes fail at once, and must not all come back
+    /// together.
+    fn publish_later(&mut self) {
+        let share = machine_share(&self.machine);
+        let pause = self.publish_pause + self.publish_pause.mul_f64(share / 2.0);
+        self.publish_again = Some(Instant::now() + pause);
         self.publish_pause = (self.publish_pause * 2).min(PUBLISH_RETRY_MAX);
     }
 

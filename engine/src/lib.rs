@@ -360,8 +360,10 @@ async fn lead(
                     // unit is placed elsewhere already (`Error::Conflict`: a write of ours
                     // that timed out and was applied late). Some batches may have been
                     // written, and the memo counts on them all: read the cluster again. A
-                    // write still on its way is no danger: etcd places a unit on one machine
-                    // at most (`apply_placements`).
+                    // write still on its way cannot run a unit twice: etcd places a unit on
+                    // one machine at most (`apply_placements`). (One that writes a unit's
+                    // placement again where it was may bring it back there for a while; the
+                    // next plan takes it off again.)
                     let pause = refused.failed(&e);
                     tokio::time::sleep(pause).await;
                     view = None;

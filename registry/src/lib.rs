@@ -1830,19 +1830,26 @@ impl Registry {
         let mut elsewhere = Vec::new();
         for ((name, target), placed) in placing.iter().zip(placed) {
             let prefix = self.placed_prefix(name);
-            for machine in placed
-                .kvs()
-                .iter()
-                .filter_map(|kv| MachineId::parse(kv.key_str().ok()?.strip_prefix(&prefix)?).ok())
-                .filter(|m| m != *target)
-            {
-                match self.remove_orphan_index(leadership, name, &machine).await {
+            for kv in placed.kvs() {
+                let key = String::from_utf8_lossy(kv.key()).into_owned();
+                let machine = key
+                    .strip_prefix(&prefix)
+                    .and_then(|id| MachineId::parse(id).ok());
+                if machine.as_ref() == Some(*target) {
+                    continue;
+                }
+                // No placement stands behind a key that names no machine.
+                let placement = machine.as_ref().map(|m| self.placement_key(m, name));
+                match self.remove_orphan_index(leadership, &key, placement).await {
                     Ok(true) => tracing::warn!(
                         unit = %name,
-                        machine = %machine,
+                        key,
                         "removed an index entry of a placement that does not exist"
                     ),
-                    Ok(false) => elsewhere.push(format!("{name} on {machine}")),
+                    Ok(false) => elsewhere.push(format!(
+                        "{name} on {}",
+                        machine.map_or(key, |m| m.to_string())
+                    )),
                     Err(e) => return e,
                 }
             }
@@ -1857,19 +1864,23 @@ impl Registry {
         ))
     }
 
-    /// Removes `name`'s index entry on `machine` if that placement does not exist.
+    /// Removes the index entry at `key` if the placement it stands for (`placement`; none for
+    /// a key that names no machine) does not exist.
     async fn remove_orphan_index(
         &self,
         leadership: Leadership,
-        name: &UnitName,
-        machine: &MachineId,
+        key: &str,
+        placement: Option<String>,
     ) -> Result<bool> {
+        let mut when = vec![Compare::create_revision(
+            self.leader_key(),
+            CompareOp::Equal,
+            leadership.revision,
+        )];
+        when.extend(placement.map(|p| Compare::version(p, CompareOp::Equal, 0)));
         let txn = Txn::new()
-            .when(vec![
-                Compare::create_revision(self.leader_key(), CompareOp::Equal, leadership.revision),
-                Compare::version(self.placement_key(machine, name), CompareOp::Equal, 0),
-            ])
-            .and_then(vec![TxnOp::delete(self.placed_key(name, machine), None)]);
+            .when(when)
+            .and_then(vec![TxnOp::delete(key, None)]);
         Ok(self.txn(txn).await?.succeeded())
     }
 
@@ -2067,12 +2078,15 @@ impl Registry {
                 let prefix = self.placed_prefix(&placement.name);
                 let end = listing::prefix_end(prefix.as_bytes());
                 let after = listing::successor(index.as_bytes());
+                // Its puts, its two comparisons, and the read of the unit's entries the
+                // transaction makes if refused.
                 let bytes = op_bytes(&key, &value)
                     + op_bytes(&index, b"")
                     + op_bytes(&prefix, index.as_bytes())
                     + after.len()
                     + end.len()
-                    + 32;
+                    + 32
+                    + op_bytes(&prefix, &end);
                 Group {
                     compares: vec![
                         Compare::version(prefix, CompareOp::Equal, 0).with_range(index.clone()),

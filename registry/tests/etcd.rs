@@ -980,6 +980,25 @@ async fn a_unit_placed_on_one_machine_is_not_placed_on_another() {
     // Its index entry too: it was no stray.
     let view = registry.unit_view(&name("web.service")).await.unwrap();
     assert_eq!(view.and_then(|v| v.machine), Some(machine_id(1)));
+    // Held by a machine whose id sorts after the one planned for, too.
+    registry
+        .apply_placements(leadership, &[place(&machine_id(2), "db.service")])
+        .await
+        .unwrap();
+    let refused = registry
+        .apply_placements(leadership, &[place(&machine_id(1), "db.service")])
+        .await
+        .unwrap_err();
+    let on_2 = format!("db.service on {}", machine_id(2));
+    assert!(
+        matches!(&refused, Error::Conflict(m) if m.contains(&on_2)),
+        "{refused:?}"
+    );
+    registry
+        .apply_placements(leadership, &[unplace(&machine_id(2), "db.service")])
+        .await
+        .unwrap();
+    assert_eq!(registry.placements().await.unwrap(), [web_on(1)]);
 
     let mut changed = Placement::for_unit(&unit("web.service"));
     changed.desired_state = JobState::Loaded;
@@ -1011,16 +1030,22 @@ async fn a_unit_placed_on_one_machine_is_not_placed_on_another() {
     assert_eq!(registry.placements().await.unwrap(), [web_on(2)]);
 }
 
-/// An index entry without its placement (left by hand) refuses a placement of its unit once,
-/// and is removed then, so that the engine's next plan goes through.
+/// An index entry without its placement (left by hand), or a key among a unit's entries that
+/// names no machine, refuses a placement of the unit once, and is removed then, so that the
+/// engine's next plan goes through.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_index_entry_without_its_placement_is_removed_when_it_refuses_one() {
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
     let (_a, leadership) = leading(&registry, 1).await;
-    let orphan = format!("placed/web.service/{}", machine_id(3));
-    etcd.put_raw(&orphan, b"").await;
-    let orphan = format!("{}{orphan}", etcd.prefix);
+    // One naming a machine, and one naming none.
+    let orphans = [
+        format!("placed/web.service/{}", machine_id(3)),
+        "placed/web.service/not-a-machine".to_string(),
+    ];
+    for orphan in &orphans {
+        etcd.put_raw(orphan, b"").await;
+    }
 
     let refused = registry
         .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
@@ -1028,10 +1053,13 @@ async fn an_index_entry_without_its_placement_is_removed_when_it_refuses_one() {
         .unwrap_err();
     assert!(matches!(refused, Error::Conflict(_)), "{refused:?}");
     let keys = etcd.key_space().await.keys;
-    assert!(
-        !keys.iter().any(|k| k.key == orphan.as_bytes()),
-        "the entry stays"
-    );
+    for orphan in &orphans {
+        let orphan = format!("{}{orphan}", etcd.prefix);
+        assert!(
+            !keys.iter().any(|k| k.key == orphan.as_bytes()),
+            "{orphan} stays"
+        );
+    }
     registry
         .apply_placements(leadership, &[place(&machine_id(1), "web.service")])
         .await
