@@ -7,7 +7,8 @@ mod support;
 use std::time::Duration;
 
 use fleet_registry::{
-    AgentSnapshot, AgentView, EngineSnapshot, EngineView, PlacementOp, Refreshed, Registry,
+    AgentSnapshot, AgentView, EngineSnapshot, EngineView, Placement, PlacementOp, Refreshed,
+    Registry,
 };
 use support::*;
 use tokio::time::Instant;
@@ -925,12 +926,14 @@ async fn progress_kept_from_a_watch_says_what_fresh_reads_say() {
     assert!(!progress.is_active(&name("a.service")));
     assert!(progress.is_active(&name("d.service")));
 
-    // A unit placed twice (as a test can write it) counts twice; a machine's lease revoked
-    // takes its states with it.
-    registry
-        .apply_placements(leadership, &[place(&machine_id(2), "c.service")])
-        .await
-        .unwrap();
+    // A unit placed twice (the registry refuses it: written by hand here) counts twice; a
+    // machine's lease revoked takes its states with it.
+    let placement = Placement::for_unit(&unit("c.service"));
+    let value = serde_json::to_vec(&placement).unwrap();
+    etcd.put_raw(&format!("placements/{}/c.service", machine_id(2)), &value)
+        .await;
+    etcd.put_raw(&format!("placed/c.service/{}", machine_id(2)), b"")
+        .await;
     let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
         .await
         .unwrap();
