@@ -1014,15 +1014,15 @@ impl<M: UnitManager> Agent<M> {
     /// them elsewhere: those this agent no longer has loaded and systemd no longer runs
     /// (inactive, failed, or unknown to it). One still stopping (`deactivating`) is looked at
     /// again in [`STOPPING_LOOK_AGAIN`].
-    async fn release_stopped(&mut self, stopping: &BTreeSet<UnitName>) {
+    async fn release_stopped(&mut self, stopping: &BTreeMap<UnitName, i64>) {
         let gone: Vec<&str> = stopping
-            .iter()
+            .keys()
             .filter(|n| !self.local.contains_key(*n))
             .map(|n| n.as_str())
             .collect();
         // A name loaded here as a global unit runs as one: the placement it left is not its.
         let mut stopped: Vec<UnitName> = stopping
-            .iter()
+            .keys()
             .filter(|n| self.local.get(*n).is_some_and(|l| l.global))
             .cloned()
             .collect();
@@ -1059,9 +1059,14 @@ impl<M: UnitManager> Agent<M> {
         if stopped.is_empty() {
             return;
         }
+        // Each record as the view has it: a release applied late must not remove a later one.
+        let records: Vec<(UnitName, i64)> = stopped
+            .iter()
+            .filter_map(|name| Some((name.clone(), *stopping.get(name)?)))
+            .collect();
         match self
             .registry
-            .release_stopping(&self.machine, &stopped)
+            .release_stopping(&self.machine, &records)
             .await
         {
             Ok(()) => {

@@ -14,7 +14,7 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use fleet_units::UnitName;
 use serde::{Deserialize, Serialize};
 
-use crate::{decode, encode, reads, MachineId, Registry, Result};
+use crate::{decode, encode, op_bytes, reads, Group, MachineId, Registry, Result};
 
 /// A drain's record (`drain/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,10 +67,32 @@ impl Registry {
     }
 
     /// Says that this machine has stopped `names`, which the engine took off it: removes their
-    /// `stopping/` records, in as few transactions as etcd's limits allow.
-    pub async fn release_stopping(&self, machine: &MachineId, names: &[UnitName]) -> Result<()> {
-        self.delete_batched(names.iter().map(|name| self.stopping_key(machine, name)))
-            .await
+    /// `stopping/` records, each only if it is the record created at the revision given
+    /// (`AgentSnapshot::stopping`), in as few transactions as etcd's limits allow. A release
+    /// that timed out may still be applied, and must not remove a later record of the same
+    /// unit (taken off this machine again since, still running here): the engine would place
+    /// it elsewhere meanwhile. [`Error::Conflict`] when a record is another (nothing of that
+    /// transaction removed).
+    pub async fn release_stopping(
+        &self,
+        machine: &MachineId,
+        names: &[(UnitName, i64)],
+    ) -> Result<()> {
+        let groups = names.iter().map(|(name, created)| {
+            let key = self.stopping_key(machine, name);
+            let bytes = 2 * op_bytes(&key, b"");
+            Group {
+                compares: vec![Compare::create_revision(
+                    key.clone(),
+                    CompareOp::Equal,
+                    *created,
+                )],
+                ops: vec![TxnOp::delete(key, None)],
+                bytes,
+            }
+        });
+        self.write_conditioned(groups, "stopping records").await?;
+        Ok(())
     }
 
     /// Starts draining `machine`, a member of the cluster (live or not).

@@ -446,8 +446,9 @@ pub struct AgentSnapshot {
     pub machine: Option<Machine>,
     pub placements: Vec<Placement>,
     pub global_units: Vec<Unit>,
-    /// Units the engine took off this machine that the agent is to confirm stopped.
-    pub stopping: std::collections::BTreeSet<UnitName>,
+    /// Units the engine took off this machine that the agent is to confirm stopped, each with
+    /// the revision its `stopping/` record was created at (what the release is conditioned on).
+    pub stopping: BTreeMap<UnitName, i64>,
     /// The revision each global unit's `global/` key was last written at.
     pub global_revisions: BTreeMap<UnitName, i64>,
     /// This machine's versions of global units (a rolling update's).
@@ -620,10 +621,10 @@ const REQUEST_BUDGET: usize = MAX_REQUEST_BYTES - 4 * 1024;
 
 /// Operations kept in one transaction, with the conditions they add to it and their size in
 /// a request.
-struct Group {
-    ops: Vec<TxnOp>,
-    compares: Vec<Compare>,
-    bytes: usize,
+pub(crate) struct Group {
+    pub(crate) ops: Vec<TxnOp>,
+    pub(crate) compares: Vec<Compare>,
+    pub(crate) bytes: usize,
 }
 
 impl Group {
@@ -669,7 +670,7 @@ fn batched(groups: impl IntoIterator<Item = Group>) -> Vec<Batch> {
 }
 
 /// What an operation on `key` with `value` adds to a request, framing included.
-fn op_bytes(key: &str, value: &[u8]) -> usize {
+pub(crate) fn op_bytes(key: &str, value: &[u8]) -> usize {
     key.len() + value.len() + 32
 }
 
@@ -1124,7 +1125,10 @@ impl Registry {
     }
 
     /// Sets the desired state of an existing unit; `false` when there is no such unit.
-    /// Retries on a concurrent change so that no other update is lost.
+    /// Retries on a concurrent change so that no other update is lost. Written even when the
+    /// unit already has that state: an earlier write of another state that timed out may
+    /// still be applied, and must then be refused (each write is conditioned on the record
+    /// it read), or a `stop` after a `start` that timed out could leave the unit running.
     pub async fn set_desired_state(&self, name: &UnitName, state: JobState) -> Result<bool> {
         loop {
             let key = self.unit_key(name);
@@ -1133,9 +1137,6 @@ impl Registry {
                 return Ok(false);
             };
             let mut unit: Unit = decode(current)?;
-            if unit.desired_state == state {
-                return Ok(true);
-            }
             unit.desired_state = state;
             let value = encode(&unit);
             let mut ops = vec![TxnOp::put(key.clone(), value.clone(), None)];
@@ -1155,24 +1156,34 @@ impl Registry {
         }
     }
 
-    /// Forgets a unit, and its history with it; `false` when there was no such unit.
+    /// Forgets a unit, and its history with it; `false` when there was no such unit (its
+    /// history alone is no unit, and goes too). Conditioned on the unit's record as read
+    /// just before: a destroy that timed out may still be applied, and must not remove the
+    /// unit written since (submitted again, or changed): the later command wins. Read again
+    /// when the unit changed between the read and the write.
     pub async fn delete_unit(&self, name: &UnitName) -> Result<bool> {
-        let resp = self
-            .txn(Txn::new().and_then(vec![
-                TxnOp::delete(self.unit_key(name), None),
+        loop {
+            let key = self.unit_key(name);
+            let resp = self.get(key.clone()).await?;
+            let (condition, existed) = match resp.kvs().first() {
+                Some(kv) => (
+                    Compare::mod_revision(key.clone(), CompareOp::Equal, kv.mod_revision()),
+                    true,
+                ),
+                None => (Compare::version(key.clone(), CompareOp::Equal, 0), false),
+            };
+            let txn = Txn::new().when(vec![condition]).and_then(vec![
+                TxnOp::delete(key, None),
                 TxnOp::delete(self.global_key(name), None),
                 TxnOp::delete(
                     self.history_prefix(name),
                     Some(DeleteOptions::new().with_prefix()),
                 ),
-            ]))
-            .await?;
-        // Whether the unit was there: its history alone is not a unit.
-        let deleted = resp.op_responses().into_iter().take(2).any(|r| match r {
-            TxnOpResponse::Delete(d) => d.deleted() > 0,
-            _ => false,
-        });
-        Ok(deleted)
+            ]);
+            if self.txn(txn).await?.succeeded() {
+                return Ok(existed);
+            }
+        }
     }
 
     // ---- machines and states ----------------------------------------------------------------
@@ -1335,7 +1346,7 @@ impl Registry {
     /// Writes `groups` in transactions within etcd's limits, each conditioned on its groups'
     /// comparisons: the revision each group was written at, or [`Error::Conflict`] at the
     /// first transaction whose conditions no longer hold.
-    async fn write_conditioned(
+    pub(crate) async fn write_conditioned(
         &self,
         groups: impl IntoIterator<Item = Group>,
         what: &str,
@@ -2208,8 +2219,10 @@ impl Registry {
             stopping: stopping
                 .kvs()
                 .iter()
-                .filter_map(|kv| self.stopping_entry(kv.key_str().ok()?))
-                .map(|(_, name)| name)
+                .filter_map(|kv| {
+                    let (_, name) = self.stopping_entry(kv.key_str().ok()?)?;
+                    Some((name, kv.create_revision()))
+                })
                 .collect(),
             global_revisions,
             versions: machine_versions,

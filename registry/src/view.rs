@@ -563,7 +563,7 @@ impl AgentView {
                     if deleted {
                         s.stopping.remove(&name);
                     } else {
-                        s.stopping.insert(name);
+                        s.stopping.insert(name, kv.create_revision());
                     }
                 }
             }

@@ -53,6 +53,55 @@ async fn units_are_stored_listed_changed_and_deleted() {
     assert_eq!(names(&registry.units().await.unwrap()), ["db.service"]);
 }
 
+/// A desired state set to the one the unit has is written anyway. A write of another state
+/// that timed out may still be applied, conditioned on the record it read: it must then be
+/// refused, so that a `stop` after a `start` that timed out leaves the unit stopped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_desired_state_set_again_refuses_an_earlier_write_still_on_its_way() {
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let web = name("web.service");
+    let mut loaded = unit("web.service");
+    loaded.desired_state = JobState::Loaded;
+    registry.put_unit(&loaded).await.unwrap();
+    let key = format!("{}units/web.service", etcd.prefix);
+    let read = etcd
+        .key_space()
+        .await
+        .keys
+        .into_iter()
+        .find(|k| k.key == key.as_bytes())
+        .expect("the unit's record")
+        .mod_revision;
+
+    // `fleetctl stop` of the loaded unit.
+    assert!(registry
+        .set_desired_state(&web, JobState::Loaded)
+        .await
+        .unwrap());
+    // The `start` sent before it, as `set_desired_state` writes it, applied only now.
+    let mut client = etcd_client::Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap();
+    let launched = serde_json::to_vec(&unit("web.service")).unwrap();
+    let late = client
+        .txn(
+            Txn::new()
+                .when(vec![Compare::mod_revision(
+                    key.as_str(),
+                    CompareOp::Equal,
+                    read,
+                )])
+                .and_then(vec![TxnOp::put(key.as_str(), launched, None)]),
+        )
+        .await
+        .unwrap();
+    assert!(!late.succeeded(), "the late start went through");
+    let now = registry.unit(&web).await.unwrap().expect("the unit");
+    assert_eq!(now.desired_state, JobState::Loaded);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_global_unit_reaches_every_agent_until_it_is_made_local() {
     let etcd = Etcd::start();

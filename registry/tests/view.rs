@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use fleet_registry::{
-    AgentSnapshot, AgentView, EngineSnapshot, EngineView, Placement, PlacementOp, Refreshed,
+    AgentSnapshot, AgentView, EngineSnapshot, EngineView, Error, Placement, PlacementOp, Refreshed,
     Registry,
 };
 use support::*;
@@ -606,15 +606,28 @@ async fn moves_and_drains_are_followed_released_and_forgotten_with_a_dead_machin
     engine_converges(&registry, &mut engine).await;
     agent_converges(&registry, &one, &mut agent).await;
     assert_eq!(
-        agent.snapshot().stopping.iter().collect::<Vec<_>>(),
+        agent.snapshot().stopping.keys().collect::<Vec<_>>(),
         [&name("a.service")],
         "only its own"
     );
     assert_eq!(registry.placements().await.unwrap().len(), 1, "b is left");
 
-    // The agent says it has stopped it.
+    // The agent says it has stopped it: a release of another record of it (an older one's,
+    // applied late) removes nothing; one of the record it has does.
+    let created = agent.snapshot().stopping[&name("a.service")];
+    let stale = registry
+        .release_stopping(&one, &[(name("a.service"), created - 1)])
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, Error::Conflict(_)), "{stale:?}");
+    agent_converges(&registry, &one, &mut agent).await;
+    assert_eq!(
+        agent.snapshot().stopping.len(),
+        1,
+        "released by a stale release"
+    );
     registry
-        .release_stopping(&one, &[name("a.service")])
+        .release_stopping(&one, &[(name("a.service"), created)])
         .await
         .unwrap();
     engine_converges(&registry, &mut engine).await;

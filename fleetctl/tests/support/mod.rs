@@ -199,10 +199,10 @@ pub async fn simulated_agent(registry: Registry, id: MachineId, lease: i64) {
                 .map(|p| (p.name.clone(), (p.desired_state, p.hash())))
                 .collect();
             // What the engine took off this machine stops at once.
-            let stopped: Vec<UnitName> = snapshot
+            let stopped: Vec<(UnitName, i64)> = snapshot
                 .stopping
                 .into_iter()
-                .filter(|name| !here.contains_key(name))
+                .filter(|(name, _)| !here.contains_key(name))
                 .collect();
             if !stopped.is_empty() {
                 let _ = registry.release_stopping(&id, &stopped).await;
