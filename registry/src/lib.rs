@@ -1137,10 +1137,14 @@ impl Registry {
                 return Ok(false);
             };
             let mut unit: Unit = decode(current)?;
+            let changed = unit.desired_state != state;
             unit.desired_state = state;
             let value = encode(&unit);
             let mut ops = vec![TxnOp::put(key.clone(), value.clone(), None)];
-            if unit.is_global() {
+            // Unchanged, only the unit's record is written again (the fence): a global unit's
+            // `global/` key keeps the versions a rolling update wrote over it
+            // (`GlobalVersion::applies_to`).
+            if unit.is_global() && changed {
                 ops.push(TxnOp::put(self.global_key(name), value, None));
             }
             let txn = Txn::new()

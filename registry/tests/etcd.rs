@@ -100,6 +100,34 @@ async fn a_desired_state_set_again_refuses_an_earlier_write_still_on_its_way() {
     assert!(!late.succeeded(), "the late start went through");
     let now = registry.unit(&web).await.unwrap().expect("the unit");
     assert_eq!(now.desired_state, JobState::Loaded);
+
+    // A global unit's `global/` key is not written again: a rolling update's versions are
+    // tied to its revision.
+    registry.put_unit(&global_unit("g.service")).await.unwrap();
+    let revision = |key: String| {
+        let etcd = &etcd;
+        async move {
+            etcd.key_space()
+                .await
+                .keys
+                .into_iter()
+                .find(|k| k.key == key.as_bytes())
+                .map(|k| k.mod_revision)
+        }
+    };
+    let unit_key = format!("{}units/g.service", etcd.prefix);
+    let global_key = format!("{}global/g.service", etcd.prefix);
+    let (unit_before, global_before) = (
+        revision(unit_key.clone()).await,
+        revision(global_key.clone()).await,
+    );
+    assert!(global_before.is_some(), "no global/ key");
+    assert!(registry
+        .set_desired_state(&name("g.service"), JobState::Launched)
+        .await
+        .unwrap());
+    assert_ne!(revision(unit_key).await, unit_before, "not fenced");
+    assert_eq!(revision(global_key).await, global_before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
