@@ -71,8 +71,8 @@ impl Registry {
     /// (`AgentSnapshot::stopping`), in as few transactions as etcd's limits allow. A release
     /// that timed out may still be applied, and must not remove a later record of the same
     /// unit (taken off this machine again since, still running here): the engine would place
-    /// it elsewhere meanwhile. [`Error::Conflict`] when a record is another (nothing of that
-    /// transaction removed).
+    /// it elsewhere meanwhile. [`crate::Error::Conflict`] when a record is another (nothing of
+    /// that transaction removed).
     pub async fn release_stopping(
         &self,
         machine: &MachineId,
