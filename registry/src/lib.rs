@@ -1828,14 +1828,7 @@ impl Registry {
         resp: &TxnResponse,
         placing: &[(&UnitName, &MachineId)],
     ) -> Error {
-        let gets: Vec<GetResponse> = resp
-            .op_responses()
-            .into_iter()
-            .filter_map(|r| match r {
-                TxnOpResponse::Get(g) => Some(g),
-                _ => None,
-            })
-            .collect();
+        let gets = gets(resp);
         let Some((held, placed)) = gets.split_first() else {
             return Error::Protocol("a refused placement transaction answered no read".into());
         };
@@ -2278,17 +2271,21 @@ impl Registry {
     }
 }
 
-/// The answers to a transaction's `N` reads, in the order of the reads. Any other number of
-/// answers is a protocol error.
-fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
-    let gets: Vec<GetResponse> = resp
-        .op_responses()
+/// The answers to a transaction's reads, in the order of the reads.
+fn gets(resp: &TxnResponse) -> Vec<GetResponse> {
+    resp.op_responses()
         .into_iter()
         .filter_map(|r| match r {
             TxnOpResponse::Get(g) => Some(g),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The answers to a transaction's `N` reads, in the order of the reads. Any other number of
+/// answers is a protocol error.
+fn reads<const N: usize>(resp: &TxnResponse) -> Result<[GetResponse; N]> {
+    let gets = gets(resp);
     let got = gets.len();
     gets.try_into()
         .map_err(|_| Error::Protocol(format!("a transaction of {N} reads answered {got} of them")))
