@@ -1,13 +1,13 @@
 //! fleetctl as a user runs it, for what needs no cluster: flags, deprecated and generated
 //! commands, and clear errors when fleetd cannot be reached.
 
-use std::process::Command;
+mod support;
+
 use std::time::{Duration, Instant};
 
 fn fleetctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+    let out = support::fleetctl_command()
         .args(args)
-        .env_remove("FLEETCTL_ENDPOINT")
         .output()
         .expect("run fleetctl");
     (
@@ -123,7 +123,7 @@ fn out_of_range_numbers_are_refused_clearly_not_a_panic() {
             "{args:?}: {err}"
         );
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+    let out = support::fleetctl_command()
         .args(["list-units"])
         .env("FLEETCTL_REQUEST_TIMEOUT", "1e300")
         .output()

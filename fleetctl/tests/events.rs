@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use support::*;
@@ -103,8 +103,7 @@ async fn events_are_listed_by_unit_and_machine_and_followed() {
     assert_eq!(json[0]["source"], MACHINE);
 
     // Followed: the newest first, then what is recorded meanwhile.
-    let mut follower = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
-        .env_remove("FLEETCTL_ENDPOINT")
+    let mut follower = support::fleetctl_command()
         .args(["--endpoint", &fleet.endpoint, "events", "-f", "-n", "1"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

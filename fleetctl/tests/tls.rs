@@ -3,10 +3,11 @@
 //! taken from the client certificate), and the one-line errors of every way a handshake or a
 //! key file can be wrong.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,17 +23,10 @@ const MACHINE: &str = "2c6f3a3d4e5b4b0f9a1c0d2e3f405162";
 
 /// fleetctl's exit code, stdout and stderr, with none of its settings from this environment.
 fn fleetctl(args: &[&str]) -> (Option<i32>, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
-    command.args(args);
-    for var in [
-        "FLEETCTL_ENDPOINT",
-        "FLEETCTL_CA_FILE",
-        "FLEETCTL_CERT_FILE",
-        "FLEETCTL_KEY_FILE",
-    ] {
-        command.env_remove(var);
-    }
-    let out = command.output().expect("run fleetctl");
+    let out = support::fleetctl_command()
+        .args(args)
+        .output()
+        .expect("run fleetctl");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -131,11 +131,8 @@ impl Fleet {
         if let Ok(mut log) = self.requests.lock() {
             log.clear();
         }
-        let mut command = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
-        command
-            .env_remove("FLEETCTL_ENDPOINT")
-            .args(["--endpoint", &self.endpoint])
-            .args(args);
+        let mut command = fleetctl_command();
+        command.args(["--endpoint", &self.endpoint]).args(args);
         let began = Instant::now();
         let out = tokio::task::spawn_blocking(move || command.output())
             .await
@@ -263,4 +260,17 @@ pub fn shuffled(stem: &str) -> Vec<String> {
 
 pub fn lines(text: &str) -> Vec<&str> {
     text.lines().collect()
+}
+
+/// fleetctl, without the `FLEETCTL_*` variables of the environment the tests run in: a
+/// developer's shell may hold the local cluster's (`fleet-cluster env`), which would point the
+/// tests' fleetctl at it, or give a certificate to a plain-HTTP test API.
+pub fn fleetctl_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FLEETCTL_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
