@@ -58,7 +58,7 @@ pub struct Options {
     pub sim: PathBuf,
     /// How long registering the machines may take before a size is given up as not measured.
     pub register_within: Duration,
-    /// More flags for the private etcd, such as `--backend-batch-interval=10ms`.
+    /// More flags for the private etcd, such as `--backend-batch-limit=200`.
     pub etcd_flags: Vec<String>,
 }
 

@@ -102,12 +102,14 @@ fn main() -> ExitCode {
                 Some(n) if n > 0 => register_within = Duration::from_secs(n),
                 _ => return usage("--register-within needs a positive number of seconds"),
             },
-            "--etcd-flag" => match it.next() {
-                Some(v) if v.starts_with("--") => etcd_flags.push(v.clone()),
-                _ => return usage(
-                    "--etcd-flag needs one of etcd's flags, such as --backend-batch-interval=10ms",
-                ),
-            },
+            "--etcd-flag" => {
+                match it.next() {
+                    Some(v) if v.starts_with("--") => etcd_flags.push(v.clone()),
+                    _ => return usage(
+                        "--etcd-flag needs one of etcd's flags, such as --backend-batch-limit=200",
+                    ),
+                }
+            }
             "--svg" => match it.next() {
                 Some(v) => svg = PathBuf::from(v),
                 None => return usage("--svg needs a path"),
