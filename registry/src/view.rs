@@ -127,12 +127,13 @@ impl Own {
 pub struct ViewChanges {
     /// Units written or deleted.
     pub units: BTreeSet<UnitName>,
-    /// Machines whose machine record was written or deleted, or whose member record was
-    /// created (a registration): see [`EngineView::machine`] and [`EngineView::is_member`].
+    /// Machines whose machine record was written or deleted, whose member record was
+    /// created (a registration) or deleted (declared dead), or that lost a placement while
+    /// they had no machine record (a declaration removes a dead machine's): see
+    /// [`EngineView::machine`], [`EngineView::is_member`] and [`EngineView::placement`].
     pub machines: BTreeSet<MachineId>,
-    /// Anything else: members leaving (not a member's new reading of the members),
-    /// placements, the leader key, unplaceable reasons, stopping records, drains, rolling
-    /// updates.
+    /// Anything else (not a member's new reading of the members): other placement changes,
+    /// the leader key, unplaceable reasons, stopping records, drains, rolling updates.
     pub other: bool,
 }
 
@@ -339,10 +340,22 @@ impl EngineView {
                         // Every join has every member record one, so counting them would plan
                         // the whole cluster again for each member's.
                         Some((_, false)) if !deleted && self.members.contains(&key) => {}
-                        Some((id, false)) if !deleted => {
+                        // A registration, or a member leaving (declared dead).
+                        Some((id, false)) => {
                             self.changed.machines.insert(id);
                         }
-                        _ => self.changed.other = true,
+                        // A placement removed from a machine that is not live (a
+                        // declaration removes a dead machine's): the machine's change, for
+                        // what is held there.
+                        None if deleted => {
+                            match placement_machine(&registry.placements_prefix(), &kv) {
+                                Some(id) if !self.machines.contains(&registry.machine_key(&id)) => {
+                                    self.changed.machines.insert(id);
+                                }
+                                _ => self.changed.other = true,
+                            }
+                        }
+                        None => self.changed.other = true,
                     }
                 }
             }

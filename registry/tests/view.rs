@@ -305,20 +305,41 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
         .map(|e| e.member.seen_members);
     assert_eq!(recorded, Some(2), "the view did not keep the reading");
 
-    // Machine 2 powered off: its lease expires, its machine record goes; a member leaving
-    // (declared dead) is a change of another kind.
+    // Machine 2, running e, powered off: its lease expires, its machine record goes.
+    let ops = vec![place(&machine_id(2), "e.service")];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    view.applied(&ops, &revisions);
     drop(b);
     let changes = changes_until(&mut view, |c| !c.machines.is_empty()).await;
     assert_eq!(changes.machines, [machine_id(2)].into_iter().collect());
+    assert!(!changes.other, "{changes:?}");
     assert!(view.machine(&machine_id(2)).is_none());
     assert!(view.is_member(&machine_id(2)));
+    // Declared dead: its member record and its placements go, a change of that machine
+    // too (what was held there is placed elsewhere).
     assert!(registry
-        .declare_dead(leadership, &machine_id(2), member_revision(&view, 2), &[])
+        .declare_dead(
+            leadership,
+            &machine_id(2),
+            member_revision(&view, 2),
+            &[name("e.service")]
+        )
         .await
         .unwrap());
-    let changes = changes_until(&mut view, |c| c.other).await;
-    assert!(changes.units.is_empty(), "{changes:?}");
-    assert!(!view.is_member(&machine_id(2)));
+    let until = Instant::now() + DEADLINE;
+    let mut all = fleet_registry::ViewChanges::default();
+    while view.is_member(&machine_id(2))
+        || view.placement(&machine_id(2), &name("e.service")).is_some()
+    {
+        assert!(Instant::now() < until, "the declaration not seen");
+        let _ = tokio::time::timeout(Duration::from_millis(200), view.changed()).await;
+        let more = view.take_changes();
+        all.units.extend(more.units);
+        all.machines.extend(more.machines);
+        all.other |= more.other;
+    }
+    assert_eq!(all.machines, [machine_id(2)].into_iter().collect());
+    assert!(all.units.is_empty() && !all.other, "{all:?}");
 }
 
 /// The revision machine `n`'s member record was last written at, in the view.
