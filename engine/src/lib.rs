@@ -145,15 +145,15 @@ async fn lead(
     // be read again after an error.
     let mut view: Option<EngineView> = None;
     // What the last plan of the whole cluster knew of the cluster its ops leave, while the
-    // cluster is as it left it: the bursts of changes to plain units since are planned from it
-    // alone. Dropped with the view and whenever a burst needs the whole plan.
+    // cluster is as it left it: the bursts of changes to plain units, and of machines coming
+    // and going, since are planned from it alone. Dropped with the view and whenever a burst
+    // needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
     // The members whose lease was gone when the last whole plan changed nothing, while the
     // view has not changed since: planning again would give the same nothing. Only useful
-    // with some gone (their units are held, and there is no memo): with none, a whole plan
-    // that changes nothing always leaves a memo, which says the same. While a lost machine
-    // waits to be declared dead, the engine looks again every half second, and each pass
-    // planned the whole cluster.
+    // when such a plan leaves no memo (a unit held on a member whose lease is gone is placed
+    // on another machine too): a memo says the same. While a lost machine waits to be
+    // declared dead, the engine looks again every half second.
     let mut settled_with: Option<BTreeSet<MachineId>> = None;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
@@ -298,13 +298,11 @@ async fn lead(
         let changes = view_now.take_changes();
         let read = &*view_now;
         let snapshot = read.snapshot();
-        // A burst of changes to plain units, and machines joining or registering again, on a
-        // cluster the last whole plan settled: planned from the memo, in time that does not
-        // grow with the cluster.
+        // A burst of changes to plain units, and machines joining, registering again,
+        // losing their lease, declared dead or coming back, on a cluster the last whole plan
+        // settled: planned from the memo, in time that does not grow with the cluster.
         let from_memo = match memo.as_mut() {
-            Some(m) if absent.is_empty() && !changes.other => {
-                m.plan(&changes.units, &changes.machines, read)
-            }
+            Some(m) if !changes.other => m.plan(&changes.units, &changes.machines, read),
             _ => None,
         };
         let unchanged = changes.units.is_empty() && changes.machines.is_empty() && !changes.other;
@@ -316,18 +314,11 @@ async fn lead(
             None if settled_with.as_ref() == Some(&absent) => (Vec::new(), BTreeMap::new()),
             None => {
                 fleet_telemetry::ENGINE_WHOLE_PLANS.inc();
-                let held;
-                let planned = if absent.is_empty() {
-                    snapshot
-                } else {
-                    held = hold(snapshot, &absent);
-                    &held
-                };
-                let (whole, after) = plan::plan_and_memo(planned);
+                // Units of members whose lease is gone are held where they are.
+                let (whole, after) = plan::plan_and_memo(snapshot);
                 // The cluster once the ops below are applied (if they fail, the view is read
-                // again, and the memo dropped with it). A memo of a cluster with units held is
-                // not the cluster's.
-                memo = after.filter(|_| absent.is_empty());
+                // again, and the memo dropped with it).
+                memo = after;
                 for u in &whole.unplaceable {
                     tracing::debug!(unit = %u.unit, reasons = ?u.reasons, "unit cannot be placed");
                 }
@@ -495,31 +486,6 @@ fn majority_for(
     } else {
         Round::NoMajority
     }
-}
-
-/// A copy of `snapshot` without the units placed on `absent` members and those placements, so
-/// that the plan neither moves nor removes them: such a machine may still run them. Units there
-/// that no longer want to run stay in, so their placements are removed.
-fn hold(snapshot: &EngineSnapshot, absent: &BTreeSet<MachineId>) -> EngineSnapshot {
-    let mut snapshot = snapshot.clone();
-    let wanted: BTreeSet<&fleet_units::UnitName> = snapshot
-        .units
-        .iter()
-        .filter(|u| u.desired_state != JobState::Inactive)
-        .map(|u| &u.name)
-        .collect();
-    let held: BTreeSet<fleet_units::UnitName> = snapshot
-        .placements
-        .iter()
-        .filter(|(m, p)| absent.contains(m) && wanted.contains(&p.name))
-        .map(|(_, p)| p.name.clone())
-        .collect();
-    if held.is_empty() {
-        return snapshot;
-    }
-    snapshot.placements.retain(|(_, p)| !held.contains(&p.name));
-    snapshot.units.retain(|u| !held.contains(&u.name));
-    snapshot
 }
 
 /// Reports a decision etcd accepted: a unit placed on a new machine (with why there, from

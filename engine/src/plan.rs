@@ -71,19 +71,35 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
     planner.finish(snapshot)
 }
 
-/// [`plan`], and the [`Memo`] of the cluster once that plan's ops are applied, to plan the next
-/// bursts of changes from without planning the whole cluster: what the planner holds at its
-/// end is the cluster as those ops leave it. Only when a plan of that cluster would change
-/// nothing, reasons included (a property test checks it, and that it builds the same memo):
-/// when the plan changes no placement, or places every unit. A unit left unplaceable by a
-/// plan that changes placements can be given other reasons by the next plan (its reasons are
-/// found while the others are being placed), which only a whole plan writes.
+/// [`plan`] of the cluster with the units of absent members **held** ([`hold`]), and the
+/// [`Memo`] of the cluster once that plan's ops are applied, to plan the next bursts of
+/// changes from without planning the whole cluster: what the planner holds at its end is the
+/// cluster as those ops leave it. Only when a plan of that cluster would change nothing,
+/// reasons included (a property test checks it, and that it builds the same memo): when the
+/// plan changes no placement, or places every unit. A unit left unplaceable by a plan that
+/// changes placements can be given other reasons by the next plan (its reasons are found while
+/// the others are being placed), which only a whole plan writes.
+///
+/// This is the engine's whole plan: a member whose lease is gone may still run what was placed
+/// on it, so that stays where it is, neither moved nor placed again, until the machine is
+/// declared dead (or comes back).
 pub fn plan_and_memo(snapshot: &EngineSnapshot) -> (Plan, Option<Memo>) {
+    let (held_snapshot, held) = hold(snapshot);
+    // A unit held is placed on one machine (etcd allows no other, see `apply_placements`),
+    // which the memo counts on.
+    let doubled = snapshot
+        .placements
+        .iter()
+        .filter(|(_, p)| held.contains_key(&p.name))
+        .count()
+        != held.len();
+    let snapshot = held_snapshot.as_ref().unwrap_or(snapshot);
     let mut planner = Planner::new(snapshot);
     planner.keep(snapshot);
     planner.place();
     let plan = planner.finish(snapshot);
-    let memo = (plan.ops.is_empty() || plan.unplaceable.is_empty()).then(|| {
+    let settles = plan.ops.is_empty() || plan.unplaceable.is_empty();
+    let memo = (settles && !doubled).then(|| {
         // Units it takes off live machines wait for them to stop them (a destroyed one, say).
         let mut stopping = snapshot.stopping.clone();
         for op in &plan.ops {
@@ -91,9 +107,57 @@ pub fn plan_and_memo(snapshot: &EngineSnapshot) -> (Plan, Option<Memo>) {
                 stopping.insert((machine.clone(), name.clone()));
             }
         }
-        planner.memo(&stopping)
+        planner.memo(&stopping, held)
     });
     (plan, memo)
+}
+
+/// The members whose lease is gone: registered and not declared dead, without a live
+/// machine record.
+pub fn absent(snapshot: &EngineSnapshot) -> BTreeSet<&fleet_registry::MachineId> {
+    let live: HashSet<&fleet_registry::MachineId> =
+        snapshot.machines.iter().map(|m| &m.machine.id).collect();
+    snapshot
+        .members
+        .iter()
+        .map(|e| &e.member.machine.id)
+        .filter(|id| !live.contains(id))
+        .collect()
+}
+
+/// A copy of `snapshot` without the units placed on absent members ([`absent`]) and those
+/// placements, so that a plan neither moves nor removes them: such a machine may still run
+/// them. Units there that no longer want to run stay in, so their placements are removed.
+/// With the units held and where; `None` for the copy when none is.
+pub fn hold(
+    snapshot: &EngineSnapshot,
+) -> (
+    Option<EngineSnapshot>,
+    HashMap<UnitName, fleet_registry::MachineId>,
+) {
+    let absent = absent(snapshot);
+    if absent.is_empty() {
+        return (None, HashMap::new());
+    }
+    let wanted: HashSet<&UnitName> = snapshot
+        .units
+        .iter()
+        .filter(|u| u.desired_state != JobState::Inactive)
+        .map(|u| &u.name)
+        .collect();
+    let held: HashMap<UnitName, fleet_registry::MachineId> = snapshot
+        .placements
+        .iter()
+        .filter(|(m, p)| absent.contains(m) && wanted.contains(&p.name))
+        .map(|(m, p)| (p.name.clone(), m.clone()))
+        .collect();
+    if held.is_empty() {
+        return (None, held);
+    }
+    let mut copy = snapshot.clone();
+    copy.placements.retain(|(_, p)| !held.contains_key(&p.name));
+    copy.units.retain(|u| !held.contains_key(&u.name));
+    (Some(copy), held)
 }
 
 /// Index of a unit that should be placed (in `Planner::units`, name order).

@@ -2,19 +2,23 @@
 //!
 //! A [`Memo`] is what a full [`plan`](super::plan) knew at its end, of the cluster as its ops
 //! leave it (when it changed no placement, or placed every unit: see
-//! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is,
-//! which units and names take part in a rule between units (`Conflicts`, `Replaces`,
-//! `MachineOf`, global units), and which units wait (those it moved away among them, until
-//! their machines have stopped them).
+//! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is
+//! (units held on absent members included), which units and names take part in a rule
+//! between units (`Conflicts`, `Replaces`, `MachineOf`, global units), and which units wait
+//! (those it moved away among them, until their machines have stopped them).
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no rule that names
 //! another unit, named by no other unit's rule, not global) in time that depends on the
 //! burst, not on the cluster: such a unit affects the others only through the load of the one
-//! machine it is on. So does a machine that joins while no unit waits: nothing moves to it,
-//! it only becomes the least loaded; and a machine registering again, or writing its record
-//! again, unchanged. The result is the one the full plan would reach on the same cluster,
-//! op for op (a property test compares them on random clusters); anything it cannot decide
-//! that way (a unit with rules between units, a draining machine, a unit that waits or cannot
-//! be placed, a machine that leaves or whose metadata changed) makes it answer `None`, and
+//! machine it is on. So do machines coming and going while no unit waits, since nothing then
+//! moves but their own plain units: a machine that joins only becomes the least loaded; a
+//! member whose lease is gone has its units held where they are ([`hold`](super::hold)), and
+//! placed again elsewhere once it is declared dead (or back on it when it registers again); a
+//! machine that leaves without being a member has its units placed elsewhere at once; and a
+//! machine registering again, or writing its record again, unchanged, changes nothing. The
+//! result is the one the full plan would reach on the same cluster, op for op (a property test
+//! compares them on random clusters); anything it cannot decide that way (a unit with rules
+//! between units, a draining machine, a unit that waits or cannot be placed, a machine whose
+//! metadata changed, a machine coming or going while units wait) makes it answer `None`, and
 //! the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,8 +38,12 @@ pub struct Memo {
     by_load: BTreeSet<(usize, MachineId)>,
     /// Lower-cased full and short machine ids to machines, for `MachineID`.
     host_ids: HashMap<String, Vec<MachineId>>,
-    /// Where each non-global unit that should run is.
+    /// Where each non-global unit that should run is, on a live machine.
     placed: HashMap<UnitName, MachineId>,
+    /// Units held on members whose lease is gone, and where.
+    held: HashMap<UnitName, MachineId>,
+    /// The units of `placed` and `held` on each machine.
+    on: HashMap<MachineId, BTreeSet<UnitName>>,
     /// Units that should run and take part in rules between units, or whose rules are invalid,
     /// and global units: a change to one of them needs the whole plan.
     ruled: HashSet<UnitName>,
@@ -72,8 +80,13 @@ struct Host {
 }
 
 impl Planner<'_> {
-    /// What this pass knows at its end, once every unit is placed or found unplaceable.
-    pub(super) fn memo(&self, stopping: &BTreeSet<(MachineId, UnitName)>) -> Memo {
+    /// What this pass knows at its end, once every unit is placed or found unplaceable, with
+    /// the units it was given held (left out of its snapshot) and where.
+    pub(super) fn memo(
+        &self,
+        stopping: &BTreeSet<(MachineId, UnitName)>,
+        held: HashMap<UnitName, MachineId>,
+    ) -> Memo {
         let hosts = self
             .hosts
             .iter()
@@ -109,6 +122,8 @@ impl Planner<'_> {
             by_load,
             host_ids,
             placed: HashMap::new(),
+            held: HashMap::new(),
+            on: HashMap::new(),
             ruled: self.globals.iter().map(|g| g.name.clone()).collect(),
             leaders: HashSet::new(),
             patterns: self.globs.patterns.iter().cloned().collect(),
@@ -118,8 +133,7 @@ impl Planner<'_> {
         for (u, w) in self.units.iter().enumerate() {
             let name = &w.unit.name;
             if let Some(m) = self.at[u] {
-                memo.placed
-                    .insert(name.clone(), self.hosts[m].entry.machine.id.clone());
+                memo.put(name, &self.hosts[m].entry.machine.id);
             }
             if self.unplaceable[u].is_some() {
                 memo.waiting.insert(name.clone());
@@ -133,6 +147,13 @@ impl Planner<'_> {
             memo.leaders
                 .extend(w.leaders.iter().map(|(name, _)| name.clone()));
         }
+        for (name, machine) in held {
+            memo.on
+                .entry(machine.clone())
+                .or_default()
+                .insert(name.clone());
+            memo.held.insert(name, machine);
+        }
         memo
     }
 }
@@ -145,10 +166,10 @@ fn plain(req: &Requirements) -> bool {
 
 impl Memo {
     /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, and
-    /// the machine and member records of `machines` (written or deleted, and created), given
-    /// the cluster as it is now; and the memo updated to the cluster once that plan is
-    /// applied. `None` when the burst needs the whole plan: the memo is then stale and must
-    /// be dropped.
+    /// the machine and member records of `machines` (written or deleted, and created) and the
+    /// placements on those of them that are not live, given the cluster as it is now; and the
+    /// memo updated to the cluster once that plan is applied. `None` when the burst needs the
+    /// whole plan: the memo is then stale and must be dropped.
     pub fn plan(
         &mut self,
         changed: &BTreeSet<UnitName>,
@@ -156,9 +177,10 @@ impl Memo {
         cluster: &impl Cluster,
     ) -> Option<Plan> {
         // The machines first: the units of the burst are placed on the machines as they are
-        // now.
+        // now. The units of machines that came back or left for good are looked at with them.
+        let mut again: BTreeMap<UnitName, Option<MachineId>> = BTreeMap::new();
         for id in machines {
-            self.machine_changed(id, cluster)?;
+            self.machine_changed(id, cluster, &mut again)?;
         }
         let unit = |name: &UnitName| cluster.unit(name);
         let placement = |machine: &MachineId, name: &UnitName| cluster.placement(machine, name);
@@ -167,8 +189,13 @@ impl Memo {
         // First what becomes of the existing placements, in name order as the full plan lists
         // them; then the new ones, in name order as it places them (plain units have no
         // `MachineOf` rank), on the loads after the removals.
-        for name in changed {
-            if self.ruled.contains(name) || self.waiting.contains(name) || self.named(name) {
+        let names: BTreeSet<&UnitName> = changed.iter().chain(again.keys()).collect();
+        for name in names {
+            if self.ruled.contains(name)
+                || self.waiting.contains(name)
+                || self.held.contains_key(name)
+                || self.named(name)
+            {
                 return None;
             }
             let wanted = unit(name).filter(|u| u.desired_state != JobState::Inactive);
@@ -176,6 +203,22 @@ impl Memo {
                 Some(u) => Some(self.plain_requirements(u)?),
                 None => None,
             };
+            if let Some(Some(gone)) = again.get(name) {
+                // Its machine is no member: the placement goes without a stop.
+                if placement(gone, name).is_some() {
+                    if cluster.is_member(gone) {
+                        return None;
+                    }
+                    plan.ops.push(PlacementOp::Delete {
+                        machine: gone.clone(),
+                        name: name.clone(),
+                    });
+                }
+                if let (Some(u), Some(req)) = (wanted, req) {
+                    to_place.push((u, req));
+                }
+                continue;
+            }
             let Some(machine) = self.placed.get(name).cloned() else {
                 if let (Some(u), Some(req)) = (wanted, req) {
                     to_place.push((u, req));
@@ -216,14 +259,14 @@ impl Memo {
                         }
                     };
                     plan.ops.push(op);
-                    self.placed.remove(name);
+                    self.unput(name);
                     self.add_load(&machine, -1);
                 }
             }
         }
         for (u, req) in to_place {
             let (machine, why) = self.decide(&req)?;
-            self.placed.insert(u.name.clone(), machine.clone());
+            self.put(&u.name, &machine);
             self.add_load(&machine, 1);
             plan.placed.insert(u.name.clone(), why);
             plan.ops.push(PlacementOp::Put {
@@ -234,9 +277,16 @@ impl Memo {
         Some(plan)
     }
 
-    /// Takes in that machine `id`'s records changed: `None` unless the whole plan would move
-    /// nothing for it.
-    fn machine_changed(&mut self, id: &MachineId, cluster: &impl Cluster) -> Option<()> {
+    /// Takes in that machine `id`'s records changed (or the placements on it, when it is not
+    /// live): `None` unless the whole plan would move nothing for it but its own units. Adds
+    /// to `again` the units to be looked at again as those of the burst are: those placed on
+    /// it again (with `None`), and those to be placed elsewhere, with the machine they leave.
+    fn machine_changed(
+        &mut self,
+        id: &MachineId,
+        cluster: &impl Cluster,
+        again: &mut BTreeMap<UnitName, Option<MachineId>>,
+    ) -> Option<()> {
         let member = cluster.is_member(id);
         match (self.hosts.get_mut(id), cluster.machine(id)) {
             // Written again (a restart on the same lease), or registered again: only whether
@@ -245,24 +295,37 @@ impl Memo {
                 if entry.machine.metadata != host.metadata || cluster.is_draining(id) {
                     return None;
                 }
-                // Becoming a member, its stopping records would count: units waiting could
+                // Its stopping records count only while it is a member: units waiting could
                 // wait for another reason.
-                if member && !host.member && !self.waiting.is_empty() {
+                if member != host.member && !self.waiting.is_empty() {
                     return None;
                 }
                 host.member = member;
             }
-            // Joined. Units that wait could go there (or give other reasons).
+            // Joined, or back before it was declared dead. Units that wait could go there (or
+            // give other reasons).
             (None, Some(entry)) => {
                 if !self.waiting.is_empty() || cluster.is_draining(id) {
                     return None;
                 }
                 let metadata = entry.machine.metadata.clone();
-                let load = self
-                    .globals
-                    .iter()
-                    .filter(|g| g.metadata_matches(&metadata))
-                    .count();
+                // The units held there are placed there again, and looked at as the units
+                // of the burst are: whether they still may run there, in this content.
+                let back: Vec<UnitName> = self.on.get(id).into_iter().flatten().cloned().collect();
+                if !back.is_empty() && !member {
+                    return None;
+                }
+                for name in &back {
+                    self.held.remove(name);
+                    self.placed.insert(name.clone(), id.clone());
+                    again.insert(name.clone(), None);
+                }
+                let load = back.len()
+                    + self
+                        .globals
+                        .iter()
+                        .filter(|g| g.metadata_matches(&metadata))
+                        .count();
                 for key in host_id_keys(id) {
                     let ids = self.host_ids.entry(key).or_default();
                     let at = ids.partition_point(|other| other < id);
@@ -279,11 +342,57 @@ impl Memo {
                     },
                 );
             }
-            // Gone: its units move.
-            (Some(_), None) => return None,
-            // Not live before nor now (a member record without a machine is the engine's
-            // concern: it holds that machine's units).
-            (None, None) => {}
+            // Gone: its lease, or the machine for good. The units that wait could give other
+            // reasons (one per machine).
+            (Some(_), None) => {
+                if !self.waiting.is_empty() {
+                    return None;
+                }
+                let host = self.hosts.remove(id)?;
+                self.by_load.remove(&(host.load, id.clone()));
+                for key in host_id_keys(id) {
+                    if let Some(ids) = self.host_ids.get_mut(&key) {
+                        ids.retain(|other| other != id);
+                        if ids.is_empty() {
+                            self.host_ids.remove(&key);
+                        }
+                    }
+                }
+                let units: Vec<UnitName> = self.on.get(id).into_iter().flatten().cloned().collect();
+                for name in units {
+                    if member {
+                        // Held where it is, out of every rule: a unit in a rule between
+                        // units would change what the others may do.
+                        if self.ruled.contains(&name) {
+                            return None;
+                        }
+                        self.placed.remove(&name);
+                        self.held.insert(name, id.clone());
+                    } else {
+                        self.unput(&name);
+                        again.insert(name, Some(id.clone()));
+                    }
+                }
+            }
+            // Not live before nor now. The units held there are placed elsewhere once it is
+            // declared dead (no member), or each once its placement there is gone.
+            (None, None) => {
+                let held: Vec<UnitName> = self
+                    .on
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|name| !member || cluster.placement(id, name).is_none())
+                    .cloned()
+                    .collect();
+                if !held.is_empty() && !self.waiting.is_empty() {
+                    return None;
+                }
+                for name in held {
+                    self.unput(&name);
+                    again.insert(name, Some(id.clone()));
+                }
+            }
         }
         Some(())
     }
@@ -337,6 +446,28 @@ impl Memo {
                 let why = least_loaded(*load, ruled_out, self.hosts.len());
                 (m.clone(), why)
             })
+    }
+
+    /// Records `name` as placed on the live machine `machine`.
+    fn put(&mut self, name: &UnitName, machine: &MachineId) {
+        self.placed.insert(name.clone(), machine.clone());
+        self.on
+            .entry(machine.clone())
+            .or_default()
+            .insert(name.clone());
+    }
+
+    /// Forgets where `name` is (placed or held).
+    fn unput(&mut self, name: &UnitName) {
+        let Some(machine) = self.placed.remove(name).or_else(|| self.held.remove(name)) else {
+            return;
+        };
+        if let Some(units) = self.on.get_mut(&machine) {
+            units.remove(name);
+            if units.is_empty() {
+                self.on.remove(&machine);
+            }
+        }
     }
 
     fn add_load(&mut self, machine: &MachineId, delta: isize) {

@@ -372,7 +372,8 @@ fn at(n: u8, u: &Unit) -> (MachineId, Placement) {
 fn converge(s: &EngineSnapshot) -> (EngineSnapshot, Plan) {
     let mut s = s.clone();
     for _ in 0..10 {
-        let p = plan(&s);
+        // As the engine plans: units of absent members held.
+        let (p, _) = plan_and_memo(&s);
         if p.ops.is_empty() {
             return (s, p);
         }
@@ -1469,6 +1470,56 @@ mod properties {
         changed
     }
 
+    /// A machine leaving in a burst, by kind: 0, machine `n`'s lease is gone (its machine
+    /// record goes, its member record stays); 1, an absent member (the `n`th, if any) is
+    /// declared dead (its member record and placements go); 2, machine `n` leaves without a
+    /// declaration (both records go, its placements stay); 3, an absent member (the `n`th, if
+    /// any) comes back, with this metadata.
+    fn leave() -> impl Strategy<Value = (u8, u8, u8, bool)> {
+        (1u8..=9, 0u8..4, 0u8..3, any::<bool>())
+    }
+
+    /// Applies machines leaving to `s`: the machines they changed, and whether they changed
+    /// anything else (a declaration removing what a machine was stopping).
+    fn depart(
+        s: &mut EngineSnapshot,
+        changes: &[(u8, u8, u8, bool)],
+    ) -> (BTreeSet<MachineId>, bool) {
+        let mut changed = BTreeSet::new();
+        let mut other = false;
+        for &(n, kind, role, eu) in changes {
+            let absent: Vec<MachineId> = absent(s).into_iter().cloned().collect();
+            let nth = (!absent.is_empty()).then(|| absent[n as usize % absent.len()].clone());
+            match (kind, nth) {
+                (0, _) => {
+                    s.machines.retain(|e| e.machine.id != mid(n));
+                    changed.insert(mid(n));
+                }
+                (1, Some(id)) => {
+                    s.members.retain(|e| e.member.machine.id != id);
+                    s.placements.retain(|(m, _)| *m != id);
+                    let before = s.stopping.len();
+                    s.stopping.retain(|(m, _)| *m != id);
+                    other |= s.stopping.len() != before;
+                    changed.insert(id);
+                }
+                (2, _) => {
+                    s.machines.retain(|e| e.machine.id != mid(n));
+                    s.members.retain(|e| e.member.machine.id != mid(n));
+                    changed.insert(mid(n));
+                }
+                (3, Some(id)) => {
+                    let mut entry = make_machine(0, role, eu);
+                    entry.machine.id = id.clone();
+                    s.machines.push(entry);
+                    changed.insert(id);
+                }
+                _ => {}
+            }
+        }
+        (changed, other)
+    }
+
     /// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
     /// engine records them.
     fn settle(s: &EngineSnapshot) -> EngineSnapshot {
@@ -1557,7 +1608,9 @@ mod properties {
 
         /// Bursts planned from the memo of a settled cluster are planned exactly as the whole
         /// plan would: the same ops, the same reasons; the cluster they leave is settled, and
-        /// the memo they leave is the one a whole plan of it builds.
+        /// the memo they leave is the one a whole plan of it builds. Bursts write units, and
+        /// machines join, write their records again, lose their lease (their units held), are
+        /// declared dead, leave undeclared, and come back.
         #[test]
         fn bursts_planned_from_the_memo_are_the_whole_plan(
             s in cluster(),
@@ -1565,6 +1618,7 @@ mod properties {
                 (
                     prop::collection::vec(change(), 0..4),
                     prop::collection::vec(machine_change(), 0..2),
+                    prop::collection::vec(leave(), 0..3),
                 ),
                 1..4,
             ),
@@ -1583,11 +1637,14 @@ mod properties {
             let (p, memo) = plan_and_memo(&s);
             prop_assert!(p.ops.is_empty());
             let mut memo = memo.expect("a settled cluster has a memo");
-            for (burst, machines) in &bursts {
+            for (burst, machines, leaving) in &bursts {
                 let changed = write(&mut s, burst);
-                let machines = register(&mut s, machines);
-                let whole = plan(&s);
-                let fast = memo.plan(&changed, &machines, &Now(&s));
+                let mut machines = register(&mut s, machines);
+                let (left, other) = depart(&mut s, leaving);
+                machines.extend(left);
+                let (whole, _) = plan_and_memo(&s);
+                // The engine plans a burst that changed anything else as a whole.
+                let fast = if other { None } else { memo.plan(&changed, &machines, &Now(&s)) };
                 let Some(fast) = fast else {
                     // The whole plan, applied, and the memo it leaves if any (as the engine
                     // does); otherwise, or every other time, the machines stop what it moved,
@@ -2322,18 +2379,10 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     let mut m = plan_and_memo(&stopping).1.expect("settled");
     assert_eq!(joins(&mut m, &mut stopping, 2, &[]), None);
 
-    // Left to the whole plan: new metadata, a machine gone, a join while a unit waits.
+    // Left to the whole plan: new metadata, a join while a unit waits.
     let mut changed = s.clone();
     assert_eq!(
         joins(&mut memo.clone(), &mut changed, 1, &[("role", "db")]),
-        None
-    );
-    let mut gone = s.clone();
-    gone.machines.retain(|e| e.machine.id != mid(2));
-    gone.members.retain(|e| e.member.machine.id != mid(2));
-    let left: BTreeSet<MachineId> = [mid(2)].into_iter().collect();
-    assert_eq!(
-        memo.clone().plan(&BTreeSet::new(), &left, &Now(&gone)),
         None
     );
     let mut waits = s.clone();
@@ -2343,6 +2392,147 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     let (mut waits, _) = converge(&waits);
     let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
     assert_eq!(joins(&mut m, &mut waits, 3, &[("role", "db")]), None);
+}
+
+/// The records of machine `n` changed (or the placements on it): plans the burst from `memo`.
+fn machine_changed(memo: &mut Memo, s: &EngineSnapshot, n: u8) -> Option<Plan> {
+    memo.plan(&BTreeSet::new(), &[mid(n)].into_iter().collect(), &Now(s))
+}
+
+/// Checks that `fast`, planned from `memo`, is the whole plan of `s`, and that `memo` is the
+/// one the whole plan of the cluster it leaves builds: that cluster.
+fn as_whole(memo: &Memo, fast: Option<Plan>, s: &EngineSnapshot) -> EngineSnapshot {
+    let fast = fast.expect("planned from the memo");
+    let (whole, _) = plan_and_memo(s);
+    assert_eq!(fast, whole);
+    let after = apply(s.clone(), &fast.ops);
+    let (again, rebuilt) = plan_and_memo(&after);
+    assert_eq!(again.ops, vec![]);
+    assert_eq!(Some(memo), rebuilt.as_ref());
+    after
+}
+
+/// Machines leaving are planned from the memo while no unit waits: a member whose lease is
+/// gone has its units held where they are, placed elsewhere once it is declared dead, or kept
+/// when it comes back; a machine leaving undeclared has its units placed elsewhere at once.
+#[test]
+fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
+    let units: Vec<Unit> = (0..6)
+        .map(|i| xunit(&format!("u{i}.service"), &[]))
+        .collect();
+    let mut s = snapshot(units, vec![machine(1), machine(2), machine(3)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    let memo = plan_and_memo(&s).1.expect("settled");
+    let on_2: Vec<String> = s
+        .placements
+        .iter()
+        .filter(|(m, _)| *m == mid(2))
+        .map(|(_, p)| p.name.to_string())
+        .collect();
+    assert_eq!(on_2.len(), 2);
+
+    // Machine 2's lease is gone: its units are held there, nothing moves.
+    let mut lost = s.clone();
+    lost.machines.retain(|e| e.machine.id != mid(2));
+    let mut m = memo.clone();
+    let fast = machine_changed(&mut m, &lost, 2);
+    assert_eq!(fast, Some(Plan::default()));
+    let lost = as_whole(&m, fast, &lost);
+    // A unit written meanwhile goes to machine 1 or 3.
+    let mut added = lost.clone();
+    added.units.push(xunit("new.service", &[]));
+    let mut held = m.clone();
+    let fast = from_memo(&mut held, &added, &["new.service"]);
+    assert!(
+        matches!(&fast.as_ref().unwrap().ops[..], [PlacementOp::Put { machine, .. }] if *machine != mid(2))
+    );
+    as_whole(&held, fast, &added);
+
+    // Declared dead (its member record and placements gone): its units go to 1 and 3.
+    let mut dead = lost.clone();
+    dead.members.retain(|e| e.member.machine.id != mid(2));
+    dead.placements.retain(|(m, _)| *m != mid(2));
+    let mut declared = m.clone();
+    let fast = machine_changed(&mut declared, &dead, 2);
+    let placed: Vec<String> = puts(&fast.as_ref().unwrap().ops)
+        .into_iter()
+        .map(|(name, machine)| {
+            assert_ne!(machine, mid(2));
+            name
+        })
+        .collect();
+    assert_eq!(placed, on_2);
+    as_whole(&declared, fast, &dead);
+
+    // Back before it was declared dead: its units stay there.
+    let mut back = lost.clone();
+    back.machines.push(machine(2));
+    let mut returned = m.clone();
+    let fast = machine_changed(&mut returned, &back, 2);
+    assert_eq!(fast, Some(Plan::default()));
+    as_whole(&returned, fast, &back);
+    assert_eq!(returned, memo);
+
+    // Leaving undeclared, no member: its placements go without a stop, its units elsewhere.
+    let mut gone = s.clone();
+    gone.machines.retain(|e| e.machine.id != mid(2));
+    gone.members.retain(|e| e.member.machine.id != mid(2));
+    let mut m = memo.clone();
+    let fast = machine_changed(&mut m, &gone, 2);
+    let ops = &fast.as_ref().unwrap().ops;
+    assert_eq!(ops.len(), 4);
+    assert!(ops[..2]
+        .iter()
+        .all(|op| matches!(op, PlacementOp::Delete { machine, .. } if *machine == mid(2))));
+    as_whole(&m, fast, &gone);
+
+    // Left to the whole plan: a lease gone while a unit waits, or on a unit with a rule
+    // between units, or a held unit written.
+    let mut waits = s.clone();
+    waits
+        .units
+        .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
+    let (mut waits, _) = converge(&waits);
+    let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
+    waits.machines.retain(|e| e.machine.id != mid(2));
+    assert_eq!(machine_changed(&mut m, &waits, 2), None);
+    let mut ruled = s.clone();
+    ruled
+        .units
+        .push(xunit("web@1.service", &[("Conflicts", "web@*.service")]));
+    let (mut ruled, _) = converge(&ruled);
+    let (n, _) = ruled
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "web@1.service")
+        .cloned()
+        .unwrap();
+    let n = (1..=3).find(|&i| mid(i) == n).unwrap();
+    let mut m = plan_and_memo(&ruled).1.expect("settled");
+    ruled.machines.retain(|e| e.machine.id != mid(n));
+    assert_eq!(machine_changed(&mut m, &ruled, n), None);
+    let mut rewritten = lost.clone();
+    for u in rewritten
+        .units
+        .iter_mut()
+        .filter(|u| u.name.as_str() == on_2[0])
+    {
+        u.desired_state = JobState::Loaded;
+    }
+    let mut m = held.clone();
+    assert_eq!(from_memo(&mut m, &rewritten, &[&on_2[0]]), None);
+    // Whose whole plan leaves a memo: back, the unit is written again in place.
+    let (p, m) = plan_and_memo(&rewritten);
+    assert_eq!(p, Plan::default());
+    let mut m = m.expect("settled, held");
+    rewritten.machines.push(machine(2));
+    let fast = machine_changed(&mut m, &rewritten, 2);
+    assert!(
+        matches!(&fast.as_ref().unwrap().ops[..], [PlacementOp::Put { machine, placement }]
+        if *machine == mid(2) && placement.desired_state == JobState::Loaded)
+    );
+    as_whole(&m, fast, &rewritten);
 }
 
 /// The bursts the memo decides alone (plain units written, started, stopped, destroyed) and

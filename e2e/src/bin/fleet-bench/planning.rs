@@ -5,7 +5,8 @@
 //! For each size, a settled cluster of plain units (no `[X-Fleet]` rules) spread over the
 //! machines, and one global unit running on every machine. Timed: the whole plan of it (what
 //! every event cost before the memo, and what a change the memo cannot decide still costs);
-//! then, planned from the memo, a unit written and placed, and a machine joining.
+//! then, planned from the memo, a unit written and placed, a machine joining, and a machine
+//! lost (its lease gone, its units held; then declared dead, its units placed elsewhere).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
@@ -62,7 +63,7 @@ impl Indexed {
                     self.placements
                         .insert((machine.clone(), placement.name.clone()), placement.clone());
                 }
-                other => return Err(format!("the memo planned {other:?} for a new unit")),
+                other => return Err(format!("the memo planned {other:?}, not a placement")),
             }
         }
         Ok(())
@@ -154,6 +155,8 @@ struct Row {
     unit_max: Duration,
     join_median: Duration,
     join_max: Duration,
+    lost_median: Duration,
+    lost_max: Duration,
 }
 
 fn measure(machines: usize, units: usize) -> Result<Row, String> {
@@ -193,6 +196,7 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     let no_machine: BTreeSet<MachineId> = BTreeSet::new();
     let mut unit_times = Vec::with_capacity(EVENTS);
     let mut join_times = Vec::with_capacity(EVENTS);
+    let mut lost_times = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS {
         // A unit written: placed on the least loaded machine.
         let unit = plain_unit(&format!("new{i}.service"));
@@ -221,6 +225,43 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
             Some(p) => return Err(format!("a machine joining planned {:?}", p.ops)),
             None => return Err("the memo left a machine joining to the whole plan".into()),
         }
+
+        // A machine lost (machine i, one of the first or one that joined): its lease gone,
+        // then declared dead, which removes its placements.
+        let id = machine_id(i);
+        let lost: BTreeSet<MachineId> = [id.clone()].into_iter().collect();
+        let on: Vec<(MachineId, UnitName)> = now
+            .placements
+            .keys()
+            .filter(|(m, _)| *m == id)
+            .cloned()
+            .collect();
+        now.machines.remove(&id);
+        let started = Instant::now();
+        let held = memo.plan(&no_unit, &lost, &now);
+        let mut elapsed = started.elapsed();
+        match held {
+            Some(p) if p.ops.is_empty() => {}
+            Some(p) => return Err(format!("a lease gone planned {:?}", p.ops)),
+            None => return Err("the memo left a lease gone to the whole plan".into()),
+        }
+        now.members.remove(&id);
+        for key in &on {
+            now.placements.remove(key);
+        }
+        let started = Instant::now();
+        let declared = memo.plan(&no_unit, &lost, &now);
+        elapsed += started.elapsed();
+        lost_times.push(elapsed);
+        let declared = declared.ok_or("the memo left a machine declared dead to the whole plan")?;
+        if declared.ops.len() != on.len() {
+            return Err(format!(
+                "a machine declared dead with {} units planned {:?}",
+                on.len(),
+                declared.ops
+            ));
+        }
+        now.apply(&declared.ops)?;
     }
     Ok(Row {
         machines,
@@ -230,6 +271,8 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         unit_median: median(unit_times),
         join_max: join_times.iter().copied().max().unwrap_or_default(),
         join_median: median(join_times),
+        lost_max: lost_times.iter().copied().max().unwrap_or_default(),
+        lost_median: median(lost_times),
     })
 }
 
@@ -249,23 +292,26 @@ pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
     );
     println!(
         "| machines | units | whole plan (median of {WHOLE_PLANS}) | a unit written, from the memo \
-         (median; slowest of {EVENTS}) | a machine joining, from the memo (median; slowest) |"
+         (median; slowest of {EVENTS}) | a machine joining, from the memo (median; slowest) | a \
+         machine lost, from the memo: lease gone, then declared dead (median; slowest) |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     let mut failed = false;
     for &machines in sizes {
         let machines = machines as usize;
         let units = machines * units_per_machine as usize;
         match measure(machines, units) {
             Ok(row) => println!(
-                "| {} | {} | {} | {}; {} | {}; {} |",
+                "| {} | {} | {} | {}; {} | {}; {} | {}; {} |",
                 row.machines,
                 row.units,
                 ms(row.whole),
                 ms(row.unit_median),
                 ms(row.unit_max),
                 ms(row.join_median),
-                ms(row.join_max)
+                ms(row.join_max),
+                ms(row.lost_median),
+                ms(row.lost_max)
             ),
             Err(e) => {
                 eprintln!("fleet-bench: plan at {machines} machines: {e}");
@@ -285,12 +331,14 @@ mod tests {
     use super::*;
 
     /// The benchmark's events are planned from the memo, each as the whole plan would: a new
-    /// unit to one machine, a join to nothing (`measure` fails otherwise).
+    /// unit to one machine, a join to nothing, a lease gone to nothing and a declaration to
+    /// a placement for each unit of the machine (`measure` fails otherwise).
     #[test]
     fn a_small_cluster_is_measured_from_the_memo() {
         let row = measure(20, 100).expect("measured");
         assert_eq!((row.machines, row.units), (20, 100));
         assert!(row.unit_median <= row.unit_max);
         assert!(row.join_median <= row.join_max);
+        assert!(row.lost_median <= row.lost_max);
     }
 }

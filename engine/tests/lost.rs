@@ -1,0 +1,121 @@
+//! A machine lost, against a real etcd: its lease lapses, the engine holds its units, declares
+//! it dead once a majority of the machines renewed theirs, and places its units on the others,
+//! all planned from the engine's memo: the lost machine costs no plan of the whole cluster.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_registry::{JobState, Machine, Presence, Unit};
+use fleet_telemetry::ENGINE_WHOLE_PLANS;
+use fleet_testkit::Etcd;
+use fleet_units::{UnitName, UnitOption};
+use support::{connect, id};
+use tokio::time::Instant;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const UNITS: usize = 9;
+
+fn unit(name: &str) -> Unit {
+    Unit {
+        name: UnitName::parse(name).expect("name"),
+        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
+        desired_state: JobState::Launched,
+    }
+}
+
+/// Where each unit is placed: its machines, by unit name.
+async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u8>> {
+    let mut at: BTreeMap<UnitName, Vec<u8>> = BTreeMap::new();
+    let snapshot = registry.engine_snapshot().await.expect("read");
+    for (machine, placement) in &snapshot.placements {
+        let n = (1..=3u8).find(|&n| id(n) == *machine).expect("one of ours");
+        at.entry(placement.name.clone()).or_default().push(n);
+    }
+    at
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_machine_is_planned_from_the_memo_not_as_a_whole() {
+    let etcd = Etcd::start();
+    let registry = connect(&etcd).await;
+    let mut presences = Vec::new();
+    for n in 1..=3u8 {
+        let machine = Machine {
+            id: id(n),
+            public_ip: format!("10.0.0.{n}"),
+            metadata: Default::default(),
+            version: "test".into(),
+            peer_address: None,
+        };
+        presences.push(
+            Presence::start(registry.clone(), machine, Duration::from_secs(2), None)
+                .await
+                .expect("register"),
+        );
+    }
+    for n in 0..UNITS {
+        registry
+            .put_unit(&unit(&format!("u{n}.service")))
+            .await
+            .expect("put unit");
+    }
+    // Without a witness, every member holding a lease counts as renewed on request.
+    let engine = tokio::spawn(fleet_engine::run(
+        registry.clone(),
+        id(1),
+        presences[0].subscribe(),
+        fleet_engine::EngineConfig {
+            timing: fleet_quorum::Timing::for_ttl(Duration::from_secs(2), Duration::from_secs(1)),
+            // The engine reads the cluster again (and plans it whole) only after 30 of these.
+            ..fleet_engine::EngineConfig::default()
+        },
+    ));
+    let until = Instant::now() + DEADLINE;
+    while placed(&registry).await.len() < UNITS {
+        assert!(Instant::now() < until, "units not placed in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = placed(&registry).await;
+    let lost: Vec<&UnitName> = before
+        .iter()
+        .filter(|(_, on)| on.as_slice() == [3])
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(lost.len(), UNITS / 3, "spread: {before:?}");
+    let whole_plans = ENGINE_WHOLE_PLANS.get();
+
+    // Machine 3 powered off.
+    presences.truncate(2);
+    let until = Instant::now() + DEADLINE;
+    let after = loop {
+        let after = placed(&registry).await;
+        let members = registry
+            .engine_snapshot()
+            .await
+            .expect("read")
+            .members
+            .len();
+        if members == 2 && after.len() == UNITS && after.values().all(|on| on != &[3]) {
+            break after;
+        }
+        assert!(
+            Instant::now() < until,
+            "machine 3's units not placed elsewhere in time: {after:?}, {members} members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (name, on) in &after {
+        assert_eq!(on.len(), 1, "{name} placed on {on:?}");
+        if !lost.contains(&name) {
+            assert_eq!(before[name], *on, "{name} moved");
+        }
+    }
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "the lost machine planned whole"
+    );
+    engine.abort();
+}
