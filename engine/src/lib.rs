@@ -429,6 +429,16 @@ impl plan::Cluster for EngineView {
     fn is_draining(&self, id: &MachineId) -> bool {
         self.snapshot().draining.contains(id)
     }
+
+    fn is_stopping(&self, machine: &MachineId, name: &UnitName) -> bool {
+        self.snapshot()
+            .stopping
+            .contains(&(machine.clone(), name.clone()))
+    }
+
+    fn has_reasons(&self, name: &UnitName) -> bool {
+        self.snapshot().unplaceable.contains_key(name)
+    }
 }
 
 /// Whether `snapshot` shows every one of these machines declared dead: its member record (as

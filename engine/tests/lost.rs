@@ -1,6 +1,7 @@
 //! A machine lost, against a real etcd: its lease lapses, the engine holds its units, declares
 //! it dead once a majority of the machines renewed theirs, and places its units on the others,
 //! all planned from the engine's memo: the lost machine costs no plan of the whole cluster.
+//! Nor do units destroyed: taken off their machines, which then release them.
 
 mod support;
 
@@ -116,6 +117,60 @@ async fn a_lost_machine_is_planned_from_the_memo_not_as_a_whole() {
         ENGINE_WHOLE_PLANS.get(),
         whole_plans,
         "the lost machine planned whole"
+    );
+
+    // Three units destroyed: each machine stops its own first (a stopping record), then
+    // releases it, as its agent does.
+    let destroyed: Vec<&UnitName> = after.keys().take(3).collect();
+    for name in &destroyed {
+        assert!(registry.delete_unit(name).await.expect("destroy"));
+    }
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let snapshot = registry.engine_snapshot().await.expect("read");
+        let stopping: Vec<&UnitName> = snapshot.stopping.iter().map(|(_, n)| n).collect();
+        if destroyed.iter().all(|n| stopping.contains(n)) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "destroyed units not taken off their machines in time: {stopping:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for n in 1..=2u8 {
+        let agent = registry.agent_snapshot(&id(n)).await.expect("read");
+        let records: Vec<(UnitName, i64)> = agent.stopping.into_iter().collect();
+        registry
+            .release_stopping(&id(n), &records)
+            .await
+            .expect("release");
+    }
+    // The engine has taken the releases in once a unit written after them is placed.
+    registry
+        .put_unit(&unit("last.service"))
+        .await
+        .expect("put unit");
+    let until = Instant::now() + DEADLINE;
+    while !placed(&registry)
+        .await
+        .contains_key(&UnitName::parse("last.service").expect("name"))
+    {
+        assert!(Instant::now() < until, "last.service not placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let snapshot = registry.engine_snapshot().await.expect("read");
+    assert_eq!(snapshot.placements.len(), UNITS - destroyed.len() + 1);
+    assert!(snapshot.stopping.is_empty(), "{:?}", snapshot.stopping);
+    assert!(
+        snapshot.unplaceable.is_empty(),
+        "{:?}",
+        snapshot.unplaceable
+    );
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "destroys and their releases planned whole"
     );
     engine.abort();
 }

@@ -125,7 +125,8 @@ impl Own {
 /// watch's report of them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ViewChanges {
-    /// Units written or deleted.
+    /// Units written or deleted, or whose `stopping/` record some machine released (or a
+    /// declaration removed).
     pub units: BTreeSet<UnitName>,
     /// Machines whose machine record was written or deleted, whose member record was
     /// created (a registration) or deleted (declared dead), or that lost a placement while
@@ -133,7 +134,7 @@ pub struct ViewChanges {
     /// [`EngineView::machine`], [`EngineView::is_member`] and [`EngineView::placement`].
     pub machines: BTreeSet<MachineId>,
     /// Anything else (not a member's new reading of the members): other placement changes,
-    /// the leader key, unplaceable reasons, stopping records, drains, rolling updates.
+    /// the leader key, unplaceable reasons, stopping records written, drains, rolling updates.
     pub other: bool,
 }
 
@@ -352,7 +353,15 @@ impl EngineView {
                                 Some(id) if !self.machines.contains(&registry.machine_key(&id)) => {
                                     self.changed.machines.insert(id);
                                 }
-                                _ => self.changed.other = true,
+                                Some(_) => self.changed.other = true,
+                                // A machine done stopping a unit (or declared dead): the
+                                // unit's change, which may now go elsewhere.
+                                None => match registry.stopping_entry(&key) {
+                                    Some((_, name)) => {
+                                        self.changed.units.insert(name);
+                                    }
+                                    None => self.changed.other = true,
+                                },
                             }
                         }
                         None => self.changed.other = true,

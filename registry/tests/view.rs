@@ -272,6 +272,31 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
     assert_eq!(changes.units, [name("d.service")].into_iter().collect());
     assert!(!changes.other, "own writes counted as changes: {changes:?}");
 
+    // b taken off machine 1 (the engine's own write, a stopping record), then released by
+    // that machine: a change of b.
+    let ops = vec![PlacementOp::Move {
+        machine: machine_id(1),
+        name: name("b.service"),
+    }];
+    let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
+    view.applied(&ops, &revisions);
+    let records: Vec<(fleet_units::UnitName, i64)> = registry
+        .agent_snapshot(&machine_id(1))
+        .await
+        .unwrap()
+        .stopping
+        .into_iter()
+        .collect();
+    assert_eq!(records.len(), 1);
+    registry
+        .release_stopping(&machine_id(1), &records)
+        .await
+        .unwrap();
+    let changes = changes_until(&mut view, |c| !c.units.is_empty()).await;
+    assert_eq!(changes.units, [name("b.service")].into_iter().collect());
+    assert!(!changes.other, "{changes:?}");
+    assert!(view.snapshot().stopping.is_empty());
+
     // A machine joining: its machine and member records, by the machine's id.
     let (b, _) = present(&registry, 2).await;
     let changes = changes_until(&mut view, |c| !c.machines.is_empty()).await;

@@ -14,8 +14,10 @@
 //! member whose lease is gone has its units held where they are ([`hold`](super::hold)), and
 //! placed again elsewhere once it is declared dead (or back on it when it registers again); a
 //! machine that leaves without being a member has its units placed elsewhere at once; and a
-//! machine registering again, or writing its record again, unchanged, changes nothing. The
-//! result is the one the full plan would reach on the same cluster, op for op (a property test
+//! machine registering again, or writing its record again, unchanged, changes nothing. A
+//! plain unit whose machines have all released it (stopped it) is placed as a new one if it
+//! still wants to run, while no machine is being drained. The result is the one the full
+//! plan would reach on the same cluster, op for op, reasons cleared included (a property test
 //! compares them on random clusters); anything it cannot decide that way (a unit with rules
 //! between units, a draining machine, a unit that waits or cannot be placed, a machine whose
 //! metadata changed, a machine coming or going while units wait) makes it answer `None`, and
@@ -51,8 +53,13 @@ pub struct Memo {
     leaders: HashSet<String>,
     /// Every `Conflicts` and `Replaces` pattern of the units that should run.
     patterns: BTreeSet<String>,
-    /// Units that should run and have no machine, and units some machine is stopping.
-    waiting: HashSet<UnitName>,
+    /// Units that should run and have no machine (those that wait for a machine to stop them
+    /// among them).
+    unplaced: HashSet<UnitName>,
+    /// The machines stopping each unit (their `stopping/` records).
+    stopping: HashMap<UnitName, BTreeSet<MachineId>>,
+    /// Live machines being drained.
+    draining: usize,
     /// The requirements of the global units (valid ones), which count in the load of every
     /// machine whose metadata they match.
     globals: Vec<Requirements>,
@@ -68,6 +75,10 @@ pub trait Cluster {
     /// Whether `id` is registered and not declared dead.
     fn is_member(&self, id: &MachineId) -> bool;
     fn is_draining(&self, id: &MachineId) -> bool;
+    /// Whether `machine` has a `stopping/` record of `name`: it is stopping it.
+    fn is_stopping(&self, machine: &MachineId, name: &UnitName) -> bool;
+    /// Whether reasons why `name` cannot be placed are recorded.
+    fn has_reasons(&self, name: &UnitName) -> bool;
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,7 +138,9 @@ impl Planner<'_> {
             ruled: self.globals.iter().map(|g| g.name.clone()).collect(),
             leaders: HashSet::new(),
             patterns: self.globs.patterns.iter().cloned().collect(),
-            waiting: stopping.iter().map(|(_, name)| name.clone()).collect(),
+            unplaced: HashSet::new(),
+            stopping: HashMap::new(),
+            draining: self.hosts.iter().filter(|h| h.draining).count(),
             globals: self.globals.iter().map(|g| g.req.clone()).collect(),
         };
         for (u, w) in self.units.iter().enumerate() {
@@ -136,7 +149,7 @@ impl Planner<'_> {
                 memo.put(name, &self.hosts[m].entry.machine.id);
             }
             if self.unplaceable[u].is_some() {
-                memo.waiting.insert(name.clone());
+                memo.unplaced.insert(name.clone());
             }
             match &w.req {
                 Ok(req) if plain(req) => {}
@@ -146,6 +159,12 @@ impl Planner<'_> {
             }
             memo.leaders
                 .extend(w.leaders.iter().map(|(name, _)| name.clone()));
+        }
+        for (machine, name) in stopping {
+            memo.stopping
+                .entry(name.clone())
+                .or_default()
+                .insert(machine.clone());
         }
         for (name, machine) in held {
             memo.on
@@ -168,8 +187,10 @@ impl Memo {
     /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, and
     /// the machine and member records of `machines` (written or deleted, and created) and the
     /// placements on those of them that are not live, given the cluster as it is now; and the
-    /// memo updated to the cluster once that plan is applied. `None` when the burst needs the
-    /// whole plan: the memo is then stale and must be dropped.
+    /// memo updated to the cluster once that plan is applied. Its ops are the placement
+    /// changes, then the recorded reasons it clears (as the engine writes a whole plan's
+    /// reasons after its ops). `None` when the burst needs the whole plan: the memo is then
+    /// stale and must be dropped.
     pub fn plan(
         &mut self,
         changed: &BTreeSet<UnitName>,
@@ -190,9 +211,24 @@ impl Memo {
         // them; then the new ones, in name order as it places them (plain units have no
         // `MachineOf` rank), on the loads after the removals.
         let names: BTreeSet<&UnitName> = changed.iter().chain(again.keys()).collect();
+        // Units whose reasons for not being placed are recorded, and will not be.
+        let mut cleared: Vec<UnitName> = Vec::new();
         for name in names {
+            if let Some(machines) = self.stopping.get_mut(name) {
+                // The machines that have stopped it released their records.
+                machines.retain(|m| cluster.is_stopping(m, name));
+                if machines.is_empty() {
+                    // Done stopping: a drain could take the next unit off its machine.
+                    if self.draining > 0 {
+                        return None;
+                    }
+                    self.stopping.remove(name);
+                    // A unit that waited to move is placed now, as a new one.
+                    self.unplaced.remove(name);
+                }
+            }
             if self.ruled.contains(name)
-                || self.waiting.contains(name)
+                || self.waits(name)
                 || self.held.contains_key(name)
                 || self.named(name)
             {
@@ -203,6 +239,9 @@ impl Memo {
                 Some(u) => Some(self.plain_requirements(u)?),
                 None => None,
             };
+            if cluster.has_reasons(name) {
+                cleared.push(name.clone());
+            }
             if let Some(Some(gone)) = again.get(name) {
                 // Its machine is no member: the placement goes without a stop.
                 if placement(gone, name).is_some() {
@@ -247,7 +286,10 @@ impl Memo {
                 }
                 _ => {
                     let op = if host.member {
-                        self.waiting.insert(name.clone());
+                        self.stopping
+                            .entry(name.clone())
+                            .or_default()
+                            .insert(machine.clone());
                         PlacementOp::Move {
                             machine: machine.clone(),
                             name: name.clone(),
@@ -274,6 +316,12 @@ impl Memo {
                 placement: Placement::for_unit(u),
             });
         }
+        // After the placements, as the engine writes the reasons of a whole plan.
+        plan.ops.extend(
+            cleared
+                .into_iter()
+                .map(|name| PlacementOp::ClearUnplaceable { name }),
+        );
         Some(plan)
     }
 
@@ -288,6 +336,7 @@ impl Memo {
         again: &mut BTreeMap<UnitName, Option<MachineId>>,
     ) -> Option<()> {
         let member = cluster.is_member(id);
+        let waits = self.any_waits();
         match (self.hosts.get_mut(id), cluster.machine(id)) {
             // Written again (a restart on the same lease), or registered again: only whether
             // its units stop before they leave it may change.
@@ -297,7 +346,7 @@ impl Memo {
                 }
                 // Its stopping records count only while it is a member: units waiting could
                 // wait for another reason.
-                if member != host.member && !self.waiting.is_empty() {
+                if member != host.member && waits {
                     return None;
                 }
                 host.member = member;
@@ -305,7 +354,7 @@ impl Memo {
             // Joined, or back before it was declared dead. Units that wait could go there (or
             // give other reasons).
             (None, Some(entry)) => {
-                if !self.waiting.is_empty() || cluster.is_draining(id) {
+                if waits || cluster.is_draining(id) {
                     return None;
                 }
                 let metadata = entry.machine.metadata.clone();
@@ -345,11 +394,12 @@ impl Memo {
             // Gone: its lease, or the machine for good. The units that wait could give other
             // reasons (one per machine).
             (Some(_), None) => {
-                if !self.waiting.is_empty() {
+                if waits {
                     return None;
                 }
                 let host = self.hosts.remove(id)?;
                 self.by_load.remove(&(host.load, id.clone()));
+                self.draining -= usize::from(host.draining);
                 for key in host_id_keys(id) {
                     if let Some(ids) = self.host_ids.get_mut(&key) {
                         ids.retain(|other| other != id);
@@ -385,7 +435,7 @@ impl Memo {
                     .filter(|name| !member || cluster.placement(id, name).is_none())
                     .cloned()
                     .collect();
-                if !held.is_empty() && !self.waiting.is_empty() {
+                if !held.is_empty() && waits {
                     return None;
                 }
                 for name in held {
@@ -395,6 +445,16 @@ impl Memo {
             }
         }
         Some(())
+    }
+
+    /// Whether `name` waits: for a machine to take it, or for one to stop it.
+    fn waits(&self, name: &UnitName) -> bool {
+        self.unplaced.contains(name) || self.stopping.contains_key(name)
+    }
+
+    /// Whether any unit waits.
+    fn any_waits(&self) -> bool {
+        !self.unplaced.is_empty() || !self.stopping.is_empty()
     }
 
     /// Whether another unit's rules name this one: a `MachineOf`, or a `Conflicts` or

@@ -1479,14 +1479,14 @@ mod properties {
         (1u8..=9, 0u8..4, 0u8..3, any::<bool>())
     }
 
-    /// Applies machines leaving to `s`: the machines they changed, and whether they changed
-    /// anything else (a declaration removing what a machine was stopping).
+    /// Applies machines leaving to `s`: the machines they changed, and the units whose
+    /// stopping records a declaration removed.
     fn depart(
         s: &mut EngineSnapshot,
         changes: &[(u8, u8, u8, bool)],
-    ) -> (BTreeSet<MachineId>, bool) {
+    ) -> (BTreeSet<MachineId>, BTreeSet<UnitName>) {
         let mut changed = BTreeSet::new();
-        let mut other = false;
+        let mut released = BTreeSet::new();
         for &(n, kind, role, eu) in changes {
             let absent: Vec<MachineId> = absent(s).into_iter().cloned().collect();
             let nth = (!absent.is_empty()).then(|| absent[n as usize % absent.len()].clone());
@@ -1498,9 +1498,12 @@ mod properties {
                 (1, Some(id)) => {
                     s.members.retain(|e| e.member.machine.id != id);
                     s.placements.retain(|(m, _)| *m != id);
-                    let before = s.stopping.len();
-                    s.stopping.retain(|(m, _)| *m != id);
-                    other |= s.stopping.len() != before;
+                    s.stopping.retain(|(m, name)| {
+                        if *m == id {
+                            released.insert(name.clone());
+                        }
+                        *m != id
+                    });
                     changed.insert(id);
                 }
                 (2, _) => {
@@ -1517,7 +1520,21 @@ mod properties {
                 _ => {}
             }
         }
-        (changed, other)
+        (changed, released)
+    }
+
+    /// Machines done stopping units: each `k` releases the `k`th stopping record, if any
+    /// (as the agents release them). The units released.
+    fn stop(s: &mut EngineSnapshot, which: &[usize]) -> BTreeSet<UnitName> {
+        let mut released = BTreeSet::new();
+        for &k in which {
+            let Some(record) = s.stopping.iter().nth(k % s.stopping.len().max(1)).cloned() else {
+                continue;
+            };
+            s.stopping.remove(&record);
+            released.insert(record.1);
+        }
+        released
     }
 
     /// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
@@ -1608,9 +1625,10 @@ mod properties {
 
         /// Bursts planned from the memo of a settled cluster are planned exactly as the whole
         /// plan would: the same ops, the same reasons; the cluster they leave is settled, and
-        /// the memo they leave is the one a whole plan of it builds. Bursts write units, and
+        /// the memo they leave is the one a whole plan of it builds. Bursts write units,
         /// machines join, write their records again, lose their lease (their units held), are
-        /// declared dead, leave undeclared, and come back.
+        /// declared dead, leave undeclared, and come back, and machines release what they
+        /// stopped.
         #[test]
         fn bursts_planned_from_the_memo_are_the_whole_plan(
             s in cluster(),
@@ -1619,6 +1637,7 @@ mod properties {
                     prop::collection::vec(change(), 0..4),
                     prop::collection::vec(machine_change(), 0..2),
                     prop::collection::vec(leave(), 0..3),
+                    prop::collection::vec(0usize..8, 0..3),
                 ),
                 1..4,
             ),
@@ -1637,14 +1656,15 @@ mod properties {
             let (p, memo) = plan_and_memo(&s);
             prop_assert!(p.ops.is_empty());
             let mut memo = memo.expect("a settled cluster has a memo");
-            for (burst, machines, leaving) in &bursts {
-                let changed = write(&mut s, burst);
+            for (burst, machines, leaving, stopped) in &bursts {
+                let mut changed = write(&mut s, burst);
                 let mut machines = register(&mut s, machines);
-                let (left, other) = depart(&mut s, leaving);
+                let (left, released) = depart(&mut s, leaving);
                 machines.extend(left);
+                changed.extend(released);
+                changed.extend(stop(&mut s, stopped));
                 let (whole, _) = plan_and_memo(&s);
-                // The engine plans a burst that changed anything else as a whole.
-                let fast = if other { None } else { memo.plan(&changed, &machines, &Now(&s)) };
+                let fast = memo.plan(&changed, &machines, &Now(&s));
                 let Some(fast) = fast else {
                     // The whole plan, applied, and the memo it leaves if any (as the engine
                     // does); otherwise, or every other time, the machines stop what it moved,
@@ -1662,9 +1682,11 @@ mod properties {
                     };
                     continue;
                 };
-                prop_assert_eq!(&fast.ops, &whole.ops);
+                // The engine writes the reasons that changed after a whole plan's ops.
+                let mut ops = whole.ops.clone();
+                ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
+                prop_assert_eq!(&fast.ops, &ops);
                 prop_assert_eq!(&fast.placed, &whole.placed);
-                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &whole.unplaceable), vec![]);
                 s = apply(s, &fast.ops);
                 let (again, rebuilt) = plan_and_memo(&s);
                 prop_assert_eq!(again.ops, vec![]);
@@ -2284,6 +2306,14 @@ impl Cluster for Now<'_> {
     fn is_draining(&self, id: &MachineId) -> bool {
         self.0.draining.contains(id)
     }
+
+    fn is_stopping(&self, machine: &MachineId, name: &UnitName) -> bool {
+        self.0.stopping.contains(&(machine.clone(), name.clone()))
+    }
+
+    fn has_reasons(&self, name: &UnitName) -> bool {
+        self.0.unplaceable.contains_key(name)
+    }
 }
 
 /// Plans the burst that changed `names` of `s` from `memo`.
@@ -2567,9 +2597,16 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
     assert_eq!(fast, plan(&destroyed));
     assert!(matches!(fast.ops.as_slice(), [PlacementOp::Move { .. }]));
     // Written again before its machine stopped it: it waits, which only the whole plan says.
-    let mut again = apply(destroyed, &fast.ops);
+    let stopping = apply(destroyed, &fast.ops);
+    let mut again = stopping.clone();
     again.units.push(xunit("u0.service", &[]));
-    assert_eq!(from_memo(&mut m, &again, &["u0.service"]), None);
+    assert_eq!(from_memo(&mut m.clone(), &again, &["u0.service"]), None);
+    // Its machine stopped it and released the record: nothing more to do.
+    let mut released = stopping.clone();
+    released.stopping.clear();
+    let fast = from_memo(&mut m, &released, &["u0.service"]);
+    assert_eq!(fast, Some(Plan::default()));
+    assert_eq!(Some(&m), plan_and_memo(&released).1.as_ref());
 
     // Loaded instead of launched: the placement is rewritten in place.
     let mut loaded = s.clone();
@@ -2595,6 +2632,67 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
     let mut moved = s.clone();
     moved.units[2] = xunit("u2.service", &[("MachineMetadata", "role=db")]);
     assert_eq!(from_memo(&mut memo.clone(), &moved, &["u2.service"]), None);
+}
+
+/// A plain unit moved off its machine waits, with its reason recorded, until that machine has
+/// stopped it; its release is planned from the memo: placed elsewhere, its reason cleared.
+/// While a machine is being drained, a release is left to the whole plan (it can let the
+/// drain go on).
+#[test]
+fn the_memo_places_a_moved_unit_once_its_machine_released_it() {
+    let units = vec![
+        xunit("a.service", &[("MachineMetadata", "role=web")]),
+        xunit("b.service", &[]),
+    ];
+    let machines = vec![host(1, &[("role", "web")]), host(2, &[("role", "web")])];
+    let mut s = snapshot(units, machines, vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    let (a_on, _) = s
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "a.service")
+        .cloned()
+        .unwrap();
+    let other = if a_on == mid(1) { mid(2) } else { mid(1) };
+    // Its machine is no web machine any more: a moves, the other machine stops it first.
+    let mut moved = s.clone();
+    for m in moved.machines.iter_mut().filter(|m| m.machine.id == a_on) {
+        m.machine.metadata.clear();
+    }
+    let (p, _) = plan_and_memo(&moved);
+    let mut ops = p.ops;
+    ops.extend(unplaceable_ops(&moved.unplaceable, &p.unplaceable));
+    let moved = apply(moved, &ops);
+    assert!(moved
+        .stopping
+        .contains(&(a_on.clone(), UnitName::parse("a.service").unwrap())));
+    assert_eq!(moved.unplaceable.len(), 1);
+    let (p, memo) = plan_and_memo(&moved);
+    assert_eq!(p.ops, vec![]);
+    let memo = memo.expect("settled, a waiting");
+
+    let mut released = moved.clone();
+    released.stopping.clear();
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &released, &["a.service"]).expect("plain");
+    assert!(matches!(&fast.ops[..], [
+        PlacementOp::Put { machine, .. },
+        PlacementOp::ClearUnplaceable { .. },
+    ] if *machine == other));
+    let (whole, _) = plan_and_memo(&released);
+    let mut ops = whole.ops;
+    ops.extend(unplaceable_ops(&released.unplaceable, &whole.unplaceable));
+    assert_eq!(fast.ops, ops);
+    let after = apply(released, &fast.ops);
+    assert_eq!(Some(&m), plan_and_memo(&after).1.as_ref());
+
+    // The same while a machine is being drained (its own, here): the whole plan.
+    let mut draining = moved.clone();
+    draining.draining.insert(a_on.clone());
+    let mut m = plan_and_memo(&draining).1.expect("settled");
+    draining.stopping.clear();
+    assert_eq!(from_memo(&mut m, &draining, &["a.service"]), None);
 }
 
 /// A unit that must be with a unit it replaces, through another one's `MachineOf`: it cannot

@@ -53,6 +53,14 @@ impl Cluster for Indexed {
     fn is_draining(&self, _: &MachineId) -> bool {
         false
     }
+
+    fn is_stopping(&self, _: &MachineId, _: &UnitName) -> bool {
+        false
+    }
+
+    fn has_reasons(&self, _: &UnitName) -> bool {
+        false
+    }
 }
 
 impl Indexed {
