@@ -3,7 +3,8 @@
 //! Every fleetd runs [`run`]. The one that wins the leader key reads units, machines, members
 //! and placements once and keeps them from a watch's events ([`EngineView`]); the others
 //! watch only the leader key. The leader loops on `plan(view) -> placement changes`
-//! ([`plan::plan`], pure) and writes the changes in batched transactions fenced on its
+//! ([`plan::plan_and_memo`], pure, or from its memo for a burst of changes it can decide
+//! alone, [`plan::Memo`]) and writes the changes in batched transactions fenced on its
 //! leadership, applying them to its view as etcd accepts them.
 //!
 //! A member whose lease is gone keeps what was placed on it (**held**: neither moved nor
@@ -149,12 +150,12 @@ async fn lead(
     // and going, since are planned from it alone. Dropped with the view and whenever a burst
     // needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
-    // The members whose lease was gone when the last whole plan changed nothing, while the
-    // view has not changed since: planning again would give the same nothing. Only useful
-    // when such a plan leaves no memo (a unit held on a member whose lease is gone is placed
-    // on another machine too): a memo says the same. While a lost machine waits to be
-    // declared dead, the engine looks again every half second.
-    let mut settled_with: Option<BTreeSet<MachineId>> = None;
+    // Whether the last whole plan changed nothing and the view has not changed since:
+    // planning again would give the same nothing. Only useful when such a plan leaves no
+    // memo (a unit held on a member whose lease is gone is placed on another machine too): a
+    // memo says the same. While a lost machine waits to be declared dead, the engine looks
+    // again every half second.
+    let mut settled = false;
     // Placements etcd keeps refusing (say it is out of space) are tried again less and less
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
@@ -170,7 +171,7 @@ async fn lead(
                 Ok(v) => {
                     read_at = Instant::now();
                     memo = None;
-                    settled_with = None;
+                    settled = false;
                     view.insert(v)
                 }
                 Err(e) => {
@@ -294,7 +295,6 @@ async fn lead(
             }
             continue;
         }
-        let absent: BTreeSet<MachineId> = absent.into_iter().map(|(id, _)| id).collect();
         let changes = view_now.take_changes();
         let read = &*view_now;
         let snapshot = read.snapshot();
@@ -307,11 +307,11 @@ async fn lead(
         };
         let unchanged = changes.units.is_empty() && changes.machines.is_empty() && !changes.other;
         if !unchanged {
-            settled_with = None;
+            settled = false;
         }
         let (ops, why_placed) = match from_memo {
             Some(p) => (p.ops, p.placed),
-            None if settled_with.as_ref() == Some(&absent) => (Vec::new(), BTreeMap::new()),
+            None if settled => (Vec::new(), BTreeMap::new()),
             None => {
                 fleet_telemetry::ENGINE_WHOLE_PLANS.inc();
                 // Units of members whose lease is gone are held where they are.
@@ -327,7 +327,7 @@ async fn lead(
                     &snapshot.unplaceable,
                     &whole.unplaceable,
                 ));
-                settled_with = ops.is_empty().then(|| absent.clone());
+                settled = ops.is_empty();
                 (ops, whole.placed)
             }
         };
@@ -457,11 +457,11 @@ fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -
 /// The members whose lease is gone, with the revision of their member record (which names the
 /// registration that vanished).
 fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
-    let live: BTreeSet<&MachineId> = snapshot.machines.iter().map(|m| &m.machine.id).collect();
+    let absent = plan::absent(snapshot);
     snapshot
         .members
         .iter()
-        .filter(|e| !live.contains(&e.member.machine.id))
+        .filter(|e| absent.contains(&e.member.machine.id))
         .map(|e| (e.member.machine.id.clone(), e.mod_revision))
         .collect()
 }

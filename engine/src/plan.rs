@@ -76,7 +76,8 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
 /// changes from without planning the whole cluster: what the planner holds at its end is the
 /// cluster as those ops leave it. Only when a plan of that cluster would change nothing,
 /// reasons included (a property test checks it, and that it builds the same memo): when the
-/// plan changes no placement, or places every unit. A unit left unplaceable by a plan that
+/// plan changes no placement, or places every unit (and no unit held is placed on a second
+/// machine, which the memo cannot tell). A unit left unplaceable by a plan that
 /// changes placements can be given other reasons by the next plan (its reasons are found while
 /// the others are being placed), which only a whole plan writes.
 ///
@@ -139,10 +140,11 @@ pub fn hold(
     if absent.is_empty() {
         return (None, HashMap::new());
     }
+    // A unit that became global meanwhile is no placement's: it runs everywhere.
     let wanted: HashSet<&UnitName> = snapshot
         .units
         .iter()
-        .filter(|u| u.desired_state != JobState::Inactive)
+        .filter(|u| u.desired_state != JobState::Inactive && !u.is_global())
         .map(|u| &u.name)
         .collect();
     let held: HashMap<UnitName, fleet_registry::MachineId> = snapshot

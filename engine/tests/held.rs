@@ -37,6 +37,7 @@ where
     }
 }
 
+// The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]
 async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
     let etcd = Etcd::start();
@@ -66,9 +67,12 @@ async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
         registry.clone(),
         id(1),
         presences[0].subscribe(),
-        // The default interval: the engine reads the cluster again (and plans it whole)
-        // only after 30 of them.
-        fleet_engine::EngineConfig::default(),
+        // The engine reads the cluster again (and plans it whole) every 30 of these: not
+        // within this test.
+        fleet_engine::EngineConfig {
+            reconcile_interval: Duration::from_secs(10),
+            ..fleet_engine::EngineConfig::default()
+        },
     ));
     eventually("all units placed", || async {
         registry

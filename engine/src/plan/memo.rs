@@ -12,9 +12,10 @@
 //! machine it is on. So do machines coming and going while no unit waits, since nothing then
 //! moves but their own plain units: a machine that joins only becomes the least loaded; a
 //! member whose lease is gone has its units held where they are ([`hold`](super::hold)), and
-//! placed again elsewhere once it is declared dead (or back on it when it registers again); a
-//! machine that leaves without being a member has its units placed elsewhere at once; and a
-//! machine registering again, or writing its record again, unchanged, changes nothing. A
+//! placed again elsewhere once it is declared dead (or back on it when it registers again,
+//! those whose placement is still there); a machine that leaves without being a member has
+//! its units placed elsewhere at once; and a machine registering again, or writing its
+//! record again, unchanged, changes nothing. A
 //! plain unit whose machines have all released it (stopped it) is placed as a new one if it
 //! still wants to run, while no machine is being drained. The result is the one the full
 //! plan would reach on the same cluster, op for op, reasons cleared included (a property test
@@ -337,6 +338,27 @@ impl Memo {
     ) -> Option<()> {
         let member = cluster.is_member(id);
         let waits = self.any_waits();
+        // Its units whose placement there is gone (a declaration removes them before the
+        // member record, which it leaves if the machine came back meanwhile): placed
+        // elsewhere as new ones, as the whole plan does.
+        let gone: Vec<UnitName> = self
+            .on
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter(|name| cluster.placement(id, name).is_none())
+            .cloned()
+            .collect();
+        if !gone.is_empty() && waits {
+            return None;
+        }
+        for name in gone {
+            if self.placed.contains_key(&name) {
+                self.add_load(id, -1);
+            }
+            self.unput(&name);
+            again.insert(name, Some(id.clone()));
+        }
         match (self.hosts.get_mut(id), cluster.machine(id)) {
             // Written again (a restart on the same lease), or registered again: only whether
             // its units stop before they leave it may change.
@@ -425,16 +447,13 @@ impl Memo {
                 }
             }
             // Not live before nor now. The units held there are placed elsewhere once it is
-            // declared dead (no member), or each once its placement there is gone.
+            // declared dead (no member).
             (None, None) => {
-                let held: Vec<UnitName> = self
-                    .on
-                    .get(id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|name| !member || cluster.placement(id, name).is_none())
-                    .cloned()
-                    .collect();
+                let held: Vec<UnitName> = if member {
+                    Vec::new()
+                } else {
+                    self.on.get(id).into_iter().flatten().cloned().collect()
+                };
                 if !held.is_empty() && waits {
                     return None;
                 }

@@ -1474,9 +1474,10 @@ mod properties {
     /// record goes, its member record stays); 1, an absent member (the `n`th, if any) is
     /// declared dead (its member record and placements go); 2, machine `n` leaves without a
     /// declaration (both records go, its placements stay); 3, an absent member (the `n`th, if
-    /// any) comes back, with this metadata.
+    /// any) comes back, with this metadata; 4, an absent member's placements go, its member
+    /// record stays (a declaration that found it back); 5, the same, and it comes back.
     fn leave() -> impl Strategy<Value = (u8, u8, u8, bool)> {
-        (1u8..=9, 0u8..4, 0u8..3, any::<bool>())
+        (1u8..=9, 0u8..6, 0u8..3, any::<bool>())
     }
 
     /// Applies machines leaving to `s`: the machines they changed, and the units whose
@@ -1515,6 +1516,15 @@ mod properties {
                     let mut entry = make_machine(0, role, eu);
                     entry.machine.id = id.clone();
                     s.machines.push(entry);
+                    changed.insert(id);
+                }
+                (4 | 5, Some(id)) => {
+                    s.placements.retain(|(m, _)| *m != id);
+                    if kind == 5 {
+                        let mut entry = make_machine(0, role, eu);
+                        entry.machine.id = id.clone();
+                        s.machines.push(entry);
+                    }
                     changed.insert(id);
                 }
                 _ => {}
@@ -2494,6 +2504,16 @@ fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
         .collect();
     assert_eq!(placed, on_2);
     as_whole(&declared, fast, &dead);
+
+    // Its placements removed by a declaration that found it back: its units are placed on
+    // the least loaded machines, as new ones.
+    let mut found_back = lost.clone();
+    found_back.placements.retain(|(m, _)| *m != mid(2));
+    found_back.machines.push(machine(2));
+    let mut m2 = m.clone();
+    let fast = machine_changed(&mut m2, &found_back, 2);
+    assert_eq!(fast.as_ref().map(|p| p.placed.len()), Some(2));
+    as_whole(&m2, fast, &found_back);
 
     // Back before it was declared dead: its units stay there.
     let mut back = lost.clone();
