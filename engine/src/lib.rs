@@ -146,8 +146,9 @@ async fn lead(
     // be read again after an error.
     let mut view: Option<EngineView> = None;
     // What the last plan of the whole cluster knew of the cluster its ops leave, while the
-    // cluster is as it left it: the bursts of changes to plain units, and of machines coming
-    // and going, since are planned from it alone. Dropped with the view and whenever a burst
+    // cluster is as it left it: the bursts of changes to plain units (releases by the
+    // machines that stopped them included), and of machines coming and going, since are
+    // planned from it alone. Dropped with the view and whenever a burst
     // needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
     // Whether the last whole plan changed nothing and the view has not changed since:
@@ -298,9 +299,10 @@ async fn lead(
         let changes = view_now.take_changes();
         let read = &*view_now;
         let snapshot = read.snapshot();
-        // A burst of changes to plain units, and machines joining, registering again,
-        // losing their lease, declared dead or coming back, on a cluster the last whole plan
-        // settled: planned from the memo, in time that does not grow with the cluster.
+        // A burst of changes to plain units (written, or released by the machines that
+        // stopped them), and machines joining, registering again, losing their lease,
+        // declared dead or coming back, on a cluster the last whole plan settled: planned
+        // from the memo, in time that does not grow with the cluster.
         let from_memo = match memo.as_mut() {
             Some(m) if !changes.other => m.plan(&changes.units, &changes.machines, read),
             _ => None,

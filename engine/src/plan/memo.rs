@@ -17,10 +17,11 @@
 //! its units placed elsewhere at once; and a machine registering again, or writing its
 //! record again, unchanged, changes nothing. A
 //! plain unit whose machines have all released it (stopped it) is placed as a new one if it
-//! still wants to run, while no machine is being drained. The result is the one the full
+//! still wants to run, unless a draining machine still has units. The result is the one the full
 //! plan would reach on the same cluster, op for op, reasons cleared included (a property test
 //! compares them on random clusters); anything it cannot decide that way (a unit with rules
-//! between units, a draining machine, a unit that waits or cannot be placed, a machine whose
+//! between units, a draining machine, a unit that waits or cannot be placed, a unit still
+//! being stopped by a machine, a release while a draining machine has units, a machine whose
 //! metadata changed, a machine coming or going while units wait) makes it answer `None`, and
 //! the caller plans the whole cluster.
 
@@ -60,7 +61,7 @@ pub struct Memo {
     /// The machines stopping each unit (their `stopping/` records).
     stopping: HashMap<UnitName, BTreeSet<MachineId>>,
     /// Live machines being drained.
-    draining: usize,
+    draining: BTreeSet<MachineId>,
     /// The requirements of the global units (valid ones), which count in the load of every
     /// machine whose metadata they match.
     globals: Vec<Requirements>,
@@ -141,7 +142,12 @@ impl Planner<'_> {
             patterns: self.globs.patterns.iter().cloned().collect(),
             unplaced: HashSet::new(),
             stopping: HashMap::new(),
-            draining: self.hosts.iter().filter(|h| h.draining).count(),
+            draining: self
+                .hosts
+                .iter()
+                .filter(|h| h.draining)
+                .map(|h| h.entry.machine.id.clone())
+                .collect(),
             globals: self.globals.iter().map(|g| g.req.clone()).collect(),
         };
         for (u, w) in self.units.iter().enumerate() {
@@ -185,7 +191,8 @@ fn plain(req: &Requirements) -> bool {
 }
 
 impl Memo {
-    /// The plan for a burst that changed (wrote or deleted) exactly the units `changed`, and
+    /// The plan for a burst that changed exactly the units `changed` (written, deleted, or
+    /// released by a machine that stopped them: their `stopping/` records removed), and
     /// the machine and member records of `machines` (written or deleted, and created) and the
     /// placements on those of them that are not live, given the cluster as it is now; and the
     /// memo updated to the cluster once that plan is applied. Its ops are the placement
@@ -198,7 +205,24 @@ impl Memo {
         machines: &BTreeSet<MachineId>,
         cluster: &impl Cluster,
     ) -> Option<Plan> {
-        // The machines first: the units of the burst are placed on the machines as they are
+        // The stopping records released first (by the machines that stopped the units, or by
+        // a declaration): a unit no machine stops any more waits no longer.
+        for name in changed {
+            let Some(machines) = self.stopping.get_mut(name) else {
+                continue;
+            };
+            machines.retain(|m| cluster.is_stopping(m, name));
+            if machines.is_empty() {
+                // Done stopping: a drain could take the next unit off its machine.
+                if self.draining.iter().any(|id| self.on.contains_key(id)) {
+                    return None;
+                }
+                self.stopping.remove(name);
+                // A unit that waited to move is placed as a new one (below).
+                self.unplaced.remove(name);
+            }
+        }
+        // Then the machines: the units of the burst are placed on the machines as they are
         // now. The units of machines that came back or left for good are looked at with them.
         let mut again: BTreeMap<UnitName, Option<MachineId>> = BTreeMap::new();
         for id in machines {
@@ -215,19 +239,6 @@ impl Memo {
         // Units whose reasons for not being placed are recorded, and will not be.
         let mut cleared: Vec<UnitName> = Vec::new();
         for name in names {
-            if let Some(machines) = self.stopping.get_mut(name) {
-                // The machines that have stopped it released their records.
-                machines.retain(|m| cluster.is_stopping(m, name));
-                if machines.is_empty() {
-                    // Done stopping: a drain could take the next unit off its machine.
-                    if self.draining > 0 {
-                        return None;
-                    }
-                    self.stopping.remove(name);
-                    // A unit that waited to move is placed now, as a new one.
-                    self.unplaced.remove(name);
-                }
-            }
             if self.ruled.contains(name)
                 || self.waits(name)
                 || self.held.contains_key(name)
@@ -421,7 +432,7 @@ impl Memo {
                 }
                 let host = self.hosts.remove(id)?;
                 self.by_load.remove(&(host.load, id.clone()));
-                self.draining -= usize::from(host.draining);
+                self.draining.remove(id);
                 for key in host_id_keys(id) {
                     if let Some(ids) = self.host_ids.get_mut(&key) {
                         ids.retain(|other| other != id);
