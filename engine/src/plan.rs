@@ -913,12 +913,13 @@ impl<'a> Planner<'a> {
     }
 
     /// Takes `u` and its followers (transitively) off their machine and queues them again; a
-    /// unit taken off the machine it was placed on before this pass stops there first.
+    /// unit placed on a live machine before this pass stops there first (a unit placed twice
+    /// then stops on both).
     fn evict(&mut self, u: U) {
         let Some(m) = self.at[u] else { return };
         self.unassign(u);
-        if self.placed_on[u] == Some(m) {
-            let reason = stopping_reason(self.hosts[m].short());
+        if let Some(before) = self.placed_on[u] {
+            let reason = stopping_reason(self.hosts[before].short());
             self.unplaceable[u] = Some(vec![reason.clone()]);
             self.waits[u] = Some(reason);
         } else {

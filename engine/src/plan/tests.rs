@@ -2740,6 +2740,42 @@ fn the_memo_places_a_moved_unit_once_its_machine_released_it() {
     assert_eq!(from_memo(&mut m, &draining, &["a.service"]), None);
 }
 
+/// A unit placed on two machines (only one of them meets its rules) and pushed off the one it
+/// is kept on by a unit that replaces it stops on both before it is placed again: it never
+/// runs twice. (Found by the property tests.)
+#[test]
+fn a_unit_placed_twice_and_pushed_away_stops_on_both_first() {
+    let a = xunit(
+        "a.service",
+        &[("MachineMetadata", "role=db"), ("Replaces", "db.service")],
+    );
+    let db = xunit(
+        "db.service",
+        &[("MachineMetadata", "\"role=web\" \"role=db\"")],
+    );
+    let machines = vec![
+        host(2, &[]),
+        host(3, &[("role", "db")]),
+        host(4, &[("role", "web")]),
+    ];
+    let placements = vec![at(2, &db), at(3, &db)];
+    let mut s = snapshot(vec![a, db], machines, placements);
+    s.members = members_of(&s.machines);
+    let p = plan(&s);
+    assert!(starts_while_stopping(&s, &p.ops).is_empty(), "{:?}", p.ops);
+    assert!(
+        puts(&p.ops).iter().all(|(name, _)| name != "db.service"),
+        "{:?}",
+        p.ops
+    );
+    assert_eq!(
+        reasons_of(&p),
+        why(&[("db.service", &["stopping on f1ee7002 before it moves"])])
+    );
+    let (settled, _) = converge(&s);
+    assert_eq!(violations(&settled), Vec::<String>::new());
+}
+
 /// A unit that must be with a unit it replaces, through another one's `MachineOf`: it cannot
 /// be placed, says why, and the others settle instead of pushing each other off machine after
 /// machine.
