@@ -3,27 +3,31 @@
 //! A [`Memo`] is what a full [`plan`](super::plan) knew at its end, of the cluster as its ops
 //! leave it (when it changed no placement, or placed every unit: see
 //! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is
-//! (units held on absent members included), which units and names take part in a rule
-//! between units (`Conflicts`, `Replaces`, `MachineOf`, global units), and which units wait
-//! (those it moved away among them, until their machines have stopped them).
-//! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no rule that names
-//! another unit, named by no other unit's rule, not global) in time that depends on the
-//! burst, not on the cluster: such a unit affects the others only through the load of the one
-//! machine it is on. So do machines coming and going while no unit waits, since nothing then
-//! moves but their own plain units: a machine that joins only becomes the least loaded; a
-//! member whose lease is gone has its units held where they are ([`hold`](super::hold)), and
-//! placed again elsewhere once it is declared dead (or back on it when it registers again,
-//! those whose placement is still there); a machine that leaves without being a member has
-//! its units placed elsewhere at once; and a machine registering again, or writing its
-//! record again, unchanged, changes nothing. A
-//! plain unit whose machines have all released it (stopped it) is placed as a new one if it
-//! still wants to run, unless a draining machine still has units. The result is the one the full
-//! plan would reach on the same cluster, op for op, reasons cleared included (a property test
-//! compares them on random clusters); anything it cannot decide that way (a unit with rules
-//! between units, a draining machine, a unit that waits or cannot be placed, a unit still
-//! being stopped by a machine, a release while a draining machine has units, a machine whose
-//! metadata changed, a machine coming or going while units wait) makes it answer `None`, and
-//! the caller plans the whole cluster.
+//! (units held on absent members included), which units and names take part in a `MachineOf`
+//! or `Replaces` (and which are global), each unit's `Conflicts`, and which units wait (those
+//! it moved away among them, until their machines have stopped them).
+//!
+//! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `MachineOf`,
+//! `Replaces` nor `Global`, named by no other unit's `MachineOf` or `Replaces`) in time that
+//! depends on the burst, not on the cluster: such a unit affects the others only through the
+//! load of the one machine it is on, and through the `Conflicts` (its own and theirs) checked
+//! against what runs on each machine, as the full plan checks them. So do machines coming and
+//! going while no unit waits, since nothing then moves but their own plain units: a machine
+//! that joins only becomes the least loaded; a member whose lease is gone has its units held
+//! where they are ([`hold`](super::hold)), and placed again elsewhere once it is declared dead
+//! (or back on it when it registers again, those whose placement is still there); a machine
+//! that leaves without being a member has its units placed elsewhere at once; and a machine
+//! registering again, or writing its record again, unchanged, changes nothing. A plain unit
+//! whose machines have all released it (stopped it) is placed as a new one if it still wants
+//! to run, unless a draining machine still has units.
+//!
+//! The result is the one the full plan would reach on the same cluster, op for op, reasons
+//! cleared included (a property test compares them on random clusters); anything it cannot
+//! decide that way (a unit with a rule it does not decide, a draining machine, a unit that
+//! waits or cannot be placed, a unit still being stopped by a machine, a release while a
+//! draining machine has units, a unit with `Conflicts` coming or going while one waits, a
+//! machine whose metadata changed, a machine coming or going while units wait) makes it
+//! answer `None`, and the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -48,13 +52,17 @@ pub struct Memo {
     held: HashMap<UnitName, MachineId>,
     /// The units of `placed` and `held` on each machine.
     on: HashMap<MachineId, BTreeSet<UnitName>>,
-    /// Units that should run and take part in rules between units, or whose rules are invalid,
+    /// Units that should run and have a `MachineOf` or `Replaces`, or whose rules are invalid,
     /// and global units: a change to one of them needs the whole plan.
     ruled: HashSet<UnitName>,
     /// Names some unit's `MachineOf` names.
     leaders: HashSet<String>,
-    /// Every `Conflicts` and `Replaces` pattern of the units that should run.
-    patterns: BTreeSet<String>,
+    /// Every `Replaces` pattern of the units that should run.
+    replaces: BTreeSet<String>,
+    /// The `Conflicts` patterns of each non-global unit that should run (with valid rules).
+    conflicts: HashMap<UnitName, Vec<String>>,
+    /// How many units of `conflicts` have each pattern.
+    conflict_patterns: BTreeMap<String, usize>,
     /// Units that should run and have no machine (those that wait for a machine to stop them
     /// among them).
     unplaced: HashSet<UnitName>,
@@ -62,9 +70,9 @@ pub struct Memo {
     stopping: HashMap<UnitName, BTreeSet<MachineId>>,
     /// Live machines being drained.
     draining: BTreeSet<MachineId>,
-    /// The requirements of the global units (valid ones), which count in the load of every
-    /// machine whose metadata they match.
-    globals: Vec<Requirements>,
+    /// The global units (valid ones) and their requirements: they count in the load of every
+    /// machine whose metadata they match, and conflict there.
+    globals: Vec<(UnitName, Requirements)>,
 }
 
 /// The cluster as it is now, as [`Memo::plan`] looks things up in it (the engine's view).
@@ -139,7 +147,9 @@ impl Planner<'_> {
             on: HashMap::new(),
             ruled: self.globals.iter().map(|g| g.name.clone()).collect(),
             leaders: HashSet::new(),
-            patterns: self.globs.patterns.iter().cloned().collect(),
+            replaces: BTreeSet::new(),
+            conflicts: HashMap::new(),
+            conflict_patterns: BTreeMap::new(),
             unplaced: HashSet::new(),
             stopping: HashMap::new(),
             draining: self
@@ -148,7 +158,11 @@ impl Planner<'_> {
                 .filter(|h| h.draining)
                 .map(|h| h.entry.machine.id.clone())
                 .collect(),
-            globals: self.globals.iter().map(|g| g.req.clone()).collect(),
+            globals: self
+                .globals
+                .iter()
+                .map(|g| (g.name.clone(), g.req.clone()))
+                .collect(),
         };
         for (u, w) in self.units.iter().enumerate() {
             let name = &w.unit.name;
@@ -159,8 +173,14 @@ impl Planner<'_> {
                 memo.unplaced.insert(name.clone());
             }
             match &w.req {
-                Ok(req) if plain(req) => {}
-                _ => {
+                Ok(req) => {
+                    if !plain(req) {
+                        memo.ruled.insert(name.clone());
+                    }
+                    memo.replaces.extend(req.replaces.iter().cloned());
+                    memo.set_conflicts(name, &req.conflicts);
+                }
+                Err(_) => {
                     memo.ruled.insert(name.clone());
                 }
             }
@@ -184,10 +204,16 @@ impl Planner<'_> {
     }
 }
 
-/// Whether a unit's rules name no other unit: nothing but `MachineID`, `MachineMetadata` and
-/// the rules that do not concern placement.
+/// `patterns` without repeats.
+fn distinct(patterns: &[String]) -> BTreeSet<&String> {
+    patterns.iter().collect()
+}
+
+/// Whether a unit's rules are decided on each machine alone: nothing but `MachineID`,
+/// `MachineMetadata`, `Conflicts` (checked against what runs there) and the rules that do not
+/// concern placement.
 fn plain(req: &Requirements) -> bool {
-    !req.global && req.conflicts.is_empty() && req.replaces.is_empty() && req.machine_of.is_empty()
+    !req.global && req.replaces.is_empty() && req.machine_of.is_empty()
 }
 
 impl Memo {
@@ -232,6 +258,9 @@ impl Memo {
         let placement = |machine: &MachineId, name: &UnitName| cluster.placement(machine, name);
         let mut plan = Plan::default();
         let mut to_place: Vec<(&Unit, Requirements)> = Vec::new();
+        // Units that stay where they are, to check against their neighbours once all of the
+        // burst's are known.
+        let mut stay: Vec<(&UnitName, MachineId)> = Vec::new();
         // First what becomes of the existing placements, in name order as the full plan lists
         // them; then the new ones, in name order as it places them (plain units have no
         // `MachineOf` rank), on the loads after the removals.
@@ -242,7 +271,7 @@ impl Memo {
             if self.ruled.contains(name)
                 || self.waits(name)
                 || self.held.contains_key(name)
-                || self.named(name)
+                || self.bound(name)
             {
                 return None;
             }
@@ -251,6 +280,17 @@ impl Memo {
                 Some(u) => Some(self.plain_requirements(u)?),
                 None => None,
             };
+            let patterns = req.as_ref().map_or(&[][..], |r| &r.conflicts[..]);
+            // A unit that waits can give other reasons (the first unit it conflicts with, by
+            // name), or go somewhere, when one with conflicts comes, goes or changes.
+            if !self.unplaced.is_empty()
+                && (self.conflicts.contains_key(name)
+                    || !patterns.is_empty()
+                    || self.conflict_named(name))
+            {
+                return None;
+            }
+            self.set_conflicts(name, patterns);
             if cluster.has_reasons(name) {
                 cleared.push(name.clone());
             }
@@ -291,10 +331,11 @@ impl Memo {
                     let target = Placement::for_unit(u);
                     if placement(&machine, name) != Some(&target) {
                         plan.ops.push(PlacementOp::Put {
-                            machine,
+                            machine: machine.clone(),
                             placement: target,
                         });
                     }
+                    stay.push((name, machine));
                 }
                 _ => {
                     let op = if host.member {
@@ -318,8 +359,15 @@ impl Memo {
                 }
             }
         }
+        // A unit that conflicts with a neighbour moves (the full plan stops it first).
+        for (name, machine) in stay {
+            let patterns = self.conflicts.get(name).map_or(&[][..], |p| &p[..]);
+            if self.conflicts_on(name, patterns, &machine) {
+                return None;
+            }
+        }
         for (u, req) in to_place {
-            let (machine, why) = self.decide(&req)?;
+            let (machine, why) = self.decide(&u.name, &req)?;
             self.put(&u.name, &machine);
             self.add_load(&machine, 1);
             plan.placed.insert(u.name.clone(), why);
@@ -406,7 +454,7 @@ impl Memo {
                     + self
                         .globals
                         .iter()
-                        .filter(|g| g.metadata_matches(&metadata))
+                        .filter(|(_, g)| g.metadata_matches(&metadata))
                         .count();
                 for key in host_id_keys(id) {
                     let ids = self.host_ids.entry(key).or_default();
@@ -445,10 +493,13 @@ impl Memo {
                 for name in units {
                     if member {
                         // Held where it is, out of every rule: a unit in a rule between
-                        // units would change what the others may do.
+                        // units would change what the others may do. Its `Conflicts` only
+                        // concerned its own machine: they are taken in again from the unit
+                        // when it is placed again.
                         if self.ruled.contains(&name) {
                             return None;
                         }
+                        self.set_conflicts(&name, &[]);
                         self.placed.remove(&name);
                         self.held.insert(name, id.clone());
                     } else {
@@ -487,11 +538,61 @@ impl Memo {
         !self.unplaced.is_empty() || !self.stopping.is_empty()
     }
 
-    /// Whether another unit's rules name this one: a `MachineOf`, or a `Conflicts` or
-    /// `Replaces` pattern that matches it. Its coming or going can change where they go.
-    fn named(&self, name: &UnitName) -> bool {
+    /// Whether another unit's `MachineOf` or `Replaces` names this one: its coming or going
+    /// can move them, or it.
+    fn bound(&self, name: &UnitName) -> bool {
         self.leaders.contains(name.as_str())
-            || self.patterns.iter().any(|p| glob_match(p, name.as_str()))
+            || self.replaces.iter().any(|p| glob_match(p, name.as_str()))
+    }
+
+    /// Whether a `Conflicts` pattern of some unit, or of a global unit, matches this one.
+    fn conflict_named(&self, name: &UnitName) -> bool {
+        self.conflict_patterns
+            .keys()
+            .chain(self.globals.iter().flat_map(|(_, g)| g.conflicts.iter()))
+            .any(|p| glob_match(p, name.as_str()))
+    }
+
+    /// Records `patterns` as the `Conflicts` of `name` (none: it has none, or should not run).
+    fn set_conflicts(&mut self, name: &UnitName, patterns: &[String]) {
+        if let Some(old) = self.conflicts.remove(name) {
+            for p in distinct(&old) {
+                if let Some(n) = self.conflict_patterns.get_mut(p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.conflict_patterns.remove(p);
+                    }
+                }
+            }
+        }
+        if patterns.is_empty() {
+            return;
+        }
+        for p in distinct(patterns) {
+            *self.conflict_patterns.entry(p.clone()).or_default() += 1;
+        }
+        self.conflicts.insert(name.clone(), patterns.to_vec());
+    }
+
+    /// Whether `name`, with these `Conflicts` patterns, conflicts with what runs on the live
+    /// machine `id` (global units included), either way, as the full plan checks it.
+    fn conflicts_on(&self, name: &UnitName, patterns: &[String], id: &MachineId) -> bool {
+        let matches =
+            |patterns: &[String], other: &str| patterns.iter().any(|p| glob_match(p, other));
+        let metadata = &self.hosts[id].metadata;
+        let global = self.globals.iter().any(|(global, g)| {
+            g.metadata_matches(metadata)
+                && (matches(patterns, global.as_str()) || matches(&g.conflicts, name.as_str()))
+        });
+        global
+            || self.on.get(id).into_iter().flatten().any(|other| {
+                other != name
+                    && (matches(patterns, other.as_str())
+                        || self
+                            .conflicts
+                            .get(other)
+                            .is_some_and(|p| matches(p, name.as_str())))
+            })
     }
 
     /// A unit's requirements if they are plain.
@@ -505,12 +606,13 @@ impl Memo {
 
     /// The machine for a plain unit, as the full plan chooses it, and why there. `None` when
     /// no machine takes it (the full plan says why on each).
-    fn decide(&self, req: &Requirements) -> Option<(MachineId, String)> {
+    fn decide(&self, name: &UnitName, req: &Requirements) -> Option<(MachineId, String)> {
         let fits = |id: &MachineId| {
             let host = &self.hosts[id];
             !host.draining
                 && req.machine_id_matches(id.as_str())
                 && req.metadata_matches(&host.metadata)
+                && !self.conflicts_on(name, &req.conflicts, id)
         };
         if let Some(id) = &req.machine_id {
             let mut targets: Vec<&MachineId> = self

@@ -1429,10 +1429,22 @@ mod properties {
     /// `CONFLICTS` match.
     const MORE: [&str; 4] = ["p1.service", "p2.service", "web@4.service", "q.socket"];
 
-    /// Rules without any rule between units (what [`Memo::plan`] decides alone).
+    /// Rules without any rule between units.
     fn plain_rules() -> impl Strategy<Value = Rules> {
         rules().prop_map(|r| Rules {
             conflicts: None,
+            machine_of: None,
+            replaces: None,
+            global: false,
+            ..r
+        })
+    }
+
+    /// Rules whose only rule between units is `Conflicts` (what [`Memo::plan`] decides alone,
+    /// with the plain ones).
+    fn conflicting_rules() -> impl Strategy<Value = Rules> {
+        (rules(), 0..CONFLICTS.len()).prop_map(|(r, c)| Rules {
+            conflicts: Some(c),
             machine_of: None,
             replaces: None,
             global: false,
@@ -1445,7 +1457,13 @@ mod properties {
     fn change() -> impl Strategy<Value = (usize, Option<(Rules, u8)>)> {
         (
             0..NAMES.len() + MORE.len(),
-            prop::option::weighted(0.8, (prop_oneof![4 => plain_rules(), 1 => rules()], 0u8..3)),
+            prop::option::weighted(
+                0.8,
+                (
+                    prop_oneof![3 => plain_rules(), 2 => conflicting_rules(), 1 => rules()],
+                    0u8..3,
+                ),
+            ),
         )
     }
 
@@ -2558,18 +2576,29 @@ fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
     let mut ruled = s.clone();
     ruled
         .units
-        .push(xunit("web@1.service", &[("Conflicts", "web@*.service")]));
+        .push(xunit("f.service", &[("MachineOf", on_2[0].as_str())]));
     let (mut ruled, _) = converge(&ruled);
-    let (n, _) = ruled
+    let mut m = plan_and_memo(&ruled).1.expect("settled");
+    ruled.machines.retain(|e| e.machine.id != mid(2));
+    assert_eq!(machine_changed(&mut m, &ruled, 2), None);
+    // (But a unit with `Conflicts` is held: they concern only its own machine.)
+    let mut conflicting = s.clone();
+    conflicting
+        .units
+        .push(xunit("web@1.service", &[("Conflicts", "web@*.service")]));
+    let (mut conflicting, _) = converge(&conflicting);
+    let (n, _) = conflicting
         .placements
         .iter()
         .find(|(_, p)| p.name.as_str() == "web@1.service")
         .cloned()
         .unwrap();
     let n = (1..=3).find(|&i| mid(i) == n).unwrap();
-    let mut m = plan_and_memo(&ruled).1.expect("settled");
-    ruled.machines.retain(|e| e.machine.id != mid(n));
-    assert_eq!(machine_changed(&mut m, &ruled, n), None);
+    let mut m = plan_and_memo(&conflicting).1.expect("settled");
+    conflicting.machines.retain(|e| e.machine.id != mid(n));
+    let fast = machine_changed(&mut m, &conflicting, n);
+    assert_eq!(fast, Some(Plan::default()));
+    as_whole(&m, fast, &conflicting);
     let mut rewritten = lost.clone();
     for u in rewritten
         .units
@@ -2644,17 +2673,39 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
     assert_eq!(fast, plan(&loaded));
     assert_eq!(fast.ops.len(), 1);
 
-    // Left to the whole plan: a unit with a rule between units, a unit another one's pattern
-    // names, a plain unit that must move to meet its new metadata.
+    // Conflicts are checked on each machine: a unit another one's pattern names goes to a
+    // machine without that one, as a unit with a pattern of its own does.
+    let web_1 = s
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "web@1.service")
+        .map(|(m, _)| m.clone())
+        .unwrap();
+    for extra in [&[][..], &[("Conflicts", "web@*.service")][..]] {
+        let mut named = s.clone();
+        named.units.push(xunit("web@2.service", extra));
+        let mut m = memo.clone();
+        let fast = from_memo(&mut m, &named, &["web@2.service"]).expect("conflicts only");
+        assert_eq!(fast, plan(&named));
+        assert!(matches!(&fast.ops[..], [PlacementOp::Put { machine, .. }] if *machine != web_1));
+        let after = apply(named, &fast.ops);
+        assert_eq!(Some(&m), plan_and_memo(&after).1.as_ref());
+    }
+
+    // Left to the whole plan: a unit with a rule between units, a unit that conflicts with
+    // every machine (it cannot be placed), a plain unit that must move to meet its new
+    // metadata.
     let mut ruled = s.clone();
     ruled
         .units
-        .push(xunit("c.service", &[("Conflicts", "u*.service")]));
+        .push(xunit("c.service", &[("MachineOf", "u1.service")]));
     assert_eq!(from_memo(&mut memo.clone(), &ruled, &["c.service"]), None);
-    let mut named = s.clone();
-    named.units.push(xunit("web@2.service", &[]));
+    let mut everywhere = s.clone();
+    everywhere
+        .units
+        .push(xunit("c.service", &[("Conflicts", "u*.service")]));
     assert_eq!(
-        from_memo(&mut memo.clone(), &named, &["web@2.service"]),
+        from_memo(&mut memo.clone(), &everywhere, &["c.service"]),
         None
     );
     let mut moved = s.clone();

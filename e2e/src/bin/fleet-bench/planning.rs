@@ -5,7 +5,9 @@
 //! For each size, a settled cluster of plain units (no `[X-Fleet]` rules) spread over the
 //! machines, and one global unit running on every machine. Timed: the whole plan of it (what
 //! every event cost before the memo, and what a change the memo cannot decide still costs);
-//! then, planned from the memo, a unit written and placed, a machine joining, and a machine
+//! then, planned from the memo, a unit written and placed, an instance of a template whose
+//! instances conflict with each other (templates of 10 instances) written and placed, a
+//! machine joining, and a machine
 //! lost (its lease gone, its units held; then declared dead, its units placed elsewhere).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -165,6 +167,8 @@ struct Row {
     join_max: Duration,
     lost_median: Duration,
     lost_max: Duration,
+    conflict_median: Duration,
+    conflict_max: Duration,
 }
 
 fn measure(machines: usize, units: usize) -> Result<Row, String> {
@@ -205,6 +209,9 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     let mut unit_times = Vec::with_capacity(EVENTS);
     let mut join_times = Vec::with_capacity(EVENTS);
     let mut lost_times = Vec::with_capacity(EVENTS);
+    let mut conflict_times = Vec::with_capacity(EVENTS);
+    // The machines each template's instances went to.
+    let mut instances_on: HashMap<usize, HashSet<MachineId>> = HashMap::new();
     for i in 0..EVENTS {
         // A unit written: placed on the least loaded machine.
         let unit = plain_unit(&format!("new{i}.service"));
@@ -216,6 +223,32 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         let planned = planned.ok_or("the memo left a plain unit to the whole plan")?;
         if planned.ops.len() != 1 {
             return Err(format!("a new unit planned {:?}", planned.ops));
+        }
+        now.apply(&planned.ops)?;
+
+        // An instance that conflicts with the others of its template: placed on the least
+        // loaded machine without one.
+        let template = i / 10;
+        let mut instance = plain_unit(&format!("web{template}@{}.service", i % 10));
+        instance.options.push(UnitOption::new(
+            "X-Fleet",
+            "Conflicts",
+            format!("web{template}@*.service"),
+        ));
+        let changed: BTreeSet<UnitName> = [instance.name.clone()].into_iter().collect();
+        now.units.insert(instance.name.clone(), instance);
+        let started = Instant::now();
+        let planned = memo.plan(&changed, &no_machine, &now);
+        conflict_times.push(started.elapsed());
+        let planned =
+            planned.ok_or("the memo left an instance that conflicts to the whole plan")?;
+        match &planned.ops[..] {
+            [PlacementOp::Put { machine, .. }]
+                if instances_on
+                    .entry(template)
+                    .or_default()
+                    .insert(machine.clone()) => {}
+            other => return Err(format!("an instance that conflicts planned {other:?}")),
         }
         now.apply(&planned.ops)?;
 
@@ -281,6 +314,8 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         join_median: median(join_times),
         lost_max: lost_times.iter().copied().max().unwrap_or_default(),
         lost_median: median(lost_times),
+        conflict_max: conflict_times.iter().copied().max().unwrap_or_default(),
+        conflict_median: median(conflict_times),
     })
 }
 
@@ -300,22 +335,25 @@ pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
     );
     println!(
         "| machines | units | whole plan (median of {WHOLE_PLANS}) | a unit written, from the memo \
-         (median; slowest of {EVENTS}) | a machine joining, from the memo (median; slowest) | a \
+         (median; slowest of {EVENTS}) | an instance that conflicts with the others written, from \
+         the memo (median; slowest) | a machine joining, from the memo (median; slowest) | a \
          machine lost, from the memo: lease gone, then declared dead (median; slowest) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut failed = false;
     for &machines in sizes {
         let machines = machines as usize;
         let units = machines * units_per_machine as usize;
         match measure(machines, units) {
             Ok(row) => println!(
-                "| {} | {} | {} | {}; {} | {}; {} | {}; {} |",
+                "| {} | {} | {} | {}; {} | {}; {} | {}; {} | {}; {} |",
                 row.machines,
                 row.units,
                 ms(row.whole),
                 ms(row.unit_median),
                 ms(row.unit_max),
+                ms(row.conflict_median),
+                ms(row.conflict_max),
                 ms(row.join_median),
                 ms(row.join_max),
                 ms(row.lost_median),
@@ -339,7 +377,8 @@ mod tests {
     use super::*;
 
     /// The benchmark's events are planned from the memo, each as the whole plan would: a new
-    /// unit to one machine, a join to nothing, a lease gone to nothing and a declaration to
+    /// unit to one machine, an instance to a machine without another of its template, a join
+    /// to nothing, a lease gone to nothing and a declaration to
     /// a placement for each unit of the machine (`measure` fails otherwise).
     #[test]
     fn a_small_cluster_is_measured_from_the_memo() {
@@ -348,5 +387,6 @@ mod tests {
         assert!(row.unit_median <= row.unit_max);
         assert!(row.join_median <= row.join_max);
         assert!(row.lost_median <= row.lost_max);
+        assert!(row.conflict_median <= row.conflict_max);
     }
 }

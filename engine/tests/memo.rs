@@ -1,8 +1,8 @@
-//! A machine lost, against a real etcd: its lease lapses, the engine holds its units, declares
-//! it dead once a majority of the machines renewed theirs, and places its units on the others,
-//! all planned from the engine's memo: the lost machine costs no plan of the whole cluster.
-//! Nor do units destroyed: taken off their machines, which then release them; nor a machine
-//! joining after.
+//! What the engine plans from its memo, against a real etcd, without a plan of the whole
+//! cluster: a machine lost (its lease lapses, the engine holds its units, declares it dead once
+//! a majority of the machines renewed theirs, and places its units on the others); units
+//! destroyed, taken off their machines, which then release them; a machine joining; and
+//! instances of a template that conflict with each other.
 
 mod support;
 
@@ -24,6 +24,19 @@ fn unit(name: &str) -> Unit {
         name: UnitName::parse(name).expect("name"),
         options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
         desired_state: JobState::Launched,
+    }
+}
+
+/// Waits until `name` is placed: on which machines.
+async fn placed_unit(registry: &fleet_registry::Registry, name: &str) -> Vec<u8> {
+    let name = UnitName::parse(name).expect("name");
+    let until = Instant::now() + DEADLINE;
+    loop {
+        if let Some(on) = placed(registry).await.remove(&name) {
+            return on;
+        }
+        assert!(Instant::now() < until, "{name} not placed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -56,7 +69,7 @@ async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u
 
 // The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lost_machine_is_planned_from_the_memo_not_as_a_whole() {
+async fn a_lost_machine_releases_a_join_and_conflicts_are_planned_from_the_memo() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
     let mut presences = Vec::new();
@@ -161,14 +174,7 @@ async fn a_lost_machine_is_planned_from_the_memo_not_as_a_whole() {
         .put_unit(&unit("last.service"))
         .await
         .expect("put unit");
-    let until = Instant::now() + DEADLINE;
-    while !placed(&registry)
-        .await
-        .contains_key(&UnitName::parse("last.service").expect("name"))
-    {
-        assert!(Instant::now() < until, "last.service not placed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    placed_unit(&registry, "last.service").await;
     let snapshot = registry.engine_snapshot().await.expect("read");
     assert_eq!(snapshot.placements.len(), UNITS - destroyed.len() + 1);
     assert!(snapshot.stopping.is_empty(), "{:?}", snapshot.stopping);
@@ -185,20 +191,34 @@ async fn a_lost_machine_is_planned_from_the_memo_not_as_a_whole() {
         .put_unit(&unit("after-join.service"))
         .await
         .expect("put unit");
-    let until = Instant::now() + DEADLINE;
-    loop {
-        let at = placed(&registry).await;
-        if let Some(on) = at.get(&UnitName::parse("after-join.service").expect("name")) {
-            assert_eq!(on, &[4], "not placed on the machine that joined");
-            break;
-        }
-        assert!(Instant::now() < until, "after-join.service not placed");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(
+        placed_unit(&registry, "after-join.service").await,
+        [4],
+        "not placed on the machine that joined"
+    );
     assert_eq!(
         ENGINE_WHOLE_PLANS.get(),
         whole_plans,
         "destroys, their releases or the join planned whole"
+    );
+
+    // Three instances that conflict with each other, on the three live machines: each on
+    // one of its own.
+    let mut on = Vec::new();
+    for n in 1..=3 {
+        let name = format!("web@{n}.service");
+        let mut web = unit(&name);
+        web.options
+            .push(UnitOption::new("X-Fleet", "Conflicts", "web@*.service"));
+        registry.put_unit(&web).await.expect("put unit");
+        on.extend(placed_unit(&registry, &name).await);
+    }
+    on.sort();
+    assert_eq!(on, [1, 2, 4], "instances that conflict share a machine");
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "instances that conflict planned whole"
     );
     engine.abort();
 }
