@@ -9,9 +9,11 @@
 //!
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `MachineOf`,
 //! `Replaces` nor `Global`, named by no other unit's `MachineOf` or `Replaces`) in time that
-//! depends on the burst, not on the cluster: such a unit affects the others only through the
-//! load of the one machine it is on, and through the `Conflicts` (its own and theirs) checked
-//! against what runs on each machine, as the full plan checks them. So do machines coming and
+//! depends on the burst, not on the cluster (but on the machines passed over, for a unit that
+//! conflicts with what runs on them or whose metadata they fail): such a unit affects the
+//! others only through the load of the one machine it is on, and through the `Conflicts` (its
+//! own and theirs) checked against what runs on each machine, as the full plan checks them.
+//! So do machines coming and
 //! going while no unit waits, since nothing then moves but their own plain units: a machine
 //! that joins only becomes the least loaded; a member whose lease is gone has its units held
 //! where they are ([`hold`](super::hold)), and placed again elsewhere once it is declared dead
@@ -25,9 +27,9 @@
 //! cleared included (a property test compares them on random clusters); anything it cannot
 //! decide that way (a unit with a rule it does not decide, a draining machine, a unit that
 //! waits or cannot be placed, a unit still being stopped by a machine, a release while a
-//! draining machine has units, a unit with `Conflicts` coming or going while one waits, a
-//! machine whose metadata changed, a machine coming or going while units wait) makes it
-//! answer `None`, and the caller plans the whole cluster.
+//! draining machine has units, a unit coming, going or changing that conflicts, either way,
+//! with one that waits, a machine whose metadata changed, a machine coming or going while
+//! units wait) makes it answer `None`, and the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -59,7 +61,8 @@ pub struct Memo {
     leaders: HashSet<String>,
     /// Every `Replaces` pattern of the units that should run.
     replaces: BTreeSet<String>,
-    /// The `Conflicts` patterns of each non-global unit that should run (with valid rules).
+    /// The `Conflicts` patterns of each non-global unit that should run (with valid rules), not
+    /// held.
     conflicts: HashMap<UnitName, Vec<String>>,
     /// How many units of `conflicts` have each pattern.
     conflict_patterns: BTreeMap<String, usize>,
@@ -282,11 +285,13 @@ impl Memo {
             };
             let patterns = req.as_ref().map_or(&[][..], |r| &r.conflicts[..]);
             // A unit that waits can give other reasons (the first unit it conflicts with, by
-            // name), or go somewhere, when one with conflicts comes, goes or changes.
+            // name), or go somewhere, when one it conflicts with (either way) comes, goes or
+            // changes.
             if !self.unplaced.is_empty()
                 && (self.conflicts.contains_key(name)
                     || !patterns.is_empty()
                     || self.conflict_named(name))
+                && self.conflicts_with_unplaced(name, patterns)
             {
                 return None;
             }
@@ -551,6 +556,23 @@ impl Memo {
             .keys()
             .chain(self.globals.iter().flat_map(|(_, g)| g.conflicts.iter()))
             .any(|p| glob_match(p, name.as_str()))
+    }
+
+    /// Whether `name`, with its `Conflicts` before (recorded) or after (`patterns`) the burst,
+    /// conflicts either way with a unit that waits.
+    fn conflicts_with_unplaced(&self, name: &UnitName, patterns: &[String]) -> bool {
+        let before = self.conflicts.get(name).map_or(&[][..], |p| &p[..]);
+        let matches =
+            |patterns: &[String], other: &str| patterns.iter().any(|p| glob_match(p, other));
+        self.unplaced.iter().any(|waiting| {
+            waiting != name
+                && (matches(before, waiting.as_str())
+                    || matches(patterns, waiting.as_str())
+                    || self
+                        .conflicts
+                        .get(waiting)
+                        .is_some_and(|p| matches(p, name.as_str())))
+        })
     }
 
     /// Records `patterns` as the `Conflicts` of `name` (none: it has none, or should not run).

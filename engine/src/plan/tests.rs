@@ -2713,6 +2713,56 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
     assert_eq!(from_memo(&mut memo.clone(), &moved, &["u2.service"]), None);
 }
 
+/// A unit that waits holds up the memo only for units it conflicts with, either way: one that
+/// cannot be placed at all (invalid rules) does not stop instances that conflict with each
+/// other from being planned from the memo.
+#[test]
+fn a_unit_that_waits_holds_up_only_the_units_it_conflicts_with() {
+    let units = vec![
+        xunit("bad.service", &[("MaxUnavailable", "0")]),
+        xunit(
+            "w.service",
+            &[
+                ("MachineMetadata", "role=db"),
+                ("Conflicts", "web@*.service"),
+            ],
+        ),
+        xunit("u.service", &[]),
+    ];
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let s = {
+        let (s, p) = converge(&s);
+        apply(s.clone(), &unplaceable_ops(&s.unplaceable, &p.unplaceable))
+    };
+    assert_eq!(s.unplaceable.len(), 2, "bad and w wait");
+    let memo = plan_and_memo(&s).1.expect("settled");
+
+    // An instance that conflicts with its siblings: from the memo, as the whole plan.
+    let mut web = s.clone();
+    web.units.push(xunit(
+        "other@1.service",
+        &[("Conflicts", "other@*.service")],
+    ));
+    let mut m = memo.clone();
+    let fast =
+        from_memo(&mut m, &web, &["other@1.service"]).expect("conflicts with no waiting unit");
+    let whole = plan(&web);
+    let mut ops = whole.ops;
+    ops.extend(unplaceable_ops(&web.unplaceable, &whole.unplaceable));
+    assert_eq!((&fast.ops, &fast.placed), (&ops, &whole.placed));
+    let after = apply(web, &fast.ops);
+    assert_eq!(Some(&m), plan_and_memo(&after).1.as_ref());
+
+    // One that w's pattern names: w's reasons could change, the whole plan says.
+    let mut named = s.clone();
+    named.units.push(xunit("web@1.service", &[]));
+    assert_eq!(
+        from_memo(&mut memo.clone(), &named, &["web@1.service"]),
+        None
+    );
+}
+
 /// A plain unit moved off its machine waits, with its reason recorded, until that machine has
 /// stopped it; its release is planned from the memo: placed elsewhere, its reason cleared.
 /// While a machine is being drained, a release is left to the whole plan (it can let the
