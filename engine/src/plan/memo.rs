@@ -207,6 +207,11 @@ impl Planner<'_> {
     }
 }
 
+/// Whether one of `patterns` matches `name`.
+fn any_matches<'p>(patterns: impl IntoIterator<Item = &'p String>, name: &UnitName) -> bool {
+    patterns.into_iter().any(|p| glob_match(p, name.as_str()))
+}
+
 /// `patterns` without repeats.
 fn distinct(patterns: &[String]) -> BTreeSet<&String> {
     patterns.iter().collect()
@@ -546,32 +551,24 @@ impl Memo {
     /// Whether another unit's `MachineOf` or `Replaces` names this one: its coming or going
     /// can move them, or it.
     fn bound(&self, name: &UnitName) -> bool {
-        self.leaders.contains(name.as_str())
-            || self.replaces.iter().any(|p| glob_match(p, name.as_str()))
+        self.leaders.contains(name.as_str()) || any_matches(&self.replaces, name)
     }
 
     /// Whether a `Conflicts` pattern of some unit, or of a global unit, matches this one.
     fn conflict_named(&self, name: &UnitName) -> bool {
-        self.conflict_patterns
-            .keys()
-            .chain(self.globals.iter().flat_map(|(_, g)| g.conflicts.iter()))
-            .any(|p| glob_match(p, name.as_str()))
+        let globals = self.globals.iter().flat_map(|(_, g)| g.conflicts.iter());
+        any_matches(self.conflict_patterns.keys().chain(globals), name)
     }
 
     /// Whether `name`, with its `Conflicts` before (recorded) or after (`patterns`) the burst,
     /// conflicts either way with a unit that waits.
     fn conflicts_with_unplaced(&self, name: &UnitName, patterns: &[String]) -> bool {
         let before = self.conflicts.get(name).map_or(&[][..], |p| &p[..]);
-        let matches =
-            |patterns: &[String], other: &str| patterns.iter().any(|p| glob_match(p, other));
         self.unplaced.iter().any(|waiting| {
             waiting != name
-                && (matches(before, waiting.as_str())
-                    || matches(patterns, waiting.as_str())
-                    || self
-                        .conflicts
-                        .get(waiting)
-                        .is_some_and(|p| matches(p, name.as_str())))
+                && (any_matches(before, waiting)
+                    || any_matches(patterns, waiting)
+                    || self.conflicts_with(waiting, name))
         })
     }
 
@@ -599,22 +596,22 @@ impl Memo {
     /// Whether `name`, with these `Conflicts` patterns, conflicts with what runs on the live
     /// machine `id` (global units included), either way, as the full plan checks it.
     fn conflicts_on(&self, name: &UnitName, patterns: &[String], id: &MachineId) -> bool {
-        let matches =
-            |patterns: &[String], other: &str| patterns.iter().any(|p| glob_match(p, other));
         let metadata = &self.hosts[id].metadata;
         let global = self.globals.iter().any(|(global, g)| {
             g.metadata_matches(metadata)
-                && (matches(patterns, global.as_str()) || matches(&g.conflicts, name.as_str()))
+                && (any_matches(patterns, global) || any_matches(&g.conflicts, name))
         });
         global
             || self.on.get(id).into_iter().flatten().any(|other| {
-                other != name
-                    && (matches(patterns, other.as_str())
-                        || self
-                            .conflicts
-                            .get(other)
-                            .is_some_and(|p| matches(p, name.as_str())))
+                other != name && (any_matches(patterns, other) || self.conflicts_with(other, name))
             })
+    }
+
+    /// Whether a recorded `Conflicts` pattern of `unit` matches `name`.
+    fn conflicts_with(&self, unit: &UnitName, name: &UnitName) -> bool {
+        self.conflicts
+            .get(unit)
+            .is_some_and(|patterns| any_matches(patterns, name))
     }
 
     /// A unit's requirements if they are plain.
