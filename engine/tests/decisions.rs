@@ -6,24 +6,20 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_registry::{Event, EventFilter, EventKind, JobState, Machine, Presence, Registry, Unit};
+use fleet_registry::{Event, EventFilter, EventKind, JobState, Presence, Registry, Unit};
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
-use support::{connect, id};
+use support::{connect, id, present};
 use tokio::time::Instant;
 
 fn unit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
-    let mut options = vec![UnitOption::new("Service", "ExecStart", "/bin/true")];
-    options.extend(
+    let mut unit = support::unit(name);
+    unit.options.extend(
         xfleet
             .iter()
             .map(|(key, value)| UnitOption::new("X-Fleet", *key, *value)),
     );
-    Unit {
-        name: UnitName::parse(name).expect("name"),
-        options,
-        desired_state: JobState::Launched,
-    }
+    unit
 }
 
 /// Two registered machines and the engine on the first one's lease, planning every `interval`.
@@ -45,18 +41,7 @@ async fn cluster(interval: Duration) -> Cluster {
     let registry = connect(&etcd).await;
     let mut presences = Vec::new();
     for i in 1..=2u8 {
-        let machine = Machine {
-            id: id(i),
-            public_ip: format!("10.0.0.{i}"),
-            metadata: Default::default(),
-            version: "test".into(),
-            peer_address: None,
-        };
-        presences.push(
-            Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
-                .await
-                .expect("register"),
-        );
+        presences.push(present(&registry, i, Duration::from_secs(10)).await);
     }
     let engine = tokio::spawn(fleet_engine::run(
         connect(&etcd).await,

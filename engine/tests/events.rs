@@ -5,20 +5,15 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_registry::{JobState, Machine, Presence, Registry, Unit};
+use fleet_registry::{Registry, Unit};
 use fleet_testkit::Etcd;
-use fleet_units::{UnitName, UnitOption};
-use support::{connect, id};
+use support::{connect, id, present};
 use tokio::time::Instant;
 
 const UNITS: usize = 300;
 
 fn unit(n: usize) -> Unit {
-    Unit {
-        name: UnitName::parse(&format!("u{n}.service")).expect("name"),
-        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
-        desired_state: JobState::Launched,
-    }
+    support::unit(&format!("u{n}.service"))
 }
 
 /// Waits until `count` units are placed, read through the test's own registry.
@@ -45,18 +40,7 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
     let observer = connect(&etcd).await;
     let mut presences = Vec::new();
     for i in 1..=3u8 {
-        let machine = Machine {
-            id: id(i),
-            public_ip: format!("10.0.0.{i}"),
-            metadata: Default::default(),
-            version: "test".into(),
-            peer_address: None,
-        };
-        presences.push(
-            Presence::start(observer.clone(), machine, Duration::from_secs(10), None)
-                .await
-                .expect("register"),
-        );
+        presences.push(present(&observer, i, Duration::from_secs(10)).await);
     }
     for n in 0..UNITS {
         observer.put_unit(&unit(n)).await.expect("put unit");
@@ -100,16 +84,7 @@ async fn the_engine_reads_the_cluster_again_now_and_then() {
     let etcd = Etcd::start();
     let engine_registry = connect(&etcd).await;
     let observer = connect(&etcd).await;
-    let machine = Machine {
-        id: id(1),
-        public_ip: "10.0.0.1".into(),
-        metadata: Default::default(),
-        version: "test".into(),
-        peer_address: None,
-    };
-    let presence = Presence::start(observer.clone(), machine, Duration::from_secs(10), None)
-        .await
-        .expect("register");
+    let presence = present(&observer, 1, Duration::from_secs(10)).await;
     for n in 0..20 {
         observer.put_unit(&unit(n)).await.expect("put unit");
     }

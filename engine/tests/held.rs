@@ -8,22 +8,13 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_registry::{JobState, Machine, Presence, Unit};
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
-use fleet_units::{UnitName, UnitOption};
-use support::{connect, id};
+use fleet_units::UnitName;
+use support::{connect, id, present, unit};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn unit(name: &str) -> Unit {
-    Unit {
-        name: UnitName::parse(name).expect("name"),
-        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
-        desired_state: JobState::Launched,
-    }
-}
 
 async fn eventually<F, Fut>(what: &str, check: F)
 where
@@ -44,18 +35,7 @@ async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
     let registry = connect(&etcd).await;
     let mut presences = Vec::new();
     for n in 1..=2u8 {
-        let machine = Machine {
-            id: id(n),
-            public_ip: format!("10.0.0.{n}"),
-            metadata: Default::default(),
-            version: "test".into(),
-            peer_address: None,
-        };
-        presences.push(
-            Presence::start(registry.clone(), machine, Duration::from_secs(2), None)
-                .await
-                .expect("register"),
-        );
+        presences.push(present(&registry, n, Duration::from_secs(2)).await);
     }
     for n in 0..6 {
         registry

@@ -9,23 +9,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_registry::{JobState, Machine, Presence, Unit};
+use fleet_registry::Presence;
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
-use support::{connect, id};
+use support::{connect, id, unit};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const UNITS: usize = 9;
-
-fn unit(name: &str) -> Unit {
-    Unit {
-        name: UnitName::parse(name).expect("name"),
-        options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
-        desired_state: JobState::Launched,
-    }
-}
 
 /// Waits until `name` is placed: on which machines.
 async fn placed_unit(registry: &fleet_registry::Registry, name: &str) -> Vec<u8> {
@@ -43,17 +35,8 @@ async fn placed_unit(registry: &fleet_registry::Registry, name: &str) -> Vec<u8>
 /// Machine `n` registered: on a lease of 2 s for machine 3, which is lost, of 10 s for the
 /// others, which must not lapse on a busy machine (that would be a change of its own).
 async fn present(registry: &fleet_registry::Registry, n: u8) -> Presence {
-    let machine = Machine {
-        id: id(n),
-        public_ip: format!("10.0.0.{n}"),
-        metadata: Default::default(),
-        version: "test".into(),
-        peer_address: None,
-    };
     let ttl = Duration::from_secs(if n == 3 { 2 } else { 10 });
-    Presence::start(registry.clone(), machine, ttl, None)
-        .await
-        .expect("register")
+    support::present(registry, n, ttl).await
 }
 
 /// Where each unit is placed: its machines, by unit name.

@@ -5,11 +5,9 @@ mod support;
 
 use std::time::Duration;
 
-use fleet_registry::{JobState, Machine, Presence, Unit};
 use fleet_telemetry::{ENGINE_LEADER, ENGINE_PLACEMENTS, ENGINE_RECONCILE};
 use fleet_testkit::Etcd;
-use fleet_units::{UnitName, UnitOption};
-use support::{connect, id};
+use support::{connect, id, present, unit};
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -27,23 +25,10 @@ async fn the_engine_reports_leadership_placements_and_reconciliations() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
     let id = id(1);
-    let machine = Machine {
-        id: id.clone(),
-        public_ip: "10.0.0.1".into(),
-        metadata: Default::default(),
-        version: "test".into(),
-        peer_address: None,
-    };
-    let presence = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
-        .await
-        .expect("register");
+    let presence = present(&registry, 1, Duration::from_secs(10)).await;
     for n in 0..3 {
         registry
-            .put_unit(&Unit {
-                name: UnitName::parse(&format!("u{n}.service")).expect("name"),
-                options: vec![UnitOption::new("Service", "ExecStart", "/bin/true")],
-                desired_state: JobState::Launched,
-            })
+            .put_unit(&unit(&format!("u{n}.service")))
             .await
             .expect("put unit");
     }
