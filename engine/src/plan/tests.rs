@@ -2478,6 +2478,27 @@ fn as_whole(memo: &Memo, fast: Option<Plan>, s: &EngineSnapshot) -> EngineSnapsh
     after
 }
 
+/// `s` with `extra` written and settled, then the lease of machine `n` (of `extra`'s machine,
+/// when `None`) gone: that cluster, and the memo with the burst planned from it.
+fn lease_gone_with(
+    s: &EngineSnapshot,
+    extra: Unit,
+    n: Option<u8>,
+) -> (EngineSnapshot, Memo, Option<Plan>) {
+    let mut s = s.clone();
+    let name = extra.name.clone();
+    s.units.push(extra);
+    let (mut s, _) = converge(&s);
+    let n = n.unwrap_or_else(|| {
+        let (at, _) = s.placements.iter().find(|(_, p)| p.name == name).unwrap();
+        (1..=3).find(|&i| mid(i) == *at).unwrap()
+    });
+    let mut memo = plan_and_memo(&s).1.expect("settled");
+    s.machines.retain(|e| e.machine.id != mid(n));
+    let fast = machine_changed(&mut memo, &s, n);
+    (s, memo, fast)
+}
+
 /// Machines leaving are planned from the memo while no unit waits: a member whose lease is
 /// gone has its units held where they are, placed elsewhere once it is declared dead, or kept
 /// when it comes back; a machine leaving undeclared has its units placed elsewhere at once.
@@ -2565,38 +2586,13 @@ fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
 
     // Left to the whole plan: a lease gone while a unit waits, or on a unit with a rule
     // between units, or a held unit written.
-    let mut waits = s.clone();
-    waits
-        .units
-        .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
-    let (mut waits, _) = converge(&waits);
-    let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
-    waits.machines.retain(|e| e.machine.id != mid(2));
-    assert_eq!(machine_changed(&mut m, &waits, 2), None);
-    let mut ruled = s.clone();
-    ruled
-        .units
-        .push(xunit("f.service", &[("MachineOf", on_2[0].as_str())]));
-    let (mut ruled, _) = converge(&ruled);
-    let mut m = plan_and_memo(&ruled).1.expect("settled");
-    ruled.machines.retain(|e| e.machine.id != mid(2));
-    assert_eq!(machine_changed(&mut m, &ruled, 2), None);
+    let w = xunit("w.service", &[("MachineMetadata", "role=db")]);
+    assert_eq!(lease_gone_with(&s, w, Some(2)).2, None);
+    let f = xunit("f.service", &[("MachineOf", on_2[0].as_str())]);
+    assert_eq!(lease_gone_with(&s, f, Some(2)).2, None);
     // (But a unit with `Conflicts` is held: they concern only its own machine.)
-    let mut conflicting = s.clone();
-    conflicting
-        .units
-        .push(xunit("web@1.service", &[("Conflicts", "web@*.service")]));
-    let (mut conflicting, _) = converge(&conflicting);
-    let (n, _) = conflicting
-        .placements
-        .iter()
-        .find(|(_, p)| p.name.as_str() == "web@1.service")
-        .cloned()
-        .unwrap();
-    let n = (1..=3).find(|&i| mid(i) == n).unwrap();
-    let mut m = plan_and_memo(&conflicting).1.expect("settled");
-    conflicting.machines.retain(|e| e.machine.id != mid(n));
-    let fast = machine_changed(&mut m, &conflicting, n);
+    let web = xunit("web@1.service", &[("Conflicts", "web@*.service")]);
+    let (conflicting, m, fast) = lease_gone_with(&s, web, None);
     assert_eq!(fast, Some(Plan::default()));
     as_whole(&m, fast, &conflicting);
     let mut rewritten = lost.clone();
