@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::UnitName;
-use support::{connect, id, present, unit};
+use support::{connect, id, present, unit, write_units};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -37,12 +37,7 @@ async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
     for n in 1..=2u8 {
         presences.push(present(&registry, n, Duration::from_secs(2)).await);
     }
-    for n in 0..6 {
-        registry
-            .put_unit(&unit(&format!("u{n}.service")))
-            .await
-            .expect("put unit");
-    }
+    write_units(&registry, 6).await;
     let engine = tokio::spawn(fleet_engine::run(
         registry.clone(),
         id(1),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_telemetry::{ENGINE_LEADER, ENGINE_PLACEMENTS, ENGINE_RECONCILE};
 use fleet_testkit::Etcd;
-use support::{connect, id, present, unit};
+use support::{connect, id, present, write_units};
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -26,12 +26,7 @@ async fn the_engine_reports_leadership_placements_and_reconciliations() {
     let registry = connect(&etcd).await;
     let id = id(1);
     let presence = present(&registry, 1, Duration::from_secs(10)).await;
-    for n in 0..3 {
-        registry
-            .put_unit(&unit(&format!("u{n}.service")))
-            .await
-            .expect("put unit");
-    }
+    write_units(&registry, 3).await;
     assert_eq!(ENGINE_LEADER.get(), 0);
     let placed_before = ENGINE_PLACEMENTS.get();
     let engine = tokio::spawn(fleet_engine::run(

@@ -48,3 +48,13 @@ pub fn unit(name: &str) -> Unit {
         desired_state: JobState::Launched,
     }
 }
+
+/// Writes `count` units `u0.service`, `u1.service`, ... ([`unit`]).
+pub async fn write_units(registry: &Registry, count: usize) {
+    for n in 0..count {
+        registry
+            .put_unit(&unit(&format!("u{n}.service")))
+            .await
+            .expect("put unit");
+    }
+}
