@@ -1437,6 +1437,7 @@ async fn metrics_reflect_the_registry() {
     for counter in [
         "fleet_engine_placements_total",
         "fleet_engine_whole_plans_total",
+        "fleet_engine_cluster_reads_total",
         "fleet_etcd_errors_total",
     ] {
         assert!(v(counter, &[]).is_some(), "{counter} missing: {text}");

@@ -23,14 +23,15 @@ pub mod plan;
 pub mod update;
 mod updates;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::RandomState;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_quorum::{Round, Timing, Verdicts};
 use fleet_registry::{
-    EngineSnapshot, EngineView, Event, EventKind, JobState, Leadership, MachineId, PlacementOp,
-    PresenceStatus, Recorder, Registry, Renewal, Witness,
+    ClusterDigest, EngineView, Event, EventKind, JobState, Leadership, MachineId, PlacementOp,
+    PresenceStatus, Recorder, Registry, Renewal, ViewChanges, Witness,
 };
 use fleet_units::UnitName;
 use tokio::sync::watch;
@@ -148,8 +149,8 @@ async fn lead(
     // What the last plan of the whole cluster knew of the cluster its ops leave, while the
     // cluster is as it left it: the bursts of changes to plain units (releases by the
     // machines that stopped them included), and of machines coming and going, since are
-    // planned from it alone. Dropped with the view and whenever a burst
-    // needs the whole plan.
+    // planned from it alone. Dropped with the view (but kept through a periodic read that
+    // finds the cluster as the view had it) and whenever a burst needs the whole plan.
     let mut memo: Option<plan::Memo> = None;
     // Whether the last whole plan changed nothing and the view has not changed since:
     // planning again would give the same nothing. Only useful when such a plan leaves no
@@ -161,18 +162,36 @@ async fn lead(
     // often, up to every few seconds, and logged when the reason changes.
     let mut refused = Backoff::default();
     let mut read_at = Instant::now();
+    // The digest of the view a periodic read replaces, with what that view had not reported
+    // yet, until the read is done: if it finds the same cluster, the memo (and `settled`)
+    // still hold, and what was not reported is still to be planned.
+    let keys = RandomState::new();
+    let mut previous: Option<(ClusterDigest, ViewChanges)> = None;
     loop {
         let started = std::time::Instant::now();
         if read_at.elapsed() >= config.reconcile_interval * FULL_READ_EVERY {
-            view = None;
+            if let Some(mut old) = view.take() {
+                previous = old
+                    .catch_up()
+                    .is_ok()
+                    .then(|| (old.digest(&keys), old.take_changes()));
+            }
         }
         let view_now = match view.as_mut() {
             Some(v) => v,
             None => match registry.engine_view().await {
-                Ok(v) => {
+                Ok(mut v) => {
+                    fleet_telemetry::ENGINE_CLUSTER_READS.inc();
                     read_at = Instant::now();
-                    memo = None;
-                    settled = false;
+                    match previous.take() {
+                        Some((digest, unreported)) if v.digest(&keys) == digest => {
+                            v.carry(unreported);
+                        }
+                        _ => {
+                            memo = None;
+                            settled = false;
+                        }
+                    }
                     view.insert(v)
                 }
                 Err(e) => {
@@ -189,15 +208,19 @@ async fn lead(
         if snapshot.leader != Some(leadership) {
             return;
         }
-        let absent = absent_members(snapshot);
+        let absent: BTreeSet<(MachineId, i64)> = view_now
+            .absent_members()
+            .map(|(id, revision)| (id.clone(), revision))
+            .collect();
         verdicts.observe(origin.elapsed(), absent.iter().cloned());
         if verdicts.needs_round() {
             let sent = origin.elapsed();
+            let gone: HashSet<&MachineId> = absent.iter().map(|(id, _)| id).collect();
             let live: Vec<_> = snapshot
                 .members
                 .iter()
                 .map(|e| &e.member.machine)
-                .filter(|m| !absent.iter().any(|(id, _)| *id == m.id))
+                .filter(|m| !gone.contains(&m.id))
                 .cloned()
                 .collect();
             let renewed: Vec<Renewal> = match &config.witness {
@@ -213,9 +236,29 @@ async fn lead(
             // A round that took longer than its bound (this task stalled, say) counts for
             // nothing: a renewal later than `peer_timeout` would eat into the stop allowance.
             let in_time = origin.elapsed().saturating_sub(sent) <= config.timing.peer_timeout;
+            // By machine, once: each vanished member is judged over all of them.
+            let mut quiet_for: HashMap<&MachineId, Option<Duration>> = HashMap::new();
+            for r in &renewed {
+                quiet_for.entry(&r.machine).or_insert(r.quiet_for);
+            }
+            // Vanished members that read the members alike are judged alike: once for each
+            // reading (a rack lost together read the same).
+            let members: &EngineView = view_now;
+            let mut by_reading: HashMap<(i64, usize), Round> = HashMap::new();
             let majority = in_time
                 && verdicts.round_with(sent, |(id, _)| {
-                    majority_for(&snapshot.members, id, &renewed, config.timing.quiet_after())
+                    let Some(judged) = members.member(id) else {
+                        return Round::NoMajority;
+                    };
+                    let reading = (judged.member.seen_revision, judged.member.seen_members);
+                    *by_reading.entry(reading).or_insert_with(|| {
+                        majority_for(
+                            &snapshot.members,
+                            &judged.member,
+                            &quiet_for,
+                            config.timing.quiet_after(),
+                        )
+                    })
                 });
             if !majority && !short {
                 tracing::warn!(
@@ -236,13 +279,7 @@ async fn lead(
         // The machines declared dead now, as judged.
         let mut declared = Vec::new();
         for ((machine, member_revision), round) in verdicts.dead(origin.elapsed()) {
-            let units: Vec<_> = view_now
-                .snapshot()
-                .placements
-                .iter()
-                .filter(|(m, _)| *m == machine)
-                .map(|(_, p)| p.name.clone())
-                .collect();
+            let units: Vec<UnitName> = view_now.placed_on(&machine).cloned().collect();
             match registry
                 .declare_dead(leadership, &machine, member_revision, &units)
                 .await
@@ -285,7 +322,7 @@ async fn lead(
             // cluster again took longer than the rest of a failover's work together.
             let caught_up = tokio::time::timeout(DECLARATION_PATIENCE, async {
                 view_now.catch_up()?;
-                while !declarations_seen(view_now.snapshot(), &declared) {
+                while !declarations_seen(view_now, &declared) {
                     view_now.changed().await?;
                 }
                 Ok::<_, fleet_registry::Error>(())
@@ -304,10 +341,16 @@ async fn lead(
         // declared dead or coming back, on a cluster the last whole plan settled: planned
         // from the memo, in time that does not grow with the cluster.
         let from_memo = match memo.as_mut() {
-            Some(m) if !changes.other => m.plan(&changes.units, &changes.machines, read),
+            // A rolling update's step counts only while a machine drains.
+            Some(m) if !(changes.other || (changes.updates && m.drains())) => {
+                m.plan(&changes.units, &changes.machines, read)
+            }
             _ => None,
         };
-        let unchanged = changes.units.is_empty() && changes.machines.is_empty() && !changes.other;
+        let unchanged = changes.units.is_empty()
+            && changes.machines.is_empty()
+            && !changes.updates
+            && !changes.other;
         if !unchanged {
             settled = false;
         }
@@ -443,54 +486,62 @@ impl plan::Cluster for EngineView {
     }
 }
 
-/// Whether `snapshot` shows every one of these machines declared dead: its member record (as
-/// judged) gone, and nothing placed or stopping on it.
-fn declarations_seen(snapshot: &EngineSnapshot, declared: &[(MachineId, i64)]) -> bool {
+/// What [`declarations_seen`] looks up: the engine's view.
+trait Declarations {
+    /// The revision of member `id`'s record, if it is a member.
+    fn member_revision(&self, id: &MachineId) -> Option<i64>;
+    /// Whether a unit is placed on `id`.
+    fn has_placements(&self, id: &MachineId) -> bool;
+    fn stopping(&self) -> &BTreeSet<(MachineId, UnitName)>;
+}
+
+impl Declarations for EngineView {
+    fn member_revision(&self, id: &MachineId) -> Option<i64> {
+        EngineView::member_revision(self, id)
+    }
+
+    fn has_placements(&self, id: &MachineId) -> bool {
+        self.placed_on(id).next().is_some()
+    }
+
+    fn stopping(&self) -> &BTreeSet<(MachineId, UnitName)> {
+        &self.snapshot().stopping
+    }
+}
+
+/// Whether `view` shows every one of these machines declared dead: its member record (as
+/// judged) gone, and nothing placed or stopping on it. In time that grows with the machines
+/// declared and the stopping records, not with the cluster (a rack declared at once).
+fn declarations_seen(view: &impl Declarations, declared: &[(MachineId, i64)]) -> bool {
+    let stopping: HashSet<&MachineId> = view.stopping().iter().map(|(m, _)| m).collect();
     declared.iter().all(|(machine, judged)| {
-        !snapshot
-            .members
-            .iter()
-            .any(|e| e.member.machine.id == *machine && e.mod_revision == *judged)
-            && !snapshot.placements.iter().any(|(m, _)| m == machine)
-            && !snapshot.stopping.iter().any(|(m, _)| m == machine)
+        view.member_revision(machine) != Some(*judged)
+            && !view.has_placements(machine)
+            && !stopping.contains(machine)
     })
 }
 
-/// The members whose lease is gone, with the revision of their member record (which names the
-/// registration that vanished).
-fn absent_members(snapshot: &EngineSnapshot) -> BTreeSet<(MachineId, i64)> {
-    let absent = plan::absent(snapshot);
-    snapshot
-        .members
-        .iter()
-        .filter(|e| absent.contains(&e.member.machine.id))
-        .map(|e| (e.member.machine.id.clone(), e.mod_revision))
-        .collect()
-}
-
-/// Whether the members that `renewed` on request make a majority for the vanished member
-/// `vanished`, and whether the quiet ones among them do (those that had answered no peer's
-/// question for `quiet_after`): of the members it counts over (as it last recorded reading
-/// them), counting only members that were members then (created no later than that reading).
+/// Whether the members that renewed on request (`renewed`: for how long each had been
+/// quiet, if it knows) make a majority for the vanished member `judged`, and whether the
+/// quiet ones among them do (those that had answered no peer's question for `quiet_after`):
+/// of the members it counts over (as it last recorded reading them), counting only members
+/// that were members then (created no later than that reading).
 fn majority_for(
     members: &[fleet_registry::MemberEntry],
-    vanished: &MachineId,
-    renewed: &[Renewal],
+    judged: &fleet_registry::Member,
+    renewed: &HashMap<&MachineId, Option<Duration>>,
     quiet_after: Duration,
 ) -> Round {
-    let Some(judged) = members.iter().find(|e| e.member.machine.id == *vanished) else {
-        return Round::NoMajority;
-    };
-    let counted: Vec<&Renewal> = members
+    let counted: Vec<Option<Duration>> = members
         .iter()
-        .filter(|e| e.create_revision <= judged.member.seen_revision)
-        .filter_map(|e| renewed.iter().find(|r| r.machine == e.member.machine.id))
+        .filter(|e| e.create_revision <= judged.seen_revision)
+        .filter_map(|e| renewed.get(&e.member.machine.id).copied())
         .collect();
     let quiet = counted
         .iter()
-        .filter(|r| r.quiet_for.is_some_and(|q| q >= quiet_after))
+        .filter(|q| q.is_some_and(|q| q >= quiet_after))
         .count();
-    let majority = fleet_quorum::majority(judged.member.seen_members);
+    let majority = fleet_quorum::majority(judged.seen_members);
     if quiet >= majority {
         Round::Quiet
     } else if counted.len() >= majority {
@@ -598,10 +649,28 @@ mod backoff_tests {
 
 #[cfg(test)]
 mod declaration_tests {
-    use fleet_registry::{JobState, Machine, Member, MemberEntry, Placement};
+    use fleet_registry::{EngineSnapshot, JobState, Machine, Member, MemberEntry, Placement};
     use fleet_units::UnitName;
 
     use super::*;
+
+    /// The snapshot looked up as the view does, by walking it.
+    impl Declarations for EngineSnapshot {
+        fn member_revision(&self, id: &MachineId) -> Option<i64> {
+            self.members
+                .iter()
+                .find(|e| e.member.machine.id == *id)
+                .map(|e| e.mod_revision)
+        }
+
+        fn has_placements(&self, id: &MachineId) -> bool {
+            self.placements.iter().any(|(m, _)| m == id)
+        }
+
+        fn stopping(&self) -> &BTreeSet<(MachineId, UnitName)> {
+            &self.stopping
+        }
+    }
 
     fn id(n: u8) -> MachineId {
         MachineId::parse(&format!("{n:032x}")).unwrap()
@@ -656,5 +725,70 @@ mod declaration_tests {
         // Registered again meanwhile: another member record, not the one judged.
         snapshot.members.push(member(2, 9));
         assert!(declarations_seen(&snapshot, &declared));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: usize) -> MachineId {
+        MachineId::parse(&format!("{i:032x}")).expect("32 hexadecimal digits")
+    }
+
+    /// Member `i`, created at revision `created`, having last read `seen` members at
+    /// revision 10.
+    fn member(i: usize, created: i64, seen: usize) -> fleet_registry::MemberEntry {
+        fleet_registry::MemberEntry {
+            member: fleet_registry::Member {
+                machine: fleet_registry::Machine {
+                    id: id(i),
+                    public_ip: "10.0.0.1".into(),
+                    metadata: Default::default(),
+                    version: "test".into(),
+                    peer_address: None,
+                },
+                seen_revision: 10,
+                seen_members: seen,
+            },
+            create_revision: created,
+            mod_revision: created,
+        }
+    }
+
+    /// A vanished member is judged over the members it last read: a majority of them renewed
+    /// (quiet or not) or not, members created after its reading not counted, whatever others
+    /// renewed.
+    #[test]
+    fn a_vanished_member_is_judged_over_the_members_it_read() {
+        let quiet_after = Duration::from_secs(3);
+        let quiet = Some(Duration::from_secs(5));
+        let loud = Some(Duration::from_secs(1));
+        // Members 1..=5 as member 1 read them; 6 and 7 joined after.
+        let members: Vec<_> = (1..=5)
+            .map(|i| member(i, 5, 5))
+            .chain((6..=7).map(|i| member(i, 20, 7)))
+            .collect();
+        let judge = |renewed: &[(usize, Option<Duration>)]| {
+            let by_id: Vec<(MachineId, Option<Duration>)> =
+                renewed.iter().map(|&(i, q)| (id(i), q)).collect();
+            let renewed: HashMap<&MachineId, Option<Duration>> =
+                by_id.iter().map(|(m, q)| (m, *q)).collect();
+            majority_for(&members, &members[0].member, &renewed, quiet_after)
+        };
+        assert_eq!(judge(&[(2, quiet), (3, quiet), (4, quiet)]), Round::Quiet);
+        assert_eq!(judge(&[(2, quiet), (3, quiet), (4, loud)]), Round::Renewed);
+        assert_eq!(judge(&[(2, quiet), (3, None), (4, loud)]), Round::Renewed);
+        assert_eq!(judge(&[(2, quiet), (3, quiet)]), Round::NoMajority);
+        // Those that joined after its reading do not count.
+        assert_eq!(
+            judge(&[(2, quiet), (3, quiet), (6, quiet), (7, quiet)]),
+            Round::NoMajority
+        );
+        // Nor does a machine that is no member.
+        assert_eq!(
+            judge(&[(2, quiet), (3, quiet), (9, quiet)]),
+            Round::NoMajority
+        );
     }
 }

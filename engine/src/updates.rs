@@ -27,20 +27,23 @@ pub async fn drive_all(
     stopping: &BTreeSet<(MachineId, UnitName)>,
     events: &Recorder,
 ) -> Result<bool, Error> {
-    // Instances of each template stopping, for MaxUnavailable.
+    let running: Vec<&StoredUpdate> = updates
+        .values()
+        .filter(|s| !s.update.state.is_final())
+        .collect();
+    // Instances of each template stopping, for MaxUnavailable: counted only while an update
+    // runs (this is called on every pass of the engine).
     let mut stopping_by_template: BTreeMap<UnitName, usize> = BTreeMap::new();
-    for (_, name) in stopping {
-        if let Some(t) = name.template() {
-            *stopping_by_template.entry(t).or_default() += 1;
+    if !running.is_empty() {
+        for (_, name) in stopping {
+            if let Some(t) = name.template() {
+                *stopping_by_template.entry(t).or_default() += 1;
+            }
         }
     }
     let stopping = &stopping_by_template;
-    let mut going = false;
-    for stored in updates.values() {
-        if stored.update.state.is_final() {
-            continue;
-        }
-        going = true;
+    let going = !running.is_empty();
+    for stored in running {
         // One update's trouble (a unit too large to write, say) holds up no other.
         match drive(registry, leadership, stored, stopping, events).await {
             Err(Error::NotLeader) => return Err(Error::NotLeader),

@@ -77,7 +77,7 @@ pub use update::{
     CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
     UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
 };
-pub use view::{AgentView, EngineView, Refreshed, ViewChanges};
+pub use view::{AgentView, ClusterDigest, EngineView, Refreshed, ViewChanges};
 pub use watch::Changes;
 
 /// The key prefix fleet has always used.
@@ -424,7 +424,7 @@ pub enum Recorded {
 /// A member record and its revisions: it was created when the machine first registered after
 /// being declared dead (or ever), and last written when it registered or recorded a new
 /// reading of the members.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MemberEntry {
     pub member: Member,
     pub create_revision: i64,
@@ -432,7 +432,7 @@ pub struct MemberEntry {
 }
 
 /// A live machine and the lease its record hangs on.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Hash)]
 pub struct MachineEntry {
     pub machine: Machine,
     pub lease: i64,
@@ -477,7 +477,7 @@ enum Creation {
 
 /// The engine's proof of leadership: the revision at which it created the leader key, and the
 /// lease that key (and everything the leader writes for itself) hangs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Leadership {
     pub revision: i64,
     pub lease: i64,

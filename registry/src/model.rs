@@ -110,7 +110,7 @@ impl FromStr for JobState {
 }
 
 /// A unit as the user submitted it, with the state the user wants it in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Unit {
     pub name: UnitName,
@@ -135,7 +135,7 @@ impl Unit {
 }
 
 /// A machine that is alive: its record lives as long as its lease.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Machine {
     pub id: MachineId,
@@ -155,7 +155,7 @@ pub struct Machine {
 /// What the engine tells one machine to do with one unit. Written under the machine's own key
 /// prefix; it outlives the machine's lease, until the engine moves the unit or declares the
 /// machine dead.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Placement {
     pub name: UnitName,
@@ -207,7 +207,7 @@ pub struct UnitState {
 /// the members it counts its majorities over (`fleet-quorum`): those it read at
 /// `seen_revision`, `seen_members` of them, itself included. A machine records a new reading
 /// here before it counts over it, so that the engine counts over no more than it does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub machine: Machine,

@@ -9,7 +9,7 @@
 //! for everyone, or for most): [`fleet_quorum::Guard`], with the members asked through a
 //! [`Witness`] (the peer endpoint). Without a witness it fences when its lease may expire.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -611,7 +611,8 @@ impl Readings {
         let mut asked = self.adopted.machines.clone();
         let mut counted = self.adopted.machines.len();
         for reading in &self.in_doubt {
-            asked.retain(|m| reading.machines.iter().any(|r| r.id == m.id));
+            let ids: HashSet<&MachineId> = reading.machines.iter().map(|r| &r.id).collect();
+            asked.retain(|m| ids.contains(&m.id));
             counted = counted.max(reading.machines.len());
         }
         (asked, counted)

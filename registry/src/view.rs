@@ -26,7 +26,8 @@
 //! periodically, keeping its watch (`AgentView::refresh`), and a failed read again leaves it
 //! as its watch keeps it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use etcd_client::KeyValue;
 use fleet_units::UnitName;
@@ -34,7 +35,8 @@ use fleet_units::UnitName;
 use crate::watch::{Change, Changes};
 use crate::{
     decode, key_machine_id, member_entry, placement_machine, AgentSnapshot, EngineSnapshot,
-    Leadership, Machine, MachineEntry, MachineId, Placement, PlacementOp, Registry, Result, Unit,
+    Leadership, Machine, MachineEntry, MachineId, MemberEntry, Placement, PlacementOp, Registry,
+    Result, Unit,
 };
 
 /// Positions of the items of one list by their key, so that a change finds its item at once.
@@ -133,10 +135,17 @@ pub struct ViewChanges {
     /// they had no machine record (a declaration removes a dead machine's): see
     /// [`EngineView::machine`], [`EngineView::is_member`] and [`EngineView::placement`].
     pub machines: BTreeSet<MachineId>,
+    /// Rolling updates written or deleted (the engine's own steps included): they count in
+    /// a plan only for drains (how many instances of a template are down).
+    pub updates: bool,
     /// Anything else (not a member's new reading of the members): other placement changes,
-    /// the leader key, unplaceable reasons, stopping records written, drains, rolling updates.
+    /// the leader key, unplaceable reasons, stopping records written, drains.
     pub other: bool,
 }
+
+/// A digest of the cluster an [`EngineView`] holds: see [`EngineView::digest`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterDigest([u64; 2]);
 
 /// The leading engine's view of the cluster: units, machines, members, placements, the leader
 /// key and the reasons units cannot be placed.
@@ -150,6 +159,43 @@ pub struct EngineView {
     own: Own,
     changes: Changes,
     changed: ViewChanges,
+    /// The members without a machine record (whose lease is gone), with the revision of
+    /// their member record: kept as machine and member records change.
+    absent: BTreeMap<MachineId, i64>,
+    /// The units placed on each machine: kept with the placements.
+    on: HashMap<MachineId, BTreeSet<UnitName>>,
+}
+
+/// Puts a placement under `key` into an engine view's list and its index by machine.
+fn put_placement(
+    slots: &mut Slots,
+    list: &mut Vec<(MachineId, Placement)>,
+    on: &mut HashMap<MachineId, BTreeSet<UnitName>>,
+    key: &str,
+    item: (MachineId, Placement),
+) {
+    on.entry(item.0.clone())
+        .or_default()
+        .insert(item.1.name.clone());
+    slots.put(list, key, item);
+}
+
+/// Deletes the placement under `key` from an engine view's list and its index by machine.
+fn delete_placement(
+    slots: &mut Slots,
+    list: &mut Vec<(MachineId, Placement)>,
+    on: &mut HashMap<MachineId, BTreeSet<UnitName>>,
+    key: &str,
+) {
+    if let Some((machine, placement)) = slots.at.get(key).and_then(|&i| list.get(i)) {
+        if let Some(names) = on.get_mut(machine) {
+            names.remove(&placement.name);
+            if names.is_empty() {
+                on.remove(machine);
+            }
+        }
+    }
+    slots.delete(list, key);
 }
 
 impl EngineView {
@@ -179,7 +225,7 @@ impl EngineView {
                 .iter()
                 .map(|(m, p)| registry.placement_key(m, &p.name)),
         );
-        Ok(EngineView {
+        let mut view = EngineView {
             registry: registry.clone(),
             snapshot,
             units,
@@ -189,7 +235,62 @@ impl EngineView {
             own: Own::default(),
             changes,
             changed: ViewChanges::default(),
-        })
+            absent: BTreeMap::new(),
+            on: HashMap::new(),
+        };
+        for (machine, placement) in &view.snapshot.placements {
+            view.on
+                .entry(machine.clone())
+                .or_default()
+                .insert(placement.name.clone());
+        }
+        let ids: Vec<MachineId> = view
+            .snapshot
+            .members
+            .iter()
+            .map(|e| e.member.machine.id.clone())
+            .collect();
+        for id in &ids {
+            view.recheck_absent(id);
+        }
+        Ok(view)
+    }
+
+    /// The members whose lease is gone (registered and not declared dead, without a machine
+    /// record), each with the revision of its member record, in order of id: in time that
+    /// grows with them, not with the cluster.
+    pub fn absent_members(&self) -> impl Iterator<Item = (&MachineId, i64)> {
+        self.absent.iter().map(|(id, &revision)| (id, revision))
+    }
+
+    /// The units placed on `machine`, in order of name.
+    pub fn placed_on(&self, machine: &MachineId) -> impl Iterator<Item = &UnitName> {
+        self.on.get(machine).into_iter().flatten()
+    }
+
+    /// The revision of member `id`'s record, if it is a member.
+    pub fn member_revision(&self, id: &MachineId) -> Option<i64> {
+        self.member(id).map(|e| e.mod_revision)
+    }
+
+    /// Member `id`'s record, if it is a member.
+    pub fn member(&self, id: &MachineId) -> Option<&MemberEntry> {
+        let i = *self.members.at.get(&self.registry.member_key(id))?;
+        self.snapshot.members.get(i)
+    }
+
+    /// Whether machine `id` is absent now, after a change of its machine or member record.
+    fn recheck_absent(&mut self, id: &MachineId) {
+        let revision = self.member_revision(id);
+        let live = self.machines.contains(&self.registry.machine_key(id));
+        match revision {
+            Some(revision) if !live => {
+                self.absent.insert(id.clone(), revision);
+            }
+            _ => {
+                self.absent.remove(id);
+            }
+        }
     }
 
     /// The cluster as far as this view knows. Its `revision` is the newest the view has seen.
@@ -200,6 +301,25 @@ impl EngineView {
     /// What others changed since the last call (since the view was read, the first time).
     pub fn take_changes(&mut self) -> ViewChanges {
         std::mem::take(&mut self.changed)
+    }
+
+    /// A digest of the cluster this view holds: of everything the engine plans from but the
+    /// revision, whatever the order of the lists, under `keys` (the same for the digests
+    /// compared). Two views whose digests are equal hold the same cluster (but with odds of
+    /// about 2^-128), and what was decided from one holds for the other. It hashes every
+    /// entry twice: about 40 ms for 100,000 units and their placements (release build).
+    pub fn digest(&self, keys: &RandomState) -> ClusterDigest {
+        digest_of(&self.snapshot, keys)
+    }
+
+    /// Takes on, as its own, the changes an older view of the same cluster (an equal
+    /// [`digest`](Self::digest)) had not reported yet: they were read into both, and whoever
+    /// planned from the older view has not seen them.
+    pub fn carry(&mut self, older: ViewChanges) {
+        self.changed.units.extend(older.units);
+        self.changed.machines.extend(older.machines);
+        self.changed.updates |= older.updates;
+        self.changed.other |= older.other;
     }
 
     /// How many of this view's own writes the watch has not reported yet.
@@ -260,8 +380,10 @@ impl EngineView {
                 PlacementOp::Put { machine, placement } => {
                     let key = registry.placement_key(machine, &placement.name);
                     self.own.written.insert(key.clone(), revision);
-                    self.placements.put(
+                    put_placement(
+                        &mut self.placements,
                         &mut self.snapshot.placements,
+                        &mut self.on,
                         &key,
                         (machine.clone(), placement.clone()),
                     );
@@ -269,12 +391,22 @@ impl EngineView {
                 PlacementOp::Delete { machine, name } => {
                     let key = registry.placement_key(machine, name);
                     self.own.written.insert(key.clone(), revision);
-                    self.placements.delete(&mut self.snapshot.placements, &key);
+                    delete_placement(
+                        &mut self.placements,
+                        &mut self.snapshot.placements,
+                        &mut self.on,
+                        &key,
+                    );
                 }
                 PlacementOp::Move { machine, name } => {
                     let key = registry.placement_key(machine, name);
                     self.own.written.insert(key.clone(), revision);
-                    self.placements.delete(&mut self.snapshot.placements, &key);
+                    delete_placement(
+                        &mut self.placements,
+                        &mut self.snapshot.placements,
+                        &mut self.on,
+                        &key,
+                    );
                     let key = registry.stopping_key(machine, name);
                     self.own.written.insert(key, revision);
                     self.snapshot
@@ -348,6 +480,9 @@ impl EngineView {
                         // A placement removed from a machine that is not live (a
                         // declaration removes a dead machine's): the machine's change, for
                         // what is held there.
+                        None if key.starts_with(&registry.updates_prefix()) => {
+                            self.changed.updates = true;
+                        }
                         None if deleted => {
                             match placement_machine(&registry.placements_prefix(), &kv) {
                                 Some(id) if !self.machines.contains(&registry.machine_key(&id)) => {
@@ -369,6 +504,8 @@ impl EngineView {
                 }
             }
         }
+        // A machine whose machine or member record changes: whether it is absent.
+        let mut recheck: Option<MachineId> = None;
         let s = &mut self.snapshot;
         if key == registry.leader_key() {
             s.leader = (!deleted).then(|| Leadership {
@@ -407,19 +544,26 @@ impl EngineView {
                 }
                 None => self.machines.delete(&mut s.machines, &key),
             }
+            recheck = key_machine_id(&registry.machines_prefix(), kv.key());
         } else if key.starts_with(&registry.members_prefix()) {
             if deleted {
                 self.members.delete(&mut s.members, &key);
             } else if let Some(entry) = member_entry(&registry.members_prefix(), &kv) {
                 self.members.put(&mut s.members, &key, entry);
             }
+            recheck = key_machine_id(&registry.members_prefix(), kv.key());
         } else if key.starts_with(&registry.placements_prefix()) {
             if deleted {
-                self.placements.delete(&mut s.placements, &key);
+                delete_placement(&mut self.placements, &mut s.placements, &mut self.on, &key);
             } else if let Some(machine) = placement_machine(&registry.placements_prefix(), &kv) {
                 let placement = decode::<Placement>(&kv)?;
-                self.placements
-                    .put(&mut s.placements, &key, (machine, placement));
+                put_placement(
+                    &mut self.placements,
+                    &mut s.placements,
+                    &mut self.on,
+                    &key,
+                    (machine, placement),
+                );
             }
         } else if let Some(name) = key.strip_prefix(&registry.unplaceable_prefix()) {
             if let Ok(name) = UnitName::parse(name) {
@@ -448,6 +592,9 @@ impl EngineView {
             } else {
                 s.draining.insert(machine);
             }
+        }
+        if let Some(id) = recheck {
+            self.recheck_absent(&id);
         }
         Ok(())
     }
@@ -617,6 +764,41 @@ fn same_desired_state(a: &AgentSnapshot, b: &AgentSnapshot) -> bool {
         && by_name(&a.placements, |p| &p.name) == by_name(&b.placements, |p| &p.name)
         && a.global_units.len() == b.global_units.len()
         && by_name(&a.global_units, |u| &u.name) == by_name(&b.global_units, |u| &u.name)
+}
+
+/// [`EngineView::digest`] of a snapshot.
+fn digest_of(s: &EngineSnapshot, keys: &RandomState) -> ClusterDigest {
+    // Each entry's hash, in two lanes (hashed with the lane first), summed: the sum does not
+    // depend on the order.
+    let mut sums = [0u64; 2];
+    let mut add = |entry: &dyn Fn(&mut dyn Hasher)| {
+        for (lane, sum) in sums.iter_mut().enumerate() {
+            let mut h = keys.build_hasher();
+            h.write_usize(lane);
+            entry(&mut h);
+            *sum = sum.wrapping_add(h.finish());
+        }
+    };
+    // Each list's entries hashed with its tag, so that no entry of one stands for another's.
+    for u in &s.units {
+        add(&|mut h| ("unit", u).hash(&mut h));
+    }
+    for m in &s.machines {
+        add(&|mut h| ("machine", m).hash(&mut h));
+    }
+    for m in &s.members {
+        add(&|mut h| ("member", m).hash(&mut h));
+    }
+    for p in &s.placements {
+        add(&|mut h| ("placement", p).hash(&mut h));
+    }
+    add(&|mut h| (&s.leader, &s.unplaceable, &s.stopping, &s.draining).hash(&mut h));
+    // A rolling update (with an entry per machine, for a global unit) by the revision it was
+    // last written at.
+    for (id, stored) in &s.updates {
+        add(&|mut h| ("update", id, stored.revision).hash(&mut h));
+    }
+    ClusterDigest(sums)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Views kept from a watch's events, against a real etcd: after any sequence of changes a view
-//! says what a fresh read says, one opened while writes go on misses none, the engine's own
+//! says what a fresh read says (and has its digest), one opened while writes go on misses none, the engine's own
 //! writes are not undone by the watch reporting them late, and keeping a view reads no keys.
 
 mod support;
@@ -46,9 +46,51 @@ fn agent_canonical(s: &AgentSnapshot) -> String {
 async fn engine_converges(registry: &Registry, view: &mut EngineView) {
     let until = Instant::now() + DEADLINE;
     loop {
-        let fresh = engine_canonical(&registry.engine_snapshot().await.unwrap());
+        let read = registry.engine_snapshot().await.unwrap();
+        let fresh = engine_canonical(&read);
         let kept = engine_canonical(view.snapshot());
         if kept == fresh {
+            // And the members whose lease is gone, kept as records change.
+            let absent: Vec<(fleet_registry::MachineId, i64)> = read
+                .members
+                .iter()
+                .filter(|e| {
+                    !read
+                        .machines
+                        .iter()
+                        .any(|m| m.machine.id == e.member.machine.id)
+                })
+                .map(|e| (e.member.machine.id.clone(), e.mod_revision))
+                .collect();
+            let kept: Vec<(fleet_registry::MachineId, i64)> = view
+                .absent_members()
+                .map(|(id, revision)| (id.clone(), revision))
+                .collect();
+            assert_eq!(kept, absent);
+            // And the units placed on each machine, and each member's record revision.
+            let ids: std::collections::BTreeSet<&fleet_registry::MachineId> = read
+                .placements
+                .iter()
+                .map(|(m, _)| m)
+                .chain(read.machines.iter().map(|m| &m.machine.id))
+                .chain(read.members.iter().map(|e| &e.member.machine.id))
+                .collect();
+            for id in ids {
+                let mut on: Vec<&fleet_units::UnitName> = read
+                    .placements
+                    .iter()
+                    .filter(|(m, _)| m == id)
+                    .map(|(_, p)| &p.name)
+                    .collect();
+                on.sort();
+                assert_eq!(view.placed_on(id).collect::<Vec<_>>(), on, "on {id}");
+                let revision = read
+                    .members
+                    .iter()
+                    .find(|e| e.member.machine.id == *id)
+                    .map(|e| e.mod_revision);
+                assert_eq!(view.member_revision(id), revision, "member {id}");
+            }
             return;
         }
         assert!(
@@ -143,6 +185,30 @@ async fn an_engine_view_kept_from_events_says_what_a_fresh_read_says() {
     assert_eq!(view.snapshot().leader, Some(leadership));
     assert_eq!(view.snapshot().machines.len(), 2);
     assert_eq!(view.snapshot().members.len(), 3);
+
+    // A view read afresh has the same digest, though its lists are in another order; one
+    // read after a change has another, until the kept view has the change too.
+    let keys = std::hash::RandomState::new();
+    let fresh = registry.engine_view().await.unwrap();
+    let names = |v: &EngineView| -> Vec<String> {
+        v.snapshot()
+            .units
+            .iter()
+            .map(|u| u.name.to_string())
+            .collect()
+    };
+    assert_ne!(
+        names(&view),
+        names(&fresh),
+        "the same order: nothing to show"
+    );
+    assert_eq!(view.digest(&keys), fresh.digest(&keys));
+    registry.put_unit(&unit("f.service")).await.unwrap();
+    let after = registry.engine_view().await.unwrap();
+    assert_ne!(view.digest(&keys), after.digest(&keys));
+    assert_ne!(fresh.digest(&keys), after.digest(&keys));
+    engine_converges(&registry, &mut view).await;
+    assert_eq!(view.digest(&keys), after.digest(&keys));
     drop(a);
 }
 
@@ -215,6 +281,7 @@ async fn changes_until(
         let more = view.take_changes();
         all.units.extend(more.units);
         all.machines.extend(more.machines);
+        all.updates |= more.updates;
         all.other |= more.other;
         if done(&all) {
             return all;
@@ -330,6 +397,38 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
         .map(|e| e.member.seen_members);
     assert_eq!(recorded, Some(2), "the view did not keep the reading");
 
+    // A rolling update written: an update, nothing else (it counts only for drains).
+    let e = unit("e.service");
+    let update = fleet_registry::Update {
+        id: "u1".into(),
+        created_ms: 0,
+        options: e.options.clone(),
+        max_parallel: 1,
+        min_healthy_ms: 1_000,
+        healthy_deadline_ms: 10_000,
+        auto_revert: false,
+        state: fleet_registry::UpdateState::Running,
+        reason: None,
+        ended_ms: None,
+        units: vec![fleet_registry::UpdateUnit::pending(
+            e.name.clone(),
+            e.hash(),
+        )],
+        previous: vec![],
+        stamped_by: 0,
+    };
+    registry.create_update(&update).await.unwrap();
+    let changes = changes_until(&mut view, |c| c.updates).await;
+    assert!(
+        changes.units.is_empty() && changes.machines.is_empty(),
+        "{changes:?}"
+    );
+    assert!(
+        !changes.other,
+        "an update counted as anything else: {changes:?}"
+    );
+    assert!(view.snapshot().updates.contains_key("u1"));
+
     // Machine 2, running e, powered off: its lease expires, its machine record goes.
     let ops = vec![place(&machine_id(2), "e.service")];
     let revisions = registry.apply_placements(leadership, &ops).await.unwrap();
@@ -361,6 +460,7 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
         let more = view.take_changes();
         all.units.extend(more.units);
         all.machines.extend(more.machines);
+        all.updates |= more.updates;
         all.other |= more.other;
     }
     assert_eq!(all.machines, [machine_id(2)].into_iter().collect());

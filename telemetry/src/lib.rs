@@ -18,8 +18,13 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub static ENGINE_PLACEMENTS: Counter = Counter::new();
 
 /// Plans of the whole cluster the engine made (the changes its memo could not decide alone,
-/// and the first after each read of the cluster).
+/// and the first after a read of the cluster: after an error, or a periodic one that found it
+/// other than its view had it).
 pub static ENGINE_WHOLE_PLANS: Counter = Counter::new();
+
+/// Reads of the whole cluster the engine made (on taking the lead, once a minute by default,
+/// and after an error).
+pub static ENGINE_CLUSTER_READS: Counter = Counter::new();
 
 /// How long one engine reconciliation takes: read the cluster, plan, write the changes.
 pub static ENGINE_RECONCILE: Histogram<RECONCILE_BUCKETS_LEN> = Histogram::new(RECONCILE_BUCKETS);
@@ -47,9 +52,16 @@ pub fn render(out: &mut Exposition) {
     out.counter(
         "fleet_engine_whole_plans_total",
         "Plans of the whole cluster by this fleetd's engine (changes its memo could not decide \
-         alone: machines leaving, rules between units, drains, updates, held units; and the \
-         first plan after each read of the cluster).",
+         alone: rules between units, drains and updates while a machine drains, held units \
+         changed; and the first plan after a read of the cluster: after an error, or a periodic \
+         one that found it other than the engine's view had it).",
         ENGINE_WHOLE_PLANS.get(),
+    );
+    out.counter(
+        "fleet_engine_cluster_reads_total",
+        "Reads of the whole cluster by this fleetd's engine (on taking the lead, once a minute \
+         by default, and after an error).",
+        ENGINE_CLUSTER_READS.get(),
     );
     out.histogram(
         "fleet_engine_reconcile_seconds",
@@ -394,6 +406,7 @@ mod tests {
         for name in [
             "fleet_engine_placements_total ",
             "fleet_engine_whole_plans_total ",
+            "fleet_engine_cluster_reads_total ",
             "fleet_engine_reconcile_seconds_bucket{le=\"+Inf\"} ",
             "fleet_engine_reconcile_seconds_sum ",
             "fleet_engine_reconcile_seconds_count ",

@@ -538,6 +538,12 @@ impl Memo {
         Some(())
     }
 
+    /// Whether a live machine is being drained: only then do rolling updates count in a plan
+    /// (the instances they take down bound what a drain may take down).
+    pub fn drains(&self) -> bool {
+        !self.draining.is_empty()
+    }
+
     /// Whether `name` waits: for a machine to take it, or for one to stop it.
     fn waits(&self, name: &UnitName) -> bool {
         self.unplaced.contains(name) || self.stopping.contains_key(name)
