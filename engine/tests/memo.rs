@@ -1,19 +1,21 @@
 //! What the engine plans from its memo, against a real etcd, without a plan of the whole
 //! cluster: a machine lost (its lease lapses, the engine holds its units, declares it dead once
 //! a majority of the machines renewed theirs, and places its units on the others); units
-//! destroyed, taken off their machines, which then release them; a machine joining; and
-//! instances of a template that conflict with each other.
+//! destroyed, taken off their machines, which then release them; a machine joining;
+//! instances of a template that conflict with each other; and a unit that follows one of them
+//! (`MachineOf`), written, its leader stopped (it stays where it is), and destroyed; and a
+//! global unit written.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_registry::Presence;
+use fleet_registry::{JobState, Presence};
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
-use support::{connect, id, unit};
+use support::{connect, id, unit, write_units};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -39,6 +41,16 @@ async fn present(registry: &fleet_registry::Registry, n: u8) -> Presence {
     support::present(registry, n, ttl).await
 }
 
+/// Machine `n` releases every unit it was stopping, as its agent does once they stopped.
+async fn release_all(registry: &fleet_registry::Registry, n: u8) {
+    let agent = registry.agent_snapshot(&id(n)).await.expect("read");
+    let records: Vec<(UnitName, i64)> = agent.stopping.into_iter().collect();
+    registry
+        .release_stopping(&id(n), &records)
+        .await
+        .expect("release");
+}
+
 /// Where each unit is placed: its machines, by unit name.
 async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u8>> {
     let mut at: BTreeMap<UnitName, Vec<u8>> = BTreeMap::new();
@@ -52,19 +64,14 @@ async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u
 
 // The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lost_machine_releases_a_join_and_conflicts_are_planned_from_the_memo() {
+async fn a_lost_machine_releases_a_join_conflicts_and_followers_are_planned_from_the_memo() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
     let mut presences = Vec::new();
     for n in 1..=3u8 {
         presences.push(present(&registry, n).await);
     }
-    for n in 0..UNITS {
-        registry
-            .put_unit(&unit(&format!("u{n}.service")))
-            .await
-            .expect("put unit");
-    }
+    write_units(&registry, UNITS).await;
     // Without a witness, every member holding a lease counts as renewed on request.
     let engine = tokio::spawn(fleet_engine::run(
         registry.clone(),
@@ -145,12 +152,7 @@ async fn a_lost_machine_releases_a_join_and_conflicts_are_planned_from_the_memo(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for n in 1..=2u8 {
-        let agent = registry.agent_snapshot(&id(n)).await.expect("read");
-        let records: Vec<(UnitName, i64)> = agent.stopping.into_iter().collect();
-        registry
-            .release_stopping(&id(n), &records)
-            .await
-            .expect("release");
+        release_all(&registry, n).await;
     }
     // The engine has taken the releases in once a unit written after them is placed.
     registry
@@ -202,6 +204,75 @@ async fn a_lost_machine_releases_a_join_and_conflicts_are_planned_from_the_memo(
         ENGINE_WHOLE_PLANS.get(),
         whole_plans,
         "instances that conflict planned whole"
+    );
+
+    // A unit that follows one of them goes to its machine; its leader stopped stays there
+    // (loaded); the follower destroyed, that machine stops it.
+    let leader = placed_unit(&registry, "web@2.service").await;
+    let mut log = unit("log@2.service");
+    log.options
+        .push(UnitOption::new("X-Fleet", "MachineOf", "web@2.service"));
+    registry.put_unit(&log).await.expect("put unit");
+    assert_eq!(placed_unit(&registry, "log@2.service").await, leader);
+    let web = UnitName::parse("web@2.service").expect("name");
+    assert!(registry
+        .set_desired_state(&web, JobState::Loaded)
+        .await
+        .expect("stop"));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let snapshot = registry.engine_snapshot().await.expect("read");
+        let state = snapshot
+            .placements
+            .iter()
+            .find(|(_, p)| p.name == web)
+            .map(|(_, p)| p.desired_state);
+        if state == Some(JobState::Loaded) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the leader's placement not stopped in time: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(placed_unit(&registry, "web@2.service").await, leader);
+    assert!(registry.delete_unit(&log.name).await.expect("destroy"));
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let snapshot = registry.engine_snapshot().await.expect("read");
+        if snapshot.stopping.iter().any(|(_, n)| *n == log.name) {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the follower destroyed not taken off its machine in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "a unit that follows another planned whole"
+    );
+
+    // Its machine releases it, as its agent does; then a global unit written: it runs
+    // everywhere, and a unit written after it is placed.
+    release_all(&registry, leader[0]).await;
+    let mut global = unit("everywhere.service");
+    global
+        .options
+        .push(UnitOption::new("X-Fleet", "Global", "true"));
+    registry.put_unit(&global).await.expect("put unit");
+    registry
+        .put_unit(&unit("after-global.service"))
+        .await
+        .expect("put unit");
+    placed_unit(&registry, "after-global.service").await;
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "a global unit planned whole"
     );
     engine.abort();
 }

@@ -4,22 +4,30 @@
 //! leave it (when it changed no placement, or placed every unit: see
 //! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is
 //! (units held on absent members included), which units and names take part in a `MachineOf`
-//! or `Replaces` (and which are global), each unit's `Conflicts`, and which units wait (those
-//! it moved away among them, until their machines have stopped them).
+//! or `Replaces` (and which are global), each unit's `Conflicts` and `MachineOf`, and which
+//! units wait (those it moved away among them, until their machines have stopped them).
 //!
-//! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `MachineOf`,
-//! `Replaces` nor `Global`, named by no other unit's `MachineOf` or `Replaces`) in time that
-//! depends on the burst, not on the cluster (but on the machines passed over, for a unit that
-//! conflicts with what runs on them or whose metadata they fail): such a unit affects the
-//! others only through the load of the one machine it is on, and through the `Conflicts` (its
-//! own and theirs) checked against what runs on each machine, as the full plan checks them.
-//! So do machines coming and
+//! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `Replaces` nor
+//! `Global`, named by no other unit's `Replaces`, and named by another's `MachineOf`, as its
+//! leader, only if it stays where it is) in time that depends on the
+//! burst, not on the cluster (but on the machines passed over, for a unit that conflicts with
+//! what runs on them or whose metadata they fail): such a unit affects the others only through
+//! the load of the one machine it is on, and through the `Conflicts` (its own and theirs)
+//! checked against what runs on each machine, as the full plan checks them. A plain unit with
+//! a `MachineOf` (a follower) goes to the machine of its leaders when they are placed there
+//! and follow nobody themselves, and is placed in the order the full plan places the burst's
+//! units (`rank_key`); a follower of a leader of the same burst, if that leader is named by
+//! no unit before it. A global unit written, rewritten or destroyed while no unit waits
+//! changes the load of the machines its metadata matches (in time that grows with the
+//! machines: it runs on each), unless it conflicts with a unit there. So do machines coming and
 //! going while no unit waits, since nothing then moves but their own plain units: a machine
 //! that joins only becomes the least loaded; a member whose lease is gone has its units held
 //! where they are ([`hold`](super::hold)), and placed again elsewhere once it is declared dead
 //! (or back on it when it registers again, those whose placement is still there); a machine
-//! that leaves without being a member has its units placed elsewhere at once; and a machine
-//! registering again, or writing its record again, unchanged, changes nothing. A plain unit
+//! that leaves without being a member has its units placed elsewhere at once; a machine
+//! registering again, or writing its record again, unchanged, changes nothing; and one with
+//! new metadata that its units still match changes the load of the global units that start
+//! or stop running there (unless one that starts conflicts with its units). A plain unit
 //! whose machines have all released it (stopped it) is placed as a new one if it still wants
 //! to run, unless a draining machine still has units.
 //!
@@ -28,8 +36,8 @@
 //! decide that way (a unit with a rule it does not decide, a draining machine, a unit that
 //! waits or cannot be placed, a unit still being stopped by a machine, a release while a
 //! draining machine has units, a unit coming, going or changing that conflicts, either way,
-//! with one that waits, a machine whose metadata changed, a machine coming or going while
-//! units wait) makes it answer `None`, and the caller plans the whole cluster.
+//! with one that waits, a machine with new metadata a unit there no longer matches, a
+//! machine coming, going or changing its metadata while units wait) makes it answer `None`, and the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -54,11 +62,16 @@ pub struct Memo {
     held: HashMap<UnitName, MachineId>,
     /// The units of `placed` and `held` on each machine.
     on: HashMap<MachineId, BTreeSet<UnitName>>,
-    /// Units that should run and have a `MachineOf` or `Replaces`, or whose rules are invalid,
-    /// and global units: a change to one of them needs the whole plan.
+    /// Units that should run and have a `Replaces`, or whose rules are invalid, and global
+    /// units: a change to one of them needs the whole plan (but a global unit's own, see
+    /// `global_changed`).
     ruled: HashSet<UnitName>,
-    /// Names some unit's `MachineOf` names.
-    leaders: HashSet<String>,
+    /// The names `MachineOf` names (of the units that should run, not held), and by how many
+    /// units.
+    leaders: HashMap<String, usize>,
+    /// The `MachineOf` names of each unit that should run and has one (not held), without
+    /// repeats, in the order it gives them.
+    machine_of: HashMap<UnitName, Vec<String>>,
     /// Every `Replaces` pattern of the units that should run.
     replaces: BTreeSet<String>,
     /// The `Conflicts` patterns of each non-global unit that should run (with valid rules), not
@@ -149,7 +162,8 @@ impl Planner<'_> {
             held: HashMap::new(),
             on: HashMap::new(),
             ruled: self.globals.iter().map(|g| g.name.clone()).collect(),
-            leaders: HashSet::new(),
+            leaders: HashMap::new(),
+            machine_of: HashMap::new(),
             replaces: BTreeSet::new(),
             conflicts: HashMap::new(),
             conflict_patterns: BTreeMap::new(),
@@ -187,8 +201,8 @@ impl Planner<'_> {
                     memo.ruled.insert(name.clone());
                 }
             }
-            memo.leaders
-                .extend(w.leaders.iter().map(|(name, _)| name.clone()));
+            let names: Vec<String> = w.leaders.iter().map(|(name, _)| name.clone()).collect();
+            memo.set_machine_of(name, &names);
         }
         for (machine, name) in stopping {
             memo.stopping
@@ -218,10 +232,31 @@ fn distinct(patterns: &[String]) -> BTreeSet<&String> {
 }
 
 /// Whether a unit's rules are decided on each machine alone: nothing but `MachineID`,
-/// `MachineMetadata`, `Conflicts` (checked against what runs there) and the rules that do not
-/// concern placement.
+/// `MachineMetadata`, `Conflicts` (checked against what runs there), `MachineOf` (the machine
+/// of units placed already) and the rules that do not concern placement.
 fn plain(req: &Requirements) -> bool {
-    !req.global && req.replaces.is_empty() && req.machine_of.is_empty()
+    !req.global && req.replaces.is_empty()
+}
+
+/// `names` without repeats, in their order, as the full plan reads `MachineOf`.
+fn first_of_each(names: &[String]) -> Vec<String> {
+    let mut seen = HashSet::new();
+    names
+        .iter()
+        .filter(|n| seen.insert(n.as_str()))
+        .cloned()
+        .collect()
+}
+
+/// Where the full plan places a unit among others of one burst: in dependency order (a
+/// `MachineOf` leader before its followers) then name order. For a unit whose leaders have
+/// no leaders themselves (the only followers the memo places), that order is the name order
+/// but for a follower that comes before its last leader by name, which comes right after that
+/// leader: the full plan ranks units in name order, each as soon as its leaders are ranked.
+fn rank_key<'n>(name: &'n UnitName, leaders: &'n [String]) -> (&'n str, bool, &'n str) {
+    let last = leaders.iter().map(String::as_str).max().unwrap_or("");
+    let slot = last.max(name.as_str());
+    (slot, slot != name.as_str(), name.as_str())
 }
 
 impl Memo {
@@ -270,19 +305,32 @@ impl Memo {
         // burst's are known.
         let mut stay: Vec<(&UnitName, MachineId)> = Vec::new();
         // First what becomes of the existing placements, in name order as the full plan lists
-        // them; then the new ones, in name order as it places them (plain units have no
-        // `MachineOf` rank), on the loads after the removals.
+        // them; then the new ones, in the order it places them (`rank_key`), on the loads
+        // after the removals.
         let names: BTreeSet<&UnitName> = changed.iter().chain(again.keys()).collect();
+        // Leaders named before the burst by a unit's `MachineOf`: they may only stay where
+        // they are, with their followers (a follower of the burst is placed after its
+        // leaders of the burst, as new ones are, below).
+        let leading: HashSet<&UnitName> = names
+            .iter()
+            .copied()
+            .filter(|n| self.leaders.contains_key(n.as_str()))
+            .collect();
         // Units whose reasons for not being placed are recorded, and will not be.
         let mut cleared: Vec<UnitName> = Vec::new();
         for name in names {
+            if self.global_changed(name, again.contains_key(name), cluster)? {
+                continue;
+            }
             if self.ruled.contains(name)
                 || self.waits(name)
                 || self.held.contains_key(name)
-                || self.bound(name)
+                || any_matches(&self.replaces, name)
             {
                 return None;
             }
+            // A leader that does not stay where it is moves its followers.
+            let stays_only = leading.contains(name);
             let wanted = unit(name).filter(|u| u.desired_state != JobState::Inactive);
             let req = match wanted {
                 Some(u) => Some(self.plain_requirements(u)?),
@@ -301,10 +349,17 @@ impl Memo {
                 return None;
             }
             self.set_conflicts(name, patterns);
+            let leaders = req
+                .as_ref()
+                .map_or_else(Vec::new, |r| first_of_each(&r.machine_of));
+            self.set_machine_of(name, &leaders);
             if cluster.has_reasons(name) {
                 cleared.push(name.clone());
             }
             if let Some(Some(gone)) = again.get(name) {
+                if stays_only {
+                    return None;
+                }
                 // Its machine is no member: the placement goes without a stop.
                 if placement(gone, name).is_some() {
                     if cluster.is_member(gone) {
@@ -321,6 +376,9 @@ impl Memo {
                 continue;
             }
             let Some(machine) = self.placed.get(name).cloned() else {
+                if stays_only {
+                    return None;
+                }
                 if let (Some(u), Some(req)) = (wanted, req) {
                     to_place.push((u, req));
                 }
@@ -333,7 +391,10 @@ impl Memo {
             match (wanted, req) {
                 (Some(u), Some(req)) => {
                     if !(req.machine_id_matches(machine.as_str())
-                        && req.metadata_matches(&host.metadata))
+                        && req.metadata_matches(&host.metadata)
+                        && leaders.iter().all(|l| {
+                            l != name.as_str() && self.placed.get(l.as_str()) == Some(&machine)
+                        }))
                     {
                         // It moves: the full plan stops it first.
                         return None;
@@ -348,6 +409,9 @@ impl Memo {
                     stay.push((name, machine));
                 }
                 _ => {
+                    if stays_only {
+                        return None;
+                    }
                     let op = if host.member {
                         self.stopping
                             .entry(name.clone())
@@ -369,13 +433,25 @@ impl Memo {
                 }
             }
         }
-        // A unit that conflicts with a neighbour moves (the full plan stops it first).
+        // A unit that conflicts with a neighbour moves (the full plan stops it first), and so
+        // does one whose leader left its machine in the burst (a leader it names since the
+        // burst, or again since it came back, was not known to stay only).
         for (name, machine) in stay {
             let patterns = self.conflicts.get(name).map_or(&[][..], |p| &p[..]);
-            if self.conflicts_on(name, patterns, &machine) {
+            let with_leaders = self
+                .machine_of
+                .get(name)
+                .into_iter()
+                .flatten()
+                .all(|l| self.placed.get(l.as_str()) == Some(&machine));
+            if !with_leaders || self.conflicts_on(name, patterns, &machine) {
                 return None;
             }
         }
+        // In the order the full plan places them: leaders (those of the burst) first.
+        to_place.sort_by(|(a, ra), (b, rb)| {
+            rank_key(&a.name, &ra.machine_of).cmp(&rank_key(&b.name, &rb.machine_of))
+        });
         for (u, req) in to_place {
             let (machine, why) = self.decide(&u.name, &req)?;
             self.put(&u.name, &machine);
@@ -429,10 +505,11 @@ impl Memo {
             again.insert(name, Some(id.clone()));
         }
         match (self.hosts.get_mut(id), cluster.machine(id)) {
-            // Written again (a restart on the same lease), or registered again: only whether
-            // its units stop before they leave it may change.
+            // Written again (a restart on the same lease, with new metadata, say), or
+            // registered again: only whether its units stop before they leave it may change,
+            // and its metadata.
             (Some(host), Some(entry)) => {
-                if entry.machine.metadata != host.metadata || cluster.is_draining(id) {
+                if cluster.is_draining(id) {
                     return None;
                 }
                 // Its stopping records count only while it is a member: units waiting could
@@ -441,6 +518,12 @@ impl Memo {
                     return None;
                 }
                 host.member = member;
+                if entry.machine.metadata != host.metadata {
+                    if waits {
+                        return None;
+                    }
+                    self.metadata_changed(id, entry.machine.metadata.clone(), cluster)?;
+                }
             }
             // Joined, or back before it was declared dead. Units that wait could go there (or
             // give other reasons).
@@ -510,6 +593,7 @@ impl Memo {
                             return None;
                         }
                         self.set_conflicts(&name, &[]);
+                        self.set_machine_of(&name, &[]);
                         self.placed.remove(&name);
                         self.held.insert(name, id.clone());
                     } else {
@@ -538,6 +622,118 @@ impl Memo {
         Some(())
     }
 
+    /// Takes in a global unit written, rewritten or destroyed (while no unit waits): it
+    /// counts in the load of the live machines its metadata matches, and a unit there that
+    /// conflicts with it, either way, would move (`None`). `Some(false)` when `name` is no
+    /// global unit, before or after; `None` also for a unit that becomes global or stops
+    /// being one (`moving`: it was placed on a machine that changed in the burst).
+    fn global_changed(
+        &mut self,
+        name: &UnitName,
+        moving: bool,
+        cluster: &impl Cluster,
+    ) -> Option<bool> {
+        let was = self.globals.iter().position(|(g, _)| g == name);
+        let wanted = cluster
+            .unit(name)
+            .filter(|u| u.desired_state != JobState::Inactive);
+        let now = wanted.filter(|u| u.is_global());
+        if was.is_none() && now.is_none() {
+            return Some(false);
+        }
+        let tracked = moving || self.placed.contains_key(name) || self.held.contains_key(name);
+        let stops_being_one = was.is_some() && wanted.is_some() && now.is_none();
+        if tracked
+            || stops_being_one
+            || self.any_waits()
+            || self.waits(name)
+            || cluster.has_reasons(name)
+        {
+            return None;
+        }
+        // One with invalid rules runs nowhere as far as placement goes.
+        let req = now.and_then(|u| Requirements::from_unit(&u.name, &u.file()).ok());
+        if let Some(i) = was {
+            let (_, old) = self.globals.remove(i);
+            self.ruled.remove(name);
+            for id in self.running(&old) {
+                self.add_load(&id, -1);
+            }
+        }
+        if let Some((req, _)) = req {
+            let hosts = self.running(&req);
+            for id in &hosts {
+                let conflicts = self.on.get(id).into_iter().flatten().any(|unit| {
+                    any_matches(&req.conflicts, unit) || self.conflicts_with(unit, name)
+                });
+                if conflicts {
+                    return None;
+                }
+            }
+            for id in &hosts {
+                self.add_load(id, 1);
+            }
+            let at = self.globals.partition_point(|(g, _)| g < name);
+            self.globals.insert(at, (name.clone(), req));
+            self.ruled.insert(name.clone());
+        }
+        Some(true)
+    }
+
+    /// The live machines a global unit with these requirements runs on.
+    fn running(&self, global: &Requirements) -> Vec<MachineId> {
+        self.hosts
+            .iter()
+            .filter(|(_, h)| global.metadata_matches(&h.metadata))
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Takes in that the live machine `id` has new `metadata`: `None` unless nothing moves
+    /// for it. Its units (those that still want to run: the others are the burst's) must
+    /// still match it, and no global unit that starts running there may conflict with them;
+    /// its load counts the global units that run there now.
+    fn metadata_changed(
+        &mut self,
+        id: &MachineId,
+        metadata: BTreeMap<String, String>,
+        cluster: &impl Cluster,
+    ) -> Option<()> {
+        let units = self.on.get(id);
+        for name in units.into_iter().flatten() {
+            let Some(unit) = cluster
+                .unit(name)
+                .filter(|u| u.desired_state != JobState::Inactive)
+            else {
+                continue;
+            };
+            let (req, _) = Requirements::from_unit(&unit.name, &unit.file()).ok()?;
+            if !req.metadata_matches(&metadata) {
+                return None;
+            }
+        }
+        let before = &self.hosts.get(id)?.metadata;
+        let mut delta: isize = 0;
+        for (global, g) in &self.globals {
+            match (g.metadata_matches(before), g.metadata_matches(&metadata)) {
+                (false, true) => {
+                    let conflicts = units.into_iter().flatten().any(|name| {
+                        any_matches(&g.conflicts, name) || self.conflicts_with(name, global)
+                    });
+                    if conflicts {
+                        return None;
+                    }
+                    delta += 1;
+                }
+                (true, false) => delta -= 1,
+                _ => {}
+            }
+        }
+        self.hosts.get_mut(id)?.metadata = metadata;
+        self.add_load(id, delta);
+        Some(())
+    }
+
     /// Whether a live machine is being drained: only then do rolling updates count in a plan
     /// (the instances they take down bound what a drain may take down).
     pub fn drains(&self) -> bool {
@@ -552,12 +748,6 @@ impl Memo {
     /// Whether any unit waits.
     fn any_waits(&self) -> bool {
         !self.unplaced.is_empty() || !self.stopping.is_empty()
-    }
-
-    /// Whether another unit's `MachineOf` or `Replaces` names this one: its coming or going
-    /// can move them, or it.
-    fn bound(&self, name: &UnitName) -> bool {
-        self.leaders.contains(name.as_str()) || any_matches(&self.replaces, name)
     }
 
     /// Whether a `Conflicts` pattern of some unit, or of a global unit, matches this one.
@@ -597,6 +787,27 @@ impl Memo {
             *self.conflict_patterns.entry(p.clone()).or_default() += 1;
         }
         self.conflicts.insert(name.clone(), patterns.to_vec());
+    }
+
+    /// Records `names` as the `MachineOf` of `name` (none: it has none, or should not run).
+    fn set_machine_of(&mut self, name: &UnitName, names: &[String]) {
+        if let Some(old) = self.machine_of.remove(name) {
+            for leader in old {
+                if let Some(n) = self.leaders.get_mut(&leader) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.leaders.remove(&leader);
+                    }
+                }
+            }
+        }
+        if names.is_empty() {
+            return;
+        }
+        for leader in names {
+            *self.leaders.entry(leader.clone()).or_default() += 1;
+        }
+        self.machine_of.insert(name.clone(), names.to_vec());
     }
 
     /// Whether `name`, with these `Conflicts` patterns, conflicts with what runs on the live
@@ -639,6 +850,25 @@ impl Memo {
                 && req.metadata_matches(&host.metadata)
                 && !self.conflicts_on(name, &req.conflicts, id)
         };
+        let leaders = first_of_each(&req.machine_of);
+        if let Some(last) = leaders.last() {
+            // With its leaders, all placed on one machine and following no unit themselves
+            // (otherwise the full plan ranks them and their followers differently).
+            let mut with: Option<&MachineId> = None;
+            for leader in &leaders {
+                if self.machine_of.contains_key(leader.as_str()) {
+                    return None;
+                }
+                let at = self.placed.get(leader.as_str())?;
+                if with.is_some_and(|w| w != at) {
+                    return None;
+                }
+                with = Some(at);
+            }
+            return with
+                .filter(|m| fits(m))
+                .map(|m| (m.clone(), format!("MachineOf={last}")));
+        }
         if let Some(id) = &req.machine_id {
             let mut targets: Vec<&MachineId> = self
                 .host_ids

@@ -2177,6 +2177,16 @@ fn max_unavailable_counts_instances_a_rolling_update_took_down() {
         "{:?}",
         p.ops
     );
+    // Without a drain, the update changes no plan (the engine plans its steps from the
+    // memo then): a unit written is placed as without it.
+    let mut undrained = s.clone();
+    undrained.draining.clear();
+    undrained.units.push(xunit("other.service", &[]));
+    let mut without = undrained.clone();
+    without.updates.clear();
+    let p = plan(&undrained);
+    assert_eq!(p, plan(&without));
+    assert_eq!(p.ops.len(), 1, "{:?}", p.ops);
     // Once healthy, it leaves.
     let mut done = update;
     done.units[0].phase = fleet_registry::Phase::Healthy;
@@ -2386,8 +2396,8 @@ fn joins(
     memo.plan(&BTreeSet::new(), &[mid(n)].into_iter().collect(), &Now(s))
 }
 
-/// Machines joining, or writing their record again, are planned from the memo while no unit
-/// waits; a machine whose metadata changed, or one that left, is left to the whole plan.
+/// Machines joining, or writing their record again (with new metadata or not), are planned
+/// from the memo while no unit waits, unless a unit there would move.
 #[test]
 fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     let units = vec![
@@ -2445,18 +2455,61 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     let mut m = plan_and_memo(&stopping).1.expect("settled");
     assert_eq!(joins(&mut m, &mut stopping, 2, &[]), None);
 
-    // Left to the whole plan: new metadata, a join while a unit waits.
-    let mut changed = s.clone();
+    // New metadata: nothing moves while its units still match it; a global unit that starts
+    // running there counts in its load, so the next unit goes to the other machine.
+    let mut web = s.clone();
+    let mut m = memo.clone();
     assert_eq!(
-        joins(&mut memo.clone(), &mut changed, 1, &[("role", "db")]),
-        None
+        joins(&mut m, &mut web, 1, &[("role", "web")]),
+        Some(Plan::default())
     );
+    assert_eq!(Some(&m), plan_and_memo(&web).1.as_ref());
+    web.units.push(xunit("c.service", &[]));
+    let fast = from_memo(&mut m, &web, &["c.service"]);
+    assert!(
+        matches!(&fast.as_ref().unwrap().ops[..], [PlacementOp::Put { machine, .. }] if *machine == mid(2))
+    );
+    let mut web = as_whole(&m, fast, &web);
+    // And back: it stops running there.
+    assert_eq!(joins(&mut m, &mut web, 1, &[]), Some(Plan::default()));
+    assert_eq!(Some(&m), plan_and_memo(&web).1.as_ref());
+
+    // Left to the whole plan: new metadata a unit there no longer matches, or with which a
+    // global unit that conflicts with a unit there starts running there; new metadata or a
+    // join while a unit waits.
+    let mut pinned = snapshot(
+        vec![xunit("p.service", &[("MachineMetadata", "role=web")])],
+        vec![host(1, &[("role", "web")]), machine(2)],
+        vec![],
+    );
+    pinned.members = members_of(&pinned.machines);
+    let (mut pinned, _) = converge(&pinned);
+    let mut m = plan_and_memo(&pinned).1.expect("settled");
+    assert_eq!(joins(&mut m, &mut pinned, 1, &[("role", "db")]), None);
+    let mut conflicting = s.clone();
+    conflicting.units.push(xglobal(
+        "g2.service",
+        &[("MachineMetadata", "role=db"), ("Conflicts", "a.service")],
+    ));
+    let (mut conflicting, _) = converge(&conflicting);
+    let (with_a, _) = conflicting
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "a.service")
+        .unwrap();
+    let n = (1..=2).find(|&n| mid(n) == *with_a).unwrap();
+    let mut m = plan_and_memo(&conflicting).1.expect("settled");
+    assert_eq!(joins(&mut m, &mut conflicting, n, &[("role", "db")]), None);
     let mut waits = s.clone();
     waits
         .units
         .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
     let (mut waits, _) = converge(&waits);
     let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
+    assert_eq!(
+        joins(&mut m.clone(), &mut waits.clone(), 1, &[("role", "db")]),
+        None
+    );
     assert_eq!(joins(&mut m, &mut waits, 3, &[("role", "db")]), None);
 }
 
@@ -2588,8 +2641,13 @@ fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
     // between units, or a held unit written.
     let w = xunit("w.service", &[("MachineMetadata", "role=db")]);
     assert_eq!(lease_gone_with(&s, w, Some(2)).2, None);
+    let r = xunit("r.service", &[("Replaces", "nothing.service")]);
+    assert_eq!(lease_gone_with(&s, r, None).2, None);
+    // (But a unit that follows another is held with it.)
     let f = xunit("f.service", &[("MachineOf", on_2[0].as_str())]);
-    assert_eq!(lease_gone_with(&s, f, Some(2)).2, None);
+    let (following, m, fast) = lease_gone_with(&s, f, Some(2));
+    assert_eq!(fast, Some(Plan::default()));
+    as_whole(&m, fast, &following);
     // (But a unit with `Conflicts` is held: they concern only its own machine.)
     let web = xunit("web@1.service", &[("Conflicts", "web@*.service")]);
     let (conflicting, m, fast) = lease_gone_with(&s, web, None);
@@ -2688,13 +2746,87 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
         assert_eq!(Some(&m), plan_and_memo(&after).1.as_ref());
     }
 
+    // A unit that follows another (`MachineOf`) goes to its machine, placed in the order the
+    // whole plan places units: after those of the burst that come before its leader by name.
+    for (burst, extra) in [
+        (&["c.service"][..], &[][..]),
+        (&["a.service", "b.service"], &["b.service"][..]),
+        (
+            &["a.service", "b.service", "v.service"],
+            &["b.service", "v.service"],
+        ),
+    ] {
+        let leader = s.placements.iter().find(|(m, _)| *m == mid(1)).unwrap();
+        let mut following = s.clone();
+        following
+            .units
+            .push(xunit(burst[0], &[("MachineOf", leader.1.name.as_str())]));
+        for name in extra {
+            following.units.push(xunit(name, &[]));
+        }
+        let mut m = memo.clone();
+        let fast = from_memo(&mut m, &following, burst);
+        let placed = &fast.as_ref().expect("planned from the memo").placed;
+        assert_eq!(placed[burst[0]], format!("MachineOf={}", leader.1.name));
+        let following = as_whole(&m, fast, &following);
+        if extra.is_empty() {
+            // Its leader stopped and started again, staying where it is (with it): planned
+            // from the memo; destroyed, its follower moves: the whole plan.
+            let leader = leader.1.name.as_str();
+            let mut stopped = following.clone();
+            let at = stopped
+                .units
+                .iter()
+                .position(|u| u.name.as_str() == leader)
+                .unwrap();
+            stopped.units[at].desired_state = JobState::Loaded;
+            let mut m = m.clone();
+            let fast = from_memo(&mut m, &stopped, &[leader]);
+            assert!(matches!(
+                &fast.as_ref().unwrap().ops[..],
+                [PlacementOp::Put { .. }]
+            ));
+            let mut started = as_whole(&m, fast, &stopped);
+            started.units[at].desired_state = JobState::Launched;
+            let fast = from_memo(&mut m, &started, &[leader]);
+            as_whole(&m, fast, &started);
+            let mut destroyed = following.clone();
+            destroyed.units.retain(|u| u.name.as_str() != leader);
+            assert_eq!(from_memo(&mut m, &destroyed, &[leader]), None);
+        }
+    }
+
+    // A global unit written runs on the machines its metadata matches and counts in their
+    // load; destroyed, it no longer does. One that conflicts with a unit where it would run
+    // moves that unit: the whole plan.
+    let mut global = s.clone();
+    global.units.push(xglobal("everywhere.service", &[]));
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &global, &["everywhere.service"]);
+    assert_eq!(fast, Some(Plan::default()));
+    let mut global = as_whole(&m, fast, &global);
+    global
+        .units
+        .retain(|u| u.name.as_str() != "everywhere.service");
+    let fast = from_memo(&mut m, &global, &["everywhere.service"]);
+    as_whole(&m, fast, &global);
+    let mut conflicting = s.clone();
+    conflicting.units.push(xglobal(
+        "everywhere.service",
+        &[("Conflicts", "u1.service")],
+    ));
+    assert_eq!(
+        from_memo(&mut memo.clone(), &conflicting, &["everywhere.service"]),
+        None
+    );
+
     // Left to the whole plan: a unit with a rule between units, a unit that conflicts with
     // every machine (it cannot be placed), a plain unit that must move to meet its new
     // metadata.
     let mut ruled = s.clone();
     ruled
         .units
-        .push(xunit("c.service", &[("MachineOf", "u1.service")]));
+        .push(xunit("c.service", &[("Replaces", "u1.service")]));
     assert_eq!(from_memo(&mut memo.clone(), &ruled, &["c.service"]), None);
     let mut everywhere = s.clone();
     everywhere
@@ -2902,4 +3034,50 @@ fn replacing_a_unit_one_must_be_with_is_unplaceable() {
     let on: Vec<&MachineId> = settled.placements.iter().map(|(m, _)| m).collect();
     assert_eq!(on.len(), 2);
     assert_eq!(on[0], on[1]);
+}
+
+/// Bursts the memo once planned wrongly (found by review): a unit that starts following a
+/// unit destroyed in the same burst, and a unit that becomes global while the machine that
+/// is no member it was placed on leaves. Each is planned as the whole plan plans it.
+#[test]
+fn a_follower_of_a_unit_destroyed_and_a_unit_become_global_as_its_machine_leaves() {
+    let units = vec![xunit("a.service", &[]), xunit("z.service", &[])];
+    let mut s = snapshot(units, vec![machine(1)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    let memo = plan_and_memo(&s).1.expect("settled");
+    let mut burst = s.clone();
+    burst.units = vec![xunit("a.service", &[("MachineOf", "z.service")])];
+    let mut m = memo.clone();
+    if let Some(fast) = from_memo(&mut m, &burst, &["a.service", "z.service"]) {
+        as_whole(&m, Some(fast), &burst);
+    }
+
+    let units: Vec<Unit> = (0..4)
+        .map(|i| xunit(&format!("u{i}.service"), &[]))
+        .collect();
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let (mut s, _) = converge(&s);
+    // Machine 2 declared dead, its record written again before it registers: no member.
+    s.members.retain(|e| e.member.machine.id != mid(2));
+    let (s, _) = converge(&s);
+    let memo = plan_and_memo(&s).1.expect("settled");
+    let (_, on_2) = s
+        .placements
+        .iter()
+        .find(|(m, _)| *m == mid(2))
+        .expect("a unit on machine 2")
+        .clone();
+    let mut burst = s.clone();
+    burst.machines.retain(|e| e.machine.id != mid(2));
+    for u in burst.units.iter_mut().filter(|u| u.name == on_2.name) {
+        *u = xglobal(on_2.name.as_str(), &[]);
+    }
+    let mut m = memo.clone();
+    let changed: BTreeSet<UnitName> = [on_2.name.clone()].into_iter().collect();
+    let machines: BTreeSet<MachineId> = [mid(2)].into_iter().collect();
+    if let Some(fast) = m.plan(&changed, &machines, &Now(&burst)) {
+        as_whole(&m, Some(fast), &burst);
+    }
 }
