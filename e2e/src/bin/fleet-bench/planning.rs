@@ -5,16 +5,17 @@
 //! For each size, a settled cluster of plain units (no `[X-Fleet]` rules) spread over the
 //! machines, and one global unit running on every machine. Timed: the whole plan of it (what
 //! every event cost before the memo, and what a change the memo cannot decide still costs);
-//! then, planned from the memo, a unit written and placed, an instance of a template whose
-//! instances conflict with each other (templates of 10 instances) written and placed, a
-//! machine joining, and a machine lost (its lease gone, its units held; then declared dead,
-//! its units placed elsewhere).
+//! then, planned from the memo, a unit written and placed, a unit that follows it
+//! (`MachineOf`) written and placed with it, an instance of a template whose instances
+//! conflict with each other (templates of 10 instances) written and placed, a machine joining,
+//! and a machine lost (its lease gone, its units held; then declared dead, its units placed
+//! elsewhere).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use fleet_engine::plan::{plan, plan_and_memo, Cluster, Memo};
+use fleet_engine::plan::{plan, plan_and_memo, Cluster, Memo, Plan};
 use fleet_registry::{
     EngineSnapshot, JobState, Machine, MachineEntry, MachineId, Member, MemberEntry, Placement,
     PlacementOp, Unit,
@@ -183,9 +184,28 @@ struct Row {
     units: usize,
     whole: Duration,
     unit: Spread,
+    follower: Spread,
     conflict: Spread,
     join: Spread,
     lost: Spread,
+}
+
+/// Writes `unit` and plans it from `memo`, the plan timed into `times`: the plan, or an error
+/// naming `what` when the memo leaves it to the whole plan.
+fn write_and_plan(
+    memo: &mut Memo,
+    now: &mut Indexed,
+    unit: Unit,
+    times: &mut Vec<Duration>,
+    what: &str,
+) -> Result<Plan, String> {
+    let changed: BTreeSet<UnitName> = [unit.name.clone()].into_iter().collect();
+    let no_machine: BTreeSet<MachineId> = BTreeSet::new();
+    now.units.insert(unit.name.clone(), unit);
+    let started = Instant::now();
+    let planned = memo.plan(&changed, &no_machine, now);
+    times.push(started.elapsed());
+    planned.ok_or_else(|| format!("the memo left {what} to the whole plan"))
 }
 
 fn measure(machines: usize, units: usize) -> Result<Row, String> {
@@ -222,8 +242,8 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     };
     drop(s);
     let no_unit: BTreeSet<UnitName> = BTreeSet::new();
-    let no_machine: BTreeSet<MachineId> = BTreeSet::new();
     let mut unit_times = Vec::with_capacity(EVENTS);
+    let mut follower_times = Vec::with_capacity(EVENTS);
     let mut join_times = Vec::with_capacity(EVENTS);
     let mut lost_times = Vec::with_capacity(EVENTS);
     let mut conflict_times = Vec::with_capacity(EVENTS);
@@ -232,14 +252,29 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     for i in 0..EVENTS {
         // A unit written: placed on the least loaded machine.
         let unit = plain_unit(&format!("new{i}.service"));
-        let changed: BTreeSet<UnitName> = [unit.name.clone()].into_iter().collect();
-        now.units.insert(unit.name.clone(), unit);
-        let started = Instant::now();
-        let planned = memo.plan(&changed, &no_machine, &now);
-        unit_times.push(started.elapsed());
-        let planned = planned.ok_or("the memo left a plain unit to the whole plan")?;
-        if planned.ops.len() != 1 {
+        let leader = unit.name.clone();
+        let planned = write_and_plan(&mut memo, &mut now, unit, &mut unit_times, "a plain unit")?;
+        let [PlacementOp::Put { machine: there, .. }] = &planned.ops[..] else {
             return Err(format!("a new unit planned {:?}", planned.ops));
+        };
+        let there = there.clone();
+        now.apply(&planned.ops)?;
+
+        // A unit that follows it: placed on its machine.
+        let mut follower = plain_unit(&format!("new{i}-log.service"));
+        follower
+            .options
+            .push(UnitOption::new("X-Fleet", "MachineOf", leader.as_str()));
+        let planned = write_and_plan(
+            &mut memo,
+            &mut now,
+            follower,
+            &mut follower_times,
+            "a unit that follows another",
+        )?;
+        match &planned.ops[..] {
+            [PlacementOp::Put { machine, .. }] if *machine == there => {}
+            other => return Err(format!("a unit that follows another planned {other:?}")),
         }
         now.apply(&planned.ops)?;
 
@@ -252,13 +287,13 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
             "Conflicts",
             format!("web{template}@*.service"),
         ));
-        let changed: BTreeSet<UnitName> = [instance.name.clone()].into_iter().collect();
-        now.units.insert(instance.name.clone(), instance);
-        let started = Instant::now();
-        let planned = memo.plan(&changed, &no_machine, &now);
-        conflict_times.push(started.elapsed());
-        let planned =
-            planned.ok_or("the memo left an instance that conflicts to the whole plan")?;
+        let planned = write_and_plan(
+            &mut memo,
+            &mut now,
+            instance,
+            &mut conflict_times,
+            "an instance that conflicts",
+        )?;
         match &planned.ops[..] {
             [PlacementOp::Put { machine, .. }]
                 if instances_on
@@ -326,6 +361,7 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         units,
         whole: median(whole),
         unit: Spread::of(unit_times),
+        follower: Spread::of(follower_times),
         conflict: Spread::of(conflict_times),
         join: Spread::of(join_times),
         lost: Spread::of(lost_times),
@@ -348,22 +384,24 @@ pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
     );
     println!(
         "| machines | units | whole plan (median of {WHOLE_PLANS}) | a unit written, from the memo \
-         (median; slowest of {EVENTS}) | an instance that conflicts with the others written, from \
-         the memo (median; slowest) | a machine joining, from the memo (median; slowest) | a \
+         (median; slowest of {EVENTS}) | a unit that follows it (MachineOf) written, from the memo \
+         (median; slowest) | an instance that conflicts with the others written, from the memo \
+         (median; slowest) | a machine joining, from the memo (median; slowest) | a \
          machine lost, from the memo: lease gone, then declared dead (median; slowest) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for &machines in sizes {
         let machines = machines as usize;
         let units = machines * units_per_machine as usize;
         match measure(machines, units) {
             Ok(row) => println!(
-                "| {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.machines,
                 row.units,
                 ms(row.whole),
                 row.unit,
+                row.follower,
                 row.conflict,
                 row.join,
                 row.lost
@@ -386,14 +424,20 @@ mod tests {
     use super::*;
 
     /// The benchmark's events are planned from the memo, each as the whole plan would: a new
-    /// unit to one machine, an instance to a machine without another of its template, a join
+    /// unit to one machine, its follower to the same, an instance to a machine without another of its template, a join
     /// to nothing, a lease gone to nothing and a declaration to a placement for each unit of
     /// the machine (`measure` fails otherwise).
     #[test]
     fn a_small_cluster_is_measured_from_the_memo() {
         let row = measure(20, 100).expect("measured");
         assert_eq!((row.machines, row.units), (20, 100));
-        for spread in [&row.unit, &row.conflict, &row.join, &row.lost] {
+        for spread in [
+            &row.unit,
+            &row.follower,
+            &row.conflict,
+            &row.join,
+            &row.lost,
+        ] {
             assert!(spread.median <= spread.slowest);
         }
     }
