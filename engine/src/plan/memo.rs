@@ -352,6 +352,16 @@ impl Memo {
             let leaders = req
                 .as_ref()
                 .map_or_else(Vec::new, |r| first_of_each(&r.machine_of));
+            // A leader that follows other units since the burst, or no longer: its followers
+            // rank otherwise in the full plan, and their rules may no longer hold together
+            // (or hold again: one whose `Replaces` pushes away a unit it is with through
+            // `MachineOf`, transitively).
+            if stays_only
+                && wanted.is_some()
+                && self.machine_of.get(name).map_or(&[][..], |l| &l[..]) != &leaders[..]
+            {
+                return None;
+            }
             self.set_machine_of(name, &leaders);
             if cluster.has_reasons(name) {
                 cleared.push(name.clone());

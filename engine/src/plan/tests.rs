@@ -3081,3 +3081,37 @@ fn a_follower_of_a_unit_destroyed_and_a_unit_become_global_as_its_machine_leaves
         as_whole(&m, Some(fast), &burst);
     }
 }
+
+/// A leader that stays where it is but follows another unit no longer changes what its
+/// followers may do: here a unit whose `Replaces` pushed away a unit it was with through
+/// `MachineOf` (transitively), unplaceable, becomes placeable. The memo leaves it to the whole
+/// plan.
+#[test]
+fn a_leader_that_stops_following_is_left_to_the_whole_plan() {
+    let units = vec![
+        xunit("b.service", &[("MachineOf", "web@3.service")]),
+        xunit("z.service", &[("MachineOf", "b.service")]),
+        xunit(
+            "web@2.service",
+            &[("MachineOf", "z.service"), ("Replaces", "web@3.service")],
+        ),
+        xunit("web@3.service", &[]),
+    ];
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, _) = converge(&s);
+    assert!(plan(&s)
+        .unplaceable
+        .iter()
+        .any(|u| u.unit.as_str() == "web@2.service"));
+    let memo = plan_and_memo(&s).1.expect("settled");
+    let mut rewritten = s.clone();
+    rewritten.units[0] = xunit("b.service", &[]);
+    assert!(plan(&rewritten)
+        .placed
+        .contains_key(&UnitName::parse("web@2.service").unwrap()));
+    assert_eq!(
+        from_memo(&mut memo.clone(), &rewritten, &["b.service"]),
+        None
+    );
+}
