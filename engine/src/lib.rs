@@ -481,8 +481,8 @@ impl plan::Cluster for EngineView {
             .contains(&(machine.clone(), name.clone()))
     }
 
-    fn has_reasons(&self, name: &UnitName) -> bool {
-        self.snapshot().unplaceable.contains_key(name)
+    fn reasons(&self, name: &UnitName) -> Option<&[String]> {
+        self.snapshot().unplaceable.get(name).map(Vec::as_slice)
     }
 }
 

@@ -3,8 +3,8 @@
 //! a majority of the machines renewed theirs, and places its units on the others); units
 //! destroyed, taken off their machines, which then release them; a machine joining;
 //! instances of a template that conflict with each other; and a unit that follows one of them
-//! (`MachineOf`), written, its leader stopped (it stays where it is), and destroyed; and a
-//! global unit written.
+//! (`MachineOf`), written, its leader stopped (it stays where it is), and destroyed; a
+//! global unit written; and a unit no machine takes, until a machine joins that does.
 
 mod support;
 
@@ -56,7 +56,7 @@ async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u
     let mut at: BTreeMap<UnitName, Vec<u8>> = BTreeMap::new();
     let snapshot = registry.engine_snapshot().await.expect("read");
     for (machine, placement) in &snapshot.placements {
-        let n = (1..=4u8).find(|&n| id(n) == *machine).expect("one of ours");
+        let n = (1..=5u8).find(|&n| id(n) == *machine).expect("one of ours");
         at.entry(placement.name.clone()).or_default().push(n);
     }
     at
@@ -64,7 +64,7 @@ async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u
 
 // The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_lost_machine_releases_a_join_conflicts_and_followers_are_planned_from_the_memo() {
+async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_planned_from_the_memo() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
     let mut presences = Vec::new();
@@ -274,5 +274,56 @@ async fn a_lost_machine_releases_a_join_conflicts_and_followers_are_planned_from
         whole_plans,
         "a global unit planned whole"
     );
+
+    // A unit whose metadata no machine has waits, its reasons written (one per live
+    // machine); a machine with that metadata joins and takes it, its reasons cleared.
+    let mut db = unit("db.service");
+    db.options
+        .push(UnitOption::new("X-Fleet", "MachineMetadata", "role=db"));
+    registry.put_unit(&db).await.expect("put unit");
+    let reasons = reasons_of(&registry, &db.name, |r| r.is_some()).await;
+    assert_eq!(
+        reasons.as_ref().map(Vec::len),
+        Some(3),
+        "not one reason for each of machines 1, 2 and 4: {reasons:?}"
+    );
+    let machine = fleet_registry::Machine {
+        id: id(5),
+        public_ip: "10.0.0.5".into(),
+        metadata: [("role".to_string(), "db".to_string())].into(),
+        version: "test".into(),
+        peer_address: None,
+    };
+    let _five = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
+        .await
+        .expect("register");
+    assert_eq!(placed_unit(&registry, "db.service").await, [5]);
+    reasons_of(&registry, &db.name, |r| r.is_none()).await;
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans,
+        "a unit that waits for a machine, or the machine that takes it, planned whole"
+    );
     engine.abort();
+}
+
+/// Waits until the reasons recorded why `name` cannot be placed are as `wanted`: those.
+async fn reasons_of(
+    registry: &fleet_registry::Registry,
+    name: &UnitName,
+    wanted: impl Fn(Option<&Vec<String>>) -> bool,
+) -> Option<Vec<String>> {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let snapshot = registry.engine_snapshot().await.expect("read");
+        let reasons = snapshot.unplaceable.get(name);
+        if wanted(reasons) {
+            return reasons.cloned();
+        }
+        assert!(
+            Instant::now() < until,
+            "the reasons of {name} not as awaited in time: {reasons:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

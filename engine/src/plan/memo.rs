@@ -9,35 +9,44 @@
 //!
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `Replaces` nor
 //! `Global`, named by no other unit's `Replaces`, and named by another's `MachineOf`, as its
-//! leader, only if it stays where it is) in time that depends on the
-//! burst, not on the cluster (but on the machines passed over, for a unit that conflicts with
-//! what runs on them or whose metadata they fail): such a unit affects the others only through
-//! the load of the one machine it is on, and through the `Conflicts` (its own and theirs)
-//! checked against what runs on each machine, as the full plan checks them. A plain unit with
-//! a `MachineOf` (a follower) goes to the machine of its leaders when they are placed there
-//! and follow nobody themselves, and is placed in the order the full plan places the burst's
-//! units (`rank_key`); a follower of a leader of the same burst, if that leader is named by
-//! no unit before it. A global unit written, rewritten or destroyed while no unit waits
-//! changes the load of the machines its metadata matches (in time that grows with the
-//! machines: it runs on each), unless it conflicts with a unit there. So do machines coming and
-//! going while no unit waits, since nothing then moves but their own plain units: a machine
-//! that joins only becomes the least loaded; a member whose lease is gone has its units held
-//! where they are ([`hold`](super::hold)), and placed again elsewhere once it is declared dead
-//! (or back on it when it registers again, those whose placement is still there); a machine
-//! that leaves without being a member has its units placed elsewhere at once; a machine
-//! registering again, or writing its record again, unchanged, changes nothing; and one with
-//! new metadata that its units still match changes the load of the global units that start
-//! or stop running there (unless one that starts conflicts with its units). A plain unit
-//! whose machines have all released it (stopped it) is placed as a new one if it still wants
-//! to run, unless a draining machine still has units.
+//! leader, only if it stays where it is, following the units it followed) in time that
+//! depends on the burst, not on the cluster (but on the machines passed over, for a unit that
+//! conflicts with what runs on them or whose metadata they fail): such a unit affects the
+//! others only through the load of the one machine it is on, and through the `Conflicts` (its
+//! own and theirs) checked against what runs on each machine, as the full plan checks them. A
+//! plain unit with a `MachineOf` (a follower) goes to the machine of its leaders when they are
+//! placed there and follow nobody themselves, and is placed in the order the full plan places
+//! the burst's units (`rank_key`); a follower of a leader of the same burst, if that leader is
+//! named by no unit before it. A global unit written, rewritten or destroyed while no unit
+//! waits changes the load of the machines its metadata matches (in time that grows with the
+//! machines: it runs on each), unless it conflicts with a unit there. So do machines coming
+//! and going, since nothing then moves but their own plain units: a machine that joins only
+//! becomes the least loaded; a member whose lease is gone has its units held where they are
+//! ([`hold`](super::hold)), and placed again elsewhere once it is declared dead (or back on it
+//! when it registers again, those whose placement is still there); a machine that leaves
+//! without being a member has its units placed elsewhere at once; a machine registering
+//! again, or writing its record again, unchanged, changes nothing; and one with new metadata
+//! that its units still match changes the load of the global units that start or stop
+//! running there (unless one that starts conflicts with its units). A plain unit whose
+//! machines have all released it (stopped it) is placed as a new one if it still wants to
+//! run, unless a draining machine still has units.
+//!
+//! A plain unit no machine takes waits, with the reasons the full plan gives (one per machine,
+//! or one for the unit: its leader not placed, no machine at all). The units that wait for a
+//! machine (not for one to stop them) are decided again with the burst's, in the full plan's
+//! order, when a machine comes, goes or changes, or a unit they conflict with, either way,
+//! does: in time that grows with them and the machines, as their reasons do. The full plan
+//! finds a unit's reasons when it decides it, among the others; the memo answers only when
+//! they are also those it finds once all are placed, so that the cluster it leaves is settled.
 //!
 //! The result is the one the full plan would reach on the same cluster, op for op, reasons
-//! cleared included (a property test compares them on random clusters); anything it cannot
-//! decide that way (a unit with a rule it does not decide, a draining machine, a unit that
-//! waits or cannot be placed, a unit still being stopped by a machine, a release while a
-//! draining machine has units, a unit coming, going or changing that conflicts, either way,
-//! with one that waits, a machine with new metadata a unit there no longer matches, a
-//! machine coming, going or changing its metadata while units wait) makes it answer `None`, and the caller plans the whole cluster.
+//! written and cleared included (a property test compares them on random clusters); anything
+//! it cannot decide that way (a unit with a rule it does not decide, a draining machine, a
+//! unit still being stopped by a machine, a machine coming or going while one is, a global
+//! unit changed while a unit waits, a release
+//! while a draining machine has units, a machine with new metadata a unit there no longer
+//! matches, a unit that waits whose reasons differ once the burst is placed) makes it answer
+//! `None`, and the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -103,8 +112,15 @@ pub trait Cluster {
     fn is_draining(&self, id: &MachineId) -> bool;
     /// Whether `machine` has a `stopping/` record of `name`: it is stopping it.
     fn is_stopping(&self, machine: &MachineId, name: &UnitName) -> bool;
-    /// Whether reasons why `name` cannot be placed are recorded.
-    fn has_reasons(&self, name: &UnitName) -> bool;
+    /// The reasons recorded why `name` cannot be placed, if any.
+    fn reasons(&self, name: &UnitName) -> Option<&[String]>;
+}
+
+/// Where [`Memo::decide`] puts a unit: on a machine, and why there; or nowhere, and why not
+/// on each machine (or at all).
+enum Decision {
+    Place(MachineId, String),
+    Wait(Vec<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -294,8 +310,10 @@ impl Memo {
         // Then the machines: the units of the burst are placed on the machines as they are
         // now. The units of machines that came back or left for good are looked at with them.
         let mut again: BTreeMap<UnitName, Option<MachineId>> = BTreeMap::new();
+        // Whether the units that wait for a machine are to be decided again with the burst's.
+        let mut redecide = false;
         for id in machines {
-            self.machine_changed(id, cluster, &mut again)?;
+            self.machine_changed(id, cluster, &mut again, &mut redecide)?;
         }
         let unit = |name: &UnitName| cluster.unit(name);
         let placement = |machine: &MachineId, name: &UnitName| cluster.placement(machine, name);
@@ -316,19 +334,22 @@ impl Memo {
             .copied()
             .filter(|n| self.leaders.contains_key(n.as_str()))
             .collect();
-        // Units whose reasons for not being placed are recorded, and will not be.
-        let mut cleared: Vec<UnitName> = Vec::new();
+        // Units whose reasons for not being placed are recorded: cleared unless they still
+        // wait once the burst is placed.
+        let mut cleared: BTreeSet<UnitName> = BTreeSet::new();
         for name in names {
             if self.global_changed(name, again.contains_key(name), cluster)? {
                 continue;
             }
             if self.ruled.contains(name)
-                || self.waits(name)
+                || self.stopping.contains_key(name)
                 || self.held.contains_key(name)
                 || any_matches(&self.replaces, name)
             {
                 return None;
             }
+            // One that waited for a machine is decided again, as a new one.
+            self.unplaced.remove(name);
             // A leader that does not stay where it is moves its followers.
             let stays_only = leading.contains(name);
             let wanted = unit(name).filter(|u| u.desired_state != JobState::Inactive);
@@ -340,13 +361,14 @@ impl Memo {
             // A unit that waits can give other reasons (the first unit it conflicts with, by
             // name), or go somewhere, when one it conflicts with (either way) comes, goes or
             // changes.
-            if !self.unplaced.is_empty()
+            if !redecide
+                && !self.unplaced.is_empty()
                 && (self.conflicts.contains_key(name)
                     || !patterns.is_empty()
                     || self.conflict_named(name))
                 && self.conflicts_with_unplaced(name, patterns)
             {
-                return None;
+                redecide = true;
             }
             self.set_conflicts(name, patterns);
             let leaders = req
@@ -363,8 +385,8 @@ impl Memo {
                 return None;
             }
             self.set_machine_of(name, &leaders);
-            if cluster.has_reasons(name) {
-                cleared.push(name.clone());
+            if cluster.reasons(name).is_some() {
+                cleared.insert(name.clone());
             }
             if let Some(Some(gone)) = again.get(name) {
                 if stays_only {
@@ -458,19 +480,75 @@ impl Memo {
                 return None;
             }
         }
+        if redecide {
+            // The units that wait for a machine (not for one to stop them) are decided again
+            // with the burst's, as the full plan decides every unit it does not keep.
+            let waiting: Vec<UnitName> = self
+                .unplaced
+                .iter()
+                .filter(|name| !self.stopping.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in waiting {
+                let u = unit(&name).filter(|u| u.desired_state != JobState::Inactive)?;
+                match Requirements::from_unit(&u.name, &u.file()) {
+                    // Its reason is its rules' error, wherever the others are.
+                    Err(_) => continue,
+                    Ok((req, _)) if plain(&req) && !any_matches(&self.replaces, &name) => {
+                        self.unplaced.remove(&name);
+                        if cluster.reasons(&name).is_some() {
+                            cleared.insert(name);
+                        }
+                        to_place.push((u, req));
+                    }
+                    Ok(_) => return None,
+                }
+            }
+        }
         // In the order the full plan places them: leaders (those of the burst) first.
         to_place.sort_by(|(a, ra), (b, rb)| {
             rank_key(&a.name, &ra.machine_of).cmp(&rank_key(&b.name, &rb.machine_of))
         });
+        // Units no machine takes, with their requirements, their reasons, and how many units
+        // had been placed before them.
+        let mut unplaceable: Vec<(&UnitName, Requirements, Vec<String>, usize)> = Vec::new();
+        let mut placed = 0;
         for (u, req) in to_place {
-            let (machine, why) = self.decide(&u.name, &req)?;
-            self.put(&u.name, &machine);
-            self.add_load(&machine, 1);
-            plan.placed.insert(u.name.clone(), why);
-            plan.ops.push(PlacementOp::Put {
-                machine,
-                placement: Placement::for_unit(u),
-            });
+            match self.decide(&u.name, &req)? {
+                Decision::Place(machine, why) => {
+                    placed += 1;
+                    self.put(&u.name, &machine);
+                    self.add_load(&machine, 1);
+                    plan.placed.insert(u.name.clone(), why);
+                    plan.ops.push(PlacementOp::Put {
+                        machine,
+                        placement: Placement::for_unit(u),
+                    });
+                }
+                Decision::Wait(reasons) => {
+                    self.unplaced.insert(u.name.clone());
+                    unplaceable.push((&u.name, req, reasons, placed));
+                }
+            }
+        }
+        // The reasons of a unit no machine takes are found where the full plan decides it,
+        // among the others; the next plan finds them once all are placed. Only when they are
+        // the same is the cluster this plan leaves settled.
+        unplaceable.sort_by(|a, b| a.0.cmp(b.0));
+        for (name, req, reasons, placed_before) in unplaceable {
+            if placed > placed_before {
+                match self.decide(name, &req)? {
+                    Decision::Wait(again) if again == reasons => {}
+                    _ => return None,
+                }
+            }
+            cleared.remove(name);
+            if cluster.reasons(name) != Some(&reasons[..]) {
+                plan.ops.push(PlacementOp::SetUnplaceable {
+                    name: name.clone(),
+                    reasons,
+                });
+            }
         }
         // After the placements, as the engine writes the reasons of a whole plan.
         plan.ops.extend(
@@ -490,9 +568,14 @@ impl Memo {
         id: &MachineId,
         cluster: &impl Cluster,
         again: &mut BTreeMap<UnitName, Option<MachineId>>,
+        redecide: &mut bool,
     ) -> Option<()> {
         let member = cluster.is_member(id);
-        let waits = self.any_waits();
+        // Units that wait for a machine to take them could go to this one, or give other
+        // reasons (one per machine): they are decided again with the burst's units. Units
+        // that wait for a machine to stop them are left to the whole plan.
+        let stops = !self.stopping.is_empty();
+        let waits = !self.unplaced.is_empty();
         // Its units whose placement there is gone (a declaration removes them before the
         // member record, which it leaves if the machine came back meanwhile): placed
         // elsewhere as new ones, as the whole plan does.
@@ -504,8 +587,11 @@ impl Memo {
             .filter(|name| cluster.placement(id, name).is_none())
             .cloned()
             .collect();
-        if !gone.is_empty() && waits {
-            return None;
+        if !gone.is_empty() {
+            if stops {
+                return None;
+            }
+            *redecide |= waits;
         }
         for name in gone {
             if self.placed.contains_key(&name) {
@@ -524,23 +610,25 @@ impl Memo {
                 }
                 // Its stopping records count only while it is a member: units waiting could
                 // wait for another reason.
-                if member != host.member && waits {
+                if member != host.member && stops {
                     return None;
                 }
                 host.member = member;
                 if entry.machine.metadata != host.metadata {
-                    if waits {
+                    if stops {
                         return None;
                     }
+                    *redecide |= waits;
                     self.metadata_changed(id, entry.machine.metadata.clone(), cluster)?;
                 }
             }
             // Joined, or back before it was declared dead. Units that wait could go there (or
             // give other reasons).
             (None, Some(entry)) => {
-                if waits || cluster.is_draining(id) {
+                if stops || cluster.is_draining(id) {
                     return None;
                 }
+                *redecide |= waits;
                 let metadata = entry.machine.metadata.clone();
                 // The units held there are placed there again, and looked at as the units
                 // of the burst are: whether they still may run there, in this content.
@@ -578,9 +666,10 @@ impl Memo {
             // Gone: its lease, or the machine for good. The units that wait could give other
             // reasons (one per machine).
             (Some(_), None) => {
-                if waits {
+                if stops {
                     return None;
                 }
+                *redecide |= waits;
                 let host = self.hosts.remove(id)?;
                 self.by_load.remove(&(host.load, id.clone()));
                 self.draining.remove(id);
@@ -620,8 +709,11 @@ impl Memo {
                 } else {
                     self.on.get(id).into_iter().flatten().cloned().collect()
                 };
-                if !held.is_empty() && waits {
-                    return None;
+                if !held.is_empty() {
+                    if stops {
+                        return None;
+                    }
+                    *redecide |= waits;
                 }
                 for name in held {
                     self.unput(&name);
@@ -657,7 +749,7 @@ impl Memo {
             || stops_being_one
             || self.any_waits()
             || self.waits(name)
-            || cluster.has_reasons(name)
+            || cluster.reasons(name).is_some()
         {
             return None;
         }
@@ -850,9 +942,13 @@ impl Memo {
         plain(&req).then_some(req)
     }
 
-    /// The machine for a plain unit, as the full plan chooses it, and why there. `None` when
-    /// no machine takes it (the full plan says why on each).
-    fn decide(&self, name: &UnitName, req: &Requirements) -> Option<(MachineId, String)> {
+    /// The machine for a plain unit, as the full plan chooses it, and why there; or why no
+    /// machine takes it, as the full plan says it. `None` when the full plan would rank its
+    /// leaders otherwise (a leader that follows a unit itself) or they are apart.
+    fn decide(&self, name: &UnitName, req: &Requirements) -> Option<Decision> {
+        if self.hosts.is_empty() {
+            return Some(Decision::Wait(vec!["no machine is registered".to_string()]));
+        }
         let fits = |id: &MachineId| {
             let host = &self.hosts[id];
             !host.draining
@@ -861,7 +957,7 @@ impl Memo {
                 && !self.conflicts_on(name, &req.conflicts, id)
         };
         let leaders = first_of_each(&req.machine_of);
-        if let Some(last) = leaders.last() {
+        let found = if let Some(last) = leaders.last() {
             // With its leaders, all placed on one machine and following no unit themselves
             // (otherwise the full plan ranks them and their followers differently).
             let mut with: Option<&MachineId> = None;
@@ -869,40 +965,104 @@ impl Memo {
                 if self.machine_of.contains_key(leader.as_str()) {
                     return None;
                 }
-                let at = self.placed.get(leader.as_str())?;
+                let Some(at) = self.placed.get(leader.as_str()) else {
+                    return Some(Decision::Wait(vec![format!(
+                        "waiting for {leader} (MachineOf) to be placed"
+                    )]));
+                };
                 if with.is_some_and(|w| w != at) {
                     return None;
                 }
                 with = Some(at);
             }
-            return with
-                .filter(|m| fits(m))
-                .map(|m| (m.clone(), format!("MachineOf={last}")));
-        }
-        if let Some(id) = &req.machine_id {
+            with.filter(|m| fits(m))
+                .map(|m| (m.clone(), format!("MachineOf={last}")))
+        } else if let Some(id) = &req.machine_id {
             let mut targets: Vec<&MachineId> = self
                 .host_ids
                 .get(&id.trim().to_ascii_lowercase())
                 .map(|ids| ids.iter().collect())
                 .unwrap_or_default();
             targets.sort_by_key(|&m| (self.hosts[m].load, m));
-            return targets
+            targets
                 .into_iter()
                 .find(|m| fits(m))
-                .map(|m| (m.clone(), format!("MachineID={id}")));
+                .map(|m| (m.clone(), format!("MachineID={id}")))
+        } else {
+            let mut ruled_out = 0;
+            self.by_load
+                .iter()
+                .find(|(_, m)| {
+                    let ok = fits(m);
+                    ruled_out += usize::from(!ok);
+                    ok
+                })
+                .map(|(load, m)| {
+                    let why = least_loaded(*load, ruled_out, self.hosts.len());
+                    (m.clone(), why)
+                })
+        };
+        Some(match found {
+            Some((machine, why)) => Decision::Place(machine, why),
+            None => Decision::Wait(
+                self.hosts
+                    .keys()
+                    .filter_map(|id| {
+                        self.why_not(name, req, &leaders, id)
+                            .map(|reason| format!("{}: {reason}", id.short()))
+                    })
+                    .collect(),
+            ),
+        })
+    }
+
+    /// Why the plain unit `name` (with these requirements and `MachineOf` leaders) may not be
+    /// placed on the live machine `id`, if it may not: the full plan's first reason there.
+    fn why_not(
+        &self,
+        name: &UnitName,
+        req: &Requirements,
+        leaders: &[String],
+        id: &MachineId,
+    ) -> Option<String> {
+        let host = &self.hosts[id];
+        if host.draining {
+            return Some("machine is draining".to_string());
         }
-        let mut ruled_out = 0;
-        self.by_load
+        if let Some(wanted) = &req.machine_id {
+            if !req.machine_id_matches(id.as_str()) {
+                return Some(format!("unit must run on machine {wanted}"));
+            }
+        }
+        if let Some((key, values)) = req.unmatched_metadata(&host.metadata) {
+            return Some(format!("metadata {key}={} not matched", values.join("|")));
+        }
+        if let Some(leader) = leaders
             .iter()
-            .find(|(_, m)| {
-                let ok = fits(m);
-                ruled_out += usize::from(!ok);
-                ok
-            })
-            .map(|(load, m)| {
-                let why = least_loaded(*load, ruled_out, self.hosts.len());
-                (m.clone(), why)
-            })
+            .find(|l| self.placed.get(l.as_str()) != Some(id))
+        {
+            return Some(format!("not the machine of {leader} (MachineOf)"));
+        }
+        let running = || {
+            self.globals
+                .iter()
+                .filter(|(_, g)| g.metadata_matches(&host.metadata))
+        };
+        let units = || self.on.get(id).into_iter().flatten().filter(|x| *x != name);
+        if !req.conflicts.is_empty() {
+            if let Some((global, _)) = running().find(|(g, _)| any_matches(&req.conflicts, g)) {
+                return Some(format!("conflicts with global unit {global}"));
+            }
+            if let Some(x) = units().find(|x| any_matches(&req.conflicts, x)) {
+                return Some(format!("conflicts with {x}"));
+            }
+        }
+        if let Some((global, _)) = running().find(|(_, g)| any_matches(&g.conflicts, name)) {
+            return Some(format!("conflicts with global unit {global}"));
+        }
+        units()
+            .find(|x| self.conflicts_with(x, name))
+            .map(|x| format!("conflicts with {x}"))
     }
 
     /// Records `name` as placed on the live machine `machine`.

@@ -2357,8 +2357,8 @@ impl Cluster for Now<'_> {
         self.0.stopping.contains(&(machine.clone(), name.clone()))
     }
 
-    fn has_reasons(&self, name: &UnitName) -> bool {
-        self.0.unplaceable.contains_key(name)
+    fn reasons(&self, name: &UnitName) -> Option<&[String]> {
+        self.0.unplaceable.get(name).map(Vec::as_slice)
     }
 }
 
@@ -2504,13 +2504,37 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     waits
         .units
         .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
-    let (mut waits, _) = converge(&waits);
-    let mut m = plan_and_memo(&waits).1.expect("settled, w waiting");
-    assert_eq!(
-        joins(&mut m.clone(), &mut waits.clone(), 1, &[("role", "db")]),
-        None
-    );
-    assert_eq!(joins(&mut m, &mut waits, 3, &[("role", "db")]), None);
+    let (waits, _) = converge(&waits);
+    let waits = {
+        let (p, _) = plan_and_memo(&waits);
+        apply(
+            waits.clone(),
+            &unplaceable_ops(&waits.unplaceable, &p.unplaceable),
+        )
+    };
+    assert_eq!(waits.unplaceable.len(), 1, "w waits");
+    let m = plan_and_memo(&waits).1.expect("settled, w waiting");
+
+    // A unit that waits for a machine is decided again with a machine's new metadata, or a
+    // machine joining: it goes there, its reasons cleared.
+    for n in [1, 3] {
+        let mut joined = waits.clone();
+        let mut memo = m.clone();
+        let fast = joins(&mut memo, &mut joined, n, &[("role", "db")]);
+        assert!(fast
+            .as_ref()
+            .is_some_and(|p| p.placed.contains_key("w.service")));
+        as_whole(&memo, fast, &joined);
+    }
+    // One that still matches no machine gets a reason for the new one.
+    let mut joined = waits.clone();
+    let mut memo = m.clone();
+    let fast = joins(&mut memo, &mut joined, 3, &[("role", "web")]);
+    assert!(fast.as_ref().is_some_and(|p| matches!(
+        &p.ops[..],
+        [PlacementOp::SetUnplaceable { reasons, .. }] if reasons.len() == 3
+    )));
+    as_whole(&memo, fast, &joined);
 }
 
 /// The records of machine `n` changed (or the placements on it): plans the burst from `memo`.
@@ -2518,12 +2542,19 @@ fn machine_changed(memo: &mut Memo, s: &EngineSnapshot, n: u8) -> Option<Plan> {
     memo.plan(&BTreeSet::new(), &[mid(n)].into_iter().collect(), &Now(s))
 }
 
-/// Checks that `fast`, planned from `memo`, is the whole plan of `s`, and that `memo` is the
-/// one the whole plan of the cluster it leaves builds: that cluster.
+/// Checks that `fast`, planned from `memo`, is the whole plan of `s` (its ops, then the
+/// reasons it writes, as the engine writes them), and that `memo` is the one the whole plan
+/// of the cluster it leaves builds: that cluster.
 fn as_whole(memo: &Memo, fast: Option<Plan>, s: &EngineSnapshot) -> EngineSnapshot {
     let fast = fast.expect("planned from the memo");
     let (whole, _) = plan_and_memo(s);
-    assert_eq!(fast, whole);
+    let mut ops = whole.ops;
+    ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
+    assert_eq!((&fast.ops, &fast.placed), (&ops, &whole.placed));
+    assert!(
+        fast.unplaceable.is_empty(),
+        "the memo writes reasons as ops"
+    );
     let after = apply(s.clone(), &fast.ops);
     let (again, rebuilt) = plan_and_memo(&after);
     assert_eq!(again.ops, vec![]);
@@ -2637,10 +2668,26 @@ fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
         .all(|op| matches!(op, PlacementOp::Delete { machine, .. } if *machine == mid(2))));
     as_whole(&m, fast, &gone);
 
-    // Left to the whole plan: a lease gone while a unit waits, or on a unit with a rule
-    // between units, or a held unit written.
+    // A lease gone while a unit waits for a machine: its reasons no longer name that one.
     let w = xunit("w.service", &[("MachineMetadata", "role=db")]);
-    assert_eq!(lease_gone_with(&s, w, Some(2)).2, None);
+    let (waiting, m, fast) = {
+        let mut s = s.clone();
+        s.unplaceable.insert(
+            UnitName::parse("w.service").unwrap(),
+            (1..=3)
+                .map(|n| format!("{}: metadata role=db not matched", mid(n).short()))
+                .collect(),
+        );
+        lease_gone_with(&s, w, Some(2))
+    };
+    assert!(fast.as_ref().is_some_and(|p| matches!(
+        &p.ops[..],
+        [PlacementOp::SetUnplaceable { reasons, .. }] if reasons.len() == 2
+    )));
+    as_whole(&m, fast, &waiting);
+
+    // Left to the whole plan: a lease gone on a unit with a rule between units, or a held
+    // unit written.
     let r = xunit("r.service", &[("Replaces", "nothing.service")]);
     assert_eq!(lease_gone_with(&s, r, None).2, None);
     // (But a unit that follows another is held with it.)
@@ -2820,32 +2867,38 @@ fn the_memo_plans_bursts_of_plain_units_alone() {
         None
     );
 
-    // Left to the whole plan: a unit with a rule between units, a unit that conflicts with
-    // every machine (it cannot be placed), a plain unit that must move to meet its new
-    // metadata.
+    // A unit that conflicts with every machine: no machine takes it, and its reasons are
+    // written.
+    let mut everywhere = s.clone();
+    everywhere
+        .units
+        .push(xunit("c.service", &[("Conflicts", "u*.service")]));
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &everywhere, &["c.service"]);
+    assert!(fast.as_ref().is_some_and(|p| matches!(
+        &p.ops[..],
+        [PlacementOp::SetUnplaceable { reasons, .. }] if reasons.len() == 3
+    )));
+    as_whole(&m, fast, &everywhere);
+
+    // Left to the whole plan: a unit with a rule between units, a plain unit that must move
+    // to meet its new metadata.
     let mut ruled = s.clone();
     ruled
         .units
         .push(xunit("c.service", &[("Replaces", "u1.service")]));
     assert_eq!(from_memo(&mut memo.clone(), &ruled, &["c.service"]), None);
-    let mut everywhere = s.clone();
-    everywhere
-        .units
-        .push(xunit("c.service", &[("Conflicts", "u*.service")]));
-    assert_eq!(
-        from_memo(&mut memo.clone(), &everywhere, &["c.service"]),
-        None
-    );
     let mut moved = s.clone();
     moved.units[2] = xunit("u2.service", &[("MachineMetadata", "role=db")]);
     assert_eq!(from_memo(&mut memo.clone(), &moved, &["u2.service"]), None);
 }
 
-/// A unit that waits holds up the memo only for units it conflicts with, either way: one that
+/// A unit that waits is decided again only with units it conflicts with, either way: one that
 /// cannot be placed at all (invalid rules) does not stop instances that conflict with each
-/// other from being planned from the memo.
+/// other from being planned from the memo, and one that waits for a machine gets the reasons
+/// the whole plan gives it.
 #[test]
-fn a_unit_that_waits_holds_up_only_the_units_it_conflicts_with() {
+fn a_unit_that_waits_is_decided_again_with_the_units_it_conflicts_with() {
     let units = vec![
         xunit("bad.service", &[("MaxUnavailable", "0")]),
         xunit(
@@ -2882,13 +2935,12 @@ fn a_unit_that_waits_holds_up_only_the_units_it_conflicts_with() {
     let after = apply(web, &fast.ops);
     assert_eq!(Some(&m), plan_and_memo(&after).1.as_ref());
 
-    // One that w's pattern names: w's reasons could change, the whole plan says.
+    // One that w's pattern names: w is decided again with it, as the whole plan decides it.
     let mut named = s.clone();
     named.units.push(xunit("web@1.service", &[]));
-    assert_eq!(
-        from_memo(&mut memo.clone(), &named, &["web@1.service"]),
-        None
-    );
+    let mut m = memo.clone();
+    let fast = from_memo(&mut m, &named, &["web@1.service"]);
+    as_whole(&m, fast, &named);
 }
 
 /// A plain unit moved off its machine waits, with its reason recorded, until that machine has

@@ -61,8 +61,8 @@ impl Cluster for Indexed {
         false
     }
 
-    fn has_reasons(&self, _: &UnitName) -> bool {
-        false
+    fn reasons(&self, _: &UnitName) -> Option<&[String]> {
+        None
     }
 }
 
