@@ -40,8 +40,8 @@
 //! - `fleet-bench plan [--machines N,N,...] [--units-per-machine U]`: the engine's planning
 //!   alone, in memory, at 100, 1,000 and 10,000 machines unless given (10 units each): a
 //!   whole plan, and a unit written, a unit that follows it written, an instance that
-//!   conflicts with others written, a machine joining and a machine lost planned from the
-//!   memo: see [`planning`].
+//!   conflicts with others written, a machine joining, a machine lost and a machine joining
+//!   while a unit waits planned from the memo: see [`planning`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -9,7 +9,8 @@
 //! (`MachineOf`) written and placed with it, an instance of a template whose instances
 //! conflict with each other (templates of 10 instances) written and placed, a machine joining,
 //! and a machine lost (its lease gone, its units held; then declared dead, its units placed
-//! elsewhere).
+//! elsewhere); then, with a unit written that no machine takes (its metadata), a machine
+//! joining while it waits (it is decided again, and gets a reason for each machine).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
@@ -34,6 +35,7 @@ struct Indexed {
     placements: HashMap<(MachineId, UnitName), Placement>,
     machines: HashMap<MachineId, MachineEntry>,
     members: HashSet<MachineId>,
+    unplaceable: HashMap<UnitName, Vec<String>>,
 }
 
 impl Cluster for Indexed {
@@ -61,8 +63,8 @@ impl Cluster for Indexed {
         false
     }
 
-    fn reasons(&self, _: &UnitName) -> Option<&[String]> {
-        None
+    fn reasons(&self, name: &UnitName) -> Option<&[String]> {
+        self.unplaceable.get(name).map(Vec::as_slice)
     }
 }
 
@@ -73,6 +75,9 @@ impl Indexed {
                 PlacementOp::Put { machine, placement } => {
                     self.placements
                         .insert((machine.clone(), placement.name.clone()), placement.clone());
+                }
+                PlacementOp::SetUnplaceable { name, reasons } => {
+                    self.unplaceable.insert(name.clone(), reasons.clone());
                 }
                 other => return Err(format!("the memo planned {other:?}, not a placement")),
             }
@@ -188,6 +193,7 @@ struct Row {
     conflict: Spread,
     join: Spread,
     lost: Spread,
+    waiting_join: Spread,
 }
 
 /// Writes `unit` and plans it from `memo`, the plan timed into `times`: the plan, or an error
@@ -239,6 +245,7 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
             .map(|e| (e.machine.id.clone(), e.clone()))
             .collect(),
         members: s.machines.iter().map(|e| e.machine.id.clone()).collect(),
+        unplaceable: HashMap::new(),
     };
     drop(s);
     let no_unit: BTreeSet<UnitName> = BTreeSet::new();
@@ -356,6 +363,50 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         }
         now.apply(&declared.ops)?;
     }
+
+    // A unit whose metadata no machine has: it waits, with a reason for each machine.
+    let mut nowhere = plain_unit("nowhere.service");
+    nowhere.options.push(UnitOption::new(
+        "X-Fleet",
+        "MachineMetadata",
+        "role=nowhere",
+    ));
+    let planned = write_and_plan(
+        &mut memo,
+        &mut now,
+        nowhere,
+        &mut Vec::new(),
+        "a unit no machine takes",
+    )?;
+    match &planned.ops[..] {
+        [PlacementOp::SetUnplaceable { reasons, .. }] if reasons.len() == now.machines.len() => {}
+        other => return Err(format!("a unit no machine takes planned {other:?}")),
+    }
+    now.apply(&planned.ops)?;
+    // Machines joining while it waits: it is decided again, with a reason more each time.
+    let mut waiting_join_times = Vec::with_capacity(EVENTS);
+    for i in 0..EVENTS {
+        let entry = machine(machines + EVENTS + i);
+        let id = entry.machine.id.clone();
+        now.machines.insert(id.clone(), entry);
+        now.members.insert(id.clone());
+        let joined: BTreeSet<MachineId> = [id].into_iter().collect();
+        let started = Instant::now();
+        let planned = memo.plan(&no_unit, &joined, &now);
+        waiting_join_times.push(started.elapsed());
+        let planned = planned
+            .ok_or("the memo left a machine joining while a unit waits to the whole plan")?;
+        match &planned.ops[..] {
+            [PlacementOp::SetUnplaceable { reasons, .. }]
+                if reasons.len() == now.machines.len() => {}
+            other => {
+                return Err(format!(
+                    "a machine joining while a unit waits planned {other:?}"
+                ))
+            }
+        }
+        now.apply(&planned.ops)?;
+    }
     Ok(Row {
         machines,
         units,
@@ -365,6 +416,7 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         conflict: Spread::of(conflict_times),
         join: Spread::of(join_times),
         lost: Spread::of(lost_times),
+        waiting_join: Spread::of(waiting_join_times),
     })
 }
 
@@ -387,16 +439,17 @@ pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
          (median; slowest of {EVENTS}) | a unit that follows it (MachineOf) written, from the memo \
          (median; slowest) | an instance that conflicts with the others written, from the memo \
          (median; slowest) | a machine joining, from the memo (median; slowest) | a \
-         machine lost, from the memo: lease gone, then declared dead (median; slowest) |"
+         machine lost, from the memo: lease gone, then declared dead (median; slowest) | a \
+         machine joining while a unit waits, from the memo (median; slowest) |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut failed = false;
     for &machines in sizes {
         let machines = machines as usize;
         let units = machines * units_per_machine as usize;
         match measure(machines, units) {
             Ok(row) => println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 row.machines,
                 row.units,
                 ms(row.whole),
@@ -404,7 +457,8 @@ pub fn plan_bench(sizes: &[u32], units_per_machine: u32) -> ExitCode {
                 row.follower,
                 row.conflict,
                 row.join,
-                row.lost
+                row.lost,
+                row.waiting_join
             ),
             Err(e) => {
                 eprintln!("fleet-bench: plan at {machines} machines: {e}");
@@ -424,9 +478,10 @@ mod tests {
     use super::*;
 
     /// The benchmark's events are planned from the memo, each as the whole plan would: a new
-    /// unit to one machine, its follower to the same, an instance to a machine without another of its template, a join
-    /// to nothing, a lease gone to nothing and a declaration to a placement for each unit of
-    /// the machine (`measure` fails otherwise).
+    /// unit to one machine, its follower to the same, an instance to a machine without another
+    /// of its template, a join to nothing, a lease gone to nothing, a declaration to a
+    /// placement for each unit of the machine, and a join while a unit waits to its reasons,
+    /// one per machine (`measure` fails otherwise).
     #[test]
     fn a_small_cluster_is_measured_from_the_memo() {
         let row = measure(20, 100).expect("measured");
@@ -437,6 +492,7 @@ mod tests {
             &row.conflict,
             &row.join,
             &row.lost,
+            &row.waiting_join,
         ] {
             assert!(spread.median <= spread.slowest);
         }
