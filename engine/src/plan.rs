@@ -79,7 +79,7 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
 /// plan changes no placement, or places every unit (and no unit held is placed on a second
 /// machine, which the memo cannot tell). A unit left unplaceable by a plan that
 /// changes placements can be given other reasons by the next plan (its reasons are found while
-/// the others are being placed), which only a whole plan writes.
+/// the others are being placed), so that plan leaves no memo.
 ///
 /// This is the engine's whole plan: a member whose lease is gone may still run what was placed
 /// on it, so that stays where it is, neither moved nor placed again, until the machine is

@@ -20,7 +20,8 @@
 //! named by no unit before it. A global unit written, rewritten or destroyed while no unit
 //! waits changes the load of the machines its metadata matches (in time that grows with the
 //! machines: it runs on each), unless it conflicts with a unit there. So do machines coming
-//! and going, since nothing then moves but their own plain units: a machine that joins only
+//! and going while no machine is stopping a unit, since nothing then moves but their own
+//! plain units (and units that wait, below): a machine that joins only
 //! becomes the least loaded; a member whose lease is gone has its units held where they are
 //! ([`hold`](super::hold)), and placed again elsewhere once it is declared dead (or back on it
 //! when it registers again, those whose placement is still there); a machine that leaves
@@ -34,19 +35,21 @@
 //! A plain unit no machine takes waits, with the reasons the full plan gives (one per machine,
 //! or one for the unit: its leader not placed, no machine at all). The units that wait for a
 //! machine (not for one to stop them) are decided again with the burst's, in the full plan's
-//! order, when a machine comes, goes or changes, or a unit they conflict with, either way,
-//! does: in time that grows with them and the machines, as their reasons do. The full plan
+//! order: all of them when a machine comes, goes or changes; those a unit of the burst
+//! conflicts with, either way, and those that conflict with them, otherwise (unless one is a
+//! `MachineOf` leader). That takes time that grows with them and the machines, as their
+//! reasons do. The full plan
 //! finds a unit's reasons when it decides it, among the others; the memo answers only when
 //! they are also those it finds once all are placed, so that the cluster it leaves is settled.
 //!
 //! The result is the one the full plan would reach on the same cluster, op for op, reasons
 //! written and cleared included (a property test compares them on random clusters); anything
 //! it cannot decide that way (a unit with a rule it does not decide, a draining machine, a
-//! unit still being stopped by a machine, a machine coming or going while one is, a global
-//! unit changed while a unit waits, a release
-//! while a draining machine has units, a machine with new metadata a unit there no longer
-//! matches, a unit that waits whose reasons differ once the burst is placed) makes it answer
-//! `None`, and the caller plans the whole cluster.
+//! unit still being stopped by a machine, a machine coming or going while a machine is
+//! stopping a unit, a global unit changed while a unit waits, a release while a draining
+//! machine has units, a machine with new metadata a unit there no longer matches, a unit that
+//! waits whose reasons differ once the burst is placed) makes it answer `None`, and the caller
+//! plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -281,9 +284,9 @@ impl Memo {
     /// the machine and member records of `machines` (written or deleted, and created) and the
     /// placements on those of them that are not live, given the cluster as it is now; and the
     /// memo updated to the cluster once that plan is applied. Its ops are the placement
-    /// changes, then the recorded reasons it clears (as the engine writes a whole plan's
-    /// reasons after its ops). `None` when the burst needs the whole plan: the memo is then
-    /// stale and must be dropped.
+    /// changes, then the reasons it records for units no machine takes, then the recorded
+    /// reasons it clears (as the engine writes a whole plan's reasons after its ops). `None`
+    /// when the burst needs the whole plan: the memo is then stale and must be dropped.
     pub fn plan(
         &mut self,
         changed: &BTreeSet<UnitName>,
@@ -310,8 +313,10 @@ impl Memo {
         // Then the machines: the units of the burst are placed on the machines as they are
         // now. The units of machines that came back or left for good are looked at with them.
         let mut again: BTreeMap<UnitName, Option<MachineId>> = BTreeMap::new();
-        // Whether the units that wait for a machine are to be decided again with the burst's.
+        // Whether all the units that wait for a machine are to be decided again with the
+        // burst's (a machine changed), and which of them (a unit they conflict with did).
         let mut redecide = false;
+        let mut touched: BTreeSet<UnitName> = BTreeSet::new();
         for id in machines {
             self.machine_changed(id, cluster, &mut again, &mut redecide)?;
         }
@@ -366,9 +371,8 @@ impl Memo {
                 && (self.conflicts.contains_key(name)
                     || !patterns.is_empty()
                     || self.conflict_named(name))
-                && self.conflicts_with_unplaced(name, patterns)
             {
-                redecide = true;
+                touched.extend(self.unplaced_conflicting(name, patterns));
             }
             self.set_conflicts(name, patterns);
             let leaders = req
@@ -480,29 +484,50 @@ impl Memo {
                 return None;
             }
         }
-        if redecide {
-            // The units that wait for a machine (not for one to stop them) are decided again
-            // with the burst's, as the full plan decides every unit it does not keep.
-            let waiting: Vec<UnitName> = self
-                .unplaced
+        // The units that wait for a machine (not for one to stop them) are decided again with
+        // the burst's, as the full plan decides every unit it does not keep: those whose
+        // decision or reasons the burst could change. All of them when a machine changed.
+        // Otherwise those a unit of the burst conflicts with, either way, and those that
+        // conflict with them, as they could be placed; unless one of them is a `MachineOf`
+        // leader (its followers could be placed with it).
+        let waiting: Vec<UnitName> = if redecide {
+            self.unplaced
                 .iter()
                 .filter(|name| !self.stopping.contains_key(*name))
                 .cloned()
+                .collect()
+        } else {
+            let mut closure: BTreeSet<UnitName> = BTreeSet::new();
+            let mut next: Vec<UnitName> = touched
+                .into_iter()
+                .filter(|name| self.unplaced.contains(name))
                 .collect();
-            for name in waiting {
-                let u = unit(&name).filter(|u| u.desired_state != JobState::Inactive)?;
-                match Requirements::from_unit(&u.name, &u.file()) {
-                    // Its reason is its rules' error, wherever the others are.
-                    Err(_) => continue,
-                    Ok((req, _)) if plain(&req) && !any_matches(&self.replaces, &name) => {
-                        self.unplaced.remove(&name);
-                        if cluster.reasons(&name).is_some() {
-                            cleared.insert(name);
-                        }
-                        to_place.push((u, req));
-                    }
-                    Ok(_) => return None,
+            while let Some(name) = next.pop() {
+                if self.leaders.contains_key(name.as_str()) {
+                    return None;
                 }
+                let patterns = self.conflicts.get(&name).cloned().unwrap_or_default();
+                next.extend(
+                    self.unplaced_conflicting(&name, &patterns)
+                        .filter(|other| !closure.contains(other)),
+                );
+                closure.insert(name);
+            }
+            closure.into_iter().collect()
+        };
+        for name in waiting {
+            let u = unit(&name).filter(|u| u.desired_state != JobState::Inactive)?;
+            match Requirements::from_unit(&u.name, &u.file()) {
+                // Its reason is its rules' error, wherever the others are.
+                Err(_) => continue,
+                Ok((req, _)) if plain(&req) && !any_matches(&self.replaces, &name) => {
+                    self.unplaced.remove(&name);
+                    if cluster.reasons(&name).is_some() {
+                        cleared.insert(name);
+                    }
+                    to_place.push((u, req));
+                }
+                Ok(_) => return None,
             }
         }
         // In the order the full plan places them: leaders (those of the burst) first.
@@ -745,12 +770,7 @@ impl Memo {
         }
         let tracked = moving || self.placed.contains_key(name) || self.held.contains_key(name);
         let stops_being_one = was.is_some() && wanted.is_some() && now.is_none();
-        if tracked
-            || stops_being_one
-            || self.any_waits()
-            || self.waits(name)
-            || cluster.reasons(name).is_some()
-        {
+        if tracked || stops_being_one || self.any_waits() || cluster.reasons(name).is_some() {
             return None;
         }
         // One with invalid rules runs nowhere as far as placement goes.
@@ -842,11 +862,6 @@ impl Memo {
         !self.draining.is_empty()
     }
 
-    /// Whether `name` waits: for a machine to take it, or for one to stop it.
-    fn waits(&self, name: &UnitName) -> bool {
-        self.unplaced.contains(name) || self.stopping.contains_key(name)
-    }
-
     /// Whether any unit waits.
     fn any_waits(&self) -> bool {
         !self.unplaced.is_empty() || !self.stopping.is_empty()
@@ -858,16 +873,25 @@ impl Memo {
         any_matches(self.conflict_patterns.keys().chain(globals), name)
     }
 
-    /// Whether `name`, with its `Conflicts` before (recorded) or after (`patterns`) the burst,
-    /// conflicts either way with a unit that waits.
-    fn conflicts_with_unplaced(&self, name: &UnitName, patterns: &[String]) -> bool {
+    /// The units that wait for a machine (not for one to stop them) that `name`, with its
+    /// `Conflicts` before (recorded) or after (`patterns`) the burst, conflicts with, either
+    /// way.
+    fn unplaced_conflicting<'a>(
+        &'a self,
+        name: &'a UnitName,
+        patterns: &'a [String],
+    ) -> impl Iterator<Item = UnitName> + 'a {
         let before = self.conflicts.get(name).map_or(&[][..], |p| &p[..]);
-        self.unplaced.iter().any(|waiting| {
-            waiting != name
-                && (any_matches(before, waiting)
-                    || any_matches(patterns, waiting)
-                    || self.conflicts_with(waiting, name))
-        })
+        self.unplaced
+            .iter()
+            .filter(move |waiting| {
+                *waiting != name
+                    && !self.stopping.contains_key(*waiting)
+                    && (any_matches(before, waiting)
+                        || any_matches(patterns, waiting)
+                        || self.conflicts_with(waiting, name))
+            })
+            .cloned()
     }
 
     /// Records `patterns` as the `Conflicts` of `name` (none: it has none, or should not run).

@@ -1726,6 +1726,7 @@ mod properties {
                 s = apply(s, &fast.ops);
                 let (again, rebuilt) = plan_and_memo(&s);
                 prop_assert_eq!(again.ops, vec![]);
+                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &again.unplaceable), vec![]);
                 prop_assert_eq!(Some(&memo), rebuilt.as_ref());
             }
         }
@@ -2397,9 +2398,10 @@ fn joins(
 }
 
 /// Machines joining, or writing their record again (with new metadata or not), are planned
-/// from the memo while no unit waits, unless a unit there would move.
+/// from the memo, unless a unit there would move; a unit that waits for a machine is decided
+/// again with them.
 #[test]
-fn the_memo_plans_machines_that_join_while_no_unit_waits() {
+fn the_memo_plans_machines_that_join() {
     let units = vec![
         xunit("a.service", &[]),
         xunit("b.service", &[]),
@@ -2475,8 +2477,7 @@ fn the_memo_plans_machines_that_join_while_no_unit_waits() {
     assert_eq!(Some(&m), plan_and_memo(&web).1.as_ref());
 
     // Left to the whole plan: new metadata a unit there no longer matches, or with which a
-    // global unit that conflicts with a unit there starts running there; new metadata or a
-    // join while a unit waits.
+    // global unit that conflicts with a unit there starts running there.
     let mut pinned = snapshot(
         vec![xunit("p.service", &[("MachineMetadata", "role=web")])],
         vec![host(1, &[("role", "web")]), machine(2)],
@@ -2558,6 +2559,10 @@ fn as_whole(memo: &Memo, fast: Option<Plan>, s: &EngineSnapshot) -> EngineSnapsh
     let after = apply(s.clone(), &fast.ops);
     let (again, rebuilt) = plan_and_memo(&after);
     assert_eq!(again.ops, vec![]);
+    assert_eq!(
+        unplaceable_ops(&after.unplaceable, &again.unplaceable),
+        vec![]
+    );
     assert_eq!(Some(memo), rebuilt.as_ref());
     after
 }
@@ -2583,11 +2588,12 @@ fn lease_gone_with(
     (s, memo, fast)
 }
 
-/// Machines leaving are planned from the memo while no unit waits: a member whose lease is
-/// gone has its units held where they are, placed elsewhere once it is declared dead, or kept
-/// when it comes back; a machine leaving undeclared has its units placed elsewhere at once.
+/// Machines leaving are planned from the memo: a member whose lease is gone has its units held
+/// where they are, placed elsewhere once it is declared dead, or kept when it comes back; a
+/// machine leaving undeclared has its units placed elsewhere at once; a unit that waits for a
+/// machine is decided again with them.
 #[test]
-fn the_memo_plans_machines_that_leave_while_no_unit_waits() {
+fn the_memo_plans_machines_that_leave() {
     let units: Vec<Unit> = (0..6)
         .map(|i| xunit(&format!("u{i}.service"), &[]))
         .collect();
@@ -2941,6 +2947,32 @@ fn a_unit_that_waits_is_decided_again_with_the_units_it_conflicts_with() {
     let mut m = memo.clone();
     let fast = from_memo(&mut m, &named, &["web@1.service"]);
     as_whole(&m, fast, &named);
+
+    // Three instances that conflict with each other on two machines: the third waits, and
+    // takes the place of one destroyed, while bad and w still wait.
+    let mut three = s.clone();
+    for n in 1..=3 {
+        three.units.push(xunit(
+            &format!("other@{n}.service"),
+            &[("Conflicts", "other@*.service")],
+        ));
+    }
+    let (three, p) = converge(&three);
+    let three = apply(
+        three.clone(),
+        &unplaceable_ops(&three.unplaceable, &p.unplaceable),
+    );
+    assert_eq!(three.unplaceable.len(), 3, "bad, w and other@3 wait");
+    let mut m = plan_and_memo(&three).1.expect("settled");
+    let mut destroyed = three.clone();
+    destroyed
+        .units
+        .retain(|u| u.name.as_str() != "other@1.service");
+    let fast = from_memo(&mut m, &destroyed, &["other@1.service"]);
+    assert!(fast
+        .as_ref()
+        .is_some_and(|p| p.placed.contains_key("other@3.service")));
+    as_whole(&m, fast, &destroyed);
 }
 
 /// A plain unit moved off its machine waits, with its reason recorded, until that machine has
@@ -3166,4 +3198,48 @@ fn a_leader_that_stops_following_is_left_to_the_whole_plan() {
         from_memo(&mut memo.clone(), &rewritten, &["b.service"]),
         None
     );
+}
+
+/// A unit that waits and is placed in a burst (here a@3, once a@1 is destroyed) can change
+/// the reasons of another that waits and conflicts with it (zz, whose reason on a@1's machine
+/// now names a@3, first by name): both are decided again, as the whole plan decides them.
+#[test]
+fn a_unit_that_waits_and_is_placed_gives_others_that_wait_new_reasons() {
+    let a = |n: u8| xunit(&format!("a@{n}.service"), &[("Conflicts", "a@*.service")]);
+    let units = vec![
+        a(1),
+        a(2),
+        a(3),
+        xunit(
+            "zz.service",
+            &[("Conflicts", "z*.service"), ("Conflicts", "a@3.service")],
+        ),
+        xunit("z1.service", &[("MachineID", &mid(1).to_string())]),
+        xunit("z2.service", &[("MachineID", &mid(2).to_string())]),
+    ];
+    let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
+    s.members = members_of(&s.machines);
+    let (s, p) = converge(&s);
+    let s = apply(s.clone(), &unplaceable_ops(&s.unplaceable, &p.unplaceable));
+    let waiting: Vec<&str> = s.unplaceable.keys().map(|n| n.as_str()).collect();
+    assert_eq!(waiting, ["a@3.service", "zz.service"]);
+    let mut m = plan_and_memo(&s).1.expect("settled");
+    let (on, _) = s
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "a@1.service")
+        .unwrap();
+    let n = (1..=2).find(|&n| mid(n) == *on).unwrap();
+    let mut destroyed = s.clone();
+    destroyed.units.retain(|u| u.name.as_str() != "a@1.service");
+    let fast = from_memo(&mut m, &destroyed, &["a@1.service"]);
+    let zz_reason = format!("{}: conflicts with a@3.service", mid(n).short());
+    assert!(fast
+        .as_ref()
+        .is_some_and(|p| p.ops.iter().any(|op| matches!(
+            op,
+            PlacementOp::SetUnplaceable { name, reasons }
+                if name.as_str() == "zz.service" && reasons.contains(&zz_reason)
+        ))));
+    as_whole(&m, fast, &destroyed);
 }
