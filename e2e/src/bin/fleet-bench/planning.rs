@@ -214,6 +214,25 @@ fn write_and_plan(
     planned.ok_or_else(|| format!("the memo left {what} to the whole plan"))
 }
 
+/// Machine `i` joins, and the join is planned from `memo`, the plan timed into `times`.
+fn join_and_plan(
+    memo: &mut Memo,
+    now: &mut Indexed,
+    i: usize,
+    times: &mut Vec<Duration>,
+) -> Option<Plan> {
+    let entry = machine(i);
+    let id = entry.machine.id.clone();
+    now.machines.insert(id.clone(), entry);
+    now.members.insert(id.clone());
+    let joined: BTreeSet<MachineId> = [id].into_iter().collect();
+    let no_unit: BTreeSet<UnitName> = BTreeSet::new();
+    let started = Instant::now();
+    let planned = memo.plan(&no_unit, &joined, now);
+    times.push(started.elapsed());
+    planned
+}
+
 fn measure(machines: usize, units: usize) -> Result<Row, String> {
     let s = settled(machines, units)?;
     let mut whole = Vec::new();
@@ -312,15 +331,7 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
         now.apply(&planned.ops)?;
 
         // A machine joining: nothing moves.
-        let entry = machine(machines + i);
-        let id = entry.machine.id.clone();
-        now.machines.insert(id.clone(), entry);
-        now.members.insert(id.clone());
-        let joined: BTreeSet<MachineId> = [id].into_iter().collect();
-        let started = Instant::now();
-        let planned = memo.plan(&no_unit, &joined, &now);
-        join_times.push(started.elapsed());
-        match planned {
+        match join_and_plan(&mut memo, &mut now, machines + i, &mut join_times) {
             Some(p) if p.ops.is_empty() => {}
             Some(p) => return Err(format!("a machine joining planned {:?}", p.ops)),
             None => return Err("the memo left a machine joining to the whole plan".into()),
@@ -386,16 +397,13 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     // Machines joining while it waits: it is decided again, with a reason more each time.
     let mut waiting_join_times = Vec::with_capacity(EVENTS);
     for i in 0..EVENTS {
-        let entry = machine(machines + EVENTS + i);
-        let id = entry.machine.id.clone();
-        now.machines.insert(id.clone(), entry);
-        now.members.insert(id.clone());
-        let joined: BTreeSet<MachineId> = [id].into_iter().collect();
-        let started = Instant::now();
-        let planned = memo.plan(&no_unit, &joined, &now);
-        waiting_join_times.push(started.elapsed());
-        let planned = planned
-            .ok_or("the memo left a machine joining while a unit waits to the whole plan")?;
+        let planned = join_and_plan(
+            &mut memo,
+            &mut now,
+            machines + EVENTS + i,
+            &mut waiting_join_times,
+        )
+        .ok_or("the memo left a machine joining while a unit waits to the whole plan")?;
         match &planned.ops[..] {
             [PlacementOp::SetUnplaceable { reasons, .. }]
                 if reasons.len() == now.machines.len() => {}
