@@ -76,10 +76,10 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
 /// changes from without planning the whole cluster: what the planner holds at its end is the
 /// cluster as those ops leave it. Only when a plan of that cluster would change nothing,
 /// reasons included (a property test checks it, and that it builds the same memo): when the
-/// plan changes no placement, or places every unit (and no unit held is placed on a second
-/// machine, which the memo cannot tell). A unit left unplaceable by a plan that
-/// changes placements can be given other reasons by the next plan (its reasons are found while
-/// the others are being placed), so that plan leaves no memo.
+/// plan changes no placement, or places every unit, or the units it leaves unplaceable get
+/// the same reasons from the memo once all are placed (their reasons are found while the
+/// others are being placed: `Planner::reasons_settled`), and no unit held is placed on a
+/// second machine (which the memo cannot tell).
 ///
 /// This is the engine's whole plan: a member whose lease is gone may still run what was placed
 /// on it, so that stays where it is, neither moved nor placed again, until the machine is
@@ -100,16 +100,19 @@ pub fn plan_and_memo(snapshot: &EngineSnapshot) -> (Plan, Option<Memo>) {
     planner.place();
     let plan = planner.finish(snapshot);
     let settles = plan.ops.is_empty() || plan.unplaceable.is_empty();
-    let memo = (settles && !doubled).then(|| {
-        // Units it takes off live machines wait for them to stop them (a destroyed one, say).
-        let mut stopping = snapshot.stopping.clone();
-        for op in &plan.ops {
-            if let PlacementOp::Move { machine, name } = op {
-                stopping.insert((machine.clone(), name.clone()));
+    let memo = (!doubled)
+        .then(|| {
+            // Units it takes off live machines wait for them to stop them (a destroyed one,
+            // say).
+            let mut stopping = snapshot.stopping.clone();
+            for op in &plan.ops {
+                if let PlacementOp::Move { machine, name } = op {
+                    stopping.insert((machine.clone(), name.clone()));
+                }
             }
-        }
-        planner.memo(&stopping, held)
-    });
+            planner.memo(&stopping, held)
+        })
+        .filter(|memo| settles || planner.reasons_settled(memo, &plan.unplaceable));
     (plan, memo)
 }
 

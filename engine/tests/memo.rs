@@ -4,7 +4,8 @@
 //! destroyed, taken off their machines, which then release them; a machine joining;
 //! instances of a template that conflict with each other; and a unit that follows one of them
 //! (`MachineOf`), written, its leader stopped (it stays where it is), and destroyed; a
-//! global unit written; and a unit no machine takes, until a machine joins that does.
+//! global unit written; a unit no machine takes, until a machine joins that does; and, while
+//! a unit waits for good, the whole plan of a unit with `Replaces`, which leaves a memo.
 
 mod support;
 
@@ -303,6 +304,31 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
         ENGINE_WHOLE_PLANS.get(),
         whole_plans,
         "a unit that waits for a machine, or the machine that takes it, planned whole"
+    );
+
+    // While a unit waits for good, a unit with a rule the memo does not decide (`Replaces`)
+    // costs one whole plan, which places it and leaves a memo: the next unit is planned from
+    // it.
+    let mut gpu = unit("gpu.service");
+    gpu.options
+        .push(UnitOption::new("X-Fleet", "MachineMetadata", "role=gpu"));
+    registry.put_unit(&gpu).await.expect("put unit");
+    reasons_of(&registry, &gpu.name, |r| r.is_some()).await;
+    let mut replacing = unit("replacing.service");
+    replacing
+        .options
+        .push(UnitOption::new("X-Fleet", "Replaces", "nothing.service"));
+    registry.put_unit(&replacing).await.expect("put unit");
+    placed_unit(&registry, "replacing.service").await;
+    registry
+        .put_unit(&unit("after-replacing.service"))
+        .await
+        .expect("put unit");
+    placed_unit(&registry, "after-replacing.service").await;
+    assert_eq!(
+        ENGINE_WHOLE_PLANS.get(),
+        whole_plans + 1,
+        "not one whole plan for a unit with Replaces while a unit waits, and none after"
     );
     engine.abort();
 }

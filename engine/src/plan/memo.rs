@@ -56,7 +56,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
 
-use super::{host_id_keys, least_loaded, Plan, Planner};
+use super::{host_id_keys, least_loaded, Plan, Planner, Unplaceable};
 
 /// What the last full plan knew, kept up to date by the bursts planned from it. See the module
 /// documentation.
@@ -237,6 +237,33 @@ impl Planner<'_> {
             memo.held.insert(name, machine);
         }
         memo
+    }
+}
+
+impl Planner<'_> {
+    /// Whether the units this pass left `unplaceable` would get the same reasons from the
+    /// next plan, as `memo` (this pass's) finds them: those whose rules are invalid, and those
+    /// that wait for a machine (plain ones, not waiting for a machine to stop them) when the
+    /// memo gives them the same reasons once every unit is placed. Their reasons were found
+    /// where this pass decided them, among the others.
+    pub(super) fn reasons_settled(&self, memo: &Memo, unplaceable: &[Unplaceable]) -> bool {
+        unplaceable.iter().all(|waiting| {
+            let Some(&u) = self.by_name.get(waiting.unit.as_str()) else {
+                return false;
+            };
+            match &self.units[u].req {
+                Err(_) => true,
+                Ok(req) => {
+                    plain(req)
+                        && !memo.stopping.contains_key(&waiting.unit)
+                        && !any_matches(&memo.replaces, &waiting.unit)
+                        && matches!(
+                            memo.decide(&waiting.unit, req),
+                            Some(Decision::Wait(reasons)) if reasons == waiting.reasons
+                        )
+                }
+            }
+        })
     }
 }
 
