@@ -76,9 +76,10 @@ pub fn plan(snapshot: &EngineSnapshot) -> Plan {
 /// changes from without planning the whole cluster: what the planner holds at its end is the
 /// cluster as those ops leave it. Only when a plan of that cluster would change nothing,
 /// reasons included (a property test checks it, and that it builds the same memo): when the
-/// plan changes no placement, or places every unit, or the units it leaves unplaceable get
+/// plan changes no placement, or places every unit, or each unit it leaves unplaceable has
+/// invalid rules or is a plain unit waiting for a machine (not for one to stop it) that gets
 /// the same reasons from the memo once all are placed (their reasons are found while the
-/// others are being placed: `Planner::reasons_settled`), and no unit held is placed on a
+/// others are being placed: `Planner::reasons_settled`); and no unit held is placed on a
 /// second machine (which the memo cannot tell).
 ///
 /// This is the engine's whole plan: a member whose lease is gone may still run what was placed

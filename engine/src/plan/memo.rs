@@ -1,8 +1,9 @@
 //! Planning one burst of changes without planning the whole cluster again.
 //!
 //! A [`Memo`] is what a full [`plan`](super::plan) knew at its end, of the cluster as its ops
-//! leave it (when it changed no placement, or placed every unit: see
-//! [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is
+//! leave it (when it changed no placement, or placed every unit, or the units it left
+//! unplaceable have invalid rules or wait for a machine with the reasons the memo finds for
+//! them: see [`plan_and_memo`](super::plan_and_memo)): each live machine's load, where each unit is
 //! (units held on absent members included), which units and names take part in a `MachineOf`
 //! or `Replaces` (and which are global), each unit's `Conflicts` and `MachineOf`, and which
 //! units wait (those it moved away among them, until their machines have stopped them).
@@ -248,6 +249,7 @@ impl Planner<'_> {
     /// where this pass decided them, among the others.
     pub(super) fn reasons_settled(&self, memo: &Memo, unplaceable: &[Unplaceable]) -> bool {
         unplaceable.iter().all(|waiting| {
+            // Every unit it leaves unplaceable is one it planned.
             let Some(&u) = self.by_name.get(waiting.unit.as_str()) else {
                 return false;
             };
