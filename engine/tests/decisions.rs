@@ -9,7 +9,7 @@ use std::time::Duration;
 use fleet_registry::{Event, EventFilter, EventKind, JobState, Presence, Registry, Unit};
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
-use support::{connect, id, present};
+use support::{connect, id, presences, spawn_engine};
 use tokio::time::Instant;
 
 fn unit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
@@ -39,19 +39,15 @@ impl Drop for Cluster {
 async fn cluster(interval: Duration) -> Cluster {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
-    let mut presences = Vec::new();
-    for i in 1..=2u8 {
-        presences.push(present(&registry, i, Duration::from_secs(10)).await);
-    }
-    let engine = tokio::spawn(fleet_engine::run(
+    let presences = presences(&registry, 2, Duration::from_secs(10)).await;
+    let engine = spawn_engine(
         connect(&etcd).await,
-        id(1),
-        presences[0].subscribe(),
+        &presences[0],
         fleet_engine::EngineConfig {
             reconcile_interval: interval,
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     Cluster {
         registry,
         engine,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_registry::{Registry, Unit};
 use fleet_testkit::Etcd;
-use support::{connect, id, present};
+use support::{connect, presences, present, spawn_engine};
 use tokio::time::Instant;
 
 const UNITS: usize = 300;
@@ -38,23 +38,19 @@ async fn the_engine_handles_a_change_without_reading_the_cluster_again() {
     // The engine's registry counts the keys the engine reads; the test reads through another.
     let engine_registry = connect(&etcd).await;
     let observer = connect(&etcd).await;
-    let mut presences = Vec::new();
-    for i in 1..=3u8 {
-        presences.push(present(&observer, i, Duration::from_secs(10)).await);
-    }
+    let presences = presences(&observer, 3, Duration::from_secs(10)).await;
     for n in 0..UNITS {
         observer.put_unit(&unit(n)).await.expect("put unit");
     }
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         engine_registry.clone(),
-        id(1),
-        presences[0].subscribe(),
+        &presences[0],
         fleet_engine::EngineConfig {
             // A full read every 30 s (`FULL_READ_EVERY`): none in this test's time.
             reconcile_interval: Duration::from_secs(1),
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     placed(&observer, UNITS).await;
     let read_to_start = engine_registry.keys_read();
     assert!(
@@ -89,15 +85,14 @@ async fn the_engine_reads_the_cluster_again_now_and_then() {
         observer.put_unit(&unit(n)).await.expect("put unit");
     }
     let interval = Duration::from_millis(50);
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         engine_registry.clone(),
-        id(1),
-        presence.subscribe(),
+        &presence,
         fleet_engine::EngineConfig {
             reconcile_interval: interval,
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     placed(&observer, 20).await;
     let first = engine_registry.keys_read();
     let until = Instant::now() + interval * fleet_engine::FULL_READ_EVERY * 10;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::UnitName;
-use support::{connect, id, present, unit, write_units};
+use support::{connect, id, presences, spawn_engine, unit, write_units};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -33,22 +33,18 @@ where
 async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
-    let mut presences = Vec::new();
-    for n in 1..=2u8 {
-        presences.push(present(&registry, n, Duration::from_secs(2)).await);
-    }
+    let mut presences = presences(&registry, 2, Duration::from_secs(2)).await;
     write_units(&registry, 6).await;
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         registry.clone(),
-        id(1),
-        presences[0].subscribe(),
+        &presences[0],
         // The engine reads the cluster again (and plans it whole) every 30 of these: not
         // within this test.
         fleet_engine::EngineConfig {
             reconcile_interval: Duration::from_secs(10),
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     eventually("all units placed", || async {
         registry
             .engine_snapshot()

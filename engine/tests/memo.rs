@@ -16,7 +16,7 @@ use fleet_registry::{JobState, Presence};
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::{UnitName, UnitOption};
-use support::{connect, id, unit, write_units};
+use support::{connect, id, spawn_engine, unit, write_units};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -74,10 +74,9 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
     }
     write_units(&registry, UNITS).await;
     // Without a witness, every member holding a lease counts as renewed on request.
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         registry.clone(),
-        id(1),
-        presences[0].subscribe(),
+        &presences[0],
         fleet_engine::EngineConfig {
             timing: fleet_quorum::Timing::for_ttl(Duration::from_secs(2), Duration::from_secs(1)),
             // The engine reads the cluster again (and plans it whole) every 30 of these: not
@@ -86,7 +85,7 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
             reconcile_interval: Duration::from_secs(10),
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     let until = Instant::now() + DEADLINE;
     while placed(&registry).await.len() < UNITS {
         assert!(Instant::now() < until, "units not placed in time");
@@ -288,16 +287,8 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
         Some(3),
         "not one reason for each of machines 1, 2 and 4: {reasons:?}"
     );
-    let machine = fleet_registry::Machine {
-        id: id(5),
-        public_ip: "10.0.0.5".into(),
-        metadata: [("role".to_string(), "db".to_string())].into(),
-        version: "test".into(),
-        peer_address: None,
-    };
-    let _five = Presence::start(registry.clone(), machine, Duration::from_secs(10), None)
-        .await
-        .expect("register");
+    let _five =
+        support::present_with(&registry, 5, Duration::from_secs(10), &[("role", "db")]).await;
     assert_eq!(placed_unit(&registry, "db.service").await, [5]);
     reasons_of(&registry, &db.name, |r| r.is_none()).await;
     assert_eq!(

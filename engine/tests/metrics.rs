@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_telemetry::{ENGINE_LEADER, ENGINE_PLACEMENTS, ENGINE_RECONCILE};
 use fleet_testkit::Etcd;
-use support::{connect, id, present, write_units};
+use support::{connect, present, spawn_engine, write_units};
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let until = tokio::time::Instant::now() + Duration::from_secs(15);
@@ -24,17 +24,15 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
 async fn the_engine_reports_leadership_placements_and_reconciliations() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
-    let id = id(1);
     let presence = present(&registry, 1, Duration::from_secs(10)).await;
     write_units(&registry, 3).await;
     assert_eq!(ENGINE_LEADER.get(), 0);
     let placed_before = ENGINE_PLACEMENTS.get();
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         registry.clone(),
-        id,
-        presence.subscribe(),
+        &presence,
         fleet_engine::EngineConfig::default(),
-    ));
+    );
     eventually("the engine leads", || ENGINE_LEADER.get() == 1).await;
     eventually("three placements are counted", || {
         ENGINE_PLACEMENTS.get() >= placed_before + 3

@@ -12,7 +12,7 @@ use fleet_registry::Registry;
 use fleet_telemetry::{ENGINE_CLUSTER_READS, ENGINE_WHOLE_PLANS};
 use fleet_testkit::Etcd;
 use fleet_units::UnitName;
-use support::{connect, id, present, unit, write_units};
+use support::{connect, presences, spawn_engine, unit, write_units};
 use tokio::time::Instant;
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -47,20 +47,16 @@ async fn reads(n: u64) {
 async fn a_read_that_finds_the_cluster_unchanged_keeps_the_memo_and_what_was_unreported() {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
-    let mut presences = Vec::new();
-    for n in 1..=3u8 {
-        presences.push(present(&registry, n, Duration::from_secs(10)).await);
-    }
+    let presences = presences(&registry, 3, Duration::from_secs(10)).await;
     write_units(&registry, 6).await;
-    let engine = tokio::spawn(fleet_engine::run(
+    let engine = spawn_engine(
         registry.clone(),
-        id(1),
-        presences[0].subscribe(),
+        &presences[0],
         fleet_engine::EngineConfig {
             reconcile_interval: INTERVAL,
             ..fleet_engine::EngineConfig::default()
         },
-    ));
+    );
     let until = Instant::now() + DEADLINE;
     while placed(&registry).await.len() < 6 {
         assert!(Instant::now() < until, "units not placed in time");

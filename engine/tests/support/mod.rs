@@ -28,16 +28,52 @@ pub fn id(n: u8) -> MachineId {
 
 /// Machine `n` (id `id(n)`, address 10.0.0.n) registered on a lease of `ttl`.
 pub async fn present(registry: &Registry, n: u8, ttl: Duration) -> Presence {
+    present_with(registry, n, ttl, &[]).await
+}
+
+/// Machine `n` registered as [`present`] registers it, with this metadata.
+pub async fn present_with(
+    registry: &Registry,
+    n: u8,
+    ttl: Duration,
+    metadata: &[(&str, &str)],
+) -> Presence {
     let machine = Machine {
         id: id(n),
         public_ip: format!("10.0.0.{n}"),
-        metadata: Default::default(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         version: "test".into(),
         peer_address: None,
     };
     Presence::start(registry.clone(), machine, ttl, None)
         .await
         .expect("register")
+}
+
+/// Machines 1 to `count` registered ([`present`]).
+pub async fn presences(registry: &Registry, count: u8, ttl: Duration) -> Vec<Presence> {
+    let mut presences = Vec::new();
+    for n in 1..=count {
+        presences.push(present(registry, n, ttl).await);
+    }
+    presences
+}
+
+/// The engine of machine 1, whose `presence` it follows, on `registry`.
+pub fn spawn_engine(
+    registry: Registry,
+    presence: &Presence,
+    config: fleet_engine::EngineConfig,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(fleet_engine::run(
+        registry,
+        id(1),
+        presence.subscribe(),
+        config,
+    ))
 }
 
 /// A unit running `/bin/true`, to be launched.
