@@ -120,6 +120,34 @@ pub trait Cluster {
     fn reasons(&self, name: &UnitName) -> Option<&[String]>;
 }
 
+/// Why the full plan refuses a plain unit a machine: `Planner::check`'s reasons, in its words
+/// (found in its order by [`Memo::refusal`]).
+enum Refusal<'a> {
+    Draining,
+    MachineId(&'a str),
+    Metadata(&'a str, &'a [String]),
+    NotWithLeader(&'a str),
+    ConflictsWithGlobal(&'a UnitName),
+    ConflictsWith(&'a UnitName),
+}
+
+impl std::fmt::Display for Refusal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Draining => f.write_str("machine is draining"),
+            Refusal::MachineId(id) => write!(f, "unit must run on machine {id}"),
+            Refusal::Metadata(key, values) => {
+                write!(f, "metadata {key}={} not matched", values.join("|"))
+            }
+            Refusal::NotWithLeader(leader) => write!(f, "not the machine of {leader} (MachineOf)"),
+            Refusal::ConflictsWithGlobal(global) => {
+                write!(f, "conflicts with global unit {global}")
+            }
+            Refusal::ConflictsWith(unit) => write!(f, "conflicts with {unit}"),
+        }
+    }
+}
+
 /// Where [`Memo::decide`] puts a unit: on a machine, and why there; or nowhere, and why not
 /// on each machine (or at all).
 enum Decision {
@@ -1002,14 +1030,8 @@ impl Memo {
         if self.hosts.is_empty() {
             return Some(Decision::Wait(vec!["no machine is registered".to_string()]));
         }
-        let fits = |id: &MachineId| {
-            let host = &self.hosts[id];
-            !host.draining
-                && req.machine_id_matches(id.as_str())
-                && req.metadata_matches(&host.metadata)
-                && !self.conflicts_on(name, &req.conflicts, id)
-        };
         let leaders = first_of_each(&req.machine_of);
+        let fits = |id: &MachineId| self.refusal(name, req, &leaders, id).is_none();
         let found = if let Some(last) = leaders.last() {
             // With its leaders, all placed on one machine and following no unit themselves
             // (otherwise the full plan ranks them and their followers differently).
@@ -1061,7 +1083,7 @@ impl Memo {
                 self.hosts
                     .keys()
                     .filter_map(|id| {
-                        self.why_not(name, req, &leaders, id)
+                        self.refusal(name, req, &leaders, id)
                             .map(|reason| format!("{}: {reason}", id.short()))
                     })
                     .collect(),
@@ -1071,30 +1093,30 @@ impl Memo {
 
     /// Why the plain unit `name` (with these requirements and `MachineOf` leaders) may not be
     /// placed on the live machine `id`, if it may not: the full plan's first reason there.
-    fn why_not(
-        &self,
+    fn refusal<'a>(
+        &'a self,
         name: &UnitName,
-        req: &Requirements,
-        leaders: &[String],
+        req: &'a Requirements,
+        leaders: &'a [String],
         id: &MachineId,
-    ) -> Option<String> {
+    ) -> Option<Refusal<'a>> {
         let host = &self.hosts[id];
         if host.draining {
-            return Some("machine is draining".to_string());
+            return Some(Refusal::Draining);
         }
         if let Some(wanted) = &req.machine_id {
             if !req.machine_id_matches(id.as_str()) {
-                return Some(format!("unit must run on machine {wanted}"));
+                return Some(Refusal::MachineId(wanted));
             }
         }
         if let Some((key, values)) = req.unmatched_metadata(&host.metadata) {
-            return Some(format!("metadata {key}={} not matched", values.join("|")));
+            return Some(Refusal::Metadata(key, values));
         }
         if let Some(leader) = leaders
             .iter()
             .find(|l| self.placed.get(l.as_str()) != Some(id))
         {
-            return Some(format!("not the machine of {leader} (MachineOf)"));
+            return Some(Refusal::NotWithLeader(leader));
         }
         let running = || {
             self.globals
@@ -1104,18 +1126,18 @@ impl Memo {
         let units = || self.on.get(id).into_iter().flatten().filter(|x| *x != name);
         if !req.conflicts.is_empty() {
             if let Some((global, _)) = running().find(|(g, _)| any_matches(&req.conflicts, g)) {
-                return Some(format!("conflicts with global unit {global}"));
+                return Some(Refusal::ConflictsWithGlobal(global));
             }
             if let Some(x) = units().find(|x| any_matches(&req.conflicts, x)) {
-                return Some(format!("conflicts with {x}"));
+                return Some(Refusal::ConflictsWith(x));
             }
         }
         if let Some((global, _)) = running().find(|(_, g)| any_matches(&g.conflicts, name)) {
-            return Some(format!("conflicts with global unit {global}"));
+            return Some(Refusal::ConflictsWithGlobal(global));
         }
         units()
             .find(|x| self.conflicts_with(x, name))
-            .map(|x| format!("conflicts with {x}"))
+            .map(Refusal::ConflictsWith)
     }
 
     /// Records `name` as placed on the live machine `machine`.
