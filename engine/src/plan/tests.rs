@@ -385,6 +385,14 @@ fn converge(s: &EngineSnapshot) -> (EngineSnapshot, Plan) {
     panic!("no fixpoint after 10 passes: {:?}", plan(&s).ops);
 }
 
+/// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
+/// engine records them.
+fn settle(s: &EngineSnapshot) -> EngineSnapshot {
+    let (s, p) = converge(s);
+    let reasons = unplaceable_ops(&s.unplaceable, &p.unplaceable);
+    apply(s, &reasons)
+}
+
 /// Units `ops` place on a machine while another member machine is stopping them (recorded in
 /// `before`, or moved by `ops` themselves): what would run two copies.
 fn starts_while_stopping(before: &EngineSnapshot, ops: &[PlacementOp]) -> Vec<String> {
@@ -1565,14 +1573,6 @@ mod properties {
         released
     }
 
-    /// `s` settled ([`converge`]), with the reasons of its unplaceable units recorded as the
-    /// engine records them.
-    fn settle(s: &EngineSnapshot) -> EngineSnapshot {
-        let (s, p) = converge(s);
-        let reasons = unplaceable_ops(&s.unplaceable, &p.unplaceable);
-        apply(s, &reasons)
-    }
-
     /// Applies a burst of changes to `s`'s units: the names it changed.
     fn write(s: &mut EngineSnapshot, burst: &[(usize, Option<(Rules, u8)>)]) -> BTreeSet<UnitName> {
         let mut changed = BTreeSet::new();
@@ -2505,14 +2505,7 @@ fn the_memo_plans_machines_that_join() {
     waits
         .units
         .push(xunit("w.service", &[("MachineMetadata", "role=db")]));
-    let (waits, _) = converge(&waits);
-    let waits = {
-        let (p, _) = plan_and_memo(&waits);
-        apply(
-            waits.clone(),
-            &unplaceable_ops(&waits.unplaceable, &p.unplaceable),
-        )
-    };
+    let waits = settle(&waits);
     assert_eq!(waits.unplaceable.len(), 1, "w waits");
     let m = plan_and_memo(&waits).1.expect("settled, w waiting");
 
@@ -2918,10 +2911,7 @@ fn a_unit_that_waits_is_decided_again_with_the_units_it_conflicts_with() {
     ];
     let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
     s.members = members_of(&s.machines);
-    let s = {
-        let (s, p) = converge(&s);
-        apply(s.clone(), &unplaceable_ops(&s.unplaceable, &p.unplaceable))
-    };
+    let s = settle(&s);
     assert_eq!(s.unplaceable.len(), 2, "bad and w wait");
     let memo = plan_and_memo(&s).1.expect("settled");
 
@@ -2957,11 +2947,7 @@ fn a_unit_that_waits_is_decided_again_with_the_units_it_conflicts_with() {
             &[("Conflicts", "other@*.service")],
         ));
     }
-    let (three, p) = converge(&three);
-    let three = apply(
-        three.clone(),
-        &unplaceable_ops(&three.unplaceable, &p.unplaceable),
-    );
+    let three = settle(&three);
     assert_eq!(three.unplaceable.len(), 3, "bad, w and other@3 wait");
     let mut m = plan_and_memo(&three).1.expect("settled");
     let mut destroyed = three.clone();
@@ -3219,8 +3205,7 @@ fn a_unit_that_waits_and_is_placed_gives_others_that_wait_new_reasons() {
     ];
     let mut s = snapshot(units, vec![machine(1), machine(2)], vec![]);
     s.members = members_of(&s.machines);
-    let (s, p) = converge(&s);
-    let s = apply(s.clone(), &unplaceable_ops(&s.unplaceable, &p.unplaceable));
+    let s = settle(&s);
     let waiting: Vec<&str> = s.unplaceable.keys().map(|n| n.as_str()).collect();
     assert_eq!(waiting, ["a@3.service", "zz.service"]);
     let mut m = plan_and_memo(&s).1.expect("settled");
