@@ -344,9 +344,23 @@ pub fn api_url(n: u32) -> String {
     format!("https://{}:49153", node_ip(n))
 }
 
-/// fleetctl of `bin` set to talk to node `n`'s API over HTTPS with the certificate `holder`.
-pub fn fleetctl_command(bin: &Path, holder: &str, n: u32) -> Command {
+/// fleetctl of `bin` without the `FLEETCTL_*` variables of the test's environment: a test run
+/// from a shell that holds the local cluster's (`fleet-cluster env`) must not send its
+/// certificate or endpoint.
+pub fn bare_fleetctl(bin: &Path) -> Command {
     let mut command = Command::new(bin.join("fleetctl"));
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("FLEETCTL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+/// fleetctl of `bin` set to talk to node `n`'s API over HTTPS with the certificate `holder`,
+/// and no other `FLEETCTL_*` variable ([`bare_fleetctl`]).
+pub fn fleetctl_command(bin: &Path, holder: &str, n: u32) -> Command {
+    let mut command = bare_fleetctl(bin);
     command
         .env("FLEETCTL_ENDPOINT", api_url(n))
         .env("FLEETCTL_CA_FILE", pki().join("ca/ca.pem"))

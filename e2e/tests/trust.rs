@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use fleet_e2e::{api_url, cluster, eventually, https, node_ip, pki, unique, Cluster};
 
-/// The fleetctl under test.
+/// The fleetctl under test, with no `FLEETCTL_*` variable but those each step sets.
 fn fleetctl() -> Command {
-    Command::new(fleet_e2e::target_dir().join("debug/fleetctl"))
+    fleet_e2e::bare_fleetctl(&fleet_e2e::target_dir().join("debug"))
 }
 
 /// `fleetctl tls ARGS`, which must succeed.
