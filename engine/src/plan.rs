@@ -55,7 +55,8 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unplaceable {
     pub unit: UnitName,
-    /// One reason per machine (`"<short id>: <reason>"`, machines in id order), or one reason
+    /// The reason on each machine (`refused_by`: `"<short id>: <reason>"`, machines in id
+    /// order; past `REASON_LINES` machines, a line per reason), or one reason
     /// for the unit as a whole (invalid requirements, a `MachineOf` leader not placed, no
     /// machine at all).
     pub reasons: Vec<String>,
@@ -878,13 +879,11 @@ impl<'a> Planner<'a> {
                 .map(|&(load, m)| (m, least_loaded(load, ruled_out, self.hosts.len())))
         };
         found.ok_or_else(|| {
-            (0..self.hosts.len())
-                .filter_map(|m| {
-                    self.check(u, m, Phase::Place)
-                        .err()
-                        .map(|reason| format!("{}: {reason}", self.hosts[m].short()))
-                })
-                .collect()
+            refused_by((0..self.hosts.len()).filter_map(|m| {
+                self.check(u, m, Phase::Place)
+                    .err()
+                    .map(|reason| (self.hosts[m].short(), reason))
+            }))
         })
     }
 
@@ -1026,6 +1025,84 @@ fn least_loaded(load: usize, ruled_out: usize, machines: usize) -> String {
              {machines} less loaded did not)"
         ),
     }
+}
+
+/// The most lines of reasons a unit no machine takes is given. Up to this many machines refusing
+/// it, a line each (`f1ee7001: metadata role=db not matched`); past that, a line per reason,
+/// naming a few of its machines, most machines first, and one line for the rest. So the
+/// `unplaceable/` record, the API's unit and the `unplaceable` event stay small however many
+/// machines there are: at 10,000 machines, a line each came to 400 KB for every such unit.
+const REASON_LINES: usize = 16;
+
+/// How many machines a line of reasons names when it stands for many.
+const MACHINES_NAMED: usize = 3;
+
+/// Why no machine takes a unit, from each refusing machine's short id and reason, in machine
+/// order: the whole plan's words (and the memo's, which gives them the same order), bounded
+/// by [`REASON_LINES`]. Reasons are told apart as values: only the lines written are worded.
+fn refused_by<S, R>(refusals: impl IntoIterator<Item = (S, R)>) -> Vec<String>
+where
+    S: std::fmt::Display,
+    R: std::fmt::Display + Eq + std::hash::Hash,
+{
+    struct Group<S> {
+        first: usize,
+        machines: usize,
+        named: Vec<S>,
+    }
+    let mut lines = Vec::new();
+    let mut groups: HashMap<R, Group<S>> = HashMap::new();
+    let mut machines = 0;
+    for (machine, reason) in refusals {
+        if machines < REASON_LINES {
+            lines.push(format!("{machine}: {reason}"));
+        }
+        let group = groups.entry(reason).or_insert_with(|| Group {
+            first: machines,
+            machines: 0,
+            named: Vec::new(),
+        });
+        group.machines += 1;
+        if group.named.len() < MACHINES_NAMED {
+            group.named.push(machine);
+        }
+        machines += 1;
+    }
+    if machines <= REASON_LINES {
+        return lines;
+    }
+    // Most machines first; reasons as many machines give in the order of their first machine.
+    let mut groups: Vec<(R, Group<S>)> = groups.into_iter().collect();
+    groups.sort_by_key(|(_, g)| (std::cmp::Reverse(g.machines), g.first));
+    let shown = if groups.len() > REASON_LINES {
+        REASON_LINES - 1
+    } else {
+        groups.len()
+    };
+    let mut lines: Vec<String> = groups[..shown]
+        .iter()
+        .map(|(reason, g)| {
+            let named = g
+                .named
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            match g.machines - g.named.len() {
+                0 => format!("{named}: {reason}"),
+                more => format!("{named} and {more} more: {reason}"),
+            }
+        })
+        .collect();
+    let rest = &groups[shown..];
+    if !rest.is_empty() {
+        let machines: usize = rest.iter().map(|(_, g)| g.machines).sum();
+        lines.push(format!(
+            "{machines} more machines: {} other reasons",
+            rest.len()
+        ));
+    }
+    lines
 }
 
 /// Why a unit waits: the machine called `short` is stopping it before it moves.

@@ -1,6 +1,6 @@
 //! The leading engine records what it decided as events, against a real etcd: each unit placed
 //! with why there, and a unit it cannot place once per change of its reasons, not once per
-//! pass.
+//! pass, with a line per machine, or past sixteen machines a line per reason.
 
 mod support;
 
@@ -22,7 +22,7 @@ fn unit(name: &str, xfleet: &[(&str, &str)]) -> Unit {
     unit
 }
 
-/// Two registered machines and the engine on the first one's lease, planning every `interval`.
+/// Registered machines and the engine on the first one's lease, planning every `interval`.
 struct Cluster {
     registry: Registry,
     engine: tokio::task::JoinHandle<()>,
@@ -36,10 +36,16 @@ impl Drop for Cluster {
     }
 }
 
+/// Two registered machines and the engine ([`Cluster`]).
 async fn cluster(interval: Duration) -> Cluster {
+    cluster_of(2, interval).await
+}
+
+/// `machines` registered machines and the engine ([`Cluster`]).
+async fn cluster_of(machines: u8, interval: Duration) -> Cluster {
     let etcd = Etcd::start();
     let registry = connect(&etcd).await;
-    let presences = presences(&registry, 2, Duration::from_secs(10)).await;
+    let presences = presences(&registry, machines, Duration::from_secs(10)).await;
     let engine = spawn_engine(
         connect(&etcd).await,
         &presences[0],
@@ -185,4 +191,30 @@ async fn a_unit_that_cannot_be_placed_is_recorded_once_per_change_of_its_reasons
     assert_eq!(kinds(&events), [EventKind::Unplaceable, EventKind::Placed]);
     assert_eq!(events[1].machine, Some(id(2)));
     assert_eq!(events[1].message, "least loaded of 2 machines (load 0)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_sixteen_machines_a_unit_that_cannot_be_placed_is_given_a_line_per_reason() {
+    let c = cluster_of(20, Duration::from_secs(10)).await;
+    let name = UnitName::parse("nowhere.service").expect("name");
+    c.registry
+        .put_unit(&unit(name.as_str(), &[("MachineMetadata", "role=db")]))
+        .await
+        .expect("put");
+    let line = format!(
+        "{}, {}, {} and 17 more: metadata role=db not matched",
+        id(1).short(),
+        id(2).short(),
+        id(3).short()
+    );
+    let events = events_of(&c.registry, name.as_str(), 1).await;
+    assert_eq!(kinds(&events), [EventKind::Unplaceable]);
+    assert_eq!(events[0].message, line);
+    let recorded = c
+        .registry
+        .engine_snapshot()
+        .await
+        .expect("read")
+        .unplaceable;
+    assert_eq!(recorded.get(&name), Some(&vec![line]));
 }

@@ -33,7 +33,7 @@
 //! machines have all released it (stopped it) is placed as a new one if it still wants to
 //! run, unless a draining machine still has units.
 //!
-//! A plain unit no machine takes waits, with the reasons the full plan gives (one per machine,
+//! A plain unit no machine takes waits, with the reasons the full plan gives (by machine,
 //! or one for the unit: its leader not placed, no machine at all). The units that wait for a
 //! machine (not for one to stop them) are decided again with the burst's, in the full plan's
 //! order: all of them when a machine comes, goes or changes; those a unit of the burst
@@ -57,7 +57,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
 
-use super::{host_id_keys, least_loaded, Plan, Planner, Unplaceable};
+use super::{host_id_keys, least_loaded, refused_by, Plan, Planner, Unplaceable};
 
 /// What the last full plan knew, kept up to date by the bursts planned from it. See the module
 /// documentation.
@@ -121,7 +121,11 @@ pub trait Cluster {
 }
 
 /// Why the full plan refuses a plain unit a machine: `Planner::check`'s reasons, in its words
-/// (found in its order by [`Memo::refusal`]).
+/// (found in its order by [`Memo::refusal`]). Two refusals of one unit are equal exactly when
+/// they are worded alike (its accepted values of a key are one list, unit names hold no
+/// space), so grouping its machines by refusal groups them as the whole plan groups its words
+/// (`refused_by`).
+#[derive(PartialEq, Eq, Hash)]
 enum Refusal<'a> {
     Draining,
     MachineId(&'a str),
@@ -654,7 +658,7 @@ impl Memo {
     ) -> Option<()> {
         let member = cluster.is_member(id);
         // Units that wait for a machine to take them could go to this one, or give other
-        // reasons (one per machine): they are decided again with the burst's units. Units
+        // reasons (by machine): they are decided again with the burst's units. Units
         // that wait for a machine to stop them are left to the whole plan.
         let stops = !self.stopping.is_empty();
         let waits = !self.unplaced.is_empty();
@@ -746,7 +750,7 @@ impl Memo {
                 );
             }
             // Gone: its lease, or the machine for good. The units that wait could give other
-            // reasons (one per machine).
+            // reasons (by machine).
             (Some(_), None) => {
                 if stops {
                     return None;
@@ -1079,15 +1083,10 @@ impl Memo {
         };
         Some(match found {
             Some((machine, why)) => Decision::Place(machine, why),
-            None => Decision::Wait(
-                self.hosts
-                    .keys()
-                    .filter_map(|id| {
-                        self.refusal(name, req, &leaders, id)
-                            .map(|reason| format!("{}: {reason}", id.short()))
-                    })
-                    .collect(),
-            ),
+            None => Decision::Wait(refused_by(self.hosts.keys().filter_map(|id| {
+                self.refusal(name, req, &leaders, id)
+                    .map(|reason| (id.short(), reason))
+            }))),
         })
     }
 

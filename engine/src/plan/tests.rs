@@ -3228,3 +3228,116 @@ fn a_unit_that_waits_and_is_placed_gives_others_that_wait_new_reasons() {
         ))));
     as_whole(&m, fast, &destroyed);
 }
+
+/// Up to sixteen machines refusing a unit give a line each; more give a line per reason,
+/// naming three of its machines, most machines first, and one line for the reasons past
+/// sixteen.
+#[test]
+fn reasons_past_sixteen_machines_are_given_by_reason() {
+    let few: Vec<(String, &str)> = (1..=16).map(|n| (format!("m{n:02}"), "full")).collect();
+    let lines = refused_by(few);
+    assert_eq!(lines.len(), 16);
+    assert_eq!(
+        (lines[0].as_str(), lines[15].as_str()),
+        ("m01: full", "m16: full")
+    );
+
+    let mut many: Vec<(String, String)> = (1..=20)
+        .map(|n| {
+            (
+                format!("m{n:02}"),
+                "metadata role=db not matched".to_string(),
+            )
+        })
+        .collect();
+    many[4].1 = "conflicts with x.service".into();
+    many[9].1 = "conflicts with x.service".into();
+    many[7].1 = "machine is draining".into();
+    assert_eq!(
+        refused_by(many.clone()),
+        [
+            "m01, m02, m03 and 14 more: metadata role=db not matched",
+            "m05, m10: conflicts with x.service",
+            "m08: machine is draining",
+        ]
+    );
+
+    // A reason each: fifteen lines, the rest counted.
+    for (n, refusal) in many.iter_mut().enumerate() {
+        refusal.1 = format!("conflicts with x{n}.service");
+    }
+    let lines = refused_by(many);
+    assert_eq!(lines.len(), 16);
+    assert_eq!(lines[0], "m01: conflicts with x0.service");
+    assert_eq!(lines[14], "m15: conflicts with x14.service");
+    assert_eq!(lines[15], "5 more machines: 5 other reasons");
+}
+
+/// With more than sixteen machines, a unit that waits is given its reasons by reason, by the
+/// whole plan and by the memo alike, as machines join.
+#[test]
+fn a_unit_that_waits_among_many_machines_is_given_its_reasons_by_reason() {
+    let mut units: Vec<Unit> = (1..=20)
+        .map(|n| {
+            xunit(
+                &format!("web@{n}.service"),
+                &[("Conflicts", "web@*.service")],
+            )
+        })
+        .collect();
+    units.push(xunit("w.service", &[("MachineMetadata", "role=db")]));
+    units.push(xunit(
+        "x.service",
+        &[
+            ("MachineMetadata", "role=web"),
+            ("Conflicts", "web@*.service"),
+        ],
+    ));
+    let machines: Vec<MachineEntry> = (1..=20)
+        .map(|n| match n {
+            19 | 20 => host(n, &[("role", "web")]),
+            _ => machine(n),
+        })
+        .collect();
+    let mut s = snapshot(units, machines, vec![]);
+    s.members = members_of(&s.machines);
+    let s = settle(&s);
+    let w = &s.unplaceable[&UnitName::parse("w.service").unwrap()];
+    assert_eq!(
+        w,
+        &["f1ee7001, f1ee7002, f1ee7003 and 17 more: metadata role=db not matched"]
+    );
+    let x = &s.unplaceable[&UnitName::parse("x.service").unwrap()];
+    assert_eq!(x.len(), 3, "{x:?}");
+    assert_eq!(
+        x[0],
+        "f1ee7001, f1ee7002, f1ee7003 and 15 more: metadata role=web not matched"
+    );
+    assert!(x[1].starts_with("f1ee7013: conflicts with web@"), "{x:?}");
+    assert!(x[2].starts_with("f1ee7014: conflicts with web@"), "{x:?}");
+    let m = plan_and_memo(&s).1.expect("settled, w and x waiting");
+
+    // A machine that takes neither: one more machine in w's line.
+    let mut joined = s.clone();
+    let mut memo = m.clone();
+    let fast = joins(&mut memo, &mut joined, 21, &[]);
+    assert!(fast.as_ref().is_some_and(|p| p.ops.iter().any(|op| matches!(
+        op,
+        PlacementOp::SetUnplaceable { name, reasons }
+            if name.as_str() == "w.service"
+                && reasons == &["f1ee7001, f1ee7002, f1ee7003 and 18 more: metadata role=db not matched"]
+    ))));
+    let joined = as_whole(&memo, fast, &joined);
+
+    // One that takes w: w goes there, its reasons cleared.
+    let mut memo = plan_and_memo(&joined).1.expect("settled");
+    let mut with_db = joined.clone();
+    let fast = joins(&mut memo, &mut with_db, 22, &[("role", "db")]);
+    assert!(fast
+        .as_ref()
+        .is_some_and(|p| p.placed.contains_key("w.service")));
+    let after = as_whole(&memo, fast, &with_db);
+    assert!(!after
+        .unplaceable
+        .contains_key(&UnitName::parse("w.service").unwrap()));
+}
