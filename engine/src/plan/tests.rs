@@ -1433,6 +1433,23 @@ mod properties {
             })
     }
 
+    /// A random cluster ([`cluster`]) with fourteen more machines (7 to 20, random metadata,
+    /// no units placed on them): enough for a unit that waits to be refused by more than
+    /// sixteen, whose reasons are then given by reason (`refused_by`).
+    fn crowded() -> impl Strategy<Value = EngineSnapshot> {
+        (
+            cluster(),
+            prop::collection::vec((0u8..3, any::<bool>()), 14),
+        )
+            .prop_map(|(mut s, more)| {
+                for (i, (role, eu)) in more.into_iter().enumerate() {
+                    s.machines.push(make_machine(7 + i as u8, role, eu));
+                }
+                s.members = members_of(&s.machines);
+                s
+            })
+    }
+
     /// Names a burst may change beyond `NAMES`: plain ones, and ones that the patterns of
     /// `CONFLICTS` match.
     const MORE: [&str; 4] = ["p1.service", "p2.service", "web@4.service", "q.socket"];
@@ -1636,7 +1653,9 @@ mod properties {
         /// leave: a plan of that cluster changes nothing (reasons included), and leaves the
         /// same memo.
         #[test]
-        fn the_memo_a_plan_leaves_is_the_cluster_its_ops_leave(s in cluster()) {
+        fn the_memo_a_plan_leaves_is_the_cluster_its_ops_leave(
+            s in prop_oneof![3 => cluster(), 1 => crowded()],
+        ) {
             let (p, memo) = plan_and_memo(&s);
             let mut ops = p.ops.clone();
             ops.extend(unplaceable_ops(&s.unplaceable, &p.unplaceable));
@@ -1659,7 +1678,7 @@ mod properties {
         /// stopped.
         #[test]
         fn bursts_planned_from_the_memo_are_the_whole_plan(
-            s in cluster(),
+            s in prop_oneof![3 => cluster(), 1 => crowded()],
             bursts in prop::collection::vec(
                 (
                     prop::collection::vec(change(), 0..4),
