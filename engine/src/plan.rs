@@ -56,7 +56,8 @@ pub struct Plan {
 pub struct Unplaceable {
     pub unit: UnitName,
     /// The reason on each machine (`refused_by`: `"<short id>: <reason>"`, machines in id
-    /// order; past `REASON_LINES` machines, a line per reason), or one reason
+    /// order; past `REASON_LINES` machines, a line per reason, most machines first, at most
+    /// `REASON_LINES` lines), or one reason
     /// for the unit as a whole (invalid requirements, a `MachineOf` leader not placed, no
     /// machine at all).
     pub reasons: Vec<String>,
@@ -1029,7 +1030,8 @@ fn least_loaded(load: usize, ruled_out: usize, machines: usize) -> String {
 
 /// The most lines of reasons a unit no machine takes is given. Up to this many machines refusing
 /// it, a line each (`f1ee7001: metadata role=db not matched`); past that, a line per reason,
-/// naming a few of its machines, most machines first, and one line for the rest. So the
+/// naming a few of its machines, most machines first, and past this many reasons one line
+/// counting the machines of the rest. So the
 /// `unplaceable/` record, the API's unit and the `unplaceable` event stay small however many
 /// machines there are: at 10,000 machines, a line each came to 400 KB for every such unit.
 const REASON_LINES: usize = 16;
@@ -1039,7 +1041,8 @@ const MACHINES_NAMED: usize = 3;
 
 /// Why no machine takes a unit, from each refusing machine's short id and reason, in machine
 /// order: the whole plan's words (and the memo's, which gives them the same order), bounded
-/// by [`REASON_LINES`]. Reasons are told apart as values: only the lines written are worded.
+/// by [`REASON_LINES`]. Reasons are told apart as values: the memo's refusals are worded only
+/// for the lines written.
 fn refused_by<S, R>(refusals: impl IntoIterator<Item = (S, R)>) -> Vec<String>
 where
     S: std::fmt::Display,
@@ -1050,12 +1053,12 @@ where
         machines: usize,
         named: Vec<S>,
     }
-    let mut lines = Vec::new();
+    let mut each = Vec::new();
     let mut groups: HashMap<R, Group<S>> = HashMap::new();
     let mut machines = 0;
     for (machine, reason) in refusals {
         if machines < REASON_LINES {
-            lines.push(format!("{machine}: {reason}"));
+            each.push(format!("{machine}: {reason}"));
         }
         let group = groups.entry(reason).or_insert_with(|| Group {
             first: machines,
@@ -1069,7 +1072,7 @@ where
         machines += 1;
     }
     if machines <= REASON_LINES {
-        return lines;
+        return each;
     }
     // Most machines first; reasons as many machines give in the order of their first machine.
     let mut groups: Vec<(R, Group<S>)> = groups.into_iter().collect();
@@ -1096,9 +1099,9 @@ where
         .collect();
     let rest = &groups[shown..];
     if !rest.is_empty() {
-        let machines: usize = rest.iter().map(|(_, g)| g.machines).sum();
+        let rest_machines: usize = rest.iter().map(|(_, g)| g.machines).sum();
         lines.push(format!(
-            "{machines} more machines: {} other reasons",
+            "{rest_machines} more machines: {} other reasons",
             rest.len()
         ));
     }

@@ -196,6 +196,8 @@ async fn a_unit_that_cannot_be_placed_is_recorded_once_per_change_of_its_reasons
 #[tokio::test(flavor = "multi_thread")]
 async fn past_sixteen_machines_a_unit_that_cannot_be_placed_is_given_a_line_per_reason() {
     let c = cluster_of(20, Duration::from_secs(10)).await;
+    // (These machines' short ids are all alike, `00000000`: which three the line names, and
+    // in what order, the plan's own tests check.)
     let name = UnitName::parse("nowhere.service").expect("name");
     c.registry
         .put_unit(&unit(name.as_str(), &[("MachineMetadata", "role=db")]))

@@ -42,7 +42,7 @@ use crate::{decode, encode, op_bytes, MachineId, Registry, Result, MAX_PAGE};
 pub const EVENTS_KEPT: usize = 10_000;
 
 /// The longest message an event keeps, in bytes: a longer one is cut (an unplaceable unit's
-/// reasons name every machine).
+/// reasons run to 16 lines).
 pub const MAX_MESSAGE_BYTES: usize = 2048;
 
 /// The leading engine trims the events at most this often...
@@ -59,7 +59,8 @@ pub enum EventKind {
     Placed,
     /// The engine moved a unit to another machine (the message says why).
     Moved,
-    /// The engine cannot place a unit (the message says why, per machine); recorded when the
+    /// The engine cannot place a unit (the message says why, per machine, or per reason past
+    /// 16 machines); recorded when the
     /// reasons change, not on every pass.
     Unplaceable,
     /// The engine declared a machine whose lease is gone dead, releasing its units.

@@ -1433,9 +1433,10 @@ mod properties {
             })
     }
 
-    /// A random cluster ([`cluster`]) with fourteen more machines (7 to 20, random metadata,
-    /// no units placed on them): enough for a unit that waits to be refused by more than
-    /// sixteen, whose reasons are then given by reason (`refused_by`).
+    /// A random cluster ([`cluster`]) with fourteen more machines (8 to 21, random metadata,
+    /// no units placed on them; machine 7, which [`cluster`] places units on, stays a dead
+    /// one): enough for a unit that waits to be refused by more than sixteen, whose reasons
+    /// are then given by reason (`refused_by`).
     fn crowded() -> impl Strategy<Value = EngineSnapshot> {
         (
             cluster(),
@@ -1443,7 +1444,7 @@ mod properties {
         )
             .prop_map(|(mut s, more)| {
                 for (i, (role, eu)) in more.into_iter().enumerate() {
-                    s.machines.push(make_machine(7 + i as u8, role, eu));
+                    s.machines.push(make_machine(8 + i as u8, role, eu));
                 }
                 s.members = members_of(&s.machines);
                 s
@@ -3254,12 +3255,15 @@ fn a_unit_that_waits_and_is_placed_gives_others_that_wait_new_reasons() {
 #[test]
 fn reasons_past_sixteen_machines_are_given_by_reason() {
     let few: Vec<(String, &str)> = (1..=16).map(|n| (format!("m{n:02}"), "full")).collect();
-    let lines = refused_by(few);
+    let lines = refused_by(few.clone());
     assert_eq!(lines.len(), 16);
     assert_eq!(
         (lines[0].as_str(), lines[15].as_str()),
         ("m01: full", "m16: full")
     );
+    let mut seventeen = few;
+    seventeen.push(("m17".into(), "full"));
+    assert_eq!(refused_by(seventeen), ["m01, m02, m03 and 14 more: full"]);
 
     let mut many: Vec<(String, String)> = (1..=20)
         .map(|n| {

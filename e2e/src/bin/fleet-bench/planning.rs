@@ -376,10 +376,16 @@ fn measure(machines: usize, units: usize) -> Result<Row, String> {
     }
 
     // A unit whose metadata no machine has: it waits, refused by every machine for one reason
-    // (the line that names three of them and counts the others).
-    let refused_by_all = |reasons: &[String], machines: usize| {
-        matches!(reasons, [line] if line.ends_with(
-            &format!(" and {} more: metadata role=nowhere not matched", machines - 3)))
+    // (a line each up to 16 machines, else one line that names three and counts the others).
+    let refused_by_all = |reasons: &[String], machines: usize| match machines {
+        0..=16 => {
+            reasons.len() == machines
+                && reasons
+                    .iter()
+                    .all(|r| r.ends_with(": metadata role=nowhere not matched"))
+        }
+        _ => matches!(reasons, [line] if line.ends_with(
+            &format!(" and {} more: metadata role=nowhere not matched", machines - 3))),
     };
     let mut nowhere = plain_unit("nowhere.service");
     nowhere.options.push(UnitOption::new(
@@ -495,20 +501,24 @@ mod tests {
     /// unit to one machine, its follower to the same, an instance to a machine without another
     /// of its template, a join to nothing, a lease gone to nothing, a declaration to a
     /// placement for each unit of the machine, and a join while a unit waits to its reasons,
-    /// one per machine (`measure` fails otherwise).
+    /// every machine refusing it for one reason (`measure` fails otherwise).
     #[test]
     fn a_small_cluster_is_measured_from_the_memo() {
-        let row = measure(20, 100).expect("measured");
-        assert_eq!((row.machines, row.units), (20, 100));
-        for spread in [
-            &row.unit,
-            &row.follower,
-            &row.conflict,
-            &row.join,
-            &row.lost,
-            &row.waiting_join,
-        ] {
-            assert!(spread.median <= spread.slowest);
+        // At 10 machines, the waiting unit's reasons are a line per machine until the joins
+        // bring them past 16.
+        for (machines, units) in [(20, 100), (10, 50)] {
+            let row = measure(machines, units).expect("measured");
+            assert_eq!((row.machines, row.units), (machines, units));
+            for spread in [
+                &row.unit,
+                &row.follower,
+                &row.conflict,
+                &row.join,
+                &row.lost,
+                &row.waiting_join,
+            ] {
+                assert!(spread.median <= spread.slowest);
+            }
         }
     }
 }
