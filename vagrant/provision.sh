@@ -88,6 +88,9 @@ ETCD_TRUSTED_CA_FILE=/etc/etcd-pki/etcd-ca.pem
 # etcd 3.4 copies its writes not yet in its database file for every read and every answer:
 # at most 200 of them keeps that cheap under thousands of machines (README, fleetd).
 ETCD_BACKEND_BATCH_LIMIT=200
+# Every write stays in etcd's history until compacted: keep an hour of it (README, fleetd).
+ETCD_AUTO_COMPACTION_MODE=periodic
+ETCD_AUTO_COMPACTION_RETENTION=1h
 EOT
     systemctl restart etcd
 fi
