@@ -178,8 +178,7 @@ impl Cluster {
     /// from etcd with `etcdctl` and the cluster's etcd client certificate; `None` if etcd
     /// cannot be read.
     pub fn member_readings(&self) -> Option<Vec<u64>> {
-        let pki = pki();
-        let out = Command::new("etcdctl")
+        let out = etcdctl()
             .args([
                 "get",
                 "--prefix",
@@ -187,17 +186,6 @@ impl Cluster {
                 "--print-value-only",
                 "--command-timeout=3s",
             ])
-            .env("ETCDCTL_API", "3")
-            .env(
-                "ETCDCTL_ENDPOINTS",
-                (1..=ETCD_MEMBERS)
-                    .map(|m| format!("https://10.233.0.{m}:2379"))
-                    .collect::<Vec<_>>()
-                    .join(","),
-            )
-            .env("ETCDCTL_CACERT", pki.join("etcd-ca/ca.pem"))
-            .env("ETCDCTL_CERT", pki.join("etcd-client.pem"))
-            .env("ETCDCTL_KEY", pki.join("etcd-client-key.pem"))
             .output()
             .ok()?;
         if !out.status.success() {
@@ -211,6 +199,37 @@ impl Cluster {
                 record["seenMembers"].as_u64()
             })
             .collect()
+    }
+
+    /// Compacts etcd's history up to its latest revision, freeing the space of every older
+    /// version (`etcdctl compaction --physical`, as etcd's own auto-compaction does with
+    /// older revisions): a watch that resumes from before it finds its revision compacted.
+    /// Returns the revision. Panics when etcd refuses.
+    pub fn compact_etcd(&self) -> i64 {
+        let out = etcdctl()
+            .args([
+                "get",
+                "/",
+                "--prefix",
+                "--keys-only",
+                "--limit=1",
+                "-w",
+                "json",
+            ])
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl get: {out:?}");
+        let header: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("etcdctl's JSON");
+        let revision = header["header"]["revision"]
+            .as_i64()
+            .expect("a revision in etcdctl's answer");
+        let out = etcdctl()
+            .args(["compaction", "--physical", &revision.to_string()])
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl compaction: {out:?}");
+        revision
     }
 
     /// Runs the cluster tool.
@@ -337,6 +356,25 @@ pub fn state_dir() -> PathBuf {
 /// `operator.pem`, `viewer.pem`, `etcd-ca/`, `nodes/nodeN/` (what node N holds).
 pub fn pki() -> PathBuf {
     state_dir().join("pki")
+}
+
+/// `etcdctl` (API 3) for the cluster's etcd members, with its etcd client certificate.
+fn etcdctl() -> Command {
+    let pki = pki();
+    let mut command = Command::new("etcdctl");
+    command
+        .env("ETCDCTL_API", "3")
+        .env(
+            "ETCDCTL_ENDPOINTS",
+            (1..=ETCD_MEMBERS)
+                .map(|m| format!("https://10.233.0.{m}:2379"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .env("ETCDCTL_CACERT", pki.join("etcd-ca/ca.pem"))
+        .env("ETCDCTL_CERT", pki.join("etcd-client.pem"))
+        .env("ETCDCTL_KEY", pki.join("etcd-client-key.pem"));
+    command
 }
 
 /// Node `n`'s API.

@@ -1,7 +1,8 @@
 //! Some machines lose etcd but still reach each other (etcd's addresses blackholed inside
 //! them, `fleet-cluster cut-etcd`). A majority that loses etcd keeps its units: they confirm
 //! to each other that none of them reaches etcd, and the engine, left with a minority, moves
-//! nothing. A minority that loses etcd fences itself before its units start elsewhere. Never
+//! nothing. A minority that loses etcd fences itself before its units start elsewhere, and
+//! once back (etcd having compacted its history meanwhile) runs what is placed on it. Never
 //! two copies: every node's systemd is sampled throughout, by `fleet_e2e::sampler` (about every
 //! 80 ms) besides the checks here.
 
@@ -108,12 +109,17 @@ fn a_machine_cut_off_from_etcd_alone_fences_before_its_units_move() {
     let (doubles, last, moved) = sample(c, &names, AGENT_TTL + Duration::from_secs(15), |on| {
         moving.iter().all(|i| on[*i].len() == 1 && on[*i][0] != cut)
     });
+    // Meanwhile etcd compacts its history (as its auto-compaction does, here up to now): no
+    // revision the cut machine knew can be read or watched from any more.
+    c.compact_etcd();
     c.tool(&["heal-etcd", &format!("node{cut}")])
         .expect_ok("heal node");
     let back = eventually(AGENT_TTL + Duration::from_secs(10), || {
         let out = c.fleetctl_via(survivor, &["list-machines", "--no-legend"]);
         (out.stdout.lines().count() == NODES as usize).then_some(())
     });
+    // Back, it runs what is placed on it after that (fleetctl start waits for it to run).
+    let after = back.map(|()| c.start_one_per_node("minority-after"));
     // After healing, the returned machine starts no stale copy.
     let (doubles_after, _, _) = sample(c, &names, AGENT_TTL / 2, |_| false);
     let once = c.running(&names);
@@ -133,5 +139,8 @@ fn a_machine_cut_off_from_etcd_alone_fences_before_its_units_move() {
     for name in &names {
         c.fleetctl_via(survivor, &["destroy", name])
             .expect_ok("destroy");
+    }
+    if let Some(after) = after {
+        c.destroy_all(&after);
     }
 }
