@@ -1031,9 +1031,9 @@ fn least_loaded(load: usize, ruled_out: usize, machines: usize) -> String {
 /// The most lines of reasons a unit no machine takes is given. Up to this many machines refusing
 /// it, a line each (`f1ee7001: metadata role=db not matched`); past that, a line per reason,
 /// naming a few of its machines, most machines first, and past this many reasons one line
-/// counting the machines of the rest. So the
-/// `unplaceable/` record, the API's unit and the `unplaceable` event stay small however many
-/// machines there are: at 10,000 machines, a line each came to 400 KB for every such unit.
+/// counting the machines of the rest. So the `unplaceable/` record, the API's unit and the
+/// `unplaceable` event stay small however many machines there are: at 10,000 machines, a line
+/// each came to 400 KB for every such unit.
 const REASON_LINES: usize = 16;
 
 /// How many machines a line of reasons names when it stands for many.
