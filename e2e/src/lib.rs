@@ -174,15 +174,15 @@ impl Cluster {
         );
     }
 
-    /// How many members each member's record says its machine last read (`seenMembers`), read
-    /// from etcd with `etcdctl` and the cluster's etcd client certificate; `None` if etcd
-    /// cannot be read.
+    /// How many members each member's reading says its machine last read (`seenMembers` of
+    /// `readings/<id>`), read from etcd with `etcdctl` and the cluster's etcd client
+    /// certificate; `None` if etcd cannot be read.
     pub fn member_readings(&self) -> Option<Vec<u64>> {
         let out = etcdctl()
             .args([
                 "get",
                 "--prefix",
-                "/_coreos.com/fleet/members/",
+                "/_coreos.com/fleet/readings/",
                 "--print-value-only",
                 "--command-timeout=3s",
             ])

@@ -139,7 +139,8 @@ async fn lead(
     let _leading = fleet_telemetry::LeaderGuard::new();
     let _trimming = events.trimming();
     let origin = Instant::now();
-    // Vanished members are named by their registration: id and member record revision.
+    // Vanished members are named by their registration and reading: id and the revision their
+    // judgement rests on (`EngineSnapshot::judged`).
     let mut verdicts: Verdicts<(MachineId, i64)> = Verdicts::new(config.timing);
     // Whether the last round found no majority (logged when that changes).
     let mut short = false;
@@ -247,18 +248,20 @@ async fn lead(
             let mut by_reading: HashMap<(i64, usize), Round> = HashMap::new();
             let majority = in_time
                 && verdicts.round_with(sent, |(id, _)| {
-                    let Some(judged) = members.member(id) else {
+                    let Some(entry) = members.member(id) else {
                         return Round::NoMajority;
                     };
-                    let reading = (judged.member.seen_revision, judged.member.seen_members);
-                    *by_reading.entry(reading).or_insert_with(|| {
-                        majority_for(
-                            &snapshot.members,
-                            &judged.member,
-                            &quiet_for,
-                            config.timing.quiet_after(),
-                        )
-                    })
+                    let reading = snapshot.judged(entry).reading;
+                    *by_reading
+                        .entry((reading.seen_revision, reading.seen_members))
+                        .or_insert_with(|| {
+                            majority_for(
+                                &snapshot.members,
+                                &reading,
+                                &quiet_for,
+                                config.timing.quiet_after(),
+                            )
+                        })
                 });
             if !majority && !short {
                 tracing::warn!(
@@ -278,10 +281,10 @@ async fn lead(
         }
         // The machines declared dead now, as judged.
         let mut declared = Vec::new();
-        for ((machine, member_revision), round) in verdicts.dead(origin.elapsed()) {
+        for ((machine, judged), round) in verdicts.dead(origin.elapsed()) {
             let units: Vec<UnitName> = view_now.placed_on(&machine).cloned().collect();
             match registry
-                .declare_dead(leadership, &machine, member_revision, &units)
+                .declare_dead(leadership, &machine, judged, &units)
                 .await
             {
                 Ok(true) => {
@@ -306,9 +309,12 @@ async fn lead(
                         )
                         .machine(&machine),
                     );
-                    declared.push((machine, member_revision));
+                    declared.push((machine, judged));
                 }
-                Ok(false) => tracing::info!(machine = %machine, "machine registered again"),
+                Ok(false) => tracing::info!(
+                    machine = %machine,
+                    "machine registered again or recorded another reading of the members: judged again"
+                ),
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {
                     tracing::warn!(machine = %machine, error = %e, "cannot declare machine dead yet")
@@ -488,16 +494,16 @@ impl plan::Cluster for EngineView {
 
 /// What [`declarations_seen`] looks up: the engine's view.
 trait Declarations {
-    /// The revision of member `id`'s record, if it is a member.
-    fn member_revision(&self, id: &MachineId) -> Option<i64>;
+    /// The revision member `id`'s record was last written at, if it is a member.
+    fn record_revision(&self, id: &MachineId) -> Option<i64>;
     /// Whether a unit is placed on `id`.
     fn has_placements(&self, id: &MachineId) -> bool;
     fn stopping(&self) -> &BTreeSet<(MachineId, UnitName)>;
 }
 
 impl Declarations for EngineView {
-    fn member_revision(&self, id: &MachineId) -> Option<i64> {
-        EngineView::member_revision(self, id)
+    fn record_revision(&self, id: &MachineId) -> Option<i64> {
+        self.member(id).map(|e| e.mod_revision)
     }
 
     fn has_placements(&self, id: &MachineId) -> bool {
@@ -510,12 +516,14 @@ impl Declarations for EngineView {
 }
 
 /// Whether `view` shows every one of these machines declared dead: its member record (as
-/// judged) gone, and nothing placed or stopping on it. In time that grows with the machines
+/// judged: written no later than the judgement's revision) gone, and nothing placed or
+/// stopping on it. (Its reading goes with the record, but the watch may bring one before the
+/// other.) In time that grows with the machines
 /// declared and the stopping records, not with the cluster (a rack declared at once).
 fn declarations_seen(view: &impl Declarations, declared: &[(MachineId, i64)]) -> bool {
     let stopping: HashSet<&MachineId> = view.stopping().iter().map(|(m, _)| m).collect();
     declared.iter().all(|(machine, judged)| {
-        view.member_revision(machine) != Some(*judged)
+        view.record_revision(machine).is_none_or(|r| r > *judged)
             && !view.has_placements(machine)
             && !stopping.contains(machine)
     })
@@ -528,7 +536,7 @@ fn declarations_seen(view: &impl Declarations, declared: &[(MachineId, i64)]) ->
 /// that were members then (created no later than that reading).
 fn majority_for(
     members: &[fleet_registry::MemberEntry],
-    judged: &fleet_registry::Member,
+    judged: &fleet_registry::MemberReading,
     renewed: &HashMap<&MachineId, Option<Duration>>,
     quiet_after: Duration,
 ) -> Round {
@@ -656,7 +664,7 @@ mod declaration_tests {
 
     /// The snapshot looked up as the view does, by walking it.
     impl Declarations for EngineSnapshot {
-        fn member_revision(&self, id: &MachineId) -> Option<i64> {
+        fn record_revision(&self, id: &MachineId) -> Option<i64> {
             self.members
                 .iter()
                 .find(|e| e.member.machine.id == *id)
@@ -702,7 +710,9 @@ mod declaration_tests {
             options: Vec::new(),
             desired_state: JobState::Launched,
         };
-        let declared = [(id(2), 7)];
+        // Judged at 8: its record written at 7, its reading at 8 (gone first, say: the record
+        // still there is not seen gone).
+        let declared = [(id(2), 8)];
         let mut snapshot = EngineSnapshot {
             members: vec![member(1, 5), member(2, 7)],
             placements: vec![(id(1), placement.clone()), (id(2), placement)],
@@ -774,7 +784,12 @@ mod tests {
                 renewed.iter().map(|&(i, q)| (id(i), q)).collect();
             let renewed: HashMap<&MachineId, Option<Duration>> =
                 by_id.iter().map(|(m, q)| (m, *q)).collect();
-            majority_for(&members, &members[0].member, &renewed, quiet_after)
+            majority_for(
+                &members,
+                &members[0].member.reading(),
+                &renewed,
+                quiet_after,
+            )
         };
         assert_eq!(judge(&[(2, quiet), (3, quiet), (4, quiet)]), Round::Quiet);
         assert_eq!(judge(&[(2, quiet), (3, quiet), (4, loud)]), Round::Renewed);
@@ -790,5 +805,60 @@ mod tests {
             judge(&[(2, quiet), (3, quiet), (9, quiet)]),
             Round::NoMajority
         );
+    }
+
+    /// A member's reading (`readings/<id>`) is what it is judged over, unless its record was
+    /// written since, and the revision its judgement rests on is the later of its record's
+    /// and its reading's. The record alone of a member that keeps its readings apart (written
+    /// with `seen_revision` 0 when it registers) judges it over no one: an engine that reads
+    /// readings from the record (an older fleetd) can never declare it dead. An unreadable
+    /// record is judged by itself, whatever its reading says.
+    #[test]
+    fn a_member_is_judged_over_its_reading() {
+        let quiet = Some(Duration::from_secs(5));
+        let mut record = member(1, 5, 5);
+        record.member.seen_revision = 0;
+        let members: Vec<_> = std::iter::once(record.clone())
+            .chain((2..=5).map(|i| member(i, 5, 5)))
+            .collect();
+        let renewed: Vec<(MachineId, Option<Duration>)> = (2..=5).map(|i| (id(i), quiet)).collect();
+        let renewed: HashMap<&MachineId, Option<Duration>> =
+            renewed.iter().map(|(m, q)| (m, *q)).collect();
+        let mut snapshot = fleet_registry::EngineSnapshot {
+            members: members.clone(),
+            ..Default::default()
+        };
+        let judged = snapshot.judged(&record);
+        assert_eq!(judged.revision, 5);
+        let round = |reading| majority_for(&members, &reading, &renewed, Duration::from_secs(3));
+        assert_eq!(round(judged.reading), Round::NoMajority);
+        let reading = fleet_registry::MemberReading {
+            seen_revision: 10,
+            seen_members: 5,
+        };
+        snapshot.readings.insert(
+            id(1),
+            fleet_registry::ReadingEntry {
+                reading,
+                mod_revision: 12,
+            },
+        );
+        let judged = snapshot.judged(&record);
+        assert_eq!((judged.reading, judged.revision), (reading, 12));
+        assert_eq!(round(judged.reading), Round::Quiet);
+        // The record written since (an older fleetd, which records its readings there):
+        // judged over the record's.
+        let mut older = member(1, 5, 4);
+        older.mod_revision = 14;
+        let judged = snapshot.judged(&older);
+        assert_eq!(
+            (judged.reading, judged.revision),
+            (older.member.reading(), 14)
+        );
+        // A record that cannot be read (as `member_entry_of` gives it).
+        record.member.seen_members = usize::MAX;
+        let judged = snapshot.judged(&record);
+        assert_eq!(judged.reading.seen_members, usize::MAX);
+        assert_eq!(round(judged.reading), Round::NoMajority);
     }
 }

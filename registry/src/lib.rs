@@ -7,7 +7,8 @@
 //! | `units/<name>` | [`Unit`]: options and desired state | none |
 //! | `global/<name>` | [`Unit`], a copy for global units only, so agents watch just these | none |
 //! | `machines/<id>` | [`Machine`] | the machine's |
-//! | `members/<id>` | [`Member`]: the cluster's members, counted for majorities, and what each last read of them | none |
+//! | `members/<id>` | [`Member`]: the cluster's members, counted for majorities, written when each registers | none |
+//! | `readings/<id>` | [`MemberReading`]: what a member last read of the members, which it counts its majorities over; followed by the engine only | none |
 //! | `placements/<id>/<name>` | [`Placement`], written by the engine | none |
 //! | `placed/<name>/<id>` | empty: the index from a unit to its machine, written with the placement | none |
 //! | `states/<id>/<name>` | [`UnitState`], published by the agent | the machine's |
@@ -65,8 +66,8 @@ pub use history::{
 pub use listing::{Page, StateCursor, MAX_PAGE};
 pub use located::UnitMachines;
 pub use model::{
-    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, Placement, Unit,
-    UnitState,
+    InvalidJobState, InvalidMachineId, JobState, Machine, MachineId, Member, MemberReading,
+    Placement, Unit, UnitState,
 };
 pub use presence::{
     lease_not_found, Liveness, Presence, PresenceOptions, PresenceStatus, Registration, Renewal,
@@ -386,6 +387,9 @@ pub struct EngineSnapshot {
     pub machines: Vec<MachineEntry>,
     /// Every machine registered and not declared dead, live or not.
     pub members: Vec<MemberEntry>,
+    /// The members' readings of the members (`readings/`), by machine: see
+    /// [`EngineSnapshot::judged`].
+    pub readings: BTreeMap<MachineId, ReadingEntry>,
     pub placements: Vec<(MachineId, Placement)>,
     /// Why units could not be placed, as the leader last wrote it.
     pub unplaceable: BTreeMap<UnitName, Vec<String>>,
@@ -410,25 +414,74 @@ pub struct UnitView {
     pub unplaceable: Option<Vec<String>>,
 }
 
-/// What became of a reading written over a member record at a known revision.
+/// What became of a reading written over a member's reading (`readings/<id>`) at a known
+/// revision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Recorded {
     /// Written, at this revision.
     Written(i64),
-    /// Not written: the record is gone (the machine was declared dead).
+    /// Not written: the member record is gone (the machine was declared dead), or is no
+    /// longer the one its registration wrote.
     Gone,
-    /// Not written: the record was written since, last at this revision.
+    /// Not written: the reading was written since, last at this revision (0: it is gone,
+    /// the member record is not).
     Moved(i64),
 }
 
 /// A member record and its revisions: it was created when the machine first registered after
-/// being declared dead (or ever), and last written when it registered or recorded a new
-/// reading of the members.
+/// being declared dead (or ever), and last written when it registered (or, by an older
+/// fleetd, when it recorded a new reading of the members).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MemberEntry {
     pub member: Member,
     pub create_revision: i64,
     pub mod_revision: i64,
+}
+
+/// A member's reading (`readings/<id>`) and the revision it was written at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReadingEntry {
+    pub reading: MemberReading,
+    pub mod_revision: i64,
+}
+
+/// What the engine judges a vanished member over: the members it counts its majorities over,
+/// and the revision that judgement rests on ([`EngineSnapshot::judged`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Judged {
+    pub reading: MemberReading,
+    /// The later of the revisions of the member record and of its reading: a declaration made
+    /// on this judgement holds only while neither was written since
+    /// ([`Registry::declare_dead`]).
+    pub revision: i64,
+}
+
+impl EngineSnapshot {
+    /// What member `entry` counts its majorities over: of its reading (`readings/<id>`) and
+    /// what its record says, the one written last. A fleetd writes both when it registers,
+    /// then only its reading; an older fleetd writes only its record, so a reading left by a
+    /// newer one before it (a fleetd downgraded) is older than the record and does not count.
+    /// A record that cannot be read is judged by itself whatever the reading (nobody can judge
+    /// it): an unreadable record must make majorities harder to reach, never easier.
+    pub fn judged(&self, entry: &MemberEntry) -> Judged {
+        let record = entry.member.reading();
+        match self.readings.get(&entry.member.machine.id) {
+            Some(r) => Judged {
+                reading: if r.mod_revision >= entry.mod_revision
+                    && record.seen_members != usize::MAX
+                {
+                    r.reading
+                } else {
+                    record
+                },
+                revision: entry.mod_revision.max(r.mod_revision),
+            },
+            None => Judged {
+                reading: record,
+                revision: entry.mod_revision,
+            },
+        }
+    }
 }
 
 /// A live machine and the lease its record hangs on.
@@ -857,6 +910,32 @@ impl Registry {
     }
     fn member_key(&self, id: &MachineId) -> String {
         self.key(&format!("members/{id}"))
+    }
+    fn readings_prefix(&self) -> String {
+        self.key("readings/")
+    }
+    fn reading_key(&self, id: &MachineId) -> String {
+        self.key(&format!("readings/{id}"))
+    }
+
+    /// The reading a key under `readings/` holds, by the machine its key names; one that does
+    /// not decode counts over no one (nobody can judge that member dead).
+    pub(crate) fn reading_entry(&self, kv: &KeyValue) -> Option<(MachineId, ReadingEntry)> {
+        let id = key_machine_id(&self.readings_prefix(), kv.key())?;
+        let reading = decode::<MemberReading>(kv).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "unreadable member reading");
+            MemberReading {
+                seen_revision: 0,
+                seen_members: usize::MAX,
+            }
+        });
+        Some((
+            id,
+            ReadingEntry {
+                reading,
+                mod_revision: kv.mod_revision(),
+            },
+        ))
     }
     fn placements_prefix(&self) -> String {
         self.key("placements/")
@@ -1566,6 +1645,7 @@ impl Registry {
                 TxnOp::get(self.leader_key(), None),
                 TxnOp::get(self.unplaceable_prefix(), prefixed()),
                 TxnOp::get(self.members_prefix(), prefixed()),
+                TxnOp::get(self.readings_prefix(), prefixed()),
                 TxnOp::get(self.stopping_prefix(), keys_only()),
                 TxnOp::get(self.drain_prefix(), keys_only()),
                 TxnOp::get(self.updates_prefix(), prefixed()),
@@ -1577,7 +1657,7 @@ impl Registry {
             .header()
             .map(|h| h.revision())
             .ok_or_else(|| Error::Protocol("a snapshot's answer without a revision".into()))?;
-        let [units, machines, placements, leader, unplaceable, members, stopping, draining, updates] =
+        let [units, machines, placements, leader, unplaceable, members, readings, stopping, draining, updates] =
             reads(&resp)?;
         self.count_keys(
             [
@@ -1587,6 +1667,7 @@ impl Registry {
                 &leader,
                 &unplaceable,
                 &members,
+                &readings,
                 &stopping,
                 &draining,
                 &updates,
@@ -1634,6 +1715,11 @@ impl Registry {
         });
         let unplaceable = self.decode_unplaceable(unplaceable.kvs())?;
         let members = member_entries(&self.members_prefix(), members.kvs());
+        let readings = readings
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.reading_entry(kv))
+            .collect();
         let stopping = stopping
             .kvs()
             .iter()
@@ -1655,6 +1741,7 @@ impl Registry {
             units,
             machines,
             members,
+            readings,
             placements,
             unplaceable,
             stopping,
@@ -1714,6 +1801,7 @@ impl Registry {
             self.units_prefix(),
             self.machines_prefix(),
             self.members_prefix(),
+            self.readings_prefix(),
             self.placements_prefix(),
             self.leader_key(),
             self.unplaceable_prefix(),
@@ -1893,16 +1981,18 @@ impl Registry {
     }
 
     /// Declares a machine whose lease is gone dead: removes what was placed on it (`units`)
-    /// and its member record, so that the engine places those units elsewhere. Every
-    /// transaction is conditioned on `leadership`, on the machine not being registered, and on
-    /// its member record being the one the engine judged (`member_revision`, its mod
-    /// revision: a machine that registered again in between, even if gone again, is judged
-    /// afresh); `Ok(false)` when that no longer holds (nothing more is removed then).
+    /// and its member record and reading, so that the engine places those units elsewhere.
+    /// Every transaction is conditioned on `leadership`, on the machine not being registered,
+    /// and on its member record and reading being the ones the engine judged (`judged`, the
+    /// later of their mod revisions, [`Judged::revision`]: neither written since, so that a
+    /// machine that registered again in between, even if gone again, or that recorded another
+    /// reading, is judged afresh); `Ok(false)` when that no longer holds (nothing more is
+    /// removed then).
     pub async fn declare_dead(
         &self,
         leadership: Leadership,
         machine: &MachineId,
-        member_revision: i64,
+        judged: i64,
         units: &[UnitName],
     ) -> Result<bool> {
         let leader = self.leader_key();
@@ -1932,17 +2022,18 @@ impl Registry {
                 Some(DeleteOptions::new().with_prefix()),
             ),
             TxnOp::delete(self.member_key(machine), None),
+            TxnOp::delete(self.reading_key(machine), None),
         ]);
         for batch in batches {
+            // Written at or before `judged` (a key that is gone compares as written at 0: the
+            // member record must be there).
             let txn = Txn::new()
                 .when(vec![
                     Compare::create_revision(leader.clone(), CompareOp::Equal, leadership.revision),
                     Compare::version(self.machine_key(machine), CompareOp::Equal, 0),
-                    Compare::mod_revision(
-                        self.member_key(machine),
-                        CompareOp::Equal,
-                        member_revision,
-                    ),
+                    Compare::version(self.member_key(machine), CompareOp::Greater, 0),
+                    Compare::mod_revision(self.member_key(machine), CompareOp::Less, judged + 1),
+                    Compare::mod_revision(self.reading_key(machine), CompareOp::Less, judged + 1),
                 ])
                 .and_then(batch)
                 .or_else(vec![TxnOp::get(leader.clone(), None)]);
@@ -1958,43 +2049,78 @@ impl Registry {
         Ok(true)
     }
 
-    /// Records a new reading of the members in this machine's member record, unless the
+    /// What registering `member` writes besides its machine record: its member record,
+    /// whose own reading counts over no one ([`Member`]), and its reading of the members.
+    pub(crate) fn registration_puts(&self, member: &Member) -> [TxnOp; 2] {
+        let id = &member.machine.id;
+        let record = Member {
+            seen_revision: 0,
+            ..member.clone()
+        };
+        [
+            TxnOp::put(self.member_key(id), encode(&record), None),
+            TxnOp::put(self.reading_key(id), encode(&member.reading()), None),
+        ]
+    }
+
+    /// Records a new reading of the members as this machine's reading, unless its member
     /// record is gone (the machine was declared dead: it becomes a member again only by
     /// registering). Whether it was recorded.
     pub async fn record_reading(&self, member: &Member) -> Result<bool> {
-        let key = self.member_key(&member.machine.id);
+        let id = &member.machine.id;
         let txn = Txn::new()
-            .when(vec![Compare::version(key.clone(), CompareOp::Greater, 0)])
-            .and_then(vec![TxnOp::put(key, encode(member), None)]);
+            .when(vec![Compare::version(
+                self.member_key(id),
+                CompareOp::Greater,
+                0,
+            )])
+            .and_then(vec![TxnOp::put(
+                self.reading_key(id),
+                encode(&member.reading()),
+                None,
+            )]);
         Ok(self.txn(txn).await?.succeeded())
     }
 
-    /// Records a new reading of the members in this machine's member record if the record was
-    /// last written at revision `over` (see [`Recorded`]).
-    pub async fn record_reading_over(&self, member: &Member, over: i64) -> Result<Recorded> {
-        let key = self.member_key(&member.machine.id);
+    /// Records a new reading of the members as this machine's reading if its reading was last
+    /// written at revision `over` (0: it has none) and its member record at `registered`, by
+    /// its registration (see [`Recorded`]).
+    pub async fn record_reading_over(
+        &self,
+        member: &Member,
+        over: i64,
+        registered: i64,
+    ) -> Result<Recorded> {
+        let id = &member.machine.id;
+        let key = self.reading_key(id);
+        let keys_only = || Some(GetOptions::new().with_keys_only());
         let txn = Txn::new()
-            .when(vec![Compare::mod_revision(
+            .when(vec![
+                Compare::mod_revision(self.member_key(id), CompareOp::Equal, registered),
+                Compare::mod_revision(key.clone(), CompareOp::Equal, over),
+            ])
+            .and_then(vec![TxnOp::put(
                 key.clone(),
-                CompareOp::Equal,
-                over,
+                encode(&member.reading()),
+                None,
             )])
-            .and_then(vec![TxnOp::put(key.clone(), encode(member), None)])
-            .or_else(vec![TxnOp::get(
-                key,
-                Some(GetOptions::new().with_keys_only()),
-            )]);
+            .or_else(vec![
+                TxnOp::get(self.member_key(id), keys_only()),
+                TxnOp::get(key, keys_only()),
+            ]);
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
             return Ok(Recorded::Written(
                 resp.header().map(|h| h.revision()).unwrap_or_default(),
             ));
         }
-        let [read] = reads::<1>(&resp)?;
-        Ok(match read.kvs().first() {
-            Some(kv) => Recorded::Moved(kv.mod_revision()),
-            None => Recorded::Gone,
-        })
+        let [record, reading] = reads::<2>(&resp)?;
+        if record.kvs().first().map(|kv| kv.mod_revision()) != Some(registered) {
+            return Ok(Recorded::Gone);
+        }
+        Ok(Recorded::Moved(
+            reading.kvs().first().map_or(0, |kv| kv.mod_revision()),
+        ))
     }
 
     /// The cluster's members (machines registered and not declared dead), and the revision

@@ -205,12 +205,40 @@ pub struct UnitState {
 
 /// A member of the cluster (`members/<id>`): a machine registered and not declared dead, and
 /// the members it counts its majorities over (`fleet-quorum`): those it read at
-/// `seen_revision`, `seen_members` of them, itself included. A machine records a new reading
-/// here before it counts over it, so that the engine counts over no more than it does.
+/// `seen_revision`, `seen_members` of them, itself included.
+///
+/// A machine that keeps its readings apart (`readings/<id>`, [`MemberReading`]: every fleetd
+/// since readings left the member record) writes this record only when it registers, with
+/// `seen_revision` 0: an engine that counts over the record itself (an older fleetd) then
+/// counts none of the members, so it can never judge that machine dead, only hold its units.
+/// An older fleetd records each new reading here, before it counts over it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
     pub machine: Machine,
+    pub seen_revision: i64,
+    pub seen_members: usize,
+}
+
+impl Member {
+    /// The reading this record says its machine counts over.
+    pub fn reading(&self) -> MemberReading {
+        MemberReading {
+            seen_revision: self.seen_revision,
+            seen_members: self.seen_members,
+        }
+    }
+}
+
+/// A member's reading of the members (`readings/<id>`): those it counts its majorities over
+/// (`fleet-quorum`), read at `seen_revision`, `seen_members` of them, itself included. The
+/// machine writes it when it registers (with its member record) and each time it reads
+/// other members, before it counts over them, so that the engine counts over no more than it
+/// does. It is a key of its own, which only the engine follows: a member's new reading is no
+/// event for the other members, who follow the member records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberReading {
     pub seen_revision: i64,
     pub seen_members: usize,
 }

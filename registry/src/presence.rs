@@ -373,9 +373,9 @@ async fn register_until_done(
 
 /// One registration attempt (the lease's time runs from when it was sent): take back the
 /// lease of a previous run if the record still hangs on it, else create the record on a new
-/// lease unless a live record exists. Either way the member record is written in the same
-/// transaction, with the members read just before: the reading this machine then counts its
-/// majorities over, returned with the lease. A machine that keeps no view of the members
+/// lease unless a live record exists. Either way the member record and the machine's reading
+/// (`readings/<id>`) are written in the same transaction, with the members read just before:
+/// the reading this machine then counts its majorities over, returned with the lease. A machine that keeps no view of the members
 /// (`keeps_view` false: it asks nobody) only counts them: its record needs no more, and a read
 /// of every member record by every machine registering is N² records.
 async fn register(
@@ -426,8 +426,9 @@ async fn register(
         seen_revision: reading.revision,
         seen_members,
     };
-    let member_put = || TxnOp::put(registry.member_key(&machine.id), encode(&member), None);
-    // Whether a write of the member record failed without an answer (etcd may have applied it).
+    let [record_put, reading_put] = registry.registration_puts(&member);
+    // Whether a write of the member record and reading failed without an answer (etcd may have
+    // applied it).
     let mut unanswered = false;
     let failed = |error: Error, unanswered: bool| Failed {
         error,
@@ -446,7 +447,8 @@ async fn register(
                     value.clone(),
                     Some(PutOptions::new().with_lease(previous)),
                 ),
-                member_put(),
+                record_put.clone(),
+                reading_put.clone(),
             ]);
         // The put fails if the lease expired meanwhile; then register afresh.
         match registry.txn(txn).await {
@@ -487,7 +489,8 @@ async fn register(
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             ),
-            member_put(),
+            record_put,
+            reading_put,
         ])
         .or_else(vec![TxnOp::get(key.clone(), None)]);
     let resp = registry.txn(txn).await.map_err(|e| failed(e, true))?;
@@ -516,8 +519,8 @@ async fn register(
 }
 
 /// A registration that failed, and the reading of the members it may have recorded all the
-/// same (a write of the member record that failed without an answer, or that was applied
-/// before the registration failed).
+/// same (a write of the member record and reading that failed without an answer, or that was
+/// applied before the registration failed).
 struct Failed {
     error: Error,
     maybe: Option<Reading>,
@@ -548,8 +551,8 @@ struct Reading {
     /// order of id: what two readings are compared by, so that a machine declared dead and
     /// registered again makes a new reading.
     registrations: Vec<(MachineId, i64)>,
-    /// The revision this machine's member record was written at with this reading, once it
-    /// was (0 before).
+    /// The revision this machine's reading (`readings/<id>`) was written at with this reading,
+    /// once it was (0 before).
     recorded: i64,
 }
 
@@ -566,35 +569,49 @@ fn registrations<'a>(
     all
 }
 
-/// The readings of the members this machine counts its majorities over: the one its member
-/// record holds, and those whose recording failed without an answer. etcd may have applied
-/// such a write all the same, and then the engine, judging this machine, counts over that
-/// reading instead: until a recording succeeds (the record is then the reading it wrote), a
-/// majority must be a majority of every reading it may hold.
+/// The readings of the members this machine counts its majorities over: the one etcd holds as
+/// its reading (`readings/<id>`), and those whose recording failed without an answer. etcd may
+/// have applied such a write all the same, and then the engine, judging this machine, counts
+/// over that reading instead: until a recording succeeds (etcd then holds the reading it
+/// wrote), a majority must be a majority of every reading etcd may hold.
 ///
-/// Every write of a reading is conditioned on the record's revision as this machine last knew
-/// it (`record`): a write that failed without an answer cannot be applied after a later one
-/// succeeded, which would leave the record holding a reading no longer counted over.
+/// Every write of a reading is conditioned on the reading's revision as this machine last knew
+/// it (`record`), and on its member record being the one it registered (`registered`): a write
+/// that failed without an answer cannot be applied after a later one succeeded, which would
+/// leave etcd holding a reading no longer counted over, nor after the machine registered
+/// again (an older fleetd, after a downgrade, writes only its member record).
 #[derive(Debug, Clone, Default)]
 struct Readings {
     /// The last reading recorded for sure.
     adopted: Reading,
     /// Readings written since, whose writes failed without saying whether etcd applied them.
     in_doubt: Vec<Reading>,
-    /// The revision of this machine's member record as it last knew it.
+    /// The revision of this machine's reading (`readings/<id>`) as it last knew it.
     record: i64,
-    /// The record was found written at another revision than `record`: written over next.
+    /// The reading was found written at another revision than `record`: written over next.
     rewrite: bool,
+    /// The revision its registration wrote its member record (and first reading) at.
+    registered: i64,
 }
 
 impl Readings {
+    /// The readings of a registration, which recorded `reading` with the member record.
     fn adopt(reading: Reading) -> Readings {
         Readings {
             record: reading.recorded,
+            registered: reading.recorded,
             adopted: reading,
             in_doubt: Vec::new(),
             rewrite: false,
         }
+    }
+
+    /// `reading` recorded for sure since the registration.
+    fn recorded(&mut self, reading: Reading) {
+        *self = Readings {
+            registered: self.registered,
+            ..Readings::adopt(reading)
+        };
     }
 
     fn doubt(&mut self, reading: Reading) {
@@ -606,7 +623,7 @@ impl Readings {
 
     /// The members to ask, and how many members a majority is counted over: with readings in
     /// doubt, only the members in all of them, over the largest. A majority of that count
-    /// among them is then a majority of each reading, whichever the record holds.
+    /// among them is then a majority of each reading, whichever etcd holds.
     fn to_ask(&self) -> (Vec<Arc<Machine>>, usize) {
         let mut asked = self.adopted.machines.clone();
         let mut counted = self.adopted.machines.len();
@@ -653,8 +670,8 @@ struct KeepAlive {
     members: Arc<Mutex<Readings>>,
     /// Whether `members` is kept (only with a witness).
     keeps_view: bool,
-    /// Held while a reading of the members is recorded and adopted, so that the member record
-    /// and `members` never disagree.
+    /// Held while a reading of the members is recorded and adopted, so that the recorded
+    /// reading and `members` never disagree.
     recording: Arc<tokio::sync::Mutex<()>>,
 }
 
@@ -850,13 +867,16 @@ impl Monitor {
 }
 
 /// Follows the cluster's members (for whom to ask and how many make a majority). A new reading
-/// is recorded in this machine's member record before it is counted over, so that the engine,
-/// judging this machine, counts over no more members than it does.
+/// is recorded as this machine's reading (`readings/<id>`) before it is counted over, so that
+/// the engine, judging this machine, counts over no more members than it does.
 ///
 /// The members are a view ([`MembersView`]): read once (at registration), then kept from one
-/// watch. A change of a member's record that adds or removes no member (another machine
-/// recording its own reading, which every reading does) costs receiving it; only a join or a
-/// departure makes a new reading, recorded and adopted once the members have settled
+/// watch of the member records, which are written when a machine registers and deleted when
+/// it is declared dead: the other members' readings are keys of their own, which only the
+/// engine follows, so a join costs each member one event, not one per member. A member's
+/// record written again that adds or removes no member (registering again, or an older
+/// fleetd recording its reading there) costs receiving it; only a join or a departure makes a
+/// new reading, recorded and adopted once the members have settled
 /// ([`MembersView::settle`]): once for a burst of them, and at most once per
 /// [`reading_gap`]. Any error of the watch drops the view, to be read again.
 async fn follow_members(
@@ -977,27 +997,33 @@ async fn adopt(
             seen_revision: reading.revision,
             seen_members: reading.machines.len(),
         };
-        let over = lock(members).record;
-        match registry.record_reading_over(&member, over).await {
+        let (over, registered) = {
+            let readings = lock(members);
+            (readings.record, readings.registered)
+        };
+        match registry
+            .record_reading_over(&member, over, registered)
+            .await
+        {
             Ok(Recorded::Written(revision)) => {
-                *lock(members) = Readings::adopt(Reading {
+                lock(members).recorded(Reading {
                     recorded: revision,
                     ..reading
                 });
                 recorded = true;
             }
             // Registering again records and adopts a reading of its own.
-            Ok(Recorded::Gone) => {
-                tracing::debug!("not a member (declared dead): keeping the members as they were")
-            }
+            Ok(Recorded::Gone) => tracing::debug!(
+                "not a member as registered (declared dead): keeping the members as they were"
+            ),
             Ok(Recorded::Moved(revision)) => {
-                // A write of a reading in doubt was applied after all: written over next, on
-                // what the record is now.
+                // A write of a reading in doubt was applied after all (or the reading was
+                // deleted): written over next, on what etcd holds now.
                 let mut readings = lock(members);
                 readings.record = revision;
                 readings.rewrite = true;
                 return Err(Error::Protocol(format!(
-                    "this machine's member record was written at revision {revision}, \
+                    "this machine's reading was written at revision {revision}, \
                      not {over}: recording again"
                 )));
             }
@@ -1095,8 +1121,8 @@ impl MembersView {
     /// for a [`reading_gap`]), and until a reading gap has passed since this machine last
     /// recorded a reading (at `recorded`), so that a burst of joins or departures (machines
     /// starting together, the engine declaring several dead) makes one reading, not one each,
-    /// and that joins that go on make one per gap: every reading is a write that every
-    /// member's watch receives.
+    /// and that joins that go on make one per gap: every reading is a write, which the
+    /// engine's watch receives.
     async fn settle(&mut self, me: &MachineId, recorded: Instant) -> Result<()> {
         if !self.joined_or_left {
             return Ok(());
@@ -1255,9 +1281,9 @@ const SETTLE: Duration = Duration::from_millis(250);
 
 /// The least time between two readings a machine records among `members`, and the longest a
 /// reading waits for them to settle: joins that go on (a cluster starting) are recorded this
-/// often. A round of readings is a write per member that every member receives, N² events, so
-/// past 200 members the rounds are spaced by 10 ms per member: a member then receives about
-/// 100 readings a second however large the cluster (and etcd sends about 100 per member). The
+/// often. A round of readings is a write per member (and an event for the engine, which alone
+/// follows them), so past 200 members the rounds are spaced by 10 ms per member: the members
+/// then write about 100 readings a second however large the cluster. The
 /// gap is counted on the machine's own clock; nothing depends on the machines keeping it
 /// together.
 fn reading_gap(members: usize) -> Duration {
@@ -1621,8 +1647,9 @@ mod tests {
     }
 
     /// The case a recording that failed without an answer opens: adopted {1,2,3}, while the
-    /// record may say {1,2,3,4,5}. Cut off from etcd with 2 only, machine 1 must not count
-    /// {1,2} a majority: the engine may count 3, 4 and 5 renewing, a majority of the record.
+    /// reading in etcd may say {1,2,3,4,5}. Cut off from etcd with 2 only, machine 1 must not
+    /// count {1,2} a majority: the engine may count 3, 4 and 5 renewing, a majority of that
+    /// reading.
     #[test]
     fn a_reading_in_doubt_counts_until_a_recording_succeeds() {
         let mut readings = Readings::adopt(reading(&[1, 2, 3], &[]));

@@ -159,8 +159,9 @@ pub struct EngineView {
     own: Own,
     changes: Changes,
     changed: ViewChanges,
-    /// The members without a machine record (whose lease is gone), with the revision of
-    /// their member record: kept as machine and member records change.
+    /// The members without a machine record (whose lease is gone), with the revision their
+    /// judgement rests on ([`fleet_registry::Judged`]): kept as machine and member records
+    /// and readings change.
     absent: BTreeMap<MachineId, i64>,
     /// The units placed on each machine: kept with the placements.
     on: HashMap<MachineId, BTreeSet<UnitName>>,
@@ -257,8 +258,8 @@ impl EngineView {
     }
 
     /// The members whose lease is gone (registered and not declared dead, without a machine
-    /// record), each with the revision of its member record, in order of id: in time that
-    /// grows with them, not with the cluster.
+    /// record), each with the revision its judgement rests on ([`EngineSnapshot::judged`]),
+    /// in order of id: in time that grows with them, not with the cluster.
     pub fn absent_members(&self) -> impl Iterator<Item = (&MachineId, i64)> {
         self.absent.iter().map(|(id, &revision)| (id, revision))
     }
@@ -268,9 +269,10 @@ impl EngineView {
         self.on.get(machine).into_iter().flatten()
     }
 
-    /// The revision of member `id`'s record, if it is a member.
+    /// The revision member `id`'s judgement rests on (its record's or its reading's, the
+    /// later: [`EngineSnapshot::judged`]), if it is a member.
     pub fn member_revision(&self, id: &MachineId) -> Option<i64> {
-        self.member(id).map(|e| e.mod_revision)
+        self.member(id).map(|e| self.snapshot.judged(e).revision)
     }
 
     /// Member `id`'s record, if it is a member.
@@ -467,11 +469,10 @@ impl EngineView {
                         Some((id, true)) => {
                             self.changed.machines.insert(id);
                         }
-                        // A member recording a new reading of the members over its record:
-                        // the members are the same ones, and what is planned counts them by
-                        // id only (the readings are judged from the snapshot on every pass).
-                        // Every join has every member record one, so counting them would plan
-                        // the whole cluster again for each member's.
+                        // A member's record written again: registering again (or an older
+                        // fleetd recording a new reading of the members over its record). The
+                        // members are the same ones, and what is planned counts them by id
+                        // only (the readings are judged from the snapshot on every pass).
                         Some((_, false)) if !deleted && self.members.contains(&key) => {}
                         // A registration, or a member leaving (declared dead).
                         Some((id, false)) => {
@@ -483,6 +484,10 @@ impl EngineView {
                         None if key.starts_with(&registry.updates_prefix()) => {
                             self.changed.updates = true;
                         }
+                        // A member's new reading of the members: judged from the snapshot on
+                        // every pass, planned from by nothing. Every join has every member
+                        // record one.
+                        None if key.starts_with(&registry.readings_prefix()) => {}
                         None if deleted => {
                             match placement_machine(&registry.placements_prefix(), &kv) {
                                 Some(id) if !self.machines.contains(&registry.machine_key(&id)) => {
@@ -552,6 +557,16 @@ impl EngineView {
                 self.members.put(&mut s.members, &key, entry);
             }
             recheck = key_machine_id(&registry.members_prefix(), kv.key());
+        } else if key.starts_with(&registry.readings_prefix()) {
+            if deleted {
+                if let Some(id) = key_machine_id(&registry.readings_prefix(), kv.key()) {
+                    s.readings.remove(&id);
+                    recheck = Some(id);
+                }
+            } else if let Some((id, entry)) = registry.reading_entry(&kv) {
+                s.readings.insert(id.clone(), entry);
+                recheck = Some(id);
+            }
         } else if key.starts_with(&registry.placements_prefix()) {
             if deleted {
                 delete_placement(&mut self.placements, &mut s.placements, &mut self.on, &key);
@@ -788,6 +803,9 @@ fn digest_of(s: &EngineSnapshot, keys: &RandomState) -> ClusterDigest {
     }
     for m in &s.members {
         add(&|mut h| ("member", m).hash(&mut h));
+    }
+    for r in &s.readings {
+        add(&|mut h| ("reading", r).hash(&mut h));
     }
     for p in &s.placements {
         add(&|mut h| ("placement", p).hash(&mut h));

@@ -426,7 +426,20 @@ async fn a_lost_machine_takes_its_states_with_it_and_its_placements_wait_for_the
         .await
         .unwrap());
     assert_eq!(registry.placements().await.unwrap().len(), 2);
-    assert!(registry
+    // A reading it recorded since (a write that etcd applied late, say), in its own key:
+    // judged on the reading before it, refused; on this one, declared.
+    let later = fleet_registry::Member {
+        machine: machine(1),
+        seen_revision: judged,
+        seen_members: 2,
+    };
+    assert!(registry.record_reading(&later).await.unwrap());
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(
+        members[0].mod_revision, judged,
+        "a reading wrote the member record"
+    );
+    assert!(!registry
         .declare_dead(
             leadership,
             &machine_id(1),
@@ -435,6 +448,29 @@ async fn a_lost_machine_takes_its_states_with_it_and_its_placements_wait_for_the
         )
         .await
         .unwrap());
+    assert_eq!(registry.placements().await.unwrap().len(), 2);
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    let now = snapshot.judged(&snapshot.members[0]);
+    assert_eq!(now.reading, later.reading());
+    assert!(now.revision > judged);
+    assert!(registry
+        .declare_dead(
+            leadership,
+            &machine_id(1),
+            now.revision,
+            std::slice::from_ref(&web)
+        )
+        .await
+        .unwrap());
+    assert!(
+        !registry
+            .engine_snapshot()
+            .await
+            .unwrap()
+            .readings
+            .contains_key(&machine_id(1)),
+        "its reading outlived the declaration"
+    );
     let placements = registry.placements().await.unwrap();
     assert_eq!(placements.len(), 1);
     assert_eq!(placements[0].0, machine_id(2));
@@ -529,16 +565,20 @@ impl fleet_registry::Witness for Unanswered {
     }
 }
 
-/// Machine `n`'s member record: the revision it was created at, and the reading it records
-/// (`seen_revision`, `seen_members`).
+/// Machine `n`'s member record: the revision it was created at, and the reading it is judged
+/// over (`seen_revision`, `seen_members`: its `readings/` key's), as the engine reads them.
 async fn member_record(registry: &Registry, n: u8) -> Option<(i64, (i64, usize))> {
-    let (_, members) = registry.cluster_members().await.unwrap();
-    members
-        .into_iter()
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    snapshot
+        .members
+        .iter()
         .find(|e| e.member.machine.id == machine_id(n))
         .map(|e| {
-            let reading = (e.member.seen_revision, e.member.seen_members);
-            (e.create_revision, reading)
+            let reading = snapshot.judged(e).reading;
+            (
+                e.create_revision,
+                (reading.seen_revision, reading.seen_members),
+            )
         })
 }
 
@@ -564,12 +604,13 @@ async fn lose_and_declare_dead(others: &Registry, presence: Presence, n: u8, lea
         .await
         .unwrap()
         .unwrap();
-    let (_, members) = others.cluster_members().await.unwrap();
-    let judged = members
+    let snapshot = others.engine_snapshot().await.unwrap();
+    let judged = snapshot
+        .members
         .iter()
         .find(|e| e.member.machine.id == machine_id(n))
-        .unwrap()
-        .mod_revision;
+        .map(|e| snapshot.judged(e).revision)
+        .unwrap();
     assert!(others
         .declare_dead(leadership, &machine_id(n), judged, &[])
         .await
@@ -577,8 +618,8 @@ async fn lose_and_declare_dead(others: &Registry, presence: Presence, n: u8, lea
 }
 
 /// A machine that asks the members follows them from one watch: it records and then counts
-/// over each join and departure, and another member recording its own reading (which every
-/// reading does) costs it no read and no write.
+/// over each join and departure, and another member recording its own reading (in a key of
+/// its own, which members do not follow) costs it no read and no write.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_member_follows_joins_and_departures_and_nothing_else() {
     let etcd = Etcd::start();
@@ -728,11 +769,12 @@ async fn keys_among_the_members_that_name_no_machine_are_no_members_and_stop_no_
     assert_eq!(follower.keys_read(), keys_read, "keys read again");
 }
 
-/// A reading is written only over the member record as the machine last knew it, so that a
-/// write that failed without an answer cannot land after a later one and leave the record
-/// holding a reading the machine no longer counts over.
+/// A reading is written only over the machine's reading as it last knew it, and over the
+/// member record its registration wrote, so that a write that failed without an answer cannot
+/// land after a later one, or after the machine registered again, and leave etcd holding a
+/// reading the machine no longer counts over.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_reading_is_written_only_over_the_record_last_known() {
+async fn a_reading_is_written_only_over_the_reading_last_known() {
     use fleet_registry::Recorded;
     let etcd = Etcd::start();
     let registry = registry(&etcd).await;
@@ -744,22 +786,72 @@ async fn a_reading_is_written_only_over_the_record_last_known() {
         seen_revision: seen,
         seen_members: 1,
     };
+    // Registering wrote the member record and the first reading together.
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    let registered = snapshot.readings.get(&machine_id(1)).expect("no reading");
+    assert_eq!(registered.mod_revision, known);
+    assert_eq!(registered.reading.seen_members, 1);
+    assert_eq!(snapshot.members[0].member.seen_revision, 0);
     let Recorded::Written(first) = registry
-        .record_reading_over(&reading(5), known)
+        .record_reading_over(&reading(5), known, known)
         .await
         .unwrap()
     else {
         panic!("not written over the record as last known");
     };
-    // A late write, over what the record was before the first: refused, and told where it is.
+    // In a key of its own: the member record, which every member follows, is not written.
+    let (_, members) = registry.cluster_members().await.unwrap();
+    assert_eq!(members[0].mod_revision, known);
+    // A late write, over what the reading was before the first: refused, and told where it is.
     assert_eq!(
         registry
-            .record_reading_over(&reading(3), known)
+            .record_reading_over(&reading(3), known, known)
             .await
             .unwrap(),
         Recorded::Moved(first)
     );
     assert_eq!(member_record(&registry, 1).await.unwrap().1, (5, 1));
+    // The reading deleted (by hand): told so, and written over nothing.
+    let key = format!("readings/{}", machine_id(1));
+    etcd.delete_raw(&key).await;
+    assert_eq!(
+        registry
+            .record_reading_over(&reading(6), first, known)
+            .await
+            .unwrap(),
+        Recorded::Moved(0)
+    );
+    let Recorded::Written(second) = registry
+        .record_reading_over(&reading(6), 0, known)
+        .await
+        .unwrap()
+    else {
+        panic!("not written over no reading");
+    };
+    assert_eq!(member_record(&registry, 1).await.unwrap().1, (6, 1));
+    // The member record written since (registering again; an older fleetd, downgraded, writes
+    // its readings there): a late write over the reading it knew is refused.
+    let record = etcd
+        .key_space()
+        .await
+        .keys
+        .into_iter()
+        .find(|k| {
+            k.key
+                .ends_with(format!("members/{}", machine_id(1)).as_bytes())
+        })
+        .expect("no member record")
+        .value;
+    etcd.put_raw(&format!("members/{}", machine_id(1)), &record)
+        .await;
+    assert_eq!(
+        registry
+            .record_reading_over(&reading(7), second, known)
+            .await
+            .unwrap(),
+        Recorded::Gone
+    );
+    assert_eq!(member_record(&registry, 1).await.unwrap().1, (0, 1));
     // No record (never registered, or declared dead): nothing written.
     let stranger = fleet_registry::Member {
         machine: machine(9),
@@ -768,7 +860,7 @@ async fn a_reading_is_written_only_over_the_record_last_known() {
     };
     assert_eq!(
         registry
-            .record_reading_over(&stranger, first)
+            .record_reading_over(&stranger, first, known)
             .await
             .unwrap(),
         Recorded::Gone

@@ -60,7 +60,7 @@ async fn engine_converges(registry: &Registry, view: &mut EngineView) {
                         .iter()
                         .any(|m| m.machine.id == e.member.machine.id)
                 })
-                .map(|e| (e.member.machine.id.clone(), e.mod_revision))
+                .map(|e| (e.member.machine.id.clone(), read.judged(e).revision))
                 .collect();
             let kept: Vec<(fleet_registry::MachineId, i64)> = view
                 .absent_members()
@@ -88,7 +88,7 @@ async fn engine_converges(registry: &Registry, view: &mut EngineView) {
                     .members
                     .iter()
                     .find(|e| e.member.machine.id == *id)
-                    .map(|e| e.mod_revision);
+                    .map(|e| read.judged(e).revision);
                 assert_eq!(view.member_revision(id), revision, "member {id}");
             }
             return;
@@ -389,12 +389,12 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
         !changes.other,
         "a new reading counted as a change: {changes:?}"
     );
-    let recorded = view
-        .snapshot()
+    let snapshot = view.snapshot();
+    let recorded = snapshot
         .members
         .iter()
         .find(|e| e.member.machine.id == machine_id(1))
-        .map(|e| e.member.seen_members);
+        .map(|e| snapshot.judged(e).reading.seen_members);
     assert_eq!(recorded, Some(2), "the view did not keep the reading");
 
     // A rolling update written: an update, nothing else (it counts only for drains).
@@ -467,14 +467,10 @@ async fn an_engine_view_tells_which_units_others_changed_and_not_its_own_writes(
     assert!(all.units.is_empty() && !all.other, "{all:?}");
 }
 
-/// The revision machine `n`'s member record was last written at, in the view.
+/// The revision machine `n`'s judgement rests on (its member record's or its reading's), in
+/// the view.
 fn member_revision(view: &EngineView, n: u8) -> i64 {
-    view.snapshot()
-        .members
-        .iter()
-        .find(|e| e.member.machine.id == machine_id(n))
-        .map(|e| e.mod_revision)
-        .expect("not a member")
+    view.member_revision(&machine_id(n)).expect("not a member")
 }
 
 /// A machine record under another machine's key is no machine's, in a snapshot as in a view

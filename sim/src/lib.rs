@@ -2,9 +2,9 @@
 //! sizes no real cluster here reaches (as Kubernetes' kubemark "hollow nodes").
 //!
 //! Each [`HollowMachine`] is a real machine as far as etcd and the rest of fleet can tell: a
-//! real [`Presence`] (its own lease, machine record and member record in the real etcd) and the
-//! real agent loop ([`Agent`]), which writes its unit files and publishes unit states as
-//! fleetd's does. Only systemd is replaced, by a [`SimulatedSystemd`]: nothing runs. The
+//! real [`Presence`] (its own lease, machine record, member record and reading in the real
+//! etcd) and the real agent loop ([`Agent`]), which writes its unit files and publishes unit
+//! states as fleetd's does. Only systemd is replaced, by a [`SimulatedSystemd`]: nothing runs. The
 //! engine, the API and etcd are the real ones, run beside the simulation (the simulation runs
 //! no engine).
 //!
@@ -347,11 +347,11 @@ impl Simulation {
         Ok(simulation)
     }
 
-    /// Records in the member record of every machine that does not follow the members one
-    /// reading of all of them, made now.
+    /// Records as the reading (`readings/<id>`) of every machine that does not follow the
+    /// members one reading of all of them, made now.
     ///
     /// Those machines do not follow the members (a machine does that only with a witness),
-    /// so each member record would keep the reading made when it registered, in which the
+    /// so each would keep the reading made when it registered, in which the
     /// first machines saw few members or none: the engine, which counts a majority of the
     /// members a lost machine last read, would never find one for them. Safety is unchanged:
     /// without a witness a machine fences when its lease may expire, whatever the others see,

@@ -55,6 +55,7 @@ fn snapshot(
         leader: None,
         units,
         members: Vec::new(),
+        readings: Default::default(),
         machines,
         placements,
         unplaceable: Default::default(),
