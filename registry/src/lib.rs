@@ -591,10 +591,13 @@ pub struct Registry {
 /// for good, and is left after that.
 struct Members {
     /// Each endpoint that connected, with its client; swapped whole by [`Registry::set_tls`]
-    /// (streams already open go on over their connections).
+    /// (streams already open go on over their connections). Only ever grows: an endpoint
+    /// that could not be connected at start-up is added once it can (`connect_later`).
     clients: std::sync::RwLock<Vec<(String, Client)>>,
-    /// How many: fixed at start-up.
-    count: usize,
+    /// The endpoints not connected yet, in the configured order.
+    pending: std::sync::Mutex<Vec<String>>,
+    /// How to connect: the latest certificates ([`Registry::set_tls`]).
+    options: std::sync::Mutex<ConnectOptions>,
     current: std::sync::atomic::AtomicUsize,
     /// Since when the current member has been answering "no leader".
     no_leader: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
@@ -605,8 +608,17 @@ struct Members {
 const NO_LEADER_PATIENCE: Duration = Duration::from_secs(3);
 
 impl Members {
+    /// How many endpoints are connected (at least one).
+    fn count(&self) -> usize {
+        self.clients
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+            .max(1)
+    }
+
     fn current(&self) -> usize {
-        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.count
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.count()
     }
 
     fn client(&self) -> Client {
@@ -650,7 +662,7 @@ impl Members {
     /// The endpoint at `index` did not answer: use the next one, unless another request
     /// already moved on.
     fn failed(&self, index: usize) {
-        let next = (index + 1) % self.count;
+        let next = (index + 1) % self.count();
         if next != index {
             let _ = self.current.compare_exchange(
                 index,
@@ -746,13 +758,14 @@ impl Registry {
         let endpoints = config.endpoints.join(",");
         let mut clients = Vec::new();
         let mut first_error = None;
+        let mut pending = Vec::new();
         for endpoint in &config.endpoints {
             match connect_one(endpoint, &options, config.request_timeout).await {
                 Ok(client) => clients.push((endpoint.clone(), client)),
                 // Without authentication connecting is lazy and cannot fail this way; with
-                // it, a member down at start-up is left out until fleetd restarts.
+                // it, a member down at start-up is connected once it is up.
                 Err(e) => {
-                    tracing::warn!(endpoint = %endpoint, error = %e, "cannot connect to this etcd endpoint");
+                    pending.push((endpoint.clone(), e.to_string()));
                     first_error.get_or_insert(e);
                 }
             }
@@ -761,12 +774,26 @@ impl Registry {
             return Err(first_error
                 .unwrap_or_else(|| Error::Protocol("no etcd endpoint configured".into())));
         }
+        let pending: Vec<String> = pending
+            .into_iter()
+            .map(|(endpoint, error)| {
+                tracing::warn!(endpoint = %endpoint, %error, "cannot connect to this etcd endpoint; trying again in the background");
+                endpoint
+            })
+            .collect();
         let members = std::sync::Arc::new(Members {
             no_leader: std::sync::Mutex::new(None),
-            count: clients.len(),
             clients: std::sync::RwLock::new(clients),
+            pending: std::sync::Mutex::new(pending),
+            options: std::sync::Mutex::new(options),
             current: std::sync::atomic::AtomicUsize::new(0),
         });
+        if !lock_members(&members.pending).is_empty() {
+            tokio::spawn(connect_later(
+                std::sync::Arc::downgrade(&members),
+                config.request_timeout,
+            ));
+        }
         let mut prefix = config.prefix.clone();
         if !prefix.ends_with('/') {
             prefix.push('/');
@@ -792,12 +819,14 @@ impl Registry {
             ..(*self.config).clone()
         };
         let options = connect_options(&config);
+        *lock_members(&self.members.options) = options.clone();
         let old: Vec<(String, Client)> = self
             .members
             .clients
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let before = old.len();
         let mut new = Vec::with_capacity(old.len());
         let mut first_error = None;
         for (endpoint, client) in old {
@@ -810,14 +839,72 @@ impl Registry {
                 }
             }
         }
-        *self
-            .members
-            .clients
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = new;
+        {
+            let mut clients = self
+                .members
+                .clients
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            // Endpoints connected meanwhile (`connect_later`) are kept.
+            new.extend(clients.drain(..).skip(before));
+            *clients = new;
+        }
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// Locks one of [`Members`]' mutexes (a panic while one was held left nothing half-done).
+fn lock_members<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The first pause before connecting again to endpoints that could not be connected, and the
+/// longest.
+const CONNECT_AGAIN: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
+
+/// Connects the endpoints that could not be connected at start-up (with authentication,
+/// connecting authenticates, so a member down then fails it), one after another, again after a
+/// pause doubling from 1 s to 30 s, until all are or the registry is dropped. Each is added to
+/// the endpoints requests go to once it is connected.
+async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
+    let mut pause = CONNECT_AGAIN.0;
+    loop {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(CONNECT_AGAIN.1);
+        let Some(strong) = members.upgrade() else {
+            return;
+        };
+        let endpoints = lock_members(&strong.pending).clone();
+        let options = lock_members(&strong.options).clone();
+        drop(strong);
+        for endpoint in endpoints {
+            let connected = connect_one(&endpoint, &options, timeout).await;
+            let Some(members) = members.upgrade() else {
+                return;
+            };
+            match connected {
+                Ok(client) => {
+                    tracing::info!(endpoint = %endpoint, "connected to this etcd endpoint");
+                    lock_members(&members.pending).retain(|e| *e != endpoint);
+                    members
+                        .clients
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((endpoint, client));
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %endpoint, error = %e, "cannot connect to this etcd endpoint yet")
+                }
+            }
+        }
+        let Some(members) = members.upgrade() else {
+            return;
+        };
+        if lock_members(&members.pending).is_empty() {
+            return;
         }
     }
 }
@@ -1056,7 +1143,7 @@ impl Registry {
         F: Fn(etcd_client::KvClient) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let mut tries = self.members.count;
+        let mut tries = self.members.count();
         let give_up = tokio::time::Instant::now() + self.timeout;
         let mut pause = OVERLOAD_PAUSE;
         self.kv_requests

@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use fleet_registry::{Error, EtcdTls, Registry};
 use support::*;
 
@@ -190,4 +192,128 @@ async fn tls_with_client_certificates_and_a_renewal_used_without_a_restart() {
         .map(|u| u.name.to_string())
         .collect();
     assert_eq!(names, ["a.service"]);
+}
+
+/// A TCP gate on loopback in front of etcd: while open it forwards each connection to etcd;
+/// closed, it drops the connections it forwards and those that come (a member down).
+struct Gate {
+    port: u16,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections forwarded so far.
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The forwarding tasks, aborted when the gate closes.
+    links: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Gate {
+    async fn new(etcd: &Etcd, open: bool) -> Gate {
+        let target = etcd.endpoint.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a gate");
+        let port = listener.local_addr().expect("the gate's address").port();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(open));
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let links = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let accepting = tokio::spawn({
+            let (open, forwarded, links) = (open.clone(), forwarded.clone(), links.clone());
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue;
+                    }
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        continue;
+                    };
+                    forwarded.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let link = tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                    links.lock().unwrap().push(link.abort_handle());
+                }
+            }
+        });
+        Gate {
+            port,
+            open,
+            forwarded,
+            links,
+            accepting,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.store(open, std::sync::atomic::Ordering::SeqCst);
+        if !open {
+            for link in self.links.lock().unwrap().drain(..) {
+                link.abort();
+            }
+        }
+    }
+
+    fn forwarded(&self) -> usize {
+        self.forwarded.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.set_open(false);
+        self.accepting.abort();
+    }
+}
+
+/// With authentication, connecting to an endpoint authenticates, so a member down when
+/// fleetd starts cannot be connected then. It is connected once it is up, and serves fleetd
+/// when the member that was up is lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_down_at_start_up_is_connected_once_it_is_up() {
+    let etcd = Etcd::start();
+    etcd.enable_auth("root-secret", "fleet", "fleet-secret")
+        .await;
+    let first = Gate::new(&etcd, true).await;
+    let second = Gate::new(&etcd, false).await;
+    let mut both = config(&etcd);
+    both.endpoints = vec![first.endpoint(), second.endpoint()];
+    both.username = Some("fleet".into());
+    both.password = Some("fleet-secret".into());
+    let registry = Registry::connect(&both)
+        .await
+        .expect("connect through the first");
+    registry.put_unit(&unit("a.service")).await.expect("write");
+    assert_eq!(second.forwarded(), 0);
+
+    second.set_open(true);
+    eventually(
+        "the second endpoint connected",
+        Duration::from_secs(10),
+        || async { second.forwarded() > 0 },
+    )
+    .await;
+    // Connected: a connection forwarded is the client's, once it has authenticated over it.
+    // The first lost: requests move to the second.
+    first.set_open(false);
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match registry.put_unit(&unit("b.service")).await {
+            Ok(_) => break,
+            Err(e) => assert!(
+                std::time::Instant::now() < until,
+                "no request reached etcd through the second endpoint: {e}"
+            ),
+        }
+    }
+    let names: Vec<String> = registry
+        .units()
+        .await
+        .expect("read through the second")
+        .into_iter()
+        .map(|u| u.name.to_string())
+        .collect();
+    assert_eq!(names, ["a.service", "b.service"]);
 }
