@@ -230,16 +230,15 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
     };
     tracing::info!(machine = %machine_id, %public_ip, version = VERSION, "starting fleetd");
 
-    let registry = Registry::connect(&EtcdConfig {
+    let etcd = EtcdConfig {
         endpoints: config.etcd_servers.clone(),
         prefix: config.etcd_key_prefix.clone(),
         request_timeout: config.etcd_request_timeout,
         username: config.etcd_username.clone(),
         password: config.etcd_password.clone(),
         tls: etcd_tls(&config)?,
-    })
-    .await
-    .context("cannot set up the etcd client")?;
+    };
+    let registry = connect_etcd(&etcd).await?;
     // A wrong certificate, password or permission stops fleetd here, said plainly; an etcd
     // that is down is waited for like any outage.
     check_etcd_tls(&config).await?;
@@ -689,6 +688,26 @@ impl EtcdKeys {
                 tracing::warn!(error = %e, "reloaded the etcd client's certificates, but not every etcd endpoint could be connected with them; trying again");
                 false
             }
+        }
+    }
+}
+
+/// The etcd client. With `etcd_username`, connecting authenticates, so it needs an endpoint
+/// that answers: while none does (a machine booting before etcd is reachable), fleetd waits,
+/// trying again after pauses doubling from 1 s to 30 s, as it waits for etcd in any outage
+/// (exiting would have systemd restart it until its start limit, then give up). A refusal
+/// (a wrong password) stops it at once.
+async fn connect_etcd(etcd: &EtcdConfig) -> Result<Registry> {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        match Registry::connect(etcd).await {
+            Ok(registry) => return Ok(registry),
+            Err(e) if e.is_unavailable() && !matches!(e, fleet_registry::Error::Refused { .. }) => {
+                tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "etcd is not reachable yet; connecting again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+            }
+            Err(e) => return Err(e).context("cannot set up the etcd client"),
         }
     }
 }

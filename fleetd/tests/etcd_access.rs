@@ -57,3 +57,75 @@ fn a_wrong_etcd_password_stops_fleetd_with_etcds_reason() {
         "one line on stderr says why: {stderr}"
     );
 }
+
+/// With authentication, connecting to etcd authenticates, so it needs etcd to answer: a
+/// fleetd that starts while etcd does not (a machine booting before etcd is reachable) waits
+/// for it, saying so, instead of exiting (systemd would restart it until its start limit and
+/// then give up), and goes on once etcd answers.
+#[test]
+fn a_fleetd_with_a_password_waits_for_etcd_to_answer() {
+    let etcd = Etcd::start();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(etcd.enable_auth("root-secret", "fleet", "fleet-secret"));
+    let dir = TempDir::new("fleetd-conf");
+    let conf = dir.path().join("fleet.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "etcd_servers={}\netcd_key_prefix={}\netcd_username=fleet\n\
+             etcd_password=fleet-secret\netcd_request_timeout=0.5\npeer_listen=off\n\
+             public_ip=127.0.0.1\n",
+            etcd.endpoint, etcd.prefix
+        ),
+    )
+    .expect("write fleet.conf");
+    let machine_id = dir.path().join("machine-id");
+    std::fs::write(&machine_id, format!("{}\n", "d".repeat(32))).expect("write machine-id");
+    let log = dir.path().join("stderr");
+    etcd.pause();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("--machine-id-file")
+        .arg(&machine_id)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("LISTEN_FDS")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("create the log"))
+        .spawn()
+        .expect("run fleetd");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let until = |what: &str, check: &dyn Fn(&str) -> bool, child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = stderr();
+            if check(&text) {
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                etcd.resume();
+                panic!("fleetd exited ({status}) before {what}: {text}");
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                etcd.resume();
+                panic!("not {what} within 30 s: {text}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Tries again, and again: two warnings, 1 s apart, and still running.
+    until(
+        "waiting for etcd",
+        &|t| t.matches("etcd is not reachable yet").count() >= 2,
+        &mut child,
+    );
+    etcd.resume();
+    until(
+        "registered once etcd answers",
+        &|t| t.contains("registered machine"),
+        &mut child,
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
