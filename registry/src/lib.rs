@@ -581,9 +581,11 @@ pub struct Registry {
     creations: std::sync::Arc<together::Creations>,
 }
 
-/// The etcd endpoints fleetd was given, one client each, used one at a time: every request
-/// goes to the current one, and a request it does not answer makes the next one current. (A
-/// client balancing over all endpoints kept sending a share of requests to a dead member.)
+/// The etcd endpoints fleetd was given, one client each once connected (with authentication,
+/// an endpoint down at start-up joins the ring when it is up), used one at a time: every
+/// request goes to the current one, and a request it does not answer makes the next one
+/// current. (A client balancing over all endpoints kept sending a share of requests to a dead
+/// member.)
 ///
 /// A member that answers "no leader" is alive and usually in an election: it stays current for
 /// [`NO_LEADER_PATIENCE`] before the next is tried, since moving on at once can land on the
@@ -596,8 +598,9 @@ struct Members {
     clients: std::sync::RwLock<Vec<(String, Client)>>,
     /// The endpoints not connected yet, in the configured order.
     pending: std::sync::Mutex<Vec<String>>,
-    /// How to connect: the latest certificates ([`Registry::set_tls`]).
-    options: std::sync::Mutex<ConnectOptions>,
+    /// How to connect: the latest certificates ([`Registry::set_tls`]), and how many times
+    /// they were renewed (a client connected with older ones is not added).
+    options: std::sync::Mutex<(u64, ConnectOptions)>,
     current: std::sync::atomic::AtomicUsize,
     /// Since when the current member has been answering "no leader".
     no_leader: std::sync::Mutex<Option<(usize, std::time::Instant)>>,
@@ -752,7 +755,9 @@ const MAX_RESPONSE_BYTES: usize = i32::MAX as usize;
 
 impl Registry {
     /// Connects lazily: an unreachable etcd is reported by the first request, within the
-    /// request timeout.
+    /// request timeout. With a username, connecting authenticates: an endpoint that cannot be
+    /// connected is connected again in the background (`connect_later`), and when none can,
+    /// the error is a refusal if one refused (a wrong password), else an outage.
     pub async fn connect(config: &EtcdConfig) -> Result<Registry> {
         let options = connect_options(config);
         let endpoints = config.endpoints.join(",");
@@ -766,26 +771,35 @@ impl Registry {
                 // it, a member down at start-up is connected once it is up.
                 Err(e) => {
                     pending.push((endpoint.clone(), e.to_string()));
-                    first_error.get_or_insert(e);
+                    // A refusal says more than an outage: it is what is reported when no
+                    // endpoint connects, whichever came first.
+                    if first_error.is_none() || matches!(e, Error::Refused { .. }) {
+                        first_error = Some(e);
+                    }
                 }
             }
         }
+        let later = if clients.is_empty() {
+            ""
+        } else {
+            "; trying again in the background"
+        };
+        let pending: Vec<String> = pending
+            .into_iter()
+            .map(|(endpoint, error)| {
+                tracing::warn!(endpoint = %endpoint, %error, "cannot connect to this etcd endpoint{later}");
+                endpoint
+            })
+            .collect();
         if clients.is_empty() {
             return Err(first_error
                 .unwrap_or_else(|| Error::Protocol("no etcd endpoint configured".into())));
         }
-        let pending: Vec<String> = pending
-            .into_iter()
-            .map(|(endpoint, error)| {
-                tracing::warn!(endpoint = %endpoint, %error, "cannot connect to this etcd endpoint; trying again in the background");
-                endpoint
-            })
-            .collect();
         let members = std::sync::Arc::new(Members {
             no_leader: std::sync::Mutex::new(None),
             clients: std::sync::RwLock::new(clients),
             pending: std::sync::Mutex::new(pending),
-            options: std::sync::Mutex::new(options),
+            options: std::sync::Mutex::new((0, options)),
             current: std::sync::atomic::AtomicUsize::new(0),
         });
         if !lock_members(&members.pending).is_empty() {
@@ -819,7 +833,10 @@ impl Registry {
             ..(*self.config).clone()
         };
         let options = connect_options(&config);
-        *lock_members(&self.members.options) = options.clone();
+        {
+            let mut latest = lock_members(&self.members.options);
+            *latest = (latest.0 + 1, options.clone());
+        }
         let old: Vec<(String, Client)> = self
             .members
             .clients
@@ -867,18 +884,28 @@ const CONNECT_AGAIN: (Duration, Duration) = (Duration::from_secs(1), Duration::f
 
 /// Connects the endpoints that could not be connected at start-up (with authentication,
 /// connecting authenticates, so a member down then fails it), one after another, again after a
-/// pause doubling from 1 s to 30 s, until all are or the registry is dropped. Each is added to
-/// the endpoints requests go to once it is connected.
+/// pause doubling from 1 s to 30 s (each up to half longer, at random), until all are or the
+/// registry is dropped. Each is added to the endpoints requests go to once it is connected,
+/// last in their ring.
 async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
+    use std::hash::{BuildHasher, Hasher};
     let mut pause = CONNECT_AGAIN.0;
+    // Endpoints warned about once they had failed for a while (each try is logged at debug).
+    let mut warned: Vec<String> = Vec::new();
     loop {
-        tokio::time::sleep(pause).await;
+        // Up to half again, at random: fleetds that started together do not all authenticate
+        // to a member at the moment it is back.
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let jitter = pause.mul_f64((random % 1000) as f64 / 2000.0);
+        tokio::time::sleep(pause + jitter).await;
         pause = (pause * 2).min(CONNECT_AGAIN.1);
         let Some(strong) = members.upgrade() else {
             return;
         };
         let endpoints = lock_members(&strong.pending).clone();
-        let options = lock_members(&strong.options).clone();
+        let (renewals, options) = lock_members(&strong.options).clone();
         drop(strong);
         for endpoint in endpoints {
             let connected = connect_one(&endpoint, &options, timeout).await;
@@ -887,13 +914,19 @@ async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
             };
             match connected {
                 Ok(client) => {
+                    let mut clients = members.clients.write().unwrap_or_else(|e| e.into_inner());
+                    // Certificates renewed meanwhile: `set_tls` did not see this client, so
+                    // it is connected again with them, next time.
+                    if lock_members(&members.options).0 != renewals {
+                        continue;
+                    }
                     tracing::info!(endpoint = %endpoint, "connected to this etcd endpoint");
                     lock_members(&members.pending).retain(|e| *e != endpoint);
-                    members
-                        .clients
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((endpoint, client));
+                    clients.push((endpoint, client));
+                }
+                Err(e) if pause == CONNECT_AGAIN.1 && !warned.contains(&endpoint) => {
+                    tracing::warn!(endpoint = %endpoint, error = %e, "still cannot connect to this etcd endpoint; trying again every 30 s");
+                    warned.push(endpoint);
                 }
                 Err(e) => {
                     tracing::debug!(endpoint = %endpoint, error = %e, "cannot connect to this etcd endpoint yet")
