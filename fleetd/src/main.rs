@@ -262,7 +262,8 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
     }
     let peers = fleet_api::peer::PeerClient::new(tls.clone());
 
-    // The API first: it answers (503) even while etcd is unreachable.
+    // The API first: it answers (503) even while etcd is unreachable (with etcd_username,
+    // once etcd answered a first time: connecting waited for it).
     let inspect = fleet_api::server::Inspect {
         machine: machine_id.clone(),
         peers: peers.clone(),
@@ -695,8 +696,10 @@ impl EtcdKeys {
 /// The etcd client. With `etcd_username`, connecting authenticates, so it needs an endpoint
 /// that answers: while none does (a machine booting before etcd is reachable), fleetd waits,
 /// trying again after pauses doubling from 1 s to 30 s, as it waits for etcd in any outage
-/// (exiting would have systemd restart it until its start limit, then give up). A refusal
-/// (a wrong password) stops it at once.
+/// (exiting would have systemd restart it until its start limit, then give up). Under
+/// systemd it says so each time (`STATUS`), and extends its start timeout past the next try,
+/// so that the wait is not taken for a start that hangs. A refusal (a wrong password) stops
+/// it at once.
 async fn connect_etcd(etcd: &EtcdConfig) -> Result<Registry> {
     let mut pause = Duration::from_secs(1);
     loop {
@@ -704,6 +707,11 @@ async fn connect_etcd(etcd: &EtcdConfig) -> Result<Registry> {
             Ok(registry) => return Ok(registry),
             Err(e) if e.is_unavailable() && !matches!(e, fleet_registry::Error::Refused { .. }) => {
                 tracing::warn!(error = %e, retry_in_s = pause.as_secs(), "etcd is not reachable yet; connecting again");
+                // The next try ends within the pause and a request timeout per endpoint.
+                let tries = u32::try_from(etcd.endpoints.len()).unwrap_or(u32::MAX);
+                let within =
+                    pause + etcd.request_timeout.saturating_mul(tries) + Duration::from_secs(5);
+                system::notify_waiting("waiting for etcd to answer", within);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(30));
             }

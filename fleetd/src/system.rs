@@ -97,22 +97,37 @@ pub fn inherited_sockets() -> Result<Vec<Inherited>> {
 
 /// Tells systemd (`Type=notify`) that fleetd is ready, if it runs under systemd.
 pub fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let result = (|| -> std::io::Result<()> {
-        let socket = std::os::unix::net::UnixDatagram::unbound()?;
-        let bytes = path.as_encoded_bytes();
-        if let Some(name) = bytes.strip_prefix(b"@") {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.send_to_addr(b"READY=1", &addr)?;
-        } else {
-            socket.send_to(b"READY=1", &path)?;
-        }
-        Ok(())
-    })();
-    if let Err(e) = result {
+    if let Err(e) = notify(b"READY=1") {
         tracing::warn!(error = %e, "cannot notify systemd of readiness");
     }
+}
+
+/// Tells systemd (`Type=notify`) that fleetd is still starting: what it waits for (`status`),
+/// and that it will say more within `within` (`EXTEND_TIMEOUT_USEC`), so that a wait longer
+/// than the unit's start timeout is not taken for a start that hangs.
+pub fn notify_waiting(status: &str, within: std::time::Duration) {
+    let message = format!(
+        "STATUS={status}\nEXTEND_TIMEOUT_USEC={}",
+        within.as_micros()
+    );
+    if let Err(e) = notify(message.as_bytes()) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Sends `message` to systemd's notification socket, if fleetd runs under systemd.
+fn notify(message: &[u8]) -> std::io::Result<()> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+        socket.send_to_addr(message, &addr)?;
+    } else {
+        socket.send_to(message, &path)?;
+    }
+    Ok(())
 }

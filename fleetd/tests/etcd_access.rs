@@ -61,7 +61,8 @@ fn a_wrong_etcd_password_stops_fleetd_with_etcds_reason() {
 /// With authentication, connecting to etcd authenticates, so it needs etcd to answer: a
 /// fleetd that starts while etcd does not (a machine booting before etcd is reachable) waits
 /// for it, saying so, instead of exiting (systemd would restart it until its start limit and
-/// then give up), and goes on once etcd answers.
+/// then give up), and goes on once etcd answers. It tells systemd why it is not ready yet and
+/// extends its start timeout meanwhile (`Type=notify`), then that it is ready.
 #[test]
 fn a_fleetd_with_a_password_waits_for_etcd_to_answer() {
     let etcd = Etcd::start();
@@ -74,21 +75,27 @@ fn a_fleetd_with_a_password_waits_for_etcd_to_answer() {
         format!(
             "etcd_servers={}\netcd_key_prefix={}\netcd_username=fleet\n\
              etcd_password=fleet-secret\netcd_request_timeout=0.5\npeer_listen=off\n\
-             public_ip=127.0.0.1\n",
-            etcd.endpoint, etcd.prefix
+             public_ip=127.0.0.1\nunits_directory={}\n",
+            etcd.endpoint,
+            etcd.prefix,
+            dir.path().join("units").display()
         ),
     )
     .expect("write fleet.conf");
     let machine_id = dir.path().join("machine-id");
     std::fs::write(&machine_id, format!("{}\n", "d".repeat(32))).expect("write machine-id");
     let log = dir.path().join("stderr");
+    // systemd's notification socket, as `Type=notify` gives it.
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("bind a socket");
+    notify.set_nonblocking(true).expect("non-blocking");
     etcd.pause();
     let mut child = Command::new(env!("CARGO_BIN_EXE_fleetd"))
         .arg("--config")
         .arg(&conf)
         .arg("--machine-id-file")
         .arg(&machine_id)
-        .env_remove("NOTIFY_SOCKET")
+        .env("NOTIFY_SOCKET", &notify_path)
         .env_remove("LISTEN_FDS")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).expect("create the log"))
@@ -108,6 +115,7 @@ fn a_fleetd_with_a_password_waits_for_etcd_to_answer() {
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
+                let _ = child.wait();
                 etcd.resume();
                 panic!("not {what} within 30 s: {text}");
             }
@@ -128,4 +136,21 @@ fn a_fleetd_with_a_password_waits_for_etcd_to_answer() {
     );
     let _ = child.kill();
     let _ = child.wait();
+    let mut messages = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    let extended = |m: &String| {
+        m.contains("STATUS=waiting for etcd")
+            && m.lines()
+                .filter_map(|l| l.strip_prefix("EXTEND_TIMEOUT_USEC="))
+                .any(|v| v.parse::<u64>().is_ok_and(|us| us >= 1_500_000))
+    };
+    let waiting = messages.iter().position(extended);
+    let ready = messages.iter().position(|m| m == "READY=1");
+    assert!(
+        matches!((waiting, ready), (Some(w), Some(r)) if w < r),
+        "systemd told of the wait, then of readiness: {messages:?}"
+    );
 }
