@@ -375,9 +375,10 @@ async fn register_until_done(
 /// lease of a previous run if the record still hangs on it, else create the record on a new
 /// lease unless a live record exists. Either way the member record and the machine's reading
 /// (`readings/<id>`) are written in the same transaction, with the members read just before:
-/// the reading this machine then counts its majorities over, returned with the lease. A machine that keeps no view of the members
-/// (`keeps_view` false: it asks nobody) only counts them: its record needs no more, and a read
-/// of every member record by every machine registering is N² records.
+/// the reading this machine then counts its majorities over, returned with the lease. A
+/// machine that keeps no view of the members (`keeps_view` false: it asks nobody) only counts
+/// them: its record needs no more, and a read of every member record by every machine
+/// registering is N² records.
 async fn register(
     registry: &Registry,
     machine: &Machine,
@@ -1283,9 +1284,8 @@ const SETTLE: Duration = Duration::from_millis(250);
 /// reading waits for them to settle: joins that go on (a cluster starting) are recorded this
 /// often. A round of readings is a write per member (and an event for the engine, which alone
 /// follows them), so past 200 members the rounds are spaced by 10 ms per member: the members
-/// then write about 100 readings a second however large the cluster. The
-/// gap is counted on the machine's own clock; nothing depends on the machines keeping it
-/// together.
+/// then write about 100 readings a second however large the cluster. The gap is counted on
+/// the machine's own clock; nothing depends on the machines keeping it together.
 fn reading_gap(members: usize) -> Duration {
     let per_member =
         Duration::from_millis(10).saturating_mul(members.try_into().unwrap_or(u32::MAX));
