@@ -636,7 +636,7 @@ impl Members {
     }
 
     fn no_leader(&self) -> std::sync::MutexGuard<'_, Option<(usize, std::time::Instant)>> {
-        self.no_leader.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.no_leader)
     }
 
     /// The member at `index` answered.
@@ -802,7 +802,7 @@ impl Registry {
             options: std::sync::Mutex::new((0, options)),
             current: std::sync::atomic::AtomicUsize::new(0),
         });
-        if !lock_members(&members.pending).is_empty() {
+        if !lock(&members.pending).is_empty() {
             tokio::spawn(connect_later(
                 std::sync::Arc::downgrade(&members),
                 config.request_timeout,
@@ -834,7 +834,7 @@ impl Registry {
         };
         let options = connect_options(&config);
         {
-            let mut latest = lock_members(&self.members.options);
+            let mut latest = lock(&self.members.options);
             *latest = (latest.0 + 1, options.clone());
         }
         let old: Vec<(String, Client)> = self
@@ -873,8 +873,9 @@ impl Registry {
     }
 }
 
-/// Locks one of [`Members`]' mutexes (a panic while one was held left nothing half-done).
-fn lock_members<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks `m`, whose holders leave nothing half-done: a panic while it was held does not
+/// poison it.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -904,8 +905,8 @@ async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
         let Some(strong) = members.upgrade() else {
             return;
         };
-        let endpoints = lock_members(&strong.pending).clone();
-        let (renewals, options) = lock_members(&strong.options).clone();
+        let endpoints = lock(&strong.pending).clone();
+        let (renewals, options) = lock(&strong.options).clone();
         drop(strong);
         for endpoint in endpoints {
             let connected = connect_one(&endpoint, &options, timeout).await;
@@ -917,11 +918,11 @@ async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
                     let mut clients = members.clients.write().unwrap_or_else(|e| e.into_inner());
                     // Certificates renewed meanwhile: `set_tls` did not see this client, so
                     // it is connected again with them, next time.
-                    if lock_members(&members.options).0 != renewals {
+                    if lock(&members.options).0 != renewals {
                         continue;
                     }
                     tracing::info!(endpoint = %endpoint, "connected to this etcd endpoint");
-                    lock_members(&members.pending).retain(|e| *e != endpoint);
+                    lock(&members.pending).retain(|e| *e != endpoint);
                     clients.push((endpoint, client));
                 }
                 Err(e) if pause == CONNECT_AGAIN.1 && !warned.contains(&endpoint) => {
@@ -936,7 +937,7 @@ async fn connect_later(members: std::sync::Weak<Members>, timeout: Duration) {
         let Some(members) = members.upgrade() else {
             return;
         };
-        if lock_members(&members.pending).is_empty() {
+        if lock(&members.pending).is_empty() {
             return;
         }
     }

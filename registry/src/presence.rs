@@ -24,8 +24,8 @@ use etcd_client::{LeaseKeepAliveStream, LeaseKeeper};
 
 use crate::watch::{Change, Changes};
 use crate::{
-    encode, key_machine_id, member_entry_of, Error, Machine, MachineId, Member, Recorded, Registry,
-    Result,
+    encode, key_machine_id, lock, member_entry_of, Error, Machine, MachineId, Member, Recorded,
+    Registry, Result,
 };
 
 /// Asks the cluster's other members about their leases, over the peer endpoint.
@@ -160,11 +160,7 @@ impl Liveness {
     }
 
     fn take_requests(&self) -> Option<mpsc::Receiver<oneshot::Sender<bool>>> {
-        self.inner
-            .requests
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+        lock(&self.inner.requests).take()
     }
 }
 
@@ -1426,10 +1422,6 @@ fn fence_if(verdict: Verdict, status: &watch::Sender<PresenceStatus>) {
         );
         status.send_replace(PresenceStatus::Fenced);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The longest lease TTL etcd grants (its `MaxLeaseTTL`).

@@ -65,7 +65,7 @@ struct Waiting {
 
 impl Creations {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        crate::lock(&self.queue)
     }
 }
 
