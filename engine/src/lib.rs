@@ -245,23 +245,21 @@ async fn lead(
             // Vanished members that read the members alike are judged alike: once for each
             // reading (a rack lost together read the same).
             let members: &EngineView = view_now;
-            let mut by_reading: HashMap<(i64, usize), Round> = HashMap::new();
+            let mut by_reading: HashMap<fleet_registry::MemberReading, Round> = HashMap::new();
             let majority = in_time
                 && verdicts.round_with(sent, |(id, _)| {
                     let Some(entry) = members.member(id) else {
                         return Round::NoMajority;
                     };
                     let reading = snapshot.judged(entry).reading;
-                    *by_reading
-                        .entry((reading.seen_revision, reading.seen_members))
-                        .or_insert_with(|| {
-                            majority_for(
-                                &snapshot.members,
-                                &reading,
-                                &quiet_for,
-                                config.timing.quiet_after(),
-                            )
-                        })
+                    *by_reading.entry(reading).or_insert_with(|| {
+                        majority_for(
+                            &snapshot.members,
+                            &reading,
+                            &quiet_for,
+                            config.timing.quiet_after(),
+                        )
+                    })
                 });
             if !majority && !short {
                 tracing::warn!(
