@@ -582,6 +582,19 @@ async fn member_record(registry: &Registry, n: u8) -> Option<(i64, (i64, usize))
         })
 }
 
+/// Machine `n`'s member record as etcd stores it.
+async fn stored_member_record(etcd: &Etcd, n: u8) -> fleet_testkit::StoredKey {
+    etcd.key_space()
+        .await
+        .keys
+        .into_iter()
+        .find(|k| {
+            k.key
+                .ends_with(format!("members/{}", machine_id(n)).as_bytes())
+        })
+        .unwrap_or_else(|| panic!("machine {n}'s member record"))
+}
+
 /// Powers machine `n` off (drops its presence), waits for its lease to expire, and declares it
 /// dead as machine 2's engine, leading on `lease_two`.
 async fn lose_and_declare_dead(others: &Registry, presence: Presence, n: u8, lease_two: i64) {
@@ -712,16 +725,7 @@ async fn keys_among_the_members_that_name_no_machine_are_no_members_and_stop_no_
     let etcd = Etcd::start();
     let others = registry(&etcd).await;
     let (_two, _) = present(&others, 2).await;
-    let two = etcd
-        .key_space()
-        .await
-        .keys
-        .into_iter()
-        .find(|k| {
-            k.key
-                .ends_with(format!("members/{}", machine_id(2)).as_bytes())
-        })
-        .expect("machine 2's member record");
+    let two = stored_member_record(&etcd, 2).await;
     etcd.put_raw("members/not-a-machine", b"{}").await;
     etcd.put_raw("members/backup", &two.value).await;
     // An id, but not as fleet writes it.
@@ -831,17 +835,7 @@ async fn a_reading_is_written_only_over_the_reading_last_known() {
     assert_eq!(member_record(&registry, 1).await.unwrap().1, (6, 1));
     // The member record written since (registering again; an older fleetd, downgraded, writes
     // its readings there): a late write over the reading it knew is refused.
-    let record = etcd
-        .key_space()
-        .await
-        .keys
-        .into_iter()
-        .find(|k| {
-            k.key
-                .ends_with(format!("members/{}", machine_id(1)).as_bytes())
-        })
-        .expect("no member record")
-        .value;
+    let record = stored_member_record(&etcd, 1).await.value;
     etcd.put_raw(&format!("members/{}", machine_id(1)), &record)
         .await;
     assert_eq!(
