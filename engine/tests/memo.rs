@@ -1,10 +1,10 @@
 //! What the engine plans from its memo, against a real etcd, without a plan of the whole
 //! cluster: a machine lost (its lease lapses, the engine holds its units, declares it dead once
 //! a majority of the machines renewed theirs, and places its units on the others); units
-//! destroyed, taken off their machines, which then release them; a machine joining;
-//! instances of a template that conflict with each other; and a unit that follows one of them
-//! (`MachineOf`), written, its leader stopped (it stays where it is), and destroyed; a
-//! global unit written; a unit no machine takes, until a machine joins that does; and, while
+//! destroyed, taken off their machines, which then release them; a machine joining while
+//! they stop them; instances of a template that conflict with each other; and a unit that
+//! follows one of them (`MachineOf`), written, its leader stopped (it stays where it is),
+//! and destroyed; a global unit written; a unit no machine takes, until a machine joins that does; and, while
 //! a unit waits for good, the whole plan of a unit with `Replaces`, which leaves a memo.
 
 mod support;
@@ -151,26 +151,7 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for n in 1..=2u8 {
-        release_all(&registry, n).await;
-    }
-    // The engine has taken the releases in once a unit written after them is placed.
-    registry
-        .put_unit(&unit("last.service"))
-        .await
-        .expect("put unit");
-    placed_unit(&registry, "last.service").await;
-    let snapshot = registry.engine_snapshot().await.expect("read");
-    assert_eq!(snapshot.placements.len(), UNITS - destroyed.len() + 1);
-    assert!(snapshot.stopping.is_empty(), "{:?}", snapshot.stopping);
-    assert!(
-        snapshot.unplaceable.is_empty(),
-        "{:?}",
-        snapshot.unplaceable
-    );
-
-    // The engine knows nothing waits any more: a machine joining, which it plans from its
-    // memo only then, takes the next unit.
+    // A machine joins while the others stop them: the least loaded, it takes the next unit.
     let _four = present(&registry, 4).await;
     registry
         .put_unit(&unit("after-join.service"))
@@ -181,10 +162,27 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
         [4],
         "not placed on the machine that joined"
     );
+    for n in 1..=2u8 {
+        release_all(&registry, n).await;
+    }
+    // The engine has taken the releases in once a unit written after them is placed.
+    registry
+        .put_unit(&unit("last.service"))
+        .await
+        .expect("put unit");
+    placed_unit(&registry, "last.service").await;
+    let snapshot = registry.engine_snapshot().await.expect("read");
+    assert_eq!(snapshot.placements.len(), UNITS - destroyed.len() + 2);
+    assert!(snapshot.stopping.is_empty(), "{:?}", snapshot.stopping);
+    assert!(
+        snapshot.unplaceable.is_empty(),
+        "{:?}",
+        snapshot.unplaceable
+    );
     assert_eq!(
         ENGINE_WHOLE_PLANS.get(),
         whole_plans,
-        "destroys, their releases or the join planned whole"
+        "destroys, the join while machines stopped them, or their releases planned whole"
     );
 
     // Three instances that conflict with each other, on the three live machines: each on

@@ -21,8 +21,10 @@
 //! named by no unit before it. A global unit written, rewritten or destroyed while no unit
 //! waits changes the load of the machines its metadata matches (in time that grows with the
 //! machines: it runs on each), unless it conflicts with a unit there. So do machines coming
-//! and going while no machine is stopping a unit, since nothing then moves but their own
-//! plain units (and units that wait, below): a machine that joins only
+//! and going (but one stopping a unit: its stopping records count only while it is a
+//! member), since nothing then moves but their own plain units (and units that wait, below;
+//! those that wait for another machine to stop them wait whatever this one does): a machine
+//! that joins only
 //! becomes the least loaded; a member whose lease is gone has its units held where they are
 //! ([`hold`](super::hold)), and placed again elsewhere once it is declared dead (or back on it
 //! when it registers again, those whose placement is still there); a machine that leaves
@@ -46,8 +48,8 @@
 //! The result is the one the full plan would reach on the same cluster, op for op, reasons
 //! written and cleared included (a property test compares them on random clusters); anything
 //! it cannot decide that way (a unit with a rule it does not decide, a draining machine, a
-//! unit still being stopped by a machine, a machine coming or going while a machine is
-//! stopping a unit, a global unit changed while a unit waits, a release while a draining
+//! unit still being stopped by a machine, a machine coming, going or changing its metadata
+//! while it is stopping a unit, a global unit changed while a unit waits, a release while a draining
 //! machine has units, a machine with new metadata a unit there no longer matches, a unit that
 //! waits whose reasons differ once the burst is placed) makes it answer `None`, and the caller
 //! plans the whole cluster.
@@ -97,6 +99,8 @@ pub struct Memo {
     unplaced: HashSet<UnitName>,
     /// The machines stopping each unit (their `stopping/` records).
     stopping: HashMap<UnitName, BTreeSet<MachineId>>,
+    /// How many units each machine of `stopping` is stopping.
+    stops_on: HashMap<MachineId, usize>,
     /// Live machines being drained.
     draining: BTreeSet<MachineId>,
     /// The global units (valid ones) and their requirements: they count in the load of every
@@ -221,6 +225,7 @@ impl Planner<'_> {
             conflict_patterns: BTreeMap::new(),
             unplaced: HashSet::new(),
             stopping: HashMap::new(),
+            stops_on: HashMap::new(),
             draining: self
                 .hosts
                 .iter()
@@ -257,10 +262,7 @@ impl Planner<'_> {
             memo.set_machine_of(name, &names);
         }
         for (machine, name) in stopping {
-            memo.stopping
-                .entry(name.clone())
-                .or_default()
-                .insert(machine.clone());
+            memo.stop_on(machine, name);
         }
         for (name, machine) in held {
             memo.on
@@ -360,7 +362,18 @@ impl Memo {
             let Some(machines) = self.stopping.get_mut(name) else {
                 continue;
             };
-            machines.retain(|m| cluster.is_stopping(m, name));
+            machines.retain(|m| {
+                let stops = cluster.is_stopping(m, name);
+                if !stops {
+                    if let Some(n) = self.stops_on.get_mut(m) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.stops_on.remove(m);
+                        }
+                    }
+                }
+                stops
+            });
             if machines.is_empty() {
                 // Done stopping: a drain could take the next unit off its machine.
                 if self.draining.iter().any(|id| self.on.contains_key(id)) {
@@ -510,10 +523,7 @@ impl Memo {
                         return None;
                     }
                     let op = if host.member {
-                        self.stopping
-                            .entry(name.clone())
-                            .or_default()
-                            .insert(machine.clone());
+                        self.stop_on(&machine, name);
                         PlacementOp::Move {
                             machine: machine.clone(),
                             name: name.clone(),
@@ -658,9 +668,11 @@ impl Memo {
     ) -> Option<()> {
         let member = cluster.is_member(id);
         // Units that wait for a machine to take them could go to this one, or give other
-        // reasons (by machine): they are decided again with the burst's units. Units
-        // that wait for a machine to stop them are left to the whole plan.
-        let stops = !self.stopping.is_empty();
+        // reasons (by machine): they are decided again with the burst's units. Units that
+        // wait for this machine to stop them are left to the whole plan: its stopping
+        // records count only while it is a member, and name it in their reasons. Those
+        // that wait for another machine wait for it whatever this one does.
+        let stops = self.stops_on.contains_key(id);
         let waits = !self.unplaced.is_empty();
         // Its units whose placement there is gone (a declaration removes them before the
         // member record, which it leaves if the machine came back meanwhile): placed
@@ -953,6 +965,18 @@ impl Memo {
                         || self.conflicts_with(waiting, name))
             })
             .cloned()
+    }
+
+    /// Records that `machine` is stopping `name`.
+    fn stop_on(&mut self, machine: &MachineId, name: &UnitName) {
+        let new = self
+            .stopping
+            .entry(name.clone())
+            .or_default()
+            .insert(machine.clone());
+        if new {
+            *self.stops_on.entry(machine.clone()).or_default() += 1;
+        }
     }
 
     /// Records `patterns` as the `Conflicts` of `name` (none: it has none, or should not run).

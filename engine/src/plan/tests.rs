@@ -2478,6 +2478,43 @@ fn the_memo_plans_machines_that_join() {
     let mut m = plan_and_memo(&stopping).1.expect("settled");
     assert_eq!(joins(&mut m, &mut stopping, 2, &[]), None);
 
+    // While a machine stops a unit that moves (b.service, pinned to the other machine now),
+    // the others come and go from the memo: the unit waits for its machine whatever they do.
+    let mut moving = s.clone();
+    let (from, _) = moving
+        .placements
+        .iter()
+        .find(|(_, p)| p.name.as_str() == "b.service")
+        .unwrap();
+    let (from, to) = if *from == mid(1) { (1, 2) } else { (2, 1) };
+    moving.units.retain(|u| u.name.as_str() != "b.service");
+    let pinned = format!("{}", mid(to));
+    moving
+        .units
+        .push(xunit("b.service", &[("MachineID", pinned.as_str())]));
+    let whole = plan(&moving);
+    let mut ops = whole.ops;
+    ops.extend(unplaceable_ops(&moving.unplaceable, &whole.unplaceable));
+    let mut moving = apply(moving, &ops);
+    let (again, m) = plan_and_memo(&moving);
+    assert_eq!(again.ops, vec![]);
+    let mut m = m.expect("the unit that moves waits for its machine");
+    let waits_for = |s: &EngineSnapshot| {
+        s.unplaceable.get("b.service").cloned().unwrap_or_default()
+            == vec![format!("stopping on {} before it moves", mid(from).short())]
+    };
+    assert!(waits_for(&moving), "{:?}", moving.unplaceable);
+    let fast = joins(&mut m, &mut moving, 3, &[]);
+    let mut moving = as_whole(&m, fast, &moving);
+    moving.machines.retain(|e| e.machine.id != mid(to));
+    let fast = machine_changed(&mut m, &moving, to);
+    let moving = as_whole(&m, fast, &moving);
+    assert!(waits_for(&moving), "{:?}", moving.unplaceable);
+    // The machine that stops it losing its lease: left to the whole plan.
+    let mut lost = moving.clone();
+    lost.machines.retain(|e| e.machine.id != mid(from));
+    assert_eq!(machine_changed(&mut m.clone(), &lost, from), None);
+
     // New metadata: nothing moves while its units still match it; a global unit that starts
     // running there counts in its load, so the next unit goes to the other machine.
     let mut web = s.clone();
