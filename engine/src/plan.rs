@@ -1074,35 +1074,60 @@ where
     if machines <= REASON_LINES {
         return each;
     }
-    // Most machines first; reasons as many machines give in the order of their first machine.
+    // Reasons as many machines give in the order of their first machine.
     let mut groups: Vec<(R, Group<S>)> = groups.into_iter().collect();
     groups.sort_by_key(|(_, g)| (std::cmp::Reverse(g.machines), g.first));
-    let shown = if groups.len() > REASON_LINES {
+    by_reason(groups.iter().map(|(reason, g)| Given {
+        reason,
+        machines: g.machines,
+        named: &g.named,
+    }))
+}
+
+/// A reason some of the machines that refuse a unit give: how many, and the first
+/// [`MACHINES_NAMED`] of them (short ids), in machine order.
+struct Given<'a, S, R> {
+    reason: &'a R,
+    machines: usize,
+    named: &'a [S],
+}
+
+/// The lines of reasons of a unit more than [`REASON_LINES`] machines refuse, from the reasons
+/// they give, most machines first (then by their first machine): a line per reason, naming a
+/// few of its machines, and past [`REASON_LINES`] reasons one line counting the machines of
+/// the rest.
+fn by_reason<'a, S, R>(given: impl ExactSizeIterator<Item = Given<'a, S, R>>) -> Vec<String>
+where
+    S: std::fmt::Display + 'a,
+    R: std::fmt::Display + 'a,
+{
+    let shown = if given.len() > REASON_LINES {
         REASON_LINES - 1
     } else {
-        groups.len()
+        given.len()
     };
-    let mut lines: Vec<String> = groups[..shown]
-        .iter()
-        .map(|(reason, g)| {
-            let named = g
-                .named
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ");
-            match g.machines - g.named.len() {
-                0 => format!("{named}: {reason}"),
-                more => format!("{named} and {more} more: {reason}"),
-            }
-        })
-        .collect();
-    let rest = &groups[shown..];
-    if !rest.is_empty() {
-        let rest_machines: usize = rest.iter().map(|(_, g)| g.machines).sum();
+    let mut lines = Vec::with_capacity(shown + 1);
+    let (mut rest, mut rest_machines) = (0, 0);
+    for (i, g) in given.enumerate() {
+        if i >= shown {
+            rest += 1;
+            rest_machines += g.machines;
+            continue;
+        }
+        let named = g
+            .named
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        lines.push(match g.machines - g.named.len() {
+            0 => format!("{named}: {}", g.reason),
+            more => format!("{named} and {more} more: {}", g.reason),
+        });
+    }
+    if rest > 0 {
         lines.push(format!(
-            "{rest_machines} more machines: {} other reasons",
-            rest.len()
+            "{rest_machines} more machines: {rest} other reasons"
         ));
     }
     lines
