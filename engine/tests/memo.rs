@@ -57,7 +57,7 @@ async fn placed(registry: &fleet_registry::Registry) -> BTreeMap<UnitName, Vec<u
     let mut at: BTreeMap<UnitName, Vec<u8>> = BTreeMap::new();
     let snapshot = registry.engine_snapshot().await.expect("read");
     for (machine, placement) in &snapshot.placements {
-        let n = (1..=5u8).find(|&n| id(n) == *machine).expect("one of ours");
+        let n = (1..=6u8).find(|&n| id(n) == *machine).expect("one of ours");
         at.entry(placement.name.clone()).or_default().push(n);
     }
     at
@@ -274,7 +274,8 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
     );
 
     // A unit whose metadata no machine has waits, its reasons written (one per live
-    // machine); a machine with that metadata joins and takes it, its reasons cleared.
+    // machine); a machine without it joins, then one with it, which takes it, its reasons
+    // cleared.
     let mut db = unit("db.service");
     db.options
         .push(UnitOption::new("X-Fleet", "MachineMetadata", "role=db"));
@@ -284,6 +285,16 @@ async fn a_lost_machine_releases_a_join_conflicts_followers_and_a_wait_are_plann
         reasons.as_ref().map(Vec::len),
         Some(3),
         "not one reason for each of machines 1, 2 and 4: {reasons:?}"
+    );
+    // A machine without it joins: one more reason.
+    let _six = support::present_with(&registry, 6, Duration::from_secs(10), &[]).await;
+    let reasons = reasons_of(&registry, &db.name, |r| r.is_some_and(|r| r.len() == 4)).await;
+    assert!(
+        reasons
+            .iter()
+            .flatten()
+            .all(|r| r.ends_with("metadata role=db not matched")),
+        "{reasons:?}"
     );
     let _five =
         support::present_with(&registry, 5, Duration::from_secs(10), &[("role", "db")]).await;

@@ -41,9 +41,13 @@
 //! order: all of them when a machine comes, goes or changes; those a unit of the burst
 //! conflicts with, either way, and those that conflict with them, otherwise (unless one is a
 //! `MachineOf` leader). That takes time that grows with them and the machines, as their
-//! reasons do. The full plan
-//! finds a unit's reasons when it decides it, among the others; the memo answers only when
-//! they are also those it finds once all are placed, so that the cluster it leaves is settled.
+//! reasons do; but when machines only join, the other machines refuse each as they did, and
+//! the memo keeps why (the refusals of its last decision, as far as its reasons say them:
+//! [`Refusals`]), so a join adds its own refusal, in time that grows with the units that wait
+//! and not with the machines (unless it takes one: that one is decided from every machine).
+//! The full plan finds a unit's reasons when it decides it, among the others; the memo
+//! answers only when they are also those it finds once all are placed, so that the cluster
+//! it leaves is settled.
 //!
 //! The result is the one the full plan would reach on the same cluster, op for op, reasons
 //! written and cleared included (a property test compares them on random clusters); anything
@@ -59,7 +63,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, Unit};
 use fleet_units::{glob_match, Requirements, UnitName};
 
-use super::{host_id_keys, least_loaded, refused_by, Plan, Planner, Unplaceable};
+use super::{
+    by_reason, host_id_keys, least_loaded, Given, Plan, Planner, Unplaceable, MACHINES_NAMED,
+    REASON_LINES,
+};
 
 /// What the last full plan knew, kept up to date by the bursts planned from it. See the module
 /// documentation.
@@ -106,6 +113,116 @@ pub struct Memo {
     /// The global units (valid ones) and their requirements: they count in the load of every
     /// machine whose metadata they match, and conflict there.
     globals: Vec<(UnitName, Requirements)>,
+    /// Why every live machine refuses each plain unit that waits, for those decided by the
+    /// last burst (or by those of machines joining since): a machine that joins then adds
+    /// its own refusal instead of every machine being asked again. Any other burst drops
+    /// them (a unit written could change why a machine refuses one).
+    refusals: Cache<HashMap<UnitName, Refusals>>,
+}
+
+/// What a [`Memo`] keeps to plan sooner, not what it knows of the cluster: two memos are equal
+/// whatever their caches hold.
+#[derive(Clone, Default)]
+struct Cache<T>(T);
+
+impl<T> PartialEq for Cache<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for Cache<T> {}
+
+impl<T> std::fmt::Debug for Cache<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Cache")
+    }
+}
+
+/// Why the live machines refuse a plain unit, summed up as far as its lines of reasons say
+/// (the whole plan's words, `refused_by`), so that the refusal of a machine that joins can be
+/// added to them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Refusals {
+    /// How many machines refuse it.
+    machines: usize,
+    /// The first `REASON_LINES` of them, in machine order, and their line.
+    each: Vec<(MachineId, String)>,
+    /// Each reason, worded: how many machines give it, and the first `MACHINES_NAMED` of
+    /// them, in machine order.
+    by_reason: HashMap<String, (usize, Vec<MachineId>)>,
+}
+
+impl Refusals {
+    /// Adds the refusal of machine `id`, which is not among them yet.
+    fn add(&mut self, id: &MachineId, reason: String) {
+        let at = self.each.partition_point(|(m, _)| m < id);
+        if at < REASON_LINES {
+            let line = format!("{}: {reason}", id.short());
+            self.each.insert(at, (id.clone(), line));
+            self.each.truncate(REASON_LINES);
+        }
+        let (machines, named) = self.by_reason.entry(reason).or_default();
+        *machines += 1;
+        let at = named.partition_point(|m| m < id);
+        if at < MACHINES_NAMED {
+            named.insert(at, id.clone());
+            named.truncate(MACHINES_NAMED);
+        }
+        self.machines += 1;
+    }
+
+    /// The lines of reasons, as the whole plan words them.
+    fn lines(&self) -> Vec<String> {
+        if self.machines <= REASON_LINES {
+            return self.each.iter().map(|(_, line)| line.clone()).collect();
+        }
+        // Most machines first, then by their first machine (a machine gives one reason).
+        let mut given: Vec<(&String, &(usize, Vec<MachineId>))> = self.by_reason.iter().collect();
+        given.sort_by_key(|(_, (machines, named))| (std::cmp::Reverse(*machines), named.first()));
+        let named: Vec<Vec<&str>> = given
+            .iter()
+            .map(|(_, (_, named))| named.iter().map(MachineId::short).collect())
+            .collect();
+        by_reason(
+            given
+                .iter()
+                .zip(&named)
+                .map(|((reason, (machines, _)), named)| Given {
+                    reason: *reason,
+                    machines: *machines,
+                    named,
+                }),
+        )
+    }
+}
+
+/// A unit no machine takes, as a burst decided it: its requirements, its lines of reasons and
+/// its machines' refusals, and how many of the burst's units had been placed before it.
+struct Waiting<'a> {
+    name: &'a UnitName,
+    req: Requirements,
+    reasons: Vec<String>,
+    refused: Option<Refusals>,
+    placed_before: usize,
+}
+
+/// Which of the units that wait for a machine a burst's machines have decided again.
+enum Redecide {
+    None,
+    /// Only machines that joined could change their decision.
+    Joined(Vec<MachineId>),
+    All,
+}
+
+impl Redecide {
+    fn join(&mut self, id: &MachineId) {
+        match self {
+            Redecide::None => *self = Redecide::Joined(vec![id.clone()]),
+            Redecide::Joined(ids) => ids.push(id.clone()),
+            Redecide::All => {}
+        }
+    }
 }
 
 /// The cluster as it is now, as [`Memo::plan`] looks things up in it (the engine's view).
@@ -157,10 +274,11 @@ impl std::fmt::Display for Refusal<'_> {
 }
 
 /// Where [`Memo::decide`] puts a unit: on a machine, and why there; or nowhere, and why not
-/// on each machine (or at all).
+/// on each machine (or at all): its lines of reasons, and the machines' refusals when it has
+/// one by machine.
 enum Decision {
     Place(MachineId, String),
-    Wait(Vec<String>),
+    Wait(Vec<String>, Option<Refusals>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +344,7 @@ impl Planner<'_> {
             unplaced: HashSet::new(),
             stopping: HashMap::new(),
             stops_on: HashMap::new(),
+            refusals: Cache::default(),
             draining: self
                 .hosts
                 .iter()
@@ -295,7 +414,7 @@ impl Planner<'_> {
                         && !any_matches(&memo.replaces, &waiting.unit)
                         && matches!(
                             memo.decide(&waiting.unit, req),
-                            Some(Decision::Wait(reasons)) if reasons == waiting.reasons
+                            Some(Decision::Wait(reasons, _)) if reasons == waiting.reasons
                         )
                 }
             }
@@ -387,13 +506,27 @@ impl Memo {
         // Then the machines: the units of the burst are placed on the machines as they are
         // now. The units of machines that came back or left for good are looked at with them.
         let mut again: BTreeMap<UnitName, Option<MachineId>> = BTreeMap::new();
-        // Whether all the units that wait for a machine are to be decided again with the
-        // burst's (a machine changed), and which of them (a unit they conflict with did).
-        let mut redecide = false;
+        // Whether the units that wait for a machine are all decided again with the burst's (a
+        // machine changed: only joined, or otherwise), and which of them otherwise (a unit
+        // they conflict with changed).
+        let mut redecide = Redecide::None;
         let mut touched: BTreeSet<UnitName> = BTreeSet::new();
         for id in machines {
             self.machine_changed(id, cluster, &mut again, &mut redecide)?;
         }
+        // Only machines that joined: what the others refuse stays refused, and why. Any other
+        // burst could change that.
+        let only_machines = changed.is_empty() && again.is_empty();
+        // Whether all the units that wait for a machine are decided again.
+        let all_again = !matches!(redecide, Redecide::None);
+        let joined = match redecide {
+            Redecide::Joined(ids) if only_machines => Some(ids),
+            Redecide::None if only_machines => None,
+            _ => {
+                self.refusals.0.clear();
+                None
+            }
+        };
         let unit = |name: &UnitName| cluster.unit(name);
         let placement = |machine: &MachineId, name: &UnitName| cluster.placement(machine, name);
         let mut plan = Plan::default();
@@ -440,7 +573,7 @@ impl Memo {
             // A unit that waits can give other reasons (the first unit it conflicts with, by
             // name), or go somewhere, when one it conflicts with (either way) comes, goes or
             // changes.
-            if !redecide
+            if !all_again
                 && !self.unplaced.is_empty()
                 && (self.conflicts.contains_key(name)
                     || !patterns.is_empty()
@@ -561,7 +694,7 @@ impl Memo {
         // Otherwise those a unit of the burst conflicts with, either way, and those that
         // conflict with them, as they could be placed; unless one of them is a `MachineOf`
         // leader (its followers could be placed with it).
-        let waiting: Vec<UnitName> = if redecide {
+        let waiting: Vec<UnitName> = if all_again {
             self.unplaced
                 .iter()
                 .filter(|name| !self.stopping.contains_key(*name))
@@ -607,10 +740,17 @@ impl Memo {
         });
         // Units no machine takes, with their requirements, their reasons, and how many units
         // had been placed before them.
-        let mut unplaceable: Vec<(&UnitName, Requirements, Vec<String>, usize)> = Vec::new();
+        let mut unplaceable: Vec<Waiting<'_>> = Vec::new();
         let mut placed = 0;
         for (u, req) in to_place {
-            match self.decide(&u.name, &req)? {
+            let refused = joined
+                .as_ref()
+                .and_then(|_| self.refusals.0.remove(&u.name));
+            let decision = match (&joined, refused) {
+                (Some(joined), Some(refused)) => self.decide_joined(&u.name, &req, joined, refused),
+                _ => self.decide(&u.name, &req),
+            };
+            match decision? {
                 Decision::Place(machine, why) => {
                     placed += 1;
                     self.put(&u.name, &machine);
@@ -621,22 +761,39 @@ impl Memo {
                         placement: Placement::for_unit(u),
                     });
                 }
-                Decision::Wait(reasons) => {
+                Decision::Wait(reasons, refused) => {
                     self.unplaced.insert(u.name.clone());
-                    unplaceable.push((&u.name, req, reasons, placed));
+                    unplaceable.push(Waiting {
+                        name: &u.name,
+                        req,
+                        reasons,
+                        refused,
+                        placed_before: placed,
+                    });
                 }
             }
         }
         // The reasons of a unit no machine takes are found where the full plan decides it,
         // among the others; the next plan finds them once all are placed. Only when they are
         // the same is the cluster this plan leaves settled.
-        unplaceable.sort_by(|a, b| a.0.cmp(b.0));
-        for (name, req, reasons, placed_before) in unplaceable {
+        // The machines' refusals are kept as they are once all are placed.
+        unplaceable.sort_by(|a, b| a.name.cmp(b.name));
+        for waiting in unplaceable {
+            let Waiting {
+                name,
+                req,
+                reasons,
+                mut refused,
+                placed_before,
+            } = waiting;
             if placed > placed_before {
                 match self.decide(name, &req)? {
-                    Decision::Wait(again) if again == reasons => {}
+                    Decision::Wait(again, now) if again == reasons => refused = now,
                     _ => return None,
                 }
+            }
+            if let Some(refused) = refused {
+                self.refusals.0.insert(name.clone(), refused);
             }
             cleared.remove(name);
             if cluster.reasons(name) != Some(&reasons[..]) {
@@ -664,7 +821,7 @@ impl Memo {
         id: &MachineId,
         cluster: &impl Cluster,
         again: &mut BTreeMap<UnitName, Option<MachineId>>,
-        redecide: &mut bool,
+        redecide: &mut Redecide,
     ) -> Option<()> {
         let member = cluster.is_member(id);
         // Units that wait for a machine to take them could go to this one, or give other
@@ -689,7 +846,9 @@ impl Memo {
             if stops {
                 return None;
             }
-            *redecide |= waits;
+            if waits {
+                *redecide = Redecide::All;
+            }
         }
         for name in gone {
             if self.placed.contains_key(&name) {
@@ -716,7 +875,9 @@ impl Memo {
                     if stops {
                         return None;
                     }
-                    *redecide |= waits;
+                    if waits {
+                        *redecide = Redecide::All;
+                    }
                     self.metadata_changed(id, entry.machine.metadata.clone(), cluster)?;
                 }
             }
@@ -726,7 +887,10 @@ impl Memo {
                 if stops || cluster.is_draining(id) {
                     return None;
                 }
-                *redecide |= waits;
+                // (Those that wait are all decided again if it has units back.)
+                if waits {
+                    redecide.join(id);
+                }
                 let metadata = entry.machine.metadata.clone();
                 // The units held there are placed there again, and looked at as the units
                 // of the burst are: whether they still may run there, in this content.
@@ -767,7 +931,9 @@ impl Memo {
                 if stops {
                     return None;
                 }
-                *redecide |= waits;
+                if waits {
+                    *redecide = Redecide::All;
+                }
                 let host = self.hosts.remove(id)?;
                 self.by_load.remove(&(host.load, id.clone()));
                 self.draining.remove(id);
@@ -811,7 +977,9 @@ impl Memo {
                     if stops {
                         return None;
                     }
-                    *redecide |= waits;
+                    if waits {
+                        *redecide = Redecide::All;
+                    }
                 }
                 for name in held {
                     self.unput(&name);
@@ -1056,7 +1224,10 @@ impl Memo {
     /// leaders otherwise (a leader that follows a unit itself) or they are apart.
     fn decide(&self, name: &UnitName, req: &Requirements) -> Option<Decision> {
         if self.hosts.is_empty() {
-            return Some(Decision::Wait(vec!["no machine is registered".to_string()]));
+            return Some(Decision::Wait(
+                vec!["no machine is registered".to_string()],
+                None,
+            ));
         }
         let leaders = first_of_each(&req.machine_of);
         let fits = |id: &MachineId| self.refusal(name, req, &leaders, id).is_none();
@@ -1069,9 +1240,10 @@ impl Memo {
                     return None;
                 }
                 let Some(at) = self.placed.get(leader.as_str()) else {
-                    return Some(Decision::Wait(vec![format!(
-                        "waiting for {leader} (MachineOf) to be placed"
-                    )]));
+                    return Some(Decision::Wait(
+                        vec![format!("waiting for {leader} (MachineOf) to be placed")],
+                        None,
+                    ));
                 };
                 if with.is_some_and(|w| w != at) {
                     return None;
@@ -1107,11 +1279,68 @@ impl Memo {
         };
         Some(match found {
             Some((machine, why)) => Decision::Place(machine, why),
-            None => Decision::Wait(refused_by(self.hosts.keys().filter_map(|id| {
-                self.refusal(name, req, &leaders, id)
-                    .map(|reason| (id.short(), reason))
-            }))),
+            None => {
+                let refused = self.refused(name, req, &leaders);
+                Decision::Wait(refused.lines(), Some(refused))
+            }
         })
+    }
+
+    /// What [`decide`](Self::decide) decides for a plain unit that every live machine refused
+    /// as `refused` says, once the machines `joined` have joined and nothing else changed:
+    /// the others still refuse it as they did, so it waits, with the refusals of those that
+    /// joined added, unless one of them takes it.
+    fn decide_joined(
+        &self,
+        name: &UnitName,
+        req: &Requirements,
+        joined: &[MachineId],
+        mut refused: Refusals,
+    ) -> Option<Decision> {
+        let leaders = first_of_each(&req.machine_of);
+        let mut theirs = Vec::with_capacity(joined.len());
+        for id in joined {
+            match self.refusal(name, req, &leaders, id) {
+                Some(reason) => theirs.push((id, reason.to_string())),
+                None => return self.decide(name, req),
+            }
+        }
+        for (id, reason) in theirs {
+            refused.add(id, reason);
+        }
+        Some(Decision::Wait(refused.lines(), Some(refused)))
+    }
+
+    /// Why the live machines that refuse the plain unit `name` (with these requirements and
+    /// `MachineOf` leaders) refuse it, in machine order, as far as its reasons say; reasons
+    /// are told apart as values, and worded only for the lines and reasons kept.
+    fn refused(&self, name: &UnitName, req: &Requirements, leaders: &[String]) -> Refusals {
+        let mut each = Vec::new();
+        let mut by_reason: HashMap<Refusal<'_>, (usize, Vec<MachineId>)> = HashMap::new();
+        let mut machines = 0;
+        for id in self.hosts.keys() {
+            let Some(reason) = self.refusal(name, req, leaders, id) else {
+                continue;
+            };
+            if machines < REASON_LINES {
+                each.push((id.clone(), format!("{}: {reason}", id.short())));
+            }
+            let (n, named) = by_reason.entry(reason).or_default();
+            *n += 1;
+            if named.len() < MACHINES_NAMED {
+                named.push(id.clone());
+            }
+            machines += 1;
+        }
+        let by_reason = by_reason
+            .into_iter()
+            .map(|(reason, given)| (reason.to_string(), given))
+            .collect();
+        Refusals {
+            machines,
+            each,
+            by_reason,
+        }
     }
 
     /// Why the plain unit `name` (with these requirements and `MachineOf` leaders) may not be
@@ -1192,5 +1421,42 @@ impl Memo {
         self.by_load.remove(&(host.load, machine.clone()));
         host.load = host.load.saturating_add_signed(delta);
         self.by_load.insert((host.load, machine.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::refused_by;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Refusals added one machine at a time, in any order, give the lines the whole plan
+        /// words from all of them in machine order: a line each up to `REASON_LINES` machines,
+        /// then a line per reason (most machines first, the first few named), then one for
+        /// the reasons past `REASON_LINES`.
+        #[test]
+        fn refusals_added_in_any_order_are_worded_as_the_whole_plan_words_them(
+            refusals in prop::collection::btree_map(any::<u16>(), 0u8..24, 0..60),
+            seed in any::<u64>(),
+        ) {
+            let id = |n: u16| {
+                // Machines that share a short id, too.
+                MachineId::parse(&format!("{:08x}{:024x}", n / 4, n)).expect("valid id")
+            };
+            let reason = |k: u8| format!("reason {k}");
+            let whole = refused_by(refusals.iter().map(|(&n, &k)| (id(n).short().to_string(), reason(k))));
+            let mut shuffled: Vec<(&u16, &u8)> = refusals.iter().collect();
+            let mut state = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let mut added = Refusals::default();
+            for (&n, &k) in shuffled {
+                added.add(&id(n), reason(k));
+            }
+            prop_assert_eq!(added.lines(), whole);
+        }
     }
 }

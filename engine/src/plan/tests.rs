@@ -1607,6 +1607,14 @@ mod properties {
         changed
     }
 
+    /// A step of [`machines_joining_while_units_wait_are_the_whole_plan`]: machines joining
+    /// (the next ones, with this metadata), or a burst of units written.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Join(Vec<(u8, bool)>),
+        Write(Vec<(usize, Option<(Rules, u8)>)>),
+    }
+
     /// A deterministic permutation of `v` driven by `seed`.
     fn shuffle<T>(v: &mut [T], seed: u64) {
         let mut state = seed | 1;
@@ -1742,6 +1750,60 @@ mod properties {
                 // The engine writes the reasons that changed after a whole plan's ops.
                 let mut ops = whole.ops.clone();
                 ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
+                prop_assert_eq!(&fast.ops, &ops);
+                prop_assert_eq!(&fast.placed, &whole.placed);
+                s = apply(s, &fast.ops);
+                let (again, rebuilt) = plan_and_memo(&s);
+                prop_assert_eq!(again.ops, vec![]);
+                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &again.unplaceable), vec![]);
+                prop_assert_eq!(Some(&memo), rebuilt.as_ref());
+            }
+        }
+
+        /// Machines joining one burst after another while units wait, planned from the memo,
+        /// are planned as the whole plan would: the memo adds the refusals of those that join
+        /// to those it kept of the others (or places a unit on one), until a burst of units
+        /// drops them.
+        #[test]
+        fn machines_joining_while_units_wait_are_the_whole_plan(
+            s in prop_oneof![1 => cluster(), 2 => crowded()],
+            steps in prop::collection::vec(
+                prop_oneof![
+                    4 => prop::collection::vec((0u8..3, any::<bool>()), 1..3).prop_map(Step::Join),
+                    1 => prop::collection::vec(change(), 1..3).prop_map(Step::Write),
+                ],
+                1..8,
+            ),
+        ) {
+            let mut s = settle(&s);
+            let mut memo = plan_and_memo(&s).1.expect("a settled cluster has a memo");
+            // Machines 22 on: none of `crowded`'s.
+            let mut next = 22u8;
+            for step in &steps {
+                let (changed, machines) = match step {
+                    Step::Join(joining) => {
+                        let mut machines = BTreeSet::new();
+                        for &(role, eu) in joining {
+                            let entry = make_machine(next, role, eu);
+                            s.members.push(member_of(&entry));
+                            s.machines.push(entry);
+                            machines.insert(mid(next));
+                            next += 1;
+                        }
+                        (BTreeSet::new(), machines)
+                    }
+                    Step::Write(burst) => (write(&mut s, burst), BTreeSet::new()),
+                };
+                let (whole, _) = plan_and_memo(&s);
+                let mut ops = whole.ops.clone();
+                ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
+                let Some(fast) = memo.plan(&changed, &machines, &Now(&s)) else {
+                    // As the engine does: the whole plan, then (here) the machines stop what
+                    // it moved, and the memo of the settled cluster.
+                    s = settle(&apply(s, &ops));
+                    memo = plan_and_memo(&s).1.expect("settled");
+                    continue;
+                };
                 prop_assert_eq!(&fast.ops, &ops);
                 prop_assert_eq!(&fast.placed, &whole.placed);
                 s = apply(s, &fast.ops);

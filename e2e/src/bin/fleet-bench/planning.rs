@@ -10,7 +10,8 @@
 //! conflict with each other (templates of 10 instances) written and placed, a machine joining,
 //! and a machine lost (its lease gone, its units held; then declared dead, its units placed
 //! elsewhere); then, with a unit written that no machine takes (its metadata), a machine
-//! joining while it waits (it is decided again, and gets a reason for each machine).
+//! joining while it waits (it is decided again: the machine that joined refuses it too, and
+//! its reasons count one more machine).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::process::ExitCode;
