@@ -966,20 +966,18 @@ impl Memo {
                 }
             }
             // Not live before nor now. The units held there are placed elsewhere once it is
-            // declared dead (no member).
+            // declared dead (no member); so are those it was stopping.
             (None, None) => {
+                if stops {
+                    return None;
+                }
                 let held: Vec<UnitName> = if member {
                     Vec::new()
                 } else {
                     self.on.get(id).into_iter().flatten().cloned().collect()
                 };
-                if !held.is_empty() {
-                    if stops {
-                        return None;
-                    }
-                    if waits {
-                        *redecide = Redecide::All;
-                    }
+                if !held.is_empty() && waits {
+                    *redecide = Redecide::All;
                 }
                 for name in held {
                     self.unput(&name);

@@ -2572,10 +2572,29 @@ fn the_memo_plans_machines_that_join() {
     let fast = machine_changed(&mut m, &moving, to);
     let moving = as_whole(&m, fast, &moving);
     assert!(waits_for(&moving), "{:?}", moving.unplaceable);
-    // The machine that stops it losing its lease: left to the whole plan.
+    // The machine that stops it losing its lease: left to the whole plan; and so is its
+    // member record gone while it is absent (its stopping record no longer counts: the whole
+    // plan gives the unit other reasons).
     let mut lost = moving.clone();
     lost.machines.retain(|e| e.machine.id != mid(from));
     assert_eq!(machine_changed(&mut m.clone(), &lost, from), None);
+    let whole = plan(&lost);
+    let mut ops = whole.ops;
+    ops.extend(unplaceable_ops(&lost.unplaceable, &whole.unplaceable));
+    let lost = apply(lost, &ops);
+    assert!(waits_for(&lost), "{:?}", lost.unplaceable);
+    let mut m = plan_and_memo(&lost)
+        .1
+        .expect("settled, b waiting for its machine");
+    let mut gone = lost.clone();
+    gone.members.retain(|e| e.member.machine.id != mid(from));
+    assert_eq!(machine_changed(&mut m, &gone, from), None);
+    let whole = plan(&gone);
+    let apart = apply(
+        gone.clone(),
+        &unplaceable_ops(&gone.unplaceable, &whole.unplaceable),
+    );
+    assert!(!waits_for(&apart), "{:?}", apart.unplaceable);
 
     // New metadata: nothing moves while its units still match it; a global unit that starts
     // running there counts in its load, so the next unit goes to the other machine.
