@@ -1040,9 +1040,9 @@ const REASON_LINES: usize = 16;
 const MACHINES_NAMED: usize = 3;
 
 /// Why no machine takes a unit, from each refusing machine's short id and reason, in machine
-/// order: the whole plan's words (and the memo's, which gives them the same order), bounded
-/// by [`REASON_LINES`]. Reasons are told apart as values: the memo's refusals are worded only
-/// for the lines written.
+/// order: the whole plan's words (the memo words its refusals alike, `memo::worded`), bounded
+/// by [`REASON_LINES`]. Reasons are told apart as values, and worded only for the lines
+/// written.
 fn refused_by<S, R>(refusals: impl IntoIterator<Item = (S, R)>) -> Vec<String>
 where
     S: std::fmt::Display,
@@ -1074,10 +1074,10 @@ where
     if machines <= REASON_LINES {
         return each;
     }
-    // Reasons as many machines give in the order of their first machine.
+    // Most machines first; reasons as many machines give in the order of their first machine.
     let mut groups: Vec<(R, Group<S>)> = groups.into_iter().collect();
     groups.sort_by_key(|(_, g)| (std::cmp::Reverse(g.machines), g.first));
-    by_reason(groups.iter().map(|(reason, g)| Given {
+    lines_by_reason(groups.iter().map(|(reason, g)| Given {
         reason,
         machines: g.machines,
         named: &g.named,
@@ -1093,10 +1093,10 @@ struct Given<'a, S, R> {
 }
 
 /// The lines of reasons of a unit more than [`REASON_LINES`] machines refuse, from the reasons
-/// they give, most machines first (then by their first machine): a line per reason, naming a
-/// few of its machines, and past [`REASON_LINES`] reasons one line counting the machines of
-/// the rest.
-fn by_reason<'a, S, R>(given: impl ExactSizeIterator<Item = Given<'a, S, R>>) -> Vec<String>
+/// they give, in the order given (most machines first, then by their first machine): a line
+/// per reason, naming a few of its machines, and past [`REASON_LINES`] reasons one line
+/// counting the machines of the rest.
+fn lines_by_reason<'a, S, R>(given: impl ExactSizeIterator<Item = Given<'a, S, R>>) -> Vec<String>
 where
     S: std::fmt::Display + 'a,
     R: std::fmt::Display + 'a,

@@ -4,8 +4,9 @@
 //! destroyed, taken off their machines, which then release them; a machine joining while
 //! they stop them; instances of a template that conflict with each other; and a unit that
 //! follows one of them (`MachineOf`), written, its leader stopped (it stays where it is),
-//! and destroyed; a global unit written; a unit no machine takes, until a machine joins that does; and, while
-//! a unit waits for good, the whole plan of a unit with `Replaces`, which leaves a memo.
+//! and destroyed; a global unit written; a unit no machine takes, while a machine joins that
+//! does not take it, until one joins that does; and, while a unit waits for good, the whole
+//! plan of a unit with `Replaces`, which leaves a memo.
 
 mod support;
 

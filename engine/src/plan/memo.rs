@@ -10,30 +10,29 @@
 //!
 //! From it, [`Memo::plan`] decides a burst of changes to **plain** units (no `Replaces` nor
 //! `Global`, named by no other unit's `Replaces`, and named by another's `MachineOf`, as its
-//! leader, only if it stays where it is, following the units it followed) in time that
-//! depends on the burst, not on the cluster (but on the machines passed over, for a unit that
-//! conflicts with what runs on them or whose metadata they fail): such a unit affects the
-//! others only through the load of the one machine it is on, and through the `Conflicts` (its
-//! own and theirs) checked against what runs on each machine, as the full plan checks them. A
-//! plain unit with a `MachineOf` (a follower) goes to the machine of its leaders when they are
-//! placed there and follow nobody themselves, and is placed in the order the full plan places
-//! the burst's units (`rank_key`); a follower of a leader of the same burst, if that leader is
+//! leader, only if it stays where it is, following the units it followed) in time that depends
+//! on the burst, not on the cluster (but on the machines passed over, for a unit that conflicts
+//! with what runs on them or whose metadata they fail): such a unit affects the others only
+//! through the load of the one machine it is on, and through the `Conflicts` (its own and
+//! theirs) checked against what runs on each machine, as the full plan checks them. A plain
+//! unit with a `MachineOf` (a follower) goes to the machine of its leaders when they are placed
+//! there and follow nobody themselves, and is placed in the order the full plan places the
+//! burst's units (`rank_key`); a follower of a leader of the same burst, if that leader is
 //! named by no unit before it. A global unit written, rewritten or destroyed while no unit
 //! waits changes the load of the machines its metadata matches (in time that grows with the
-//! machines: it runs on each), unless it conflicts with a unit there. So do machines coming
-//! and going (but one stopping a unit: its stopping records count only while it is a
-//! member), since nothing then moves but their own plain units (and units that wait, below;
-//! those that wait for another machine to stop them wait whatever this one does): a machine
-//! that joins only
+//! machines: it runs on each), unless it conflicts with a unit there. So do machines coming and
+//! going (but one stopping a unit: its stopping records count only while it is a member), since
+//! nothing then moves but their own plain units (and units that wait, below; those that wait
+//! for another machine to stop them wait whatever this one does): a machine that joins only
 //! becomes the least loaded; a member whose lease is gone has its units held where they are
 //! ([`hold`](super::hold)), and placed again elsewhere once it is declared dead (or back on it
 //! when it registers again, those whose placement is still there); a machine that leaves
-//! without being a member has its units placed elsewhere at once; a machine registering
-//! again, or writing its record again, unchanged, changes nothing; and one with new metadata
-//! that its units still match changes the load of the global units that start or stop
-//! running there (unless one that starts conflicts with its units). A plain unit whose
-//! machines have all released it (stopped it) is placed as a new one if it still wants to
-//! run, unless a draining machine still has units.
+//! without being a member has its units placed elsewhere at once; a machine registering again,
+//! or writing its record again, unchanged, changes nothing; and one with new metadata that its
+//! units still match changes the load of the global units that start or stop running there
+//! (unless one that starts conflicts with its units). A plain unit whose machines have all
+//! released it (stopped it) is placed as a new one if it still wants to run, unless a draining
+//! machine still has units.
 //!
 //! A plain unit no machine takes waits, with the reasons the full plan gives (by machine,
 //! or one for the unit: its leader not placed, no machine at all). The units that wait for a
@@ -53,10 +52,10 @@
 //! written and cleared included (a property test compares them on random clusters); anything
 //! it cannot decide that way (a unit with a rule it does not decide, a draining machine, a
 //! unit still being stopped by a machine, a machine coming, going or changing its metadata
-//! while it is stopping a unit, a global unit changed while a unit waits, a release while a draining
-//! machine has units, a machine with new metadata a unit there no longer matches, a unit that
-//! waits whose reasons differ once the burst is placed) makes it answer `None`, and the caller
-//! plans the whole cluster.
+//! while it is stopping a unit, a global unit changed while a unit waits, a release while a
+//! draining machine has units, a machine with new metadata a unit there no longer matches, a
+//! unit that waits whose reasons differ once the burst is placed) makes it answer `None`, and
+//! the caller plans the whole cluster.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -64,7 +63,7 @@ use fleet_registry::{JobState, MachineEntry, MachineId, Placement, PlacementOp, 
 use fleet_units::{glob_match, Requirements, UnitName};
 
 use super::{
-    by_reason, host_id_keys, least_loaded, Given, Plan, Planner, Unplaceable, MACHINES_NAMED,
+    host_id_keys, least_loaded, lines_by_reason, Given, Plan, Planner, Unplaceable, MACHINES_NAMED,
     REASON_LINES,
 };
 
@@ -139,10 +138,16 @@ impl<T> std::fmt::Debug for Cache<T> {
     }
 }
 
+/// The most reasons by machine a unit that waits may give for the memo to keep its
+/// machines' refusals ([`Refusals`]): past that (a unit that conflicts with a unit on each
+/// machine, say), each join decides it from every machine, as other changes do, rather than
+/// the memo holding a reason for about every machine of every such unit.
+const KEPT_REASONS: usize = 64;
+
 /// Why the live machines refuse a plain unit, summed up as far as its lines of reasons say
 /// (the whole plan's words, `refused_by`), so that the refusal of a machine that joins can be
 /// added to them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Clone, Default)]
 struct Refusals {
     /// How many machines refuse it.
     machines: usize,
@@ -157,6 +162,7 @@ impl Refusals {
     /// Adds the refusal of machine `id`, which is not among them yet.
     fn add(&mut self, id: &MachineId, reason: String) {
         let at = self.each.partition_point(|(m, _)| m < id);
+        debug_assert!(self.each.get(at).is_none_or(|(m, _)| m != id));
         if at < REASON_LINES {
             let line = format!("{}: {reason}", id.short());
             self.each.insert(at, (id.clone(), line));
@@ -164,37 +170,54 @@ impl Refusals {
         }
         let (machines, named) = self.by_reason.entry(reason).or_default();
         *machines += 1;
-        let at = named.partition_point(|m| m < id);
-        if at < MACHINES_NAMED {
-            named.insert(at, id.clone());
-            named.truncate(MACHINES_NAMED);
-        }
+        name_first(named, id);
         self.machines += 1;
     }
 
     /// The lines of reasons, as the whole plan words them.
     fn lines(&self) -> Vec<String> {
-        if self.machines <= REASON_LINES {
-            return self.each.iter().map(|(_, line)| line.clone()).collect();
-        }
-        // Most machines first, then by their first machine (a machine gives one reason).
-        let mut given: Vec<(&String, &(usize, Vec<MachineId>))> = self.by_reason.iter().collect();
-        given.sort_by_key(|(_, (machines, named))| (std::cmp::Reverse(*machines), named.first()));
-        let named: Vec<Vec<&str>> = given
-            .iter()
-            .map(|(_, (_, named))| named.iter().map(MachineId::short).collect())
-            .collect();
-        by_reason(
-            given
-                .iter()
-                .zip(&named)
-                .map(|((reason, (machines, _)), named)| Given {
-                    reason: *reason,
-                    machines: *machines,
-                    named,
-                }),
-        )
+        worded(self.machines, &self.each, &self.by_reason)
     }
+}
+
+/// Adds machine `id` to `named`, the first `MACHINES_NAMED` machines of a reason in machine
+/// order, if it is one of them.
+fn name_first(named: &mut Vec<MachineId>, id: &MachineId) {
+    let at = named.partition_point(|m| m < id);
+    if at < MACHINES_NAMED {
+        named.insert(at, id.clone());
+        named.truncate(MACHINES_NAMED);
+    }
+}
+
+/// The lines of reasons of a unit `machines` machines refuse, as `refused_by` words them: the
+/// lines of `each` (the first `REASON_LINES` machines) when they are all, otherwise a line per
+/// reason of `by_reason` (how many machines give it, and the first of them), most machines
+/// first, then by their first machine (a machine gives one reason).
+fn worded<R: std::fmt::Display>(
+    machines: usize,
+    each: &[(MachineId, String)],
+    by_reason: &HashMap<R, (usize, Vec<MachineId>)>,
+) -> Vec<String> {
+    if machines <= REASON_LINES {
+        return each.iter().map(|(_, line)| line.clone()).collect();
+    }
+    let mut given: Vec<(&R, &(usize, Vec<MachineId>))> = by_reason.iter().collect();
+    given.sort_by_key(|(_, (machines, named))| (std::cmp::Reverse(*machines), named.first()));
+    let named: Vec<Vec<&str>> = given
+        .iter()
+        .map(|(_, (_, named))| named.iter().map(MachineId::short).collect())
+        .collect();
+    lines_by_reason(
+        given
+            .iter()
+            .zip(&named)
+            .map(|((reason, (machines, _)), named)| Given {
+                reason: *reason,
+                machines: *machines,
+                named,
+            }),
+    )
 }
 
 /// A unit no machine takes, as a burst decided it: its requirements, its lines of reasons and
@@ -887,7 +910,8 @@ impl Memo {
                 if stops || cluster.is_draining(id) {
                     return None;
                 }
-                // (Those that wait are all decided again if it has units back.)
+                // (With units back, the refusals the memo kept are dropped: they are placed
+                // there again.)
                 if waits {
                     redecide.join(id);
                 }
@@ -1095,6 +1119,12 @@ impl Memo {
         Some(())
     }
 
+    /// Whether the memo keeps the machines' refusals of `name`, a unit that waits.
+    #[cfg(test)]
+    pub(super) fn keeps_refusals_of(&self, name: &str) -> bool {
+        self.refusals.0.keys().any(|n| n.as_str() == name)
+    }
+
     /// Whether a live machine is being drained: only then do rolling updates count in a plan
     /// (the instances they take down bound what a drain may take down).
     pub fn drains(&self) -> bool {
@@ -1278,8 +1308,8 @@ impl Memo {
         Some(match found {
             Some((machine, why)) => Decision::Place(machine, why),
             None => {
-                let refused = self.refused(name, req, &leaders);
-                Decision::Wait(refused.lines(), Some(refused))
+                let (lines, refused) = self.refused(name, req, &leaders);
+                Decision::Wait(lines, refused)
             }
         })
     }
@@ -1306,13 +1336,21 @@ impl Memo {
         for (id, reason) in theirs {
             refused.add(id, reason);
         }
-        Some(Decision::Wait(refused.lines(), Some(refused)))
+        let lines = refused.lines();
+        let kept = refused.by_reason.len() <= KEPT_REASONS;
+        Some(Decision::Wait(lines, kept.then_some(refused)))
     }
 
     /// Why the live machines that refuse the plain unit `name` (with these requirements and
-    /// `MachineOf` leaders) refuse it, in machine order, as far as its reasons say; reasons
-    /// are told apart as values, and worded only for the lines and reasons kept.
-    fn refused(&self, name: &UnitName, req: &Requirements, leaders: &[String]) -> Refusals {
+    /// `MachineOf` leaders) refuse it: its lines of reasons, and the refusals summed up as far
+    /// as they say them, unless it gives more than [`KEPT_REASONS`] reasons. Reasons are told
+    /// apart as values, and worded only for the lines, and for the refusals kept.
+    fn refused(
+        &self,
+        name: &UnitName,
+        req: &Requirements,
+        leaders: &[String],
+    ) -> (Vec<String>, Option<Refusals>) {
         let mut each = Vec::new();
         let mut by_reason: HashMap<Refusal<'_>, (usize, Vec<MachineId>)> = HashMap::new();
         let mut machines = 0;
@@ -1330,15 +1368,25 @@ impl Memo {
             }
             machines += 1;
         }
-        let by_reason = by_reason
-            .into_iter()
-            .map(|(reason, given)| (reason.to_string(), given))
-            .collect();
-        Refusals {
+        let lines = worded(machines, &each, &by_reason);
+        if by_reason.len() > KEPT_REASONS {
+            return (lines, None);
+        }
+        // Two refusals worded alike are one reason (as they are one value, see `Refusal`).
+        let mut kept: HashMap<String, (usize, Vec<MachineId>)> = HashMap::new();
+        for (reason, (n, named)) in by_reason {
+            let (all, first) = kept.entry(reason.to_string()).or_default();
+            *all += n;
+            for id in &named {
+                name_first(first, id);
+            }
+        }
+        let refused = Refusals {
             machines,
             each,
-            by_reason,
-        }
+            by_reason: kept,
+        };
+        (lines, Some(refused))
     }
 
     /// Why the plain unit `name` (with these requirements and `MachineOf` leaders) may not be
@@ -1443,7 +1491,9 @@ mod tests {
                 MachineId::parse(&format!("{:08x}{:024x}", n / 4, n)).expect("valid id")
             };
             let reason = |k: u8| format!("reason {k}");
-            let whole = refused_by(refusals.iter().map(|(&n, &k)| (id(n).short().to_string(), reason(k))));
+            let whole = refused_by(
+                refusals.iter().map(|(&n, &k)| (id(n).short().to_string(), reason(k))),
+            );
             let mut shuffled: Vec<(&u16, &u8)> = refusals.iter().collect();
             let mut state = seed | 1;
             for i in (1..shuffled.len()).rev() {

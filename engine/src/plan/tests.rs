@@ -1608,10 +1608,11 @@ mod properties {
     }
 
     /// A step of [`machines_joining_while_units_wait_are_the_whole_plan`]: machines joining
-    /// (the next ones, with this metadata), or a burst of units written.
+    /// (each right after machine `k` in machine order, with this metadata), or a burst of
+    /// units written.
     #[derive(Debug, Clone)]
     enum Step {
-        Join(Vec<(u8, bool)>),
+        Join(Vec<(u8, u8, bool)>),
         Write(Vec<(usize, Option<(Rules, u8)>)>),
     }
 
@@ -1769,7 +1770,8 @@ mod properties {
             s in prop_oneof![1 => cluster(), 2 => crowded()],
             steps in prop::collection::vec(
                 prop_oneof![
-                    4 => prop::collection::vec((0u8..3, any::<bool>()), 1..3).prop_map(Step::Join),
+                    4 => prop::collection::vec((0u8..32, 0u8..3, any::<bool>()), 1..3)
+                        .prop_map(Step::Join),
                     1 => prop::collection::vec(change(), 1..3).prop_map(Step::Write),
                 ],
                 1..8,
@@ -1777,18 +1779,22 @@ mod properties {
         ) {
             let mut s = settle(&s);
             let mut memo = plan_and_memo(&s).1.expect("a settled cluster has a memo");
-            // Machines 22 on: none of `crowded`'s.
-            let mut next = 22u8;
             for step in &steps {
                 let (changed, machines) = match step {
                     Step::Join(joining) => {
                         let mut machines = BTreeSet::new();
-                        for &(role, eu) in joining {
-                            let entry = make_machine(next, role, eu);
+                        for &(k, role, eu) in joining {
+                            // Right after machine `k` in machine order, with its short id.
+                            let id = format!("f1ee70{k:02x}8{}", "0".repeat(23));
+                            let id = MachineId::parse(&id).expect("valid");
+                            if s.machines.iter().any(|e| e.machine.id == id) {
+                                continue;
+                            }
+                            let mut entry = make_machine(0, role, eu);
+                            entry.machine.id = id.clone();
                             s.members.push(member_of(&entry));
                             s.machines.push(entry);
-                            machines.insert(mid(next));
-                            next += 1;
+                            machines.insert(id);
                         }
                         (BTreeSet::new(), machines)
                     }
@@ -2668,6 +2674,45 @@ fn the_memo_plans_machines_that_join() {
         [PlacementOp::SetUnplaceable { reasons, .. }] if reasons.len() == 3
     )));
     as_whole(&memo, fast, &joined);
+}
+
+/// A unit that waits keeps the machines' refusals in the memo, for the next machine that joins,
+/// only while it gives few reasons: one that conflicts with a unit on each machine gives one
+/// for each, and is decided from every machine when one joins, as the whole plan decides it.
+#[test]
+fn the_memo_keeps_the_refusals_of_a_unit_that_waits_only_for_a_few_reasons() {
+    let n = 70u8;
+    let mut units: Vec<Unit> = (1..=n)
+        .map(|i| {
+            let id = mid(i).to_string();
+            xunit(&format!("app@{i}.service"), &[("MachineID", id.as_str())])
+        })
+        .collect();
+    units.push(xunit(
+        "w.service",
+        &[
+            ("MachineMetadata", "role=web"),
+            ("Conflicts", "app@*.service"),
+        ],
+    ));
+    units.push(xunit("db.service", &[("MachineMetadata", "role=db")]));
+    let machines = (1..=n).map(|i| host(i, &[("role", "web")])).collect();
+    let mut s = snapshot(units, machines, vec![]);
+    s.members = members_of(&s.machines);
+    let mut s = settle(&s);
+    assert_eq!(s.unplaceable.len(), 2, "w and db wait: {:?}", s.unplaceable);
+    let mut memo = plan_and_memo(&s).1.expect("settled, w and db waiting");
+    for k in 1..=3 {
+        let fast = joins(&mut memo, &mut s, n + k, &[]);
+        s = as_whole(&memo, fast, &s);
+        assert!(memo.keeps_refusals_of("db.service"));
+        assert!(!memo.keeps_refusals_of("w.service"));
+    }
+    let w = &s.unplaceable["w.service"];
+    assert!(
+        w.len() == REASON_LINES && w[REASON_LINES - 1].ends_with(" other reasons"),
+        "{w:?}"
+    );
 }
 
 /// The records of machine `n` changed (or the placements on it): plans the burst from `memo`.
