@@ -100,6 +100,8 @@ pub struct Figures {
     pub transitions: u64,
     /// Unit writes made again after etcd did not answer them.
     pub retried: u64,
+    /// Reads of the units' progress made again after etcd did not answer them.
+    pub followed_again: u64,
     /// etcd's gRPC messages received from the first unit written until all were active, by
     /// method, most first.
     pub busy: Vec<(String, f64)>,
@@ -246,12 +248,13 @@ fn detail(f: &Figures) -> String {
         .map(|(method, n)| format!("{method} {n:.0}"))
         .collect();
     format!(
-        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s; {} writes made again after etcd did not answer or refused them as too many\n    etcd's messages received meanwhile, by method: {}\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its lease gone after {:.2} s, declared dead by the engine after {:.2} s, its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} starts and stops checked, no unit on two machines at once",
+        "    registered in {:.1} s (fleet-sim); units written in {:.2} s, all placed at {:.2} s, all reported active at {:.2} s; {} writes made again after etcd did not answer or refused them as too many, {} reads of their progress\n    etcd's messages received meanwhile, by method: {}\n    idle: {:.0} etcd messages/s over {} s (keepalives expected: {:.0}/s, plus each agent's resync every 60 s and the engine's every {} s)\n    machine powered off: its lease gone after {:.2} s, declared dead by the engine after {:.2} s, its {} units active elsewhere after {:.2} s\n    new leader: {LEADER_UNITS} units placed {:.2} s after its start; one unit written to placed: {:.1} ms (median of {EVENTS})\n    etcd database {:.1} MB; RSS: engine process {:.1} MB (peak {:.1}, new leader's peak {:.1}), simulation process {:.1} MB (peak {:.1})\n    correctness: every unit placed once and running only there; {} starts and stops checked, no unit on two machines at once",
         f.register,
         f.submitted,
         f.placed,
         f.active,
         f.retried,
+        f.followed_again,
         busy.join(", "),
         f.idle_rate,
         IDLE_WINDOW.as_secs(),
@@ -548,10 +551,7 @@ async fn run_size(
     // Opened now, not before the writes: a watch left unread meanwhile would fall behind, and
     // etcd would catch it up from its history under the lock its writes take. What was placed
     // or reported meanwhile, its first read holds.
-    let mut progress = registry
-        .follow_progress()
-        .await
-        .map_err(|e| format!("cannot follow the units: {e}"))?;
+    let mut progress = follow_units(&registry, &mut f.followed_again).await?;
     let mut all: BTreeSet<UnitName> = names.iter().cloned().collect();
     wait_units(
         &mut progress,
@@ -679,10 +679,7 @@ async fn run_size(
 
     // Everything placed once and running once at the end, and no double run seen meanwhile.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut progress = registry
-        .follow_progress()
-        .await
-        .map_err(|e| format!("cannot follow the units: {e}"))?;
+    let mut progress = follow_units(&registry, &mut f.followed_again).await?;
     wait_units(
         &mut progress,
         &all,
@@ -762,19 +759,38 @@ async fn write_unit(
                 other => other.map(drop),
             }
         };
-        let again = |e: &fleet_registry::Error| {
-            // A refusal (certificates, permissions) is not waited out.
-            (e.is_unavailable() && !matches!(e, fleet_registry::Error::Refused { .. }))
-                || e.is_overloaded()
-        };
         match written {
             Ok(()) => return Ok(()),
-            Err(e) if again(&e) && Instant::now() < give_up => {
+            Err(e) if worth_again(&e) && Instant::now() < give_up => {
                 retried.fetch_add(1, Ordering::Relaxed);
                 first = false;
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Err(e) => return Err(format!("cannot write {name}: {e}")),
+        }
+    }
+}
+
+/// Whether a request etcd failed is made again, as a client would: one it did not answer, or
+/// refused as one too many; a refusal (certificates, permissions) is not waited out.
+fn worth_again(e: &fleet_registry::Error) -> bool {
+    (e.is_unavailable() && !matches!(e, fleet_registry::Error::Refused { .. })) || e.is_overloaded()
+}
+
+/// Follows the units' progress: its first read (every placement and state, at one revision)
+/// made again while etcd does not answer it, until `WRITE_RETRIES_FOR` has passed, each time
+/// counted in `again`. Right after 100,000 units are written, etcd under their load once broke
+/// that read's connection.
+async fn follow_units(registry: &Registry, again: &mut u64) -> Result<Progress, String> {
+    let give_up = Instant::now() + WRITE_RETRIES_FOR;
+    loop {
+        match registry.follow_progress().await {
+            Ok(progress) => return Ok(progress),
+            Err(e) if worth_again(&e) && Instant::now() < give_up => {
+                *again += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(format!("cannot follow the units: {e}")),
         }
     }
 }
