@@ -1721,7 +1721,6 @@ mod properties {
                 machines.extend(left);
                 changed.extend(released);
                 changed.extend(stop(&mut s, stopped));
-                let (whole, _) = plan_and_memo(&s);
                 let fast = memo.plan(&changed, &machines, &Now(&s));
                 let Some(fast) = fast else {
                     // As the engine does: whole plans, applied, until one leaves a memo, the
@@ -1748,16 +1747,7 @@ mod properties {
                     };
                     continue;
                 };
-                // The engine writes the reasons that changed after a whole plan's ops.
-                let mut ops = whole.ops.clone();
-                ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
-                prop_assert_eq!(&fast.ops, &ops);
-                prop_assert_eq!(&fast.placed, &whole.placed);
-                s = apply(s, &fast.ops);
-                let (again, rebuilt) = plan_and_memo(&s);
-                prop_assert_eq!(again.ops, vec![]);
-                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &again.unplaceable), vec![]);
-                prop_assert_eq!(Some(&memo), rebuilt.as_ref());
+                s = as_whole(&memo, Some(fast), &s);
             }
         }
 
@@ -1800,23 +1790,17 @@ mod properties {
                     }
                     Step::Write(burst) => (write(&mut s, burst), BTreeSet::new()),
                 };
-                let (whole, _) = plan_and_memo(&s);
-                let mut ops = whole.ops.clone();
-                ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
                 let Some(fast) = memo.plan(&changed, &machines, &Now(&s)) else {
                     // As the engine does: the whole plan, then (here) the machines stop what
                     // it moved, and the memo of the settled cluster.
+                    let whole = plan(&s);
+                    let mut ops = whole.ops;
+                    ops.extend(unplaceable_ops(&s.unplaceable, &whole.unplaceable));
                     s = settle(&apply(s, &ops));
                     memo = plan_and_memo(&s).1.expect("settled");
                     continue;
                 };
-                prop_assert_eq!(&fast.ops, &ops);
-                prop_assert_eq!(&fast.placed, &whole.placed);
-                s = apply(s, &fast.ops);
-                let (again, rebuilt) = plan_and_memo(&s);
-                prop_assert_eq!(again.ops, vec![]);
-                prop_assert_eq!(unplaceable_ops(&s.unplaceable, &again.unplaceable), vec![]);
-                prop_assert_eq!(Some(&memo), rebuilt.as_ref());
+                s = as_whole(&memo, Some(fast), &s);
             }
         }
 
