@@ -1871,6 +1871,33 @@ impl Registry {
         })
     }
 
+    /// The keys and values under `prefix` at `revision`, a chunk (`SNAPSHOT_CHUNK`) per request.
+    pub(crate) async fn read_chunks(&self, prefix: &str, revision: i64) -> Result<Vec<KeyValue>> {
+        self.read_chunks_from(prefix, prefix.as_bytes().to_vec(), revision)
+            .await
+    }
+
+    /// The keys and values under `prefix` from `start` on, at `revision`, a chunk per request.
+    async fn read_chunks_from(
+        &self,
+        prefix: &str,
+        mut start: Vec<u8>,
+        revision: i64,
+    ) -> Result<Vec<KeyValue>> {
+        let end = listing::prefix_end(prefix.as_bytes());
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        loop {
+            let chunk = self
+                .chunk(start, end.clone(), SNAPSHOT_CHUNK, revision)
+                .await?;
+            kvs.extend(chunk.kvs);
+            match kvs.last() {
+                Some(last) if chunk.more => start = listing::successor(last.key()),
+                _ => return Ok(kvs),
+            }
+        }
+    }
+
     /// The keys under `prefix` at `revision`: those of `first`, the answer to a read of it
     /// limited to a chunk, then the rest a chunk per request.
     async fn rest_of(
@@ -1879,20 +1906,12 @@ impl Registry {
         first: GetResponse,
         revision: i64,
     ) -> Result<Vec<KeyValue>> {
-        let end = listing::prefix_end(prefix.as_bytes());
-        let mut more = first.more();
+        let more = first.more();
         let mut first = first;
         let mut kvs = first.take_kvs();
-        while more {
-            let Some(last) = kvs.last() else {
-                break;
-            };
+        if let Some(last) = kvs.last().filter(|_| more) {
             let start = listing::successor(last.key());
-            let chunk = self
-                .chunk(start, end.clone(), SNAPSHOT_CHUNK, revision)
-                .await?;
-            more = chunk.more;
-            kvs.extend(chunk.kvs);
+            kvs.extend(self.read_chunks_from(prefix, start, revision).await?);
         }
         Ok(kvs)
     }

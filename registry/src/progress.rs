@@ -48,9 +48,9 @@ impl Progress {
             .read_prefix(&placed_prefix, GetOptions::new().with_keys_only(), None)
             .await?;
         let revision = index.header().map(|h| h.revision()).unwrap_or_default();
-        let states = registry
-            .read_prefix(&states_prefix, GetOptions::new(), Some(revision))
-            .await?;
+        // The states, the bulk, a chunk at a time: 100,000 of them in one answer, from an etcd
+        // still busy with their writes, broke its connection.
+        let states = registry.read_chunks(&states_prefix, revision).await?;
         changes.skip_through(revision);
         let mut progress = Progress {
             changes,
@@ -61,7 +61,7 @@ impl Progress {
             placed: HashMap::new(),
             active: HashMap::new(),
         };
-        for kv in index.kvs().iter().chain(states.kvs()) {
+        for kv in index.kvs().iter().chain(&states) {
             progress.apply(Change {
                 kv: kv.clone(),
                 deleted: false,

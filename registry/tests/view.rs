@@ -1007,6 +1007,28 @@ async fn progress_converges(
     }
 }
 
+/// More states than one read takes (5,000 a request) are all read when the progress is opened.
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_opened_over_more_states_than_a_chunk_reads_them_all() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let (_a, lease) = present(&registry, 1).await;
+    let all: Vec<String> = (0..5_050).map(|i| format!("u{i:05}.service")).collect();
+    let states: Vec<fleet_registry::UnitState> = all.iter().map(|n| state(1, n)).collect();
+    registry.publish_states(lease, &states).await.unwrap();
+    let progress = registry.follow_progress().await.unwrap();
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|n| !progress.is_active(&name(n)))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} states not read, {:?}…",
+        missing.len(),
+        missing.first()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn progress_kept_from_a_watch_says_what_fresh_reads_say() {
     let etcd = Etcd::start();
