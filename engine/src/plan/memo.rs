@@ -114,7 +114,8 @@ pub struct Memo {
     globals: Vec<(UnitName, Requirements)>,
     /// Why every live machine refuses each plain unit that waits, for those decided by the
     /// last burst (or by those of machines joining since): a machine that joins then adds
-    /// its own refusal instead of every machine being asked again. Any other burst drops
+    /// its own refusal instead of every machine being asked again. A burst that changes a
+    /// unit, or a machine otherwise than joining or writing its record again unchanged, drops
     /// them (a unit written could change why a machine refuses one).
     refusals: Cache<HashMap<UnitName, Refusals>>,
 }
