@@ -1797,10 +1797,13 @@ impl Registry {
             .map(|r| r.kvs().len())
             .sum(),
         );
-        let units = self.rest_of(&self.units_prefix(), units, revision).await?;
-        let placements = self
-            .rest_of(&self.placements_prefix(), placements, revision)
-            .await?;
+        // Both at once: etcd serves them on cores of its own, and each answer is received
+        // while the other is read.
+        let (units_prefix, placements_prefix) = (self.units_prefix(), self.placements_prefix());
+        let (units, placements) = tokio::try_join!(
+            self.rest_of(&units_prefix, units, revision),
+            self.rest_of(&placements_prefix, placements, revision),
+        )?;
         let units = decode_all::<Unit>(&units)?
             .into_iter()
             .map(|(_, u)| u)
