@@ -104,6 +104,29 @@ pub async fn run(
     }
 }
 
+/// What `work` gives, and how long it took.
+async fn timed<T>(work: impl std::future::Future<Output = T>) -> (T, std::time::Duration) {
+    let started = std::time::Instant::now();
+    (work.await, started.elapsed())
+}
+
+/// Logs a read of the whole cluster: at `info` the first of a leadership (what a new leader
+/// waits for), else at `debug` (the periodic reads).
+fn log_read(view: &EngineView, took: std::time::Duration, first: bool) {
+    let snapshot = view.snapshot();
+    let (units, machines, placements) = (
+        snapshot.units.len(),
+        snapshot.machines.len(),
+        snapshot.placements.len(),
+    );
+    let seconds = took.as_secs_f64();
+    if first {
+        tracing::info!(units, machines, placements, seconds, "read the cluster");
+    } else {
+        tracing::debug!(units, machines, placements, seconds, "read the cluster");
+    }
+}
+
 /// Waits until the leader key changes (or the resync period passes) without leading.
 async fn follow(
     registry: &Registry,
@@ -168,6 +191,9 @@ async fn lead(
     // still hold, and what was not reported is still to be planned.
     let keys = RandomState::new();
     let mut previous: Option<(ClusterDigest, ViewChanges)> = None;
+    // The first read and whole plan of a leadership are logged with their times: what a
+    // new leader takes before it places anything.
+    let (mut first_read, mut first_plan) = (true, true);
     loop {
         let started = std::time::Instant::now();
         if read_at.elapsed() >= config.reconcile_interval * FULL_READ_EVERY {
@@ -180,9 +206,11 @@ async fn lead(
         }
         let view_now = match view.as_mut() {
             Some(v) => v,
-            None => match registry.engine_view().await {
-                Ok(mut v) => {
+            None => match timed(registry.engine_view()).await {
+                (Ok(mut v), took) => {
                     fleet_telemetry::ENGINE_CLUSTER_READS.inc();
+                    log_read(&v, took, first_read);
+                    first_read = false;
                     read_at = Instant::now();
                     match previous.take() {
                         Some((digest, unreported)) if v.digest(&keys) == digest => {
@@ -195,7 +223,7 @@ async fn lead(
                     }
                     view.insert(v)
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::warn!(error = %e, "engine cannot read the cluster state");
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     if matches!(*presence.borrow(), PresenceStatus::Fenced) {
@@ -363,8 +391,16 @@ async fn lead(
             None if settled => (Vec::new(), BTreeMap::new()),
             None => {
                 fleet_telemetry::ENGINE_WHOLE_PLANS.inc();
+                let planning = std::time::Instant::now();
                 // Units of members whose lease is gone are held where they are.
                 let (whole, after) = plan::plan_and_memo(snapshot);
+                if std::mem::take(&mut first_plan) {
+                    tracing::info!(
+                        seconds = planning.elapsed().as_secs_f64(),
+                        changes = whole.ops.len(),
+                        "planned the whole cluster"
+                    );
+                }
                 // The cluster once the ops below are applied (if they fail, the view is read
                 // again, and the memo dropped with it).
                 memo = after;
