@@ -13,7 +13,7 @@ use axum::Json;
 use fleet_client::schema;
 use fleet_registry::{
     CreateUpdateError, Event, EventKind, PreviousContent, StoredUpdate, Update, UpdateState,
-    UpdateUnit,
+    UpdateUnit, MAX_UPDATE_MACHINES,
 };
 use fleet_units::{Requirements, UnitFile, UnitName};
 
@@ -23,11 +23,6 @@ use crate::server::{json_body, parse_name, Api, ApiError, NameParam};
 /// The most units one update takes: its units are claimed in the transaction that creates it
 /// and released in the one that ends it, each within etcd's 128 operations.
 pub const MAX_UPDATE_UNITS: usize = 127;
-/// The most entries one update's record holds (a global unit has one per machine it runs
-/// on). The record is rewritten whole at each step that changes it, about three times per
-/// entry, so what etcd keeps of its history grows with the square of its entries: at 512,
-/// about 100 KB rewritten some 1,500 times.
-pub const MAX_UPDATE_ENTRIES: usize = 512;
 const DEFAULT_MIN_HEALTHY_MS: u64 = 10_000;
 const DEFAULT_DEADLINE_MS: u64 = 300_000;
 const MAX_MIN_HEALTHY_MS: u64 = 3_600_000;
@@ -177,10 +172,11 @@ pub(crate) async fn create_update(
         } else {
             units.push(UpdateUnit::pending(name.clone(), from));
         }
-        if units.len() > MAX_UPDATE_ENTRIES {
+        let machines = units.iter().filter(|u| u.machine.is_some()).count();
+        if machines > MAX_UPDATE_MACHINES {
             return Err(ApiError::bad_request(format!(
-                "an update takes at most {MAX_UPDATE_ENTRIES} units and machines of global \
-                 units: update fewer units at once"
+                "an update takes at most {MAX_UPDATE_MACHINES} machines of global units: \
+                 update fewer units at once"
             )));
         }
     }
@@ -225,6 +221,9 @@ pub(crate) async fn create_update(
             Err(e @ CreateUpdateError::Busy { .. }) => {
                 return Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
             }
+            Err(e @ CreateUpdateError::TooLarge(_)) => {
+                return Err(ApiError::bad_request(e.to_string()))
+            }
             Err(CreateUpdateError::Registry(e)) => return Err(e.into()),
         }
     }
@@ -237,12 +236,23 @@ pub(crate) async fn create_update(
 pub(crate) async fn list_updates(
     State(api): State<Api>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let updates: Vec<Update> = api
+    // The machines of global units counted, not listed: a list of updates stays small
+    // however many machines they take.
+    let updates: Vec<serde_json::Value> = api
         .registry
         .updates()
         .await?
         .into_iter()
-        .map(|s| s.update)
+        .map(|s| {
+            let mut update = json(s.update).0;
+            if let (Some(fields), false) = (update.as_object_mut(), s.omitted.is_empty()) {
+                fields.insert(
+                    "machines".into(),
+                    serde_json::to_value(&s.omitted).unwrap_or_default(),
+                );
+            }
+            update
+        })
         .collect();
     Ok(Json(serde_json::json!({ "updates": updates })))
 }
@@ -318,7 +328,7 @@ async fn steer_update(
         }
         if api
             .registry
-            .write_update(&update, stored.revision, None)
+            .write_update(&update, stored.layout, stored.revision, None)
             .await?
         {
             record(

@@ -1868,7 +1868,7 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
     let (status, update) = post(
         &api,
         "/updates",
-        Some(json!({"units": ["g.service"], "options": global_options})),
+        Some(json!({"units": ["g.service"], "options": global_options.clone()})),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{update}");
@@ -1894,4 +1894,53 @@ async fn updates_refuse_bad_requests_changing_nothing_and_are_steered() {
             (json!("g.service"), Value::Null, json!(true)),
         ]
     );
+    // Read back and steered whole (its machines are kept apart from its record).
+    let id = update["id"].as_str().unwrap().to_string();
+    assert_eq!(api.get(&format!("/updates/{id}")).await.1, update);
+    let (_, paused) = post(&api, &format!("/updates/{id}/pause"), None).await;
+    assert_eq!(paused["units"], update["units"]);
+    assert_eq!(api.get(&format!("/updates/{id}")).await.1, paused);
+    let (_, list) = api.get("/updates").await;
+    let listed = list["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == id.as_str());
+    // A list counts the machines of global units rather than listing them.
+    let mut counted = paused.clone();
+    counted["units"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|u| u.get("machine").is_none());
+    counted["machines"] = json!({"g.service": {"pending": 2}});
+    assert_eq!(listed, Some(&counted));
+
+    // Global units whose machines would take more keys than one transaction holds with them.
+    let mut wide = Vec::new();
+    for i in 0..100 {
+        let mut unit = hello("launched");
+        unit["options"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"section": "X-Fleet", "name": "Global", "value": "true"}));
+        let name = format!("g{i}.service");
+        assert_eq!(api.put(&name, unit).await.0, StatusCode::CREATED);
+        wide.push(name);
+    }
+    let running: Vec<(&str, &str)> = wide.iter().map(|n| (n.as_str(), "active")).collect();
+    let _four = machine_running(&api.registry, 4, &running).await;
+    let before = api.key_space().await;
+    let (status, answer) = post(
+        &api,
+        "/updates",
+        Some(json!({"units": wide, "options": global_options})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(error_code(&answer), Some(400), "{answer}");
+    assert!(
+        answer.to_string().contains("update fewer units at once"),
+        "{answer}"
+    );
+    assert_eq!(api.key_space().await, before, "refused, nothing changed");
 }

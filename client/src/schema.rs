@@ -268,6 +268,32 @@ pub struct Update {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ended_ms: Option<u64>,
     pub units: Vec<UpdateUnit>,
+    /// In a list of updates (`/updates`), the machines of global units are not entries of
+    /// `units` but counted here: by unit, how many machines are in each phase. `/updates/{id}`
+    /// lists them in `units`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub machines: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+impl Update {
+    /// How many entries run somewhere (units, and machines of global units, listed in
+    /// `units` or counted in `machines`), or of those how many are in `phase`.
+    pub fn count(&self, phase: Option<&str>) -> usize {
+        let wanted = |p: &str| phase.is_none_or(|want| want == p);
+        let listed = self
+            .units
+            .iter()
+            .filter(|x| !(x.global && x.machine.is_none()) && wanted(&x.phase))
+            .count();
+        let counted: usize = self
+            .machines
+            .values()
+            .flatten()
+            .filter(|(p, _)| wanted(p))
+            .map(|(_, n)| n)
+            .sum();
+        listed + counted
+    }
 }
 
 /// One unit of a rolling update.

@@ -303,9 +303,21 @@ fn a_global_unit_is_updated_machine_by_machine() {
     let samples = sampler.finish();
     let events = c.fleetctl(&["events", "--no-legend", "--full", &name]);
     let journal = c.fleetctl(&["journal", "--lines", "3", &name]);
+    let listed = c.fleetctl(&["list-updates", "--no-legend"]);
     c.fleetctl(&["destroy", &name]).expect_ok("destroy");
 
     assert_eq!(run.code, Some(0), "the update is done: {run:#?}");
+    // Listed with each machine counted (a list of updates counts a global unit's machines
+    // rather than listing them).
+    let id = run.stdout.split_whitespace().nth(1).unwrap_or_default();
+    let listed = listed.expect_ok("list-updates").stdout;
+    assert!(
+        listed
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .any(|l| l == [id, "done", &NODES.to_string(), &NODES.to_string(), "-"]),
+        "{id}: {listed}"
+    );
     assert!(
         run.stdout
             .lines()

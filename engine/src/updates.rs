@@ -131,7 +131,7 @@ async fn drive(
     }
     if next != *update {
         if !registry
-            .write_update(&next, stored.revision, Some(leadership))
+            .write_update(&next, stored.layout, stored.revision, Some(leadership))
             .await?
         {
             // Changed meanwhile (paused, say): the next step starts from the new record.

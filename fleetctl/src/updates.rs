@@ -290,14 +290,6 @@ impl Ctl {
     }
 }
 
-/// The entries of an update that run somewhere: units, and machines of global units.
-fn entries(update: &Update) -> impl Iterator<Item = &fleet_client::schema::UpdateUnit> {
-    update
-        .units
-        .iter()
-        .filter(|x| !(x.global && x.machine.is_none()))
-}
-
 pub fn render_updates(updates: &[Update], listing: &Listing) -> Result<String, String> {
     let columns = fields(
         listing,
@@ -313,11 +305,8 @@ pub fn render_updates(updates: &[Update], listing: &Listing) -> Result<String, S
                     "id" => u.id.clone(),
                     "state" => u.state.clone(),
                     // A global unit counts once per machine; its own content not at all.
-                    "units" => entries(u).count().to_string(),
-                    "healthy" => entries(u)
-                        .filter(|x| x.phase == "healthy")
-                        .count()
-                        .to_string(),
+                    "units" => u.count(None).to_string(),
+                    "healthy" => u.count(Some("healthy")).to_string(),
                     "reason" => u.reason.clone().unwrap_or_else(|| "-".into()),
                     _ => "-".into(),
                 })
@@ -367,6 +356,56 @@ pub fn render_update_units(update: &Update, listing: &Listing) -> Result<String,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A list of updates counts a global unit's machines (counted by the API, or listed) and
+    /// the units placed on one machine, never a global unit's own content.
+    #[test]
+    fn a_list_of_updates_counts_machines_listed_or_counted() {
+        let entry =
+            |machine: Option<&str>, global: bool, phase: &str| fleet_client::schema::UpdateUnit {
+                name: "u.service".into(),
+                machine: machine.map(str::to_string),
+                global,
+                phase: phase.into(),
+                ..Default::default()
+            };
+        let counted = Update {
+            id: "1a".into(),
+            state: "running".into(),
+            units: vec![entry(None, false, "healthy"), entry(None, true, "healthy")],
+            machines: [(
+                "g.service".to_string(),
+                [
+                    ("healthy".to_string(), 5_000),
+                    ("pending".to_string(), 4_998),
+                ]
+                .into(),
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let listed = Update {
+            id: "1b".into(),
+            state: "done".into(),
+            units: vec![
+                entry(Some("m1"), true, "healthy"),
+                entry(Some("m2"), true, "healthy"),
+                entry(None, true, "healthy"),
+            ],
+            ..Default::default()
+        };
+        let listing = Listing {
+            fields: None,
+            full: false,
+            no_legend: true,
+            output: Output::Table,
+        };
+        let table = render_updates(&[counted, listed], &listing).unwrap();
+        assert_eq!(
+            table.lines().collect::<Vec<_>>(),
+            ["1a\trunning\t9999\t5001\t-", "1b\tdone\t2\t2\t-"]
+        );
+    }
 
     #[test]
     fn durations() {

@@ -75,8 +75,9 @@ pub use presence::{
 };
 pub use progress::{reports_active, Progress};
 pub use update::{
-    CreateUpdateError, GlobalUnitOn, GlobalVersion, Phase, PreviousContent, StoredUpdate, Update,
-    UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
+    as_listed, CreateUpdateError, GlobalUnitOn, GlobalVersion, Layout, LayoutError, Omitted, Phase,
+    PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
+    MACHINES_PER_KEY, MAX_UPDATE_MACHINES,
 };
 pub use view::{AgentView, ClusterDigest, EngineView, Refreshed, ViewChanges};
 pub use watch::Changes;
@@ -145,6 +146,13 @@ pub enum Error {
         key: String,
         #[source]
         source: serde_json::Error,
+    },
+    /// An update's record that its machine lists do not fit (see `update/record.rs`).
+    #[error("update record at {key} cannot be read: {source}")]
+    Layout {
+        key: String,
+        #[source]
+        source: LayoutError,
     },
     #[error("this engine no longer holds the leadership")]
     NotLeader,
@@ -678,7 +686,7 @@ impl Members {
 }
 
 /// At most this many operations go into one etcd transaction (etcd's default `--max-txn-ops`).
-const MAX_TXN_OPS: usize = 128;
+pub(crate) const MAX_TXN_OPS: usize = 128;
 
 /// etcd's default `--max-request-bytes` (1.5 MiB): etcd refuses a larger request.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -1855,7 +1863,8 @@ impl Registry {
             .filter_map(|kv| self.drain_entry(kv.key_str().ok()?))
             .collect();
         let updates = self
-            .readable_updates(updates.kvs())
+            .engine_updates(updates.kvs(), revision)
+            .await?
             .into_iter()
             .map(|u| (u.update.id.clone(), u))
             .collect();
@@ -1951,6 +1960,7 @@ impl Registry {
             self.stopping_prefix(),
             self.drain_prefix(),
             self.updates_prefix(),
+            self.update_machines_root(),
         ]
     }
 

@@ -21,13 +21,19 @@
 
 use std::collections::BTreeSet;
 
-use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+use etcd_client::{Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, Txn, TxnOp};
 use fleet_units::{UnitHash, UnitName, UnitOption};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     decode, encode, reads, Error, Leadership, MachineId, Registry, Result, Unit, UnitState,
 };
+
+mod record;
+
+use record::stored_update_from;
+pub use record::{as_listed, Layout, LayoutError, Omitted, MACHINES_PER_KEY, MAX_UPDATE_MACHINES};
+pub(crate) use record::{Lists, Machines};
 
 /// Where an update is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,7 +79,7 @@ impl UpdateState {
 }
 
 /// Where one unit of an update is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Phase {
     /// Not touched yet.
@@ -245,11 +251,16 @@ pub struct GlobalUnitOn {
     pub state: Option<UnitState>,
 }
 
-/// An update as stored, with the revision it was last written at (for conditional writes).
+/// An update as stored, with the revision it was last written at (for conditional writes)
+/// and how its record is laid out (it is written again the same way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredUpdate {
     pub update: Update,
     pub revision: i64,
+    pub layout: Layout,
+    /// A listed update read without its machine entries (see [`Layout`]): how many of each
+    /// global unit's machines are in each phase. Empty when read with them.
+    pub omitted: Omitted,
 }
 
 /// Why an update was not created.
@@ -259,6 +270,9 @@ pub enum CreateUpdateError {
     Exists(String),
     #[error("unit {unit} is in update {update}, which is not over")]
     Busy { unit: UnitName, update: String },
+    /// Refused before anything was written: more than one transaction would take.
+    #[error("{0}")]
+    TooLarge(String),
     #[error(transparent)]
     Registry(#[from] Error),
 }
@@ -275,6 +289,32 @@ impl Registry {
     }
     fn updating_key(&self, name: &UnitName) -> String {
         self.key(&format!("updating/{name}"))
+    }
+    /// Whether `kv`, under the updates' prefix, is an update's record (`updates/<id>`): no
+    /// other key belongs there (one written by hand, or by a newer fleetd, is left alone).
+    pub(crate) fn is_update_record(&self, kv: &KeyValue) -> bool {
+        let prefix = self.updates_prefix();
+        kv.key_str()
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix.as_str()))
+            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    }
+    pub(crate) fn update_machines_root(&self) -> String {
+        self.key("update-machines/")
+    }
+    fn update_machines_prefix(&self, id: &str) -> String {
+        self.key(&format!("update-machines/{id}/"))
+    }
+    /// The machine lists among `kvs` (keys under `update-machines/`).
+    fn lists(&self, kvs: &[KeyValue]) -> Lists {
+        let root = self.update_machines_root();
+        let mut lists = Lists::default();
+        for kv in kvs {
+            if let Some(rest) = kv.key_str().ok().and_then(|k| k.strip_prefix(&root)) {
+                lists.add(rest, kv.value());
+            }
+        }
+        lists
     }
     pub(crate) fn machine_versions_prefix(&self, machine: &MachineId) -> String {
         self.key(&format!("versions/{machine}/"))
@@ -408,15 +448,48 @@ impl Registry {
     }
 
     /// Stores a new update and claims its units, unless one of them is in an update that is
-    /// not over or the id is taken: then nothing is written.
+    /// not over or the id is taken: then nothing is written. An update with machine entries
+    /// is laid out listed ([`Layout`]): its machine lists are written in the same transaction.
     pub async fn create_update(
         &self,
         update: &Update,
     ) -> std::result::Result<(), CreateUpdateError> {
         let key = self.update_key(&update.id);
+        let layout = Layout::for_update(update);
+        let machines = update.units.iter().filter(|u| u.machine.is_some()).count();
+        if machines > MAX_UPDATE_MACHINES {
+            return Err(CreateUpdateError::TooLarge(format!(
+                "an update takes at most {MAX_UPDATE_MACHINES} machines of global units, not \
+                 {machines}: update fewer units at once"
+            )));
+        }
+        let mut ops = Vec::new();
+        let value = match layout {
+            Layout::Inline => encode(update),
+            Layout::Listed => {
+                let bad = |e: LayoutError| Error::Protocol(format!("update {}: {e}", update.id));
+                let prefix = self.update_machines_prefix(&update.id);
+                for (rest, value) in record::machine_lists(update).map_err(bad)? {
+                    ops.push(TxnOp::put(format!("{prefix}{rest}"), value, None));
+                }
+                record::encode_listed(update).map_err(bad)?
+            }
+        };
+        let names = update.names();
+        if ops.len() + 1 + names.len() > crate::MAX_TXN_OPS {
+            return Err(CreateUpdateError::TooLarge(format!(
+                "an update of {} units on {machines} machines takes {} keys of machine lists \
+                 ({MACHINES_PER_KEY} machines each), more than one etcd transaction holds with \
+                 its units: update fewer units at once",
+                names.len(),
+                ops.len()
+            )));
+        }
         let mut when = vec![Compare::create_revision(key.as_str(), CompareOp::Equal, 0)];
-        let mut ops = vec![TxnOp::put(key.as_str(), encode(update), None)];
-        for name in update.names() {
+        // A watch may report the record before the lists (each prefix apart): a view keeps
+        // the record until they come.
+        ops.push(TxnOp::put(key.as_str(), value, None));
+        for name in &names {
             let claim = self.updating_key(name);
             when.push(Compare::create_revision(
                 claim.as_str(),
@@ -427,9 +500,8 @@ impl Registry {
         }
         let mut otherwise = vec![TxnOp::get(key.as_str(), None)];
         otherwise.extend(
-            update
-                .names()
-                .into_iter()
+            names
+                .iter()
                 .map(|name| TxnOp::get(self.updating_key(name), None)),
         );
         let resp = self
@@ -449,7 +521,7 @@ impl Registry {
         if gets.first().is_some_and(|g| !g.kvs().is_empty()) {
             return Err(CreateUpdateError::Exists(update.id.clone()));
         }
-        for (name, get) in update.names().into_iter().zip(gets.iter().skip(1)) {
+        for (name, get) in names.into_iter().zip(gets.iter().skip(1)) {
             if let Some(kv) = get.kvs().first() {
                 return Err(CreateUpdateError::Busy {
                     unit: name.clone(),
@@ -460,28 +532,56 @@ impl Registry {
         Err(Error::Protocol("an update was refused for no reason etcd gave".into()).into())
     }
 
-    pub(crate) fn stored_update(&self, kv: &etcd_client::KeyValue) -> Result<StoredUpdate> {
-        Ok(StoredUpdate {
-            update: decode::<Update>(kv)?,
-            revision: kv.mod_revision(),
-        })
+    /// The update whose record is `kv`, a listed one with or without its machines as
+    /// `machines` says.
+    pub(crate) fn stored_update(
+        &self,
+        kv: &KeyValue,
+        machines: Machines<'_>,
+    ) -> Result<StoredUpdate> {
+        let key = || String::from_utf8_lossy(kv.key()).into_owned();
+        let value: serde_json::Value = serde_json::from_slice(kv.value())
+            .map_err(|source| Error::Corrupt { key: key(), source })?;
+        stored_update_from(kv, value, machines)
+            .map_err(|source| Error::Layout { key: key(), source })
     }
 
-    /// The updates among `kvs` that can be read; one that cannot (written by a newer fleetd,
-    /// say) is logged and left out rather than stopping the engine.
-    pub(crate) fn readable_updates(&self, kvs: &[etcd_client::KeyValue]) -> Vec<StoredUpdate> {
-        kvs.iter()
-            .filter_map(|kv| match self.stored_update(kv) {
-                Ok(u) => Some(u),
+    /// The updates whose records are `kvs` (read at `revision`) as the engine keeps them,
+    /// those that can be read (one written by a newer fleetd, say, is logged and left out
+    /// rather than stopping the engine): a listed one not over with its machines, read now
+    /// at `revision`, one over without (the engine only counts those).
+    pub(crate) async fn engine_updates(
+        &self,
+        kvs: &[KeyValue],
+        revision: i64,
+    ) -> Result<Vec<StoredUpdate>> {
+        let mut updates = Vec::with_capacity(kvs.len());
+        for kv in kvs.iter().filter(|kv| self.is_update_record(kv)) {
+            let value: serde_json::Value = match serde_json::from_slice(kv.value()) {
+                Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(error = %e, "ignoring an update record that cannot be read");
-                    None
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring an update record that cannot be read");
+                    continue;
                 }
-            })
-            .collect()
+            };
+            let mut lists = Lists::default();
+            if record::is_listed(&value) && !record::is_over(&value) {
+                let id = value.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+                let prefix = self.update_machines_prefix(id);
+                lists = self.lists(&self.read_chunks(&prefix, revision).await?);
+            }
+            match stored_update_from(kv, value, Machines::WhileRunning(&lists, None)) {
+                Ok(u) => updates.push(u),
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(kv.key()), error = %e, "ignoring an update record that cannot be read")
+                }
+            }
+        }
+        Ok(updates)
     }
 
-    /// Every update, oldest first.
+    /// Every update, oldest first; listed ones without their machine entries
+    /// ([`StoredUpdate::omitted`]).
     pub async fn updates(&self) -> Result<Vec<StoredUpdate>> {
         let resp = self
             .kv_request(|mut kv| {
@@ -492,7 +592,8 @@ impl Registry {
         let mut updates = resp
             .kvs()
             .iter()
-            .map(|kv| self.stored_update(kv))
+            .filter(|kv| self.is_update_record(kv))
+            .map(|kv| self.stored_update(kv, Machines::Omitted))
             .collect::<Result<Vec<_>>>()?;
         updates.sort_by(|a, b| {
             (a.update.created_ms, &a.update.id).cmp(&(b.update.created_ms, &b.update.id))
@@ -500,25 +601,45 @@ impl Registry {
         Ok(updates)
     }
 
-    /// One update, if it exists.
+    /// One update, if it exists, with all its entries.
     pub async fn update(&self, id: &str) -> Result<Option<StoredUpdate>> {
-        let resp = self.get(self.update_key(id)).await?;
-        resp.kvs()
+        let resp = self
+            .txn(Txn::new().and_then(vec![
+                TxnOp::get(self.update_key(id), None),
+                TxnOp::get(
+                    self.update_machines_prefix(id),
+                    Some(GetOptions::new().with_prefix()),
+                ),
+            ]))
+            .await?;
+        let [record, listed] = reads(&resp)?;
+        let lists = self.lists(listed.kvs());
+        record
+            .kvs()
             .first()
-            .map(|kv| self.stored_update(kv))
+            .map(|kv| self.stored_update(kv, Machines::From(&lists, None)))
             .transpose()
     }
 
-    /// Writes `update` over the version read at `revision`, releasing its units' claims when
-    /// it is over; conditioned on `leadership` when given (the engine's writes). `false` when
-    /// the record changed since (or the leadership is lost: [`Error::NotLeader`]).
+    /// Writes `update` over the version read at `revision`, laid out as it was, releasing
+    /// its units' claims when it is over; conditioned on `leadership` when given (the
+    /// engine's writes). `false` when the record changed since (or the leadership is lost:
+    /// [`Error::NotLeader`]).
     pub async fn write_update(
         &self,
         update: &Update,
+        layout: Layout,
         revision: i64,
         leadership: Option<Leadership>,
     ) -> Result<bool> {
         let key = self.update_key(&update.id);
+        let value = match layout {
+            Layout::Inline => encode(update),
+            Layout::Listed => record::encode_listed(update).map_err(|source| Error::Layout {
+                key: key.clone(),
+                source,
+            })?,
+        };
         let mut when = vec![Compare::mod_revision(
             key.as_str(),
             CompareOp::Equal,
@@ -531,7 +652,7 @@ impl Registry {
                 l.revision,
             ));
         }
-        let mut ops = vec![TxnOp::put(key.as_str(), encode(update), None)];
+        let mut ops = vec![TxnOp::put(key.as_str(), value, None)];
         if update.state.is_final() {
             ops.extend(
                 update
@@ -560,8 +681,8 @@ impl Registry {
         Ok(false)
     }
 
-    /// Removes a finished update's record (its claims went when it finished), fenced on the
-    /// engine's `leadership`.
+    /// Removes a finished update's record and machine lists (its claims went when it
+    /// finished), fenced on the engine's `leadership`.
     pub async fn delete_update(
         &self,
         id: &str,
@@ -574,7 +695,13 @@ impl Registry {
                 Compare::mod_revision(key.as_str(), CompareOp::Equal, revision),
                 Compare::create_revision(self.leader_key(), CompareOp::Equal, leadership.revision),
             ])
-            .and_then(vec![TxnOp::delete(key, None)]);
+            .and_then(vec![
+                TxnOp::delete(
+                    self.update_machines_prefix(id),
+                    Some(DeleteOptions::new().with_prefix()),
+                ),
+                TxnOp::delete(key, None),
+            ]);
         Ok(self.txn(txn).await?.succeeded())
     }
 }

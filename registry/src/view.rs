@@ -32,11 +32,12 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use etcd_client::KeyValue;
 use fleet_units::UnitName;
 
+use crate::update::{Lists, Machines};
 use crate::watch::{Change, Changes};
 use crate::{
-    decode, key_machine_id, member_entry, placement_machine, AgentSnapshot, EngineSnapshot,
-    Leadership, Machine, MachineEntry, MachineId, MemberEntry, Placement, PlacementOp, Registry,
-    Result, Unit,
+    decode, key_machine_id, member_entry, placement_machine, AgentSnapshot, EngineSnapshot, Error,
+    LayoutError, Leadership, Machine, MachineEntry, MachineId, MemberEntry, Placement, PlacementOp,
+    Registry, Result, StoredUpdate, Unit,
 };
 
 /// Positions of the items of one list by their key, so that a change finds its item at once.
@@ -165,6 +166,44 @@ pub struct EngineView {
     absent: BTreeMap<MachineId, i64>,
     /// The units placed on each machine: kept with the placements.
     on: HashMap<MachineId, BTreeSet<UnitName>>,
+    /// Machine lists of listed updates created since the view was read, until their record
+    /// is read (see `update/record.rs`).
+    update_lists: Lists,
+    /// Records of listed updates whose machine lists have not all come yet, by id: the watch
+    /// reports each prefix apart, so a record may come before the lists written with it.
+    updates_waiting: HashMap<String, KeyValue>,
+}
+
+/// Reads update `id`'s record `kv` into `updates` as `Registry::engine_updates` reads it: a
+/// listed one that is over without its machines; one written again names the machines its
+/// earlier version did; a new one takes its machine lists from `lists` (then forgotten), or
+/// waits for them in `waiting`.
+fn read_update(
+    registry: &Registry,
+    updates: &mut BTreeMap<String, StoredUpdate>,
+    (lists, waiting): (&mut Lists, &mut HashMap<String, KeyValue>),
+    id: &str,
+    kv: KeyValue,
+) {
+    let earlier = updates.get(id).map(|u| &u.update);
+    match registry.stored_update(&kv, Machines::WhileRunning(lists, earlier)) {
+        Ok(update) => {
+            lists.forget(id);
+            waiting.remove(id);
+            updates.insert(id.to_string(), update);
+        }
+        Err(Error::Layout {
+            source: LayoutError::Lists { .. },
+            ..
+        }) => {
+            waiting.insert(id.to_string(), kv);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring an update record that cannot be read");
+            updates.remove(id);
+            waiting.remove(id);
+        }
+    }
 }
 
 /// Puts a placement under `key` into an engine view's list and its index by machine.
@@ -238,6 +277,8 @@ impl EngineView {
             changed: ViewChanges::default(),
             absent: BTreeMap::new(),
             on: HashMap::new(),
+            update_lists: Lists::default(),
+            updates_waiting: HashMap::new(),
         };
         for (machine, placement) in &view.snapshot.placements {
             view.on
@@ -484,6 +525,9 @@ impl EngineView {
                         None if key.starts_with(&registry.updates_prefix()) => {
                             self.changed.updates = true;
                         }
+                        // A listed update's machine list: its record, written with it, is
+                        // the change.
+                        None if key.starts_with(&registry.update_machines_root()) => {}
                         // A member's new reading of the members: judged from the snapshot on
                         // every pass, planned from by nothing. Every join has every member
                         // record one.
@@ -594,12 +638,29 @@ impl EngineView {
             } else {
                 s.stopping.insert(entry);
             }
-        } else if let Some(id) = key.strip_prefix(&registry.updates_prefix()) {
+        } else if let Some(rest) = key.strip_prefix(&registry.update_machines_root()) {
+            // A listed update's machine list: written once, in the transaction that creates
+            // the update, and deleted with it. Kept until the record is read.
             if deleted {
-                s.updates.remove(id);
-            } else if let Some(update) = registry.readable_updates(std::slice::from_ref(&kv)).pop()
-            {
-                s.updates.insert(id.to_string(), update);
+                self.update_lists.remove(rest);
+            } else if self.update_lists.add(rest, kv.value()) {
+                let id = rest.split_once('/').map_or(rest, |(id, _)| id);
+                if let Some(record) = self.updates_waiting.remove(id) {
+                    let lists = (&mut self.update_lists, &mut self.updates_waiting);
+                    read_update(registry, &mut s.updates, lists, id, record);
+                }
+            }
+        } else if let Some(rest) = key
+            .strip_prefix(&registry.updates_prefix())
+            .filter(|_| registry.is_update_record(&kv))
+        {
+            if deleted {
+                s.updates.remove(rest);
+                self.update_lists.forget(rest);
+                self.updates_waiting.remove(rest);
+            } else {
+                let lists = (&mut self.update_lists, &mut self.updates_waiting);
+                read_update(registry, &mut s.updates, lists, rest, kv);
             }
         } else if let Some(machine) = registry.drain_entry(&key) {
             if deleted {

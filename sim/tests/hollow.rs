@@ -547,3 +547,146 @@ async fn a_state_write_refused_is_made_again_over_what_etcd_holds() {
     })
     .await;
 }
+
+/// A global unit on 600 hollow machines, updated 100 at a time (more machines than an update
+/// took before its machines were listed apart from its record): each machine is given the new
+/// content and reported running it, then the unit's own content is written, and the update
+/// is done. Its record stays small at every step, and its machine lists are written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_unit_on_six_hundred_hollow_machines_is_updated_a_hundred_at_a_time() {
+    use fleet_registry::{Layout, PreviousContent, Update, UpdateState, UpdateUnit};
+    const MACHINES: usize = 600;
+    let c = cluster(MACHINES as u32).await;
+    let name = UnitName::parse("monitor.service").expect("unit name");
+    let old = unit("monitor.service", &[("X-Fleet", "Global", "true")]);
+    c.registry.put_unit(&old).await.expect("put unit");
+    let running_everywhere = |want: fleet_units::UnitHash| {
+        let c = &c;
+        async move {
+            let states = c.registry.unit_states().await.map_err(|e| e.to_string())?;
+            let running = states
+                .iter()
+                .filter(|s| s.name.as_str() == "monitor.service")
+                .filter(|s| s.hash == want && fleet_registry::reports_active(s))
+                .count();
+            if running == MACHINES {
+                Ok(())
+            } else {
+                Err(format!("{running} machines report it running {want}"))
+            }
+        }
+    };
+    eventually(Duration::from_secs(60), || running_everywhere(old.hash())).await;
+
+    // What the API asks for: every machine that runs it, in id order, then its own content.
+    let mut machines: Vec<MachineId> = c
+        .registry
+        .unit_machines(&name)
+        .await
+        .expect("its machines")
+        .expect("the unit")
+        .machines
+        .into_iter()
+        .map(|m| m.id)
+        .collect();
+    machines.sort();
+    assert_eq!(machines.len(), MACHINES);
+    let new = unit(
+        "monitor.service",
+        &[("X-Fleet", "Global", "true"), ("Unit", "Description", "v2")],
+    );
+    let mut units: Vec<UpdateUnit> = machines
+        .into_iter()
+        .map(|m| UpdateUnit {
+            machine: Some(m),
+            global: true,
+            ..UpdateUnit::pending(name.clone(), old.hash())
+        })
+        .collect();
+    units.push(UpdateUnit {
+        global: true,
+        ..UpdateUnit::pending(name.clone(), old.hash())
+    });
+    let update = Update {
+        id: "1a2b".into(),
+        created_ms: 1,
+        options: new.options.clone(),
+        max_parallel: 100,
+        min_healthy_ms: 0,
+        healthy_deadline_ms: 60_000,
+        auto_revert: false,
+        state: UpdateState::Running,
+        reason: None,
+        ended_ms: None,
+        units,
+        previous: vec![PreviousContent {
+            hash: old.hash(),
+            options: old.options.clone(),
+        }],
+        stamped_by: 0,
+    };
+    c.registry
+        .create_update(&update)
+        .await
+        .expect("update created");
+
+    // Its record, at every step seen, and its machine lists.
+    let record_key = format!("{}updates/1a2b", c.etcd.prefix);
+    let largest = std::sync::atomic::AtomicUsize::new(0);
+    let done = eventually(Duration::from_secs(120), || {
+        let c = &c;
+        let (record_key, largest) = (&record_key, &largest);
+        async move {
+            let keys = c.etcd.key_space().await.keys;
+            for k in keys
+                .iter()
+                .filter(|k| k.key.starts_with(record_key.as_bytes()))
+            {
+                if k.key == record_key.as_bytes() {
+                    largest.fetch_max(k.value.len(), std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    assert_eq!(
+                        k.mod_revision, k.create_revision,
+                        "a machine list written again"
+                    );
+                }
+            }
+            let stored = c
+                .registry
+                .update("1a2b")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("no update")?;
+            match stored.update.state {
+                UpdateState::Done => Ok(stored),
+                UpdateState::Running => Err(format!(
+                    "{} of {} entries healthy",
+                    stored
+                        .update
+                        .units
+                        .iter()
+                        .filter(|u| u.phase == fleet_registry::Phase::Healthy)
+                        .count(),
+                    stored.update.units.len()
+                )),
+                other => panic!("the update ended {other:?}: {:?}", stored.update.reason),
+            }
+        }
+    })
+    .await;
+    assert_eq!(done.layout, Layout::Listed);
+    let largest = largest.into_inner();
+    // Some 40 bytes per machine in flight (100 at most), not 200 per machine (600).
+    assert!(
+        largest > 0 && largest < 8_000,
+        "a record of {largest} bytes"
+    );
+    let own = c
+        .registry
+        .unit(&name)
+        .await
+        .expect("read")
+        .expect("the unit");
+    assert_eq!(own.hash(), new.hash());
+    eventually(Duration::from_secs(30), || running_everywhere(new.hash())).await;
+}

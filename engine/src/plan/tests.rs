@@ -2241,6 +2241,8 @@ fn max_unavailable_counts_instances_a_rolling_update_took_down() {
         fleet_registry::StoredUpdate {
             update: update.clone(),
             revision: 1,
+            layout: fleet_registry::Layout::Inline,
+            omitted: Default::default(),
         },
     );
     let p = plan(&s);
