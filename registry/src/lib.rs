@@ -77,7 +77,7 @@ pub use progress::{reports_active, Progress};
 pub use update::{
     as_listed, CreateUpdateError, GlobalUnitOn, GlobalVersion, Layout, LayoutError, Omitted, Phase,
     PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
-    MACHINES_PER_KEY, MAX_UPDATE_MACHINES,
+    MACHINES_PER_KEY, MAX_PARALLEL_MACHINES, MAX_UPDATE_MACHINES,
 };
 pub use view::{AgentView, ClusterDigest, EngineView, Refreshed, ViewChanges};
 pub use watch::Changes;

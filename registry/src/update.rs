@@ -32,7 +32,10 @@ use crate::{
 mod record;
 
 use record::stored_update_from;
-pub use record::{as_listed, Layout, LayoutError, Omitted, MACHINES_PER_KEY, MAX_UPDATE_MACHINES};
+pub use record::{
+    as_listed, Layout, LayoutError, Omitted, MACHINES_PER_KEY, MAX_PARALLEL_MACHINES,
+    MAX_UPDATE_MACHINES,
+};
 pub(crate) use record::{Lists, Machines};
 
 /// Where an update is.
@@ -461,6 +464,13 @@ impl Registry {
             return Err(CreateUpdateError::TooLarge(format!(
                 "an update takes at most {MAX_UPDATE_MACHINES} machines of global units, not \
                  {machines}: update fewer units at once"
+            )));
+        }
+        if machines > 0 && update.max_parallel as usize > MAX_PARALLEL_MACHINES {
+            return Err(CreateUpdateError::TooLarge(format!(
+                "an update of global units takes at most {MAX_PARALLEL_MACHINES} machines at a \
+                 time, not {}",
+                update.max_parallel
             )));
         }
         let mut ops = Vec::new();

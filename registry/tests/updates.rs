@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fleet_registry::{
     as_listed, CreateUpdateError, EngineView, Layout, MachineId, Omitted, Phase, Update,
-    UpdateState, UpdateUnit, MAX_UPDATE_MACHINES,
+    UpdateState, UpdateUnit, MAX_PARALLEL_MACHINES, MAX_UPDATE_MACHINES,
 };
 use fleet_testkit::Etcd;
 use support::*;
@@ -133,9 +133,9 @@ async fn a_global_update_on_twelve_thousand_machines_is_kept_listed() {
     assert_eq!(
         names,
         [
-            "update-machines/1a2b/monitor0.service/0",
-            "update-machines/1a2b/monitor0.service/1",
-            "update-machines/1a2b/monitor0.service/2",
+            "update-machines/1a2b/0",
+            "update-machines/1a2b/1",
+            "update-machines/1a2b/2",
             "updates/1a2b",
         ]
     );
@@ -227,11 +227,20 @@ async fn an_update_too_large_for_one_transaction_writes_nothing() {
         }
         other => panic!("{other:?}"),
     }
-    // 100 global units on one machine each: 100 lists, 100 claims and the record.
-    let too_wide = global_update("1a2c", 100, 1);
+    // 125 global units on 121 machines each: 4 lists, 125 claims and the record.
+    let too_wide = global_update("1a2c", 125, 121);
     match registry.create_update(&too_wide).await {
         Err(CreateUpdateError::TooLarge(why)) => {
-            assert!(why.contains("100 keys of machine lists"), "{why}")
+            assert!(why.contains("4 keys of machine lists"), "{why}")
+        }
+        other => panic!("{other:?}"),
+    }
+    // More machines at a time than its record keeps the times of.
+    let mut too_fast = global_update("1a2d", 1, 300);
+    too_fast.max_parallel = MAX_PARALLEL_MACHINES as u32 + 1;
+    match registry.create_update(&too_fast).await {
+        Err(CreateUpdateError::TooLarge(why)) => {
+            assert!(why.contains("at most 200 machines at a time"), "{why}")
         }
         other => panic!("{other:?}"),
     }
@@ -281,4 +290,49 @@ async fn a_whole_record_of_an_older_fleetd_stays_whole() {
     assert_eq!(keys.len(), 2, "{keys:?}");
     let stored = registry.update("1a2b").await.unwrap().unwrap();
     assert_eq!((stored.layout, &stored.update), (Layout::Inline, &update));
+}
+
+/// A watch reports each prefix apart, so the engine's view may see an update's record before
+/// the machine lists written with it: it keeps the record until they come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_view_reads_a_record_that_comes_before_its_machine_lists() {
+    let etcd = Etcd::start();
+    let registry = registry(&etcd).await;
+    let update = global_update("1a2b", 2, 6_000);
+    registry.create_update(&update).await.unwrap();
+    let keys: Vec<(String, Vec<u8>)> = etcd
+        .key_space()
+        .await
+        .keys
+        .into_iter()
+        .map(|k| {
+            (
+                String::from_utf8_lossy(&k.key[etcd.prefix.len()..]).into_owned(),
+                k.value,
+            )
+        })
+        .filter(|(k, _)| k.starts_with("updates/") || k.starts_with("update-machines/"))
+        .collect();
+    assert_eq!(keys.len(), 4, "three lists and the record");
+    let mut view = registry.engine_view().await.unwrap();
+    view_holds(&mut view, "1a2b", Some(&update)).await;
+    for (key, _) in &keys {
+        etcd.delete_raw(key).await;
+    }
+    view_holds(&mut view, "1a2b", None).await;
+
+    // The record, then each list: the update is read once the last one comes.
+    let (lists, record) = keys.split_at(3);
+    etcd.put_raw(&record[0].0, &record[0].1).await;
+    for (key, value) in lists {
+        let _ = tokio::time::timeout(Duration::from_millis(300), view.changed()).await;
+        assert!(
+            !view.snapshot().updates.contains_key("1a2b"),
+            "read before its lists came"
+        );
+        etcd.put_raw(key, value).await;
+    }
+    view_holds(&mut view, "1a2b", Some(&update)).await;
+    let snapshot = registry.engine_snapshot().await.unwrap();
+    assert_eq!(snapshot.updates["1a2b"].update, update);
 }

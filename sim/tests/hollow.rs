@@ -630,27 +630,27 @@ async fn a_global_unit_on_six_hundred_hollow_machines_is_updated_a_hundred_at_a_
         .await
         .expect("update created");
 
-    // Its record, at every step seen, and its machine lists.
+    // Its record, at every step seen, and its machine list.
     let record_key = format!("{}updates/1a2b", c.etcd.prefix);
+    let lists = format!("{}update-machines/1a2b/", c.etcd.prefix);
     let largest = std::sync::atomic::AtomicUsize::new(0);
     let done = eventually(Duration::from_secs(120), || {
         let c = &c;
-        let (record_key, largest) = (&record_key, &largest);
+        let (record_key, lists, largest) = (&record_key, &lists, &largest);
         async move {
             let keys = c.etcd.key_space().await.keys;
-            for k in keys
-                .iter()
-                .filter(|k| k.key.starts_with(record_key.as_bytes()))
-            {
-                if k.key == record_key.as_bytes() {
-                    largest.fetch_max(k.value.len(), std::sync::atomic::Ordering::Relaxed);
-                } else {
-                    assert_eq!(
-                        k.mod_revision, k.create_revision,
-                        "a machine list written again"
-                    );
-                }
+            if let Some(k) = keys.iter().find(|k| k.key == record_key.as_bytes()) {
+                largest.fetch_max(k.value.len(), std::sync::atomic::Ordering::Relaxed);
             }
+            let listed: Vec<_> = keys
+                .iter()
+                .filter(|k| k.key.starts_with(lists.as_bytes()))
+                .collect();
+            assert_eq!(listed.len(), 1, "600 machines in one list");
+            assert_eq!(
+                listed[0].mod_revision, listed[0].create_revision,
+                "a machine list written again"
+            );
             let stored = c
                 .registry
                 .update("1a2b")

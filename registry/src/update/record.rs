@@ -60,27 +60,17 @@ pub(crate) fn stored_update_from(
         Machines::WhileRunning(lists, earlier) if !is_over(&value) => Some((lists, earlier)),
         Machines::WhileRunning(..) | Machines::Omitted => None,
     };
-    let id = value
-        .get("id")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let ids = |unit: &UnitName| {
-        let Some((lists, earlier)) = from else {
-            return Vec::new();
-        };
-        let listed = lists.ids(&id, unit);
+    let ids = from.map(|(lists, earlier)| {
+        let id = value.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        let listed = lists.ids(id);
         match earlier {
-            Some(e) if listed.is_empty() => e
-                .units
-                .iter()
-                .filter(|u| &u.name == unit)
-                .filter_map(|u| u.machine.clone())
-                .collect(),
+            Some(e) if listed.is_empty() => {
+                e.units.iter().filter_map(|u| u.machine.clone()).collect()
+            }
             _ => listed,
         }
-    };
-    let (update, omitted) = decode_listed(value, from.is_some().then_some(&ids as _))?;
+    });
+    let (update, omitted) = decode_listed(value, ids.as_deref())?;
     Ok(StoredUpdate {
         update,
         revision,
@@ -89,13 +79,18 @@ pub(crate) fn stored_update_from(
     })
 }
 
-/// How many machine ids one key of a global unit's machines holds (about 175 KB).
+/// How many machine ids one key of an update's machine lists holds (about 175 KB).
 pub const MACHINES_PER_KEY: usize = 5_000;
 
 /// The most machine entries (machines of global units) one update takes: their ids are
 /// written in the transaction that creates it, within etcd's request size (1.5 MiB by
 /// default), about 35 bytes each.
 pub const MAX_UPDATE_MACHINES: usize = 20_000;
+
+/// The most machines of global units an update takes down at once (`max_parallel`): its
+/// record keeps the times and failure of each in flight or failed (about 100 bytes each),
+/// rewritten at every step.
+pub const MAX_PARALLEL_MACHINES: usize = 200;
 
 /// How an update's record is laid out in etcd.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,12 +155,8 @@ fn detailed(entry: &UpdateUnit) -> bool {
 pub enum LayoutError {
     #[error("the machine entries of {0} do not come right before its own content's entry, alike")]
     Unlisted(UnitName),
-    #[error("the record names {unit} on {count} machines, but {found} are listed")]
-    Lists {
-        unit: UnitName,
-        count: usize,
-        found: usize,
-    },
+    #[error("the record names {count} machines, but {found} are listed")]
+    Lists { count: usize, found: usize },
     #[error("the record's phases of {0} do not add up to its machines")]
     Runs(UnitName),
     #[error("the record's global units do not match its entries")]
@@ -250,32 +241,30 @@ pub(crate) fn encode_listed(update: &Update) -> Result<Vec<u8>, LayoutError> {
 /// how many machines are in each phase.
 pub type Omitted = BTreeMap<UnitName, BTreeMap<Phase, usize>>;
 
-/// The keys (after the update's machine lists' prefix, `<unit>/<k>`) and values of a listed
-/// update's machine lists.
+/// The keys (after the update's machine lists' prefix: `<k>`) and values of a listed
+/// update's machine lists: the machines of all its global units, in the order of its entries.
 pub(crate) fn machine_lists(update: &Update) -> Result<Vec<(String, Vec<u8>)>, LayoutError> {
-    let (_, groups) = split(update)?;
-    let mut lists = Vec::new();
-    for (name, _, group) in groups {
-        let ids: Vec<&str> = group
-            .iter()
-            .filter_map(|e| e.machine.as_ref().map(MachineId::as_str))
-            .collect();
-        for (k, chunk) in ids.chunks(MACHINES_PER_KEY).enumerate() {
-            lists.push((format!("{name}/{k}"), serde_json::to_vec(chunk)?));
-        }
-    }
-    Ok(lists)
+    split(update)?;
+    let ids: Vec<&str> = update
+        .units
+        .iter()
+        .filter_map(|e| e.machine.as_ref().map(MachineId::as_str))
+        .collect();
+    ids.chunks(MACHINES_PER_KEY)
+        .enumerate()
+        .map(|(k, chunk)| Ok((k.to_string(), serde_json::to_vec(chunk)?)))
+        .collect()
 }
 
-/// Machine lists read from etcd, by update id and unit: each key's ids by its number.
+/// Machine lists read from etcd, by update id: each key's ids by its number.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Lists(HashMap<(String, UnitName), BTreeMap<usize, Vec<MachineId>>>);
+pub(crate) struct Lists(HashMap<String, BTreeMap<usize, Vec<MachineId>>>);
 
 impl Lists {
-    /// Takes a list key's rest after the machine lists' prefix (`<id>/<unit>/<k>`) and its
-    /// value; `false` when the key is none.
+    /// Takes a list key's rest after the machine lists' prefix (`<id>/<k>`) and its value;
+    /// `false` when the key is none.
     pub(crate) fn add(&mut self, rest: &str, value: &[u8]) -> bool {
-        let Some((id, unit, k)) = list_key(rest) else {
+        let Some((id, k)) = list_key(rest) else {
             return false;
         };
         let ids: Vec<MachineId> = match serde_json::from_slice::<Vec<String>>(value) {
@@ -288,24 +277,20 @@ impl Lists {
                 return true;
             }
         };
-        self.0
-            .entry((id.to_string(), unit))
-            .or_default()
-            .insert(k, ids);
+        self.0.entry(id.to_string()).or_default().insert(k, ids);
         true
     }
 
     /// Forgets a list key (its rest after the machine lists' prefix); `false` when the key is
     /// none.
     pub(crate) fn remove(&mut self, rest: &str) -> bool {
-        let Some((id, unit, k)) = list_key(rest) else {
+        let Some((id, k)) = list_key(rest) else {
             return false;
         };
-        let key = (id.to_string(), unit);
-        if let Some(lists) = self.0.get_mut(&key) {
+        if let Some(lists) = self.0.get_mut(id) {
             lists.remove(&k);
             if lists.is_empty() {
-                self.0.remove(&key);
+                self.0.remove(id);
             }
         }
         true
@@ -313,23 +298,22 @@ impl Lists {
 
     /// Forgets every list of update `id`.
     pub(crate) fn forget(&mut self, id: &str) {
-        self.0.retain(|(of, _), _| of != id);
+        self.0.remove(id);
     }
 
-    /// The machines of `unit` in update `id`, in order.
-    pub(crate) fn ids(&self, id: &str, unit: &UnitName) -> Vec<MachineId> {
+    /// The machines of update `id`, in order.
+    pub(crate) fn ids(&self, id: &str) -> Vec<MachineId> {
         self.0
-            .get(&(id.to_string(), unit.clone()))
+            .get(id)
             .map(|lists| lists.values().flatten().cloned().collect())
             .unwrap_or_default()
     }
 }
 
-/// The update id, unit and number a list key's rest after the machine lists' prefix names.
-fn list_key(rest: &str) -> Option<(&str, UnitName, usize)> {
-    let (id, rest) = rest.split_once('/')?;
-    let (unit, k) = rest.rsplit_once('/')?;
-    Some((id, UnitName::parse(unit).ok()?, k.parse().ok()?))
+/// The update id and number a list key's rest after the machine lists' prefix names.
+fn list_key(rest: &str) -> Option<(&str, usize)> {
+    let (id, k) = rest.split_once('/')?;
+    Some((id, k.parse().ok()?))
 }
 
 /// Whether the update record `value` says it is over (or says nothing readable of it).
@@ -345,28 +329,30 @@ pub(crate) fn is_listed(value: &serde_json::Value) -> bool {
     value.get("entries").is_some()
 }
 
-/// Where the machines of a listed update's global units are found: each unit's, in order.
-pub(crate) type Ids<'a> = dyn Fn(&UnitName) -> Vec<MachineId> + 'a;
-
-/// The update a listed record says, with the machines of each of its global units from
-/// `ids` (in order; as many as the record names), or without them (`None`): then with how
-/// many are in each phase.
+/// The update a listed record says, with the machines of its global units from `ids` (all
+/// of them, in the order of its entries), or without them (`None`): then with how many are
+/// in each phase.
 pub(crate) fn decode_listed(
     mut record: serde_json::Value,
-    ids: Option<&Ids<'_>>,
+    ids: Option<&[MachineId]>,
 ) -> Result<(Update, Omitted), LayoutError> {
     let fields = record.as_object_mut().ok_or(LayoutError::Order)?;
     let entries: Vec<UpdateUnit> =
         serde_json::from_value(fields.remove("entries").unwrap_or_default())?;
     let machines: Vec<MachineRuns> =
         serde_json::from_value(fields.remove("machines").unwrap_or_default())?;
+    let count: usize = machines.iter().map(|g| g.count).sum();
+    if let Some(found) = ids.map(<[MachineId]>::len).filter(|&n| n != count) {
+        return Err(LayoutError::Lists { count, found });
+    }
+    let mut ids = ids.map(|ids| ids.iter());
     let mut groups = machines.into_iter().peekable();
     let mut units = Vec::with_capacity(entries.len());
     let mut omitted = Omitted::new();
     for entry in entries {
         if entry.is_global_content() && groups.peek().is_some_and(|g| g.name == entry.name) {
             if let Some(group) = groups.next() {
-                match ids {
+                match ids.as_mut() {
                     Some(ids) => units.extend(expand(group, ids)?),
                     None => {
                         let phases = omitted.entry(group.name.clone()).or_default();
@@ -391,16 +377,13 @@ pub(crate) fn decode_listed(
     Ok((serde_json::from_value(record)?, omitted))
 }
 
-/// The machine entries of one global unit.
-fn expand(group: MachineRuns, ids: &Ids<'_>) -> Result<Vec<UpdateUnit>, LayoutError> {
-    let machines = ids(&group.name);
-    if machines.len() != group.count {
-        return Err(LayoutError::Lists {
-            unit: group.name,
-            count: group.count,
-            found: machines.len(),
-        });
-    }
+/// The machine entries of one global unit, its machines taken from `ids` (as many as it
+/// has: they are there, counted before).
+fn expand<'a>(
+    group: MachineRuns,
+    ids: &mut impl Iterator<Item = &'a MachineId>,
+) -> Result<Vec<UpdateUnit>, LayoutError> {
+    let machines: Vec<MachineId> = ids.by_ref().take(group.count).cloned().collect();
     let phases: Vec<Phase> = group
         .runs
         .iter()
