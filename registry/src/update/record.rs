@@ -2,17 +2,17 @@
 //! updated: the record is rewritten at every step that changes it (about three times per
 //! entry), so it must not grow with the machines.
 //!
-//! An update without machine entries is kept whole in its record (`Layout::Inline`, the
-//! layout of every update before this one). An update of global units (`Layout::Listed`)
-//! keeps the machines of each in keys of their own, written once with the record, in the
-//! transaction that creates it, and deleted with it: `update-machines/<id>/<unit>/<k>`, a JSON list of up to [`MACHINES_PER_KEY`]
-//! machine ids each, in the update's order (machine id order). Its record holds the other
-//! entries under `entries` (so a fleetd that knows only the whole layout, which needs
-//! `units`, cannot read it and leaves it alone rather than take it for an update without
-//! machines), and, per global unit, the phases of its machines run-length encoded and the
-//! times and failure of only those in flight or failed: a few hundred bytes whatever the
-//! number of machines. The times of an entry at rest (pending, healthy, reverted) are not
-//! kept: nothing reads them.
+//! An update without machine entries is kept whole in its record (`Layout::Inline`, the layout of
+//! every update before this one). An update of global units (`Layout::Listed`) keeps the machines
+//! of all of them in keys of their own, written once with the record, in the transaction that
+//! creates it, and deleted with it: `update-machines/<id>/<k>`, one sequence of JSON lists of up to
+//! [`MACHINES_PER_KEY`] machine ids each, in the order of the update's entries (each global unit's
+//! machines together, in machine id order). Its record holds the other entries under `entries` (so
+//! a fleetd that knows only the whole layout, which needs `units`, cannot read it and leaves it
+//! alone rather than take it for an update without machines), and, per global unit, the phases of
+//! its machines run-length encoded and the times and failure of only those in flight or failed: a
+//! few hundred bytes whatever the number of machines. The times of an entry at rest (pending,
+//! healthy, reverted) are not kept: nothing reads them.
 //!
 //! Read without its machine lists (what the engine does with an update that is over, and a
 //! list of updates), a listed update has no machine entries, and says how many of each
@@ -119,7 +119,7 @@ struct MachineRuns {
     name: UnitName,
     /// The unit's content before the update (the same for each of its machines).
     from: UnitHash,
-    /// How many machines (their ids are in the unit's machine keys).
+    /// How many machines: the next this many ids of the update's machine lists.
     count: usize,
     /// Their phases in machine order: each phase and how many machines in a row are in it.
     runs: Vec<(Phase, usize)>,
