@@ -339,7 +339,7 @@ async fn lead(
                 }
                 Ok(false) => tracing::info!(
                     machine = %machine,
-                    "machine registered again or recorded another reading of the members: judged again"
+                    "machine registered again, recorded another reading of the members or was removed by hand: judged again"
                 ),
                 Err(fleet_registry::Error::NotLeader) => return,
                 Err(e) => {

@@ -26,8 +26,9 @@
 //!
 //! Liveness is one lease per machine: when a machine's lease expires, its record and its unit
 //! states disappear together, and watchers learn it from one set of delete events. What was
-//! placed on it stays until the engine declares the machine dead ([`Registry::declare_dead`]):
-//! a machine whose lease expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
+//! placed on it stays until the engine declares the machine dead ([`Registry::declare_dead`]),
+//! or an operator removes it by hand ([`Registry::remove_member`]): a machine whose lease
+//! expired may still be running its units (`fleet-quorum`). Engine writes are transactions conditioned on the leader key's creation revision
 //! ([`Leadership`]), so a deposed engine cannot write.
 
 mod drain;
@@ -38,6 +39,7 @@ mod located;
 mod model;
 mod presence;
 mod progress;
+mod removal;
 mod together;
 mod update;
 mod view;
@@ -74,6 +76,7 @@ pub use presence::{
     Witness,
 };
 pub use progress::{reports_active, Progress};
+pub use removal::{MemberStatus, Removal};
 pub use update::{
     as_listed, CreateUpdateError, GlobalUnitOn, GlobalVersion, Layout, LayoutError, Omitted, Phase,
     PreviousContent, StoredUpdate, Update, UpdateState, UpdateUnit, FINISHED_UPDATES_KEPT,
