@@ -102,6 +102,11 @@ fn schemas() -> Value {
             "from": string(),
             "to": string(),
         })),
+        // Ours, not fleet's: a member removed by hand.
+        "MachineRemoval": object("MachineRemoval", json!({
+            "machine": string(),
+            "units": {"type": "integer"},
+        })),
         // Ours, not fleet's: machines being drained.
         "Drain": object("Drain", json!({
             "machine": string(),
@@ -230,6 +235,16 @@ fn resources() -> Value {
                 "fleet.Machine.List",
                 "List the live machines, one page at a time.",
                 "GET", "machines", &[page], None, Some("MachinePage"),
+            ),
+        }},
+        // Ours, not fleet's (whose Machines resource stays as it was).
+        "Members": {"methods": {
+            "Remove": method(
+                "fleet.Member.Remove",
+                "Remove a member whose lease is gone, which the operator says is powered off \
+                 for good: its units are placed elsewhere, and majorities are counted without \
+                 it.",
+                "DELETE", "machines/{machineID}", &[machine_id], None, Some("MachineRemoval"),
             ),
         }},
         "Units": {"methods": {

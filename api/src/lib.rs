@@ -10,5 +10,6 @@ pub mod follows;
 mod history;
 pub mod inspect;
 pub mod peer;
+mod removal;
 mod rolling;
 pub mod server;

@@ -10,7 +10,7 @@ use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use fleet_client::schema;
@@ -36,7 +36,7 @@ pub const MAX_PAGE_SIZE: u32 = fleet_registry::MAX_PAGE as u32;
 pub(crate) struct Api {
     pub(crate) registry: Registry,
     pub(crate) page_size: u32,
-    inspect: Option<Inspect>,
+    pub(crate) inspect: Option<Inspect>,
     pub(crate) follows: Follows,
 }
 
@@ -213,6 +213,10 @@ pub fn router_with(
             get(list_machines)
                 .patch(patch_machines)
                 .fallback(method_not_allowed),
+        )
+        .route(
+            "/machines/{name}",
+            delete(crate::removal::remove_machine).fallback(method_not_allowed),
         )
         .layer(axum::middleware::from_fn(
             move |request: Request<Body>, next: axum::middleware::Next| {

@@ -133,6 +133,7 @@ fn any_unit_name_in_a_path_is_answered_with_the_envelope() {
                 ("DELETE", format!("/fleet/v1/units/{encoded}")),
                 ("GET", format!("/fleet/v1/units/{encoded}/history")),
                 ("POST", format!("/v1-alpha/units/{encoded}/rollback")),
+                ("DELETE", format!("/fleet/v1/machines/{encoded}")),
             ] {
                 let status = answer(&runtime, &router, method, &path, Vec::new())?;
                 prop_assert!(

@@ -607,6 +607,23 @@ impl Client {
         .map(drop)
     }
 
+    /// Removes a member whose lease is gone from the cluster, on the operator's word that it
+    /// is powered off for good (`DELETE /machines/{machine}`).
+    pub async fn remove_machine(
+        &self,
+        machine: &str,
+    ) -> Result<schema::MachineRemoval, ClientError> {
+        let (_, bytes) = self
+            .send(
+                Method::DELETE,
+                &format!("/machines/{}", escape(machine)),
+                &[],
+                None::<&()>,
+            )
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
     /// The events `query` asks for, oldest first (`GET /events`): the newest `last`, or every
     /// event kept, following pages.
     pub async fn events(&self, query: &EventQuery<'_>) -> Result<Vec<schema::Event>, ClientError> {

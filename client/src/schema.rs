@@ -220,6 +220,16 @@ pub struct Drain {
     pub stopping: usize,
 }
 
+/// A member removed by hand (`DELETE /machines/{machine}`; not in fleet's API): a machine
+/// whose lease is gone, which the operator says is powered off for good.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRemoval {
+    pub machine: String,
+    /// The units that were placed on it, which the engine now places elsewhere.
+    pub units: usize,
+}
+
 /// Every drain (`GET /drains`), by machine id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1126,6 +1126,32 @@ impl Ctl {
         }
     }
 
+    /// `fleetctl remove-machine MACHINE`: removes a member whose lease is gone (named by its
+    /// full id: a prefix names only live machines, which cannot be removed).
+    pub async fn remove_machine(&self, id: &str) -> u8 {
+        let id = id.trim().to_ascii_lowercase();
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            stderr(format_args!(
+                "Unable to remove machine {id:?}: give its full id (32 hex digits); a lost \
+                 machine's is shown by `fleetctl list-unit-files --full` and `fleetctl events`"
+            ));
+            return 1;
+        }
+        match self.client.remove_machine(&id).await {
+            Ok(removal) => {
+                println!(
+                    "Removed machine {}: {} units released to be placed elsewhere",
+                    removal.machine, removal.units
+                );
+                0
+            }
+            Err(e) => {
+                stderr(format_args!("Unable to remove machine {id}: {e}"));
+                1
+            }
+        }
+    }
+
     /// The public address of the machine a (non-global) unit runs on.
     async fn unit_address(&self, arg: &str) -> Result<String, String> {
         let name = parse_arg(arg)?;

@@ -453,6 +453,11 @@ enum Command {
     },
     /// End a machine's drain: it takes units again (those moved away stay where they are).
     Undrain { machine: String },
+    /// Remove from the cluster a machine whose lease is gone (its full id), on your word that
+    /// it is powered off for good: its units are placed elsewhere and majorities are counted
+    /// without it. For a cluster that lost a majority of its machines for good, where nothing
+    /// moves otherwise. A machine that still runs (its peer endpoint answers) is refused.
+    RemoveMachine { machine: String },
     /// Enumerate the current hosts in the cluster.
     ListMachines {
         #[command(flatten)]
@@ -751,6 +756,7 @@ fn main() -> ExitCode {
             Command::ResumeUpdate { id } => ctl.steer_update(&id, "resume").await,
             Command::AbortUpdate { id } => ctl.steer_update(&id, "abort").await,
             Command::Undrain { machine } => ctl.undrain(&machine).await,
+            Command::RemoveMachine { machine } => ctl.remove_machine(&machine).await,
             Command::Version
             | Command::Tls { .. }
             | Command::Verify { .. }
