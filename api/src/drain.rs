@@ -14,7 +14,7 @@ use fleet_registry::{DrainStart, DrainStatus, Event, EventKind, MachineId};
 
 use crate::events::record;
 use crate::history::rfc3339;
-use crate::server::{Api, ApiError, NameParam};
+use crate::server::{parse_machine, Api, ApiError, NameParam};
 
 fn drain_json(d: DrainStatus) -> schema::Drain {
     schema::Drain {
@@ -24,10 +24,6 @@ fn drain_json(d: DrainStatus) -> schema::Drain {
         units: d.units,
         stopping: d.stopping,
     }
-}
-
-fn parse_machine(id: &str) -> Result<MachineId, ApiError> {
-    MachineId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 fn not_drained(machine: &MachineId) -> ApiError {

@@ -4,6 +4,7 @@
 //! endpoint answers 503 with the JSON error envelope.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Path, RawQuery, State};
@@ -50,6 +51,10 @@ pub const UNREGISTERED_MESSAGE: &str = "fleet server unable to communicate with 
 pub struct Inspect {
     pub machine: MachineId,
     pub peers: PeerClient,
+    /// How long after it finds a machine's lease gone a removal by hand waits before it
+    /// removes it: the engine's wait before it declares a machine dead
+    /// (`fleet_quorum::Timing::engine_wait`).
+    pub removal_wait: Duration,
 }
 
 /// The API's router, mounted under `/fleet/v1` and `/v1-alpha`, without journal and status (they answer 501).
@@ -105,6 +110,11 @@ async fn into_envelope(response: Response) -> Response {
         }
     }
     envelope
+}
+
+/// A machine id from a route's `{name}`: 400 unless it is one.
+pub(crate) fn parse_machine(id: &str) -> Result<MachineId, ApiError> {
+    MachineId::parse(id).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
 /// A route's `{name}`, percent-decoded. Taken through this rather than axum's `Path`, whose

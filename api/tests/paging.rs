@@ -463,6 +463,7 @@ fn inspect() -> Inspect {
     Inspect {
         machine: MachineId::parse(&"f".repeat(32)).expect("machine id"),
         peers: PeerClient::new(None),
+        removal_wait: std::time::Duration::ZERO,
     }
 }
 

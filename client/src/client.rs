@@ -111,6 +111,10 @@ impl Endpoint {
     }
 }
 
+/// What a removal by hand takes fleetd beyond answering ([`Client::remove_machine`]): its
+/// engine's wait before declaring a machine dead is about 2.4 s.
+pub const REMOVAL_TIME: Duration = Duration::from_secs(5);
+
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -262,23 +266,41 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&impl serde::Serialize>,
     ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        self.send_within(method, path, query, body, self.timeout)
+            .await
+    }
+
+    /// [`Client::send`] with a timeout of its own, for a request fleetd takes longer over.
+    async fn send_within(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<&impl serde::Serialize>,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Vec<u8>), ClientError> {
+        let within = |e: ClientError| match e {
+            ClientError::Timeout { endpoint, .. } => ClientError::Timeout { endpoint, timeout },
+            other => other,
+        };
         let mut request = self
             .http
             .request(method.clone(), format!("{}{}", self.base, path))
-            .query(query);
+            .query(query)
+            .timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = match request.send().await {
             Ok(r) => r,
-            Err(e) => return Err(self.send_error(e).await),
+            Err(e) => return Err(within(self.send_error(e).await)),
         };
         self.trace(&method, &response);
         let status = response.status();
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| self.transport_error(e))?
+            .map_err(|e| within(self.transport_error(e)))?
             .to_vec();
         if status.is_client_error() || status.is_server_error() {
             return Err(api_error(status, &bytes));
@@ -608,17 +630,20 @@ impl Client {
     }
 
     /// Removes a member whose lease is gone from the cluster, on the operator's word that it
-    /// is powered off for good (`DELETE /machines/{machine}`).
+    /// is powered off for good (`DELETE /machines/{machine}`). fleetd asks the machine and
+    /// waits as long as its engine would before it declares a machine dead (a few seconds):
+    /// this request has [`REMOVAL_TIME`] more than the client's timeout.
     pub async fn remove_machine(
         &self,
         machine: &str,
     ) -> Result<schema::MachineRemoval, ClientError> {
         let (_, bytes) = self
-            .send(
+            .send_within(
                 Method::DELETE,
                 &format!("/machines/{}", escape(machine)),
                 &[],
                 None::<&()>,
+                self.timeout + REMOVAL_TIME,
             )
             .await?;
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))

@@ -92,11 +92,14 @@ async fn a_lost_machine_removed_by_hand_releases_its_units_to_the_others() {
         .expect("read")
         .expect("machine 2 is a member");
     assert!(!lost.live, "machine 2 still holds its lease");
-    assert_eq!(lost.placed, held, "units counted on machine 2");
-    assert_eq!(lost.member.machine.id, id(2));
+    let member = lost
+        .member
+        .clone()
+        .expect("machine 2's member record decodes");
+    assert_eq!(member.machine.id, id(2));
 
     // Its member record written again since it was read (as registering does): not removed.
-    let record = serde_json::to_vec(&lost.member).expect("encode");
+    let record = serde_json::to_vec(&member).expect("encode");
     etcd.put_raw(&format!("members/{}", id(2)), &record).await;
     assert_eq!(
         registry
@@ -105,6 +108,11 @@ async fn a_lost_machine_removed_by_hand_releases_its_units_to_the_others() {
             .expect("remove"),
         Removal::Changed,
         "a member record written since it was read was removed"
+    );
+    assert_eq!(
+        placed_on(&registry.engine_snapshot().await.expect("read"), 2),
+        held,
+        "placements removed of a member record written since it was read"
     );
     let lost = registry
         .member_status(&id(2))
@@ -116,8 +124,19 @@ async fn a_lost_machine_removed_by_hand_releases_its_units_to_the_others() {
             .remove_member(&id(2), lost.revision)
             .await
             .expect("remove"),
-        Removal::Removed
+        Removal::Removed { units: held }
     );
+    // Its placements went with their index entries, and its member record and reading.
+    let gone = format!("/{}", id(2));
+    let left: Vec<String> = etcd
+        .key_space()
+        .await
+        .keys
+        .iter()
+        .map(|k| String::from_utf8_lossy(&k.key).into_owned())
+        .filter(|k| k.contains(&gone))
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "keys of machine 2 left");
 
     // Its units go to machine 1, and it is no member any more.
     eventually("machine 2's units placed on machine 1", || async {

@@ -1129,14 +1129,13 @@ impl Ctl {
     /// `fleetctl remove-machine MACHINE`: removes a member whose lease is gone (named by its
     /// full id: a prefix names only live machines, which cannot be removed).
     pub async fn remove_machine(&self, id: &str) -> u8 {
-        let id = id.trim().to_ascii_lowercase();
-        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let Some(id) = full_machine_id(id) else {
             stderr(format_args!(
                 "Unable to remove machine {id:?}: give its full id (32 hex digits); a lost \
                  machine's is shown by `fleetctl list-unit-files --full` and `fleetctl events`"
             ));
             return 1;
-        }
+        };
         match self.client.remove_machine(&id).await {
             Ok(removal) => {
                 println!(
@@ -1378,10 +1377,10 @@ impl Ctl {
     /// The full id of the machine `lookup` names: itself when it is one (a machine gone may
     /// still have events, or be drained), else the one live machine whose id starts with it.
     async fn machine_id(&self, lookup: &str) -> Result<String, String> {
-        let lookup = lookup.trim().to_ascii_lowercase();
-        if lookup.len() == 32 && lookup.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(lookup);
+        if let Some(id) = full_machine_id(lookup) {
+            return Ok(id);
         }
+        let lookup = lookup.trim().to_ascii_lowercase();
         self.live_machine(&lookup)
             .await
             .map(|m| m.id)
@@ -1659,6 +1658,13 @@ pub fn ssh_args(options: &SshOptions, address: &str, command: &[String]) -> Vec<
 /// byte: what the server sends may be short or not ASCII, and must not make fleetctl panic.
 fn first_chars(s: &str, n: usize) -> Option<&str> {
     s.char_indices().nth(n).map(|(end, _)| &s[..end])
+}
+
+/// `arg` as a full machine id (32 hex digits, any case, surrounding spaces ignored), in
+/// lower case; none when it is not one.
+fn full_machine_id(arg: &str) -> Option<String> {
+    let id = arg.trim().to_ascii_lowercase();
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
 fn machine_id_legend(id: &str, full: bool) -> String {

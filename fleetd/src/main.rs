@@ -267,6 +267,8 @@ async fn run(args: Args, config: Config, mut reloader: Reloader) -> Result<()> {
     let inspect = fleet_api::server::Inspect {
         machine: machine_id.clone(),
         peers: peers.clone(),
+        removal_wait: fleet_quorum::Timing::for_ttl(config.agent_ttl, config.etcd_request_timeout)
+            .engine_wait(),
     };
     // Whether another live fleetd holds this machine id: the API answers 503 meanwhile.
     let registration = fleet_registry::Registration::new();

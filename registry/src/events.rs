@@ -63,7 +63,8 @@ pub enum EventKind {
     /// 16 machines); recorded when the
     /// reasons change, not on every pass.
     Unplaceable,
-    /// The engine declared a machine whose lease is gone dead, releasing its units.
+    /// The engine declared a machine whose lease is gone dead, or an operator removed one by
+    /// hand, releasing its units.
     DeclaredDead,
     /// A machine could not renew its lease and stopped its non-global units.
     Fenced,

@@ -2168,18 +2168,7 @@ impl Registry {
         // The member record goes last, so that an interrupted declaration is taken up again;
         // with it what the machine was stopping and its versions of global units: it runs
         // nothing any more.
-        batches.push(vec![
-            TxnOp::delete(
-                self.machine_stopping_prefix(machine),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
-            TxnOp::delete(
-                self.machine_versions_prefix(machine),
-                Some(DeleteOptions::new().with_prefix()),
-            ),
-            TxnOp::delete(self.member_key(machine), None),
-            TxnOp::delete(self.reading_key(machine), None),
-        ]);
+        batches.push(self.member_removal(machine).to_vec());
         for batch in batches {
             // Written at or before `judged` (a key that is gone compares as written at 0: the
             // member record must be there).
@@ -2203,6 +2192,32 @@ impl Registry {
             }
         }
         Ok(true)
+    }
+
+    /// The deletion of a placement and its index entry, without a stop.
+    pub(crate) fn placement_delete(&self, machine: &MachineId, name: &UnitName) -> Group {
+        let (key, index) = (
+            self.placement_key(machine, name),
+            self.placed_key(name, machine),
+        );
+        let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
+        Group::of(
+            vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
+            bytes,
+        )
+    }
+
+    /// What ends a machine's membership, declared dead or removed by hand: its member record
+    /// and reading, what it was stopping and its versions of global units (it runs nothing any
+    /// more).
+    pub(crate) fn member_removal(&self, machine: &MachineId) -> [TxnOp; 4] {
+        let prefixed = || Some(DeleteOptions::new().with_prefix());
+        [
+            TxnOp::delete(self.machine_stopping_prefix(machine), prefixed()),
+            TxnOp::delete(self.machine_versions_prefix(machine), prefixed()),
+            TxnOp::delete(self.member_key(machine), None),
+            TxnOp::delete(self.reading_key(machine), None),
+        ]
     }
 
     /// What registering `member` writes besides its machine record: its member record,
@@ -2386,17 +2401,7 @@ impl Registry {
                     bytes,
                 }
             }
-            PlacementOp::Delete { machine, name } => {
-                let (key, index) = (
-                    self.placement_key(machine, name),
-                    self.placed_key(name, machine),
-                );
-                let bytes = op_bytes(&key, b"") + op_bytes(&index, b"");
-                Group::of(
-                    vec![TxnOp::delete(key, None), TxnOp::delete(index, None)],
-                    bytes,
-                )
-            }
+            PlacementOp::Delete { machine, name } => self.placement_delete(machine, name),
             PlacementOp::Move { machine, name } => {
                 let (key, index, stopping) = (
                     self.placement_key(machine, name),
