@@ -11,22 +11,7 @@ use std::time::Duration;
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::UnitName;
-use support::{connect, id, presences, spawn_engine, unit, write_units};
-use tokio::time::Instant;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < until, "{what}: not so in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{connect, eventually, id, presences, spawn_engine, unit, write_units};
 
 // The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]

@@ -9,22 +9,7 @@ use std::time::Duration;
 
 use fleet_registry::{EngineSnapshot, Removal};
 use fleet_testkit::Etcd;
-use support::{connect, id, presences, spawn_engine, write_units};
-use tokio::time::Instant;
-
-const DEADLINE: Duration = Duration::from_secs(20);
-
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let until = Instant::now() + DEADLINE;
-    while !check().await {
-        assert!(Instant::now() < until, "{what}: not so in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use support::{connect, eventually, id, presences, spawn_engine, write_units};
 
 fn placed_on(snapshot: &EngineSnapshot, machine: u8) -> usize {
     snapshot

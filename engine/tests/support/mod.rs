@@ -94,3 +94,19 @@ pub async fn write_units(registry: &Registry, count: usize) {
             .expect("put unit");
     }
 }
+
+/// Waits until `check` holds, looking every 50 ms; panics saying `what` after 20 s.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{what}: not so in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
