@@ -129,7 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for NameParam {
             Ok(Path(name)) => Ok(NameParam(name)),
             Err(e) => Err(ApiError::new(
                 e.status(),
-                format!("invalid unit name in the path: {}", e.body_text()),
+                format!("invalid name or id in the path: {}", e.body_text()),
             )),
         }
     }

@@ -1805,7 +1805,11 @@ async fn removing_a_machine_takes_only_a_member_whose_lease_is_gone_and_that_doe
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
     for (machine, status, says) in [
         ("not-an-id", StatusCode::BAD_REQUEST, "machine id"),
-        ("%FF", StatusCode::BAD_REQUEST, ""),
+        (
+            "%FF",
+            StatusCode::BAD_REQUEST,
+            "invalid name or id in the path",
+        ),
         (&"4".repeat(32), StatusCode::NOT_FOUND, "not a member"),
         (one.as_str(), StatusCode::CONFLICT, "holds its lease"),
         (
