@@ -78,24 +78,12 @@ impl Registry {
     pub async fn remove_member(&self, id: &MachineId, revision: i64) -> Result<Removal> {
         let prefix = self.machine_placements_prefix(id);
         let resp = self
-            .kv_request(|mut kv| {
-                let prefix = prefix.clone();
-                async move {
-                    kv.get(
-                        prefix,
-                        Some(GetOptions::new().with_prefix().with_keys_only()),
-                    )
-                    .await
-                }
-            })
+            .read_prefix(&prefix, GetOptions::new().with_keys_only(), None)
             .await?;
         let names: Vec<UnitName> = resp
             .kvs()
             .iter()
-            .filter_map(|kv| {
-                let key = std::str::from_utf8(kv.key()).ok()?;
-                UnitName::parse(key.strip_prefix(&prefix)?).ok()
-            })
+            .filter_map(|kv| UnitName::parse(kv.key_str().ok()?.strip_prefix(&prefix)?).ok())
             .collect();
         let mut last = self.member_removal(id).to_vec();
         last.push(TxnOp::delete(self.drain_key(id), None));
