@@ -11,7 +11,7 @@ use std::time::Duration;
 use fleet_telemetry::ENGINE_WHOLE_PLANS;
 use fleet_testkit::Etcd;
 use fleet_units::UnitName;
-use support::{connect, eventually, id, presences, spawn_engine, unit, write_units};
+use support::{all_placed, connect, eventually, id, presences, spawn_engine, unit, write_units};
 
 // The only test of this file: the count of whole plans is the process's.
 #[tokio::test(flavor = "multi_thread")]
@@ -30,16 +30,7 @@ async fn while_units_are_held_the_engine_plans_again_only_on_a_change() {
             ..fleet_engine::EngineConfig::default()
         },
     );
-    eventually("all units placed", || async {
-        registry
-            .engine_snapshot()
-            .await
-            .expect("read")
-            .placements
-            .len()
-            == 6
-    })
-    .await;
+    all_placed(&registry, 6).await;
 
     // Machine 2 powered off: its lease lapses, and machine 1 alone is no majority of the
     // two, so its units stay held while the engine looks again every half second.

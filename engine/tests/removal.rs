@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fleet_registry::{EngineSnapshot, Removal};
 use fleet_testkit::Etcd;
-use support::{connect, eventually, id, presences, spawn_engine, write_units};
+use support::{all_placed, connect, eventually, id, presences, spawn_engine, write_units};
 
 fn placed_on(snapshot: &EngineSnapshot, machine: u8) -> usize {
     snapshot
@@ -30,16 +30,7 @@ async fn a_lost_machine_removed_by_hand_releases_its_units_to_the_others() {
         &presences[0],
         fleet_engine::EngineConfig::default(),
     );
-    eventually("all units placed", || async {
-        registry
-            .engine_snapshot()
-            .await
-            .expect("read")
-            .placements
-            .len()
-            == 6
-    })
-    .await;
+    all_placed(&registry, 6).await;
     let held = placed_on(&registry.engine_snapshot().await.expect("read"), 2);
     assert!(held > 0, "nothing placed on machine 2");
 

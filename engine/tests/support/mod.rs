@@ -110,3 +110,17 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Waits until the engine has placed `count` units (`eventually`).
+pub async fn all_placed(registry: &Registry, count: usize) {
+    eventually("all units placed", || async {
+        registry
+            .engine_snapshot()
+            .await
+            .expect("read")
+            .placements
+            .len()
+            == count
+    })
+    .await;
+}
